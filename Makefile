@@ -1,0 +1,36 @@
+# swarm — run `make help` for the targets.
+GO        ?= go
+BIN       := bin/swarm
+VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS   := -X main.version=$(VERSION)
+# Packages whose code runs many goroutines: their tests also run under the race detector.
+RACE_PKGS := ./averaging/... ./node/... ./swarm/...
+
+.PHONY: help build test test-race test-fast demo bench lint fuzz clean
+
+help: ## show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/swarm
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/swarm
+
+test: build ## run every test (unit, protocol, fuzz seeds, daemon integration), then the race detector on the concurrent packages
+	$(GO) test -count=1 -timeout 15m ./...
+	$(GO) test -count=1 -race -short -timeout 15m $(RACE_PKGS)
+
+test-fast: ## unit tests only (-short), no race detector
+	$(GO) test -short ./...
+
+demo: build ## start a local swarm on 127.0.0.1 that trains a real model
+	./scripts/demo.sh
+
+bench: build ## run the benchmarks and write BENCHMARKS.md
+	./scripts/bench.sh
+
+lint: ## gofmt and go vet
+	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+	CGO_ENABLED=0 $(GO) build ./...
+
+clean: ## remove build outputs
+	rm -rf bin
