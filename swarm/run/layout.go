@@ -1,0 +1,204 @@
+package run
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+)
+
+// Tensor is one named parameter tensor inside a shard's flat parameter buffer.
+// Shapes follow the [out, in] row-major convention of a Linear layer's weight.
+type Tensor struct {
+	Name   string `json:"name"`
+	Shape  []int  `json:"shape"`
+	Offset int    `json:"offset"` // in float32 elements from the start of the flat buffer
+}
+
+// Size is the number of elements.
+func (t Tensor) Size() int {
+	n := 1
+	for _, d := range t.Shape {
+		n *= d
+	}
+	return n
+}
+
+// Layout lists the parameter tensors of shard index, in buffer order. Every
+// engine lays out its flat parameter, gradient and optimizer buffers this way,
+// so buffers move between engines and nodes unchanged.
+//
+// mlp-mnist, unit i (Linear i): l{i}.w [out,in], l{i}.b [out]; ReLU follows
+// every Linear but the last.
+//
+// gpt-char: first shard: wte [vocab,C], wpe [block_size,C]; block i:
+// h{i}.ln1.{w,b} [C], h{i}.attn.qkv.{w [3C,C], b [3C]}, h{i}.attn.proj.{w [C,C],
+// b [C]}, h{i}.ln2.{w,b} [C], h{i}.mlp.fc.{w [4C,C], b [4C]},
+// h{i}.mlp.proj.{w [C,4C], b [C]}; last shard: lnf.{w,b} [C], head.w [vocab,C].
+func (m *Manifest) Layout(index int) ([]Tensor, error) {
+	if index < 0 || index >= len(m.Shards) {
+		return nil, fmt.Errorf("shard %d: run has %d shards", index, len(m.Shards))
+	}
+	s := m.Shards[index]
+	first, last := index == 0, index == len(m.Shards)-1
+	var ts []Tensor
+	add := func(name string, shape ...int) { ts = append(ts, Tensor{Name: name, Shape: shape}) }
+	md := m.Model
+	switch md.Arch {
+	case ArchMLPMNIST:
+		widths := append(append([]int{md.Input}, md.Hidden...), md.Classes)
+		for i := s.Start; i < s.End; i++ {
+			add(fmt.Sprintf("l%d.w", i), widths[i+1], widths[i])
+			add(fmt.Sprintf("l%d.b", i), widths[i+1])
+		}
+	case ArchGPTChar:
+		c := md.NEmbd
+		if first {
+			add("wte", md.Vocab, c)
+			add("wpe", md.BlockSize, c)
+		}
+		for i := s.Start; i < s.End; i++ {
+			p := fmt.Sprintf("h%d.", i)
+			add(p+"ln1.w", c)
+			add(p+"ln1.b", c)
+			add(p+"attn.qkv.w", 3*c, c)
+			add(p+"attn.qkv.b", 3*c)
+			add(p+"attn.proj.w", c, c)
+			add(p+"attn.proj.b", c)
+			add(p+"ln2.w", c)
+			add(p+"ln2.b", c)
+			add(p+"mlp.fc.w", 4*c, c)
+			add(p+"mlp.fc.b", 4*c)
+			add(p+"mlp.proj.w", c, 4*c)
+			add(p+"mlp.proj.b", c)
+		}
+		if last {
+			add("lnf.w", c)
+			add("lnf.b", c)
+			add("head.w", md.Vocab, c)
+		}
+	default:
+		return nil, fmt.Errorf("unknown architecture %q", md.Arch)
+	}
+	off := 0
+	for i := range ts {
+		ts[i].Offset = off
+		off += ts[i].Size()
+	}
+	return ts, nil
+}
+
+// NumParams is the number of float32 parameters in shard index.
+func (m *Manifest) NumParams(index int) (int, error) {
+	ts, err := m.Layout(index)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, t := range ts {
+		n += t.Size()
+	}
+	return n, nil
+}
+
+// ActivationSize is the number of float32 values per sample that shard index
+// sends to the next shard (and receives back as gradients). For the last
+// shard it is 0: it ends in the loss.
+func (m *Manifest) ActivationSize(index int) int {
+	if index >= len(m.Shards)-1 {
+		return 0
+	}
+	md := m.Model
+	switch md.Arch {
+	case ArchMLPMNIST:
+		return md.Hidden[m.Shards[index].End-1]
+	case ArchGPTChar:
+		return md.BlockSize * md.NEmbd
+	}
+	return 0
+}
+
+// FLOPsPerSample estimates the floating-point operations of one training step
+// (forward and backward) of shard index for one sample: 6 per weight use in
+// matrix products (2 forward, 4 backward) plus attention's score and mix
+// products; element-wise work is not counted.
+func (m *Manifest) FLOPsPerSample(index int) (float64, error) {
+	ts, err := m.Layout(index)
+	if err != nil {
+		return 0, err
+	}
+	md := m.Model
+	uses := 1.0 // weight uses per sample
+	if md.Arch == ArchGPTChar {
+		uses = float64(md.BlockSize)
+	}
+	var f float64
+	for _, t := range ts {
+		if len(t.Shape) == 2 && t.Name != "wte" && t.Name != "wpe" {
+			f += 6 * uses * float64(t.Size())
+		}
+	}
+	if md.Arch == ArchGPTChar {
+		s := m.Shards[index]
+		// QK^T and AV: 2 products of T×T×C each, forward 2 FLOPs, backward 4 (causal half not discounted).
+		T, C := float64(md.BlockSize), float64(md.NEmbd)
+		f += float64(s.End-s.Start) * 2 * 6 * T * T * C / 2
+	}
+	return f, nil
+}
+
+// InitParams returns shard index's initial parameters. Every tensor is drawn
+// from a generator seeded by the run seed and the tensor's name alone, so a
+// model split any way, on any engine, starts from the same values.
+func (m *Manifest) InitParams(index int) ([]float32, error) {
+	ts, err := m.Layout(index)
+	if err != nil {
+		return nil, err
+	}
+	n := 0
+	for _, t := range ts {
+		n += t.Size()
+	}
+	buf := make([]float32, n)
+	for _, t := range ts {
+		m.initTensor(t, buf[t.Offset:t.Offset+t.Size()])
+	}
+	return buf, nil
+}
+
+func (m *Manifest) initTensor(t Tensor, dst []float32) {
+	h := fnv.New64a()
+	h.Write([]byte(t.Name))
+	rng := rand.New(rand.NewPCG(m.Seed, h.Sum64()))
+	name := t.Name
+	isBias := len(name) >= 2 && name[len(name)-2:] == ".b"
+	isLNWeight := len(t.Shape) == 1 && !isBias
+	switch {
+	case isBias:
+		// zero
+	case isLNWeight:
+		for i := range dst {
+			dst[i] = 1
+		}
+	case m.Model.Arch == ArchMLPMNIST:
+		// Kaiming-uniform for ReLU layers: U(-b, b), b = sqrt(6 / fan_in).
+		b := math.Sqrt(6 / float64(t.Shape[1]))
+		for i := range dst {
+			dst[i] = float32((rng.Float64()*2 - 1) * b)
+		}
+	default:
+		std := 0.02
+		if hasSuffix(name, "attn.proj.w") || hasSuffix(name, "mlp.proj.w") {
+			std /= math.Sqrt(2 * float64(m.Model.NLayer))
+		}
+		for i := range dst {
+			dst[i] = float32(rng.NormFloat64() * std)
+		}
+	}
+}
+
+func hasSuffix(s, suffix string) bool {
+	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
+}
+
+func cosPi(t float64) float64 { return math.Cos(math.Pi * t) }

@@ -1,0 +1,463 @@
+// Package run defines a training run: the manifest that names the model, its
+// split into shards, the data, the optimizer and the averaging settings; the
+// run ID derived from it; and the parameter layout every engine shares.
+package run
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/ipfs/go-cid"
+	"github.com/multiformats/go-multihash"
+)
+
+// SchemaVersion is the manifest schema this code reads and writes.
+const SchemaVersion = 1
+
+// Architectures known to every engine.
+const (
+	ArchMLPMNIST = "mlp-mnist"
+	ArchGPTChar  = "gpt-char"
+)
+
+// Datasets known to the data loaders.
+const (
+	DatasetMNIST = "mnist"
+	DatasetText  = "text"
+)
+
+// Manifest defines a run. Its canonical JSON encoding hashes to the run ID.
+type Manifest struct {
+	Version   int           `json:"version"`
+	Name      string        `json:"name"`
+	Seed      uint64        `json:"seed"`
+	Model     ModelSpec     `json:"model"`
+	Shards    []ShardSpec   `json:"shards"`
+	Dataset   DatasetSpec   `json:"dataset"`
+	Optimizer OptimizerSpec `json:"optimizer"`
+	Training  TrainingSpec  `json:"training"`
+	Averaging AveragingSpec `json:"averaging"`
+}
+
+// ModelSpec names the architecture and its sizes. Fields that do not apply to
+// the architecture must be zero.
+type ModelSpec struct {
+	Arch string `json:"arch"`
+	// mlp-mnist: input width, hidden widths and number of classes.
+	Input   int   `json:"input,omitempty"`
+	Hidden  []int `json:"hidden,omitempty"`
+	Classes int   `json:"classes,omitempty"`
+	// gpt-char: vocabulary, context length, depth, heads and width.
+	Vocab     int `json:"vocab,omitempty"`
+	BlockSize int `json:"block_size,omitempty"`
+	NLayer    int `json:"n_layer,omitempty"`
+	NHead     int `json:"n_head,omitempty"`
+	NEmbd     int `json:"n_embd,omitempty"`
+}
+
+// ShardSpec is one contiguous stage: units [Start, End) of the model (Linear
+// layers of the MLP, transformer blocks of the GPT). The first shard also holds
+// the GPT's embeddings; the last holds the head and the loss.
+type ShardSpec struct {
+	Index int `json:"index"`
+	Start int `json:"start"`
+	End   int `json:"end"`
+}
+
+// DatasetSpec names the data. For text, Path empty means the Opticks text that
+// ships with Go, and Charset is the ordered set of characters (the vocabulary).
+type DatasetSpec struct {
+	Name        string  `json:"name"`
+	Path        string  `json:"path,omitempty"`
+	Charset     string  `json:"charset,omitempty"`
+	ValFraction float64 `json:"val_fraction"`
+}
+
+// OptimizerSpec is the (inner) optimizer and its schedule.
+type OptimizerSpec struct {
+	Name        string  `json:"name"` // "adamw" or "sgd"
+	LR          float64 `json:"lr"`
+	MinLR       float64 `json:"min_lr"`
+	Beta1       float64 `json:"beta1,omitempty"`
+	Beta2       float64 `json:"beta2,omitempty"`
+	Eps         float64 `json:"eps,omitempty"`
+	Momentum    float64 `json:"momentum,omitempty"`
+	WeightDecay float64 `json:"weight_decay"`
+	ClipNorm    float64 `json:"clip_norm"` // 0: no clipping
+	WarmupSteps int     `json:"warmup_steps"`
+	DecaySteps  int     `json:"decay_steps"` // cosine decay to MinLR over this many steps after warm-up; 0: constant
+}
+
+// TrainingSpec sizes the work.
+type TrainingSpec struct {
+	BatchSize   int `json:"batch_size"`   // samples in one micro-batch on one node
+	TargetBatch int `json:"target_batch"` // samples the whole swarm accumulates per optimizer step (epoch)
+	Steps       int `json:"steps"`        // optimizer steps (epochs) in the run
+}
+
+// Averaging modes.
+const (
+	ModeSync  = "sync"  // average gradients every epoch, then step together
+	ModeLocal = "local" // DiLoCo: H local steps, average parameter deltas, outer Nesterov step
+)
+
+// Compression schemes for averaging.
+const (
+	CompressNone = "none"
+	CompressFP16 = "fp16"
+	CompressInt8 = "int8"
+)
+
+// AveragingSpec configures how shard holders average.
+type AveragingSpec struct {
+	Mode          string  `json:"mode"`
+	GroupSize     int     `json:"group_size"`
+	MinGroupSize  int     `json:"min_group_size"`
+	Compression   string  `json:"compression"`
+	TimeoutMS     int     `json:"timeout_ms"`
+	LocalSteps    int     `json:"local_steps,omitempty"`
+	OuterLR       float64 `json:"outer_lr,omitempty"`
+	OuterMomentum float64 `json:"outer_momentum,omitempty"`
+}
+
+// FieldError is a validation error that names the offending field by its JSON path.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Msg }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Units is the number of split points' units of the model: Linear layers of
+// the MLP, transformer blocks of the GPT.
+func (m ModelSpec) Units() int {
+	switch m.Arch {
+	case ArchMLPMNIST:
+		return len(m.Hidden) + 1
+	case ArchGPTChar:
+		return m.NLayer
+	}
+	return 0
+}
+
+// Validate checks every field and returns the first problem found, naming the field.
+func (m *Manifest) Validate() error {
+	if m.Version != SchemaVersion {
+		return fieldErr("version", "schema version %d not supported (want %d)", m.Version, SchemaVersion)
+	}
+	if strings.TrimSpace(m.Name) == "" {
+		return fieldErr("name", "must not be empty")
+	}
+	if err := m.Model.validate(); err != nil {
+		return err
+	}
+	if err := validateShards(m.Shards, m.Model.Units()); err != nil {
+		return err
+	}
+	if err := m.validateDataset(); err != nil {
+		return err
+	}
+	if err := m.Optimizer.validate(); err != nil {
+		return err
+	}
+	t := m.Training
+	if t.BatchSize <= 0 {
+		return fieldErr("training.batch_size", "must be positive, got %d", t.BatchSize)
+	}
+	if t.TargetBatch < t.BatchSize {
+		return fieldErr("training.target_batch", "must be at least batch_size (%d), got %d", t.BatchSize, t.TargetBatch)
+	}
+	if t.Steps <= 0 {
+		return fieldErr("training.steps", "must be positive, got %d", t.Steps)
+	}
+	return m.Averaging.validate()
+}
+
+func (s ModelSpec) validate() error {
+	positive := func(field string, v int) error {
+		if v <= 0 {
+			return fieldErr("model."+field, "must be positive, got %d", v)
+		}
+		return nil
+	}
+	switch s.Arch {
+	case ArchMLPMNIST:
+		if err := positive("input", s.Input); err != nil {
+			return err
+		}
+		if err := positive("classes", s.Classes); err != nil {
+			return err
+		}
+		if len(s.Hidden) == 0 {
+			return fieldErr("model.hidden", "needs at least one hidden layer")
+		}
+		for i, h := range s.Hidden {
+			if err := positive(fmt.Sprintf("hidden[%d]", i), h); err != nil {
+				return err
+			}
+		}
+		if s.Vocab|s.BlockSize|s.NLayer|s.NHead|s.NEmbd != 0 {
+			return fieldErr("model", "gpt-char fields (vocab, block_size, n_layer, n_head, n_embd) set on an mlp-mnist model")
+		}
+	case ArchGPTChar:
+		for _, f := range []struct {
+			name string
+			v    int
+		}{{"vocab", s.Vocab}, {"block_size", s.BlockSize}, {"n_layer", s.NLayer}, {"n_head", s.NHead}, {"n_embd", s.NEmbd}} {
+			if err := positive(f.name, f.v); err != nil {
+				return err
+			}
+		}
+		if s.NEmbd%s.NHead != 0 {
+			return fieldErr("model.n_embd", "%d is not divisible by n_head %d", s.NEmbd, s.NHead)
+		}
+		if s.Input != 0 || s.Classes != 0 || len(s.Hidden) != 0 {
+			return fieldErr("model", "mlp-mnist fields (input, hidden, classes) set on a gpt-char model")
+		}
+	case "":
+		return fieldErr("model.arch", "missing (want %s or %s)", ArchMLPMNIST, ArchGPTChar)
+	default:
+		return fieldErr("model.arch", "unknown architecture %q (want %s or %s)", s.Arch, ArchMLPMNIST, ArchGPTChar)
+	}
+	return nil
+}
+
+func validateShards(shards []ShardSpec, units int) error {
+	if len(shards) == 0 {
+		return fieldErr("shards", "at least one shard is needed")
+	}
+	if len(shards) > units {
+		return fieldErr("shards", "%d shards for a model of %d units: every shard needs at least one", len(shards), units)
+	}
+	next := 0
+	for i, s := range shards {
+		f := fmt.Sprintf("shards[%d]", i)
+		if s.Index != i {
+			return fieldErr(f+".index", "is %d, want %d (shards are listed in order)", s.Index, i)
+		}
+		if s.Start != next {
+			if s.Start < next {
+				return fieldErr(f+".start", "is %d: units %d..%d are repeated", s.Start, s.Start, next-1)
+			}
+			return fieldErr(f+".start", "is %d: units %d..%d are missing", s.Start, next, s.Start-1)
+		}
+		if s.End <= s.Start {
+			return fieldErr(f+".end", "is %d, must be greater than start %d", s.End, s.Start)
+		}
+		next = s.End
+	}
+	if next != units {
+		if next > units {
+			return fieldErr(fmt.Sprintf("shards[%d].end", len(shards)-1), "is %d, past the model's %d units", next, units)
+		}
+		return fieldErr(fmt.Sprintf("shards[%d].end", len(shards)-1), "is %d: units %d..%d are missing", next, next, units-1)
+	}
+	return nil
+}
+
+func (m *Manifest) validateDataset() error {
+	d := m.Dataset
+	switch d.Name {
+	case DatasetMNIST:
+		if m.Model.Arch != ArchMLPMNIST {
+			return fieldErr("dataset.name", "mnist needs model %s, not %s", ArchMLPMNIST, m.Model.Arch)
+		}
+	case DatasetText:
+		if m.Model.Arch != ArchGPTChar {
+			return fieldErr("dataset.name", "text needs model %s, not %s", ArchGPTChar, m.Model.Arch)
+		}
+		if len([]rune(d.Charset)) != m.Model.Vocab {
+			return fieldErr("dataset.charset", "has %d characters but model.vocab is %d", len([]rune(d.Charset)), m.Model.Vocab)
+		}
+		seen := map[rune]bool{}
+		for _, r := range d.Charset {
+			if seen[r] {
+				return fieldErr("dataset.charset", "character %q repeated", r)
+			}
+			seen[r] = true
+		}
+	case "":
+		return fieldErr("dataset.name", "missing (want %s or %s)", DatasetMNIST, DatasetText)
+	default:
+		return fieldErr("dataset.name", "unknown dataset %q (want %s or %s)", d.Name, DatasetMNIST, DatasetText)
+	}
+	if d.ValFraction < 0 || d.ValFraction >= 1 {
+		return fieldErr("dataset.val_fraction", "must be in [0, 1), got %g", d.ValFraction)
+	}
+	return nil
+}
+
+func (o OptimizerSpec) validate() error {
+	switch o.Name {
+	case "adamw":
+		if o.Beta1 < 0 || o.Beta1 >= 1 {
+			return fieldErr("optimizer.beta1", "must be in [0, 1), got %g", o.Beta1)
+		}
+		if o.Beta2 < 0 || o.Beta2 >= 1 {
+			return fieldErr("optimizer.beta2", "must be in [0, 1), got %g", o.Beta2)
+		}
+		if o.Eps <= 0 {
+			return fieldErr("optimizer.eps", "must be positive, got %g", o.Eps)
+		}
+	case "sgd":
+		if o.Momentum < 0 || o.Momentum >= 1 {
+			return fieldErr("optimizer.momentum", "must be in [0, 1), got %g", o.Momentum)
+		}
+	case "":
+		return fieldErr("optimizer.name", "missing (want adamw or sgd)")
+	default:
+		return fieldErr("optimizer.name", "unknown optimizer %q (want adamw or sgd)", o.Name)
+	}
+	if o.LR <= 0 {
+		return fieldErr("optimizer.lr", "must be positive, got %g", o.LR)
+	}
+	if o.MinLR < 0 || o.MinLR > o.LR {
+		return fieldErr("optimizer.min_lr", "must be in [0, lr], got %g", o.MinLR)
+	}
+	if o.WeightDecay < 0 {
+		return fieldErr("optimizer.weight_decay", "must not be negative, got %g", o.WeightDecay)
+	}
+	if o.ClipNorm < 0 {
+		return fieldErr("optimizer.clip_norm", "must not be negative, got %g", o.ClipNorm)
+	}
+	if o.WarmupSteps < 0 {
+		return fieldErr("optimizer.warmup_steps", "must not be negative, got %d", o.WarmupSteps)
+	}
+	if o.DecaySteps < 0 {
+		return fieldErr("optimizer.decay_steps", "must not be negative, got %d", o.DecaySteps)
+	}
+	return nil
+}
+
+func (a AveragingSpec) validate() error {
+	switch a.Mode {
+	case ModeSync:
+	case ModeLocal:
+		if a.LocalSteps <= 0 {
+			return fieldErr("averaging.local_steps", "must be positive in local mode, got %d", a.LocalSteps)
+		}
+		if a.OuterLR <= 0 {
+			return fieldErr("averaging.outer_lr", "must be positive in local mode, got %g", a.OuterLR)
+		}
+		if a.OuterMomentum < 0 || a.OuterMomentum >= 1 {
+			return fieldErr("averaging.outer_momentum", "must be in [0, 1), got %g", a.OuterMomentum)
+		}
+	case "":
+		return fieldErr("averaging.mode", "missing (want sync or local)")
+	default:
+		return fieldErr("averaging.mode", "unknown mode %q (want sync or local)", a.Mode)
+	}
+	if a.GroupSize < 2 {
+		return fieldErr("averaging.group_size", "must be at least 2, got %d", a.GroupSize)
+	}
+	if a.MinGroupSize < 2 || a.MinGroupSize > a.GroupSize {
+		return fieldErr("averaging.min_group_size", "must be in [2, group_size], got %d", a.MinGroupSize)
+	}
+	switch a.Compression {
+	case CompressNone, CompressFP16, CompressInt8:
+	default:
+		return fieldErr("averaging.compression", "unknown scheme %q (want none, fp16 or int8)", a.Compression)
+	}
+	if a.TimeoutMS <= 0 {
+		return fieldErr("averaging.timeout_ms", "must be positive, got %d", a.TimeoutMS)
+	}
+	return nil
+}
+
+// Canonical returns the manifest's canonical encoding: compact JSON with the
+// fields in declaration order. The run ID hashes these bytes.
+func (m *Manifest) Canonical() ([]byte, error) {
+	return json.Marshal(m)
+}
+
+// ID returns the run ID: a CIDv1 (raw codec, sha2-256) of the canonical encoding.
+func (m *Manifest) ID() (cid.Cid, error) {
+	b, err := m.Canonical()
+	if err != nil {
+		return cid.Undef, err
+	}
+	h, err := multihash.Sum(b, multihash.SHA2_256, -1)
+	if err != nil {
+		return cid.Undef, err
+	}
+	return cid.NewCidV1(cid.Raw, h), nil
+}
+
+// ShardID returns the CID under which holders of shard index announce
+// themselves: the hash of the run ID and the shard index.
+func (m *Manifest) ShardID(index int) (cid.Cid, error) {
+	id, err := m.ID()
+	if err != nil {
+		return cid.Undef, err
+	}
+	h, err := multihash.Sum([]byte(fmt.Sprintf("%s/shard/%d", id, index)), multihash.SHA2_256, -1)
+	if err != nil {
+		return cid.Undef, err
+	}
+	return cid.NewCidV1(cid.Raw, h), nil
+}
+
+// Parse decodes and validates a manifest. Unknown fields are errors.
+func Parse(data []byte) (*Manifest, error) {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var m Manifest
+	if err := dec.Decode(&m); err != nil {
+		return nil, fmt.Errorf("decode manifest: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decode manifest: trailing data after the JSON object")
+	}
+	if err := m.Validate(); err != nil {
+		return nil, fmt.Errorf("invalid manifest: %w", err)
+	}
+	return &m, nil
+}
+
+// Load reads, decodes and validates a manifest file; errors name the file.
+func Load(path string) (*Manifest, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read run manifest: %w", err)
+	}
+	m, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// Save writes the manifest as indented JSON.
+func (m *Manifest) Save(path string) error {
+	if err := m.Validate(); err != nil {
+		return fmt.Errorf("invalid manifest: %w", err)
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// EvenShards splits units into n contiguous shards as evenly as possible.
+func EvenShards(units, n int) []ShardSpec {
+	shards := make([]ShardSpec, n)
+	start := 0
+	for i := range shards {
+		size := units / n
+		if i < units%n {
+			size++
+		}
+		shards[i] = ShardSpec{Index: i, Start: start, End: start + size}
+		start += size
+	}
+	return shards
+}
