@@ -1,0 +1,227 @@
+// Package kernels holds the dense float32 kernels of the native engine: a
+// blocked, packed matrix product (the GEMM every Linear layer and attention
+// product goes through) with an AVX2/FMA micro-kernel on amd64 and a pure-Go
+// micro-kernel everywhere else.
+//
+// The product is computed the classic way (Goto and van de Geijn): B is
+// packed into column panels of width nr, A into row panels of height mr, and
+// a micro-kernel keeps one mr×nr tile of C in registers while it walks a kc
+// long slice of both panels. The k dimension is cut into fixed blocks of kc,
+// visited in order, so every element of C is summed in the same order however
+// the work is split between goroutines: results do not depend on the thread
+// count.
+package kernels
+
+import (
+	"fmt"
+	"sync"
+)
+
+// Tile and block sizes. mr×nr is the register tile of the micro-kernel; a
+// kc×nr panel of B (16 KiB) stays in L1, an mc×kc block of A (72 KiB) in L2.
+const (
+	mr = 6
+	nr = 16
+	kc = 256
+	mc = 72
+	nc = 1024
+)
+
+// Sgemm computes C = op(A)·op(B), or C += op(A)·op(B) when accumulate is set,
+// where op(A) is m×k and op(B) is k×n, all row-major: A is m×k with row
+// stride lda (k×m when transA), B is k×n with row stride ldb (n×k when
+// transB), C is m×n with row stride ldc. threads ≤ 1 runs on the calling
+// goroutine; otherwise C is cut into up to threads parts computed at once.
+// It panics if a slice is too short for its shape, like a slice index would.
+func Sgemm(threads int, transA, transB bool, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, accumulate bool) {
+	if m <= 0 || n <= 0 {
+		return
+	}
+	checkShape("A", transA, m, k, a, lda)
+	checkShape("B", transB, k, n, b, ldb)
+	checkShape("C", false, m, n, c, ldc)
+	if k <= 0 {
+		if !accumulate {
+			for i := 0; i < m; i++ {
+				clear(c[i*ldc : i*ldc+n])
+			}
+		}
+		return
+	}
+	g := gemm{transA: transA, transB: transB, k: k, a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc, acc: accumulate}
+	// Split C into parts along its longer side, in whole register tiles, and
+	// only when each part still has real work (≥ ~1 MFLOP).
+	parts := threads
+	if work := 2 * m * n * k; parts > work/(1<<20) {
+		parts = work / (1 << 20)
+	}
+	if parts <= 1 {
+		g.run(0, m, 0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	if m >= n {
+		step := roundUp(ceilDiv(m, parts), mr)
+		for i0 := 0; i0 < m; i0 += step {
+			wg.Add(1)
+			go func(i0, i1 int) { defer wg.Done(); g.run(i0, i1, 0, n) }(i0, min(i0+step, m))
+		}
+	} else {
+		step := roundUp(ceilDiv(n, parts), nr)
+		for j0 := 0; j0 < n; j0 += step {
+			wg.Add(1)
+			go func(j0, j1 int) { defer wg.Done(); g.run(0, m, j0, j1) }(j0, min(j0+step, n))
+		}
+	}
+	wg.Wait()
+}
+
+func checkShape(name string, trans bool, rows, cols int, s []float32, ld int) {
+	if trans {
+		rows, cols = cols, rows
+	}
+	if rows <= 0 || cols <= 0 {
+		return
+	}
+	if ld < cols || len(s) < (rows-1)*ld+cols {
+		panic(fmt.Sprintf("kernels: %s is %d×%d with stride %d but has %d elements", name, rows, cols, ld, len(s)))
+	}
+}
+
+func ceilDiv(a, b int) int { return (a + b - 1) / b }
+func roundUp(a, b int) int { return ceilDiv(a, b) * b }
+
+type gemm struct {
+	transA, transB bool
+	k              int
+	a, b, c        []float32
+	lda, ldb, ldc  int
+	acc            bool
+}
+
+type packBufs struct {
+	a    [mc * kc]float32
+	b    [kc * nc]float32
+	tile [mr * nr]float32
+}
+
+var bufPool = sync.Pool{New: func() any { return new(packBufs) }}
+
+// run computes the block C[i0:i1, j0:j1] on the calling goroutine.
+func (g *gemm) run(i0, i1, j0, j1 int) {
+	if !g.acc {
+		for i := i0; i < i1; i++ {
+			clear(g.c[i*g.ldc+j0 : i*g.ldc+j1])
+		}
+	}
+	bufs := bufPool.Get().(*packBufs)
+	defer bufPool.Put(bufs)
+	for jc := j0; jc < j1; jc += nc {
+		nb := min(nc, j1-jc)
+		for pc := 0; pc < g.k; pc += kc {
+			kb := min(kc, g.k-pc)
+			g.packB(bufs.b[:], pc, kb, jc, nb)
+			for ic := i0; ic < i1; ic += mc {
+				mb := min(mc, i1-ic)
+				g.packA(bufs.a[:], ic, mb, pc, kb)
+				for jr := 0; jr < nb; jr += nr {
+					bp := bufs.b[jr*kb:]
+					for ir := 0; ir < mb; ir += mr {
+						ap := bufs.a[ir*kb:]
+						ci := (ic+ir)*g.ldc + jc + jr
+						if ir+mr <= mb && jr+nr <= nb {
+							microKernel(kb, ap, bp, g.c[ci:], g.ldc)
+							continue
+						}
+						// Edge tile: compute into a scratch tile, add the valid part.
+						t := bufs.tile[:]
+						clear(t)
+						microKernel(kb, ap, bp, t, nr)
+						rows, cols := min(mr, mb-ir), min(nr, nb-jr)
+						for r := 0; r < rows; r++ {
+							crow := g.c[ci+r*g.ldc : ci+r*g.ldc+cols]
+							for j, v := range t[r*nr : r*nr+cols] {
+								crow[j] += v
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// packA copies A[i0:i0+mb, p0:p0+kb] into row panels of height mr: panel q
+// holds, for each p, the mr values of rows q*mr.. (zero past the edge).
+func (g *gemm) packA(dst []float32, i0, mb, p0, kb int) {
+	for ir := 0; ir < mb; ir += mr {
+		panel := dst[ir*kb : ir*kb+mr*kb]
+		rows := min(mr, mb-ir)
+		if rows < mr {
+			clear(panel)
+		}
+		for r := 0; r < rows; r++ {
+			i := i0 + ir + r
+			if g.transA { // A(i,p) = a[p*lda+i]
+				for p := 0; p < kb; p++ {
+					panel[p*mr+r] = g.a[(p0+p)*g.lda+i]
+				}
+			} else {
+				src := g.a[i*g.lda+p0 : i*g.lda+p0+kb]
+				for p, v := range src {
+					panel[p*mr+r] = v
+				}
+			}
+		}
+	}
+}
+
+// packB copies B[p0:p0+kb, j0:j0+nb] into column panels of width nr: panel q
+// holds, for each p, the nr values of columns q*nr.. (zero past the edge).
+func (g *gemm) packB(dst []float32, p0, kb, j0, nb int) {
+	for jr := 0; jr < nb; jr += nr {
+		panel := dst[jr*kb : jr*kb+nr*kb]
+		cols := min(nr, nb-jr)
+		if cols < nr {
+			clear(panel)
+		}
+		if g.transB { // B(p,j) = b[j*ldb+p]
+			for cc := 0; cc < cols; cc++ {
+				src := g.b[(j0+jr+cc)*g.ldb+p0 : (j0+jr+cc)*g.ldb+p0+kb]
+				for p, v := range src {
+					panel[p*nr+cc] = v
+				}
+			}
+		} else {
+			for p := 0; p < kb; p++ {
+				off := (p0+p)*g.ldb + j0 + jr
+				copy(panel[p*nr:p*nr+cols], g.b[off:off+cols])
+			}
+		}
+	}
+}
+
+// microKernelGo adds the product of an mr×k packed panel of A and a k×nr
+// packed panel of B into the mr×nr tile of C at c (row stride ldc).
+func microKernelGo(k int, a, b, c []float32, ldc int) {
+	var acc [mr][nr]float32
+	a = a[:k*mr]
+	b = b[:k*nr]
+	for p := 0; p < k; p++ {
+		bp := (*[nr]float32)(b[p*nr:])
+		ap := (*[mr]float32)(a[p*mr:])
+		for r := 0; r < mr; r++ {
+			av := ap[r]
+			row := &acc[r]
+			for j := 0; j < nr; j++ {
+				row[j] += av * bp[j]
+			}
+		}
+	}
+	for r := 0; r < mr; r++ {
+		crow := c[r*ldc : r*ldc+nr]
+		for j := range crow {
+			crow[j] += acc[r][j]
+		}
+	}
+}

@@ -1,0 +1,101 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// One k step: load 16 values of B, broadcast each of the 6 values of A and
+// multiply-add into the 12 accumulators Y0..Y11 (row r in Y(2r), Y(2r+1)).
+#define STEP(aoff, boff) \
+	VMOVUPS boff(BX), Y12; \
+	VMOVUPS (boff+32)(BX), Y13; \
+	VBROADCASTSS (aoff+0)(AX), Y14; \
+	VFMADD231PS Y12, Y14, Y0; \
+	VFMADD231PS Y13, Y14, Y1; \
+	VBROADCASTSS (aoff+4)(AX), Y15; \
+	VFMADD231PS Y12, Y15, Y2; \
+	VFMADD231PS Y13, Y15, Y3; \
+	VBROADCASTSS (aoff+8)(AX), Y14; \
+	VFMADD231PS Y12, Y14, Y4; \
+	VFMADD231PS Y13, Y14, Y5; \
+	VBROADCASTSS (aoff+12)(AX), Y15; \
+	VFMADD231PS Y12, Y15, Y6; \
+	VFMADD231PS Y13, Y15, Y7; \
+	VBROADCASTSS (aoff+16)(AX), Y14; \
+	VFMADD231PS Y12, Y14, Y8; \
+	VFMADD231PS Y13, Y14, Y9; \
+	VBROADCASTSS (aoff+20)(AX), Y15; \
+	VFMADD231PS Y12, Y15, Y10; \
+	VFMADD231PS Y13, Y15, Y11
+
+// func kern6x16(k int, a, b, c *float32, ldc int)
+TEXT ·kern6x16(SB), NOSPLIT, $0-40
+	MOVQ k+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), DX
+	SHLQ $2, DX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+	CMPQ CX, $4
+	JLT tail
+loop4:
+	STEP(0, 0)
+	STEP(24, 64)
+	STEP(48, 128)
+	STEP(72, 192)
+	ADDQ $96, AX
+	ADDQ $256, BX
+	SUBQ $4, CX
+	CMPQ CX, $4
+	JGE loop4
+tail:
+	TESTQ CX, CX
+	JEQ store
+loop1:
+	STEP(0, 0)
+	ADDQ $24, AX
+	ADDQ $64, BX
+	DECQ CX
+	JNZ loop1
+store:
+	VADDPS (DI), Y0, Y0
+	VMOVUPS Y0, (DI)
+	VADDPS 32(DI), Y1, Y1
+	VMOVUPS Y1, 32(DI)
+	ADDQ DX, DI
+	VADDPS (DI), Y2, Y2
+	VMOVUPS Y2, (DI)
+	VADDPS 32(DI), Y3, Y3
+	VMOVUPS Y3, 32(DI)
+	ADDQ DX, DI
+	VADDPS (DI), Y4, Y4
+	VMOVUPS Y4, (DI)
+	VADDPS 32(DI), Y5, Y5
+	VMOVUPS Y5, 32(DI)
+	ADDQ DX, DI
+	VADDPS (DI), Y6, Y6
+	VMOVUPS Y6, (DI)
+	VADDPS 32(DI), Y7, Y7
+	VMOVUPS Y7, 32(DI)
+	ADDQ DX, DI
+	VADDPS (DI), Y8, Y8
+	VMOVUPS Y8, (DI)
+	VADDPS 32(DI), Y9, Y9
+	VMOVUPS Y9, 32(DI)
+	ADDQ DX, DI
+	VADDPS (DI), Y10, Y10
+	VMOVUPS Y10, (DI)
+	VADDPS 32(DI), Y11, Y11
+	VMOVUPS Y11, 32(DI)
+	VZEROUPPER
+	RET

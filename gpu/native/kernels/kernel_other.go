@@ -1,0 +1,8 @@
+//go:build !amd64 || purego
+
+package kernels
+
+func microKernel(k int, a, b, c []float32, ldc int) { microKernelGo(k, a, b, c, ldc) }
+
+// Accelerated reports which micro-kernel Sgemm uses.
+func Accelerated() string { return "go" }
