@@ -1,0 +1,323 @@
+package node
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// ConfigVersion is the schema version of config.json. A file with another
+// version is rejected rather than guessed at.
+const ConfigVersion = 1
+
+// DefaultBootstrapPeers is the one place that lists the public bootstrap nodes
+// a volunteer dials when neither the config file nor --bootstrap says
+// otherwise. It is empty until the project runs public bootstrap nodes; an
+// empty list means a local swarm that other peers must dial into.
+var DefaultBootstrapPeers = []string{}
+
+// Files inside the home directory.
+const (
+	IdentityFile = "identity.key"
+	ConfigFile   = "config.json"
+	APIFile      = "api"
+	LockFile     = "lock"
+)
+
+// Role says which program a Node is.
+type Role string
+
+const (
+	RoleNode      Role = "node"      // volunteer daemon
+	RoleBootstrap Role = "bootstrap" // public bootstrap node: DHT server, relay service
+)
+
+// DHT modes accepted in Config.DHTMode.
+const (
+	DHTAuto   = "auto"   // server when publicly reachable (or in a local swarm), client otherwise
+	DHTServer = "server" // always answer DHT queries
+	DHTClient = "client" // never answer DHT queries
+)
+
+// Config is the node's configuration. The fields with JSON tags are the
+// versioned config file (home/config.json); the others are set by code.
+type Config struct {
+	Version int `json:"version"`
+	// Listen lists the libp2p listen multiaddrs (TCP and QUIC).
+	Listen []string `json:"listen"`
+	// Bootstrap lists the peers dialled first (/ip4/.../tcp/.../p2p/...).
+	// Empty is allowed: a local swarm.
+	Bootstrap []string `json:"bootstrap"`
+	// API is where the control API listens: host:port on a loopback address
+	// or unix:/path/to/socket.
+	API string `json:"api"`
+	// RunName names the training run this node joins; its CID is the run ID
+	// until the run manifest provides one.
+	RunName string `json:"run_name"`
+	// DHTMode is auto, server or client.
+	DHTMode string `json:"dht_mode"`
+	// ConnsLow and ConnsHigh are the connection manager's water marks.
+	ConnsLow  int `json:"conns_low"`
+	ConnsHigh int `json:"conns_high"`
+	// MaxMemoryMB and MaxFDs bound the libp2p resource manager.
+	MaxMemoryMB int `json:"max_memory_mb"`
+	MaxFDs      int `json:"max_fds"`
+	// PortMapping asks the router for a port forward (UPnP / NAT-PMP).
+	PortMapping bool `json:"port_mapping"`
+	// RelayService makes this node a circuit relay v2 for peers behind NAT
+	// (on by default for bootstrap nodes).
+	RelayService bool `json:"relay_service"`
+
+	// Home is the home directory (identity, config, API address, lock).
+	Home string `json:"-"`
+	// Role is RoleNode or RoleBootstrap.
+	Role Role `json:"-"`
+	// RunID overrides the CID derived from RunName (the run manifest's CID).
+	RunID cid.Cid `json:"-"`
+	// Version string reported in status.
+	AppVersion string `json:"-"`
+	// Services are started after the host, DHT and API are up, and closed in
+	// reverse order before them.
+	Services []Service `json:"-"`
+	// DiscoveryInterval is the slowest interval between two queries for run
+	// peers (the first queries come faster); 0 means the default.
+	DiscoveryInterval time.Duration `json:"-"`
+}
+
+// DefaultConfig returns the configuration a volunteer gets on first start.
+func DefaultConfig() Config {
+	return Config{
+		Version: ConfigVersion,
+		Listen: []string{
+			"/ip4/0.0.0.0/tcp/4001",
+			"/ip4/0.0.0.0/udp/4001/quic-v1",
+			"/ip6/::/tcp/4001",
+			"/ip6/::/udp/4001/quic-v1",
+		},
+		Bootstrap:   append([]string{}, DefaultBootstrapPeers...),
+		API:         "127.0.0.1:0",
+		RunName:     "default",
+		DHTMode:     DHTAuto,
+		ConnsLow:    64,
+		ConnsHigh:   192,
+		MaxMemoryMB: 512,
+		MaxFDs:      1024,
+		PortMapping: true,
+		Role:        RoleNode,
+	}
+}
+
+// ErrCorruptFile is wrapped by errors about a file in the home that cannot
+// be parsed; such a file is never overwritten.
+var ErrCorruptFile = errors.New("corrupt file")
+
+// LoadConfig reads home/config.json over DefaultConfig. A missing file yields
+// the defaults and exists=false; a file that does not parse or validate is
+// an error naming the file and the field, and is left untouched.
+func LoadConfig(home string) (cfg Config, exists bool, err error) {
+	cfg = DefaultConfig()
+	cfg.Home = home
+	path := filepath.Join(home, ConfigFile)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return cfg, false, nil
+	}
+	if err != nil {
+		return cfg, false, fmt.Errorf("read config %s: %w", path, err)
+	}
+	if err := decodeConfig(data, &cfg); err != nil {
+		return cfg, true, fmt.Errorf("config %s: %w: %w", path, ErrCorruptFile, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, true, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, true, nil
+}
+
+// decodeConfig parses a config file over cfg, rejecting unknown fields,
+// trailing data and other schema versions.
+func decodeConfig(data []byte, cfg *Config) error {
+	var probe struct {
+		Version *int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return describeJSONError(data, err)
+	}
+	if probe.Version == nil {
+		return errors.New("field version: missing")
+	}
+	if *probe.Version != ConfigVersion {
+		return fmt.Errorf("field version: %d is not supported (want %d)", *probe.Version, ConfigVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return describeJSONError(data, err)
+	}
+	if dec.More() {
+		return errors.New("trailing data after the JSON object")
+	}
+	return nil
+}
+
+func describeJSONError(data []byte, err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		return fmt.Errorf("field %s: want %s, got %s", typeErr.Field, typeErr.Type, typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		line := 1 + bytes.Count(data[:min(int(syntaxErr.Offset), len(data))], []byte("\n"))
+		return fmt.Errorf("line %d: %v", line, err)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Errorf("field %s: unknown", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return err
+}
+
+// WriteConfig writes cfg as home/config.json if no such file exists yet, so
+// that a volunteer has a file to edit. An existing file is never replaced.
+func WriteConfig(home string, cfg Config) error {
+	cfg.Version = ConfigVersion
+	data, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	return writeFileExclusive(filepath.Join(home, ConfigFile), data, 0o644)
+}
+
+// writeFileExclusive writes data to path through a temporary file and a
+// hard link, so that path appears complete or not at all and an existing
+// file is never replaced.
+func writeFileExclusive(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Link(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Validate checks every field and names the first bad one.
+func (c *Config) Validate() error {
+	if c.Version != ConfigVersion {
+		return fmt.Errorf("field version: %d is not supported (want %d)", c.Version, ConfigVersion)
+	}
+	if len(c.Listen) == 0 {
+		return errors.New("field listen: at least one address is needed")
+	}
+	for i, s := range c.Listen {
+		if _, err := ma.NewMultiaddr(s); err != nil {
+			return fmt.Errorf("field listen[%d]: %q is not a multiaddr: %v", i, s, err)
+		}
+	}
+	if _, err := c.BootstrapPeers(); err != nil {
+		return err
+	}
+	if c.API == "" && c.Home != "" {
+		return errors.New("field api: empty (the CLI finds a daemon through its control API)")
+	}
+	if c.API == "" {
+		// An embedded, ephemeral node without a control API.
+	} else if err := validateAPIAddr(c.API); err != nil {
+		return fmt.Errorf("field api: %w", err)
+	}
+	if c.Role != RoleBootstrap && strings.TrimSpace(c.RunName) == "" && !c.RunID.Defined() {
+		return errors.New("field run_name: empty")
+	}
+	switch c.DHTMode {
+	case DHTAuto, DHTServer, DHTClient:
+	default:
+		return fmt.Errorf("field dht_mode: %q is not auto, server or client", c.DHTMode)
+	}
+	if c.ConnsLow < 1 || c.ConnsHigh < c.ConnsLow {
+		return fmt.Errorf("fields conns_low/conns_high: want 1 <= conns_low (%d) <= conns_high (%d)", c.ConnsLow, c.ConnsHigh)
+	}
+	if c.MaxMemoryMB < 64 {
+		return fmt.Errorf("field max_memory_mb: %d is below the minimum of 64", c.MaxMemoryMB)
+	}
+	if c.MaxFDs < 64 {
+		return fmt.Errorf("field max_fds: %d is below the minimum of 64", c.MaxFDs)
+	}
+	switch c.Role {
+	case RoleNode, RoleBootstrap:
+	default:
+		return fmt.Errorf("role %q is not node or bootstrap", c.Role)
+	}
+	return nil
+}
+
+// BootstrapPeers parses Config.Bootstrap; every entry must carry /p2p/ID.
+func (c *Config) BootstrapPeers() ([]peer.AddrInfo, error) {
+	var addrs []ma.Multiaddr
+	for i, s := range c.Bootstrap {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("field bootstrap[%d]: %q is not a multiaddr: %v", i, s, err)
+		}
+		if _, err := peer.AddrInfoFromP2pAddr(a); err != nil {
+			return nil, fmt.Errorf("field bootstrap[%d]: %q must end in /p2p/<peer id>: %v", i, s, err)
+		}
+		addrs = append(addrs, a)
+	}
+	infos, err := peer.AddrInfosFromP2pAddrs(addrs...)
+	if err != nil {
+		return nil, fmt.Errorf("field bootstrap: %v", err)
+	}
+	return infos, nil
+}
+
+// validateAPIAddr accepts unix:/path or host:port where host is a loopback
+// IP or "localhost": the control API is never served on a public address.
+func validateAPIAddr(s string) error {
+	if path, ok := strings.CutPrefix(s, "unix:"); ok {
+		if path == "" {
+			return errors.New("unix: needs a socket path")
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("%q: want 127.0.0.1:PORT or unix:/path: %v", s, err)
+	}
+	if port == "" {
+		return fmt.Errorf("%q: missing port", s)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	ip := net.ParseIP(host)
+	if ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("%q: the control API listens on loopback only (127.0.0.1, ::1) or a unix socket", s)
+	}
+	return nil
+}

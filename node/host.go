@@ -1,0 +1,127 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/muxer/yamux"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/p2p/security/noise"
+	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
+	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// UserAgent is announced through identify; peers see it in their peerstore.
+const UserAgent = "swarm"
+
+// resourceLimits returns explicit resource-manager limits scaled to the
+// configured memory and file-descriptor budget, with a small fixed budget
+// for the run handshake so a flood of hellos cannot starve other protocols.
+func resourceLimits(cfg *Config) rcmgr.ConcreteLimitConfig {
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	limits.AddProtocolLimit(HelloProtocol,
+		rcmgr.BaseLimit{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 4 << 20},
+		rcmgr.BaseLimitIncrease{})
+	limits.AddProtocolPeerLimit(HelloProtocol,
+		rcmgr.BaseLimit{StreamsInbound: 2, StreamsOutbound: 2, Streams: 4, Memory: 64 << 10},
+		rcmgr.BaseLimitIncrease{})
+	return limits.Scale(int64(cfg.MaxMemoryMB)<<20, cfg.MaxFDs)
+}
+
+// newHost builds the libp2p host: TCP and QUIC, TLS and Noise, yamux, a
+// resource manager with explicit limits, a connection manager, AutoNAT,
+// hole punching and a relay v2 client (relay service on bootstrap nodes).
+// relaySource feeds the relay client with candidate relays.
+func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySource autorelay.PeerSource) (host.Host, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg)))
+	if err != nil {
+		return nil, fmt.Errorf("resource manager: %w", err)
+	}
+	cm, err := connmgr.NewConnManager(cfg.ConnsLow, cfg.ConnsHigh, connmgr.WithGracePeriod(time.Minute))
+	if err != nil {
+		rm.Close()
+		return nil, fmt.Errorf("connection manager: %w", err)
+	}
+	opts := []libp2p.Option{
+		libp2p.Identity(sk),
+		libp2p.ListenAddrStrings(cfg.Listen...),
+		libp2p.Transport(tcp.NewTCPTransport),
+		libp2p.Transport(quic.NewTransport),
+		libp2p.Security(libp2ptls.ID, libp2ptls.New),
+		libp2p.Security(noise.ID, noise.New),
+		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
+		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
+		libp2p.UserAgent(UserAgent),
+		libp2p.PrometheusRegisterer(reg),
+		libp2p.EnableRelay(),
+		libp2p.EnableHolePunching(),
+	}
+	if cfg.PortMapping {
+		opts = append(opts, libp2p.NATPortMap())
+	}
+	if cfg.Role == RoleBootstrap || cfg.RelayService {
+		res := relayv2.DefaultResources()
+		res.MaxReservations = 256
+		res.MaxCircuits = 16
+		res.MaxReservationsPerIP = 8
+		res.Limit = &relayv2.RelayLimit{Duration: 2 * time.Minute, Data: 1 << 20}
+		opts = append(opts, libp2p.EnableRelayService(relayv2.WithResources(res)), libp2p.EnableNATService())
+	}
+	if cfg.Role != RoleBootstrap && relaySource != nil {
+		opts = append(opts, libp2p.EnableAutoRelayWithPeerSource(relaySource,
+			autorelay.WithMinInterval(10*time.Second), autorelay.WithBootDelay(5*time.Second)))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p host: %w", err)
+	}
+	return h, nil
+}
+
+// relayCandidates offers connected peers that speak the relay v2 hop
+// protocol (bootstrap nodes run it) as relays for the relay client.
+func relayCandidates(get func() host.Host, boot []peer.AddrInfo) autorelay.PeerSource {
+	const hop protocol.ID = "/libp2p/circuit/relay/0.2.0/hop"
+	return func(ctx context.Context, num int) <-chan peer.AddrInfo {
+		out := make(chan peer.AddrInfo, num)
+		defer close(out)
+		h := get()
+		if h == nil {
+			return out
+		}
+		seen := map[peer.ID]bool{}
+		for _, ai := range boot {
+			if len(out) == num {
+				return out
+			}
+			seen[ai.ID] = true
+			out <- ai
+		}
+		for _, p := range h.Network().Peers() {
+			if len(out) == num {
+				break
+			}
+			if seen[p] || h.Network().Connectedness(p) != network.Connected {
+				continue
+			}
+			if ok, _ := h.Peerstore().SupportsProtocols(p, hop); len(ok) > 0 {
+				out <- h.Peerstore().PeerInfo(p)
+			}
+		}
+		return out
+	}
+}

@@ -1,0 +1,163 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testConfig is an ephemeral node on 127.0.0.1 (TCP, port 0).
+func testConfig(run string, boot ...string) Config {
+	cfg := DefaultConfig()
+	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Bootstrap = boot
+	cfg.API = ""
+	cfg.RunName = run
+	cfg.PortMapping = false
+	cfg.DiscoveryInterval = 2 * time.Second
+	return cfg
+}
+
+// startNode runs a node until the test ends.
+func startNode(t testing.TB, cfg Config) *Node {
+	t.Helper()
+	n, err := New(cfg, nil)
+	if err != nil {
+		t.Fatalf("new node: %v", err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- n.Run(context.Background()) }()
+	t.Cleanup(func() {
+		n.Close()
+		if err := <-errc; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	select {
+	case <-n.Ready():
+	case err := <-errc:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("node not ready after 10 s")
+	}
+	return n
+}
+
+func startBootstrap(t testing.TB) (*Node, string) {
+	t.Helper()
+	cfg := testConfig("")
+	cfg.Role = RoleBootstrap
+	b := startNode(t, cfg)
+	return b, b.Addrs()[0].String()
+}
+
+func runPeerSet(n *Node) map[peer.ID]bool {
+	set := map[peer.ID]bool{}
+	for _, ai := range n.RunPeers() {
+		set[ai.ID] = true
+	}
+	return set
+}
+
+// waitFor polls cond every 50 ms until it holds or the deadline passes.
+func waitFor(t testing.TB, d time.Duration, what func() string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %v: %s", d, what())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// allFound reports whether every node of group lists exactly the others.
+func allFound(group []*Node) (bool, string) {
+	for i, n := range group {
+		got := runPeerSet(n)
+		for j, o := range group {
+			if i != j && !got[o.Host().ID()] {
+				return false, fmt.Sprintf("node %d has %d of %d run peers (missing node %d)", i, len(got), len(group)-1, j)
+			}
+		}
+	}
+	return true, ""
+}
+
+func TestRunDiscovery(t *testing.T) {
+	nA, nB := 20, 5
+	if testing.Short() {
+		nA, nB = 6, 3
+	}
+	_, bootAddr := startBootstrap(t)
+	var runA, runB []*Node
+	start := time.Now()
+	for i := 0; i < nA; i++ {
+		runA = append(runA, startNode(t, testConfig("run-a", bootAddr)))
+	}
+	for i := 0; i < nB; i++ {
+		runB = append(runB, startNode(t, testConfig("run-b", bootAddr)))
+	}
+	msg := ""
+	waitFor(t, 10*time.Second, func() string { return msg }, func() bool {
+		okA, mA := allFound(runA)
+		okB, mB := allFound(runB)
+		msg = mA + mB
+		return okA && okB
+	})
+	t.Logf("%d+%d nodes found their runs in %v", nA, nB, time.Since(start).Round(time.Millisecond))
+	// Peers of the other run are never listed, even after more queries.
+	for _, n := range runA {
+		n.RefreshRunPeers()
+	}
+	time.Sleep(500 * time.Millisecond)
+	inB := map[peer.ID]bool{}
+	for _, n := range runB {
+		inB[n.Host().ID()] = true
+	}
+	for i, n := range runA {
+		for _, ai := range n.RunPeers() {
+			if inB[ai.ID] {
+				t.Errorf("node %d of run-a lists %s of run-b", i, ai.ID)
+			}
+		}
+		if got := len(n.RunPeers()); got != nA-1 {
+			t.Errorf("node %d of run-a lists %d run peers, want %d", i, got, nA-1)
+		}
+	}
+	for i, n := range runB {
+		if got := len(n.RunPeers()); got != nB-1 {
+			t.Errorf("node %d of run-b lists %d run peers, want %d", i, got, nB-1)
+		}
+	}
+}
+
+func TestDiscoveryWithoutBootstrap(t *testing.T) {
+	boot, bootAddr := startBootstrap(t)
+	var group []*Node
+	for i := 0; i < 4; i++ {
+		group = append(group, startNode(t, testConfig("run", bootAddr)))
+	}
+	waitFor(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
+		ok, _ := allFound(group)
+		return ok
+	})
+	if err := boot.Close(); err != nil {
+		t.Fatalf("close bootstrap: %v", err)
+	}
+	// The joiner knows one ordinary peer only.
+	joiner := startNode(t, testConfig("run", group[0].Addrs()[0].String()))
+	group = append(group, joiner)
+	waitFor(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
+		ok, _ := allFound(group)
+		return ok
+	})
+}

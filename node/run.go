@@ -1,0 +1,368 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	mh "github.com/multiformats/go-multihash"
+)
+
+// RunIDFromName is the placeholder run ID: the CIDv1 (raw codec, sha2-256)
+// of the run name. Once the run manifest exists, Config.RunID carries the
+// manifest's CID instead and this function is no longer consulted.
+func RunIDFromName(name string) cid.Cid {
+	sum, err := mh.Sum([]byte(name), mh.SHA2_256, -1)
+	if err != nil {
+		panic(err) // sha2-256 is always available
+	}
+	return cid.NewCidV1(cid.Raw, sum)
+}
+
+// Timing of run discovery. Queries start fast so that a joiner on a LAN finds
+// its run in about a second, then back off to Config.DiscoveryInterval.
+const (
+	firstQueryDelay      = 200 * time.Millisecond
+	defaultDiscoveryMax  = 30 * time.Second
+	runAnnounceInterval  = 10 * time.Minute
+	providerValidity     = 30 * time.Minute
+	dialTimeout          = 5 * time.Second
+	helloTimeout         = 5 * time.Second
+	failedPeerBackoff    = 30 * time.Second
+	maxParallelDials     = 16
+	runConnProtectionTag = "swarm-run"
+)
+
+// membership keeps the set of live, verified peers of this node's run.
+type membership struct {
+	n        *Node
+	runID    cid.Cid
+	maxDelay time.Duration
+
+	mu     sync.Mutex
+	peers  map[peer.ID]struct{} // hello-verified peers of our run
+	failed map[peer.ID]time.Time
+	wake   chan struct{}
+	// announced is closed after the first successful announcement.
+	announced     chan struct{}
+	announcedOnce sync.Once
+}
+
+func newMembership(n *Node, runID cid.Cid, maxDelay time.Duration) *membership {
+	if maxDelay <= 0 {
+		maxDelay = defaultDiscoveryMax
+	}
+	return &membership{
+		n:         n,
+		runID:     runID,
+		maxDelay:  maxDelay,
+		peers:     make(map[peer.ID]struct{}),
+		failed:    make(map[peer.ID]time.Time),
+		wake:      make(chan struct{}, 1),
+		announced: make(chan struct{}),
+	}
+}
+
+// refresh asks the discovery loop for a query now.
+func (m *membership) refresh() {
+	select {
+	case m.wake <- struct{}{}:
+	default:
+	}
+}
+
+// list returns the verified run peers that are still connected, sorted.
+func (m *membership) list() []peer.AddrInfo {
+	h := m.n.host
+	m.mu.Lock()
+	ids := make([]peer.ID, 0, len(m.peers))
+	for p := range m.peers {
+		if h.Network().Connectedness(p) == network.Connected {
+			ids = append(ids, p)
+		}
+	}
+	m.mu.Unlock()
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	out := make([]peer.AddrInfo, 0, len(ids))
+	for _, p := range ids {
+		out = append(out, h.Peerstore().PeerInfo(p))
+	}
+	return out
+}
+
+func (m *membership) add(p peer.ID) {
+	m.mu.Lock()
+	_, had := m.peers[p]
+	m.peers[p] = struct{}{}
+	delete(m.failed, p)
+	m.mu.Unlock()
+	m.n.host.ConnManager().Protect(p, runConnProtectionTag)
+	if !had {
+		m.n.metrics.runPeersFound.Inc()
+		m.n.log.Debug("run peer verified", "peer", p)
+	}
+}
+
+func (m *membership) drop(p peer.ID) {
+	m.mu.Lock()
+	_, had := m.peers[p]
+	delete(m.peers, p)
+	m.failed[p] = time.Now()
+	m.mu.Unlock()
+	if had {
+		m.n.host.ConnManager().Unprotect(p, runConnProtectionTag)
+		m.n.log.Debug("run peer lost", "peer", p)
+	}
+}
+
+func (m *membership) skip(p peer.ID) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.peers[p]; ok && m.n.host.Network().Connectedness(p) == network.Connected {
+		return true
+	}
+	t, ok := m.failed[p]
+	return ok && time.Since(t) < failedPeerBackoff
+}
+
+// run announces the run and queries for its peers until ctx ends.
+func (m *membership) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.n.announceLoop(ctx, m.runID, runAnnounceInterval, func() {
+			m.announcedOnce.Do(func() { close(m.announced) })
+			m.refresh()
+		})
+	}()
+
+	delay := firstQueryDelay
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		case <-m.wake:
+			if !timer.Stop() {
+				select {
+				case <-timer.C:
+				default:
+				}
+			}
+		}
+		m.discover(ctx)
+		delay = min(2*delay, m.maxDelay)
+		timer.Reset(delay)
+	}
+}
+
+// discover runs one query for the run's providers and verifies each new one.
+func (m *membership) discover(ctx context.Context) {
+	if m.n.dht.RoutingTable().Size() == 0 {
+		return
+	}
+	m.n.metrics.runQueries.Inc()
+	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	sem := make(chan struct{}, maxParallelDials)
+	var wg sync.WaitGroup
+	for ai := range m.n.dht.FindProvidersAsync(qctx, m.runID, 0) {
+		if ai.ID == m.n.host.ID() || m.skip(ai.ID) {
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(ai peer.AddrInfo) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := m.verify(ctx, ai); err != nil {
+				m.drop(ai.ID)
+				m.n.log.Debug("run candidate rejected", "peer", ai.ID, "err", err)
+			}
+		}(ai)
+	}
+	wg.Wait()
+	// Re-check members we lost the connection to.
+	m.mu.Lock()
+	var lost []peer.ID
+	for p := range m.peers {
+		if m.n.host.Network().Connectedness(p) != network.Connected {
+			lost = append(lost, p)
+		}
+	}
+	m.mu.Unlock()
+	for _, p := range lost {
+		if err := m.verify(ctx, m.n.host.Peerstore().PeerInfo(p)); err != nil {
+			m.drop(p)
+		}
+	}
+	m.n.metrics.runPeers.Set(float64(len(m.list())))
+}
+
+// verify connects to ai and runs the hello handshake.
+func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	if err := m.n.host.Connect(dctx, ai); err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	s, err := m.n.host.NewStream(dctx, ai.ID, HelloProtocol)
+	if err != nil {
+		return fmt.Errorf("open hello: %w", err)
+	}
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(helloTimeout))
+	if err := writeRunID(s, m.runID); err != nil {
+		s.Reset()
+		return fmt.Errorf("send hello: %w", err)
+	}
+	_ = s.CloseWrite()
+	theirs, err := readRunID(s)
+	if err != nil {
+		s.Reset()
+		if errors.Is(err, errBadHello) {
+			m.n.log.Warn("peer sent a malformed run hello; disconnecting", "peer", ai.ID, "err", err)
+			_ = m.n.host.Network().ClosePeer(ai.ID)
+		}
+		return err
+	}
+	if !theirs.Equals(m.runID) {
+		return fmt.Errorf("peer is in run %s, not %s", theirs, m.runID)
+	}
+	m.add(ai.ID)
+	return nil
+}
+
+// handleHello answers a peer's handshake and, when the runs match, counts
+// the peer as a run member right away (it found us through the DHT).
+func (m *membership) handleHello(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(helloTimeout))
+	p := s.Conn().RemotePeer()
+	theirs, err := readRunID(s)
+	if err != nil {
+		s.Reset()
+		m.n.log.Warn("peer sent a malformed run hello; disconnecting", "peer", p, "err", err)
+		_ = m.n.host.Network().ClosePeer(p)
+		return
+	}
+	if err := writeRunID(s, m.runID); err != nil {
+		s.Reset()
+		return
+	}
+	if theirs.Equals(m.runID) {
+		m.add(p)
+	}
+}
+
+// announceLoop provides c in the DHT now (retrying with backoff until the
+// routing table has peers) and again every interval, calling onDone after
+// each success.
+func (n *Node) announceLoop(ctx context.Context, c cid.Cid, interval time.Duration, onDone func()) {
+	retry := 100 * time.Millisecond
+	for {
+		err := n.Announce(ctx, c)
+		wait := interval
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			n.log.Debug("announce failed, retrying", "cid", c, "err", err, "in", retry)
+			wait = retry
+			retry = min(2*retry, 30*time.Second)
+		} else {
+			retry = 100 * time.Millisecond
+			if onDone != nil {
+				onDone()
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Announce stores a provider record for c in the DHT: "this node has c".
+// The run layer uses it for the run ID; the training layer can use it for
+// shard claims or any other key.
+func (n *Node) Announce(ctx context.Context, c cid.Cid) error {
+	if n.dht.RoutingTable().Size() == 0 {
+		return errors.New("announce: DHT routing table is empty")
+	}
+	if err := n.dht.Provide(ctx, c, true); err != nil {
+		return fmt.Errorf("announce %s: %w", c, err)
+	}
+	return nil
+}
+
+// AnnounceEvery announces c now and every interval until ctx ends, retrying
+// failed announcements with backoff. It returns at once.
+func (n *Node) AnnounceEvery(ctx context.Context, c cid.Cid, interval time.Duration) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := n.mergeCtx(ctx)
+		defer cancel()
+		n.announceLoop(ctx, c, interval, nil)
+	}()
+}
+
+// FindProviders returns the peers whose provider records for c the DHT
+// holds, without dialling them (this node excluded).
+func (n *Node) FindProviders(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error) {
+	if n.dht.RoutingTable().Size() == 0 {
+		return nil, errors.New("find providers: DHT routing table is empty")
+	}
+	var out []peer.AddrInfo
+	for ai := range n.dht.FindProvidersAsync(ctx, c, 0) {
+		if ai.ID != n.host.ID() {
+			out = append(out, ai)
+		}
+	}
+	return out, ctx.Err()
+}
+
+// FindPeers returns the providers of c that this node could connect to;
+// peers that fail to connect within the dial timeout are left out.
+func (n *Node) FindPeers(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error) {
+	cands, err := n.FindProviders(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	var (
+		mu  sync.Mutex
+		out []peer.AddrInfo
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, maxParallelDials)
+	)
+	for _, ai := range cands {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(ai peer.AddrInfo) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+			defer cancel()
+			if n.host.Connect(dctx, ai) == nil {
+				mu.Lock()
+				out = append(out, n.host.Peerstore().PeerInfo(ai.ID))
+				mu.Unlock()
+			}
+		}(ai)
+	}
+	wg.Wait()
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
