@@ -1,0 +1,169 @@
+package progress
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Protocol carries one record per stream: a 4-byte big-endian length, then
+// the JSON record. The receiver binds it to the stream's remote peer.
+const Protocol protocol.ID = "/swarm/train/progress/1.0.0"
+
+const streamTimeout = 3 * time.Second
+
+// Gossip pushes this node's record to its run peers and stores theirs.
+type Gossip struct {
+	h       host.Host
+	runID   string
+	tracker *Tracker
+	log     *slog.Logger
+	peers   func() []peer.ID
+	self    func() Record
+
+	mu      sync.Mutex
+	seq     uint64
+	pending chan struct{}
+}
+
+// NewGossip registers the protocol handler on h. peers lists the run peers
+// to push to; self returns this node's current record (Peer, RunID and Seq
+// are filled in by Gossip).
+func NewGossip(h host.Host, runID string, tracker *Tracker, peers func() []peer.ID, self func() Record, log *slog.Logger) *Gossip {
+	g := &Gossip{h: h, runID: runID, tracker: tracker, peers: peers, self: self, log: log, pending: make(chan struct{}, 1)}
+	h.SetStreamHandler(Protocol, g.handle)
+	return g
+}
+
+// Close removes the handler.
+func (g *Gossip) Close() { g.h.RemoveStreamHandler(Protocol) }
+
+// Poke asks for a push as soon as possible (the record changed).
+func (g *Gossip) Poke() {
+	select {
+	case g.pending <- struct{}{}:
+	default:
+	}
+}
+
+// Run pushes the record every interval and on every Poke (at most every
+// minGap) until ctx ends.
+func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		g.PushNow(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-g.pending:
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(minGap):
+			}
+		}
+	}
+}
+
+// Current returns this node's record as it would be pushed now, and stores
+// it in the tracker.
+func (g *Gossip) Current() Record {
+	r := g.self()
+	g.mu.Lock()
+	g.seq++
+	r.Seq = g.seq
+	g.mu.Unlock()
+	r.Peer = g.h.ID().String()
+	r.RunID = g.runID
+	g.tracker.Update(r, time.Now())
+	return r
+}
+
+// PushNow sends the current record to every run peer in parallel and waits.
+func (g *Gossip) PushNow(ctx context.Context) {
+	r := g.Current()
+	b, err := r.Encode()
+	if err != nil {
+		g.log.Error("progress record", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, p := range g.peers() {
+		if p == g.h.ID() {
+			continue
+		}
+		wg.Add(1)
+		go func(p peer.ID) {
+			defer wg.Done()
+			if err := g.send(ctx, p, b); err != nil {
+				g.log.Debug("progress push failed", "peer", p, "err", err)
+			}
+		}(p)
+	}
+	wg.Wait()
+}
+
+func (g *Gossip) send(ctx context.Context, p peer.ID, b []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, streamTimeout)
+	defer cancel()
+	s, err := g.h.NewStream(network.WithAllowLimitedConn(ctx, "progress"), p, Protocol)
+	if err != nil {
+		return err
+	}
+	_ = s.SetDeadline(time.Now().Add(streamTimeout))
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	if _, err := s.Write(append(hdr[:], b...)); err != nil {
+		s.Reset()
+		return err
+	}
+	return s.Close()
+}
+
+func (g *Gossip) handle(s network.Stream) {
+	defer s.Close()
+	_ = s.SetDeadline(time.Now().Add(streamTimeout))
+	from := s.Conn().RemotePeer()
+	rec, err := ReadRecord(s)
+	if err != nil {
+		s.Reset()
+		g.log.Debug("bad progress record", "peer", from, "err", err)
+		return
+	}
+	if rec.Peer != from.String() {
+		g.log.Debug("progress record names another peer", "peer", from, "names", rec.Peer)
+		return
+	}
+	if rec.RunID != g.runID {
+		return
+	}
+	g.tracker.Update(*rec, time.Now())
+}
+
+// ReadRecord reads one length-prefixed record.
+func ReadRecord(r io.Reader) (*Record, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, fmt.Errorf("record length: %w", err)
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || n > MaxRecordSize {
+		return nil, fmt.Errorf("record length %d outside 1..%d", n, MaxRecordSize)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, fmt.Errorf("record body: %w", err)
+	}
+	return Decode(b)
+}

@@ -1,0 +1,207 @@
+// Package progress keeps what the nodes of a run tell each other about
+// themselves: the shard each holds, its speed and state, the collaborative
+// epoch it is in and the samples it has processed there, its recent loss.
+// Records are pushed to every run peer over a small protocol; each one is
+// bound to the peer that sent it (the authenticated stream's remote peer)
+// and expires if not refreshed. There is no coordinator: every node derives
+// the global epoch and progress from the records it holds.
+package progress
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"sort"
+	"sync"
+	"time"
+)
+
+// Node states.
+const (
+	StateJoining = "joining" // downloading state or not yet trained
+	StateOnline  = "online"  // training
+	StateDone    = "done"    // the run's last epoch is finished
+)
+
+// MaxRecordSize bounds one encoded record on the wire.
+const MaxRecordSize = 8 << 10
+
+// Record is one node's self-report.
+type Record struct {
+	Peer       string  `json:"peer"`
+	RunID      string  `json:"run_id"`
+	Seq        uint64  `json:"seq"` // grows with every record a node sends; older ones are ignored
+	Shard      int     `json:"shard"`
+	State      string  `json:"state"`
+	Device     string  `json:"device"`
+	Rate       float64 `json:"rate"`       // FLOP/s on its shard (claims.Holder.Rate)
+	Throughput float64 `json:"throughput"` // samples/s through its shard
+	Epoch      uint64  `json:"epoch"`      // collaborative epoch (optimizer step) it is in
+	Samples    int     `json:"samples"`    // samples it finished in that epoch
+	Loss       float64 `json:"loss"`       // recent training loss seen by this node (last shard), or 0
+	Round      uint64  `json:"round"`      // last averaging round
+	GroupSize  int     `json:"group_size"` // of that round
+	Fraction   float64 `json:"fraction"`   // of the vector averaged in it
+	Accuracy   float64 `json:"accuracy"`   // test accuracy once measured, else -1
+}
+
+// Validate checks a decoded record; errors name the field.
+func (r *Record) Validate() error {
+	if r.Peer == "" {
+		return errors.New("record: peer missing")
+	}
+	if r.Shard < 0 || r.Shard > 1<<16 {
+		return fmt.Errorf("record: shard %d out of range", r.Shard)
+	}
+	switch r.State {
+	case StateJoining, StateOnline, StateDone:
+	default:
+		return fmt.Errorf("record: unknown state %q", r.State)
+	}
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{{"rate", r.Rate}, {"throughput", r.Throughput}, {"loss", r.Loss}, {"fraction", r.Fraction}} {
+		if math.IsNaN(f.v) || math.IsInf(f.v, 0) || f.v < 0 {
+			return fmt.Errorf("record: %s %v is not a finite non-negative number", f.name, f.v)
+		}
+	}
+	if r.Samples < 0 || r.GroupSize < 0 {
+		return errors.New("record: negative count")
+	}
+	if len(r.Device) > 128 || len(r.RunID) > 128 {
+		return errors.New("record: device or run_id too long")
+	}
+	return nil
+}
+
+// Encode returns the record's wire form (JSON).
+func (r *Record) Encode() ([]byte, error) {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxRecordSize {
+		return nil, fmt.Errorf("record: %d bytes, limit %d", len(b), MaxRecordSize)
+	}
+	return b, nil
+}
+
+// Decode parses and validates a wire record.
+func Decode(b []byte) (*Record, error) {
+	if len(b) > MaxRecordSize {
+		return nil, fmt.Errorf("record: %d bytes, limit %d", len(b), MaxRecordSize)
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("record: %w", err)
+	}
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Tracker holds the latest live record of every peer.
+type Tracker struct {
+	ttl time.Duration
+
+	mu      sync.Mutex
+	recs    map[string]entry
+	changed chan struct{} // closed and replaced on every accepted update
+}
+
+type entry struct {
+	rec  Record
+	seen time.Time
+}
+
+// NewTracker keeps records for ttl after they arrive.
+func NewTracker(ttl time.Duration) *Tracker {
+	return &Tracker{ttl: ttl, recs: map[string]entry{}, changed: make(chan struct{})}
+}
+
+// Update stores rec if it is newer than what the tracker holds for its peer.
+func (t *Tracker) Update(rec Record, now time.Time) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if old, ok := t.recs[rec.Peer]; ok && old.rec.Seq >= rec.Seq && now.Sub(old.seen) < t.ttl {
+		return false
+	}
+	t.recs[rec.Peer] = entry{rec: rec, seen: now}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	return true
+}
+
+// Forget drops a peer's record (it was seen dead).
+func (t *Tracker) Forget(peer string) {
+	t.mu.Lock()
+	delete(t.recs, peer)
+	t.mu.Unlock()
+}
+
+// Changed returns a channel closed at the next accepted update.
+func (t *Tracker) Changed() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.changed
+}
+
+// Live returns the unexpired records sorted by peer.
+func (t *Tracker) Live(now time.Time) []Record {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make([]Record, 0, len(t.recs))
+	for p, e := range t.recs {
+		if now.Sub(e.seen) >= t.ttl {
+			delete(t.recs, p)
+			continue
+		}
+		out = append(out, e.rec)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Peer < out[j].Peer })
+	return out
+}
+
+// Summary is what a node derives from the live records (its own included).
+type Summary struct {
+	Epoch      uint64    // highest epoch any live peer reports
+	Samples    int       // samples finished in Epoch by the first shard's holders
+	Throughput float64   // global samples/s: sum over the first shard's holders
+	Loss       float64   // mean recent loss over last-shard holders that report one
+	ShardTP    []float64 // per shard, sum of holders' samples/s
+	ShardPeers [][]string
+}
+
+// Summarize derives the swarm's state from records for a run of nShards.
+func Summarize(recs []Record, nShards int) Summary {
+	s := Summary{ShardTP: make([]float64, nShards), ShardPeers: make([][]string, nShards)}
+	for _, r := range recs {
+		s.Epoch = max(s.Epoch, r.Epoch)
+	}
+	var lossSum float64
+	var lossN int
+	for _, r := range recs {
+		if r.Shard >= nShards {
+			continue
+		}
+		s.ShardTP[r.Shard] += r.Throughput
+		s.ShardPeers[r.Shard] = append(s.ShardPeers[r.Shard], r.Peer)
+		if r.Shard == 0 {
+			s.Throughput += r.Throughput
+			if r.Epoch == s.Epoch {
+				s.Samples += r.Samples
+			}
+		}
+		if r.Shard == nShards-1 && r.Loss > 0 {
+			lossSum += r.Loss
+			lossN++
+		}
+	}
+	if lossN > 0 {
+		s.Loss = lossSum / float64(lossN)
+	}
+	return s
+}

@@ -1,0 +1,165 @@
+package progress
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func rec(p string, shard int, epoch uint64, samples int, seq uint64) Record {
+	return Record{Peer: p, Seq: seq, Shard: shard, State: StateOnline, Epoch: epoch, Samples: samples, Throughput: 10}
+}
+
+func TestTrackerOrderAndExpiry(t *testing.T) {
+	tr := NewTracker(time.Second)
+	t0 := time.Unix(1000, 0)
+	if !tr.Update(rec("a", 0, 1, 10, 2), t0) {
+		t.Fatal("first record refused")
+	}
+	if tr.Update(rec("a", 0, 0, 99, 1), t0) {
+		t.Fatal("older record (lower seq) accepted")
+	}
+	if got := tr.Live(t0)[0].Samples; got != 10 {
+		t.Fatalf("samples = %d, want 10", got)
+	}
+	// A restarted peer starts its sequence again; once the old record
+	// expired its new records are taken.
+	if !tr.Update(rec("a", 0, 0, 5, 1), t0.Add(2*time.Second)) {
+		t.Fatal("record after expiry refused")
+	}
+	if n := len(tr.Live(t0.Add(4 * time.Second))); n != 0 {
+		t.Fatalf("%d live records after ttl, want 0", n)
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	recs := []Record{
+		rec("a", 0, 3, 64, 1), rec("b", 0, 3, 128, 1), rec("c", 1, 3, 192, 1),
+		{Peer: "d", Shard: 1, State: StateOnline, Epoch: 3, Loss: 0.5, Throughput: 5},
+		{Peer: "e", Shard: 1, State: StateOnline, Epoch: 3, Loss: 0.25, Throughput: 5},
+		rec("f", 0, 2, 1000, 1), // behind: its samples are from an older epoch
+	}
+	s := Summarize(recs, 2)
+	if s.Epoch != 3 || s.Samples != 192 {
+		t.Fatalf("epoch %d samples %d, want 3 and 192", s.Epoch, s.Samples)
+	}
+	if s.Loss != 0.375 {
+		t.Fatalf("loss %v, want 0.375", s.Loss)
+	}
+	if s.ShardTP[0] != 30 || s.ShardTP[1] != 20 || len(s.ShardPeers[1]) != 3 {
+		t.Fatalf("per shard %v %v", s.ShardTP, s.ShardPeers)
+	}
+	if s.Throughput != 30 {
+		t.Fatalf("throughput %v, want 30", s.Throughput)
+	}
+}
+
+func TestDecodeRejects(t *testing.T) {
+	bad := []string{
+		``, `{}`, `{"peer":"x","state":"weird"}`, `{"peer":"x","state":"online","rate":-1}`,
+		`{"peer":"x","state":"online","shard":-2}`, `[1,2]`, `{"peer":"x","state":"online","samples":-5}`,
+	}
+	for _, b := range bad {
+		if _, err := Decode([]byte(b)); err == nil {
+			t.Errorf("Decode(%q) accepted", b)
+		}
+	}
+	if _, err := Decode(bytes.Repeat([]byte(" "), MaxRecordSize+1)); err == nil {
+		t.Error("oversized record accepted")
+	}
+}
+
+func FuzzReadRecord(f *testing.F) {
+	r := rec("12D3KooW", 1, 7, 64, 3)
+	b, _ := r.Encode()
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	f.Add(append(hdr[:], b...))
+	f.Add([]byte{0, 0, 0, 2, '{', '}'})
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := ReadRecord(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		if err := r.Validate(); err != nil {
+			t.Fatalf("decoded record does not validate: %v", err)
+		}
+		b, err := r.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Decode(b); err != nil {
+			t.Fatalf("re-encoded record fails: %v", err)
+		}
+	})
+}
+
+func newHost(t *testing.T) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// TestGossipReal: three real hosts on loopback push records; every tracker
+// ends with all three; a record naming another peer is dropped.
+func TestGossipReal(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hs := []host.Host{newHost(t), newHost(t), newHost(t)}
+	for _, a := range hs {
+		for _, b := range hs {
+			if a != b {
+				a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
+			}
+		}
+	}
+	ids := func() []peer.ID { return []peer.ID{hs[0].ID(), hs[1].ID(), hs[2].ID()} }
+	var trs []*Tracker
+	for i, h := range hs {
+		tr := NewTracker(10 * time.Second)
+		trs = append(trs, tr)
+		g := NewGossip(h, "run", tr, ids, func() Record { return Record{Shard: i % 2, State: StateOnline, Samples: i} }, log)
+		defer g.Close()
+		go g.Run(ctx, 50*time.Millisecond, time.Millisecond)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, tr := range trs {
+		for len(tr.Live(time.Now())) < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("tracker has %d records, want 3", len(tr.Live(time.Now())))
+			}
+			select {
+			case <-tr.Changed():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	// Spoofing: host 0 sends a record in host 2's name to host 1.
+	spoof := rec(hs[2].ID().String(), 1, 99, 1, 1<<60)
+	spoof.RunID = "run"
+	b, _ := spoof.Encode()
+	g := &Gossip{h: hs[0]}
+	if err := g.send(ctx, hs[1].ID(), b); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // no event signals a dropped record; give the handler time to (wrongly) accept it
+	for _, r := range trs[1].Live(time.Now()) {
+		if r.Epoch == 99 {
+			t.Fatal("spoofed record accepted")
+		}
+	}
+}
