@@ -1,0 +1,162 @@
+package checkpoint
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Dir is a folder of checkpoints named ckpt-<step>.swck.
+type Dir struct {
+	Path string
+	// Keep is how many of the newest checkpoints Save leaves (≤ 0: 3).
+	Keep int
+	// OnSkip, if set, hears about each damaged checkpoint Latest passes over.
+	OnSkip func(path string, err error)
+}
+
+const ext = ".swck"
+
+// File is one checkpoint in a folder.
+type File struct {
+	Path string
+	Step int64
+}
+
+func (d *Dir) keep() int {
+	if d.Keep <= 0 {
+		return 3
+	}
+	return d.Keep
+}
+
+// Save writes s as the checkpoint of step s.Step atomically, then removes
+// all but the newest Keep checkpoints. It returns the file's path.
+func (d *Dir) Save(s *State) (string, error) {
+	if err := os.MkdirAll(d.Path, 0o755); err != nil {
+		return "", fmt.Errorf("checkpoint folder: %w", err)
+	}
+	final := filepath.Join(d.Path, fmt.Sprintf("ckpt-%012d%s", s.Step, ext))
+	if err := WriteFile(final, s); err != nil {
+		return "", err
+	}
+	files, err := d.List()
+	if err != nil {
+		return final, err
+	}
+	for i := 0; i < len(files)-d.keep(); i++ {
+		if err := os.Remove(files[i].Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return final, fmt.Errorf("prune checkpoint: %w", err)
+		}
+	}
+	return final, nil
+}
+
+// WriteFile writes s to path atomically: a temporary file in the same
+// folder, fsync, rename over path, fsync of the folder. A crash leaves
+// either the old file or the new one, never a mix.
+func WriteFile(path string, s *State) (err error) {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write checkpoint: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if err = Encode(f, s); err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", path, err)
+	}
+	if err = os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("write checkpoint %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("sync checkpoint folder: %w", err)
+	}
+	return nil
+}
+
+// ReadFile reads and verifies one checkpoint; errors name the file.
+func ReadFile(path string) (*State, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	s, err := Decode(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// List returns the folder's checkpoints, oldest first. A missing folder has none.
+func (d *Dir) List() ([]File, error) {
+	ents, err := os.ReadDir(d.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list checkpoints: %w", err)
+	}
+	var files []File
+	for _, e := range ents {
+		name := e.Name()
+		if !strings.HasPrefix(name, "ckpt-") || !strings.HasSuffix(name, ext) || e.IsDir() {
+			continue
+		}
+		step, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimPrefix(name, "ckpt-"), ext), 10, 64)
+		if err != nil {
+			continue
+		}
+		files = append(files, File{Path: filepath.Join(d.Path, name), Step: step})
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].Step < files[j].Step })
+	return files, nil
+}
+
+// Latest loads the newest checkpoint that verifies, passing over damaged
+// ones (reported to OnSkip). It returns ErrNone, wrapping the reasons, when
+// no file verifies.
+func (d *Dir) Latest() (*State, string, error) {
+	files, err := d.List()
+	if err != nil {
+		return nil, "", err
+	}
+	var errs []error
+	for i := len(files) - 1; i >= 0; i-- {
+		s, err := ReadFile(files[i].Path)
+		if err == nil {
+			return s, files[i].Path, nil
+		}
+		errs = append(errs, err)
+		if d.OnSkip != nil {
+			d.OnSkip(files[i].Path, err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil, "", fmt.Errorf("%w in %s", ErrNone, d.Path)
+	}
+	return nil, "", fmt.Errorf("%w in %s: %w", ErrNone, d.Path, errors.Join(errs...))
+}
