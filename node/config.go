@@ -14,6 +14,8 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/swarm-train/swarm/node/api"
 )
 
 // ConfigVersion is the schema version of config.json. A file with another
@@ -30,7 +32,7 @@ var DefaultBootstrapPeers = []string{}
 const (
 	IdentityFile = "identity.key"
 	ConfigFile   = "config.json"
-	APIFile      = "api"
+	APIFile      = api.AddressFile
 	LockFile     = "lock"
 )
 

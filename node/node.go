@@ -286,7 +286,11 @@ func (n *Node) Close() error {
 		}
 		n.closeErr = errors.Join(errs...)
 		close(n.closed)
-		n.log.Info("swarm " + string(n.cfg.Role) + " stopped")
+		select {
+		case <-n.ready:
+			n.log.Info("swarm " + string(n.cfg.Role) + " stopped")
+		default:
+		}
 	})
 	return n.closeErr
 }

@@ -71,3 +71,8 @@ type ConnectRequest struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// AddressFile is the file in the daemon's home holding the control API's
+// address (http://127.0.0.1:PORT or unix:/path). The daemon writes it once
+// the API is serving and removes it on shutdown.
+const AddressFile = "api"

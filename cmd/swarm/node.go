@@ -1,0 +1,43 @@
+package main
+
+import (
+	"github.com/urfave/cli/v2"
+
+	"github.com/swarm-train/swarm/node"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "node",
+		Usage: "run the volunteer daemon: join the swarm and find the peers of a run",
+		Description: `Starts a libp2p host (TCP and QUIC), joins swarm's DHT through the bootstrap peers,
+announces this node for its run and finds the run's other peers through the DHT.
+The home directory keeps the identity and config.json; 'swarm status' talks to the
+daemon through the control API whose address it writes to HOME/api.`,
+		Flags: append(daemonFlags(),
+			&cli.StringFlag{Name: "run-name", Usage: "name of the training run to join", EnvVars: []string{"SWARM_RUN_NAME"}},
+			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
+		),
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return cli.Exit("swarm node: unexpected arguments: "+c.Args().First(), 2)
+			}
+			log, err := newLogger(c, c.App.ErrWriter)
+			if err != nil {
+				return cli.Exit(err.Error(), 2)
+			}
+			cfg, err := daemonConfig(c, node.RoleNode)
+			if err != nil {
+				return cli.Exit("swarm node: "+err.Error(), 1)
+			}
+			n, err := node.New(cfg, log)
+			if err != nil {
+				return cli.Exit("swarm node: "+err.Error(), 1)
+			}
+			if err := runDaemon(n, nil); err != nil {
+				return cli.Exit("swarm node: "+err.Error(), 1)
+			}
+			return nil
+		},
+	})
+}

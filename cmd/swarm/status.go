@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/swarm-train/swarm/node/api"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "status",
+		Usage: "show what a running daemon is doing: identity, reachability, run, peers",
+		Flags: []cli.Flag{
+			homeFlag(), apiFlag(),
+			&cli.BoolFlag{Name: "json", Usage: "print one JSON object (schema in README.md)"},
+			&cli.BoolFlag{Name: "watch", Usage: "refresh in place until Ctrl+C"},
+			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "refresh interval with --watch"},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return cli.Exit("swarm status: unexpected arguments: "+c.Args().First(), 2)
+			}
+			cl, err := apiClient(c)
+			if err != nil {
+				return cli.Exit("swarm status: "+err.Error(), 1)
+			}
+			show := func(ctx context.Context, w io.Writer) error {
+				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if c.Bool("json") {
+					enc := json.NewEncoder(w)
+					enc.SetIndent("", "  ")
+					return enc.Encode(st)
+				}
+				printStatus(w, st)
+				return nil
+			}
+			if !c.Bool("watch") {
+				if err := show(c.Context, c.App.Writer); err != nil {
+					return cli.Exit("swarm status: "+err.Error(), 1)
+				}
+				return nil
+			}
+			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			for {
+				var b strings.Builder
+				if err := show(ctx, &b); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					fmt.Fprintf(&b, "swarm status: %v\n", err)
+				}
+				// Home the cursor, print, clear what is left of the old frame.
+				fmt.Fprint(c.App.Writer, "\x1b[H\x1b[2J"+b.String())
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(c.Duration("interval")):
+				}
+			}
+		},
+	})
+}
+
+// printStatus writes the human table of a status.
+func printStatus(w io.Writer, st *api.Status) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "peer id\t%s\n", st.PeerID)
+	fmt.Fprintf(tw, "role\t%s (version %s, up %s)\n", st.Role, st.Version, (time.Duration(st.UptimeSeconds) * time.Second).String())
+	if st.RunID != "" {
+		run := st.RunID
+		if st.RunName != "" {
+			run = fmt.Sprintf("%s (%s)", st.RunName, st.RunID)
+		}
+		fmt.Fprintf(tw, "run\t%s\n", run)
+	}
+	fmt.Fprintf(tw, "reachability\t%s: %s\n", st.Reachability, st.ReachabilityHelp)
+	fmt.Fprintf(tw, "dht\t%s mode, %d peers in routing table\n", st.DHTMode, st.RoutingTableSize)
+	for i, a := range st.Addrs {
+		label := ""
+		if i == 0 {
+			label = "addresses"
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", label, a)
+	}
+	fmt.Fprintf(tw, "connected peers\t%d\n", len(st.Peers))
+	if st.Role != "bootstrap" {
+		fmt.Fprintf(tw, "run peers\t%d\n", len(st.RunPeers))
+	}
+	tw.Flush()
+	for k, v := range st.Services {
+		fmt.Fprintf(w, "%s: %s\n", k, string(v))
+	}
+	if len(st.Peers) == 0 {
+		return
+	}
+	inRun := map[string]bool{}
+	for _, p := range st.RunPeers {
+		inRun[p.PeerID] = true
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tRUN\tADDRESS")
+	for _, p := range st.Peers {
+		addr := ""
+		if len(p.Addrs) > 0 {
+			addr = p.Addrs[0]
+		}
+		run := ""
+		if inRun[p.PeerID] {
+			run = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.PeerID, run, addr)
+	}
+	tw.Flush()
+}
