@@ -1,0 +1,147 @@
+package pipeline
+
+import (
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Balancer chooses the next-stage peer for each micro-batch (stochastic
+// wiring): a peer is drawn with probability proportional to its expected
+// speed, 1 / (seconds per sample × (queue + 1)), so fast, idle peers get more
+// work and every peer keeps being measured. A peer never measured is
+// assumed twice as fast as the best known one so it is tried early. A peer
+// that failed, answered late or sent bad data is banned for a while. It is
+// safe for concurrent use.
+type Balancer struct {
+	mu    sync.Mutex
+	rng   *rand.Rand
+	now   func() time.Time
+	peers map[peer.ID]*stat
+}
+
+type stat struct {
+	spt         float64 // EMA of seconds per sample, 0 = never measured
+	inflight    int
+	bannedUntil time.Time
+	banReason   string
+}
+
+// NewBalancer returns a balancer drawing from rng; now is the clock (nil: time.Now).
+func NewBalancer(rng *rand.Rand, now func() time.Time) *Balancer {
+	if now == nil {
+		now = time.Now
+	}
+	return &Balancer{rng: rng, now: now, peers: map[peer.ID]*stat{}}
+}
+
+func (b *Balancer) get(p peer.ID) *stat {
+	s := b.peers[p]
+	if s == nil {
+		s = &stat{}
+		b.peers[p] = s
+	}
+	return s
+}
+
+// Pick draws one of cands that is not banned and not in skip; ok=false if none.
+func (b *Balancer) Pick(cands []peer.ID, skip map[peer.ID]bool) (peer.ID, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.now()
+	best := 0.0
+	for _, p := range cands {
+		if s := b.peers[p]; s != nil && s.spt > 0 && (best == 0 || s.spt < best) {
+			best = s.spt
+		}
+	}
+	if best == 0 {
+		best = 1
+	}
+	ws := make([]float64, len(cands))
+	var total float64
+	for i, p := range cands {
+		s := b.get(p)
+		if skip[p] || now.Before(s.bannedUntil) {
+			continue
+		}
+		spt := s.spt
+		if spt == 0 {
+			spt = best / 2
+		}
+		ws[i] = 1 / (spt * float64(s.inflight+1))
+		total += ws[i]
+	}
+	if total == 0 {
+		return "", false
+	}
+	x := b.rng.Float64() * total
+	for i, w := range ws {
+		if w == 0 {
+			continue
+		}
+		if x < w {
+			return cands[i], true
+		}
+		x -= w
+	}
+	for i := len(ws) - 1; i >= 0; i-- {
+		if ws[i] > 0 {
+			return cands[i], true
+		}
+	}
+	return "", false
+}
+
+// Begin counts a micro-batch sent to p.
+func (b *Balancer) Begin(p peer.ID) {
+	b.mu.Lock()
+	b.get(p).inflight++
+	b.mu.Unlock()
+}
+
+// End records p's answer: on success the time it took for n samples
+// updates its speed; on failure p is banned for banFor.
+func (b *Balancer) End(p peer.ID, n int, took time.Duration, failed bool, banFor time.Duration, reason string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.get(p)
+	if s.inflight > 0 {
+		s.inflight--
+	}
+	if failed {
+		s.bannedUntil = b.now().Add(banFor)
+		s.banReason = reason
+		return
+	}
+	if n > 0 {
+		spt := took.Seconds() / float64(n)
+		if s.spt == 0 {
+			s.spt = spt
+		} else {
+			s.spt = 0.7*s.spt + 0.3*spt
+		}
+	}
+}
+
+// Ban excludes p for d (for example, it sent non-finite values).
+func (b *Balancer) Ban(p peer.ID, d time.Duration, reason string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.get(p)
+	s.bannedUntil = b.now().Add(d)
+	s.banReason = reason
+}
+
+// Banned reports whether p is banned now, and why.
+func (b *Balancer) Banned(p peer.ID) (bool, string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	s := b.peers[p]
+	if s == nil || !b.now().Before(s.bannedUntil) {
+		return false, ""
+	}
+	return true, s.banReason
+}

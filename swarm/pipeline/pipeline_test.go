@@ -1,0 +1,143 @@
+package pipeline
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func TestRequestRoundTrip(t *testing.T) {
+	q := &Request{Kind: KindTrain, Shard: 1, Epoch: 7, ID: 99, N: 2, Act: []float32{1, -2, 3.5, 0}, Targets: []int32{3, 9}}
+	got, err := ReadRequest(bytes.NewReader(q.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Kind != q.Kind || got.Shard != 1 || got.Epoch != 7 || got.ID != 99 || got.N != 2 || got.Act[2] != 3.5 || got.Targets[1] != 9 {
+		t.Fatalf("round trip: %+v", got)
+	}
+	p := &Response{Code: CodeStale, Msg: "behind", Loss: 0.25, Correct: 3, Grad: []float32{0.5}}
+	gp, err := ReadResponse(bytes.NewReader(p.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gp.Code != CodeStale || gp.Msg != "behind" || gp.Loss != 0.25 || gp.Correct != 3 || gp.Grad[0] != 0.5 {
+		t.Fatalf("round trip: %+v", gp)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	s := Shape{ActPerSample: 2, TargetsPerSample: 1, Classes: 10, MaxN: 4}
+	ok := &Request{Kind: KindTrain, N: 2, Act: []float32{1, 2, 3, 4}, Targets: []int32{0, 9}}
+	if err := s.Validate(ok); err != nil {
+		t.Fatal(err)
+	}
+	nan := float32(math.NaN())
+	bad := []*Request{
+		{N: 0},
+		{N: 5, Act: make([]float32, 10), Targets: make([]int32, 5)},
+		{N: 2, Act: []float32{1, 2, 3}, Targets: []int32{0, 1}},
+		{N: 2, Act: []float32{1, 2, 3, 4}, Targets: []int32{0}},
+		{N: 2, Act: []float32{1, 2, 3, 4}, Targets: []int32{0, 10}},
+		{N: 2, Act: []float32{1, nan, 3, 4}, Targets: []int32{0, 1}},
+		{N: 2, Act: []float32{1, float32(math.Inf(1)), 3, 4}, Targets: []int32{0, 1}},
+	}
+	for i, q := range bad {
+		if err := s.Validate(q); err == nil {
+			t.Errorf("case %d accepted", i)
+		}
+	}
+}
+
+func FuzzReadRequest(f *testing.F) {
+	f.Add((&Request{Kind: KindEval, N: 1, Act: []float32{1}, Targets: []int32{2}}).Encode())
+	f.Add([]byte{1, 0, 0, 0, 0})
+	f.Add(append((&Request{Kind: KindTrain, N: 1}).Encode()[:25], 0xff, 0xff, 0xff, 0xff))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, err := ReadRequest(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if _, err := ReadRequest(bytes.NewReader(q.Encode())); err != nil {
+			t.Fatalf("re-encoded request fails: %v", err)
+		}
+	})
+}
+
+func FuzzReadResponse(f *testing.F) {
+	f.Add((&Response{Code: CodeOK, Grad: []float32{1, 2}}).Encode())
+	f.Add((&Response{Code: CodeBusy, Msg: "x"}).Encode())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := ReadResponse(bytes.NewReader(b))
+		if err != nil {
+			return
+		}
+		if _, err := ReadResponse(bytes.NewReader(p.Encode())); err != nil {
+			t.Fatalf("re-encoded response fails: %v", err)
+		}
+	})
+}
+
+func TestBalancerPrefersFastIdle(t *testing.T) {
+	clock := time.Unix(0, 0)
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	fast, slow, fresh := peer.ID("fast"), peer.ID("slow"), peer.ID("fresh")
+	b.End(fast, 10, 100*time.Millisecond, false, 0, "")
+	b.End(slow, 10, 400*time.Millisecond, false, 0, "")
+	cands := []peer.ID{fast, slow}
+	counts := map[peer.ID]int{}
+	for range 10000 {
+		p, _ := b.Pick(cands, nil)
+		counts[p]++
+	}
+	if r := float64(counts[fast]) / float64(counts[slow]); r < 3.5 || r > 4.5 {
+		t.Fatalf("fast:slow = %v, want about 4 (%v)", r, counts)
+	}
+	// A busy fast peer loses its edge.
+	for range 3 {
+		b.Begin(fast)
+	}
+	counts = map[peer.ID]int{}
+	for range 10000 {
+		p, _ := b.Pick(cands, nil)
+		counts[p]++
+	}
+	if counts[fast] >= counts[slow]*2 {
+		t.Fatalf("busy fast peer still preferred: %v", counts)
+	}
+	// A never measured peer is tried early.
+	counts = map[peer.ID]int{}
+	for range 1000 {
+		p, _ := b.Pick([]peer.ID{slow, fresh}, nil)
+		counts[p]++
+	}
+	if counts[fresh] < counts[slow] {
+		t.Fatalf("fresh peer not tried early: %v", counts)
+	}
+}
+
+func TestBalancerBans(t *testing.T) {
+	clock := time.Unix(0, 0)
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	a, c := peer.ID("a"), peer.ID("c")
+	b.Begin(a)
+	b.End(a, 0, 0, true, 10*time.Second, "timeout")
+	for range 100 {
+		if p, ok := b.Pick([]peer.ID{a, c}, nil); !ok || p != c {
+			t.Fatalf("picked %v %v, want c while a is banned", p, ok)
+		}
+	}
+	if _, ok := b.Pick([]peer.ID{a, c}, map[peer.ID]bool{c: true}); ok {
+		t.Fatal("picked although every candidate is banned or skipped")
+	}
+	if banned, why := b.Banned(a); !banned || why != "timeout" {
+		t.Fatalf("Banned(a) = %v %q", banned, why)
+	}
+	clock = clock.Add(11 * time.Second)
+	if banned, _ := b.Banned(a); banned {
+		t.Fatal("ban did not expire")
+	}
+}

@@ -1,0 +1,229 @@
+// Package pipeline moves micro-batches through the shards of a run, SWARM
+// parallelism style: a holder of shard i sends its output activations to a
+// holder of shard i+1 chosen by stochastic wiring, the last shard computes
+// the loss, and the gradient comes back along the same path in the answer.
+// This file is the wire format; balancer.go chooses peers.
+package pipeline
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+
+	"github.com/libp2p/go-libp2p/core/protocol"
+)
+
+// Protocol: one request and one response per stream.
+const Protocol protocol.ID = "/swarm/train/pipeline/1.0.0"
+
+// Kinds of request.
+const (
+	KindTrain = 1 // forward, then backward; the response carries the gradient
+	KindEval  = 2 // forward only; the response carries the loss and correct count
+)
+
+// Response codes.
+const (
+	CodeOK         = 0
+	CodeBusy       = 1 // overloaded or between epochs: try another peer
+	CodeWrongRun   = 2 // the peer does not hold that shard of that run (anymore)
+	CodeStale      = 3 // the request's epoch is behind the peer's
+	CodeBadInput   = 4 // the request failed validation (the sender gets banned)
+	CodeDownstream = 5 // a later stage failed
+	CodeInternal   = 6
+)
+
+// Limits of the decoder; the manifest gives the exact sizes, checked by Validate.
+const (
+	MaxFloats  = 1 << 26
+	MaxTargets = 1 << 24
+)
+
+// ErrNonFinite marks activations or gradients holding NaN or Inf.
+var ErrNonFinite = errors.New("pipeline: non-finite value")
+
+// Request carries a micro-batch to the holder of Shard.
+type Request struct {
+	Kind    uint8
+	Shard   uint32 // the shard that should process it
+	Epoch   uint64
+	ID      uint64 // micro-batch id, for logs
+	N       uint32 // samples
+	Act     []float32
+	Targets []int32
+}
+
+// Response answers a Request.
+type Response struct {
+	Code    uint8
+	Msg     string
+	Loss    float32
+	Correct uint32    // eval: correctly classified samples
+	Grad    []float32 // train: gradient w.r.t. the request's Act
+}
+
+func appendFloats(b []byte, v []float32) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	for _, x := range v {
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
+	}
+	return b
+}
+
+// Encode returns the request's wire form.
+func (r *Request) Encode() []byte {
+	b := make([]byte, 0, 40+4*len(r.Act)+4*len(r.Targets))
+	b = append(b, r.Kind)
+	b = binary.BigEndian.AppendUint32(b, r.Shard)
+	b = binary.BigEndian.AppendUint64(b, r.Epoch)
+	b = binary.BigEndian.AppendUint64(b, r.ID)
+	b = binary.BigEndian.AppendUint32(b, r.N)
+	b = appendFloats(b, r.Act)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Targets)))
+	for _, t := range r.Targets {
+		b = binary.BigEndian.AppendUint32(b, uint32(t))
+	}
+	return b
+}
+
+// Encode returns the response's wire form.
+func (r *Response) Encode() []byte {
+	b := make([]byte, 0, 20+len(r.Msg)+4*len(r.Grad))
+	b = append(b, r.Code)
+	b = binary.BigEndian.AppendUint16(b, uint16(min(len(r.Msg), math.MaxUint16)))
+	b = append(b, r.Msg[:min(len(r.Msg), math.MaxUint16)]...)
+	b = binary.BigEndian.AppendUint32(b, math.Float32bits(r.Loss))
+	b = binary.BigEndian.AppendUint32(b, r.Correct)
+	return appendFloats(b, r.Grad)
+}
+
+type reader struct {
+	r   io.Reader
+	buf [8]byte
+	err error
+}
+
+func (d *reader) read(n int) []byte {
+	if d.err != nil {
+		return d.buf[:n]
+	}
+	_, d.err = io.ReadFull(d.r, d.buf[:n])
+	return d.buf[:n]
+}
+func (d *reader) u8() uint8   { return d.read(1)[0] }
+func (d *reader) u16() uint16 { return binary.BigEndian.Uint16(d.read(2)) }
+func (d *reader) u32() uint32 { return binary.BigEndian.Uint32(d.read(4)) }
+func (d *reader) u64() uint64 { return binary.BigEndian.Uint64(d.read(8)) }
+
+func (d *reader) floats(what string) []float32 {
+	n := d.u32()
+	if d.err != nil {
+		return nil
+	}
+	if n > MaxFloats {
+		d.err = fmt.Errorf("%s: %d values, limit %d", what, n, MaxFloats)
+		return nil
+	}
+	raw := make([]byte, 4*int(n))
+	if _, err := io.ReadFull(d.r, raw); err != nil {
+		d.err = fmt.Errorf("%s: %w", what, err)
+		return nil
+	}
+	out := make([]float32, n)
+	for i := range out {
+		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+	}
+	return out
+}
+
+// ReadRequest decodes one request.
+func ReadRequest(r io.Reader) (*Request, error) {
+	d := &reader{r: r}
+	q := &Request{Kind: d.u8(), Shard: d.u32(), Epoch: d.u64(), ID: d.u64(), N: d.u32()}
+	q.Act = d.floats("activations")
+	n := d.u32()
+	if d.err == nil && n > MaxTargets {
+		d.err = fmt.Errorf("targets: %d values, limit %d", n, MaxTargets)
+	}
+	if d.err == nil {
+		raw := make([]byte, 4*int(n))
+		if _, err := io.ReadFull(r, raw); err != nil {
+			d.err = fmt.Errorf("targets: %w", err)
+		} else {
+			q.Targets = make([]int32, n)
+			for i := range q.Targets {
+				q.Targets[i] = int32(binary.BigEndian.Uint32(raw[4*i:]))
+			}
+		}
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("pipeline request: %w", d.err)
+	}
+	if q.Kind != KindTrain && q.Kind != KindEval {
+		return nil, fmt.Errorf("pipeline request: unknown kind %d", q.Kind)
+	}
+	return q, nil
+}
+
+// ReadResponse decodes one response.
+func ReadResponse(r io.Reader) (*Response, error) {
+	d := &reader{r: r}
+	p := &Response{Code: d.u8()}
+	n := d.u16()
+	if d.err == nil {
+		msg := make([]byte, n)
+		if _, err := io.ReadFull(r, msg); err != nil {
+			d.err = err
+		}
+		p.Msg = string(msg)
+	}
+	p.Loss = math.Float32frombits(d.u32())
+	p.Correct = d.u32()
+	p.Grad = d.floats("gradient")
+	if d.err != nil {
+		return nil, fmt.Errorf("pipeline response: %w", d.err)
+	}
+	return p, nil
+}
+
+// Finite reports whether every value is finite.
+func Finite(v []float32) bool {
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// Shape is what a stage expects of a request for it.
+type Shape struct {
+	ActPerSample     int // activation values per sample (0 on the first shard)
+	TargetsPerSample int // targets per sample the request must carry (0 if none)
+	Classes          int // targets must lie in [0, Classes)
+	MaxN             int // largest micro-batch accepted
+}
+
+// Validate checks a request against the stage's shape.
+func (s Shape) Validate(q *Request) error {
+	if q.N == 0 || int(q.N) > s.MaxN {
+		return fmt.Errorf("micro-batch of %d samples, want 1..%d", q.N, s.MaxN)
+	}
+	if want := int(q.N) * s.ActPerSample; len(q.Act) != want {
+		return fmt.Errorf("%d activation values for %d samples, want %d", len(q.Act), q.N, want)
+	}
+	if want := int(q.N) * s.TargetsPerSample; len(q.Targets) != want {
+		return fmt.Errorf("%d targets for %d samples, want %d", len(q.Targets), q.N, want)
+	}
+	for _, t := range q.Targets {
+		if t < 0 || int(t) >= s.Classes {
+			return fmt.Errorf("target %d outside [0, %d)", t, s.Classes)
+		}
+	}
+	if !Finite(q.Act) {
+		return fmt.Errorf("activations: %w", ErrNonFinite)
+	}
+	return nil
+}
