@@ -1,0 +1,403 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/swarm-train/swarm/swarm/checkpoint"
+	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/run"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "run",
+		Usage: "create and inspect run manifests",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "init",
+				Usage:     "write a run manifest for a built-in model",
+				ArgsUsage: " ",
+				Description: `Writes a validated manifest with the model's defaults, changed by the flags
+given. For gpt-char the corpus is read to build the character set stored in
+the manifest (default: the Opticks text shipped with Go).`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "model", Required: true, Usage: "mlp-mnist or gpt-char"},
+					&cli.IntFlag{Name: "shards", Value: 1, Usage: "number of contiguous stages to split the model into"},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "run.json", Usage: "manifest file to write (- for stdout)"},
+					&cli.StringFlag{Name: "name", Usage: "run name (default: the model's)"},
+					&cli.Uint64Flag{Name: "seed", Usage: "seed of initialisation and sampling"},
+					&cli.IntFlag{Name: "steps", Usage: "optimizer steps; the cosine decay is fitted to them"},
+					&cli.IntFlag{Name: "batch", Usage: "micro-batch size on one node"},
+					&cli.IntFlag{Name: "target-batch", Usage: "samples per optimizer step across the swarm"},
+					&cli.StringFlag{Name: "optimizer", Usage: "adamw or sgd"},
+					&cli.Float64Flag{Name: "lr", Usage: "peak learning rate"},
+					&cli.Float64Flag{Name: "min-lr", Usage: "learning rate at the end of the decay"},
+					&cli.IntFlag{Name: "warmup", Usage: "linear warm-up steps"},
+					&cli.Float64Flag{Name: "weight-decay", Usage: "decoupled weight decay"},
+					&cli.Float64Flag{Name: "momentum", Usage: "SGD momentum"},
+					&cli.Float64Flag{Name: "clip", Usage: "global gradient-norm clip (0: none)"},
+					&cli.StringFlag{Name: "hidden", Usage: "mlp-mnist hidden widths, comma-separated (e.g. 1024,1024)"},
+					&cli.IntFlag{Name: "n-layer", Usage: "gpt-char transformer blocks"},
+					&cli.IntFlag{Name: "n-head", Usage: "gpt-char attention heads"},
+					&cli.IntFlag{Name: "n-embd", Usage: "gpt-char width"},
+					&cli.IntFlag{Name: "block-size", Usage: "gpt-char context length"},
+					&cli.StringFlag{Name: "corpus", Usage: "gpt-char text file (default: Go's Opticks text, found at run time)"},
+					&cli.Float64Flag{Name: "val-fraction", Usage: "held-out fraction of the data for validation"},
+					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
+					&cli.IntFlag{Name: "group-size", Usage: "averaging group size"},
+					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
+				},
+				Action: runInit,
+			},
+			{
+				Name:      "show",
+				Usage:     "print a manifest's run ID and its shards",
+				ArgsUsage: "run.json",
+				Flags:     []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print a JSON object"}},
+				Action:    runShowCmd,
+			},
+			{
+				Name:  "export",
+				Usage: "export the newest checkpoint of a run as one safetensors file",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest"},
+					&cli.StringFlag{Name: "checkpoint-dir", Required: true, Usage: "folder of checkpoints holding every shard"},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "model.safetensors", Usage: "file to write"},
+				},
+				Action: runExport,
+			},
+		},
+	})
+}
+
+// manifestFromFlags builds the manifest `swarm run init` writes.
+func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
+	shards := c.Int("shards")
+	if shards < 1 {
+		return nil, fmt.Errorf("--shards must be at least 1, got %d", shards)
+	}
+	var m *run.Manifest
+	switch arch := c.String("model"); arch {
+	case run.ArchMLPMNIST:
+		m = run.NewMLPMNIST(1)
+		if c.IsSet("hidden") {
+			var hs []int
+			for _, f := range strings.Split(c.String("hidden"), ",") {
+				h, err := strconv.Atoi(strings.TrimSpace(f))
+				if err != nil {
+					return nil, fmt.Errorf("--hidden %q: %v", c.String("hidden"), err)
+				}
+				hs = append(hs, h)
+			}
+			m.Model.Hidden = hs
+		}
+	case run.ArchGPTChar:
+		path := c.String("corpus")
+		if path != "" {
+			abs, err := filepath.Abs(path)
+			if err != nil {
+				return nil, err
+			}
+			path = abs
+		}
+		text, err := data.ReadCorpus(path)
+		if err != nil {
+			return nil, err
+		}
+		m = run.NewGPTChar(data.Charset(text), 1)
+		m.Dataset.Path = path
+		setInt(c, "n-layer", &m.Model.NLayer)
+		setInt(c, "n-head", &m.Model.NHead)
+		setInt(c, "n-embd", &m.Model.NEmbd)
+		setInt(c, "block-size", &m.Model.BlockSize)
+	default:
+		return nil, fmt.Errorf("--model %q: want %s or %s", arch, run.ArchMLPMNIST, run.ArchGPTChar)
+	}
+	if units := m.Model.Units(); shards > units {
+		return nil, fmt.Errorf("--shards %d: the model has only %d units (layers or blocks) to split", shards, units)
+	}
+	m.Shards = run.EvenShards(m.Model.Units(), shards)
+	if c.IsSet("name") {
+		m.Name = c.String("name")
+	}
+	if c.IsSet("seed") {
+		m.Seed = c.Uint64("seed")
+	}
+	if c.IsSet("val-fraction") {
+		m.Dataset.ValFraction = c.Float64("val-fraction")
+	}
+	o := &m.Optimizer
+	if c.IsSet("optimizer") {
+		o.Name = c.String("optimizer")
+		if o.Name == "sgd" && !c.IsSet("momentum") {
+			o.Momentum = 0.9
+		}
+	}
+	setFloat(c, "lr", &o.LR)
+	if c.IsSet("lr") && !c.IsSet("min-lr") {
+		o.MinLR = o.LR / 100
+	}
+	setFloat(c, "min-lr", &o.MinLR)
+	setInt(c, "warmup", &o.WarmupSteps)
+	setFloat(c, "weight-decay", &o.WeightDecay)
+	setFloat(c, "momentum", &o.Momentum)
+	setFloat(c, "clip", &o.ClipNorm)
+	if c.IsSet("steps") {
+		m.Training.Steps = c.Int("steps")
+		o.DecaySteps = max(m.Training.Steps-o.WarmupSteps, 0)
+	}
+	setInt(c, "batch", &m.Training.BatchSize)
+	if c.IsSet("batch") && !c.IsSet("target-batch") && m.Training.TargetBatch < m.Training.BatchSize {
+		m.Training.TargetBatch = m.Training.BatchSize
+	}
+	setInt(c, "target-batch", &m.Training.TargetBatch)
+	a := &m.Averaging
+	if c.IsSet("averaging") {
+		a.Mode = c.String("averaging")
+		if a.Mode == run.ModeLocal {
+			a.LocalSteps, a.OuterLR, a.OuterMomentum = 100, 0.7, 0.9
+		}
+	}
+	setInt(c, "group-size", &a.GroupSize)
+	if a.MinGroupSize > a.GroupSize {
+		a.MinGroupSize = a.GroupSize
+	}
+	setInt(c, "local-steps", &a.LocalSteps)
+	if err := m.Validate(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+func setInt(c *cli.Context, name string, dst *int) {
+	if c.IsSet(name) {
+		*dst = c.Int(name)
+	}
+}
+
+func setFloat(c *cli.Context, name string, dst *float64) {
+	if c.IsSet(name) {
+		*dst = c.Float64(name)
+	}
+}
+
+func runInit(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("run init: unexpected argument %q (the output file is -o FILE)", c.Args().First())
+	}
+	m, err := manifestFromFlags(c)
+	if err != nil {
+		return fmt.Errorf("run init: %w", err)
+	}
+	id, err := m.ID()
+	if err != nil {
+		return err
+	}
+	out := c.String("output")
+	if out == "-" {
+		b, _ := json.MarshalIndent(m, "", "  ")
+		_, err := fmt.Fprintf(c.App.Writer, "%s\n", b)
+		return err
+	}
+	if err := m.Save(out); err != nil {
+		return fmt.Errorf("run init: %w", err)
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s: run %s, %s in %d shard(s)\n", out, id, m.Model.Arch, len(m.Shards))
+	return nil
+}
+
+// RunInfo is what `swarm run show` prints.
+type RunInfo struct {
+	RunID          string      `json:"run_id"`
+	Name           string      `json:"name"`
+	Arch           string      `json:"arch"`
+	Model          string      `json:"model"`
+	Dataset        string      `json:"dataset"`
+	Params         int         `json:"params"`
+	FLOPsPerSample float64     `json:"flops_per_sample"`
+	Optimizer      string      `json:"optimizer"`
+	Training       string      `json:"training"`
+	Averaging      string      `json:"averaging"`
+	Shards         []ShardInfo `json:"shards"`
+}
+
+// ShardInfo describes one shard in RunInfo.
+type ShardInfo struct {
+	Index          int     `json:"index"`
+	ShardID        string  `json:"shard_id"`
+	Start          int     `json:"start"`
+	End            int     `json:"end"`
+	Params         int     `json:"params"`
+	FLOPsPerSample float64 `json:"flops_per_sample"`
+	ActivationSize int     `json:"activation_size"` // float32 values per sample sent to the next shard
+}
+
+func describeRun(m *run.Manifest) (*RunInfo, error) {
+	id, err := m.ID()
+	if err != nil {
+		return nil, err
+	}
+	md := m.Model
+	info := &RunInfo{RunID: id.String(), Name: m.Name, Arch: md.Arch}
+	switch md.Arch {
+	case run.ArchMLPMNIST:
+		ws := []string{strconv.Itoa(md.Input)}
+		for _, h := range md.Hidden {
+			ws = append(ws, strconv.Itoa(h))
+		}
+		info.Model = "MLP " + strings.Join(append(ws, strconv.Itoa(md.Classes)), "-") + ", ReLU"
+	case run.ArchGPTChar:
+		info.Model = fmt.Sprintf("GPT n_layer=%d n_head=%d n_embd=%d block_size=%d vocab=%d", md.NLayer, md.NHead, md.NEmbd, md.BlockSize, md.Vocab)
+	}
+	d := m.Dataset
+	info.Dataset = d.Name
+	if d.Name == run.DatasetText {
+		p := d.Path
+		if p == "" {
+			p = "$GOROOT/" + data.DefaultCorpus
+		}
+		info.Dataset += " " + p
+	}
+	info.Dataset += fmt.Sprintf(", val_fraction %g", d.ValFraction)
+	o := m.Optimizer
+	info.Optimizer = fmt.Sprintf("%s lr %g→%g, warm-up %d, cosine %d, weight decay %g, clip %g", o.Name, o.LR, o.MinLR, o.WarmupSteps, o.DecaySteps, o.WeightDecay, o.ClipNorm)
+	t := m.Training
+	info.Training = fmt.Sprintf("%d steps of %d samples (micro-batch %d)", t.Steps, t.TargetBatch, t.BatchSize)
+	a := m.Averaging
+	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)
+	if a.Mode == run.ModeLocal {
+		info.Averaging += fmt.Sprintf(", %d local steps, outer lr %g momentum %g", a.LocalSteps, a.OuterLR, a.OuterMomentum)
+	}
+	for i, s := range m.Shards {
+		n, err := m.NumParams(i)
+		if err != nil {
+			return nil, err
+		}
+		f, err := m.FLOPsPerSample(i)
+		if err != nil {
+			return nil, err
+		}
+		sid, err := m.ShardID(i)
+		if err != nil {
+			return nil, err
+		}
+		info.Shards = append(info.Shards, ShardInfo{Index: i, ShardID: sid.String(), Start: s.Start, End: s.End, Params: n, FLOPsPerSample: f, ActivationSize: m.ActivationSize(i)})
+		info.Params += n
+		info.FLOPsPerSample += f
+	}
+	return info, nil
+}
+
+func runShowCmd(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return fmt.Errorf("run show: want one manifest file, got %d arguments", c.NArg())
+	}
+	m, err := run.Load(c.Args().First())
+	if err != nil {
+		return fmt.Errorf("run show: %w", err)
+	}
+	info, err := describeRun(m)
+	if err != nil {
+		return fmt.Errorf("run show: %w", err)
+	}
+	w := c.App.Writer
+	if c.Bool("json") {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(info)
+	}
+	fmt.Fprintf(w, "run       %s\nname      %s\nmodel     %s\ndataset   %s\noptimizer %s\ntraining  %s\naveraging %s\nparams    %s, %s FLOPs per sample (forward+backward)\n\n",
+		info.RunID, info.Name, info.Model, info.Dataset, info.Optimizer, info.Training, info.Averaging, human(float64(info.Params)), human(info.FLOPsPerSample))
+	unit := "layers"
+	if m.Model.Arch == run.ArchGPTChar {
+		unit = "blocks"
+	}
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "SHARD\t%s\tPARAMS\tFLOPS/SAMPLE\tACTIVATIONS/SAMPLE\tSHARD ID\n", strings.ToUpper(unit))
+	for _, s := range info.Shards {
+		act := "-"
+		if s.ActivationSize > 0 {
+			act = strconv.Itoa(s.ActivationSize)
+		}
+		fmt.Fprintf(tw, "%d\t%d..%d\t%d\t%s\t%s\t%s\n", s.Index, s.Start, s.End-1, s.Params, human(s.FLOPsPerSample), act, s.ShardID)
+	}
+	return tw.Flush()
+}
+
+// human prints a count with a k/M/G suffix.
+func human(x float64) string {
+	switch {
+	case x >= 1e9:
+		return fmt.Sprintf("%.2fG", x/1e9)
+	case x >= 1e6:
+		return fmt.Sprintf("%.2fM", x/1e6)
+	case x >= 1e3:
+		return fmt.Sprintf("%.1fk", x/1e3)
+	}
+	return fmt.Sprintf("%.0f", x)
+}
+
+func runExport(c *cli.Context) error {
+	m, err := run.Load(c.String("run"))
+	if err != nil {
+		return fmt.Errorf("run export: %w", err)
+	}
+	d := &checkpoint.Dir{Path: c.String("checkpoint-dir"), OnSkip: func(p string, err error) {
+		fmt.Fprintf(c.App.ErrWriter, "run export: skipping %v\n", err)
+	}}
+	s, path, err := d.Latest()
+	if err != nil {
+		return fmt.Errorf("run export: %w", err)
+	}
+	if err := exportModel(m, s, c.String("output")); err != nil {
+		return fmt.Errorf("run export: %s: %w", path, err)
+	}
+	fmt.Fprintf(c.App.Writer, "wrote %s from %s (step %d)\n", c.String("output"), path, s.Step)
+	return nil
+}
+
+// exportModel writes a checkpoint holding every shard of m as safetensors,
+// through a temporary file renamed into place.
+func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
+	id, err := m.ID()
+	if err != nil {
+		return err
+	}
+	if s.RunID != id.String() {
+		return fmt.Errorf("checkpoint is of run %s, the manifest is run %s", s.RunID, id)
+	}
+	params := make([][]float32, len(m.Shards))
+	for _, sh := range s.Shards {
+		if sh.Index < 0 || sh.Index >= len(params) {
+			return fmt.Errorf("checkpoint holds shard %d, the run has %d", sh.Index, len(params))
+		}
+		params[sh.Index] = sh.Params
+	}
+	for i, p := range params {
+		if p == nil {
+			return fmt.Errorf("checkpoint lacks shard %d: export needs every shard", i)
+		}
+	}
+	tmp := out + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	err = checkpoint.ExportSafetensors(f, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, out)
+}
