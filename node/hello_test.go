@@ -1,0 +1,100 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func TestRunIDRoundTrip(t *testing.T) {
+	c := RunIDFromName("default")
+	if c != RunIDFromName("default") || c == RunIDFromName("other") {
+		t.Fatal("run ID is not a function of the name")
+	}
+	var buf bytes.Buffer
+	if err := writeRunID(&buf, c); err != nil {
+		t.Fatal(err)
+	}
+	got, err := readRunID(&buf)
+	if err != nil || !got.Equals(c) {
+		t.Fatalf("got %v, %v", got, err)
+	}
+}
+
+func TestReadRunIDRejects(t *testing.T) {
+	good := RunIDFromName("x").Bytes()
+	for name, b := range map[string][]byte{
+		"empty":      {},
+		"zero len":   {0},
+		"huge len":   {0xff, 0xff, 0xff, 0xff, 0x0f},
+		"short body": append([]byte{byte(len(good))}, good[:5]...),
+		"not a cid":  {4, 0xde, 0xad, 0xbe, 0xef},
+		"trailing":   append(append([]byte{byte(len(good) + 2)}, good...), 1, 2),
+	} {
+		if _, err := readRunID(bytes.NewReader(b)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func FuzzReadRunID(f *testing.F) {
+	var buf bytes.Buffer
+	_ = writeRunID(&buf, RunIDFromName("default"))
+	f.Add(buf.Bytes())
+	f.Add([]byte{0})
+	f.Add([]byte{0x80, 0x80, 0x80})
+	f.Add([]byte{3, 1, 0x55, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := readRunID(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		var out bytes.Buffer
+		if err := writeRunID(&out, c); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.HasPrefix(data, out.Bytes()) {
+			t.Fatalf("re-encoding %x differs from input %x", out.Bytes(), data)
+		}
+	})
+}
+
+// A peer that speaks garbage on the run handshake is disconnected, and the
+// node goes on serving well-behaved peers.
+func TestGarbageHelloDisconnects(t *testing.T) {
+	_, bootAddr := startBootstrap(t)
+	a := startNode(t, testConfig("run", bootAddr))
+	b := startNode(t, testConfig("run", bootAddr))
+	// The garbage speaker is a bare host: it does not redial on its own.
+	evil, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer evil.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := evil.Connect(ctx, peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := evil.NewStream(ctx, a.Host().ID(), HelloProtocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = s.Write([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
+	_ = s.CloseWrite()
+	waitFor(t, 5*time.Second, func() string { return "garbage peer still connected" }, func() bool {
+		return a.Host().Network().Connectedness(evil.ID()) != network.Connected
+	})
+	waitFor(t, 10*time.Second, func() string { return "a and b did not find each other" }, func() bool {
+		return runPeerSet(a)[b.Host().ID()] && runPeerSet(b)[a.Host().ID()]
+	})
+	if runPeerSet(a)[evil.ID()] {
+		t.Fatal("garbage peer listed as a run peer")
+	}
+}
