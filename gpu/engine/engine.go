@@ -93,6 +93,9 @@ var (
 	ErrShape = errors.New("engine: buffer has the wrong size")
 	// ErrNonFinite: an input or gradient holds NaN or Inf.
 	ErrNonFinite = errors.New("engine: non-finite value")
+	// ErrRange: a token id or class label is outside the model's vocabulary
+	// or classes.
+	ErrRange = errors.New("engine: id out of range")
 	// ErrTape: a tape was used twice, or came from another shard.
 	ErrTape = errors.New("engine: invalid tape")
 )
