@@ -1,0 +1,272 @@
+package run
+
+import (
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const testCharset = "\n !,.abcdefghijklmnopqrstuvwxyz"
+
+func TestDefaultsValidate(t *testing.T) {
+	for n := 1; n <= 3; n++ {
+		if err := NewMLPMNIST(n).Validate(); err != nil {
+			t.Errorf("mlp-mnist %d shards: %v", n, err)
+		}
+	}
+	for n := 1; n <= 4; n++ {
+		if err := NewGPTChar(testCharset, n).Validate(); err != nil {
+			t.Errorf("gpt-char %d shards: %v", n, err)
+		}
+	}
+}
+
+func TestValidateNamesField(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(m *Manifest)
+		field string
+	}{
+		{"schema version", func(m *Manifest) { m.Version = 2 }, "version"},
+		{"empty name", func(m *Manifest) { m.Name = " " }, "name"},
+		{"unknown arch", func(m *Manifest) { m.Model.Arch = "resnet" }, "model.arch"},
+		{"missing arch", func(m *Manifest) { m.Model.Arch = "" }, "model.arch"},
+		{"zero input", func(m *Manifest) { m.Model.Input = 0 }, "model.input"},
+		{"negative hidden", func(m *Manifest) { m.Model.Hidden[1] = -3 }, "model.hidden[1]"},
+		{"no hidden", func(m *Manifest) { m.Model.Hidden = nil; m.Shards = EvenShards(1, 1) }, "model.hidden"},
+		{"gpt field on mlp", func(m *Manifest) { m.Model.NHead = 2 }, "model"},
+		{"no shards", func(m *Manifest) { m.Shards = nil }, "shards"},
+		{"too many shards", func(m *Manifest) { m.Shards = EvenShards(4, 4) }, "shards"},
+		{"shard out of order", func(m *Manifest) { m.Shards[1].Index = 2 }, "shards[1].index"},
+		{"layers repeated", func(m *Manifest) { m.Shards[1].Start = 0 }, "shards[1].start"},
+		{"layers missed", func(m *Manifest) { m.Shards[1].Start = 2 }, "shards[1].start"},
+		{"empty shard", func(m *Manifest) { m.Shards[0].End = 0 }, "shards[0].end"},
+		{"last layers missed", func(m *Manifest) { m.Shards = []ShardSpec{{0, 0, 1}, {1, 1, 2}} }, "shards[1].end"},
+		{"past the model", func(m *Manifest) { m.Shards[2].End = 4 }, "shards[2].end"},
+		{"unknown dataset", func(m *Manifest) { m.Dataset.Name = "cifar" }, "dataset.name"},
+		{"missing dataset", func(m *Manifest) { m.Dataset.Name = "" }, "dataset.name"},
+		{"dataset for other model", func(m *Manifest) { m.Dataset.Name = DatasetText }, "dataset.name"},
+		{"val fraction", func(m *Manifest) { m.Dataset.ValFraction = 1 }, "dataset.val_fraction"},
+		{"unknown optimizer", func(m *Manifest) { m.Optimizer.Name = "lion" }, "optimizer.name"},
+		{"zero lr", func(m *Manifest) { m.Optimizer.LR = 0 }, "optimizer.lr"},
+		{"min lr above lr", func(m *Manifest) { m.Optimizer.MinLR = 1 }, "optimizer.min_lr"},
+		{"beta2", func(m *Manifest) { m.Optimizer.Beta2 = 1 }, "optimizer.beta2"},
+		{"eps", func(m *Manifest) { m.Optimizer.Eps = 0 }, "optimizer.eps"},
+		{"negative clip", func(m *Manifest) { m.Optimizer.ClipNorm = -1 }, "optimizer.clip_norm"},
+		{"negative warm-up", func(m *Manifest) { m.Optimizer.WarmupSteps = -1 }, "optimizer.warmup_steps"},
+		{"zero batch", func(m *Manifest) { m.Training.BatchSize = 0 }, "training.batch_size"},
+		{"target below batch", func(m *Manifest) { m.Training.TargetBatch = 1 }, "training.target_batch"},
+		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
+		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
+		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
+		{"group of one", func(m *Manifest) { m.Averaging.GroupSize = 1 }, "averaging.group_size"},
+		{"compression", func(m *Manifest) { m.Averaging.Compression = "zip" }, "averaging.compression"},
+		{"timeout", func(m *Manifest) { m.Averaging.TimeoutMS = 0 }, "averaging.timeout_ms"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewMLPMNIST(3)
+			tc.edit(m)
+			err := m.Validate()
+			var fe *FieldError
+			if !errors.As(err, &fe) {
+				t.Fatalf("err = %v, want a FieldError", err)
+			}
+			if fe.Field != tc.field {
+				t.Fatalf("field %q (%v), want %q", fe.Field, err, tc.field)
+			}
+		})
+	}
+	gpt := []struct {
+		name  string
+		edit  func(m *Manifest)
+		field string
+	}{
+		{"heads do not divide width", func(m *Manifest) { m.Model.NHead = 3 }, "model.n_embd"},
+		{"zero block size", func(m *Manifest) { m.Model.BlockSize = 0 }, "model.block_size"},
+		{"charset size", func(m *Manifest) { m.Dataset.Charset += "~" }, "dataset.charset"},
+		{"charset repeats", func(m *Manifest) { m.Dataset.Charset = m.Dataset.Charset[:len(m.Dataset.Charset)-1] + "a" }, "dataset.charset"},
+		{"mlp field on gpt", func(m *Manifest) { m.Model.Classes = 10 }, "model"},
+		{"blocks repeated", func(m *Manifest) { m.Shards[1].Start = 1 }, "shards[1].start"},
+	}
+	for _, tc := range gpt {
+		t.Run(tc.name, func(t *testing.T) {
+			m := NewGPTChar(testCharset, 2)
+			tc.edit(m)
+			var fe *FieldError
+			if err := m.Validate(); !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("err = %v, want field %q", err, tc.field)
+			}
+		})
+	}
+}
+
+func TestParseRejects(t *testing.T) {
+	good, _ := NewMLPMNIST(1).Canonical()
+	if _, err := Parse(good); err != nil {
+		t.Fatal(err)
+	}
+	for name, in := range map[string]string{
+		"unknown field": strings.Replace(string(good), `"seed"`, `"sede"`, 1),
+		"trailing data": string(good) + "{}",
+		"not json":      "model: mlp",
+		"invalid":       strings.Replace(string(good), `"steps":`, `"steps":-`, 1),
+	} {
+		if _, err := Parse([]byte(in)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(strings.Replace(string(good), `"mnist"`, `"cifar"`, 1)), 0o644)
+	if _, err := Load(bad); err == nil || !strings.Contains(err.Error(), bad) || !strings.Contains(err.Error(), "dataset.name") {
+		t.Fatalf("Load error %v does not name the file and the field", err)
+	}
+}
+
+func TestRunIDStable(t *testing.T) {
+	m := NewGPTChar(testCharset, 2)
+	id1, err := m.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Through a file and back: same ID.
+	path := filepath.Join(t.TempDir(), "run.json")
+	if err := m.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id2, _ := m2.ID()
+	if !id1.Equals(id2) {
+		t.Fatalf("ID changed through Save/Load: %s vs %s", id1, id2)
+	}
+	if id1.Prefix().Version != 1 || id1.Prefix().MhType != 0x12 {
+		t.Fatalf("ID %s is not a CIDv1 sha2-256", id1)
+	}
+	// Any change of the run changes the ID.
+	m2.Seed++
+	if id3, _ := m2.ID(); id3.Equals(id1) {
+		t.Fatal("seed change kept the run ID")
+	}
+	// Shard IDs differ per shard and derive from the run ID.
+	s0, _ := m.ShardID(0)
+	s1, _ := m.ShardID(1)
+	if s0.Equals(s1) || s0.Equals(id1) {
+		t.Fatal("shard IDs not distinct")
+	}
+	// The canonical encoding of a fixed manifest does not drift (the CID was
+	// computed independently: sha256 of the compact JSON, CIDv1 raw, base32).
+	fixed := &Manifest{
+		Version: 1, Name: "fixed", Seed: 7,
+		Model:     ModelSpec{Arch: ArchMLPMNIST, Input: 4, Hidden: []int{3}, Classes: 2},
+		Shards:    []ShardSpec{{0, 0, 1}, {1, 1, 2}},
+		Dataset:   DatasetSpec{Name: DatasetMNIST},
+		Optimizer: OptimizerSpec{Name: "sgd", LR: 0.1, Momentum: 0.9},
+		Training:  TrainingSpec{BatchSize: 2, TargetBatch: 4, Steps: 3},
+		Averaging: AveragingSpec{Mode: ModeSync, GroupSize: 2, MinGroupSize: 2, Compression: CompressNone, TimeoutMS: 100},
+	}
+	const want = "bafkreieyf5yh4biu6wdh46v7xzvk225l2j3xfj7moefm4cc6543jghnwv4"
+	if id, _ := fixed.ID(); id.String() != want {
+		b, _ := fixed.Canonical()
+		t.Fatalf("fixed manifest ID %s, want %s; canonical %s", id, want, b)
+	}
+}
+
+func TestLayoutAndParams(t *testing.T) {
+	m := NewMLPMNIST(3)
+	want := []int{784*1024 + 1024, 1024*1024 + 1024, 1024*10 + 10}
+	for i, w := range want {
+		n, err := m.NumParams(i)
+		if err != nil || n != w {
+			t.Fatalf("shard %d: %d params (%v), want %d", i, n, err, w)
+		}
+	}
+	if m.ActivationSize(0) != 1024 || m.ActivationSize(2) != 0 {
+		t.Fatal("activation sizes")
+	}
+	// A model split any way has the same tensors and the same initial values.
+	g1 := NewGPTChar(testCharset, 1)
+	whole, _ := g1.InitParams(0)
+	layout1, _ := g1.Layout(0)
+	byName := map[string][]float32{}
+	for _, ts := range layout1 {
+		byName[ts.Name] = whole[ts.Offset : ts.Offset+ts.Size()]
+	}
+	for n := 2; n <= 4; n++ {
+		g := NewGPTChar(testCharset, n)
+		total := 0
+		var fl float64
+		for i := 0; i < n; i++ {
+			p, err := g.InitParams(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total += len(p)
+			f, _ := g.FLOPsPerSample(i)
+			fl += f
+			layout, _ := g.Layout(i)
+			for _, ts := range layout {
+				w := byName[ts.Name]
+				got := p[ts.Offset : ts.Offset+ts.Size()]
+				if len(w) != len(got) || w[0] != got[0] || w[len(w)-1] != got[len(got)-1] {
+					t.Fatalf("%d shards: tensor %s differs from the unsplit model", n, ts.Name)
+				}
+			}
+		}
+		if total != len(whole) {
+			t.Fatalf("%d shards hold %d params, unsplit %d", n, total, len(whole))
+		}
+		f1, _ := g1.FLOPsPerSample(0)
+		if math.Abs(fl-f1) > 1e-6*f1 {
+			t.Fatalf("%d shards: FLOPs %g, unsplit %g", n, fl, f1)
+		}
+	}
+	if _, err := m.Layout(3); err == nil {
+		t.Fatal("layout of a shard past the end")
+	}
+}
+
+func TestEvenShards(t *testing.T) {
+	for units := 1; units <= 12; units++ {
+		for n := 1; n <= units; n++ {
+			s := EvenShards(units, n)
+			if err := validateShards(s, units); err != nil {
+				t.Fatalf("EvenShards(%d, %d) = %v: %v", units, n, s, err)
+			}
+			lo, hi := units, 0
+			for _, sh := range s {
+				lo, hi = min(lo, sh.End-sh.Start), max(hi, sh.End-sh.Start)
+			}
+			if hi-lo > 1 {
+				t.Fatalf("EvenShards(%d, %d) = %v is uneven", units, n, s)
+			}
+		}
+	}
+}
+
+func TestLRSchedule(t *testing.T) {
+	o := OptimizerSpec{LR: 1, MinLR: 0.1, WarmupSteps: 10, DecaySteps: 100}
+	if got := o.LRAt(0); math.Abs(got-0.1) > 1e-12 {
+		t.Fatalf("LRAt(0) = %g", got)
+	}
+	if got := o.LRAt(9); got != 1 {
+		t.Fatalf("end of warm-up %g", got)
+	}
+	if got := o.LRAt(60); math.Abs(got-0.55) > 1e-12 {
+		t.Fatalf("half-way %g", got)
+	}
+	if got := o.LRAt(500); got != 0.1 {
+		t.Fatalf("after decay %g", got)
+	}
+	for s := 10; s < 110; s++ {
+		if o.LRAt(s+1) > o.LRAt(s) {
+			t.Fatalf("decay rises at %d", s)
+		}
+	}
+}
