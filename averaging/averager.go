@@ -1,0 +1,456 @@
+// Package averaging averages flat float32 vectors among the peers that hold
+// the same shard: decentralised matchmaking into groups, butterfly all-reduce
+// inside a group with defined fault semantics, Moshpit regrouping across
+// rounds, and pairwise gossip when no group forms.
+//
+// The protocol logic lives in pure state machines (matcher in match.go,
+// reducer in reduce.go) that take events and the time and return what to
+// send; this file is the libp2p transport around them.
+package averaging
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Errors returned by Step.
+var (
+	ErrNoGroup  = errors.New("averaging: no group formed and gossip found no partner")
+	ErrBusy     = errors.New("averaging: a step for this key is already running")
+	ErrBadInput = errors.New("averaging: invalid input")
+	ErrClosed   = errors.New("averaging: closed")
+)
+
+// Config configures an Averager. Zero fields take the defaults noted.
+type Config struct {
+	// Peers returns the candidate peers for a key (required). Their addresses
+	// must already be in the host's peerstore.
+	Peers func(ctx context.Context, key string) []peer.ID
+	// TargetGroupSize is the group size matchmaking aims for (default 8);
+	// MinGroupSize the smallest group that may start (default 2).
+	TargetGroupSize, MinGroupSize int
+	// KeyBits is the number of Moshpit key bits (default 0: no regrouping).
+	// With n peers and groups of g, log2(n/g) bits make the groups of
+	// successive rounds cross like the rows and columns of a grid.
+	KeyBits int
+	// MatchWindow is one matchmaking attempt (default 1s); MatchTimeout the
+	// whole matchmaking phase (default 3 windows); RequestTimeout the wait for
+	// a join answer (default window/4).
+	MatchWindow, MatchTimeout, RequestTimeout time.Duration
+	// AllreduceTimeout bounds an all-reduce round (default 60s);
+	// SenderTimeout drops a sender without progress (default 10s);
+	// ReducerTimeout gives up on a silent reducer (default 2×SenderTimeout).
+	AllreduceTimeout, SenderTimeout, ReducerTimeout time.Duration
+	// PartSize is the number of values per streamed part (default 128Ki).
+	PartSize int
+	// Bandwidth is this peer's relative bandwidth: its share of the vector
+	// to reduce is proportional to it (default 1).
+	Bandwidth float64
+	// ClientMode: this peer cannot accept connections; it reduces nothing
+	// and never leads.
+	ClientMode bool
+	// Compression is the codec for parts on the wire.
+	Compression Codec
+	// Gossip enables the fallback; GossipTimeout bounds it (default MatchTimeout).
+	Gossip        bool
+	GossipTimeout time.Duration
+	// MaxFrame bounds incoming frames (default: encoded PartSize + 64 KiB).
+	MaxFrame   int
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.Peers == nil {
+		return c, fmt.Errorf("%w: Config.Peers is required", ErrBadInput)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.TargetGroupSize == 0 {
+		c.TargetGroupSize = 8
+	}
+	if c.MinGroupSize == 0 {
+		c.MinGroupSize = 2
+	}
+	def(&c.MatchWindow, time.Second)
+	def(&c.MatchTimeout, 3*c.MatchWindow)
+	def(&c.RequestTimeout, c.MatchWindow/4)
+	def(&c.AllreduceTimeout, 60*time.Second)
+	def(&c.SenderTimeout, 10*time.Second)
+	def(&c.ReducerTimeout, 2*c.SenderTimeout)
+	def(&c.GossipTimeout, c.MatchTimeout)
+	if c.PartSize == 0 {
+		c.PartSize = 128 << 10
+	}
+	if c.Bandwidth == 0 {
+		c.Bandwidth = 1
+	}
+	if c.MaxFrame == 0 {
+		c.MaxFrame = 4*c.PartSize + 64<<10
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	switch {
+	case c.TargetGroupSize < 2 || c.TargetGroupSize > MaxGroupSize:
+		return c, fmt.Errorf("%w: TargetGroupSize %d not in [2, %d]", ErrBadInput, c.TargetGroupSize, MaxGroupSize)
+	case c.MinGroupSize < 2 || c.MinGroupSize > c.TargetGroupSize:
+		return c, fmt.Errorf("%w: MinGroupSize %d not in [2, TargetGroupSize]", ErrBadInput, c.MinGroupSize)
+	case c.KeyBits < 0 || c.KeyBits > 24:
+		return c, fmt.Errorf("%w: KeyBits %d not in [0, 24]", ErrBadInput, c.KeyBits)
+	case c.PartSize < 1 || c.PartSize > 16<<20:
+		return c, fmt.Errorf("%w: PartSize %d", ErrBadInput, c.PartSize)
+	case !(c.Bandwidth > 0) || math.IsInf(c.Bandwidth, 0):
+		return c, fmt.Errorf("%w: Bandwidth %v", ErrBadInput, c.Bandwidth)
+	case !c.Compression.valid():
+		return c, fmt.Errorf("%w: compression %d", ErrBadInput, c.Compression)
+	case c.MaxFrame < c.Compression.EncodedLen(c.PartSize)+64:
+		return c, fmt.Errorf("%w: MaxFrame %d smaller than one part", ErrBadInput, c.MaxFrame)
+	case c.RequestTimeout >= c.MatchWindow:
+		return c, fmt.Errorf("%w: RequestTimeout must be shorter than MatchWindow", ErrBadInput)
+	}
+	return c, nil
+}
+
+// Mode says how a step averaged.
+type Mode string
+
+const (
+	ModeGroup  Mode = "group"
+	ModeGossip Mode = "gossip"
+	ModeLocal  Mode = "local"
+)
+
+// Span is a range [Start, End) of the vector and the peers whose values were
+// averaged (weighted) into it. A span whose only contributor is this peer was
+// left as it was.
+type Span struct {
+	Start, End   int
+	Contributors []peer.ID
+}
+
+// Result reports one step. The vector passed to Step holds the result.
+type Result struct {
+	Mode    Mode
+	GroupID string // hex, empty unless Mode is group
+	Members []peer.ID
+	// Spans cover the whole vector in order, merging neighbours with the
+	// same contributors.
+	Spans []Span
+	// Fraction is the share of the vector averaged with at least one other peer.
+	Fraction float64
+	// Excluded names peers left out of the round and why.
+	Excluded                 map[peer.ID]string
+	BytesSent, BytesReceived int64
+	MatchTime, ReduceTime    time.Duration
+	Total                    time.Duration
+	// NextBits are the Moshpit key bits this peer will use for the key's next round.
+	NextBits uint32
+}
+
+// Averager runs averaging steps on a libp2p host.
+type Averager struct {
+	h   host.Host
+	cfg Config
+	log *slog.Logger
+	met *metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	sessions map[string]*session // by key
+	rounds   map[[16]byte]*round // all-reduce rounds this peer reduces in
+	roundsCh chan struct{}       // closed and replaced when rounds changes
+	bits     map[string]uint32   // Moshpit bits per key
+	rng      *mrand.Rand
+
+	faults faults // fault injection for tests; zero in production
+}
+
+// faults makes this peer misbehave on purpose (tests only).
+type faults struct {
+	sendNaN     bool                         // parts sent to reducers contain NaN
+	sendShort   bool                         // parts sent have one value missing
+	sendGarbage bool                         // parts sent are random bytes of a bad length
+	afterPart   func(reducer peer.ID, k int) // called after sending part k to a reducer
+	afterFinal  func(k int)                  // called after this reducer finalised its part k
+}
+
+// New creates an Averager and registers its stream handlers on h.
+func New(h host.Host, cfg Config) (*Averager, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	met, err := newMetrics(cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("averaging: metrics: %w", err)
+	}
+	var seed [32]byte
+	_, _ = rand.Read(seed[:])
+	a := &Averager{h: h, cfg: cfg, log: cfg.Logger.With("component", "averaging"), met: met,
+		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, roundsCh: make(chan struct{}),
+		bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	h.SetStreamHandler(ProtoMatch, a.wrap(a.handleJoin))
+	h.SetStreamHandler(ProtoGossip, a.wrap(a.handleGossip))
+	if !cfg.ClientMode {
+		h.SetStreamHandler(ProtoReduce, a.wrap(a.handleReduce))
+	}
+	return a, nil
+}
+
+// wrap tracks handler goroutines so Close can wait for them.
+func (a *Averager) wrap(f func(network.Stream)) network.StreamHandler {
+	return func(s network.Stream) {
+		a.mu.Lock()
+		if a.closed {
+			a.mu.Unlock()
+			_ = s.Reset()
+			return
+		}
+		a.wg.Add(1)
+		a.mu.Unlock()
+		defer a.wg.Done()
+		f(s)
+	}
+}
+
+// Close removes the handlers, cancels running steps and waits for every
+// goroutine of the Averager. It is idempotent.
+func (a *Averager) Close() error {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil
+	}
+	a.closed = true
+	a.mu.Unlock()
+	a.h.RemoveStreamHandler(ProtoMatch)
+	a.h.RemoveStreamHandler(ProtoGossip)
+	a.h.RemoveStreamHandler(ProtoReduce)
+	a.cancel()
+	a.wg.Wait()
+	return nil
+}
+
+// Bits returns the Moshpit key bits this peer will use next for key.
+func (a *Averager) Bits(key string) uint32 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.bits[key]
+}
+
+func (a *Averager) seedRNG() *mrand.Rand {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var seed [32]byte
+	for i := 0; i < 32; i += 8 {
+		binary.LittleEndian.PutUint64(seed[i:], a.rng.Uint64())
+	}
+	return mrand.New(mrand.NewChaCha8(seed))
+}
+
+// StepOption adjusts one step.
+type StepOption func(*stepOpts)
+
+type stepOpts struct {
+	codec    Codec
+	noGossip bool
+}
+
+// WithCompression overrides the configured codec for one step. Every peer of
+// a group must use the same codec (matchmaking only groups equal codecs).
+func WithCompression(c Codec) StepOption { return func(o *stepOpts) { o.codec = c } }
+
+// WithoutGossip disables the gossip fallback for one step.
+func WithoutGossip() StepOption { return func(o *stepOpts) { o.noGossip = true } }
+
+// session is one running Step for a key.
+type session struct {
+	key    string
+	round  uint64
+	vecLen int
+	codec  Codec
+	weight float64
+	vec    []float32
+
+	mu      sync.Mutex
+	matchCh chan matchEvent // set while matchmaking
+	held    map[peer.ID]*heldJoin
+	done    chan struct{} // closed when matchmaking ends
+	gossip  *gossipPhase  // set while gossiping
+}
+
+// Step averages vec (in place) with other peers working on key in round, with
+// the given weight (for example, the number of samples behind vec). It forms a
+// group and runs a butterfly all-reduce; if no group forms in time and gossip
+// is enabled, it averages pairwise with one peer; otherwise it leaves vec as
+// it is and returns ErrNoGroup with a local Result. Step never blocks past its
+// matchmaking, all-reduce and gossip timeouts, nor past ctx.
+func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []float32, weight float64, opts ...StepOption) (Result, error) {
+	start := time.Now()
+	o := stepOpts{codec: a.cfg.Compression}
+	for _, f := range opts {
+		f(&o)
+	}
+	if err := a.validateInput(key, vec, weight, o.codec); err != nil {
+		return localResult(a.h.ID(), len(vec)), err
+	}
+	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec,
+		held: map[peer.ID]*heldJoin{}, done: make(chan struct{})}
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return localResult(a.h.ID(), len(vec)), ErrClosed
+	}
+	if a.sessions[key] != nil {
+		a.mu.Unlock()
+		return localResult(a.h.ID(), len(vec)), ErrBusy
+	}
+	a.sessions[key] = sess
+	bits := a.bits[key]
+	a.wg.Add(1)
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.sessions, key)
+		a.mu.Unlock()
+		a.wg.Done()
+	}()
+	ctx, cancel := mergeCancel(ctx, a.ctx)
+	defer cancel()
+
+	cands := a.cfg.Peers(ctx, key)
+	g, matchErr := a.match(ctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands)
+	matchTime := time.Since(start)
+	a.met.duration.WithLabelValues("match").Observe(matchTime.Seconds())
+	var res Result
+	var err error
+	switch {
+	case g != nil:
+		res = a.allreduce(ctx, g, vec, weight, o.codec)
+		next := nextBits(bits, a.cfg.KeyBits, g, a.h.ID(), a.cfg.TargetGroupSize)
+		a.mu.Lock()
+		a.bits[key] = next
+		a.mu.Unlock()
+		res.NextBits = next
+	case a.cfg.Gossip && !o.noGossip && ctx.Err() == nil:
+		a.met.failures.WithLabelValues("no_group").Inc()
+		res, err = a.gossipStep(ctx, sess, cands)
+		res.NextBits = bits
+	default:
+		a.met.failures.WithLabelValues("no_group").Inc()
+		res, err = localResult(a.h.ID(), len(vec)), fmt.Errorf("%w: %v", ErrNoGroup, matchErr)
+		res.NextBits = bits
+	}
+	res.MatchTime = matchTime
+	res.Total = time.Since(start)
+	outcome := "ok"
+	if res.Fraction < 1 {
+		outcome = "partial"
+	}
+	if err != nil || res.Fraction == 0 {
+		outcome = "failed"
+	}
+	a.met.rounds.WithLabelValues(string(res.Mode), outcome).Inc()
+	a.met.duration.WithLabelValues("step").Observe(res.Total.Seconds())
+	a.met.fraction.Observe(res.Fraction)
+	return res, err
+}
+
+// Gossip averages vec pairwise with one random candidate of key that is also
+// gossiping in round, without trying to form a group first.
+func (a *Averager) Gossip(ctx context.Context, key string, round uint64, vec []float32, weight float64, opts ...StepOption) (Result, error) {
+	o := stepOpts{codec: a.cfg.Compression}
+	for _, f := range opts {
+		f(&o)
+	}
+	if err := a.validateInput(key, vec, weight, o.codec); err != nil {
+		return localResult(a.h.ID(), len(vec)), err
+	}
+	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec, done: make(chan struct{})}
+	close(sess.done)
+	a.mu.Lock()
+	if a.closed || a.sessions[key] != nil {
+		a.mu.Unlock()
+		return localResult(a.h.ID(), len(vec)), ErrBusy
+	}
+	a.sessions[key] = sess
+	a.wg.Add(1)
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		delete(a.sessions, key)
+		a.mu.Unlock()
+		a.wg.Done()
+	}()
+	ctx, cancel := mergeCancel(ctx, a.ctx)
+	defer cancel()
+	start := time.Now()
+	res, err := a.gossipStep(ctx, sess, a.cfg.Peers(ctx, key))
+	res.Total = time.Since(start)
+	return res, err
+}
+
+func (a *Averager) validateInput(key string, vec []float32, weight float64, c Codec) error {
+	switch {
+	case key == "" || len(key) > 1024:
+		return fmt.Errorf("%w: key of length %d", ErrBadInput, len(key))
+	case len(vec) == 0:
+		return fmt.Errorf("%w: empty vector", ErrBadInput)
+	case !validWeight(weight):
+		return fmt.Errorf("%w: weight %v (want finite and > 0)", ErrBadInput, weight)
+	case !c.valid():
+		return fmt.Errorf("%w: compression %d", ErrBadInput, c)
+	}
+	for i, v := range vec {
+		if !finite32(v) {
+			return fmt.Errorf("%w: vector value %d is %v", ErrBadInput, i, v)
+		}
+	}
+	return nil
+}
+
+func localResult(self peer.ID, n int) Result {
+	return Result{Mode: ModeLocal, Spans: []Span{{0, n, []peer.ID{self}}}, Members: []peer.ID{self}}
+}
+
+// mergeCancel returns a context cancelled when either parent is.
+func mergeCancel(ctx, other context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(other, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// countingStream counts payload bytes through a stream.
+type counter struct {
+	mu         sync.Mutex
+	sent, recv int64
+}
+
+func (c *counter) add(sent, recv int) {
+	c.mu.Lock()
+	c.sent += int64(sent)
+	c.recv += int64(recv)
+	c.mu.Unlock()
+}

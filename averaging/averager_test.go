@@ -1,0 +1,194 @@
+package averaging
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// newHosts starts n libp2p hosts on 127.0.0.1 (TCP, noise) that know each
+// other's addresses.
+func newHosts(t testing.TB, n int) []host.Host {
+	t.Helper()
+	hs := make([]host.Host, n)
+	for i := range hs {
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+			libp2p.DisableRelay(), libp2p.NoTransports, libp2p.Transport(tcpTransport()), libp2p.ResourceManager(nullRM()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hs[i] = h
+		t.Cleanup(func() { _ = h.Close() })
+	}
+	for _, a := range hs {
+		for _, b := range hs {
+			if a != b {
+				a.Peerstore().AddAddrs(b.ID(), b.Addrs(), peerstore.PermanentAddrTTL)
+			}
+		}
+	}
+	return hs
+}
+
+func ids(hs []host.Host) []peer.ID {
+	out := make([]peer.ID, len(hs))
+	for i, h := range hs {
+		out[i] = h.ID()
+	}
+	return out
+}
+
+type testPeer struct {
+	h   host.Host
+	a   *Averager
+	vec []float32
+	w   float64
+	orig []float32
+}
+
+// testConfig is tuned for loopback tests.
+func testConfig(all []peer.ID) Config {
+	return Config{
+		Peers:            func(context.Context, string) []peer.ID { return all },
+		TargetGroupSize:  len(all),
+		MatchWindow:      700 * time.Millisecond,
+		MatchTimeout:     2100 * time.Millisecond,
+		RequestTimeout:   150 * time.Millisecond,
+		AllreduceTimeout: 10 * time.Second,
+		SenderTimeout:    2 * time.Second,
+		ReducerTimeout:   4 * time.Second,
+		PartSize:         1000,
+	}
+}
+
+func newPeers(t testing.TB, n, vecLen int, mod func(i int, c *Config)) []*testPeer {
+	hs := newHosts(t, n)
+	all := ids(hs)
+	rng := rand.New(rand.NewPCG(uint64(n), uint64(vecLen)))
+	ps := make([]*testPeer, n)
+	for i, h := range hs {
+		cfg := testConfig(all)
+		cfg.Registerer = prometheus.NewRegistry()
+		if mod != nil {
+			mod(i, &cfg)
+		}
+		a, err := New(h, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = a.Close() })
+		v := make([]float32, vecLen)
+		for j := range v {
+			v[j] = float32(rng.NormFloat64())
+		}
+		ps[i] = &testPeer{h: h, a: a, vec: v, w: 1 + float64(rng.IntN(5)), orig: append([]float32(nil), v...)}
+	}
+	return ps
+}
+
+type stepOut struct {
+	res Result
+	err error
+	dur time.Duration
+}
+
+func stepAll(ps []*testPeer, key string, round uint64, skip map[int]bool, opts ...StepOption) []stepOut {
+	out := make([]stepOut, len(ps))
+	var wg sync.WaitGroup
+	for i, p := range ps {
+		if skip[i] {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			out[i].res, out[i].err = p.a.Step(context.Background(), key, round, p.vec, p.w, opts...)
+			out[i].dur = time.Since(start)
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// checkAgainstReport verifies that every span of p's result equals the
+// weighted mean of the original vectors of the contributors it names.
+func checkAgainstReport(t *testing.T, ps []*testPeer, i int, res Result, tol float64) {
+	t.Helper()
+	byID := map[peer.ID]*testPeer{}
+	for _, q := range ps {
+		byID[q.h.ID()] = q
+	}
+	p := ps[i]
+	covered := 0
+	for _, sp := range res.Spans {
+		if sp.Start != covered {
+			t.Fatalf("peer %d: spans not contiguous at %d (got start %d)", i, covered, sp.Start)
+		}
+		covered = sp.End
+		var wsum float64
+		for _, c := range sp.Contributors {
+			wsum += byID[c].w
+		}
+		for k := sp.Start; k < sp.End; k++ {
+			var want float64
+			for _, c := range sp.Contributors {
+				q := byID[c]
+				want += q.w * float64(q.orig[k])
+			}
+			want /= wsum
+			if d := math.Abs(float64(p.vec[k]) - want); d > tol*(1+math.Abs(want)) {
+				t.Fatalf("peer %d value %d: got %v want %v (contributors %d)", i, k, p.vec[k], want, len(sp.Contributors))
+			}
+		}
+	}
+	if covered != len(p.vec) {
+		t.Fatalf("peer %d: spans cover %d of %d", i, covered, len(p.vec))
+	}
+}
+
+func TestAllreduceExactMean(t *testing.T) {
+	sizes := []int{2, 4, 8, 16}
+	if testing.Short() {
+		sizes = []int{2, 4, 8}
+	}
+	for _, n := range sizes {
+		t.Run(fmt.Sprint(n), func(t *testing.T) {
+			ps := newPeers(t, n, 10007, nil)
+			out := stepAll(ps, "run/shard0", 1, nil)
+			var wsum float64
+			for _, p := range ps {
+				wsum += p.w
+			}
+			for i, o := range out {
+				if o.err != nil {
+					t.Fatalf("peer %d: %v", i, o.err)
+				}
+				if o.res.Mode != ModeGroup || len(o.res.Members) != n || o.res.Fraction != 1 {
+					t.Fatalf("peer %d: mode %s, %d members, fraction %v, excluded %v", i, o.res.Mode, len(o.res.Members), o.res.Fraction, o.res.Excluded)
+				}
+				checkAgainstReport(t, ps, i, o.res, 1e-5)
+				if len(o.res.Spans) != 1 || len(o.res.Spans[0].Contributors) != n {
+					t.Fatalf("peer %d: spans %v", i, o.res.Spans)
+				}
+			}
+			for k := range ps[0].vec { // identical bytes everywhere
+				for i := 1; i < n; i++ {
+					if ps[i].vec[k] != ps[0].vec[k] {
+						t.Fatalf("peer %d differs from peer 0 at %d", i, k)
+					}
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,223 @@
+package averaging
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+)
+
+// Codec selects how float32 values are encoded on the wire.
+type Codec uint8
+
+const (
+	// CodecNone sends raw little-endian float32 (4 bytes per value, exact).
+	CodecNone Codec = 0
+	// CodecFP16 sends IEEE 754 half precision (2 bytes per value). Values are
+	// rounded to nearest-even and clamped to ±65504; relative error ≤ 2^-11 for
+	// |x| ≥ 2^-14, absolute error ≤ 2^-25 below that.
+	CodecFP16 Codec = 1
+	// CodecInt8 sends blockwise 8-bit quantisation: each block of Int8Block
+	// values carries a float32 scale (absmax/127) and one int8 per value. The
+	// error of each value is at most absmax(block)/254.
+	CodecInt8 Codec = 2
+)
+
+// Int8Block is the number of values sharing one scale in CodecInt8.
+const Int8Block = 256
+
+var errCodec = errors.New("averaging: bad encoded data")
+
+func (c Codec) String() string {
+	switch c {
+	case CodecNone:
+		return "none"
+	case CodecFP16:
+		return "fp16"
+	case CodecInt8:
+		return "int8"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+// ParseCodec maps "none", "fp16" and "int8" to a Codec.
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "", "none":
+		return CodecNone, nil
+	case "fp16":
+		return CodecFP16, nil
+	case "int8", "8bit":
+		return CodecInt8, nil
+	}
+	return 0, fmt.Errorf("averaging: unknown compression %q (want none, fp16 or int8)", s)
+}
+
+func (c Codec) valid() bool { return c <= CodecInt8 }
+
+// EncodedLen is the number of bytes n values take in codec c.
+func (c Codec) EncodedLen(n int) int {
+	switch c {
+	case CodecFP16:
+		return 2 * n
+	case CodecInt8:
+		blocks := (n + Int8Block - 1) / Int8Block
+		return 4*blocks + n
+	}
+	return 4 * n
+}
+
+// Encode appends the encoding of src to dst.
+func (c Codec) Encode(dst []byte, src []float32) []byte {
+	start := len(dst)
+	need := c.EncodedLen(len(src))
+	if cap(dst)-start < need {
+		nd := make([]byte, start, start+need)
+		copy(nd, dst)
+		dst = nd
+	}
+	dst = dst[:start+need]
+	out := dst[start:]
+	switch c {
+	case CodecFP16:
+		for i, v := range src {
+			binary.LittleEndian.PutUint16(out[2*i:], f32to16(v))
+		}
+	case CodecInt8:
+		for b := 0; b < len(src); b += Int8Block {
+			blk := src[b:min(b+Int8Block, len(src))]
+			var amax float32
+			for _, v := range blk {
+				if a := float32(math.Abs(float64(v))); a > amax {
+					amax = a
+				}
+			}
+			scale := amax / 127
+			binary.LittleEndian.PutUint32(out, math.Float32bits(scale))
+			q := out[4 : 4+len(blk)]
+			var inv float32
+			if scale > 0 {
+				inv = 1 / scale
+			}
+			for i, v := range blk {
+				r := float32(math.Round(float64(v * inv)))
+				r = max(-127, min(127, r))
+				q[i] = byte(int8(r))
+			}
+			out = out[4+len(blk):]
+		}
+	default:
+		for i, v := range src {
+			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
+		}
+	}
+	return dst
+}
+
+// Decode decodes exactly len(dst) values from src into dst. It fails if src
+// has the wrong length or decodes to a non-finite value.
+func (c Codec) Decode(dst []float32, src []byte) error {
+	if !c.valid() {
+		return fmt.Errorf("%w: unknown codec %d", errCodec, c)
+	}
+	if len(src) != c.EncodedLen(len(dst)) {
+		return fmt.Errorf("%w: %d bytes for %d values in %s", errCodec, len(src), len(dst), c)
+	}
+	switch c {
+	case CodecFP16:
+		for i := range dst {
+			dst[i] = f16to32(binary.LittleEndian.Uint16(src[2*i:]))
+		}
+	case CodecInt8:
+		for b := 0; b < len(dst); b += Int8Block {
+			blk := dst[b:min(b+Int8Block, len(dst))]
+			scale := math.Float32frombits(binary.LittleEndian.Uint32(src))
+			if !finite32(scale) || scale < 0 {
+				return fmt.Errorf("%w: int8 block scale %v", errCodec, scale)
+			}
+			q := src[4 : 4+len(blk)]
+			for i := range blk {
+				blk[i] = float32(int8(q[i])) * scale
+			}
+			src = src[4+len(blk):]
+		}
+	default:
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
+		}
+	}
+	for i, v := range dst {
+		if !finite32(v) {
+			return fmt.Errorf("%w: value %d is %v", errNotFinite, i, v)
+		}
+	}
+	return nil
+}
+
+var errNotFinite = errors.New("averaging: non-finite value")
+
+func finite32(v float32) bool {
+	return !math.IsNaN(float64(v)) && !math.IsInf(float64(v), 0)
+}
+
+// f32to16 converts to IEEE half precision, rounding to nearest even and
+// clamping finite values beyond the half range to ±65504.
+func f32to16(f float32) uint16 {
+	b := math.Float32bits(f)
+	sign := uint16(b>>16) & 0x8000
+	exp := int32(b>>23) & 0xff
+	mant := b & 0x7fffff
+	if exp == 0xff { // Inf or NaN
+		if mant != 0 {
+			return sign | 0x7e00
+		}
+		return sign | 0x7c00
+	}
+	e := exp - 127 + 15
+	if e >= 0x1f {
+		return sign | 0x7bff // clamp to max finite
+	}
+	if e <= 0 {
+		if e < -10 {
+			return sign
+		}
+		mant |= 0x800000
+		shift := uint32(14 - e)
+		half := mant >> shift
+		rem := mant & (1<<shift - 1)
+		mid := uint32(1) << (shift - 1)
+		if rem > mid || (rem == mid && half&1 == 1) {
+			half++
+		}
+		return sign | uint16(half)
+	}
+	half := uint32(e)<<10 | mant>>13
+	rem := mant & 0x1fff
+	if rem > 0x1000 || (rem == 0x1000 && half&1 == 1) {
+		half++
+	}
+	if half >= 0x7c00 {
+		return sign | 0x7bff
+	}
+	return sign | uint16(half)
+}
+
+func f16to32(h uint16) float32 {
+	sign := uint32(h&0x8000) << 16
+	exp := uint32(h>>10) & 0x1f
+	mant := uint32(h & 0x3ff)
+	switch {
+	case exp == 0x1f:
+		return math.Float32frombits(sign | 0x7f800000 | mant<<13)
+	case exp == 0:
+		if mant == 0 {
+			return math.Float32frombits(sign)
+		}
+		v := float32(mant) * (1.0 / (1 << 24))
+		if sign != 0 {
+			return -v
+		}
+		return v
+	}
+	return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
+}

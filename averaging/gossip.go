@@ -1,0 +1,289 @@
+package averaging
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Gossip fallback: pairwise push-pull averaging. The initiator sends a header
+// and its vector, the responder answers with its vector, the initiator
+// acknowledges, and both replace their vectors with the weighted mean
+// (w_a·a + w_b·b)/(w_a + w_b), summed in peer-id order so that, without
+// compression, both end with the same bytes. The initiator applies the result
+// once its acknowledgement is written, the responder once it has read it.
+
+type gossipPhase struct {
+	busy sync.Mutex // held during one exchange
+	done chan struct{}
+	once sync.Once
+	res  Result
+}
+
+func (g *gossipPhase) finish(res Result) {
+	g.once.Do(func() {
+		g.res = res
+		close(g.done)
+	})
+}
+
+const (
+	gossipOK   byte = 1
+	gossipBusy byte = 2
+	gossipNo   byte = 3
+)
+
+func (a *Averager) gossipStep(ctx context.Context, sess *session, cands []peer.ID) (Result, error) {
+	start := time.Now()
+	gp := &gossipPhase{done: make(chan struct{})}
+	sess.mu.Lock()
+	sess.gossip = gp
+	sess.mu.Unlock()
+	defer func() {
+		sess.mu.Lock()
+		sess.gossip = nil
+		sess.mu.Unlock()
+		gp.busy.Lock() // wait for an exchange in flight to finish with vec
+		gp.busy.Unlock()
+	}()
+	gctx, cancel := context.WithTimeout(ctx, a.cfg.GossipTimeout)
+	defer cancel()
+	rng := a.seedRNG()
+	others := make([]peer.ID, 0, len(cands))
+	for _, c := range cands {
+		if c != a.h.ID() {
+			others = append(others, c)
+		}
+	}
+	for gctx.Err() == nil && len(others) > 0 {
+		select {
+		case <-gp.done:
+			return a.gossipResult(gp.res, start), nil
+		default:
+		}
+		c := others[rng.IntN(len(others))]
+		if gp.busy.TryLock() {
+			select {
+			case <-gp.done:
+				gp.busy.Unlock()
+				return a.gossipResult(gp.res, start), nil
+			default:
+			}
+			res, err := a.gossipInitiate(gctx, sess, c)
+			if err == nil {
+				gp.finish(res)
+			}
+			gp.busy.Unlock()
+			if err != nil {
+				a.log.Debug("gossip attempt failed", "peer", c, "err", err)
+			}
+		}
+		// Back off a random 10–60 ms so two initiators do not keep colliding.
+		t := time.NewTimer(time.Duration(10+rng.IntN(50)) * time.Millisecond)
+		select {
+		case <-t.C:
+		case <-gp.done:
+			t.Stop()
+		case <-gctx.Done():
+			t.Stop()
+		}
+	}
+	select {
+	case <-gp.done:
+		return a.gossipResult(gp.res, start), nil
+	default:
+	}
+	a.met.failures.WithLabelValues("gossip_failed").Inc()
+	res := localResult(a.h.ID(), sess.vecLen)
+	return res, fmt.Errorf("%w: gossip found no partner in %v", ErrNoGroup, a.cfg.GossipTimeout)
+}
+
+func (a *Averager) gossipResult(res Result, start time.Time) Result {
+	res.Mode = ModeGossip
+	res.Fraction = 1
+	res.ReduceTime = time.Since(start)
+	a.met.bytes.WithLabelValues("sent").Add(float64(res.BytesSent))
+	a.met.bytes.WithLabelValues("received").Add(float64(res.BytesReceived))
+	a.met.duration.WithLabelValues("gossip").Observe(res.ReduceTime.Seconds())
+	return res
+}
+
+// gossipInitiate runs one exchange with c as the initiator.
+func (a *Averager) gossipInitiate(ctx context.Context, sess *session, c peer.ID) (Result, error) {
+	s, err := a.h.NewStream(network.WithAllowLimitedConn(ctx, "averaging"), c, ProtoGossip)
+	if err != nil {
+		return Result{}, err
+	}
+	defer s.Reset()
+	dl, _ := ctx.Deadline()
+	_ = s.SetDeadline(dl)
+	cnt := &counter{}
+	hdr := gossipHeader{Version: WireVersion, Key: sess.key, Round: sess.round, Weight: sess.weight,
+		VecLen: uint64(sess.vecLen), Codec: sess.codec}
+	if err := writeFrame(s, tGossipHeader, hdr.marshal()); err != nil {
+		return Result{}, err
+	}
+	t, b, err := readFrame(s, 64, nil)
+	if err != nil {
+		return Result{}, err
+	}
+	if t != tGossipReply || len(b) != 9 || b[0] != gossipOK {
+		return Result{}, fmt.Errorf("gossip refused by %s", c)
+	}
+	theirW := (&dec{b: b[1:]}).f64()
+	if !validWeight(theirW) {
+		return Result{}, fmt.Errorf("%w: gossip weight %v", errMalformed, theirW)
+	}
+	if err := a.sendVector(s, sess, cnt); err != nil {
+		return Result{}, err
+	}
+	theirs := make([]float32, sess.vecLen)
+	if err := a.recvVector(s, sess, theirs, cnt); err != nil {
+		return Result{}, err
+	}
+	if err := writeFrame(s, tAck, nil); err != nil {
+		return Result{}, err
+	}
+	_ = s.CloseWrite()
+	mixPair(sess.vec, theirs, sess.weight, theirW, a.h.ID() < c)
+	return a.pairResult(c, sess.vecLen, cnt), nil
+}
+
+func (a *Averager) pairResult(c peer.ID, n int, cnt *counter) Result {
+	ids := []peer.ID{a.h.ID(), c}
+	if c < a.h.ID() {
+		ids[0], ids[1] = c, a.h.ID()
+	}
+	return Result{Mode: ModeGossip, Members: ids, BytesSent: cnt.sent, BytesReceived: cnt.recv,
+		Spans: []Span{{0, n, ids}}, Fraction: 1}
+}
+
+// mixPair sets mine to the weighted mean of mine and theirs, adding the two
+// terms in a fixed order so that both sides compute the same bytes.
+func mixPair(mine, theirs []float32, wm, wt float64, mineFirst bool) {
+	tot := wm + wt
+	fm, ft := float32(wm/tot), float32(wt/tot)
+	for i := range mine {
+		x, y := fm*mine[i], ft*theirs[i]
+		if mineFirst {
+			mine[i] = x + y
+		} else {
+			mine[i] = y + x
+		}
+	}
+}
+
+func (a *Averager) sendVector(s network.Stream, sess *session, cnt *counter) error {
+	var buf []byte
+	for off, k := 0, 0; off < sess.vecLen; off, k = off+a.cfg.PartSize, k+1 {
+		pm := partMsg{Index: uint32(k)}
+		buf = pm.appendTo(buf[:0])
+		buf = sess.codec.Encode(buf, sess.vec[off:min(off+a.cfg.PartSize, sess.vecLen)])
+		if err := writeFrame(s, tPart, buf); err != nil {
+			return err
+		}
+		cnt.add(len(buf)+5, 0)
+	}
+	return nil
+}
+
+func (a *Averager) recvVector(s network.Stream, sess *session, dst []float32, cnt *counter) error {
+	var buf []byte
+	for off, k := 0, 0; off < sess.vecLen; off, k = off+a.cfg.PartSize, k+1 {
+		t, b, err := readFrame(s, a.cfg.MaxFrame, buf)
+		buf = b
+		if err != nil {
+			return err
+		}
+		cnt.add(0, len(b)+5)
+		if t != tPart {
+			return fmt.Errorf("%w: frame type %d, want part", errMalformed, t)
+		}
+		pm, err := unmarshalPart(b)
+		if err != nil {
+			return err
+		}
+		if int(pm.Index) != k {
+			return fmt.Errorf("%w: gossip part %d, want %d", errMalformed, pm.Index, k)
+		}
+		if err := sess.codec.Decode(dst[off:min(off+a.cfg.PartSize, sess.vecLen)], pm.Data); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleGossip answers an exchange if this peer is gossiping on the same key
+// and round and is not in another exchange.
+func (a *Averager) handleGossip(s network.Stream) {
+	defer s.Reset()
+	from := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(a.cfg.RequestTimeout))
+	t, b, err := readFrame(s, 4096, nil)
+	if err != nil || t != tGossipHeader {
+		return
+	}
+	hdr, err := unmarshalGossipHeader(b)
+	if err != nil || hdr.Version != WireVersion {
+		a.log.Info("gossip: bad header", "peer", from, "err", err)
+		return
+	}
+	refuse := func(code byte) {
+		var e enc
+		e.u8(code)
+		e.f64(0)
+		_ = writeFrame(s, tGossipReply, e.b)
+		_ = s.CloseWrite()
+	}
+	a.mu.Lock()
+	sess := a.sessions[hdr.Key]
+	a.mu.Unlock()
+	if sess == nil {
+		refuse(gossipNo)
+		return
+	}
+	sess.mu.Lock()
+	gp := sess.gossip
+	sess.mu.Unlock()
+	if gp == nil || sess.round != hdr.Round || uint64(sess.vecLen) != hdr.VecLen || sess.codec != hdr.Codec {
+		refuse(gossipNo)
+		return
+	}
+	if !gp.busy.TryLock() {
+		refuse(gossipBusy)
+		return
+	}
+	defer gp.busy.Unlock()
+	select {
+	case <-gp.done:
+		refuse(gossipNo)
+		return
+	default:
+	}
+	_ = s.SetDeadline(time.Now().Add(a.cfg.GossipTimeout))
+	cnt := &counter{}
+	var e enc
+	e.u8(gossipOK)
+	e.f64(sess.weight)
+	if err := writeFrame(s, tGossipReply, e.b); err != nil {
+		return
+	}
+	theirs := make([]float32, sess.vecLen)
+	if err := a.recvVector(s, sess, theirs, cnt); err != nil {
+		a.log.Info("gossip: bad vector; peer excluded", "peer", from, "err", err)
+		a.met.failures.WithLabelValues("bad_peer").Inc()
+		return
+	}
+	if err := a.sendVector(s, sess, cnt); err != nil {
+		return
+	}
+	if t, _, err := readFrame(s, 16, nil); err != nil || t != tAck {
+		return
+	}
+	mixPair(sess.vec, theirs, sess.weight, hdr.Weight, a.h.ID() < from)
+	gp.finish(a.pairResult(from, sess.vecLen, cnt))
+}

@@ -1,0 +1,418 @@
+package averaging
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// The matchmaker is a pure state machine: it never touches the network, a
+// goroutine or the wall clock. The caller feeds it events (Step) and the time
+// (Tick) and carries out the envelopes it returns.
+//
+// Protocol (after hivemind's matchmaking, with its total order):
+//   - Every looking peer has an expiration; (expiration, peer id) orders peers.
+//     A peer only asks peers earlier in that order to lead it, one at a time,
+//     so there are no cycles of waiting.
+//   - A leader accepts followers until the group reaches the target size, then
+//     starts it at once; at its expiration it starts the group if it has the
+//     minimum size, otherwise disbands it. A leader that is itself accepted by
+//     an earlier peer disbands its followers and redirects them to that peer.
+//   - A follower waits for its leader at most one window plus the request
+//     timeout, then goes back to looking; a follower that leaves closes its
+//     stream, which the leader sees.
+//   - A failed attempt starts again with a new expiration until the overall
+//     deadline.
+
+type matchState uint8
+
+const (
+	msLooking matchState = iota
+	msFollowing
+	msDone
+	msFailed
+)
+
+// envelope kinds the matchmaker asks the transport to carry out.
+type outKind uint8
+
+const (
+	outJoin    outKind = iota + 1 // open a join stream to To with Join
+	outReply                      // answer To's pending join request with Reply
+	outBegin                      // send Group on To's held join stream, then close it
+	outDisband                    // send Disband(Redirect) on To's held join stream, then close it
+	outLeave                      // close our join stream to To
+)
+
+type envelope struct {
+	Kind     outKind
+	To       peer.ID
+	Join     joinRequest
+	Reply    joinReply
+	Group    *groupInfo
+	Redirect peer.ID
+}
+
+// matchEvent kinds fed to Step.
+type evKind uint8
+
+const (
+	evJoin          evKind = iota + 1 // From asks us to lead it
+	evReply                           // From answered our join request
+	evBegin                           // our leader From started a group
+	evDisband                         // our leader From disbanded (Redirect may be set)
+	evRequestFailed                   // our join stream to From broke or timed out
+	evFollowerGone                    // From's held join stream closed
+)
+
+type matchEvent struct {
+	Kind     evKind
+	From     peer.ID
+	Join     joinRequest
+	Reply    joinReply
+	Group    groupInfo
+	Redirect peer.ID
+}
+
+type matchConfig struct {
+	Self        peer.ID
+	Group       groupKey
+	Target, Min int
+	Window      time.Duration // one attempt's expiration
+	ReqTimeout  time.Duration // a join request unanswered this long is abandoned
+	Deadline    time.Time     // no new attempt starts after this
+	VecLen      uint64
+	Bandwidth   float64
+	Client      bool
+	Codec       Codec
+	PartSize    uint32
+}
+
+type candInfo struct {
+	asked, wrongKey, junior, dead bool
+}
+
+type matcher struct {
+	cfg        matchConfig
+	rng        *rand.Rand
+	now        time.Time
+	state      matchState
+	expiration time.Time
+	cands      []peer.ID
+	info       map[peer.ID]*candInfo
+	priority   peer.ID // redirect target to ask next
+
+	outstanding   peer.ID
+	outstandingBy time.Time
+
+	leader     peer.ID
+	followBy   time.Time
+	followers  []member
+	attempts   int
+	group      *groupInfo
+	failReason string
+	out        []envelope
+}
+
+func newMatcher(cfg matchConfig, candidates []peer.ID, rng *rand.Rand, now time.Time) *matcher {
+	m := &matcher{cfg: cfg, rng: rng, info: map[peer.ID]*candInfo{}}
+	for _, c := range candidates {
+		if c != cfg.Self && m.info[c] == nil {
+			m.info[c] = &candInfo{}
+			m.cands = append(m.cands, c)
+		}
+	}
+	rng.Shuffle(len(m.cands), func(i, j int) { m.cands[i], m.cands[j] = m.cands[j], m.cands[i] })
+	m.now = now
+	m.startAttempt()
+	return m
+}
+
+// ready returns and clears the pending envelopes.
+func (m *matcher) ready() []envelope {
+	out := m.out
+	m.out = nil
+	return out
+}
+
+func (m *matcher) finished() bool { return m.state == msDone || m.state == msFailed }
+
+func (m *matcher) startAttempt() {
+	m.attempts++
+	m.state = msLooking
+	m.expiration = m.now.Add(m.cfg.Window)
+	for _, ci := range m.info {
+		ci.asked, ci.junior = false, false
+	}
+	m.tryNext()
+}
+
+// before reports whether (ea, a) precedes (eb, b) in the total order.
+func before(ea int64, a peer.ID, eb int64, b peer.ID) bool {
+	if ea != eb {
+		return ea < eb
+	}
+	return a < b
+}
+
+func (m *matcher) myExp() int64 { return m.expiration.UnixNano() }
+
+func (m *matcher) joinMsg() joinRequest {
+	return joinRequest{Version: WireVersion, Group: m.cfg.Group, Expiration: m.myExp(), VecLen: m.cfg.VecLen,
+		Bandwidth: m.cfg.Bandwidth, Client: m.cfg.Client, Codec: m.cfg.Codec}
+}
+
+func (m *matcher) tryNext() {
+	if m.state != msLooking || m.outstanding != "" {
+		return
+	}
+	if len(m.followers)+1 >= m.cfg.Target {
+		m.begin()
+		return
+	}
+	next := peer.ID("")
+	if p := m.priority; p != "" {
+		m.priority = ""
+		if ci := m.info[p]; ci != nil && !ci.asked && !ci.wrongKey && !ci.dead && !ci.junior {
+			next = p
+		}
+	}
+	if next == "" {
+		for _, c := range m.cands {
+			ci := m.info[c]
+			if !ci.asked && !ci.wrongKey && !ci.dead && !ci.junior {
+				next = c
+				break
+			}
+		}
+	}
+	if next == "" {
+		return // wait for followers or the expiration
+	}
+	m.info[next].asked = true
+	m.outstanding = next
+	m.outstandingBy = m.now.Add(m.cfg.ReqTimeout)
+	m.out = append(m.out, envelope{Kind: outJoin, To: next, Join: m.joinMsg()})
+}
+
+func (m *matcher) reply(to peer.ID, s joinStatus, redirect peer.ID) {
+	m.out = append(m.out, envelope{Kind: outReply, To: to,
+		Reply: joinReply{Status: s, Expiration: m.myExp(), Bits: m.cfg.Group.Bits, Redirect: redirect}})
+}
+
+func (m *matcher) isFollower(p peer.ID) bool {
+	for _, f := range m.followers {
+		if f.ID == p {
+			return true
+		}
+	}
+	return false
+}
+
+func (m *matcher) dropFollower(p peer.ID) {
+	for i, f := range m.followers {
+		if f.ID == p {
+			m.followers = append(m.followers[:i], m.followers[i+1:]...)
+			return
+		}
+	}
+}
+
+// Step applies one event.
+func (m *matcher) Step(ev matchEvent) {
+	switch ev.Kind {
+	case evJoin:
+		m.onJoin(ev.From, ev.Join)
+	case evReply:
+		m.onReply(ev.From, ev.Reply)
+	case evBegin:
+		if m.state == msFollowing && ev.From == m.leader && ev.Group.index(m.cfg.Self) >= 0 {
+			g := ev.Group
+			m.group = &g
+			m.state = msDone
+			return
+		}
+		// A group we are not waiting for: tell the sender we are not coming.
+		m.out = append(m.out, envelope{Kind: outLeave, To: ev.From})
+	case evDisband:
+		if m.state == msFollowing && ev.From == m.leader {
+			m.leader = ""
+			m.state = msLooking
+			if ev.Redirect != "" && ev.Redirect != m.cfg.Self {
+				m.priority = ev.Redirect
+			}
+			m.tryNext()
+		}
+	case evRequestFailed:
+		if ci := m.info[ev.From]; ci != nil {
+			ci.dead = true
+		}
+		if m.outstanding == ev.From {
+			m.outstanding = ""
+			m.tryNext()
+		} else if m.state == msFollowing && m.leader == ev.From {
+			m.leader = ""
+			m.state = msLooking
+			m.tryNext()
+		}
+	case evFollowerGone:
+		m.dropFollower(ev.From)
+	}
+}
+
+func (m *matcher) onJoin(from peer.ID, req joinRequest) {
+	switch {
+	case m.state == msFollowing:
+		m.reply(from, rejectFollowing, m.leader)
+	case m.state != msLooking || m.cfg.Client:
+		m.reply(from, rejectNotLooking, "")
+	case req.Group != m.cfg.Group:
+		if ci := m.info[from]; ci != nil && req.Group.Key == m.cfg.Group.Key && req.Group.Round == m.cfg.Group.Round {
+			ci.wrongKey = true
+		}
+		m.reply(from, rejectWrongKey, "")
+	case req.Version != WireVersion || req.VecLen != m.cfg.VecLen || req.Codec != m.cfg.Codec:
+		m.reply(from, rejectMismatch, "")
+	case m.isFollower(from):
+		m.reply(from, joinAccepted, "") // a repeated request
+	case !before(m.myExp(), m.cfg.Self, req.Expiration, from):
+		m.reply(from, rejectJunior, "")
+	case len(m.followers)+1 >= m.cfg.Target:
+		m.reply(from, rejectFull, "")
+	default:
+		m.followers = append(m.followers, member{ID: from, Bandwidth: req.Bandwidth, Client: req.Client})
+		if ci := m.info[from]; ci != nil {
+			ci.junior = true // it is after us: never ask it to lead
+		}
+		m.reply(from, joinAccepted, "")
+		if len(m.followers)+1 >= m.cfg.Target {
+			m.begin()
+		}
+	}
+}
+
+func (m *matcher) onReply(from peer.ID, r joinReply) {
+	if from != m.outstanding {
+		if r.Status == joinAccepted && m.leader != from {
+			m.out = append(m.out, envelope{Kind: outLeave, To: from}) // stale acceptance
+		}
+		return
+	}
+	m.outstanding = ""
+	ci := m.info[from]
+	switch r.Status {
+	case joinAccepted:
+		if m.state != msLooking {
+			m.out = append(m.out, envelope{Kind: outLeave, To: from})
+			return
+		}
+		m.state = msFollowing
+		m.leader = from
+		m.followBy = m.now.Add(m.cfg.Window + m.cfg.ReqTimeout)
+		for _, f := range m.followers {
+			m.out = append(m.out, envelope{Kind: outDisband, To: f.ID, Redirect: from})
+		}
+		m.followers = nil
+		return
+	case rejectWrongKey:
+		ci.wrongKey = true
+	case rejectJunior:
+		ci.junior = true
+	case rejectFollowing:
+		if r.Redirect != "" && r.Redirect != m.cfg.Self {
+			m.priority = r.Redirect
+		}
+	case rejectMismatch:
+		ci.dead = true
+	}
+	m.tryNext()
+}
+
+// Tick advances time to now.
+func (m *matcher) Tick(now time.Time) {
+	m.now = now
+	if m.finished() {
+		return
+	}
+	if m.outstanding != "" && !now.Before(m.outstandingBy) {
+		m.out = append(m.out, envelope{Kind: outLeave, To: m.outstanding})
+		m.info[m.outstanding].dead = true
+		m.outstanding = ""
+		m.tryNext()
+	}
+	switch m.state {
+	case msFollowing:
+		if !now.Before(m.followBy) {
+			m.out = append(m.out, envelope{Kind: outLeave, To: m.leader})
+			if ci := m.info[m.leader]; ci != nil {
+				ci.dead = true
+			}
+			m.leader = ""
+			m.state = msLooking
+			m.nextAttemptOrFail()
+		}
+	case msLooking:
+		if !now.Before(m.expiration) {
+			if len(m.followers)+1 >= max(m.cfg.Min, 2) {
+				m.begin()
+				return
+			}
+			for _, f := range m.followers {
+				m.out = append(m.out, envelope{Kind: outDisband, To: f.ID})
+			}
+			m.followers = nil
+			if m.outstanding != "" {
+				m.out = append(m.out, envelope{Kind: outLeave, To: m.outstanding})
+				m.outstanding = ""
+			}
+			m.nextAttemptOrFail()
+		}
+	}
+}
+
+func (m *matcher) nextAttemptOrFail() {
+	if !m.now.Before(m.cfg.Deadline) {
+		m.state = msFailed
+		m.failReason = "no group formed before the matchmaking deadline"
+		return
+	}
+	m.startAttempt()
+}
+
+func (m *matcher) begin() {
+	g := &groupInfo{Codec: m.cfg.Codec, PartSize: m.cfg.PartSize, VecLen: m.cfg.VecLen}
+	for i := range g.ID {
+		g.ID[i] = byte(m.rng.Uint32())
+	}
+	g.Members = append([]member{{ID: m.cfg.Self, Bandwidth: m.cfg.Bandwidth, Client: m.cfg.Client}}, m.followers...)
+	m.rng.Shuffle(len(g.Members), func(i, j int) { g.Members[i], g.Members[j] = g.Members[j], g.Members[i] })
+	for _, f := range m.followers {
+		m.out = append(m.out, envelope{Kind: outBegin, To: f.ID, Group: g})
+	}
+	if m.outstanding != "" {
+		m.out = append(m.out, envelope{Kind: outLeave, To: m.outstanding})
+		m.outstanding = ""
+	}
+	m.followers = nil
+	m.group = g
+	m.state = msDone
+}
+
+// nextBits derives the Moshpit key bits for the next round from the group id:
+// every member gets a distinct index in [0, target) from an RNG seeded with the
+// group id, and the bits shift that index in (keeping keyBits bits).
+func nextBits(bits uint32, keyBits int, g *groupInfo, self peer.ID, target int) uint32 {
+	if keyBits <= 0 {
+		return 0
+	}
+	var seed [32]byte
+	copy(seed[:], g.ID[:])
+	rng := rand.New(rand.NewChaCha8(seed))
+	idx := rng.Perm(max(target, len(g.Members)))[g.index(self)]
+	nb := 0
+	for (1 << nb) < target {
+		nb++
+	}
+	return (bits<<nb | uint32(idx)) & (1<<keyBits - 1)
+}

@@ -1,0 +1,302 @@
+package averaging
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// heldJoin is an incoming join stream waiting for the matcher's answers.
+type heldJoin struct {
+	s       network.Stream
+	replies chan envelope
+}
+
+const tickEvery = 10 * time.Millisecond
+
+// match runs the matcher until it starts or joins a group, fails, or ctx ends.
+func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID) (*groupInfo, error) {
+	now := time.Now()
+	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: a.cfg.TargetGroupSize, Min: a.cfg.MinGroupSize,
+		Window: a.cfg.MatchWindow, ReqTimeout: a.cfg.RequestTimeout, Deadline: now.Add(a.cfg.MatchTimeout),
+		VecLen: uint64(sess.vecLen), Bandwidth: a.cfg.Bandwidth, Client: a.cfg.ClientMode, Codec: sess.codec,
+		PartSize: uint32(a.cfg.PartSize)}
+	events := make(chan matchEvent, 256)
+	sess.mu.Lock()
+	sess.matchCh = events
+	sess.mu.Unlock()
+
+	var (
+		wg       sync.WaitGroup
+		outMu    sync.Mutex
+		outgoing = map[peer.ID]network.Stream{} // our join streams
+	)
+	send := func(ev matchEvent) {
+		select {
+		case events <- ev:
+		case <-sess.done:
+		}
+	}
+	dial := func(to peer.ID, req joinRequest) {
+		defer wg.Done()
+		dctx, cancel := context.WithTimeout(ctx, a.cfg.RequestTimeout)
+		s, err := a.h.NewStream(network.WithAllowLimitedConn(dctx, "averaging"), to, ProtoMatch)
+		cancel()
+		if err != nil {
+			send(matchEvent{Kind: evRequestFailed, From: to})
+			return
+		}
+		outMu.Lock()
+		if old := outgoing[to]; old != nil {
+			_ = old.Reset()
+		}
+		outgoing[to] = s
+		outMu.Unlock()
+		defer func() {
+			outMu.Lock()
+			if outgoing[to] == s {
+				delete(outgoing, to)
+			}
+			outMu.Unlock()
+			_ = s.Reset()
+		}()
+		_ = s.SetDeadline(time.Now().Add(a.cfg.RequestTimeout))
+		if err := writeFrame(s, tJoin, req.marshal()); err != nil {
+			send(matchEvent{Kind: evRequestFailed, From: to})
+			return
+		}
+		t, b, err := readFrame(s, 4096, nil)
+		var rep joinReply
+		if err == nil && t != tJoinReply {
+			err = fmt.Errorf("%w: frame type %d, want join reply", errMalformed, t)
+		}
+		if err == nil {
+			rep, err = unmarshalJoinReply(b)
+		}
+		if err != nil {
+			send(matchEvent{Kind: evRequestFailed, From: to})
+			return
+		}
+		send(matchEvent{Kind: evReply, From: to, Reply: rep})
+		if rep.Status != joinAccepted {
+			return
+		}
+		// Following: wait for the leader's begin or disband.
+		_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 2*a.cfg.RequestTimeout))
+		t, b, err = readFrame(s, 1<<20, nil)
+		switch {
+		case err != nil:
+			send(matchEvent{Kind: evRequestFailed, From: to})
+		case t == tBegin:
+			g, err := unmarshalGroupInfo(b)
+			if err != nil || g.VecLen != uint64(sess.vecLen) || g.Codec != sess.codec {
+				a.log.Warn("bad group from leader", "peer", to, "err", err)
+				send(matchEvent{Kind: evRequestFailed, From: to})
+				return
+			}
+			send(matchEvent{Kind: evBegin, From: to, Group: g})
+		case t == tDisband:
+			redirect, err := unmarshalDisband(b)
+			if err != nil {
+				send(matchEvent{Kind: evRequestFailed, From: to})
+				return
+			}
+			send(matchEvent{Kind: evDisband, From: to, Redirect: redirect})
+		default:
+			send(matchEvent{Kind: evRequestFailed, From: to})
+		}
+	}
+
+	m := newMatcher(cfg, cands, a.seedRNG(), now)
+	ticker := time.NewTicker(tickEvery)
+	defer ticker.Stop()
+	var err error
+loop:
+	for {
+		for _, env := range m.ready() {
+			switch env.Kind {
+			case outJoin:
+				wg.Add(1)
+				go dial(env.To, env.Join)
+			case outReply, outBegin, outDisband:
+				sess.mu.Lock()
+				hj := sess.held[env.To]
+				sess.mu.Unlock()
+				if hj != nil {
+					select {
+					case hj.replies <- env:
+					default: // the handler is gone or saturated; it will time out
+					}
+				}
+			case outLeave:
+				outMu.Lock()
+				if s := outgoing[env.To]; s != nil {
+					_ = s.Reset()
+				}
+				outMu.Unlock()
+			}
+		}
+		if m.finished() {
+			break
+		}
+		select {
+		case ev := <-events:
+			m.Step(ev)
+		case t := <-ticker.C:
+			m.Tick(t)
+		case <-ctx.Done():
+			err = ctx.Err()
+			break loop
+		}
+	}
+	sess.mu.Lock()
+	sess.matchCh = nil
+	close(sess.done)
+	sess.mu.Unlock()
+	outMu.Lock()
+	for _, s := range outgoing {
+		_ = s.Reset()
+	}
+	outMu.Unlock()
+	wg.Wait()
+	if m.group != nil && ctx.Err() == nil {
+		a.met.groupSize.Observe(float64(len(m.group.Members)))
+		return m.group, nil
+	}
+	if err == nil {
+		err = fmt.Errorf("%s after %d attempts", m.failReason, m.attempts)
+	}
+	return nil, err
+}
+
+// handleJoin serves a join request: it hands the request to the running
+// step's matcher and relays its answers on the stream.
+func (a *Averager) handleJoin(s network.Stream) {
+	defer s.Reset()
+	from := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(a.cfg.RequestTimeout))
+	t, b, err := readFrame(s, 4096, nil)
+	if err != nil {
+		return
+	}
+	if t != tJoin {
+		a.log.Debug("join stream: unexpected frame", "peer", from, "type", t)
+		return
+	}
+	req, err := unmarshalJoinRequest(b)
+	if err != nil {
+		a.log.Debug("join stream: bad request", "peer", from, "err", err)
+		return
+	}
+	a.mu.Lock()
+	sess := a.sessions[req.Group.Key]
+	a.mu.Unlock()
+	reject := func(st joinStatus) {
+		r := joinReply{Status: st}
+		_ = writeFrame(s, tJoinReply, r.marshal())
+		_ = s.CloseWrite()
+	}
+	if sess == nil || sess.round != req.Group.Round {
+		reject(rejectNotLooking)
+		return
+	}
+	hj := &heldJoin{s: s, replies: make(chan envelope, 4)}
+	sess.mu.Lock()
+	ch := sess.matchCh
+	if ch == nil {
+		sess.mu.Unlock()
+		reject(rejectNotLooking)
+		return
+	}
+	sess.held[from] = hj
+	sess.mu.Unlock()
+	defer func() {
+		sess.mu.Lock()
+		if sess.held[from] == hj {
+			delete(sess.held, from)
+		}
+		sess.mu.Unlock()
+	}()
+	select {
+	case ch <- matchEvent{Kind: evJoin, From: from, Join: req}:
+	case <-sess.done:
+		return
+	}
+	gone := make(chan struct{})
+	watching := false
+	for {
+		select {
+		case env := <-hj.replies:
+			switch env.Kind {
+			case outReply:
+				if err := writeFrame(s, tJoinReply, env.Reply.marshal()); err != nil {
+					a.notifyGone(sess, from)
+					return
+				}
+				if env.Reply.Status != joinAccepted {
+					_ = s.CloseWrite()
+					return
+				}
+				_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 2*a.cfg.RequestTimeout))
+				if !watching {
+					watching = true
+					go func() { // the follower closing its stream means it left
+						var one [1]byte
+						_, _ = s.Read(one[:])
+						close(gone)
+					}()
+				}
+			case outBegin:
+				_ = writeFrame(s, tBegin, env.Group.marshal())
+				_ = s.CloseWrite()
+				a.drainRead(s, gone, watching)
+				return
+			case outDisband:
+				_ = writeFrame(s, tDisband, marshalDisband(env.Redirect))
+				_ = s.CloseWrite()
+				a.drainRead(s, gone, watching)
+				return
+			}
+		case <-gone:
+			a.notifyGone(sess, from)
+			return
+		case <-sess.done:
+			if len(hj.replies) > 0 {
+				continue // answers queued before matchmaking ended go out first
+			}
+			return
+		case <-a.ctx.Done():
+			return
+		}
+	}
+}
+
+// drainRead waits briefly for the follower to read our last frame and close.
+func (a *Averager) drainRead(s network.Stream, gone chan struct{}, watching bool) {
+	if !watching {
+		return
+	}
+	select {
+	case <-gone:
+	case <-time.After(a.cfg.RequestTimeout):
+		_ = s.Reset()
+		<-gone
+	}
+}
+
+func (a *Averager) notifyGone(sess *session, from peer.ID) {
+	sess.mu.Lock()
+	ch := sess.matchCh
+	sess.mu.Unlock()
+	if ch == nil {
+		return
+	}
+	select {
+	case ch <- matchEvent{Kind: evFollowerGone, From: from}:
+	case <-sess.done:
+	}
+}

@@ -1,0 +1,252 @@
+package averaging
+
+import (
+	"fmt"
+	"time"
+)
+
+// span is a contiguous range [Start, End) of the flat vector.
+type span struct{ Start, End int }
+
+// layout is how a group cuts the vector: member i reduces Shares[i], which is
+// split into parts of at most partSize values.
+type layout struct {
+	Shares []span
+	Parts  [][]span // per member, its parts in order
+}
+
+// partition gives each member a contiguous share proportional to its
+// bandwidth; clients (which cannot accept connections) and zero-bandwidth
+// members get none. Rounding leftovers go to the members with the largest
+// fractional remainders, ties to the lower index.
+func partition(vecLen int, members []member, partSize int) layout {
+	n := len(members)
+	bw := make([]float64, n)
+	var total float64
+	for i, m := range members {
+		if !m.Client && m.Bandwidth > 0 {
+			bw[i] = m.Bandwidth
+			total += m.Bandwidth
+		}
+	}
+	sizes := make([]int, n)
+	if total > 0 {
+		rem := make([]float64, n)
+		assigned := 0
+		for i := range members {
+			exact := float64(vecLen) * bw[i] / total
+			sizes[i] = int(exact)
+			rem[i] = exact - float64(sizes[i])
+			assigned += sizes[i]
+		}
+		for left := vecLen - assigned; left > 0; left-- {
+			best := -1
+			for i := range members {
+				if bw[i] > 0 && (best < 0 || rem[i] > rem[best]) {
+					best = i
+				}
+			}
+			sizes[best]++
+			rem[best] = -1
+		}
+	}
+	l := layout{Shares: make([]span, n), Parts: make([][]span, n)}
+	off := 0
+	for i := range members {
+		l.Shares[i] = span{off, off + sizes[i]}
+		for s := off; s < off+sizes[i]; s += partSize {
+			l.Parts[i] = append(l.Parts[i], span{s, min(s+partSize, off+sizes[i])})
+		}
+		off += sizes[i]
+	}
+	return l
+}
+
+// senderStatus tracks one sender at a reducer.
+type senderStatus uint8
+
+const (
+	sPending senderStatus = iota // not connected yet
+	sActive
+	sDone
+	sDropped
+)
+
+// reducer is the accounting of one member's share in an all-reduce round: who
+// contributed to which part, with which weight, who was dropped and why. It
+// is a pure state machine: events come in through its methods with the time,
+// and finished parts come out of Ready.
+//
+// Semantics: part k is final when every sender that is not dropped has
+// delivered it; its value is Σ w_s x_s / Σ w_s over the senders that delivered
+// part k (the reducer itself always counts). A sender is dropped when it fails,
+// sends something invalid, or makes no progress for senderTimeout; a sender
+// dropped after delivering part k still counts for part k. At the deadline
+// every sender still outstanding is dropped and every part becomes final.
+type reducer struct {
+	self          int
+	n             int
+	parts         []span // absolute ranges of this member's parts
+	base          int    // start of the share
+	acc           []float32
+	wsum          []float64
+	contrib       []bitset
+	weight        []float64
+	status        []senderStatus
+	received      []int
+	lastProgress  []time.Time
+	reasons       map[int]string
+	senderTimeout time.Duration
+	deadline      time.Time
+	finalized     int
+	pending       []finalPart
+}
+
+// finalPart is an averaged part ready to be returned to its contributors.
+type finalPart struct {
+	Index        int
+	Span         span
+	Avg          []float32 // view into the reducer's buffer
+	Contributors bitset
+}
+
+// newReducer starts a round: own is this member's values for its share (its
+// own contribution), weight its weight, senders the group indices expected to
+// send (normally everyone else).
+func newReducer(self, n int, parts []span, own []float32, weight float64, now time.Time, senderTimeout time.Duration, deadline time.Time) *reducer {
+	r := &reducer{self: self, n: n, parts: parts, senderTimeout: senderTimeout, deadline: deadline,
+		weight: make([]float64, n), status: make([]senderStatus, n), received: make([]int, n),
+		lastProgress: make([]time.Time, n), reasons: map[int]string{}}
+	if len(parts) > 0 {
+		r.base = parts[0].Start
+	}
+	r.acc = make([]float32, len(own))
+	for i, v := range own {
+		r.acc[i] = float32(weight) * v
+	}
+	r.wsum = make([]float64, len(parts))
+	r.contrib = make([]bitset, len(parts))
+	for k := range parts {
+		r.wsum[k] = weight
+		r.contrib[k] = newBitset(n)
+		r.contrib[k].set(self)
+	}
+	for s := range r.status {
+		r.lastProgress[s] = now
+	}
+	r.status[self] = sDone
+	r.received[self] = len(parts)
+	r.advance()
+	return r
+}
+
+// Header records that sender s connected with weight w.
+func (r *reducer) Header(s int, w float64, now time.Time) error {
+	if s < 0 || s >= r.n || s == r.self {
+		return fmt.Errorf("sender index %d out of range", s)
+	}
+	if r.status[s] != sPending {
+		return fmt.Errorf("sender %d connected twice", s)
+	}
+	if !validWeight(w) {
+		r.Drop(s, fmt.Sprintf("invalid weight %v", w))
+		return fmt.Errorf("sender %d: invalid weight %v", s, w)
+	}
+	r.status[s] = sActive
+	r.weight[s] = w
+	r.lastProgress[s] = now
+	return nil
+}
+
+// Part adds sender s's values for part k, which must be its next part.
+// vals must already be validated finite.
+func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
+	if s < 0 || s >= r.n || r.status[s] != sActive {
+		return fmt.Errorf("part from sender %d that is not active", s)
+	}
+	if k != r.received[s] || k >= len(r.parts) {
+		r.Drop(s, fmt.Sprintf("part %d out of order (want %d of %d)", k, r.received[s], len(r.parts)))
+		return fmt.Errorf("sender %d: part %d out of order", s, k)
+	}
+	sp := r.parts[k]
+	if len(vals) != sp.End-sp.Start {
+		r.Drop(s, fmt.Sprintf("part %d has %d values, want %d", k, len(vals), sp.End-sp.Start))
+		return fmt.Errorf("sender %d: wrong part length", s)
+	}
+	w := float32(r.weight[s])
+	acc := r.acc[sp.Start-r.base : sp.End-r.base]
+	for i, v := range vals {
+		acc[i] += w * v
+	}
+	r.wsum[k] += r.weight[s]
+	r.contrib[k].set(s)
+	r.received[s]++
+	r.lastProgress[s] = now
+	if r.received[s] == len(r.parts) {
+		r.status[s] = sDone
+	}
+	r.advance()
+	return nil
+}
+
+// Drop excludes sender s from the parts it has not delivered yet.
+func (r *reducer) Drop(s int, reason string) {
+	if s < 0 || s >= r.n || s == r.self || r.status[s] == sDone || r.status[s] == sDropped {
+		return
+	}
+	r.status[s] = sDropped
+	r.reasons[s] = reason
+	r.advance()
+}
+
+// Tick drops senders that made no progress for senderTimeout and, at the
+// deadline, everyone still outstanding.
+func (r *reducer) Tick(now time.Time) {
+	for s, st := range r.status {
+		if st != sPending && st != sActive {
+			continue
+		}
+		switch {
+		case !now.Before(r.deadline):
+			r.Drop(s, "round deadline")
+		case now.Sub(r.lastProgress[s]) >= r.senderTimeout:
+			if st == sPending {
+				r.Drop(s, "never connected")
+			} else {
+				r.Drop(s, fmt.Sprintf("stalled after %d of %d parts", r.received[s], len(r.parts)))
+			}
+		}
+	}
+}
+
+func (r *reducer) advance() {
+	for r.finalized < len(r.parts) {
+		k := r.finalized
+		for s, st := range r.status {
+			if (st == sPending || st == sActive) && r.received[s] <= k {
+				return
+			}
+		}
+		sp := r.parts[k]
+		acc := r.acc[sp.Start-r.base : sp.End-r.base]
+		inv := float32(1 / r.wsum[k])
+		for i := range acc {
+			acc[i] *= inv
+		}
+		r.pending = append(r.pending, finalPart{Index: k, Span: sp, Avg: acc, Contributors: r.contrib[k]})
+		r.finalized++
+	}
+}
+
+// Ready returns the parts finalised since the last call.
+func (r *reducer) Ready() []finalPart {
+	p := r.pending
+	r.pending = nil
+	return p
+}
+
+// Done reports whether every part is final.
+func (r *reducer) Done() bool { return r.finalized == len(r.parts) }
+
+// Dropped returns the reasons senders were dropped, by group index.
+func (r *reducer) Dropped() map[int]string { return r.reasons }

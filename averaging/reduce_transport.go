@@ -1,0 +1,524 @@
+package averaging
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// round is this peer's side of one all-reduce: the reducer accounting for its
+// own share and the streams of the senders feeding it.
+type round struct {
+	g        *groupInfo
+	self     int
+	lay      layout
+	vec      []float32
+	codec    Codec
+	deadline time.Time
+	cnt      *counter
+
+	mu       sync.Mutex
+	red      *reducer
+	outs     map[int]chan partMsg // per sender: averaged parts to return
+	excluded map[peer.ID]string
+	finished chan struct{} // closed when every part of the share is final
+	closed   bool
+	onFinal  func(k int)
+	ownSpans []Span
+}
+
+// allreduce runs the butterfly all-reduce of vec in group g.
+func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, weight float64, codec Codec) Result {
+	start := time.Now()
+	self := g.index(a.h.ID())
+	lay := partition(len(vec), g.Members, int(g.PartSize))
+	deadline := start.Add(a.cfg.AllreduceTimeout)
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	cnt := &counter{}
+
+	r := &round{g: g, self: self, lay: lay, vec: vec, codec: codec, deadline: deadline, cnt: cnt,
+		outs: map[int]chan partMsg{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}), onFinal: a.faults.afterFinal}
+	myShare := lay.Shares[self]
+	r.red = newReducer(self, len(g.Members), lay.Parts[self], vec[myShare.Start:myShare.End], weight, start, a.cfg.SenderTimeout, deadline)
+	// Only members that can reduce receive streams; every member sends.
+	for s := range g.Members {
+		if s != self && len(lay.Parts[self]) > 0 {
+			r.outs[s] = make(chan partMsg, len(lay.Parts[self]))
+		}
+	}
+	r.mu.Lock()
+	r.dispatchLocked()
+	r.mu.Unlock()
+	if len(lay.Parts[self]) > 0 {
+		a.mu.Lock()
+		a.rounds[g.ID] = r
+		close(a.roundsCh)
+		a.roundsCh = make(chan struct{})
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			delete(a.rounds, g.ID)
+			a.mu.Unlock()
+		}()
+	}
+
+	// Senders: one goroutine per reducer.
+	type sendResult struct {
+		j     int
+		spans []Span
+		err   error
+	}
+	results := make(chan sendResult, len(g.Members))
+	var wg sync.WaitGroup
+	for j := range g.Members {
+		if j == self || len(lay.Parts[j]) == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func(j int) {
+			defer wg.Done()
+			spans, err := a.sendTo(rctx, r, j, weight)
+			results <- sendResult{j, spans, err}
+		}(j)
+	}
+	// The reducer's clock: drop stalled senders, end at the deadline.
+	tickDone := make(chan struct{})
+	go func() {
+		defer close(tickDone)
+		t := time.NewTicker(tickEvery * 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-r.finished:
+				return
+			case now := <-t.C:
+				r.mu.Lock()
+				r.red.Tick(now)
+				r.dispatchLocked()
+				r.mu.Unlock()
+			case <-rctx.Done():
+				r.mu.Lock()
+				r.red.Tick(deadline.Add(time.Nanosecond))
+				r.dispatchLocked()
+				r.mu.Unlock()
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	close(results)
+	<-tickDone
+	// Wait until the averaged parts went out to the senders (or the deadline).
+	r.waitFlushed(rctx)
+	r.mu.Lock()
+	r.closed = true
+	for s, ch := range r.outs {
+		close(ch)
+		delete(r.outs, s)
+	}
+	r.mu.Unlock()
+
+	var spans []Span
+	for res := range results {
+		spans = append(spans, res.spans...)
+		if res.err != nil {
+			r.mu.Lock()
+			r.excluded[g.Members[res.j].ID] = "as reducer: " + res.err.Error()
+			r.mu.Unlock()
+			a.met.failures.WithLabelValues("reducer_failed").Inc()
+			a.log.Info("reducer failed; its slice stays local where not received", "peer", g.Members[res.j].ID, "err", res.err)
+		}
+	}
+	r.mu.Lock()
+	for s, why := range r.red.Dropped() {
+		if _, ok := r.excluded[g.Members[s].ID]; !ok {
+			r.excluded[g.Members[s].ID] = "as sender: " + why
+		}
+		a.met.failures.WithLabelValues("sender_dropped").Inc()
+		a.log.Info("sender dropped", "peer", g.Members[s].ID, "reason", why)
+	}
+	spans = append(spans, r.ownSpans...)
+	excluded := r.excluded
+	r.mu.Unlock()
+
+	res := Result{Mode: ModeGroup, GroupID: hex.EncodeToString(g.ID[:]), Members: g.ids(), Excluded: excluded,
+		BytesSent: cnt.sent, BytesReceived: cnt.recv, ReduceTime: time.Since(start)}
+	res.Spans, res.Fraction = mergeSpans(spans, len(vec), a.h.ID())
+	a.met.bytes.WithLabelValues("sent").Add(float64(cnt.sent))
+	a.met.bytes.WithLabelValues("received").Add(float64(cnt.recv))
+	a.met.duration.WithLabelValues("allreduce").Observe(res.ReduceTime.Seconds())
+	return res
+}
+
+// dispatchLocked moves finished parts from the reducer into the vector and to
+// the senders' queues. Lossy codecs: the reducer keeps the decoded bytes it
+// sends, so every member ends with the same values.
+func (r *round) dispatchLocked() {
+	for _, fp := range r.red.Ready() {
+		data := r.codec.Encode(nil, fp.Avg)
+		dst := r.vec[fp.Span.Start:fp.Span.End]
+		if r.codec == CodecNone {
+			copy(dst, fp.Avg)
+		} else if err := r.codec.Decode(dst, data); err != nil {
+			copy(dst, fp.Avg) // cannot happen for finite input; keep the exact average
+		}
+		ids := make([]peer.ID, 0, len(r.g.Members))
+		for i, m := range r.g.Members {
+			if fp.Contributors.has(i) {
+				ids = append(ids, m.ID)
+			}
+		}
+		r.ownSpans = append(r.ownSpans, Span{fp.Span.Start, fp.Span.End, ids})
+		msg := partMsg{Index: uint32(fp.Index), Contributors: fp.Contributors, Data: data}
+		for s, ch := range r.outs {
+			if fp.Contributors.has(s) {
+				ch <- msg // capacity is the number of parts: never blocks
+			}
+		}
+		if r.onFinal != nil {
+			r.onFinal(fp.Index)
+		}
+	}
+	if r.red.Done() {
+		select {
+		case <-r.finished:
+		default:
+			close(r.finished)
+		}
+	}
+	// Senders dropped get no more parts: close their queues.
+	for s, st := range r.red.status {
+		if st == sDropped {
+			if ch, ok := r.outs[s]; ok {
+				close(ch)
+				delete(r.outs, s)
+			}
+		}
+	}
+}
+
+func (r *round) waitFlushed(ctx context.Context) {
+	if len(r.lay.Parts[r.self]) == 0 {
+		return
+	}
+	select {
+	case <-r.finished:
+	case <-ctx.Done():
+		return
+	}
+	for {
+		r.mu.Lock()
+		pending := 0
+		for _, ch := range r.outs {
+			pending += len(ch)
+		}
+		r.mu.Unlock()
+		if pending == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(tickEvery):
+		}
+	}
+}
+
+// sendTo streams this member's values of reducer j's share to j and writes
+// the averages it returns into the vector. Parts not returned stay local.
+func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) (spans []Span, err error) {
+	parts := r.lay.Parts[j]
+	self := r.g.Members[r.self].ID
+	got := 0
+	defer func() { // parts never returned stay local
+		for k := got; k < len(parts); k++ {
+			spans = append(spans, Span{parts[k].Start, parts[k].End, []peer.ID{self}})
+		}
+	}()
+	to := r.g.Members[j].ID
+	s, err := a.h.NewStream(network.WithAllowLimitedConn(ctx, "averaging"), to, ProtoReduce)
+	if err != nil {
+		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	defer s.Reset()
+	_ = s.SetDeadline(r.deadline)
+	hdr := reduceHeader{Version: WireVersion, Group: r.g.ID, Sender: uint16(r.self), Weight: weight,
+		VecLen: r.g.VecLen, Codec: r.codec}
+	hb := hdr.marshal()
+	if err := writeFrame(s, tReduceHeader, hb); err != nil {
+		return nil, fmt.Errorf("write header: %w", err)
+	}
+	r.cnt.add(len(hb)+5, 0)
+
+	var sentMu sync.Mutex
+	sent := 0
+	writeErr := make(chan error, 1)
+	writerDone := make(chan struct{})
+	defer func() { _ = s.Reset(); <-writerDone }() // the writer reads vec: wait for it
+	go func() {
+		defer close(writerDone)
+		var buf []byte
+		tmp := make([]float32, 0)
+		for k, sp := range parts {
+			src := r.vec[sp.Start:sp.End]
+			switch {
+			case a.faults.sendNaN:
+				tmp = append(tmp[:0], src...)
+				tmp[0] = float32(math.NaN())
+				src = tmp
+			case a.faults.sendShort:
+				src = src[:len(src)-1]
+			}
+			pm := partMsg{Index: uint32(k)}
+			buf = pm.appendTo(buf[:0])
+			if a.faults.sendGarbage {
+				buf = append(buf, 1, 2, 3)
+			} else {
+				buf = r.codec.Encode(buf, src)
+			}
+			sentMu.Lock()
+			sent = k + 1
+			sentMu.Unlock()
+			if err := writeFrame(s, tPart, buf); err != nil {
+				writeErr <- fmt.Errorf("write part %d: %w", k, err)
+				return
+			}
+			r.cnt.add(len(buf)+5, 0)
+			if a.faults.afterPart != nil {
+				a.faults.afterPart(to, k)
+			}
+		}
+		writeErr <- nil
+	}()
+
+	var rbuf []byte
+	tmp := make([]float32, 0, r.g.PartSize)
+	for k := range parts {
+		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.ReducerTimeout), r.deadline))
+		var t msgType
+		t, rbuf, err = readFrame(s, a.cfg.MaxFrame, rbuf)
+		if err != nil {
+			return spans, fmt.Errorf("read part %d: %w", k, err)
+		}
+		r.cnt.add(0, len(rbuf)+5)
+		if t != tAvgPart {
+			return spans, fmt.Errorf("%w: frame type %d, want averaged part", errMalformed, t)
+		}
+		pm, err := unmarshalPart(rbuf)
+		if err != nil {
+			return spans, err
+		}
+		sp := parts[k]
+		if int(pm.Index) != k || len(pm.Contributors) != (len(r.g.Members)+7)/8 || !bitset(pm.Contributors).has(r.self) {
+			return spans, fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, pm.Index, k)
+		}
+		tmp = tmp[:sp.End-sp.Start]
+		if err := r.codec.Decode(tmp, pm.Data); err != nil {
+			return spans, fmt.Errorf("averaged part %d: %w", k, err)
+		}
+		sentMu.Lock()
+		ok := sent > k // also orders our read of the part before this write
+		sentMu.Unlock()
+		if !ok {
+			return spans, fmt.Errorf("%w: averaged part %d before it was sent", errMalformed, k)
+		}
+		copy(r.vec[sp.Start:sp.End], tmp)
+		ids := make([]peer.ID, 0, len(r.g.Members))
+		for i, m := range r.g.Members {
+			if bitset(pm.Contributors).has(i) {
+				ids = append(ids, m.ID)
+			}
+		}
+		spans = append(spans, Span{sp.Start, sp.End, ids})
+		got = k + 1
+	}
+	_ = s.Close()
+	if err := <-writeErr; err != nil && got < len(parts) {
+		return spans, err
+	}
+	return spans, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// handleReduce serves one sender of a round in which this peer reduces.
+func (a *Averager) handleReduce(s network.Stream) {
+	defer s.Reset()
+	from := s.Conn().RemotePeer()
+	_ = s.SetDeadline(time.Now().Add(a.cfg.SenderTimeout))
+	t, b, err := readFrame(s, 4096, nil)
+	if err != nil || t != tReduceHeader {
+		a.log.Debug("reduce stream: no header", "peer", from, "err", err)
+		return
+	}
+	hdr, err := unmarshalReduceHeader(b)
+	if err != nil || hdr.Version != WireVersion {
+		a.log.Info("reduce stream: bad header", "peer", from, "err", err, "version", hdr.Version)
+		return
+	}
+	// The sender may have learnt of the group before us: wait for the round.
+	r := a.waitRound(hdr.Group, time.Now().Add(a.cfg.SenderTimeout))
+	if r == nil {
+		a.log.Debug("reduce stream: unknown group", "peer", from)
+		return
+	}
+	si := int(hdr.Sender)
+	exclude := func(why string) {
+		a.log.Warn("peer excluded from round", "peer", from, "reason", why)
+		a.met.failures.WithLabelValues("bad_peer").Inc()
+		r.mu.Lock()
+		r.excluded[from] = why
+		r.red.Drop(si, why)
+		r.dispatchLocked()
+		r.mu.Unlock()
+	}
+	if si >= len(r.g.Members) || r.g.Members[si].ID != from || si == r.self {
+		a.log.Warn("reduce stream: sender index does not match peer", "peer", from, "index", si)
+		return
+	}
+	if hdr.VecLen != r.g.VecLen || hdr.Codec != r.codec {
+		exclude(fmt.Sprintf("header mismatch: length %d codec %s, want %d %s", hdr.VecLen, hdr.Codec, r.g.VecLen, r.codec))
+		return
+	}
+	r.cnt.add(0, len(b)+5)
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	err = r.red.Header(si, hdr.Weight, time.Now())
+	out := r.outs[si]
+	r.mu.Unlock()
+	if err != nil || out == nil {
+		return
+	}
+	_ = s.SetWriteDeadline(r.deadline)
+	writerDone := make(chan struct{})
+	go func() { // return averaged parts as they become final
+		defer close(writerDone)
+		var buf []byte
+		for pm := range out {
+			buf = pm.appendTo(buf[:0])
+			if err := writeFrame(s, tAvgPart, buf); err != nil {
+				return
+			}
+			r.cnt.add(len(buf)+5, 0)
+		}
+		_ = s.CloseWrite()
+	}()
+	parts := r.lay.Parts[r.self]
+	vals := make([]float32, 0, r.g.PartSize)
+	var rbuf []byte
+	for k := range parts {
+		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.SenderTimeout), r.deadline))
+		t, rbuf, err = readFrame(s, a.cfg.MaxFrame, rbuf)
+		if err != nil {
+			r.mu.Lock()
+			r.red.Drop(si, fmt.Sprintf("stream failed after %d of %d parts: %v", k, len(parts), err))
+			r.dispatchLocked()
+			r.mu.Unlock()
+			break
+		}
+		r.cnt.add(0, len(rbuf)+5)
+		var pm partMsg
+		if t != tPart {
+			err = fmt.Errorf("frame type %d, want part", t)
+		} else if pm, err = unmarshalPart(rbuf); err == nil && int(pm.Index) != k {
+			err = fmt.Errorf("part %d out of order, want %d", pm.Index, k)
+		}
+		if err == nil {
+			vals = vals[:parts[k].End-parts[k].Start]
+			err = r.codec.Decode(vals, pm.Data)
+		}
+		if err != nil {
+			exclude(fmt.Sprintf("part %d: %v", k, err))
+			break
+		}
+		r.mu.Lock()
+		_ = r.red.Part(si, k, vals, time.Now())
+		r.dispatchLocked()
+		r.mu.Unlock()
+	}
+	<-writerDone
+	// Let the sender read the last part before the stream goes away.
+	_ = s.SetReadDeadline(minTime(time.Now().Add(time.Second), r.deadline))
+	_, _ = io.Copy(io.Discard, s)
+}
+
+func (a *Averager) waitRound(id [16]byte, until time.Time) *round {
+	for {
+		a.mu.Lock()
+		r := a.rounds[id]
+		ch := a.roundsCh
+		a.mu.Unlock()
+		if r != nil {
+			return r
+		}
+		d := time.Until(until)
+		if d <= 0 {
+			return nil
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-a.ctx.Done():
+			t.Stop()
+			return nil
+		}
+		t.Stop()
+	}
+}
+
+// mergeSpans sorts spans, merges neighbours with equal contributors and
+// computes the fraction averaged with someone else.
+func mergeSpans(in []Span, n int, self peer.ID) ([]Span, float64) {
+	sortSpans(in)
+	var out []Span
+	averaged := 0
+	for _, s := range in {
+		if len(s.Contributors) > 1 {
+			averaged += s.End - s.Start
+		}
+		if l := len(out); l > 0 && out[l-1].End == s.Start && sameIDs(out[l-1].Contributors, s.Contributors) {
+			out[l-1].End = s.End
+			continue
+		}
+		out = append(out, s)
+	}
+	_ = self
+	if n == 0 {
+		return out, 0
+	}
+	return out, float64(averaged) / float64(n)
+}
+
+func sameIDs(a, b []peer.ID) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func sortSpans(s []Span) {
+	slices.SortFunc(s, func(a, b Span) int { return a.Start - b.Start })
+}
