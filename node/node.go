@@ -395,9 +395,6 @@ func (n *Node) Status() api.Status {
 	}
 	if n.cfg.Role == RoleNode {
 		st.RunName = n.cfg.RunName
-		if n.cfg.RunID.Defined() {
-			st.RunName = ""
-		}
 	}
 	st.DHTMode = "client"
 	if n.dht.Mode() == dht.ModeServer {

@@ -4,6 +4,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/swarm-train/swarm/node"
+	"github.com/swarm-train/swarm/swarm/run"
 )
 
 func init() {
@@ -15,7 +16,8 @@ announces this node for its run and finds the run's other peers through the DHT.
 The home directory keeps the identity and config.json; 'swarm status' talks to the
 daemon through the control API whose address it writes to HOME/api.`,
 		Flags: append(daemonFlags(),
-			&cli.StringFlag{Name: "run-name", Usage: "name of the training run to join", EnvVars: []string{"SWARM_RUN_NAME"}},
+			&cli.StringFlag{Name: "run-name", Usage: "name of the run to join when no --manifest is given (placeholder run ID: the name's CID)", EnvVars: []string{"SWARM_RUN_NAME"}},
+			&cli.StringFlag{Name: "manifest", Usage: "run manifest file; the run ID is its CID", EnvVars: []string{"SWARM_MANIFEST"}},
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
 		),
 		Action: func(c *cli.Context) error {
@@ -29,6 +31,16 @@ daemon through the control API whose address it writes to HOME/api.`,
 			cfg, err := daemonConfig(c, node.RoleNode)
 			if err != nil {
 				return cli.Exit("swarm node: "+err.Error(), 1)
+			}
+			if path := c.String("manifest"); path != "" {
+				m, err := run.Load(path)
+				if err != nil {
+					return cli.Exit("swarm node: --manifest: "+err.Error(), 1)
+				}
+				if cfg.RunID, err = m.ID(); err != nil {
+					return cli.Exit("swarm node: --manifest: "+err.Error(), 1)
+				}
+				cfg.RunName = m.Name
 			}
 			n, err := node.New(cfg, log)
 			if err != nil {
