@@ -49,10 +49,10 @@ func ids(hs []host.Host) []peer.ID {
 }
 
 type testPeer struct {
-	h   host.Host
-	a   *Averager
-	vec []float32
-	w   float64
+	h    host.Host
+	a    *Averager
+	vec  []float32
+	w    float64
 	orig []float32
 }
 

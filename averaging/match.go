@@ -17,7 +17,11 @@ import (
 //     so there are no cycles of waiting.
 //   - A leader accepts followers until the group reaches the target size, then
 //     starts it at once; at its expiration it starts the group if it has the
-//     minimum size, otherwise disbands it. A leader that is itself accepted by
+//     minimum size, otherwise disbands it. Starting is two-phase: the leader
+//     proposes the member list (Begin), every follower confirms or declines
+//     (Ack), and the leader sends the final list of those who confirmed
+//     (Start). So a peer whose own group filled while its request to another
+//     leader was in flight is never counted in two groups. A leader that is itself accepted by
 //     an earlier peer disbands its followers and redirects them to that peer.
 //   - A follower waits for its leader at most one window plus the request
 //     timeout, then goes back to looking; a follower that leaves closes its
@@ -30,6 +34,8 @@ type matchState uint8
 const (
 	msLooking matchState = iota
 	msFollowing
+	msConfirming // leader: proposal sent, waiting for acks
+	msAwaitStart // follower: acked a proposal, waiting for the final list
 	msDone
 	msFailed
 )
@@ -40,9 +46,11 @@ type outKind uint8
 const (
 	outJoin    outKind = iota + 1 // open a join stream to To with Join
 	outReply                      // answer To's pending join request with Reply
-	outBegin                      // send Group on To's held join stream, then close it
+	outBegin                      // send the proposed Group on To's held join stream
+	outStart                      // send the final Group on To's held join stream, then close it
 	outDisband                    // send Disband(Redirect) on To's held join stream, then close it
 	outLeave                      // close our join stream to To
+	outAck                        // answer our leader To's proposal with OK
 )
 
 type envelope struct {
@@ -52,6 +60,7 @@ type envelope struct {
 	Reply    joinReply
 	Group    *groupInfo
 	Redirect peer.ID
+	OK       bool
 }
 
 // matchEvent kinds fed to Step.
@@ -64,6 +73,8 @@ const (
 	evDisband                         // our leader From disbanded (Redirect may be set)
 	evRequestFailed                   // our join stream to From broke or timed out
 	evFollowerGone                    // From's held join stream closed
+	evAck                             // follower From answered our proposal (OK)
+	evStart                           // our leader From sent the final group
 )
 
 type matchEvent struct {
@@ -73,6 +84,7 @@ type matchEvent struct {
 	Reply    joinReply
 	Group    groupInfo
 	Redirect peer.ID
+	OK       bool
 }
 
 type matchConfig struct {
@@ -90,7 +102,7 @@ type matchConfig struct {
 }
 
 type candInfo struct {
-	asked, wrongKey, junior, dead bool
+	asked, wrongKey, junior, dead, grouped bool
 }
 
 type matcher struct {
@@ -109,6 +121,9 @@ type matcher struct {
 	leader     peer.ID
 	followBy   time.Time
 	followers  []member
+	proposal   *groupInfo
+	acks       map[peer.ID]ackState
+	confirmBy  time.Time
 	attempts   int
 	group      *groupInfo
 	failReason string
@@ -174,14 +189,14 @@ func (m *matcher) tryNext() {
 	next := peer.ID("")
 	if p := m.priority; p != "" {
 		m.priority = ""
-		if ci := m.info[p]; ci != nil && !ci.asked && !ci.wrongKey && !ci.dead && !ci.junior {
+		if ci := m.info[p]; ci != nil && usable(ci) {
 			next = p
 		}
 	}
 	if next == "" {
 		for _, c := range m.cands {
 			ci := m.info[c]
-			if !ci.asked && !ci.wrongKey && !ci.dead && !ci.junior {
+			if usable(ci) {
 				next = c
 				break
 			}
@@ -194,6 +209,10 @@ func (m *matcher) tryNext() {
 	m.outstanding = next
 	m.outstandingBy = m.now.Add(m.cfg.ReqTimeout)
 	m.out = append(m.out, envelope{Kind: outJoin, To: next, Join: m.joinMsg()})
+}
+
+func usable(ci *candInfo) bool {
+	return !ci.asked && !ci.wrongKey && !ci.dead && !ci.junior && !ci.grouped
 }
 
 func (m *matcher) reply(to peer.ID, s joinStatus, redirect peer.ID) {
@@ -227,16 +246,30 @@ func (m *matcher) Step(ev matchEvent) {
 	case evReply:
 		m.onReply(ev.From, ev.Reply)
 	case evBegin:
-		if m.state == msFollowing && ev.From == m.leader && ev.Group.index(m.cfg.Self) >= 0 {
+		ok := m.state == msFollowing && ev.From == m.leader && ev.Group.index(m.cfg.Self) >= 0
+		m.out = append(m.out, envelope{Kind: outAck, To: ev.From, OK: ok})
+		if ok {
+			m.state = msAwaitStart
+			m.followBy = m.now.Add(2 * m.cfg.ReqTimeout)
+		}
+	case evStart:
+		if m.state == msAwaitStart && ev.From == m.leader && ev.Group.index(m.cfg.Self) >= 0 {
 			g := ev.Group
 			m.group = &g
 			m.state = msDone
-			return
 		}
-		// A group we are not waiting for: tell the sender we are not coming.
-		m.out = append(m.out, envelope{Kind: outLeave, To: ev.From})
+	case evAck:
+		if m.state == msConfirming {
+			if st, ok := m.acks[ev.From]; ok && st == ackPending {
+				m.acks[ev.From] = ackNo
+				if ev.OK {
+					m.acks[ev.From] = ackYes
+				}
+				m.maybeStart(false)
+			}
+		}
 	case evDisband:
-		if m.state == msFollowing && ev.From == m.leader {
+		if (m.state == msFollowing || m.state == msAwaitStart) && ev.From == m.leader {
 			m.leader = ""
 			m.state = msLooking
 			if ev.Redirect != "" && ev.Redirect != m.cfg.Self {
@@ -251,20 +284,28 @@ func (m *matcher) Step(ev matchEvent) {
 		if m.outstanding == ev.From {
 			m.outstanding = ""
 			m.tryNext()
-		} else if m.state == msFollowing && m.leader == ev.From {
+		} else if (m.state == msFollowing || m.state == msAwaitStart) && m.leader == ev.From {
 			m.leader = ""
 			m.state = msLooking
 			m.tryNext()
 		}
 	case evFollowerGone:
 		m.dropFollower(ev.From)
+		if m.state == msConfirming {
+			if _, ok := m.acks[ev.From]; ok {
+				m.acks[ev.From] = ackNo
+				m.maybeStart(false)
+			}
+		}
 	}
 }
 
 func (m *matcher) onJoin(from peer.ID, req joinRequest) {
 	switch {
-	case m.state == msFollowing:
+	case m.state == msFollowing || m.state == msAwaitStart:
 		m.reply(from, rejectFollowing, m.leader)
+	case m.state == msDone:
+		m.reply(from, rejectGrouped, "")
 	case m.state != msLooking || m.cfg.Client:
 		m.reply(from, rejectNotLooking, "")
 	case req.Group != m.cfg.Group:
@@ -325,6 +366,8 @@ func (m *matcher) onReply(from peer.ID, r joinReply) {
 		}
 	case rejectMismatch:
 		ci.dead = true
+	case rejectGrouped:
+		ci.grouped = true
 	}
 	m.tryNext()
 }
@@ -342,7 +385,11 @@ func (m *matcher) Tick(now time.Time) {
 		m.tryNext()
 	}
 	switch m.state {
-	case msFollowing:
+	case msConfirming:
+		if !now.Before(m.confirmBy) {
+			m.maybeStart(true)
+		}
+	case msFollowing, msAwaitStart:
 		if !now.Before(m.followBy) {
 			m.out = append(m.out, envelope{Kind: outLeave, To: m.leader})
 			if ci := m.info[m.leader]; ci != nil {
@@ -380,6 +427,7 @@ func (m *matcher) nextAttemptOrFail() {
 	m.startAttempt()
 }
 
+// begin proposes the group to the followers; maybeStart finishes it.
 func (m *matcher) begin() {
 	g := &groupInfo{Codec: m.cfg.Codec, PartSize: m.cfg.PartSize, VecLen: m.cfg.VecLen}
 	for i := range g.ID {
@@ -387,7 +435,9 @@ func (m *matcher) begin() {
 	}
 	g.Members = append([]member{{ID: m.cfg.Self, Bandwidth: m.cfg.Bandwidth, Client: m.cfg.Client}}, m.followers...)
 	m.rng.Shuffle(len(g.Members), func(i, j int) { g.Members[i], g.Members[j] = g.Members[j], g.Members[i] })
+	m.acks = map[peer.ID]ackState{}
 	for _, f := range m.followers {
+		m.acks[f.ID] = ackPending
 		m.out = append(m.out, envelope{Kind: outBegin, To: f.ID, Group: g})
 	}
 	if m.outstanding != "" {
@@ -395,7 +445,55 @@ func (m *matcher) begin() {
 		m.outstanding = ""
 	}
 	m.followers = nil
-	m.group = g
+	m.proposal = g
+	m.state = msConfirming
+	m.confirmBy = m.now.Add(m.cfg.ReqTimeout)
+	m.maybeStart(false)
+}
+
+type ackState int8
+
+const (
+	ackPending ackState = iota
+	ackYes
+	ackNo
+)
+
+// maybeStart starts the proposed group with the members that confirmed, once
+// every follower answered or, with timeout, at the confirmation deadline
+// (silence counts as a refusal). Too few confirmations: the group disbands
+// and this peer looks again.
+func (m *matcher) maybeStart(timeout bool) {
+	var yes []peer.ID
+	for id, st := range m.acks {
+		switch st {
+		case ackPending:
+			if !timeout {
+				return
+			}
+		case ackYes:
+			yes = append(yes, id)
+		}
+	}
+	g := m.proposal
+	final := &groupInfo{ID: g.ID, Codec: g.Codec, PartSize: g.PartSize, VecLen: g.VecLen}
+	for _, mb := range g.Members {
+		if mb.ID == m.cfg.Self || m.acks[mb.ID] == ackYes {
+			final.Members = append(final.Members, mb)
+		}
+	}
+	m.proposal, m.acks = nil, nil
+	if len(final.Members) < max(m.cfg.Min, 2) {
+		for _, id := range yes {
+			m.out = append(m.out, envelope{Kind: outDisband, To: id})
+		}
+		m.nextAttemptOrFail()
+		return
+	}
+	for _, id := range yes {
+		m.out = append(m.out, envelope{Kind: outStart, To: id, Group: final})
+	}
+	m.group = final
 	m.state = msDone
 }
 

@@ -85,29 +85,38 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 		if rep.Status != joinAccepted {
 			return
 		}
-		// Following: wait for the leader's begin or disband.
-		_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 2*a.cfg.RequestTimeout))
-		t, b, err = readFrame(s, 1<<20, nil)
-		switch {
-		case err != nil:
-			send(matchEvent{Kind: evRequestFailed, From: to})
-		case t == tBegin:
-			g, err := unmarshalGroupInfo(b)
-			if err != nil || g.VecLen != uint64(sess.vecLen) || g.Codec != sess.codec {
-				a.log.Warn("bad group from leader", "peer", to, "err", err)
+		// Following: wait for the leader's proposal, then the final list.
+		_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 3*a.cfg.RequestTimeout))
+		for {
+			t, b, err = readFrame(s, 1<<20, nil)
+			switch {
+			case err != nil:
+				send(matchEvent{Kind: evRequestFailed, From: to})
+				return
+			case t == tBegin || t == tStart:
+				g, err := unmarshalGroupInfo(b)
+				if err != nil || g.VecLen != uint64(sess.vecLen) || g.Codec != sess.codec {
+					a.log.Warn("bad group from leader", "peer", to, "err", err)
+					send(matchEvent{Kind: evRequestFailed, From: to})
+					return
+				}
+				if t == tStart {
+					send(matchEvent{Kind: evStart, From: to, Group: g})
+					return
+				}
+				send(matchEvent{Kind: evBegin, From: to, Group: g})
+			case t == tDisband:
+				redirect, err := unmarshalDisband(b)
+				if err != nil {
+					send(matchEvent{Kind: evRequestFailed, From: to})
+					return
+				}
+				send(matchEvent{Kind: evDisband, From: to, Redirect: redirect})
+				return
+			default:
 				send(matchEvent{Kind: evRequestFailed, From: to})
 				return
 			}
-			send(matchEvent{Kind: evBegin, From: to, Group: g})
-		case t == tDisband:
-			redirect, err := unmarshalDisband(b)
-			if err != nil {
-				send(matchEvent{Kind: evRequestFailed, From: to})
-				return
-			}
-			send(matchEvent{Kind: evDisband, From: to, Redirect: redirect})
-		default:
-			send(matchEvent{Kind: evRequestFailed, From: to})
 		}
 	}
 
@@ -122,7 +131,7 @@ loop:
 			case outJoin:
 				wg.Add(1)
 				go dial(env.To, env.Join)
-			case outReply, outBegin, outDisband:
+			case outReply, outBegin, outStart, outDisband:
 				sess.mu.Lock()
 				hj := sess.held[env.To]
 				sess.mu.Unlock()
@@ -136,6 +145,16 @@ loop:
 				outMu.Lock()
 				if s := outgoing[env.To]; s != nil {
 					_ = s.Reset()
+				}
+				outMu.Unlock()
+			case outAck:
+				outMu.Lock()
+				if s := outgoing[env.To]; s != nil {
+					ack := []byte{0}
+					if env.OK {
+						ack[0] = 1
+					}
+					_ = writeFrame(s, tAck, ack) // small: does not block on a live stream
 				}
 				outMu.Unlock()
 			}
@@ -209,7 +228,7 @@ func (a *Averager) handleJoin(s network.Stream) {
 	ch := sess.matchCh
 	if ch == nil {
 		sess.mu.Unlock()
-		reject(rejectNotLooking)
+		reject(rejectGrouped) // this step is past matchmaking for the round
 		return
 	}
 	sess.held[from] = hj
@@ -241,17 +260,27 @@ func (a *Averager) handleJoin(s network.Stream) {
 					_ = s.CloseWrite()
 					return
 				}
-				_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 2*a.cfg.RequestTimeout))
+				_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 3*a.cfg.RequestTimeout))
 				if !watching {
 					watching = true
-					go func() { // the follower closing its stream means it left
-						var one [1]byte
-						_, _ = s.Read(one[:])
-						close(gone)
+					go func() { // the follower's acks; its stream closing means it left
+						defer close(gone)
+						for {
+							t, b, err := readFrame(s, 16, nil)
+							if err != nil || t != tAck || len(b) != 1 {
+								return
+							}
+							a.sendMatch(sess, matchEvent{Kind: evAck, From: from, OK: b[0] == 1})
+						}
 					}()
 				}
 			case outBegin:
-				_ = writeFrame(s, tBegin, env.Group.marshal())
+				if err := writeFrame(s, tBegin, env.Group.marshal()); err != nil {
+					a.notifyGone(sess, from)
+					return
+				}
+			case outStart:
+				_ = writeFrame(s, tStart, env.Group.marshal())
 				_ = s.CloseWrite()
 				a.drainRead(s, gone, watching)
 				return
@@ -289,6 +318,10 @@ func (a *Averager) drainRead(s network.Stream, gone chan struct{}, watching bool
 }
 
 func (a *Averager) notifyGone(sess *session, from peer.ID) {
+	a.sendMatch(sess, matchEvent{Kind: evFollowerGone, From: from})
+}
+
+func (a *Averager) sendMatch(sess *session, ev matchEvent) {
 	sess.mu.Lock()
 	ch := sess.matchCh
 	sess.mu.Unlock()
@@ -296,7 +329,7 @@ func (a *Averager) notifyGone(sess *session, from peer.ID) {
 		return
 	}
 	select {
-	case ch <- matchEvent{Kind: evFollowerGone, From: from}:
+	case ch <- ev:
 	case <-sess.done:
 	}
 }

@@ -37,6 +37,7 @@ const (
 	tGossipHeader
 	tGossipReply
 	tAck
+	tStart
 )
 
 // MaxGroupSize bounds a group (contributor sets are bitmasks of this many bits).
@@ -247,10 +248,11 @@ const (
 	rejectFull
 	rejectNotLooking
 	rejectMismatch // vector length, codec or version differ
+	rejectGrouped  // the responder is already in a group for this round
 )
 
 func (s joinStatus) String() string {
-	return [...]string{"?", "accepted", "wrong-key", "junior", "following", "full", "not-looking", "mismatch"}[min(int(s), 7)]
+	return [...]string{"?", "accepted", "wrong-key", "junior", "following", "full", "not-looking", "mismatch", "grouped"}[min(int(s), 8)]
 }
 
 type joinReply struct {
@@ -279,7 +281,7 @@ func unmarshalJoinReply(b []byte) (joinReply, error) {
 	if err := d.done(); err != nil {
 		return m, err
 	}
-	if m.Status < joinAccepted || m.Status > rejectMismatch {
+	if m.Status < joinAccepted || m.Status > rejectGrouped {
 		return m, fmt.Errorf("%w: join status %d", errMalformed, m.Status)
 	}
 	return m, nil

@@ -1,0 +1,365 @@
+package averaging
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// simNet drives matchers over an in-memory network with a virtual clock. It
+// can drop, delay, duplicate and cut messages.
+type simNet struct {
+	rng      *rand.Rand
+	now      time.Time
+	ms       map[peer.ID]*matcher
+	order    []peer.ID
+	queue    []simMsg
+	seq      int
+	drop     float64 // probability a message is lost
+	dup      float64 // probability a message is delivered twice
+	maxDelay time.Duration
+	cut      map[[2]peer.ID]bool
+	dead     map[peer.ID]bool // vanished peers: receive nothing, send nothing
+	last     map[[2]peer.ID]time.Time
+}
+
+type simMsg struct {
+	at  time.Time
+	seq int
+	to  peer.ID
+	ev  matchEvent
+}
+
+func fakeIDs(n int) []peer.ID {
+	out := make([]peer.ID, n)
+	for i := range out {
+		out[i] = peer.ID(fmt.Sprintf("peer-%03d", i))
+	}
+	return out
+}
+
+func newSimNet(seed uint64, n int, mod func(i int, c *matchConfig)) *simNet {
+	sn := &simNet{rng: rand.New(rand.NewPCG(seed, 7)), now: time.Unix(1000, 0), ms: map[peer.ID]*matcher{},
+		cut: map[[2]peer.ID]bool{}, dead: map[peer.ID]bool{}, last: map[[2]peer.ID]time.Time{}, maxDelay: 5 * time.Millisecond}
+	all := fakeIDs(n)
+	sn.order = all
+	for i, id := range all {
+		cfg := matchConfig{Self: id, Group: groupKey{Key: "k", Round: 1}, Target: 4, Min: 2,
+			Window: 500 * time.Millisecond, ReqTimeout: 100 * time.Millisecond, Deadline: sn.now.Add(1500 * time.Millisecond),
+			VecLen: 10, Bandwidth: 1, PartSize: 4}
+		if mod != nil {
+			mod(i, &cfg)
+		}
+		// Peers start up to 50 ms apart.
+		start := sn.now.Add(time.Duration(sn.rng.IntN(50)) * time.Millisecond)
+		cfg.Deadline = cfg.Deadline.Add(start.Sub(sn.now))
+		sn.ms[id] = newMatcher(cfg, all, rand.New(rand.NewPCG(seed, uint64(i))), start)
+	}
+	return sn
+}
+
+func (sn *simNet) send(from, to peer.ID, ev matchEvent) {
+	if sn.dead[from] || sn.dead[to] || sn.cut[[2]peer.ID{from, to}] || sn.cut[[2]peer.ID{to, from}] {
+		return
+	}
+	if sn.rng.Float64() < sn.drop {
+		return
+	}
+	copies := 1
+	if sn.rng.Float64() < sn.dup {
+		copies = 2
+	}
+	for range copies {
+		// Messages between two peers travel on one stream: they keep their order.
+		d := time.Duration(sn.rng.Int64N(int64(sn.maxDelay) + 1))
+		at := sn.now.Add(d)
+		if l := sn.last[[2]peer.ID{from, to}]; at.Before(l) {
+			at = l
+		}
+		sn.last[[2]peer.ID{from, to}] = at
+		sn.seq++
+		sn.queue = append(sn.queue, simMsg{at: at, seq: sn.seq, to: to, ev: ev})
+	}
+}
+
+func (sn *simNet) flush(id peer.ID) {
+	m := sn.ms[id]
+	for _, env := range m.ready() {
+		switch env.Kind {
+		case outJoin:
+			sn.send(id, env.To, matchEvent{Kind: evJoin, From: id, Join: env.Join})
+		case outReply:
+			sn.send(id, env.To, matchEvent{Kind: evReply, From: id, Reply: env.Reply})
+		case outBegin:
+			sn.send(id, env.To, matchEvent{Kind: evBegin, From: id, Group: *env.Group})
+		case outStart:
+			sn.send(id, env.To, matchEvent{Kind: evStart, From: id, Group: *env.Group})
+		case outAck:
+			sn.send(id, env.To, matchEvent{Kind: evAck, From: id, OK: env.OK})
+		case outDisband:
+			sn.send(id, env.To, matchEvent{Kind: evDisband, From: id, Redirect: env.Redirect})
+		case outLeave:
+			sn.send(id, env.To, matchEvent{Kind: evFollowerGone, From: id})
+		}
+	}
+}
+
+// run advances the virtual clock in 10 ms ticks until every live matcher
+// finished or limit passed; it returns the virtual time taken.
+func (sn *simNet) run(limit time.Duration) time.Duration {
+	start := sn.now
+	for _, id := range sn.order {
+		sn.flush(id)
+	}
+	for sn.now.Sub(start) < limit {
+		sn.now = sn.now.Add(10 * time.Millisecond)
+		sort.Slice(sn.queue, func(i, j int) bool {
+			if !sn.queue[i].at.Equal(sn.queue[j].at) {
+				return sn.queue[i].at.Before(sn.queue[j].at)
+			}
+			return sn.queue[i].seq < sn.queue[j].seq
+		})
+		for len(sn.queue) > 0 && !sn.queue[0].at.After(sn.now) {
+			msg := sn.queue[0]
+			sn.queue = sn.queue[1:]
+			if sn.dead[msg.to] {
+				continue
+			}
+			sn.ms[msg.to].Step(msg.ev)
+			sn.flush(msg.to)
+		}
+		all := true
+		for _, id := range sn.order {
+			if sn.dead[id] {
+				continue
+			}
+			sn.ms[id].Tick(sn.now)
+			sn.flush(id)
+			all = all && sn.ms[id].finished()
+		}
+		if all {
+			break
+		}
+	}
+	return sn.now.Sub(start)
+}
+
+// check verifies the invariants: every live matcher finished; peers that
+// ended in the same group agree on it and are listed in it; groups respect
+// the size bounds.
+func (sn *simNet) check(t *testing.T) (groups map[[16]byte][]peer.ID) {
+	t.Helper()
+	groups = map[[16]byte][]peer.ID{}
+	infos := map[[16]byte]*groupInfo{}
+	for _, id := range sn.order {
+		m := sn.ms[id]
+		if sn.dead[id] {
+			continue
+		}
+		if !m.finished() {
+			t.Fatalf("%s did not finish (state %d)", id, m.state)
+		}
+		if m.group == nil {
+			continue
+		}
+		g := m.group
+		if g.index(id) < 0 {
+			t.Fatalf("%s in a group that does not list it", id)
+		}
+		if n := len(g.Members); n < 2 || n > m.cfg.Target {
+			t.Fatalf("group of %d (target %d)", n, m.cfg.Target)
+		}
+		if prev, ok := infos[g.ID]; ok && fmt.Sprint(prev.Members) != fmt.Sprint(g.Members) {
+			t.Fatalf("members disagree on group %x", g.ID)
+		}
+		infos[g.ID] = g
+		groups[g.ID] = append(groups[g.ID], id)
+	}
+	return groups
+}
+
+func TestMatcherNoFaults(t *testing.T) {
+	for _, n := range []int{2, 3, 4, 7, 16, 64} {
+		for seed := range uint64(5) {
+			t.Run(fmt.Sprintf("n%d/seed%d", n, seed), func(t *testing.T) {
+				sn := newSimNet(seed, n, nil)
+				took := sn.run(5 * time.Second)
+				groups := sn.check(t)
+				grouped := 0
+				for gid, members := range groups {
+					grouped += len(members)
+					if len(members) != len(sn.ms[members[0]].group.Members) {
+						t.Fatalf("group %x: %d of %d members joined", gid, len(members), len(sn.ms[members[0]].group.Members))
+					}
+				}
+				// Two peers left over could have grouped with each other; one
+				// may be left when every other group started without it.
+				if grouped < n-1 {
+					t.Fatalf("%d of %d peers grouped", grouped, n)
+				}
+				if took > 2200*time.Millisecond { // deadline + start skew + follower patience
+					t.Fatalf("took %v", took)
+				}
+			})
+		}
+	}
+}
+
+func TestMatcherFaultyNetwork(t *testing.T) {
+	cases := []struct {
+		name      string
+		drop, dup float64
+		delay     time.Duration
+		dead, cut int
+	}{
+		{"drop10", 0.1, 0, 5 * time.Millisecond, 0, 0},
+		{"dup30", 0, 0.3, 5 * time.Millisecond, 0, 0},
+		{"delay80ms", 0, 0, 80 * time.Millisecond, 0, 0},
+		{"vanished3", 0, 0, 5 * time.Millisecond, 3, 0},
+		{"cut20links", 0, 0, 5 * time.Millisecond, 0, 20},
+		{"everything", 0.05, 0.1, 40 * time.Millisecond, 2, 10},
+	}
+	for _, tc := range cases {
+		for seed := range uint64(8) {
+			t.Run(fmt.Sprintf("%s/seed%d", tc.name, seed), func(t *testing.T) {
+				sn := newSimNet(seed, 16, nil)
+				sn.drop, sn.dup, sn.maxDelay = tc.drop, tc.dup, tc.delay
+				for i := range tc.dead { // announced, then vanished before answering anything
+					sn.dead[sn.order[i*5]] = true
+				}
+				for range tc.cut {
+					a, b := sn.order[sn.rng.IntN(16)], sn.order[sn.rng.IntN(16)]
+					sn.cut[[2]peer.ID{a, b}] = true
+				}
+				// Deadline 1.5 s + follower patience (window + request timeout) + start skew.
+				took := sn.run(10 * time.Second)
+				if took > 2200*time.Millisecond {
+					t.Fatalf("matchmaking ran %v past its bound", took)
+				}
+				groups := sn.check(t)
+				if tc.drop == 0 && tc.cut == 0 && len(groups) == 0 {
+					t.Fatal("no group formed")
+				}
+			})
+		}
+	}
+}
+
+func TestMatcherRefusals(t *testing.T) {
+	now := time.Unix(0, 0)
+	cfg := matchConfig{Self: "b", Group: groupKey{"k", 1, 0}, Target: 3, Min: 2, Window: time.Second,
+		ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4}
+	m := newMatcher(cfg, nil, rand.New(rand.NewPCG(1, 1)), now)
+	exp := now.Add(time.Second).UnixNano()
+	req := func(from peer.ID, mod func(*joinRequest)) joinStatus {
+		r := joinRequest{Version: WireVersion, Group: cfg.Group, Expiration: exp + 1, VecLen: 10, Bandwidth: 1}
+		if mod != nil {
+			mod(&r)
+		}
+		m.Step(matchEvent{Kind: evJoin, From: from, Join: r})
+		for _, env := range m.ready() {
+			if env.Kind == outReply && env.To == from {
+				return env.Reply.Status
+			}
+		}
+		return 0
+	}
+	checks := []struct {
+		from peer.ID
+		mod  func(*joinRequest)
+		want joinStatus
+	}{
+		{"x", func(r *joinRequest) { r.Group.Bits = 3 }, rejectWrongKey},
+		{"x", func(r *joinRequest) { r.Group.Round = 2 }, rejectWrongKey},
+		{"x", func(r *joinRequest) { r.VecLen = 11 }, rejectMismatch},
+		{"x", func(r *joinRequest) { r.Codec = CodecFP16 }, rejectMismatch},
+		{"a", func(r *joinRequest) { r.Expiration = exp }, rejectJunior}, // same expiration, smaller id: a is earlier
+		{"x", func(r *joinRequest) { r.Expiration = exp - 1 }, rejectJunior},
+		{"c", nil, joinAccepted},
+		{"c", nil, joinAccepted},     // repeated request
+		{"d", nil, joinAccepted},     // fills the group (target 3): it starts
+		{"e", nil, rejectNotLooking}, // confirming the proposal
+	}
+	for i, c := range checks {
+		if got := req(c.from, c.mod); got != c.want {
+			t.Fatalf("check %d: got %s, want %s", i, got, c.want)
+		}
+	}
+	if m.state != msConfirming {
+		t.Fatalf("state %d, want confirming", m.state)
+	}
+	m.Step(matchEvent{Kind: evAck, From: "c", OK: true})
+	m.Step(matchEvent{Kind: evAck, From: "d", OK: true})
+	starts := 0
+	for _, env := range m.ready() {
+		if env.Kind == outStart {
+			starts++
+		}
+	}
+	if starts != 2 {
+		t.Fatalf("%d start messages, want 2", starts)
+	}
+	if req("e", nil) != rejectGrouped {
+		t.Fatal("want grouped")
+	}
+	if m.group == nil || len(m.group.Members) != 3 {
+		t.Fatalf("group %+v", m.group)
+	}
+}
+
+func TestMatcherFollowerRedirect(t *testing.T) {
+	// A follower rejects with its leader's id; a leader accepted by an earlier
+	// peer disbands its followers towards that peer.
+	now := time.Unix(0, 0)
+	cfg := matchConfig{Self: "m", Group: groupKey{"k", 1, 0}, Target: 4, Min: 2, Window: time.Second,
+		ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4}
+	m := newMatcher(cfg, []peer.ID{"a"}, rand.New(rand.NewPCG(1, 1)), now)
+	out := m.ready()
+	if len(out) != 1 || out[0].Kind != outJoin || out[0].To != "a" {
+		t.Fatalf("first output %+v", out)
+	}
+	late := now.Add(2 * time.Second).UnixNano()
+	m.Step(matchEvent{Kind: evJoin, From: "z", Join: joinRequest{Version: WireVersion, Group: cfg.Group, Expiration: late, VecLen: 10}})
+	if out := m.ready(); out[0].Reply.Status != joinAccepted {
+		t.Fatalf("z not accepted: %+v", out)
+	}
+	m.Step(matchEvent{Kind: evReply, From: "a", Reply: joinReply{Status: joinAccepted}})
+	out = m.ready()
+	if len(out) != 1 || out[0].Kind != outDisband || out[0].To != "z" || out[0].Redirect != "a" {
+		t.Fatalf("want disband of z towards a, got %+v", out)
+	}
+	m.Step(matchEvent{Kind: evJoin, From: "y", Join: joinRequest{Version: WireVersion, Group: cfg.Group, Expiration: late, VecLen: 10}})
+	if out := m.ready(); out[0].Reply.Status != rejectFollowing || out[0].Reply.Redirect != "a" {
+		t.Fatalf("want redirect to a, got %+v", out)
+	}
+	// The leader goes silent: the follower leaves after window + request timeout.
+	m.Tick(now.Add(cfg.Window + cfg.ReqTimeout))
+	out = m.ready()
+	if len(out) == 0 || out[0].Kind != outLeave || out[0].To != "a" {
+		t.Fatalf("want leave, got %+v", out)
+	}
+}
+
+func TestNextBitsMoshpitGrid(t *testing.T) {
+	// 16 peers in groups of 4 with 2 key bits: members of one group get
+	// distinct next keys, so next round's groups take one from each.
+	g := &groupInfo{ID: [16]byte{1, 2, 3}}
+	for _, id := range fakeIDs(4) {
+		g.Members = append(g.Members, member{ID: id})
+	}
+	seen := map[uint32]bool{}
+	for _, mb := range g.Members {
+		b := nextBits(0, 2, g, mb.ID, 4)
+		if b > 3 || seen[b] {
+			t.Fatalf("bits %d repeated or out of range", b)
+		}
+		seen[b] = true
+	}
+	if nextBits(5, 0, g, g.Members[0].ID, 4) != 0 {
+		t.Fatal("no key bits must give 0")
+	}
+}
