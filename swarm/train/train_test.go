@@ -91,18 +91,18 @@ func TestResumeBitExact(t *testing.T) {
 	for _, m := range []*run.Manifest{smallMLP(steps), smallGPT(t, steps)} {
 		t.Run(m.Model.Arch, func(t *testing.T) {
 			ctx := context.Background()
-			whole := newTrainer(t, m, Config{EvalEvery: -1, EvalSamples: 64})
+			whole := newTrainer(t, m, Config{EvalEvery: -1, FinalEvalSamples: 64})
 			want, err := whole.Run(ctx)
 			if err != nil {
 				t.Fatal(err)
 			}
 
 			dir := t.TempDir()
-			first := newTrainer(t, m, Config{Steps: steps - 2, EvalEvery: -1, CheckpointDir: dir, CheckpointEvery: 2, Keep: 5})
+			first := newTrainer(t, m, Config{Steps: steps - 2, EvalEvery: -1, FinalEvalSamples: 64, CheckpointDir: dir, CheckpointEvery: 2, Keep: 5})
 			if _, err := first.Run(ctx); err != nil {
 				t.Fatal(err)
 			}
-			resumed := newTrainer(t, m, Config{EvalEvery: -1, CheckpointDir: dir, Resume: true})
+			resumed := newTrainer(t, m, Config{EvalEvery: -1, FinalEvalSamples: 64, CheckpointDir: dir, Resume: true})
 			got, err := resumed.Run(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -127,7 +127,7 @@ func TestResumeBitExact(t *testing.T) {
 				b, _ := os.ReadFile(f.Path)
 				os.WriteFile(f.Path, b[:len(b)-7], 0o644)
 			}
-			again := newTrainer(t, m, Config{EvalEvery: -1, CheckpointDir: dir, Resume: true, Keep: 10})
+			again := newTrainer(t, m, Config{EvalEvery: -1, FinalEvalSamples: 64, CheckpointDir: dir, Resume: true, Keep: 10})
 			res, err := again.Run(ctx)
 			if err != nil {
 				t.Fatal(err)
@@ -150,7 +150,7 @@ func lossOf(r *Result) *float64 {
 func TestResumeRejectsOtherRun(t *testing.T) {
 	dir := t.TempDir()
 	a := smallMLP(2)
-	tr := newTrainer(t, a, Config{EvalEvery: -1, EvalSamples: 32, CheckpointDir: dir})
+	tr := newTrainer(t, a, Config{EvalEvery: -1, FinalEvalSamples: 32, CheckpointDir: dir})
 	if _, err := tr.Run(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -206,8 +206,8 @@ func TestTextLearns(t *testing.T) {
 	}
 	m := smallGPT(t, steps)
 	m.Optimizer.LR = 1e-2
-	tr := newTrainer(t, m, Config{EvalEvery: -1})
-	before, err := tr.Evaluate(200)
+	tr := newTrainer(t, m, Config{EvalEvery: -1, FinalEvalSamples: 400})
+	before, err := tr.Evaluate(400)
 	if err != nil {
 		t.Fatal(err)
 	}

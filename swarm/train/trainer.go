@@ -25,8 +25,9 @@ type Config struct {
 	// the run; < 0: only at the end).
 	EvalEvery int
 	// EvalSamples caps the held-out samples of the periodic validations (0:
-	// all). The final evaluation always uses the whole set.
-	EvalSamples int
+	// all); FinalEvalSamples caps the final evaluation (0: the whole set).
+	EvalSamples      int
+	FinalEvalSamples int
 	// EvalBatch is the evaluation batch size (0: 4× the training batch).
 	EvalBatch int
 	// CheckpointDir, if set, receives a checkpoint every CheckpointEvery
@@ -314,7 +315,7 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	if err := save(); err != nil {
 		return res, err
 	}
-	mt, err := t.Evaluate(0)
+	mt, err := t.Evaluate(t.cfg.FinalEvalSamples)
 	if err != nil {
 		return res, err
 	}
