@@ -1,6 +1,7 @@
 package torch
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -159,11 +160,13 @@ func readFrame(r io.Reader) (*frame, error) {
 	if n > MaxFrame {
 		return nil, fmt.Errorf("%w: frame of %d bytes over %d", ErrProtocol, n, MaxFrame)
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
-		return nil, fmt.Errorf("%w: truncated frame: %v", ErrProtocol, err)
+	// Grow with the bytes that arrive rather than trusting the length up front.
+	var body bytes.Buffer
+	body.Grow(int(min(n, 1<<20)))
+	if got, err := body.ReadFrom(io.LimitReader(r, int64(n))); err != nil || got != int64(n) {
+		return nil, fmt.Errorf("%w: truncated frame (%d of %d bytes): %v", ErrProtocol, got, n, err)
 	}
-	f, err := decodePayload(body)
+	f, err := decodePayload(body.Bytes())
 	if err != nil {
 		return nil, err
 	}
