@@ -15,6 +15,11 @@ import (
 	"sort"
 )
 
+// Redundancy is the number of holders every shard should have before
+// throughput decides: below it, a shard is one or two failures away from
+// stopping the pipeline, whatever its speed.
+const Redundancy = 2
+
 // DefaultThreshold is the hysteresis of rebalancing: a move happens only if
 // the weakest shard's throughput before divided by after is below it.
 const DefaultThreshold = 0.75
@@ -61,19 +66,20 @@ func Choose(v View, rng *rand.Rand) int {
 	if len(tp) == 0 {
 		return -1
 	}
-	// Uncovered shards first: their throughput is 0 and they block the whole pipeline.
-	key := make([]float64, len(tp))
+	// Fewest holders first (up to Redundancy: an uncovered shard blocks the
+	// whole pipeline, a shard with one holder is one failure away from it),
+	// then the least throughput.
 	lo := math.Inf(1)
+	loCnt := math.MaxInt
 	for i := range tp {
-		key[i] = tp[i]
-		if cnt[i] == 0 {
-			key[i] = -1
+		c := min(cnt[i], Redundancy)
+		if c < loCnt || (c == loCnt && tp[i] < lo) {
+			loCnt, lo = c, tp[i]
 		}
-		lo = min(lo, key[i])
 	}
 	var best []int
-	for i, k := range key {
-		if k <= lo+0.01*math.Abs(lo) {
+	for i := range tp {
+		if min(cnt[i], Redundancy) == loCnt && tp[i] <= lo+0.01*math.Abs(lo) {
 			best = append(best, i)
 		}
 	}
@@ -91,9 +97,10 @@ type Move struct {
 	NewMin   float64 // and after
 }
 
-// Plan returns the single move that raises the weakest shard's throughput
-// most, if the gain passes the hysteresis (OldMin/NewMin < threshold), or
-// ok=false. It never takes the last holder off a shard. Every node computes
+// Plan returns the single move that most raises the holder counts of
+// under-held shards (up to Redundancy each) or, failing that, the weakest shard's
+// throughput, if the gain passes the hysteresis (OldMin/NewMin <
+// threshold); ok=false if no move helps. It never takes the last holder off a shard. Every node computes
 // the plan from (nearly) the same view and only the named peer moves, so
 // two nodes never react to the same shortage at once; ties between equally
 // good moves are broken by a hash of the peer and round, so the same peer
@@ -109,8 +116,10 @@ func Plan(v View, threshold float64, round uint64) (Move, bool) {
 		return Move{}, false
 	}
 	oldMin := minOf(tp, cnt)
+	oldCov := coverage(cnt)
 	var best Move
 	bestKey := uint64(0)
+	bestCov := 0
 	found := false
 	for _, h := range v.Holders {
 		if h.Shard < 0 || h.Shard >= n || cnt[h.Shard] <= 1 || !(h.Rate > 0) || math.IsInf(h.Rate, 0) {
@@ -127,18 +136,35 @@ func Plan(v View, threshold float64, round uint64) (Move, bool) {
 			tp2[to] += h.Rate / v.FLOPs[to]
 			cnt2[to]++
 			newMin := minOf(tp2, cnt2)
-			if !(newMin > 0) || !(oldMin/newMin < threshold) {
+			newCov := coverage(cnt2)
+			// Redundancy first: a move that leaves the least-held shard
+			// with fewer holders is never made; one that raises it is
+			// always worth it; otherwise throughput must gain enough.
+			if newCov < oldCov || (newCov == oldCov && (!(newMin > 0) || !(oldMin/newMin < threshold))) {
 				continue
 			}
 			key := tieKey(h.Peer, round)
-			if !found || newMin > best.NewMin*(1+1e-9) || (math.Abs(newMin-best.NewMin) <= best.NewMin*1e-9 && key < bestKey) {
+			better := !found || newCov > bestCov ||
+				(newCov == bestCov && (newMin > best.NewMin*(1+1e-9) || (math.Abs(newMin-best.NewMin) <= best.NewMin*1e-9 && key < bestKey)))
+			if better {
 				best = Move{Peer: h.Peer, From: h.Shard, To: to, OldMin: oldMin, NewMin: newMin}
-				bestKey = key
+				bestKey, bestCov = key, newCov
 				found = true
 			}
 		}
 	}
 	return best, found
+}
+
+// coverage sums the shards' holder counts, each capped at Redundancy: it
+// grows when a node moves from a well-held shard to an under-held one and
+// never when it leaves a shard at or under Redundancy.
+func coverage(cnt []int) int {
+	c := 0
+	for _, n := range cnt {
+		c += min(n, Redundancy)
+	}
+	return c
 }
 
 // minOf is the weakest shard's throughput; an uncovered shard counts as 0.

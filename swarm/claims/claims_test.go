@@ -20,6 +20,8 @@ func TestChoose(t *testing.T) {
 		{"uncovered beats slow", view(eq, Holder{"a", 0, 100}, Holder{"b", 1, 0.1}), []int{2}},
 		{"least throughput", view(eq, Holder{"a", 0, 3}, Holder{"b", 1, 1}, Holder{"c", 2, 2}), []int{1}},
 		{"flops matter", view([]float64{1, 4}, Holder{"a", 0, 2}, Holder{"b", 1, 4}), []int{1}},
+		{"single holder before throughput", view([]float64{100, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 1, 1}), []int{1}},
+		{"past redundancy throughput decides", view([]float64{100, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 1, 1}, Holder{"d", 1, 1}), []int{0}},
 		{"tie is random", view(eq, Holder{"a", 0, 1}, Holder{"b", 1, 1}, Holder{"c", 2, 1}), []int{0, 1, 2}},
 		{"zero-rate holder still covers", view([]float64{1, 1}, Holder{"a", 0, 0}, Holder{"b", 1, 5}), []int{0}},
 	}
@@ -59,6 +61,9 @@ func TestPlan(t *testing.T) {
 		{"small gain below hysteresis", view([]float64{1, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1.2}, Holder{"c", 1, 1}, Holder{"d", 1, 1.1}, Holder{"e", 1, 0.3}), false, 0, 0},
 		{"2-1 with equal nodes stays (a move would only swap the minimum)", view([]float64{1, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 1, 1}), false, 0, 0},
 		{"fast node moves to starved shard", view([]float64{1, 1}, Holder{"a", 0, 10}, Holder{"b", 0, 10}, Holder{"c", 1, 1}), true, 0, 1},
+		{"3-1 on a cheap last shard still ends 2-2", view([]float64{100, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 0, 1}, Holder{"d", 1, 1}), true, 0, 1},
+		{"2-2 on unequal shards stays (redundancy beats throughput)", view([]float64{100, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 1, 1}, Holder{"d", 1, 1}), false, 0, 0},
+		{"extra nodes go to the expensive shard", view([]float64{100, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 1, 1}, Holder{"d", 1, 1}, Holder{"e", 1, 1}), true, 1, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -71,6 +76,10 @@ func TestPlan(t *testing.T) {
 			}
 			if (c.from >= 0 && m.From != c.from) || m.To != c.to {
 				t.Fatalf("Plan moved %s %d→%d, want %d→%d", m.Peer, m.From, m.To, c.from, c.to)
+			}
+			_, before := c.v.Totals()
+			if before[m.From] > Redundancy && before[m.To] < Redundancy {
+				return // a redundancy move
 			}
 			if !(m.OldMin/m.NewMin < DefaultThreshold) {
 				t.Fatalf("move %+v does not pass the hysteresis", m)
@@ -131,5 +140,25 @@ func TestCoverAfterDeath(t *testing.T) {
 	}
 	if m2, ok := Plan(v, DefaultThreshold, 1); ok {
 		t.Fatalf("second move %+v after shard 2 was covered (2-1-1 or 1-2-1 is as good as it gets with 4 nodes)", m2)
+	}
+}
+
+// TestSettlesUnequalShards: with shards of very different cost, 6 nodes
+// still end 2-2-2 (redundancy), and the plan settles.
+func TestSettlesUnequalShards(t *testing.T) {
+	v := view([]float64{50, 10, 1}, Holder{"a", 0, 1}, Holder{"b", 0, 1}, Holder{"c", 0, 1}, Holder{"d", 0, 1}, Holder{"e", 1, 1}, Holder{"f", 2, 1})
+	for round := uint64(0); round < 10; round++ {
+		m, ok := Plan(v, DefaultThreshold, round)
+		if !ok {
+			break
+		}
+		for i := range v.Holders {
+			if v.Holders[i].Peer == m.Peer {
+				v.Holders[i].Shard = m.To
+			}
+		}
+	}
+	if _, cnt := v.Totals(); cnt[0] != 2 || cnt[1] != 2 || cnt[2] != 2 {
+		t.Fatalf("ended %v, want 2-2-2", cnt)
 	}
 }

@@ -31,8 +31,8 @@ const MaxRecordSize = 8 << 10
 type Record struct {
 	Peer       string  `json:"peer"`
 	RunID      string  `json:"run_id"`
-	Seq        uint64  `json:"seq"` // grows with every record a node sends; older ones are ignored
-	Shard      int     `json:"shard"`
+	Seq        uint64  `json:"seq"`   // grows with every record a node sends; older ones are ignored
+	Shard      int     `json:"shard"` // -1 before the node has chosen one
 	State      string  `json:"state"`
 	Device     string  `json:"device"`
 	Rate       float64 `json:"rate"`       // FLOP/s on its shard (claims.Holder.Rate)
@@ -51,7 +51,7 @@ func (r *Record) Validate() error {
 	if r.Peer == "" {
 		return errors.New("record: peer missing")
 	}
-	if r.Shard < 0 || r.Shard > 1<<16 {
+	if r.Shard < -1 || r.Shard > 1<<16 {
 		return fmt.Errorf("record: shard %d out of range", r.Shard)
 	}
 	switch r.State {
@@ -184,7 +184,7 @@ func Summarize(recs []Record, nShards int) Summary {
 	var lossSum float64
 	var lossN int
 	for _, r := range recs {
-		if r.Shard >= nShards {
+		if r.Shard < 0 || r.Shard >= nShards {
 			continue
 		}
 		s.ShardTP[r.Shard] += r.Throughput

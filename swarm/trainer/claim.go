@@ -1,0 +1,274 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/swarm/claims"
+	"github.com/swarm-train/swarm/swarm/progress"
+	"github.com/swarm-train/swarm/swarm/statesync"
+)
+
+// defaultRate is the FLOP/s a node reports before it has measured itself.
+const defaultRate = 1e9
+
+// view is the claims view from the live records (this node's included).
+func (t *Trainer) view(includeSelf bool) claims.View {
+	v := claims.View{FLOPs: t.flops}
+	self := t.h.ID().String()
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Shard < 0 || r.State == progress.StateDone || (!includeSelf && r.Peer == self) {
+			continue
+		}
+		rate := r.Rate
+		if rate <= 0 {
+			rate = defaultRate
+		}
+		v.Holders = append(v.Holders, claims.Holder{Peer: r.Peer, Shard: r.Shard, Rate: rate})
+	}
+	return v
+}
+
+func (t *Trainer) chooseShard() int {
+	// Only nodes that already hold a shard count; our own record says -1 until then.
+	v := t.view(false)
+	var hs []claims.Holder
+	for _, h := range v.Holders {
+		if h.Shard >= 0 {
+			hs = append(hs, h)
+		}
+	}
+	v.Holders = hs
+	t.rngMu.Lock()
+	defer t.rngMu.Unlock()
+	return claims.Choose(v, t.rng)
+}
+
+// join takes shard index: builds it, loads its state from holders (or
+// keeps the run's initial state when there is none) and goes online.
+func (t *Trainer) join(ctx context.Context, index int) error {
+	sh, err := t.cfg.Engine.NewShard(t.m, index)
+	if err != nil {
+		return fmt.Errorf("trainer: build shard %d: %w", index, err)
+	}
+	t.mu.Lock()
+	old := t.shard
+	t.shard, t.index, t.state = nil, index, progress.StateJoining
+	t.samples, t.micro, t.inner = 0, 0, 0
+	t.mu.Unlock()
+	if old != nil {
+		t.stepMu.Lock()
+		_ = old.Close()
+		t.stepMu.Unlock()
+	}
+	t.gossip.Poke()
+	t.log.Info("joining shard", "shard", index, "of", len(t.m.Shards))
+
+	epoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
+	donors := t.donors(ctx, index)
+	if len(donors) > 0 {
+		nP, nO := len(sh.Params()), len(sh.OptState())
+		start := time.Now()
+		last := time.Time{}
+		snap, err := statesync.Fetch(ctx, t.h, donors, index, nP, nO, 10*time.Second, func(done, total, n int) {
+			if time.Since(last) > 500*time.Millisecond || done == total {
+				last = time.Now()
+				t.log.Info("state sync", "shard", index, "progress", progressBar(done, total), "donors", n)
+			}
+		})
+		switch {
+		case err == nil:
+			copy(sh.Params(), snap.Params)
+			copy(sh.OptState(), snap.Opt)
+			sh.SetStepCount(snap.Step)
+			if err := sh.Sync(); err != nil {
+				_ = sh.Close()
+				return fmt.Errorf("trainer: load state: %w", err)
+			}
+			epoch = snap.Epoch
+			t.log.Info("state synced", "shard", index, "epoch", epoch, "floats", nP+nO, "took", time.Since(start).Round(time.Millisecond))
+		case errors.Is(err, statesync.ErrNoDonor):
+			t.log.Warn("no donor could serve the shard; starting from the run's initial state", "shard", index, "err", err)
+		default:
+			_ = sh.Close()
+			return err
+		}
+	} else {
+		t.log.Info("no holder of the shard yet; starting from the run's initial state", "shard", index, "epoch", epoch)
+	}
+	t.mu.Lock()
+	t.shard = sh
+	t.epoch = epoch
+	t.state = progress.StateOnline
+	if t.epoch >= uint64(t.totalEpochs()) {
+		t.state = progress.StateDone
+		t.done = true
+	}
+	t.movedAt = time.Now()
+	if t.m.Averaging.Mode == "local" {
+		t.anchor = append([]float32(nil), sh.Params()...)
+		t.outerMom = make([]float32, len(t.anchor))
+	}
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	t.gossip.Poke()
+	return nil
+}
+
+func progressBar(done, total int) string {
+	const w = 20
+	n := 0
+	if total > 0 {
+		n = done * w / total
+	}
+	bar := make([]byte, w)
+	for i := range bar {
+		bar[i] = '.'
+		if i < n {
+			bar[i] = '#'
+		}
+	}
+	return fmt.Sprintf("[%s] %3d%%", bar, done*100/max(total, 1))
+}
+
+// donors are the peers holding shard index: from progress records and from
+// the DHT's provider records for the shard's CID.
+func (t *Trainer) donors(ctx context.Context, index int) []peer.ID {
+	seen := map[peer.ID]bool{}
+	var out []peer.ID
+	for _, p := range t.holders(index, false) {
+		seen[p] = true
+		out = append(out, p)
+	}
+	if t.cfg.FindProviders != nil {
+		if c, err := t.m.ShardID(index); err == nil {
+			fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			ais, _ := t.cfg.FindProviders(fctx, c)
+			cancel()
+			for _, ai := range ais {
+				if !seen[ai.ID] && ai.ID != t.h.ID() {
+					t.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+					seen[ai.ID] = true
+					out = append(out, ai.ID)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// holders are the live peers other than this node holding shard index;
+// online only, or joining too.
+func (t *Trainer) holders(index int, withJoining bool) []peer.ID {
+	var out []peer.ID
+	self := t.h.ID().String()
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Shard != index || r.Peer == self {
+			continue
+		}
+		if r.State == progress.StateJoining && !withJoining {
+			continue
+		}
+		p, err := peer.Decode(r.Peer)
+		if err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// announceLoop refreshes this node's DHT provider record for its shard.
+func (t *Trainer) announceLoop(ctx context.Context) {
+	if t.cfg.Announce == nil {
+		return
+	}
+	last := -1
+	var lastAt time.Time
+	for {
+		t.mu.Lock()
+		idx := t.index
+		t.mu.Unlock()
+		if idx >= 0 && (idx != last || time.Since(lastAt) > 5*time.Minute) {
+			if c, err := t.m.ShardID(idx); err == nil {
+				actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				err := t.cfg.Announce(actx, c)
+				cancel()
+				if err == nil {
+					last, lastAt = idx, time.Now()
+				} else {
+					t.log.Debug("shard announce failed", "shard", idx, "err", err)
+				}
+			}
+		}
+		if sleepCtx(ctx, 2*time.Second) != nil {
+			return
+		}
+	}
+}
+
+// rebalanceLoop moves this node to another shard when the plan computed
+// from the shared view names it.
+func (t *Trainer) rebalanceLoop(ctx context.Context) {
+	every := t.cfg.RebalanceEvery
+	for {
+		if sleepCtx(ctx, every/2+t.randDur(every)) != nil {
+			return
+		}
+		t.mu.Lock()
+		online, done, idx, movedAt := t.state == progress.StateOnline, t.done, t.index, t.movedAt
+		t.mu.Unlock()
+		if !online || done || time.Since(movedAt) < 2*every {
+			continue
+		}
+		v := t.view(true)
+		round := uint64(time.Now().Unix()) / uint64(max(every/time.Second, 1))
+		mv, ok := claims.Plan(v, claims.DefaultThreshold, round)
+		if !ok || mv.Peer != t.h.ID().String() || mv.From != idx {
+			continue
+		}
+		t.log.Info("rebalancing: moving to a weaker shard", "from", mv.From, "to", mv.To,
+			"weakest_before", fmt.Sprintf("%.1f/s", mv.OldMin), "weakest_after", fmt.Sprintf("%.1f/s", mv.NewMin))
+		if err := t.join(ctx, mv.To); err != nil {
+			t.log.Error("rebalancing failed", "err", err)
+			return
+		}
+	}
+}
+
+// snapshot serves state sync: a copy of the shard's state.
+func (t *Trainer) snapshot(index int) (*statesync.Snapshot, error) {
+	t.mu.Lock()
+	sh, idx, st, epoch := t.shard, t.index, t.state, t.epoch
+	t.mu.Unlock()
+	if sh == nil || idx != index || st == progress.StateJoining {
+		return nil, fmt.Errorf("this node does not hold shard %d", index)
+	}
+	t.stepMu.Lock()
+	defer t.stepMu.Unlock()
+	t.mu.Lock()
+	ok := t.shard == sh
+	epoch = t.epoch
+	t.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("this node does not hold shard %d", index)
+	}
+	params := sh.Params()
+	if t.m.Averaging.Mode == "local" && t.anchor != nil {
+		params = t.anchor // joiners start from the last outer state
+	}
+	return &statesync.Snapshot{Shard: index, Epoch: epoch, Step: sh.StepCount(),
+		Params: append([]float32(nil), params...), Opt: append([]float32(nil), sh.OptState()...)}, nil
+}
+
+// averagingPeers are the candidates for an averaging key: the holders of
+// this node's shard.
+func (t *Trainer) averagingPeers(ctx context.Context, key string) []peer.ID {
+	t.mu.Lock()
+	idx := t.index
+	t.mu.Unlock()
+	return t.holders(idx, false)
+}

@@ -1,0 +1,386 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/swarm-train/swarm/averaging"
+	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
+	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/statesync"
+)
+
+// totalEpochs is the number of collaborative epochs in the run: optimizer
+// steps in sync mode, outer steps in local mode.
+func (t *Trainer) totalEpochs() int {
+	if t.sync() {
+		return t.m.Training.Steps
+	}
+	return max(1, t.m.Training.Steps/t.m.Averaging.LocalSteps)
+}
+
+// globalSamplesLocked is the samples the first shard's holders finished in
+// this node's epoch (t.mu held).
+func (t *Trainer) globalSamplesLocked() int {
+	self := t.h.ID().String()
+	n := 0
+	if t.index == 0 {
+		n = t.samples
+	}
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch {
+			n += r.Samples
+		}
+	}
+	return n
+}
+
+// epochLoop ends epochs: in sync mode when the swarm reached the target
+// batch or a peer is already in a later epoch; in local mode after
+// LocalSteps inner steps.
+func (t *Trainer) epochLoop(ctx context.Context) {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.kick:
+		case <-t.tracker.Changed():
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		ready := t.shard != nil && t.state == progress.StateOnline && !t.done
+		var due bool
+		if ready {
+			if t.sync() {
+				peerEpoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
+				due = t.globalSamplesLocked() >= t.m.Training.TargetBatch || peerEpoch > t.epoch || t.ahead > t.epoch
+			} else {
+				due = t.inner >= t.m.Averaging.LocalSteps
+			}
+		}
+		finished := t.shard != nil && t.done && t.accuracy < 0 && t.index == 0
+		t.mu.Unlock()
+		if due {
+			var err error
+			if t.sync() {
+				err = t.endEpoch(ctx)
+			} else {
+				err = t.outerStep(ctx)
+			}
+			if err != nil && ctx.Err() == nil {
+				t.log.Error("epoch end failed", "err", err)
+			}
+		}
+		if finished {
+			t.evaluate(ctx)
+		}
+	}
+}
+
+// closeEpoch stops admitting micro-batches and waits (bounded) for those
+// in flight; it returns the shard and the epoch being closed.
+func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.closing = true
+	deadline := time.Now().Add(t.cfg.HopTimeout)
+	for t.inflight > 0 && time.Now().Before(deadline) {
+		t.waitTimeout(deadline)
+	}
+	return t.shard, t.index, t.epoch
+}
+
+func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
+	t.mu.Lock()
+	if t.shard == sh {
+		t.epoch = epoch
+		t.samples, t.micro, t.inner = 0, 0, 0
+		if t.epoch >= uint64(t.totalEpochs()) {
+			t.done = true
+			t.log.Info("run finished", "epochs", t.epoch)
+		}
+	}
+	t.closing = false
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	t.gossip.Poke()
+}
+
+// endEpoch averages the accumulated gradients with the shard's other
+// holders, weighted by samples, and takes the optimizer step.
+func (t *Trainer) endEpoch(ctx context.Context) error {
+	sh, index, epoch := t.closeEpoch()
+	t.mu.Lock()
+	samples, micro := t.samples, t.micro
+	t.mu.Unlock()
+	if sh == nil {
+		t.reopen(nil, epoch)
+		return nil
+	}
+	t.stepMu.Lock()
+	grads := sh.Grads()
+	if micro > 1 {
+		inv := 1 / float32(micro)
+		for i := range grads {
+			grads[i] *= inv
+		}
+	}
+	local := append([]float32(nil), grads...)
+	t.stepMu.Unlock()
+
+	start := time.Now()
+	info := avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}
+	if len(t.holders(index, false)) > 0 {
+		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
+		vec := append([]float32(nil), local...)
+		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3))
+		cancel()
+		switch {
+		case err == nil && finite(vec):
+			copy(local, vec)
+			info = avgInfo{Round: epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
+		case err == nil:
+			t.log.Warn("averaged gradient is not finite; using the local one", "epoch", epoch)
+		default:
+			t.log.Debug("averaging failed; stepping with the local gradient", "epoch", epoch, "err", err)
+		}
+	}
+	info.Seconds = time.Since(start).Seconds()
+
+	// Behind the swarm: the others already stepped past this epoch, so our
+	// state is stale. Catch up through state sync instead of stepping.
+	if behind := t.peerEpoch() > epoch+1; behind || (samples == 0 && info.GroupSize <= 1 && t.peerEpoch() > epoch) {
+		if err := t.catchUp(ctx, sh, index); err == nil {
+			return nil
+		}
+	}
+
+	t.stepMu.Lock()
+	copy(sh.Grads(), local)
+	scale := float32(1)
+	if c := t.m.Optimizer.ClipNorm; c > 0 {
+		if norm := math.Sqrt(sh.GradNormSq()); norm > c {
+			scale = float32(c / norm)
+		}
+	}
+	err := sh.Step(t.m.Optimizer.LRAt(int(epoch)), scale)
+	sh.ZeroGrad()
+	t.stepMu.Unlock()
+	t.mu.Lock()
+	t.lastAvg = info
+	t.mu.Unlock()
+	if err != nil {
+		t.reopen(sh, epoch)
+		return fmt.Errorf("optimizer step: %w", err)
+	}
+	// Holders that missed a round, or joined, drift apart; averaging the
+	// whole state (parameters and optimizer moments) every few epochs, and
+	// right after a round that did not include every holder, pulls them
+	// back together.
+	holders := len(t.holders(index, false))
+	t.mu.Lock()
+	if info.GroupSize < holders+1 {
+		t.drift = true
+	}
+	resync := holders > 0 && (t.drift || epoch%stateSyncEvery == stateSyncEvery-1)
+	t.mu.Unlock()
+	if resync {
+		t.averageState(ctx, sh, index, epoch)
+	}
+	t.log.Debug("epoch done", "epoch", epoch, "samples", samples, "group", info.GroupSize, "avg_s", info.Seconds)
+	t.reopen(sh, epoch+1)
+	return nil
+}
+
+// stateSyncEvery is the period, in epochs, of whole-state averaging.
+const stateSyncEvery = 10
+
+// averageState averages parameters and optimizer state with the shard's
+// other holders (equal weights).
+func (t *Trainer) averageState(ctx context.Context, sh engine.Shard, index int, epoch uint64) {
+	t.stepMu.Lock()
+	nP := len(sh.Params())
+	vec := append(append([]float32(nil), sh.Params()...), sh.OptState()...)
+	t.stepMu.Unlock()
+	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
+	res, err := t.avg.Step(actx, t.avgKey(index, "state"), epoch, vec, 1)
+	cancel()
+	if err != nil || !finite(vec) {
+		t.log.Debug("state averaging failed", "epoch", epoch, "err", err)
+		return
+	}
+	t.stepMu.Lock()
+	copy(sh.Params(), vec[:nP])
+	copy(sh.OptState(), vec[nP:])
+	err = sh.Sync()
+	t.stepMu.Unlock()
+	if err != nil {
+		t.log.Error("load averaged state", "err", err)
+		return
+	}
+	t.mu.Lock()
+	t.drift = res.Fraction < 1 || len(res.Members) < len(t.holders(index, false))+1
+	t.mu.Unlock()
+}
+
+func (t *Trainer) peerEpoch() uint64 {
+	return progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
+}
+
+// catchUp replaces the shard's state with a holder's newer one.
+func (t *Trainer) catchUp(ctx context.Context, sh engine.Shard, index int) error {
+	donors := t.holders(index, false)
+	if len(donors) == 0 {
+		return errors.New("no holder to catch up from")
+	}
+	snap, err := statesync.Fetch(ctx, t.h, donors, index, len(sh.Params()), len(sh.OptState()), 10*time.Second, nil)
+	if err != nil {
+		t.log.Warn("catch-up failed", "err", err)
+		return err
+	}
+	t.stepMu.Lock()
+	copy(sh.Params(), snap.Params)
+	copy(sh.OptState(), snap.Opt)
+	sh.SetStepCount(snap.Step)
+	sh.ZeroGrad()
+	err = sh.Sync()
+	t.stepMu.Unlock()
+	if err != nil {
+		return err
+	}
+	t.log.Info("caught up with the swarm through state sync", "shard", index, "epoch", snap.Epoch)
+	t.reopen(sh, snap.Epoch)
+	return nil
+}
+
+func (t *Trainer) avgKey(index int, what string) string {
+	return fmt.Sprintf("%s/shard/%d/%s", t.runID, index, what)
+}
+
+// innerStep is local mode's optimizer step after each micro-batch.
+func (t *Trainer) innerStep(sh engine.Shard) {
+	t.stepMu.Lock()
+	scale := float32(1)
+	if c := t.m.Optimizer.ClipNorm; c > 0 {
+		if norm := math.Sqrt(sh.GradNormSq()); norm > c {
+			scale = float32(c / norm)
+		}
+	}
+	err := sh.Step(t.m.Optimizer.LRAt(int(sh.StepCount())), scale)
+	sh.ZeroGrad()
+	t.stepMu.Unlock()
+	if err != nil {
+		t.log.Error("inner step", "err", err)
+	}
+	t.mu.Lock()
+	t.inner++
+	t.mu.Unlock()
+}
+
+// outerStep (local mode, DiLoCo): average the parameter deltas since the
+// last outer step with the shard's holders and apply Nesterov momentum.
+func (t *Trainer) outerStep(ctx context.Context) error {
+	sh, index, round := t.closeEpoch()
+	if sh == nil {
+		t.reopen(nil, round)
+		return nil
+	}
+	t.mu.Lock()
+	samples := t.samples
+	t.mu.Unlock()
+	t.stepMu.Lock()
+	p := sh.Params()
+	delta := make([]float32, len(p))
+	for i := range p {
+		delta[i] = t.anchor[i] - p[i]
+	}
+	t.stepMu.Unlock()
+	start := time.Now()
+	info := avgInfo{Round: round, GroupSize: 1, Mode: "local"}
+	if len(t.holders(index, false)) > 0 {
+		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
+		vec := append([]float32(nil), delta...)
+		res, err := t.avg.Step(actx, t.avgKey(index, "delta"), round, vec, math.Max(float64(samples), 1e-3))
+		cancel()
+		if err == nil && finite(vec) {
+			copy(delta, vec)
+			info = avgInfo{Round: round, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
+		} else if err != nil && !errors.Is(err, averaging.ErrNoGroup) {
+			t.log.Debug("outer averaging failed", "round", round, "err", err)
+		}
+	}
+	info.Seconds = time.Since(start).Seconds()
+	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
+	t.stepMu.Lock()
+	p = sh.Params()
+	for i := range p {
+		t.outerMom[i] = mu*t.outerMom[i] + delta[i]
+		t.anchor[i] -= lr * (delta[i] + mu*t.outerMom[i])
+		p[i] = t.anchor[i]
+	}
+	err := sh.Sync()
+	t.stepMu.Unlock()
+	t.mu.Lock()
+	t.lastAvg = info
+	t.mu.Unlock()
+	t.reopen(sh, round+1)
+	return err
+}
+
+// evaluate runs the held-out set through the pipeline (first-shard nodes,
+// once the run is finished) and publishes the accuracy.
+func (t *Trainer) evaluate(ctx context.Context) {
+	ev := t.src.Eval()
+	if ev == nil || ev.Len == 0 {
+		return
+	}
+	var correct, n int
+	var lossSum float64
+	bs := evalBatch
+	for start := 0; start < ev.Len; start += bs {
+		b := ev.Batch(start, bs)
+		var res *pipeline.Response
+		var err error
+		for attempt := 0; attempt < 5 && ctx.Err() == nil; attempt++ {
+			t.mu.Lock()
+			sh, epoch := t.shard, t.epoch
+			t.mu.Unlock()
+			if sh == nil {
+				return
+			}
+			ectx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
+			res, err = t.process(ectx, sh, 0, epoch, pipeline.KindEval, b, nil, b.Targets)
+			cancel()
+			if err == nil {
+				break
+			}
+			_ = sleepCtx(ctx, time.Second)
+		}
+		if err != nil || res == nil {
+			if ctx.Err() == nil {
+				t.log.Warn("evaluation failed", "err", err)
+			}
+			return
+		}
+		correct += int(res.Correct)
+		lossSum += float64(res.Loss) * float64(b.N)
+		n += b.N
+	}
+	acc := float64(correct) / float64(n)
+	if t.m.Model.Arch != run.ArchMLPMNIST {
+		acc = 0
+	}
+	t.mu.Lock()
+	t.accuracy = acc
+	t.evalLoss = lossSum / float64(n)
+	t.mu.Unlock()
+	t.gossip.Poke()
+	t.log.Info("evaluation", "set", ev.Name, "samples", n, "accuracy", fmt.Sprintf("%.4f", acc), "loss", fmt.Sprintf("%.4f", lossSum/float64(n)))
+}

@@ -1,0 +1,463 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
+	"github.com/swarm-train/swarm/swarm/run"
+)
+
+// Ban durations.
+const (
+	banFailed  = 15 * time.Second // no answer, broken stream, bad answer
+	banBusy    = 300 * time.Millisecond
+	banPoison  = 10 * time.Minute // sent non-finite values
+	maxRetries = 4
+)
+
+var errStale = errors.New("epoch moved on")
+
+// evalBatch is the micro-batch size of evaluation requests.
+const evalBatch = 250
+
+// shape is what shard index expects of incoming requests.
+func (t *Trainer) shape(index int) pipeline.Shape {
+	s := pipeline.Shape{MaxN: max(4*t.m.Training.BatchSize, evalBatch)}
+	if index > 0 {
+		s.ActPerSample = t.m.ActivationSize(index - 1)
+	}
+	if index == len(t.m.Shards)-1 {
+		s.TargetsPerSample, s.Classes = 1, t.m.Model.Classes
+		if t.m.Model.Arch == run.ArchGPTChar {
+			s.TargetsPerSample, s.Classes = t.m.Model.BlockSize, t.m.Model.Vocab
+		}
+	}
+	return s
+}
+
+func (t *Trainer) last(index int) bool { return index == len(t.m.Shards)-1 }
+
+// admit registers a micro-batch of epoch (train) on the current shard; it
+// fails if the node is not online on index, or the epoch is closing.
+func (t *Trainer) admit(index int, kind uint8, epoch uint64, wait time.Duration) (engine.Shard, uint64, uint8, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.shard == nil || t.index != index || t.state == progress.StateJoining {
+		return nil, 0, pipeline.CodeWrongRun, fmt.Errorf("not holding shard %d", index)
+	}
+	if kind == pipeline.KindTrain && t.sync() {
+		if epoch > t.epoch {
+			t.ahead = max(t.ahead, epoch)
+			t.kickEpoch()
+			deadline := time.Now().Add(wait)
+			for epoch > t.epoch && time.Now().Before(deadline) && t.shard != nil {
+				t.waitTimeout(deadline)
+			}
+		}
+		switch {
+		case t.shard == nil || t.index != index:
+			return nil, 0, pipeline.CodeWrongRun, fmt.Errorf("not holding shard %d", index)
+		case epoch < t.epoch:
+			return nil, 0, pipeline.CodeStale, fmt.Errorf("epoch %d is over (now %d)", epoch, t.epoch)
+		case epoch > t.epoch:
+			return nil, 0, pipeline.CodeBusy, fmt.Errorf("still finishing epoch %d", t.epoch)
+		case t.closing:
+			return nil, 0, pipeline.CodeBusy, fmt.Errorf("epoch %d is closing", t.epoch)
+		}
+	}
+	if kind == pipeline.KindTrain && t.done {
+		return nil, 0, pipeline.CodeStale, errors.New("the run is finished")
+	}
+	t.inflight++
+	return t.shard, t.epoch, pipeline.CodeOK, nil
+}
+
+func (t *Trainer) release() {
+	t.mu.Lock()
+	t.inflight--
+	t.cond.Broadcast()
+	t.mu.Unlock()
+}
+
+// waitTimeout waits on cond until signalled or deadline (t.mu held).
+func (t *Trainer) waitTimeout(deadline time.Time) {
+	stop := time.AfterFunc(time.Until(deadline), func() {
+		t.mu.Lock()
+		t.cond.Broadcast()
+		t.mu.Unlock()
+	})
+	t.cond.Wait()
+	stop.Stop()
+}
+
+func (t *Trainer) sync() bool { return t.m.Averaging.Mode != run.ModeLocal }
+
+// handle serves one pipeline request from the previous stage.
+func (t *Trainer) handle(s network.Stream) {
+	defer s.Close()
+	from := s.Conn().RemotePeer()
+	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
+	q, err := pipeline.ReadRequest(s)
+	if err != nil {
+		s.Reset()
+		t.bal.Ban(from, banFailed, "malformed request")
+		return
+	}
+	resp := t.serve(from, q)
+	_ = s.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(resp.Encode()); err != nil {
+		s.Reset()
+	}
+}
+
+func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
+	if banned, why := t.bal.Banned(from); banned {
+		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: "excluded: " + why}
+	}
+	index := int(q.Shard)
+	if index <= 0 || index >= len(t.m.Shards) {
+		return &pipeline.Response{Code: pipeline.CodeWrongRun, Msg: fmt.Sprintf("shard %d does not take requests", index)}
+	}
+	if err := t.shape(index).Validate(q); err != nil {
+		// A peer that sends garbage or NaN is excluded for a long while.
+		t.bal.Ban(from, banPoison, err.Error())
+		t.log.Warn("excluding a peer that sent an invalid micro-batch", "peer", from, "err", err)
+		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
+	}
+	sh, epoch, code, err := t.admit(index, q.Kind, q.Epoch, 2*time.Second)
+	if err != nil {
+		return &pipeline.Response{Code: code, Msg: err.Error()}
+	}
+	defer t.release()
+	b := &engine.Batch{N: int(q.N)}
+	if t.last(index) {
+		b.Targets = q.Targets
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), t.cfg.HopTimeout)
+	defer cancel()
+	res, err := t.process(ctx, sh, index, epoch, q.Kind, b, q.Act, q.Targets)
+	if err != nil {
+		code := uint8(pipeline.CodeDownstream)
+		if errors.Is(err, errStale) {
+			code = pipeline.CodeStale
+		}
+		return &pipeline.Response{Code: code, Msg: err.Error()}
+	}
+	if t.cfg.FaultNaN {
+		for i := range res.Grad {
+			res.Grad[i] = float32(math.NaN())
+		}
+	}
+	return res
+}
+
+// process runs a micro-batch through this stage and the ones after it.
+// On the first shard b carries the inputs; targets travel to the last one.
+func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch uint64, kind uint8, b *engine.Batch, in []float32, targets []int32) (*pipeline.Response, error) {
+	train := kind == pipeline.KindTrain
+	t0 := time.Now()
+	t.stepMu.RLock()
+	out, loss, tape, err := sh.Forward(b, in, train)
+	var logits []float32
+	if err == nil && !train && t.last(index) {
+		logits = append([]float32(nil), sh.Logits()...)
+	}
+	t.stepMu.RUnlock()
+	compute := time.Since(t0)
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
+	res := &pipeline.Response{Code: pipeline.CodeOK}
+	var gradOut []float32
+	if t.last(index) {
+		res.Loss = loss
+		if !train {
+			res.Correct = countCorrect(logits, targets, t.m)
+			t.account(0, compute)
+			return res, nil
+		}
+	} else {
+		if t.cfg.FaultNaN {
+			for i := range out {
+				out[i] = float32(math.NaN())
+			}
+		}
+		next, err := t.forwardNext(ctx, index+1, epoch, kind, b.N, out, targets)
+		if err != nil {
+			if tape != nil {
+				tape.Release()
+			}
+			return nil, err
+		}
+		res.Loss, res.Correct = next.Loss, next.Correct
+		if !train {
+			t.account(0, compute)
+			return res, nil
+		}
+		gradOut = next.Grad
+	}
+	t1 := time.Now()
+	t.stepMu.RLock()
+	t.mu.Lock()
+	current := t.shard == sh && (t.epoch == epoch || !t.sync())
+	t.mu.Unlock()
+	if !current {
+		t.stepMu.RUnlock()
+		tape.Release()
+		return nil, fmt.Errorf("%w during the micro-batch", errStale)
+	}
+	gradIn, err := sh.Backward(tape, gradOut)
+	t.stepMu.RUnlock()
+	compute += time.Since(t1)
+	if err != nil {
+		return nil, fmt.Errorf("backward: %w", err)
+	}
+	res.Grad = gradIn
+	if !t.sync() {
+		t.innerStep(sh)
+	}
+	t.finishMicro(b.N, compute, float64(res.Loss), t.last(index))
+	return res, nil
+}
+
+func countCorrect(logits []float32, targets []int32, m *run.Manifest) uint32 {
+	c := m.Model.Classes
+	if m.Model.Arch != run.ArchMLPMNIST || c == 0 || len(logits) != len(targets)*c {
+		return 0
+	}
+	var n uint32
+	for i, y := range targets {
+		row := logits[i*c : (i+1)*c]
+		best := 0
+		for j := range row {
+			if row[j] > row[best] {
+				best = j
+			}
+		}
+		if best == int(y) {
+			n++
+		}
+	}
+	return n
+}
+
+// forwardNext sends activations to a holder of stage index, retrying with
+// other holders, and checks the answer.
+func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind uint8, n int, act []float32, targets []int32) (*pipeline.Response, error) {
+	q := &pipeline.Request{Kind: kind, Shard: uint32(index), Epoch: epoch, N: uint32(n), Act: act}
+	if t.last(index) {
+		q.Targets = targets
+	} else {
+		q.Targets = targets // the last stage needs them; middle stages pass them on
+	}
+	t.mu.Lock()
+	t.nextMB++
+	q.ID = t.nextMB
+	t.mu.Unlock()
+	payload := q.Encode()
+	tried := map[peer.ID]bool{}
+	var lastErr error
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		cands := t.holders(index, false)
+		p, ok := t.bal.Pick(cands, tried)
+		if !ok {
+			if lastErr == nil {
+				lastErr = fmt.Errorf("no reachable holder of shard %d", index)
+			}
+			// Wait a moment for a holder to appear or a ban to lapse.
+			if sleepCtx(ctx, 100*time.Millisecond) != nil {
+				break
+			}
+			tried = map[peer.ID]bool{}
+			continue
+		}
+		tried[p] = true
+		start := time.Now()
+		t.bal.Begin(p)
+		res, err := t.call(ctx, p, payload)
+		if err == nil {
+			switch {
+			case res.Code == pipeline.CodeStale:
+				t.bal.End(p, 0, 0, false, 0, "")
+				return nil, fmt.Errorf("%w: %s", errStale, res.Msg)
+			case res.Code != pipeline.CodeOK:
+				err = fmt.Errorf("peer %s: code %d: %s", p, res.Code, res.Msg)
+			case kind == pipeline.KindTrain && len(res.Grad) != len(act):
+				err = fmt.Errorf("peer %s: gradient of %d values, want %d", p, len(res.Grad), len(act))
+			case !pipeline.Finite(res.Grad) || math.IsNaN(float64(res.Loss)) || math.IsInf(float64(res.Loss), 0):
+				t.bal.End(p, 0, 0, true, banPoison, "sent non-finite gradients")
+				t.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
+				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
+				continue
+			}
+		}
+		if err != nil {
+			ban := banFailed
+			if res != nil && res.Code == pipeline.CodeBusy {
+				ban = banBusy
+			}
+			t.bal.End(p, 0, 0, true, ban, err.Error())
+			lastErr = err
+			continue
+		}
+		t.bal.End(p, n, time.Since(start), false, 0, "")
+		return res, nil
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return nil, lastErr
+}
+
+func (t *Trainer) call(ctx context.Context, p peer.ID, payload []byte) (*pipeline.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
+	defer cancel()
+	s, err := t.h.NewStream(ctx, p, pipeline.Protocol)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = s.SetDeadline(d)
+	}
+	if _, err := s.Write(payload); err != nil {
+		s.Reset()
+		return nil, err
+	}
+	_ = s.CloseWrite()
+	res, err := pipeline.ReadResponse(s)
+	if err != nil {
+		s.Reset()
+		return nil, err
+	}
+	return res, nil
+}
+
+// driveLoop draws micro-batches on a first-shard node and sends them
+// through the pipeline.
+func (t *Trainer) driveLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		sh, epoch, ok := t.mayDraw(ctx)
+		if !ok {
+			continue
+		}
+		t.srcMu.Lock()
+		b := t.src.Next(t.m.Training.BatchSize)
+		t.srcMu.Unlock()
+		mctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
+		_, err := t.process(mctx, sh, 0, epoch, pipeline.KindTrain, b, nil, b.Targets)
+		cancel()
+		t.release()
+		if err != nil && ctx.Err() == nil {
+			if !errors.Is(err, errStale) {
+				t.log.Debug("micro-batch failed", "err", err)
+			}
+			_ = sleepCtx(ctx, 50*time.Millisecond)
+		}
+	}
+}
+
+// mayDraw waits until this node may start a micro-batch: online on shard
+// 0, the epoch open and (sync mode) the swarm short of the target batch.
+func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for {
+		if ctx.Err() != nil {
+			return nil, 0, false
+		}
+		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing &&
+			(!t.sync() || t.globalSamplesLocked() < t.m.Training.TargetBatch) {
+			t.inflight++
+			return t.shard, t.epoch, true
+		}
+		t.waitTimeout(time.Now().Add(100 * time.Millisecond))
+	}
+}
+
+// finishMicro accounts a finished training micro-batch.
+func (t *Trainer) finishMicro(n int, compute time.Duration, loss float64, isLast bool) {
+	t.mu.Lock()
+	t.samples += n
+	t.micro++
+	if isLast && loss > 0 {
+		if t.lossEMA == 0 {
+			t.lossEMA = loss
+		} else {
+			t.lossEMA = 0.9*t.lossEMA + 0.1*loss
+		}
+	}
+	t.mu.Unlock()
+	t.account(n, compute)
+	t.gossip.Poke()
+	t.kickEpoch()
+}
+
+// account adds compute time and samples to the node's measurements.
+func (t *Trainer) account(n int, compute time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.busy += compute
+	t.processed += int64(n)
+	now := time.Now()
+	t.tpWindow = append(t.tpWindow, tpPoint{now, t.processed})
+	for len(t.tpWindow) > 2 && now.Sub(t.tpWindow[0].t) > 10*time.Second {
+		t.tpWindow = t.tpWindow[1:]
+	}
+}
+
+// throughputLocked is samples/s through this shard over the last seconds.
+func (t *Trainer) throughputLocked() float64 {
+	if len(t.tpWindow) < 2 {
+		return 0
+	}
+	a, b := t.tpWindow[0], t.tpWindow[len(t.tpWindow)-1]
+	span := time.Since(a.t).Seconds()
+	if span < 0.5 || b.n == a.n {
+		return 0
+	}
+	return float64(b.n-a.n) / span
+}
+
+// rateLocked is the measured compute rate in FLOP/s (claims use it).
+func (t *Trainer) rateLocked() float64 {
+	if t.busy < time.Second || t.index < 0 || t.processed == 0 {
+		return defaultRate
+	}
+	return float64(t.processed) * t.flops[t.index] / t.busy.Seconds()
+}
+
+// record is this node's progress record.
+func (t *Trainer) record() progress.Record {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := progress.Record{
+		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
+		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
+		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
+	}
+	if t.index < 0 {
+		r.State = progress.StateJoining
+		r.Shard = -1 // not a holder yet
+	}
+	if t.done {
+		r.State = progress.StateDone
+	}
+	return r
+}
+
+func (t *Trainer) kickEpoch() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
+}

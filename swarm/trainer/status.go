@@ -1,0 +1,81 @@
+package trainer
+
+import (
+	"sort"
+	"time"
+
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// Status is the training part of `swarm status --json` (under
+// services.training). The README documents it.
+type Status struct {
+	RunID       string        `json:"run_id"`
+	RunName     string        `json:"run_name"`
+	Mode        string        `json:"mode"`
+	Epoch       uint64        `json:"epoch"`  // this node's collaborative epoch
+	Epochs      int           `json:"epochs"` // in the whole run
+	Shard       int           `json:"shard"`  // held by this node, -1 before choosing
+	State       string        `json:"state"`
+	Samples     int           `json:"samples"` // the swarm's samples in this epoch so far
+	TargetBatch int           `json:"target_batch"`
+	SamplesPerS float64       `json:"samples_per_s"` // global: through the first shard
+	Loss        float64       `json:"loss"`          // recent training loss (last shard)
+	Utilization float64       `json:"utilization"`   // this node: time computing / wall time
+	Accuracy    float64       `json:"accuracy"`      // test accuracy at the end of the run, -1 before
+	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
+	Shards      []ShardStatus `json:"shards"`
+	Peers       []PeerStatus  `json:"peers"`
+}
+
+// ShardStatus is one shard of the run.
+type ShardStatus struct {
+	Index      int      `json:"index"`
+	Peers      []string `json:"peers"`
+	Throughput float64  `json:"throughput"` // samples/s, sum over holders
+}
+
+// PeerStatus is one live node of the run (this one included).
+type PeerStatus struct {
+	PeerID     string  `json:"peer_id"`
+	Shard      int     `json:"shard"`
+	State      string  `json:"state"`
+	Device     string  `json:"device"`
+	Throughput float64 `json:"throughput"`
+	Epoch      uint64  `json:"epoch"`
+	Accuracy   float64 `json:"accuracy"`
+}
+
+// Status reports the trainer's view of the run.
+func (t *Trainer) Status() Status {
+	t.gossip.Current() // refresh our own record
+	recs := t.tracker.Live(time.Now())
+	sum := progress.Summarize(recs, len(t.m.Shards))
+	t.mu.Lock()
+	st := Status{
+		RunID: t.runID, RunName: t.m.Name, Mode: t.m.Averaging.Mode, Epoch: t.epoch, Epochs: t.totalEpochs(),
+		Shard: t.index, State: t.state, TargetBatch: t.m.Training.TargetBatch, Averaging: t.lastAvg,
+		Accuracy: -1, Samples: t.globalSamplesLocked(),
+	}
+	if t.done {
+		st.State = progress.StateDone
+	}
+	if wall := time.Since(t.start).Seconds(); wall > 0 {
+		st.Utilization = t.busy.Seconds() / wall
+	}
+	t.mu.Unlock()
+	st.SamplesPerS, st.Loss = sum.Throughput, sum.Loss
+	for i := range t.m.Shards {
+		peers := append([]string{}, sum.ShardPeers[i]...)
+		sort.Strings(peers)
+		st.Shards = append(st.Shards, ShardStatus{Index: i, Peers: peers, Throughput: sum.ShardTP[i]})
+	}
+	for _, r := range recs {
+		st.Peers = append(st.Peers, PeerStatus{PeerID: r.Peer, Shard: r.Shard, State: r.State, Device: r.Device,
+			Throughput: r.Throughput, Epoch: r.Epoch, Accuracy: r.Accuracy})
+		if r.Accuracy > st.Accuracy {
+			st.Accuracy = r.Accuracy
+		}
+	}
+	return st
+}

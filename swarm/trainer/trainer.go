@@ -1,0 +1,325 @@
+// Package trainer is a node's part in swarm training: it claims a shard of
+// the run (swarm/claims), downloads the shard's state from its holders
+// (swarm/statesync), passes micro-batches through the pipeline of shards
+// (swarm/pipeline), tells the other nodes how far it got (swarm/progress)
+// and, at the end of each collaborative epoch, averages with the other
+// holders of its shard (averaging) before the optimizer step they all take.
+//
+// It needs a libp2p host and a few hooks into the node daemon (run peers,
+// DHT provider records); node/training.go attaches it to a node.
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/averaging"
+	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
+	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/statesync"
+)
+
+// Config is what a Trainer needs. Host, Manifest, Engine and RunPeers are
+// required.
+type Config struct {
+	Manifest *run.Manifest
+	Engine   engine.Engine
+	Host     host.Host
+	// RunPeers lists the verified peers of the run (the node's membership).
+	RunPeers func() []peer.ID
+	// Announce stores a DHT provider record; FindProviders looks them up.
+	// Both may be nil (a swarm without a DHT: claims are then known only
+	// through progress records).
+	Announce      func(ctx context.Context, c cid.Cid) error
+	FindProviders func(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error)
+	// Device names the compute device for status ("cpu", a GPU model).
+	Device string
+	// Shard forces a shard (tests, demos); -1 lets the node choose.
+	Shard int
+	// DataDir is where MNIST lives ("" = $SWARM_DATA or the module cache).
+	DataDir string
+	// JoinDelay is the largest random delay before choosing a shard.
+	JoinDelay time.Duration
+	// RebalanceEvery is the mean interval between rebalancing checks (0: 20s).
+	RebalanceEvery time.Duration
+	// InFlight is the number of micro-batches a first-shard node keeps in
+	// the pipeline at once (0: 2).
+	InFlight int
+	// HopTimeout bounds one micro-batch's trip from a stage to the end of
+	// the pipeline and back (0: 20s).
+	HopTimeout time.Duration
+	// RecordTTL is how long a peer's progress record counts without a
+	// refresh (0: 8s); records are pushed every TTL/6 and on every change.
+	RecordTTL time.Duration
+	// FaultNaN makes this node send NaN activations and gradients: a fault
+	// injection for tests of exclusion. Never set it otherwise.
+	FaultNaN bool
+	Logger   *slog.Logger
+}
+
+func (c *Config) defaults() error {
+	if c.Manifest == nil || c.Engine == nil || c.Host == nil || c.RunPeers == nil {
+		return errors.New("trainer: Manifest, Engine, Host and RunPeers are required")
+	}
+	if err := c.Manifest.Validate(); err != nil {
+		return fmt.Errorf("trainer: %w", err)
+	}
+	if c.Shard >= len(c.Manifest.Shards) {
+		return fmt.Errorf("trainer: shard %d: the run has %d shards", c.Shard, len(c.Manifest.Shards))
+	}
+	if c.RebalanceEvery == 0 {
+		c.RebalanceEvery = 20 * time.Second
+	}
+	if c.InFlight <= 0 {
+		c.InFlight = 2
+	}
+	if c.HopTimeout <= 0 {
+		c.HopTimeout = 20 * time.Second
+	}
+	if c.RecordTTL <= 0 {
+		c.RecordTTL = 8 * time.Second
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Trainer runs one node's share of a run.
+type Trainer struct {
+	cfg     Config
+	m       *run.Manifest
+	runID   string
+	h       host.Host
+	log     *slog.Logger
+	tracker *progress.Tracker
+	gossip  *progress.Gossip
+	states  *statesync.Server
+	avg     *averaging.Averager
+	bal     *pipeline.Balancer
+	flops   []float64
+	start   time.Time
+
+	rngMu sync.Mutex
+	rng   *rand.Rand
+
+	// stepMu: Forward/Backward hold it for reading, the optimizer step and
+	// snapshots for writing.
+	stepMu sync.RWMutex
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when epoch, state or inflight change
+	shard    engine.Shard
+	index    int
+	state    string
+	epoch    uint64
+	samples  int // samples finished in this epoch (local mode: since the last outer step)
+	micro    int // micro-batches behind the accumulated gradient
+	closing  bool
+	inflight int
+	ahead    uint64 // highest epoch seen in a request from a peer
+	done     bool
+	accuracy float64
+	evalLoss float64
+	lossEMA  float64
+	movedAt  time.Time
+	inner    int // local mode: inner steps since the last outer step
+	anchor   []float32
+	outerMom []float32
+	drift    bool // this node may differ from its shard's other holders
+
+	// measurements
+	busy      time.Duration // time spent computing
+	processed int64         // samples through this shard, all time
+	tpWindow  []tpPoint
+	lastAvg   avgInfo
+	src       data.Source
+	srcMu     sync.Mutex
+	nextMB    uint64
+	kick      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	cancel    context.CancelFunc
+}
+
+type tpPoint struct {
+	t time.Time
+	n int64
+}
+
+type avgInfo struct {
+	Round     uint64  `json:"round"`
+	GroupSize int     `json:"group_size"`
+	Fraction  float64 `json:"fraction"`
+	Mode      string  `json:"mode"`
+	Seconds   float64 `json:"seconds"`
+}
+
+// New builds a trainer and registers its protocols on the host; Run starts it.
+func New(cfg Config) (*Trainer, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	m := cfg.Manifest
+	id, err := m.ID()
+	if err != nil {
+		return nil, err
+	}
+	t := &Trainer{
+		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
+		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
+		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
+		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(),
+	}
+	t.cond = sync.NewCond(&t.mu)
+	for i := range m.Shards {
+		f, err := m.FLOPsPerSample(i)
+		if err != nil {
+			return nil, err
+		}
+		t.flops = append(t.flops, f)
+	}
+	codec, err := averaging.ParseCodec(m.Averaging.Compression)
+	if err != nil {
+		return nil, err
+	}
+	t.avg, err = averaging.New(t.h, averaging.Config{
+		Peers:           t.averagingPeers,
+		TargetGroupSize: m.Averaging.GroupSize,
+		MinGroupSize:    m.Averaging.MinGroupSize,
+		MatchWindow:     matchWindow(m),
+		Compression:     codec,
+		Logger:          cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("trainer: averaging: %w", err)
+	}
+	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
+	t.states = statesync.NewServer(t.h, t.snapshot)
+	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
+	return t, nil
+}
+
+// matchWindow keeps matchmaking short next to the averaging timeout.
+func matchWindow(m *run.Manifest) time.Duration {
+	return min(time.Second, time.Duration(m.Averaging.TimeoutMS)*time.Millisecond/3)
+}
+
+// Close stops the trainer and removes its protocol handlers. It is idempotent.
+func (t *Trainer) Close() error {
+	t.closeOnce.Do(func() {
+		if t.cancel != nil {
+			t.cancel()
+		}
+		t.mu.Lock()
+		t.cond.Broadcast()
+		t.mu.Unlock()
+		t.wg.Wait()
+		t.h.RemoveStreamHandler(pipeline.Protocol)
+		t.gossip.Close()
+		t.states.Close()
+		_ = t.avg.Close()
+		t.mu.Lock()
+		if t.shard != nil {
+			_ = t.shard.Close()
+			t.shard = nil
+		}
+		t.mu.Unlock()
+	})
+	return nil
+}
+
+// Run trains until ctx ends (a finished run keeps serving evaluation and
+// state to others). It returns ctx's error or a fatal setup error.
+func (t *Trainer) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	t.mu.Lock()
+	t.cancel = cancel
+	t.mu.Unlock()
+	defer cancel()
+	src, err := data.NewSource(t.m, t.h.ID().String(), data.WithDataDir(t.cfg.DataDir))
+	if err != nil {
+		return fmt.Errorf("trainer: data: %w", err)
+	}
+	t.src = src
+	t.goLoop(ctx, func(ctx context.Context) { t.gossip.Run(ctx, t.cfg.RecordTTL/6, 5*time.Millisecond) })
+
+	// Hear from the swarm before choosing, then wait a random moment so
+	// nodes that start together spread over the shards.
+	if err := sleepCtx(ctx, t.cfg.RecordTTL/4+t.randDur(t.cfg.JoinDelay)); err != nil {
+		return err
+	}
+	index := t.cfg.Shard
+	if index < 0 {
+		index = t.chooseShard()
+	}
+	if err := t.join(ctx, index); err != nil {
+		return err
+	}
+	t.goLoop(ctx, t.announceLoop)
+	t.goLoop(ctx, t.epochLoop)
+	if t.cfg.Shard < 0 {
+		t.goLoop(ctx, t.rebalanceLoop)
+	}
+	for range t.cfg.InFlight {
+		t.goLoop(ctx, t.driveLoop)
+	}
+	<-ctx.Done()
+	t.mu.Lock()
+	t.cond.Broadcast()
+	t.mu.Unlock()
+	t.wg.Wait()
+	return ctx.Err()
+}
+
+func (t *Trainer) goLoop(ctx context.Context, f func(context.Context)) {
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		f(ctx)
+	}()
+}
+
+func (t *Trainer) randDur(d time.Duration) time.Duration {
+	if d <= 0 {
+		return 0
+	}
+	t.rngMu.Lock()
+	defer t.rngMu.Unlock()
+	return time.Duration(t.rng.Int64N(int64(d)))
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(d):
+		return nil
+	}
+}
+
+// finite reports whether every value is finite.
+func finite(v []float32) bool {
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
+}

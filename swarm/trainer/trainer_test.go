@@ -1,0 +1,164 @@
+package trainer
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/swarm/run"
+)
+
+// smallMNIST is a CI-sized mlp-mnist run.
+func smallMNIST(shards, hidden, steps int) *run.Manifest {
+	m := run.NewMLPMNIST(shards)
+	m.Model.Hidden = []int{hidden, hidden}
+	m.Shards = run.EvenShards(m.Model.Units(), shards)
+	m.Training = run.TrainingSpec{BatchSize: 64, TargetBatch: 256, Steps: steps}
+	m.Optimizer.WarmupSteps = 10
+	m.Optimizer.DecaySteps = steps
+	m.Optimizer.LR = 3e-3
+	m.Averaging.GroupSize = 2
+	m.Averaging.MinGroupSize = 2
+	return m
+}
+
+type swarmT struct {
+	t     *testing.T
+	m     *run.Manifest
+	mu    sync.Mutex
+	hosts []host.Host
+	tr    []*Trainer
+	stop  []context.CancelFunc
+	done  []chan error
+}
+
+func (s *swarmT) peers() []peer.ID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []peer.ID
+	for _, h := range s.hosts {
+		out = append(out, h.ID())
+	}
+	return out
+}
+
+func (s *swarmT) add(shard int, mut func(*Config)) *Trainer {
+	t := s.t
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	for _, o := range s.hosts {
+		o.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
+		h.Peerstore().AddAddrs(o.ID(), o.Addrs(), time.Hour)
+	}
+	s.hosts = append(s.hosts, h)
+	s.mu.Unlock()
+	level := slog.LevelWarn
+	if os.Getenv("SWARM_TEST_LOG") != "" {
+		level = slog.LevelDebug
+	}
+	cfg := Config{Manifest: s.m, Engine: native.New(native.WithThreads(1)), Host: h, RunPeers: s.peers, Shard: shard,
+		JoinDelay: 500 * time.Millisecond, RecordTTL: 3 * time.Second, RebalanceEvery: 2 * time.Second,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("node", len(s.hosts)-1)}
+	if mut != nil {
+		mut(&cfg)
+	}
+	tr, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- tr.Run(ctx) }()
+	s.tr = append(s.tr, tr)
+	s.stop = append(s.stop, cancel)
+	s.done = append(s.done, done)
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		tr.Close()
+		h.Close()
+	})
+	return tr
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestTwoShardsTwoNodes: four nodes choose shards by themselves (ending
+// 2-2), train a small MLP through the pipeline with collaborative epochs,
+// and reach a useful test accuracy; the holders of each shard end with
+// identical parameters.
+func TestTwoShardsTwoNodes(t *testing.T) {
+	steps := 150
+	if testing.Short() {
+		steps = 40
+	}
+	s := &swarmT{t: t, m: smallMNIST(2, 64, steps)}
+	for range 4 {
+		s.add(-1, nil)
+	}
+	waitFor(t, 3*time.Minute, "the run to finish and report accuracy", func() bool {
+		for _, tr := range s.tr {
+			if st := tr.Status(); st.Accuracy >= 0 && st.Epoch >= uint64(steps) {
+				return true
+			}
+		}
+		return false
+	})
+	st := s.tr[0].Status()
+	t.Logf("accuracy %.4f loss %.3f epochs %d shards %+v", st.Accuracy, st.Loss, st.Epoch, st.Shards)
+	for _, sh := range st.Shards {
+		if len(sh.Peers) != 2 {
+			t.Errorf("shard %d has %d holders, want 2", sh.Index, len(sh.Peers))
+		}
+	}
+	want := 0.9
+	if testing.Short() {
+		want = 0.8
+	}
+	if st.Accuracy < want {
+		t.Fatalf("accuracy %.4f, want >= %.2f", st.Accuracy, want)
+	}
+	// Holders of one shard stepped with the same averaged gradients.
+	byShard := map[int][]*Trainer{}
+	for _, tr := range s.tr {
+		byShard[tr.index] = append(byShard[tr.index], tr)
+	}
+	for idx, trs := range byShard {
+		a, b := trs[0].shard.Params(), trs[1].shard.Params()
+		var diff float64
+		for i := range a {
+			diff = max(diff, float64(abs32(a[i]-b[i])))
+		}
+		if diff > 1e-4 {
+			t.Errorf("shard %d: holders' parameters differ by up to %g", idx, diff)
+		}
+	}
+}
+
+func abs32(x float32) float32 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
