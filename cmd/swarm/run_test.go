@@ -1,0 +1,169 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/swarm-train/swarm/swarm/checkpoint"
+	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/train"
+)
+
+// swarmCLI runs the swarm command line in this process and returns its
+// stdout, stderr and error.
+func swarmCLI(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	app := newApp()
+	var out, errOut bytes.Buffer
+	app.Writer, app.ErrWriter = &out, &errOut
+	err := app.Run(append([]string{"swarm"}, args...))
+	return out.String(), errOut.String(), err
+}
+
+func mustCLI(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, err := swarmCLI(t, args...)
+	if err != nil {
+		t.Fatalf("swarm %s: %v\n%s", strings.Join(args, " "), err, errOut)
+	}
+	return out
+}
+
+func TestRunInitShow(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.json")
+	mustCLI(t, "run", "init", "--model", "mlp-mnist", "--shards", "3", "--steps", "100", "--lr", "0.002", "-o", path)
+	m, err := run.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Shards) != 3 || m.Training.Steps != 100 || m.Optimizer.LR != 0.002 || m.Optimizer.DecaySteps != 100-m.Optimizer.WarmupSteps {
+		t.Fatalf("manifest from flags: %+v", m)
+	}
+	id, _ := m.ID()
+	var info RunInfo
+	if err := json.Unmarshal([]byte(mustCLI(t, "run", "show", "--json", path)), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.RunID != id.String() || len(info.Shards) != 3 || info.Params != 784*1024+1024+1024*1024+1024+1024*10+10 {
+		t.Fatalf("show --json: %+v", info)
+	}
+	if info.Shards[1].Params != 1024*1024+1024 || info.Shards[1].FLOPsPerSample != 6*1024*1024 || info.Shards[0].ActivationSize != 1024 {
+		t.Fatalf("shard 1: %+v", info.Shards[1])
+	}
+	text := mustCLI(t, "run", "show", path)
+	for _, want := range []string{id.String(), "784-1024-1024-10", "1049600", "6.29M"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("show output lacks %q:\n%s", want, text)
+		}
+	}
+
+	gpt := filepath.Join(dir, "gpt.json")
+	mustCLI(t, "run", "init", "--model", "gpt-char", "--shards", "2", "--n-layer", "4", "--n-embd", "32", "-o", gpt)
+	g, err := run.Load(gpt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Model.NLayer != 4 || g.Model.NEmbd != 32 || g.Model.Vocab < 60 || g.Shards[1].Start != 2 {
+		t.Fatalf("gpt manifest: %+v", g.Model)
+	}
+}
+
+func TestRunInitAndShowErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "init", "--model", "resnet"}, "resnet"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--shards", "0"}, "--shards"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--shards", "4"}, "--shards"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--lr", "-1"}, "optimizer.lr"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--hidden", "10,x"}, "--hidden"},
+		{[]string{"run", "init", "--model", "gpt-char", "--n-head", "3"}, "model.n_embd"},
+		{[]string{"run", "init", "--model", "gpt-char", "--corpus", filepath.Join(dir, "none.txt")}, "none.txt"},
+		{[]string{"run", "show", filepath.Join(dir, "missing.json")}, "missing.json"},
+	} {
+		_, _, err := swarmCLI(t, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("swarm %s: err = %v, want it to mention %q", strings.Join(c.args, " "), err, c.want)
+		}
+	}
+	bad := filepath.Join(dir, "bad.json")
+	m := run.NewMLPMNIST(2)
+	b, _ := json.Marshal(m)
+	os.WriteFile(bad, bytes.Replace(b, []byte(`"start":2`), []byte(`"start":1`), 1), 0o644)
+	if _, _, err := swarmCLI(t, "run", "show", bad); err == nil || !strings.Contains(err.Error(), "shards[1].start") {
+		t.Fatalf("show of a manifest with repeated layers: %v", err)
+	}
+}
+
+func TestTrainCommand(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.json")
+	ckpt := filepath.Join(dir, "ckpt")
+	model := filepath.Join(dir, "model.safetensors")
+	mustCLI(t, "run", "init", "--model", "mlp-mnist", "--shards", "2", "--hidden", "64", "--batch", "32", "--target-batch", "64", "--steps", "40", "--lr", "0.003", "-o", path)
+	out := mustCLI(t, "train", "--run", path, "--steps", "30", "--checkpoint-dir", ckpt, "--export", model, "--json")
+	var res train.Result
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("train --json output %q: %v", out, err)
+	}
+	if res.Steps != 30 || res.Samples != 30*64 || res.Seconds <= 0 || res.TestAccuracy == nil || *res.TestAccuracy < 0.8 {
+		t.Fatalf("result %+v (accuracy %v)", res, res.TestAccuracy)
+	}
+	b, err := os.ReadFile(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tensors, md, _, err := checkpoint.ReadSafetensors(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tensors) != 4 || tensors["l1.w"].Shape[0] != 10 || tensors["l1.w"].Shape[1] != 64 || md["step"] != "30" || md["run_id"] != res.RunID {
+		t.Fatalf("exported tensors %v, metadata %v", tensors, md)
+	}
+
+	// Resume to the manifest's 40 steps; then export from the checkpoints.
+	out = mustCLI(t, "train", "--run", path, "--checkpoint-dir", ckpt, "--resume", "--json")
+	res = train.Result{}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 40 || res.ResumedFrom == "" || res.Samples != 40*64 {
+		t.Fatalf("resumed result %+v", res)
+	}
+	text := mustCLI(t, "run", "export", "--run", path, "--checkpoint-dir", ckpt, "-o", model)
+	if !strings.Contains(text, "step 40") {
+		t.Fatalf("export output %q", text)
+	}
+	if _, _, err := swarmCLI(t, "train", "--run", path, "--resume"); err == nil || !strings.Contains(err.Error(), "--checkpoint-dir") {
+		t.Fatalf("--resume without a folder: %v", err)
+	}
+	if _, _, err := swarmCLI(t, "train", "--run", path, "--data-dir", dir); err == nil || !strings.Contains(err.Error(), "train-images") {
+		t.Fatalf("--data-dir without MNIST: %v", err)
+	}
+}
+
+func TestTrainCommandText(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "run.json")
+	mustCLI(t, "run", "init", "--model", "gpt-char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "16",
+		"--batch", "8", "--target-batch", "8", "--steps", "10", "--val-fraction", "0.02", "-o", path)
+	out := mustCLI(t, "train", "--run", path, "--json")
+	var res train.Result
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.ValLoss == nil || res.BigramValLoss == nil || res.TestAccuracy != nil || res.Steps != 10 {
+		t.Fatalf("result %+v", res)
+	}
+	plain := mustCLI(t, "train", "--run", path, "--steps", "2")
+	if !strings.Contains(plain, "validation loss") || !strings.Contains(plain, "bigram model") {
+		t.Fatalf("plain output:\n%s", plain)
+	}
+}
