@@ -1,0 +1,141 @@
+package averaging
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPartition(t *testing.T) {
+	ms := []member{{Bandwidth: 1}, {Bandwidth: 3}, {Bandwidth: 2, Client: true}, {Bandwidth: 0}, {Bandwidth: 1}}
+	l := partition(101, ms, 10)
+	total := 0
+	for i, sh := range l.Shares {
+		total += sh.End - sh.Start
+		if (ms[i].Client || ms[i].Bandwidth == 0) && sh.End != sh.Start {
+			t.Fatalf("member %d (client or zero bandwidth) got share %v", i, sh)
+		}
+		for k, p := range l.Parts[i] {
+			if p.End-p.Start > 10 || p.End <= p.Start {
+				t.Fatalf("part %d of member %d: %v", k, i, p)
+			}
+		}
+	}
+	if total != 101 || l.Shares[4].End != 101 {
+		t.Fatalf("shares %v do not cover the vector", l.Shares)
+	}
+	if got := l.Shares[1].End - l.Shares[1].Start; got < 59 || got > 61 {
+		t.Fatalf("bandwidth 3 of 5 got %d of 101", got)
+	}
+}
+
+// reducerCase drives a reducer through scripted events and checks each part's
+// value and contributors.
+func TestReducerAccounting(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	parts := []span{{0, 2}, {2, 4}, {4, 6}}
+	// Member m's value at every position is vals[m]; weights w[m].
+	vals := []float32{1, 2, 4, 8}
+	w := []float64{1, 1, 2, 4}
+	own := []float32{1, 1, 1, 1, 1, 1}
+	partOf := func(s int) []float32 { return []float32{vals[s], vals[s]} }
+	type step func(r *reducer)
+	hdr := func(s int) step { return func(r *reducer) { _ = r.Header(s, w[s], t0) } }
+	part := func(s, k int) step { return func(r *reducer) { _ = r.Part(s, k, partOf(s), t0) } }
+	drop := func(s int) step { return func(r *reducer) { r.Drop(s, "test") } }
+	tick := func(d time.Duration) step { return func(r *reducer) { r.Tick(t0.Add(d)) } }
+	mean := func(ms ...int) float32 {
+		var num, den float64
+		for _, m := range ms {
+			num += w[m] * float64(vals[m])
+			den += w[m]
+		}
+		return float32(num / den)
+	}
+	cases := []struct {
+		name    string
+		steps   []step
+		want    [][]int // contributors per part; nil: part not final
+		dropped []int
+		reason  string
+	}{
+		{"all deliver", []step{hdr(1), hdr(2), hdr(3), part(1, 0), part(2, 0), part(3, 0), part(1, 1), part(2, 1), part(3, 1), part(1, 2), part(2, 2), part(3, 2)},
+			[][]int{{0, 1, 2, 3}, {0, 1, 2, 3}, {0, 1, 2, 3}}, nil, ""},
+		{"parts wait for the slowest", []step{hdr(1), hdr(2), hdr(3), part(1, 0), part(2, 0), part(1, 1)},
+			[][]int{nil, nil, nil}, nil, ""},
+		{"sender fails mid-round", []step{hdr(1), hdr(2), hdr(3), part(1, 0), part(2, 0), part(3, 0), part(1, 1), part(2, 1), drop(3), part(1, 2), part(2, 2)},
+			[][]int{{0, 1, 2, 3}, {0, 1, 2}, {0, 1, 2}}, []int{3}, "test"},
+		{"stalled sender dropped by timeout", []step{hdr(1), hdr(2), hdr(3), part(1, 0), part(2, 0), part(3, 0), part(1, 1), part(2, 1), part(1, 2), part(2, 2), tick(time.Second)},
+			[][]int{{0, 1, 2, 3}, {0, 1, 2}, {0, 1, 2}}, []int{3}, "stalled after 1 of 3 parts"},
+		{"never connected", []step{hdr(1), hdr(2), part(1, 0), part(2, 0), part(1, 1), part(2, 1), part(1, 2), part(2, 2), tick(time.Second)},
+			[][]int{{0, 1, 2}, {0, 1, 2}, {0, 1, 2}}, []int{3}, "never connected"},
+		{"deadline ends everything", []step{hdr(1), hdr(2), hdr(3), part(1, 0), tick(10 * time.Second)},
+			[][]int{{0, 1}, {0}, {0}}, []int{1, 2, 3}, "round deadline"},
+		{"out of order part drops the sender", []step{hdr(1), hdr(2), hdr(3), part(1, 1), part(2, 0), part(3, 0)},
+			[][]int{{0, 2, 3}, nil, nil}, []int{1}, "out of order"},
+		{"wrong length drops the sender", []step{hdr(1), hdr(2), hdr(3), func(r *reducer) { _ = r.Part(1, 0, []float32{1}, t0) }, part(2, 0), part(3, 0)},
+			[][]int{{0, 2, 3}, nil, nil}, []int{1}, "has 1 values"},
+		{"invalid weight", []step{func(r *reducer) { _ = r.Header(1, math.NaN(), t0) }, hdr(2), hdr(3), part(2, 0), part(3, 0)},
+			[][]int{{0, 2, 3}, nil, nil}, []int{1}, "invalid weight"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newReducer(0, 4, parts, own, w[0], t0, 500*time.Millisecond, t0.Add(5*time.Second))
+			final := map[int]finalPart{}
+			for _, st := range tc.steps {
+				st(r)
+				for _, fp := range r.Ready() {
+					if _, dup := final[fp.Index]; dup {
+						t.Fatalf("part %d final twice", fp.Index)
+					}
+					fp.Avg = append([]float32(nil), fp.Avg...)
+					final[fp.Index] = fp
+				}
+			}
+			for k, want := range tc.want {
+				fp, ok := final[k]
+				if want == nil {
+					if ok {
+						t.Fatalf("part %d final too early", k)
+					}
+					continue
+				}
+				if !ok {
+					t.Fatalf("part %d not final", k)
+				}
+				for m := 0; m < 4; m++ {
+					in := false
+					for _, c := range want {
+						in = in || c == m
+					}
+					if fp.Contributors.has(m) != in {
+						t.Fatalf("part %d: contributor %d present=%v, want %v", k, m, fp.Contributors.has(m), in)
+					}
+				}
+				wantV := mean(want...)
+				for _, v := range fp.Avg {
+					if math.Abs(float64(v-wantV)) > 1e-6 {
+						t.Fatalf("part %d: value %v, want %v (renormalised over %v)", k, v, wantV, want)
+					}
+				}
+			}
+			for _, s := range tc.dropped {
+				why, ok := r.Dropped()[s]
+				if !ok || !strings.Contains(why, tc.reason) {
+					t.Fatalf("sender %d: dropped=%v reason %q, want %q", s, ok, why, tc.reason)
+				}
+			}
+			if len(r.Dropped()) != len(tc.dropped) {
+				t.Fatalf("dropped %v, want %v", r.Dropped(), tc.dropped)
+			}
+		})
+	}
+}
+
+func TestReducerNoShare(t *testing.T) {
+	r := newReducer(1, 3, nil, nil, 1, time.Unix(0, 0), time.Second, time.Unix(9, 0))
+	if !r.Done() {
+		t.Fatal("a member without a share is done at once")
+	}
+}

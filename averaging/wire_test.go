@@ -1,0 +1,218 @@
+package averaging
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+func testPeerID(t testing.TB, seed byte) peer.ID {
+	_, pub, err := crypto.GenerateEd25519Key(bytes.NewReader(bytes.Repeat([]byte{seed}, 64)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func sampleMessages(t testing.TB) (joinRequest, joinReply, groupInfo, reduceHeader, gossipHeader) {
+	a, b := testPeerID(t, 1), testPeerID(t, 2)
+	jr := joinRequest{Version: WireVersion, Group: groupKey{"run/shard", 7, 3}, Expiration: 123456789, VecLen: 1000, Bandwidth: 2.5, Client: true, Codec: CodecInt8}
+	rep := joinReply{Status: rejectFollowing, Expiration: 99, Bits: 2, Redirect: a}
+	g := groupInfo{ID: [16]byte{9, 8, 7}, Members: []member{{a, 1, false}, {b, 0, true}}, Codec: CodecFP16, PartSize: 1024, VecLen: 1000}
+	rh := reduceHeader{Version: WireVersion, Group: g.ID, Sender: 1, Weight: 3, VecLen: 1000, Codec: CodecFP16}
+	gh := gossipHeader{Version: WireVersion, Key: "run/shard", Round: 7, Weight: 2, VecLen: 1000, Codec: CodecNone}
+	return jr, rep, g, rh, gh
+}
+
+func TestWireRoundTrip(t *testing.T) {
+	jr, rep, g, rh, gh := sampleMessages(t)
+	if got, err := unmarshalJoinRequest(jr.marshal()); err != nil || got != jr {
+		t.Fatalf("join request: %+v %v", got, err)
+	}
+	if got, err := unmarshalJoinReply(rep.marshal()); err != nil || got != rep {
+		t.Fatalf("join reply: %+v %v", got, err)
+	}
+	if got, err := unmarshalGroupInfo(g.marshal()); err != nil || !reflect.DeepEqual(got, g) {
+		t.Fatalf("group: %+v %v", got, err)
+	}
+	if got, err := unmarshalReduceHeader(rh.marshal()); err != nil || got != rh {
+		t.Fatalf("reduce header: %+v %v", got, err)
+	}
+	if got, err := unmarshalGossipHeader(gh.marshal()); err != nil || got != gh {
+		t.Fatalf("gossip header: %+v %v", got, err)
+	}
+	pm := partMsg{Index: 5, Contributors: []byte{3}, Data: []byte{1, 2, 3, 4}}
+	if got, err := unmarshalPart(pm.appendTo(nil)); err != nil || !reflect.DeepEqual(got, pm) {
+		t.Fatalf("part: %+v %v", got, err)
+	}
+	if got, err := unmarshalDisband(marshalDisband(g.Members[0].ID)); err != nil || got != g.Members[0].ID {
+		t.Fatalf("disband: %v %v", got, err)
+	}
+	var buf bytes.Buffer
+	_ = writeFrame(&buf, tPart, []byte("hello"))
+	if typ, b, err := readFrame(&buf, 16, nil); err != nil || typ != tPart || string(b) != "hello" {
+		t.Fatalf("frame: %v %q %v", typ, b, err)
+	}
+	_ = writeFrame(&buf, tPart, make([]byte, 17))
+	if _, _, err := readFrame(&buf, 16, nil); !errors.Is(err, errFrameTooBig) {
+		t.Fatalf("oversized frame: %v", err)
+	}
+}
+
+func TestWireRejects(t *testing.T) {
+	_, _, g, rh, gh := sampleMessages(t)
+	dup := g
+	dup.Members = []member{g.Members[0], g.Members[0]}
+	if _, err := unmarshalGroupInfo(dup.marshal()); err == nil {
+		t.Fatal("duplicate member accepted")
+	}
+	clients := g
+	clients.Members = []member{{g.Members[0].ID, 1, true}, g.Members[1]}
+	if _, err := unmarshalGroupInfo(clients.marshal()); err == nil {
+		t.Fatal("group without a reducer accepted")
+	}
+	rh.Weight = -1
+	if _, err := unmarshalReduceHeader(rh.marshal()); err == nil {
+		t.Fatal("negative weight accepted")
+	}
+	gh.Codec = 7
+	if _, err := unmarshalGossipHeader(gh.marshal()); err == nil {
+		t.Fatal("unknown codec accepted")
+	}
+	if _, err := unmarshalJoinReply([]byte{1}); err == nil {
+		t.Fatal("truncated reply accepted")
+	}
+	jr, _, _, _, _ := sampleMessages(t)
+	if _, err := unmarshalJoinRequest(append(jr.marshal(), 0)); err == nil {
+		t.Fatal("trailing bytes accepted")
+	}
+}
+
+// Fuzz targets: every decoder of network input. A decoded message must
+// re-encode to something that decodes to the same value.
+
+func FuzzReadFrame(f *testing.F) {
+	var buf bytes.Buffer
+	_ = writeFrame(&buf, tJoin, []byte{1, 2, 3})
+	f.Add(buf.Bytes())
+	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, p, err := readFrame(bytes.NewReader(b), 1<<16, nil)
+		if err == nil && len(p) > 1<<16 {
+			t.Fatal("frame over the limit")
+		}
+	})
+}
+
+func FuzzJoinRequest(f *testing.F) {
+	jr, _, _, _, _ := sampleMessages(f)
+	f.Add(jr.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalJoinRequest(b)
+		if err != nil {
+			return
+		}
+		if m2, err := unmarshalJoinRequest(m.marshal()); err != nil || m2 != m {
+			t.Fatalf("re-decode: %+v %v", m2, err)
+		}
+	})
+}
+
+func FuzzJoinReply(f *testing.F) {
+	_, rep, _, _, _ := sampleMessages(f)
+	f.Add(rep.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalJoinReply(b)
+		if err != nil {
+			return
+		}
+		if m2, err := unmarshalJoinReply(m.marshal()); err != nil || m2 != m {
+			t.Fatalf("re-decode: %+v %v", m2, err)
+		}
+	})
+}
+
+func FuzzGroupInfo(f *testing.F) {
+	_, _, g, _, _ := sampleMessages(f)
+	f.Add(g.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalGroupInfo(b)
+		if err != nil {
+			return
+		}
+		if len(m.Members) < 2 || len(m.Members) > MaxGroupSize {
+			t.Fatalf("group of %d accepted", len(m.Members))
+		}
+		if m2, err := unmarshalGroupInfo(m.marshal()); err != nil || !reflect.DeepEqual(m2, m) {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzDisband(f *testing.F) {
+	f.Add(marshalDisband(testPeerID(f, 3)))
+	f.Add(marshalDisband(""))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := unmarshalDisband(b)
+		if err == nil && p != "" {
+			if err := p.Validate(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+func FuzzReduceHeader(f *testing.F) {
+	_, _, _, rh, _ := sampleMessages(f)
+	f.Add(rh.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalReduceHeader(b)
+		if err != nil {
+			return
+		}
+		if !validWeight(m.Weight) {
+			t.Fatalf("weight %v accepted", m.Weight)
+		}
+		if m2, err := unmarshalReduceHeader(m.marshal()); err != nil || m2 != m {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzPart(f *testing.F) {
+	pm := partMsg{Index: 2, Contributors: []byte{0xff}, Data: CodecNone.Encode(nil, []float32{1, 2})}
+	f.Add(pm.appendTo(nil))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalPart(b)
+		if err != nil {
+			return
+		}
+		dst := make([]float32, len(m.Data)/4)
+		_ = CodecNone.Decode(dst, m.Data)
+		if m2, err := unmarshalPart(m.appendTo(nil)); err != nil || !reflect.DeepEqual(m2, m) {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
+
+func FuzzGossipHeader(f *testing.F) {
+	_, _, _, _, gh := sampleMessages(f)
+	f.Add(gh.marshal())
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalGossipHeader(b)
+		if err != nil {
+			return
+		}
+		if m2, err := unmarshalGossipHeader(m.marshal()); err != nil || m2 != m {
+			t.Fatalf("re-decode: %v", err)
+		}
+	})
+}
