@@ -53,6 +53,8 @@ type Options struct {
 	Device string
 	// Threads caps the worker's CPU threads (torch.set_num_threads); 0 leaves PyTorch's default.
 	Threads int
+	// MaxMemoryMiB caps the worker's CUDA memory (0: no cap).
+	MaxMemoryMiB int
 	// TF32 allows TensorFloat-32 matrix products on CUDA (faster, ~1e-3 relative error).
 	TF32 bool
 	// RequestTimeout is the deadline of one request (default 2 minutes); a
@@ -79,6 +81,9 @@ func (o *Options) fill() error {
 	case "auto", "cpu", "cuda":
 	default:
 		return fmt.Errorf("torch: device %q: want auto, cpu or cuda", o.Device)
+	}
+	if o.MaxMemoryMiB < 0 {
+		return fmt.Errorf("torch: max memory %d MiB must not be negative", o.MaxMemoryMiB)
 	}
 	if o.Threads < 0 {
 		return fmt.Errorf("torch: threads %d must not be negative", o.Threads)

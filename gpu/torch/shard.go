@@ -118,7 +118,7 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 	s.init = map[string]any{
 		"model": m.Model, "start": sp.Start, "end": sp.End, "first": s.first, "last": s.last,
 		"optimizer": m.Optimizer, "names": names, "shapes": shapes, "decay": decay,
-		"device": e.opts.Device, "threads": e.opts.Threads, "tf32": e.opts.TF32,
+		"device": e.opts.Device, "threads": e.opts.Threads, "tf32": e.opts.TF32, "max_memory_mib": e.opts.MaxMemoryMiB,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

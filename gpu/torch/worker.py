@@ -138,6 +138,10 @@ class Shard:
         if self.dev.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = bool(meta.get("tf32", False))
             torch.backends.cudnn.allow_tf32 = bool(meta.get("tf32", False))
+            cap = int(meta.get("max_memory_mib", 0)) << 20
+            if cap > 0:
+                total = torch.cuda.get_device_properties(self.dev).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), self.dev)
         threads = int(meta.get("threads", 0))
         if threads > 0:
             torch.set_num_threads(threads)
