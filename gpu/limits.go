@@ -128,7 +128,7 @@ type Governor struct {
 	sel        Selection
 	state      State
 	reason     string
-	progress   string // while paused and clear: how long it has been clear
+	progress   string    // while paused and clear: how long it has been clear
 	since      time.Time // of the current state
 	clearSince time.Time // while paused: when every condition was last found clear (zero: not clear)
 	last       []Device

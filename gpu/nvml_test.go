@@ -37,8 +37,8 @@ func mockNVML(initRet nvml.Return, gpus []*fakeGPU) (*mock.Interface, *sync.Map)
 	devs := make([]nvml.Device, len(gpus))
 	for i, g := range gpus {
 		devs[i] = &mock.Device{
-			GetNameFunc:   func() (string, nvml.Return) { count("GetName"); return g.name, nvml.SUCCESS },
-			GetUUIDFunc:   func() (string, nvml.Return) { count("GetUUID"); return g.uuid, nvml.SUCCESS },
+			GetNameFunc: func() (string, nvml.Return) { count("GetName"); return g.name, nvml.SUCCESS },
+			GetUUIDFunc: func() (string, nvml.Return) { count("GetUUID"); return g.uuid, nvml.SUCCESS },
 			GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 				count("GetMemoryInfo")
 				return nvml.Memory{Total: g.total, Used: g.used, Free: g.total - g.used}, nvml.SUCCESS
