@@ -15,11 +15,11 @@ func init() {
 announces this node for its run and finds the run's other peers through the DHT.
 The home directory keeps the identity and config.json; 'swarm status' talks to the
 daemon through the control API whose address it writes to HOME/api.`,
-		Flags: append(daemonFlags(),
+		Flags: append(append(daemonFlags(),
 			&cli.StringFlag{Name: "run-name", Usage: "name of the run to join when no --manifest is given (placeholder run ID: the name's CID)", EnvVars: []string{"SWARM_RUN_NAME"}},
-			&cli.StringFlag{Name: "manifest", Usage: "run manifest file; the run ID is its CID", EnvVars: []string{"SWARM_MANIFEST"}},
+			&cli.StringFlag{Name: "manifest", Aliases: []string{"run"}, Usage: "run manifest file; the run ID is its CID, and the node trains its share of the run", EnvVars: []string{"SWARM_MANIFEST"}},
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
-		),
+		), trainingFlags()...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return cli.Exit("swarm node: unexpected arguments: "+c.Args().First(), 2)
@@ -41,6 +41,7 @@ daemon through the control API whose address it writes to HOME/api.`,
 					return cli.Exit("swarm node: --manifest: "+err.Error(), 1)
 				}
 				cfg.RunName = m.Name
+				attachTraining(c, &cfg, m, log)
 			}
 			n, err := node.New(cfg, log)
 			if err != nil {

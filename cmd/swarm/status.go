@@ -105,6 +105,10 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	tw.Flush()
 	for k, v := range st.Services {
+		if k == "training" {
+			printTraining(w, v)
+			continue
+		}
 		fmt.Fprintf(w, "%s: %s\n", k, string(v))
 	}
 	if len(st.Peers) == 0 {

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/swarm-train/swarm/node/client"
+	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/trainer"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "demo",
+		Usage: "start a local swarm on 127.0.0.1 that trains mlp-mnist, show its progress and the test accuracy",
+		Description: `Starts one bootstrap node and --nodes volunteer nodes, each its own process with its
+own home under --dir, all training one run of mlp-mnist split into --shards shards.
+Prints the swarm's progress (epoch, loss, samples/s, peers per shard) every
+--interval and, when the run is finished, the test accuracy; then stops every process.
+Logs are in --dir/*.log.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "dir", Value: "demo-home", Usage: "directory for the nodes' homes and logs (emptied first)", EnvVars: []string{"DEMO_HOME"}},
+			&cli.IntFlag{Name: "nodes", Value: 4, Usage: "volunteer nodes", EnvVars: []string{"DEMO_NODES"}},
+			&cli.IntFlag{Name: "shards", Value: 2, Usage: "shards the model is split into", EnvVars: []string{"DEMO_SHARDS"}},
+			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
+			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
+			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
+			&cli.IntFlag{Name: "threads", Value: 1, Usage: "engine threads per node", EnvVars: []string{"DEMO_THREADS"}},
+			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "progress interval"},
+			&cli.DurationFlag{Name: "timeout", Value: 20 * time.Minute, Usage: "give up after this long"},
+		},
+		Action: demo,
+	})
+}
+
+type demoProc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func demo(c *cli.Context) error {
+	dir := c.String("dir")
+	if c.Int("nodes") < 1 || c.Int("shards") < 1 {
+		return cli.Exit("swarm demo: --nodes and --shards must be positive", 2)
+	}
+	m := run.NewMLPMNIST(c.Int("shards"))
+	if h := c.String("hidden"); h != "" {
+		m.Model.Hidden = nil
+		for _, f := range strings.Split(h, ",") {
+			w, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil {
+				return cli.Exit("swarm demo: --hidden: "+err.Error(), 2)
+			}
+			m.Model.Hidden = append(m.Model.Hidden, w)
+		}
+		m.Shards = run.EvenShards(m.Model.Units(), c.Int("shards"))
+	}
+	if s := c.Int("steps"); s > 0 {
+		m.Training.Steps = s
+		m.Optimizer.DecaySteps = max(s-m.Optimizer.WarmupSteps, 1)
+	}
+	// Two holders a shard: groups of two start as soon as both are there.
+	m.Averaging.GroupSize, m.Averaging.MinGroupSize = 2, 2
+	if c.String("averaging") == run.ModeLocal {
+		m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 20, 0.7, 0.9
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 1)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 1)
+	}
+	manifest := filepath.Join(dir, "run.json")
+	if err := m.Save(manifest); err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 1)
+	}
+	id, _ := m.ID()
+	exe, err := os.Executable()
+	if err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 1)
+	}
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithTimeout(ctx, c.Duration("timeout"))
+	defer cancel()
+	out := c.App.Writer
+	var procs []*demoProc
+	defer func() {
+		for _, p := range procs {
+			_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for _, p := range procs {
+			select {
+			case <-p.done:
+			case <-time.After(10 * time.Second):
+				_ = p.cmd.Process.Kill()
+				<-p.done
+			}
+		}
+		fmt.Fprintf(out, "demo: stopped %d processes; logs in %s\n", len(procs), dir)
+	}()
+	start := func(name string, args ...string) (*demoProc, error) {
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(exe, args...)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		if err := cmd.Start(); err != nil {
+			logf.Close()
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		p := &demoProc{name: name, cmd: cmd, done: make(chan struct{})}
+		go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
+		procs = append(procs, p)
+		return p, nil
+	}
+	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"}
+	begin := time.Now()
+	if _, err := start("boot", append([]string{"bootstrap", "--home", filepath.Join(dir, "boot")}, listen...)...); err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 1)
+	}
+	bc, err := waitClient(ctx, filepath.Join(dir, "boot"))
+	if err != nil {
+		return cli.Exit("swarm demo: bootstrap node: "+err.Error(), 1)
+	}
+	bid, err := bc.ID(ctx)
+	if err != nil {
+		return cli.Exit("swarm demo: bootstrap node: "+err.Error(), 1)
+	}
+	var bootAddr string
+	for _, a := range bid.Addrs {
+		if strings.Contains(a, "/tcp/") {
+			bootAddr = a
+			break
+		}
+	}
+	fmt.Fprintf(out, "demo: run %s (%s, %d shards, %d steps of %d samples, %s mode)\n", id, m.Name, len(m.Shards), m.Training.Steps, m.Training.TargetBatch, m.Averaging.Mode)
+	fmt.Fprintf(out, "demo: bootstrap node at %s; starting %d volunteer nodes\n", bootAddr, c.Int("nodes"))
+	var clients []*client.Client
+	for i := 1; i <= c.Int("nodes"); i++ {
+		home := filepath.Join(dir, fmt.Sprintf("node%d", i))
+		args := append([]string{"node", "--home", home, "--run", manifest, "--bootstrap", bootAddr,
+			"--threads", strconv.Itoa(c.Int("threads")), "--rebalance-every", "10s"}, listen...)
+		if _, err := start(fmt.Sprintf("node%d", i), args...); err != nil {
+			return cli.Exit("swarm demo: "+err.Error(), 1)
+		}
+	}
+	for i := 1; i <= c.Int("nodes"); i++ {
+		cl, err := waitClient(ctx, filepath.Join(dir, fmt.Sprintf("node%d", i)))
+		if err != nil {
+			return cli.Exit(fmt.Sprintf("swarm demo: node%d: %v (see %s/node%d.log)", i, err, dir, i), 1)
+		}
+		clients = append(clients, cl)
+	}
+	tick := time.NewTicker(c.Duration("interval"))
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return cli.Exit("swarm demo: "+context.Cause(ctx).Error(), 1)
+		case <-tick.C:
+		}
+		for _, p := range procs {
+			select {
+			case <-p.done:
+				return cli.Exit(fmt.Sprintf("swarm demo: %s exited (%v); see %s/%s.log", p.name, p.cmd.ProcessState, dir, p.name), 1)
+			default:
+			}
+		}
+		st, err := trainingStatus(ctx, clients)
+		if err != nil {
+			fmt.Fprintf(out, "[%6.1fs] waiting: %v\n", time.Since(begin).Seconds(), err)
+			continue
+		}
+		printDemoLine(out, time.Since(begin), st)
+		if st.Accuracy >= 0 {
+			fmt.Fprintf(out, "demo: finished %d epochs in %.0f s; test accuracy %.2f%%\n", st.Epoch, time.Since(begin).Seconds(), 100*st.Accuracy)
+			return nil
+		}
+	}
+}
+
+func waitClient(ctx context.Context, home string) (*client.Client, error) {
+	for {
+		if cl, err := client.FromHome(home); err == nil {
+			if _, err := cl.ID(ctx); err == nil {
+				return cl, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil, errors.New("did not start")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// trainingStatus returns the most advanced training status among the nodes.
+func trainingStatus(ctx context.Context, cls []*client.Client) (*trainer.Status, error) {
+	var best *trainer.Status
+	err := errors.New("no node reports training yet")
+	for _, cl := range cls {
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, e := cl.Status(sctx)
+		cancel()
+		if e != nil {
+			continue
+		}
+		raw, ok := st.Services["training"]
+		if !ok {
+			continue
+		}
+		var ts trainer.Status
+		if e := json.Unmarshal(raw, &ts); e != nil {
+			err = e
+			continue
+		}
+		if best == nil || ts.Epoch > best.Epoch || ts.Accuracy > best.Accuracy {
+			best = &ts
+		}
+	}
+	if best == nil {
+		return nil, err
+	}
+	return best, nil
+}
+
+func printDemoLine(w io.Writer, since time.Duration, st *trainer.Status) {
+	var shards []string
+	for _, s := range st.Shards {
+		shards = append(shards, fmt.Sprintf("shard %d: %d peers %4.0f/s", s.Index, len(s.Peers), s.Throughput))
+	}
+	loss := "   -  "
+	if st.Loss > 0 {
+		loss = fmt.Sprintf("%.4f", st.Loss)
+	}
+	fmt.Fprintf(w, "[%6.1fs] epoch %4d/%d  loss %s  %5.0f samples/s  %s\n",
+		since.Seconds(), st.Epoch, st.Epochs, loss, st.SamplesPerS, strings.Join(shards, "  "))
+}
