@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# GPU engines: `swarm bench` samples/s of the PyTorch worker engine (torch-cpu:
+# no GPU on the benchmark machine) against the native engine, for shard sizes
+# of both built-in models at their default micro-batch, same threads, same run.
+# The torch numbers include the pipe protocol and the per-step state copy the
+# node keeps for worker restarts. Prints one Markdown section (scripts/bench.sh).
+#
+# PyTorch: Debian's python3-torch under /usr/bin/python3; skipped with a note
+# when absent. As in engine.sh, torch is pointed at OpenBLAS with
+# LD_LIBRARY_PATH when libopenblas0-pthread is installed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+threads=${THREADS:-$(nproc)}
+secs=${BENCH_TIME:-2s}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+go build -o "$tmp/swarm" ./cmd/swarm 2>/dev/null
+
+gpu=$("$tmp/swarm" gpu --json | python3 -c 'import json,sys; d=json.load(sys.stdin); print(", ".join(x["name"] for x in d["devices"]) or "none (" + (d.get("error") or "no devices") + ")")')
+blas="reference BLAS"
+ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
+if [ -e "$ob/libblas.so.3" ]; then export LD_LIBRARY_PATH=$ob${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; blas="OpenBLAS"; fi
+have_torch=1
+/usr/bin/python3 -c 'import torch' 2>/dev/null || have_torch=0
+
+run() { # engine model units
+  "$tmp/swarm" --log-level error bench --engine "$1" --gpus none --cpu-threads "$threads" --model "$2" --units "$3" \
+    --time "$secs" --no-cache --json > "$tmp/$1-$2.json"
+}
+for model in mlp-mnist:1,3 gpt-char:1,4; do
+  run native "${model%%:*}" "${model##*:}"
+  [ $have_torch = 1 ] && run torch "${model%%:*}" "${model##*:}"
+done
+
+python3 - "$tmp" "$threads" "$have_torch" "$gpu" "$blas" <<'PY'
+import json, os, sys
+d, threads, have_torch, gpu, blas = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+print("## GPU engines: PyTorch worker vs native\n")
+print(f"`swarm bench` on {threads} threads: one training micro-batch (forward, backward, optimizer step) of a shard "
+      f"holding the model's first *k* units, at the manifest's micro-batch size; samples/s and GFLOP/s "
+      f"(run.Manifest.FLOPsPerSample). GPUs found by NVML: {gpu}, so the torch engine runs on the CPU "
+      f"(torch-cpu, {blas}); CUDA numbers need a GPU machine.\n")
+if not have_torch:
+    print("_/usr/bin/python3 has no torch: torch rows skipped (apt-get install python3-torch)._\n")
+print("| model | units | batch | native samples/s | torch-cpu samples/s | torch/native | native GFLOP/s | torch GFLOP/s |")
+print("|---|---|---|---|---|---|---|---|")
+for model in ("mlp-mnist", "gpt-char"):
+    nat = json.load(open(f"{d}/native-{model}.json"))["results"]
+    tor = json.load(open(f"{d}/torch-{model}.json"))["results"] if have_torch else [None] * len(nat)
+    for n, t in zip(nat, tor):
+        ts = f'{t["samples_per_sec"]:.0f}' if t else "–"
+        ratio = f'{t["samples_per_sec"] / n["samples_per_sec"]:.2f}×' if t else "–"
+        tg = f'{t["gflop_per_sec"]:.2f}' if t else "–"
+        print(f'| {model} | {n["units"]} | {n["batch"]} | {n["samples_per_sec"]:.0f} | {ts} | {ratio} | {n["gflop_per_sec"]:.2f} | {tg} |')
+print("\nEach torch step also moves the shard's parameters, gradients and optimizer state back over the pipe "
+      "(the node's copy for restarting a dead worker), which dominates on small shards; a GPU run amortises "
+      "the worker's compute, not that copy.")
+PY
