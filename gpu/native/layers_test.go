@@ -118,10 +118,16 @@ func TestGELUGrad(t *testing.T) {
 	}
 }
 
-func TestTanh(t *testing.T) {
-	for u := -25.0; u <= 25; u += 0.001 {
-		if got, want := tanh(u), math.Tanh(u); math.Abs(got-want) > 1e-12 {
+func TestTanhExp(t *testing.T) {
+	for u := -25.0; u <= 25; u += 0.0007 {
+		if got, want := tanh(u), math.Tanh(u); math.Abs(got-want) > 1e-8*math.Max(math.Abs(want), 1e-2) {
 			t.Fatalf("tanh(%g) = %g, want %g", u, got, want)
+		}
+	}
+	for x := -750.0; x <= 708; x += 0.0123 {
+		got, want := expFast(x), math.Exp(x)
+		if want > 1e-300 && math.Abs(got-want) > 1e-8*want || want <= 1e-300 && got > 1e-300 {
+			t.Fatalf("exp(%g) = %g, want %g", x, got, want)
 		}
 	}
 }

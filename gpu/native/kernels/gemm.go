@@ -160,17 +160,18 @@ func (g *gemm) packA(dst []float32, i0, mb, p0, kb int) {
 		if rows < mr {
 			clear(panel)
 		}
+		if g.transA { // A(i,p) = a[p*lda+i]: the mr values for one p are contiguous
+			for p := 0; p < kb; p++ {
+				off := (p0+p)*g.lda + i0 + ir
+				copy(panel[p*mr:p*mr+rows], g.a[off:off+rows])
+			}
+			continue
+		}
 		for r := 0; r < rows; r++ {
 			i := i0 + ir + r
-			if g.transA { // A(i,p) = a[p*lda+i]
-				for p := 0; p < kb; p++ {
-					panel[p*mr+r] = g.a[(p0+p)*g.lda+i]
-				}
-			} else {
-				src := g.a[i*g.lda+p0 : i*g.lda+p0+kb]
-				for p, v := range src {
-					panel[p*mr+r] = v
-				}
+			src := g.a[i*g.lda+p0 : i*g.lda+p0+kb]
+			for p, v := range src {
+				panel[p*mr+r] = v
 			}
 		}
 	}

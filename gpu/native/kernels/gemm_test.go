@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
@@ -185,5 +186,11 @@ func BenchmarkSgemm(b *testing.B) {
 			}
 			b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
+	}
+}
+
+func TestFMAPeakPositive(t *testing.T) {
+	if p := FMAPeak(1, 20*time.Millisecond); !(p > 0) {
+		t.Fatalf("FMA peak %g GFLOP/s", p)
 	}
 }

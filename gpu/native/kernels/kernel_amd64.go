@@ -31,3 +31,17 @@ func Accelerated() string {
 	}
 	return "go"
 }
+
+//go:noescape
+func fmaLoop(n int)
+
+// peakFLOPsPerIter: 12 FMAs of 8 lanes, 2 FLOPs each.
+const peakFLOPsPerIter = 12 * 8 * 2
+
+func peakLoop(n int) {
+	if hasFMA {
+		fmaLoop(n)
+		return
+	}
+	peakLoopGo(n)
+}

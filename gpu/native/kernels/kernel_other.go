@@ -6,3 +6,7 @@ func microKernel(k int, a, b, c []float32, ldc int) { microKernelGo(k, a, b, c, 
 
 // Accelerated reports which micro-kernel Sgemm uses.
 func Accelerated() string { return "go" }
+
+const peakFLOPsPerIter = 12 * 8 * 2
+
+func peakLoop(n int) { peakLoopGo(n) }
