@@ -194,3 +194,33 @@ func TestFMAPeakPositive(t *testing.T) {
 		t.Fatalf("FMA peak %g GFLOP/s", p)
 	}
 }
+
+func TestGELUKernels(t *testing.T) {
+	n := 1003 // a tail past the vector part
+	x := make([]float32, n)
+	for i := range x {
+		x[i] = float32(i-n/2) / 50 // −10 … 10
+	}
+	x[0], x[1], x[2] = -200, 200, 0
+	y := make([]float32, n)
+	GELU(y, x)
+	d := make([]float32, n)
+	for i := range d {
+		d[i] = 1.5
+	}
+	GELUBackward(d, x)
+	for i, xv := range x {
+		xf := float64(xv)
+		u := math.Sqrt(2/math.Pi) * (xf + 0.044715*xf*xf*xf)
+		want := xf / (1 + math.Exp(-2*u)) // = 0.5·x·(1 + tanh u), without tanh's rounding to ±1
+		// float32 rounding of the exponent 2u costs ~1e-7·|2u| relative.
+		if math.Abs(float64(y[i])-want) > 3e-7*math.Abs(want)*(1+math.Abs(2*u))+1e-30 {
+			t.Fatalf("gelu(%g) = %g, want %g", xf, y[i], want)
+		}
+		th := math.Tanh(u)
+		dwant := 1.5 * (0.5*(1+th) + 0.5*xf*(1-th*th)*math.Sqrt(2/math.Pi)*(1+3*0.044715*xf*xf))
+		if math.Abs(float64(d[i])-dwant) > 1e-6*(1+math.Abs(dwant))*(1+math.Abs(2*u)) {
+			t.Fatalf("gelu'(%g)·1.5 = %g, want %g", xf, d[i], dwant)
+		}
+	}
+}

@@ -45,3 +45,28 @@ func peakLoop(n int) {
 	}
 	peakLoopGo(n)
 }
+
+//go:noescape
+func geluAVX2(dst, src *float32, n int)
+
+//go:noescape
+func geluBackwardAVX2(d, x *float32, n int)
+
+// vectorGELU handles the first multiple of 8 values and returns how many.
+func vectorGELU(dst, src []float32) int {
+	n := len(src) &^ 7
+	if !hasFMA || n == 0 {
+		return 0
+	}
+	geluAVX2(&dst[0], &src[0], n)
+	return n
+}
+
+func vectorGELUBackward(d, x []float32) int {
+	n := len(x) &^ 7
+	if !hasFMA || n == 0 {
+		return 0
+	}
+	geluBackwardAVX2(&d[0], &x[0], n)
+	return n
+}

@@ -7,33 +7,35 @@ import (
 
 // FMAPeak measures the machine's float32 multiply-add throughput in GFLOP/s:
 // threads goroutines each run a register-only loop of independent FMAs (the
-// micro-kernel's instruction mix without its loads) for about d. It is the
-// ceiling Sgemm's GFLOP/s are compared against.
+// micro-kernel's arithmetic without its loads). It times many short rounds
+// over about d and returns the fastest, so that other work on a shared
+// machine lowers it as little as possible: it is the ceiling that Sgemm's
+// GFLOP/s are compared against.
 func FMAPeak(threads int, d time.Duration) float64 {
 	threads = max(threads, 1)
-	const chunk = 1 << 16 // iterations between clock reads
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		total float64
-	)
-	start := time.Now()
-	for range threads {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var iters int
-			for time.Since(start) < d {
-				peakLoop(chunk)
-				iters += chunk
-			}
-			mu.Lock()
-			total += float64(iters) * peakFLOPsPerIter
-			mu.Unlock()
-		}()
+	// Calibrate one round to ~10 ms on one goroutine.
+	n := 1 << 12
+	for {
+		t0 := time.Now()
+		peakLoop(n)
+		if el := time.Since(t0); el > 2*time.Millisecond {
+			n = int(float64(n) * float64(10*time.Millisecond) / float64(el))
+			break
+		}
+		n *= 2
 	}
-	wg.Wait()
-	return total / time.Since(start).Seconds() / 1e9
+	best := 0.0
+	for start := time.Now(); time.Since(start) < d; {
+		var wg sync.WaitGroup
+		t0 := time.Now()
+		for range threads {
+			wg.Add(1)
+			go func() { defer wg.Done(); peakLoop(n) }()
+		}
+		wg.Wait()
+		best = max(best, float64(threads)*float64(n)*peakFLOPsPerIter/time.Since(t0).Seconds()/1e9)
+	}
+	return best
 }
 
 var peakSink float32
