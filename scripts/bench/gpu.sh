@@ -20,6 +20,7 @@ gpu=$("$tmp/swarm" gpu --json | python3 -c 'import json,sys; d=json.load(sys.std
 blas="reference BLAS"
 ob=/usr/lib/x86_64-linux-gnu/openblas-pthread
 if [ -e "$ob/libblas.so.3" ]; then export LD_LIBRARY_PATH=$ob${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; blas="OpenBLAS"; fi
+load_before=$(cut -d' ' -f1 /proc/loadavg)
 have_torch=1
 /usr/bin/python3 -c 'import torch' 2>/dev/null || have_torch=0
 
@@ -32,9 +33,11 @@ for model in mlp-mnist:1,3 gpt-char:1,4; do
   [ $have_torch = 1 ] && run torch "${model%%:*}" "${model##*:}"
 done
 
-python3 - "$tmp" "$threads" "$have_torch" "$gpu" "$blas" <<'PY'
+load_after=$(cut -d' ' -f1 /proc/loadavg)
+python3 - "$tmp" "$threads" "$have_torch" "$gpu" "$blas" "$load_before" "$load_after" <<'PY'
 import json, os, sys
 d, threads, have_torch, gpu, blas = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
+load = f"load average {sys.argv[6]} before, {sys.argv[7]} after"
 print("## GPU engines: PyTorch worker vs native\n")
 print(f"`swarm bench` on {threads} threads: one training micro-batch (forward, backward, optimizer step) of a shard "
       f"holding the model's first *k* units, at the manifest's micro-batch size; samples/s and GFLOP/s "
@@ -55,4 +58,5 @@ for model in ("mlp-mnist", "gpt-char"):
 print("\nEach torch step also moves the shard's parameters, gradients and optimizer state back over the pipe "
       "(the node's copy for restarting a dead worker), which dominates on small shards; a GPU run amortises "
       "the worker's compute, not that copy.")
+print(f"\nMachine {load} (other work on the machine skews all rows).")
 PY
