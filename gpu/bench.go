@@ -21,10 +21,10 @@ type BenchResult struct {
 	Model      string    `json:"model"`
 	Engine     string    `json:"engine"`
 	Device     string    `json:"device"`
-	Units      int       `json:"units"`       // units in the measured shard
-	FirstUnit  int       `json:"first_unit"`  // its first unit
-	Batch      int       `json:"batch"`       // micro-batch size
-	Steps      int       `json:"steps"`       // timed micro-batches
+	Units      int       `json:"units"`      // units in the measured shard
+	FirstUnit  int       `json:"first_unit"` // its first unit
+	Batch      int       `json:"batch"`      // micro-batch size
+	Steps      int       `json:"steps"`      // timed micro-batches
 	SamplesSec float64   `json:"samples_per_sec"`
 	GFLOPSec   float64   `json:"gflop_per_sec"` // by run.Manifest.FLOPsPerSample
 	When       time.Time `json:"when"`
