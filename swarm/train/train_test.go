@@ -5,7 +5,9 @@ import (
 	"errors"
 	"math"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/swarm-train/swarm/gpu/engine"
 	"github.com/swarm-train/swarm/gpu/native"
@@ -298,5 +300,58 @@ func TestEvaluateAccuracyMatchesLogits(t *testing.T) {
 	}
 	if mt.Samples != 100 || mt.Accuracy != float64(correct)/100 {
 		t.Fatalf("Evaluate %+v, by hand %d/100", mt, correct)
+	}
+}
+
+// TestSplitTrainsLikeUnsplit: the same run in one shard and in three ends a
+// few clipped, accumulated steps with the same parameters (the clip uses the
+// norm across all shards).
+func TestSplitTrainsLikeUnsplit(t *testing.T) {
+	build := func(shards int) *Trainer {
+		m := smallMLP(4)
+		m.Shards = run.EvenShards(3, shards)
+		m.Optimizer.ClipNorm = 0.05 // small enough that every step clips
+		return newTrainer(t, m, Config{})
+	}
+	one, three := build(1), build(3)
+	for i := 0; i < 4; i++ {
+		l1, err := one.TrainStep()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l3, err := three.TrainStep()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(l1-l3) > 1e-5*math.Abs(l1) {
+			t.Fatalf("step %d: loss %v unsplit, %v split", i, l1, l3)
+		}
+	}
+	var whole []float32
+	for _, s := range three.Shards() {
+		whole = append(whole, s.Params()...)
+	}
+	ref := one.Shards()[0].Params()
+	var diff, norm float64
+	for i := range ref {
+		d := float64(ref[i] - whole[i])
+		diff += d * d
+		norm += float64(ref[i]) * float64(ref[i])
+	}
+	if rel := math.Sqrt(diff / norm); rel > 1e-5 {
+		t.Fatalf("parameters differ by %g (relative L2)", rel)
+	}
+}
+
+func TestProgressBar(t *testing.T) {
+	var buf strings.Builder
+	p := newProgress(&buf, nil, 0, 10)
+	p.update(10, 0.5, 1280, 2*time.Second)
+	p.done()
+	out := buf.String()
+	for _, want := range []string{"\rstep 10/10 [========================]", "loss 0.5000", "640 samples/s", "ETA 0s", "\n"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("progress %q lacks %q", out, want)
+		}
 	}
 }
