@@ -44,7 +44,8 @@
 //
 //   - adamw (OptState = m then v): p ← p·(1 − lr·wd) for decayed tensors;
 //     m ← β1·m + (1−β1)·g; v ← β2·v + (1−β2)·g²;
-//     p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps). This is torch.optim.AdamW.
+//     p ← p − lr·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + eps), in float32 like
+//     torch.optim.AdamW.
 //   - sgd (OptState = momentum buffer b): g ← g + wd·p for decayed tensors;
 //     b ← μ·b + g; p ← p − lr·b. This is torch.optim.SGD (dampening 0, no
 //     Nesterov); its first step sets b = g, as b starts at zero.

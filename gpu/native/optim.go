@@ -5,6 +5,7 @@ import (
 	"math"
 
 	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/gpu/native/kernels"
 	"github.com/swarm-train/swarm/swarm/run"
 )
 
@@ -40,21 +41,18 @@ func (s *Shard) Step(lr float64, scale float32) error {
 		switch o.Name {
 		case "adamw":
 			m, v := s.state[lo:lo+n], s.state[P+lo:P+lo+n]
-			b1, b2 := o.Beta1, o.Beta2
-			bc1 := 1 - math.Pow(b1, float64(t))
-			bc2 := 1 - math.Pow(b2, float64(t))
-			sqrtBC2 := math.Sqrt(bc2)
-			decay := 1 - lr*wd
-			stepSize := lr / bc1
-			forRange(s.threads, n, 1<<14, func(a, b int) {
-				for i := a; i < b; i++ {
-					gi := float64(g[i] * scale)
-					mi := b1*float64(m[i]) + (1-b1)*gi
-					vi := b2*float64(v[i]) + (1-b2)*gi*gi
-					m[i], v[i] = float32(mi), float32(vi)
-					pi := float64(p[i]) * decay
-					p[i] = float32(pi - stepSize*mi/(math.Sqrt(vi)/sqrtBC2+o.Eps))
-				}
+			bc1 := 1 - math.Pow(o.Beta1, float64(t))
+			bc2 := 1 - math.Pow(o.Beta2, float64(t))
+			c := kernels.AdamWParams{
+				Scale: scale, Beta1: float32(o.Beta1), Beta2: float32(o.Beta2),
+				Decay: float32(1 - lr*wd), StepSize: float32(lr / bc1),
+				InvSqrtBC2: float32(1 / math.Sqrt(bc2)), Eps: float32(o.Eps),
+			}
+			// Cut at multiples of 8 so the kernel's vector and scalar parts
+			// see the same elements whatever the thread count.
+			forRange(s.threads, (n+7)/8, 1<<11, func(a, b int) {
+				a, b = a*8, min(b*8, n)
+				kernels.AdamW(p[a:b], g[a:b], m[a:b], v[a:b], c)
 			})
 		case "sgd":
 			buf := s.state[lo : lo+n]

@@ -224,3 +224,27 @@ func TestGELUKernels(t *testing.T) {
 		}
 	}
 }
+
+func TestAdamWKernel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	n := 37
+	p, g, m, v := randSlice(rng, n), randSlice(rng, n), randSlice(rng, n), randSlice(rng, n)
+	for i := range v {
+		v[i] *= v[i]
+	}
+	c := AdamWParams{Scale: 0.7, Beta1: 0.9, Beta2: 0.95, Decay: 0.999, StepSize: 0.01, InvSqrtBC2: 1.3, Eps: 1e-8}
+	p0, g0, m0, v0 := append([]float32(nil), p...), append([]float32(nil), g...), append([]float32(nil), m...), append([]float32(nil), v...)
+	AdamW(p, g, m, v, c)
+	for i := range p {
+		gi := float64(g0[i]) * 0.7
+		mi := 0.9*float64(m0[i]) + 0.1*gi
+		vi := 0.95*float64(v0[i]) + 0.05*gi*gi
+		pi := float64(p0[i])*0.999 - 0.01*mi/(math.Sqrt(vi)*1.3+1e-8)
+		if math.Abs(float64(m[i])-mi) > 1e-6 || math.Abs(float64(v[i])-vi) > 1e-6 || math.Abs(float64(p[i])-pi) > 1e-6 {
+			t.Fatalf("element %d: p %g m %g v %g, want %g %g %g", i, p[i], m[i], v[i], pi, mi, vi)
+		}
+		if g[i] != g0[i] {
+			t.Fatal("gradient modified")
+		}
+	}
+}

@@ -70,3 +70,16 @@ func vectorGELUBackward(d, x []float32) int {
 	geluBackwardAVX2(&d[0], &x[0], n)
 	return n
 }
+
+//go:noescape
+func adamwAVX2(p, grad, m, v *float32, n int, c *AdamWParams)
+
+func vectorAdamW(p, g, m, v []float32, c *AdamWParams) int {
+	n := len(p) &^ 7
+	if !hasFMA || n == 0 {
+		return 0
+	}
+	_, _, _ = g[n-1], m[n-1], v[n-1]
+	adamwAVX2(&p[0], &g[0], &m[0], &v[0], n, c)
+	return n
+}

@@ -13,3 +13,5 @@ func peakLoop(n int) { peakLoopGo(n) }
 
 func vectorGELU(dst, src []float32) int     { return 0 }
 func vectorGELUBackward(d, x []float32) int { return 0 }
+
+func vectorAdamW(p, g, m, v []float32, c *AdamWParams) int { return 0 }
