@@ -23,7 +23,8 @@ type Position struct {
 	Offset int64 `json:"offset"`
 }
 
-// Source yields a run's training micro-batches and its held-out sets.
+// Source yields a run's training micro-batches and its held-out set. It is
+// not safe for concurrent use.
 type Source interface {
 	// Next returns the next n training samples as a batch. Each epoch visits
 	// every training sample once, in an order drawn from (run seed, node,

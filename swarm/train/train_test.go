@@ -355,3 +355,22 @@ func TestProgressBar(t *testing.T) {
 		}
 	}
 }
+
+// TestNoHeldOutData: a text run with val_fraction 0 trains without
+// evaluating, and checkpoints on its own schedule.
+func TestNoHeldOutData(t *testing.T) {
+	m := smallGPT(t, 20)
+	m.Dataset.ValFraction = 0
+	dir := t.TempDir()
+	tr := newTrainer(t, m, Config{EvalEvery: -1, CheckpointDir: dir, Keep: 20})
+	res, err := tr.Run(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ValLoss != nil || res.Steps != 20 {
+		t.Fatalf("result %+v", res)
+	}
+	if files, _ := (&checkpoint.Dir{Path: dir}).List(); len(files) != 10 {
+		t.Fatalf("%d checkpoints for 20 steps, want one every tenth of the run", len(files))
+	}
+}

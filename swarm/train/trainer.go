@@ -262,6 +262,14 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	ckptEvery := int64(t.cfg.CheckpointEvery)
 	if ckptEvery <= 0 {
 		ckptEvery = evalEvery
+		if ckptEvery <= 0 {
+			ckptEvery = max(steps/10, 1)
+		}
+	}
+	// A run without held-out data (val_fraction 0 on text) is not evaluated.
+	canEval := t.src.Eval().Len > 0
+	if !canEval {
+		evalEvery = -1
 	}
 	save := func() error {
 		if dir == nil {
@@ -315,23 +323,25 @@ func (t *Trainer) Run(ctx context.Context) (*Result, error) {
 	if err := save(); err != nil {
 		return res, err
 	}
-	mt, err := t.Evaluate(t.cfg.FinalEvalSamples)
-	if err != nil {
-		return res, err
-	}
-	t.logEval(mt, true)
 	res.Steps, res.Samples = t.step, t.samples
 	res.TrainLoss = loss
 	res.TrainSeconds = trainDur.Seconds()
 	if trainDur > 0 {
 		res.SamplesPerSec = float64(t.samples-startSamples) / trainDur.Seconds()
 	}
-	if mt.Set == "test" {
-		acc, l := mt.Accuracy, mt.Loss
-		res.TestAccuracy, res.TestLoss = &acc, &l
-	} else {
-		l := mt.Loss
-		res.ValLoss = &l
+	if canEval {
+		mt, err := t.Evaluate(t.cfg.FinalEvalSamples)
+		if err != nil {
+			return res, err
+		}
+		t.logEval(mt, true)
+		if mt.Set == "test" {
+			acc, l := mt.Accuracy, mt.Loss
+			res.TestAccuracy, res.TestLoss = &acc, &l
+		} else {
+			l := mt.Loss
+			res.ValLoss = &l
+		}
 	}
 	res.Seconds = time.Since(begin).Seconds()
 	return res, nil
