@@ -374,3 +374,35 @@ func TestNoHeldOutData(t *testing.T) {
 		t.Fatalf("%d checkpoints for 20 steps, want one every tenth of the run", len(files))
 	}
 }
+
+// TestUnequalMicroBatches: a target batch of 5 in micro-batches of 2, 2 and
+// 1 takes the same step as one micro-batch of 5.
+func TestUnequalMicroBatches(t *testing.T) {
+	build := func(batch int) *Trainer {
+		m := smallMLP(1)
+		m.Training.BatchSize, m.Training.TargetBatch = batch, 5
+		m.Optimizer = run.OptimizerSpec{Name: "sgd", LR: 0.1, MinLR: 0.1}
+		return newTrainer(t, m, Config{})
+	}
+	split, whole := build(2), build(5)
+	if got := split.micro; len(got) != 3 || got[2] != 1 {
+		t.Fatalf("micro-batches %v", got)
+	}
+	for _, tr := range []*Trainer{split, whole} {
+		if _, err := tr.TrainStep(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	init, _ := smallMLP(1).InitParams(0)
+	var diff, norm float64
+	for i := range split.Shards()[0].Params() {
+		a, b := split.Shards()[0].Params()[i], whole.Shards()[0].Params()[i]
+		d := float64(a - b)
+		u := float64(b - init[i])
+		diff += d * d
+		norm += u * u
+	}
+	if norm == 0 || math.Sqrt(diff/norm) > 1e-4 {
+		t.Fatalf("updates differ by %g relative to the update's size", math.Sqrt(diff/norm))
+	}
+}

@@ -140,7 +140,18 @@ func (t *Trainer) TrainStep() (float64, error) {
 	}
 	var lossSum float64
 	total := 0
-	for _, n := range t.micro {
+	// Each micro-batch's backward adds the gradient of its own mean loss. The
+	// target batch's mean loss weighs micro-batch i by w_i = n_i/N, so the
+	// buffer keeps Σ (w_i/w_last)·∇_i: when the next micro-batch's weight
+	// differs, the sum so far is rescaled first (never with equal sizes, the
+	// usual case), and the step multiplies by w_last.
+	N := t.m.Training.TargetBatch
+	for i, n := range t.micro {
+		if i > 0 && n != t.micro[i-1] {
+			if err := scaleGrads(t.shards, float32(t.micro[i-1])/float32(n)); err != nil {
+				return 0, fmt.Errorf("step %d: %w", t.step, err)
+			}
+		}
 		l, err := ForwardBackward(t.shards, t.src.Next(n))
 		if err != nil {
 			return 0, fmt.Errorf("step %d: %w", t.step, err)
@@ -148,10 +159,7 @@ func (t *Trainer) TrainStep() (float64, error) {
 		lossSum += float64(l) * float64(n)
 		total += n
 	}
-	// Each micro-batch's backward starts from its mean loss: the accumulated
-	// gradient is a sum of len(micro) means; dividing by that count gives the
-	// gradient of the target batch's mean loss (exact for equal sizes).
-	scale := 1 / float64(len(t.micro))
+	scale := float64(t.micro[len(t.micro)-1]) / float64(N)
 	norm := GradNorm(t.shards) * scale
 	if math.IsNaN(norm) || math.IsInf(norm, 0) {
 		return 0, fmt.Errorf("step %d: %w: gradient norm %v", t.step, ErrDiverged, norm)
@@ -166,6 +174,20 @@ func (t *Trainer) TrainStep() (float64, error) {
 	t.step++
 	t.samples += int64(total)
 	return lossSum / float64(total), nil
+}
+
+// scaleGrads multiplies every shard's gradient buffer by c.
+func scaleGrads(shards []engine.Shard, c float32) error {
+	for _, s := range shards {
+		g := s.Grads()
+		for i := range g {
+			g[i] *= c
+		}
+		if err := s.Sync(); err != nil {
+			return fmt.Errorf("shard %d: %w", s.Index(), err)
+		}
+	}
+	return nil
 }
 
 // Evaluate runs the held-out set through the model (see Evaluate).
