@@ -167,3 +167,22 @@ func TestTrainCommandText(t *testing.T) {
 		t.Fatalf("plain output:\n%s", plain)
 	}
 }
+
+// TestMNISTTarget is the CI-sized target run: the default mlp-mnist manifest
+// through `swarm train` reaches at least 97.5% test accuracy (600 steps of
+// 128 samples; about 35 s on two cores). Skipped with -short.
+func TestMNISTTarget(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 600-step training run")
+	}
+	path := filepath.Join(t.TempDir(), "run.json")
+	mustCLI(t, "run", "init", "--model", "mlp-mnist", "-o", path)
+	var res train.Result
+	if err := json.Unmarshal([]byte(mustCLI(t, "--log-level", "warn", "train", "--run", path, "--eval-every", "-1", "--json")), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.TestAccuracy == nil || *res.TestAccuracy < 0.975 {
+		t.Fatalf("test accuracy %v after %d steps, want ≥ 97.5%%", res.TestAccuracy, res.Steps)
+	}
+	t.Logf("mlp-mnist: %.2f%% test accuracy, %d steps, %d samples, %.1f s", 100**res.TestAccuracy, res.Steps, res.Samples, res.Seconds)
+}
