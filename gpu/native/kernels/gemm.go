@@ -154,19 +154,39 @@ func (g *gemm) run(i0, i1, j0, j1 int) {
 // packA copies A[i0:i0+mb, p0:p0+kb] into row panels of height mr: panel q
 // holds, for each p, the mr values of rows q*mr.. (zero past the edge).
 func (g *gemm) packA(dst []float32, i0, mb, p0, kb int) {
+	if g.transA {
+		// A(i,p) = a[p*lda+i]: row p of a holds all mb values for this p.
+		if mb%mr != 0 {
+			clear(dst[(mb/mr)*mr*kb : roundUp(mb, mr)*kb])
+		}
+		for p := 0; p < kb; p++ {
+			src := g.a[(p0+p)*g.lda+i0 : (p0+p)*g.lda+i0+mb]
+			for ir := 0; ir < mb; ir += mr {
+				rows := min(mr, mb-ir)
+				copy(dst[ir*kb+p*mr:ir*kb+p*mr+rows], src[ir:ir+rows])
+			}
+		}
+		return
+	}
 	for ir := 0; ir < mb; ir += mr {
 		panel := dst[ir*kb : ir*kb+mr*kb]
 		rows := min(mr, mb-ir)
-		if rows < mr {
-			clear(panel)
-		}
-		if g.transA { // A(i,p) = a[p*lda+i]: the mr values for one p are contiguous
-			for p := 0; p < kb; p++ {
-				off := (p0+p)*g.lda + i0 + ir
-				copy(panel[p*mr:p*mr+rows], g.a[off:off+rows])
+		if rows == mr {
+			// Six rows at once: contiguous writes, six read streams.
+			i := i0 + ir
+			a0 := g.a[i*g.lda+p0 : i*g.lda+p0+kb]
+			a1 := g.a[(i+1)*g.lda+p0:][:len(a0)]
+			a2 := g.a[(i+2)*g.lda+p0:][:len(a0)]
+			a3 := g.a[(i+3)*g.lda+p0:][:len(a0)]
+			a4 := g.a[(i+4)*g.lda+p0:][:len(a0)]
+			a5 := g.a[(i+5)*g.lda+p0:][:len(a0)]
+			for p := range a0 {
+				d := (*[mr]float32)(panel[p*mr:])
+				d[0], d[1], d[2], d[3], d[4], d[5] = a0[p], a1[p], a2[p], a3[p], a4[p], a5[p]
 			}
 			continue
 		}
+		clear(panel)
 		for r := 0; r < rows; r++ {
 			i := i0 + ir + r
 			src := g.a[i*g.lda+p0 : i*g.lda+p0+kb]
@@ -180,23 +200,42 @@ func (g *gemm) packA(dst []float32, i0, mb, p0, kb int) {
 // packB copies B[p0:p0+kb, j0:j0+nb] into column panels of width nr: panel q
 // holds, for each p, the nr values of columns q*nr.. (zero past the edge).
 func (g *gemm) packB(dst []float32, p0, kb, j0, nb int) {
+	if !g.transB {
+		if nb%nr != 0 {
+			clear(dst[(nb/nr)*nr*kb : roundUp(nb, nr)*kb])
+		}
+		for p := 0; p < kb; p++ {
+			src := g.b[(p0+p)*g.ldb+j0 : (p0+p)*g.ldb+j0+nb]
+			for jr := 0; jr < nb; jr += nr {
+				cols := min(nr, nb-jr)
+				copy(dst[jr*kb+p*nr:jr*kb+p*nr+cols], src[jr:jr+cols])
+			}
+		}
+		return
+	}
+	// B(p,j) = b[j*ldb+p]: each column of a panel is a contiguous row of b.
 	for jr := 0; jr < nb; jr += nr {
 		panel := dst[jr*kb : jr*kb+nr*kb]
 		cols := min(nr, nb-jr)
 		if cols < nr {
 			clear(panel)
 		}
-		if g.transB { // B(p,j) = b[j*ldb+p]
-			for cc := 0; cc < cols; cc++ {
-				src := g.b[(j0+jr+cc)*g.ldb+p0 : (j0+jr+cc)*g.ldb+p0+kb]
-				for p, v := range src {
-					panel[p*nr+cc] = v
-				}
+		cc := 0
+		for ; cc+4 <= cols; cc += 4 { // four columns at a time: 16-byte writes
+			j := j0 + jr + cc
+			b0 := g.b[j*g.ldb+p0 : j*g.ldb+p0+kb]
+			b1 := g.b[(j+1)*g.ldb+p0:][:len(b0)]
+			b2 := g.b[(j+2)*g.ldb+p0:][:len(b0)]
+			b3 := g.b[(j+3)*g.ldb+p0:][:len(b0)]
+			for p := range b0 {
+				d := (*[4]float32)(panel[p*nr+cc:])
+				d[0], d[1], d[2], d[3] = b0[p], b1[p], b2[p], b3[p]
 			}
-		} else {
-			for p := 0; p < kb; p++ {
-				off := (p0+p)*g.ldb + j0 + jr
-				copy(panel[p*nr:p*nr+cols], g.b[off:off+cols])
+		}
+		for ; cc < cols; cc++ {
+			src := g.b[(j0+jr+cc)*g.ldb+p0 : (j0+jr+cc)*g.ldb+p0+kb]
+			for p, v := range src {
+				panel[p*nr+cc] = v
 			}
 		}
 	}
