@@ -25,7 +25,7 @@ func (s *Shard) Step(lr float64, scale float32) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if i := firstNonFinite(s.grads); i >= 0 {
+	if i := s.firstNonFiniteGrad(); i >= 0 {
 		return fmt.Errorf("%w: gradient %d of shard %d is %g", engine.ErrNonFinite, i, s.index, s.grads[i])
 	}
 	t := s.step + 1
@@ -71,6 +71,25 @@ func (s *Shard) Step(lr float64, scale float32) error {
 	}
 	s.step = t
 	return nil
+}
+
+// firstNonFiniteGrad is firstNonFinite over the gradients, on all threads.
+func (s *Shard) firstNonFiniteGrad() int {
+	const chunk = 1 << 14
+	n := len(s.grads)
+	parts := (n + chunk - 1) / chunk
+	bad := make([]int, parts)
+	forRange(s.threads, parts, 8, func(lo, hi int) {
+		for c := lo; c < hi; c++ {
+			bad[c] = firstNonFinite(s.grads[c*chunk : min((c+1)*chunk, n)])
+		}
+	})
+	for c, i := range bad {
+		if i >= 0 {
+			return c*chunk + i
+		}
+	}
+	return -1
 }
 
 func firstNonFinite(x []float32) int {
