@@ -37,6 +37,24 @@ func newHosts(t testing.TB, n int) []host.Host {
 			}
 		}
 	}
+	// Connect every pair first, as a running node is connected to its shard's
+	// peers through the DHT; first connections on a loaded 2-core machine take
+	// longer than the matchmaking request timeout used in tests.
+	var wg sync.WaitGroup
+	for i, a := range hs {
+		for _, b := range hs[i+1:] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				if err := a.Connect(ctx, peer.AddrInfo{ID: b.ID(), Addrs: b.Addrs()}); err != nil {
+					t.Errorf("connect: %v", err)
+				}
+			}()
+		}
+	}
+	wg.Wait()
 	return hs
 }
 
@@ -61,12 +79,12 @@ func testConfig(all []peer.ID) Config {
 	return Config{
 		Peers:            func(context.Context, string) []peer.ID { return all },
 		TargetGroupSize:  len(all),
-		MatchWindow:      700 * time.Millisecond,
-		MatchTimeout:     2100 * time.Millisecond,
-		RequestTimeout:   150 * time.Millisecond,
-		AllreduceTimeout: 10 * time.Second,
-		SenderTimeout:    2 * time.Second,
-		ReducerTimeout:   4 * time.Second,
+		MatchWindow:      slow * 700 * time.Millisecond,
+		MatchTimeout:     slow * 2100 * time.Millisecond,
+		RequestTimeout:   slow * 150 * time.Millisecond,
+		AllreduceTimeout: slow * 10 * time.Second,
+		SenderTimeout:    slow * 2 * time.Second,
+		ReducerTimeout:   slow * 4 * time.Second,
 		PartSize:         1000,
 	}
 }

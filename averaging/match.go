@@ -278,9 +278,8 @@ func (m *matcher) Step(ev matchEvent) {
 			m.tryNext()
 		}
 	case evRequestFailed:
-		if ci := m.info[ev.From]; ci != nil {
-			ci.dead = true
-		}
+		// Not permanent: a slow first connection is retried next attempt
+		// (it stays asked for this one).
 		if m.outstanding == ev.From {
 			m.outstanding = ""
 			m.tryNext()
@@ -380,7 +379,6 @@ func (m *matcher) Tick(now time.Time) {
 	}
 	if m.outstanding != "" && !now.Before(m.outstandingBy) {
 		m.out = append(m.out, envelope{Kind: outLeave, To: m.outstanding})
-		m.info[m.outstanding].dead = true
 		m.outstanding = ""
 		m.tryNext()
 	}
@@ -392,9 +390,6 @@ func (m *matcher) Tick(now time.Time) {
 	case msFollowing, msAwaitStart:
 		if !now.Before(m.followBy) {
 			m.out = append(m.out, envelope{Kind: outLeave, To: m.leader})
-			if ci := m.info[m.leader]; ci != nil {
-				ci.dead = true
-			}
 			m.leader = ""
 			m.state = msLooking
 			m.nextAttemptOrFail()

@@ -3,6 +3,7 @@ package averaging
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -20,6 +21,7 @@ const tickEvery = 10 * time.Millisecond
 
 // match runs the matcher until it starts or joins a group, fails, or ctx ends.
 func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID) (*groupInfo, error) {
+	a.connectAll(ctx, cands)
 	now := time.Now()
 	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: a.cfg.TargetGroupSize, Min: a.cfg.MinGroupSize,
 		Window: a.cfg.MatchWindow, ReqTimeout: a.cfg.RequestTimeout, Deadline: now.Add(a.cfg.MatchTimeout),
@@ -47,6 +49,7 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 		s, err := a.h.NewStream(network.WithAllowLimitedConn(dctx, "averaging"), to, ProtoMatch)
 		cancel()
 		if err != nil {
+			a.log.Debug("join request: no stream", "peer", to, "err", err)
 			send(matchEvent{Kind: evRequestFailed, From: to})
 			return
 		}
@@ -127,6 +130,9 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 loop:
 	for {
 		for _, env := range m.ready() {
+			if a.log.Enabled(ctx, slog.LevelDebug) {
+				a.log.Debug("match out", "kind", env.Kind, "to", shortID(env.To), "status", env.Reply.Status.String(), "ok", env.OK)
+			}
 			switch env.Kind {
 			case outJoin:
 				wg.Add(1)
@@ -164,6 +170,9 @@ loop:
 		}
 		select {
 		case ev := <-events:
+			if a.log.Enabled(ctx, slog.LevelDebug) {
+				a.log.Debug("match in", "kind", ev.Kind, "from", shortID(ev.From), "status", ev.Reply.Status.String(), "ok", ev.OK)
+			}
 			m.Step(ev)
 		case t := <-ticker.C:
 			m.Tick(t)
@@ -332,4 +341,35 @@ func (a *Averager) sendMatch(sess *session, ev matchEvent) {
 	case ch <- ev:
 	case <-sess.done:
 	}
+}
+
+func shortID(p peer.ID) string {
+	s := p.String()
+	if len(s) > 6 {
+		return s[len(s)-6:]
+	}
+	return s
+}
+
+// connectAll connects to every candidate not yet connected, in parallel, for
+// at most half a matchmaking window. Matchmaking asks candidates one at a
+// time with a short timeout; that timeout should not have to cover a first
+// connection (handshake and identify) to each in turn.
+func (a *Averager) connectAll(ctx context.Context, cands []peer.ID) {
+	ctx, cancel := context.WithTimeout(ctx, a.cfg.MatchWindow/2)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, c := range cands {
+		if c == a.h.ID() || a.h.Network().Connectedness(c) == network.Connected {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.h.Connect(ctx, peer.AddrInfo{ID: c}); err != nil {
+				a.log.Debug("cannot connect to candidate", "peer", c, "err", err)
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -31,6 +31,8 @@ type round struct {
 	excluded map[peer.ID]string
 	finished chan struct{} // closed when every part of the share is final
 	closed   bool
+	handlers sync.WaitGroup         // handleReduce goroutines serving this round
+	streams  map[int]network.Stream // their streams, by sender index
 	onFinal  func(k int)
 	ownSpans []Span
 }
@@ -46,7 +48,7 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	cnt := &counter{}
 
 	r := &round{g: g, self: self, lay: lay, vec: vec, codec: codec, deadline: deadline, cnt: cnt,
-		outs: map[int]chan partMsg{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}), onFinal: a.faults.afterFinal}
+		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}), onFinal: a.faults.afterFinal}
 	myShare := lay.Shares[self]
 	r.red = newReducer(self, len(g.Members), lay.Parts[self], vec[myShare.Start:myShare.End], weight, start, a.cfg.SenderTimeout, deadline)
 	// Only members that can reduce receive streams; every member sends.
@@ -116,9 +118,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	}()
 	wg.Wait()
 	close(results)
-	<-tickDone
-	// Wait until the averaged parts went out to the senders (or the deadline).
-	r.waitFlushed(rctx)
+	<-tickDone // every part of our share is final now
+	// No more parts: let the handlers send what is queued and finish; at the
+	// deadline their streams are reset. Nothing touches the round after this.
 	r.mu.Lock()
 	r.closed = true
 	for s, ch := range r.outs {
@@ -126,6 +128,18 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 		delete(r.outs, s)
 	}
 	r.mu.Unlock()
+	handlersDone := make(chan struct{})
+	go func() { r.handlers.Wait(); close(handlersDone) }()
+	select {
+	case <-handlersDone:
+	case <-rctx.Done():
+		r.mu.Lock()
+		for _, st := range r.streams {
+			_ = st.Reset()
+		}
+		r.mu.Unlock()
+		<-handlersDone
+	}
 
 	var spans []Span
 	for res := range results {
@@ -150,11 +164,14 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	excluded := r.excluded
 	r.mu.Unlock()
 
+	cnt.mu.Lock()
+	sent, recv := cnt.sent, cnt.recv
+	cnt.mu.Unlock()
 	res := Result{Mode: ModeGroup, GroupID: hex.EncodeToString(g.ID[:]), Members: g.ids(), Excluded: excluded,
-		BytesSent: cnt.sent, BytesReceived: cnt.recv, ReduceTime: time.Since(start)}
+		BytesSent: sent, BytesReceived: recv, ReduceTime: time.Since(start)}
 	res.Spans, res.Fraction = mergeSpans(spans, len(vec), a.h.ID())
-	a.met.bytes.WithLabelValues("sent").Add(float64(cnt.sent))
-	a.met.bytes.WithLabelValues("received").Add(float64(cnt.recv))
+	a.met.bytes.WithLabelValues("sent").Add(float64(sent))
+	a.met.bytes.WithLabelValues("received").Add(float64(recv))
 	a.met.duration.WithLabelValues("allreduce").Observe(res.ReduceTime.Seconds())
 	return res
 }
@@ -163,6 +180,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 // the senders' queues. Lossy codecs: the reducer keeps the decoded bytes it
 // sends, so every member ends with the same values.
 func (r *round) dispatchLocked() {
+	if r.closed {
+		return
+	}
 	for _, fp := range r.red.Ready() {
 		data := r.codec.Encode(nil, fp.Avg)
 		dst := r.vec[fp.Span.Start:fp.Span.End]
@@ -195,40 +215,16 @@ func (r *round) dispatchLocked() {
 			close(r.finished)
 		}
 	}
-	// Senders dropped get no more parts: close their queues.
+	// Senders dropped get no more parts: close their queues and streams.
 	for s, st := range r.red.status {
 		if st == sDropped {
 			if ch, ok := r.outs[s]; ok {
 				close(ch)
 				delete(r.outs, s)
+				if st := r.streams[s]; st != nil {
+					_ = st.Reset()
+				}
 			}
-		}
-	}
-}
-
-func (r *round) waitFlushed(ctx context.Context) {
-	if len(r.lay.Parts[r.self]) == 0 {
-		return
-	}
-	select {
-	case <-r.finished:
-	case <-ctx.Done():
-		return
-	}
-	for {
-		r.mu.Lock()
-		pending := 0
-		for _, ch := range r.outs {
-			pending += len(ch)
-		}
-		r.mu.Unlock()
-		if pending == 0 {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(tickEvery):
 		}
 	}
 }
@@ -396,10 +392,13 @@ func (a *Averager) handleReduce(s network.Stream) {
 	}
 	r.cnt.add(0, len(b)+5)
 	r.mu.Lock()
-	if r.closed {
+	if r.closed || r.streams[si] != nil {
 		r.mu.Unlock()
 		return
 	}
+	r.handlers.Add(1)
+	defer r.handlers.Done()
+	r.streams[si] = s
 	err = r.red.Header(si, hdr.Weight, time.Now())
 	out := r.outs[si]
 	r.mu.Unlock()
