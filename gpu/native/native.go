@@ -57,8 +57,19 @@
 //
 // All work is split between goroutines so that each output element is always
 // computed in the same order: results are bit-identical for a given manifest
-// and inputs, whatever the thread count. Reductions inside LayerNorm, softmax
-// and the loss use float64.
+// and inputs, whatever the thread count. (Machines with AVX2/FMA and those on
+// the pure-Go kernels round differently; kernels.Accelerated says which.)
+// Reductions inside LayerNorm, softmax, the loss and the bias and LayerNorm
+// gradients use float64.
+//
+// # Buffers and concurrency
+//
+// Forward copies its inputs into the tape and returns fresh output and
+// input-gradient slices that the caller owns. Several micro-batches may be in
+// flight at once: Forwards run concurrently, Backwards (which add into the
+// gradient buffer) and Step are serialised. Bad input (wrong lengths, NaN or
+// Inf values, ids out of range, a reused or foreign tape) returns
+// engine.ErrShape, ErrNonFinite, ErrRange or ErrTape and never panics.
 package native
 
 import (
