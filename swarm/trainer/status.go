@@ -1,6 +1,10 @@
 package trainer
 
 import (
+	"encoding/binary"
+	"fmt"
+	"hash/fnv"
+	"math"
 	"sort"
 	"time"
 
@@ -23,6 +27,7 @@ type Status struct {
 	Loss        float64       `json:"loss"`          // recent training loss (last shard)
 	Utilization float64       `json:"utilization"`   // this node: time computing / wall time
 	Accuracy    float64       `json:"accuracy"`      // test accuracy at the end of the run, -1 before
+	ParamsHash  string        `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
 	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
 	Shards      []ShardStatus `json:"shards"`
 	Peers       []PeerStatus  `json:"peers"`
@@ -63,7 +68,19 @@ func (t *Trainer) Status() Status {
 	if wall := time.Since(t.start).Seconds(); wall > 0 {
 		st.Utilization = t.busy.Seconds() / wall
 	}
+	sh := t.shard
 	t.mu.Unlock()
+	if sh != nil {
+		t.stepMu.RLock()
+		h := fnv.New64a()
+		var b [4]byte
+		for _, x := range sh.Params() {
+			binary.LittleEndian.PutUint32(b[:], math.Float32bits(x))
+			h.Write(b[:])
+		}
+		t.stepMu.RUnlock()
+		st.ParamsHash = fmt.Sprintf("%016x", h.Sum64())
+	}
 	st.SamplesPerS, st.Loss = sum.Throughput, sum.Loss
 	for i := range t.m.Shards {
 		peers := append([]string{}, sum.ShardPeers[i]...)
