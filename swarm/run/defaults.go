@@ -2,8 +2,8 @@ package run
 
 // NewMLPMNIST returns a validated-defaults manifest for the MNIST MLP
 // (784-1024-1024-10) split into the given number of shards (1 to 3). The
-// defaults reach about 97.8% test accuracy with `swarm train` in 600 steps of
-// 128 samples (1.3 epochs, about half a minute on two cores).
+// defaults reach about 98% test accuracy with `swarm train` in 600 steps of
+// 128 samples (1.3 epochs, about 25 s on two cores).
 func NewMLPMNIST(shards int) *Manifest {
 	m := &Manifest{
 		Version: SchemaVersion,
@@ -26,8 +26,7 @@ func NewMLPMNIST(shards int) *Manifest {
 // given character set, split into the given number of shards (1 to 4). The
 // defaults are sized for a CPU: on the Opticks text they reach a validation
 // loss near 1.86 nats per character in 600 steps of 64 windows of 32
-// characters (about two and a half minutes on two cores), against 2.45 for a
-// bigram model.
+// characters (about 70 s on two cores), against 2.45 for a bigram model.
 func NewGPTChar(charset string, shards int) *Manifest {
 	m := &Manifest{
 		Version: SchemaVersion,
