@@ -123,20 +123,48 @@ func (g *gemm) run(i0, i1, j0, j1 int) {
 			g.packB(bufs.b[:], pc, kb, jc, nb)
 			for ic := i0; ic < i1; ic += mc {
 				mb := min(mc, i1-ic)
-				g.packA(bufs.a[:], ic, mb, pc, kb)
+				// For short k (attention's per-head products) packing A costs
+				// as much as the product: non-transposed A is then read in place
+				// for full panels of mr rows, and only a partial last panel is
+				// packed. (For long k, reading six strided rows in place was
+				// slower on some layouts than packing.)
+				direct := !g.transA && g.k <= directMaxK
+				if direct {
+					if full := mb / mr * mr; full < mb {
+						g.packA(bufs.a[:], ic+full, mb-full, pc, kb)
+					}
+				} else {
+					g.packA(bufs.a[:], ic, mb, pc, kb)
+				}
 				for jr := 0; jr < nb; jr += nr {
 					bp := bufs.b[jr*kb:]
 					for ir := 0; ir < mb; ir += mr {
-						ap := bufs.a[ir*kb:]
 						ci := (ic+ir)*g.ldc + jc + jr
-						if ir+mr <= mb && jr+nr <= nb {
-							microKernel(kb, ap, bp, g.c[ci:], g.ldc)
+						fullRows := ir+mr <= mb
+						var ap []float32
+						if direct && fullRows {
+							ap = g.a[(ic+ir)*g.lda+pc:]
+						} else if direct {
+							ap = bufs.a[(ir-mb/mr*mr)*kb:]
+						} else {
+							ap = bufs.a[ir*kb:]
+						}
+						if fullRows && jr+nr <= nb {
+							if direct {
+								microKernelDirect(kb, ap, g.lda, bp, g.c[ci:], g.ldc)
+							} else {
+								microKernel(kb, ap, bp, g.c[ci:], g.ldc)
+							}
 							continue
 						}
 						// Edge tile: compute into a scratch tile, add the valid part.
 						t := bufs.tile[:]
 						clear(t)
-						microKernel(kb, ap, bp, t, nr)
+						if direct && fullRows {
+							microKernelDirect(kb, ap, g.lda, bp, t, nr)
+						} else {
+							microKernel(kb, ap, bp, t, nr)
+						}
 						rows, cols := min(mr, mb-ir), min(nr, nb-jr)
 						for r := 0; r < rows; r++ {
 							crow := g.c[ci+r*g.ldc : ci+r*g.ldc+cols]
@@ -265,3 +293,29 @@ func microKernelGo(k int, a, b, c []float32, ldc int) {
 		}
 	}
 }
+
+// microKernelDirectGo is microKernelGo reading six rows of row-major A in
+// place (row stride lda).
+func microKernelDirectGo(k int, a []float32, lda int, b, c []float32, ldc int) {
+	var acc [mr][nr]float32
+	b = b[:k*nr]
+	for p := 0; p < k; p++ {
+		bp := (*[nr]float32)(b[p*nr:])
+		for r := 0; r < mr; r++ {
+			av := a[r*lda+p]
+			row := &acc[r]
+			for j := 0; j < nr; j++ {
+				row[j] += av * bp[j]
+			}
+		}
+	}
+	for r := 0; r < mr; r++ {
+		crow := c[r*ldc : r*ldc+nr]
+		for j := range crow {
+			crow[j] += acc[r][j]
+		}
+	}
+}
+
+// directMaxK is the longest k for which A is read in place.
+var directMaxK = 64

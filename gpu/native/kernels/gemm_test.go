@@ -248,3 +248,24 @@ func TestAdamWKernel(t *testing.T) {
 		}
 	}
 }
+
+// TestSgemmDirectMatchesPacked: reading A in place gives bit-identical
+// results to packing it.
+func TestSgemmDirectMatchesPacked(t *testing.T) {
+	defer func(v int) { directMaxK = v }(directMaxK)
+	rng := rand.New(rand.NewPCG(11, 12))
+	for _, sh := range [][3]int{{64, 64, 32}, {13, 40, 64}, {100, 20, 7}} {
+		m, n, k := sh[0], sh[1], sh[2]
+		a, b := randSlice(rng, m*k), randSlice(rng, k*n)
+		c1, c2 := make([]float32, m*n), make([]float32, m*n)
+		directMaxK = 1 << 30
+		Sgemm(1, false, true, m, n, k, a, k, b, k, c1, n, false)
+		directMaxK = 0
+		Sgemm(1, false, true, m, n, k, a, k, b, k, c2, n, false)
+		for i := range c1 {
+			if c1[i] != c2[i] {
+				t.Fatalf("%v: element %d: %g in place, %g packed", sh, i, c1[i], c2[i])
+			}
+		}
+	}
+}

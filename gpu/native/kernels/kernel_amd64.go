@@ -12,6 +12,22 @@ var hasFMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 //go:noescape
 func kern6x16(k int, a, b, c *float32, ldc int)
 
+//go:noescape
+func kern6x16Direct(k int, a *float32, lda int, b, c *float32, ldc int)
+
+// microKernelDirect is microKernel reading an mr×k block of row-major A in
+// place (row stride lda) instead of a packed panel.
+func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int) {
+	if !hasFMA {
+		microKernelDirectGo(k, a, lda, b, c, ldc)
+		return
+	}
+	_ = a[(mr-1)*lda+k-1]
+	_ = b[k*nr-1]
+	_ = c[(mr-1)*ldc+nr-1]
+	kern6x16Direct(k, &a[0], lda, &b[0], &c[0], ldc)
+}
+
 func microKernel(k int, a, b, c []float32, ldc int) {
 	if !hasFMA {
 		microKernelGo(k, a, b, c, ldc)

@@ -4,6 +4,10 @@ package kernels
 
 func microKernel(k int, a, b, c []float32, ldc int) { microKernelGo(k, a, b, c, ldc) }
 
+func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int) {
+	microKernelDirectGo(k, a, lda, b, c, ldc)
+}
+
 // Accelerated reports which micro-kernel Sgemm uses.
 func Accelerated() string { return "go" }
 
