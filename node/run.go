@@ -160,16 +160,18 @@ func (m *membership) run(ctx context.Context) {
 				}
 			}
 		}
-		m.discover(ctx)
-		delay = min(2*delay, m.maxDelay)
+		if m.discover(ctx) {
+			delay = min(2*delay, m.maxDelay)
+		}
 		timer.Reset(delay)
 	}
 }
 
-// discover runs one query for the run's providers and verifies each new one.
-func (m *membership) discover(ctx context.Context) {
+// discover runs one query for the run's providers and verifies each new
+// one. It returns false when it could not query (empty routing table).
+func (m *membership) discover(ctx context.Context) bool {
 	if m.n.dht.RoutingTable().Size() == 0 {
-		return
+		return false
 	}
 	m.n.metrics.runQueries.Inc()
 	qctx, cancel := context.WithTimeout(ctx, 20*time.Second)
@@ -207,6 +209,7 @@ func (m *membership) discover(ctx context.Context) {
 		}
 	}
 	m.n.metrics.runPeers.Set(float64(len(m.list())))
+	return true
 }
 
 // verify connects to ai and runs the hello handshake.
@@ -271,7 +274,21 @@ func (m *membership) handleHello(s network.Stream) {
 func (n *Node) announceLoop(ctx context.Context, c cid.Cid, interval time.Duration, onDone func()) {
 	retry := 100 * time.Millisecond
 	for {
+		if n.dht.RoutingTable().Size() == 0 {
+			// Nobody to store the record yet: check again soon, cheaply,
+			// without growing the backoff meant for failed announcements.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		t0 := time.Now()
 		err := n.Announce(ctx, c)
+		if err == nil {
+			n.log.Debug("announced", "cid", c, "took", time.Since(t0))
+		}
 		wait := interval
 		if err != nil {
 			if ctx.Err() != nil {
@@ -279,7 +296,7 @@ func (n *Node) announceLoop(ctx context.Context, c cid.Cid, interval time.Durati
 			}
 			n.log.Debug("announce failed, retrying", "cid", c, "err", err, "in", retry)
 			wait = retry
-			retry = min(2*retry, 30*time.Second)
+			retry = min(2*retry, 10*time.Second)
 		} else {
 			retry = 100 * time.Millisecond
 			if onDone != nil {
