@@ -295,6 +295,7 @@ type session struct {
 	vec    []float32
 
 	mu      sync.Mutex
+	matched bool            // matchmaking for this round is over
 	matchCh chan matchEvent // set while matchmaking
 	held    map[peer.ID]*heldJoin
 	done    chan struct{} // closed when matchmaking ends

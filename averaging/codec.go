@@ -5,7 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"unsafe"
 )
+
+// littleEndian: raw float32 memory is already the CodecNone wire format.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// rawBytes views a float32 slice as its bytes (no copy).
+func rawBytes(v []float32) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+}
 
 // Codec selects how float32 values are encoded on the wire.
 type Codec uint8
@@ -107,6 +119,10 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 			out = out[4+len(blk):]
 		}
 	default:
+		if littleEndian {
+			copy(out, rawBytes(src))
+			break
+		}
 		for i, v := range src {
 			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(v))
 		}
@@ -142,6 +158,10 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 			src = src[4+len(blk):]
 		}
 	default:
+		if littleEndian {
+			copy(rawBytes(dst), src)
+			break
+		}
 		for i := range dst {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}

@@ -103,6 +103,7 @@ type matchConfig struct {
 
 type candInfo struct {
 	asked, wrongKey, junior, dead, grouped bool
+	following                              bool // follows another peer (this attempt)
 }
 
 type matcher struct {
@@ -117,6 +118,7 @@ type matcher struct {
 
 	outstanding   peer.ID
 	outstandingBy time.Time
+	reaskAt       time.Time
 
 	leader     peer.ID
 	followBy   time.Time
@@ -157,8 +159,9 @@ func (m *matcher) startAttempt() {
 	m.attempts++
 	m.state = msLooking
 	m.expiration = m.now.Add(m.cfg.Window)
+	m.reaskAt = time.Time{}
 	for _, ci := range m.info {
-		ci.asked, ci.junior = false, false
+		ci.asked, ci.junior, ci.following = false, false, false
 	}
 	m.tryNext()
 }
@@ -203,12 +206,38 @@ func (m *matcher) tryNext() {
 		}
 	}
 	if next == "" {
-		return // wait for followers or the expiration
+		m.nothingToAsk()
+		return
 	}
 	m.info[next].asked = true
 	m.outstanding = next
 	m.outstandingBy = m.now.Add(m.cfg.ReqTimeout)
 	m.out = append(m.out, envelope{Kind: outJoin, To: next, Join: m.joinMsg()})
+}
+
+// nothingToAsk: no candidate is left to ask. If none can still join us
+// (grouped, other key, unusable, or following someone else), start now with
+// the followers we have, or give up early when we have none. Otherwise,
+// candidates that were after us in the order may have changed their state:
+// ask them again after a request timeout.
+func (m *matcher) nothingToAsk() {
+	gone, taken := true, true // gone: can never join; taken: cannot join now
+	for c, ci := range m.info {
+		g := ci.grouped || ci.wrongKey || ci.dead
+		gone = gone && g
+		taken = taken && (g || ci.following || m.isFollower(c))
+	}
+	switch {
+	case taken && len(m.followers)+1 >= max(m.cfg.Min, 2):
+		m.begin()
+	case gone && len(m.followers) == 0:
+		m.state = msFailed
+		m.failReason = "no candidate can join: all grouped or on another key"
+	default:
+		if m.reaskAt.IsZero() {
+			m.reaskAt = m.now.Add(m.cfg.ReqTimeout)
+		}
+	}
 }
 
 func usable(ci *candInfo) bool {
@@ -360,6 +389,7 @@ func (m *matcher) onReply(from peer.ID, r joinReply) {
 	case rejectJunior:
 		ci.junior = true
 	case rejectFollowing:
+		ci.following = true
 		if r.Redirect != "" && r.Redirect != m.cfg.Self {
 			m.priority = r.Redirect
 		}
@@ -395,6 +425,18 @@ func (m *matcher) Tick(now time.Time) {
 			m.nextAttemptOrFail()
 		}
 	case msLooking:
+		if !m.reaskAt.IsZero() && !now.Before(m.reaskAt) && m.outstanding == "" {
+			m.reaskAt = time.Time{}
+			for c, ci := range m.info {
+				if ci.junior && !m.isFollower(c) {
+					ci.junior, ci.asked = false, false
+				}
+			}
+			m.tryNext()
+			if m.state != msLooking {
+				return
+			}
+		}
 		if !now.Before(m.expiration) {
 			if len(m.followers)+1 >= max(m.cfg.Min, 2) {
 				m.begin()

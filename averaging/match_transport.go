@@ -183,6 +183,7 @@ loop:
 	}
 	sess.mu.Lock()
 	sess.matchCh = nil
+	sess.matched = true
 	close(sess.done)
 	sess.mu.Unlock()
 	outMu.Lock()
@@ -236,8 +237,13 @@ func (a *Averager) handleJoin(s network.Stream) {
 	sess.mu.Lock()
 	ch := sess.matchCh
 	if ch == nil {
+		matched := sess.matched
 		sess.mu.Unlock()
-		reject(rejectGrouped) // this step is past matchmaking for the round
+		if matched {
+			reject(rejectGrouped) // this step is past matchmaking for the round
+		} else {
+			reject(rejectNotLooking) // not started yet
+		}
 		return
 	}
 	sess.held[from] = hj

@@ -184,12 +184,18 @@ func (r *round) dispatchLocked() {
 		return
 	}
 	for _, fp := range r.red.Ready() {
-		data := r.codec.Encode(nil, fp.Avg)
 		dst := r.vec[fp.Span.Start:fp.Span.End]
-		if r.codec == CodecNone {
+		var data []byte
+		if r.codec == CodecNone && littleEndian {
+			// The part's final value never changes again: send it from the
+			// vector itself, without a copy.
 			copy(dst, fp.Avg)
-		} else if err := r.codec.Decode(dst, data); err != nil {
-			copy(dst, fp.Avg) // cannot happen for finite input; keep the exact average
+			data = rawBytes(dst)
+		} else {
+			data = r.codec.Encode(nil, fp.Avg)
+			if err := r.codec.Decode(dst, data); err != nil {
+				copy(dst, fp.Avg) // cannot happen for finite input; keep the exact average
+			}
 		}
 		ids := make([]peer.ID, 0, len(r.g.Members))
 		for i, m := range r.g.Members {
@@ -275,20 +281,25 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 				src = src[:len(src)-1]
 			}
 			pm := partMsg{Index: uint32(k)}
-			buf = pm.appendTo(buf[:0])
-			if a.faults.sendGarbage {
-				buf = append(buf, 1, 2, 3)
-			} else {
-				buf = r.codec.Encode(buf, src)
+			head := pm.appendHead(nil)
+			var body []byte
+			switch {
+			case a.faults.sendGarbage:
+				body = []byte{1, 2, 3}
+			case r.codec == CodecNone && littleEndian:
+				body = rawBytes(src) // no copy
+			default:
+				buf = r.codec.Encode(buf[:0], src)
+				body = buf
 			}
 			sentMu.Lock()
 			sent = k + 1
 			sentMu.Unlock()
-			if err := writeFrame(s, tPart, buf); err != nil {
+			if err := writeFrame2(s, tPart, head, body); err != nil {
 				writeErr <- fmt.Errorf("write part %d: %w", k, err)
 				return
 			}
-			r.cnt.add(len(buf)+5, 0)
+			r.cnt.add(len(head)+len(body)+5, 0)
 			if a.faults.afterPart != nil {
 				a.faults.afterPart(to, k)
 			}
@@ -409,13 +420,12 @@ func (a *Averager) handleReduce(s network.Stream) {
 	writerDone := make(chan struct{})
 	go func() { // return averaged parts as they become final
 		defer close(writerDone)
-		var buf []byte
 		for pm := range out {
-			buf = pm.appendTo(buf[:0])
-			if err := writeFrame(s, tAvgPart, buf); err != nil {
+			head := pm.appendHead(nil)
+			if err := writeFrame2(s, tAvgPart, head, pm.Data); err != nil {
 				return
 			}
-			r.cnt.add(len(buf)+5, 0)
+			r.cnt.add(len(head)+len(pm.Data)+5, 0)
 		}
 		_ = s.CloseWrite()
 	}()

@@ -60,6 +60,19 @@ func writeFrame(w io.Writer, t msgType, payload []byte) error {
 	return err
 }
 
+// writeFrame2 writes one frame whose payload is head followed by body,
+// without copying body.
+func writeFrame2(w io.Writer, t msgType, head, body []byte) error {
+	hdr := make([]byte, 5, 5+len(head))
+	hdr[0] = byte(t)
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(head)+len(body)))
+	if _, err := w.Write(append(hdr, head...)); err != nil {
+		return err
+	}
+	_, err := w.Write(body)
+	return err
+}
+
 // readFrame reads one frame of at most maxSize payload bytes into buf (grown
 // as needed) and returns its type and payload.
 func readFrame(r io.Reader, maxSize int, buf []byte) (msgType, []byte, error) {
@@ -453,10 +466,14 @@ type partMsg struct {
 }
 
 func (m *partMsg) appendTo(b []byte) []byte {
+	return append(m.appendHead(b), m.Data...)
+}
+
+// appendHead appends the encoding of everything but Data, which follows it.
+func (m *partMsg) appendHead(b []byte) []byte {
 	e := enc{b: b}
 	e.u32(m.Index)
 	e.bytes(m.Contributors)
-	e.b = append(e.b, m.Data...)
 	return e.b
 }
 
