@@ -244,7 +244,9 @@ func attentionForward(th int, out, att, qkv []float32, N, T, C, NH int) {
 				row := a[i*T : (i+1)*T]
 				mx := math.Inf(-1)
 				for j := 0; j <= i; j++ {
-					mx = math.Max(mx, float64(row[j])*scale)
+					if v := float64(row[j]) * scale; v > mx {
+						mx = v
+					}
 				}
 				var s float64
 				for j := 0; j <= i; j++ {
@@ -307,7 +309,9 @@ func crossEntropyForward(th int, probs, logits []float32, targets []int32, rows,
 			l, p := logits[r*V:(r+1)*V], probs[r*V:(r+1)*V]
 			mx := math.Inf(-1)
 			for _, v := range l {
-				mx = math.Max(mx, float64(v))
+				if float64(v) > mx {
+					mx = float64(v)
+				}
 			}
 			var s float64
 			for _, v := range l {

@@ -109,17 +109,15 @@ var bufPool = sync.Pool{New: func() any { return new(packBufs) }}
 
 // run computes the block C[i0:i1, j0:j1] on the calling goroutine.
 func (g *gemm) run(i0, i1, j0, j1 int) {
-	if !g.acc {
-		for i := i0; i < i1; i++ {
-			clear(g.c[i*g.ldc+j0 : i*g.ldc+j1])
-		}
-	}
 	bufs := bufPool.Get().(*packBufs)
 	defer bufPool.Put(bufs)
 	for jc := j0; jc < j1; jc += nc {
 		nb := min(nc, j1-jc)
 		for pc := 0; pc < g.k; pc += kc {
 			kb := min(kc, g.k-pc)
+			// The first k block overwrites C unless accumulating, so C
+			// needs no clearing.
+			add := g.acc || pc > 0
 			g.packB(bufs.b[:], pc, kb, jc, nb)
 			for ic := i0; ic < i1; ic += mc {
 				mb := min(mc, i1-ic)
@@ -151,23 +149,27 @@ func (g *gemm) run(i0, i1, j0, j1 int) {
 						}
 						if fullRows && jr+nr <= nb {
 							if direct {
-								microKernelDirect(kb, ap, g.lda, bp, g.c[ci:], g.ldc)
+								microKernelDirect(kb, ap, g.lda, bp, g.c[ci:], g.ldc, add)
 							} else {
-								microKernel(kb, ap, bp, g.c[ci:], g.ldc)
+								microKernel(kb, ap, bp, g.c[ci:], g.ldc, add)
 							}
 							continue
 						}
-						// Edge tile: compute into a scratch tile, add the valid part.
+						// Edge tile: compute into a scratch tile, then add or
+						// copy the valid part.
 						t := bufs.tile[:]
-						clear(t)
 						if direct && fullRows {
-							microKernelDirect(kb, ap, g.lda, bp, t, nr)
+							microKernelDirect(kb, ap, g.lda, bp, t, nr, false)
 						} else {
-							microKernel(kb, ap, bp, t, nr)
+							microKernel(kb, ap, bp, t, nr, false)
 						}
 						rows, cols := min(mr, mb-ir), min(nr, nb-jr)
 						for r := 0; r < rows; r++ {
 							crow := g.c[ci+r*g.ldc : ci+r*g.ldc+cols]
+							if !add {
+								copy(crow, t[r*nr:r*nr+cols])
+								continue
+							}
 							for j, v := range t[r*nr : r*nr+cols] {
 								crow[j] += v
 							}
@@ -270,8 +272,9 @@ func (g *gemm) packB(dst []float32, p0, kb, j0, nb int) {
 }
 
 // microKernelGo adds the product of an mr×k packed panel of A and a k×nr
-// packed panel of B into the mr×nr tile of C at c (row stride ldc).
-func microKernelGo(k int, a, b, c []float32, ldc int) {
+// packed panel of B into the mr×nr tile of C at c (row stride ldc), or
+// stores it there when add is false.
+func microKernelGo(k int, a, b, c []float32, ldc int, add bool) {
 	var acc [mr][nr]float32
 	a = a[:k*mr]
 	b = b[:k*nr]
@@ -288,6 +291,10 @@ func microKernelGo(k int, a, b, c []float32, ldc int) {
 	}
 	for r := 0; r < mr; r++ {
 		crow := c[r*ldc : r*ldc+nr]
+		if !add {
+			copy(crow, acc[r][:])
+			continue
+		}
 		for j := range crow {
 			crow[j] += acc[r][j]
 		}
@@ -296,7 +303,7 @@ func microKernelGo(k int, a, b, c []float32, ldc int) {
 
 // microKernelDirectGo is microKernelGo reading six rows of row-major A in
 // place (row stride lda).
-func microKernelDirectGo(k int, a []float32, lda int, b, c []float32, ldc int) {
+func microKernelDirectGo(k int, a []float32, lda int, b, c []float32, ldc int, add bool) {
 	var acc [mr][nr]float32
 	b = b[:k*nr]
 	for p := 0; p < k; p++ {
@@ -311,6 +318,10 @@ func microKernelDirectGo(k int, a []float32, lda int, b, c []float32, ldc int) {
 	}
 	for r := 0; r < mr; r++ {
 		crow := c[r*ldc : r*ldc+nr]
+		if !add {
+			copy(crow, acc[r][:])
+			continue
+		}
 		for j := range crow {
 			crow[j] += acc[r][j]
 		}

@@ -122,8 +122,8 @@ func TestMicroKernelGoMatchesAccelerated(t *testing.T) {
 	k := 37
 	a, b := randSlice(rng, k*mr), randSlice(rng, k*nr)
 	c1, c2 := make([]float32, mr*nr), make([]float32, mr*nr)
-	microKernel(k, a, b, c1, nr)
-	microKernelGo(k, a, b, c2, nr)
+	microKernel(k, a, b, c1, nr, true)
+	microKernelGo(k, a, b, c2, nr, true)
 	for i := range c1 {
 		if d := math.Abs(float64(c1[i] - c2[i])); d > 1e-4 {
 			t.Fatalf("element %d: %g vs %g", i, c1[i], c2[i])

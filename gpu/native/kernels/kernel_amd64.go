@@ -10,34 +10,34 @@ var hasFMA = cpu.X86.HasAVX2 && cpu.X86.HasFMA
 // kern6x16 is microKernelGo in AVX2/FMA assembly (kernel_amd64.s).
 //
 //go:noescape
-func kern6x16(k int, a, b, c *float32, ldc int)
+func kern6x16(k int, a, b, c *float32, ldc int, add bool)
 
 //go:noescape
-func kern6x16Direct(k int, a *float32, lda int, b, c *float32, ldc int)
+func kern6x16Direct(k int, a *float32, lda int, b, c *float32, ldc int, add bool)
 
 // microKernelDirect is microKernel reading an mr×k block of row-major A in
 // place (row stride lda) instead of a packed panel.
-func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int) {
+func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int, add bool) {
 	if !hasFMA {
-		microKernelDirectGo(k, a, lda, b, c, ldc)
+		microKernelDirectGo(k, a, lda, b, c, ldc, add)
 		return
 	}
 	_ = a[(mr-1)*lda+k-1]
 	_ = b[k*nr-1]
 	_ = c[(mr-1)*ldc+nr-1]
-	kern6x16Direct(k, &a[0], lda, &b[0], &c[0], ldc)
+	kern6x16Direct(k, &a[0], lda, &b[0], &c[0], ldc, add)
 }
 
-func microKernel(k int, a, b, c []float32, ldc int) {
+func microKernel(k int, a, b, c []float32, ldc int, add bool) {
 	if !hasFMA {
-		microKernelGo(k, a, b, c, ldc)
+		microKernelGo(k, a, b, c, ldc, add)
 		return
 	}
 	// Bounds are checked here so the assembly can trust them.
 	_ = a[k*mr-1]
 	_ = b[k*nr-1]
 	_ = c[(mr-1)*ldc+nr-1]
-	kern6x16(k, &a[0], &b[0], &c[0], ldc)
+	kern6x16(k, &a[0], &b[0], &c[0], ldc, add)
 }
 
 // Accelerated reports which micro-kernel Sgemm uses.

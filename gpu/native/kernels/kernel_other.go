@@ -2,10 +2,10 @@
 
 package kernels
 
-func microKernel(k int, a, b, c []float32, ldc int) { microKernelGo(k, a, b, c, ldc) }
+func microKernel(k int, a, b, c []float32, ldc int, add bool) { microKernelGo(k, a, b, c, ldc, add) }
 
-func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int) {
-	microKernelDirectGo(k, a, lda, b, c, ldc)
+func microKernelDirect(k int, a []float32, lda int, b, c []float32, ldc int, add bool) {
+	microKernelDirectGo(k, a, lda, b, c, ldc, add)
 }
 
 // Accelerated reports which micro-kernel Sgemm uses.
