@@ -145,8 +145,39 @@ func TestSplitMatchesWhole(t *testing.T) {
 			if r := relErr(g, refGrads); r > 1e-5 {
 				t.Errorf("%s/%d shards: gradient relative error %g", m.Model.Arch, n, r)
 			}
+			// A step clipped by the global norm across shards (what the
+			// trainer does) lands where the unsplit model's does.
+			if r := relErr(clippedStep(t, ss, 0.5), clippedStep(t, buildAndGrad(t, e, whole, b), 0.5)); r > 1e-5 {
+				t.Errorf("%s/%d shards: parameters after a clipped step differ by %g", m.Model.Arch, n, r)
+			}
 		}
 	}
+}
+
+func buildAndGrad(t *testing.T, e *Engine, m *run.Manifest, b *engine.Batch) []*Shard {
+	ss := buildShards(t, e, m)
+	trainStep(t, ss, b)
+	return ss
+}
+
+// clippedStep scales the gradients of all shards so their global norm is at
+// most maxNorm, steps every shard and returns the concatenated parameters.
+func clippedStep(t *testing.T, ss []*Shard, maxNorm float64) []float32 {
+	t.Helper()
+	var sq float64
+	for _, s := range ss {
+		sq += s.GradNormSq()
+	}
+	scale := float32(1)
+	if norm := math.Sqrt(sq); norm > maxNorm {
+		scale = float32(maxNorm / norm)
+	}
+	for _, s := range ss {
+		if err := s.Step(1e-2, scale); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return concat(ss, (*Shard).Params)
 }
 
 // TestModelGrad checks the whole model's parameter gradients (every tensor of
