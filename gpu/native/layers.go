@@ -232,7 +232,7 @@ func embedBackward(th int, dwte, dwpe, dOut []float32, tokens []int32, N, T, C i
 
 func attentionForward(th int, out, att, qkv []float32, N, T, C, NH int) {
 	hd := C / NH
-	scale := 1 / math.Sqrt(float64(hd))
+	scale := float32(1 / math.Sqrt(float64(hd)))
 	forRange(th, N*NH, 1, func(lo, hi int) {
 		for task := lo; task < hi; task++ {
 			n, h := task/NH, task%NH
@@ -242,21 +242,14 @@ func attentionForward(th int, out, att, qkv []float32, N, T, C, NH int) {
 			kernels.Sgemm(1, false, true, T, T, hd, q, 3*C, k, 3*C, a, T, false)
 			for i := 0; i < T; i++ {
 				row := a[i*T : (i+1)*T]
-				mx := math.Inf(-1)
-				for j := 0; j <= i; j++ {
-					if v := float64(row[j]) * scale; v > mx {
-						mx = v
-					}
+				mx := row[0]
+				for _, v := range row[1 : i+1] {
+					mx = max(mx, v)
 				}
-				var s float64
-				for j := 0; j <= i; j++ {
-					e := expFast(float64(row[j])*scale - mx)
-					row[j] = float32(e)
-					s += e
-				}
-				inv := 1 / s
-				for j := 0; j <= i; j++ {
-					row[j] = float32(float64(row[j]) * inv)
+				// Keys after the query are masked: softmax over row[:i+1].
+				inv := 1 / kernels.ExpShift(row[:i+1], scale, mx*scale)
+				for j := range row[:i+1] {
+					row[j] *= inv
 				}
 				clear(row[i+1:])
 			}

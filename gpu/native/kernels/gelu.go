@@ -31,3 +31,17 @@ func GELUBackward(d, x []float32) {
 }
 
 const geluC = 0.7978845608028654 // √(2/π)
+
+// ExpShift sets x[i] = e^(x[i]·scale − shift) in place and returns the sum of
+// the results: the exponentials of a softmax, with shift the row's maximum
+// of x·scale (so every exponent is ≤ 0). Vectorised on amd64 for the first
+// multiple of 8 values; the rest in float64.
+func ExpShift(x []float32, scale, shift float32) float32 {
+	k, sum := vectorExpShift(x, scale, shift)
+	for i := k; i < len(x); i++ {
+		e := float32(math.Exp(float64(x[i])*float64(scale) - float64(shift)))
+		x[i] = e
+		sum += e
+	}
+	return sum
+}

@@ -257,3 +257,35 @@ bloop:
 bdone:
 	VZEROUPPER
 	RET
+
+// func expShiftAVX2(x *float32, n int, scale, shift float32) float32
+// x[i] = e^(x[i]·scale − shift) in place for n a multiple of 8; returns the sum.
+TEXT ·expShiftAVX2(SB), NOSPLIT, $0-28
+	MOVQ x+0(FP), SI
+	MOVQ n+8(FP), CX
+	VBROADCASTSS scale+16(FP), Y8
+	VBROADCASTSS shift+20(FP), Y9
+	VXORPS Y10, Y10, Y10
+	SHRQ $3, CX
+	JEQ edone
+eloop:
+	VMOVUPS (SI), Y2
+	VMULPS Y8, Y2, Y2
+	VSUBPS Y9, Y2, Y2
+	VMINPS vhi<>(SB), Y2, Y2
+	VMAXPS vlo<>(SB), Y2, Y2
+	EXPV
+	VSUBPS one<>(SB), Y5, Y5
+	VMOVUPS Y5, (SI)
+	VADDPS Y5, Y10, Y10
+	ADDQ $32, SI
+	DECQ CX
+	JNZ eloop
+edone:
+	VEXTRACTF128 $1, Y10, X11
+	VADDPS X11, X10, X10
+	VHADDPS X10, X10, X10
+	VHADDPS X10, X10, X10
+	MOVSS X10, ret+24(FP)
+	VZEROUPPER
+	RET

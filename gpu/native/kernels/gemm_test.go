@@ -272,3 +272,26 @@ func TestSgemmDirectMatchesPacked(t *testing.T) {
 		}
 	}
 }
+
+func TestExpShift(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, n := range []int{0, 1, 7, 8, 23, 64} {
+		x := randSlice(rng, n)
+		x0 := append([]float32(nil), x...)
+		scale, shift := float32(0.7), float32(1.9)
+		sum := ExpShift(x, scale, shift)
+		var want float64
+		for i, v := range x0 {
+			arg := float64(v)*0.7 - 1.9
+			e := math.Exp(arg)
+			// float32 rounding of the exponent costs ~1e-7·|arg| relative.
+			if math.Abs(float64(x[i])-e) > 3e-7*e*(1+math.Abs(arg)) {
+				t.Fatalf("n=%d: exp[%d] = %g, want %g", n, i, x[i], e)
+			}
+			want += e
+		}
+		if math.Abs(float64(sum)-want) > 1e-6*(1+want) {
+			t.Fatalf("n=%d: sum %g, want %g", n, sum, want)
+		}
+	}
+}

@@ -99,3 +99,14 @@ func vectorAdamW(p, g, m, v []float32, c *AdamWParams) int {
 	adamwAVX2(&p[0], &g[0], &m[0], &v[0], n, c)
 	return n
 }
+
+//go:noescape
+func expShiftAVX2(x *float32, n int, scale, shift float32) float32
+
+func vectorExpShift(x []float32, scale, shift float32) (int, float32) {
+	n := len(x) &^ 7
+	if !hasFMA || n == 0 {
+		return 0, 0
+	}
+	return n, expShiftAVX2(&x[0], n, scale, shift)
+}

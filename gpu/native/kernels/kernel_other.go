@@ -19,3 +19,5 @@ func vectorGELU(dst, src []float32) int     { return 0 }
 func vectorGELUBackward(d, x []float32) int { return 0 }
 
 func vectorAdamW(p, g, m, v []float32, c *AdamWParams) int { return 0 }
+
+func vectorExpShift(x []float32, scale, shift float32) (int, float32) { return 0, 0 }
