@@ -307,12 +307,15 @@ func crossEntropyForward(th int, probs, logits []float32, targets []int32, rows,
 				}
 			}
 			var s float64
-			for _, v := range l {
-				s += expFast(float64(v) - mx)
+			for i, v := range l {
+				e := expFast(float64(v) - mx)
+				p[i] = float32(e)
+				s += e
 			}
 			logZ := mx + math.Log(s)
-			for i, v := range l {
-				p[i] = float32(expFast(float64(v) - logZ))
+			inv := 1 / s
+			for i := range p {
+				p[i] = float32(float64(p[i]) * inv)
 			}
 			if targets != nil {
 				losses[r] = logZ - float64(l[targets[r]])
