@@ -8,13 +8,20 @@
 // buffers in the shared layout (run.Manifest.Layout), so its parameters,
 // gradients and optimizer state are interchangeable with gpu/native's.
 //
-// The node keeps the last consistent state of each shard (parameters,
-// gradients and optimizer state as of the last Step, ZeroGrad or Sync) and a
-// log of the micro-batches since. A worker that exits, or does not answer a
-// request before its deadline, is killed, restarted, given that state, and
-// replays the log, after which the failed request is retried: callers see at
-// most a slower call. Workers die with the node (PR_SET_PDEATHSIG on Linux,
-// and the worker exits when its request pipe closes) and on Close.
+// A shard's parameters, gradients and optimizer state live in the worker (on
+// the GPU); the node's copies are fetched only when a caller asks for them
+// (Params, Grads, OptState) after the worker changed them, and what callers
+// write into those copies goes back at the next call into the shard. For
+// crash safety the node keeps a snapshot of the whole state, taken at most
+// every Options.SnapshotEvery steps or Options.SnapshotInterval (sooner when
+// the log would pass Options.MaxLogBytes), and a log of the requests since:
+// micro-batches, output gradients, steps with their learning rate and scale,
+// ZeroGrad, written buffers. A worker that exits, or does not answer a
+// request before its deadline, is killed, restarted, given the snapshot, and
+// replays the log to exactly the state before the failure, after which the
+// failed request is retried: callers see at most a slower call. Workers die
+// with the node (PR_SET_PDEATHSIG on Linux, and the worker exits when its
+// request pipe closes) and on Close.
 package torch
 
 import (
@@ -65,6 +72,16 @@ type Options struct {
 	// MaxRestarts is how many times one shard's worker may be restarted
 	// (default 5); after that, calls fail.
 	MaxRestarts int
+	// SnapshotEvery and SnapshotInterval: after a Step, the node copies the
+	// worker's whole state (4× the parameter bytes with AdamW) if this many
+	// steps (default 50) or this much time (default 60 s) passed since the
+	// last copy. A restart replays the requests since. SnapshotEvery 1 copies
+	// after every step.
+	SnapshotEvery    int
+	SnapshotInterval time.Duration
+	// MaxLogBytes caps the tensors held in the replay log (default 256 MiB);
+	// a log that would grow past it triggers a snapshot at once.
+	MaxLogBytes int64
 	// Env is added to the worker's environment (e.g. CUDA_VISIBLE_DEVICES=1).
 	Env []string
 	// Logger receives restarts and the worker's stderr (debug).
@@ -96,6 +113,15 @@ func (o *Options) fill() error {
 	}
 	if o.MaxRestarts <= 0 {
 		o.MaxRestarts = 5
+	}
+	if o.SnapshotEvery <= 0 {
+		o.SnapshotEvery = 50
+	}
+	if o.SnapshotInterval <= 0 {
+		o.SnapshotInterval = time.Minute
+	}
+	if o.MaxLogBytes <= 0 {
+		o.MaxLogBytes = 256 << 20
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -1,13 +1,14 @@
 package torch
 
 import (
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
+	"slices"
+	"unsafe"
 )
 
 // The framed protocol between the node and its worker. A frame is a 16-byte
@@ -17,20 +18,28 @@ import (
 //
 // and length bytes of payload:
 //
-//	meta_len u32 | meta (a JSON object) | count u32 | count × (dtype u8 | elems u32 | data)
+//	meta_len u32 | meta (a JSON object) | count u32 | count × (dtype u32 | elems u32 | data)
 //
 // Tensors are flat little-endian float32 (dtype 1) or int32 (dtype 2)
-// buffers. worker.py implements the other end.
+// buffers. Senders pad the meta with spaces to a multiple of 4 bytes, so
+// every tensor's data starts 4-byte aligned within the payload and both ends
+// can view it in place instead of converting value by value. worker.py
+// implements the other end.
 const (
 	frameMagic   uint32 = 0x57545753 // "SWTW"
-	frameVersion uint16 = 1
+	frameVersion uint16 = 2
 	headerSize          = 16
+	tensorHeader        = 8
 
 	// MaxFrame bounds a frame's payload; MaxMeta its JSON part; MaxTensors
 	// the number of buffers in one frame.
 	MaxFrame   = 1 << 30
 	MaxMeta    = 1 << 20
 	MaxTensors = 16
+
+	// firstRead is how much of a frame's declared length is allocated
+	// before its bytes arrive; the buffer grows with them beyond that.
+	firstRead = 8 << 20
 )
 
 // Message types. Requests go node → worker; every request gets one reply,
@@ -53,8 +62,8 @@ const (
 )
 
 const (
-	dtypeF32 byte = 1
-	dtypeI32 byte = 2
+	dtypeF32 uint32 = 1
+	dtypeI32 uint32 = 2
 )
 
 // ErrProtocol: a frame that does not follow the protocol.
@@ -78,7 +87,56 @@ func (t tensor) len() int {
 	return len(t.F)
 }
 
-// frame is a decoded message.
+// bytes is the tensor's wire encoding: a view of its memory on a
+// little-endian host, else a converted copy.
+func (t tensor) bytes() []byte {
+	if t.I != nil {
+		return wireBytes(t.I, func(b []byte, v int32) { binary.LittleEndian.PutUint32(b, uint32(v)) })
+	}
+	return wireBytes(t.F, func(b []byte, v float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(v)) })
+}
+
+// littleEndian: the host stores numbers as the wire does, so tensors cross
+// as views of their memory.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// memBytes views a 4-byte-element slice's memory as bytes.
+func memBytes[T float32 | int32](v []T) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(v))), 4*len(v))
+}
+
+func wireBytes[T float32 | int32](v []T, put func([]byte, T)) []byte {
+	if littleEndian {
+		return memBytes(v)
+	}
+	b := make([]byte, 4*len(v))
+	for i, x := range v {
+		put(b[4*i:], x)
+	}
+	return b
+}
+
+// fromWire decodes n 4-byte values of b. On a little-endian host with b
+// 4-byte aligned the result aliases b; otherwise it is converted.
+func fromWire[T float32 | int32](b []byte, n int, get func([]byte) T) []T {
+	if n == 0 {
+		return []T{}
+	}
+	if littleEndian && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%4 == 0 {
+		return unsafe.Slice((*T)(unsafe.Pointer(unsafe.SliceData(b))), n)
+	}
+	v := make([]T, n)
+	for i := range v {
+		v[i] = get(b[4*i:])
+	}
+	return v
+}
+
+// frame is a decoded message. Its tensors may alias the frame's own buffer,
+// which belongs to the frame alone.
 type frame struct {
 	Type    uint16
 	ID      uint32
@@ -86,7 +144,8 @@ type frame struct {
 	Tensors []tensor
 }
 
-// encodeFrame writes one frame to w.
+// encodeFrame writes one frame to w: the header, meta and small tensors in
+// one write, each large tensor straight from its memory.
 func encodeFrame(w io.Writer, typ uint16, id uint32, meta any, tensors []tensor) error {
 	if meta == nil {
 		meta = struct{}{}
@@ -94,6 +153,9 @@ func encodeFrame(w io.Writer, typ uint16, id uint32, meta any, tensors []tensor)
 	mb, err := json.Marshal(meta)
 	if err != nil {
 		return fmt.Errorf("encode meta: %w", err)
+	}
+	for len(mb)%4 != 0 {
+		mb = append(mb, ' ')
 	}
 	if len(mb) > MaxMeta {
 		return fmt.Errorf("%w: meta of %d bytes over %d", ErrProtocol, len(mb), MaxMeta)
@@ -103,44 +165,44 @@ func encodeFrame(w io.Writer, typ uint16, id uint32, meta any, tensors []tensor)
 	}
 	size := 4 + len(mb) + 4
 	for _, t := range tensors {
-		size += 5 + 4*t.len()
+		size += tensorHeader + 4*t.len()
 	}
 	if size > MaxFrame {
 		return fmt.Errorf("%w: frame of %d bytes over %d", ErrProtocol, size, MaxFrame)
 	}
-	buf := make([]byte, headerSize+size)
+	const inline = 64 << 10 // tensors up to this size are copied into the head write
+	buf := make([]byte, headerSize, headerSize+8+len(mb)+len(tensors)*tensorHeader+inline)
 	binary.LittleEndian.PutUint32(buf[0:], frameMagic)
 	binary.LittleEndian.PutUint16(buf[4:], frameVersion)
 	binary.LittleEndian.PutUint16(buf[6:], typ)
 	binary.LittleEndian.PutUint32(buf[8:], id)
 	binary.LittleEndian.PutUint32(buf[12:], uint32(size))
-	off := headerSize
-	binary.LittleEndian.PutUint32(buf[off:], uint32(len(mb)))
-	off += 4
-	off += copy(buf[off:], mb)
-	binary.LittleEndian.PutUint32(buf[off:], uint32(len(tensors)))
-	off += 4
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(mb)))
+	buf = append(buf, mb...)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(tensors)))
 	for _, t := range tensors {
+		dt := dtypeF32
 		if t.isInt() {
-			buf[off] = dtypeI32
-		} else {
-			buf[off] = dtypeF32
+			dt = dtypeI32
 		}
-		binary.LittleEndian.PutUint32(buf[off+1:], uint32(t.len()))
-		off += 5
-		if t.isInt() {
-			for _, v := range t.I {
-				binary.LittleEndian.PutUint32(buf[off:], uint32(v))
-				off += 4
-			}
-		} else {
-			for _, v := range t.F {
-				binary.LittleEndian.PutUint32(buf[off:], math.Float32bits(v))
-				off += 4
-			}
+		buf = binary.LittleEndian.AppendUint32(buf, dt)
+		buf = binary.LittleEndian.AppendUint32(buf, uint32(t.len()))
+		data := t.bytes()
+		if len(buf)+len(data) <= cap(buf) {
+			buf = append(buf, data...)
+			continue
 		}
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+		buf = buf[:0]
 	}
-	_, err = w.Write(buf)
+	if len(buf) > 0 {
+		_, err = w.Write(buf)
+	}
 	return err
 }
 
@@ -156,17 +218,27 @@ func readFrame(r io.Reader) (*frame, error) {
 	if v := binary.LittleEndian.Uint16(h[4:]); v != frameVersion {
 		return nil, fmt.Errorf("%w: version %d, want %d", ErrProtocol, v, frameVersion)
 	}
-	n := binary.LittleEndian.Uint32(h[12:])
+	n := int(binary.LittleEndian.Uint32(h[12:]))
 	if n > MaxFrame {
 		return nil, fmt.Errorf("%w: frame of %d bytes over %d", ErrProtocol, n, MaxFrame)
 	}
-	// Grow with the bytes that arrive rather than trusting the length up front.
-	var body bytes.Buffer
-	body.Grow(int(min(n, 1<<20)))
-	if got, err := body.ReadFrom(io.LimitReader(r, int64(n))); err != nil || got != int64(n) {
-		return nil, fmt.Errorf("%w: truncated frame (%d of %d bytes): %v", ErrProtocol, got, n, err)
+	// Allocate up to firstRead up front, then grow with the bytes that
+	// arrive rather than trusting a large length.
+	body := make([]byte, min(n, firstRead))
+	got := 0
+	for {
+		k, err := io.ReadFull(r, body[got:])
+		got += k
+		if err != nil {
+			return nil, fmt.Errorf("%w: truncated frame (%d of %d bytes): %v", ErrProtocol, got, n, err)
+		}
+		if got == n {
+			break
+		}
+		more := min(n-got, got)
+		body = slices.Grow(body, more)[:got+more]
 	}
-	f, err := decodePayload(body.Bytes())
+	f, err := decodePayload(body)
 	if err != nil {
 		return nil, err
 	}
@@ -176,7 +248,7 @@ func readFrame(r io.Reader) (*frame, error) {
 }
 
 // decodePayload decodes a frame's payload; every length is checked against
-// the bytes present before it is used.
+// the bytes present before it is used. The tensors may alias b.
 func decodePayload(b []byte) (*frame, error) {
 	if len(b) < 8 {
 		return nil, fmt.Errorf("%w: payload of %d bytes is too short", ErrProtocol, len(b))
@@ -199,27 +271,22 @@ func decodePayload(b []byte) (*frame, error) {
 		return nil, fmt.Errorf("%w: %d tensors over %d", ErrProtocol, count, MaxTensors)
 	}
 	for i := 0; i < int(count); i++ {
-		if len(b)-off < 5 {
+		if len(b)-off < tensorHeader {
 			return nil, fmt.Errorf("%w: tensor %d header past the end", ErrProtocol, i)
 		}
-		dt := b[off]
-		n := binary.LittleEndian.Uint32(b[off+1:])
-		off += 5
+		dt := binary.LittleEndian.Uint32(b[off:])
+		n := binary.LittleEndian.Uint32(b[off+4:])
+		off += tensorHeader
 		if uint64(n)*4 > uint64(len(b)-off) {
 			return nil, fmt.Errorf("%w: tensor %d of %d values past the end", ErrProtocol, i, n)
 		}
+		data := b[off : off+4*int(n) : off+4*int(n)]
 		var t tensor
 		switch dt {
 		case dtypeF32:
-			t.F = make([]float32, n)
-			for j := range t.F {
-				t.F[j] = math.Float32frombits(binary.LittleEndian.Uint32(b[off+4*j:]))
-			}
+			t.F = fromWire(data, int(n), func(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) })
 		case dtypeI32:
-			t.I = make([]int32, n)
-			for j := range t.I {
-				t.I[j] = int32(binary.LittleEndian.Uint32(b[off+4*j:]))
-			}
+			t.I = fromWire(data, int(n), func(b []byte) int32 { return int32(binary.LittleEndian.Uint32(b)) })
 		default:
 			return nil, fmt.Errorf("%w: tensor %d has unknown dtype %d", ErrProtocol, i, dt)
 		}

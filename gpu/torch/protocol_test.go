@@ -45,7 +45,7 @@ func TestFrameRejects(t *testing.T) {
 		"meta not object":  func(b []byte) []byte { copy(b[20:], `[1,2,3]`); return b },
 		"tensor past end":  func(b []byte) []byte { binary.LittleEndian.PutUint32(b[len(b)-12:], 1<<31); return b },
 		"unknown dtype":    func(b []byte) []byte { b[len(b)-13] = 9; return b },
-		"too many tensors": func(b []byte) []byte { binary.LittleEndian.PutUint32(b[len(b)-17:], MaxTensors+1); return b },
+		"too many tensors": func(b []byte) []byte { binary.LittleEndian.PutUint32(b[len(b)-20:], MaxTensors+1); return b },
 		"trailing bytes": func(b []byte) []byte {
 			b = append(b, 0)
 			binary.LittleEndian.PutUint32(b[12:], binary.LittleEndian.Uint32(b[12:])+1)
@@ -73,7 +73,7 @@ func FuzzReadFrame(f *testing.F) {
 		}
 		f.Add(buf.Bytes())
 	}
-	f.Add([]byte("SWTW\x01\x00\x40\x00\x01\x00\x00\x00\x08\x00\x00\x00\x02\x00\x00\x00{}\x00\x00"))
+	f.Add([]byte("SWTW\x02\x00\x40\x00\x01\x00\x00\x00\x08\x00\x00\x00\x02\x00\x00\x00{}\x00\x00"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fr, err := readFrame(bytes.NewReader(data))

@@ -5,8 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math"
-	"sort"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -18,9 +19,28 @@ import (
 // ErrClosed: the shard was closed.
 var ErrClosed = errors.New("torch: shard closed")
 
-// ErrLostTape: a tape whose forward ran before the last Step or Sync could
-// not be rebuilt after a worker restart; run the micro-batch again.
+// ErrLostTape: a tape whose forward ran on parameters older than the last
+// snapshot could not be rebuilt after a worker restart; run the micro-batch
+// again.
 var ErrLostTape = errors.New("torch: tape lost in a worker restart")
+
+// The worker's three flat buffers, in the order of the shared layout.
+const (
+	bufParams = iota
+	bufGrads
+	bufOpt
+	nBufs
+)
+
+var bufNames = [nBufs]string{"params", "grads", "opt"}
+
+// hostBuf is the node's copy of one of the worker's buffers.
+type hostBuf struct {
+	v    []float32
+	ver  uint64 // the worker version v holds; stale when it is behind Shard.wver
+	sum  uint64 // hash of v when it last equalled the worker's buffer
+	lent bool   // returned to a caller since the last call into the worker
+}
 
 // Shard is one shard computed by one worker process.
 type Shard struct {
@@ -35,38 +55,52 @@ type Shard struct {
 	inSize int // activations per sample in (0 on the first shard)
 	outSz  int // activations per sample out (0 on the last shard)
 	init   map[string]any
+	seed   maphash.Seed
 
-	mu        sync.Mutex
-	p         *proc
-	device    string
-	restarts  int
-	closed    bool
-	params    []float32
-	grads     []float32
-	opt       []float32
-	gradsHost bool // host grads equal the worker's (no Backward since they were fetched or set)
-	step      int64
-	logits    []float32
+	mu       sync.Mutex
+	p        *proc
+	device   string
+	restarts int
+	closed   bool
+	host     [nBufs]hostBuf
+	wver     [nBufs]uint64 // bumped by every request that changes the worker's buffer
+	zeroSum  uint64        // hash of an all-zero gradient buffer
+	step     int64
+	logits   []float32
+	nextTape uint64
+	tapes    map[uint64]*fwd // training forwards whose tape the worker holds
 
-	// The last consistent state, and what happened since: replayed into a
-	// restarted worker.
-	snapParams, snapGrads, snapOpt []float32
-	snapStep                       int64
-	epoch                          int64 // bumped when the snapshot's parameters change
-	nextTape                       uint64
-	nextSeq                        uint64
-	log                            map[uint64]*entry
+	// Crash recovery: the state a restarted worker starts from, the
+	// forwards from before it still to be rebuilt, and the requests since,
+	// replayed in order.
+	snap      [nBufs][]float32
+	snapStep  int64
+	snapEpoch uint64 // parameter epoch of the snapshot
+	snapAt    time.Time
+	snapSteps int // steps since the snapshot
+	snapshots int // snapshots taken
+	epoch     uint64
+	carried   map[uint64]*fwd
+	log       []*logOp
+	logBytes  int64
 }
 
-// entry is one training forward since the snapshot, with its backward once done.
-type entry struct {
-	tape    uint64
-	epoch   int64
+// fwd is one training forward whose tape the worker holds (or held).
+type fwd struct {
+	id      uint64
 	n       int
 	inputs  []tensor // as sent to the worker
-	done    bool
-	seq     uint64 // order of the backward
-	gradOut []float32
+	epoch   uint64   // parameters it ran on
+	op      *logOp   // its log entry, while the log holds it
+	carried bool     // ran before the snapshot, on its parameters: rebuilt first
+}
+
+// logOp is one request since the snapshot that changed the worker's state.
+type logOp struct {
+	typ     uint16
+	meta    any
+	tensors []tensor
+	skip    bool // a forward whose tape was released unused
 }
 
 type tape struct {
@@ -95,7 +129,8 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 		return nil, err
 	}
 	s := &Shard{e: e, m: m, index: index, layout: layout, nParam: len(params),
-		first: index == 0, last: index == len(m.Shards)-1, log: map[uint64]*entry{}}
+		first: index == 0, last: index == len(m.Shards)-1, seed: maphash.MakeSeed(),
+		tapes: map[uint64]*fwd{}, carried: map[uint64]*fwd{}}
 	if !s.first {
 		s.inSize = m.ActivationSize(index - 1)
 	}
@@ -105,9 +140,12 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 		nState = 1
 	}
 	s.nOpt = nState * s.nParam
-	s.params, s.grads, s.opt = params, make([]float32, s.nParam), make([]float32, s.nOpt)
-	s.gradsHost = true
-	s.snapshotLocked()
+	s.host[bufParams].v, s.host[bufGrads].v, s.host[bufOpt].v = params, make([]float32, s.nParam), make([]float32, s.nOpt)
+	s.zeroSum = s.hash(s.host[bufGrads].v)
+	for i := range s.host {
+		s.host[i].sum = s.hash(s.host[i].v)
+	}
+	s.snapshotFromHostLocked()
 	names := make([]string, len(layout))
 	shapes := make([][]int, len(layout))
 	decay := make([]bool, len(layout))
@@ -133,17 +171,18 @@ func Decays(t run.Tensor) bool {
 	return len(t.Shape) == 2 && t.Name != "wte" && t.Name != "wpe"
 }
 
-// startLocked starts a worker, loads the snapshot and replays the log.
+// startLocked starts a worker, loads the snapshot and replays what happened
+// since: the forwards carried over from before the snapshot, then the log.
 func (s *Shard) startLocked() error {
 	p, err := startProc(s.e.opts.Python, s.e.script, s.e.opts.Env, s.e.opts.Logger)
 	if err != nil {
 		return err
 	}
-	meta := map[string]any{"what": []string{"params", "grads", "opt"}, "step": s.snapStep}
+	meta := map[string]any{"what": bufNames[:], "step": s.snapStep}
 	for k, v := range s.init {
 		meta[k] = v
 	}
-	rep, err := p.roundTrip(msgInit, meta, []tensor{f32(s.snapParams), f32(s.snapGrads), f32(s.snapOpt)}, s.e.opts.StartTimeout)
+	rep, err := p.roundTrip(msgInit, meta, []tensor{f32(s.snap[bufParams]), f32(s.snap[bufGrads]), f32(s.snap[bufOpt])}, s.e.opts.StartTimeout)
 	if err != nil {
 		p.kill()
 		var we *WorkerError
@@ -157,36 +196,36 @@ func (s *Shard) startLocked() error {
 	}
 	s.device = rep.metaString("device")
 	s.p = p
-	// Replay: finished micro-batches in the order of their backward, then
-	// the forwards still waiting for one.
-	var done, pending []*entry
-	for _, en := range s.log {
-		switch {
-		case en.epoch != s.epoch:
-			delete(s.log, en.tape) // ran on other parameters: cannot be rebuilt
-		case en.done:
-			done = append(done, en)
-		default:
-			pending = append(pending, en)
-		}
+	ids := make([]uint64, 0, len(s.carried))
+	for id := range s.carried {
+		ids = append(ids, id)
 	}
-	sort.Slice(done, func(i, j int) bool { return done[i].seq < done[j].seq })
-	sort.Slice(pending, func(i, j int) bool { return pending[i].tape < pending[j].tape })
-	for _, en := range append(done, pending...) {
-		if _, err := s.p.roundTrip(msgForward, map[string]any{"n": en.n, "train": true, "tape": en.tape}, en.inputs, s.e.opts.RequestTimeout); err != nil {
+	slices.Sort(ids)
+	for _, id := range ids {
+		f := s.carried[id]
+		if _, err := s.p.roundTrip(msgForward, fwdMeta(f.id, f.n, true), f.inputs, s.e.opts.RequestTimeout); err != nil {
 			return s.replayFailed(err)
 		}
-		if en.done {
-			var t []tensor
-			if !s.last {
-				t = []tensor{f32(en.gradOut)}
-			}
-			if _, err := s.p.roundTrip(msgBackward, map[string]any{"tape": en.tape}, t, s.e.opts.RequestTimeout); err != nil {
-				return s.replayFailed(err)
-			}
+	}
+	for _, op := range s.log {
+		if op.skip {
+			continue
+		}
+		if _, err := s.p.roundTrip(op.typ, op.meta, op.tensors, s.e.opts.RequestTimeout); err != nil {
+			return s.replayFailed(err)
+		}
+	}
+	// Forwards that ran before the snapshot on other parameters are gone.
+	for id, f := range s.tapes {
+		if f.op == nil && !f.carried {
+			delete(s.tapes, id)
 		}
 	}
 	return nil
+}
+
+func fwdMeta(id uint64, n int, train bool) map[string]any {
+	return map[string]any{"n": n, "train": train, "tape": id}
 }
 
 func (s *Shard) replayFailed(err error) error {
@@ -207,7 +246,7 @@ func (s *Shard) call(typ uint16, meta any, tensors []tensor) (*frame, error) {
 				return nil, fmt.Errorf("%w: shard %d: worker restarted %d times, giving up", ErrWorkerDied, s.index, s.restarts)
 			}
 			s.restarts++
-			s.e.opts.Logger.Warn("restarting torch worker", "shard", s.index, "restart", s.restarts)
+			s.e.opts.Logger.Warn("restarting torch worker", "shard", s.index, "restart", s.restarts, "replay", len(s.log)+len(s.carried))
 			if err := s.startLocked(); err != nil {
 				return nil, err
 			}
@@ -225,16 +264,142 @@ func (s *Shard) call(typ uint16, meta any, tensors []tensor) (*frame, error) {
 	}
 }
 
-// snapshotLocked records the host buffers as the state a restarted worker starts from.
-func (s *Shard) snapshotLocked() {
-	s.snapParams = append(s.snapParams[:0], s.params...)
-	s.snapGrads = append(s.snapGrads[:0], s.grads...)
-	s.snapOpt = append(s.snapOpt[:0], s.opt...)
-	s.snapStep = s.step
-	s.epoch++
-	for id, en := range s.log {
-		if en.done {
-			delete(s.log, id)
+func (s *Shard) hash(v []float32) uint64 { return maphash.Bytes(s.seed, memBytes(v)) }
+
+func (s *Shard) current(i int) bool { return s.host[i].ver == s.wver[i] }
+
+// fetchLocked copies the worker's buffers named by idx into the host copies.
+func (s *Shard) fetchLocked(idx ...int) error {
+	what := make([]string, len(idx))
+	for k, i := range idx {
+		what[k] = bufNames[i]
+	}
+	rep, err := s.call(msgGetState, map[string]any{"what": what}, nil)
+	if err != nil {
+		return err
+	}
+	if len(rep.Tensors) != len(idx) {
+		return fmt.Errorf("%w: %d buffers fetched, want %d", ErrProtocol, len(rep.Tensors), len(idx))
+	}
+	for k, i := range idx {
+		h := &s.host[i]
+		if len(rep.Tensors[k].F) != len(h.v) {
+			return fmt.Errorf("%w: %s buffer of %d values, want %d", ErrProtocol, what[k], len(rep.Tensors[k].F), len(h.v))
+		}
+		copy(h.v, rep.Tensors[k].F)
+		h.ver, h.sum = s.wver[i], s.hash(h.v)
+	}
+	return nil
+}
+
+// flushLocked sends the worker what callers wrote into the host buffers lent
+// to them; skip (or -1) names a buffer whose writes are dropped. Every
+// request starts with it.
+func (s *Shard) flushLocked(skip int) error {
+	var idx []int
+	var sums []uint64
+	for i := range s.host {
+		h := &s.host[i]
+		if !h.lent || i == skip {
+			continue
+		}
+		if sum := s.hash(h.v); sum != h.sum {
+			idx, sums = append(idx, i), append(sums, sum)
+		}
+	}
+	if len(idx) > 0 {
+		what := make([]string, len(idx))
+		ts := make([]tensor, len(idx))
+		for k, i := range idx {
+			what[k], ts[k] = bufNames[i], f32(s.host[i].v)
+		}
+		meta := map[string]any{"what": what}
+		if _, err := s.call(msgSetState, meta, ts); err != nil {
+			return err
+		}
+		for k, i := range idx {
+			s.wver[i]++
+			s.host[i].ver, s.host[i].sum = s.wver[i], sums[k]
+			if i == bufParams {
+				s.epoch++
+			}
+		}
+		if s.current(bufParams) && s.current(bufGrads) && s.current(bufOpt) {
+			s.snapshotFromHostLocked() // the host holds the whole state: no need to log
+		} else {
+			for k := range ts {
+				ts[k] = f32(slices.Clone(ts[k].F))
+			}
+			s.appendLog(&logOp{typ: msgSetState, meta: meta, tensors: ts})
+		}
+	}
+	for i := range s.host {
+		s.host[i].lent = false
+	}
+	return nil
+}
+
+func tensorBytes(ts []tensor) int64 {
+	var n int64
+	for _, t := range ts {
+		n += 4 * int64(t.len())
+	}
+	return n
+}
+
+// appendLog records a request for replay; a log past MaxLogBytes is cut by
+// a snapshot.
+func (s *Shard) appendLog(op *logOp) {
+	s.log = append(s.log, op)
+	s.logBytes += tensorBytes(op.tensors)
+	if s.logBytes > s.e.opts.MaxLogBytes {
+		s.snapshotNowLocked("log size")
+	}
+}
+
+func (s *Shard) snapshotNowLocked(why string) {
+	if err := s.snapshotLocked(); err != nil {
+		s.e.opts.Logger.Error("torch: snapshot", "shard", s.index, "reason", why, "err", err)
+	}
+}
+
+// snapshotLocked fetches the buffers the host does not have and makes the
+// host state the new snapshot.
+func (s *Shard) snapshotLocked() error {
+	var stale []int
+	for i := range s.host {
+		if !s.current(i) {
+			stale = append(stale, i)
+		}
+	}
+	if len(stale) > 0 {
+		if err := s.fetchLocked(stale...); err != nil {
+			return err
+		}
+	}
+	s.snapshotFromHostLocked()
+	return nil
+}
+
+// snapshotFromHostLocked records the host buffers, which must equal the
+// worker's, as the state a restarted worker starts from, and empties the log.
+func (s *Shard) snapshotFromHostLocked() {
+	for i := range s.host {
+		s.snap[i] = append(s.snap[i][:0], s.host[i].v...)
+	}
+	s.snapStep, s.snapEpoch = s.step, s.epoch
+	s.snapAt, s.snapSteps = time.Now(), 0
+	s.snapshots++
+	clear(s.log)
+	s.log, s.logBytes = s.log[:0], 0
+	// Tapes still open are rebuilt first after a restart if they ran on the
+	// snapshot's parameters; the others cannot be.
+	clear(s.carried)
+	for id, f := range s.tapes {
+		f.op = nil
+		f.carried = f.epoch == s.epoch
+		if f.carried {
+			s.carried[id] = f
 		}
 	}
 }
@@ -269,18 +434,22 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 	if b == nil || b.N <= 0 {
 		return nil, 0, nil, fmt.Errorf("%w: batch needs N > 0", engine.ErrShape)
 	}
-	inputs, err := s.inputs(b, in)
+	inputs, err := s.inputs(b, in, train)
 	if err != nil {
 		return nil, 0, nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.flushLocked(-1); err != nil {
+		return nil, 0, nil, fmt.Errorf("torch: forward shard %d: %w", s.index, err)
+	}
 	var id uint64
 	if train {
 		s.nextTape++
 		id = s.nextTape
 	}
-	rep, err := s.call(msgForward, map[string]any{"n": b.N, "train": train, "tape": id}, inputs)
+	meta := fwdMeta(id, b.N, train)
+	rep, err := s.call(msgForward, meta, inputs)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("torch: forward shard %d: %w", s.index, err)
 	}
@@ -307,12 +476,21 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 	if !train {
 		return out, loss, nil, nil
 	}
-	s.log[id] = &entry{tape: id, epoch: s.epoch, n: b.N, inputs: inputs}
+	f := &fwd{id: id, n: b.N, inputs: inputs, epoch: s.epoch}
+	f.op = &logOp{typ: msgForward, meta: meta, tensors: inputs}
+	s.tapes[id] = f
+	s.appendLog(f.op)
 	return out, loss, &tape{s: s, id: id}, nil
 }
 
-// inputs validates a batch and copies it into the buffers a forward sends.
-func (s *Shard) inputs(b *engine.Batch, in []float32) ([]tensor, error) {
+// inputs validates a batch and lists the buffers a forward sends: copies
+// for a training forward, which the log keeps.
+func (s *Shard) inputs(b *engine.Batch, in []float32, train bool) ([]tensor, error) {
+	cf := func(v []float32) []float32 { return v }
+	ci := func(v []int32) []int32 { return v }
+	if train {
+		cf, ci = slices.Clone[[]float32], slices.Clone[[]int32]
+	}
 	md := s.m.Model
 	var ts []tensor
 	if s.first {
@@ -323,7 +501,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32) ([]tensor, error) {
 			if !finite(b.X) {
 				return nil, fmt.Errorf("%w in X", engine.ErrNonFinite)
 			}
-			ts = append(ts, f32(append([]float32(nil), b.X...)))
+			ts = append(ts, f32(cf(b.X)))
 		} else {
 			if len(b.Tokens) != b.N*md.BlockSize {
 				return nil, fmt.Errorf("%w: Tokens has %d values, want %d×%d", engine.ErrShape, len(b.Tokens), b.N, md.BlockSize)
@@ -333,7 +511,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32) ([]tensor, error) {
 					return nil, fmt.Errorf("%w: token %d outside the vocabulary of %d", engine.ErrShape, t, md.Vocab)
 				}
 			}
-			ts = append(ts, i32(append([]int32{}, b.Tokens...)))
+			ts = append(ts, i32(ci(b.Tokens)))
 		}
 	} else {
 		if len(in) != b.N*s.inSize {
@@ -342,7 +520,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32) ([]tensor, error) {
 		if !finite(in) {
 			return nil, fmt.Errorf("%w in input activations", engine.ErrNonFinite)
 		}
-		ts = append(ts, f32(append([]float32(nil), in...)))
+		ts = append(ts, f32(cf(in)))
 	}
 	if s.last {
 		want, classes := b.N, md.Classes
@@ -357,7 +535,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32) ([]tensor, error) {
 				return nil, fmt.Errorf("%w: target %d outside [0, %d)", engine.ErrShape, t, classes)
 			}
 		}
-		ts = append(ts, i32(append([]int32{}, b.Targets...)))
+		ts = append(ts, i32(ci(b.Targets)))
 	}
 	return ts, nil
 }
@@ -369,50 +547,73 @@ func (s *Shard) Backward(tp engine.Tape, gradOut []float32) ([]float32, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	en := s.log[t.id]
-	if en == nil {
+	f := s.tapes[t.id]
+	if f == nil {
 		t.used = true
 		return nil, fmt.Errorf("torch: shard %d: %w", s.index, ErrLostTape)
 	}
 	var ts []tensor
 	if !s.last {
-		if len(gradOut) != en.n*s.outSz {
-			return nil, fmt.Errorf("%w: output gradient has %d values, want %d×%d", engine.ErrShape, len(gradOut), en.n, s.outSz)
+		if len(gradOut) != f.n*s.outSz {
+			return nil, fmt.Errorf("%w: output gradient has %d values, want %d×%d", engine.ErrShape, len(gradOut), f.n, s.outSz)
 		}
 		if !finite(gradOut) {
 			return nil, fmt.Errorf("%w in output gradient", engine.ErrNonFinite)
 		}
-		ts = []tensor{f32(append([]float32(nil), gradOut...))}
+		ts = []tensor{f32(slices.Clone(gradOut))}
 	}
 	t.used = true
-	rep, err := s.call(msgBackward, map[string]any{"tape": t.id}, ts)
-	if err != nil {
-		delete(s.log, t.id)
+	if err := s.flushLocked(-1); err != nil {
+		s.dropTape(f)
 		return nil, fmt.Errorf("torch: backward shard %d: %w", s.index, err)
 	}
-	s.nextSeq++
-	en.done, en.seq = true, s.nextSeq
-	if !s.last {
-		en.gradOut = ts[0].F
+	meta := map[string]any{"tape": t.id}
+	rep, err := s.call(msgBackward, meta, ts)
+	delete(s.tapes, t.id)
+	if err != nil {
+		s.dropTape(f)
+		return nil, fmt.Errorf("torch: backward shard %d: %w", s.index, err)
 	}
-	s.gradsHost = false
+	s.wver[bufGrads]++
+	if f.op == nil && !f.carried {
+		// Its forward ran before the snapshot on other parameters: a
+		// replay could not redo this backward, so the state is kept now.
+		s.snapshotNowLocked("backward of an old forward")
+	} else {
+		s.appendLog(&logOp{typ: msgBackward, meta: meta, tensors: ts})
+	}
 	if s.first {
 		return nil, nil
 	}
-	if len(rep.Tensors) != 1 || len(rep.Tensors[0].F) != en.n*s.inSize {
+	if len(rep.Tensors) != 1 || len(rep.Tensors[0].F) != f.n*s.inSize {
 		return nil, fmt.Errorf("%w: backward returned the wrong input gradient", ErrProtocol)
 	}
 	return rep.Tensors[0].F, nil
 }
 
+// dropTape forgets a forward whose tape the worker no longer holds without
+// a logged backward: it is left out of any replay.
+func (s *Shard) dropTape(f *fwd) {
+	delete(s.tapes, f.id)
+	if f.op != nil && !f.op.skip {
+		f.op.skip = true
+		s.logBytes -= tensorBytes(f.op.tensors)
+		f.op.tensors = nil
+	}
+	if f.carried {
+		delete(s.carried, f.id)
+		f.carried = false
+	}
+}
+
 func (s *Shard) release(id uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	en := s.log[id]
-	if en == nil || en.done {
+	f := s.tapes[id]
+	if f == nil {
 		return
 	}
-	delete(s.log, id)
+	s.dropTape(f)
 	if s.p != nil {
 		_, _ = s.call(msgRelease, map[string]any{"tape": id}, nil)
 	}
@@ -424,61 +625,61 @@ func (s *Shard) Logits() []float32 {
 	return s.logits
 }
 
-// Params returns the host copy of the parameters (current after every Step and Sync).
-func (s *Shard) Params() []float32 { return s.params }
-
-// OptState returns the host copy of the optimizer state (current after every Step and Sync).
-func (s *Shard) OptState() []float32 { return s.opt }
-
-// Grads fetches the worker's gradients into the host buffer and returns it.
-func (s *Shard) Grads() []float32 {
+// lend returns host buffer i, fetched from the worker first if the worker
+// changed it since. Writes into it reach the worker at the next call into
+// the shard (Sync, or any other); after that call, get the buffer again.
+func (s *Shard) lend(i int) []float32 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.gradsHost && !s.closed {
-		if err := s.fetchGradsLocked(); err != nil {
-			s.e.opts.Logger.Error("torch: fetch gradients", "shard", s.index, "err", err)
+	h := &s.host[i]
+	if !s.closed && !s.current(i) {
+		if err := s.fetchLocked(i); err != nil {
+			s.e.opts.Logger.Error("torch: fetch "+bufNames[i], "shard", s.index, "err", err)
 		}
 	}
-	return s.grads
+	h.lent = true
+	return h.v
 }
 
-func (s *Shard) fetchGradsLocked() error {
-	rep, err := s.call(msgGetState, map[string]any{"what": []string{"grads"}}, nil)
-	if err != nil {
-		return err
-	}
-	if len(rep.Tensors) != 1 || len(rep.Tensors[0].F) != s.nParam {
-		return fmt.Errorf("%w: gradient buffer of the wrong size", ErrProtocol)
-	}
-	copy(s.grads, rep.Tensors[0].F)
-	s.gradsHost = true
-	return nil
-}
+// Params returns the host copy of the parameters, current as of this call
+// (fetched from the worker when a Step changed them). Values written into
+// it reach the worker at the next call into the shard, Sync or another.
+func (s *Shard) Params() []float32 { return s.lend(bufParams) }
+
+// OptState returns the host copy of the optimizer state, like Params.
+func (s *Shard) OptState() []float32 { return s.lend(bufOpt) }
+
+// Grads returns the host copy of the gradients, like Params (fetched when a
+// Backward changed them).
+func (s *Shard) Grads() []float32 { return s.lend(bufGrads) }
 
 func (s *Shard) ZeroGrad() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	clear(s.grads)
-	s.gradsHost = true
-	if _, err := s.call(msgZeroGrad, nil, nil); err != nil {
+	if err := s.flushLocked(bufGrads); err != nil {
 		s.e.opts.Logger.Error("torch: zero gradients", "shard", s.index, "err", err)
 	}
-	// The worker's gradients are now zero: drop finished micro-batches from
-	// the log without touching the snapshot's parameters.
-	clear(s.snapGrads)
-	for id, en := range s.log {
-		if en.done {
-			delete(s.log, id)
-		}
+	if _, err := s.call(msgZeroGrad, nil, nil); err != nil {
+		s.e.opts.Logger.Error("torch: zero gradients", "shard", s.index, "err", err)
+		return
 	}
+	s.wver[bufGrads]++
+	h := &s.host[bufGrads]
+	clear(h.v)
+	h.ver, h.sum = s.wver[bufGrads], s.zeroSum
+	s.appendLog(&logOp{typ: msgZeroGrad})
 }
 
 func (s *Shard) GradNormSq() float64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.gradsHost {
+	if err := s.flushLocked(-1); err != nil {
+		s.e.opts.Logger.Error("torch: gradient norm", "shard", s.index, "err", err)
+		return math.NaN()
+	}
+	if s.current(bufGrads) {
 		var sum float64
-		for _, g := range s.grads {
+		for _, g := range s.host[bufGrads].v {
 			sum += float64(g) * float64(g)
 		}
 		return sum
@@ -501,23 +702,27 @@ func (s *Shard) Step(lr float64, scale float32) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rep, err := s.call(msgStep, map[string]any{"lr": lr, "scale": scale, "what": []string{"params", "grads", "opt"}}, nil)
+	if err := s.flushLocked(-1); err != nil {
+		return fmt.Errorf("torch: step shard %d: %w", s.index, err)
+	}
+	meta := map[string]any{"lr": lr, "scale": scale}
+	rep, err := s.call(msgStep, meta, nil)
 	if err != nil {
 		return fmt.Errorf("torch: step shard %d: %w", s.index, err)
 	}
-	if len(rep.Tensors) != 3 || len(rep.Tensors[0].F) != s.nParam || len(rep.Tensors[1].F) != s.nParam || len(rep.Tensors[2].F) != s.nOpt {
-		return fmt.Errorf("%w: step returned the wrong state", ErrProtocol)
-	}
-	copy(s.params, rep.Tensors[0].F)
-	copy(s.grads, rep.Tensors[1].F)
-	copy(s.opt, rep.Tensors[2].F)
-	s.gradsHost = true
 	st, err := rep.metaFloat("step")
 	if err != nil {
 		return err
 	}
+	s.wver[bufParams]++
+	s.wver[bufOpt]++
+	s.epoch++
 	s.step = int64(st)
-	s.snapshotLocked()
+	s.snapSteps++
+	s.appendLog(&logOp{typ: msgStep, meta: meta})
+	if s.snapSteps >= s.e.opts.SnapshotEvery || time.Since(s.snapAt) >= s.e.opts.SnapshotInterval {
+		s.snapshotNowLocked("schedule")
+	}
 	return nil
 }
 
@@ -530,32 +735,30 @@ func (s *Shard) StepCount() int64 {
 func (s *Shard) SetStepCount(n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.step, s.snapStep = n, n
-	if _, err := s.call(msgSetState, map[string]any{"what": []string{}, "step": n}, nil); err != nil {
+	if err := s.flushLocked(-1); err != nil {
 		s.e.opts.Logger.Error("torch: set step count", "shard", s.index, "err", err)
 	}
+	meta := map[string]any{"what": []string{}, "step": n}
+	if _, err := s.call(msgSetState, meta, nil); err != nil {
+		s.e.opts.Logger.Error("torch: set step count", "shard", s.index, "err", err)
+		return
+	}
+	s.step = n
+	s.appendLog(&logOp{typ: msgSetState, meta: meta})
 }
 
-// Sync sends the host parameters, optimizer state and gradients to the
-// worker. Gradients from Backward calls since the last Grads are fetched
-// first, so only values written into buffers returned by Params, OptState
-// and Grads are changed.
+// Sync sends the worker what was written into the buffers returned by
+// Params, OptState and Grads since they were returned (only the buffers
+// whose contents changed cross the pipe).
 func (s *Shard) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.params) != s.nParam || len(s.grads) != s.nParam || len(s.opt) != s.nOpt {
+	if len(s.host[bufParams].v) != s.nParam || len(s.host[bufGrads].v) != s.nParam || len(s.host[bufOpt].v) != s.nOpt {
 		return engine.ErrShape
 	}
-	if !s.gradsHost {
-		if err := s.fetchGradsLocked(); err != nil {
-			return fmt.Errorf("torch: sync shard %d: %w", s.index, err)
-		}
-	}
-	ts := []tensor{f32(s.params), f32(s.grads), f32(s.opt)}
-	if _, err := s.call(msgSetState, map[string]any{"what": []string{"params", "grads", "opt"}, "step": s.step}, ts); err != nil {
+	if err := s.flushLocked(-1); err != nil {
 		return fmt.Errorf("torch: sync shard %d: %w", s.index, err)
 	}
-	s.snapshotLocked()
 	return nil
 }
 
@@ -585,6 +788,13 @@ func (s *Shard) killWorker() error {
 		return errors.New("no worker")
 	}
 	return s.p.cmd.Process.Kill()
+}
+
+// recovery reports the snapshots taken and the requests in the replay log (tests).
+func (s *Shard) recovery() (snapshots, logged int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshots, len(s.log)
 }
 
 func finite(v []float32) bool {

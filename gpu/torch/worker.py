@@ -5,9 +5,17 @@
 # for diagnostics. A frame is a 16-byte little-endian header
 #   magic u32 | version u16 | type u16 | id u32 | length u32
 # followed by length bytes of payload:
-#   meta_len u32 | meta (JSON object) | count u32 | count x (dtype u8 | elems u32 | data)
-# with dtype 1 = float32, 2 = int32. The Go side (gpu/torch/protocol.go) is
-# the reference for this format.
+#   meta_len u32 | meta (JSON object) | count u32 | count x (dtype u32 | elems u32 | data)
+# with dtype 1 = float32, 2 = int32; the meta is padded with spaces to a
+# multiple of 4 bytes so tensor data is aligned and is viewed in place, never
+# converted. The Go side (gpu/torch/protocol.go) is the reference for this
+# format.
+#
+# The parameters, gradients and optimizer state each live in one flat device
+# buffer in the shared layout; the per-tensor parameters are views into it.
+# They stay here between requests: the node fetches them only when it needs
+# them (GET_STATE) and keeps its own snapshot plus a log of requests to
+# rebuild this state in a restarted worker.
 #
 # The models and the optimizer follow gpu/native exactly: same parameter
 # layout (names, shapes, order), same formulas, float32 throughout.
@@ -20,7 +28,7 @@ import threading
 import time
 
 MAGIC = 0x57545753
-VERSION = 1
+VERSION = 2
 HEADER = struct.Struct("<IHHII")
 MAX_FRAME = 1 << 30
 MAX_META = 1 << 20
@@ -85,21 +93,37 @@ class Protocol:
         meta, tensors = decode_payload(body)
         return typ, rid, meta, tensors
 
+    def write_all(self, b):
+        mv = memoryview(b).cast("B")
+        while len(mv):
+            k = self.w.write(mv)
+            mv = mv[k:]
+
     def send(self, typ, rid, meta, tensors=()):
         mb = json.dumps(meta).encode()
-        parts = [struct.pack("<I", len(mb)), mb, struct.pack("<I", len(tensors))]
+        mb += b" " * (-len(mb) % 4)
+        arrays = []
         for t in tensors:
-            if t.dtype == torch.int32:
-                dt = I32
-            else:
-                dt = F32
+            dt = I32 if t.dtype == torch.int32 else F32
+            t = t.detach()
+            if dt == F32 and t.dtype != torch.float32:
                 t = t.to(torch.float32)
-            a = t.detach().reshape(-1).cpu().contiguous().numpy()
-            parts.append(struct.pack("<BI", dt, a.size))
-            parts.append(a.tobytes())
-        body = b"".join(parts)
-        self.w.write(HEADER.pack(MAGIC, VERSION, typ, rid, len(body)))
-        self.w.write(body)
+            # One device-to-host copy at most; a contiguous CPU tensor is
+            # written from its own memory.
+            arrays.append((dt, t.reshape(-1).cpu().contiguous().numpy()))
+        size = 4 + len(mb) + 4 + sum(8 + 4 * a.size for _, a in arrays)
+        head = [HEADER.pack(MAGIC, VERSION, typ, rid, size), struct.pack("<I", len(mb)), mb, struct.pack("<I", len(arrays))]
+        for dt, a in arrays:
+            if a.size * 4 <= 65536:
+                head.append(struct.pack("<II", dt, a.size))
+                head.append(a.tobytes())
+                continue
+            head.append(struct.pack("<II", dt, a.size))
+            self.write_all(b"".join(head))
+            head = []
+            self.write_all(a)
+        if head:
+            self.write_all(b"".join(head))
 
 
 def decode_payload(body):
@@ -115,14 +139,14 @@ def decode_payload(body):
         raise ValueError("%d tensors over the limit" % count)
     tensors = []
     for _ in range(count):
-        dt, n = struct.unpack_from("<BI", mv, off)
-        off += 5
+        dt, n = struct.unpack_from("<II", mv, off)
+        off += 8
         if off + 4 * n > len(body):
             raise ValueError("tensor past the end of the frame")
-        dtype = np.float32 if dt == F32 else np.int32
         if dt not in (F32, I32):
             raise ValueError("unknown dtype %d" % dt)
-        a = np.frombuffer(body, dtype=dtype, count=n, offset=off).copy()
+        # A view of the received bytes (a fresh bytearray per frame): no copy.
+        a = np.frombuffer(body, dtype=np.float32 if dt == F32 else np.int32, count=n, offset=off)
         tensors.append(torch.from_numpy(a))
         off += 4 * n
     return meta, tensors
@@ -155,55 +179,66 @@ class Shard:
         self.decay = meta["decay"]
         self.sizes = [int(np.prod(s)) for s in self.shapes]
         self.numel = sum(self.sizes)
-        self.p = {}
-        for name, shape in zip(self.names, self.shapes):
-            t = torch.zeros(shape, dtype=torch.float32, device=self.dev, requires_grad=True)
-            t.grad = torch.zeros_like(t)
-            self.p[name] = t
         nstate = 2 if self.opt["name"] == "adamw" else 1
-        self.state = [[torch.zeros(s, dtype=torch.float32, device=self.dev) for s in self.shapes] for _ in range(nstate)]
+        self.flat_p = torch.zeros(self.numel, dtype=torch.float32, device=self.dev)
+        self.flat_g = torch.zeros(self.numel, dtype=torch.float32, device=self.dev)
+        self.flat_s = torch.zeros(nstate * self.numel, dtype=torch.float32, device=self.dev)
+        self.p = {}
+        self.state = [[] for _ in range(nstate)]
+        self.grad_ptr = {}
+        off = 0
+        for name, shape, size in zip(self.names, self.shapes, self.sizes):
+            # A leaf parameter sharing the flat buffer's memory; autograd
+            # accumulates in place into its .grad, a view of flat_g.
+            t = self.flat_p[off:off + size].view(shape).detach().requires_grad_(True)
+            t.grad = self.flat_g[off:off + size].view(shape)
+            self.grad_ptr[name] = t.grad.data_ptr()
+            self.p[name] = t
+            for k in range(nstate):
+                base = k * self.numel + off
+                self.state[k].append(self.flat_s[base:base + size].view(shape))
+            off += size
         self.step = 0
         self.tapes = {}
         self.set_state(meta, tensors)
 
     # -- flat buffers ---------------------------------------------------
-    def flat(self, ts):
-        return torch.cat([t.detach().reshape(-1) for t in ts]) if ts else torch.zeros(0)
-
-    def unflat(self, buf, ts):
-        if buf.numel() != sum(t.numel() for t in ts):
-            raise ValueError("buffer of %d values, want %d" % (buf.numel(), sum(t.numel() for t in ts)))
-        buf = buf.to(self.dev)
-        off = 0
-        with torch.no_grad():
-            for t in ts:
-                n = t.numel()
-                t.copy_(buf[off:off + n].view_as(t))
-                off += n
-
-    def params(self):
-        return [self.p[n] for n in self.names]
+    def buffer(self, what):
+        return {"params": self.flat_p, "grads": self.flat_g, "opt": self.flat_s}[what]
 
     def grads(self):
         return [self.p[n].grad for n in self.names]
 
-    def opt_tensors(self):
-        return [t for group in self.state for t in group]
-
     def get_state(self, what):
-        out = []
-        for w in what:
-            out.append(self.flat({"params": self.params, "grads": self.grads, "opt": self.opt_tensors}[w]()))
-        return out
+        return [self.buffer(w) for w in what]
 
+    @torch.no_grad()
     def set_state(self, meta, tensors):
         what = meta.get("what", [])
         if len(what) != len(tensors):
             raise ValueError("%d buffers named, %d sent" % (len(what), len(tensors)))
         for w, t in zip(what, tensors):
-            self.unflat(t, {"params": self.params, "grads": self.grads, "opt": self.opt_tensors}[w]())
+            dst = self.buffer(w)
+            if t.numel() != dst.numel():
+                raise ValueError("%s buffer of %d values, want %d" % (w, t.numel(), dst.numel()))
+            dst.copy_(t, non_blocking=True)  # one host-to-device copy
         if "step" in meta:
             self.step = int(meta["step"])
+
+    def keep_grads_flat(self):
+        # Autograd accumulates into an existing .grad in place; should it
+        # ever replace one, fold the new tensor back into the flat buffer.
+        for name in self.names:
+            p = self.p[name]
+            if p.grad is None or p.grad.data_ptr() != self.grad_ptr[name]:
+                off = sum(self.sizes[:self.names.index(name)])
+                view = self.flat_g[off:off + p.numel()].view_as(p)
+                with torch.no_grad():
+                    if p.grad is None:
+                        view.zero_()
+                    else:
+                        view.copy_(p.grad)
+                p.grad = view
 
     # -- model ------------------------------------------------------------
     def run(self, n, x, tokens, inp):
@@ -282,45 +317,49 @@ class Shard:
         if self.last:
             out.backward()
         else:
-            out.backward(tensors[0].to(self.dev).view_as(out))
+            out.backward(tensors[0].to(self.dev, non_blocking=True).view_as(out))
+        self.keep_grads_flat()
         if inp is None:
             return {}, []
         return {}, [inp.grad]
 
     def grad_norm_sq(self):
-        s = 0.0
-        for g in self.grads():
-            s += float(g.double().pow(2).sum().item())
-        return s
+        return float(self.flat_g.double().pow(2).sum().item())
 
     @torch.no_grad()
     def do_step(self, lr, scale):
-        for name, g in zip(self.names, self.grads()):
-            if not bool(torch.isfinite(g).all()):
-                raise NonFinite("gradient of %s holds NaN or Inf" % name)
+        if not bool(torch.isfinite(self.flat_g).all()):
+            for name, g in zip(self.names, self.grads()):
+                if not bool(torch.isfinite(g).all()):
+                    raise NonFinite("gradient of %s holds NaN or Inf" % name)
+        # Element by element the same operations as gpu/native, on the flat
+        # buffers; weight decay on the views of the decayed tensors.
         o = self.opt
         wd = float(o.get("weight_decay", 0.0))
         t = self.step + 1
+        p, g = self.flat_p, self.flat_g * scale
+        views = []
+        off = 0
+        for i, size in enumerate(self.sizes):
+            if self.decay[i] and wd != 0.0:
+                views.append((off, size))
+            off += size
         if o["name"] == "adamw":
             b1, b2, eps = float(o["beta1"]), float(o["beta2"]), float(o["eps"])
             c1, c2 = 1.0 - b1 ** t, 1.0 - b2 ** t
-            for i, name in enumerate(self.names):
-                p, g = self.p[name], self.p[name].grad * scale
-                m, v = self.state[0][i], self.state[1][i]
-                m.mul_(b1).add_(g, alpha=1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                if self.decay[i] and wd != 0.0:
-                    p.mul_(1.0 - lr * wd)
-                p.sub_(lr * (m / c1) / ((v / c2).sqrt() + eps))
+            m, v = self.flat_s[:self.numel], self.flat_s[self.numel:]
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            for a, n in views:
+                p[a:a + n].mul_(1.0 - lr * wd)
+            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + eps))
         else:
             mu = float(o.get("momentum", 0.0))
-            for i, name in enumerate(self.names):
-                p, g = self.p[name], self.p[name].grad * scale
-                if self.decay[i] and wd != 0.0:
-                    g = g + wd * p
-                buf = self.state[0][i]
-                buf.mul_(mu).add_(g)
-                p.sub_(lr * buf)
+            for a, n in views:
+                g[a:a + n].add_(wd * p[a:a + n])
+            buf = self.flat_s
+            buf.mul_(mu).add_(g)
+            p.sub_(lr * buf)
         self.step = t
 
 
@@ -363,15 +402,13 @@ def main():
                 shard.tapes.pop(int(meta["tape"]), None)
                 reply = ({}, [])
             elif typ == T_ZERO_GRAD:
-                for g in shard.grads():
-                    g.zero_()
+                shard.flat_g.zero_()
                 reply = ({}, [])
             elif typ == T_GRAD_NORM:
                 reply = ({"normsq": shard.grad_norm_sq()}, [])
             elif typ == T_STEP:
                 shard.do_step(float(meta["lr"]), float(meta["scale"]))
-                what = meta.get("what", [])
-                reply = ({"step": shard.step}, shard.get_state(what))
+                reply = ({"step": shard.step}, [])
             elif typ == T_GET_STATE:
                 what = meta.get("what", [])
                 reply = ({"step": shard.step}, shard.get_state(what))
