@@ -98,3 +98,46 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestFrameLargeAndUnaligned: tensors past the inline size are written from
+// their own memory, decode to the same values, and a payload that is not
+// 4-byte aligned in memory decodes by conversion to the same frame.
+func TestFrameLargeAndUnaligned(t *testing.T) {
+	big := make([]float32, 100_000)
+	for i := range big {
+		big[i] = float32(i) * 0.5
+	}
+	ids := []int32{-1, 2, 1 << 20}
+	var buf bytes.Buffer
+	if err := encodeFrame(&buf, msgSetState, 9, map[string]any{"what": []string{"params"}}, []tensor{f32(big), i32(ids), f32([]float32{3})}); err != nil {
+		t.Fatal(err)
+	}
+	raw := buf.Bytes()
+	f, err := readFrame(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(f.Tensors[0].F, big) || !reflect.DeepEqual(f.Tensors[1].I, ids) || f.Tensors[2].F[0] != 3 {
+		t.Fatal("aligned decode changed the tensors")
+	}
+	payload := raw[headerSize:]
+	if ml := binary.LittleEndian.Uint32(payload); ml%4 != 0 {
+		t.Errorf("meta of %d bytes is not padded to a multiple of 4", ml)
+	}
+	shifted := make([]byte, len(payload)+1)[1:]
+	copy(shifted, payload)
+	g, err := decodePayload(shifted)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(g.Tensors[0].F, big) || !reflect.DeepEqual(g.Tensors[1].I, ids) {
+		t.Fatal("unaligned decode changed the tensors")
+	}
+	// The portable conversion agrees with the in-place view.
+	want := make([]byte, 8)
+	binary.LittleEndian.PutUint32(want, math.Float32bits(-2.5))
+	binary.LittleEndian.PutUint32(want[4:], math.Float32bits(7))
+	if got := wireBytes([]float32{-2.5, 7}, func(b []byte, v float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(v)) }); !bytes.Equal(got, want) {
+		t.Errorf("wire bytes %x, want %x", got, want)
+	}
+}

@@ -52,7 +52,7 @@ func TestWorkerKilled(t *testing.T) {
 			}
 		}
 	}
-	// Step 0 on both, so the snapshot is not the initial state.
+	// Step 0 on both, so the replayed state is not the initial one.
 	for _, p := range []pipeline{ref, vic} {
 		p.trainStep(t, batchFor(m, 2, 1))
 		step(p)
