@@ -226,3 +226,13 @@ func TestAnnounceFindPeers(t *testing.T) {
 		t.Fatalf("unannounced key: %v %v", ps, err)
 	}
 }
+
+// The resource manager admits a run of a few hundred peers (the memory-scaled
+// libp2p defaults stop inbound connections at about 90).
+func TestResourceLimitsFitLargeRuns(t *testing.T) {
+	cfg := DefaultConfig()
+	l := resourceLimits(&cfg).ToPartialLimitConfig().System
+	if int(l.ConnsInbound) < 300 || int(l.Conns) <= cfg.ConnsHigh || int(l.StreamsInbound) < 16*300 {
+		t.Fatalf("system limits %+v too small for a run of 300 peers", l)
+	}
+}

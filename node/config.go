@@ -68,7 +68,8 @@ type Config struct {
 	RunName string `json:"run_name"`
 	// DHTMode is auto, server or client.
 	DHTMode string `json:"dht_mode"`
-	// ConnsLow and ConnsHigh are the connection manager's water marks.
+	// ConnsLow and ConnsHigh are the connection manager's water marks; the
+	// resource manager's connection limits are derived from ConnsHigh.
 	ConnsLow  int `json:"conns_low"`
 	ConnsHigh int `json:"conns_high"`
 	// MaxMemoryMB and MaxFDs bound the libp2p resource manager.
@@ -110,8 +111,8 @@ func DefaultConfig() Config {
 		API:         "127.0.0.1:0",
 		RunName:     "default",
 		DHTMode:     DHTAuto,
-		ConnsLow:    64,
-		ConnsHigh:   192,
+		ConnsLow:    128,
+		ConnsHigh:   384,
 		MaxMemoryMB: 512,
 		MaxFDs:      1024,
 		PortMapping: true,

@@ -29,9 +29,27 @@ const UserAgent = "swarm"
 // resourceLimits returns explicit resource-manager limits scaled to the
 // configured memory and file-descriptor budget, with a small fixed budget
 // for the run handshake so a flood of hellos cannot starve other protocols.
+//
+// Connection and stream counts follow the connection manager's high water
+// mark rather than memory: every peer of a run keeps a connection to every
+// other, so a run of a few hundred peers must fit (the memory-scaled
+// defaults stop inbound connections at about 90).
 func resourceLimits(cfg *Config) rcmgr.ConcreteLimitConfig {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
+	high := cfg.ConnsHigh
+	limits.SystemBaseLimit.ConnsInbound = high
+	limits.SystemBaseLimit.ConnsOutbound = high
+	limits.SystemBaseLimit.Conns = high + high/2
+	limits.SystemBaseLimit.StreamsInbound = 16 * high
+	limits.SystemBaseLimit.StreamsOutbound = 16 * high
+	limits.SystemBaseLimit.Streams = 32 * high
+	limits.SystemLimitIncrease.ConnsInbound = 0
+	limits.SystemLimitIncrease.ConnsOutbound = 0
+	limits.SystemLimitIncrease.Conns = 0
+	limits.SystemLimitIncrease.StreamsInbound = 0
+	limits.SystemLimitIncrease.StreamsOutbound = 0
+	limits.SystemLimitIncrease.Streams = 0
 	limits.AddProtocolLimit(HelloProtocol,
 		rcmgr.BaseLimit{StreamsInbound: 64, StreamsOutbound: 64, Streams: 128, Memory: 4 << 20},
 		rcmgr.BaseLimitIncrease{})

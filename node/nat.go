@@ -31,8 +31,8 @@ func localSwarm(boot []peer.AddrInfo) bool {
 }
 
 // watchReachability follows AutoNAT's verdicts. It logs a verdict in plain
-// words once the first one arrives (or after 30 s without one), and again
-// whenever it changes.
+// words at start-up when one is already known (a local swarm), else once
+// AutoNAT gives one (or after 30 s without), and again whenever it changes.
 func (n *Node) watchReachability(ctx context.Context) {
 	sub, err := n.host.EventBus().Subscribe(new(event.EvtLocalReachabilityChanged))
 	if err != nil {
@@ -51,6 +51,9 @@ func (n *Node) watchReachability(ctx context.Context) {
 		logged = verdict
 		n.log.Info("reachability: "+verdict, "advice", help)
 	}
+	if verdict, _ := n.reachability(); verdict != api.ReachUnknown {
+		report() // known at once (a local swarm); otherwise wait for AutoNAT
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -64,6 +67,9 @@ func (n *Node) watchReachability(ctx context.Context) {
 			n.reachMu.Unlock()
 			report()
 		case <-first.C:
+			if verdict, help := n.reachability(); verdict == api.ReachUnknown {
+				n.log.Warn("reachability still unknown after 30 s", "advice", help)
+			}
 			report()
 		}
 	}
