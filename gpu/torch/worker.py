@@ -337,7 +337,8 @@ class Shard:
         o = self.opt
         wd = float(o.get("weight_decay", 0.0))
         t = self.step + 1
-        p, g = self.flat_p, self.flat_g * scale
+        p = self.flat_p
+        g = self.flat_g if scale == 1.0 else self.flat_g * scale  # x*1 is x exactly
         views = []
         off = 0
         for i, size in enumerate(self.sizes):
@@ -352,9 +353,13 @@ class Shard:
             v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
             for a, n in views:
                 p[a:a + n].mul_(1.0 - lr * wd)
-            p.sub_(lr * (m / c1) / ((v / c2).sqrt() + eps))
+            # p -= lr * ((m / c1) / (sqrt(v / c2) + eps)), with fewer temporaries
+            denom = (v / c2).sqrt_().add_(eps)
+            p.sub_((m / c1).div_(denom).mul_(lr))
         else:
             mu = float(o.get("momentum", 0.0))
+            if views and g is self.flat_g:
+                g = g.clone()
             for a, n in views:
                 g[a:a + n].add_(wd * p[a:a + n])
             buf = self.flat_s
