@@ -32,6 +32,8 @@ type Gossip struct {
 
 	mu      sync.Mutex
 	seq     uint64
+	busy    map[peer.ID]bool // pushes in flight
+	wg      sync.WaitGroup
 	pending chan struct{}
 }
 
@@ -44,8 +46,12 @@ func NewGossip(h host.Host, runID string, tracker *Tracker, peers func() []peer.
 	return g
 }
 
-// Close removes the handler.
-func (g *Gossip) Close() { g.h.RemoveStreamHandler(Protocol) }
+// Close removes the handler and waits for pushes in flight (they end at
+// their stream deadline or when Run's context ends).
+func (g *Gossip) Close() {
+	g.h.RemoveStreamHandler(Protocol)
+	g.wg.Wait()
+}
 
 // Poke asks for a push as soon as possible (the record changed).
 func (g *Gossip) Poke() {
@@ -90,7 +96,9 @@ func (g *Gossip) Current() Record {
 	return r
 }
 
-// PushNow sends the current record to every run peer in parallel and waits.
+// PushNow sends the current record to every run peer in parallel. It does
+// not wait for peers that are slow to answer: a peer with a push still in
+// flight is skipped, so one dead peer never delays the records to the others.
 func (g *Gossip) PushNow(ctx context.Context) {
 	r := g.Current()
 	b, err := r.Encode()
@@ -98,20 +106,31 @@ func (g *Gossip) PushNow(ctx context.Context) {
 		g.log.Error("progress record", "err", err)
 		return
 	}
-	var wg sync.WaitGroup
 	for _, p := range g.peers() {
 		if p == g.h.ID() {
 			continue
 		}
-		wg.Add(1)
+		g.mu.Lock()
+		if g.busy == nil {
+			g.busy = map[peer.ID]bool{}
+		}
+		if g.busy[p] {
+			g.mu.Unlock()
+			continue
+		}
+		g.busy[p] = true
+		g.mu.Unlock()
+		g.wg.Add(1)
 		go func(p peer.ID) {
-			defer wg.Done()
+			defer g.wg.Done()
 			if err := g.send(ctx, p, b); err != nil {
 				g.log.Debug("progress push failed", "peer", p, "err", err)
 			}
+			g.mu.Lock()
+			delete(g.busy, p)
+			g.mu.Unlock()
 		}(p)
 	}
-	wg.Wait()
 }
 
 func (g *Gossip) send(ctx context.Context, p peer.ID, b []byte) error {

@@ -35,15 +35,16 @@ type Record struct {
 	Shard      int     `json:"shard"` // -1 before the node has chosen one
 	State      string  `json:"state"`
 	Device     string  `json:"device"`
-	Rate       float64 `json:"rate"`       // FLOP/s on its shard (claims.Holder.Rate)
-	Throughput float64 `json:"throughput"` // samples/s through its shard
-	Epoch      uint64  `json:"epoch"`      // collaborative epoch (optimizer step) it is in
-	Samples    int     `json:"samples"`    // samples it finished in that epoch
-	Loss       float64 `json:"loss"`       // recent training loss seen by this node (last shard), or 0
-	Round      uint64  `json:"round"`      // last averaging round
-	GroupSize  int     `json:"group_size"` // of that round
-	Fraction   float64 `json:"fraction"`   // of the vector averaged in it
-	Accuracy   float64 `json:"accuracy"`   // test accuracy once measured, else -1
+	Rate       float64 `json:"rate"`              // FLOP/s on its shard (claims.Holder.Rate)
+	Throughput float64 `json:"throughput"`        // samples/s through its shard
+	Epoch      uint64  `json:"epoch"`             // collaborative epoch (optimizer step) it is in
+	Samples    int     `json:"samples"`           // samples it finished in that epoch
+	Loss       float64 `json:"loss"`              // recent training loss seen by this node (last shard), or 0
+	Round      uint64  `json:"round"`             // last averaging round
+	GroupSize  int     `json:"group_size"`        // of that round
+	Fraction   float64 `json:"fraction"`          // of the vector averaged in it
+	Accuracy   float64 `json:"accuracy"`          // test accuracy once measured, else -1
+	Closing    bool    `json:"closing,omitempty"` // ending its epoch (averaging) now
 }
 
 // Validate checks a decoded record; errors name the field.

@@ -298,7 +298,7 @@ func request(op byte, shard int, id uint64, chunk int) []byte {
 	return b[:]
 }
 
-// Progress is called as chunks arrive.
+// Progress is called as chunks arrive, one call at a time.
 type Progress func(doneFloats, totalFloats int, donors int)
 
 // Fetch downloads shard's state from donors. nParams and nOpt are the sizes
@@ -373,6 +373,7 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, n
 		alive     = len(use)
 		finished  = make(chan struct{})
 	)
+	var progMu sync.Mutex // progress calls are serialised
 	fetchCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for _, o := range use {
@@ -416,7 +417,9 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, n
 				}
 				mu.Unlock()
 				if progress != nil {
+					progMu.Lock()
 					progress(d, total, n)
+					progMu.Unlock()
 				}
 			}
 		}(o)

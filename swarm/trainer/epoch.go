@@ -62,7 +62,11 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 				peerEpoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
 				due = t.globalSamplesLocked() >= t.m.Training.TargetBatch || peerEpoch > t.epoch || t.ahead > t.epoch
 			} else {
-				due = t.inner >= t.m.Averaging.LocalSteps
+				// The round ends when the shard's holders together took
+				// local_steps inner steps each on average: all of them see
+				// it at about the same moment, so they average together
+				// even though the wiring gives them unequal shares.
+				due = t.shardInnerLocked() >= t.m.Averaging.LocalSteps
 			}
 		}
 		finished := t.shard != nil && t.done && t.accuracy < 0 && t.index == 0
@@ -84,12 +88,29 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 	}
 }
 
+// shardInnerLocked is the mean number of inner steps (micro-batches) the
+// holders of this node's shard took in the current outer round (t.mu held).
+func (t *Trainer) shardInnerLocked() int {
+	self := t.h.ID().String()
+	samples, holders := t.samples, 1
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer != self && r.Shard == t.index && r.State == progress.StateOnline {
+			holders++
+			if r.Epoch == t.epoch {
+				samples += r.Samples
+			}
+		}
+	}
+	return samples / (holders * t.m.Training.BatchSize)
+}
+
 // closeEpoch stops admitting micro-batches and waits (bounded) for those
 // in flight; it returns the shard and the epoch being closed.
 func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.closing = true
+	t.gossip.Poke()
 	deadline := time.Now().Add(t.cfg.HopTimeout)
 	for t.inflight > 0 && time.Now().Before(deadline) {
 		t.waitTimeout(deadline)

@@ -444,6 +444,7 @@ func (t *Trainer) record() progress.Record {
 		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
 		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
 		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
+		Closing: t.closing,
 	}
 	if t.index < 0 {
 		r.State = progress.StateJoining

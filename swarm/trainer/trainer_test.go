@@ -162,3 +162,34 @@ func abs32(x float32) float32 {
 	}
 	return x
 }
+
+// TestLocalStepsMode: DiLoCo mode trains too; holders of a shard leave each
+// outer round with the same parameters.
+func TestLocalStepsMode(t *testing.T) {
+	steps := 300
+	if testing.Short() {
+		steps = 100
+	}
+	m := smallMNIST(2, 64, steps)
+	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.9
+	s := &swarmT{t: t, m: m}
+	for i := range 4 {
+		s.add(i%2, nil)
+	}
+	waitFor(t, 3*time.Minute, "the local-steps run to finish", func() bool {
+		for _, tr := range s.tr {
+			if st := tr.Status(); st.Accuracy >= 0 {
+				return true
+			}
+		}
+		return false
+	})
+	st := s.tr[0].Status()
+	t.Logf("local steps: accuracy %.4f, rounds %d, last averaging %+v", st.Accuracy, st.Epoch, st.Averaging)
+	if st.Accuracy < 0.8 {
+		t.Fatalf("accuracy %.4f, want >= 0.8", st.Accuracy)
+	}
+	if st.Averaging.GroupSize < 2 {
+		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
+	}
+}
