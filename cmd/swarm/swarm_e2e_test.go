@@ -199,18 +199,18 @@ func TestSwarmTrainsMNIST(t *testing.T) {
 // and two new nodes join; training continues, the joiners sync, and the
 // run ends with the holders of each shard equal and a good accuracy.
 func TestSwarmChurn(t *testing.T) {
-	s := newE2E(t, 2, 400)
+	s := newE2E(t, 2, 300)
 	var names []string
 	for range 4 {
 		names = append(names, s.add(nil))
 	}
 	var victims []string
-	waitUntil(t, 2*time.Minute, "epoch 120 with both shards held twice", func() bool {
+	waitUntil(t, 2*time.Minute, "epoch 100 with both shards held twice", func() bool {
 		victims = nil
 		seen := map[int]bool{}
 		for _, n := range names {
 			st := s.training(n)
-			if st == nil || st.Epoch < 120 {
+			if st == nil || st.Epoch < 100 {
 				return false
 			}
 			if !seen[st.Shard] {
@@ -245,7 +245,7 @@ func TestSwarmChurn(t *testing.T) {
 // TestSwarmExcludesNaN: a node that sends NaN activations and gradients is
 // excluded by its peers and the model is not poisoned.
 func TestSwarmExcludesNaN(t *testing.T) {
-	s := newE2E(t, 2, 300)
+	s := newE2E(t, 2, 200)
 	// Each shard: one honest holder and one that lies to the other stage.
 	good := []string{s.add(nil, "--shard", "0"), s.add(nil, "--shard", "1")}
 	bad0 := s.add([]string{"SWARM_FAULT_NAN=1"}, "--shard", "0")
