@@ -47,24 +47,24 @@ trap 'exit 130' INT TERM
 
 # Topology: namespace ${tag}br holds bridge br0; namespace ${tag}nI holds eth0
 # 10.77.0.(I+1)/24, its peer end in the bridge namespace. netem on both ends.
-setup_net() {
-  ip netns add "${tag}br"
-  ip -n "${tag}br" link add br0 type bridge
-  ip -n "${tag}br" link set br0 up
+_setup_net() {
+  ip netns add "${tag}br" || return 1
+  ip -n "${tag}br" link add br0 type bridge || return 1
+  ip -n "${tag}br" link set br0 up || return 1
   for i in $(seq 0 "$nodes"); do
     ns="${tag}n$i"
-    ip netns add "$ns"
-    ip link add "${tag}a$i" type veth peer name "${tag}b$i"
-    ip link set "${tag}a$i" netns "$ns"
-    ip link set "${tag}b$i" netns "${tag}br"
-    ip -n "$ns" link set "${tag}a$i" name eth0
-    ip -n "$ns" addr add "10.77.0.$((i + 1))/24" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-    ip -n "${tag}br" link set "${tag}b$i" master br0
-    ip -n "${tag}br" link set "${tag}b$i" up
-    tc -n "$ns" qdisc add dev eth0 root netem delay "$delay" rate "$rate"
-    tc -n "${tag}br" qdisc add dev "${tag}b$i" root netem delay "$delay" rate "$rate"
+    ip netns add "$ns" || return 1
+    ip link add "${tag}a$i" type veth peer name "${tag}b$i" || return 1
+    ip link set "${tag}a$i" netns "$ns" || return 1
+    ip link set "${tag}b$i" netns "${tag}br" || return 1
+    ip -n "$ns" link set "${tag}a$i" name eth0 || return 1
+    ip -n "$ns" addr add "10.77.0.$((i + 1))/24" dev eth0 || return 1
+    ip -n "$ns" link set eth0 up || return 1
+    ip -n "$ns" link set lo up || return 1
+    ip -n "${tag}br" link set "${tag}b$i" master br0 || return 1
+    ip -n "${tag}br" link set "${tag}b$i" up || return 1
+    tc -n "$ns" qdisc add dev eth0 root netem delay "$delay" rate "$rate" || return 1
+    tc -n "${tag}br" qdisc add dev "${tag}b$i" root netem delay "$delay" rate "$rate" || return 1
   done
 }
 
@@ -103,6 +103,11 @@ run_mode() {
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
+}
+
+setup_net() {
+  modprobe sch_netem 2>/dev/null || true
+  _setup_net || { echo "wan.sh: could not build the emulated network (is the kernel's sch_netem module available? 'tc qdisc add ... netem' failed)" >&2; exit 1; }
 }
 
 setup_net
