@@ -224,12 +224,13 @@ func matchWindow(m *run.Manifest) time.Duration {
 // Close stops the trainer and removes its protocol handlers. It is idempotent.
 func (t *Trainer) Close() error {
 	t.closeOnce.Do(func() {
-		if t.cancel != nil {
-			t.cancel()
-		}
 		t.mu.Lock()
+		cancel := t.cancel
 		t.cond.Broadcast()
 		t.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
 		t.wg.Wait()
 		t.h.RemoveStreamHandler(pipeline.Protocol)
 		t.gossip.Close()
