@@ -62,7 +62,7 @@ func startProc(python, script string, env []string, log *slog.Logger) (*proc, er
 	}
 	cmd := exec.Command(python, "-u", script)
 	cmd.ExtraFiles = []*os.File{reqR, repW}
-	cmd.Env = append(os.Environ(), env...)
+	cmd.Env = append(append(workerEnv(), os.Environ()...), env...) // later entries win
 	tail := &tailBuffer{max: 8 << 10, log: log}
 	cmd.Stderr = tail
 	cmd.Stdout = tail
@@ -83,6 +83,15 @@ func startProc(python, script string, env []string, log *slog.Logger) (*proc, er
 		close(p.exited)
 	}()
 	return p, nil
+}
+
+// workerEnv is the worker's default environment, under the node's own and
+// Options.Env. OpenMP threads that wait passively instead of spinning: on a
+// machine with other work (a volunteer's), spinning threads that lose their
+// core stall every parallel operation for a scheduler tick, which made
+// small shards many times slower.
+func workerEnv() []string {
+	return []string{"OMP_WAIT_POLICY=PASSIVE"}
 }
 
 // pid is the worker's process id.
