@@ -23,7 +23,8 @@ func newHosts(t testing.TB, n int) []host.Host {
 	hs := make([]host.Host, n)
 	for i := range hs {
 		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
-			libp2p.DisableRelay(), libp2p.NoTransports, libp2p.Transport(tcpTransport()), libp2p.ResourceManager(nullRM()))
+			libp2p.DisableRelay(), libp2p.NoTransports, libp2p.Transport(tcpTransport()), libp2p.ResourceManager(nullRM()),
+			libp2p.ForceReachabilityPublic()) // loopback: no NAT detection
 		if err != nil {
 			t.Fatal(err)
 		}

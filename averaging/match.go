@@ -216,19 +216,19 @@ func (m *matcher) tryNext() {
 }
 
 // nothingToAsk: no candidate is left to ask. If none can still join us
-// (grouped, other key, unusable, or following someone else), start now with
-// the followers we have, or give up early when we have none. Otherwise,
+// (grouped, other key or unusable), start now with the followers we have, or
+// give up early when we have none. Otherwise,
 // candidates that were after us in the order may have changed their state:
 // ask them again after a request timeout.
 func (m *matcher) nothingToAsk() {
-	gone, taken := true, true // gone: can never join; taken: cannot join now
+	// A peer following another may still come: its leader may join us and
+	// redirect it. Only grouped, other-key and unusable peers are gone.
+	gone := true
 	for c, ci := range m.info {
-		g := ci.grouped || ci.wrongKey || ci.dead
-		gone = gone && g
-		taken = taken && (g || ci.following || m.isFollower(c))
+		gone = gone && (ci.grouped || ci.wrongKey || ci.dead || m.isFollower(c))
 	}
 	switch {
-	case taken && len(m.followers)+1 >= max(m.cfg.Min, 2):
+	case gone && len(m.followers)+1 >= max(m.cfg.Min, 2):
 		m.begin()
 	case gone && len(m.followers) == 0:
 		m.state = msFailed

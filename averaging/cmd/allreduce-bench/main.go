@@ -122,7 +122,9 @@ func newHost(i, port int) (host.Host, error) {
 	return libp2p.New(libp2p.Identity(key(i)),
 		libp2p.ListenAddrStrings(fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", port)),
 		libp2p.NoTransports, libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.DisableRelay(), libp2p.ResourceManager(&network.NullResourceManager{}))
+		libp2p.DisableRelay(), libp2p.ResourceManager(&network.NullResourceManager{}),
+		// Loopback only: no NAT detection (its ambient service can hang in Close).
+		libp2p.ForceReachabilityPublic())
 }
 
 func peerInfo(i, port int) peer.AddrInfo {
