@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"unsafe"
 )
 
@@ -100,9 +101,7 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 			blk := src[b:min(b+Int8Block, len(src))]
 			var amax float32
 			for _, v := range blk {
-				if a := float32(math.Abs(float64(v))); a > amax {
-					amax = a
-				}
+				amax = max(amax, v, -v)
 			}
 			scale := amax / 127
 			binary.LittleEndian.PutUint32(out, math.Float32bits(scale))
@@ -112,9 +111,15 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 				inv = 1 / scale
 			}
 			for i, v := range blk {
-				r := float32(math.Round(float64(v * inv)))
-				r = max(-127, min(127, r))
-				q[i] = byte(int8(r))
+				r := v * inv // within [-127, 127] up to rounding
+				// Round half away from zero without math.Round's float64 trip.
+				var n int32
+				if r >= 0 {
+					n = int32(r + 0.5)
+				} else {
+					n = int32(r - 0.5)
+				}
+				q[i] = byte(int8(max(-127, min(127, n))))
 			}
 			out = out[4+len(blk):]
 		}
@@ -141,8 +146,9 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 	}
 	switch c {
 	case CodecFP16:
+		tab := halfTable()
 		for i := range dst {
-			dst[i] = f16to32(binary.LittleEndian.Uint16(src[2*i:]))
+			dst[i] = tab[binary.LittleEndian.Uint16(src[2*i:])]
 		}
 	case CodecInt8:
 		for b := 0; b < len(dst); b += Int8Block {
@@ -166,13 +172,33 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
 	}
-	for i, v := range dst {
-		if !finite32(v) {
-			return fmt.Errorf("%w: value %d is %v", errNotFinite, i, v)
-		}
+	if i := firstNonFinite(dst); i >= 0 {
+		return fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
 	}
 	return nil
 }
+
+// firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
+// A float32 is not finite exactly when its exponent bits are all ones.
+func firstNonFinite(v []float32) int {
+	const exp = 0x7f800000
+	for i, x := range v {
+		if math.Float32bits(x)&exp == exp {
+			return i
+		}
+	}
+	return -1
+}
+
+var halfTab = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for h := range t {
+		t[h] = f16to32(uint16(h))
+	}
+	return &t
+})
+
+func halfTable() *[1 << 16]float32 { return halfTab() }
 
 var errNotFinite = errors.New("averaging: non-finite value")
 
