@@ -3,6 +3,7 @@ package torch
 import (
 	"fmt"
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/swarm-train/swarm/gpu/engine"
@@ -46,17 +47,71 @@ func (p pipeline) step(t *testing.T, lr float64, scale float32) {
 	}
 }
 
+// state is a copy of a pipeline's buffers and step counts.
+type state []struct {
+	params, grads, opt []float32
+	step               int64
+}
+
+func (p pipeline) state() state {
+	st := make(state, len(p))
+	for i, s := range p {
+		st[i].params = slices.Clone(s.Params())
+		st[i].grads = slices.Clone(s.Grads())
+		st[i].opt = slices.Clone(s.OptState())
+		st[i].step = s.StepCount()
+	}
+	return st
+}
+
+// restore writes st back into the shards (the reference run and the run
+// with a failure share one pipeline, which saves starting workers).
+func (p pipeline) restore(t *testing.T, st state) {
+	t.Helper()
+	for i, s := range p {
+		copy(s.Params(), st[i].params)
+		copy(s.Grads(), st[i].grads)
+		copy(s.OptState(), st[i].opt)
+		s.SetStepCount(st[i].step)
+		if err := s.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (p pipeline) compareState(t *testing.T, label string, want state, tol float64) {
+	t.Helper()
+	got := p.state()
+	for i := range want {
+		check(t, fmt.Sprintf("%s: shard %d params", label, i), got[i].params, want[i].params, tol)
+		check(t, fmt.Sprintf("%s: shard %d grads", label, i), got[i].grads, want[i].grads, tol)
+		check(t, fmt.Sprintf("%s: shard %d optimizer state", label, i), got[i].opt, want[i].opt, tol)
+		if got[i].step != want[i].step {
+			t.Errorf("%s: shard %d step %d vs %d", label, i, got[i].step, want[i].step)
+		}
+	}
+}
+
+func (p pipeline) killAll(t *testing.T) {
+	t.Helper()
+	for _, s := range p {
+		if err := s.(*Shard).killWorker(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestReplayWithoutSnapshot kills every worker after several steps, none of
 // them followed by a snapshot: the restarted workers replay micro-batches,
 // steps (with their learning rates and scales), ZeroGrad, a written
 // gradient buffer, a step count, a released tape and a forward still
-// waiting for its backward, and end where an uninterrupted pipeline does.
+// waiting for its backward, and end where the uninterrupted run did.
 func TestReplayWithoutSnapshot(t *testing.T) {
 	te := newTorch(t, Options{})
 	m := smallGPT(2, "adamw")
-	ref, vic := newPipeline(t, te, m), newPipeline(t, te, m)
-	var pending [2][]engine.Tape
-	for k, p := range []pipeline{ref, vic} {
+	p := newPipeline(t, te, m)
+	initial := p.state()
+	run := func() []engine.Tape {
 		for step := range 4 {
 			for mb := range 2 {
 				p.trainStep(t, batchFor(m, 2, uint64(10*step+mb)))
@@ -82,60 +137,66 @@ func TestReplayWithoutSnapshot(t *testing.T) {
 			s.SetStepCount(40)
 		}
 		p.forwardAll(t, batchFor(m, 2, 77))[1].Release()
-		pending[k] = p.forwardAll(t, batchFor(m, 2, 78))
+		return p.forwardAll(t, batchFor(m, 2, 78))
 	}
-	for i, s := range vic {
-		snaps, logged := s.(*Shard).recovery()
-		if snaps != 1 || logged < 20 {
-			t.Fatalf("shard %d: %d snapshots, %d logged requests; want only the initial snapshot and a long log", i, snaps, logged)
-		}
-		if err := s.(*Shard).killWorker(); err != nil {
-			t.Fatal(err)
+	// Uninterrupted.
+	p.backwardAll(t, run())
+	wantPending := p.state()
+	p.step(t, 3e-3, 1)
+	wantStepped := p.state()
+
+	p.restore(t, initial)
+	var snaps [2]int
+	for i, s := range p {
+		snaps[i], _ = s.(*Shard).recovery()
+	}
+	pending := run()
+	for i, s := range p {
+		n, logged := s.(*Shard).recovery()
+		if n != snaps[i] || logged < 20 {
+			t.Fatalf("shard %d: %d snapshots during the run, %d logged requests; want none and a long log", i, n-snaps[i], logged)
 		}
 	}
+	p.killAll(t)
 	// The pending micro-batch finishes on the restarted workers, then one more step.
-	ref.backwardAll(t, pending[0])
-	vic.backwardAll(t, pending[1])
-	for i, s := range vic {
+	p.backwardAll(t, pending)
+	for i, s := range p {
 		if r := s.(*Shard).Restarts(); r != 1 {
 			t.Errorf("shard %d: %d restarts, want 1", i, r)
 		}
 	}
-	comparePipelines(t, "replayed", vic, ref, 1e-6)
-	ref.step(t, 3e-3, 1)
-	vic.step(t, 3e-3, 1)
-	comparePipelines(t, "replayed and stepped", vic, ref, 1e-6)
+	p.compareState(t, "replayed", wantPending, 1e-6)
+	p.step(t, 3e-3, 1)
+	p.compareState(t, "replayed and stepped", wantStepped, 1e-6)
 }
 
 // TestReplaySnapshotEveryRequest: with a log cap of one byte every
-// micro-batch forces a snapshot, so open tapes are carried over snapshots and
+// forward forces a snapshot, so open tapes are carried over snapshots and
 // rebuilt from there after a restart.
 func TestReplaySnapshotEveryRequest(t *testing.T) {
 	te := newTorch(t, Options{MaxLogBytes: 1})
 	m := smallMLP(2, "sgd")
-	ref, vic := newPipeline(t, te, m), newPipeline(t, te, m)
-	var open [2][]engine.Tape
-	for k, p := range []pipeline{ref, vic} {
+	p := newPipeline(t, te, m)
+	initial := p.state()
+	run := func() []engine.Tape {
 		p.trainStep(t, batchFor(m, 3, 1))
 		p.step(t, 0.05, 1)
-		open[k] = p.forwardAll(t, batchFor(m, 3, 2))
+		open := p.forwardAll(t, batchFor(m, 3, 2))
 		p.trainStep(t, batchFor(m, 3, 3))
+		return open
 	}
-	before, _ := vic[1].(*Shard).recovery()
-	if before != 4 { // the initial one, then one per forward
-		t.Fatalf("%d snapshots, want 4", before)
+	p.backwardAll(t, run())
+	want := p.state()
+
+	p.restore(t, initial)
+	before, _ := p[1].(*Shard).recovery()
+	open := run()
+	if n, _ := p[1].(*Shard).recovery(); n-before != 3 { // one per forward
+		t.Fatalf("%d snapshots, want 3", n-before)
 	}
-	for _, s := range vic {
-		if err := s.(*Shard).killWorker(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ref.backwardAll(t, open[0])
-	vic.backwardAll(t, open[1])
-	comparePipelines(t, "carried tape", vic, ref, 1e-6)
-	ref.step(t, 0.05, 0.5)
-	vic.step(t, 0.05, 0.5)
-	comparePipelines(t, "carried tape, stepped", vic, ref, 1e-6)
+	p.killAll(t)
+	p.backwardAll(t, open)
+	p.compareState(t, "carried tape", want, 1e-6)
 }
 
 // TestHostBuffers checks the engine.Shard contract against gpu/native: the

@@ -284,13 +284,13 @@ class Shard:
         x = tokens = inp = targets = None
         if self.first:
             if self.arch == "mlp-mnist":
-                x = next(it).to(self.dev).view(n, -1)
+                x = next(it).to(self.dev, non_blocking=True).view(n, -1)
             else:
-                tokens = next(it).to(self.dev)
+                tokens = next(it).to(self.dev, non_blocking=True)
         else:
-            inp = next(it).to(self.dev)
+            inp = next(it).to(self.dev, non_blocking=True)
         if self.last:
-            targets = next(it).to(self.dev).long().view(-1)
+            targets = next(it).to(self.dev, non_blocking=True).long().view(-1)
         if train:
             if inp is not None:
                 inp.requires_grad_(True)
@@ -328,7 +328,8 @@ class Shard:
 
     @torch.no_grad()
     def do_step(self, lr, scale):
-        if not bool(torch.isfinite(self.flat_g).all()):
+        # aminmax propagates NaN and Inf, and is one pass without a mask.
+        if self.numel and not bool(torch.isfinite(torch.stack(torch.aminmax(self.flat_g))).all()):
             for name, g in zip(self.names, self.grads()):
                 if not bool(torch.isfinite(g).all()):
                     raise NonFinite("gradient of %s holds NaN or Inf" % name)
