@@ -44,8 +44,8 @@ func BenchmarkJoinRun(b *testing.B) {
 		for _, n := range batch {
 			select {
 			case <-n.Announced():
-			case <-time.After(120 * time.Second):
-				b.Fatal("peers did not announce within 120 s")
+			case <-time.After(300 * time.Second):
+				b.Fatal("peers did not announce within 300 s")
 			}
 		}
 		nodes = append(nodes, batch...)

@@ -13,6 +13,7 @@ tmp=$(mktemp -d)
 pids=()
 cleanup() { [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
+trap 'echo "scripts/bench/node.sh: failed at line $LINENO" >&2' ERR
 
 # --- 1. idle daemon ---------------------------------------------------------
 listen=(--listen /ip4/127.0.0.1/tcp/0 --listen /ip4/127.0.0.1/udp/0/quic-v1)
