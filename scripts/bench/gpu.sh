@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 threads=${THREADS:-$(nproc)}
-secs=${BENCH_TIME:-2s}
+secs=${BENCH_TIME:-4s}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/swarm" ./cmd/swarm 2>/dev/null
@@ -41,12 +41,13 @@ for model in mlp-mnist:1,3 gpt-char:1,4; do
 done
 
 load_after=$(cut -d' ' -f1 /proc/loadavg)
-python3 - "$tmp" "$threads" "$have_torch" "$gpu" "$blas" "$load_before" "$load_after" <<'PY'
+python3 - "$tmp" "$threads" "$have_torch" "$gpu" "$blas" "$load_before" "$load_after" "$secs" <<'PY'
 import json, os, sys
 d, threads, have_torch, gpu, blas = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4], sys.argv[5]
 load = f"load average {sys.argv[6]} before, {sys.argv[7]} after"
+secs = sys.argv[8]
 print("## GPU engines: PyTorch worker vs native\n")
-print(f"`swarm bench` on {threads} threads: one training micro-batch (forward, backward, optimizer step) of a shard "
+print(f"`swarm bench` on {threads} threads, at least {secs} per row: one training micro-batch (forward, backward, optimizer step) of a shard "
       f"holding the model's first *k* units, at the manifest's micro-batch size; samples/s and GFLOP/s "
       f"(run.Manifest.FLOPsPerSample). GPUs found by NVML: {gpu}, so the torch engine runs on the CPU "
       f"(torch-cpu, {blas}); CUDA numbers need a GPU machine.\n")
