@@ -358,6 +358,9 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	case a.cfg.Gossip && !o.noGossip && ctx.Err() == nil:
 		a.met.failures.WithLabelValues("no_group").Inc()
 		res, err = a.gossipStep(ctx, sess, cands)
+		if err != nil {
+			err = fmt.Errorf("%w (matchmaking: %v)", err, matchErr)
+		}
 		res.NextBits = bits
 	default:
 		a.met.failures.WithLabelValues("no_group").Inc()

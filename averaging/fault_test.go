@@ -217,6 +217,9 @@ func TestMoshpitConverges(t *testing.T) {
 		sizes := map[int]int{}
 		for i, o := range out {
 			sizes[len(o.res.Members)]++
+			if len(o.res.Members) < 2 {
+				t.Logf("round %d: peer %d not grouped: %v", round, i, o.err)
+			}
 			var d float64
 			for k, v := range ps[i].vec {
 				d += (float64(v) - mean[k]) * (float64(v) - mean[k])

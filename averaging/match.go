@@ -217,9 +217,9 @@ func (m *matcher) tryNext() {
 
 // nothingToAsk: no candidate is left to ask. If none can still join us
 // (grouped, other key or unusable), start now with the followers we have, or
-// give up early when we have none. Otherwise,
-// candidates that were after us in the order may have changed their state:
-// ask them again after a request timeout.
+// give up early when we have none. Otherwise the others may have changed
+// state (a junior whose leader disbanded, a full group that shrank): ask them
+// again after a request timeout.
 func (m *matcher) nothingToAsk() {
 	// A peer following another may still come: its leader may join us and
 	// redirect it. Only grouped, other-key and unusable peers are gone.
@@ -425,11 +425,15 @@ func (m *matcher) Tick(now time.Time) {
 			m.nextAttemptOrFail()
 		}
 	case msLooking:
-		if !m.reaskAt.IsZero() && !now.Before(m.reaskAt) && m.outstanding == "" {
+		// A leader with followers does not ask again: being accepted
+		// elsewhere would disband followers that may then find no room.
+		if !m.reaskAt.IsZero() && !now.Before(m.reaskAt) && m.outstanding == "" && len(m.followers) == 0 {
+			// Refusals other than grouped, other key and unusable are
+			// transient (junior, full, following, not looking yet): ask again.
 			m.reaskAt = time.Time{}
 			for c, ci := range m.info {
-				if ci.junior && !m.isFollower(c) {
-					ci.junior, ci.asked = false, false
+				if !ci.grouped && !ci.wrongKey && !ci.dead && !m.isFollower(c) {
+					ci.junior, ci.asked, ci.following = false, false, false
 				}
 			}
 			m.tryNext()

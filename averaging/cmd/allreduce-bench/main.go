@@ -268,7 +268,6 @@ func p2pPeer(ctx context.Context, h host.Host, idx int, ids []peer.ID, mib int, 
 			_, _ = s.Write([]byte{1})
 			done <- out
 		})
-		fmt.Fprintln(os.Stderr, "ready")
 		select {
 		case out := <-done:
 			out.MaxRSS = maxRSSKiB()
