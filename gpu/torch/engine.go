@@ -11,7 +11,10 @@
 // A shard's parameters, gradients and optimizer state live in the worker (on
 // the GPU); the node's copies are fetched only when a caller asks for them
 // (Params, Grads, OptState) after the worker changed them, and what callers
-// write into those copies goes back at the next call into the shard. For
+// write into those copies goes back at the next call into the shard (only
+// buffers whose contents changed, found by hashing, cross the pipe). A slice
+// kept from before a Step or Backward is refreshed by the next Params,
+// Grads or OptState call, not by the Step itself. For
 // crash safety the node keeps a snapshot of the whole state, taken at most
 // every Options.SnapshotEvery steps or Options.SnapshotInterval (sooner when
 // the log would pass Options.MaxLogBytes), and a log of the requests since:
