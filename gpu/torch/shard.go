@@ -36,10 +36,11 @@ var bufNames = [nBufs]string{"params", "grads", "opt"}
 
 // hostBuf is the node's copy of one of the worker's buffers.
 type hostBuf struct {
-	v    []float32
-	ver  uint64 // the worker version v holds; stale when it is behind Shard.wver
-	sum  uint64 // hash of v when it last equalled the worker's buffer
-	lent bool   // returned to a caller since the last call into the worker
+	v     []float32
+	ver   uint64 // the worker version v holds; stale when it is behind Shard.wver
+	sum   uint64 // hash of v when it last equalled the worker's buffer
+	sumOK bool   // sum is set (hashed when first lent after a fetch)
+	lent  bool   // returned to a caller since the last call into the worker
 }
 
 // Shard is one shard computed by one worker process.
@@ -142,9 +143,6 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 	s.nOpt = nState * s.nParam
 	s.host[bufParams].v, s.host[bufGrads].v, s.host[bufOpt].v = params, make([]float32, s.nParam), make([]float32, s.nOpt)
 	s.zeroSum = s.hash(s.host[bufGrads].v)
-	for i := range s.host {
-		s.host[i].sum = s.hash(s.host[i].v)
-	}
 	s.snapshotFromHostLocked()
 	names := make([]string, len(layout))
 	shapes := make([][]int, len(layout))
@@ -287,7 +285,7 @@ func (s *Shard) fetchLocked(idx ...int) error {
 			return fmt.Errorf("%w: %s buffer of %d values, want %d", ErrProtocol, what[k], len(rep.Tensors[k].F), len(h.v))
 		}
 		copy(h.v, rep.Tensors[k].F)
-		h.ver, h.sum = s.wver[i], s.hash(h.v)
+		h.ver, h.sumOK = s.wver[i], false
 	}
 	return nil
 }
@@ -319,7 +317,7 @@ func (s *Shard) flushLocked(skip int) error {
 		}
 		for k, i := range idx {
 			s.wver[i]++
-			s.host[i].ver, s.host[i].sum = s.wver[i], sums[k]
+			s.host[i].ver, s.host[i].sum, s.host[i].sumOK = s.wver[i], sums[k], true
 			if i == bufParams {
 				s.epoch++
 			}
@@ -637,6 +635,9 @@ func (s *Shard) lend(i int) []float32 {
 			s.e.opts.Logger.Error("torch: fetch "+bufNames[i], "shard", s.index, "err", err)
 		}
 	}
+	if !h.lent && !h.sumOK {
+		h.sum, h.sumOK = s.hash(h.v), true
+	}
 	h.lent = true
 	return h.v
 }
@@ -666,7 +667,7 @@ func (s *Shard) ZeroGrad() {
 	s.wver[bufGrads]++
 	h := &s.host[bufGrads]
 	clear(h.v)
-	h.ver, h.sum = s.wver[bufGrads], s.zeroSum
+	h.ver, h.sum, h.sumOK = s.wver[bufGrads], s.zeroSum, true
 	s.appendLog(&logOp{typ: msgZeroGrad})
 }
 
