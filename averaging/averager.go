@@ -274,13 +274,24 @@ func (a *Averager) seedRNG() *mrand.Rand {
 type StepOption func(*stepOpts)
 
 type stepOpts struct {
-	codec    Codec
-	noGossip bool
+	codec     Codec
+	noGossip  bool
+	groupSize int // 0: Config.TargetGroupSize
 }
 
 // WithCompression overrides the configured codec for one step. Every peer of
 // a group must use the same codec (matchmaking only groups equal codecs).
 func WithCompression(c Codec) StepOption { return func(o *stepOpts) { o.codec = c } }
+
+// WithGroupSize sets the target group size of one step, for a caller that
+// knows how many peers will take part (for example, every live holder of a
+// shard): the group starts as soon as n peers joined instead of waiting out
+// the matchmaking window for a Config.TargetGroupSize that cannot be reached.
+// n is clamped to [2, MaxGroupSize]; the minimum group size becomes
+// min(Config.MinGroupSize, n).
+func WithGroupSize(n int) StepOption {
+	return func(o *stepOpts) { o.groupSize = min(max(n, 2), MaxGroupSize) }
+}
 
 // WithoutGossip disables the gossip fallback for one step.
 func WithoutGossip() StepOption { return func(o *stepOpts) { o.noGossip = true } }
@@ -342,7 +353,7 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	defer cancel()
 
 	cands := a.cfg.Peers(ctx, key)
-	g, matchErr := a.match(ctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands)
+	g, matchErr := a.match(ctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands, o.groupSize)
 	matchTime := time.Since(start)
 	a.met.duration.WithLabelValues("match").Observe(matchTime.Seconds())
 	var res Result
@@ -427,10 +438,8 @@ func (a *Averager) validateInput(key string, vec []float32, weight float64, c Co
 	case !c.valid():
 		return fmt.Errorf("%w: compression %d", ErrBadInput, c)
 	}
-	for i, v := range vec {
-		if !finite32(v) {
-			return fmt.Errorf("%w: vector value %d is %v", ErrBadInput, i, v)
-		}
+	if i := firstNonFinite(vec); i >= 0 {
+		return fmt.Errorf("%w: vector value %d is %v", ErrBadInput, i, vec[i])
 	}
 	return nil
 }

@@ -211,3 +211,28 @@ func TestAllreduceExactMean(t *testing.T) {
 		})
 	}
 }
+
+// TestWithGroupSizeStartsWithoutWaiting: the candidates include a peer that
+// never steps, so the configured target (8) cannot be reached; with the
+// per-step group size set to the peers that do step, the group starts when
+// they have all joined, long before the matchmaking window ends.
+func TestWithGroupSizeStartsWithoutWaiting(t *testing.T) {
+	const window = 20 * time.Second
+	ps := newPeers(t, 4, 5000, func(_ int, c *Config) {
+		c.TargetGroupSize = 8
+		c.MatchWindow, c.MatchTimeout, c.RequestTimeout = window, 3*window, slow*300*time.Millisecond
+	})
+	out := stepAll(ps, "run/shard0", 7, map[int]bool{3: true}, WithGroupSize(3))
+	for i, o := range out[:3] {
+		if o.err != nil {
+			t.Fatalf("peer %d: %v", i, o.err)
+		}
+		if o.res.Mode != ModeGroup || len(o.res.Members) != 3 || o.res.Fraction != 1 {
+			t.Fatalf("peer %d: mode %s, %d members, fraction %v", i, o.res.Mode, len(o.res.Members), o.res.Fraction)
+		}
+		if o.res.MatchTime >= window {
+			t.Fatalf("peer %d: matchmaking took %v, the whole window", i, o.res.MatchTime)
+		}
+		checkAgainstReport(t, ps, i, o.res, 1e-5)
+	}
+}

@@ -20,10 +20,16 @@ type heldJoin struct {
 const tickEvery = 10 * time.Millisecond
 
 // match runs the matcher until it starts or joins a group, fails, or ctx ends.
-func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID) (*groupInfo, error) {
+// target overrides Config.TargetGroupSize when positive.
+func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID, target int) (*groupInfo, error) {
 	a.connectAll(ctx, cands)
 	now := time.Now()
-	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: a.cfg.TargetGroupSize, Min: a.cfg.MinGroupSize,
+	minSize := a.cfg.MinGroupSize
+	if target <= 0 {
+		target = a.cfg.TargetGroupSize
+	}
+	minSize = min(minSize, target)
+	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: target, Min: minSize,
 		Window: a.cfg.MatchWindow, ReqTimeout: a.cfg.RequestTimeout, Deadline: now.Add(a.cfg.MatchTimeout),
 		VecLen: uint64(sess.vecLen), Bandwidth: a.cfg.Bandwidth, Client: a.cfg.ClientMode, Codec: sess.codec,
 		PartSize: uint32(a.cfg.PartSize)}
