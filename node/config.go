@@ -95,6 +95,9 @@ type Config struct {
 	// DiscoveryInterval is the slowest interval between two queries for run
 	// peers (the first queries come faster); 0 means the default.
 	DiscoveryInterval time.Duration `json:"-"`
+	// Pprof serves Go's runtime profiles under /debug/pprof/ on the control
+	// API (loopback or a unix socket only, like the rest of the API).
+	Pprof bool `json:"-"`
 }
 
 // DefaultConfig returns the configuration a volunteer gets on first start.

@@ -45,6 +45,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "api-listen", Usage: "control API address: 127.0.0.1:PORT or unix:/path", EnvVars: []string{"SWARM_API_LISTEN"}},
 		&cli.StringFlag{Name: "dht-mode", Usage: "auto, server or client", EnvVars: []string{"SWARM_DHT_MODE"}},
 		&cli.BoolFlag{Name: "port-mapping", Usage: "ask the router for a port forward (UPnP/NAT-PMP)", EnvVars: []string{"SWARM_PORT_MAPPING"}},
+		&cli.BoolFlag{Name: "pprof", Usage: "serve Go profiles under /debug/pprof/ on the control API", EnvVars: []string{"SWARM_PPROF"}},
 	}
 }
 
@@ -116,6 +117,7 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 	if c.IsSet("relay-service") {
 		cfg.RelayService = c.Bool("relay-service")
 	}
+	cfg.Pprof = c.Bool("pprof")
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("configuration (%s and flags): %w", filepath.Join(home, node.ConfigFile), err)
 	}
