@@ -66,6 +66,7 @@ type Node struct {
 
 	statusMu sync.Mutex
 	status   map[string]func() any
+	fillers  []func(*api.Status)
 
 	apiLn   net.Listener
 	apiSrv  *http.Server
@@ -356,6 +357,15 @@ func (n *Node) AddStatus(key string, f func() any) {
 	n.status[key] = f
 }
 
+// FillStatus adds a function that fills typed fields of the status API
+// answer (training fills epoch, shards and peers' shards). Fillers run in
+// the order they were added, after the node's own fields are set.
+func (n *Node) FillStatus(f func(*api.Status)) {
+	n.statusMu.Lock()
+	defer n.statusMu.Unlock()
+	n.fillers = append(n.fillers, f)
+}
+
 // Addrs are the node's multiaddrs with /p2p/ID appended, the form handed
 // to other peers.
 func (n *Node) Addrs() []ma.Multiaddr {
@@ -392,6 +402,8 @@ func (n *Node) Status() api.Status {
 		Peers:            []api.Peer{},
 		RunPeers:         []api.Peer{},
 		UptimeSeconds:    n.uptime().Seconds(),
+		Shard:            -1,
+		Shards:           []api.Shard{},
 	}
 	if n.cfg.Role == RoleNode {
 		st.RunName = n.cfg.RunName
@@ -412,7 +424,11 @@ func (n *Node) Status() api.Status {
 	for k, f := range n.status {
 		providers[k] = f
 	}
+	fillers := append([]func(*api.Status){}, n.fillers...)
 	n.statusMu.Unlock()
+	for _, f := range fillers {
+		f(&st)
+	}
 	for k, f := range providers {
 		b, err := json.Marshal(f())
 		if err != nil {

@@ -4,30 +4,58 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/gpu"
+	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
 // Training is the Service that makes a node train: it builds a
 // swarm/trainer.Trainer on the node's host, feeds it the node's run peers
-// and DHT provider records, and adds its view of the run to the status API
-// under services.training.
+// and DHT provider records, registers its collectors (swarm_training_*) on
+// the node's registry, and fills the training fields of the status answer
+// (epoch, shards, the peers' shards and devices); the trainer's whole view
+// is also under services.training.
+//
+// With a GPU sampler it also runs the volunteer's limits: a gpu.Governor
+// samples the GPUs and training pauses while the governor says so.
 type Training struct {
 	// Config is the trainer's configuration; Host, RunPeers, Announce,
-	// FindProviders and Logger are filled in from the node.
+	// FindProviders, Logger and WaitRunning are filled in from the node.
 	Config trainer.Config
+	// Engine is the engine's name for status (native, torch-cpu, torch-cuda).
+	Engine string
+	// Limits are the volunteer's GPU limits; they apply when Sampler is set.
+	Limits gpu.Limits
+	// Sampler reads the GPUs lent to training (nil: no GPU in use, never
+	// pause). The service closes it.
+	Sampler gpu.Sampler
+	// SampleEvery is the governor's sampling interval (0: 5 s).
+	SampleEvery time.Duration
 
-	mu   sync.Mutex
-	t    *trainer.Trainer
-	done chan struct{}
-	err  error
+	mu     sync.Mutex
+	t      *trainer.Trainer
+	gov    *gpu.Governor
+	done   chan struct{}
+	err    error
+	cancel context.CancelFunc // stops the governor's loops
+	wg     sync.WaitGroup
 }
 
 // Start implements Service.
-func (s *Training) Start(ctx context.Context, n *Node) error {
+func (s *Training) Start(ctx context.Context, n *Node) (err error) {
+	defer func() {
+		if err != nil && s.Sampler != nil {
+			_ = s.Sampler.Close()
+		}
+	}()
 	if n.runs == nil {
 		return errors.New("training: a bootstrap node does not train")
 	}
@@ -49,14 +77,50 @@ func (s *Training) Start(ctx context.Context, n *Node) error {
 	if cfg.Logger == nil {
 		cfg.Logger = n.Logger()
 	}
+	var gov *gpu.Governor
+	if s.Sampler != nil {
+		gm, err := gpu.NewMetrics(n.Registerer())
+		if err != nil {
+			return fmt.Errorf("training: gpu metrics: %w", err)
+		}
+		if gov, err = gpu.NewGovernor(s.Limits, gm); err != nil {
+			return fmt.Errorf("training: %w", err)
+		}
+		cfg.WaitRunning = gov.WaitRunning
+	}
 	t, err := trainer.New(cfg)
 	if err != nil {
 		return err
 	}
+	if err := t.RegisterMetrics(n.Registerer()); err != nil {
+		_ = t.Close()
+		return fmt.Errorf("training: metrics: %w", err)
+	}
 	s.mu.Lock()
-	s.t, s.done = t, make(chan struct{})
+	s.t, s.gov, s.done = t, gov, make(chan struct{})
 	s.mu.Unlock()
 	n.AddStatus("training", func() any { return t.Status() })
+	if gov != nil {
+		n.AddStatus("gpu", func() any { return gov.Status() })
+	}
+	n.FillStatus(func(st *api.Status) { s.fill(n, st) })
+	if gov != nil {
+		every := s.SampleEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		gctx, cancel := context.WithCancel(ctx)
+		s.cancel = cancel
+		s.wg.Add(2)
+		go func() {
+			defer s.wg.Done()
+			logPauses(gctx, gov, n)
+		}()
+		go func() {
+			defer s.wg.Done()
+			gov.Watch(gctx, s.Sampler, every, gpu.RealClock, ownChild)
+		}()
+	}
 	go func() {
 		defer close(s.done)
 		if err := t.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -69,6 +133,85 @@ func (s *Training) Start(ctx context.Context, n *Node) error {
 	return nil
 }
 
+// logPauses logs every change of the governor's state.
+func logPauses(ctx context.Context, gov *gpu.Governor, n *Node) {
+	for ctx.Err() == nil {
+		if paused, why := gov.Paused(); paused {
+			n.Logger().Warn("training paused by the GPU limits", "reason", why)
+			if gov.WaitRunning(ctx) != nil {
+				return
+			}
+			n.Logger().Info("training resumed: the GPU limits are clear")
+			continue
+		}
+		// Running: poll for the next pause (the governor has no wait for it).
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// fill sets the training fields of a status answer from the trainer's view.
+func (s *Training) fill(n *Node, st *api.Status) {
+	s.mu.Lock()
+	t, gov := s.t, s.gov
+	s.mu.Unlock()
+	if t == nil {
+		return
+	}
+	ts := t.Status()
+	st.Engine, st.Device = s.Engine, s.Config.Device
+	st.State, st.Shard, st.Epoch, st.Epochs = ts.State, ts.Shard, ts.Epoch, ts.Epochs
+	st.SamplesPerS, st.Loss = ts.SamplesPerS, ts.Loss
+	if a := ts.Averaging; a.GroupSize > 0 {
+		st.Averaging = &api.Averaging{Round: a.Round, GroupSize: a.GroupSize, Fraction: a.Fraction, Seconds: a.Seconds}
+	}
+	st.Shards = make([]api.Shard, 0, len(ts.Shards))
+	for _, sh := range ts.Shards {
+		st.Shards = append(st.Shards, api.Shard{Index: sh.Index, Peers: append([]string{}, sh.Peers...), Throughput: sh.Throughput})
+	}
+	if gov != nil {
+		gs := gov.Status()
+		st.Governor = &api.Governor{State: string(gs.State), Reason: gs.Reason}
+	}
+	// Peers: the training peers' records annotate the connected and run
+	// peers; a training peer not connected right now is listed too.
+	recs := make(map[string]trainer.PeerStatus, len(ts.Peers))
+	for _, p := range ts.Peers {
+		if p.PeerID != st.PeerID {
+			recs[p.PeerID] = p
+		}
+	}
+	annotate := func(list []api.Peer) {
+		for i := range list {
+			if r, ok := recs[list[i].PeerID]; ok {
+				shard := r.Shard
+				list[i].Shard, list[i].Device, list[i].State = &shard, r.Device, r.State
+				list[i].Epoch, list[i].Throughput = r.Epoch, r.Throughput
+			}
+		}
+	}
+	annotate(st.Peers)
+	annotate(st.RunPeers)
+	listed := make(map[string]bool, len(st.Peers))
+	for _, p := range st.Peers {
+		listed[p.PeerID] = true
+	}
+	for _, p := range ts.Peers {
+		if p.PeerID == st.PeerID || listed[p.PeerID] {
+			continue
+		}
+		shard := p.Shard
+		ap := api.Peer{PeerID: p.PeerID, Addrs: []string{}, Shard: &shard, Device: p.Device, State: p.State, Epoch: p.Epoch, Throughput: p.Throughput}
+		if id, err := peer.Decode(p.PeerID); err == nil {
+			ap.Addrs = strs(n.host.Peerstore().Addrs(id))
+		}
+		st.Peers = append(st.Peers, ap)
+	}
+}
+
 // Trainer returns the running trainer (nil before Start).
 func (s *Training) Trainer() *trainer.Trainer {
 	s.mu.Lock()
@@ -76,15 +219,49 @@ func (s *Training) Trainer() *trainer.Trainer {
 	return s.t
 }
 
+// Governor returns the GPU limits' governor (nil without a sampler).
+func (s *Training) Governor() *gpu.Governor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gov
+}
+
 // Close implements Service.
 func (s *Training) Close() error {
 	s.mu.Lock()
 	t, done := s.t, s.done
 	s.mu.Unlock()
-	if t == nil {
-		return nil
+	var err error
+	if t != nil {
+		err = t.Close()
+		<-done
 	}
-	err := t.Close()
-	<-done
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.wg.Wait()
+	if s.Sampler != nil {
+		err = errors.Join(err, s.Sampler.Close())
+	}
 	return err
+}
+
+// ownChild reports whether pid is a child of this process (the torch
+// engine's workers), so its GPU use is not counted as other processes'.
+func ownChild(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+	i := strings.LastIndex(string(b), ") ")
+	if i < 0 {
+		return false
+	}
+	f := strings.Fields(string(b)[i+2:])
+	if len(f) < 2 {
+		return false
+	}
+	ppid, err := strconv.Atoi(f[1])
+	return err == nil && ppid == os.Getpid()
 }

@@ -25,8 +25,8 @@ type gpuOutput struct {
 	Engine   gpu.EngineChoice `json:"engine"`
 }
 
-// gpuFlags are the volunteer's GPU limits and the engine choice; the node
-// and bench commands share them.
+// gpuFlags are the volunteer's GPU limits, the CPU thread cap and the
+// engine choice; the node, train, bench and gpu commands share them.
 func gpuFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "engine", Value: "auto", Usage: "training engine: auto (torch on CUDA when usable, else native), native or torch", EnvVars: []string{"SWARM_ENGINE"}},
@@ -36,7 +36,7 @@ func gpuFlags() []cli.Flag {
 		&cli.IntFlag{Name: "pause-other-memory", Value: gpu.Defaults().PauseOtherMemoryMiB, Usage: "pause while other processes hold more than this GPU memory, MiB (0: never)", EnvVars: []string{"SWARM_PAUSE_OTHER_MEMORY"}},
 		&cli.IntFlag{Name: "pause-other-util", Value: gpu.Defaults().PauseOtherUtilPct, Usage: "pause while other processes use more than this % of a GPU (0: never)", EnvVars: []string{"SWARM_PAUSE_OTHER_UTIL"}},
 		&cli.DurationFlag{Name: "resume-after", Value: gpu.Defaults().ResumeAfter, Usage: "resume once every pause condition has been clear this long", EnvVars: []string{"SWARM_RESUME_AFTER"}},
-		&cli.IntFlag{Name: "cpu-threads", Usage: "cap on CPU threads for CPU training (0: all cores)", EnvVars: []string{"SWARM_CPU_THREADS"}},
+		&cli.IntFlag{Name: "cpu-threads", Aliases: []string{"threads"}, Usage: "cap on CPU threads for CPU training (0: all cores)", EnvVars: []string{"SWARM_CPU_THREADS", "SWARM_THREADS"}},
 		&cli.StringFlag{Name: "python", Value: torch.DefaultPython, Usage: "python3 with PyTorch for the torch engine", EnvVars: []string{"SWARM_PYTHON"}},
 	}
 }

@@ -19,7 +19,7 @@ daemon through the control API whose address it writes to HOME/api.`,
 			&cli.StringFlag{Name: "run-name", Usage: "name of the run to join when no --manifest is given (placeholder run ID: the name's CID)", EnvVars: []string{"SWARM_RUN_NAME"}},
 			&cli.StringFlag{Name: "manifest", Aliases: []string{"run"}, Usage: "run manifest file; the run ID is its CID, and the node trains its share of the run", EnvVars: []string{"SWARM_MANIFEST"}},
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
-		), trainingFlags()...),
+		), append(trainingFlags(), gpuFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return cli.Exit("swarm node: unexpected arguments: "+c.Args().First(), 2)
@@ -41,7 +41,9 @@ daemon through the control API whose address it writes to HOME/api.`,
 					return cli.Exit("swarm node: --manifest: "+err.Error(), 1)
 				}
 				cfg.RunName = m.Name
-				attachTraining(c, &cfg, m, log)
+				if err := attachTraining(c, &cfg, m, log); err != nil {
+					return cli.Exit("swarm node: "+err.Error(), 1)
+				}
 			}
 			n, err := node.New(cfg, log)
 			if err != nil {

@@ -104,10 +104,12 @@ func printStatus(w io.Writer, st *api.Status) {
 		fmt.Fprintf(tw, "run peers\t%d\n", len(st.RunPeers))
 	}
 	tw.Flush()
+	if st.Engine != "" {
+		printTraining(w, st, st.Services["training"])
+	}
 	for k, v := range st.Services {
-		if k == "training" {
-			printTraining(w, v)
-			continue
+		if k == "training" || k == "gpu" {
+			continue // shown above from the typed fields; in full with --json
 		}
 		fmt.Fprintf(w, "%s: %s\n", k, string(v))
 	}
@@ -120,7 +122,7 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tRUN\tADDRESS")
+	fmt.Fprintln(tw, "PEER\tRUN\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tDEVICE\tADDRESS")
 	for _, p := range st.Peers {
 		addr := ""
 		if len(p.Addrs) > 0 {
@@ -130,7 +132,11 @@ func printStatus(w io.Writer, st *api.Status) {
 		if inRun[p.PeerID] {
 			run = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\n", p.PeerID, run, addr)
+		shard, epoch, tp := "", "", ""
+		if p.Shard != nil {
+			shard, epoch, tp = fmt.Sprint(*p.Shard), fmt.Sprint(p.Epoch), fmt.Sprintf("%.0f", p.Throughput)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, shard, p.State, epoch, tp, p.Device, addr)
 	}
 	tw.Flush()
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/swarm-train/swarm/gpu/native"
 	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/train"
@@ -21,12 +20,13 @@ func init() {
 	register(&cli.Command{
 		Name:  "train",
 		Usage: "train a run's whole model on this machine (every shard in one process)",
-		Description: `The single-node baseline: builds every shard of the run on the native engine,
+		Description: `The single-node baseline: builds every shard of the run on the chosen engine
+(--engine auto|native|torch, the GPU limits and --cpu-threads as for swarm node),
 accumulates gradients over the target batch, clips by the global norm, follows
 the learning-rate schedule, validates periodically and reports the held-out
 metric (MNIST test accuracy, or text validation loss next to a bigram model's).
 Interrupting it (Ctrl-C) writes a checkpoint first when --checkpoint-dir is set.`,
-		Flags: []cli.Flag{
+		Flags: append([]cli.Flag{
 			&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest (swarm run init)"},
 			&cli.IntFlag{Name: "steps", Usage: "stop at this optimizer step (default: the manifest's training.steps)"},
 			&cli.StringFlag{Name: "checkpoint-dir", Usage: "write checkpoints here"},
@@ -37,9 +37,8 @@ Interrupting it (Ctrl-C) writes a checkpoint first when --checkpoint-dir is set.
 			&cli.IntFlag{Name: "eval-samples", Value: 2000, Usage: "held-out samples in periodic validations (0: all; the final one uses all)"},
 			&cli.StringFlag{Name: "export", Usage: "write the trained model as safetensors to this file"},
 			&cli.StringFlag{Name: "data-dir", Usage: "folder with the MNIST .gz files (default: $SWARM_DATA, then the GoMNIST module)", EnvVars: []string{data.EnvDataDir}},
-			&cli.IntFlag{Name: "threads", Usage: "engine threads (default: all cores)"},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as a JSON object on stdout"},
-		},
+		}, gpuFlags()...),
 		Action: trainCmd,
 	})
 }
@@ -56,11 +55,14 @@ func trainCmd(c *cli.Context) error {
 	if c.Bool("resume") && c.String("checkpoint-dir") == "" {
 		return errors.New("train: --resume needs --checkpoint-dir")
 	}
-	var opts []native.Option
-	if c.IsSet("threads") {
-		opts = append(opts, native.WithThreads(c.Int("threads")))
+	l, err := gpuLimits(c)
+	if err != nil {
+		return fmt.Errorf("train: %w", err)
 	}
-	eng := native.New(opts...)
+	eng, _, _, _, err := openEngine(c, l, log)
+	if err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
 	defer eng.Close()
 	cfg := train.Config{
 		Steps:           c.Int("steps"),

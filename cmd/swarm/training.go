@@ -11,77 +11,183 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/gpu"
+	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/gpu/torch"
 	"github.com/swarm-train/swarm/node"
+	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
-// trainingFlags are the `swarm node` flags of swarm training (with --run).
+// trainingFlags are the `swarm node` flags of swarm training (with --run);
+// the engine and the volunteer's limits come from gpuFlags.
 func trainingFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.IntFlag{Name: "shard", Value: -1, Usage: "hold this shard instead of choosing (and never rebalance)", EnvVars: []string{"SWARM_SHARD"}},
 		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files (default: $SWARM_DATA or the Go module cache)", EnvVars: []string{"SWARM_DATA"}},
-		&cli.IntFlag{Name: "threads", Usage: "engine threads (default: all cores)", EnvVars: []string{"SWARM_THREADS"}},
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
+		&cli.StringFlag{Name: "bench-cache", Usage: "swarm bench's cache, read for the throughput to announce (default: the user cache dir's swarm/bench.json)", EnvVars: []string{"SWARM_BENCH_CACHE"}},
+		&cli.DurationFlag{Name: "gpu-sample-every", Value: 5 * time.Second, Usage: "interval between GPU telemetry samples for the limits", EnvVars: []string{"SWARM_GPU_SAMPLE_EVERY"}},
 		// Fault injection for the exclusion tests: send NaN activations and gradients.
 		&cli.BoolFlag{Name: "fault-nan", Hidden: true, EnvVars: []string{"SWARM_FAULT_NAN"}},
 	}
 }
 
+// openEngine chooses and opens the training engine under the volunteer's
+// limits (--engine, --gpus, --cpu-threads, ...). A torch engine that cannot
+// start falls back to native, and the reason is logged. It returns the
+// engine, the choice, the device's name (GPU model, or the CPU and its
+// thread cap) and the lent GPUs.
+func openEngine(c *cli.Context, l gpu.Limits, log *slog.Logger) (engine.Engine, gpu.EngineChoice, string, []gpu.Device, error) {
+	found, sel, err := inspectGPUs(c, l)
+	if err != nil {
+		return nil, gpu.EngineChoice{}, "", nil, err
+	}
+	e, choice, err := gpu.OpenEngine(found.Engine, l, sel, torch.Options{Python: c.String("python"), Logger: log})
+	if err != nil {
+		return nil, choice, "", nil, err
+	}
+	if choice.Fallback {
+		log.Warn("torch engine unavailable, training on the native engine", "reason", choice.Reason)
+	} else {
+		log.Info("training engine", "engine", choice.Name(), "reason", choice.Reason)
+	}
+	if choice.Device != "cuda" {
+		sel = nil
+	}
+	return e, choice, engineDevice(e, l), sel, nil
+}
+
+// engineDevice names the device e computes on: the GPU model for a torch
+// engine on CUDA, else the CPU model with the thread cap. It is also the
+// device in swarm bench's cache keys.
+func engineDevice(e engine.Engine, l gpu.Limits) string {
+	if te, ok := e.(*torch.Engine); ok && te.Device() == "cuda" && len(te.Info().Devices) > 0 {
+		return te.Info().Devices[0]
+	}
+	return cpuName(l.Threads())
+}
+
+// announcedRate is the compute rate (FLOP/s) the node announces before it
+// has measured itself while training: swarm bench's cached result for the
+// run's model on this device and engine (any of the run's shard sizes), or
+// else a quick measurement of the first shard.
+func announcedRate(c *cli.Context, e engine.Engine, m *run.Manifest, device string, log *slog.Logger) float64 {
+	path := c.String("bench-cache")
+	if path == "" {
+		path, _ = gpu.DefaultBenchCachePath()
+	}
+	if path != "" {
+		cache, err := gpu.OpenBenchCache(path)
+		if err != nil {
+			log.Warn("bench cache unreadable; measuring instead", "err", err)
+		} else {
+			for _, sp := range m.Shards {
+				if r, ok := cache.Get(gpu.BenchKey(device, e.Name(), m.Model, sp.End-sp.Start, m.Training.BatchSize)); ok && r.GFLOPSec > 0 {
+					log.Info("throughput from swarm bench's cache", "gflop_per_s", r.GFLOPSec, "units", r.Units, "measured", r.When)
+					return r.GFLOPSec * 1e9
+				}
+			}
+		}
+	}
+	sm, err := gpu.SpanManifest(m, m.Shards[0].End-m.Shards[0].Start)
+	if err == nil {
+		var r gpu.BenchResult
+		if r, err = gpu.BenchShard(e, sm, 0, m.Training.BatchSize, 300*time.Millisecond); err == nil && r.GFLOPSec > 0 {
+			log.Info("throughput measured (run swarm bench for a steadier figure)", "gflop_per_s", r.GFLOPSec, "samples_per_s", r.SamplesSec)
+			return r.GFLOPSec * 1e9
+		}
+	}
+	log.Warn("could not measure throughput; announcing a default until training measures it", "err", err)
+	return 0
+}
+
 // attachTraining adds the training service to cfg when the node was given a
-// run manifest.
-func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog.Logger) {
+// run manifest: the engine chosen under the volunteer's limits, the
+// announced throughput and, when GPUs train, their governor.
+func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog.Logger) error {
 	if m == nil || c.Bool("no-train") {
-		return
+		return nil
 	}
-	var opts []native.Option
-	if n := c.Int("threads"); n > 0 {
-		opts = append(opts, native.WithThreads(n))
+	l, err := gpuLimits(c)
+	if err != nil {
+		return err
 	}
-	eng := native.New(opts...)
-	cfg.Services = append(cfg.Services, &node.Training{Config: trainer.Config{
+	eng, choice, device, gpus, err := openEngine(c, l, log)
+	if err != nil {
+		return err
+	}
+	svc := &node.Training{Config: trainer.Config{
 		Manifest:       m,
 		Engine:         eng,
-		Device:         fmt.Sprintf("cpu (%s engine, %d threads)", eng.Name(), eng.Threads()),
+		Device:         device,
 		Shard:          c.Int("shard"),
 		DataDir:        c.String("data-dir"),
 		JoinDelay:      3 * time.Second,
 		RebalanceEvery: c.Duration("rebalance-every"),
 		FaultNaN:       c.Bool("fault-nan"),
 		Logger:         log,
-	}})
+		Rate:           announcedRate(c, eng, m, device, log),
+	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every")}
+	if len(gpus) > 0 {
+		// GPUs train: the governor watches them (pausing on heat or on
+		// other processes' use). Without NVML the limits cannot be checked.
+		if s, err := gpu.Open(); err != nil {
+			log.Warn("GPU telemetry unavailable; the pause limits are not enforced", "err", err)
+		} else {
+			svc.Sampler = s
+		}
+	}
+	cfg.Services = append(cfg.Services, svc)
+	return nil
 }
 
-// printTraining renders services.training of a status answer.
-func printTraining(w io.Writer, raw json.RawMessage) {
-	var st trainer.Status
-	if err := json.Unmarshal(raw, &st); err != nil {
-		fmt.Fprintf(w, "training: %s\n", raw)
-		return
-	}
+// printTraining renders a node's training fields of a status answer, with
+// the extras of services.training (raw may be nil).
+func printTraining(w io.Writer, st *api.Status, raw json.RawMessage) {
+	var ts trainer.Status
+	extras := raw != nil && json.Unmarshal(raw, &ts) == nil
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "training\t%s (%s), %s mode\n", st.RunName, st.RunID, st.Mode)
-	fmt.Fprintf(tw, "epoch\t%d of %d (%d/%d samples)\n", st.Epoch, st.Epochs, st.Samples, st.TargetBatch)
-	fmt.Fprintf(tw, "this node\tshard %d, %s, utilisation %.0f%%\n", st.Shard, st.State, 100*st.Utilization)
+	fmt.Fprintf(tw, "device\t%s (%s engine)\n", st.Device, st.Engine)
+	if g := st.Governor; g != nil {
+		if g.Reason != "" {
+			fmt.Fprintf(tw, "gpu limits\t%s: %s\n", g.State, g.Reason)
+		} else {
+			fmt.Fprintf(tw, "gpu limits\t%s\n", g.State)
+		}
+	}
+	epoch := fmt.Sprintf("%d of %d", st.Epoch, st.Epochs)
+	if extras {
+		epoch += fmt.Sprintf(" (%d/%d samples, %s mode)", ts.Samples, ts.TargetBatch, ts.Mode)
+	}
+	fmt.Fprintf(tw, "epoch\t%s\n", epoch)
+	self := fmt.Sprintf("shard %d, %s", st.Shard, st.State)
+	if extras {
+		self += fmt.Sprintf(", utilisation %.0f%%", 100*ts.Utilization)
+	}
+	fmt.Fprintf(tw, "this node\t%s\n", self)
 	fmt.Fprintf(tw, "swarm\t%.0f samples/s, loss %.4f\n", st.SamplesPerS, st.Loss)
-	a := st.Averaging
-	if a.GroupSize > 0 {
+	if a := st.Averaging; a != nil {
 		fmt.Fprintf(tw, "last averaging\tround %d, group of %d, %.0f%% averaged, %.2fs\n", a.Round, a.GroupSize, 100*a.Fraction, a.Seconds)
 	}
-	if st.Accuracy >= 0 {
-		fmt.Fprintf(tw, "test accuracy\t%.4f\n", st.Accuracy)
+	if extras && ts.Accuracy >= 0 {
+		fmt.Fprintf(tw, "test accuracy\t%.4f\n", ts.Accuracy)
 	}
 	tw.Flush()
-	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "SHARD\tPEERS\tSAMPLES/S")
-	for _, s := range st.Shards {
-		fmt.Fprintf(tw, "%d\t%d\t%.0f\n", s.Index, len(s.Peers), s.Throughput)
+	if len(st.Shards) == 0 {
+		return
 	}
-	fmt.Fprintln(tw, "PEER\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tDEVICE")
-	for _, p := range st.Peers {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%.0f\t%s\n", shortID(p.PeerID), p.Shard, p.State, p.Epoch, p.Throughput, p.Device)
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SHARD\tPEERS\tSAMPLES/S\tHOLDERS")
+	for _, s := range st.Shards {
+		ids := make([]string, len(s.Peers))
+		for i, p := range s.Peers {
+			ids[i] = shortID(p)
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%s\n", s.Index, len(s.Peers), s.Throughput, strings.Join(ids, " "))
 	}
 	tw.Flush()
 }

@@ -29,10 +29,39 @@ const (
 	ReachUnknown     = "unknown"     // no verdict yet
 )
 
-// Peer is one remote peer with the addresses we know for it.
+// Peer is one remote peer with the addresses we know for it. For a peer of
+// the run that trains, the fields after Addrs come from its progress record.
 type Peer struct {
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
+	// Shard is the shard the peer holds (nil when it is not a training
+	// peer, -1 while it chooses).
+	Shard      *int    `json:"shard,omitempty"`
+	Device     string  `json:"device,omitempty"` // GPU model or CPU
+	State      string  `json:"state,omitempty"`  // joining, online or done
+	Epoch      uint64  `json:"epoch,omitempty"`
+	Throughput float64 `json:"throughput,omitempty"` // samples/s through its shard
+}
+
+// Shard is one shard of the run: its holders and their total throughput.
+type Shard struct {
+	Index      int      `json:"index"`
+	Peers      []string `json:"peers"`
+	Throughput float64  `json:"throughput"` // samples/s, summed over the holders
+}
+
+// Averaging is this node's last averaging round.
+type Averaging struct {
+	Round     uint64  `json:"round"`      // epoch (sync mode) or outer round (local mode)
+	GroupSize int     `json:"group_size"` // peers in the group, this one included
+	Fraction  float64 `json:"fraction"`   // share of the vector averaged with the whole group
+	Seconds   float64 `json:"seconds"`
+}
+
+// Governor is the state of the volunteer's GPU limits.
+type Governor struct {
+	State  string `json:"state"`            // running or paused
+	Reason string `json:"reason,omitempty"` // why training is paused
 }
 
 // ID identifies the node: its peer ID and the multiaddrs to hand out.
@@ -44,22 +73,36 @@ type ID struct {
 // Status is the answer of GET /v1/status and the output of
 // `swarm status --json`. The README documents every field.
 type Status struct {
-	Schema           int                        `json:"schema"`
-	Version          string                     `json:"version"`
-	Role             string                     `json:"role"`
-	PeerID           string                     `json:"peer_id"`
-	Addrs            []string                   `json:"addrs"`
-	ListenAddrs      []string                   `json:"listen_addrs"`
-	Reachability     string                     `json:"reachability"`
-	ReachabilityHelp string                     `json:"reachability_help"`
-	RunID            string                     `json:"run_id"`
-	RunName          string                     `json:"run_name"`
-	DHTMode          string                     `json:"dht_mode"`
-	RoutingTableSize int                        `json:"routing_table_size"`
-	Peers            []Peer                     `json:"peers"`
-	RunPeers         []Peer                     `json:"run_peers"`
-	UptimeSeconds    float64                    `json:"uptime_seconds"`
-	Services         map[string]json.RawMessage `json:"services,omitempty"`
+	Schema           int      `json:"schema"`
+	Version          string   `json:"version"`
+	Role             string   `json:"role"`
+	PeerID           string   `json:"peer_id"`
+	Addrs            []string `json:"addrs"`
+	ListenAddrs      []string `json:"listen_addrs"`
+	Reachability     string   `json:"reachability"`
+	ReachabilityHelp string   `json:"reachability_help"`
+	RunID            string   `json:"run_id"`
+	RunName          string   `json:"run_name"`
+	DHTMode          string   `json:"dht_mode"`
+	RoutingTableSize int      `json:"routing_table_size"`
+	Peers            []Peer   `json:"peers"`
+	RunPeers         []Peer   `json:"run_peers"`
+	UptimeSeconds    float64  `json:"uptime_seconds"`
+
+	// Training, filled when the node trains (zero values otherwise).
+	Engine      string     `json:"engine"`        // native, torch-cpu or torch-cuda
+	Device      string     `json:"device"`        // this node's device: GPU model or CPU
+	Governor    *Governor  `json:"governor"`      // GPU limits; null without GPUs in use
+	State       string     `json:"state"`         // this node: joining, online or done
+	Shard       int        `json:"shard"`         // held by this node, -1 when none
+	Epoch       uint64     `json:"epoch"`         // this node's collaborative epoch
+	Epochs      int        `json:"epochs"`        // epochs in the whole run
+	SamplesPerS float64    `json:"samples_per_s"` // global: through the first shard
+	Loss        float64    `json:"loss"`          // recent training loss (last shard's holders)
+	Averaging   *Averaging `json:"averaging"`     // last averaging round; null before the first
+	Shards      []Shard    `json:"shards"`
+
+	Services map[string]json.RawMessage `json:"services,omitempty"`
 }
 
 // ConnectRequest is the body of POST /v1/connect.

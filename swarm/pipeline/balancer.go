@@ -3,6 +3,7 @@ package pipeline
 import (
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -20,6 +21,21 @@ type Balancer struct {
 	rng   *rand.Rand
 	now   func() time.Time
 	peers map[peer.ID]*stat
+
+	hops, failures, retries, bans atomic.Uint64
+}
+
+// Stats are a balancer's counters since it was made.
+type Stats struct {
+	Hops     uint64 // micro-batches sent to a peer (Begin)
+	Failures uint64 // answers that failed (End with failed)
+	Retries  uint64 // picks for a micro-batch that already failed with another peer
+	Bans     uint64 // bans: failed answers and Ban calls
+}
+
+// Stats returns the counters.
+func (b *Balancer) Stats() Stats {
+	return Stats{Hops: b.hops.Load(), Failures: b.failures.Load(), Retries: b.retries.Load(), Bans: b.bans.Load()}
 }
 
 type stat struct {
@@ -77,6 +93,9 @@ func (b *Balancer) Pick(cands []peer.ID, skip map[peer.ID]bool) (peer.ID, bool) 
 	if total == 0 {
 		return "", false
 	}
+	if len(skip) > 0 {
+		b.retries.Add(1)
+	}
 	x := b.rng.Float64() * total
 	for i, w := range ws {
 		if w == 0 {
@@ -100,6 +119,7 @@ func (b *Balancer) Begin(p peer.ID) {
 	b.mu.Lock()
 	b.get(p).inflight++
 	b.mu.Unlock()
+	b.hops.Add(1)
 }
 
 // End records p's answer: on success the time it took for n samples
@@ -112,6 +132,10 @@ func (b *Balancer) End(p peer.ID, n int, took time.Duration, failed bool, banFor
 		s.inflight--
 	}
 	if failed {
+		b.failures.Add(1)
+		if banFor > 0 {
+			b.bans.Add(1)
+		}
 		s.bannedUntil = b.now().Add(banFor)
 		s.banReason = reason
 		return
@@ -133,6 +157,7 @@ func (b *Balancer) Ban(p peer.ID, d time.Duration, reason string) {
 	s := b.get(p)
 	s.bannedUntil = b.now().Add(d)
 	s.banReason = reason
+	b.bans.Add(1)
 }
 
 // Banned reports whether p is banned now, and why.

@@ -16,6 +16,7 @@ import (
 	"io"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -193,10 +194,14 @@ type Server struct {
 	take func(shard int) (*Snapshot, error)
 	ttl  time.Duration
 
-	mu    sync.Mutex
-	next  uint64
-	snaps map[uint64]*frozen
+	mu     sync.Mutex
+	next   uint64
+	snaps  map[uint64]*frozen
+	served atomic.Uint64
 }
+
+// BytesServed is the state this server has sent to joiners, in bytes.
+func (s *Server) BytesServed() uint64 { return s.served.Load() }
 
 type frozen struct {
 	hdr   *Header
@@ -282,6 +287,7 @@ func (s *Server) handle(st network.Stream) {
 			if err := writeFrame(st, statusOK, floatsToBytes(f.data[lo:hi])); err != nil {
 				return
 			}
+			s.served.Add(uint64(4 * (hi - lo)))
 		default:
 			_ = writeFrame(st, statusError, []byte(fmt.Sprintf("unknown op %d", op)))
 			return

@@ -82,6 +82,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		})
 		switch {
 		case err == nil:
+			t.fetched(snap)
 			copy(sh.Params(), snap.Params)
 			copy(sh.OptState(), snap.Opt)
 			sh.SetStepCount(snap.Step)

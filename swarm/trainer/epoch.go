@@ -195,7 +195,7 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	sh.ZeroGrad()
 	t.stepMu.Unlock()
 	t.mu.Lock()
-	t.lastAvg = info
+	t.setLastAvg(info)
 	t.mu.Unlock()
 	if err != nil {
 		t.reopen(sh, epoch)
@@ -266,6 +266,7 @@ func (t *Trainer) catchUp(ctx context.Context, sh engine.Shard, index int) error
 		t.log.Warn("catch-up failed", "err", err)
 		return err
 	}
+	t.fetched(snap)
 	t.stepMu.Lock()
 	copy(sh.Params(), snap.Params)
 	copy(sh.OptState(), snap.Opt)
@@ -349,7 +350,7 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	err := sh.Sync()
 	t.stepMu.Unlock()
 	t.mu.Lock()
-	t.lastAvg = info
+	t.setLastAvg(info)
 	t.mu.Unlock()
 	t.reopen(sh, round+1)
 	return err

@@ -133,6 +133,9 @@ func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
 		t.log.Warn("excluding a peer that sent an invalid micro-batch", "peer", from, "err", err)
 		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
 	}
+	if t.pausedNow() {
+		return &pipeline.Response{Code: pipeline.CodeBusy, Msg: "paused by the volunteer's limits"}
+	}
 	sh, epoch, code, err := t.admit(index, q.Kind, q.Epoch, 2*time.Second)
 	if err != nil {
 		return &pipeline.Response{Code: code, Msg: err.Error()}
@@ -346,6 +349,9 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, payload []byte) (*pipelin
 // through the pipeline.
 func (t *Trainer) driveLoop(ctx context.Context) {
 	for ctx.Err() == nil {
+		if t.waitRunning(ctx) != nil {
+			continue
+		}
 		sh, epoch, ok := t.mayDraw(ctx)
 		if !ok {
 			continue
@@ -431,7 +437,7 @@ func (t *Trainer) throughputLocked() float64 {
 // rateLocked is the measured compute rate in FLOP/s (claims use it).
 func (t *Trainer) rateLocked() float64 {
 	if t.busy < time.Second || t.index < 0 || t.processed == 0 {
-		return defaultRate
+		return t.startRate()
 	}
 	return float64(t.processed) * t.flops[t.index] / t.busy.Seconds()
 }

@@ -68,6 +68,15 @@ type Config struct {
 	// injection for tests of exclusion. Never set it otherwise.
 	FaultNaN bool
 	Logger   *slog.Logger
+	// WaitRunning, when set, blocks while the volunteer's limits pause
+	// training (gpu.Governor.WaitRunning): first-shard nodes call it before
+	// each micro-batch they draw, and requests from other stages are
+	// answered busy while it would block.
+	WaitRunning func(ctx context.Context) error
+	// Rate is the compute rate (FLOP/s) announced before the node has
+	// measured itself: swarm bench's cached result or a quick measurement
+	// (0: 1e9).
+	Rate float64
 }
 
 func (c *Config) defaults() error {
@@ -156,6 +165,7 @@ type Trainer struct {
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	cancel    context.CancelFunc
+	ctr       counters // behind the Prometheus collectors (metrics.go)
 }
 
 type tpPoint struct {
