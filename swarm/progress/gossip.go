@@ -33,6 +33,7 @@ type Gossip struct {
 	mu      sync.Mutex
 	seq     uint64
 	busy    map[peer.ID]bool // pushes in flight
+	stale   map[peer.ID]bool // a newer record was skipped while busy: push again after
 	wg      sync.WaitGroup
 	pending chan struct{}
 }
@@ -98,7 +99,8 @@ func (g *Gossip) Current() Record {
 
 // PushNow sends the current record to every run peer in parallel. It does
 // not wait for peers that are slow to answer: a peer with a push still in
-// flight is skipped, so one dead peer never delays the records to the others.
+// flight is skipped, so one dead peer never delays the records to the others,
+// and gets the latest record as soon as that push ends.
 func (g *Gossip) PushNow(ctx context.Context) {
 	r := g.Current()
 	b, err := r.Encode()
@@ -112,24 +114,40 @@ func (g *Gossip) PushNow(ctx context.Context) {
 		}
 		g.mu.Lock()
 		if g.busy == nil {
-			g.busy = map[peer.ID]bool{}
+			g.busy, g.stale = map[peer.ID]bool{}, map[peer.ID]bool{}
 		}
 		if g.busy[p] {
+			g.stale[p] = true
 			g.mu.Unlock()
 			continue
 		}
 		g.busy[p] = true
 		g.mu.Unlock()
 		g.wg.Add(1)
-		go func(p peer.ID) {
+		go func(p peer.ID, b []byte) {
 			defer g.wg.Done()
-			if err := g.send(ctx, p, b); err != nil {
-				g.log.Debug("progress push failed", "peer", p, "err", err)
+			for {
+				if err := g.send(ctx, p, b); err != nil {
+					g.log.Debug("progress push failed", "peer", p, "err", err)
+				}
+				g.mu.Lock()
+				again := g.stale[p] && ctx.Err() == nil
+				delete(g.stale, p)
+				if !again {
+					delete(g.busy, p)
+					g.mu.Unlock()
+					return
+				}
+				g.mu.Unlock()
+				r := g.Current()
+				if b, err = r.Encode(); err != nil {
+					g.mu.Lock()
+					delete(g.busy, p)
+					g.mu.Unlock()
+					return
+				}
 			}
-			g.mu.Lock()
-			delete(g.busy, p)
-			g.mu.Unlock()
-		}(p)
+		}(p, b)
 	}
 }
 

@@ -45,6 +45,33 @@ type Record struct {
 	Fraction   float64 `json:"fraction"`          // of the vector averaged in it
 	Accuracy   float64 `json:"accuracy"`          // test accuracy once measured, else -1
 	Closing    bool    `json:"closing,omitempty"` // ending its epoch (averaging) now
+	// InFlight is the number of samples it started in Epoch and has not
+	// finished yet (first shard), so peers do not start more than the
+	// target batch between them.
+	InFlight int `json:"in_flight,omitempty"`
+	// Norms are the squared L2 norms of its shard's averaged gradient in
+	// its latest epochs (sync mode), from which every shard derives the
+	// global norm for clipping.
+	Norms []EpochNorm `json:"norms,omitempty"`
+}
+
+// EpochNorm is the squared norm of a shard's averaged gradient in one epoch.
+type EpochNorm struct {
+	Epoch  uint64  `json:"epoch"`
+	NormSq float64 `json:"norm_sq"`
+}
+
+// MaxNorms bounds Record.Norms.
+const MaxNorms = 4
+
+// NormAt returns the squared gradient norm the record reports for epoch.
+func (r *Record) NormAt(epoch uint64) (float64, bool) {
+	for _, n := range r.Norms {
+		if n.Epoch == epoch {
+			return n.NormSq, true
+		}
+	}
+	return 0, false
 }
 
 // Validate checks a decoded record; errors name the field.
@@ -68,8 +95,16 @@ func (r *Record) Validate() error {
 			return fmt.Errorf("record: %s %v is not a finite non-negative number", f.name, f.v)
 		}
 	}
-	if r.Samples < 0 || r.GroupSize < 0 {
+	if r.Samples < 0 || r.GroupSize < 0 || r.InFlight < 0 {
 		return errors.New("record: negative count")
+	}
+	if len(r.Norms) > MaxNorms {
+		return fmt.Errorf("record: %d gradient norms, at most %d", len(r.Norms), MaxNorms)
+	}
+	for _, n := range r.Norms {
+		if math.IsNaN(n.NormSq) || math.IsInf(n.NormSq, 0) || n.NormSq < 0 {
+			return fmt.Errorf("record: gradient norm of epoch %d: %v is not a finite non-negative number", n.Epoch, n.NormSq)
+		}
 	}
 	if len(r.Device) > 128 || len(r.RunID) > 128 {
 		return errors.New("record: device or run_id too long")

@@ -66,6 +66,9 @@ func TestDecodeRejects(t *testing.T) {
 	bad := []string{
 		``, `{}`, `{"peer":"x","state":"weird"}`, `{"peer":"x","state":"online","rate":-1}`,
 		`{"peer":"x","state":"online","shard":-2}`, `[1,2]`, `{"peer":"x","state":"online","samples":-5}`,
+		`{"peer":"x","state":"online","in_flight":-64}`,
+		`{"peer":"x","state":"online","norms":[{"epoch":1,"norm_sq":-1}]}`,
+		`{"peer":"x","state":"online","norms":[{},{},{},{},{}]}`,
 	}
 	for _, b := range bad {
 		if _, err := Decode([]byte(b)); err == nil {
@@ -77,6 +80,22 @@ func TestDecodeRejects(t *testing.T) {
 	}
 }
 
+func TestNormAt(t *testing.T) {
+	r := rec("a", 1, 7, 0, 1)
+	r.Norms = []EpochNorm{{6, 2.5}, {7, 0.25}}
+	b, _ := r.Encode()
+	d, err := Decode(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := d.NormAt(7); !ok || v != 0.25 {
+		t.Fatalf("NormAt(7) = %v, %v", v, ok)
+	}
+	if _, ok := d.NormAt(5); ok {
+		t.Fatal("NormAt(5) found a norm the record does not hold")
+	}
+}
+
 func FuzzReadRecord(f *testing.F) {
 	r := rec("12D3KooW", 1, 7, 64, 3)
 	b, _ := r.Encode()
@@ -84,6 +103,10 @@ func FuzzReadRecord(f *testing.F) {
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 	f.Add(append(hdr[:], b...))
 	f.Add([]byte{0, 0, 0, 2, '{', '}'})
+	r.InFlight, r.Norms = 64, []EpochNorm{{6, 2.5}, {7, 0.25}}
+	b, _ = r.Encode()
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	f.Add(append(hdr[:], b...))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := ReadRecord(bytes.NewReader(data))

@@ -58,7 +58,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	t.mu.Lock()
 	old := t.shard
 	t.shard, t.index, t.state = nil, index, progress.StateJoining
-	t.samples, t.micro, t.inner = 0, 0, 0
+	t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
 	t.mu.Unlock()
 	if old != nil {
 		t.stepMu.Lock()

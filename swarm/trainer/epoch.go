@@ -13,6 +13,7 @@ import (
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/statesync"
+	"github.com/swarm-train/swarm/swarm/train"
 )
 
 // totalEpochs is the number of collaborative epochs in the run: optimizer
@@ -35,6 +36,22 @@ func (t *Trainer) globalSamplesLocked() int {
 	for _, r := range t.tracker.Live(time.Now()) {
 		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch {
 			n += r.Samples
+		}
+	}
+	return n
+}
+
+// globalClaimedLocked adds to globalSamplesLocked the samples the first
+// shard's holders started in this epoch and have not finished (t.mu held).
+func (t *Trainer) globalClaimedLocked() int {
+	self := t.h.ID().String()
+	n := t.globalSamplesLocked()
+	if t.index == 0 {
+		n += t.drawn
+	}
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch && r.State == progress.StateOnline {
+			n += r.InFlight
 		}
 	}
 	return n
@@ -122,7 +139,7 @@ func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
 	t.mu.Lock()
 	if t.shard == sh {
 		t.epoch = epoch
-		t.samples, t.micro, t.inner = 0, 0, 0
+		t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
 		if t.epoch >= uint64(t.totalEpochs()) {
 			t.done = true
 			t.log.Info("run finished", "epochs", t.epoch)
@@ -137,7 +154,9 @@ func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
 // endEpoch averages the accumulated gradients with the shard's other
 // holders, weighted by samples, and takes the optimizer step.
 func (t *Trainer) endEpoch(ctx context.Context) error {
+	began := time.Now()
 	sh, index, epoch := t.closeEpoch()
+	closed := time.Now()
 	t.mu.Lock()
 	samples, micro := t.samples, t.micro
 	t.mu.Unlock()
@@ -161,7 +180,7 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	if len(t.holders(index, false)) > 0 {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 		vec := append([]float32(nil), local...)
-		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3))
+		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
 		cancel()
 		switch {
 		case err == nil && finite(vec):
@@ -185,12 +204,12 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 
 	t.stepMu.Lock()
 	copy(sh.Grads(), local)
-	scale := float32(1)
-	if c := t.m.Optimizer.ClipNorm; c > 0 {
-		if norm := math.Sqrt(sh.GradNormSq()); norm > c {
-			scale = float32(c / norm)
-		}
-	}
+	normSq := sh.GradNormSq()
+	t.stepMu.Unlock()
+	clipStart := time.Now()
+	scale := t.clipScale(ctx, index, epoch, normSq)
+	clipped := time.Now()
+	t.stepMu.Lock()
 	err := sh.Step(t.m.Optimizer.LRAt(int(epoch)), scale)
 	sh.ZeroGrad()
 	t.stepMu.Unlock()
@@ -215,13 +234,85 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	if resync {
 		t.averageState(ctx, sh, index, epoch)
 	}
-	t.log.Debug("epoch done", "epoch", epoch, "samples", samples, "group", info.GroupSize, "avg_s", info.Seconds)
+	t.log.Debug("epoch done", "epoch", epoch, "samples", samples, "group", info.GroupSize, "avg_s", info.Seconds,
+		"close_s", closed.Sub(began).Seconds(), "clip_s", clipped.Sub(clipStart).Seconds(), "total_s", time.Since(began).Seconds())
 	t.reopen(sh, epoch+1)
 	return nil
 }
 
-// stateSyncEvery is the period, in epochs, of whole-state averaging.
-const stateSyncEvery = 10
+// stateSyncEvery is the period, in epochs, of whole-state averaging when
+// no drift was seen: holders that averaged every gradient completely take
+// identical steps, so this is only a safety net (a round costs three times
+// a gradient round: parameters and both AdamW moments).
+const stateSyncEvery = 50
+
+// groupSize is the averaging option that starts a round of shard index as
+// soon as every live holder has joined it, rather than waiting out the
+// matchmaking window when the shard has fewer holders than the manifest's
+// group size.
+func (t *Trainer) groupSize(index int) averaging.StepOption {
+	return averaging.WithGroupSize(min(len(t.holders(index, false))+1, t.m.Averaging.GroupSize))
+}
+
+// clipScale is the factor for this shard's averaged gradient (squared norm
+// own) that makes the whole model's gradient, all shards together, at most
+// the manifest's clip norm: the clipping of a single-node step. Holders
+// publish their shard's squared norm in their progress records; this waits,
+// at most the averaging timeout, for each other shard that has an online
+// holder still in this epoch. A shard not heard from in time is left out of
+// the sum (the scale is then that of the shards heard from).
+func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own float64) float32 {
+	clip := t.m.Optimizer.ClipNorm
+	if clip <= 0 {
+		return 1
+	}
+	t.mu.Lock()
+	t.norms = append(t.norms, progress.EpochNorm{Epoch: epoch, NormSq: own})
+	if len(t.norms) > progress.MaxNorms {
+		t.norms = t.norms[len(t.norms)-progress.MaxNorms:]
+	}
+	t.mu.Unlock()
+	t.gossip.Poke()
+	deadline := time.Now().Add(time.Duration(t.m.Averaging.TimeoutMS) * time.Millisecond)
+	var total float64
+	for {
+		changed := t.tracker.Changed()
+		known := map[int]float64{}
+		waiting := false
+		recs := t.tracker.Live(time.Now())
+		for _, r := range recs {
+			if r.Shard < 0 || r.Shard == index || r.Shard >= len(t.m.Shards) {
+				continue
+			}
+			if v, ok := r.NormAt(epoch); ok {
+				known[r.Shard] = v
+			}
+		}
+		for _, r := range recs {
+			if r.Shard >= 0 && r.Shard != index && r.Shard < len(t.m.Shards) && r.State == progress.StateOnline && r.Epoch <= epoch {
+				if _, ok := known[r.Shard]; !ok {
+					waiting = true
+				}
+			}
+		}
+		total = own
+		for _, v := range known {
+			total += v
+		}
+		if !waiting || ctx.Err() != nil || !time.Now().Before(deadline) {
+			if waiting {
+				t.log.Debug("clipping without every shard's gradient norm", "epoch", epoch, "shards_known", len(known)+1)
+			}
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+	return float32(train.ClipScale(math.Sqrt(total), clip))
+}
 
 // averageState averages parameters and optimizer state with the shard's
 // other holders (equal weights).
@@ -231,10 +322,17 @@ func (t *Trainer) averageState(ctx context.Context, sh engine.Shard, index int, 
 	vec := append(append([]float32(nil), sh.Params()...), sh.OptState()...)
 	t.stepMu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-	res, err := t.avg.Step(actx, t.avgKey(index, "state"), epoch, vec, 1)
+	res, err := t.avg.Step(actx, t.avgKey(index, "state"), epoch, vec, 1, t.groupSize(index))
 	cancel()
 	if err != nil || !finite(vec) {
+		// The other holders may not see a drift (it is this node's view):
+		// retrying every epoch would stall each one for the matchmaking
+		// timeout. The next incomplete gradient round or the periodic
+		// round tries again.
 		t.log.Debug("state averaging failed", "epoch", epoch, "err", err)
+		t.mu.Lock()
+		t.drift = false
+		t.mu.Unlock()
 		return
 	}
 	t.stepMu.Lock()
@@ -329,7 +427,7 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	if len(t.holders(index, false)) > 0 {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 		vec := append([]float32(nil), delta...)
-		res, err := t.avg.Step(actx, t.avgKey(index, "delta"), round, vec, math.Max(float64(samples), 1e-3))
+		res, err := t.avg.Step(actx, t.avgKey(index, "delta"), round, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
 		cancel()
 		if err == nil && finite(vec) {
 			copy(delta, vec)

@@ -352,18 +352,24 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 		if t.waitRunning(ctx) != nil {
 			continue
 		}
-		sh, epoch, ok := t.mayDraw(ctx)
+		sh, epoch, n, ok := t.mayDraw(ctx)
 		if !ok {
 			continue
 		}
 		t.srcMu.Lock()
-		b := t.src.Next(t.m.Training.BatchSize)
+		b := t.src.Next(n)
 		t.srcMu.Unlock()
 		mctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
 		_, err := t.process(mctx, sh, 0, epoch, pipeline.KindTrain, b, nil, b.Targets)
 		cancel()
+		t.mu.Lock()
+		if t.epoch == epoch {
+			t.drawn -= n
+		}
+		t.mu.Unlock()
 		t.release()
 		if err != nil && ctx.Err() == nil {
+			t.gossip.Poke() // the samples it claimed are free again
 			if !errors.Is(err, errStale) {
 				t.log.Debug("micro-batch failed", "err", err)
 			}
@@ -373,21 +379,48 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 }
 
 // mayDraw waits until this node may start a micro-batch: online on shard
-// 0, the epoch open and (sync mode) the swarm short of the target batch.
-func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, bool) {
+// 0, the epoch open and (sync mode) the swarm's finished and started
+// samples short of the target batch. It returns the micro-batch's size:
+// the batch size, or what is left of the target batch.
+func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if ctx.Err() != nil {
-			return nil, 0, false
+			return nil, 0, 0, false
 		}
-		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing &&
-			(!t.sync() || t.globalSamplesLocked() < t.m.Training.TargetBatch) {
-			t.inflight++
-			return t.shard, t.epoch, true
+		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing {
+			n := t.m.Training.BatchSize
+			if t.sync() {
+				// At most its share of the target batch, and what the others
+				// leave open as far as their records tell: holders reopen an
+				// epoch together, before they hear of each other's first
+				// micro-batches. A holder that leaves drops out of the share
+				// when its record expires.
+				left := min(t.m.Training.TargetBatch-t.globalClaimedLocked(), t.shareLocked()-t.samples-t.drawn)
+				n = min(n, left)
+			}
+			if n > 0 {
+				t.inflight++
+				t.drawn += n
+				t.gossip.Poke()
+				return t.shard, t.epoch, n, true
+			}
 		}
 		t.waitTimeout(time.Now().Add(100 * time.Millisecond))
 	}
+}
+
+// shareLocked is this node's share of the target batch: an equal part
+// among the online holders of the first shard (t.mu held).
+func (t *Trainer) shareLocked() int {
+	self, n := t.h.ID().String(), 1
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer != self && r.Shard == 0 && r.State == progress.StateOnline {
+			n++
+		}
+	}
+	return (t.m.Training.TargetBatch + n - 1) / n
 }
 
 // finishMicro accounts a finished training micro-batch.
@@ -450,7 +483,7 @@ func (t *Trainer) record() progress.Record {
 		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
 		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
 		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
-		Closing: t.closing,
+		Closing: t.closing, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
 	}
 	if t.index < 0 {
 		r.State = progress.StateJoining

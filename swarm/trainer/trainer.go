@@ -140,6 +140,8 @@ type Trainer struct {
 	epoch    uint64
 	samples  int // samples finished in this epoch (local mode: since the last outer step)
 	micro    int // micro-batches behind the accumulated gradient
+	drawn    int // samples this node started in this epoch and has not finished (first shard)
+	norms    []progress.EpochNorm
 	closing  bool
 	inflight int
 	ahead    uint64 // highest epoch seen in a request from a peer

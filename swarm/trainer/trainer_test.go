@@ -3,6 +3,7 @@ package trainer
 import (
 	"context"
 	"log/slog"
+	"math"
 	"os"
 	"sync"
 	"testing"
@@ -12,8 +13,11 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/gpu/engine"
 	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/train"
 )
 
 // smallMNIST is a CI-sized mlp-mnist run.
@@ -191,5 +195,80 @@ func TestLocalStepsMode(t *testing.T) {
 	}
 	if st.Averaging.GroupSize < 2 {
 		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
+	}
+}
+
+// TestGlobalNormClipMatchesSingleNode: with the clip active, one epoch of a
+// two-shard swarm (one holder a shard) steps each shard exactly as a single
+// process stepping the whole model on the same micro-batch: the scale comes
+// from the global gradient norm, not from each shard's own.
+func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
+	m := smallMNIST(2, 32, 1)
+	m.Training.TargetBatch = m.Training.BatchSize
+	m.Optimizer.ClipNorm = 0.05 // far below the first gradient's norm
+	m.Optimizer.WarmupSteps, m.Optimizer.LR = 0, 0.05
+	s := &swarmT{t: t, m: m}
+	first := s.add(0, nil)
+	s.add(1, nil)
+	waitFor(t, time.Minute, "both shards to take the run's one step", func() bool {
+		for _, tr := range s.tr {
+			if tr.Status().Epoch < 1 {
+				return false
+			}
+		}
+		return true
+	})
+
+	// The reference: both shards in one process, the first node's first
+	// micro-batch (the trainer draws it from the same per-node stream).
+	src, err := data.NewSource(m, first.h.ID().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := src.Next(m.Training.BatchSize)
+	eng := native.New(native.WithThreads(1))
+	step := func(global bool) [][]float32 {
+		var shards []engine.Shard
+		for i := range m.Shards {
+			sh, err := eng.NewShard(m, i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sh.Close()
+			shards = append(shards, sh)
+		}
+		if _, err := train.ForwardBackward(shards, b); err != nil {
+			t.Fatal(err)
+		}
+		norm := train.GradNorm(shards)
+		var out [][]float32
+		for _, sh := range shards {
+			if !global {
+				norm = math.Sqrt(sh.GradNormSq())
+			}
+			if err := sh.Step(m.Optimizer.LRAt(0), float32(train.ClipScale(norm, m.Optimizer.ClipNorm))); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, append([]float32(nil), sh.Params()...))
+		}
+		return out
+	}
+	want, perShard := step(true), step(false)
+	for _, tr := range s.tr {
+		tr.stepMu.RLock()
+		got := append([]float32(nil), tr.shard.Params()...)
+		tr.stepMu.RUnlock()
+		var dWant, dPerShard float64
+		for i := range got {
+			dWant = max(dWant, math.Abs(float64(got[i]-want[tr.index][i])))
+			dPerShard = max(dPerShard, math.Abs(float64(got[i]-perShard[tr.index][i])))
+		}
+		t.Logf("shard %d: max |swarm - single| %.3g, max |swarm - per-shard clip| %.3g", tr.index, dWant, dPerShard)
+		if dWant > 1e-6 {
+			t.Errorf("shard %d: parameters differ from the single-node step by up to %g", tr.index, dWant)
+		}
+		if dPerShard < 1e-4 {
+			t.Errorf("shard %d: per-shard clipping gives the same step (%g apart): the test would not see the difference", tr.index, dPerShard)
+		}
 	}
 }
