@@ -4,18 +4,23 @@
 # the nodes are linked by slow links.
 #
 # Creates one network namespace per process (a bootstrap node and $WAN_NODES
-# volunteers), each joined by a veth pair to a bridge in a namespace of its own;
-# tc netem on every veth gives $WAN_RATE and $WAN_DELAY one way, so two nodes see
-# twice the delay between them (default 100 Mbit/s, 50 ms node to node). Runs the
-# same mlp-mnist run in each mode for $WAN_SECONDS, reads `swarm status --json`
-# from every node, prints a Markdown table, and removes everything it created
-# (also on error or Ctrl-C).
+# volunteers), each joined by a veth pair to a bridge in a hub namespace of
+# its own. A token bucket (tc tbf) on both ends of every veth limits each
+# node's link to $WAN_RATE each way. Latency ($WAN_DELAY one way per side)
+# needs tc netem; where the kernel lacks it (tbf's latency is only a queue
+# bound, and fq with BPF-set departure times needs a BPF toolchain), the
+# links are bandwidth-limited only and the output says so. Runs the same
+# mlp-mnist run in each mode, measures from `swarm status --json` of every
+# node between the end of a warm-up and the end of the run (utilisation =
+# difference of busy_seconds ÷ difference of wall_seconds, samples/s from
+# the first shard's processed counters), prints a Markdown table, and
+# removes everything it created (also on error or Ctrl-C).
 #
-# Needs root, iproute2 (ip, tc with netem) and bin/swarm (make build). CI does
+# Needs root, iproute2 (ip netns, tc), jq and bin/swarm (make build). CI does
 # not run it.
 #
 #   sudo scripts/wan.sh
-#   WAN_DELAY=50ms WAN_RATE=20mbit WAN_SECONDS=120 sudo -E scripts/wan.sh
+#   WAN_RATE=20mbit WAN_SECONDS=120 sudo -E scripts/wan.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -23,6 +28,7 @@ nodes=${WAN_NODES:-4}
 rate=${WAN_RATE:-100mbit}
 delay=${WAN_DELAY:-25ms}
 seconds=${WAN_SECONDS:-90}
+warmup=${WAN_WARMUP:-30}
 hidden=${WAN_HIDDEN:-1024,1024}
 local_steps=${WAN_LOCAL_STEPS:-50}
 tag=sw$$ # prefix of every name this script creates
@@ -30,6 +36,7 @@ work=$(mktemp -d /tmp/swarm-wan.XXXXXX)
 
 [ "$(id -u)" = 0 ] || { echo "wan.sh: needs root (network namespaces)" >&2; exit 1; }
 command -v ip >/dev/null && command -v tc >/dev/null || { echo "wan.sh: needs iproute2 (ip, tc)" >&2; exit 1; }
+ip netns list >/dev/null 2>&1 || { echo "wan.sh: 'ip netns' does not work here" >&2; exit 1; }
 [ -x "$bin" ] || { echo "wan.sh: $bin missing; run 'make build' first" >&2; exit 1; }
 command -v jq >/dev/null || { echo "wan.sh: needs jq" >&2; exit 1; }
 
@@ -46,7 +53,19 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Topology: namespace ${tag}br holds bridge br0; namespace ${tag}nI holds eth0
-# 10.77.0.(I+1)/24, its peer end in the bridge namespace. netem on both ends.
+# 10.77.0.(I+1)/24, its peer end in the bridge namespace. Shaping on both ends.
+shaping=""
+# snapshot FILE: every node's training status (with its peer ID) as a JSON array.
+snapshot() {
+  local out="[" sep=""
+  for i in $(seq 1 "$nodes"); do
+    st=$(ip netns exec "${tag}n$i" "$bin" status --json --home "$run_dir/node$i" 2>/dev/null |
+      jq -c '(.services.training // empty) + {peer_id: .peer_id}') || true
+    [ -n "$st" ] && { out+="$sep$st"; sep=","; }
+  done
+  echo "$out]" > "$1"
+}
+
 _setup_net() {
   ip netns add "${tag}br" || return 1
   ip -n "${tag}br" link add br0 type bridge || return 1
@@ -63,14 +82,26 @@ _setup_net() {
     ip -n "$ns" link set lo up || return 1
     ip -n "${tag}br" link set "${tag}b$i" master br0 || return 1
     ip -n "${tag}br" link set "${tag}b$i" up || return 1
-    tc -n "$ns" qdisc add dev eth0 root netem delay "$delay" rate "$rate" || return 1
-    tc -n "${tag}br" qdisc add dev "${tag}b$i" root netem delay "$delay" rate "$rate" || return 1
+    shape "$ns" eth0 || return 1
+    shape "${tag}br" "${tag}b$i" || return 1
   done
+}
+
+# shape NS DEV: rate limit, plus delay when netem exists (netem then does both).
+shape() {
+  if [ "$shaping" != tbf ] && tc -n "$1" qdisc add dev "$2" root netem delay "$delay" rate "$rate" 2>/dev/null; then
+    shaping=netem
+    return 0
+  fi
+  [ "$shaping" = netem ] && return 1
+  shaping=tbf
+  tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst 64kb latency 100ms
 }
 
 # run_mode MODE: start the swarm, train for $seconds, print one table row.
 run_mode() {
   local mode=$1 dir="$work/$1"
+  run_dir=$dir
   mkdir -p "$dir"
   local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps 100000 -o "$dir/run.json")
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
@@ -88,18 +119,21 @@ run_mode() {
       --listen "/ip4/10.77.0.$((i + 1))/tcp/4001" --threads 1 2>"$dir/node$i.log" &
     pids+=($!)
   done
+  sleep "$warmup"
+  snapshot "$dir/a.json"
   sleep "$seconds"
-  local util=0 sps=0 epoch=0 n=0
-  for i in $(seq 1 "$nodes"); do
-    st=$(ip netns exec "${tag}n$i" "$bin" status --json --home "$dir/node$i" 2>/dev/null | jq -c '.services.training // empty') || true
-    [ -n "$st" ] || continue
-    util=$(jq -n --argjson a "$util" --argjson b "$(jq .utilization <<<"$st")" '$a + $b')
-    sps=$(jq .samples_per_s <<<"$st")
-    epoch=$(jq .epoch <<<"$st")
-    n=$((n + 1))
-  done
-  [ "$n" -gt 0 ] || { echo "wan.sh: no node reported training; logs in $dir" >&2; exit 1; }
-  printf '| %s | %s | %.0f%% | %.0f | %s |\n' "$mode" "$n" "$(jq -n "100 * $util / $n")" "$sps" "$epoch"
+  snapshot "$dir/b.json"
+  # Per node: Δbusy ÷ Δwall; swarm: Σ Δprocessed on shard 0 ÷ Δt, epochs reached.
+  local row
+  row=$(jq -rs --arg mode "$mode" '
+    (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |
+    [.[1][] | select($a[.peer_id]) | {shard, epoch, b: ., a: $a[.peer_id]}] as $n |
+    ($n | map((.b.busy_seconds - .a.busy_seconds) / (.b.wall_seconds - .a.wall_seconds))) as $u |
+    ($n | map(select(.shard == 0) | (.b.processed - .a.processed) / (.b.wall_seconds - .a.wall_seconds)) | add) as $sps |
+    "| \($mode) | \($n | length) | \(100 * ($u | add) / ($u | length) | round)% (\($u | map(100 * . | round | tostring + "%") | join(" "))) | \($sps | round) | \($n | map(.epoch) | max) |"
+  ' "$dir/a.json" "$dir/b.json")
+  [ -n "$row" ] || { echo "wan.sh: no node reported training; logs in $dir" >&2; exit 1; }
+  echo "$row"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
@@ -107,17 +141,27 @@ run_mode() {
 
 setup_net() {
   modprobe sch_netem 2>/dev/null || true
-  _setup_net || { echo "wan.sh: could not build the emulated network (is the kernel's sch_netem module available? 'tc qdisc add ... netem' failed)" >&2; exit 1; }
+  _setup_net || { echo "wan.sh: could not build the emulated network (ip netns, veth, bridge and tc tbf are needed)" >&2; exit 1; }
 }
 
 setup_net
 echo "## WAN emulation: sync vs local steps"
 echo
-echo "$nodes volunteer nodes + 1 bootstrap in network namespaces, netem $rate and $delay on each side of every link"
-echo "(node to node: twice the delay), mlp-mnist hidden $hidden in 2 shards, 1 engine thread a node, ${seconds} s a mode."
-echo "Utilisation is a node's time computing ÷ wall time since start (joining included), averaged over nodes."
+if [ "$shaping" = netem ]; then
+  echo "$nodes volunteer nodes + 1 bootstrap, each in its own network namespace, linked through a bridge namespace by veth pairs;"
+  echo "tc netem gives every veth end $rate and $delay (node to node: $rate, twice $delay each way)."
+else
+  echo "$nodes volunteer nodes + 1 bootstrap, each in its own network namespace, linked through a bridge namespace by veth pairs;"
+  echo "tc tbf limits both ends of every node's link to **$rate** each way. **No latency is added**: this kernel has no"
+  echo "netem (\`tc qdisc add ... netem\` → \"Specified qdisc kind is unknown\"), no fq qdisc (for BPF-set departure times)"
+  echo "and there is no BPF toolchain, so the links are bandwidth-limited only; the 50 ms of a real WAN are not emulated."
+fi
+echo "mlp-mnist hidden $hidden in 2 shards (2 holders a shard, target batch 128, micro-batch 64), 1 engine thread a node,"
+echo "all processes on this machine's $(nproc) cores. Measured over ${seconds} s after a ${warmup} s warm-up per mode:"
+echo "utilisation = a node's time computing (forward, backward, optimizer) ÷ wall time over that interval, mean"
+echo "(and per node); samples/s = samples through the first shard's holders ÷ interval. Local steps: $local_steps inner steps per outer round."
 echo
-echo "| mode | nodes | utilisation | samples/s | epoch reached |"
+echo "| mode | nodes | utilisation (per node) | samples/s | epoch reached |"
 echo "|---|---|---|---|---|"
 run_mode sync
 run_mode local

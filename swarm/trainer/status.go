@@ -26,6 +26,9 @@ type Status struct {
 	SamplesPerS float64       `json:"samples_per_s"` // global: through the first shard
 	Loss        float64       `json:"loss"`          // recent training loss (last shard)
 	Utilization float64       `json:"utilization"`   // this node: time computing / wall time
+	BusySeconds float64       `json:"busy_seconds"`  // this node's time computing since the trainer started
+	WallSeconds float64       `json:"wall_seconds"`  // wall time since the trainer started
+	Processed   int64         `json:"processed"`     // samples through this node's shard since it started
 	Accuracy    float64       `json:"accuracy"`      // test accuracy at the end of the run, -1 before
 	ParamsHash  string        `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
 	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
@@ -67,7 +70,9 @@ func (t *Trainer) Status() Status {
 	}
 	if wall := time.Since(t.start).Seconds(); wall > 0 {
 		st.Utilization = t.busy.Seconds() / wall
+		st.BusySeconds, st.WallSeconds = t.busy.Seconds(), wall
 	}
+	st.Processed = t.processed
 	sh := t.shard
 	t.mu.Unlock()
 	if sh != nil {

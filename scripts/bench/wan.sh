@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# WAN emulation section: runs scripts/wan.sh (network namespaces, tc) when it
+# can; otherwise prints a note saying why it was skipped.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if [ "$(id -u)" != 0 ] || ! ip netns list >/dev/null 2>&1 || ! command -v tc >/dev/null; then
+  echo "## WAN emulation: sync vs local steps"
+  echo
+  echo "Skipped: scripts/wan.sh needs root, \`ip netns\` and tc (iproute2); run \`sudo make bench ONLY=wan\`."
+  exit 0
+fi
+WAN_SECONDS=${WAN_SECONDS:-60} WAN_WARMUP=${WAN_WARMUP:-30} ./scripts/wan.sh
