@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swarm-train/swarm/gpu"
 	"github.com/swarm-train/swarm/node/api"
@@ -47,6 +48,22 @@ type Training struct {
 	err    error
 	cancel context.CancelFunc // stops the governor's loops
 	wg     sync.WaitGroup
+
+	// The trainer's status, computed once for both the typed fields and
+	// services.training of one status answer (it hashes the parameters).
+	lastMu sync.Mutex
+	last   trainer.Status
+	lastAt time.Time
+}
+
+// trainerStatus is t.Status(), reused for 200 ms.
+func (s *Training) trainerStatus(t *trainer.Trainer) trainer.Status {
+	s.lastMu.Lock()
+	defer s.lastMu.Unlock()
+	if time.Since(s.lastAt) > 200*time.Millisecond {
+		s.last, s.lastAt = t.Status(), time.Now()
+	}
+	return s.last
 }
 
 // Start implements Service.
@@ -77,6 +94,10 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = n.Logger()
 	}
+	if cfg.Device == "" {
+		cfg.Device = "cpu"
+	}
+	s.Config.Device = cfg.Device
 	var gov *gpu.Governor
 	if s.Sampler != nil {
 		gm, err := gpu.NewMetrics(n.Registerer())
@@ -92,14 +113,18 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := t.RegisterMetrics(n.Registerer()); err != nil {
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "swarm", Subsystem: "training", Name: "device_info",
+		Help:        "1, labelled with the device this node trains on (GPU model or CPU) and the engine.",
+		ConstLabels: prometheus.Labels{"device": cfg.Device, "engine": s.Engine}})
+	info.Set(1)
+	if err := errors.Join(t.RegisterMetrics(n.Registerer()), n.Registerer().Register(info)); err != nil {
 		_ = t.Close()
 		return fmt.Errorf("training: metrics: %w", err)
 	}
 	s.mu.Lock()
 	s.t, s.gov, s.done = t, gov, make(chan struct{})
 	s.mu.Unlock()
-	n.AddStatus("training", func() any { return t.Status() })
+	n.AddStatus("training", func() any { return s.trainerStatus(t) })
 	if gov != nil {
 		n.AddStatus("gpu", func() any { return gov.Status() })
 	}
@@ -161,7 +186,7 @@ func (s *Training) fill(n *Node, st *api.Status) {
 	if t == nil {
 		return
 	}
-	ts := t.Status()
+	ts := s.trainerStatus(t)
 	st.Engine, st.Device = s.Engine, s.Config.Device
 	st.State, st.Shard, st.Epoch, st.Epochs = ts.State, ts.Shard, ts.Epoch, ts.Epochs
 	st.SamplesPerS, st.Loss = ts.SamplesPerS, ts.Loss
@@ -226,7 +251,8 @@ func (s *Training) Governor() *gpu.Governor {
 	return s.gov
 }
 
-// Close implements Service.
+// Close implements Service: it stops the trainer and the governor, then
+// closes the sampler and the engine (a torch engine's workers end with it).
 func (s *Training) Close() error {
 	s.mu.Lock()
 	t, done := s.t, s.done
@@ -242,6 +268,9 @@ func (s *Training) Close() error {
 	s.wg.Wait()
 	if s.Sampler != nil {
 		err = errors.Join(err, s.Sampler.Close())
+	}
+	if t != nil && s.Config.Engine != nil {
+		err = errors.Join(err, s.Config.Engine.Close())
 	}
 	return err
 }

@@ -152,7 +152,8 @@ func TestTrainingStatusMetricsAndPause(t *testing.T) {
 		}
 	}
 	for _, labelled := range []string{`swarm_training_averaging_rounds_total{outcome="alone"}`, `swarm_training_statesync_bytes_total{direction="fetched"}`,
-		`swarm_training_statesync_bytes_total{direction="served"}`, `swarm_training_state{state="online"} 1`, `swarm_gpu_temperature_celsius{gpu="0",uuid="GPU-test"} 60`} {
+		`swarm_training_statesync_bytes_total{direction="served"}`, `swarm_training_state{state="online"} 1`, `swarm_gpu_temperature_celsius{gpu="0",uuid="GPU-test"} 60`,
+		`swarm_training_device_info{device="Test CPU",engine="native"} 1`} {
 		if !strings.Contains(page, labelled) {
 			t.Errorf("/metrics lacks %s", labelled)
 		}

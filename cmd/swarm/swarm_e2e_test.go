@@ -176,6 +176,10 @@ func TestSwarmTrainsMNIST(t *testing.T) {
 		t.Errorf("holders per shard %v, want 2 and 2", shardCount)
 	}
 	sameShardParams(t, sts)
+	for name := range sts {
+		checkTrainingStatus(t, s.bin, filepath.Join(s.dir, name), 2, 4)
+		break
+	}
 	out, stderr, code := swarmCmd(t, s.bin, "train", "--run", s.manifest, "--json", "--eval-every", "-1", "--threads", "2")
 	if code != 0 {
 		t.Fatalf("swarm train: %s", stderr)
