@@ -74,7 +74,9 @@ func (t *Trainer) admit(index int, kind uint8, epoch uint64, wait time.Duration)
 			return nil, 0, pipeline.CodeBusy, fmt.Errorf("epoch %d is closing", t.epoch)
 		}
 	}
-	if kind == pipeline.KindTrain && t.done {
+	// Local mode: holders of other shards may still be finishing their
+	// rounds through this one, which then serves without stepping.
+	if kind == pipeline.KindTrain && t.done && t.sync() {
 		return nil, 0, pipeline.CodeStale, errors.New("the run is finished")
 	}
 	t.inflight++
@@ -226,7 +228,16 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 	}
 	res.Grad = gradIn
 	if !t.sync() {
-		t.innerStep(sh)
+		t.mu.Lock()
+		done := t.done
+		t.mu.Unlock()
+		if done {
+			t.stepMu.Lock()
+			sh.ZeroGrad()
+			t.stepMu.Unlock()
+		} else {
+			t.innerStep(sh)
+		}
 	}
 	t.finishMicro(b.N, compute, float64(res.Loss), t.last(index))
 	return res, nil
