@@ -80,10 +80,7 @@ func benchAction(c *cli.Context) error {
 	if choice.Fallback {
 		fmt.Fprintln(c.App.ErrWriter, "swarm bench:", choice.Reason)
 	}
-	device := cpuName(l.Threads())
-	if te, ok := e.(*torch.Engine); ok && te.Device() == "cuda" && len(te.Info().Devices) > 0 {
-		device = te.Info().Devices[0]
-	}
+	device := engineDevice(e, l) // the node looks its throughput up under the same key
 	var cache *gpu.BenchCache
 	if !c.Bool("no-cache") {
 		path := c.String("cache")

@@ -71,11 +71,11 @@ func engineDevice(e engine.Engine, l gpu.Limits) string {
 }
 
 // announcedRate is the compute rate (FLOP/s) the node announces before it
-// has measured itself while training: swarm bench's cached result for the
-// run's model on this device and engine (any of the run's shard sizes), or
-// else a quick measurement of the first shard.
-func announcedRate(c *cli.Context, e engine.Engine, m *run.Manifest, device string, log *slog.Logger) float64 {
-	path := c.String("bench-cache")
+// has measured itself while training: swarm bench's cached result in the
+// cache at path ("" = the default) for the run's model on this device and
+// engine (any of the run's shard sizes), or else a quick measurement of the
+// first shard.
+func announcedRate(path string, e engine.Engine, m *run.Manifest, device string, log *slog.Logger) float64 {
 	if path == "" {
 		path, _ = gpu.DefaultBenchCachePath()
 	}
@@ -129,7 +129,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 		RebalanceEvery: c.Duration("rebalance-every"),
 		FaultNaN:       c.Bool("fault-nan"),
 		Logger:         log,
-		Rate:           announcedRate(c, eng, m, device, log),
+		Rate:           announcedRate(c.String("bench-cache"), eng, m, device, log),
 	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every")}
 	if len(gpus) > 0 {
 		// GPUs train: the governor watches them (pausing on heat or on
