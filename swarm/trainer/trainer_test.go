@@ -16,6 +16,7 @@ import (
 	"github.com/swarm-train/swarm/gpu/engine"
 	"github.com/swarm-train/swarm/gpu/native"
 	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/train"
 )
@@ -208,8 +209,14 @@ func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
 	m.Optimizer.ClipNorm = 0.05 // far below the first gradient's norm
 	m.Optimizer.WarmupSteps, m.Optimizer.LR = 0, 0.05
 	s := &swarmT{t: t, m: m}
+	// The second shard's holder first, so the first micro-batch the first
+	// shard draws finds it online (a failed one would be replaced by the
+	// next micro-batch of the stream, not the one the reference uses).
+	second := s.add(1, nil)
+	waitFor(t, time.Minute, "the second shard's holder to be online", func() bool {
+		return second.Status().State == progress.StateOnline
+	})
 	first := s.add(0, nil)
-	s.add(1, nil)
 	waitFor(t, time.Minute, "both shards to take the run's one step", func() bool {
 		for _, tr := range s.tr {
 			if tr.Status().Epoch < 1 {
