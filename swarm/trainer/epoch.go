@@ -84,6 +84,13 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 				// it at about the same moment, so they average together
 				// even though the wiring gives them unequal shares.
 				due = t.shardInnerLocked() >= t.m.Averaging.LocalSteps
+				if t.index > 0 {
+					// Later shards follow the first shard's rounds: their own
+					// count runs ahead while a holder is still joining.
+					if first, ok := t.firstShardRoundLocked(); ok {
+						due = first > t.epoch
+					}
+				}
 			}
 		}
 		finished := t.shard != nil && t.done && t.accuracy < 0 && t.index == 0
@@ -103,6 +110,22 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 			t.evaluate(ctx)
 		}
 	}
+}
+
+// firstShardRoundLocked is the lowest round among the first shard's online
+// holders (local mode; t.mu held); ok is false when it has none.
+func (t *Trainer) firstShardRoundLocked() (uint64, bool) {
+	var low uint64
+	ok := false
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Shard == 0 && (r.State == progress.StateOnline || r.State == progress.StateDone) {
+			if !ok || r.Epoch < low {
+				low = r.Epoch
+			}
+			ok = true
+		}
+	}
+	return low, ok
 }
 
 // shardInnerLocked is the mean number of inner steps (micro-batches) the
