@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -87,6 +88,7 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 		libp2p.PrometheusRegisterer(reg),
 		libp2p.EnableRelay(),
 		libp2p.EnableHolePunching(),
+		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstDialRanker)),
 	}
 	if cfg.PortMapping {
 		opts = append(opts, libp2p.NATPortMap())
