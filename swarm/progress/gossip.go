@@ -140,12 +140,14 @@ func (g *Gossip) PushNow(ctx context.Context) {
 				}
 				g.mu.Unlock()
 				r := g.Current()
-				if b, err = r.Encode(); err != nil {
+				next, err := r.Encode()
+				if err != nil {
 					g.mu.Lock()
 					delete(g.busy, p)
 					g.mu.Unlock()
 					return
 				}
+				b = next
 			}
 		}(p, b)
 	}
