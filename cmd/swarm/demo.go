@@ -67,7 +67,9 @@ func demo(c *cli.Context) error {
 			}
 			m.Model.Hidden = append(m.Model.Hidden, w)
 		}
-		m.Shards = run.EvenShards(m.Model.Units(), c.Int("shards"))
+		if err := m.Split(c.Int("shards")); err != nil {
+			return cli.Exit("swarm demo: --shards: "+err.Error(), 2)
+		}
 	}
 	if s := c.Int("steps"); s > 0 {
 		m.Training.Steps = s

@@ -124,7 +124,9 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	if units := m.Model.Units(); shards > units {
 		return nil, fmt.Errorf("--shards %d: the model has only %d units (layers or blocks) to split", shards, units)
 	}
-	m.Shards = run.EvenShards(m.Model.Units(), shards)
+	if err := m.Split(shards); err != nil {
+		return nil, fmt.Errorf("--shards %d: %w", shards, err)
+	}
 	if c.IsSet("name") {
 		m.Name = c.String("name")
 	}

@@ -18,7 +18,9 @@ func NewMLPMNIST(shards int) *Manifest {
 		Training:  TrainingSpec{BatchSize: 64, TargetBatch: 128, Steps: 600},
 		Averaging: AveragingSpec{Mode: ModeSync, GroupSize: 4, MinGroupSize: 2, Compression: CompressNone, TimeoutMS: 5000},
 	}
-	m.Shards = EvenShards(m.Model.Units(), shards)
+	if m.Split(shards) != nil {
+		m.Shards = EvenShards(m.Model.Units(), shards) // Validate names the problem
+	}
 	return m
 }
 
@@ -41,7 +43,9 @@ func NewGPTChar(charset string, shards int) *Manifest {
 		Training:  TrainingSpec{BatchSize: 32, TargetBatch: 64, Steps: 600},
 		Averaging: AveragingSpec{Mode: ModeSync, GroupSize: 4, MinGroupSize: 2, Compression: CompressNone, TimeoutMS: 5000},
 	}
-	m.Shards = EvenShards(m.Model.Units(), shards)
+	if m.Split(shards) != nil {
+		m.Shards = EvenShards(m.Model.Units(), shards) // Validate names the problem
+	}
 	return m
 }
 

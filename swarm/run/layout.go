@@ -202,3 +202,65 @@ func hasSuffix(s, suffix string) bool {
 }
 
 func cosPi(t float64) float64 { return math.Cos(math.Pi * t) }
+
+// BalancedShards splits the model of m into n contiguous shards whose
+// training FLOPs per sample are as even as possible: it minimises the most
+// expensive shard's cost (the pipeline's bottleneck). Unequal units — the
+// MLP's 784×1024 and 1024×10 layers, the GPT's head — make this differ from
+// EvenShards, which counts units.
+func BalancedShards(m *Manifest, n int) ([]ShardSpec, error) {
+	units := m.Model.Units()
+	if n < 1 || n > units {
+		return nil, fieldErr("shards", "%d shards for a model of %d units: want 1 to %d", n, units, units)
+	}
+	per := *m
+	per.Shards = EvenShards(units, units)
+	cost := make([]float64, units+1) // prefix sums of per-unit FLOPs
+	for i := 0; i < units; i++ {
+		f, err := per.FLOPsPerSample(i)
+		if err != nil {
+			return nil, err
+		}
+		cost[i+1] = cost[i] + f
+	}
+	// best[k][u]: the smallest bottleneck splitting units [0, u) into k shards;
+	// cut[k][u]: where the last of those k shards starts.
+	inf := math.Inf(1)
+	best := make([][]float64, n+1)
+	cut := make([][]int, n+1)
+	for k := range best {
+		best[k] = make([]float64, units+1)
+		cut[k] = make([]int, units+1)
+		for u := range best[k] {
+			best[k][u] = inf
+		}
+	}
+	best[0][0] = 0
+	for k := 1; k <= n; k++ {
+		for u := k; u <= units; u++ {
+			for s := k - 1; s < u; s++ {
+				if b := math.Max(best[k-1][s], cost[u]-cost[s]); b < best[k][u] {
+					best[k][u], cut[k][u] = b, s
+				}
+			}
+		}
+	}
+	shards := make([]ShardSpec, n)
+	end := units
+	for k := n; k >= 1; k-- {
+		start := cut[k][end]
+		shards[k-1] = ShardSpec{Index: k - 1, Start: start, End: end}
+		end = start
+	}
+	return shards, nil
+}
+
+// Split replaces m's shards with n shards balanced by FLOPs (BalancedShards).
+func (m *Manifest) Split(n int) error {
+	s, err := BalancedShards(m, n)
+	if err != nil {
+		return err
+	}
+	m.Shards = s
+	return nil
+}

@@ -270,3 +270,51 @@ func TestLRSchedule(t *testing.T) {
 		}
 	}
 }
+
+func TestBalancedShards(t *testing.T) {
+	m := NewMLPMNIST(1)
+	for n := 1; n <= m.Model.Units(); n++ {
+		s, err := BalancedShards(m, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := validateShards(s, m.Model.Units()); err != nil {
+			t.Fatalf("BalancedShards(mlp, %d) = %v: %v", n, s, err)
+		}
+	}
+	// 784-1024-1024-10 in two: the first layer (0.80M weights) alone against
+	// the other two (1.06M); counting units would put 1.85M against 10k.
+	s, _ := BalancedShards(m, 2)
+	if s[0].End != 1 {
+		t.Errorf("mlp in 2 shards = %v, want the cut after the first layer", s)
+	}
+	// Brute force over every cut of a GPT into 3: no split has a smaller bottleneck.
+	g := NewGPTChar("abcdefghijklmnopqrstuvwxyz", 1)
+	g.Model.NLayer = 6
+	s, err := BalancedShards(g, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bottleneck := func(sh []ShardSpec) float64 {
+		c := *g
+		c.Shards = sh
+		worst := 0.0
+		for i := range sh {
+			f, _ := c.FLOPsPerSample(i)
+			worst = math.Max(worst, f)
+		}
+		return worst
+	}
+	got := bottleneck(s)
+	for a := 1; a < 6; a++ {
+		for b := a + 1; b < 6; b++ {
+			sh := []ShardSpec{{0, 0, a}, {1, a, b}, {2, b, 6}}
+			if w := bottleneck(sh); w < got*(1-1e-12) {
+				t.Fatalf("BalancedShards = %v (bottleneck %g), but %v has %g", s, got, sh, w)
+			}
+		}
+	}
+	if _, err := BalancedShards(m, 4); err == nil {
+		t.Error("4 shards of a 3-unit model accepted")
+	}
+}
