@@ -90,6 +90,16 @@ func testConfig(all []peer.ID) Config {
 	}
 }
 
+// roomyMatch widens matchmaking for tests that need every peer in the
+// group: the group starts as soon as it reaches the target size, so on a
+// healthy machine the longer window and request timeout cost nothing, while
+// on a loaded one a peer whose join or ack is late is still counted.
+func roomyMatch(c *Config) {
+	c.MatchWindow = slow * 5 * time.Second
+	c.MatchTimeout = 3 * c.MatchWindow
+	c.RequestTimeout = slow * time.Second
+}
+
 func newPeers(t testing.TB, n, vecLen int, mod func(i int, c *Config)) []*testPeer {
 	hs := newHosts(t, n)
 	all := ids(hs)
@@ -183,7 +193,7 @@ func TestAllreduceExactMean(t *testing.T) {
 	}
 	for _, n := range sizes {
 		t.Run(fmt.Sprint(n), func(t *testing.T) {
-			ps := newPeers(t, n, 10007, nil)
+			ps := newPeers(t, n, 10007, func(_ int, c *Config) { roomyMatch(c) })
 			out := stepAll(ps, "run/shard0", 1, nil)
 			var wsum float64
 			for _, p := range ps {

@@ -61,6 +61,7 @@ func TestKillMidRound(t *testing.T) {
 				})
 			}
 			ps = newPeers(t, n, 40000, func(i int, cfg *Config) {
+				roomyMatch(cfg) // all n must be in the group before the kills
 				cfg.AllreduceTimeout = slow * 4 * time.Second
 				cfg.SenderTimeout = slow * 1500 * time.Millisecond
 				cfg.ReducerTimeout = slow * 3 * time.Second
