@@ -460,6 +460,7 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 		}
 	}
 	info.Seconds = time.Since(start).Seconds()
+	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds)
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
 	t.stepMu.Lock()
 	p = sh.Params()

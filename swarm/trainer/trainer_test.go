@@ -171,9 +171,11 @@ func abs32(x float32) float32 {
 // TestLocalStepsMode: DiLoCo mode trains too; holders of a shard leave each
 // outer round with the same parameters.
 func TestLocalStepsMode(t *testing.T) {
+	// 100 steps (10 outer rounds) averaged in every round still ended
+	// anywhere in 0.76-0.87; 200 clear the bar with margin.
 	steps := 300
 	if testing.Short() {
-		steps = 100
+		steps = 200
 	}
 	m := smallMNIST(2, 64, steps)
 	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.9
@@ -181,16 +183,16 @@ func TestLocalStepsMode(t *testing.T) {
 	for i := range 4 {
 		s.add(i%2, nil)
 	}
-	waitFor(t, 3*time.Minute, "the local-steps run to finish", func() bool {
-		for _, tr := range s.tr {
-			if st := tr.Status(); st.Accuracy >= 0 {
-				return true
-			}
-		}
-		return false
+	// The first node's own evaluation: another first-shard holder may
+	// finish a moment earlier.
+	waitFor(t, 6*time.Minute, "the local-steps run to finish", func() bool {
+		return s.tr[0].Status().Accuracy >= 0
 	})
 	st := s.tr[0].Status()
 	t.Logf("local steps: accuracy %.4f, rounds %d, last averaging %+v", st.Accuracy, st.Epoch, st.Averaging)
+	for i, tr := range s.tr {
+		t.Logf("node %d: %d outer rounds, %d averaged with a peer", i, tr.ctr.avgRounds.Load(), tr.ctr.avgGrouped.Load())
+	}
 	if st.Accuracy < 0.8 {
 		t.Fatalf("accuracy %.4f, want >= 0.8", st.Accuracy)
 	}
