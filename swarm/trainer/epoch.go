@@ -7,6 +7,8 @@ import (
 	"math"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/gpu/engine"
 	"github.com/swarm-train/swarm/swarm/pipeline"
@@ -74,6 +76,7 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 		t.mu.Lock()
 		ready := t.shard != nil && t.state == progress.StateOnline && !t.done
 		var due bool
+		var ahead []peer.ID
 		if ready {
 			if t.sync() {
 				peerEpoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
@@ -83,6 +86,10 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 				// local_steps inner steps each on average: all of them see
 				// it at about the same moment, so they average together
 				// even though the wiring gives them unequal shares.
+				// A holder of the shard already in a later round (this node
+				// joined from a snapshot taken just before an outer step,
+				// or missed one) would never share a round with it again.
+				ahead = t.shardAheadLocked()
 				due = t.shardInnerLocked() >= t.m.Averaging.LocalSteps
 				if t.index > 0 {
 					// Later shards follow the first shard's rounds: their own
@@ -95,6 +102,13 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 		}
 		finished := t.shard != nil && t.done && t.accuracy < 0 && t.index == 0
 		t.mu.Unlock()
+		if len(ahead) > 0 {
+			sh, index, round := t.closeEpoch()
+			if sh == nil || t.catchUpFrom(ctx, sh, index, ahead) != nil {
+				t.reopen(sh, round)
+			}
+			continue
+		}
 		if due {
 			var err error
 			if t.sync() {
@@ -126,6 +140,32 @@ func (t *Trainer) firstShardRoundLocked() (uint64, bool) {
 		}
 	}
 	return low, ok
+}
+
+// shardAheadLocked is the other online holders of this node's shard in the
+// latest round, when that round is later than this node's (local mode; t.mu
+// held).
+func (t *Trainer) shardAheadLocked() []peer.ID {
+	self := t.h.ID().String()
+	var out []peer.ID
+	top := t.epoch
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer == self || r.Shard != t.index || r.Epoch <= t.epoch ||
+			(r.State != progress.StateOnline && r.State != progress.StateDone) {
+			continue
+		}
+		p, err := peer.Decode(r.Peer)
+		if err != nil {
+			continue
+		}
+		if r.Epoch > top {
+			top, out = r.Epoch, nil
+		}
+		if r.Epoch == top {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // shardInnerLocked is the mean number of inner steps (micro-batches) the
@@ -378,7 +418,11 @@ func (t *Trainer) peerEpoch() uint64 {
 
 // catchUp replaces the shard's state with a holder's newer one.
 func (t *Trainer) catchUp(ctx context.Context, sh engine.Shard, index int) error {
-	donors := t.holders(index, false)
+	return t.catchUpFrom(ctx, sh, index, t.holders(index, false))
+}
+
+// catchUpFrom replaces the shard's state with one of donors'.
+func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, donors []peer.ID) error {
 	if len(donors) == 0 {
 		return errors.New("no holder to catch up from")
 	}
@@ -393,6 +437,12 @@ func (t *Trainer) catchUp(ctx context.Context, sh engine.Shard, index int) error
 	copy(sh.OptState(), snap.Opt)
 	sh.SetStepCount(snap.Step)
 	sh.ZeroGrad()
+	if !t.sync() {
+		// Local mode serves the last outer state: the new anchor.
+		t.mu.Lock()
+		t.anchor = append(t.anchor[:0], snap.Params...)
+		t.mu.Unlock()
+	}
 	err = sh.Sync()
 	t.stepMu.Unlock()
 	if err != nil {
@@ -470,11 +520,14 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 		p[i] = t.anchor[i]
 	}
 	err := sh.Sync()
-	t.stepMu.Unlock()
 	t.mu.Lock()
 	t.setLastAvg(info)
 	t.mu.Unlock()
+	// The new anchor and the round it starts change together: a snapshot
+	// (taken under stepMu) never pairs one round's anchor with another's
+	// number.
 	t.reopen(sh, round+1)
+	t.stepMu.Unlock()
 	return err
 }
 
