@@ -122,15 +122,17 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 	for range 4 {
 		s.add(-1, nil)
 	}
+	// The node that evaluated: only first-shard holders do, and the nodes
+	// chose their shards themselves.
+	var st Status
 	waitFor(t, 3*time.Minute, "the run to finish and report accuracy", func() bool {
 		for _, tr := range s.tr {
-			if st := tr.Status(); st.Accuracy >= 0 && st.Epoch >= uint64(steps) {
+			if st = tr.Status(); st.Accuracy >= 0 && st.Epoch >= uint64(steps) {
 				return true
 			}
 		}
 		return false
 	})
-	st := s.tr[0].Status()
 	t.Logf("accuracy %.4f loss %.3f epochs %d shards %+v", st.Accuracy, st.Loss, st.Epoch, st.Shards)
 	for _, sh := range st.Shards {
 		if len(sh.Peers) != 2 {
@@ -144,7 +146,16 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 	if st.Accuracy < want {
 		t.Fatalf("accuracy %.4f, want >= %.2f", st.Accuracy, want)
 	}
-	// Holders of one shard stepped with the same averaged gradients.
+	// Holders of one shard stepped with the same averaged gradients: compare
+	// once every node took the run's last step.
+	waitFor(t, time.Minute, "every node to finish the run", func() bool {
+		for _, tr := range s.tr {
+			if tr.Status().Epoch < uint64(steps) {
+				return false
+			}
+		}
+		return true
+	})
 	byShard := map[int][]*Trainer{}
 	for _, tr := range s.tr {
 		byShard[tr.index] = append(byShard[tr.index], tr)
