@@ -51,12 +51,43 @@ func (t *Trainer) globalClaimedLocked() int {
 	if t.index == 0 {
 		n += t.drawn
 	}
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch && r.State == progress.StateOnline {
+	now := time.Now()
+	for _, r := range t.tracker.Live(now) {
+		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch && r.State == progress.StateOnline && t.claimLiveLocked(r, now) {
 			n += r.InFlight
 		}
 	}
 	return n
+}
+
+// claimStall is how long a first-shard peer may go without finishing
+// samples before the others stop counting its in-flight claim and its share
+// of the target batch: its micro-batches keep failing (it is excluded
+// downstream, or its next stage vanished), and waiting on them would stall
+// every epoch. The mark lasts across epochs until the peer finishes samples
+// again; counting a slow but honest peer out costs at most a slightly larger
+// epoch.
+const claimStall = 3 * time.Second
+
+type claimSeen struct {
+	epoch   uint64
+	samples int
+	at      time.Time // when the peer last finished samples (or was first seen)
+}
+
+// claimLiveLocked reports whether r's claim still counts: r finished
+// samples within claimStall (t.mu held).
+func (t *Trainer) claimLiveLocked(r progress.Record, now time.Time) bool {
+	s, ok := t.claims[r.Peer]
+	switch {
+	case !ok:
+		s.at = now
+	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
+		s.at = now
+	}
+	s.epoch, s.samples = r.Epoch, r.Samples
+	t.claims[r.Peer] = s
+	return now.Sub(s.at) < claimStall
 }
 
 // epochLoop ends epochs: in sync mode when the swarm reached the target

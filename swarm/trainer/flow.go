@@ -426,8 +426,12 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 // among the online holders of the first shard (t.mu held).
 func (t *Trainer) shareLocked() int {
 	self, n := t.h.ID().String(), 1
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer != self && r.Shard == 0 && r.State == progress.StateOnline {
+	now := time.Now()
+	for _, r := range t.tracker.Live(now) {
+		// A holder whose started samples stopped finishing (claimLiveLocked)
+		// leaves its share to the others.
+		stalled := r.Epoch == t.epoch && r.InFlight > 0 && !t.claimLiveLocked(r, now)
+		if r.Peer != self && r.Shard == 0 && r.State == progress.StateOnline && !stalled {
 			n++
 		}
 	}

@@ -112,6 +112,11 @@ func (c *Config) defaults() error {
 
 // Trainer runs one node's share of a run.
 type Trainer struct {
+	// claims remembers when each first-shard peer last finished samples,
+	// so that a peer whose micro-batches keep failing stops holding the
+	// epoch back with its in-flight claim (t.mu).
+	claims map[string]claimSeen
+
 	cfg     Config
 	m       *run.Manifest
 	runID   string
@@ -194,7 +199,8 @@ func New(cfg Config) (*Trainer, error) {
 		return nil, err
 	}
 	t := &Trainer{
-		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
+		claims: map[string]claimSeen{},
+		cfg:    cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
 		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(),
