@@ -6,7 +6,7 @@
 # holders of their shard every collaborative epoch, and at the end evaluate the
 # model on the MNIST test set. Progress (epoch, loss, samples/s, peers per
 # shard) is printed every few seconds; the last line is the test accuracy.
-# About four minutes on two cores.
+# One to two minutes on two cores.
 #
 #   DEMO_NODES=6 make demo          # more volunteers
 #   DEMO_STEPS=200 make demo        # a shorter run
