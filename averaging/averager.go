@@ -330,25 +330,11 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	}
 	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec,
 		held: map[peer.ID]*heldJoin{}, done: make(chan struct{})}
-	a.mu.Lock()
-	if a.closed {
-		a.mu.Unlock()
-		return localResult(a.h.ID(), len(vec)), ErrClosed
+	bits, release, openErr := a.openSession(sess)
+	if openErr != nil {
+		return localResult(a.h.ID(), len(vec)), openErr
 	}
-	if a.sessions[key] != nil {
-		a.mu.Unlock()
-		return localResult(a.h.ID(), len(vec)), ErrBusy
-	}
-	a.sessions[key] = sess
-	bits := a.bits[key]
-	a.wg.Add(1)
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		delete(a.sessions, key)
-		a.mu.Unlock()
-		a.wg.Done()
-	}()
+	defer release()
 	ctx, cancel := mergeCancel(ctx, a.ctx)
 	defer cancel()
 
@@ -393,6 +379,28 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	return res, err
 }
 
+// openSession registers sess as the one running for its key and returns the
+// key's Moshpit bits and the func that unregisters it; ErrClosed after Close,
+// ErrBusy while another Step or Gossip of the key runs.
+func (a *Averager) openSession(sess *session) (bits uint32, release func(), err error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return 0, nil, ErrClosed
+	}
+	if a.sessions[sess.key] != nil {
+		return 0, nil, ErrBusy
+	}
+	a.sessions[sess.key] = sess
+	a.wg.Add(1)
+	return a.bits[sess.key], func() {
+		a.mu.Lock()
+		delete(a.sessions, sess.key)
+		a.mu.Unlock()
+		a.wg.Done()
+	}, nil
+}
+
 // Gossip averages vec pairwise with one random candidate of key that is also
 // gossiping in round, without trying to form a group first.
 func (a *Averager) Gossip(ctx context.Context, key string, round uint64, vec []float32, weight float64, opts ...StepOption) (Result, error) {
@@ -405,20 +413,11 @@ func (a *Averager) Gossip(ctx context.Context, key string, round uint64, vec []f
 	}
 	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec, done: make(chan struct{})}
 	close(sess.done)
-	a.mu.Lock()
-	if a.closed || a.sessions[key] != nil {
-		a.mu.Unlock()
-		return localResult(a.h.ID(), len(vec)), ErrBusy
+	_, release, err := a.openSession(sess)
+	if err != nil {
+		return localResult(a.h.ID(), len(vec)), err
 	}
-	a.sessions[key] = sess
-	a.wg.Add(1)
-	a.mu.Unlock()
-	defer func() {
-		a.mu.Lock()
-		delete(a.sessions, key)
-		a.mu.Unlock()
-		a.wg.Done()
-	}()
+	defer release()
 	ctx, cancel := mergeCancel(ctx, a.ctx)
 	defer cancel()
 	start := time.Now()
