@@ -39,7 +39,7 @@ func BenchShard(e engine.Engine, m *run.Manifest, index, batch int, minTime time
 		return BenchResult{}, err
 	}
 	defer s.Close()
-	b := randomBatch(m, batch)
+	b := engine.RandomBatch(m, batch, 3)
 	var in []float32
 	if index > 0 {
 		in = make([]float32, batch*m.ActivationSize(index-1))
@@ -87,29 +87,6 @@ func BenchShard(e engine.Engine, m *run.Manifest, index, batch int, minTime time
 		SamplesSec: float64(steps*batch) / el, When: time.Now().UTC()}
 	r.GFLOPSec = r.SamplesSec * flops / 1e9
 	return r, nil
-}
-
-func randomBatch(m *run.Manifest, n int) *engine.Batch {
-	r := rand.New(rand.NewPCG(3, 4))
-	b := &engine.Batch{N: n}
-	md := m.Model
-	if md.Arch == run.ArchMLPMNIST {
-		b.X = make([]float32, n*md.Input)
-		for i := range b.X {
-			b.X[i] = r.Float32()
-		}
-		b.Targets = make([]int32, n)
-		for i := range b.Targets {
-			b.Targets[i] = int32(r.IntN(md.Classes))
-		}
-		return b
-	}
-	b.Tokens = make([]int32, n*md.BlockSize)
-	b.Targets = make([]int32, n*md.BlockSize)
-	for i := range b.Tokens {
-		b.Tokens[i], b.Targets[i] = int32(r.IntN(md.Vocab)), int32(r.IntN(md.Vocab))
-	}
-	return b
 }
 
 // SpanManifest is m split so that shard 0 holds units [0, units) and shard 1

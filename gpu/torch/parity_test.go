@@ -73,30 +73,6 @@ func setOpt(m *run.Manifest, opt string) {
 	}
 }
 
-func batchFor(m *run.Manifest, n int, seed uint64) *engine.Batch {
-	r := rand.New(rand.NewPCG(seed, 7))
-	b := &engine.Batch{N: n}
-	md := m.Model
-	if md.Arch == run.ArchMLPMNIST {
-		b.X = make([]float32, n*md.Input)
-		for i := range b.X {
-			b.X[i] = r.Float32()
-		}
-		b.Targets = make([]int32, n)
-		for i := range b.Targets {
-			b.Targets[i] = int32(r.IntN(md.Classes))
-		}
-		return b
-	}
-	b.Tokens = make([]int32, n*md.BlockSize)
-	b.Targets = make([]int32, n*md.BlockSize)
-	for i := range b.Tokens {
-		b.Tokens[i] = int32(r.IntN(md.Vocab))
-		b.Targets[i] = int32(r.IntN(md.Vocab))
-	}
-	return b
-}
-
 // relErr is ‖a−b‖/‖b‖ (‖a−b‖ when b is zero).
 func relErr(a, b []float32) float64 {
 	if len(a) != len(b) {
@@ -252,7 +228,7 @@ func TestParityWithNative(t *testing.T) {
 			for step := range 2 {
 				// Two micro-batches accumulate into one step.
 				for mb := range 2 {
-					b := batchFor(c.m, c.n, uint64(10*step+mb))
+					b := engine.RandomBatch(c.m, c.n, uint64(10*step+mb))
 					compare(t, fmt.Sprintf("step %d micro-batch %d", step, mb), tp.trainStep(t, b), np.trainStep(t, b), tol)
 				}
 				for i := range np {
@@ -277,7 +253,7 @@ func TestParityWithNative(t *testing.T) {
 				}
 			}
 			// Evaluation: loss and logits of the last shard.
-			b := batchFor(c.m, c.n, 99)
+			b := engine.RandomBatch(c.m, c.n, 99)
 			var tin, nin []float32
 			for i := range np {
 				tout, tl, ttape, err := tp[i].Forward(b, tin, false)
@@ -310,7 +286,7 @@ func TestStateRoundTrip(t *testing.T) {
 	ne := native.New(native.WithThreads(1))
 	m := smallMLP(1, "adamw")
 	tp, np := newPipeline(t, te, m), newPipeline(t, ne, m)
-	b := batchFor(m, 4, 1)
+	b := engine.RandomBatch(m, 4, 1)
 	np.trainStep(t, b)
 	if err := np[0].Step(1e-2, 1); err != nil {
 		t.Fatal(err)
@@ -323,7 +299,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if err := tp[0].Sync(); err != nil {
 		t.Fatal(err)
 	}
-	b2 := batchFor(m, 4, 2)
+	b2 := engine.RandomBatch(m, 4, 2)
 	compare(t, "after sync", tp.trainStep(t, b2), np.trainStep(t, b2), 1e-4)
 	for _, s := range []engine.Shard{tp[0], np[0]} {
 		if err := s.Step(1e-2, 1); err != nil {
@@ -337,7 +313,7 @@ func TestBadInput(t *testing.T) {
 	te := newTorch(t, Options{})
 	m := smallGPT(2, "adamw")
 	p := newPipeline(t, te, m)
-	b := batchFor(m, 2, 1)
+	b := engine.RandomBatch(m, 2, 1)
 	if _, _, _, err := p[0].Forward(&engine.Batch{N: 2, Tokens: b.Tokens[:5]}, nil, true); !errors.Is(err, engine.ErrShape) {
 		t.Errorf("short tokens: %v, want ErrShape", err)
 	}

@@ -114,7 +114,7 @@ func TestReplayWithoutSnapshot(t *testing.T) {
 	run := func() []engine.Tape {
 		for step := range 4 {
 			for mb := range 2 {
-				p.trainStep(t, batchFor(m, 2, uint64(10*step+mb)))
+				p.trainStep(t, engine.RandomBatch(m, 2, uint64(10*step+mb)))
 			}
 			if step == 2 {
 				// Averaging-like: gradients read, rescaled in place, written back at Sync.
@@ -136,8 +136,8 @@ func TestReplayWithoutSnapshot(t *testing.T) {
 		for _, s := range p {
 			s.SetStepCount(40)
 		}
-		p.forwardAll(t, batchFor(m, 2, 77))[1].Release()
-		return p.forwardAll(t, batchFor(m, 2, 78))
+		p.forwardAll(t, engine.RandomBatch(m, 2, 77))[1].Release()
+		return p.forwardAll(t, engine.RandomBatch(m, 2, 78))
 	}
 	// Uninterrupted.
 	p.backwardAll(t, run())
@@ -179,10 +179,10 @@ func TestReplaySnapshotEveryRequest(t *testing.T) {
 	p := newPipeline(t, te, m)
 	initial := p.state()
 	run := func() []engine.Tape {
-		p.trainStep(t, batchFor(m, 3, 1))
+		p.trainStep(t, engine.RandomBatch(m, 3, 1))
 		p.step(t, 0.05, 1)
-		open := p.forwardAll(t, batchFor(m, 3, 2))
-		p.trainStep(t, batchFor(m, 3, 3))
+		open := p.forwardAll(t, engine.RandomBatch(m, 3, 2))
+		p.trainStep(t, engine.RandomBatch(m, 3, 3))
 		return open
 	}
 	p.backwardAll(t, run())
@@ -209,7 +209,7 @@ func TestHostBuffers(t *testing.T) {
 	tp, np := newPipeline(t, te, m), newPipeline(t, ne, m)
 	ts := tp[0].(*Shard)
 	for _, p := range []pipeline{tp, np} {
-		p.trainStep(t, batchFor(m, 4, 1))
+		p.trainStep(t, engine.RandomBatch(m, 4, 1))
 	}
 	comparePipelines(t, "after backward", tp, np, 1e-5)
 
@@ -245,7 +245,7 @@ func TestHostBuffers(t *testing.T) {
 			p[i] = -p[i]
 		}
 	}
-	b := batchFor(m, 4, 2)
+	b := engine.RandomBatch(m, 4, 2)
 	_, tl, _, err := tp[0].Forward(b, nil, false)
 	if err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func TestHostBuffers(t *testing.T) {
 		}
 	}
 	for _, p := range []pipeline{tp, np} {
-		p.trainStep(t, batchFor(m, 4, 3))
+		p.trainStep(t, engine.RandomBatch(m, 4, 3))
 		p.step(t, 1e-2, 1)
 	}
 	comparePipelines(t, fmt.Sprintf("state written and stepped (%d restarts)", ts.Restarts()), tp, np, 1e-5)

@@ -54,7 +54,7 @@ func TestWorkerKilled(t *testing.T) {
 	}
 	// Step 0 on both, so the replayed state is not the initial one.
 	for _, p := range []pipeline{ref, vic} {
-		p.trainStep(t, batchFor(m, 2, 1))
+		p.trainStep(t, engine.RandomBatch(m, 2, 1))
 		step(p)
 		for _, s := range p {
 			s.ZeroGrad()
@@ -62,7 +62,7 @@ func TestWorkerKilled(t *testing.T) {
 	}
 	// One micro-batch done, then the last shard's worker is killed between
 	// requests: the next micro-batch must find it dead, restart it and replay.
-	b1, b2 := batchFor(m, 2, 2), batchFor(m, 2, 3)
+	b1, b2 := engine.RandomBatch(m, 2, 2), engine.RandomBatch(m, 2, 3)
 	ref.trainStep(t, b1)
 	vic.trainStep(t, b1)
 	victim := vic[1].(*Shard)
@@ -98,7 +98,7 @@ func TestWorkerKilled(t *testing.T) {
 		t.Errorf("restarts %d, want 2", victim.Restarts())
 	}
 	// And the next step is right too.
-	b3 := batchFor(m, 2, 4)
+	b3 := engine.RandomBatch(m, 2, 4)
 	for _, p := range []pipeline{ref, vic} {
 		for _, s := range p {
 			s.ZeroGrad()
@@ -116,7 +116,7 @@ func TestWorkerHang(t *testing.T) {
 	te := newTorch(t, Options{RequestTimeout: 4 * time.Second})
 	m := smallMLP(1, "sgd")
 	ref, vic := newPipeline(t, te, m), newPipeline(t, te, m)
-	b1, b2 := batchFor(m, 4, 1), batchFor(m, 4, 2)
+	b1, b2 := engine.RandomBatch(m, 4, 1), engine.RandomBatch(m, 4, 2)
 	ref.trainStep(t, b1)
 	vic.trainStep(t, b1)
 	victim := vic[0].(*Shard)
@@ -142,7 +142,7 @@ func TestRestartLimit(t *testing.T) {
 	m := smallMLP(1, "sgd")
 	p := newPipeline(t, te, m)
 	s := p[0].(*Shard)
-	b := batchFor(m, 2, 1)
+	b := engine.RandomBatch(m, 2, 1)
 	for i := range 2 {
 		if err := s.killWorker(); err != nil {
 			t.Fatal(err)
