@@ -44,78 +44,125 @@ func TestKillMidRound(t *testing.T) {
 			for _, v := range c.victims {
 				isVictim[v] = true
 			}
-			var ps []*testPeer
-			kills := make([]sync.Once, n)
-			// kill closes victim i's host and returns once it is closed, so the
-			// victim's goroutine that calls it does nothing more.
-			kill := func(i int) {
-				kills[i].Do(func() {
-					done := make(chan struct{})
-					go func() {
-						st := time.Now()
-						_ = ps[i].h.Close()
-						t.Logf("victim %d closed in %v", i, time.Since(st))
-						close(done)
-					}()
-					<-done
-				})
-			}
-			ps = newPeers(t, n, 40000, func(i int, cfg *Config) {
-				roomyMatch(cfg) // all n must be in the group before the kills
-				cfg.AllreduceTimeout = slow * 4 * time.Second
-				cfg.SenderTimeout = slow * 1500 * time.Millisecond
-				cfg.ReducerTimeout = slow * 3 * time.Second
-				if !isVictim[i] {
-					return
-				}
-				if c.reducer {
-					cfg.Bandwidth = 1
-				} else {
-					cfg.ClientMode = true
-				}
-			})
-			for _, v := range c.victims {
-				v := v
-				if c.reducer {
-					ps[v].a.faults.afterFinal = func(k int) {
-						if k == 1 {
-							kill(v)
-						}
+			// The failure semantics are only exercised when all n peers are in
+			// the group. On a loaded machine an ack can miss the leader's
+			// confirmation window and the group starts with fewer; that is
+			// matchmaking working as designed (match_test.go covers it), so
+			// the round is repeated with fresh peers.
+			for attempt := 1; ; attempt++ {
+				ps, out := killRound(t, n, c.victims, c.reducer)
+				if full, why := fullGroup(ps, out, isVictim); !full {
+					if attempt == 3 {
+						t.Fatalf("no round put all %d peers in one group: %s", n, why)
 					}
-				} else {
-					ps[v].a.faults.afterPart = func(_ peer.ID, k int) {
-						if k == 1 {
-							kill(v)
-						}
-					}
-				}
-			}
-			out := stepAll(ps, "run/shard", 1, nil)
-			for i, o := range out {
-				if isVictim[i] {
+					t.Logf("attempt %d: %s; again with fresh peers", attempt, why)
 					continue
 				}
-				if o.err != nil {
-					t.Fatalf("survivor %d: %v", i, o.err)
-				}
-				if o.res.Mode != ModeGroup || len(o.res.Members) != n {
-					t.Fatalf("survivor %d: mode %s with %d members", i, o.res.Mode, len(o.res.Members))
-				}
-				if o.res.ReduceTime > slow*4*time.Second+time.Second {
-					t.Fatalf("survivor %d: all-reduce took %v, deadline 4s", i, o.res.ReduceTime)
-				}
-				checkAgainstReport(t, ps, i, o.res, 1e-5)
-				t.Logf("survivor %d: reduce %v, fraction %.3f, excluded %v", i, o.res.ReduceTime, o.res.Fraction, o.res.Excluded)
-				for _, v := range c.victims {
-					if _, all := appears(o.res, ps[v].h.ID()); all {
-						t.Fatalf("survivor %d: victim %d counted everywhere; it died mid-round", i, v)
-					}
-				}
-				if o.res.Fraction < 0.5 {
-					t.Fatalf("survivor %d averaged only %.2f of the vector", i, o.res.Fraction)
-				}
+				checkKillRound(t, ps, out, c.victims, isVictim)
+				return
 			}
 		})
+	}
+}
+
+// fullGroup reports whether every survivor's round ran in one group of all
+// peers, and if not, what happened instead.
+func fullGroup(ps []*testPeer, out []stepOut, isVictim map[int]bool) (bool, string) {
+	for i, o := range out {
+		if isVictim[i] {
+			continue
+		}
+		if o.err != nil {
+			continue // a failed round is checkKillRound's to report
+		}
+		if o.res.Mode != ModeGroup || len(o.res.Members) != len(ps) {
+			return false, fmt.Sprintf("survivor %d: mode %s with %d members", i, o.res.Mode, len(o.res.Members))
+		}
+	}
+	return true, ""
+}
+
+// killRound runs one round of n fresh peers in which the victims die midway:
+// senders once they sent their first part, reducers once they finalised one.
+func killRound(t *testing.T, n int, victims []int, reducer bool) ([]*testPeer, []stepOut) {
+	isVictim := map[int]bool{}
+	for _, v := range victims {
+		isVictim[v] = true
+	}
+	var ps []*testPeer
+	kills := make([]sync.Once, n)
+	// kill closes victim i's host and returns once it is closed, so the
+	// victim's goroutine that calls it does nothing more.
+	kill := func(i int) {
+		kills[i].Do(func() {
+			done := make(chan struct{})
+			go func() {
+				st := time.Now()
+				_ = ps[i].h.Close()
+				t.Logf("victim %d closed in %v", i, time.Since(st))
+				close(done)
+			}()
+			<-done
+		})
+	}
+	ps = newPeers(t, n, 40000, func(i int, cfg *Config) {
+		roomyMatch(cfg) // all n must be in the group before the kills
+		cfg.AllreduceTimeout = slow * 4 * time.Second
+		cfg.SenderTimeout = slow * 1500 * time.Millisecond
+		cfg.ReducerTimeout = slow * 3 * time.Second
+		if !isVictim[i] {
+			return
+		}
+		if reducer {
+			cfg.Bandwidth = 1
+		} else {
+			cfg.ClientMode = true
+		}
+	})
+	for _, v := range victims {
+		v := v
+		if reducer {
+			ps[v].a.faults.afterFinal = func(k int) {
+				if k == 1 {
+					kill(v)
+				}
+			}
+		} else {
+			ps[v].a.faults.afterPart = func(_ peer.ID, k int) {
+				if k == 1 {
+					kill(v)
+				}
+			}
+		}
+	}
+	return ps, stepAll(ps, "run/shard", 1, nil)
+}
+
+// checkKillRound checks the survivors of a full-group round: in time, exact
+// over what they report, the dead never counted everywhere, and most of the
+// vector still averaged.
+func checkKillRound(t *testing.T, ps []*testPeer, out []stepOut, victims []int, isVictim map[int]bool) {
+	t.Helper()
+	for i, o := range out {
+		if isVictim[i] {
+			continue
+		}
+		if o.err != nil {
+			t.Fatalf("survivor %d: %v", i, o.err)
+		}
+		if o.res.ReduceTime > slow*4*time.Second+time.Second {
+			t.Fatalf("survivor %d: all-reduce took %v, deadline 4s", i, o.res.ReduceTime)
+		}
+		checkAgainstReport(t, ps, i, o.res, 1e-5)
+		t.Logf("survivor %d: reduce %v, fraction %.3f, excluded %v", i, o.res.ReduceTime, o.res.Fraction, o.res.Excluded)
+		for _, v := range victims {
+			if _, all := appears(o.res, ps[v].h.ID()); all {
+				t.Fatalf("survivor %d: victim %d counted everywhere; it died mid-round", i, v)
+			}
+		}
+		if o.res.Fraction < 0.5 {
+			t.Fatalf("survivor %d averaged only %.2f of the vector", i, o.res.Fraction)
+		}
 	}
 }
 
