@@ -22,7 +22,19 @@ const (
 	StateJoining = "joining" // downloading state or not yet trained
 	StateOnline  = "online"  // training
 	StateDone    = "done"    // the run's last epoch is finished
+	// StatePaused is never sent: status views show it for an online node
+	// whose record says Paused.
+	StatePaused = "paused"
 )
+
+// ShownState is the state status views show for r: paused for an online
+// node that its volunteer's limits hold.
+func (r *Record) ShownState() string {
+	if r.Paused && r.State == StateOnline {
+		return StatePaused
+	}
+	return r.State
+}
 
 // MaxRecordSize bounds one encoded record on the wire.
 const MaxRecordSize = 8 << 10
@@ -45,6 +57,9 @@ type Record struct {
 	Fraction   float64 `json:"fraction"`          // of the vector averaged in it
 	Accuracy   float64 `json:"accuracy"`          // test accuracy once measured, else -1
 	Closing    bool    `json:"closing,omitempty"` // ending its epoch (averaging) now
+	// Paused is set while the volunteer's limits (GPU temperature, other
+	// programs) hold its training; it still holds its shard and serves state.
+	Paused bool `json:"paused,omitempty"`
 	// InFlight is the number of samples it started in Epoch and has not
 	// finished yet (first shard), so peers do not start more than the
 	// target batch between them.

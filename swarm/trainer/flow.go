@@ -492,13 +492,14 @@ func (t *Trainer) rateLocked() float64 {
 
 // record is this node's progress record.
 func (t *Trainer) record() progress.Record {
+	paused := t.pausedNow()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := progress.Record{
 		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
 		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
 		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
-		Closing: t.closing, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
+		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
 	}
 	if t.index < 0 {
 		r.State = progress.StateJoining

@@ -58,6 +58,7 @@ type PeerStatus struct {
 func (t *Trainer) Status() Status {
 	t.gossip.Current() // refresh our own record
 	recs := t.tracker.Live(time.Now())
+	paused := t.pausedNow()
 	sum := progress.Summarize(recs, len(t.m.Shards))
 	t.mu.Lock()
 	st := Status{
@@ -67,6 +68,9 @@ func (t *Trainer) Status() Status {
 	}
 	if t.done {
 		st.State = progress.StateDone
+	}
+	if st.State == progress.StateOnline && paused {
+		st.State = progress.StatePaused
 	}
 	if wall := time.Since(t.start).Seconds(); wall > 0 {
 		st.Utilization = t.busy.Seconds() / wall
@@ -93,7 +97,7 @@ func (t *Trainer) Status() Status {
 		st.Shards = append(st.Shards, ShardStatus{Index: i, Peers: peers, Throughput: sum.ShardTP[i]})
 	}
 	for _, r := range recs {
-		st.Peers = append(st.Peers, PeerStatus{PeerID: r.Peer, Shard: r.Shard, State: r.State, Device: r.Device,
+		st.Peers = append(st.Peers, PeerStatus{PeerID: r.Peer, Shard: r.Shard, State: r.ShownState(), Device: r.Device,
 			Throughput: r.Throughput, Epoch: r.Epoch, Accuracy: r.Accuracy})
 		if r.Accuracy > st.Accuracy {
 			st.Accuracy = r.Accuracy

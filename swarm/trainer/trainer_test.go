@@ -289,3 +289,51 @@ func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
 		}
 	}
 }
+
+// TestPausedNodeShown: while its volunteer's limits hold a node, its peers
+// and its own status show it paused; once released it trains on.
+func TestPausedNodeShown(t *testing.T) {
+	s := &swarmT{t: t, m: smallMNIST(2, 32, 100000)}
+	var mu sync.Mutex
+	paused := false
+	s.add(0, nil)
+	held := s.add(1, func(c *Config) {
+		c.WaitRunning = func(ctx context.Context) error {
+			for {
+				mu.Lock()
+				p := paused
+				mu.Unlock()
+				if !p {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+		}
+	})
+	id := s.hosts[1].ID().String()
+	shownBy := func(tr *Trainer) string {
+		for _, p := range tr.Status().Peers {
+			if p.PeerID == id {
+				return p.State
+			}
+		}
+		return ""
+	}
+	waitFor(t, time.Minute, "the swarm to take a step", func() bool { return s.tr[0].Status().Epoch >= 1 })
+	mu.Lock()
+	paused = true
+	mu.Unlock()
+	waitFor(t, 30*time.Second, "its peer to show the held node paused", func() bool {
+		return shownBy(s.tr[0]) == progress.StatePaused && held.Status().State == progress.StatePaused
+	})
+	mu.Lock()
+	paused = false
+	mu.Unlock()
+	waitFor(t, 30*time.Second, "the node to show online again", func() bool { return shownBy(s.tr[0]) == progress.StateOnline })
+	from := s.tr[0].Status().Epoch
+	waitFor(t, time.Minute, "training to go on", func() bool { return s.tr[0].Status().Epoch > from })
+}
