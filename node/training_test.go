@@ -95,11 +95,11 @@ func TestTrainingStatusMetricsAndPause(t *testing.T) {
 		return page
 	}
 
-	// Hot: paused, yet online on its shard.
+	// Hot: paused, still holding its shard.
 	var st *api.Status
 	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
 		st = status()
-		return st.Governor != nil && st.Governor.State == "paused" && st.State == "online"
+		return st.Governor != nil && st.Governor.State == "paused" && st.State == "paused" && st.Shard == 0
 	})
 	if !strings.Contains(st.Governor.Reason, "95 °C") {
 		t.Errorf("pause reason %q does not name the temperature", st.Governor.Reason)
