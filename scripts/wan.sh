@@ -21,6 +21,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_RATE=20mbit WAN_SECONDS=120 sudo -E scripts/wan.sh
+#   WAN_MODES="local:2 local:4 local" sudo -E scripts/wan.sh   # rows: MODE[:in-flight]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -98,9 +99,11 @@ shape() {
   tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst 64kb latency 100ms
 }
 
-# run_mode MODE: start the swarm, train for $seconds, print one table row.
+# run_mode MODE[:N]: start the swarm (N micro-batches in flight a first-shard
+# node, else $WAN_IN_FLIGHT or adaptive), train for $seconds, print one table row.
 run_mode() {
-  local mode=$1 dir="$work/$1"
+  local mode=${1%%:*} flight=${WAN_IN_FLIGHT:-} dir="$work/${1/:/-}"
+  [[ $1 == *:* ]] && flight=${1#*:}
   run_dir=$dir
   mkdir -p "$dir"
   local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps 100000 -o "$dir/run.json")
@@ -116,7 +119,7 @@ run_mode() {
   [ -n "$boot" ] || { echo "wan.sh: bootstrap did not start; see $dir/boot.log" >&2; exit 1; }
   for i in $(seq 1 "$nodes"); do
     ip netns exec "${tag}n$i" "$bin" node --home "$dir/node$i" --run "$dir/run.json" --bootstrap "$boot" \
-      --listen "/ip4/10.77.0.$((i + 1))/tcp/4001" --threads 1 2>"$dir/node$i.log" &
+      --listen "/ip4/10.77.0.$((i + 1))/tcp/4001" --threads 1 ${flight:+--in-flight "$flight"} 2>"$dir/node$i.log" &
     pids+=($!)
   done
   sleep "$warmup"
@@ -125,7 +128,7 @@ run_mode() {
   snapshot "$dir/b.json"
   # Per node: Δbusy ÷ Δwall; swarm: Σ Δprocessed on shard 0 ÷ Δt, epochs reached.
   local row
-  row=$(jq -rs --arg mode "$mode" '
+  row=$(jq -rs --arg mode "$mode, in flight ${flight:-adaptive}" '
     (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |
     [.[1][] | select($a[.peer_id]) | {shard, epoch, b: ., a: $a[.peer_id]}] as $n |
     ($n | map((.b.busy_seconds - .a.busy_seconds) / (.b.wall_seconds - .a.wall_seconds))) as $u |
@@ -160,11 +163,14 @@ echo "mlp-mnist hidden $hidden in 2 shards (2 holders a shard, target batch 128,
 echo "all processes on this machine's $(nproc) cores. Measured over ${seconds} s after a ${warmup} s warm-up per mode:"
 echo "utilisation = a node's time computing (forward, backward, optimizer) ÷ wall time over that interval, mean"
 echo "(and per node); samples/s = samples through the first shard's holders ÷ interval. Local steps: $local_steps inner steps per outer round."
-echo "The run's even split by compute puts both hidden layers in shard 0 and only the output layer in shard 1, so the"
-echo "second shard's holders are nearly idle by construction; every micro-batch also carries 64×1024 activations and"
-echo "their gradients (256 KiB each way, ~21 ms at 100 Mbit/s) between the shards, with 2 micro-batches in flight a node."
+echo "The split balanced by FLOPs gives shard 0 the first layer (4.8 MFLOP a sample) and shard 1 the other two (6.4 MFLOP);"
+echo "every micro-batch carries 64×1024 activations and their gradients (256 KiB each way, ~21 ms at 100 Mbit/s) between"
+echo "the shards. Micro-batches in flight a first-shard node: adaptive (2-8, its shortest recent round trip ÷ its compute"
+echo "per micro-batch) unless the row names a fixed number. Busy time counts wall time during which the engine runs, so"
+echo "concurrent micro-batches count once."
 echo
 echo "| mode | nodes | utilisation (per node) | samples/s | epoch reached |"
 echo "|---|---|---|---|---|"
-run_mode sync
-run_mode local
+for mode in ${WAN_MODES:-sync local:2 local}; do
+  run_mode "$mode"
+done

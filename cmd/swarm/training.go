@@ -27,6 +27,7 @@ func trainingFlags() []cli.Flag {
 		&cli.IntFlag{Name: "shard", Value: -1, Usage: "hold this shard instead of choosing (and never rebalance)", EnvVars: []string{"SWARM_SHARD"}},
 		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files (default: $SWARM_DATA or the Go module cache)", EnvVars: []string{"SWARM_DATA"}},
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
+		&cli.IntFlag{Name: "in-flight", Usage: "micro-batches a first-shard node keeps in the pipeline at once, 1-64 (default: adapts to the pipeline's round trip)", EnvVars: []string{"SWARM_IN_FLIGHT"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
 		&cli.StringFlag{Name: "bench-cache", Usage: "swarm bench's cache, read for the throughput to announce (default: the user cache dir's swarm/bench.json)", EnvVars: []string{"SWARM_BENCH_CACHE"}},
 		&cli.DurationFlag{Name: "gpu-sample-every", Value: 5 * time.Second, Usage: "interval between GPU telemetry samples for the limits", EnvVars: []string{"SWARM_GPU_SAMPLE_EVERY"}},
@@ -115,6 +116,9 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 	if err != nil {
 		return err
 	}
+	if f := c.Int("in-flight"); f < 0 || f > trainer.MaxInFlight {
+		return fmt.Errorf("--in-flight %d: want 1 to %d, or 0 to adapt", f, trainer.MaxInFlight)
+	}
 	eng, choice, device, gpus, err := openEngine(c, l, log)
 	if err != nil {
 		return err
@@ -127,6 +131,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 		DataDir:        c.String("data-dir"),
 		JoinDelay:      3 * time.Second,
 		RebalanceEvery: c.Duration("rebalance-every"),
+		InFlight:       c.Int("in-flight"),
 		FaultNaN:       c.Bool("fault-nan"),
 		Logger:         log,
 		Rate:           announcedRate(c.String("bench-cache"), eng, m, device, log),

@@ -304,8 +304,10 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	scale := t.clipScale(ctx, index, epoch, normSq)
 	clipped := time.Now()
 	t.stepMu.Lock()
+	t.beginCompute()
 	err := sh.Step(t.m.Optimizer.LRAt(int(epoch)), scale)
 	sh.ZeroGrad()
+	t.endCompute()
 	t.stepMu.Unlock()
 	t.mu.Lock()
 	t.setLastAvg(info)
@@ -491,6 +493,7 @@ func (t *Trainer) avgKey(index int, what string) string {
 // innerStep is local mode's optimizer step after each micro-batch.
 func (t *Trainer) innerStep(sh engine.Shard) {
 	t.stepMu.Lock()
+	t.beginCompute()
 	scale := float32(1)
 	if c := t.m.Optimizer.ClipNorm; c > 0 {
 		if norm := math.Sqrt(sh.GradNormSq()); norm > c {
@@ -499,6 +502,7 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 	}
 	err := sh.Step(t.m.Optimizer.LRAt(int(sh.StepCount())), scale)
 	sh.ZeroGrad()
+	t.endCompute()
 	t.stepMu.Unlock()
 	if err != nil {
 		t.log.Error("inner step", "err", err)

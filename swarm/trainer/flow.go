@@ -169,15 +169,15 @@ func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
 // On the first shard b carries the inputs; targets travel to the last one.
 func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch uint64, kind uint8, b *engine.Batch, in []float32, targets []int32) (*pipeline.Response, error) {
 	train := kind == pipeline.KindTrain
-	t0 := time.Now()
 	t.stepMu.RLock()
+	t.beginCompute()
 	out, loss, tape, err := sh.Forward(b, in, train)
 	var logits []float32
 	if err == nil && !train && t.last(index) {
 		logits = append([]float32(nil), sh.Logits()...)
 	}
+	t.endCompute()
 	t.stepMu.RUnlock()
-	compute := time.Since(t0)
 	if err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
@@ -187,7 +187,6 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 		res.Loss = loss
 		if !train {
 			res.Correct = countCorrect(logits, targets, t.m)
-			t.account(0, compute)
 			return res, nil
 		}
 	} else {
@@ -205,12 +204,10 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 		}
 		res.Loss, res.Correct = next.Loss, next.Correct
 		if !train {
-			t.account(0, compute)
 			return res, nil
 		}
 		gradOut = next.Grad
 	}
-	t1 := time.Now()
 	t.stepMu.RLock()
 	t.mu.Lock()
 	current := t.shard == sh && (t.epoch == epoch || !t.sync())
@@ -220,9 +217,10 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 		tape.Release()
 		return nil, fmt.Errorf("%w during the micro-batch", errStale)
 	}
+	t.beginCompute()
 	gradIn, err := sh.Backward(tape, gradOut)
+	t.endCompute()
 	t.stepMu.RUnlock()
-	compute += time.Since(t1)
 	if err != nil {
 		return nil, fmt.Errorf("backward: %w", err)
 	}
@@ -239,7 +237,7 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 			t.innerStep(sh)
 		}
 	}
-	t.finishMicro(b.N, compute, float64(res.Loss), t.last(index))
+	t.finishMicro(b.N, float64(res.Loss), t.last(index))
 	return res, nil
 }
 
@@ -367,6 +365,7 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 		if !ok {
 			continue
 		}
+		start := time.Now()
 		t.srcMu.Lock()
 		b := t.src.Next(n)
 		t.srcMu.Unlock()
@@ -376,6 +375,10 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 		t.mu.Lock()
 		if t.epoch == epoch {
 			t.drawn -= n
+		}
+		t.driving--
+		if err == nil {
+			t.flight.observeTrip(time.Since(start))
 		}
 		t.mu.Unlock()
 		t.release()
@@ -400,7 +403,8 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 		if ctx.Err() != nil {
 			return nil, 0, 0, false
 		}
-		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing {
+		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing &&
+			t.driving < t.flightLimitLocked() {
 			n := t.m.Training.BatchSize
 			if t.sync() {
 				// At most its share of the target batch, and what the others
@@ -413,6 +417,7 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 			}
 			if n > 0 {
 				t.inflight++
+				t.driving++
 				t.drawn += n
 				t.gossip.Poke()
 				return t.shard, t.epoch, n, true
@@ -439,10 +444,17 @@ func (t *Trainer) shareLocked() int {
 }
 
 // finishMicro accounts a finished training micro-batch.
-func (t *Trainer) finishMicro(n int, compute time.Duration, loss float64, isLast bool) {
+func (t *Trainer) finishMicro(n int, loss float64, isLast bool) {
 	t.mu.Lock()
 	t.samples += n
 	t.micro++
+	if t.index == 0 {
+		// Engine time per micro-batch: the busy time since the last one
+		// finished (concurrent micro-batches share it).
+		busy := t.busyLocked()
+		t.flight.observeCompute(busy - t.flightBusy)
+		t.flightBusy = busy
+	}
 	if isLast && loss > 0 {
 		if t.lossEMA == 0 {
 			t.lossEMA = loss
@@ -451,16 +463,44 @@ func (t *Trainer) finishMicro(n int, compute time.Duration, loss float64, isLast
 		}
 	}
 	t.mu.Unlock()
-	t.account(n, compute)
+	t.account(n)
 	t.gossip.Poke()
 	t.kickEpoch()
 }
 
-// account adds compute time and samples to the node's measurements.
-func (t *Trainer) account(n int, compute time.Duration) {
+// beginCompute and endCompute bracket engine work (forward, backward):
+// busy time is the wall time during which any of it runs, so micro-batches
+// computed concurrently count once and utilisation stays within 1.
+func (t *Trainer) beginCompute() {
+	t.mu.Lock()
+	if t.computing == 0 {
+		t.computeFrom = time.Now()
+	}
+	t.computing++
+	t.mu.Unlock()
+}
+
+func (t *Trainer) endCompute() {
+	t.mu.Lock()
+	t.computing--
+	if t.computing == 0 {
+		t.busy += time.Since(t.computeFrom)
+	}
+	t.mu.Unlock()
+}
+
+// busyLocked is the time this node has spent computing (t.mu held).
+func (t *Trainer) busyLocked() time.Duration {
+	if t.computing > 0 {
+		return t.busy + time.Since(t.computeFrom)
+	}
+	return t.busy
+}
+
+// account adds finished samples to the node's measurements.
+func (t *Trainer) account(n int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.busy += compute
 	t.processed += int64(n)
 	now := time.Now()
 	t.tpWindow = append(t.tpWindow, tpPoint{now, t.processed})
@@ -484,10 +524,11 @@ func (t *Trainer) throughputLocked() float64 {
 
 // rateLocked is the measured compute rate in FLOP/s (claims use it).
 func (t *Trainer) rateLocked() float64 {
-	if t.busy < time.Second || t.index < 0 || t.processed == 0 {
+	busy := t.busyLocked()
+	if busy < time.Second || t.index < 0 || t.processed == 0 {
 		return t.startRate()
 	}
-	return float64(t.processed) * t.flops[t.index] / t.busy.Seconds()
+	return float64(t.processed) * t.flops[t.index] / busy.Seconds()
 }
 
 // record is this node's progress record.

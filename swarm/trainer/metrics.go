@@ -64,6 +64,7 @@ func newCollector(t *Trainer) *collector {
 	add("loss", g, "Recent training loss reported by the last shard's holders.")
 	add("utilization_ratio", g, "This node's time computing divided by wall time.")
 	add("compute_seconds_total", k, "Time this node spent computing.")
+	add("in_flight_limit", g, "Micro-batches this node may keep in the pipeline at once (first shard).")
 	add("averaging_rounds_total", k, "Averaging rounds finished, by outcome (grouped: with at least one peer; alone).", "outcome")
 	add("averaging_group_size", g, "Peers in the last averaging round, this node included.")
 	add("averaging_fraction", g, "Share of the vector averaged with the whole group in the last round.")
@@ -94,9 +95,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	sum := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards))
 	t.mu.Lock()
 	epoch, index, state, done := t.epoch, t.index, t.state, t.done
-	processed, busy, tp := t.processed, t.busy, t.throughputLocked()
+	processed, busy, tp := t.processed, t.busyLocked(), t.throughputLocked()
 	avg, acc := t.lastAvg, t.accuracy
 	wall := time.Since(t.start).Seconds()
+	flight := t.flightLimitLocked()
 	t.mu.Unlock()
 	if done {
 		state = progress.StateDone
@@ -126,6 +128,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	emit("utilization_ratio", util)
 	emit("compute_seconds_total", busy.Seconds())
+	emit("in_flight_limit", float64(flight))
 	rounds, grouped := t.ctr.avgRounds.Load(), t.ctr.avgGrouped.Load()
 	emit("averaging_rounds_total", float64(grouped), "grouped")
 	emit("averaging_rounds_total", float64(rounds-grouped), "alone")

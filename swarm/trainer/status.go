@@ -73,8 +73,9 @@ func (t *Trainer) Status() Status {
 		st.State = progress.StatePaused
 	}
 	if wall := time.Since(t.start).Seconds(); wall > 0 {
-		st.Utilization = t.busy.Seconds() / wall
-		st.BusySeconds, st.WallSeconds = t.busy.Seconds(), wall
+		busy := t.busyLocked().Seconds()
+		st.Utilization = busy / wall
+		st.BusySeconds, st.WallSeconds = busy, wall
 	}
 	st.Processed = t.processed
 	sh := t.shard

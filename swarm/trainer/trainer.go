@@ -56,7 +56,8 @@ type Config struct {
 	// RebalanceEvery is the mean interval between rebalancing checks (0: 20s).
 	RebalanceEvery time.Duration
 	// InFlight is the number of micro-batches a first-shard node keeps in
-	// the pipeline at once (0: 2).
+	// the pipeline at once, at most MaxInFlight (0: adapt it to the
+	// pipeline's round trip, between 2 and 8; see flightCtl).
 	InFlight int
 	// HopTimeout bounds one micro-batch's trip from a stage to the end of
 	// the pipeline and back (0: 20s).
@@ -92,8 +93,8 @@ func (c *Config) defaults() error {
 	if c.RebalanceEvery == 0 {
 		c.RebalanceEvery = 20 * time.Second
 	}
-	if c.InFlight <= 0 {
-		c.InFlight = 2
+	if c.InFlight < 0 || c.InFlight > MaxInFlight {
+		return fmt.Errorf("trainer: InFlight %d: want 0 (adapt) to %d", c.InFlight, MaxInFlight)
 	}
 	if c.HopTimeout <= 0 {
 		c.HopTimeout = 20 * time.Second
@@ -149,6 +150,8 @@ type Trainer struct {
 	norms    []progress.EpochNorm
 	closing  bool
 	inflight int
+	driving  int // micro-batches this node drew and has not finished (first shard)
+	flight   flightCtl
 	ahead    uint64 // highest epoch seen in a request from a peer
 	done     bool
 	accuracy float64
@@ -161,18 +164,21 @@ type Trainer struct {
 	drift    bool // this node may differ from its shard's other holders
 
 	// measurements
-	busy      time.Duration // time spent computing
-	processed int64         // samples through this shard, all time
-	tpWindow  []tpPoint
-	lastAvg   avgInfo
-	src       data.Source
-	srcMu     sync.Mutex
-	nextMB    uint64
-	kick      chan struct{}
-	wg        sync.WaitGroup
-	closeOnce sync.Once
-	cancel    context.CancelFunc
-	ctr       counters // behind the Prometheus collectors (metrics.go)
+	busy        time.Duration // wall time during which the engine computed (beginCompute)
+	computing   int           // engine calls running now
+	computeFrom time.Time     // when the running ones began
+	flightBusy  time.Duration // busy when the last micro-batch finished (flightCtl)
+	processed   int64         // samples through this shard, all time
+	tpWindow    []tpPoint
+	lastAvg     avgInfo
+	src         data.Source
+	srcMu       sync.Mutex
+	nextMB      uint64
+	kick        chan struct{}
+	wg          sync.WaitGroup
+	closeOnce   sync.Once
+	cancel      context.CancelFunc
+	ctr         counters // behind the Prometheus collectors (metrics.go)
 }
 
 type tpPoint struct {
@@ -203,7 +209,7 @@ func New(cfg Config) (*Trainer, error) {
 		cfg:    cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
-		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(),
+		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(), flight: newFlightCtl(),
 	}
 	t.cond = sync.NewCond(&t.mu)
 	for i := range m.Shards {
@@ -296,7 +302,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 	if t.cfg.Shard < 0 {
 		t.goLoop(ctx, t.rebalanceLoop)
 	}
-	for range t.cfg.InFlight {
+	for range t.driveLoops() {
 		t.goLoop(ctx, t.driveLoop)
 	}
 	<-ctx.Done()

@@ -157,8 +157,13 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 		return true
 	})
 	byShard := map[int][]*Trainer{}
-	for _, tr := range s.tr {
+	for i, tr := range s.tr {
 		byShard[tr.index] = append(byShard[tr.index], tr)
+		// Busy time is wall time with the engine running: micro-batches
+		// computed at once count once.
+		if st := tr.Status(); st.Utilization <= 0 || st.Utilization > 1 {
+			t.Errorf("node %d: utilisation %.3f, want within (0, 1]", i, st.Utilization)
+		}
 	}
 	for idx, trs := range byShard {
 		a, b := trs[0].shard.Params(), trs[1].shard.Params()
