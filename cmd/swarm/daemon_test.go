@@ -274,11 +274,17 @@ func TestDaemonBadInput(t *testing.T) {
 	idPath := filepath.Join(idHome, "identity.key")
 	os.WriteFile(idPath, []byte("garbage"), 0o600)
 
+	runPath := filepath.Join(dir, "run.json")
+	if _, stderr, code := swarmCmd(t, bin, "run", "init", "--model", "mlp-mnist", "-o", runPath); code != 0 {
+		t.Fatalf("run init: %s", stderr)
+	}
+
 	for _, tc := range []struct {
 		name string
 		args []string
 		want string
 	}{
+		{"in-flight out of range", append([]string{"node", "--home", filepath.Join(dir, "h5"), "--run", runPath, "--in-flight", "65"}, local...), "--in-flight 65"},
 		{"corrupt config", append([]string{"node", "--home", cfgHome}, local...), cfgPath},
 		{"corrupt identity", append([]string{"node", "--home", idHome}, local...), idPath},
 		{"unknown flag", []string{"node", "--home", filepath.Join(dir, "h1"), "--no-such-flag"}, "no-such-flag"},
