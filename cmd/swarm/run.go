@@ -54,6 +54,8 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
 					&cli.IntFlag{Name: "group-size", Usage: "averaging group size"},
 					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
+					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, fp16 or int8"},
+					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
 				},
 				Action: runInit,
 			},
@@ -173,6 +175,12 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		a.MinGroupSize = a.GroupSize
 	}
 	setInt(c, "local-steps", &a.LocalSteps)
+	if c.IsSet("compression") {
+		a.Compression = c.String("compression")
+	}
+	if c.IsSet("activations") {
+		m.Training.Activations = c.String("activations")
+	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
@@ -273,6 +281,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 	info.Optimizer = fmt.Sprintf("%s lr %g→%g, warm-up %d, cosine %d, weight decay %g, clip %g", o.Name, o.LR, o.MinLR, o.WarmupSteps, o.DecaySteps, o.WeightDecay, o.ClipNorm)
 	t := m.Training
 	info.Training = fmt.Sprintf("%d steps of %d samples (micro-batch %d)", t.Steps, t.TargetBatch, t.BatchSize)
+	if t.Activations == run.ActivationsBF16 {
+		info.Training += ", bf16 activations between shards"
+	}
 	a := m.Averaging
 	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)
 	if a.Mode == run.ModeLocal {

@@ -85,6 +85,8 @@ func TestRunInitAndShowErrors(t *testing.T) {
 		{[]string{"run", "init", "--model", "mlp-mnist", "--lr", "-1"}, "optimizer.lr"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--hidden", "10,x"}, "--hidden"},
 		{[]string{"run", "init", "--model", "gpt-char", "--n-head", "3"}, "model.n_embd"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--activations", "fp8"}, "training.activations"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--compression", "zip"}, "averaging.compression"},
 		{[]string{"run", "init", "--model", "gpt-char", "--corpus", filepath.Join(dir, "none.txt")}, "none.txt"},
 		{[]string{"run", "show", filepath.Join(dir, "missing.json")}, "missing.json"},
 	} {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,6 +27,73 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 	if gp.Code != CodeStale || gp.Msg != "behind" || gp.Loss != 0.25 || gp.Correct != 3 || gp.Grad[0] != 0.5 {
 		t.Fatalf("round trip: %+v", gp)
+	}
+}
+
+func TestBF16(t *testing.T) {
+	for _, c := range []struct {
+		in   float32
+		want uint16
+	}{
+		{1, 0x3f80},
+		{-2, 0xc000},
+		{0, 0},
+		{float32(math.Inf(1)), 0x7f80},
+		{float32(math.Inf(-1)), 0xff80},
+		{math.Float32frombits(0x3f808000), 0x3f80}, // tie: to even (down)
+		{math.Float32frombits(0x3f818000), 0x3f82}, // tie: to even (up)
+		{math.Float32frombits(0x3f808001), 0x3f81}, // above the tie: up
+	} {
+		if got := ToBF16(c.in); got != c.want {
+			t.Errorf("ToBF16(%g) = %#04x, want %#04x", c.in, got, c.want)
+		}
+	}
+	if v := FromBF16(ToBF16(float32(math.NaN()))); !math.IsNaN(float64(v)) {
+		t.Errorf("NaN became %g; receivers must still see it", v)
+	}
+	// Signalling NaN whose payload is all in the low bits must not round to Inf.
+	if v := FromBF16(ToBF16(math.Float32frombits(0x7f800001))); !math.IsNaN(float64(v)) {
+		t.Errorf("low-payload NaN became %g", v)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 100000 {
+		x := float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(40)-20)))
+		y := FromBF16(ToBF16(x))
+		if rel := math.Abs(float64(y-x)) / math.Abs(float64(x)); rel > 1.0/256 {
+			t.Fatalf("%g -> %g: relative error %g above 2^-8", x, y, rel)
+		}
+	}
+}
+
+func TestBF16RoundTrip(t *testing.T) {
+	act := []float32{1, -2.75, 3.14159, 1e-30, 65504}
+	q := &Request{Kind: KindTrain, N: 1, Act: act, Targets: []int32{3}, Precision: BF16}
+	full := (&Request{Kind: KindTrain, N: 1, Act: act, Targets: []int32{3}}).Encode()
+	enc := q.Encode()
+	if len(full)-len(enc) != 2*len(act) {
+		t.Fatalf("bf16 request is %d bytes, fp32 %d: want 2 bytes a value saved", len(enc), len(full))
+	}
+	got, err := ReadRequest(bytes.NewReader(enc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Precision != BF16 {
+		t.Fatalf("precision %d, want bf16", got.Precision)
+	}
+	for i, x := range act {
+		if got.Act[i] != FromBF16(ToBF16(x)) {
+			t.Fatalf("value %d: %g, want %g", i, got.Act[i], FromBF16(ToBF16(x)))
+		}
+	}
+	p := &Response{Code: CodeOK, Grad: []float32{0.1, -0.2}, Precision: BF16}
+	gp, err := ReadResponse(bytes.NewReader(p.Encode()))
+	if err != nil || gp.Precision != BF16 || gp.Grad[1] != FromBF16(ToBF16(-0.2)) {
+		t.Fatalf("response: %+v, %v", gp, err)
+	}
+	bad := p.Encode()
+	bad[1+2+4+4] = 9 // the gradient block's precision byte
+	if _, err := ReadResponse(bytes.NewReader(bad)); err == nil || !strings.Contains(err.Error(), "unknown precision 9") {
+		t.Fatalf("unknown precision: %v", err)
 	}
 }
 
@@ -55,7 +123,11 @@ func TestValidate(t *testing.T) {
 func FuzzReadRequest(f *testing.F) {
 	f.Add((&Request{Kind: KindEval, N: 1, Act: []float32{1}, Targets: []int32{2}}).Encode())
 	f.Add([]byte{1, 0, 0, 0, 0})
-	f.Add(append((&Request{Kind: KindTrain, N: 1}).Encode()[:25], 0xff, 0xff, 0xff, 0xff))
+	f.Add(append((&Request{Kind: KindTrain, N: 1}).Encode()[:26], 0xff, 0xff, 0xff, 0xff))
+	f.Add((&Request{Kind: KindTrain, N: 2, Act: []float32{1, -3e-9}, Targets: []int32{1, 2}, Precision: BF16}).Encode())
+	unknown := (&Request{Kind: KindTrain, N: 1, Act: []float32{1}}).Encode()
+	unknown[25] = 7 // no such precision
+	f.Add(unknown)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		q, err := ReadRequest(bytes.NewReader(b))
 		if err != nil {
@@ -70,6 +142,7 @@ func FuzzReadRequest(f *testing.F) {
 func FuzzReadResponse(f *testing.F) {
 	f.Add((&Response{Code: CodeOK, Grad: []float32{1, 2}}).Encode())
 	f.Add((&Response{Code: CodeBusy, Msg: "x"}).Encode())
+	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20}, Precision: BF16}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ReadResponse(bytes.NewReader(b))
 		if err != nil {

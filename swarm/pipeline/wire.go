@@ -16,7 +16,14 @@ import (
 )
 
 // Protocol: one request and one response per stream.
-const Protocol protocol.ID = "/swarm/train/pipeline/1.0.0"
+const Protocol protocol.ID = "/swarm/train/pipeline/1.1.0"
+
+// Precisions of a block of floats on the wire. Each block names its own,
+// so a decoder reads either; senders use the run's (training.activations).
+const (
+	FP32 uint8 = 0 // 4 bytes a value, exact
+	BF16 uint8 = 1 // 2 bytes a value: float32's range, 8 significant bits, rounded to nearest even
+)
 
 // Kinds of request.
 const (
@@ -53,6 +60,9 @@ type Request struct {
 	N       uint32 // samples
 	Act     []float32
 	Targets []int32
+	// Precision of Act on the wire (FP32 or BF16); after decoding, the
+	// precision it was sent in.
+	Precision uint8
 }
 
 // Response answers a Request.
@@ -62,25 +72,57 @@ type Response struct {
 	Loss    float32
 	Correct uint32    // eval: correctly classified samples
 	Grad    []float32 // train: gradient w.r.t. the request's Act
+	// Precision of Grad on the wire, as Request.Precision.
+	Precision uint8
 }
 
-func appendFloats(b []byte, v []float32) []byte {
+// appendFloats writes a float block: precision, count, values.
+func appendFloats(b []byte, v []float32, precision uint8) []byte {
+	b = append(b, precision)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
+	if precision == BF16 {
+		for _, x := range v {
+			b = binary.LittleEndian.AppendUint16(b, ToBF16(x))
+		}
+		return b
+	}
 	for _, x := range v {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
 	}
 	return b
 }
 
+// ToBF16 rounds f to bfloat16 (nearest, ties to even). NaN stays NaN and
+// infinities stay infinite, so receivers still reject them.
+func ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40 // NaN: keep it a (quiet) NaN
+	}
+	u += 0x7fff + (u>>16)&1
+	return uint16(u >> 16)
+}
+
+// FromBF16 widens a bfloat16 to float32 (exactly).
+func FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// wireSize is the encoded size of n values in precision p.
+func wireSize(n int, p uint8) int {
+	if p == BF16 {
+		return 2 * n
+	}
+	return 4 * n
+}
+
 // Encode returns the request's wire form.
 func (r *Request) Encode() []byte {
-	b := make([]byte, 0, 40+4*len(r.Act)+4*len(r.Targets))
+	b := make([]byte, 0, 40+wireSize(len(r.Act), r.Precision)+4*len(r.Targets))
 	b = append(b, r.Kind)
 	b = binary.BigEndian.AppendUint32(b, r.Shard)
 	b = binary.BigEndian.AppendUint64(b, r.Epoch)
 	b = binary.BigEndian.AppendUint64(b, r.ID)
 	b = binary.BigEndian.AppendUint32(b, r.N)
-	b = appendFloats(b, r.Act)
+	b = appendFloats(b, r.Act, r.Precision)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Targets)))
 	for _, t := range r.Targets {
 		b = binary.BigEndian.AppendUint32(b, uint32(t))
@@ -90,13 +132,13 @@ func (r *Request) Encode() []byte {
 
 // Encode returns the response's wire form.
 func (r *Response) Encode() []byte {
-	b := make([]byte, 0, 20+len(r.Msg)+4*len(r.Grad))
+	b := make([]byte, 0, 24+len(r.Msg)+wireSize(len(r.Grad), r.Precision))
 	b = append(b, r.Code)
 	b = binary.BigEndian.AppendUint16(b, uint16(min(len(r.Msg), math.MaxUint16)))
 	b = append(b, r.Msg[:min(len(r.Msg), math.MaxUint16)]...)
 	b = binary.BigEndian.AppendUint32(b, math.Float32bits(r.Loss))
 	b = binary.BigEndian.AppendUint32(b, r.Correct)
-	return appendFloats(b, r.Grad)
+	return appendFloats(b, r.Grad, r.Precision)
 }
 
 type reader struct {
@@ -117,32 +159,43 @@ func (d *reader) u16() uint16 { return binary.BigEndian.Uint16(d.read(2)) }
 func (d *reader) u32() uint32 { return binary.BigEndian.Uint32(d.read(4)) }
 func (d *reader) u64() uint64 { return binary.BigEndian.Uint64(d.read(8)) }
 
-func (d *reader) floats(what string) []float32 {
+func (d *reader) floats(what string) ([]float32, uint8) {
+	p := d.u8()
 	n := d.u32()
 	if d.err != nil {
-		return nil
+		return nil, p
+	}
+	if p != FP32 && p != BF16 {
+		d.err = fmt.Errorf("%s: unknown precision %d", what, p)
+		return nil, p
 	}
 	if n > MaxFloats {
 		d.err = fmt.Errorf("%s: %d values, limit %d", what, n, MaxFloats)
-		return nil
+		return nil, p
 	}
-	raw := make([]byte, 4*int(n))
+	raw := make([]byte, wireSize(int(n), p))
 	if _, err := io.ReadFull(d.r, raw); err != nil {
 		d.err = fmt.Errorf("%s: %w", what, err)
-		return nil
+		return nil, p
 	}
 	out := make([]float32, n)
+	if p == BF16 {
+		for i := range out {
+			out[i] = FromBF16(binary.LittleEndian.Uint16(raw[2*i:]))
+		}
+		return out, p
+	}
 	for i := range out {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
-	return out
+	return out, p
 }
 
 // ReadRequest decodes one request.
 func ReadRequest(r io.Reader) (*Request, error) {
 	d := &reader{r: r}
 	q := &Request{Kind: d.u8(), Shard: d.u32(), Epoch: d.u64(), ID: d.u64(), N: d.u32()}
-	q.Act = d.floats("activations")
+	q.Act, q.Precision = d.floats("activations")
 	n := d.u32()
 	if d.err == nil && n > MaxTargets {
 		d.err = fmt.Errorf("targets: %d values, limit %d", n, MaxTargets)
@@ -181,7 +234,7 @@ func ReadResponse(r io.Reader) (*Response, error) {
 	}
 	p.Loss = math.Float32frombits(d.u32())
 	p.Correct = d.u32()
-	p.Grad = d.floats("gradient")
+	p.Grad, p.Precision = d.floats("gradient")
 	if d.err != nil {
 		return nil, fmt.Errorf("pipeline response: %w", d.err)
 	}

@@ -97,7 +97,17 @@ type TrainingSpec struct {
 	BatchSize   int `json:"batch_size"`   // samples in one micro-batch on one node
 	TargetBatch int `json:"target_batch"` // samples the whole swarm accumulates per optimizer step (epoch)
 	Steps       int `json:"steps"`        // optimizer steps (epochs) in the run
+	// Activations is the precision of the activations and their gradients
+	// sent between shards: fp32 (the default, also when empty) or bf16,
+	// which halves the pipeline's traffic for slow links.
+	Activations string `json:"activations,omitempty"`
 }
+
+// Precisions of the activations between shards.
+const (
+	ActivationsFP32 = "fp32"
+	ActivationsBF16 = "bf16"
+)
 
 // Averaging modes.
 const (
@@ -177,6 +187,11 @@ func (m *Manifest) Validate() error {
 	}
 	if t.Steps <= 0 {
 		return fieldErr("training.steps", "must be positive, got %d", t.Steps)
+	}
+	switch t.Activations {
+	case "", ActivationsFP32, ActivationsBF16:
+	default:
+		return fieldErr("training.activations", "unknown precision %q (want fp32 or bf16)", t.Activations)
 	}
 	return m.Averaging.validate()
 }

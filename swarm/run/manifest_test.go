@@ -60,6 +60,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"zero batch", func(m *Manifest) { m.Training.BatchSize = 0 }, "training.batch_size"},
 		{"target below batch", func(m *Manifest) { m.Training.TargetBatch = 1 }, "training.target_batch"},
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
+		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
 		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
 		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
 		{"group of one", func(m *Manifest) { m.Averaging.GroupSize = 1 }, "averaging.group_size"},

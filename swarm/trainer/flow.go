@@ -103,6 +103,15 @@ func (t *Trainer) waitTimeout(deadline time.Time) {
 
 func (t *Trainer) sync() bool { return t.m.Averaging.Mode != run.ModeLocal }
 
+// wirePrecision is the precision of activations and gradients this node
+// sends between shards (the run's training.activations).
+func (t *Trainer) wirePrecision() uint8 {
+	if t.m.Training.Activations == run.ActivationsBF16 {
+		return pipeline.BF16
+	}
+	return pipeline.FP32
+}
+
 // handle serves one pipeline request from the previous stage.
 func (t *Trainer) handle(s network.Stream) {
 	defer s.Close()
@@ -115,9 +124,15 @@ func (t *Trainer) handle(s network.Stream) {
 		return
 	}
 	resp := t.serve(from, q)
+	resp.Precision = t.wirePrecision()
 	_ = s.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	if _, err := s.Write(resp.Encode()); err != nil {
+	out := resp.Encode()
+	if _, err := s.Write(out); err != nil {
 		s.Reset()
+		return
+	}
+	if q.Kind == pipeline.KindTrain {
+		t.ctr.pipeSent.Add(uint64(len(out)))
 	}
 }
 
@@ -265,12 +280,9 @@ func countCorrect(logits []float32, targets []int32, m *run.Manifest) uint32 {
 // forwardNext sends activations to a holder of stage index, retrying with
 // other holders, and checks the answer.
 func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind uint8, n int, act []float32, targets []int32) (*pipeline.Response, error) {
-	q := &pipeline.Request{Kind: kind, Shard: uint32(index), Epoch: epoch, N: uint32(n), Act: act}
-	if t.last(index) {
-		q.Targets = targets
-	} else {
-		q.Targets = targets // the last stage needs them; middle stages pass them on
-	}
+	q := &pipeline.Request{Kind: kind, Shard: uint32(index), Epoch: epoch, N: uint32(n), Act: act,
+		Targets:   targets, // the last stage needs them; middle stages pass them on
+		Precision: t.wirePrecision()}
 	t.mu.Lock()
 	t.nextMB++
 	q.ID = t.nextMB
@@ -344,6 +356,9 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, payload []byte) (*pipelin
 	if _, err := s.Write(payload); err != nil {
 		s.Reset()
 		return nil, err
+	}
+	if payload[0] == pipeline.KindTrain { // the encoding's first byte
+		t.ctr.pipeSent.Add(uint64(len(payload)))
 	}
 	_ = s.CloseWrite()
 	res, err := pipeline.ReadResponse(s)

@@ -15,6 +15,7 @@ type counters struct {
 	avgRounds  atomic.Uint64 // averaging rounds finished (with peers or alone)
 	avgGrouped atomic.Uint64 // of them, rounds averaged with at least one peer
 	fetched    atomic.Uint64 // bytes of state downloaded from donors
+	pipeSent   atomic.Uint64 // bytes of training requests and responses this node wrote
 }
 
 // setLastAvg records a finished averaging round (t.mu held).
@@ -73,6 +74,7 @@ func newCollector(t *Trainer) *collector {
 	add("pipeline_hop_failures_total", k, "Hops that failed (no answer, bad answer, busy peer).")
 	add("pipeline_hop_retries_total", k, "Hops retried with another peer after a failure.")
 	add("pipeline_bans_total", k, "Peers excluded for a while (failed hops, invalid micro-batches).")
+	add("pipeline_bytes_sent_total", k, "Bytes of training micro-batches (activations, targets) and answers (gradients) this node sent.")
 	add("statesync_bytes_total", k, "Shard state moved by state sync, by direction (fetched, served).", "direction")
 	add("accuracy", g, "Test accuracy at the end of the run (-1 before).")
 	return c
@@ -140,6 +142,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit("pipeline_hop_failures_total", float64(bs.Failures))
 	emit("pipeline_hop_retries_total", float64(bs.Retries))
 	emit("pipeline_bans_total", float64(bs.Bans))
+	emit("pipeline_bytes_sent_total", float64(t.ctr.pipeSent.Load()))
 	emit("statesync_bytes_total", float64(t.ctr.fetched.Load()), "fetched")
 	emit("statesync_bytes_total", float64(t.states.BytesServed()), "served")
 	emit("accuracy", acc)

@@ -342,3 +342,34 @@ func TestPausedNodeShown(t *testing.T) {
 	from := s.tr[0].Status().Epoch
 	waitFor(t, time.Minute, "training to go on", func() bool { return s.tr[0].Status().Epoch > from })
 }
+
+// TestBF16Activations: a run whose activations cross shards in bf16 sends
+// half the bytes a sample and still trains.
+func TestBF16Activations(t *testing.T) {
+	const steps, hidden = 100, 64
+	m := smallMNIST(2, hidden, steps)
+	m.Training.Activations = run.ActivationsBF16
+	s := &swarmT{t: t, m: m}
+	s.add(0, nil)
+	s.add(1, nil)
+	waitFor(t, 3*time.Minute, "the run to finish and report accuracy", func() bool {
+		return s.tr[0].Status().Accuracy >= 0
+	})
+	st := s.tr[0].Status()
+	t.Logf("bf16 activations: accuracy %.4f after %d epochs", st.Accuracy, st.Epoch)
+	if st.Accuracy < 0.85 {
+		t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
+	}
+	// First shard: a sample's request carries hidden activations (and a
+	// target); the second shard answers with as many gradient values.
+	for i, tr := range s.tr {
+		tr.mu.Lock()
+		processed := tr.processed
+		tr.mu.Unlock()
+		perSample := float64(tr.ctr.pipeSent.Load()) / float64(processed)
+		t.Logf("node %d: %.1f bytes a sample", i, perSample)
+		if perSample > 2*hidden+8 { // + the target, + headers spread over 64 samples
+			t.Errorf("node %d sent %.1f bytes a sample; bf16 is %d for the values", i, perSample, 2*hidden)
+		}
+	}
+}
