@@ -54,6 +54,7 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
 					&cli.IntFlag{Name: "group-size", Usage: "averaging group size"},
 					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
+					&cli.BoolFlag{Name: "overlap", Usage: "local mode: keep training while a round's deltas are averaged (default on; --overlap=false waits)"},
 					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, fp16 or int8"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
 				},
@@ -167,7 +168,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	if c.IsSet("averaging") {
 		a.Mode = c.String("averaging")
 		if a.Mode == run.ModeLocal {
-			a.LocalSteps, a.OuterLR, a.OuterMomentum = 100, 0.7, 0.9
+			a.LocalSteps, a.OuterLR, a.OuterMomentum, a.Overlap = 100, 0.7, 0.9, true
 		}
 	}
 	setInt(c, "group-size", &a.GroupSize)
@@ -175,6 +176,9 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		a.MinGroupSize = a.GroupSize
 	}
 	setInt(c, "local-steps", &a.LocalSteps)
+	if c.IsSet("overlap") {
+		a.Overlap = c.Bool("overlap")
+	}
 	if c.IsSet("compression") {
 		a.Compression = c.String("compression")
 	}
@@ -288,6 +292,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)
 	if a.Mode == run.ModeLocal {
 		info.Averaging += fmt.Sprintf(", %d local steps, outer lr %g momentum %g", a.LocalSteps, a.OuterLR, a.OuterMomentum)
+		if a.Overlap {
+			info.Averaging += ", averaging overlapped with training"
+		}
 	}
 	for i, s := range m.Shards {
 		n, err := m.NumParams(i)

@@ -132,6 +132,12 @@ type AveragingSpec struct {
 	LocalSteps    int     `json:"local_steps,omitempty"`
 	OuterLR       float64 `json:"outer_lr,omitempty"`
 	OuterMomentum float64 `json:"outer_momentum,omitempty"`
+	// Overlap (local mode): holders keep taking inner steps while the
+	// round's deltas are averaged, and apply the outer step on top of the
+	// progress made meanwhile, so communication hides behind compute.
+	// Without it, drawing stops at the end of each round until the outer
+	// step is taken.
+	Overlap bool `json:"overlap,omitempty"`
 }
 
 // FieldError is a validation error that names the offending field by its JSON path.
@@ -369,6 +375,9 @@ func (a AveragingSpec) validate() error {
 		return fieldErr("averaging.mode", "missing (want sync or local)")
 	default:
 		return fieldErr("averaging.mode", "unknown mode %q (want sync or local)", a.Mode)
+	}
+	if a.Overlap && a.Mode != ModeLocal {
+		return fieldErr("averaging.overlap", "only for local mode (mode is %q)", a.Mode)
 	}
 	if a.GroupSize < 2 {
 		return fieldErr("averaging.group_size", "must be at least 2, got %d", a.GroupSize)

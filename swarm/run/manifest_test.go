@@ -61,6 +61,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"target below batch", func(m *Manifest) { m.Training.TargetBatch = 1 }, "training.target_batch"},
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
+		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
 		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
 		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
 		{"group of one", func(m *Manifest) { m.Averaging.GroupSize = 1 }, "averaging.group_size"},

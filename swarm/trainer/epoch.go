@@ -230,10 +230,23 @@ func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 }
 
 func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
+	t.advance(sh, epoch, -1, 0)
+}
+
+// advance moves to epoch (round). With samples >= 0 (an overlapped outer
+// step), the samples and inner steps counted beyond the given ones carry
+// over to the new round; otherwise the counts restart from zero.
+func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 	t.mu.Lock()
+	t.pending = false
 	if t.shard == sh {
 		t.epoch = epoch
-		t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
+		if samples >= 0 {
+			t.samples, t.inner = max(t.samples-samples, 0), max(t.inner-inner, 0)
+			t.micro, t.drawn = 0, 0
+		} else {
+			t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
+		}
 		if t.epoch >= uint64(t.totalEpochs()) {
 			t.done = true
 			t.log.Info("run finished", "epochs", t.epoch)
@@ -335,6 +348,11 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	t.reopen(sh, epoch+1)
 	return nil
 }
+
+// outerStateEvery is the period, in rounds, at which local mode averages
+// the outer state (anchor and momentum) along with the deltas: three times
+// a delta round's traffic, and the cure for holders whose anchors parted.
+const outerStateEvery = 10
 
 // stateSyncEvery is the period, in epochs, of whole-state averaging when
 // no drift was seen: holders that averaged every gradient completely take
@@ -492,7 +510,16 @@ func (t *Trainer) avgKey(index int, what string) string {
 
 // innerStep is local mode's optimizer step after each micro-batch.
 func (t *Trainer) innerStep(sh engine.Shard) {
+	t.waitOverlap()
 	t.stepMu.Lock()
+	t.mu.Lock()
+	done := t.done
+	t.mu.Unlock()
+	if done { // the run ended while this step waited: the final model stays averaged
+		sh.ZeroGrad()
+		t.stepMu.Unlock()
+		return
+	}
 	t.beginCompute()
 	scale := float32(1)
 	if c := t.m.Optimizer.ClipNorm; c > 0 {
@@ -512,33 +539,87 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 	t.mu.Unlock()
 }
 
+// maxOverlap is the share of a round's inner steps a holder may take while
+// its previous round's deltas are being averaged: progress beyond it would
+// land on an outer step that is more than half a round stale.
+const maxOverlap = 0.5
+
+// waitOverlap holds an inner step while the previous outer step is pending
+// and this holder already took its share of overlapping steps (bounded by
+// the hop timeout, after which it steps anyway).
+func (t *Trainer) waitOverlap() {
+	bound := max(1, int(maxOverlap*float64(t.m.Averaging.LocalSteps)))
+	deadline := time.Now().Add(t.cfg.HopTimeout)
+	t.mu.Lock()
+	for t.pending && t.inner-t.pendingInner >= bound && time.Now().Before(deadline) {
+		t.waitTimeout(deadline)
+	}
+	t.mu.Unlock()
+}
+
 // outerStep (local mode, DiLoCo): average the parameter deltas since the
 // last outer step with the shard's holders and apply Nesterov momentum.
+//
+// With averaging.overlap the node keeps drawing and stepping while the
+// deltas are averaged: the outer step then lands on the anchor and the
+// progress made since the deltas were taken rides on top of it (it belongs
+// to the next round's delta). The run's last round keeps no such progress,
+// so holders end on the same averaged model.
 func (t *Trainer) outerStep(ctx context.Context) error {
-	sh, index, round := t.closeEpoch()
+	overlap := t.m.Averaging.Overlap
+	var sh engine.Shard
+	var index int
+	var round uint64
+	if overlap {
+		t.mu.Lock()
+		sh, index, round = t.shard, t.index, t.epoch
+		t.mu.Unlock()
+	} else {
+		sh, index, round = t.closeEpoch()
+	}
 	if sh == nil {
 		t.reopen(nil, round)
 		return nil
 	}
-	t.mu.Lock()
-	samples := t.samples
-	t.mu.Unlock()
 	t.stepMu.Lock()
+	t.mu.Lock()
+	samples, inner := t.samples, t.inner
+	if overlap {
+		t.pending, t.pendingInner = true, inner
+	}
+	t.mu.Unlock()
 	p := sh.Params()
 	delta := make([]float32, len(p))
 	for i := range p {
 		delta[i] = t.anchor[i] - p[i]
 	}
+	var taken []float32 // the parameters the delta was taken from
+	if overlap {
+		taken = append([]float32(nil), p...)
+	}
+	// Some rounds also average the outer state (anchor and momentum),
+	// which every holder keeps for itself: after a round that a holder
+	// averaged alone or in part, their anchors differ and the same averaged
+	// delta would keep them apart. Holders agree on these rounds by number;
+	// the run's last one is among them, so holders end on one model.
+	full := round%outerStateEvery == outerStateEvery-1 || round+1 >= uint64(t.totalEpochs())
+	vec, key := append([]float32(nil), delta...), "delta"
+	if full {
+		vec, key = append(append(vec, t.anchor...), t.outerMom...), "outer"
+	}
 	t.stepMu.Unlock()
 	start := time.Now()
 	info := avgInfo{Round: round, GroupSize: 1, Mode: "local"}
+	var outer []float32 // averaged anchor and momentum
 	if len(t.holders(index, false)) > 0 {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-		vec := append([]float32(nil), delta...)
-		res, err := t.avg.Step(actx, t.avgKey(index, "delta"), round, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
+		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
 		cancel()
 		if err == nil && finite(vec) {
 			copy(delta, vec)
+			if full {
+				outer = vec[len(delta):]
+			}
 			info = avgInfo{Round: round, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
 		} else if err != nil && !errors.Is(err, averaging.ErrNoGroup) {
 			t.log.Debug("outer averaging failed", "round", round, "err", err)
@@ -547,12 +628,22 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	info.Seconds = time.Since(start).Seconds()
 	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds)
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
+	carry := taken != nil && round+1 < uint64(t.totalEpochs())
 	t.stepMu.Lock()
+	if outer != nil {
+		n := len(t.anchor)
+		copy(t.anchor, outer[:n])
+		copy(t.outerMom, outer[n:])
+	}
 	p = sh.Params()
 	for i := range p {
 		t.outerMom[i] = mu*t.outerMom[i] + delta[i]
 		t.anchor[i] -= lr * (delta[i] + mu*t.outerMom[i])
-		p[i] = t.anchor[i]
+		if carry {
+			p[i] = t.anchor[i] + (p[i] - taken[i])
+		} else {
+			p[i] = t.anchor[i]
+		}
 	}
 	err := sh.Sync()
 	t.mu.Lock()
@@ -560,8 +651,13 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	t.mu.Unlock()
 	// The new anchor and the round it starts change together: a snapshot
 	// (taken under stepMu) never pairs one round's anchor with another's
-	// number.
-	t.reopen(sh, round+1)
+	// number. Samples and inner steps since the deltas were taken count
+	// towards the next round.
+	if carry {
+		t.advance(sh, round+1, samples, inner)
+	} else {
+		t.reopen(sh, round+1)
+	}
 	t.stepMu.Unlock()
 	return err
 }

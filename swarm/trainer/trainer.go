@@ -159,9 +159,13 @@ type Trainer struct {
 	lossEMA  float64
 	movedAt  time.Time
 	inner    int // local mode: inner steps since the last outer step
-	anchor   []float32
-	outerMom []float32
-	drift    bool // this node may differ from its shard's other holders
+	// pending: an overlapped outer step is averaging; pendingInner is
+	// inner when its deltas were taken.
+	pending      bool
+	pendingInner int
+	anchor       []float32
+	outerMom     []float32
+	drift        bool // this node may differ from its shard's other holders
 
 	// measurements
 	busy        time.Duration // wall time during which the engine computed (beginCompute)

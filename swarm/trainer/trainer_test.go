@@ -2,6 +2,7 @@ package trainer
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"os"
@@ -184,14 +185,22 @@ func abs32(x float32) float32 {
 	return x
 }
 
-// TestLocalStepsMode: DiLoCo mode trains too; holders of a shard leave each
-// outer round with the same parameters.
+// TestLocalStepsMode: DiLoCo mode trains too, with and without averaging
+// overlapped with training; holders of a shard end the run with the same
+// parameters.
 func TestLocalStepsMode(t *testing.T) {
+	for _, overlap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("overlap=%v", overlap), func(t *testing.T) { testLocalSteps(t, overlap) })
+	}
+}
+
+func testLocalSteps(t *testing.T, overlap bool) {
 	// 30 outer rounds in every mode: 10 ended anywhere in 0.76-0.87 and 20
 	// in 0.81-0.90 even with every round averaged.
 	const steps = 300
 	m := smallMNIST(2, 64, steps)
 	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.9
+	m.Averaging.Overlap = overlap
 	s := &swarmT{t: t, m: m}
 	for i := range 4 {
 		s.add(i%2, nil)
@@ -211,6 +220,31 @@ func TestLocalStepsMode(t *testing.T) {
 	}
 	if st.Averaging.GroupSize < 2 {
 		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
+	}
+	waitFor(t, time.Minute, "every node to finish the run", func() bool {
+		for _, tr := range s.tr {
+			if st := tr.Status(); st.Epoch < uint64(st.Epochs) {
+				return false
+			}
+		}
+		return true
+	})
+	// Holders that averaged the last round completely end on one model.
+	for idx := range 2 {
+		a, b := s.tr[idx], s.tr[idx+2]
+		sa, sb := a.Status(), b.Status()
+		if sa.Averaging.GroupSize < 2 || sa.Averaging.Fraction < 1 || sb.Averaging.GroupSize < 2 || sb.Averaging.Fraction < 1 {
+			t.Logf("shard %d: last round not averaged completely by both (%+v, %+v)", idx, sa.Averaging, sb.Averaging)
+			continue
+		}
+		pa, pb := a.shard.Params(), b.shard.Params()
+		var diff float64
+		for i := range pa {
+			diff = max(diff, float64(abs32(pa[i]-pb[i])))
+		}
+		if diff > 1e-5 {
+			t.Errorf("shard %d: holders end %g apart", idx, diff)
+		}
 	}
 }
 
