@@ -21,7 +21,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_RATE=20mbit WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2 local:4 local+bf16" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16]
+#   WAN_MODES="local:2+wait local local+bf16" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -99,12 +99,14 @@ shape() {
   tc -n "$1" qdisc add dev "$2" root tbf rate "$rate" burst 64kb latency 100ms
 }
 
-# run_mode MODE[:N][+bf16]: start the swarm (N micro-batches in flight a
+# run_mode MODE[:N][+bf16][+wait]: start the swarm (N micro-batches in flight a
 # first-shard node, else $WAN_IN_FLIGHT or adaptive; +bf16: activations between
-# shards in bf16), train for $seconds, print one table row.
+# shards in bf16; +wait: local mode without overlapping averaging and
+# training), train for $seconds, print one table row.
 run_mode() {
-  local spec=${1%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" dir="$work/${1//[:+]/-}"
+  local spec=${1%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//[:+]/-}"
   [[ $1 == *+bf16* ]] && bf16=1
+  [[ $1 == *+wait* ]] && wait=1
   mode=${spec%%:*}
   [[ $spec == *:* ]] && flight=${spec#*:}
   run_dir=$dir
@@ -112,6 +114,7 @@ run_mode() {
   local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps 100000 -o "$dir/run.json")
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
   [ -n "$bf16" ] && args+=(--activations bf16)
+  [ -n "$wait" ] && args+=(--overlap=false)
   "$bin" "${args[@]}" >/dev/null
   ip netns exec "${tag}n0" "$bin" bootstrap --home "$dir/boot" --listen /ip4/10.77.0.1/tcp/4001 >"$dir/boot.out" 2>"$dir/boot.log" &
   pids+=($!)
@@ -132,7 +135,10 @@ run_mode() {
   snapshot "$dir/b.json"
   # Per node: Δbusy ÷ Δwall; swarm: Σ Δprocessed on shard 0 ÷ Δt, epochs reached.
   local row
-  row=$(jq -rs --arg mode "$mode, in flight ${flight:-adaptive}${bf16:+, bf16 activations}" '
+  local label="$mode, in flight ${flight:-adaptive}"
+  [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
+  [ -n "$bf16" ] && label+=", bf16 activations"
+  row=$(jq -rs --arg mode "$label" '
     (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |
     [.[1][] | select($a[.peer_id]) | {shard, epoch, b: ., a: $a[.peer_id]}] as $n |
     ($n | map((.b.busy_seconds - .a.busy_seconds) / (.b.wall_seconds - .a.wall_seconds))) as $u |
@@ -175,6 +181,6 @@ echo "concurrent micro-batches count once."
 echo
 echo "| mode | nodes | utilisation (per node) | samples/s | epoch reached |"
 echo "|---|---|---|---|---|"
-for mode in ${WAN_MODES:-sync local:2 local local+bf16}; do
+for mode in ${WAN_MODES:-sync local:2+wait local+wait local local+bf16}; do
   run_mode "$mode"
 done
