@@ -7,6 +7,8 @@ import (
 	"math"
 	"sync"
 	"unsafe"
+
+	"github.com/swarm-train/swarm/internal/bf16"
 )
 
 // littleEndian: raw float32 memory is already the CodecNone wire format.
@@ -34,6 +36,11 @@ const (
 	// values carries a float32 scale (absmax/127) and one int8 per value. The
 	// error of each value is at most absmax(block)/254.
 	CodecInt8 Codec = 2
+	// CodecBF16 sends bfloat16 (2 bytes per value): float32's range, rounded
+	// to nearest-even with relative error ≤ 2^-8 for every normal value.
+	// Unlike fp16 and int8 it keeps the tiny gradient entries that Adam
+	// rescales to full-size steps, so it is the one to use for gradients.
+	CodecBF16 Codec = 3
 )
 
 // Int8Block is the number of values sharing one scale in CodecInt8.
@@ -49,11 +56,13 @@ func (c Codec) String() string {
 		return "fp16"
 	case CodecInt8:
 		return "int8"
+	case CodecBF16:
+		return "bf16"
 	}
 	return fmt.Sprintf("codec(%d)", uint8(c))
 }
 
-// ParseCodec maps "none", "fp16" and "int8" to a Codec.
+// ParseCodec maps "none", "bf16", "fp16" and "int8" to a Codec.
 func ParseCodec(s string) (Codec, error) {
 	switch s {
 	case "", "none":
@@ -62,16 +71,18 @@ func ParseCodec(s string) (Codec, error) {
 		return CodecFP16, nil
 	case "int8", "8bit":
 		return CodecInt8, nil
+	case "bf16":
+		return CodecBF16, nil
 	}
-	return 0, fmt.Errorf("averaging: unknown compression %q (want none, fp16 or int8)", s)
+	return 0, fmt.Errorf("averaging: unknown compression %q (want none, bf16, fp16 or int8)", s)
 }
 
-func (c Codec) valid() bool { return c <= CodecInt8 }
+func (c Codec) valid() bool { return c <= CodecBF16 }
 
 // EncodedLen is the number of bytes n values take in codec c.
 func (c Codec) EncodedLen(n int) int {
 	switch c {
-	case CodecFP16:
+	case CodecFP16, CodecBF16:
 		return 2 * n
 	case CodecInt8:
 		blocks := (n + Int8Block - 1) / Int8Block
@@ -95,6 +106,10 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 	case CodecFP16:
 		for i, v := range src {
 			binary.LittleEndian.PutUint16(out[2*i:], f32to16(v))
+		}
+	case CodecBF16:
+		for i, v := range src {
+			binary.LittleEndian.PutUint16(out[2*i:], bf16.From32(v))
 		}
 	case CodecInt8:
 		for b := 0; b < len(src); b += Int8Block {
@@ -149,6 +164,10 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 		tab := halfTable()
 		for i := range dst {
 			dst[i] = tab[binary.LittleEndian.Uint16(src[2*i:])]
+		}
+	case CodecBF16:
+		for i := range dst {
+			dst[i] = bf16.To32(binary.LittleEndian.Uint16(src[2*i:]))
 		}
 	case CodecInt8:
 		for b := 0; b < len(dst); b += Int8Block {

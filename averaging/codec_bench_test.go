@@ -8,7 +8,7 @@ func BenchmarkCodec(b *testing.B) {
 		src[i] = float32(i%1000) - 500
 	}
 	dst := make([]float32, len(src))
-	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8} {
+	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8, CodecBF16} {
 		buf := c.Encode(nil, src)
 		b.Run(c.String()+"/encode", func(b *testing.B) {
 			b.SetBytes(4 << 20)

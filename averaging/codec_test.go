@@ -14,7 +14,7 @@ func TestCodecErrorBounds(t *testing.T) {
 			src[i] = float32(rng.NormFloat64() * scale)
 		}
 		src[0], src[1] = 0, float32(-scale)
-		for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8} {
+		for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8, CodecBF16} {
 			enc := c.Encode(nil, src)
 			if len(enc) != c.EncodedLen(len(src)) {
 				t.Fatalf("%s: %d bytes, want %d", c, len(enc), c.EncodedLen(len(src)))
@@ -37,6 +37,8 @@ func TestCodecErrorBounds(t *testing.T) {
 						bound = math.Max(math.Abs(x)*math.Pow(2, -11), math.Pow(2, -25))
 					case CodecInt8:
 						bound = amax/254 + amax*1e-6
+					case CodecBF16: // relative at every scale: no flush of small values
+						bound = math.Abs(x) * math.Pow(2, -8)
 					}
 					if math.Abs(got-x) > bound {
 						t.Fatalf("%s scale %g: %v decoded as %v (error %g > bound %g)", c, scale, x, got, math.Abs(got-x), bound)
@@ -93,7 +95,7 @@ func TestCodecRejectsBadInput(t *testing.T) {
 }
 
 func FuzzCodecDecode(f *testing.F) {
-	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8} {
+	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8, CodecBF16} {
 		f.Add(uint8(c), uint16(3), c.Encode(nil, []float32{1, -2, 3.5}))
 	}
 	f.Add(uint8(9), uint16(1), []byte{1, 2, 3, 4})

@@ -309,7 +309,7 @@ func TestGossipFallback(t *testing.T) {
 }
 
 func TestCompressedAllreduce(t *testing.T) {
-	for _, c := range []Codec{CodecFP16, CodecInt8} {
+	for _, c := range []Codec{CodecFP16, CodecInt8, CodecBF16} {
 		t.Run(c.String(), func(t *testing.T) {
 			ps := newPeers(t, 4, 5000, func(i int, cfg *Config) { cfg.Compression = c })
 			out := stepAll(ps, "k", 1, nil)

@@ -38,6 +38,7 @@ Logs are in --dir/*.log.`,
 			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
 			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
 			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
+			&cli.StringFlag{Name: "compression", Value: run.CompressNone, Usage: "averaging compression: none, bf16, fp16 or int8", EnvVars: []string{"DEMO_COMPRESSION"}},
 			&cli.IntFlag{Name: "threads", Value: 1, Usage: "engine threads per node", EnvVars: []string{"DEMO_THREADS"}},
 			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "progress interval"},
 			&cli.DurationFlag{Name: "timeout", Value: 20 * time.Minute, Usage: "give up after this long"},
@@ -79,6 +80,11 @@ func demo(c *cli.Context) error {
 	m.Averaging.GroupSize, m.Averaging.MinGroupSize = 2, 2
 	if c.String("averaging") == run.ModeLocal {
 		m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 20, 0.7, 0.9
+		m.Averaging.Overlap = true
+	}
+	m.Averaging.Compression = c.String("compression")
+	if err := m.Validate(); err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 2)
 	}
 	if err := os.RemoveAll(dir); err != nil {
 		return cli.Exit("swarm demo: "+err.Error(), 1)

@@ -87,6 +87,7 @@ func TestRunInitAndShowErrors(t *testing.T) {
 		{[]string{"run", "init", "--model", "gpt-char", "--n-head", "3"}, "model.n_embd"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--activations", "fp8"}, "training.activations"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--compression", "zip"}, "averaging.compression"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--compression", "int8"}, "use bf16 or none"},
 		{[]string{"run", "init", "--model", "gpt-char", "--corpus", filepath.Join(dir, "none.txt")}, "none.txt"},
 		{[]string{"run", "show", filepath.Join(dir, "missing.json")}, "missing.json"},
 	} {

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/bf16"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -30,41 +32,6 @@ func TestRequestRoundTrip(t *testing.T) {
 	}
 }
 
-func TestBF16(t *testing.T) {
-	for _, c := range []struct {
-		in   float32
-		want uint16
-	}{
-		{1, 0x3f80},
-		{-2, 0xc000},
-		{0, 0},
-		{float32(math.Inf(1)), 0x7f80},
-		{float32(math.Inf(-1)), 0xff80},
-		{math.Float32frombits(0x3f808000), 0x3f80}, // tie: to even (down)
-		{math.Float32frombits(0x3f818000), 0x3f82}, // tie: to even (up)
-		{math.Float32frombits(0x3f808001), 0x3f81}, // above the tie: up
-	} {
-		if got := ToBF16(c.in); got != c.want {
-			t.Errorf("ToBF16(%g) = %#04x, want %#04x", c.in, got, c.want)
-		}
-	}
-	if v := FromBF16(ToBF16(float32(math.NaN()))); !math.IsNaN(float64(v)) {
-		t.Errorf("NaN became %g; receivers must still see it", v)
-	}
-	// Signalling NaN whose payload is all in the low bits must not round to Inf.
-	if v := FromBF16(ToBF16(math.Float32frombits(0x7f800001))); !math.IsNaN(float64(v)) {
-		t.Errorf("low-payload NaN became %g", v)
-	}
-	rng := rand.New(rand.NewPCG(1, 2))
-	for range 100000 {
-		x := float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(40)-20)))
-		y := FromBF16(ToBF16(x))
-		if rel := math.Abs(float64(y-x)) / math.Abs(float64(x)); rel > 1.0/256 {
-			t.Fatalf("%g -> %g: relative error %g above 2^-8", x, y, rel)
-		}
-	}
-}
-
 func TestBF16RoundTrip(t *testing.T) {
 	act := []float32{1, -2.75, 3.14159, 1e-30, 65504}
 	q := &Request{Kind: KindTrain, N: 1, Act: act, Targets: []int32{3}, Precision: BF16}
@@ -81,13 +48,13 @@ func TestBF16RoundTrip(t *testing.T) {
 		t.Fatalf("precision %d, want bf16", got.Precision)
 	}
 	for i, x := range act {
-		if got.Act[i] != FromBF16(ToBF16(x)) {
-			t.Fatalf("value %d: %g, want %g", i, got.Act[i], FromBF16(ToBF16(x)))
+		if got.Act[i] != bf16.To32(bf16.From32(x)) {
+			t.Fatalf("value %d: %g, want %g", i, got.Act[i], bf16.To32(bf16.From32(x)))
 		}
 	}
 	p := &Response{Code: CodeOK, Grad: []float32{0.1, -0.2}, Precision: BF16}
 	gp, err := ReadResponse(bytes.NewReader(p.Encode()))
-	if err != nil || gp.Precision != BF16 || gp.Grad[1] != FromBF16(ToBF16(-0.2)) {
+	if err != nil || gp.Precision != BF16 || gp.Grad[1] != bf16.To32(bf16.From32(-0.2)) {
 		t.Fatalf("response: %+v, %v", gp, err)
 	}
 	bad := p.Encode()

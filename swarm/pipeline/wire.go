@@ -13,6 +13,8 @@ import (
 	"math"
 
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/swarm-train/swarm/internal/bf16"
 )
 
 // Protocol: one request and one response per stream.
@@ -82,7 +84,7 @@ func appendFloats(b []byte, v []float32, precision uint8) []byte {
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
 	if precision == BF16 {
 		for _, x := range v {
-			b = binary.LittleEndian.AppendUint16(b, ToBF16(x))
+			b = binary.LittleEndian.AppendUint16(b, bf16.From32(x))
 		}
 		return b
 	}
@@ -91,20 +93,6 @@ func appendFloats(b []byte, v []float32, precision uint8) []byte {
 	}
 	return b
 }
-
-// ToBF16 rounds f to bfloat16 (nearest, ties to even). NaN stays NaN and
-// infinities stay infinite, so receivers still reject them.
-func ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40 // NaN: keep it a (quiet) NaN
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
-
-// FromBF16 widens a bfloat16 to float32 (exactly).
-func FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 
 // wireSize is the encoded size of n values in precision p.
 func wireSize(n int, p uint8) int {
@@ -181,7 +169,7 @@ func (d *reader) floats(what string) ([]float32, uint8) {
 	out := make([]float32, n)
 	if p == BF16 {
 		for i := range out {
-			out[i] = FromBF16(binary.LittleEndian.Uint16(raw[2*i:]))
+			out[i] = bf16.To32(binary.LittleEndian.Uint16(raw[2*i:]))
 		}
 		return out, p
 	}

@@ -120,6 +120,7 @@ const (
 	CompressNone = "none"
 	CompressFP16 = "fp16"
 	CompressInt8 = "int8"
+	CompressBF16 = "bf16"
 )
 
 // AveragingSpec configures how shard holders average.
@@ -199,7 +200,16 @@ func (m *Manifest) Validate() error {
 	default:
 		return fieldErr("training.activations", "unknown precision %q (want fp32 or bf16)", t.Activations)
 	}
-	return m.Averaging.validate()
+	if err := m.Averaging.validate(); err != nil {
+		return err
+	}
+	// AdamW divides each gradient entry by its own running scale, so the
+	// small entries that fp16 flushes and int8 rounds to zero come back as
+	// full-size steps in the wrong direction.
+	if a := m.Averaging; a.Mode == ModeSync && m.Optimizer.Name == "adamw" && (a.Compression == CompressFP16 || a.Compression == CompressInt8) {
+		return fieldErr("averaging.compression", "%s breaks gradient averaging under adamw (mlp-mnist: 59%% test accuracy with fp16, 69%% with int8, 97%% with none or bf16); use bf16 or none in sync mode", a.Compression)
+	}
+	return nil
 }
 
 func (s ModelSpec) validate() error {
@@ -386,9 +396,9 @@ func (a AveragingSpec) validate() error {
 		return fieldErr("averaging.min_group_size", "must be in [2, group_size], got %d", a.MinGroupSize)
 	}
 	switch a.Compression {
-	case CompressNone, CompressFP16, CompressInt8:
+	case CompressNone, CompressBF16, CompressFP16, CompressInt8:
 	default:
-		return fieldErr("averaging.compression", "unknown scheme %q (want none, fp16 or int8)", a.Compression)
+		return fieldErr("averaging.compression", "unknown scheme %q (want none, bf16, fp16 or int8)", a.Compression)
 	}
 	if a.TimeoutMS <= 0 {
 		return fieldErr("averaging.timeout_ms", "must be positive, got %d", a.TimeoutMS)

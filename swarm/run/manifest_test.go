@@ -62,6 +62,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
 		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
+		{"fp16 gradients under adamw", func(m *Manifest) { m.Averaging.Compression = CompressFP16 }, "averaging.compression"},
 		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
 		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
 		{"group of one", func(m *Manifest) { m.Averaging.GroupSize = 1 }, "averaging.group_size"},
