@@ -38,6 +38,7 @@ for n in 2 4 8; do run "$n" 64 none 3; done
 for n in 2 4 8; do run "$n" 256 none 2; done
 run 8 256 fp16 2
 run 8 256 int8 2
+run 8 256 bf16 2
 
 match=$("$arb" match -n 64 -group 8 -rounds 5)
 
@@ -47,7 +48,7 @@ cat <<MD
 Butterfly all-reduce of a float32 vector among n peer **processes** on 127.0.0.1 (TCP, libp2p encryption
 \`$sec\`, yamux), one group of n, equal bandwidth shares, parts of 128 Ki values. Time is the slowest
 peer's all-reduce (matchmaking excluded), median over the measured rounds (the first round of each run is a
-warm-up). busbw = size × 2(n−1)/n ÷ time (nccl-tests); for fp16/int8 the size is the uncompressed size.
+warm-up). busbw = size × 2(n−1)/n ÷ time (nccl-tests); for bf16/fp16/int8 the size is the uncompressed size.
 Point-to-point reference: one libp2p stream between two processes, 256 MiB, median of 3:
 **$(printf '%.0f' "$p2p_med") MiB/s** (runs: $(printf '%.0f ' "${p2p[@]}")MiB/s).
 

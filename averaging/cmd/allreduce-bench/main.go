@@ -185,7 +185,7 @@ func cmdPeer(args []string) error {
 	portList := fs.String("ports", "", "comma-separated ports of peers 0..n-1")
 	mib := fs.Int("mib", 64, "vector size in MiB")
 	rounds := fs.Int("rounds", 3, "rounds")
-	codec := fs.String("codec", "none", "none, fp16, int8")
+	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
 	if err != nil || len(ports) != *n {
@@ -368,7 +368,7 @@ func cmdRun(args []string) error {
 	n := fs.Int("n", 4, "peer processes")
 	mib := fs.Int("mib", 64, "vector size in MiB")
 	rounds := fs.Int("rounds", 3, "rounds (the first is a warm-up and not counted when rounds > 1)")
-	codec := fs.String("codec", "none", "none, fp16, int8")
+	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
