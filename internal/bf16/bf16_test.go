@@ -40,4 +40,3 @@ func TestConvert(t *testing.T) {
 		}
 	}
 }
-
