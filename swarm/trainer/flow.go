@@ -307,7 +307,7 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 		tried[p] = true
 		start := time.Now()
 		t.bal.Begin(p)
-		res, err := t.call(ctx, p, payload)
+		res, err := t.call(ctx, p, kind, payload)
 		if err == nil {
 			switch {
 			case res.Code == pipeline.CodeStale:
@@ -342,7 +342,8 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 	return nil, lastErr
 }
 
-func (t *Trainer) call(ctx context.Context, p peer.ID, payload []byte) (*pipeline.Response, error) {
+// call sends one encoded request of the given kind to p and reads the answer.
+func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte) (*pipeline.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
 	defer cancel()
 	s, err := t.h.NewStream(ctx, p, pipeline.Protocol)
@@ -357,7 +358,7 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, payload []byte) (*pipelin
 		s.Reset()
 		return nil, err
 	}
-	if payload[0] == pipeline.KindTrain { // the encoding's first byte
+	if kind == pipeline.KindTrain {
 		t.ctr.pipeSent.Add(uint64(len(payload)))
 	}
 	_ = s.CloseWrite()
