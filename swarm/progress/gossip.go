@@ -31,6 +31,7 @@ type Gossip struct {
 	self    func() Record
 
 	mu      sync.Mutex
+	closed  bool // no new pushes start after Close
 	seq     uint64
 	busy    map[peer.ID]bool // pushes in flight
 	stale   map[peer.ID]bool // a newer record was skipped while busy: push again after
@@ -51,6 +52,9 @@ func NewGossip(h host.Host, runID string, tracker *Tracker, peers func() []peer.
 // their stream deadline or when Run's context ends).
 func (g *Gossip) Close() {
 	g.h.RemoveStreamHandler(Protocol)
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 	g.wg.Wait()
 }
 
@@ -113,6 +117,10 @@ func (g *Gossip) PushNow(ctx context.Context) {
 			continue
 		}
 		g.mu.Lock()
+		if g.closed {
+			g.mu.Unlock()
+			return
+		}
 		if g.busy == nil {
 			g.busy, g.stale = map[peer.ID]bool{}, map[peer.ID]bool{}
 		}
@@ -122,8 +130,8 @@ func (g *Gossip) PushNow(ctx context.Context) {
 			continue
 		}
 		g.busy[p] = true
+		g.wg.Add(1) // under mu: never concurrent with Close's Wait
 		g.mu.Unlock()
-		g.wg.Add(1)
 		go func(p peer.ID, b []byte) {
 			defer g.wg.Done()
 			for {

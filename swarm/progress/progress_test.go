@@ -186,3 +186,20 @@ func TestGossipReal(t *testing.T) {
 		}
 	}
 }
+
+// TestGossipPushAfterClose: a push asked for after Close (Run still going
+// while its owner shuts down) starts nothing that Close would miss.
+func TestGossipPushAfterClose(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, b := newHost(t), newHost(t)
+	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
+	g := NewGossip(a, "run", NewTracker(time.Minute), func() []peer.ID { return []peer.ID{b.ID()} },
+		func() Record { return Record{State: StateOnline} }, log)
+	g.Close()
+	g.PushNow(context.Background())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.busy) != 0 {
+		t.Fatalf("%d pushes started after Close", len(g.busy))
+	}
+}
