@@ -116,7 +116,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 			return nil, err
 		}
 		m = run.NewGPTChar(data.Charset(text), 1)
-		m.Dataset.Path = path
+		m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
 		setInt(c, "n-layer", &m.Model.NLayer)
 		setInt(c, "n-head", &m.Model.NHead)
 		setInt(c, "n-embd", &m.Model.NEmbd)

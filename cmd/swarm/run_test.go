@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/swarm-train/swarm/swarm/checkpoint"
+	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/train"
 )
@@ -70,6 +71,13 @@ func TestRunInitShow(t *testing.T) {
 	}
 	if g.Model.NLayer != 4 || g.Model.NEmbd != 32 || g.Model.Vocab < 60 || g.Shards[1].Start != 2 {
 		t.Fatalf("gpt manifest: %+v", g.Model)
+	}
+	corpus, err := data.ReadCorpus("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g.Dataset.SHA256 != data.CorpusSHA256(corpus) {
+		t.Fatalf("gpt manifest pins sha256 %q, want the corpus's %s", g.Dataset.SHA256, data.CorpusSHA256(corpus))
 	}
 }
 

@@ -68,7 +68,7 @@ func TextSplits(m *run.Manifest) (train, val []int32, err error) {
 	if m.Dataset.Name != run.DatasetText {
 		return nil, nil, fmt.Errorf("dataset.name is %q, not %s", m.Dataset.Name, run.DatasetText)
 	}
-	text, err := ReadCorpus(m.Dataset.Path)
+	text, err := LoadCorpus(m.Dataset, "")
 	if err != nil {
 		return nil, nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -220,6 +221,36 @@ func TestCorpusErrors(t *testing.T) {
 	t.Setenv("GOROOT", t.TempDir())
 	if p, err := CorpusPath(""); err != nil || !strings.HasSuffix(p, "Opticks.txt") {
 		t.Fatalf("default corpus with a bogus $GOROOT: %q %v", p, err)
+	}
+}
+
+// TestLoadCorpusPinned: a text run that pins its corpus by SHA-256 finds
+// a volunteer's copy in the data dir, falls back to the manifest's path, and
+// refuses a file with other content, naming the field.
+func TestLoadCorpusPinned(t *testing.T) {
+	text, err := ReadCorpus("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	d := run.DatasetSpec{Name: run.DatasetText, Path: "/nowhere/corpus.txt", SHA256: CorpusSHA256(text)}
+	if _, err := LoadCorpus(d, ""); err == nil {
+		t.Fatal("missing corpus accepted")
+	}
+	copyPath := filepath.Join(dir, "corpus.txt")
+	os.WriteFile(copyPath, []byte(text), 0o644)
+	if got, err := LoadCorpus(d, dir); err != nil || got != text {
+		t.Fatalf("copy in the data dir: %v", err)
+	}
+	os.WriteFile(copyPath, []byte(text+"!"), 0o644)
+	if _, err := LoadCorpus(d, dir); err == nil || !strings.Contains(err.Error(), "dataset.sha256") || !strings.Contains(err.Error(), copyPath) {
+		t.Fatalf("altered copy: %v, want a dataset.sha256 error naming %s", err, copyPath)
+	}
+	// An altered copy in the data dir, the right text at the manifest's path.
+	d.Path = ""
+	os.WriteFile(filepath.Join(dir, filepath.Base(DefaultCorpus)), []byte("other"), 0o644)
+	if got, err := LoadCorpus(d, dir); err != nil || got != text {
+		t.Fatalf("fallback to the default corpus: %v", err)
 	}
 }
 

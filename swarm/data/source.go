@@ -65,7 +65,8 @@ type Option func(*options)
 
 type options struct{ dataDir string }
 
-// WithDataDir reads MNIST from dir instead of $SWARM_DATA or the module cache.
+// WithDataDir reads MNIST from dir instead of $SWARM_DATA or the module
+// cache; a text run looks there first for its corpus (by file name).
 func WithDataDir(dir string) Option { return func(o *options) { o.dataDir = dir } }
 
 // NewSource opens the run's data set for the node named node (any stable
@@ -80,7 +81,7 @@ func NewSource(m *run.Manifest, node string, opts ...Option) (Source, error) {
 	case run.DatasetMNIST:
 		return newMNISTSource(m, node, o)
 	case run.DatasetText:
-		return newTextSource(m, node)
+		return newTextSource(m, node, o)
 	}
 	return nil, fmt.Errorf("dataset.name: unknown dataset %q", m.Dataset.Name)
 }
@@ -214,8 +215,8 @@ type textSource struct {
 	s          *sampler
 }
 
-func newTextSource(m *run.Manifest, node string) (*textSource, error) {
-	text, err := ReadCorpus(m.Dataset.Path)
+func newTextSource(m *run.Manifest, node string, o options) (*textSource, error) {
+	text, err := LoadCorpus(m.Dataset, o.dataDir)
 	if err != nil {
 		return nil, err
 	}

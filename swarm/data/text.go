@@ -1,6 +1,9 @@
 package data
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -8,12 +11,69 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+
+	"github.com/swarm-train/swarm/swarm/run"
 )
 
 // DefaultCorpus is the text file, relative to GOROOT, that a text run reads
 // when its manifest names no path: Newton's Opticks, shipped with every Go
 // installation.
 const DefaultCorpus = "src/testdata/Isaac.Newton-Opticks.txt"
+
+// LoadCorpus reads a text run's corpus. With dir set, a file of the same
+// name in dir comes first (a volunteer's own copy), then the manifest's path
+// (or the Opticks text). When the manifest pins the content (dataset.sha256),
+// the file must match it.
+func LoadCorpus(d run.DatasetSpec, dir string) (string, error) {
+	var paths []string
+	if dir != "" {
+		name := filepath.Base(d.Path)
+		if d.Path == "" {
+			name = filepath.Base(DefaultCorpus)
+		}
+		if p := filepath.Join(dir, name); fileExists(p) {
+			paths = append(paths, p)
+		}
+	}
+	p, err := CorpusPath(d.Path)
+	if err != nil && len(paths) == 0 {
+		return "", err
+	}
+	if err == nil {
+		paths = append(paths, p)
+	}
+	var errs []error
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("read corpus: %w", err))
+			continue
+		}
+		if len(b) == 0 {
+			errs = append(errs, fmt.Errorf("corpus %s is empty", p))
+			continue
+		}
+		if d.SHA256 != "" {
+			if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != d.SHA256 {
+				errs = append(errs, fmt.Errorf("dataset.sha256: corpus %s has sha256 %x, the run's is %s", p, sum, d.SHA256))
+				continue
+			}
+		}
+		return string(b), nil
+	}
+	return "", errors.Join(errs...)
+}
+
+// CorpusSHA256 is the hex SHA-256 of text, as dataset.sha256 holds it.
+func CorpusSHA256(text string) string {
+	sum := sha256.Sum256([]byte(text))
+	return hex.EncodeToString(sum[:])
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
 
 // CorpusPath resolves a text data set's path: path itself if not empty, else
 // DefaultCorpus under the Go root ($GOROOT, `go env GOROOT`, or the root the

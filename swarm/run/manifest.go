@@ -5,6 +5,8 @@ package run
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -70,9 +72,12 @@ type ShardSpec struct {
 
 // DatasetSpec names the data. For text, Path empty means the Opticks text that
 // ships with Go, and Charset is the ordered set of characters (the vocabulary).
+// SHA256 (hex) pins the text's content: a node checks the file it found
+// against it, so every node trains on the same text wherever its copy lives.
 type DatasetSpec struct {
 	Name        string  `json:"name"`
 	Path        string  `json:"path,omitempty"`
+	SHA256      string  `json:"sha256,omitempty"`
 	Charset     string  `json:"charset,omitempty"`
 	ValFraction float64 `json:"val_fraction"`
 }
@@ -322,6 +327,14 @@ func (m *Manifest) validateDataset() error {
 	}
 	if d.ValFraction < 0 || d.ValFraction >= 1 {
 		return fieldErr("dataset.val_fraction", "must be in [0, 1), got %g", d.ValFraction)
+	}
+	if d.SHA256 != "" {
+		if d.Name != DatasetText {
+			return fieldErr("dataset.sha256", "only for the text dataset")
+		}
+		if b, err := hex.DecodeString(d.SHA256); err != nil || len(b) != sha256.Size || strings.ToLower(d.SHA256) != d.SHA256 {
+			return fieldErr("dataset.sha256", "want 64 lowercase hex digits, got %q", d.SHA256)
+		}
 	}
 	return nil
 }

@@ -62,6 +62,7 @@ func TestValidateNamesField(t *testing.T) {
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
 		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
+		{"sha256 on mnist", func(m *Manifest) { m.Dataset.SHA256 = strings.Repeat("ab", 32) }, "dataset.sha256"},
 		{"fp16 gradients under adamw", func(m *Manifest) { m.Averaging.Compression = CompressFP16 }, "averaging.compression"},
 		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
 		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
