@@ -36,7 +36,7 @@ Interrupting it (Ctrl-C) writes a checkpoint first when --checkpoint-dir is set.
 			&cli.IntFlag{Name: "eval-every", Usage: "steps between validations (default: a tenth of the run; -1: only at the end)"},
 			&cli.IntFlag{Name: "eval-samples", Value: 2000, Usage: "held-out samples in periodic validations (0: all; the final one uses all)"},
 			&cli.StringFlag{Name: "export", Usage: "write the trained model as safetensors to this file"},
-			&cli.StringFlag{Name: "data-dir", Usage: "folder with the MNIST .gz files (default: $SWARM_DATA, then the GoMNIST module)", EnvVars: []string{data.EnvDataDir}},
+			&cli.StringFlag{Name: "data-dir", Usage: "folder with the MNIST .gz files or a text run's corpus (default: $SWARM_DATA, then the GoMNIST module / the manifest's path)", EnvVars: []string{data.EnvDataDir}},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as a JSON object on stdout"},
 		}, gpuFlags()...),
 		Action: trainCmd,

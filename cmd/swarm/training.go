@@ -25,7 +25,7 @@ import (
 func trainingFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.IntFlag{Name: "shard", Value: -1, Usage: "hold this shard instead of choosing (and never rebalance)", EnvVars: []string{"SWARM_SHARD"}},
-		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files (default: $SWARM_DATA or the Go module cache)", EnvVars: []string{"SWARM_DATA"}},
+		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files or a text run's corpus (default: $SWARM_DATA, then the Go module cache / the manifest's path)", EnvVars: []string{"SWARM_DATA"}},
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
 		&cli.IntFlag{Name: "in-flight", Usage: "micro-batches a first-shard node keeps in the pipeline at once, 1-64 (default: adapts to the pipeline's round trip)", EnvVars: []string{"SWARM_IN_FLIGHT"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
