@@ -130,15 +130,11 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	if err := m.Split(shards); err != nil {
 		return nil, fmt.Errorf("--shards %d: %w", shards, err)
 	}
-	if c.IsSet("name") {
-		m.Name = c.String("name")
-	}
+	setString(c, "name", &m.Name)
 	if c.IsSet("seed") {
 		m.Seed = c.Uint64("seed")
 	}
-	if c.IsSet("val-fraction") {
-		m.Dataset.ValFraction = c.Float64("val-fraction")
-	}
+	setFloat(c, "val-fraction", &m.Dataset.ValFraction)
 	o := &m.Optimizer
 	if c.IsSet("optimizer") {
 		o.Name = c.String("optimizer")
@@ -179,16 +175,18 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	if c.IsSet("overlap") {
 		a.Overlap = c.Bool("overlap")
 	}
-	if c.IsSet("compression") {
-		a.Compression = c.String("compression")
-	}
-	if c.IsSet("activations") {
-		m.Training.Activations = c.String("activations")
-	}
+	setString(c, "compression", &a.Compression)
+	setString(c, "activations", &m.Training.Activations)
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
 	return m, nil
+}
+
+func setString(c *cli.Context, name string, dst *string) {
+	if c.IsSet(name) {
+		*dst = c.String(name)
+	}
 }
 
 func setInt(c *cli.Context, name string, dst *int) {
