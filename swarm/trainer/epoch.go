@@ -338,7 +338,10 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	if info.GroupSize < holders+1 {
 		t.drift = true
 	}
-	resync := holders > 0 && (t.drift || epoch%stateSyncEvery == stateSyncEvery-1)
+	// The run's last epoch is always one (holders agree on it by number),
+	// so holders end on one model even if a late round missed one of them.
+	last := epoch+1 >= uint64(t.totalEpochs())
+	resync := holders > 0 && (t.drift || last || epoch%stateSyncEvery == stateSyncEvery-1)
 	t.mu.Unlock()
 	if resync {
 		t.averageState(ctx, sh, index, epoch)
