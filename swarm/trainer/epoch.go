@@ -1,10 +1,12 @@
 package trainer
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -302,10 +304,15 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	info.Seconds = time.Since(start).Seconds()
 
 	// Behind the swarm: the others already stepped past this epoch, so our
-	// state is stale. Catch up through state sync instead of stepping.
+	// state is stale. Catch up through state sync instead of stepping, from
+	// a holder of this shard that is ahead. When none is (the swarm is ahead
+	// only in other shards), this shard is the one holding the swarm back:
+	// it steps, and the next epochs end at once until it is level.
 	if behind := t.peerEpoch() > epoch+1; behind || (samples == 0 && info.GroupSize <= 1 && t.peerEpoch() > epoch) {
-		if err := t.catchUp(ctx, sh, index); err == nil {
-			return nil
+		if donors := t.holdersAhead(index, epoch); len(donors) > 0 {
+			if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
+				return nil
+			}
 		}
 	}
 
@@ -470,9 +477,27 @@ func (t *Trainer) peerEpoch() uint64 {
 	return progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
 }
 
-// catchUp replaces the shard's state with a holder's newer one.
-func (t *Trainer) catchUp(ctx context.Context, sh engine.Shard, index int) error {
-	return t.catchUpFrom(ctx, sh, index, t.holders(index, false))
+// holdersAhead is the online holders of shard index whose epoch is later
+// than epoch, latest first. Catching up from a holder that is not ahead
+// would only restore this node's own epoch, and two holders left behind by
+// the other shards would do so from each other forever.
+func (t *Trainer) holdersAhead(index int, epoch uint64) []peer.ID {
+	self := t.h.ID().String()
+	var recs []progress.Record
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.Peer != self && r.Shard == index && r.Epoch > epoch &&
+			(r.State == progress.StateOnline || r.State == progress.StateDone) {
+			recs = append(recs, r)
+		}
+	}
+	slices.SortFunc(recs, func(a, b progress.Record) int { return cmp.Compare(b.Epoch, a.Epoch) })
+	var out []peer.ID
+	for _, r := range recs {
+		if p, err := peer.Decode(r.Peer); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // catchUpFrom replaces the shard's state with one of donors'.

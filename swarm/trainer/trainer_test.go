@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -406,4 +407,59 @@ func TestBF16Activations(t *testing.T) {
 			t.Errorf("node %d sent %.1f bytes a sample; bf16 is %d for the values", i, perSample, 2*hidden)
 		}
 	}
+}
+
+// TestShardLeftBehind: when the swarm's epoch runs ahead in another shard
+// only, the holders of the shard left behind have nobody to catch up from;
+// they step until level rather than restoring each other's state forever.
+// A record of a phantom second-shard holder two epochs ahead sets the scene
+// (as a holder that raced ahead and stopped answering would).
+func TestShardLeftBehind(t *testing.T) {
+	m := smallMNIST(2, 32, 100000)
+	m.Averaging.TimeoutMS = 1000 // each round waits this long for the phantom
+	s := &swarmT{t: t, m: m}
+	s.add(0, nil)
+	s.add(0, nil)
+	s.add(1, nil)
+	epochs := func() (lo, hi uint64) {
+		lo = math.MaxUint64
+		for _, tr := range s.tr {
+			e := tr.Status().Epoch
+			lo, hi = min(lo, e), max(hi, e)
+		}
+		return lo, hi
+	}
+	waitFor(t, time.Minute, "the swarm to take steps", func() bool { lo, _ := epochs(); return lo >= 3 })
+	sk, _, err := crypto.GenerateEd25519Key(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	phantom, err := peer.IDFromPrivateKey(sk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hi := epochs()
+	ahead := hi + 2
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for seq := uint64(1); ctx.Err() == nil; seq++ {
+			rec := progress.Record{Peer: phantom.String(), RunID: s.tr[0].runID, Seq: seq, Shard: 1,
+				State: progress.StateOnline, Epoch: ahead, Accuracy: -1}
+			for _, tr := range s.tr {
+				tr.tracker.Update(rec, time.Now())
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}()
+	waitFor(t, 45*time.Second, fmt.Sprintf("every node past the phantom's epoch %d", ahead), func() bool {
+		lo, _ := epochs()
+		return lo > ahead
+	})
 }
