@@ -25,6 +25,15 @@ type e2eSwarm struct {
 	boot     string
 	nodes    map[string]*daemon
 	n        int
+	seen     map[string]string // each node's last status line, for the failure summary
+	waiting  string            // what the test last waited for
+}
+
+// wait is waitUntil, remembered for the failure summary.
+func (s *e2eSwarm) wait(d time.Duration, what string, cond func() bool) {
+	s.t.Helper()
+	s.waiting = fmt.Sprintf("%s (up to %v)", what, d)
+	waitUntil(s.t, d, what, cond)
 }
 
 func e2eManifest(t *testing.T, dir string, shards, steps int) string {
@@ -47,7 +56,10 @@ func newE2E(t *testing.T, shards, steps int) *e2eSwarm {
 	if testing.Short() {
 		t.Skip("end-to-end swarm training runs processes for minutes; skipped with -short")
 	}
-	s := &e2eSwarm{t: t, bin: buildSwarm(t), dir: t.TempDir(), nodes: map[string]*daemon{}}
+	s := &e2eSwarm{t: t, bin: buildSwarm(t), dir: t.TempDir(), nodes: map[string]*daemon{}, seen: map[string]string{}}
+	// Registered before any daemon, so it runs after their stderr dumps:
+	// CI keeps the end of the output, and this is what explains a failure.
+	t.Cleanup(s.summarize)
 	s.manifest = e2eManifest(t, s.dir, shards, steps)
 	home := filepath.Join(s.dir, "boot")
 	startDaemon(t, s.bin, nil, "bootstrap", "--home", home, "--listen", "/ip4/127.0.0.1/tcp/0")
@@ -97,13 +109,32 @@ func (s *e2eSwarm) training(name string) *trainer.Status {
 	if err := json.Unmarshal(raw, &ts); err != nil {
 		s.t.Fatalf("services.training does not decode: %v", err)
 	}
+	s.seen[name] = fmt.Sprintf("%s shard %d epoch %d/%d samples %d/%d loss %.3f %.0f/s averaging %s group %d",
+		ts.State, ts.Shard, ts.Epoch, ts.Epochs, ts.Samples, ts.TargetBatch, ts.Loss, ts.SamplesPerS, ts.Averaging.Mode, ts.Averaging.GroupSize)
 	return &ts
+}
+
+// summarize logs, when the test failed, what each node last reported.
+func (s *e2eSwarm) summarize() {
+	if !s.t.Failed() {
+		return
+	}
+	var b strings.Builder
+	for i := 1; i <= s.n; i++ {
+		name := fmt.Sprintf("node%d", i)
+		life := "live"
+		if _, ok := s.nodes[name]; !ok {
+			life = "killed"
+		}
+		fmt.Fprintf(&b, "\n  %s (%s): %s", name, life, s.seen[name])
+	}
+	s.t.Logf("failure summary: last waited for %s; each node's last status:%s", s.waiting, b.String())
 }
 
 // waitAccuracy waits for the end of the run and returns every live node's status.
 func (s *e2eSwarm) waitAccuracy(d time.Duration) map[string]*trainer.Status {
 	var out map[string]*trainer.Status
-	waitUntil(s.t, d, "the run to finish with a test accuracy", func() bool {
+	s.wait(d, "the run to finish with a test accuracy", func() bool {
 		out = map[string]*trainer.Status{}
 		acc := false
 		done := true
@@ -209,7 +240,7 @@ func TestSwarmChurn(t *testing.T) {
 		names = append(names, s.add(nil))
 	}
 	var victims []string
-	waitUntil(t, 2*time.Minute, "epoch 100 with both shards held twice", func() bool {
+	s.wait(2*time.Minute, "epoch 100 with both shards held twice", func() bool {
 		victims = nil
 		seen := map[int]bool{}
 		for _, n := range names {
@@ -229,7 +260,7 @@ func TestSwarmChurn(t *testing.T) {
 		s.kill(v)
 	}
 	j1, j2 := s.add(nil), s.add(nil)
-	waitUntil(t, time.Minute, "the joiners to come online", func() bool {
+	s.wait(time.Minute, "the joiners to come online", func() bool {
 		a, b := s.training(j1), s.training(j2)
 		return a != nil && b != nil && a.State != "joining" && b.State != "joining" && a.Shard >= 0 && b.Shard >= 0
 	})
@@ -295,7 +326,7 @@ func TestSwarmBalancing(t *testing.T) {
 		return out
 	}
 	var h map[int][]string
-	waitUntil(t, 90*time.Second, "6 nodes to settle 2-2-2", func() bool {
+	s.wait(90*time.Second, "6 nodes to settle 2-2-2", func() bool {
 		h = holders()
 		return len(h[0]) == 2 && len(h[1]) == 2 && len(h[2]) == 2
 	})
@@ -303,7 +334,7 @@ func TestSwarmBalancing(t *testing.T) {
 	for _, n := range h[2] {
 		s.kill(n)
 	}
-	waitUntil(t, 90*time.Second, "shard 2 to be covered again", func() bool {
+	s.wait(90*time.Second, "shard 2 to be covered again", func() bool {
 		h = holders()
 		return len(h[0]) >= 1 && len(h[1]) >= 1 && len(h[2]) >= 1
 	})
