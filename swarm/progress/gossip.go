@@ -37,6 +37,7 @@ type Gossip struct {
 	stale   map[peer.ID]bool // a newer record was skipped while busy: push again after
 	wg      sync.WaitGroup
 	pending chan struct{}
+	notify  *network.NotifyBundle
 }
 
 // NewGossip registers the protocol handler on h. peers lists the run peers
@@ -45,12 +46,24 @@ type Gossip struct {
 func NewGossip(h host.Host, runID string, tracker *Tracker, peers func() []peer.ID, self func() Record, log *slog.Logger) *Gossip {
 	g := &Gossip{h: h, runID: runID, tracker: tracker, peers: peers, self: self, log: log, pending: make(chan struct{}, 1)}
 	h.SetStreamHandler(Protocol, g.handle)
+	// A peer whose last connection closed (its process died, or it left)
+	// stops counting at once rather than when its record expires: rounds
+	// and epochs would otherwise wait for it until then. A live peer that
+	// was only disconnected is back with its next push.
+	g.notify = &network.NotifyBundle{DisconnectedF: func(n network.Network, c network.Conn) {
+		p := c.RemotePeer()
+		if n.Connectedness(p) != network.Connected {
+			g.tracker.Forget(p.String())
+		}
+	}}
+	h.Network().Notify(g.notify)
 	return g
 }
 
 // Close removes the handler and waits for pushes in flight (they end at
 // their stream deadline or when Run's context ends).
 func (g *Gossip) Close() {
+	g.h.Network().StopNotify(g.notify)
 	g.h.RemoveStreamHandler(Protocol)
 	g.mu.Lock()
 	g.closed = true

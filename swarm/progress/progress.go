@@ -186,11 +186,15 @@ func (t *Tracker) Update(rec Record, now time.Time) bool {
 	return true
 }
 
-// Forget drops a peer's record (it was seen dead).
+// Forget drops a peer's record (it was seen gone); waiters on Changed wake.
 func (t *Tracker) Forget(peer string) {
 	t.mu.Lock()
-	delete(t.recs, peer)
-	t.mu.Unlock()
+	defer t.mu.Unlock()
+	if _, ok := t.recs[peer]; ok {
+		delete(t.recs, peer)
+		close(t.changed)
+		t.changed = make(chan struct{})
+	}
 }
 
 // Changed returns a channel closed at the next accepted update.

@@ -203,3 +203,52 @@ func TestGossipPushAfterClose(t *testing.T) {
 		t.Fatalf("%d pushes started after Close", len(g.busy))
 	}
 }
+
+// TestGossipForgetsClosedPeer: when a peer's host goes away, the others
+// drop its record at once instead of keeping it until it expires.
+func TestGossipForgetsClosedPeer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, b := newHost(t), newHost(t)
+	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
+	b.Peerstore().AddAddrs(a.ID(), a.Addrs(), time.Hour)
+	ids := func() []peer.ID { return []peer.ID{a.ID(), b.ID()} }
+	ta, tb := NewTracker(time.Hour), NewTracker(time.Hour)
+	ga := NewGossip(a, "run", ta, ids, func() Record { return Record{State: StateOnline} }, log)
+	defer ga.Close()
+	gb := NewGossip(b, "run", tb, ids, func() Record { return Record{State: StateOnline} }, log)
+	go ga.Run(ctx, 50*time.Millisecond, time.Millisecond)
+	bctx, bcancel := context.WithCancel(ctx)
+	go gb.Run(bctx, 50*time.Millisecond, time.Millisecond)
+	has := func(tr *Tracker, p peer.ID) bool {
+		for _, r := range tr.Live(time.Now()) {
+			if r.Peer == p.String() {
+				return true
+			}
+		}
+		return false
+	}
+	waitChanged := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			select {
+			case <-ta.Changed():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	waitChanged("b's record at a", func() bool { return has(ta, b.ID()) })
+	bcancel()
+	gb.Close()
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The record would live for an hour; only the closed connection can
+	// remove it.
+	waitChanged("a to forget b", func() bool { return !has(ta, b.ID()) })
+}
