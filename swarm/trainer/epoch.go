@@ -223,6 +223,7 @@ func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.closing = true
+	t.cond.Broadcast() // micro-batches waiting for a next-stage holder give up
 	t.gossip.Poke()
 	deadline := time.Now().Add(t.cfg.HopTimeout)
 	for t.inflight > 0 && time.Now().Before(deadline) {

@@ -297,9 +297,11 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 			if lastErr == nil {
 				lastErr = fmt.Errorf("no reachable holder of shard %d", index)
 			}
-			// Wait a moment for a holder to appear or a ban to lapse.
-			if sleepCtx(ctx, 100*time.Millisecond) != nil {
-				break
+			// Wait a moment for a holder to appear or a ban to lapse,
+			// unless the epoch closes meanwhile: its end waits for this
+			// micro-batch, and so would the shard's other holders.
+			if !t.waitForHolder(ctx, kind, epoch, 100*time.Millisecond) {
+				return nil, fmt.Errorf("%w: %v", errStale, lastErr)
 			}
 			tried = map[peer.ID]bool{}
 			continue
@@ -340,6 +342,22 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 		lastErr = ctx.Err()
 	}
 	return nil, lastErr
+}
+
+// waitForHolder waits up to d before a micro-batch of epoch tries the next
+// stage again. It returns false, at once, when ctx ends or (training in
+// sync mode) the epoch closes or moves on.
+func (t *Trainer) waitForHolder(ctx context.Context, kind uint8, epoch uint64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	over := func() bool {
+		return ctx.Err() != nil || (kind == pipeline.KindTrain && t.sync() && (t.closing || t.epoch != epoch))
+	}
+	for !over() && time.Now().Before(deadline) {
+		t.waitTimeout(deadline)
+	}
+	return !over()
 }
 
 // call sends one encoded request of the given kind to p and reads the answer.
