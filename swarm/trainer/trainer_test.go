@@ -203,9 +203,38 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.9
 	m.Averaging.Overlap = overlap
 	s := &swarmT{t: t, m: m}
+	// The run takes about a second once it starts: hold training until all
+	// four nodes are online, or the first two may finish it alone.
+	gate := make(chan struct{})
 	for i := range 4 {
-		s.add(i%2, nil)
+		s.add(i%2, func(c *Config) {
+			c.WaitRunning = func(ctx context.Context) error {
+				select {
+				case <-gate:
+					return nil
+				default:
+				}
+				select {
+				case <-gate:
+					return nil
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+		})
 	}
+	waitFor(t, time.Minute, "all four nodes online", func() bool {
+		for _, tr := range s.tr {
+			tr.mu.Lock()
+			st := tr.state
+			tr.mu.Unlock()
+			if st != progress.StateOnline {
+				return false
+			}
+		}
+		return true
+	})
+	close(gate)
 	// The first node's own evaluation: another first-shard holder may
 	// finish a moment earlier.
 	waitFor(t, 6*time.Minute, "the local-steps run to finish", func() bool {
