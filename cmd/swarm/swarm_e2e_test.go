@@ -234,7 +234,9 @@ func TestSwarmTrainsMNIST(t *testing.T) {
 // and two new nodes join; training continues, the joiners sync, and the
 // run ends with the holders of each shard equal and a good accuracy.
 func TestSwarmChurn(t *testing.T) {
-	s := newE2E(t, 2, 300)
+	// Long enough that the joiners come online well before the end: the
+	// swarm recovers from the kills within a few epochs.
+	s := newE2E(t, 2, 800)
 	var names []string
 	for range 4 {
 		names = append(names, s.add(nil))
@@ -260,9 +262,12 @@ func TestSwarmChurn(t *testing.T) {
 		s.kill(v)
 	}
 	j1, j2 := s.add(nil), s.add(nil)
-	s.wait(time.Minute, "the joiners to come online", func() bool {
+	s.wait(time.Minute, "the joiners to come online before the run ends", func() bool {
 		a, b := s.training(j1), s.training(j2)
-		return a != nil && b != nil && a.State != "joining" && b.State != "joining" && a.Shard >= 0 && b.Shard >= 0
+		if a != nil && b != nil && (a.State == "done" || b.State == "done") {
+			t.Fatalf("the run ended before the joiners were online (%s, %s): nothing tests their sync", a.State, b.State)
+		}
+		return a != nil && b != nil && a.State == "online" && b.State == "online" && a.Shard >= 0 && b.Shard >= 0
 	})
 	t.Logf("after churn: %s", s.progressLine())
 	sts := s.waitAccuracy(5 * time.Minute)
