@@ -285,6 +285,16 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	local := append([]float32(nil), grads...)
 	t.stepMu.Unlock()
 
+	// A holder of this shard already past this epoch averaged its round
+	// without this node: nobody is left to average with, and waiting out
+	// the round would hold this node (and so the swarm) for the averaging
+	// timeout. Take the newer state instead.
+	if donors := t.holdersAhead(index, epoch); len(donors) > 0 {
+		if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
+			return nil
+		}
+	}
+
 	start := time.Now()
 	info := avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}
 	if len(t.holders(index, false)) > 0 {
