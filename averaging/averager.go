@@ -18,6 +18,7 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -276,7 +277,8 @@ type StepOption func(*stepOpts)
 type stepOpts struct {
 	codec     Codec
 	noGossip  bool
-	groupSize int // 0: Config.TargetGroupSize
+	groupSize int             // 0: Config.TargetGroupSize
+	abort     <-chan struct{} // nil: matchmaking runs its course
 }
 
 // WithCompression overrides the configured codec for one step. Every peer of
@@ -292,6 +294,12 @@ func WithCompression(c Codec) StepOption { return func(o *stepOpts) { o.codec = 
 func WithGroupSize(n int) StepOption {
 	return func(o *stepOpts) { o.groupSize = min(max(n, 2), MaxGroupSize) }
 }
+
+// WithAbort ends one step's matchmaking, with ErrNoGroup and no gossip
+// fallback, once abort is closed: for a caller that learns the round is
+// pointless (the peers it would average with have moved on). A group that
+// has already formed averages on.
+func WithAbort(abort <-chan struct{}) StepOption { return func(o *stepOpts) { o.abort = abort } }
 
 // WithoutGossip disables the gossip fallback for one step.
 func WithoutGossip() StepOption { return func(o *stepOpts) { o.noGossip = true } }
@@ -339,7 +347,9 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	defer cancel()
 
 	cands := a.cfg.Peers(ctx, key)
-	g, matchErr := a.match(ctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands, o.groupSize)
+	mctx, stopAbort := abortable(ctx, o.abort)
+	g, matchErr := a.match(mctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands, o.groupSize)
+	aborted := stopAbort()
 	matchTime := time.Since(start)
 	a.met.duration.WithLabelValues("match").Observe(matchTime.Seconds())
 	var res Result
@@ -352,7 +362,7 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 		a.bits[key] = next
 		a.mu.Unlock()
 		res.NextBits = next
-	case a.cfg.Gossip && !o.noGossip && ctx.Err() == nil:
+	case a.cfg.Gossip && !o.noGossip && !aborted && ctx.Err() == nil:
 		a.met.failures.WithLabelValues("no_group").Inc()
 		res, err = a.gossipStep(ctx, sess, cands)
 		if err != nil {
@@ -377,6 +387,30 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	a.met.duration.WithLabelValues("step").Observe(res.Total.Seconds())
 	a.met.fraction.Observe(res.Fraction)
 	return res, err
+}
+
+// abortable returns a context for matchmaking that ends with ctx or when
+// abort is closed; stop releases it and reports whether abort ended it.
+func abortable(ctx context.Context, abort <-chan struct{}) (context.Context, func() bool) {
+	if abort == nil {
+		return ctx, func() bool { return false }
+	}
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var aborted atomic.Bool
+	go func() {
+		select {
+		case <-abort:
+			aborted.Store(true)
+			cancel()
+		case <-done:
+		}
+	}()
+	return mctx, func() bool {
+		close(done)
+		cancel()
+		return aborted.Load()
+	}
 }
 
 // openSession registers sess as the one running for its key and returns the

@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -244,5 +245,35 @@ func TestWithGroupSizeStartsWithoutWaiting(t *testing.T) {
 			t.Fatalf("peer %d: matchmaking took %v, the whole window", i, o.res.MatchTime)
 		}
 		checkAgainstReport(t, ps, i, o.res, 1e-5)
+	}
+}
+
+// TestWithAbortEndsMatchmaking: a step whose partners never come ends its
+// matchmaking when the caller aborts it, not at the end of the window, and
+// does not fall back to gossip; the vector is left as it was.
+func TestWithAbortEndsMatchmaking(t *testing.T) {
+	const window = 30 * time.Second
+	ps := newPeers(t, 2, 1000, func(_ int, c *Config) {
+		c.MatchWindow, c.MatchTimeout = window, 2*window
+		c.Gossip = true
+	})
+	abort := make(chan struct{})
+	time.AfterFunc(200*time.Millisecond, func() { close(abort) })
+	start := time.Now()
+	res, err := ps[0].a.Step(context.Background(), "run/shard0", 3, ps[0].vec, 1, WithAbort(abort))
+	took := time.Since(start)
+	if !errors.Is(err, ErrNoGroup) {
+		t.Fatalf("aborted step: err %v, want ErrNoGroup", err)
+	}
+	if took >= window/2 {
+		t.Fatalf("aborted step took %v, the matchmaking window is %v", took, window)
+	}
+	if res.Fraction != 0 || res.Mode == ModeGossip {
+		t.Fatalf("aborted step: mode %s fraction %v, want nothing averaged", res.Mode, res.Fraction)
+	}
+	for i, v := range ps[0].vec {
+		if v != ps[0].orig[i] {
+			t.Fatalf("value %d changed by an aborted step: %v, was %v", i, v, ps[0].orig[i])
+		}
 	}
 }
