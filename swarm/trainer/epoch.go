@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -297,10 +298,14 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 
 	start := time.Now()
 	info := avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}
-	if len(t.holders(index, false)) > 0 {
+	expected := len(t.holders(index, false)) // the shard-mates this round is for
+	if expected > 0 {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 		vec := append([]float32(nil), local...)
-		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
+		abort, stopWatch := t.watchPassed(actx, index, epoch)
+		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3),
+			t.groupSize(index), averaging.WithAbort(abort))
+		stopWatch()
 		cancel()
 		switch {
 		case err == nil && finite(vec):
@@ -314,16 +319,15 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	}
 	info.Seconds = time.Since(start).Seconds()
 
-	// Behind the swarm: the others already stepped past this epoch, so our
-	// state is stale. Catch up through state sync instead of stepping, from
-	// a holder of this shard that is ahead. When none is (the swarm is ahead
-	// only in other shards), this shard is the one holding the swarm back:
-	// it steps, and the next epochs end at once until it is level.
-	if behind := t.peerEpoch() > epoch+1; behind || (samples == 0 && info.GroupSize <= 1 && t.peerEpoch() > epoch) {
-		if donors := t.holdersAhead(index, epoch); len(donors) > 0 {
-			if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
-				return nil
-			}
+	// Behind the swarm, or left out of a round a shard-mate finished and
+	// stepped past: our state is stale. Catch up through state sync
+	// instead of stepping, from a holder of this shard that is ahead. When
+	// none is (the swarm is ahead only in other shards), this shard is the
+	// one holding the swarm back: it steps, and the next epochs end at once
+	// until it is level.
+	if donors := t.holdersAhead(index, epoch); len(donors) > 0 && (t.peerEpoch() > epoch+1 || info.GroupSize <= 1) {
+		if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
+			return nil
 		}
 	}
 
@@ -351,9 +355,11 @@ func (t *Trainer) endEpoch(ctx context.Context) error {
 	// whole state (parameters and optimizer moments) every few epochs, and
 	// right after a round that did not include every holder, pulls them
 	// back together.
+	// A holder that came online during the round (a joiner, with a copy
+	// of a holder's state) was not missed by it.
 	holders := len(t.holders(index, false))
 	t.mu.Lock()
-	if info.GroupSize < holders+1 {
+	if info.GroupSize < min(expected, holders)+1 {
 		t.drift = true
 	}
 	// The run's last epoch is always one (holders agree on it by number),
@@ -486,6 +492,34 @@ func (t *Trainer) averageState(ctx context.Context, sh engine.Shard, index int, 
 
 func (t *Trainer) peerEpoch() uint64 {
 	return progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
+}
+
+// watchPassed returns a channel closed as soon as a holder of shard index
+// is past epoch (its round is over without this node), until stop is
+// called or ctx ends.
+func (t *Trainer) watchPassed(ctx context.Context, index int, epoch uint64) (<-chan struct{}, func()) {
+	passed := make(chan struct{})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			changed := t.tracker.Changed()
+			if len(t.holdersAhead(index, epoch)) > 0 {
+				close(passed)
+				return
+			}
+			select {
+			case <-changed:
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return passed, func() { close(stop); wg.Wait() }
 }
 
 // holdersAhead is the online holders of shard index whose epoch is later
