@@ -222,7 +222,7 @@ func (t *Trainer) rebalanceLoop(ctx context.Context) {
 		t.mu.Lock()
 		online, done, idx, movedAt := t.state == progress.StateOnline, t.done, t.index, t.movedAt
 		t.mu.Unlock()
-		if !online || done || time.Since(movedAt) < 2*every {
+		if !online || done || time.Since(movedAt) < 2*every || t.runEnding() {
 			continue
 		}
 		v := t.view(true)
@@ -238,6 +238,18 @@ func (t *Trainer) rebalanceLoop(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// runEnding reports whether some node already finished the run: its shard
+// then looks unheld to the plan (done holders do not count), and a move
+// would only restart this node for the last epochs.
+func (t *Trainer) runEnding() bool {
+	for _, r := range t.tracker.Live(time.Now()) {
+		if r.State == progress.StateDone {
+			return true
+		}
+	}
+	return false
 }
 
 // snapshot serves state sync: a copy of the shard's state.
