@@ -100,6 +100,19 @@ func (s *swarmT) add(shard int, mut func(*Config)) *Trainer {
 	return tr
 }
 
+// allOnline reports whether every node is online on its shard.
+func (s *swarmT) allOnline() bool {
+	for _, tr := range s.tr {
+		tr.mu.Lock()
+		st := tr.state
+		tr.mu.Unlock()
+		if st != progress.StateOnline {
+			return false
+		}
+	}
+	return true
+}
+
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -224,17 +237,7 @@ func testLocalSteps(t *testing.T, overlap bool) {
 			}
 		})
 	}
-	waitFor(t, time.Minute, "all four nodes online", func() bool {
-		for _, tr := range s.tr {
-			tr.mu.Lock()
-			st := tr.state
-			tr.mu.Unlock()
-			if st != progress.StateOnline {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, time.Minute, "all four nodes online", s.allOnline)
 	close(gate)
 	// The first node's own evaluation: another first-shard holder may
 	// finish a moment earlier.
@@ -507,17 +510,7 @@ func TestConcurrentEvaluations(t *testing.T) {
 	// The last shard reads its logits a moment after each Forward, so that
 	// evaluations overlapping there show.
 	s.add(1, func(c *Config) { c.Engine = slowLogits{c.Engine} })
-	waitFor(t, time.Minute, "both nodes online", func() bool {
-		for _, tr := range s.tr {
-			tr.mu.Lock()
-			st := tr.state
-			tr.mu.Unlock()
-			if st != progress.StateOnline {
-				return false
-			}
-		}
-		return len(a.holders(1, false)) > 0
-	})
+	waitFor(t, time.Minute, "both nodes online", func() bool { return s.allOnline() && len(a.holders(1, false)) > 0 })
 	ev := a.src.Eval()
 	a.mu.Lock()
 	sh, epoch := a.shard, a.epoch
