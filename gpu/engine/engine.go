@@ -38,8 +38,10 @@ type Shard interface {
 	// Forward runs the stage on a micro-batch. in is the previous shard's
 	// output activations (N×ActivationSize of the previous shard), nil on the
 	// first shard. It returns this shard's output activations, or on the last
-	// shard nil and the mean loss over the batch's targets. A training Forward
-	// (train true) returns a tape for Backward; an evaluation one returns nil.
+	// shard the mean loss over the batch's targets and, for an evaluation, the
+	// logits (N×classes, or N×block_size×vocab; nil when training). A training
+	// Forward (train true) returns a tape for Backward; an evaluation one
+	// returns nil.
 	Forward(b *Batch, in []float32, train bool) (out []float32, loss float32, tape Tape, err error)
 	// Backward consumes the tape of one training Forward. gradOut is the
 	// gradient of the loss with respect to this shard's output (nil on the
@@ -49,6 +51,7 @@ type Shard interface {
 	Backward(tape Tape, gradOut []float32) (gradIn []float32, err error)
 	// Logits returns the last shard's output scores of the most recent
 	// evaluation Forward (N×classes, or N×block_size×vocab); nil elsewhere.
+	// With evaluations running at once, use the logits each Forward returns.
 	Logits() []float32
 
 	// Params, Grads and OptState are the live flat buffers (layout:

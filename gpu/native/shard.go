@@ -157,9 +157,9 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 	out, loss := s.model.forward(t, in)
 	if !train {
 		if s.last {
-			l := s.model.logits(t)
+			out = append([]float32(nil), s.model.logits(t)...) // the arena goes back below
 			s.logitsMu.Lock()
-			s.lastLogits = append(s.lastLogits[:0], l...)
+			s.lastLogits = append(s.lastLogits[:0], out...)
 			s.logitsMu.Unlock()
 		}
 		t.Release()

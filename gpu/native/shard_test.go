@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 
@@ -267,12 +268,15 @@ func TestLogits(t *testing.T) {
 	}
 	b := batchFor(m, 3, 1)
 	b.Targets = nil // evaluation without labels
-	_, loss, _, err := s.Forward(b, nil, false)
+	out, loss, _, err := s.Forward(b, nil, false)
 	if err != nil || loss != 0 {
 		t.Fatalf("eval without targets: loss %g, err %v", loss, err)
 	}
 	if l := s.Logits(); len(l) != 3*m.Model.Classes {
 		t.Fatalf("%d logits, want %d", len(l), 3*m.Model.Classes)
+	}
+	if !slices.Equal(out, s.Logits()) {
+		t.Fatal("the evaluation Forward did not return the logits Logits reports")
 	}
 }
 

@@ -464,6 +464,7 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 				return nil, 0, nil, fmt.Errorf("%w: eval forward returned %d buffers", ErrProtocol, len(rep.Tensors))
 			}
 			s.logits = rep.Tensors[0].F
+			out = s.logits
 		}
 	} else {
 		if len(rep.Tensors) != 1 || len(rep.Tensors[0].F) != b.N*s.outSz {

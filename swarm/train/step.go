@@ -121,7 +121,7 @@ func Evaluate(shards []engine.Shard, set *data.EvalSet, batch, limit int) (Metri
 		}
 		lossSum += float64(loss) * float64(b.N)
 		if set.Classes > 0 {
-			logits := shards[len(shards)-1].Logits()
+			logits := act // the last shard's evaluation returns its logits
 			c := len(logits) / b.N
 			for i := 0; i < b.N; i++ {
 				row := logits[i*c : (i+1)*c]

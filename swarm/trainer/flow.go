@@ -184,26 +184,13 @@ func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
 // On the first shard b carries the inputs; targets travel to the last one.
 func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch uint64, kind uint8, b *engine.Batch, in []float32, targets []int32) (*pipeline.Response, error) {
 	train := kind == pipeline.KindTrain
-	// The engine keeps the logits of its most recent evaluation Forward:
-	// evaluations from several first-shard nodes at once must not read
-	// each other's (one node counted another's predictions against its
-	// own targets).
-	evalLast := !train && t.last(index)
-	if evalLast {
-		t.evalMu.Lock()
-	}
 	t.stepMu.RLock()
 	t.beginCompute()
+	// On the last shard an evaluation returns its own logits: evaluations
+	// from several first-shard nodes run here at once.
 	out, loss, tape, err := sh.Forward(b, in, train)
-	var logits []float32
-	if err == nil && evalLast {
-		logits = append([]float32(nil), sh.Logits()...)
-	}
 	t.endCompute()
 	t.stepMu.RUnlock()
-	if evalLast {
-		t.evalMu.Unlock()
-	}
 	if err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
 	}
@@ -212,7 +199,7 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 	if t.last(index) {
 		res.Loss = loss
 		if !train {
-			res.Correct = countCorrect(logits, targets, t.m)
+			res.Correct = countCorrect(out, targets, t.m)
 			return res, nil
 		}
 	} else {

@@ -137,7 +137,6 @@ type Trainer struct {
 	// stepMu: Forward/Backward hold it for reading, the optimizer step and
 	// snapshots for writing.
 	stepMu sync.RWMutex
-	evalMu sync.Mutex // one evaluation Forward at a time on the last shard (flow.go)
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when epoch, state or inflight change

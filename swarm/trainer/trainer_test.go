@@ -507,9 +507,9 @@ func TestConcurrentEvaluations(t *testing.T) {
 		c.WaitRunning = func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
 	}
 	a := s.add(0, held)
-	// The last shard reads its logits a moment after each Forward, so that
+	// The last shard pauses at the end of each evaluation Forward, so that
 	// evaluations overlapping there show.
-	s.add(1, func(c *Config) { c.Engine = slowLogits{c.Engine} })
+	s.add(1, func(c *Config) { c.Engine = slowEval{c.Engine} })
 	waitFor(t, time.Minute, "both nodes online", func() bool { return s.allOnline() && len(a.holders(1, false)) > 0 })
 	ev := a.src.Eval()
 	a.mu.Lock()
@@ -557,20 +557,24 @@ func TestConcurrentEvaluations(t *testing.T) {
 	}
 }
 
-// slowLogits is the native engine with a pause before each Logits read.
-type slowLogits struct{ engine.Engine }
+// slowEval is the native engine with a pause at the end of each
+// evaluation Forward.
+type slowEval struct{ engine.Engine }
 
-func (e slowLogits) NewShard(m *run.Manifest, index int) (engine.Shard, error) {
+func (e slowEval) NewShard(m *run.Manifest, index int) (engine.Shard, error) {
 	sh, err := e.Engine.NewShard(m, index)
 	if err != nil {
 		return nil, err
 	}
-	return slowLogitsShard{sh}, nil
+	return slowEvalShard{sh}, nil
 }
 
-type slowLogitsShard struct{ engine.Shard }
+type slowEvalShard struct{ engine.Shard }
 
-func (s slowLogitsShard) Logits() []float32 {
-	time.Sleep(2 * time.Millisecond)
-	return s.Shard.Logits()
+func (s slowEvalShard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, float32, engine.Tape, error) {
+	out, loss, tape, err := s.Shard.Forward(b, in, train)
+	if !train {
+		time.Sleep(2 * time.Millisecond)
+	}
+	return out, loss, tape, err
 }
