@@ -25,6 +25,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swarm-train/swarm/internal/guard"
 )
 
 // Errors returned by Step.
@@ -72,6 +74,9 @@ type Config struct {
 	MaxFrame   int
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
+	// Refusals counts and logs refused peer input and names offenders
+	// (nil: refuse silently).
+	Refusals *guard.Refusals
 }
 
 func (c Config) withDefaults() (Config, error) {

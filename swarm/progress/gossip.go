@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/swarm-train/swarm/internal/guard"
 )
 
 // Protocol carries one record per stream: a 4-byte big-endian length, then
@@ -29,6 +31,7 @@ type Gossip struct {
 	log     *slog.Logger
 	peers   func() []peer.ID
 	self    func() Record
+	refuse  *guard.Refusals
 
 	mu      sync.Mutex
 	closed  bool // no new pushes start after Close
@@ -227,3 +230,7 @@ func ReadRecord(r io.Reader) (*Record, error) {
 	}
 	return Decode(b)
 }
+
+// SetRefusals makes g count and log the records it refuses in r. Call it
+// before the first record arrives.
+func (g *Gossip) SetRefusals(r *guard.Refusals) { g.refuse = r }

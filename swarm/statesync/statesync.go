@@ -23,6 +23,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/swarm-train/swarm/internal/guard"
 )
 
 // Protocol is the snapshot download protocol. A request is
@@ -193,6 +195,8 @@ type Server struct {
 	h    host.Host
 	take func(shard int) (*Snapshot, error)
 	ttl  time.Duration
+	// refuse counts refused requests (nil: silently).
+	refuse *guard.Refusals
 
 	mu     sync.Mutex
 	next   uint64
@@ -496,3 +500,7 @@ func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Dur
 	}
 	return out, nil
 }
+
+// SetRefusals makes s count and log the requests it refuses in r. Call it
+// before serving.
+func (s *Server) SetRefusals(r *guard.Refusals) { s.refuse = r }

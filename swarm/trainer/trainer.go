@@ -25,6 +25,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
@@ -78,6 +79,9 @@ type Config struct {
 	// measured itself: swarm bench's cached result or a quick measurement
 	// (0: 1e9).
 	Rate float64
+	// Refusals counts and logs refused peer input of every training
+	// protocol and names offenders (nil: refuse silently).
+	Refusals *guard.Refusals
 }
 
 func (c *Config) defaults() error {
@@ -234,12 +238,15 @@ func New(cfg Config) (*Trainer, error) {
 		MatchWindow:     matchWindow(m),
 		Compression:     codec,
 		Logger:          cfg.Logger,
+		Refusals:        cfg.Refusals,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
 	}
 	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
+	t.gossip.SetRefusals(cfg.Refusals)
 	t.states = statesync.NewServer(t.h, t.snapshot)
+	t.states.SetRefusals(cfg.Refusals)
 	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
 	return t, nil
 }
