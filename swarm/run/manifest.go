@@ -43,6 +43,9 @@ type Manifest struct {
 	Optimizer OptimizerSpec `json:"optimizer"`
 	Training  TrainingSpec  `json:"training"`
 	Averaging AveragingSpec `json:"averaging"`
+	// Admission says who may take part (nil: open to anyone who completes
+	// the run hello). It is part of the run ID.
+	Admission *AdmissionSpec `json:"admission,omitempty"`
 }
 
 // ModelSpec names the architecture and its sizes. Fields that do not apply to
@@ -207,6 +210,11 @@ func (m *Manifest) Validate() error {
 	}
 	if err := m.Averaging.validate(); err != nil {
 		return err
+	}
+	if m.Admission != nil {
+		if err := m.Admission.validate(); err != nil {
+			return err
+		}
 	}
 	// AdamW divides each gradient entry by its own running scale, so the
 	// small entries that fp16 flushes and int8 rounds to zero come back as
