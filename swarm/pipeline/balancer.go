@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,10 @@ import (
 // assumed twice as fast as the best known one so it is tried early. A peer
 // that failed, answered late or sent bad data is banned for a while. It is
 // safe for concurrent use.
+//
+// It remembers at most MaxPeers peers: beyond that, peers with nothing in
+// flight are forgotten, those idle longest first (a flood of fresh peer IDs
+// that send garbage cannot grow it).
 type Balancer struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
@@ -38,11 +43,15 @@ func (b *Balancer) Stats() Stats {
 	return Stats{Hops: b.hops.Load(), Failures: b.failures.Load(), Retries: b.retries.Load(), Bans: b.bans.Load()}
 }
 
+// MaxPeers bounds the peers a Balancer remembers.
+const MaxPeers = 1024
+
 type stat struct {
 	spt         float64 // EMA of seconds per sample, 0 = never measured
 	inflight    int
 	bannedUntil time.Time
 	banReason   string
+	used        time.Time // last Pick, Begin, End or Ban
 }
 
 // NewBalancer returns a balancer drawing from rng; now is the clock (nil: time.Now).
@@ -53,13 +62,50 @@ func NewBalancer(rng *rand.Rand, now func() time.Time) *Balancer {
 	return &Balancer{rng: rng, now: now, peers: map[peer.ID]*stat{}}
 }
 
+// get returns p's entry, creating it (b.mu held).
 func (b *Balancer) get(p peer.ID) *stat {
+	now := b.now()
 	s := b.peers[p]
 	if s == nil {
+		if len(b.peers) >= MaxPeers {
+			b.prune(now)
+		}
 		s = &stat{}
 		b.peers[p] = s
 	}
+	s.used = now
 	return s
+}
+
+// prune forgets peers with nothing in flight until a quarter of MaxPeers
+// is free: first those whose ban is over, then the longest idle (b.mu held).
+func (b *Balancer) prune(now time.Time) {
+	for p, s := range b.peers {
+		if s.inflight == 0 && !now.Before(s.bannedUntil) && now.Sub(s.used) > time.Minute {
+			delete(b.peers, p)
+		}
+	}
+	keep := MaxPeers * 3 / 4
+	if len(b.peers) <= keep {
+		return
+	}
+	idle := make([]peer.ID, 0, len(b.peers))
+	for p, s := range b.peers {
+		if s.inflight == 0 {
+			idle = append(idle, p)
+		}
+	}
+	slices.SortFunc(idle, func(x, y peer.ID) int { return b.peers[x].used.Compare(b.peers[y].used) })
+	for _, p := range idle[:min(len(idle), len(b.peers)-keep)] {
+		delete(b.peers, p)
+	}
+}
+
+// Len is the number of peers remembered.
+func (b *Balancer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.peers)
 }
 
 // Pick draws one of cands that is not banned and not in skip; ok=false if none.

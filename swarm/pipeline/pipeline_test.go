@@ -13,9 +13,14 @@ import (
 	"github.com/swarm-train/swarm/internal/bf16"
 )
 
+// roomy allows what the tests' requests declare: 64 values a sample.
+func roomy(q *Request) (Limits, error) {
+	return Limits{Act: 64 * int(q.N), Targets: 64 * int(q.N)}, nil
+}
+
 func TestRequestRoundTrip(t *testing.T) {
 	q := &Request{Kind: KindTrain, Shard: 1, Epoch: 7, ID: 99, N: 2, Act: []float32{1, -2, 3.5, 0}, Targets: []int32{3, 9}}
-	got, err := ReadRequest(bytes.NewReader(q.Encode()))
+	got, err := ReadRequest(bytes.NewReader(q.Encode()), roomy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +28,7 @@ func TestRequestRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %+v", got)
 	}
 	p := &Response{Code: CodeStale, Msg: "behind", Loss: 0.25, Correct: 3, Grad: []float32{0.5}}
-	gp, err := ReadResponse(bytes.NewReader(p.Encode()))
+	gp, err := ReadResponse(bytes.NewReader(p.Encode()), 1<<20)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +45,7 @@ func TestBF16RoundTrip(t *testing.T) {
 	if len(full)-len(enc) != 2*len(act) {
 		t.Fatalf("bf16 request is %d bytes, fp32 %d: want 2 bytes a value saved", len(enc), len(full))
 	}
-	got, err := ReadRequest(bytes.NewReader(enc))
+	got, err := ReadRequest(bytes.NewReader(enc), roomy)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,13 +58,13 @@ func TestBF16RoundTrip(t *testing.T) {
 		}
 	}
 	p := &Response{Code: CodeOK, Grad: []float32{0.1, -0.2}, Precision: BF16}
-	gp, err := ReadResponse(bytes.NewReader(p.Encode()))
+	gp, err := ReadResponse(bytes.NewReader(p.Encode()), 1<<20)
 	if err != nil || gp.Precision != BF16 || gp.Grad[1] != bf16.To32(bf16.From32(-0.2)) {
 		t.Fatalf("response: %+v, %v", gp, err)
 	}
 	bad := p.Encode()
 	bad[1+2+4+4] = 9 // the gradient block's precision byte
-	if _, err := ReadResponse(bytes.NewReader(bad)); err == nil || !strings.Contains(err.Error(), "unknown precision 9") {
+	if _, err := ReadResponse(bytes.NewReader(bad), 1<<20); err == nil || !strings.Contains(err.Error(), "unknown precision 9") {
 		t.Fatalf("unknown precision: %v", err)
 	}
 }
@@ -96,11 +101,11 @@ func FuzzReadRequest(f *testing.F) {
 	unknown[25] = 7 // no such precision
 	f.Add(unknown)
 	f.Fuzz(func(t *testing.T, b []byte) {
-		q, err := ReadRequest(bytes.NewReader(b))
+		q, err := ReadRequest(bytes.NewReader(b), roomy)
 		if err != nil {
 			return
 		}
-		if _, err := ReadRequest(bytes.NewReader(q.Encode())); err != nil {
+		if _, err := ReadRequest(bytes.NewReader(q.Encode()), roomy); err != nil {
 			t.Fatalf("re-encoded request fails: %v", err)
 		}
 	})
@@ -111,11 +116,11 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add((&Response{Code: CodeBusy, Msg: "x"}).Encode())
 	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20}, Precision: BF16}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := ReadResponse(bytes.NewReader(b))
+		p, err := ReadResponse(bytes.NewReader(b), 1<<20)
 		if err != nil {
 			return
 		}
-		if _, err := ReadResponse(bytes.NewReader(p.Encode())); err != nil {
+		if _, err := ReadResponse(bytes.NewReader(p.Encode()), 1<<20); err != nil {
 			t.Fatalf("re-encoded response fails: %v", err)
 		}
 	})

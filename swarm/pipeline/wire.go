@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/swarm-train/swarm/internal/bf16"
+	"github.com/swarm-train/swarm/internal/guard"
 )
 
 // Protocol: one request and one response per stream.
@@ -44,11 +45,17 @@ const (
 	CodeInternal   = 6
 )
 
-// Limits of the decoder; the manifest gives the exact sizes, checked by Validate.
-const (
-	MaxFloats  = 1 << 26
-	MaxTargets = 1 << 24
-)
+// Limits bound the values a request may declare, checked before its body
+// is read: the receiving stage derives them from the run's layout (the
+// micro-batch it accepts × the width of its input boundary), so a peer's
+// declared count never sizes a buffer beyond what the run implies.
+type Limits struct {
+	Act     int // activation values
+	Targets int // targets
+}
+
+// ErrOversize marks a block that declares more values than allowed.
+var ErrOversize = errors.New("pipeline: declared size over the limit")
 
 // ErrNonFinite marks activations or gradients holding NaN or Inf.
 var ErrNonFinite = errors.New("pipeline: non-finite value")
@@ -147,7 +154,10 @@ func (d *reader) u16() uint16 { return binary.BigEndian.Uint16(d.read(2)) }
 func (d *reader) u32() uint32 { return binary.BigEndian.Uint32(d.read(4)) }
 func (d *reader) u64() uint64 { return binary.BigEndian.Uint64(d.read(8)) }
 
-func (d *reader) floats(what string) ([]float32, uint8) {
+// floats reads a float block of at most limit values. Its buffer grows only
+// as bytes arrive, so a sender that declares the limit and stalls costs
+// little.
+func (d *reader) floats(what string, limit int) ([]float32, uint8) {
 	p := d.u8()
 	n := d.u32()
 	if d.err != nil {
@@ -157,12 +167,12 @@ func (d *reader) floats(what string) ([]float32, uint8) {
 		d.err = fmt.Errorf("%s: unknown precision %d", what, p)
 		return nil, p
 	}
-	if n > MaxFloats {
-		d.err = fmt.Errorf("%s: %d values, limit %d", what, n, MaxFloats)
+	if int64(n) > int64(limit) {
+		d.err = fmt.Errorf("%s: %d values, limit %d: %w", what, n, max(limit, 0), ErrOversize)
 		return nil, p
 	}
-	raw := make([]byte, wireSize(int(n), p))
-	if _, err := io.ReadFull(d.r, raw); err != nil {
+	raw, err := guard.ReadFull(d.r, wireSize(int(n), p))
+	if err != nil {
 		d.err = fmt.Errorf("%s: %w", what, err)
 		return nil, p
 	}
@@ -179,18 +189,31 @@ func (d *reader) floats(what string) ([]float32, uint8) {
 	return out, p
 }
 
-// ReadRequest decodes one request.
-func ReadRequest(r io.Reader) (*Request, error) {
+// ReadRequest decodes one request. After the fixed header (kind, shard,
+// epoch, id, samples) it calls limit, which returns what the body may
+// declare for that header, or an error that refuses the request before
+// any of its body is read.
+func ReadRequest(r io.Reader, limit func(*Request) (Limits, error)) (*Request, error) {
 	d := &reader{r: r}
 	q := &Request{Kind: d.u8(), Shard: d.u32(), Epoch: d.u64(), ID: d.u64(), N: d.u32()}
-	q.Act, q.Precision = d.floats("activations")
+	if d.err != nil {
+		return nil, fmt.Errorf("pipeline request: %w", d.err)
+	}
+	if q.Kind != KindTrain && q.Kind != KindEval {
+		return nil, fmt.Errorf("pipeline request: unknown kind %d", q.Kind)
+	}
+	lim, err := limit(q)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline request: %w", err)
+	}
+	q.Act, q.Precision = d.floats("activations", lim.Act)
 	n := d.u32()
-	if d.err == nil && n > MaxTargets {
-		d.err = fmt.Errorf("targets: %d values, limit %d", n, MaxTargets)
+	if d.err == nil && int64(n) > int64(lim.Targets) {
+		d.err = fmt.Errorf("targets: %d values, limit %d: %w", n, max(lim.Targets, 0), ErrOversize)
 	}
 	if d.err == nil {
-		raw := make([]byte, 4*int(n))
-		if _, err := io.ReadFull(r, raw); err != nil {
+		raw, err := guard.ReadFull(r, 4*int(n))
+		if err != nil {
 			d.err = fmt.Errorf("targets: %w", err)
 		} else {
 			q.Targets = make([]int32, n)
@@ -202,27 +225,25 @@ func ReadRequest(r io.Reader) (*Request, error) {
 	if d.err != nil {
 		return nil, fmt.Errorf("pipeline request: %w", d.err)
 	}
-	if q.Kind != KindTrain && q.Kind != KindEval {
-		return nil, fmt.Errorf("pipeline request: unknown kind %d", q.Kind)
-	}
 	return q, nil
 }
 
-// ReadResponse decodes one response.
-func ReadResponse(r io.Reader) (*Response, error) {
+// ReadResponse decodes one response whose gradient holds at most maxGrad
+// values (the caller knows: as many as the activations it sent).
+func ReadResponse(r io.Reader, maxGrad int) (*Response, error) {
 	d := &reader{r: r}
 	p := &Response{Code: d.u8()}
 	n := d.u16()
 	if d.err == nil {
-		msg := make([]byte, n)
-		if _, err := io.ReadFull(r, msg); err != nil {
+		msg, err := guard.ReadFull(r, int(n))
+		if err != nil {
 			d.err = err
 		}
 		p.Msg = string(msg)
 	}
 	p.Loss = math.Float32frombits(d.u32())
 	p.Correct = d.u32()
-	p.Grad, p.Precision = d.floats("gradient")
+	p.Grad, p.Precision = d.floats("gradient", maxGrad)
 	if d.err != nil {
 		return nil, fmt.Errorf("pipeline response: %w", d.err)
 	}
