@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	mrand "math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -71,7 +70,12 @@ type Config struct {
 	Gossip        bool
 	GossipTimeout time.Duration
 	// MaxFrame bounds incoming frames (default: encoded PartSize + 64 KiB).
-	MaxFrame   int
+	MaxFrame int
+	// MaxWeight is the largest weight a peer may declare (default
+	// DefaultMaxWeight); a trainer sets the run's target batch. Larger
+	// weights from peers are refused; a larger weight of our own is clamped
+	// to it, so that honest peers with one config never refuse each other.
+	MaxWeight  float64
 	Registerer prometheus.Registerer
 	Logger     *slog.Logger
 	// Refusals counts and logs refused peer input and names offenders
@@ -110,6 +114,9 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxFrame == 0 {
 		c.MaxFrame = 4*c.PartSize + 64<<10
 	}
+	if c.MaxWeight == 0 {
+		c.MaxWeight = DefaultMaxWeight
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -122,8 +129,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: KeyBits %d not in [0, 24]", ErrBadInput, c.KeyBits)
 	case c.PartSize < 1 || c.PartSize > 16<<20:
 		return c, fmt.Errorf("%w: PartSize %d", ErrBadInput, c.PartSize)
-	case !(c.Bandwidth > 0) || math.IsInf(c.Bandwidth, 0):
+	case !(c.Bandwidth > 0) || c.Bandwidth > MaxBandwidth:
 		return c, fmt.Errorf("%w: Bandwidth %v", ErrBadInput, c.Bandwidth)
+	case !validWeight(c.MaxWeight):
+		return c, fmt.Errorf("%w: MaxWeight %v", ErrBadInput, c.MaxWeight)
 	case !c.Compression.valid():
 		return c, fmt.Errorf("%w: compression %d", ErrBadInput, c.Compression)
 	case c.MaxFrame < c.Compression.EncodedLen(c.PartSize)+64:
@@ -188,6 +197,7 @@ type Averager struct {
 	roundsCh chan struct{}       // closed and replaced when rounds changes
 	bits     map[string]uint32   // Moshpit bits per key
 	rng      *mrand.Rand
+	caps     streamCaps // inbound streams open per peer and protocol
 
 	faults faults // fault injection for tests; zero in production
 }
@@ -217,16 +227,17 @@ func New(h host.Host, cfg Config) (*Averager, error) {
 		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, roundsCh: make(chan struct{}),
 		bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	h.SetStreamHandler(ProtoMatch, a.wrap(a.handleJoin))
-	h.SetStreamHandler(ProtoGossip, a.wrap(a.handleGossip))
+	h.SetStreamHandler(ProtoMatch, a.wrap(ProtoMatch, a.handleJoin))
+	h.SetStreamHandler(ProtoGossip, a.wrap(ProtoGossip, a.handleGossip))
 	if !cfg.ClientMode {
-		h.SetStreamHandler(ProtoReduce, a.wrap(a.handleReduce))
+		h.SetStreamHandler(ProtoReduce, a.wrap(ProtoReduce, a.handleReduce))
 	}
 	return a, nil
 }
 
-// wrap tracks handler goroutines so Close can wait for them.
-func (a *Averager) wrap(f func(network.Stream)) network.StreamHandler {
+// wrap tracks handler goroutines so Close can wait for them, and serves
+// each peer at most its cap of concurrent streams on proto.
+func (a *Averager) wrap(proto string, f func(network.Stream)) network.StreamHandler {
 	return func(s network.Stream) {
 		a.mu.Lock()
 		if a.closed {
@@ -237,6 +248,11 @@ func (a *Averager) wrap(f func(network.Stream)) network.StreamHandler {
 		a.wg.Add(1)
 		a.mu.Unlock()
 		defer a.wg.Done()
+		if !a.admit(s, proto) {
+			_ = s.Reset()
+			return
+		}
+		defer a.caps.release(s.Conn().RemotePeer(), proto)
 		f(s)
 	}
 }
@@ -341,6 +357,7 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 	if err := a.validateInput(key, vec, weight, o.codec); err != nil {
 		return localResult(a.h.ID(), len(vec)), err
 	}
+	weight = min(weight, a.cfg.MaxWeight)
 	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec,
 		held: map[peer.ID]*heldJoin{}, done: make(chan struct{})}
 	bits, release, openErr := a.openSession(sess)
@@ -450,6 +467,7 @@ func (a *Averager) Gossip(ctx context.Context, key string, round uint64, vec []f
 	if err := a.validateInput(key, vec, weight, o.codec); err != nil {
 		return localResult(a.h.ID(), len(vec)), err
 	}
+	weight = min(weight, a.cfg.MaxWeight)
 	sess := &session{key: key, round: round, vecLen: len(vec), codec: o.codec, weight: weight, vec: vec, done: make(chan struct{})}
 	close(sess.done)
 	_, release, err := a.openSession(sess)

@@ -127,22 +127,30 @@ func (a *Averager) gossipInitiate(ctx context.Context, sess *session, c peer.ID)
 	if err := writeFrame(s, tGossipHeader, hdr.marshal()); err != nil {
 		return Result{}, err
 	}
-	t, b, err := readFrame(s, 64, nil)
+	t, b, err := readFrame(s, maxSmallFrame, nil)
 	if err != nil {
+		a.refuseAnswer(c, ProtoGossip, err)
 		return Result{}, err
 	}
-	if t != tGossipReply || len(b) != 9 || b[0] != gossipOK {
+	if t != tGossipReply || len(b) != 9 {
+		err := fmt.Errorf("%w: gossip reply of type %d, %d bytes", errMalformed, t, len(b))
+		a.refuse(c, ProtoGossip, reasonMalformed, err)
+		return Result{}, err
+	}
+	if b[0] != gossipOK {
 		return Result{}, fmt.Errorf("gossip refused by %s", c)
 	}
 	theirW := (&dec{b: b[1:]}).f64()
-	if !validWeight(theirW) {
-		return Result{}, fmt.Errorf("%w: gossip weight %v", errMalformed, theirW)
+	if err := a.checkWeight(theirW); err != nil {
+		a.refuse(c, ProtoGossip, reasonRange, err)
+		return Result{}, err
 	}
 	if err := a.sendVector(s, sess, cnt); err != nil {
 		return Result{}, err
 	}
-	theirs := make([]float32, sess.vecLen)
+	theirs := make([]float32, sess.vecLen) // our own length, agreed in the header
 	if err := a.recvVector(s, sess, theirs, cnt); err != nil {
+		a.refuseAnswer(c, ProtoGossip, err)
 		return Result{}, err
 	}
 	if err := writeFrame(s, tAck, nil); err != nil {
@@ -194,7 +202,8 @@ func (a *Averager) sendVector(s network.Stream, sess *session, cnt *counter) err
 func (a *Averager) recvVector(s network.Stream, sess *session, dst []float32, cnt *counter) error {
 	var buf []byte
 	for off, k := 0, 0; off < sess.vecLen; off, k = off+a.cfg.PartSize, k+1 {
-		t, b, err := readFrame(s, a.cfg.MaxFrame, buf)
+		n := min(off+a.cfg.PartSize, sess.vecLen) - off
+		t, b, err := readFrame(s, min(partFrame(sess.codec, n, 0), a.cfg.MaxFrame), buf)
 		buf = b
 		if err != nil {
 			return err
@@ -207,10 +216,10 @@ func (a *Averager) recvVector(s network.Stream, sess *session, dst []float32, cn
 		if err != nil {
 			return err
 		}
-		if int(pm.Index) != k {
-			return fmt.Errorf("%w: gossip part %d, want %d", errMalformed, pm.Index, k)
+		if int(pm.Index) != k || len(pm.Contributors) != 0 {
+			return fmt.Errorf("%w: gossip part %d with %d contributor bytes, want part %d", errMalformed, pm.Index, len(pm.Contributors), k)
 		}
-		if err := sess.codec.Decode(dst[off:min(off+a.cfg.PartSize, sess.vecLen)], pm.Data); err != nil {
+		if err := sess.codec.Decode(dst[off:off+n], pm.Data); err != nil {
 			return err
 		}
 	}
@@ -223,13 +232,24 @@ func (a *Averager) handleGossip(s network.Stream) {
 	defer s.Reset()
 	from := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.RequestTimeout))
-	t, b, err := readFrame(s, 4096, nil)
-	if err != nil || t != tGossipHeader {
+	t, b, err := readFrame(s, maxHeaderFrame, nil)
+	if err == nil && t != tGossipHeader {
+		err = fmt.Errorf("%w: frame type %d, want gossip header", errMalformed, t)
+	}
+	var hdr gossipHeader
+	if err == nil {
+		hdr, err = unmarshalGossipHeader(b)
+	}
+	if err == nil {
+		err = a.checkWeight(hdr.Weight)
+	}
+	if err != nil {
+		a.log.Debug("gossip: bad header", "peer", from, "err", err)
+		a.refuseErr(from, ProtoGossip, err)
 		return
 	}
-	hdr, err := unmarshalGossipHeader(b)
-	if err != nil || hdr.Version != WireVersion {
-		a.log.Info("gossip: bad header", "peer", from, "err", err)
+	if hdr.Version != WireVersion {
+		a.log.Info("gossip: other wire version", "peer", from, "version", hdr.Version)
 		return
 	}
 	refuse := func(code byte) {
@@ -276,12 +296,13 @@ func (a *Averager) handleGossip(s network.Stream) {
 	if err := a.recvVector(s, sess, theirs, cnt); err != nil {
 		a.log.Info("gossip: bad vector; peer excluded", "peer", from, "err", err)
 		a.met.failures.WithLabelValues("bad_peer").Inc()
+		a.refuseErr(from, ProtoGossip, err)
 		return
 	}
 	if err := a.sendVector(s, sess, cnt); err != nil {
 		return
 	}
-	if t, _, err := readFrame(s, 16, nil); err != nil || t != tAck {
+	if t, _, err := readFrame(s, maxSmallFrame, nil); err != nil || t != tAck {
 		return
 	}
 	mixPair(sess.vec, theirs, sess.weight, hdr.Weight, a.h.ID() < from)

@@ -78,7 +78,7 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 			send(matchEvent{Kind: evRequestFailed, From: to})
 			return
 		}
-		t, b, err := readFrame(s, 4096, nil)
+		t, b, err := readFrame(s, maxJoinFrame, nil)
 		var rep joinReply
 		if err == nil && t != tJoinReply {
 			err = fmt.Errorf("%w: frame type %d, want join reply", errMalformed, t)
@@ -87,6 +87,7 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 			rep, err = unmarshalJoinReply(b)
 		}
 		if err != nil {
+			a.refuseAnswer(to, ProtoMatch, err)
 			send(matchEvent{Kind: evRequestFailed, From: to})
 			return
 		}
@@ -97,15 +98,19 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 		// Following: wait for the leader's proposal, then the final list.
 		_ = s.SetDeadline(time.Now().Add(a.cfg.MatchWindow + 3*a.cfg.RequestTimeout))
 		for {
-			t, b, err = readFrame(s, 1<<20, nil)
+			t, b, err = readFrame(s, maxGroupFrame, nil)
 			switch {
 			case err != nil:
+				a.refuseAnswer(to, ProtoMatch, err)
 				send(matchEvent{Kind: evRequestFailed, From: to})
 				return
 			case t == tBegin || t == tStart:
 				g, err := unmarshalGroupInfo(b)
-				if err != nil || g.VecLen != uint64(sess.vecLen) || g.Codec != sess.codec {
-					a.log.Warn("bad group from leader", "peer", to, "err", err)
+				if err == nil {
+					err = a.checkGroup(&g, sess.vecLen, sess.codec)
+				}
+				if err != nil {
+					a.refuseErr(to, ProtoMatch, err)
 					send(matchEvent{Kind: evRequestFailed, From: to})
 					return
 				}
@@ -117,12 +122,14 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 			case t == tDisband:
 				redirect, err := unmarshalDisband(b)
 				if err != nil {
+					a.refuseErr(to, ProtoMatch, err)
 					send(matchEvent{Kind: evRequestFailed, From: to})
 					return
 				}
 				send(matchEvent{Kind: evDisband, From: to, Redirect: redirect})
 				return
 			default:
+				a.refuse(to, ProtoMatch, reasonMalformed, fmt.Errorf("%w: frame type %d from leader", errMalformed, t))
 				send(matchEvent{Kind: evRequestFailed, From: to})
 				return
 			}
@@ -214,27 +221,32 @@ func (a *Averager) handleJoin(s network.Stream) {
 	defer s.Reset()
 	from := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.RequestTimeout))
-	t, b, err := readFrame(s, 4096, nil)
-	if err != nil {
-		return
+	t, b, err := readFrame(s, maxJoinFrame, nil)
+	if err == nil && t != tJoin {
+		err = fmt.Errorf("%w: frame type %d, want join", errMalformed, t)
 	}
-	if t != tJoin {
-		a.log.Debug("join stream: unexpected frame", "peer", from, "type", t)
-		return
+	var req joinRequest
+	if err == nil {
+		req, err = unmarshalJoinRequest(b)
 	}
-	req, err := unmarshalJoinRequest(b)
 	if err != nil {
 		a.log.Debug("join stream: bad request", "peer", from, "err", err)
+		a.refuseErr(from, ProtoMatch, err)
 		return
 	}
-	a.mu.Lock()
-	sess := a.sessions[req.Group.Key]
-	a.mu.Unlock()
 	reject := func(st joinStatus) {
 		r := joinReply{Status: st}
 		_ = writeFrame(s, tJoinReply, r.marshal())
 		_ = s.CloseWrite()
 	}
+	if err := a.checkJoin(req, time.Now()); err != nil {
+		a.refuseErr(from, ProtoMatch, err)
+		reject(rejectMismatch)
+		return
+	}
+	a.mu.Lock()
+	sess := a.sessions[req.Group.Key]
+	a.mu.Unlock()
 	if sess == nil || sess.round != req.Group.Round {
 		reject(rejectNotLooking)
 		return
@@ -250,6 +262,11 @@ func (a *Averager) handleJoin(s network.Stream) {
 		} else {
 			reject(rejectNotLooking) // not started yet
 		}
+		return
+	}
+	if sess.held[from] == nil && len(sess.held) >= maxHeld {
+		sess.mu.Unlock()
+		reject(rejectFull) // a crowd of joiners: not this one's fault alone
 		return
 	}
 	sess.held[from] = hj
@@ -335,6 +352,14 @@ func (a *Averager) drainRead(s network.Stream, gone chan struct{}, watching bool
 	case <-time.After(a.cfg.RequestTimeout):
 		_ = s.Reset()
 		<-gone
+	}
+}
+
+// refuseAnswer refuses a bad answer to a stream we opened on proto; a peer
+// that is slow or gone is not refused (it only costs us the request).
+func (a *Averager) refuseAnswer(to peer.ID, proto string, err error) {
+	if reasonFor(err) != reasonStall {
+		a.refuseErr(to, proto, err)
 	}
 }
 

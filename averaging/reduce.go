@@ -96,6 +96,7 @@ type reducer struct {
 	received      []int
 	lastProgress  []time.Time
 	reasons       map[int]string
+	stalled       []bool // dropped by Tick for making no progress while active
 	senderTimeout time.Duration
 	deadline      time.Time
 	finalized     int
@@ -116,7 +117,7 @@ type finalPart struct {
 func newReducer(self, n int, parts []span, own []float32, weight float64, now time.Time, senderTimeout time.Duration, deadline time.Time) *reducer {
 	r := &reducer{self: self, n: n, parts: parts, senderTimeout: senderTimeout, deadline: deadline,
 		weight: make([]float64, n), status: make([]senderStatus, n), received: make([]int, n),
-		lastProgress: make([]time.Time, n), reasons: map[int]string{}}
+		lastProgress: make([]time.Time, n), reasons: map[int]string{}, stalled: make([]bool, n)}
 	if len(parts) > 0 {
 		r.base = parts[0].Start
 	}
@@ -214,6 +215,7 @@ func (r *reducer) Tick(now time.Time) {
 				r.Drop(s, "never connected")
 			} else {
 				r.Drop(s, fmt.Sprintf("stalled after %d of %d parts", r.received[s], len(r.parts)))
+				r.stalled[s] = true
 			}
 		}
 	}
@@ -247,6 +249,10 @@ func (r *reducer) Ready() []finalPart {
 
 // Done reports whether every part is final.
 func (r *reducer) Done() bool { return r.finalized == len(r.parts) }
+
+// Stalled reports whether sender s was dropped for making no progress after
+// it connected.
+func (r *reducer) Stalled(s int) bool { return s >= 0 && s < r.n && r.stalled[s] }
 
 // Dropped returns the reasons senders were dropped, by group index.
 func (r *reducer) Dropped() map[int]string { return r.reasons }

@@ -307,12 +307,19 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		writeErr <- nil
 	}()
 
+	defer func() { // the reducer's bad answers are refused; a slow or dead one is not
+		if err != nil {
+			a.refuseAnswer(to, ProtoReduce, err)
+		}
+	}()
 	var rbuf []byte
-	tmp := make([]float32, 0, r.g.PartSize)
+	cb := (len(r.g.Members) + 7) / 8
+	tmp := make([]float32, 0, longestPart(parts)) // never a peer-declared size
 	for k := range parts {
+		sp := parts[k]
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.ReducerTimeout), r.deadline))
 		var t msgType
-		t, rbuf, err = readFrame(s, a.cfg.MaxFrame, rbuf)
+		t, rbuf, err = readFrame(s, min(partFrame(r.codec, sp.End-sp.Start, cb), a.cfg.MaxFrame), rbuf)
 		if err != nil {
 			return spans, fmt.Errorf("read part %d: %w", k, err)
 		}
@@ -324,8 +331,7 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		if err != nil {
 			return spans, err
 		}
-		sp := parts[k]
-		if int(pm.Index) != k || len(pm.Contributors) != (len(r.g.Members)+7)/8 || !bitset(pm.Contributors).has(r.self) {
+		if int(pm.Index) != k || len(pm.Contributors) != cb || !bitset(pm.Contributors).has(r.self) {
 			return spans, fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, pm.Index, k)
 		}
 		tmp = tmp[:sp.End-sp.Start]
@@ -367,14 +373,24 @@ func (a *Averager) handleReduce(s network.Stream) {
 	defer s.Reset()
 	from := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.SenderTimeout))
-	t, b, err := readFrame(s, 4096, nil)
-	if err != nil || t != tReduceHeader {
-		a.log.Debug("reduce stream: no header", "peer", from, "err", err)
+	t, b, err := readFrame(s, maxHeaderFrame, nil)
+	if err == nil && t != tReduceHeader {
+		err = fmt.Errorf("%w: frame type %d, want reduce header", errMalformed, t)
+	}
+	var hdr reduceHeader
+	if err == nil {
+		hdr, err = unmarshalReduceHeader(b)
+	}
+	if err == nil {
+		err = a.checkWeight(hdr.Weight)
+	}
+	if err != nil {
+		a.log.Debug("reduce stream: bad header", "peer", from, "err", err)
+		a.refuseErr(from, ProtoReduce, err)
 		return
 	}
-	hdr, err := unmarshalReduceHeader(b)
-	if err != nil || hdr.Version != WireVersion {
-		a.log.Info("reduce stream: bad header", "peer", from, "err", err, "version", hdr.Version)
+	if hdr.Version != WireVersion {
+		a.log.Info("reduce stream: other wire version", "peer", from, "version", hdr.Version)
 		return
 	}
 	// The sender may have learnt of the group before us: wait for the round.
@@ -394,17 +410,24 @@ func (a *Averager) handleReduce(s network.Stream) {
 		r.mu.Unlock()
 	}
 	if si >= len(r.g.Members) || r.g.Members[si].ID != from || si == r.self {
-		a.log.Warn("reduce stream: sender index does not match peer", "peer", from, "index", si)
+		a.refuse(from, ProtoReduce, reasonNotMember, fmt.Errorf("sender index %d does not name this peer in group %x", si, hdr.Group))
 		return
 	}
 	if hdr.VecLen != r.g.VecLen || hdr.Codec != r.codec {
-		exclude(fmt.Sprintf("header mismatch: length %d codec %s, want %d %s", hdr.VecLen, hdr.Codec, r.g.VecLen, r.codec))
+		why := fmt.Sprintf("header mismatch: length %d codec %s, want %d %s", hdr.VecLen, hdr.Codec, r.g.VecLen, r.codec)
+		a.refuse(from, ProtoReduce, reasonRange, fmt.Errorf("%w: %s", errOutOfRange, why))
+		exclude(why)
 		return
 	}
 	r.cnt.add(0, len(b)+5)
 	r.mu.Lock()
-	if r.closed || r.streams[si] != nil {
+	if r.closed {
 		r.mu.Unlock()
+		return
+	}
+	if r.streams[si] != nil {
+		r.mu.Unlock()
+		a.refuse(from, ProtoReduce, reasonFlood, fmt.Errorf("%w: a second stream for group %x", errFlood, hdr.Group))
 		return
 	}
 	r.handlers.Add(1)
@@ -430,30 +453,44 @@ func (a *Averager) handleReduce(s network.Stream) {
 		_ = s.CloseWrite()
 	}()
 	parts := r.lay.Parts[r.self]
-	vals := make([]float32, 0, r.g.PartSize)
+	vals := make([]float32, 0, longestPart(parts)) // never a peer-declared size
 	var rbuf []byte
 	for k := range parts {
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.SenderTimeout), r.deadline))
-		t, rbuf, err = readFrame(s, a.cfg.MaxFrame, rbuf)
+		n := parts[k].End - parts[k].Start
+		t, rbuf, err = readFrame(s, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), rbuf)
 		if err != nil {
+			if reasonFor(err) == reasonOversize {
+				a.refuseErr(from, ProtoReduce, err)
+				exclude(fmt.Sprintf("part %d: %v", k, err))
+				break
+			}
 			r.mu.Lock()
+			stalled := (reasonFor(err) == reasonStall || r.red.Stalled(si)) && time.Now().Before(r.deadline)
 			r.red.Drop(si, fmt.Sprintf("stream failed after %d of %d parts: %v", k, len(parts), err))
 			r.dispatchLocked()
 			r.mu.Unlock()
+			if stalled {
+				a.refuse(from, ProtoReduce, reasonStall, fmt.Errorf("no part %d of %d within %v: %w", k, len(parts), a.cfg.SenderTimeout, err))
+			}
 			break
 		}
 		r.cnt.add(0, len(rbuf)+5)
 		var pm partMsg
 		if t != tPart {
-			err = fmt.Errorf("frame type %d, want part", t)
+			err = fmt.Errorf("%w: frame type %d, want part", errMalformed, t)
 		} else if pm, err = unmarshalPart(rbuf); err == nil && int(pm.Index) != k {
-			err = fmt.Errorf("part %d out of order, want %d", pm.Index, k)
+			err = fmt.Errorf("%w: part %d out of order, want %d", errMalformed, pm.Index, k)
+		}
+		if err == nil && len(pm.Contributors) != 0 {
+			err = fmt.Errorf("%w: part %d from a sender names contributors", errMalformed, k)
 		}
 		if err == nil {
-			vals = vals[:parts[k].End-parts[k].Start]
+			vals = vals[:n]
 			err = r.codec.Decode(vals, pm.Data)
 		}
 		if err != nil {
+			a.refuse(from, ProtoReduce, reasonMalformed, err)
 			exclude(fmt.Sprintf("part %d: %v", k, err))
 			break
 		}

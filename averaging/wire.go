@@ -8,6 +8,8 @@ import (
 	"math"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/guard"
 )
 
 // Wire format: every message is a frame [type u8][length u32 big-endian][payload].
@@ -73,25 +75,31 @@ func writeFrame2(w io.Writer, t msgType, head, body []byte) error {
 	return err
 }
 
-// readFrame reads one frame of at most maxSize payload bytes into buf (grown
-// as needed) and returns its type and payload.
+// readFrame reads one frame of at most maxSize payload bytes into buf and
+// returns its type and payload. The length is the peer's word: a frame
+// longer than buf is read into a buffer that grows only as its bytes arrive,
+// so a peer that declares maxSize and sends nothing costs nothing.
 func readFrame(r io.Reader, maxSize int, buf []byte) (msgType, []byte, error) {
 	var hdr [5]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, buf, err
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
-	if uint64(n) > uint64(maxSize) {
+	if uint64(n) > uint64(max(maxSize, 0)) {
 		return 0, buf, fmt.Errorf("%w: %d bytes (limit %d)", errFrameTooBig, n, maxSize)
 	}
-	if cap(buf) < int(n) {
-		buf = make([]byte, n)
+	if cap(buf) >= int(n) {
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return 0, buf, err
+		}
+		return msgType(hdr[0]), buf, nil
 	}
-	buf = buf[:n]
-	if _, err := io.ReadFull(r, buf); err != nil {
+	b, err := guard.ReadFull(r, int(n))
+	if err != nil {
 		return 0, buf, err
 	}
-	return msgType(hdr[0]), buf, nil
+	return msgType(hdr[0]), b, nil
 }
 
 // enc is an append-only payload builder.
@@ -244,8 +252,11 @@ func unmarshalJoinRequest(b []byte) (joinRequest, error) {
 	if fl&^1 != 0 {
 		return m, fmt.Errorf("%w: unknown flags %#x", errMalformed, fl)
 	}
-	if math.IsNaN(m.Bandwidth) || math.IsInf(m.Bandwidth, 0) || m.Bandwidth < 0 {
+	if math.IsNaN(m.Bandwidth) || m.Bandwidth < 0 {
 		return m, fmt.Errorf("%w: bandwidth %v", errMalformed, m.Bandwidth)
+	}
+	if !m.Codec.valid() {
+		return m, fmt.Errorf("%w: codec %d", errMalformed, m.Codec)
 	}
 	return m, nil
 }
