@@ -3,6 +3,9 @@
 # BENCHMARKS.md. Each script prints one Markdown section on stdout; this script
 # stamps it with the commit, the machine and the command, and replaces that
 # script's section in BENCHMARKS.md (sections not re-run are kept as they were).
+# Every section script sources scripts/bench/lib/guard.sh, whose load guard
+# records the load before and after the section and marks a section measured
+# under load in its header (BENCH_RERUNS=n reruns it, BENCH_STRICT=1 fails it).
 #
 #   make bench                 # every section
 #   make bench ONLY=engine     # just scripts/bench/engine.sh

@@ -4,6 +4,8 @@
 # same run, matchmaking time for 64 peers, and peak RSS. Prints one Markdown
 # section on stdout (scripts/bench.sh stamps it into BENCHMARKS.md).
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

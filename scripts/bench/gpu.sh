@@ -12,6 +12,8 @@
 # when absent. As in engine.sh, torch is pointed at OpenBLAS with
 # LD_LIBRARY_PATH when libopenblas0-pthread is installed.
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 threads=${THREADS:-$(nproc)}
 secs=${BENCH_TIME:-4s}

@@ -5,6 +5,8 @@
 #  2. libp2p single-stream throughput on loopback: TCP+TLS, TCP+Noise, QUIC;
 #  3. time for a joiner to discover 100 run peers on loopback (in-process hosts).
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 [ -x bin/swarm ] || go build -o bin/swarm ./cmd/swarm
 idle_s=${NODE_BENCH_IDLE_S:-60}

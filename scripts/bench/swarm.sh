@@ -4,6 +4,8 @@
 # `swarm train` (every shard in one process) on the same manifest: test
 # accuracy, wall time and samples/s. Prints one Markdown section.
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 bin=./bin/swarm
 hidden=${BENCH_SWARM_HIDDEN:-1024,1024}

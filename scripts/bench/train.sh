@@ -4,6 +4,8 @@
 # scripts/bench.sh): MNIST test accuracy, and gpt-char validation loss next to
 # a bigram model's on the same validation windows, with steps and times.
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 bin=bin/swarm
 [ -x "$bin" ] || go build -o "$bin" ./cmd/swarm

@@ -2,6 +2,8 @@
 # WAN emulation section: runs scripts/wan.sh (network namespaces, tc) when it
 # can; otherwise prints a note saying why it was skipped.
 set -euo pipefail
+source "$(dirname "$0")/lib/guard.sh"
+bench_guard "$0" "$@"
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ] || ! ip netns list >/dev/null 2>&1 || ! command -v tc >/dev/null; then
   echo "## WAN emulation: sync vs local steps"
