@@ -2,8 +2,10 @@
 
 Builds the same models as gpu/native (mlp-mnist, gpt-char), runs forward,
 backward and an AdamW step on random data and prints one JSON object per
-line: {"model", "batch", "threads", "samples_per_s", "step_ms"} with medians
-over repetitions.
+line: {"model", "batch", "threads", "samples_per_s", "step_ms", "blas"} with
+medians over repetitions; "blas" is the libblas.so.3 this process really
+loaded (read from /proc/self/maps after a product), so the caller can refuse
+numbers measured against a different BLAS than the one it declares.
 
     torch_bench.py VOCAB THREADS...   # each thread count in turn
 """
@@ -68,6 +70,16 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1))
 
 
+def loaded_blas():
+    """The file behind libblas.so.3 in this process, after one product."""
+    torch.ones(4, 4) @ torch.ones(4, 4)
+    paths = {l.split()[-1] for l in open("/proc/self/maps") if l.rstrip().endswith(".so.3") and "/libblas" in l}
+    return ", ".join(sorted(paths)) or "none"
+
+
+BLAS = None
+
+
 def bench(name, model, make_batch, batch, reps, steps):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     x, y = make_batch(batch)
@@ -88,10 +100,12 @@ def bench(name, model, make_batch, batch, reps, steps):
     times.sort()
     med = times[len(times) // 2]
     print(json.dumps({"model": name, "batch": batch, "threads": torch.get_num_threads(),
-                      "samples_per_s": batch / med, "step_ms": med * 1e3}), flush=True)
+                      "samples_per_s": batch / med, "step_ms": med * 1e3, "blas": BLAS}), flush=True)
 
 
 def main():
+    global BLAS
+    BLAS = loaded_blas()
     V = int(sys.argv[1])
     for threads in (int(a) for a in sys.argv[2:]):
         torch.set_num_threads(threads)
