@@ -80,6 +80,17 @@ type Config struct {
 	// RelayService makes this node a circuit relay v2 for peers behind NAT
 	// (on by default for bootstrap nodes).
 	RelayService bool `json:"relay_service"`
+	// MetricsWithoutToken serves /metrics without the API token, for a
+	// Prometheus scraper on this machine; the Host and Origin checks still
+	// apply and every other endpoint still wants the token.
+	MetricsWithoutToken bool `json:"metrics_without_token"`
+	// Token is this node's admission token for runs that admit by token
+	// (`swarm run admit` prints it; --token, SWARM_TOKEN).
+	Token string `json:"token,omitempty"`
+	// SwarmKeyFile is the pre-shared key of a private swarm (the 64-hex
+	// libp2p key file format): only peers with the same key can connect,
+	// and the node listens on TCP only (QUIC cannot use a pre-shared key).
+	SwarmKeyFile string `json:"swarm_key_file,omitempty"`
 
 	// Home is the home directory (identity, config, API address, lock).
 	Home string `json:"-"`
@@ -95,6 +106,9 @@ type Config struct {
 	// DiscoveryInterval is the slowest interval between two queries for run
 	// peers (the first queries come faster); 0 means the default.
 	DiscoveryInterval time.Duration `json:"-"`
+	// Admission is the run's admission policy (set from the run manifest;
+	// the zero value is an open run).
+	Admission Admission `json:"-"`
 	// Pprof serves Go's runtime profiles under /debug/pprof/ on the control
 	// API (loopback or a unix socket only, like the rest of the API).
 	Pprof bool `json:"-"`

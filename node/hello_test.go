@@ -3,6 +3,9 @@ package node
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,51 +14,66 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-func TestRunIDRoundTrip(t *testing.T) {
+func TestHelloRoundTrip(t *testing.T) {
 	c := RunIDFromName("default")
 	if c != RunIDFromName("default") || c == RunIDFromName("other") {
 		t.Fatal("run ID is not a function of the name")
 	}
-	var buf bytes.Buffer
-	if err := writeRunID(&buf, c); err != nil {
-		t.Fatal(err)
+	for _, h := range []hello{
+		{Run: c},
+		{Run: c, Token: "swt1.abc.def"},
+		{Run: c, Refused: true, Reason: "token-expired: admission token expired at 2026-01-01T00:00:00Z"},
+	} {
+		var buf bytes.Buffer
+		if err := writeHello(&buf, h); err != nil {
+			t.Fatal(err)
+		}
+		got, err := readHello(&buf)
+		if err != nil || !got.Run.Equals(c) || got.Token != h.Token || got.Refused != h.Refused || got.Reason != h.Reason {
+			t.Fatalf("got %+v, %v; want %+v", got, err, h)
+		}
 	}
-	got, err := readRunID(&buf)
-	if err != nil || !got.Equals(c) {
-		t.Fatalf("got %v, %v", got, err)
+	if err := writeHello(io.Discard, hello{Run: c, Token: strings.Repeat("x", maxTokenLen+1)}); err == nil {
+		t.Fatal("wrote an oversized token")
 	}
 }
 
-func TestReadRunIDRejects(t *testing.T) {
+func TestReadHelloRejects(t *testing.T) {
 	good := RunIDFromName("x").Bytes()
+	id := append([]byte{byte(len(good))}, good...)
 	for name, b := range map[string][]byte{
-		"empty":      {},
-		"zero len":   {0},
-		"huge len":   {0xff, 0xff, 0xff, 0xff, 0x0f},
-		"short body": append([]byte{byte(len(good))}, good[:5]...),
-		"not a cid":  {4, 0xde, 0xad, 0xbe, 0xef},
-		"trailing":   append(append([]byte{byte(len(good) + 2)}, good...), 1, 2),
+		"empty":          {},
+		"zero len":       {0},
+		"huge len":       {0xff, 0xff, 0xff, 0xff, 0x0f},
+		"short body":     append([]byte{byte(len(good))}, good[:5]...),
+		"not a cid":      {4, 0xde, 0xad, 0xbe, 0xef, 0, 0, 0},
+		"trailing":       append(append([]byte{byte(len(good) + 2)}, good...), 1, 2, 0, 0, 0),
+		"no token":       id,
+		"huge token":     append(append([]byte{}, id...), 0x81, 0x08), // 1025 bytes declared
+		"bad verdict":    append(append([]byte{}, id...), 0, 7, 0),
+		"no reason":      append(append([]byte{}, id...), 0, 0),
+		"reason too big": append(append([]byte{}, id...), 0, 1, 0x81, 0x02),
 	} {
-		if _, err := readRunID(bytes.NewReader(b)); err == nil {
-			t.Errorf("%s: accepted", name)
+		if _, err := readHello(bytes.NewReader(b)); !errors.Is(err, errBadHello) {
+			t.Errorf("%s: got %v", name, err)
 		}
 	}
 }
 
-func FuzzReadRunID(f *testing.F) {
+func FuzzReadHello(f *testing.F) {
 	var buf bytes.Buffer
-	_ = writeRunID(&buf, RunIDFromName("default"))
+	_ = writeHello(&buf, hello{Run: RunIDFromName("default"), Token: "swt1.a.b", Refused: true, Reason: "r"})
 	f.Add(buf.Bytes())
 	f.Add([]byte{0})
 	f.Add([]byte{0x80, 0x80, 0x80})
 	f.Add([]byte{3, 1, 0x55, 0})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		c, err := readRunID(bytes.NewReader(data))
+		h, err := readHello(bytes.NewReader(data))
 		if err != nil {
 			return
 		}
 		var out bytes.Buffer
-		if err := writeRunID(&out, c); err != nil {
+		if err := writeHello(&out, h); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.HasPrefix(data, out.Bytes()) {

@@ -7,10 +7,12 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	coreconnmgr "github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
 	"github.com/libp2p/go-libp2p/core/protocol"
 	"github.com/libp2p/go-libp2p/p2p/host/autorelay"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
@@ -64,7 +66,9 @@ func resourceLimits(cfg *Config) rcmgr.ConcreteLimitConfig {
 // resource manager with explicit limits, a connection manager, AutoNAT,
 // hole punching and a relay v2 client (relay service on bootstrap nodes).
 // relaySource feeds the relay client with candidate relays.
-func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySource autorelay.PeerSource) (host.Host, error) {
+// gater refuses banned peers; psk, when set, makes the swarm private (TCP only).
+func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySource autorelay.PeerSource,
+	gater coreconnmgr.ConnectionGater, psk pnet.PSK) (host.Host, error) {
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
@@ -76,9 +80,7 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(sk),
-		libp2p.ListenAddrStrings(cfg.Listen...),
 		libp2p.Transport(tcp.NewTCPTransport),
-		libp2p.Transport(quic.NewTransport),
 		libp2p.Security(libp2ptls.ID, libp2ptls.New),
 		libp2p.Security(noise.ID, noise.New),
 		libp2p.Muxer(yamux.ID, yamux.DefaultTransport),
@@ -89,6 +91,17 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 		libp2p.EnableRelay(),
 		libp2p.EnableHolePunching(),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstDialRanker)),
+	}
+	listen := cfg.Listen
+	if psk != nil {
+		opts = append(opts, libp2p.PrivateNetwork(psk))
+		listen = tcpOnly(cfg.Listen)
+	} else {
+		opts = append(opts, libp2p.Transport(quic.NewTransport))
+	}
+	opts = append(opts, libp2p.ListenAddrStrings(listen...))
+	if gater != nil {
+		opts = append(opts, libp2p.ConnectionGater(gater))
 	}
 	if cfg.PortMapping {
 		opts = append(opts, libp2p.NATPortMap())

@@ -31,6 +31,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/node/api"
 )
 
@@ -57,6 +58,10 @@ type Node struct {
 	boot  []peer.AddrInfo
 	runID cid.Cid
 	runs  *membership // nil on bootstrap nodes
+	// refusals counts refused peer input of every protocol and bans
+	// offenders (the gater refuses their connections).
+	refusals *guard.Refusals
+	psk      []byte // private swarm key, nil when the swarm is open
 
 	metrics *metrics
 	start   time.Time
@@ -68,11 +73,12 @@ type Node struct {
 	status   map[string]func() any
 	fillers  []func(*api.Status)
 
-	apiLn   net.Listener
-	apiSrv  *http.Server
-	apiURL  string
-	apiFile string
-	started []Service
+	apiLn    net.Listener
+	apiSrv   *http.Server
+	apiURL   string
+	apiFile  string
+	apiToken string
+	started  []Service
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -135,7 +141,18 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 	}
 
-	n.host, err = newHost(&n.cfg, n.key, n.reg, relayCandidates(func() host.Host { return n.host }, boot))
+	if n.refusals, err = guard.New(n.reg, log, guard.Policy{}); err != nil {
+		return nil, err
+	}
+	if cfg.SwarmKeyFile != "" {
+		if n.psk, err = LoadSwarmKey(cfg.SwarmKeyFile); err != nil {
+			return nil, err
+		}
+		log.Info("private swarm: only peers with the same swarm key can connect; listening on TCP only (QUIC cannot use a pre-shared key)",
+			"swarm_key", cfg.SwarmKeyFile)
+	}
+	n.host, err = newHost(&n.cfg, n.key, n.reg, relayCandidates(func() host.Host { return n.host }, boot),
+		banGater{n}, n.psk)
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +184,12 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		n.runs = newMembership(n, n.runID, cfg.DiscoveryInterval)
 		n.host.SetStreamHandler(HelloProtocol, n.runs.handleHello)
 	}
+	n.refusals.OnOffender(func(p peer.ID, _ string) {
+		if n.runs != nil {
+			n.runs.drop(p)
+		}
+		_ = n.host.Network().ClosePeer(p)
+	})
 
 	if cfg.API != "" {
 		if err := n.listenAPI(); err != nil {
@@ -312,6 +335,10 @@ func (n *Node) Registerer() prometheus.Registerer { return n.reg }
 // Gatherer gives read access to the node's metrics.
 func (n *Node) Gatherer() prometheus.Gatherer { return n.reg }
 
+// Refusals is where services count refused peer input; offenders it names
+// are disconnected and refused for a while.
+func (n *Node) Refusals() *guard.Refusals { return n.refusals }
+
 // Config returns the node's configuration.
 func (n *Node) Config() Config { return n.cfg }
 
@@ -419,6 +446,7 @@ func (n *Node) Status() api.Status {
 	for _, ai := range n.RunPeers() {
 		st.RunPeers = append(st.RunPeers, apiPeer(ai))
 	}
+	st.Security = n.security()
 	n.statusMu.Lock()
 	providers := make(map[string]func() any, len(n.status))
 	for k, f := range n.status {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -45,10 +46,12 @@ type membership struct {
 	runID    cid.Cid
 	maxDelay time.Duration
 
-	mu     sync.Mutex
-	peers  map[peer.ID]struct{} // hello-verified peers of our run
-	failed map[peer.ID]time.Time
-	wake   chan struct{}
+	mu       sync.Mutex
+	peers    map[peer.ID]time.Time // admitted peers of our run → when admission ends (zero: never)
+	failed   map[peer.ID]time.Time
+	inflight map[peer.ID]chan struct{} // hellos under way, closed when they end
+	own      admissionState            // the latest refusal of this node by a peer
+	wake     chan struct{}
 	// announced is closed after the first successful announcement.
 	announced     chan struct{}
 	announcedOnce sync.Once
@@ -62,8 +65,9 @@ func newMembership(n *Node, runID cid.Cid, maxDelay time.Duration) *membership {
 		n:         n,
 		runID:     runID,
 		maxDelay:  maxDelay,
-		peers:     make(map[peer.ID]struct{}),
+		peers:     make(map[peer.ID]time.Time),
 		failed:    make(map[peer.ID]time.Time),
+		inflight:  make(map[peer.ID]chan struct{}),
 		wake:      make(chan struct{}, 1),
 		announced: make(chan struct{}),
 	}
@@ -82,8 +86,9 @@ func (m *membership) list() []peer.AddrInfo {
 	h := m.n.host
 	m.mu.Lock()
 	ids := make([]peer.ID, 0, len(m.peers))
-	for p := range m.peers {
-		if h.Network().Connectedness(p) == network.Connected {
+	now := time.Now()
+	for p, exp := range m.peers {
+		if (exp.IsZero() || now.Before(exp)) && h.Network().Connectedness(p) == network.Connected {
 			ids = append(ids, p)
 		}
 	}
@@ -96,10 +101,10 @@ func (m *membership) list() []peer.AddrInfo {
 	return out
 }
 
-func (m *membership) add(p peer.ID) {
+func (m *membership) add(p peer.ID, expires time.Time) {
 	m.mu.Lock()
 	_, had := m.peers[p]
-	m.peers[p] = struct{}{}
+	m.peers[p] = expires
 	delete(m.failed, p)
 	m.mu.Unlock()
 	m.n.host.ConnManager().Protect(p, runConnProtectionTag)
@@ -124,7 +129,8 @@ func (m *membership) drop(p peer.ID) {
 func (m *membership) skip(p peer.ID) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if _, ok := m.peers[p]; ok && m.n.host.Network().Connectedness(p) == network.Connected {
+	if exp, ok := m.peers[p]; ok && (exp.IsZero() || time.Now().Before(exp)) &&
+		m.n.host.Network().Connectedness(p) == network.Connected {
 		return true
 	}
 	t, ok := m.failed[p]
@@ -212,8 +218,34 @@ func (m *membership) discover(ctx context.Context) bool {
 	return true
 }
 
-// verify connects to ai and runs the hello handshake.
+// verify connects to ai and runs the hello handshake: it sends this node's
+// hello, reads the peer's answer, and admits the peer when the answer is
+// for this run, carries a valid admission (token runs) and did not refuse
+// us. Concurrent calls for one peer share one handshake.
 func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
+	m.mu.Lock()
+	if wait, ok := m.inflight[ai.ID]; ok {
+		m.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if m.admitted(ai.ID) {
+			return nil
+		}
+		return errors.New("the run hello under way did not admit the peer")
+	}
+	done := make(chan struct{})
+	m.inflight[ai.ID] = done
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.inflight, ai.ID)
+		m.mu.Unlock()
+		close(done)
+	}()
+
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	if err := m.n.host.Connect(dctx, ai); err != nil {
@@ -225,47 +257,89 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 	}
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
-	if err := writeRunID(s, m.runID); err != nil {
+	if err := writeHello(s, hello{Run: m.runID, Token: m.n.cfg.Admission.Token}); err != nil {
 		s.Reset()
 		return fmt.Errorf("send hello: %w", err)
 	}
 	_ = s.CloseWrite()
-	theirs, err := readRunID(s)
+	theirs, err := readHello(s)
 	if err != nil {
 		s.Reset()
 		if errors.Is(err, errBadHello) {
-			m.n.log.Warn("peer sent a malformed run hello; disconnecting", "peer", ai.ID, "err", err)
+			m.n.refusals.Refuse(ai.ID, string(HelloProtocol), refuseMalformed, err)
 			_ = m.n.host.Network().ClosePeer(ai.ID)
 		}
 		return err
 	}
-	if !theirs.Equals(m.runID) {
-		return fmt.Errorf("peer is in run %s, not %s", theirs, m.runID)
+	if !theirs.Run.Equals(m.runID) {
+		return fmt.Errorf("peer is in run %s, not %s", theirs.Run, m.runID)
 	}
-	m.add(ai.ID)
+	if theirs.Refused {
+		m.own.set(ai.ID, theirs.Reason)
+		m.n.log.Warn("a run peer refused this node's admission", "peer", ai.ID, "reason", theirs.Reason,
+			"help", admissionHelp(theirs.Reason))
+		return fmt.Errorf("refused by the peer: %s", theirs.Reason)
+	}
+	exp, reason, err := m.admit(ai.ID, theirs, time.Now())
+	if reason != "" {
+		if err != nil {
+			m.n.refusals.Refuse(ai.ID, string(HelloProtocol), reason, err)
+		}
+		return fmt.Errorf("peer not admitted: %s: %v", reason, err)
+	}
+	m.add(ai.ID, exp)
 	return nil
 }
 
-// handleHello answers a peer's handshake and, when the runs match, counts
-// the peer as a run member right away (it found us through the DHT).
+// handleHello answers a peer's handshake. An admitted dialer counts as a run
+// member before the answer leaves (it found us through the DHT, and may use
+// the training protocols as soon as it reads the answer); a refused one is
+// told why.
 func (m *membership) handleHello(s network.Stream) {
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
 	p := s.Conn().RemotePeer()
-	theirs, err := readRunID(s)
+	theirs, err := readHello(s)
 	if err != nil {
 		s.Reset()
-		m.n.log.Warn("peer sent a malformed run hello; disconnecting", "peer", p, "err", err)
+		m.n.refusals.Refuse(p, string(HelloProtocol), refuseMalformed, err)
 		_ = m.n.host.Network().ClosePeer(p)
 		return
 	}
-	if err := writeRunID(s, m.runID); err != nil {
+	answer := hello{Run: m.runID, Token: m.n.cfg.Admission.Token}
+	exp, reason, err := m.admit(p, theirs, time.Now())
+	switch {
+	case reason == "":
+		m.add(p, exp)
+	case err != nil:
+		m.n.refusals.Refuse(p, string(HelloProtocol), reason, err)
+		answer.Refused, answer.Reason = true, truncate(reason+": "+err.Error(), maxReasonLen)
+	}
+	if err := writeHello(s, answer); err != nil {
 		s.Reset()
-		return
 	}
-	if theirs.Equals(m.runID) {
-		m.add(p)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
 	}
+	return s
+}
+
+// admissionHelp tells a volunteer what to do about a refusal of its token.
+func admissionHelp(reason string) string {
+	switch {
+	case strings.HasPrefix(reason, refuseTokenMissing):
+		return "this run admits only volunteers with a token: ask the run's operator for one and pass it with --token or SWARM_TOKEN"
+	case strings.HasPrefix(reason, refuseTokenExpired):
+		return "your admission token has expired: ask the run's operator for a new one (swarm run admit)"
+	case strings.HasPrefix(reason, refuseTokenPeer):
+		return "your token was issued for another peer ID: send the operator the peer ID that `swarm id` prints"
+	case strings.HasPrefix(reason, refuseTokenOtherRun), strings.HasPrefix(reason, refuseTokenForged):
+		return "your token is not for this run or not from its operator: check --run and --token"
+	}
+	return "check --token and the run manifest"
 }
 
 // announceLoop provides c in the DHT now (retrying with backoff until the

@@ -80,7 +80,10 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 		return fmt.Errorf("training: the manifest's run ID does not match the node's run %s", n.RunID())
 	}
 	cfg := s.Config
-	cfg.Host = n.Host()
+	cfg.Host = n.RunHost() // training protocols serve and reach admitted run peers only
+	if cfg.Refusals == nil {
+		cfg.Refusals = n.Refusals()
+	}
 	cfg.RunPeers = func() []peer.ID {
 		ais := n.RunPeers()
 		out := make([]peer.ID, len(ais))

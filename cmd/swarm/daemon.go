@@ -30,6 +30,10 @@ func apiFlag() cli.Flag {
 	return &cli.StringFlag{Name: "api", Usage: "control API address of the daemon (default: read from the home's api file)", EnvVars: []string{"SWARM_API"}}
 }
 
+func apiTokenFlag() cli.Flag {
+	return &cli.StringFlag{Name: "api-token", Usage: "control API token (default: read from the home's api-token file; needed with --api naming another daemon)", EnvVars: []string{"SWARM_API_TOKEN"}}
+}
+
 func defaultHome() string {
 	if h, err := os.UserHomeDir(); err == nil {
 		return filepath.Join(h, ".swarm")
@@ -46,6 +50,8 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "dht-mode", Usage: "auto, server or client", EnvVars: []string{"SWARM_DHT_MODE"}},
 		&cli.BoolFlag{Name: "port-mapping", Usage: "ask the router for a port forward (UPnP/NAT-PMP)", EnvVars: []string{"SWARM_PORT_MAPPING"}},
 		&cli.BoolFlag{Name: "pprof", Usage: "serve Go profiles under /debug/pprof/ on the control API", EnvVars: []string{"SWARM_PPROF"}},
+		swarmKeyFlag(),
+		&cli.BoolFlag{Name: "metrics-open", Usage: "serve /metrics on the control API without the API token (a Prometheus scraper on this machine)", EnvVars: []string{"SWARM_METRICS_OPEN"}},
 	}
 }
 
@@ -117,6 +123,15 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 	if c.IsSet("relay-service") {
 		cfg.RelayService = c.Bool("relay-service")
 	}
+	if c.IsSet("metrics-open") {
+		cfg.MetricsWithoutToken = c.Bool("metrics-open")
+	}
+	if c.IsSet("swarm-key") {
+		cfg.SwarmKeyFile = c.String("swarm-key")
+	}
+	if c.IsSet("token") {
+		cfg.Token = readTokenValue(c.String("token"))
+	}
 	cfg.Pprof = c.Bool("pprof")
 	if err := cfg.Validate(); err != nil {
 		return cfg, fmt.Errorf("configuration (%s and flags): %w", filepath.Join(home, node.ConfigFile), err)
@@ -157,9 +172,13 @@ func runDaemon(n *node.Node, onReady func()) error {
 }
 
 // apiClient finds the daemon: --api / SWARM_API first, else the home's file.
+// The token is --api-token / SWARM_API_TOKEN, else (without --api) the
+// home's token file: a token is never sent to an address the home did not
+// name unless the user gave it.
 func apiClient(c *cli.Context) (*client.Client, error) {
+	tok := client.WithToken(c.String("api-token"))
 	if a := c.String("api"); a != "" {
-		return client.New(a)
+		return client.New(a, tok)
 	}
-	return client.FromHome(c.String("home"))
+	return client.FromHome(c.String("home"), tok)
 }

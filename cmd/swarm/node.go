@@ -18,6 +18,7 @@ daemon through the control API whose address it writes to HOME/api.`,
 		Flags: append(append(daemonFlags(),
 			&cli.StringFlag{Name: "run-name", Usage: "name of the run to join when no --manifest is given (placeholder run ID: the name's CID)", EnvVars: []string{"SWARM_RUN_NAME"}},
 			&cli.StringFlag{Name: "manifest", Aliases: []string{"run"}, Usage: "run manifest file; the run ID is its CID, and the node trains its share of the run", EnvVars: []string{"SWARM_MANIFEST"}},
+			tokenFlag(),
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
 		), append(trainingFlags(), gpuFlags()...)...),
 		Action: func(c *cli.Context) error {
@@ -41,6 +42,9 @@ daemon through the control API whose address it writes to HOME/api.`,
 					return cli.Exit("swarm node: --manifest: "+err.Error(), 1)
 				}
 				cfg.RunName = m.Name
+				if err := applyAdmission(&cfg, m); err != nil {
+					return cli.Exit("swarm node: "+err.Error(), 1)
+				}
 				if err := attachTraining(c, &cfg, m, log); err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 1)
 				}

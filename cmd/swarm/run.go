@@ -57,9 +57,14 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.BoolFlag{Name: "overlap", Usage: "local mode: keep training while a round's deltas are averaged (default on; --overlap=false waits)"},
 					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, bf16, fp16 or int8 (sync gradients under Adam: none or bf16)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
+					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
+					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
+					&cli.StringFlag{Name: "swarm-key", Usage: "private admission: the swarm key file (swarm run keygen --swarm-key)"},
 				},
 				Action: runInit,
 			},
+			keygenCommand(),
+			admitCommand(),
 			{
 				Name:      "show",
 				Usage:     "print a manifest's run ID and its shards",
@@ -177,6 +182,9 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	}
 	setString(c, "compression", &a.Compression)
 	setString(c, "activations", &m.Training.Activations)
+	if err := admissionFromFlags(c, m); err != nil {
+		return nil, err
+	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}

@@ -102,7 +102,33 @@ type Status struct {
 	Averaging   *Averaging `json:"averaging"`     // last averaging round; null before the first
 	Shards      []Shard    `json:"shards"`
 
+	Security *Security `json:"security,omitempty"` // admission and refused peer input; omitted on bootstrap nodes without refusals
+
 	Services map[string]json.RawMessage `json:"services,omitempty"`
+}
+
+// Security is this node's admission to its run and the peer input it refused.
+type Security struct {
+	Admission string `json:"admission"` // open, token or private
+	// TokenExpires is when this node's admission token expires (RFC 3339;
+	// token runs only).
+	TokenExpires string `json:"token_expires,omitempty"`
+	// AdmissionRefused is the latest reason a run peer gave for refusing
+	// this node, with what to do about it; empty when none refused it.
+	AdmissionRefused string `json:"admission_refused,omitempty"`
+	// Refusals counts refused peer input by protocol and reason.
+	Refusals []Refusal `json:"refusals"`
+	// Offenders is how many peers were disconnected and banned for repeated
+	// bad input; Banned how many are refused right now.
+	Offenders uint64 `json:"offenders"`
+	Banned    int    `json:"banned"`
+}
+
+// Refusal is one row of Security.Refusals.
+type Refusal struct {
+	Protocol string `json:"protocol"`
+	Reason   string `json:"reason"`
+	Count    uint64 `json:"count"`
 }
 
 // ConnectRequest is the body of POST /v1/connect.
@@ -119,3 +145,14 @@ type Error struct {
 // address (http://127.0.0.1:PORT or unix:/path). The daemon writes it once
 // the API is serving and removes it on shutdown.
 const AddressFile = "api"
+
+// TokenFile is the file in the daemon's home holding the control API's
+// token: 64 hex digits, mode 0600, created on first start and kept across
+// restarts. Every request carries it, normally as
+// "Authorization: Bearer <token>"; the CLI reads it from the home.
+const TokenFile = "api-token"
+
+// TokenCookie is the cookie a browser gets after opening any GET endpoint
+// with ?token=<token> (HttpOnly, SameSite=Strict), so that a dashboard
+// served by the API needs the token in its address only once.
+const TokenCookie = "swarm_api_token"
