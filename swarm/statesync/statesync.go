@@ -180,28 +180,63 @@ func readFrame(r io.Reader, limit int) ([]byte, error) {
 	if int64(n) > int64(limit) {
 		return nil, fmt.Errorf("frame of %d bytes, limit %d", n, limit)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	b, err := guard.ReadFull(r, int(n))
+	if err != nil {
 		return nil, fmt.Errorf("frame body: %w", err)
 	}
 	if hdr[0] != statusOK {
-		return nil, fmt.Errorf("donor: %s", string(b))
+		return nil, fmt.Errorf("donor: %.200q", b)
 	}
 	return b, nil
 }
+
+// Server limits.
+const (
+	// MinFreezeGap: a shard's state is frozen at most once per epoch or per
+	// MinFreezeGap, whichever is rarer, however many peers ask; concurrent
+	// requesters share the one frozen copy.
+	MinFreezeGap = 5 * time.Second
+	// MaxFrozen frozen copies are alive at most; an older one is released
+	// once a newer one exists and nobody downloads it.
+	MaxFrozen = 2
+	// StreamsPerPeer downloads of one peer are served at once (a joiner
+	// uses one stream per donor), maxStreams of all peers.
+	StreamsPerPeer = 2
+	maxStreams     = 64
+)
+
+// Reasons for refused requests (guard).
+const (
+	protoState = "statesync"
+	whyFlood   = "flood"
+	whyOp      = "op"
+	whyRange   = "range"
+)
+
+// ErrBusy answers a request that would need a new frozen copy while
+// MaxFrozen are in use.
+var ErrBusy = errors.New("statesync: every frozen copy is in use; try later")
 
 // Server answers snapshot requests.
 type Server struct {
 	h    host.Host
 	take func(shard int) (*Snapshot, error)
 	ttl  time.Duration
+	gap  time.Duration
+	now  func() time.Time
 	// refuse counts refused requests (nil: silently).
 	refuse *guard.Refusals
+	// epoch returns the epoch of the state take would copy now, and
+	// whether this node holds shard (nil: freezes are bounded by gap only).
+	epoch func(shard int) (uint64, bool)
 
-	mu     sync.Mutex
-	next   uint64
-	snaps  map[uint64]*frozen
-	served atomic.Uint64
+	mu       sync.Mutex
+	snaps    map[uint64]*frozen
+	latest   map[int]*frozen       // per shard, the newest copy
+	freezing map[int]chan struct{} // per shard, closed when a freeze in progress ends
+	streams  map[peer.ID]int       // per peer, requests being served
+	nstreams int
+	served   atomic.Uint64
 }
 
 // BytesServed is the state this server has sent to joiners, in bytes.
@@ -209,22 +244,117 @@ func (s *Server) BytesServed() uint64 { return s.served.Load() }
 
 type frozen struct {
 	hdr   *Header
+	enc   []byte // hdr's wire form
 	data  []float32
 	shard int
-	until time.Time
+	at    time.Time // frozen then
+	users int       // streams downloading it
 }
 
 // NewServer registers the protocol on h. take returns a copy of the named
 // shard's current state, or an error if this node does not hold it.
 func NewServer(h host.Host, take func(shard int) (*Snapshot, error)) *Server {
-	s := &Server{h: h, take: take, ttl: 2 * time.Minute, snaps: map[uint64]*frozen{}, next: uint64(time.Now().UnixNano())}
+	s := &Server{h: h, take: take, ttl: 2 * time.Minute, gap: MinFreezeGap, now: time.Now,
+		snaps: map[uint64]*frozen{}, latest: map[int]*frozen{}, freezing: map[int]chan struct{}{},
+		streams: map[peer.ID]int{}}
 	h.SetStreamHandler(Protocol, s.handle)
 	return s
 }
 
+// SetEpoch tells s the epoch of the state take would copy (and whether this
+// node holds the shard): a copy of the current epoch is never frozen again.
+// Call it before serving.
+func (s *Server) SetEpoch(f func(shard int) (uint64, bool)) { s.epoch = f }
+
 // Close removes the handler.
 func (s *Server) Close() { s.h.RemoveStreamHandler(Protocol) }
 
+// snapshot returns the frozen copy of shard to serve, freezing one if the
+// newest is of an older epoch and at least gap old (or there is none). Its
+// users count includes the caller's; release it with s.drop.
+func (s *Server) snapshot(shard int) (*frozen, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if ch := s.freezing[shard]; ch != nil {
+			s.mu.Unlock()
+			<-ch
+			s.mu.Lock()
+			continue
+		}
+		s.releaseLocked()
+		cur := s.latest[shard]
+		if cur != nil && (!s.staleLocked(cur) || len(s.snaps) >= MaxFrozen) {
+			cur.users++
+			return cur, nil
+		}
+		if len(s.snaps) >= MaxFrozen {
+			return nil, ErrBusy
+		}
+		break
+	}
+	done := make(chan struct{})
+	s.freezing[shard] = done
+	s.mu.Unlock()
+	f, err := s.freeze(shard)
+	s.mu.Lock()
+	delete(s.freezing, shard)
+	close(done)
+	if err != nil {
+		return nil, err
+	}
+	if old := s.snaps[f.hdr.ID]; old != nil {
+		f = old // the same state again: keep the copy others download
+		f.at = s.now()
+	}
+	s.snaps[f.hdr.ID] = f
+	s.latest[shard] = f
+	f.users++
+	s.releaseLocked()
+	return f, nil
+}
+
+// staleLocked reports whether a newer copy than f may be frozen now.
+func (s *Server) staleLocked(f *frozen) bool {
+	if s.now().Sub(f.at) < s.gap {
+		return false
+	}
+	if s.epoch != nil {
+		e, ok := s.epoch(f.shard)
+		return ok && e > f.hdr.Epoch
+	}
+	return true
+}
+
+// releaseLocked frees copies nobody downloads that are superseded by a
+// newer one or older than the TTL.
+func (s *Server) releaseLocked() {
+	now := s.now()
+	for id, f := range s.snaps {
+		if f.users > 0 {
+			continue
+		}
+		if s.latest[f.shard] != f || now.Sub(f.at) > s.ttl {
+			delete(s.snaps, id)
+			if s.latest[f.shard] == f {
+				delete(s.latest, f.shard)
+			}
+		}
+	}
+}
+
+// drop ends a stream's use of f (nil: none).
+func (s *Server) drop(f *frozen) {
+	if f == nil {
+		return
+	}
+	s.mu.Lock()
+	f.users--
+	s.releaseLocked()
+	s.mu.Unlock()
+}
+
+// freeze copies shard's state through take and hashes its chunks.
 func (s *Server) freeze(shard int) (*frozen, error) {
 	snap, err := s.take(shard)
 	if err != nil {
@@ -236,27 +366,57 @@ func (s *Server) freeze(shard int) (*frozen, error) {
 		lo, hi := chunkRange(uint64(len(data)), i)
 		hdr.Hashes = append(hdr.Hashes, sha256.Sum256(floatsToBytes(data[lo:hi])))
 	}
-	now := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	for id, f := range s.snaps {
-		if now.After(f.until) {
-			delete(s.snaps, id)
-		}
-	}
 	// Donors of the same state give it the same ID so a joiner can mix them.
 	k := hdr.key()
 	hdr.ID = binary.BigEndian.Uint64(k[:8])
-	f := &frozen{hdr: hdr, data: data, shard: shard, until: now.Add(s.ttl)}
-	s.snaps[hdr.ID] = f
-	return f, nil
+	return &frozen{hdr: hdr, enc: encodeHeader(hdr), data: data, shard: shard, at: s.now()}, nil
+}
+
+// acquire takes one of p's stream slots.
+func (s *Server) acquire(p peer.ID) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[p] >= StreamsPerPeer || s.nstreams >= maxStreams {
+		return false
+	}
+	s.streams[p]++
+	s.nstreams++
+	return true
+}
+
+func (s *Server) releaseStream(p peer.ID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.streams[p] <= 1 {
+		delete(s.streams, p)
+	} else {
+		s.streams[p]--
+	}
+	s.nstreams--
 }
 
 const serveTimeout = 30 * time.Second
 
 func (s *Server) handle(st network.Stream) {
 	defer st.Close()
+	from := st.Conn().RemotePeer()
+	if s.refuse.Banned(from) {
+		st.Reset()
+		return
+	}
 	_ = st.SetDeadline(time.Now().Add(serveTimeout))
+	if !s.acquire(from) {
+		s.refuse.Refuse(from, protoState, whyFlood, fmt.Errorf("more than %d downloads at once", StreamsPerPeer))
+		_ = writeFrame(st, statusError, []byte("too many downloads at once"))
+		return
+	}
+	defer s.releaseStream(from)
+	var held *frozen // the copy this stream downloads
+	defer func() { s.drop(held) }()
+	hold := func(f *frozen) {
+		s.drop(held)
+		held = f
+	}
 	for {
 		var req [17]byte
 		if _, err := io.ReadFull(st, req[:]); err != nil {
@@ -267,25 +427,33 @@ func (s *Server) handle(st network.Stream) {
 		_ = st.SetDeadline(time.Now().Add(serveTimeout))
 		switch op {
 		case opHeader:
-			f, err := s.freeze(shard)
+			f, err := s.snapshot(shard)
 			if err != nil {
 				_ = writeFrame(st, statusError, []byte(err.Error()))
 				return
 			}
-			if err := writeFrame(st, statusOK, encodeHeader(f.hdr)); err != nil {
+			hold(f)
+			if err := writeFrame(st, statusOK, f.enc); err != nil {
 				return
 			}
 		case opChunk:
 			s.mu.Lock()
 			f := s.snaps[id]
+			if f != nil && f != held {
+				f.users++
+			}
 			s.mu.Unlock()
-			if f == nil || f.shard != shard {
-				_ = writeFrame(st, statusError, []byte("unknown snapshot"))
+			if f == nil || f.shard != shard || chunk < 0 || chunk >= len(f.hdr.Hashes) {
+				if f != nil && f != held {
+					s.drop(f)
+				}
+				err := fmt.Errorf("snapshot %x of shard %d has no chunk %d", id, shard, chunk)
+				s.refuse.Refuse(from, protoState, whyRange, err)
+				_ = writeFrame(st, statusError, []byte(err.Error()))
 				return
 			}
-			if chunk < 0 || chunk >= len(f.hdr.Hashes) {
-				_ = writeFrame(st, statusError, []byte(fmt.Sprintf("chunk %d out of range", chunk)))
-				return
+			if f != held {
+				hold(f)
 			}
 			lo, hi := chunkRange(f.hdr.total(), chunk)
 			if err := writeFrame(st, statusOK, floatsToBytes(f.data[lo:hi])); err != nil {
@@ -293,7 +461,9 @@ func (s *Server) handle(st network.Stream) {
 			}
 			s.served.Add(uint64(4 * (hi - lo)))
 		default:
-			_ = writeFrame(st, statusError, []byte(fmt.Sprintf("unknown op %d", op)))
+			err := fmt.Errorf("unknown op %d", op)
+			s.refuse.Refuse(from, protoState, whyOp, err)
+			_ = writeFrame(st, statusError, []byte(err.Error()))
 			return
 		}
 	}
@@ -311,10 +481,33 @@ func request(op byte, shard int, id uint64, chunk int) []byte {
 // Progress is called as chunks arrive, one call at a time.
 type Progress func(doneFloats, totalFloats int, donors int)
 
-// Fetch downloads shard's state from donors. nParams and nOpt are the sizes
-// the joiner expects (from the run's layout); a donor offering other sizes
-// is ignored. Each donor gets timeout per request.
-func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, nOpt int, timeout time.Duration, progress Progress) (*Snapshot, error) {
+// Want is what a joiner expects of a shard's state: the sizes from the
+// run's layout, and the latest epoch the run allows. A donor's header is
+// checked against it before anything it announces is allocated.
+type Want struct {
+	Shard    int
+	Params   int
+	Opt      int
+	MaxEpoch uint64
+}
+
+// chunks is the number of chunks of the wanted state.
+func (w Want) chunks() int { return (w.Params + w.Opt + ChunkFloats - 1) / ChunkFloats }
+
+// check refuses a header that announces another state than w.
+func (w Want) check(h *Header) error {
+	if h.NParams != uint64(w.Params) || h.NOpt != uint64(w.Opt) {
+		return fmt.Errorf("offers %d+%d floats, want %d+%d", h.NParams, h.NOpt, w.Params, w.Opt)
+	}
+	if h.Epoch > w.MaxEpoch {
+		return fmt.Errorf("offers epoch %d, the run has %d", h.Epoch, w.MaxEpoch)
+	}
+	return nil
+}
+
+// Fetch downloads the state want describes from donors; a donor offering
+// another is ignored. Each donor gets timeout per request.
+func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeout time.Duration, progress Progress) (*Snapshot, error) {
 	type offer struct {
 		p   peer.ID
 		st  network.Stream
@@ -326,6 +519,7 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, n
 		wg     sync.WaitGroup
 		errs   []error
 	)
+	shard := want.Shard
 	for _, p := range donors {
 		if p == h.ID() {
 			continue
@@ -333,13 +527,9 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, n
 		wg.Add(1)
 		go func(p peer.ID) {
 			defer wg.Done()
-			st, hdr, err := askHeader(ctx, h, p, shard, timeout)
+			st, hdr, err := askHeader(ctx, h, p, want, timeout)
 			mu.Lock()
 			defer mu.Unlock()
-			if err == nil && (hdr.NParams != uint64(nParams) || hdr.NOpt != uint64(nOpt)) {
-				st.Reset()
-				err = fmt.Errorf("offers %d+%d floats, want %d+%d", hdr.NParams, hdr.NOpt, nParams, nOpt)
-			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("donor %s: %w", p, err))
 				return
@@ -450,7 +640,7 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, shard, nParams, n
 		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:]}, nil
 }
 
-func askHeader(ctx context.Context, h host.Host, p peer.ID, shard int, timeout time.Duration) (network.Stream, *Header, error) {
+func askHeader(ctx context.Context, h host.Host, p peer.ID, want Want, timeout time.Duration) (network.Stream, *Header, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, err := h.NewStream(ctx, p, Protocol)
@@ -458,21 +648,22 @@ func askHeader(ctx context.Context, h host.Host, p peer.ID, shard int, timeout t
 		return nil, nil, err
 	}
 	_ = st.SetDeadline(time.Now().Add(timeout))
-	if _, err := st.Write(request(opHeader, shard, 0, 0)); err != nil {
+	if _, err := st.Write(request(opHeader, want.Shard, 0, 0)); err != nil {
 		st.Reset()
 		return nil, nil, err
 	}
-	b, err := readFrame(st, 44+32*maxChunks)
-	if err != nil {
-		st.Reset()
-		return nil, nil, err
+	// The layout gives the header's size: nothing larger is read.
+	b, err := readFrame(st, 44+32*want.chunks())
+	if err == nil {
+		var hdr *Header
+		if hdr, err = DecodeHeader(b); err == nil {
+			if err = want.check(hdr); err == nil {
+				return st, hdr, nil
+			}
+		}
 	}
-	hdr, err := DecodeHeader(b)
-	if err != nil {
-		st.Reset()
-		return nil, nil, err
-	}
-	return st, hdr, nil
+	st.Reset()
+	return nil, nil, err
 }
 
 func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Duration) ([]float32, error) {

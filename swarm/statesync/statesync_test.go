@@ -79,7 +79,7 @@ func TestFetchSeveralDonors(t *testing.T) {
 			}
 			if req[0] == opHeader {
 				f, _ := real.freeze(1)
-				_ = writeFrame(st, statusOK, encodeHeader(f.hdr))
+				_ = writeFrame(st, statusOK, f.enc)
 				continue
 			}
 			i := int(binary.BigEndian.Uint32(req[13:]))
@@ -88,7 +88,7 @@ func TestFetchSeveralDonors(t *testing.T) {
 		}
 	})
 	var calls int
-	got, err := Fetch(context.Background(), joiner, []peer.ID{a.ID(), b.ID(), old.ID(), liar.ID()}, 1, nP, nO, 5*time.Second,
+	got, err := Fetch(context.Background(), joiner, []peer.ID{a.ID(), b.ID(), old.ID(), liar.ID()}, Want{1, nP, nO, 100}, 5*time.Second,
 		func(done, total, donors int) {
 			calls++
 			if done > total {
@@ -121,11 +121,11 @@ func TestFetchNoDonor(t *testing.T) {
 	link(joiner, other, wrong)
 	NewServer(other, holder(state(10, 20, 1))) // holds shard 1, we ask for shard 0
 	NewServer(wrong, func(int) (*Snapshot, error) { return &Snapshot{Params: make([]float32, 3)}, nil })
-	_, err := Fetch(context.Background(), joiner, []peer.ID{other.ID(), wrong.ID()}, 0, 10, 20, 2*time.Second, nil)
+	_, err := Fetch(context.Background(), joiner, []peer.ID{other.ID(), wrong.ID()}, Want{0, 10, 20, 100}, 2*time.Second, nil)
 	if !errors.Is(err, ErrNoDonor) {
 		t.Fatalf("err = %v, want ErrNoDonor", err)
 	}
-	if _, err := Fetch(context.Background(), joiner, nil, 0, 10, 20, time.Second, nil); !errors.Is(err, ErrNoDonor) {
+	if _, err := Fetch(context.Background(), joiner, nil, Want{0, 10, 20, 100}, time.Second, nil); !errors.Is(err, ErrNoDonor) {
 		t.Fatalf("no donors: err = %v", err)
 	}
 }
@@ -145,11 +145,11 @@ func TestDonorStallsMidway(t *testing.T) {
 			return
 		}
 		f, _ := real.freeze(1)
-		_ = writeFrame(st, statusOK, encodeHeader(f.hdr))
+		_ = writeFrame(st, statusOK, f.enc)
 		_, _ = io.Copy(io.Discard, st) // never answers a chunk
 	})
 	start := time.Now()
-	got, err := Fetch(context.Background(), joiner, []peer.ID{good.ID(), stall.ID()}, 1, nP, nO, time.Second, nil)
+	got, err := Fetch(context.Background(), joiner, []peer.ID{good.ID(), stall.ID()}, Want{1, nP, nO, 100}, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestDonorStallsMidway(t *testing.T) {
 
 func FuzzDecodeHeader(f *testing.F) {
 	s := state(ChunkFloats+5, 3, 2)
-	srv := &Server{take: holder(s), snaps: map[uint64]*frozen{}, ttl: time.Minute}
+	srv := &Server{take: holder(s), now: time.Now}
 	fr, _ := srv.freeze(1)
 	f.Add(encodeHeader(fr.hdr))
 	f.Add(make([]byte, 44))
