@@ -69,13 +69,15 @@ func TestStalledSenderCostsLittle(t *testing.T) {
 	const acts = 1 << 26
 	lim := func(q *Request) (Limits, error) { return Limits{Act: acts, Targets: 0}, nil }
 	r, w := io.Pipe()
-	errc := make(chan error, 1)
-	var got uint64
+	type result struct {
+		err   error
+		alloc uint64
+	}
+	done := make(chan result, 1)
 	go func() {
-		got = allocated(func() {
-			_, err := ReadRequest(r, lim)
-			errc <- err
-		})
+		var err error
+		alloc := allocated(func() { _, err = ReadRequest(r, lim) })
+		done <- result{err, alloc}
 	}()
 	if _, err := w.Write(hostileHeader(1<<20, acts)); err != nil {
 		t.Fatal(err)
@@ -85,9 +87,11 @@ func TestStalledSenderCostsLittle(t *testing.T) {
 	}
 	stall := errors.New("deadline")
 	w.CloseWithError(stall) // the stream's read deadline
-	if err := <-errc; !errors.Is(err, stall) {
-		t.Fatalf("err %v, want the deadline", err)
+	res := <-done
+	if !errors.Is(res.err, stall) {
+		t.Fatalf("err %v, want the deadline", res.err)
 	}
+	got := res.alloc
 	if got > 256<<10 {
 		t.Fatalf("a stalled sender that declared %d MiB cost %d KiB", 4*acts>>20, got>>10)
 	}
