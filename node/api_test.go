@@ -98,7 +98,9 @@ func TestControlAPI(t *testing.T) {
 	if json.Unmarshal(st.Services["test"], &svcStatus) != nil || svcStatus.Answer != 42 {
 		t.Fatalf("service status %s", st.Services["test"])
 	}
-	resp, err := http.Get(n.APIURL() + api.PathStatus)
+	req, _ := http.NewRequest("GET", n.APIURL()+api.PathStatus, nil)
+	req.Header.Set("Authorization", "Bearer "+n.APIToken())
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +139,8 @@ func TestControlAPI(t *testing.T) {
 		}
 	}
 
-	// Malformed requests: 4xx with a JSON error.
+	// Malformed requests (with the token, and JSON declared on POSTs): 4xx
+	// with a JSON error.
 	for _, tc := range []struct {
 		method, path, body string
 		code               int
@@ -155,6 +158,10 @@ func TestControlAPI(t *testing.T) {
 		{"GET", api.PathPeers + "?run=maybe", "", 400},
 	} {
 		req, _ := http.NewRequest(tc.method, n.APIURL()+tc.path, strings.NewReader(tc.body))
+		req.Header.Set("Authorization", "Bearer "+n.APIToken())
+		if tc.method == "POST" {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

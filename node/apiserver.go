@@ -23,7 +23,8 @@ import (
 
 const maxAPIBody = 64 << 10
 
-// listenAPI binds the control API listener (loopback TCP or a unix socket).
+// listenAPI binds the control API listener (loopback TCP or a unix socket)
+// and loads or creates its token (apiauth.go).
 func (n *Node) listenAPI() error {
 	var err error
 	if path, ok := strings.CutPrefix(n.cfg.API, "unix:"); ok {
@@ -38,8 +39,11 @@ func (n *Node) listenAPI() error {
 		}
 		n.apiURL = "http://" + n.apiLn.Addr().String()
 	}
+	if n.apiToken, err = loadOrCreateAPIToken(n.cfg.Home); err != nil {
+		return err
+	}
 	n.apiSrv = &http.Server{
-		Handler:           n.apiHandler(),
+		Handler:           n.guardAPI(n.apiHandler()),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -143,7 +147,7 @@ func (n *Node) apiHandler() http.Handler {
 
 func get(h http.HandlerFunc) http.HandlerFunc { return method(http.MethodGet, h) }
 
-func post(h http.HandlerFunc) http.HandlerFunc { return method(http.MethodPost, h) }
+func post(h http.HandlerFunc) http.HandlerFunc { return method(http.MethodPost, requireJSON(h)) }
 
 func method(m string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {

@@ -32,16 +32,34 @@ func (e *APIError) Error() string { return fmt.Sprintf("daemon answered %d: %s",
 
 // Client talks to one daemon.
 type Client struct {
-	base string // http://host:port, or http://unix for sockets
-	hc   *http.Client
+	base  string // http://host:port, or http://unix for sockets
+	hc    *http.Client
+	token string
+}
+
+// Option configures a Client.
+type Option func(*Client)
+
+// WithToken sets the API token sent as "Authorization: Bearer". FromHome
+// reads the home's token itself; an empty token leaves that one in place.
+func WithToken(token string) Option {
+	return func(c *Client) {
+		if t := strings.TrimSpace(token); t != "" {
+			c.token = t
+		}
+	}
 }
 
 // New returns a client for addr: http://127.0.0.1:PORT, 127.0.0.1:PORT or
-// unix:/path/to/socket (the forms a daemon writes to its API file).
-func New(addr string) (*Client, error) {
+// unix:/path/to/socket (the forms a daemon writes to its API file). The
+// daemon answers 401 unless WithToken gives its token.
+func New(addr string, opts ...Option) (*Client, error) {
 	addr = strings.TrimSpace(addr)
 	tr := &http.Transport{MaxIdleConns: 2, IdleConnTimeout: 30 * time.Second}
 	c := &Client{hc: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	for _, o := range opts {
+		o(c)
+	}
 	switch {
 	case strings.HasPrefix(addr, "unix:"):
 		path := strings.TrimPrefix(addr, "unix:")
@@ -65,8 +83,9 @@ func New(addr string) (*Client, error) {
 }
 
 // FromHome returns a client for the daemon using home, found through the
-// API address file the daemon writes once its API is serving.
-func FromHome(home string) (*Client, error) {
+// API address file the daemon writes once its API is serving, with the
+// token in the home's token file (opts may override it).
+func FromHome(home string, opts ...Option) (*Client, error) {
 	path := filepath.Join(home, api.AddressFile)
 	data, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -75,9 +94,17 @@ func FromHome(home string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read API address: %w", err)
 	}
-	c, err := New(string(data))
+	c, err := New(string(data), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if c.token == "" {
+		tokPath := filepath.Join(home, api.TokenFile)
+		tok, err := os.ReadFile(tokPath)
+		if err != nil {
+			return nil, fmt.Errorf("read API token: %w", err)
+		}
+		c.token = strings.TrimSpace(string(tok))
 	}
 	return c, nil
 }
@@ -121,6 +148,7 @@ func (c *Client) Metrics(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	c.authorize(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return "", fmt.Errorf("metrics: %w", err)
@@ -152,6 +180,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	c.authorize(req)
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
@@ -175,4 +204,10 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return fmt.Errorf("%s %s: bad answer: %w", method, path, err)
 	}
 	return nil
+}
+
+func (c *Client) authorize(req *http.Request) {
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 }
