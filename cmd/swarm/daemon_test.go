@@ -220,6 +220,17 @@ func TestDaemonProcesses(t *testing.T) {
 	if code != 0 || !strings.Contains(out, "run peers") || !strings.Contains(out, ids[r1[0].home]) {
 		t.Fatalf("human status: code %d\n%s", code, out)
 	}
+	// With --api the home's token is not sent: --api-token gives it.
+	addr, _ := os.ReadFile(filepath.Join(r1[0].home, api.AddressFile))
+	tok, _ := os.ReadFile(filepath.Join(r1[0].home, api.TokenFile))
+	apiArgs := []string{"id", "--home", r1[0].home, "--api", strings.TrimSpace(string(addr))}
+	if _, stderr, code := swarmCmd(t, bin, apiArgs...); code == 0 || !strings.Contains(stderr, "401") || strings.Contains(stderr, strings.TrimSpace(string(tok))) {
+		t.Fatalf("swarm id --api without a token: code %d %q, want a 401 without the token", code, stderr)
+	}
+	out, _, code = swarmCmd(t, bin, append(apiArgs, "--api-token", strings.TrimSpace(string(tok)))...)
+	if code != 0 || !strings.HasPrefix(out, ids[r1[0].home]+"\n") {
+		t.Fatalf("swarm id --api --api-token: code %d %q", code, out)
+	}
 	bootSt, err := status(t, bin, boot.home)
 	if err != nil || bootSt.Role != "bootstrap" || bootSt.DHTMode != "server" {
 		t.Fatalf("bootstrap status %+v %v", bootSt, err)

@@ -22,7 +22,7 @@ func init() {
 		Description: `Asks the running daemon; with no daemon running, reads the peer ID from the
 home's identity file (addresses are then unknown).`,
 		Flags: []cli.Flag{
-			homeFlag(), apiFlag(),
+			homeFlag(), apiFlag(), apiTokenFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON object {peer_id, addrs}"},
 			&cli.BoolFlag{Name: "addrs", Usage: "print only the full multiaddrs (/.../p2p/ID), one per line"},
 		},

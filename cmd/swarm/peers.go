@@ -15,7 +15,7 @@ func init() {
 		Name:  "peers",
 		Usage: "list the daemon's connected peers (or only its run's peers), one per line",
 		Flags: []cli.Flag{
-			homeFlag(), apiFlag(),
+			homeFlag(), apiFlag(), apiTokenFlag(),
 			&cli.BoolFlag{Name: "run", Usage: "only the live peers of this node's run"},
 			&cli.BoolFlag{Name: "json", Usage: "print a JSON array of {peer_id, addrs}"},
 		},

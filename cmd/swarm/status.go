@@ -22,7 +22,7 @@ func init() {
 		Name:  "status",
 		Usage: "show what a running daemon is doing: identity, reachability, run, peers",
 		Flags: []cli.Flag{
-			homeFlag(), apiFlag(),
+			homeFlag(), apiFlag(), apiTokenFlag(),
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object (schema in README.md)"},
 			&cli.BoolFlag{Name: "watch", Usage: "refresh in place until Ctrl+C"},
 			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "refresh interval with --watch"},

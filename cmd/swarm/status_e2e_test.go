@@ -1,16 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
-	"io"
-	"net/http"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/swarm-train/swarm/node/api"
+	"github.com/swarm-train/swarm/node/client"
 )
 
 // checkTrainingStatus checks, on a training node of a run with shards
@@ -85,16 +83,14 @@ func checkTrainingStatus(t *testing.T, bin, home string, shards, nodes int) {
 		}
 	}
 
-	addr, err := os.ReadFile(filepath.Join(home, api.AddressFile))
+	cl, err := client.FromHome(home) // with the home's API token
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.Get(strings.TrimSpace(string(addr)) + api.PathMetrics)
+	page, err := cl.Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	value := func(series string) float64 {
 		for _, line := range strings.Split(string(page), "\n") {
 			if rest, ok := strings.CutPrefix(line, series+" "); ok {
