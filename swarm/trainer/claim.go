@@ -74,7 +74,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		nP, nO := len(sh.Params()), len(sh.OptState())
 		start := time.Now()
 		last := time.Time{}
-		snap, err := statesync.Fetch(ctx, t.h, donors, index, nP, nO, 10*time.Second, func(done, total, n int) {
+		snap, err := statesync.Fetch(ctx, t.h, donors, t.wantState(index, nP, nO), 10*time.Second, func(done, total, n int) {
 			if time.Since(last) > 500*time.Millisecond || done == total {
 				last = time.Now()
 				t.log.Info("state sync", "shard", index, "progress", progressBar(done, total), "donors", n)
@@ -275,6 +275,20 @@ func (t *Trainer) snapshot(index int) (*statesync.Snapshot, error) {
 	}
 	return &statesync.Snapshot{Shard: index, Epoch: epoch, Step: sh.StepCount(),
 		Params: append([]float32(nil), params...), Opt: append([]float32(nil), sh.OptState()...)}, nil
+}
+
+// wantState is what a donor of shard index must offer: the layout's sizes
+// and no epoch past the run's last.
+func (t *Trainer) wantState(index, nParams, nOpt int) statesync.Want {
+	return statesync.Want{Shard: index, Params: nParams, Opt: nOpt, MaxEpoch: uint64(t.totalEpochs())}
+}
+
+// stateEpoch is the epoch of the state snapshot would copy of shard index,
+// and whether this node holds it (statesync freezes once per epoch).
+func (t *Trainer) stateEpoch(index int) (uint64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.epoch, t.shard != nil && t.index == index
 }
 
 // averagingPeers are the candidates for an averaging key: the holders of

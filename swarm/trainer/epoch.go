@@ -55,11 +55,13 @@ func (t *Trainer) globalClaimedLocked() int {
 		n += t.drawn
 	}
 	now := time.Now()
-	for _, r := range t.tracker.Live(now) {
+	live := t.tracker.Live(now)
+	for _, r := range live {
 		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch && r.State == progress.StateOnline && t.claimLiveLocked(r, now) {
 			n += r.InFlight
 		}
 	}
+	t.pruneClaimsLocked(live)
 	return n
 }
 
@@ -91,6 +93,23 @@ func (t *Trainer) claimLiveLocked(r progress.Record, now time.Time) bool {
 	s.epoch, s.samples = r.Epoch, r.Samples
 	t.claims[r.Peer] = s
 	return now.Sub(s.at) < claimStall
+}
+
+// pruneClaimsLocked forgets the claims of peers without a live record, so
+// the map never outgrows the tracker (t.mu held).
+func (t *Trainer) pruneClaimsLocked(live []progress.Record) {
+	if len(t.claims) <= len(live) {
+		return
+	}
+	keep := make(map[string]bool, len(live))
+	for _, r := range live {
+		keep[r.Peer] = true
+	}
+	for p := range t.claims {
+		if !keep[p] {
+			delete(t.claims, p)
+		}
+	}
 }
 
 // epochLoop ends epochs: in sync mode when the swarm reached the target
@@ -550,7 +569,7 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 	if len(donors) == 0 {
 		return errors.New("no holder to catch up from")
 	}
-	snap, err := statesync.Fetch(ctx, t.h, donors, index, len(sh.Params()), len(sh.OptState()), 10*time.Second, nil)
+	snap, err := statesync.Fetch(ctx, t.h, donors, t.wantState(index, len(sh.Params()), len(sh.OptState())), 10*time.Second, nil)
 	if err != nil {
 		t.log.Warn("catch-up failed", "err", err)
 		return err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -112,18 +113,113 @@ func (t *Trainer) wirePrecision() uint8 {
 	return pipeline.FP32
 }
 
+// Limits on serving pipeline requests.
+const (
+	// pipeReadTimeout bounds reading one request: a sender that stalls is
+	// dropped then.
+	pipeReadTimeout = 10 * time.Second
+	// pipePerPeer requests of one peer are served at once (a first-shard
+	// peer keeps at most autoMaxInFlight in the pipeline; a middle stage
+	// relays several of them), pipeTotal of all peers.
+	pipePerPeer = 4 * autoMaxInFlight
+	pipeTotal   = 8 * pipePerPeer
+	// maxEpochLead is how far ahead of this node's epoch a request's epoch
+	// may be; further is a lie (or a node that cannot share this one's work).
+	maxEpochLead = 16
+)
+
+// Reasons for refused pipeline input (guard).
+const (
+	protoPipeline = "pipeline"
+	whyOversize   = "oversize"
+	whyStall      = "stall"
+	whyFlood      = "flood"
+	whyEpoch      = "epoch"
+	whyMalformed  = "malformed"
+	whyInvalid    = "invalid"
+)
+
+var errFarEpoch = errors.New("epoch far ahead of this node's")
+
+// requestLimits is what a request's body may declare, from the run's layout:
+// the micro-batch the stage accepts times the width of its input boundary.
+// It refuses before the body is read a request whose header already fails.
+func (t *Trainer) requestLimits(q *pipeline.Request) (pipeline.Limits, error) {
+	index := int(q.Shard)
+	if index <= 0 || index >= len(t.m.Shards) {
+		return pipeline.Limits{}, fmt.Errorf("shard %d does not take requests: %w", index, pipeline.ErrOversize)
+	}
+	s := t.shape(index)
+	if int64(q.N) > int64(s.MaxN) {
+		return pipeline.Limits{}, fmt.Errorf("micro-batch of %d samples, limit %d: %w", q.N, s.MaxN, pipeline.ErrOversize)
+	}
+	if q.Kind == pipeline.KindTrain && t.sync() {
+		t.mu.Lock()
+		own, holding := t.epoch, t.shard != nil
+		t.mu.Unlock()
+		if holding && q.Epoch > own+maxEpochLead {
+			return pipeline.Limits{}, fmt.Errorf("epoch %d, this node is in %d: %w", q.Epoch, own, errFarEpoch)
+		}
+	}
+	return pipeline.Limits{Act: int(q.N) * s.ActPerSample, Targets: int(q.N) * s.TargetsPerSample}, nil
+}
+
+// readReason names why a request could not be read; "" for a stream the
+// sender reset (it gave up: nothing to hold against it).
+func readReason(err error) string {
+	var ne interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, pipeline.ErrOversize):
+		return whyOversize
+	case errors.Is(err, errFarEpoch):
+		return whyEpoch
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return whyStall
+	case errors.Is(err, network.ErrReset):
+		return ""
+	}
+	return whyMalformed
+}
+
+// refuse counts and logs refused input of p (t.cfg.Refusals; the node
+// disconnects offenders).
+func (t *Trainer) refuse(p peer.ID, protocol, reason string, err error) {
+	t.cfg.Refusals.Refuse(p, protocol, reason, err)
+}
+
 // handle serves one pipeline request from the previous stage.
 func (t *Trainer) handle(s network.Stream) {
 	defer s.Close()
 	from := s.Conn().RemotePeer()
-	_ = s.SetReadDeadline(time.Now().Add(10 * time.Second))
-	q, err := pipeline.ReadRequest(s)
-	if err != nil {
+	if t.cfg.Refusals.Banned(from) {
 		s.Reset()
-		t.bal.Ban(from, banFailed, "malformed request")
 		return
 	}
-	resp := t.serve(from, q)
+	if banned, why := t.bal.Banned(from); banned {
+		t.answer(s, &pipeline.Response{Code: pipeline.CodeBadInput, Msg: "excluded: " + why}, false)
+		return
+	}
+	if !t.pipeSlots.Acquire(from) {
+		t.refuse(from, protoPipeline, whyFlood, fmt.Errorf("more than %d requests at once", pipePerPeer))
+		t.answer(s, &pipeline.Response{Code: pipeline.CodeBusy, Msg: "too many requests at once"}, false)
+		return
+	}
+	defer t.pipeSlots.Release(from)
+	_ = s.SetReadDeadline(time.Now().Add(t.pipeRead))
+	q, err := pipeline.ReadRequest(s, t.requestLimits)
+	if err != nil {
+		s.Reset()
+		if why := readReason(err); why != "" {
+			t.refuse(from, protoPipeline, why, err)
+			t.bal.Ban(from, banFailed, why)
+		}
+		return
+	}
+	t.answer(s, t.serve(from, q), q.Kind == pipeline.KindTrain)
+}
+
+// answer writes a response to a pipeline request.
+func (t *Trainer) answer(s network.Stream, resp *pipeline.Response, train bool) {
 	resp.Precision = t.wirePrecision()
 	_ = s.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	out := resp.Encode()
@@ -131,7 +227,7 @@ func (t *Trainer) handle(s network.Stream) {
 		s.Reset()
 		return
 	}
-	if q.Kind == pipeline.KindTrain {
+	if train {
 		t.ctr.pipeSent.Add(uint64(len(out)))
 	}
 }
@@ -147,7 +243,7 @@ func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
 	if err := t.shape(index).Validate(q); err != nil {
 		// A peer that sends garbage or NaN is excluded for a long while.
 		t.bal.Ban(from, banPoison, err.Error())
-		t.log.Warn("excluding a peer that sent an invalid micro-batch", "peer", from, "err", err)
+		t.refuse(from, protoPipeline, whyInvalid, err)
 		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
 	}
 	if t.pausedNow() {
@@ -307,7 +403,7 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 		tried[p] = true
 		start := time.Now()
 		t.bal.Begin(p)
-		res, err := t.call(ctx, p, kind, payload)
+		res, err := t.call(ctx, p, kind, payload, len(act))
 		if err == nil {
 			switch {
 			case res.Code == pipeline.CodeStale:
@@ -358,8 +454,9 @@ func (t *Trainer) waitForHolder(ctx context.Context, kind uint8, epoch uint64, d
 	return !over()
 }
 
-// call sends one encoded request of the given kind to p and reads the answer.
-func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte) (*pipeline.Response, error) {
+// call sends one encoded request of the given kind to p and reads the
+// answer, whose gradient holds at most maxGrad values.
+func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int) (*pipeline.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
 	defer cancel()
 	s, err := t.h.NewStream(ctx, p, pipeline.Protocol)
@@ -378,7 +475,7 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byt
 		t.ctr.pipeSent.Add(uint64(len(payload)))
 	}
 	_ = s.CloseWrite()
-	res, err := pipeline.ReadResponse(s)
+	res, err := pipeline.ReadResponse(s, maxGrad)
 	if err != nil {
 		s.Reset()
 		return nil, err

@@ -132,8 +132,12 @@ type Trainer struct {
 	states  *statesync.Server
 	avg     *averaging.Averager
 	bal     *pipeline.Balancer
-	flops   []float64
-	start   time.Time
+	// pipeSlots caps the pipeline requests served at once, per peer and
+	// in all; pipeRead bounds reading one (pipeReadTimeout).
+	pipeSlots *pipeline.Slots
+	pipeRead  time.Duration
+	flops     []float64
+	start     time.Time
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -218,6 +222,7 @@ func New(cfg Config) (*Trainer, error) {
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
 		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(), flight: newFlightCtl(),
+		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
 	for i := range m.Shards {
@@ -237,6 +242,7 @@ func New(cfg Config) (*Trainer, error) {
 		MinGroupSize:    m.Averaging.MinGroupSize,
 		MatchWindow:     matchWindow(m),
 		Compression:     codec,
+		MaxWeight:       float64(m.Training.TargetBatch),
 		Logger:          cfg.Logger,
 		Refusals:        cfg.Refusals,
 	})
@@ -247,6 +253,7 @@ func New(cfg Config) (*Trainer, error) {
 	t.gossip.SetRefusals(cfg.Refusals)
 	t.states = statesync.NewServer(t.h, t.snapshot)
 	t.states.SetRefusals(cfg.Refusals)
+	t.states.SetEpoch(t.stateEpoch)
 	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
 	return t, nil
 }

@@ -1,0 +1,229 @@
+package trainer
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// victim is a trainer of a 2-shard run with hidden units a layer, holding
+// shard 1 if hold (not running: its handlers serve), and an attacker host
+// linked to it.
+func victim(t *testing.T, hidden int, hold bool) (*Trainer, *guard.Refusals, host.Host) {
+	t.Helper()
+	h := loopback(t)
+	ref, err := guard.New(nil, nil, guard.Policy{Strikes: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := smallMNIST(2, hidden, 10)
+	eng := native.New(native.WithThreads(1))
+	tr, err := New(Config{Manifest: m, Engine: eng, Host: h, RunPeers: func() []peer.ID { return nil }, Shard: 1, Refusals: ref})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	tr.pipeRead = 300 * time.Millisecond
+	if !hold {
+		return tr, ref, attackerOf(t, tr)
+	}
+	sh, err := eng.NewShard(m, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.mu.Lock()
+	tr.shard, tr.index, tr.state, tr.epoch = sh, 1, progress.StateOnline, 3
+	tr.mu.Unlock()
+	return tr, ref, attackerOf(t, tr)
+}
+
+func loopback(t *testing.T) host.Host {
+	t.Helper()
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+// attackerOf is a fresh host that can reach tr (one that the victim has
+// not excluded yet).
+func attackerOf(t *testing.T, tr *Trainer) host.Host {
+	a := loopback(t)
+	a.Peerstore().AddAddrs(tr.h.ID(), tr.h.Addrs(), time.Hour)
+	return a
+}
+
+// header is a hand-written request header for shard 1 declaring n samples
+// and acts activation values: what a hostile sender writes before its body.
+func header(epoch uint64, n, acts uint32) []byte {
+	b := []byte{pipeline.KindTrain}
+	b = binary.BigEndian.AppendUint32(b, 1)
+	b = binary.BigEndian.AppendUint64(b, epoch)
+	b = binary.BigEndian.AppendUint64(b, 1)
+	b = binary.BigEndian.AppendUint32(b, n)
+	b = append(b, pipeline.FP32)
+	return binary.BigEndian.AppendUint32(b, acts)
+}
+
+func refusals(ref *guard.Refusals, reason string) uint64 {
+	for _, c := range ref.Summary().Refusals {
+		if c.Protocol == protoPipeline && c.Reason == reason {
+			return c.Count
+		}
+	}
+	return 0
+}
+
+// open starts a pipeline stream from the attacker and writes b on it.
+func open(t *testing.T, from host.Host, to peer.ID, b []byte) network.Stream {
+	t.Helper()
+	s, err := from.NewStream(context.Background(), to, pipeline.Protocol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Streams that declare the largest sizes the stage allows and then send
+// nothing cost the victim little and are dropped at the read deadline;
+// sizes past the layout's limits are refused before any body is read.
+func TestPipelineStalledSenders(t *testing.T) {
+	tr, ref, attacker := victim(t, 2048, false)
+	s := tr.shape(1)
+	full := uint32(s.MaxN * s.ActPerSample)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	var streams []network.Stream
+	for range 16 {
+		streams = append(streams, open(t, attacker, tr.h.ID(), header(3, uint32(s.MaxN), full)))
+	}
+	waitFor(t, 5*time.Second, "the stalled streams dropped", func() bool { return refusals(ref, whyStall) == 16 })
+	runtime.ReadMemStats(&after)
+	// 16 × the declared 4×full bytes would be megabytes; the buffers grow
+	// only as bytes arrive.
+	got, declared := after.TotalAlloc-before.TotalAlloc, 16*4*uint64(full)
+	t.Logf("16 stalled streams declaring %d KiB in all cost %d KiB", declared>>10, got>>10)
+	if got > declared/4 {
+		t.Fatalf("16 stalled streams declaring %d KiB cost %d KiB", declared>>10, got>>10)
+	}
+	for _, st := range streams {
+		if _, err := st.Read(make([]byte, 1)); err == nil {
+			t.Fatal("a stalled stream got an answer")
+		}
+		st.Reset()
+	}
+	for _, bad := range [][]byte{
+		header(3, uint32(s.MaxN), full+1),         // more values than the samples need
+		header(3, uint32(s.MaxN+1), full),         // more samples than the stage takes
+		header(3, math.MaxUint32, math.MaxUint32), // the largest declared
+	} {
+		st := open(t, attackerOf(t, tr), tr.h.ID(), bad) // each is excluded after its refusal
+		if _, err := st.Read(make([]byte, 1)); err == nil {
+			t.Fatal("an oversize request got an answer")
+		}
+		st.Reset()
+	}
+	waitFor(t, 5*time.Second, "oversize refusals", func() bool { return refusals(ref, whyOversize) == 3 })
+}
+
+// 64 parallel requests of one peer: at most pipePerPeer are served, the
+// others are answered busy and counted.
+func TestPipelineParallelFlood(t *testing.T) {
+	tr, ref, attacker := victim(t, 32, false)
+	tr.pipeRead = 5 * time.Second // the served ones wait for their bodies
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		busy int
+		all  []network.Stream
+	)
+	for range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st := open(t, attacker, tr.h.ID(), header(3, 1, uint32(tr.shape(1).ActPerSample)))
+			mu.Lock()
+			all = append(all, st)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	waitFor(t, 5*time.Second, "the flood refused", func() bool { return refusals(ref, whyFlood) == 64-pipePerPeer })
+	deadline := time.Now().Add(100 * time.Millisecond) // answers to the refused are written already
+	for _, st := range all {
+		_ = st.SetReadDeadline(deadline)
+		if res, err := pipeline.ReadResponse(st, 0); err == nil {
+			if res.Code != pipeline.CodeBusy {
+				t.Fatalf("code %d, want busy", res.Code)
+			}
+			busy++
+		}
+		st.Reset()
+	}
+	if busy != 64-pipePerPeer {
+		t.Fatalf("%d of 64 answered busy, want %d", busy, 64-pipePerPeer)
+	}
+	waitFor(t, 5*time.Second, "the slots released", func() bool { return tr.pipeSlots.Peers() == 0 })
+}
+
+// A request far ahead of the node's epoch is refused before its body and
+// leaves no sticky state.
+func TestPipelineFarEpoch(t *testing.T) {
+	tr, ref, attacker := victim(t, 32, true)
+	s := tr.shape(1)
+	q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: math.MaxUint64, N: 1,
+		Act: make([]float32, s.ActPerSample), Targets: []int32{1}}
+	st := open(t, attacker, tr.h.ID(), q.Encode())
+	if _, err := st.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a far-future request got an answer")
+	}
+	st.Reset()
+	waitFor(t, 5*time.Second, "the epoch refusal", func() bool { return refusals(ref, whyEpoch) == 1 })
+	tr.mu.Lock()
+	ahead := tr.ahead
+	tr.mu.Unlock()
+	if ahead != 0 {
+		t.Fatalf("ahead = %d after a far-future request", ahead)
+	}
+}
+
+// 1,000 fake first-shard peers seen once leave no claims behind once their
+// records are gone.
+func TestClaimsPruned(t *testing.T) {
+	tr, _, _ := victim(t, 32, false)
+	now := time.Now()
+	tr.mu.Lock()
+	for i := range 1000 {
+		tr.claimLiveLocked(progress.Record{Peer: fmt.Sprintf("fake-%d", i), Epoch: 3, Samples: 1}, now)
+	}
+	if len(tr.claims) != 1000 {
+		t.Fatalf("%d claims", len(tr.claims))
+	}
+	tr.globalClaimedLocked()
+	n := len(tr.claims)
+	tr.mu.Unlock()
+	if n > len(tr.tracker.Live(now)) {
+		t.Fatalf("%d claims kept for %d live records", n, len(tr.tracker.Live(now)))
+	}
+}
