@@ -51,6 +51,22 @@ func TestConfigEmptyBootstrapAllowed(t *testing.T) {
 	}
 }
 
+// metrics_without_token is off unless a config file turns it on; a file
+// written before the field existed still loads.
+func TestConfigMetricsWithoutToken(t *testing.T) {
+	for body, want := range map[string]bool{
+		`{"version": 1, "api": "127.0.0.1:5001"}`:                                false,
+		`{"version": 1, "api": "127.0.0.1:5001", "metrics_without_token": true}`: true,
+	} {
+		home := t.TempDir()
+		write(t, filepath.Join(home, ConfigFile), body)
+		cfg, _, err := LoadConfig(home)
+		if err != nil || cfg.MetricsWithoutToken != want {
+			t.Fatalf("%s: metrics_without_token %v, err %v; want %v", body, cfg.MetricsWithoutToken, err, want)
+		}
+	}
+}
+
 func TestBadConfigRejectedUntouched(t *testing.T) {
 	cases := []struct{ name, body, want string }{
 		{"syntax", `{"version": 1, "listen": [`, "line 1"},
