@@ -3,6 +3,7 @@ package progress
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,6 +24,18 @@ const Protocol protocol.ID = "/swarm/train/progress/1.0.0"
 
 const streamTimeout = 3 * time.Second
 
+// maxPushes bounds the pushes in flight (and so the busy and stale maps).
+const maxPushes = 1024
+
+// Reasons for refused records (guard).
+const (
+	protoProgress = "progress"
+	whyMalformed  = "malformed"
+	whyRange      = "range"
+	whyPeer       = "impersonation"
+	whyRun        = "run"
+)
+
 // Gossip pushes this node's record to its run peers and stores theirs.
 type Gossip struct {
 	h       host.Host
@@ -32,6 +45,7 @@ type Gossip struct {
 	peers   func() []peer.ID
 	self    func() Record
 	refuse  *guard.Refusals
+	limits  Limits
 
 	mu      sync.Mutex
 	closed  bool // no new pushes start after Close
@@ -145,6 +159,10 @@ func (g *Gossip) PushNow(ctx context.Context) {
 			g.mu.Unlock()
 			continue
 		}
+		if len(g.busy) >= maxPushes {
+			g.mu.Unlock()
+			continue // the next push reaches p
+		}
 		g.busy[p] = true
 		g.wg.Add(1) // under mu: never concurrent with Close's Wait
 		g.mu.Unlock()
@@ -196,22 +214,32 @@ func (g *Gossip) send(ctx context.Context, p peer.ID, b []byte) error {
 
 func (g *Gossip) handle(s network.Stream) {
 	defer s.Close()
-	_ = s.SetDeadline(time.Now().Add(streamTimeout))
 	from := s.Conn().RemotePeer()
+	if g.refuse.Banned(from) {
+		s.Reset()
+		return
+	}
+	_ = s.SetDeadline(time.Now().Add(streamTimeout))
 	rec, err := ReadRecord(s)
 	if err != nil {
 		s.Reset()
-		g.log.Debug("bad progress record", "peer", from, "err", err)
+		if !errors.Is(err, network.ErrReset) {
+			g.refuse.Refuse(from, protoProgress, whyMalformed, err)
+		}
 		return
 	}
-	if rec.Peer != from.String() {
-		g.log.Debug("progress record names another peer", "peer", from, "names", rec.Peer)
-		return
+	switch {
+	case rec.Peer != from.String():
+		g.refuse.Refuse(from, protoProgress, whyPeer, fmt.Errorf("record names peer %.60q", rec.Peer))
+	case rec.RunID != g.runID:
+		g.refuse.Refuse(from, protoProgress, whyRun, fmt.Errorf("record of run %.60q", rec.RunID))
+	default:
+		if err := rec.Check(g.limits); err != nil {
+			g.refuse.Refuse(from, protoProgress, whyRange, err)
+			return
+		}
+		g.tracker.Update(*rec, time.Now())
 	}
-	if rec.RunID != g.runID {
-		return
-	}
-	g.tracker.Update(*rec, time.Now())
 }
 
 // ReadRecord reads one length-prefixed record.
@@ -224,12 +252,16 @@ func ReadRecord(r io.Reader) (*Record, error) {
 	if n == 0 || n > MaxRecordSize {
 		return nil, fmt.Errorf("record length %d outside 1..%d", n, MaxRecordSize)
 	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
+	b, err := guard.ReadFull(r, int(n))
+	if err != nil {
 		return nil, fmt.Errorf("record body: %w", err)
 	}
 	return Decode(b)
 }
+
+// SetLimits makes g refuse records whose numbers the run does not allow
+// (Record.Check). Call it before the first record arrives.
+func (g *Gossip) SetLimits(l Limits) { g.limits = l }
 
 // SetRefusals makes g count and log the records it refuses in r. Call it
 // before the first record arrives.

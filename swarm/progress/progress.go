@@ -121,8 +121,59 @@ func (r *Record) Validate() error {
 			return fmt.Errorf("record: gradient norm of epoch %d: %v is not a finite non-negative number", n.Epoch, n.NormSq)
 		}
 	}
-	if len(r.Device) > 128 || len(r.RunID) > 128 {
-		return errors.New("record: device or run_id too long")
+	if len(r.Device) > 128 || len(r.RunID) > 128 || len(r.Peer) > 128 {
+		return errors.New("record: peer, device or run_id too long")
+	}
+	switch {
+	case r.Rate > MaxRate:
+		return fmt.Errorf("record: rate %g FLOP/s over %g", r.Rate, MaxRate)
+	case r.Throughput > MaxThroughput:
+		return fmt.Errorf("record: throughput %g samples/s over %g", r.Throughput, float64(MaxThroughput))
+	case r.Loss > MaxLoss:
+		return fmt.Errorf("record: loss %g over %g", r.Loss, float64(MaxLoss))
+	case r.Fraction > 1:
+		return fmt.Errorf("record: fraction %g over 1", r.Fraction)
+	case math.IsNaN(r.Accuracy) || r.Accuracy < -1 || r.Accuracy > 1:
+		return fmt.Errorf("record: accuracy %v outside [-1, 1]", r.Accuracy)
+	case r.GroupSize > MaxGroupSize:
+		return fmt.Errorf("record: group of %d, at most %d", r.GroupSize, MaxGroupSize)
+	}
+	return nil
+}
+
+// Caps on a record's numbers whatever the run (Validate).
+const (
+	MaxRate       = 1e18 // FLOP/s
+	MaxThroughput = 1e9  // samples/s
+	MaxLoss       = 1e6
+	MaxGroupSize  = 1 << 16
+)
+
+// Limits are what the run implies for a record (Check).
+type Limits struct {
+	Shards     int    // the run's shard count: Shard < Shards
+	MaxSamples int    // Samples and InFlight at most
+	MaxEpoch   uint64 // the run's last epoch
+}
+
+// Check refuses a valid record whose numbers the run does not allow; a zero
+// field of l checks nothing.
+func (r *Record) Check(l Limits) error {
+	if l.Shards > 0 && r.Shard >= l.Shards {
+		return fmt.Errorf("record: shard %d, the run has %d", r.Shard, l.Shards)
+	}
+	if l.MaxSamples > 0 && (r.Samples > l.MaxSamples || r.InFlight > l.MaxSamples) {
+		return fmt.Errorf("record: %d samples, %d in flight; at most %d", r.Samples, r.InFlight, l.MaxSamples)
+	}
+	if l.MaxEpoch > 0 {
+		if r.Epoch > l.MaxEpoch {
+			return fmt.Errorf("record: epoch %d, the run has %d", r.Epoch, l.MaxEpoch)
+		}
+		for _, n := range r.Norms {
+			if n.Epoch > l.MaxEpoch {
+				return fmt.Errorf("record: norm of epoch %d, the run has %d", n.Epoch, l.MaxEpoch)
+			}
+		}
 	}
 	return nil
 }
@@ -154,9 +205,13 @@ func Decode(b []byte) (*Record, error) {
 	return &r, nil
 }
 
-// Tracker holds the latest live record of every peer.
+// MaxPeers bounds the peers a Tracker holds records of.
+const MaxPeers = 1024
+
+// Tracker holds the latest live record of every peer, of MaxPeers at most.
 type Tracker struct {
 	ttl time.Duration
+	max int
 
 	mu      sync.Mutex
 	recs    map[string]entry
@@ -170,15 +225,27 @@ type entry struct {
 
 // NewTracker keeps records for ttl after they arrive.
 func NewTracker(ttl time.Duration) *Tracker {
-	return &Tracker{ttl: ttl, recs: map[string]entry{}, changed: make(chan struct{})}
+	return &Tracker{ttl: ttl, max: MaxPeers, recs: map[string]entry{}, changed: make(chan struct{})}
 }
 
-// Update stores rec if it is newer than what the tracker holds for its peer.
+// Update stores rec if it is newer than what the tracker holds for its
+// peer. A new peer's record is dropped while MaxPeers live records are held.
 func (t *Tracker) Update(rec Record, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if old, ok := t.recs[rec.Peer]; ok && old.rec.Seq >= rec.Seq && now.Sub(old.seen) < t.ttl {
+	old, ok := t.recs[rec.Peer]
+	if ok && old.rec.Seq >= rec.Seq && now.Sub(old.seen) < t.ttl {
 		return false
+	}
+	if !ok && len(t.recs) >= t.max {
+		for p, e := range t.recs {
+			if now.Sub(e.seen) >= t.ttl {
+				delete(t.recs, p)
+			}
+		}
+		if len(t.recs) >= t.max {
+			return false
+		}
 	}
 	t.recs[rec.Peer] = entry{rec: rec, seen: now}
 	close(t.changed)
@@ -195,6 +262,13 @@ func (t *Tracker) Forget(peer string) {
 		close(t.changed)
 		t.changed = make(chan struct{})
 	}
+}
+
+// Len is the number of peers whose records the tracker holds.
+func (t *Tracker) Len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.recs)
 }
 
 // Changed returns a channel closed at the next accepted update.

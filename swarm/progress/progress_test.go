@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"io"
 	"log/slog"
+	"math"
 	"testing"
 	"time"
 
@@ -108,6 +109,10 @@ func FuzzReadRecord(f *testing.F) {
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 	f.Add(append(hdr[:], b...))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	r.Epoch, r.Shard, r.Samples = math.MaxUint64, 9, 1<<40
+	b, _ = r.Encode()
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
+	f.Add(append(hdr[:], b...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := ReadRecord(bytes.NewReader(data))
 		if err != nil {
@@ -115,6 +120,10 @@ func FuzzReadRecord(f *testing.F) {
 		}
 		if err := r.Validate(); err != nil {
 			t.Fatalf("decoded record does not validate: %v", err)
+		}
+		if err := r.Check(Limits{Shards: 4, MaxSamples: 1024, MaxEpoch: 100}); err == nil &&
+			(r.Shard >= 4 || r.Samples > 1024 || r.InFlight > 1024 || r.Epoch > 100) {
+			t.Fatalf("out-of-range record passes Check: %+v", r)
 		}
 		b, err := r.Encode()
 		if err != nil {

@@ -283,6 +283,17 @@ func (t *Trainer) wantState(index, nParams, nOpt int) statesync.Want {
 	return statesync.Want{Shard: index, Params: nParams, Opt: nOpt, MaxEpoch: uint64(t.totalEpochs())}
 }
 
+// recordLimits are what the run allows in a peer's progress record: its
+// shards, its epochs, and samples within a margin of the target batch (per
+// outer round in local mode).
+func (t *Trainer) recordLimits() progress.Limits {
+	n := 2 * t.m.Training.TargetBatch
+	if !t.sync() {
+		n *= 2 * max(1, t.m.Averaging.LocalSteps)
+	}
+	return progress.Limits{Shards: len(t.m.Shards), MaxSamples: n, MaxEpoch: uint64(t.totalEpochs())}
+}
+
 // stateEpoch is the epoch of the state snapshot would copy of shard index,
 // and whether this node holds it (statesync freezes once per epoch).
 func (t *Trainer) stateEpoch(index int) (uint64, bool) {

@@ -251,6 +251,7 @@ func New(cfg Config) (*Trainer, error) {
 	}
 	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
 	t.gossip.SetRefusals(cfg.Refusals)
+	t.gossip.SetLimits(t.recordLimits())
 	t.states = statesync.NewServer(t.h, t.snapshot)
 	t.states.SetRefusals(cfg.Refusals)
 	t.states.SetEpoch(t.stateEpoch)
