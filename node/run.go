@@ -114,11 +114,34 @@ func (m *membership) add(p peer.ID, expires time.Time) {
 	}
 }
 
+// maxFailed bounds the peers remembered as failed.
+const maxFailed = 4096
+
+// failLocked marks p failed now. Marks past the backoff are forgotten, and
+// beyond maxFailed an arbitrary one goes: a flood of fresh peer IDs cannot
+// grow the map (m.mu held).
+func (m *membership) failLocked(p peer.ID, now time.Time) {
+	if len(m.failed) >= maxFailed {
+		for q, t := range m.failed {
+			if now.Sub(t) >= failedPeerBackoff {
+				delete(m.failed, q)
+			}
+		}
+		for q := range m.failed {
+			if len(m.failed) < maxFailed {
+				break
+			}
+			delete(m.failed, q)
+		}
+	}
+	m.failed[p] = now
+}
+
 func (m *membership) drop(p peer.ID) {
 	m.mu.Lock()
 	_, had := m.peers[p]
 	delete(m.peers, p)
-	m.failed[p] = time.Now()
+	m.failLocked(p, time.Now())
 	m.mu.Unlock()
 	if had {
 		m.n.host.ConnManager().Unprotect(p, runConnProtectionTag)
