@@ -2,9 +2,12 @@ package averaging
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"math"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -104,10 +107,82 @@ func FuzzReadFrame(f *testing.F) {
 	_ = writeFrame(&buf, tJoin, []byte{1, 2, 3})
 	f.Add(buf.Bytes())
 	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{6, 0x7f, 0xff, 0xff, 0xff, 1, 2, 3})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, p, err := readFrame(bytes.NewReader(b), 1<<16, nil)
 		if err == nil && len(p) > 1<<16 {
 			t.Fatal("frame over the limit")
+		}
+		// A large limit: the buffer grows only with the bytes that came.
+		_, p, _ = readFrame(bytes.NewReader(b), 1<<30, nil)
+		if cap(p) > len(b)+64<<10 {
+			t.Fatalf("buffer of %d bytes for %d bytes of input", cap(p), len(b))
+		}
+	})
+}
+
+// fuzzAverager is an Averager with the default limits, for the checks.
+func fuzzAverager(t testing.TB) *Averager {
+	cfg, err := Config{Peers: func(context.Context, string) []peer.ID { return nil }, MaxWeight: 512}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Averager{cfg: cfg}
+}
+
+// FuzzGroupLimits: a group that decodes and passes checkGroup costs at most
+// what our own config would: parts of at most PartSize values, and no more
+// than about 4× the parts we would cut.
+func FuzzGroupLimits(f *testing.F) {
+	_, _, g, _, _ := sampleMessages(f)
+	g.PartSize = 128 << 10
+	f.Add(g.marshal(), uint32(1000))
+	g.PartSize = math.MaxUint32
+	f.Add(g.marshal(), uint32(1<<20))
+	a := fuzzAverager(f)
+	f.Fuzz(func(t *testing.T, b []byte, vecLen uint32) {
+		vecLen %= 1 << 22
+		m, err := unmarshalGroupInfo(b)
+		if err != nil || a.checkGroup(&m, int(vecLen), m.Codec) != nil {
+			return
+		}
+		if m.PartSize > uint32(a.cfg.PartSize) || int(m.PartSize) < a.minPartSize() {
+			t.Fatalf("part size %d accepted", m.PartSize)
+		}
+		lay := partition(int(vecLen), m.Members, int(m.PartSize))
+		parts := 0
+		for i, ps := range lay.Parts {
+			parts += len(ps)
+			if longestPart(ps) > a.cfg.PartSize || partFrame(m.Codec, longestPart(ps), (len(m.Members)+7)/8) > a.cfg.MaxFrame {
+				t.Fatalf("member %d: part of %d values", i, longestPart(ps))
+			}
+		}
+		if limit := 4*(int(vecLen)/a.cfg.PartSize+1) + len(m.Members); parts > limit {
+			t.Fatalf("%d parts (limit %d)", parts, limit)
+		}
+	})
+}
+
+// FuzzJoinLimits: a join request that passes checkJoin has a bandwidth
+// within MaxBandwidth and an expiration near our clock.
+func FuzzJoinLimits(f *testing.F) {
+	jr, _, _, _, _ := sampleMessages(f)
+	now := time.Unix(1_800_000_000, 0)
+	jr.Expiration = now.UnixNano()
+	f.Add(jr.marshal())
+	jr.Expiration, jr.Bandwidth = 0, 1e300
+	f.Add(jr.marshal())
+	a := fuzzAverager(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := unmarshalJoinRequest(b)
+		if err != nil || a.checkJoin(m, now) != nil {
+			return
+		}
+		if !(m.Bandwidth >= 0 && m.Bandwidth <= MaxBandwidth) {
+			t.Fatalf("bandwidth %v accepted", m.Bandwidth)
+		}
+		if d := time.Duration(m.Expiration - now.UnixNano()); d < -clockSkew || d > a.cfg.MatchTimeout+clockSkew {
+			t.Fatalf("expiration %v from now accepted", d)
 		}
 	})
 }
