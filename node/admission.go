@@ -92,12 +92,16 @@ func (m *membership) admitted(p peer.ID) bool {
 	return ok && (exp.IsZero() || time.Now().Before(exp))
 }
 
-// pending returns a channel closed when a hello with p that is under way
-// ends, or nil when none is.
-func (m *membership) pending(p peer.ID) <-chan struct{} {
+// pending returns channels closed when the hellos with p under way end
+// (ours and theirs), none when there are none.
+func (m *membership) pending(p peer.ID) []chan struct{} {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.inflight[p]
+	var out []chan struct{}
+	if c, ok := m.inflight[p]; ok {
+		out = append(out, c)
+	}
+	return append(out, m.listening[p]...)
 }
 
 // ensure makes sure p is an admitted run peer, running the hello with it
@@ -131,10 +135,13 @@ func (m *membership) gate(proto protocol.ID, h network.StreamHandler) network.St
 			return
 		}
 		if !m.admitted(p) {
-			if wait := m.pending(p); wait != nil {
+			deadline := time.After(helloTimeout)
+		wait:
+			for _, c := range m.pending(p) {
 				select {
-				case <-wait:
-				case <-time.After(helloTimeout):
+				case <-c:
+				case <-deadline:
+					break wait
 				}
 			}
 		}

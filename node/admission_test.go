@@ -83,6 +83,7 @@ func TestGateRefusesNonAdmitted(t *testing.T) {
 	}
 	// b opens streams through its own RunHost: the hello runs first if
 	// discovery has not run it yet, and a's handlers serve b.
+	b.Host().Peerstore().AddAddrs(a.Host().ID(), a.Host().Addrs(), time.Hour)
 	for _, p := range trainingProtocols {
 		s, err := b.RunHost().NewStream(ctx, a.Host().ID(), p)
 		if err != nil {

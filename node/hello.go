@@ -11,14 +11,15 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
-// HelloProtocol is the run handshake and admission check. The dialer sends
-// a hello (its run ID and, in token runs, its admission token); the listener
-// checks it, counts the dialer as a run peer if it is admitted, and answers
-// with its own hello and its verdict on the dialer; the dialer checks the
-// listener's hello the same way. The DHT says who claims to be in a run; the
-// handshake confirms it with the peer itself, so peers of another run (or
-// stale provider records) are never listed, and no training protocol serves
-// a peer that has not passed it (see gate in admission.go).
+// HelloProtocol is the run handshake and admission check, three messages
+// of one format: the dialer sends its hello (its run ID and, in token runs,
+// its admission token); the listener answers with its own hello and its
+// verdict on the dialer (refused, and why); the dialer ends with its verdict
+// on the listener. Each side counts the other as a run peer only when both
+// verdicts admit. The DHT says who claims to be in a run; the handshake
+// confirms it with the peer itself, so peers of another run (or stale
+// provider records) are never listed, and no training protocol serves a
+// peer that has not passed it (see gate in admission.go).
 const HelloProtocol protocol.ID = "/swarm/run-hello/1.1.0"
 
 // Sizes bounded on the wire: a CIDv1 sha2-256 is 36 bytes; tokens are at

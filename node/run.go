@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +38,7 @@ const (
 	helloTimeout         = 5 * time.Second
 	failedPeerBackoff    = 30 * time.Second
 	maxParallelDials     = 16
+	maxRecheck           = 64 // lost members redialled per discovery round
 	runConnProtectionTag = "swarm-run"
 )
 
@@ -49,9 +51,11 @@ type membership struct {
 	mu       sync.Mutex
 	peers    map[peer.ID]time.Time // admitted peers of our run → when admission ends (zero: never)
 	failed   map[peer.ID]time.Time
-	inflight map[peer.ID]chan struct{} // hellos under way, closed when they end
-	own      admissionState            // the latest refusal of this node by a peer
-	wake     chan struct{}
+	inflight map[peer.ID]chan struct{} // hellos we dialled, under way; closed when they end
+	// listening holds the hellos peers dialled to us, under way.
+	listening map[peer.ID][]chan struct{}
+	own       admissionState // the latest refusal of this node by a peer
+	wake      chan struct{}
 	// announced is closed after the first successful announcement.
 	announced     chan struct{}
 	announcedOnce sync.Once
@@ -68,6 +72,7 @@ func newMembership(n *Node, runID cid.Cid, maxDelay time.Duration) *membership {
 		peers:     make(map[peer.ID]time.Time),
 		failed:    make(map[peer.ID]time.Time),
 		inflight:  make(map[peer.ID]chan struct{}),
+		listening: make(map[peer.ID][]chan struct{}),
 		wake:      make(chan struct{}, 1),
 		announced: make(chan struct{}),
 	}
@@ -149,6 +154,17 @@ func (m *membership) drop(p peer.ID) {
 	}
 }
 
+// forget removes p from the members without marking it failed.
+func (m *membership) forget(p peer.ID) {
+	m.mu.Lock()
+	_, had := m.peers[p]
+	delete(m.peers, p)
+	m.mu.Unlock()
+	if had {
+		m.n.host.ConnManager().Unprotect(p, runConnProtectionTag)
+	}
+}
+
 func (m *membership) skip(p peer.ID) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -223,7 +239,10 @@ func (m *membership) discover(ctx context.Context) bool {
 		}(ai)
 	}
 	wg.Wait()
-	// Re-check members we lost the connection to.
+	// Re-check members we lost the connection to, in parallel and at most
+	// maxRecheck a round: a flood of identities that passed the hello and
+	// left must not hold discovery up for a dial timeout each. The rest are
+	// forgotten; real peers come back through the DHT or by dialling us.
 	m.mu.Lock()
 	var lost []peer.ID
 	for p := range m.peers {
@@ -232,11 +251,22 @@ func (m *membership) discover(ctx context.Context) bool {
 		}
 	}
 	m.mu.Unlock()
-	for _, p := range lost {
-		if err := m.verify(ctx, m.n.host.Peerstore().PeerInfo(p)); err != nil {
-			m.drop(p)
+	for i, p := range lost {
+		if i >= maxRecheck {
+			m.forget(p)
+			continue
 		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(p peer.ID) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := m.verify(ctx, m.n.host.Peerstore().PeerInfo(p)); err != nil {
+				m.drop(p)
+			}
+		}(p)
 	}
+	wg.Wait()
 	m.n.metrics.runPeers.Set(float64(len(m.list())))
 	return true
 }
@@ -284,7 +314,6 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 		s.Reset()
 		return fmt.Errorf("send hello: %w", err)
 	}
-	_ = s.CloseWrite()
 	theirs, err := readHello(s)
 	if err != nil {
 		s.Reset()
@@ -303,25 +332,58 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 			"help", admissionHelp(theirs.Reason))
 		return fmt.Errorf("refused by the peer: %s", theirs.Reason)
 	}
+	// Our verdict on the listener ends the handshake: the listener counts
+	// us only once it has read that we admit it too.
 	exp, reason, err := m.admit(ai.ID, theirs, time.Now())
+	verdict := hello{Run: m.runID}
 	if reason != "" {
 		if err != nil {
 			m.n.refusals.Refuse(ai.ID, string(HelloProtocol), reason, err)
+			verdict.Refused, verdict.Reason = true, truncate(reason+": "+err.Error(), maxReasonLen)
+			_ = writeHello(s, verdict)
 		}
 		return fmt.Errorf("peer not admitted: %s: %v", reason, err)
+	}
+	if err := writeHello(s, verdict); err != nil {
+		s.Reset()
+		return fmt.Errorf("send verdict: %w", err)
 	}
 	m.add(ai.ID, exp)
 	return nil
 }
 
-// handleHello answers a peer's handshake. An admitted dialer counts as a run
-// member before the answer leaves (it found us through the DHT, and may use
-// the training protocols as soon as it reads the answer); a refused one is
-// told why.
+// handleHello answers a peer's handshake: it reads the dialer's hello,
+// answers with its own and its verdict on the dialer (a refused dialer is
+// told why), then reads the dialer's verdict on it. Only a dialer that is
+// admitted and admits us back counts as a run member. While this runs, the
+// gate holds the dialer's training streams (it may start them as soon as it
+// has sent its verdict).
 func (m *membership) handleHello(s network.Stream) {
 	defer s.Close()
 	_ = s.SetDeadline(time.Now().Add(helloTimeout))
 	p := s.Conn().RemotePeer()
+	done := make(chan struct{})
+	m.mu.Lock()
+	m.listening[p] = append(m.listening[p], done)
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		l := m.listening[p]
+		for i, c := range l {
+			if c == done {
+				l = append(l[:i], l[i+1:]...)
+				break
+			}
+		}
+		if len(l) == 0 {
+			delete(m.listening, p)
+		} else {
+			m.listening[p] = l
+		}
+		m.mu.Unlock()
+		close(done)
+	}()
+
 	theirs, err := readHello(s)
 	if err != nil {
 		s.Reset()
@@ -331,15 +393,31 @@ func (m *membership) handleHello(s network.Stream) {
 	}
 	answer := hello{Run: m.runID, Token: m.n.cfg.Admission.Token}
 	exp, reason, err := m.admit(p, theirs, time.Now())
-	switch {
-	case reason == "":
-		m.add(p, exp)
-	case err != nil:
+	if err != nil {
 		m.n.refusals.Refuse(p, string(HelloProtocol), reason, err)
 		answer.Refused, answer.Reason = true, truncate(reason+": "+err.Error(), maxReasonLen)
 	}
 	if err := writeHello(s, answer); err != nil {
 		s.Reset()
+		return
+	}
+	if reason != "" {
+		return
+	}
+	verdict, err := readHello(s)
+	switch {
+	case err != nil:
+		// A dialer of an older version closes after our answer; one that
+		// sends garbage is refused.
+		if errors.Is(err, errBadHello) && !errors.Is(err, io.EOF) {
+			m.n.refusals.Refuse(p, string(HelloProtocol), refuseMalformed, err)
+		}
+	case verdict.Refused:
+		m.own.set(p, verdict.Reason)
+		m.n.log.Warn("a run peer refused this node's admission", "peer", p, "reason", verdict.Reason,
+			"help", admissionHelp(verdict.Reason))
+	default:
+		m.add(p, exp)
 	}
 }
 
