@@ -103,6 +103,7 @@ func printStatus(w io.Writer, st *api.Status) {
 	if st.Role != "bootstrap" {
 		fmt.Fprintf(tw, "run peers\t%d\n", len(st.RunPeers))
 	}
+	printSecurity(tw, st.Security)
 	tw.Flush()
 	if st.Engine != "" {
 		printTraining(w, st, st.Services["training"])
@@ -139,4 +140,29 @@ func printStatus(w io.Writer, st *api.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, shard, p.State, epoch, tp, p.Device, addr)
 	}
 	tw.Flush()
+}
+
+// printSecurity adds the admission and refusal rows of a status.
+func printSecurity(tw io.Writer, sec *api.Security) {
+	if sec == nil {
+		return
+	}
+	adm := sec.Admission
+	if sec.TokenExpires != "" {
+		adm += ", token expires " + sec.TokenExpires
+	}
+	fmt.Fprintf(tw, "admission\t%s\n", adm)
+	if sec.AdmissionRefused != "" {
+		fmt.Fprintf(tw, "refused by a peer\t%s\n", sec.AdmissionRefused)
+	}
+	var total uint64
+	var rows []string
+	for _, r := range sec.Refusals {
+		total += r.Count
+		rows = append(rows, fmt.Sprintf("%s %s %d", r.Protocol, r.Reason, r.Count))
+	}
+	fmt.Fprintf(tw, "refused input\t%d (offenders %d, banned now %d)\n", total, sec.Offenders, sec.Banned)
+	for _, r := range rows {
+		fmt.Fprintf(tw, "\t  %s\n", r)
+	}
 }
