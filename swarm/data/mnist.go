@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
@@ -61,9 +60,17 @@ type MNIST struct {
 	Train, Test *Images
 }
 
+// BuildMNISTDir is the GoMNIST module's data folder on the machine that
+// built the binary, set by the Makefile at link time
+// (-X .../swarm/data.BuildMNISTDir=...). It lets a binary find MNIST without
+// the Go toolchain at run time; a binary copied to another machine falls
+// back to the module cache's usual places, then says where it looked.
+var BuildMNISTDir string
+
 // MNISTDir returns the folder holding the MNIST files: dir if not empty, else
-// $SWARM_DATA, else the data/ folder of the GoMNIST module in the module
-// cache (as `go mod download` leaves it).
+// $SWARM_DATA, else the GoMNIST module's data/ folder found without running
+// the go command: where the build found it, then the module cache
+// ($GOMODCACHE, $GOPATH/pkg/mod, ~/go/pkg/mod; `go mod download` fills it).
 func MNISTDir(dir string) (string, error) {
 	if dir != "" {
 		return dir, nil
@@ -72,39 +79,35 @@ func MNISTDir(dir string) (string, error) {
 		return d, nil
 	}
 	var tried []string
-	for _, d := range moduleDirs() {
-		d = filepath.Join(d, "data")
+	for _, d := range mnistCandidates() {
 		if _, err := os.Stat(filepath.Join(d, mnistTrainImages)); err == nil {
 			return d, nil
 		}
 		tried = append(tried, d)
 	}
-	return "", fmt.Errorf("%w: MNIST files not in %s; run `go mod download %s` or point --data-dir / $%s at a folder with %s and the other three files",
-		ErrNoData, strings.Join(tried, ", "), MNISTModule, EnvDataDir, mnistTrainImages)
+	return "", fmt.Errorf("%w: MNIST files not in %s; point --data-dir or $%s at a folder with %s and the other three files (a machine with Go gets them with `go mod download %s`)",
+		ErrNoData, strings.Join(tried, ", "), EnvDataDir, mnistTrainImages, MNISTModule)
 }
 
-// moduleDirs lists candidate source folders of the GoMNIST module.
-func moduleDirs() []string {
+// mnistCandidates lists the folders where the GoMNIST module's data may be.
+func mnistCandidates() []string {
+	var dirs []string
+	if BuildMNISTDir != "" {
+		dirs = append(dirs, BuildMNISTDir)
+	}
 	version := mnistVersion
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		for _, d := range bi.Deps {
 			if d.Path == MNISTModule {
 				if d.Replace != nil && d.Replace.Version == "" {
-					return []string{d.Replace.Path}
+					return append(dirs, filepath.Join(d.Replace.Path, "data"))
 				}
 				version = d.Version
 			}
 		}
 	}
-	var dirs []string
 	for _, cache := range modCaches() {
-		dirs = append(dirs, filepath.Join(cache, escapeModulePath(MNISTModule)+"@"+version))
-	}
-	// Inside a checkout of this module, the go command knows best.
-	if out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", MNISTModule).Output(); err == nil {
-		if d := strings.TrimSpace(string(out)); d != "" {
-			dirs = append(dirs, d)
-		}
+		dirs = append(dirs, filepath.Join(cache, escapeModulePath(MNISTModule)+"@"+version, "data"))
 	}
 	return dirs
 }
@@ -113,11 +116,6 @@ func modCaches() []string {
 	var caches []string
 	if c := os.Getenv("GOMODCACHE"); c != "" {
 		caches = append(caches, c)
-	}
-	if out, err := exec.Command("go", "env", "GOMODCACHE").Output(); err == nil {
-		if c := strings.TrimSpace(string(out)); c != "" {
-			caches = append(caches, c)
-		}
 	}
 	if p := os.Getenv("GOPATH"); p != "" {
 		caches = append(caches, filepath.Join(filepath.SplitList(p)[0], "pkg", "mod"))
