@@ -11,12 +11,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/swarm-train/swarm/averaging"
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
@@ -54,11 +54,7 @@ func TestGateRefusesNonAdmitted(t *testing.T) {
 			_ = s.Close()
 		})
 	}
-	outsider, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outsider.Close()
+	outsider := testutil.Host(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
@@ -161,14 +157,14 @@ func TestTokenAdmission(t *testing.T) {
 	var ran atomic.Int64
 	a.RunHost().SetStreamHandler(pipeline.Protocol, func(s network.Stream) { ran.Add(1); s.Close() })
 
-	waitFor(t, 20*time.Second, func() string { return "a and b did not admit each other" }, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() string { return "a and b did not admit each other" }, func() bool {
 		return runPeerSet(a)[b.Host().ID()] && runPeerSet(b)[a.Host().ID()]
 	})
 	for _, c := range []struct {
 		n      *Node
 		reason string
 	}{{expired, refuseTokenExpired}, {none, refuseTokenMissing}} {
-		waitFor(t, 20*time.Second, func() string { return c.reason + ": refusal not reported to the volunteer" }, func() bool {
+		testutil.Eventually(t, 20*time.Second, func() string { return c.reason + ": refusal not reported to the volunteer" }, func() bool {
 			s := c.n.Status().Security
 			return s != nil && strings.HasPrefix(s.AdmissionRefused, c.reason)
 		})
@@ -215,14 +211,10 @@ func TestPrivateSwarm(t *testing.T) {
 			t.Errorf("private node listens on %s", addr)
 		}
 	}
-	waitFor(t, 20*time.Second, func() string { return "private nodes did not find each other" }, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() string { return "private nodes did not find each other" }, func() bool {
 		return runPeerSet(a)[b.Host().ID()] && runPeerSet(b)[a.Host().ID()]
 	})
-	outsider, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer outsider.Close()
+	outsider := testutil.Host(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := outsider.Connect(ctx, peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}); err == nil {
@@ -264,11 +256,7 @@ func TestSwarmKeyFile(t *testing.T) {
 func TestOffenderBanned(t *testing.T) {
 	a := startNode(t, testConfig("run"))
 	a.RunHost().SetStreamHandler(pipeline.Protocol, func(s network.Stream) { s.Close() })
-	evil, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer evil.Close()
+	evil := testutil.Host(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ai := peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}
@@ -282,14 +270,14 @@ func TestOffenderBanned(t *testing.T) {
 		}
 		_, _ = io.ReadAll(s)
 	}
-	waitFor(t, 5*time.Second, func() string { return "offender still connected" }, func() bool {
+	testutil.Eventually(t, 5*time.Second, func() string { return "offender still connected" }, func() bool {
 		return a.Host().Network().Connectedness(evil.ID()) != network.Connected
 	})
 	evil.Peerstore().RemovePeer(a.Host().ID())
 	if err := evil.Connect(ctx, ai); err == nil {
 		// The gater refuses after the handshake; the dialer may see the
 		// connection for a moment before it is closed.
-		waitFor(t, 5*time.Second, func() string { return "banned peer reconnected" }, func() bool {
+		testutil.Eventually(t, 5*time.Second, func() string { return "banned peer reconnected" }, func() bool {
 			return a.Host().Network().Connectedness(evil.ID()) != network.Connected
 		})
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
 )
@@ -218,14 +219,14 @@ func TestAnnounceFindPeers(t *testing.T) {
 	key := RunIDFromName("shard-7")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	waitFor(t, 5*time.Second, func() string { return "routing tables empty" }, func() bool {
+	testutil.Eventually(t, 5*time.Second, func() string { return "routing tables empty" }, func() bool {
 		return a.DHT().RoutingTable().Size() > 0 && c.DHT().RoutingTable().Size() > 0
 	})
 	if err := a.Announce(ctx, key); err != nil {
 		t.Fatal(err)
 	}
 	b.AnnounceEvery(ctx, key, time.Minute)
-	waitFor(t, 10*time.Second, func() string { return "c did not find a and b under the key" }, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() string { return "c did not find a and b under the key" }, func() bool {
 		ps, err := c.FindPeers(ctx, key)
 		return err == nil && len(ps) == 2
 	})

@@ -18,6 +18,8 @@ import (
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 // BenchmarkJoinRun measures how long a joiner takes to find 100 run peers
@@ -62,7 +64,7 @@ func BenchmarkJoinRun(b *testing.B) {
 			cfg := testConfig("bench-run", bootAddr)
 			cfg.DiscoveryInterval = time.Minute
 			j := startNode(b, cfg)
-			waitFor(b, 60*time.Second, func() string { return fmt.Sprintf("joiner found %d of %d", len(j.RunPeers()), want) },
+			testutil.Eventually(b, 60*time.Second, func() string { return fmt.Sprintf("joiner found %d of %d", len(j.RunPeers()), want) },
 				func() bool { return len(j.RunPeers()) >= want })
 			d := time.Since(start)
 			total += d

@@ -9,9 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 func TestHelloRoundTrip(t *testing.T) {
@@ -89,11 +90,7 @@ func TestGarbageHelloDisconnects(t *testing.T) {
 	a := startNode(t, testConfig("run", bootAddr))
 	b := startNode(t, testConfig("run", bootAddr))
 	// The garbage speaker is a bare host: it does not redial on its own.
-	evil, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer evil.Close()
+	evil := testutil.Host(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -106,10 +103,10 @@ func TestGarbageHelloDisconnects(t *testing.T) {
 	}
 	_, _ = s.Write([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff})
 	_ = s.CloseWrite()
-	waitFor(t, 5*time.Second, func() string { return "garbage peer still connected" }, func() bool {
+	testutil.Eventually(t, 5*time.Second, func() string { return "garbage peer still connected" }, func() bool {
 		return a.Host().Network().Connectedness(evil.ID()) != network.Connected
 	})
-	waitFor(t, 10*time.Second, func() string { return "a and b did not find each other" }, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() string { return "a and b did not find each other" }, func() bool {
 		return runPeerSet(a)[b.Host().ID()] && runPeerSet(b)[a.Host().ID()]
 	})
 	if runPeerSet(a)[evil.ID()] {

@@ -8,6 +8,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"go.uber.org/goleak"
+
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 func TestMain(m *testing.M) {
@@ -67,18 +69,6 @@ func runPeerSet(n *Node) map[peer.ID]bool {
 	return set
 }
 
-// waitFor polls cond every 50 ms until it holds or the deadline passes.
-func waitFor(t testing.TB, d time.Duration, what func() string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // allFound reports whether every node of group lists exactly the others.
 func allFound(group []*Node) (bool, string) {
 	for i, n := range group {
@@ -107,7 +97,7 @@ func TestRunDiscovery(t *testing.T) {
 		runB = append(runB, startNode(t, testConfig("run-b", bootAddr)))
 	}
 	msg := ""
-	waitFor(t, 10*time.Second, func() string { return msg }, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() string { return msg }, func() bool {
 		okA, mA := allFound(runA)
 		okB, mB := allFound(runB)
 		msg = mA + mB
@@ -146,7 +136,7 @@ func TestDiscoveryWithoutBootstrap(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		group = append(group, startNode(t, testConfig("run", bootAddr)))
 	}
-	waitFor(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
 		ok, _ := allFound(group)
 		return ok
 	})
@@ -156,7 +146,7 @@ func TestDiscoveryWithoutBootstrap(t *testing.T) {
 	// The joiner knows one ordinary peer only.
 	joiner := startNode(t, testConfig("run", group[0].Addrs()[0].String()))
 	group = append(group, joiner)
-	waitFor(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
+	testutil.Eventually(t, 10*time.Second, func() string { _, m := allFound(group); return m }, func() bool {
 		ok, _ := allFound(group)
 		return ok
 	})

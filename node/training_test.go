@@ -11,6 +11,7 @@ import (
 
 	"github.com/swarm-train/swarm/gpu"
 	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
 	"github.com/swarm-train/swarm/swarm/run"
@@ -97,7 +98,7 @@ func TestTrainingStatusMetricsAndPause(t *testing.T) {
 
 	// Hot: paused, still holding its shard.
 	var st *api.Status
-	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
+	testutil.Eventually(t, 20*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
 		st = status()
 		return st.Governor != nil && st.Governor.State == "paused" && st.State == "paused" && st.Shard == 0
 	})
@@ -121,7 +122,7 @@ func TestTrainingStatusMetricsAndPause(t *testing.T) {
 
 	// Cool: training resumes and runs epochs.
 	sampler.temp.Store(60)
-	waitFor(t, 30*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
+	testutil.Eventually(t, 30*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
 		st = status()
 		return st.Governor != nil && st.Governor.State == "running" && st.Epoch >= 3 && st.Averaging != nil
 	})

@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 func rec(p string, shard int, epoch uint64, samples int, seq uint64) Record {
@@ -135,15 +136,7 @@ func FuzzReadRecord(f *testing.F) {
 	})
 }
 
-func newHost(t *testing.T) host.Host {
-	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
+func newHost(t *testing.T) host.Host { return testutil.Host(t) }
 
 // TestGossipReal: three real hosts on loopback push records; every tracker
 // ends with all three; a record naming another peer is dropped.
