@@ -1,0 +1,588 @@
+// Package epochs is the decision core of a swarm node's training: when its
+// epoch ends, whether it averages, catches up or steps, when it averages its
+// whole state, when it may move to another shard, and when it evaluates.
+//
+// An epoch is one collaborative optimizer step: in sync mode the step all
+// holders of a shard take together after averaging the gradients of the
+// target batch; in local mode one outer step after local_steps inner steps.
+// Every other package says "epoch" in this sense.
+//
+// The core is a pure state machine, like averaging's matcher: it never
+// touches the network, a goroutine, a lock or the wall clock. The trainer
+// (swarm/trainer) gathers an Input (the live progress records, this node's
+// counters and the time) and calls Step with the outcome of the last action;
+// Step answers with the next Action, which the trainer carries out. It is a
+// package of its own so that its imports show it: it cannot reach a host, an
+// engine or a clock, and its tests drive simulated swarms in virtual time.
+//
+// One epoch's end in sync mode is the sequence
+//
+//	Close → [CatchUp] → Average → [CatchUp] → Step → [AverageState] → Reopen
+//
+// where a successful CatchUp skips to Reopen at the donor's epoch. In local
+// mode the core asks for OuterStep (the trainer's outer optimizer closes and
+// reopens the round itself) or for Close → CatchUp → Reopen when a holder of
+// the shard is in a later round.
+package epochs
+
+import (
+	"cmp"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// Config is the run as the core needs it.
+type Config struct {
+	Self        string // this node's peer ID, as records carry it
+	Epochs      uint64 // the run's epochs (sync: optimizer steps; local: outer rounds)
+	TargetBatch int    // samples of the first shard in one sync-mode epoch
+	BatchSize   int    // samples in a micro-batch
+	GroupSize   int    // the manifest's averaging group size
+	Local       bool   // averaging.mode local (DiLoCo)
+	LocalSteps  int    // inner steps in a local-mode round
+}
+
+// Finished reports whether epoch is past the run's last.
+func (c *Config) Finished(epoch uint64) bool { return epoch >= c.Epochs }
+
+// Node is this node's counters.
+type Node struct {
+	Shard     int    // the shard it holds or is joining (-1: none yet)
+	Held      bool   // the shard's state is loaded
+	Online    bool   // online on it (not joining)
+	Done      bool   // finished the run
+	Epoch     uint64 // the epoch (round) it is in
+	Samples   int    // samples finished in the epoch
+	Drawn     int    // samples started in the epoch and not finished (first shard)
+	Ahead     uint64 // highest epoch seen in a peer's pipeline request
+	Evaluated bool   // the test-set accuracy is known
+}
+
+// Input is what the core sees at one moment.
+type Input struct {
+	Now     time.Time
+	Records []progress.Record // the live records, this node's own included
+	Node    Node
+}
+
+// Kind names an action.
+type Kind uint8
+
+const (
+	// Wait: nothing to do until the next input.
+	Wait Kind = iota
+	// Close stops admitting micro-batches of Epoch and waits (bounded) for
+	// those in flight; report Closed.
+	Close
+	// Average averages the accumulated gradient with the shard's holders
+	// under Key in round Epoch, starting as soon as Group peers joined;
+	// report Averaged. The trainer ends it early when Abort says so.
+	Average
+	// CatchUp loads the shard's state from one of Donors (latest epoch
+	// first); report CaughtUp.
+	CatchUp
+	// Step clips (across shards) and takes the optimizer step of Epoch;
+	// report Stepped.
+	Step
+	// AverageState averages parameters and optimizer state under Key in
+	// round Epoch with Group peers; report StateAveraged.
+	AverageState
+	// Reopen opens epoch Epoch (Finished: the run is over) and ends the
+	// sequence.
+	Reopen
+	// OuterStep is local mode's outer step of round Epoch, with the outer
+	// state (anchor, momentum) when Full; the trainer reopens the round.
+	OuterStep
+	// Evaluate runs the test set through the pipeline.
+	Evaluate
+)
+
+var kindNames = [...]string{"wait", "close", "average", "catch-up", "step", "average-state", "reopen", "outer-step", "evaluate"}
+
+func (k Kind) String() string {
+	if int(k) < len(kindNames) {
+		return kindNames[k]
+	}
+	return "unknown"
+}
+
+// Averaging keys within a shard.
+const (
+	KeyGrad  = "grad"
+	KeyState = "state"
+	KeyDelta = "delta"
+	KeyOuter = "outer"
+)
+
+// Action is what the core asks the trainer to do next.
+type Action struct {
+	Kind     Kind
+	Shard    int
+	Epoch    uint64
+	Key      string   // Average, AverageState
+	Group    int      // Average, AverageState, OuterStep: start once this many peers (this one included) joined
+	Donors   []string // CatchUp: peer IDs, latest epoch first
+	Full     bool     // OuterStep
+	Finished bool     // Reopen
+}
+
+// Event is the outcome of the last action; the zero Event is a plain tick.
+type Event struct {
+	Kind     Kind    // the action it answers (Wait: none)
+	OK       bool    // Averaged, CaughtUp, StateAveraged: it succeeded
+	Err      error   // Stepped; StateAveraged: ErrLoad when the engine refused the averaged state
+	Lost     bool    // Closed: the node no longer holds a shard
+	Shard    int     // Closed: the shard closed
+	Epoch    uint64  // Closed: the epoch closed; CaughtUp: the epoch of the state loaded
+	Group    int     // Averaged, StateAveraged: members, this node included
+	Fraction float64 // StateAveraged: share of the vector averaged
+}
+
+// ErrLoad marks a state round whose result the engine refused: the node
+// keeps its own state and what it knew of its drift.
+var ErrLoad = errors.New("epochs: averaged state not loaded")
+
+// Period, in epochs, of whole-state averaging when no drift was seen:
+// holders that averaged every gradient completely take identical steps, so
+// this is only a safety net (a state round costs three times a gradient
+// round: parameters and both AdamW moments).
+const StateEvery = 50
+
+// OuterStateEvery is local mode's period, in rounds, of averaging the
+// outer state (anchor and momentum) with the deltas: three times a delta
+// round's traffic, and the cure for holders whose anchors parted.
+const OuterStateEvery = 10
+
+// ClaimStall is how long a first-shard peer may go without finishing
+// samples before the others stop counting its in-flight claim and its share
+// of the target batch: its micro-batches keep failing (it is excluded
+// downstream, or its next stage vanished), and waiting on them would stall
+// every epoch. The mark lasts across epochs until the peer finishes samples
+// again; counting a slow but honest peer out costs at most a slightly larger
+// epoch.
+const ClaimStall = 3 * time.Second
+
+type phase uint8
+
+const (
+	open        phase = iota
+	closing           // Close asked
+	catchBefore       // CatchUp asked before the gradient round
+	averaging         // Average asked
+	catchAfter        // CatchUp asked after the gradient round
+	stepping          // Step asked
+	syncing           // AverageState asked
+	catchLocal        // local mode: CatchUp asked
+)
+
+type claimSeen struct {
+	epoch   uint64
+	samples int
+	at      time.Time // when the peer last finished samples (or was first seen)
+}
+
+// Machine is one node's decision core. It is not safe for concurrent use:
+// the trainer calls it under its own lock.
+type Machine struct {
+	cfg   Config
+	phase phase
+
+	// the epoch being ended
+	shard    int
+	epoch    uint64
+	expected int      // the shard-mates the gradient round was for
+	group    int      // members of the gradient round (1: alone)
+	donors   []string // local mode: the holders ahead when the round closed
+	drift    bool     // this node may differ from its shard's other holders
+
+	// claims remembers when each first-shard peer last finished samples,
+	// so that a peer whose micro-batches keep failing stops holding the
+	// epoch back with its in-flight claim.
+	claims map[string]claimSeen
+}
+
+// New returns a core for the run cfg.
+func New(cfg Config) *Machine {
+	return &Machine{cfg: cfg, claims: map[string]claimSeen{}}
+}
+
+// Config returns the run the core decides for.
+func (m *Machine) Config() Config { return m.cfg }
+
+// Drift reports whether the core thinks this node may differ from its
+// shard's other holders (a state round is due).
+func (m *Machine) Drift() bool { return m.drift }
+
+// Step takes the outcome of the last action (the zero Event after Wait,
+// Reopen, OuterStep or Evaluate) and returns the next action.
+func (m *Machine) Step(in Input, ev Event) Action {
+	switch m.phase {
+	case closing:
+		m.shard, m.epoch = ev.Shard, ev.Epoch
+		if ev.Lost {
+			return m.reopen(m.epoch)
+		}
+		if m.cfg.Local {
+			m.phase = catchLocal
+			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: m.donors}
+		}
+		// A holder of this shard already past this epoch averaged its
+		// round without this node: nobody is left to average with, and
+		// waiting out the round would hold this node (and so the swarm)
+		// for the averaging timeout. Take the newer state instead.
+		if d := m.holdersAhead(in, m.shard, m.epoch); len(d) > 0 {
+			m.phase = catchBefore
+			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
+		}
+		return m.average(in)
+	case catchBefore:
+		if ev.OK {
+			return m.reopen(ev.Epoch)
+		}
+		return m.average(in)
+	case averaging:
+		m.group = 1
+		if ev.OK {
+			m.group = ev.Group
+		}
+		return m.afterRound(in)
+	case catchAfter:
+		if ev.OK {
+			return m.reopen(ev.Epoch)
+		}
+		m.phase = stepping
+		return Action{Kind: Step, Shard: m.shard, Epoch: m.epoch}
+	case stepping:
+		if ev.Err != nil {
+			return m.reopen(m.epoch)
+		}
+		return m.afterStep(in)
+	case syncing:
+		switch {
+		case errors.Is(ev.Err, ErrLoad):
+		case !ev.OK:
+			// The other holders may not see a drift (it is this node's
+			// view): retrying every epoch would stall each one for the
+			// matchmaking timeout. The next incomplete gradient round or
+			// the periodic round tries again.
+			m.drift = false
+		default:
+			m.drift = ev.Fraction < 1 || ev.Group < len(m.holders(in, m.shard))+1
+		}
+		return m.reopen(m.epoch + 1)
+	case catchLocal:
+		if ev.OK {
+			return m.reopen(ev.Epoch)
+		}
+		return m.reopen(m.epoch)
+	}
+	return m.tick(in)
+}
+
+// tick decides, with the epoch open, whether it is due.
+func (m *Machine) tick(in Input) Action {
+	n := in.Node
+	if n.Held && n.Done && !n.Evaluated && n.Shard == 0 {
+		return Action{Kind: Evaluate, Shard: n.Shard, Epoch: n.Epoch}
+	}
+	if !n.Held || !n.Online || n.Done || n.Shard < 0 {
+		return Action{}
+	}
+	m.shard, m.epoch, m.donors = n.Shard, n.Epoch, nil
+	if !m.cfg.Local {
+		// The epoch ends when the first shard's holders together finished
+		// the target batch, or when a peer is already in a later epoch.
+		if m.Samples(in) >= m.cfg.TargetBatch || peerEpoch(in.Records) > n.Epoch || n.Ahead > n.Epoch {
+			m.phase = closing
+			return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
+		}
+		return Action{}
+	}
+	// A holder of the shard already in a later round (this node joined
+	// from a snapshot taken just before an outer step, or missed one)
+	// would never share a round with it again.
+	if d := m.latestAhead(in); len(d) > 0 {
+		m.phase, m.donors = closing, d
+		return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
+	}
+	// The round ends when the shard's holders together took local_steps
+	// inner steps each on average: all of them see it at about the same
+	// moment, so they average together even though the wiring gives them
+	// unequal shares.
+	due := m.shardInner(in) >= m.cfg.LocalSteps
+	if n.Shard > 0 {
+		// Later shards follow the first shard's rounds: their own count
+		// runs ahead while a holder is still joining.
+		if first, ok := firstShardRound(in.Records); ok {
+			due = first > n.Epoch
+		}
+	}
+	if !due {
+		return Action{}
+	}
+	// Some rounds also average the outer state, which every holder keeps
+	// for itself: after a round that a holder averaged alone or in part,
+	// their anchors differ and the same averaged delta would keep them
+	// apart. Holders agree on these rounds by number; the run's last one
+	// is among them, so holders end on one model.
+	full := n.Epoch%OuterStateEvery == OuterStateEvery-1 || m.cfg.Finished(n.Epoch+1)
+	return Action{Kind: OuterStep, Shard: n.Shard, Epoch: n.Epoch, Full: full, Group: m.groupSize(in)}
+}
+
+// average starts the gradient round, or skips it when the shard has no
+// other holder.
+func (m *Machine) average(in Input) Action {
+	m.expected = len(m.holders(in, m.shard))
+	m.group = 1
+	if m.expected == 0 {
+		return m.afterRound(in)
+	}
+	m.phase = averaging
+	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: m.groupSize(in)}
+}
+
+// afterRound: behind the swarm, or left out of a round a shard-mate
+// finished and stepped past, this node's state is stale. It catches up
+// through state sync instead of stepping, from a holder of its shard that
+// is ahead. When none is (the swarm is ahead only in other shards), this
+// shard is the one holding the swarm back: it steps, and the next epochs
+// end at once until it is level.
+func (m *Machine) afterRound(in Input) Action {
+	if d := m.holdersAhead(in, m.shard, m.epoch); len(d) > 0 && (peerEpoch(in.Records) > m.epoch+1 || m.group <= 1) {
+		m.phase = catchAfter
+		return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
+	}
+	m.phase = stepping
+	return Action{Kind: Step, Shard: m.shard, Epoch: m.epoch}
+}
+
+// afterStep: holders that missed a round, or joined, drift apart;
+// averaging the whole state every StateEvery epochs, and right after a
+// round that did not include every holder, pulls them back together. A
+// holder that came online during the round (a joiner, with a copy of a
+// holder's state) was not missed by it. The run's last epoch is always a
+// state round (holders agree on it by number), so holders end on one model
+// even if a late round missed one of them.
+func (m *Machine) afterStep(in Input) Action {
+	holders := len(m.holders(in, m.shard))
+	if m.group < min(m.expected, holders)+1 {
+		m.drift = true
+	}
+	last := m.cfg.Finished(m.epoch + 1)
+	if holders > 0 && (m.drift || last || m.epoch%StateEvery == StateEvery-1) {
+		m.phase = syncing
+		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.groupSize(in)}
+	}
+	return m.reopen(m.epoch + 1)
+}
+
+func (m *Machine) reopen(epoch uint64) Action {
+	m.phase = open
+	return Action{Kind: Reopen, Shard: m.shard, Epoch: epoch, Finished: m.cfg.Finished(epoch)}
+}
+
+// Abort reports whether the gradient round under way is pointless: a
+// holder of the shard is already past its epoch, so the round is over
+// without this node (which then catches up from it).
+func (m *Machine) Abort(in Input) bool {
+	return m.phase == averaging && len(m.holdersAhead(in, m.shard, m.epoch)) > 0
+}
+
+// MayRebalance reports whether this node may consider moving to another
+// shard now: online, not finished, its last move at least twice the
+// rebalancing interval ago, and no node finished the run yet (a finished
+// holder's shard looks unheld to the plan, and a move would only restart
+// this node for the last epochs).
+func (m *Machine) MayRebalance(in Input, movedAt time.Time, every time.Duration) bool {
+	n := in.Node
+	if !n.Online || n.Done || in.Now.Sub(movedAt) < 2*every {
+		return false
+	}
+	for _, r := range in.Records {
+		if r.State == progress.StateDone {
+			return false
+		}
+	}
+	return true
+}
+
+// Samples is the samples the first shard's holders finished in this
+// node's epoch (this node's from its counters).
+func (m *Machine) Samples(in Input) int {
+	n := 0
+	if in.Node.Shard == 0 {
+		n = in.Node.Samples
+	}
+	for _, r := range in.Records {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch {
+			n += r.Samples
+		}
+	}
+	return n
+}
+
+// Claimed adds to Samples the samples the first shard's holders started in
+// this epoch and have not finished; a peer that finished nothing for
+// ClaimStall no longer counts. It forgets the claims of peers without a
+// live record.
+func (m *Machine) Claimed(in Input) int {
+	n := m.Samples(in)
+	if in.Node.Shard == 0 {
+		n += in.Node.Drawn
+	}
+	for _, r := range in.Records {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && r.State == progress.StateOnline && m.claimLive(r, in.Now) {
+			n += r.InFlight
+		}
+	}
+	m.pruneClaims(in.Records)
+	return n
+}
+
+// Share is this node's share of the target batch: an equal part among the
+// online holders of the first shard. A holder whose started samples
+// stopped finishing leaves its share to the others.
+func (m *Machine) Share(in Input) int {
+	n := 1
+	for _, r := range in.Records {
+		stalled := r.Epoch == in.Node.Epoch && r.InFlight > 0 && !m.claimLive(r, in.Now)
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && !stalled {
+			n++
+		}
+	}
+	return (m.cfg.TargetBatch + n - 1) / n
+}
+
+// claimLive reports whether r's claim still counts: r finished samples
+// within ClaimStall.
+func (m *Machine) claimLive(r progress.Record, now time.Time) bool {
+	s, ok := m.claims[r.Peer]
+	switch {
+	case !ok:
+		s.at = now
+	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
+		s.at = now
+	}
+	s.epoch, s.samples = r.Epoch, r.Samples
+	m.claims[r.Peer] = s
+	return now.Sub(s.at) < ClaimStall
+}
+
+// pruneClaims forgets the claims of peers without a live record, so the
+// map never outgrows the tracker.
+func (m *Machine) pruneClaims(live []progress.Record) {
+	if len(m.claims) <= len(live) {
+		return
+	}
+	keep := make(map[string]bool, len(live))
+	for _, r := range live {
+		keep[r.Peer] = true
+	}
+	for p := range m.claims {
+		if !keep[p] {
+			delete(m.claims, p)
+		}
+	}
+}
+
+// holders are the other live holders of shard, online or done.
+func (m *Machine) holders(in Input, shard int) []string {
+	var out []string
+	for _, r := range in.Records {
+		if r.Shard == shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining {
+			out = append(out, r.Peer)
+		}
+	}
+	return out
+}
+
+// groupSize starts a round as soon as every live holder joined it, rather
+// than waiting out the matchmaking window when the shard has fewer holders
+// than the manifest's group size.
+func (m *Machine) groupSize(in Input) int {
+	return min(len(m.holders(in, m.shard))+1, m.cfg.GroupSize)
+}
+
+// holdersAhead is the other online (or done) holders of shard whose epoch
+// is later than epoch, latest first. Catching up from a holder that is not
+// ahead would only restore this node's own epoch, and two holders left
+// behind by the other shards would do so from each other forever.
+func (m *Machine) holdersAhead(in Input, shard int, epoch uint64) []string {
+	var recs []progress.Record
+	for _, r := range in.Records {
+		if r.Peer != m.cfg.Self && r.Shard == shard && r.Epoch > epoch && active(r) {
+			recs = append(recs, r)
+		}
+	}
+	slices.SortStableFunc(recs, func(a, b progress.Record) int { return cmp.Compare(b.Epoch, a.Epoch) })
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.Peer
+	}
+	return out
+}
+
+// latestAhead is the other online (or done) holders of this node's shard
+// in the latest round, when that round is later than this node's (local
+// mode).
+func (m *Machine) latestAhead(in Input) []string {
+	var out []string
+	top := in.Node.Epoch
+	for _, r := range in.Records {
+		if r.Peer == m.cfg.Self || r.Shard != in.Node.Shard || r.Epoch <= in.Node.Epoch || !active(r) {
+			continue
+		}
+		if r.Epoch > top {
+			top, out = r.Epoch, nil
+		}
+		out = append(out, r.Peer)
+	}
+	return out
+}
+
+// shardInner is the mean number of inner steps (micro-batches) the holders
+// of this node's shard took in the current outer round (local mode).
+func (m *Machine) shardInner(in Input) int {
+	samples, holders := in.Node.Samples, 1
+	for _, r := range in.Records {
+		if r.Peer != m.cfg.Self && r.Shard == in.Node.Shard && r.State == progress.StateOnline {
+			holders++
+			if r.Epoch == in.Node.Epoch {
+				samples += r.Samples
+			}
+		}
+	}
+	return samples / (holders * max(m.cfg.BatchSize, 1))
+}
+
+// firstShardRound is the lowest round among the first shard's online (or
+// done) holders; ok is false when it has none.
+func firstShardRound(recs []progress.Record) (uint64, bool) {
+	var low uint64
+	ok := false
+	for _, r := range recs {
+		if r.Shard == 0 && active(r) {
+			if !ok || r.Epoch < low {
+				low = r.Epoch
+			}
+			ok = true
+		}
+	}
+	return low, ok
+}
+
+// peerEpoch is the highest epoch any live peer reports.
+func peerEpoch(recs []progress.Record) uint64 {
+	var e uint64
+	for _, r := range recs {
+		e = max(e, r.Epoch)
+	}
+	return e
+}
+
+func active(r progress.Record) bool {
+	return r.State == progress.StateOnline || r.State == progress.StateDone
+}
