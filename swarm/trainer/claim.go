@@ -105,7 +105,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	t.shard = sh
 	t.epoch = epoch
 	t.state = progress.StateOnline
-	if t.epoch >= uint64(t.totalEpochs()) {
+	if t.finished(t.epoch) {
 		t.state = progress.StateDone
 		t.done = true
 	}
@@ -220,9 +220,10 @@ func (t *Trainer) rebalanceLoop(ctx context.Context) {
 			return
 		}
 		t.mu.Lock()
-		online, done, idx, movedAt := t.state == progress.StateOnline, t.done, t.index, t.movedAt
+		may := t.core.MayRebalance(t.inputLocked(), t.movedAt, every)
+		idx := t.index
 		t.mu.Unlock()
-		if !online || done || time.Since(movedAt) < 2*every || t.runEnding() {
+		if !may {
 			continue
 		}
 		v := t.view(true)
@@ -238,18 +239,6 @@ func (t *Trainer) rebalanceLoop(ctx context.Context) {
 			return
 		}
 	}
-}
-
-// runEnding reports whether some node already finished the run: its shard
-// then looks unheld to the plan (done holders do not count), and a move
-// would only restart this node for the last epochs.
-func (t *Trainer) runEnding() bool {
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.State == progress.StateDone {
-			return true
-		}
-	}
-	return false
 }
 
 // snapshot serves state sync: a copy of the shard's state.

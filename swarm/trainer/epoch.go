@@ -1,12 +1,10 @@
 package trainer
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
@@ -14,6 +12,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
@@ -30,211 +29,96 @@ func (t *Trainer) totalEpochs() int {
 	return max(1, t.m.Training.Steps/t.m.Averaging.LocalSteps)
 }
 
-// globalSamplesLocked is the samples the first shard's holders finished in
-// this node's epoch (t.mu held).
-func (t *Trainer) globalSamplesLocked() int {
-	self := t.h.ID().String()
-	n := 0
-	if t.index == 0 {
-		n = t.samples
-	}
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch {
-			n += r.Samples
-		}
-	}
-	return n
-}
+// finished reports whether epoch is past the run's last.
+func (t *Trainer) finished(epoch uint64) bool { return t.epochsCfg.Finished(epoch) }
 
-// globalClaimedLocked adds to globalSamplesLocked the samples the first
-// shard's holders started in this epoch and have not finished (t.mu held).
-func (t *Trainer) globalClaimedLocked() int {
-	self := t.h.ID().String()
-	n := t.globalSamplesLocked()
-	if t.index == 0 {
-		n += t.drawn
-	}
+// inputLocked is what the decision core sees now (t.mu held).
+func (t *Trainer) inputLocked() epochs.Input {
 	now := time.Now()
-	live := t.tracker.Live(now)
-	for _, r := range live {
-		if r.Peer != self && r.Shard == 0 && r.Epoch == t.epoch && r.State == progress.StateOnline && t.claimLiveLocked(r, now) {
-			n += r.InFlight
-		}
-	}
-	t.pruneClaimsLocked(live)
-	return n
+	return epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
+		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
+		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Ahead: t.ahead, Evaluated: t.accuracy >= 0,
+	}}
 }
 
-// claimStall is how long a first-shard peer may go without finishing
-// samples before the others stop counting its in-flight claim and its share
-// of the target batch: its micro-batches keep failing (it is excluded
-// downstream, or its next stage vanished), and waiting on them would stall
-// every epoch. The mark lasts across epochs until the peer finishes samples
-// again; counting a slow but honest peer out costs at most a slightly larger
-// epoch.
-const claimStall = 3 * time.Second
-
-type claimSeen struct {
-	epoch   uint64
-	samples int
-	at      time.Time // when the peer last finished samples (or was first seen)
+// epochEnd is what the actions of one epoch's end carry between them.
+type epochEnd struct {
+	sh             engine.Shard
+	index          int
+	epoch          uint64
+	samples, micro int
+	local          []float32 // the accumulated gradient; the averaged one after the round
+	info           avgInfo
+	stepped        bool
+	began, closed  time.Time
+	clip           time.Duration
 }
 
-// claimLiveLocked reports whether r's claim still counts: r finished
-// samples within claimStall (t.mu held).
-func (t *Trainer) claimLiveLocked(r progress.Record, now time.Time) bool {
-	s, ok := t.claims[r.Peer]
-	switch {
-	case !ok:
-		s.at = now
-	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
-		s.at = now
-	}
-	s.epoch, s.samples = r.Epoch, r.Samples
-	t.claims[r.Peer] = s
-	return now.Sub(s.at) < claimStall
-}
-
-// pruneClaimsLocked forgets the claims of peers without a live record, so
-// the map never outgrows the tracker (t.mu held).
-func (t *Trainer) pruneClaimsLocked(live []progress.Record) {
-	if len(t.claims) <= len(live) {
-		return
-	}
-	keep := make(map[string]bool, len(live))
-	for _, r := range live {
-		keep[r.Peer] = true
-	}
-	for p := range t.claims {
-		if !keep[p] {
-			delete(t.claims, p)
-		}
-	}
-}
-
-// epochLoop ends epochs: in sync mode when the swarm reached the target
-// batch or a peer is already in a later epoch; in local mode after
-// LocalSteps inner steps.
+// epochLoop carries out the decision core's actions (swarm/epochs): it
+// hands the core the live records, this node's counters and the outcome of
+// the last action, and does what it answers. Between epochs it waits for a
+// finished micro-batch, a changed record or 50 ms.
 func (t *Trainer) epochLoop(ctx context.Context) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
+	var ev epochs.Event
+	var end epochEnd
 	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.kick:
-		case <-t.tracker.Changed():
-		case <-tick.C:
+		if ev.Kind == epochs.Wait {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.kick:
+			case <-t.tracker.Changed():
+			case <-tick.C:
+			}
 		}
 		t.mu.Lock()
-		ready := t.shard != nil && t.state == progress.StateOnline && !t.done
-		var due bool
-		var ahead []peer.ID
-		if ready {
-			if t.sync() {
-				peerEpoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
-				due = t.globalSamplesLocked() >= t.m.Training.TargetBatch || peerEpoch > t.epoch || t.ahead > t.epoch
-			} else {
-				// The round ends when the shard's holders together took
-				// local_steps inner steps each on average: all of them see
-				// it at about the same moment, so they average together
-				// even though the wiring gives them unequal shares.
-				// A holder of the shard already in a later round (this node
-				// joined from a snapshot taken just before an outer step,
-				// or missed one) would never share a round with it again.
-				ahead = t.shardAheadLocked()
-				due = t.shardInnerLocked() >= t.m.Averaging.LocalSteps
-				if t.index > 0 {
-					// Later shards follow the first shard's rounds: their own
-					// count runs ahead while a holder is still joining.
-					if first, ok := t.firstShardRoundLocked(); ok {
-						due = first > t.epoch
-					}
-				}
-			}
-		}
-		finished := t.shard != nil && t.done && t.accuracy < 0 && t.index == 0
+		act := t.core.Step(t.inputLocked(), ev)
 		t.mu.Unlock()
-		if len(ahead) > 0 {
-			sh, index, round := t.closeEpoch()
-			if sh == nil || t.catchUpFrom(ctx, sh, index, ahead) != nil {
-				t.reopen(sh, round)
-			}
-			continue
-		}
-		if due {
-			var err error
-			if t.sync() {
-				err = t.endEpoch(ctx)
-			} else {
-				err = t.outerStep(ctx)
-			}
-			if err != nil && ctx.Err() == nil {
-				t.log.Error("epoch end failed", "err", err)
-			}
-		}
-		if finished {
-			t.evaluate(ctx)
-		}
+		ev = t.carryOut(ctx, act, &end)
 	}
 }
 
-// firstShardRoundLocked is the lowest round among the first shard's online
-// holders (local mode; t.mu held); ok is false when it has none.
-func (t *Trainer) firstShardRoundLocked() (uint64, bool) {
-	var low uint64
-	ok := false
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Shard == 0 && (r.State == progress.StateOnline || r.State == progress.StateDone) {
-			if !ok || r.Epoch < low {
-				low = r.Epoch
-			}
-			ok = true
+// carryOut does what the core asked and returns the outcome for it.
+func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
+	switch act.Kind {
+	case epochs.Close:
+		return t.closeFor(e)
+	case epochs.CatchUp:
+		epoch, err := t.catchUpFrom(ctx, e.sh, e.index, decodePeers(act.Donors))
+		return epochs.Event{Kind: epochs.CatchUp, OK: err == nil, Epoch: epoch}
+	case epochs.Average:
+		return t.averageGrad(ctx, act, e)
+	case epochs.Step:
+		return t.step(ctx, e)
+	case epochs.AverageState:
+		return t.averageState(ctx, act, e)
+	case epochs.Reopen:
+		if e.stepped {
+			t.log.Debug("epoch done", "epoch", e.epoch, "samples", e.samples, "group", e.info.GroupSize, "avg_s", e.info.Seconds,
+				"close_s", e.closed.Sub(e.began).Seconds(), "clip_s", e.clip.Seconds(), "total_s", time.Since(e.began).Seconds())
 		}
+		t.reopen(e.sh, act.Epoch)
+		*e = epochEnd{}
+	case epochs.OuterStep:
+		if err := t.outerStep(ctx, act); err != nil && ctx.Err() == nil {
+			t.log.Error("epoch end failed", "err", err)
+		}
+	case epochs.Evaluate:
+		t.evaluate(ctx)
 	}
-	return low, ok
+	return epochs.Event{}
 }
 
-// shardAheadLocked is the other online holders of this node's shard in the
-// latest round, when that round is later than this node's (local mode; t.mu
-// held).
-func (t *Trainer) shardAheadLocked() []peer.ID {
-	self := t.h.ID().String()
+func decodePeers(ids []string) []peer.ID {
 	var out []peer.ID
-	top := t.epoch
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer == self || r.Shard != t.index || r.Epoch <= t.epoch ||
-			(r.State != progress.StateOnline && r.State != progress.StateDone) {
-			continue
-		}
-		p, err := peer.Decode(r.Peer)
-		if err != nil {
-			continue
-		}
-		if r.Epoch > top {
-			top, out = r.Epoch, nil
-		}
-		if r.Epoch == top {
+	for _, s := range ids {
+		if p, err := peer.Decode(s); err == nil {
 			out = append(out, p)
 		}
 	}
 	return out
-}
-
-// shardInnerLocked is the mean number of inner steps (micro-batches) the
-// holders of this node's shard took in the current outer round (t.mu held).
-func (t *Trainer) shardInnerLocked() int {
-	self := t.h.ID().String()
-	samples, holders := t.samples, 1
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer != self && r.Shard == t.index && r.State == progress.StateOnline {
-			holders++
-			if r.Epoch == t.epoch {
-				samples += r.Samples
-			}
-		}
-	}
-	return samples / (holders * t.m.Training.BatchSize)
 }
 
 // closeEpoch stops admitting micro-batches and waits (bounded) for those
@@ -270,7 +154,7 @@ func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 		} else {
 			t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
 		}
-		if t.epoch >= uint64(t.totalEpochs()) {
+		if t.finished(t.epoch) {
 			t.done = true
 			t.log.Info("run finished", "epochs", t.epoch)
 		}
@@ -281,137 +165,88 @@ func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 	t.gossip.Poke()
 }
 
-// endEpoch averages the accumulated gradients with the shard's other
-// holders, weighted by samples, and takes the optimizer step.
-func (t *Trainer) endEpoch(ctx context.Context) error {
+// closeFor closes the epoch; in sync mode it also takes the accumulated
+// gradient (the mean over its micro-batches) for the round.
+func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 	began := time.Now()
 	sh, index, epoch := t.closeEpoch()
-	closed := time.Now()
-	t.mu.Lock()
-	samples, micro := t.samples, t.micro
-	t.mu.Unlock()
-	if sh == nil {
-		t.reopen(nil, epoch)
-		return nil
+	*e = epochEnd{sh: sh, index: index, epoch: epoch, began: began, closed: time.Now(),
+		info: avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}}
+	ev := epochs.Event{Kind: epochs.Close, Shard: index, Epoch: epoch, Lost: sh == nil}
+	if sh == nil || !t.sync() {
+		return ev
 	}
+	t.mu.Lock()
+	e.samples, e.micro = t.samples, t.micro
+	t.mu.Unlock()
 	t.stepMu.Lock()
 	grads := sh.Grads()
-	if micro > 1 {
-		inv := 1 / float32(micro)
+	if e.micro > 1 {
+		inv := 1 / float32(e.micro)
 		for i := range grads {
 			grads[i] *= inv
 		}
 	}
-	local := append([]float32(nil), grads...)
+	e.local = append([]float32(nil), grads...)
 	t.stepMu.Unlock()
+	return ev
+}
 
-	// A holder of this shard already past this epoch averaged its round
-	// without this node: nobody is left to average with, and waiting out
-	// the round would hold this node (and so the swarm) for the averaging
-	// timeout. Take the newer state instead.
-	if donors := t.holdersAhead(index, epoch); len(donors) > 0 {
-		if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
-			return nil
-		}
-	}
-
+// averageGrad averages the gradient with the shard's other holders,
+// weighted by samples; it ends early when the core finds the round
+// pointless (Abort).
+func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
 	start := time.Now()
-	info := avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}
-	expected := len(t.holders(index, false)) // the shard-mates this round is for
-	if expected > 0 {
-		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-		vec := append([]float32(nil), local...)
-		abort, stopWatch := t.watchPassed(actx, index, epoch)
-		res, err := t.avg.Step(actx, t.avgKey(index, "grad"), epoch, vec, math.Max(float64(samples), 1e-3),
-			t.groupSize(index), averaging.WithAbort(abort))
-		stopWatch()
-		cancel()
-		switch {
-		case err == nil && finite(vec):
-			copy(local, vec)
-			info = avgInfo{Round: epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
-		case err == nil:
-			t.log.Warn("averaged gradient is not finite; using the local one", "epoch", epoch)
-		default:
-			t.log.Debug("averaging failed; stepping with the local gradient", "epoch", epoch, "err", err)
-		}
+	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
+	vec := append([]float32(nil), e.local...)
+	abort, stopWatch := t.watchAbort(actx)
+	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, math.Max(float64(e.samples), 1e-3),
+		averaging.WithGroupSize(act.Group), averaging.WithAbort(abort))
+	stopWatch()
+	cancel()
+	ev := epochs.Event{Kind: epochs.Average}
+	switch {
+	case err == nil && finite(vec):
+		copy(e.local, vec)
+		e.info = avgInfo{Round: act.Epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
+		ev.OK, ev.Group = true, len(res.Members)
+	case err == nil:
+		t.log.Warn("averaged gradient is not finite; using the local one", "epoch", act.Epoch)
+	default:
+		t.log.Debug("averaging failed; stepping with the local gradient", "epoch", act.Epoch, "err", err)
 	}
-	info.Seconds = time.Since(start).Seconds()
+	e.info.Seconds = time.Since(start).Seconds()
+	return ev
+}
 
-	// Behind the swarm, or left out of a round a shard-mate finished and
-	// stepped past: our state is stale. Catch up through state sync
-	// instead of stepping, from a holder of this shard that is ahead. When
-	// none is (the swarm is ahead only in other shards), this shard is the
-	// one holding the swarm back: it steps, and the next epochs end at once
-	// until it is level.
-	if donors := t.holdersAhead(index, epoch); len(donors) > 0 && (t.peerEpoch() > epoch+1 || info.GroupSize <= 1) {
-		if err := t.catchUpFrom(ctx, sh, index, donors); err == nil {
-			return nil
-		}
-	}
-
+// step clips the (averaged) gradient across shards and takes the epoch's
+// optimizer step.
+func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
+	sh := e.sh
 	t.stepMu.Lock()
-	copy(sh.Grads(), local)
+	copy(sh.Grads(), e.local)
 	normSq := sh.GradNormSq()
 	t.stepMu.Unlock()
 	clipStart := time.Now()
-	scale := t.clipScale(ctx, index, epoch, normSq)
-	clipped := time.Now()
+	scale := t.clipScale(ctx, e.index, e.epoch, normSq)
+	e.clip = time.Since(clipStart)
 	t.stepMu.Lock()
 	t.beginCompute()
-	err := sh.Step(t.m.Optimizer.LRAt(int(epoch)), scale)
+	err := sh.Step(t.m.Optimizer.LRAt(int(e.epoch)), scale)
 	sh.ZeroGrad()
 	t.endCompute()
 	t.stepMu.Unlock()
 	t.mu.Lock()
-	t.setLastAvg(info)
+	t.setLastAvg(e.info)
 	t.mu.Unlock()
 	if err != nil {
-		t.reopen(sh, epoch)
-		return fmt.Errorf("optimizer step: %w", err)
+		err = fmt.Errorf("optimizer step: %w", err)
+		if ctx.Err() == nil {
+			t.log.Error("epoch end failed", "err", err)
+		}
 	}
-	// Holders that missed a round, or joined, drift apart; averaging the
-	// whole state (parameters and optimizer moments) every few epochs, and
-	// right after a round that did not include every holder, pulls them
-	// back together.
-	// A holder that came online during the round (a joiner, with a copy
-	// of a holder's state) was not missed by it.
-	holders := len(t.holders(index, false))
-	t.mu.Lock()
-	if info.GroupSize < min(expected, holders)+1 {
-		t.drift = true
-	}
-	// The run's last epoch is always one (holders agree on it by number),
-	// so holders end on one model even if a late round missed one of them.
-	last := epoch+1 >= uint64(t.totalEpochs())
-	resync := holders > 0 && (t.drift || last || epoch%stateSyncEvery == stateSyncEvery-1)
-	t.mu.Unlock()
-	if resync {
-		t.averageState(ctx, sh, index, epoch)
-	}
-	t.log.Debug("epoch done", "epoch", epoch, "samples", samples, "group", info.GroupSize, "avg_s", info.Seconds,
-		"close_s", closed.Sub(began).Seconds(), "clip_s", clipped.Sub(clipStart).Seconds(), "total_s", time.Since(began).Seconds())
-	t.reopen(sh, epoch+1)
-	return nil
-}
-
-// outerStateEvery is the period, in rounds, at which local mode averages
-// the outer state (anchor and momentum) along with the deltas: three times
-// a delta round's traffic, and the cure for holders whose anchors parted.
-const outerStateEvery = 10
-
-// stateSyncEvery is the period, in epochs, of whole-state averaging when
-// no drift was seen: holders that averaged every gradient completely take
-// identical steps, so this is only a safety net (a round costs three times
-// a gradient round: parameters and both AdamW moments).
-const stateSyncEvery = 50
-
-// groupSize is the averaging option that starts a round of shard index as
-// soon as every live holder has joined it, rather than waiting out the
-// matchmaking window when the shard has fewer holders than the manifest's
-// group size.
-func (t *Trainer) groupSize(index int) averaging.StepOption {
-	return averaging.WithGroupSize(min(len(t.holders(index, false))+1, t.m.Averaging.GroupSize))
+	e.stepped = err == nil
+	return epochs.Event{Kind: epochs.Step, Err: err}
 }
 
 // clipScale is the factor for this shard's averaged gradient (squared norm
@@ -476,24 +311,18 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 
 // averageState averages parameters and optimizer state with the shard's
 // other holders (equal weights).
-func (t *Trainer) averageState(ctx context.Context, sh engine.Shard, index int, epoch uint64) {
+func (t *Trainer) averageState(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
+	sh := e.sh
 	t.stepMu.Lock()
 	nP := len(sh.Params())
 	vec := append(append([]float32(nil), sh.Params()...), sh.OptState()...)
 	t.stepMu.Unlock()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-	res, err := t.avg.Step(actx, t.avgKey(index, "state"), epoch, vec, 1, t.groupSize(index))
+	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, 1, averaging.WithGroupSize(act.Group))
 	cancel()
 	if err != nil || !finite(vec) {
-		// The other holders may not see a drift (it is this node's view):
-		// retrying every epoch would stall each one for the matchmaking
-		// timeout. The next incomplete gradient round or the periodic
-		// round tries again.
-		t.log.Debug("state averaging failed", "epoch", epoch, "err", err)
-		t.mu.Lock()
-		t.drift = false
-		t.mu.Unlock()
-		return
+		t.log.Debug("state averaging failed", "epoch", act.Epoch, "err", err)
+		return epochs.Event{Kind: epochs.AverageState}
 	}
 	t.stepMu.Lock()
 	copy(sh.Params(), vec[:nP])
@@ -502,21 +331,15 @@ func (t *Trainer) averageState(ctx context.Context, sh engine.Shard, index int, 
 	t.stepMu.Unlock()
 	if err != nil {
 		t.log.Error("load averaged state", "err", err)
-		return
+		return epochs.Event{Kind: epochs.AverageState, Err: fmt.Errorf("%w: %w", epochs.ErrLoad, err)}
 	}
-	t.mu.Lock()
-	t.drift = res.Fraction < 1 || len(res.Members) < len(t.holders(index, false))+1
-	t.mu.Unlock()
+	return epochs.Event{Kind: epochs.AverageState, OK: true, Group: len(res.Members), Fraction: res.Fraction}
 }
 
-func (t *Trainer) peerEpoch() uint64 {
-	return progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
-}
-
-// watchPassed returns a channel closed as soon as a holder of shard index
-// is past epoch (its round is over without this node), until stop is
-// called or ctx ends.
-func (t *Trainer) watchPassed(ctx context.Context, index int, epoch uint64) (<-chan struct{}, func()) {
+// watchAbort returns a channel closed as soon as the core finds the
+// gradient round under way pointless (a holder of the shard is past its
+// epoch), until stop is called or ctx ends.
+func (t *Trainer) watchAbort(ctx context.Context) (<-chan struct{}, func()) {
 	passed := make(chan struct{})
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -525,7 +348,10 @@ func (t *Trainer) watchPassed(ctx context.Context, index int, epoch uint64) (<-c
 		defer wg.Done()
 		for {
 			changed := t.tracker.Changed()
-			if len(t.holdersAhead(index, epoch)) > 0 {
+			t.mu.Lock()
+			abort := t.core.Abort(t.inputLocked())
+			t.mu.Unlock()
+			if abort {
 				close(passed)
 				return
 			}
@@ -541,38 +367,16 @@ func (t *Trainer) watchPassed(ctx context.Context, index int, epoch uint64) (<-c
 	return passed, func() { close(stop); wg.Wait() }
 }
 
-// holdersAhead is the online holders of shard index whose epoch is later
-// than epoch, latest first. Catching up from a holder that is not ahead
-// would only restore this node's own epoch, and two holders left behind by
-// the other shards would do so from each other forever.
-func (t *Trainer) holdersAhead(index int, epoch uint64) []peer.ID {
-	self := t.h.ID().String()
-	var recs []progress.Record
-	for _, r := range t.tracker.Live(time.Now()) {
-		if r.Peer != self && r.Shard == index && r.Epoch > epoch &&
-			(r.State == progress.StateOnline || r.State == progress.StateDone) {
-			recs = append(recs, r)
-		}
-	}
-	slices.SortFunc(recs, func(a, b progress.Record) int { return cmp.Compare(b.Epoch, a.Epoch) })
-	var out []peer.ID
-	for _, r := range recs {
-		if p, err := peer.Decode(r.Peer); err == nil {
-			out = append(out, p)
-		}
-	}
-	return out
-}
-
-// catchUpFrom replaces the shard's state with one of donors'.
-func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, donors []peer.ID) error {
-	if len(donors) == 0 {
-		return errors.New("no holder to catch up from")
+// catchUpFrom replaces the shard's state with one of donors'; it returns
+// the epoch of the state loaded.
+func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, donors []peer.ID) (uint64, error) {
+	if sh == nil || len(donors) == 0 {
+		return 0, errors.New("no holder to catch up from")
 	}
 	snap, err := statesync.Fetch(ctx, t.h, donors, t.wantState(index, len(sh.Params()), len(sh.OptState())), 10*time.Second, nil)
 	if err != nil {
 		t.log.Warn("catch-up failed", "err", err)
-		return err
+		return 0, err
 	}
 	t.fetched(snap)
 	t.stepMu.Lock()
@@ -589,11 +393,10 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 	err = sh.Sync()
 	t.stepMu.Unlock()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	t.log.Info("caught up with the swarm through state sync", "shard", index, "epoch", snap.Epoch)
-	t.reopen(sh, snap.Epoch)
-	return nil
+	return snap.Epoch, nil
 }
 
 func (t *Trainer) avgKey(index int, what string) string {
@@ -657,7 +460,7 @@ func (t *Trainer) waitOverlap() {
 // progress made since the deltas were taken rides on top of it (it belongs
 // to the next round's delta). The run's last round keeps no such progress,
 // so holders end on the same averaged model.
-func (t *Trainer) outerStep(ctx context.Context) error {
+func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 	overlap := t.m.Averaging.Overlap
 	var sh engine.Shard
 	var index int
@@ -689,15 +492,10 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	if overlap {
 		taken = append([]float32(nil), p...)
 	}
-	// Some rounds also average the outer state (anchor and momentum),
-	// which every holder keeps for itself: after a round that a holder
-	// averaged alone or in part, their anchors differ and the same averaged
-	// delta would keep them apart. Holders agree on these rounds by number;
-	// the run's last one is among them, so holders end on one model.
-	full := round%outerStateEvery == outerStateEvery-1 || round+1 >= uint64(t.totalEpochs())
-	vec, key := append([]float32(nil), delta...), "delta"
+	full := act.Full
+	vec, key := append([]float32(nil), delta...), epochs.KeyDelta
 	if full {
-		vec, key = append(append(vec, t.anchor...), t.outerMom...), "outer"
+		vec, key = append(append(vec, t.anchor...), t.outerMom...), epochs.KeyOuter
 	}
 	t.stepMu.Unlock()
 	start := time.Now()
@@ -705,7 +503,7 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	var outer []float32 // averaged anchor and momentum
 	if len(t.holders(index, false)) > 0 {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), t.groupSize(index))
+		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), averaging.WithGroupSize(act.Group))
 		cancel()
 		if err == nil && finite(vec) {
 			copy(delta, vec)
@@ -720,7 +518,7 @@ func (t *Trainer) outerStep(ctx context.Context) error {
 	info.Seconds = time.Since(start).Seconds()
 	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds)
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
-	carry := taken != nil && round+1 < uint64(t.totalEpochs())
+	carry := taken != nil && !t.finished(round+1)
 	t.stepMu.Lock()
 	if outer != nil {
 		n := len(t.anchor)

@@ -541,7 +541,8 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 				// epoch together, before they hear of each other's first
 				// micro-batches. A holder that leaves drops out of the share
 				// when its record expires.
-				left := min(t.m.Training.TargetBatch-t.globalClaimedLocked(), t.shareLocked()-t.samples-t.drawn)
+				in := t.inputLocked()
+				left := min(t.m.Training.TargetBatch-t.core.Claimed(in), t.core.Share(in)-t.samples-t.drawn)
 				n = min(n, left)
 			}
 			if n > 0 {
@@ -554,22 +555,6 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 		}
 		t.waitTimeout(time.Now().Add(100 * time.Millisecond))
 	}
-}
-
-// shareLocked is this node's share of the target batch: an equal part
-// among the online holders of the first shard (t.mu held).
-func (t *Trainer) shareLocked() int {
-	self, n := t.h.ID().String(), 1
-	now := time.Now()
-	for _, r := range t.tracker.Live(now) {
-		// A holder whose started samples stopped finishing (claimLiveLocked)
-		// leaves its share to the others.
-		stalled := r.Epoch == t.epoch && r.InFlight > 0 && !t.claimLiveLocked(r, now)
-		if r.Peer != self && r.Shard == 0 && r.State == progress.StateOnline && !stalled {
-			n++
-		}
-	}
-	return (t.m.Training.TargetBatch + n - 1) / n
 }
 
 // finishMicro accounts a finished training micro-batch.

@@ -3,7 +3,6 @@ package trainer
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
 	"math"
 	"runtime"
 	"sync"
@@ -205,25 +204,5 @@ func TestPipelineFarEpoch(t *testing.T) {
 	tr.mu.Unlock()
 	if ahead != 0 {
 		t.Fatalf("ahead = %d after a far-future request", ahead)
-	}
-}
-
-// 1,000 fake first-shard peers seen once leave no claims behind once their
-// records are gone.
-func TestClaimsPruned(t *testing.T) {
-	tr, _, _ := victim(t, 32, false)
-	now := time.Now()
-	tr.mu.Lock()
-	for i := range 1000 {
-		tr.claimLiveLocked(progress.Record{Peer: fmt.Sprintf("fake-%d", i), Epoch: 3, Samples: 1}, now)
-	}
-	if len(tr.claims) != 1000 {
-		t.Fatalf("%d claims", len(tr.claims))
-	}
-	tr.globalClaimedLocked()
-	n := len(tr.claims)
-	tr.mu.Unlock()
-	if n > len(tr.tracker.Live(now)) {
-		t.Fatalf("%d claims kept for %d live records", n, len(tr.tracker.Live(now)))
 	}
 }

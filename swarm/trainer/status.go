@@ -64,7 +64,7 @@ func (t *Trainer) Status() Status {
 	st := Status{
 		RunID: t.runID, RunName: t.m.Name, Mode: t.m.Averaging.Mode, Epoch: t.epoch, Epochs: t.totalEpochs(),
 		Shard: t.index, State: t.state, TargetBatch: t.m.Training.TargetBatch, Averaging: t.lastAvg,
-		Accuracy: -1, Samples: t.globalSamplesLocked(),
+		Accuracy: -1, Samples: t.core.Samples(t.inputLocked()),
 	}
 	if t.done {
 		st.State = progress.StateDone

@@ -27,6 +27,7 @@ import (
 	"github.com/swarm-train/swarm/gpu/engine"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
@@ -117,11 +118,6 @@ func (c *Config) defaults() error {
 
 // Trainer runs one node's share of a run.
 type Trainer struct {
-	// claims remembers when each first-shard peer last finished samples,
-	// so that a peer whose micro-batches keep failing stops holding the
-	// epoch back with its in-flight claim (t.mu).
-	claims map[string]claimSeen
-
 	cfg     Config
 	m       *run.Manifest
 	runID   string
@@ -145,6 +141,11 @@ type Trainer struct {
 	// stepMu: Forward/Backward hold it for reading, the optimizer step and
 	// snapshots for writing.
 	stepMu sync.RWMutex
+
+	// epochsCfg is the run as the decision core sees it; core decides
+	// when epochs end and what their end does (t.mu).
+	epochsCfg epochs.Config
+	core      *epochs.Machine
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when epoch, state or inflight change
@@ -173,7 +174,6 @@ type Trainer struct {
 	pendingInner int
 	anchor       []float32
 	outerMom     []float32
-	drift        bool // this node may differ from its shard's other holders
 
 	// measurements
 	busy        time.Duration // wall time during which the engine computed (beginCompute)
@@ -217,14 +217,16 @@ func New(cfg Config) (*Trainer, error) {
 		return nil, err
 	}
 	t := &Trainer{
-		claims: map[string]claimSeen{},
-		cfg:    cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
+		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
 		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(), flight: newFlightCtl(),
 		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
+	t.epochsCfg = epochs.Config{Self: t.h.ID().String(), Epochs: uint64(t.totalEpochs()), TargetBatch: m.Training.TargetBatch,
+		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps}
+	t.core = epochs.New(t.epochsCfg)
 	for i := range m.Shards {
 		f, err := m.FLOPsPerSample(i)
 		if err != nil {
