@@ -28,16 +28,16 @@ type redteamPlan struct {
 	streams    int // parallel pipeline streams from one identity (the trainer serves 32 at once)
 	fakePeers  int
 	fakeConc   int
-	stateReqs  int // state-sync header requests
-	stateConc  int
+	stateReqs  int // state-sync header requests, two streams at a time
+	stateConc  int // then this many streams at once
 	leaderTime time.Duration
 }
 
 func redteamPlanFor(long bool) redteamPlan {
 	if long {
-		return redteamPlan{streams: 64, fakePeers: 1000, fakeConc: 8, stateReqs: 500, stateConc: 4, leaderTime: 20 * time.Second}
+		return redteamPlan{streams: 64, fakePeers: 1000, fakeConc: 8, stateReqs: 500, stateConc: 16, leaderTime: 20 * time.Second}
 	}
-	return redteamPlan{streams: 40, fakePeers: 100, fakeConc: 4, stateReqs: 100, stateConc: 4, leaderTime: 6 * time.Second}
+	return redteamPlan{streams: 40, fakePeers: 100, fakeConc: 4, stateReqs: 100, stateConc: 16, leaderTime: 6 * time.Second}
 }
 
 // rssKiB is a process's resident set (VmRSS) in KiB, or 0 when it is gone.
@@ -242,9 +242,9 @@ func TestRedTeam(t *testing.T) {
 		t.Logf("RSS victim %s (%s): baseline %d MiB, peak under attack %d MiB (%.2f×), after %d MiB",
 			role, victims[role], baseline[role]>>10, peak[role]>>10,
 			float64(peak[role])/float64(max(baseline[role], 1)), settled[role]>>10)
-		if peak[role] > baseline[role]*3/2 {
-			t.Errorf("victim %s (%s): RSS %d MiB under attack, more than 1.5× its baseline %d MiB",
-				role, victims[role], peak[role]>>10, baseline[role]>>10)
+		if worst := max(peak[role], settled[role]); worst > baseline[role]*3/2 {
+			t.Errorf("victim %s (%s): RSS %d MiB during or after the attacks, more than 1.5× its baseline %d MiB",
+				role, victims[role], worst>>10, baseline[role]>>10)
 		}
 	}
 	// Refusals were counted for every attacked protocol.

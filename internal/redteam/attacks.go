@@ -230,11 +230,13 @@ func HostileLeader(ctx context.Context, t Target, shard int, epoch uint64, dur t
 	return tl.result("averaging-leader", start)
 }
 
-// StateSync floods the victim's state sync: requests header requests for
-// shard over conc parallel streams of one identity (more than a donor serves
-// one peer at once), then asks for chunks of absurd ranges (chunk
-// 0xFFFFFFFF of a real snapshot, a snapshot that does not exist, an unknown
-// op), each from a fresh identity. Notes report the largest header frame.
+// StateSync floods the victim's state sync from one identity: requests
+// header requests for shard, ten per stream over two streams at a time (as
+// many as a donor serves one peer; each header request once froze a full
+// copy of the shard's state), then conc streams at once (more than it
+// serves), and then asks fresh identities for chunks of absurd ranges
+// (chunk 0xFFFFFFFF of a real snapshot, a snapshot that does not exist,
+// another shard's chunk, an unknown op).
 func StateSync(ctx context.Context, t Target, shard uint32, requests, conc int, hold time.Duration) Result {
 	start, tl := time.Now(), &tally{}
 	a, err := joined(ctx, t, false)
@@ -245,27 +247,34 @@ func StateSync(ctx context.Context, t Target, shard uint32, requests, conc int, 
 	}
 	var next atomic.Int64
 	var snap atomic.Uint64
-	parallel(ctx, conc, conc, func(int) {
-		for next.Add(1) <= int64(requests) && ctx.Err() == nil {
-			s, err := a.H.NewStream(ctx, t.ID, ProtoState)
-			if err != nil {
+	ask := func(perStream int) {
+		s, err := a.H.NewStream(ctx, t.ID, ProtoState)
+		if err != nil {
+			tl.add(1, 0, 0, 1)
+			return
+		}
+		defer s.Reset()
+		_ = s.SetDeadline(time.Now().Add(hold))
+		for range perStream {
+			if _, err := s.Write(StateRequest(1, shard, 0, 0)); err != nil {
 				tl.add(1, 0, 0, 1)
-				continue
+				return
 			}
-			_ = s.SetDeadline(time.Now().Add(hold))
-			ok, id := false, uint64(0)
-			if _, err := s.Write(StateRequest(1, shard, 0, 0)); err == nil {
-				ok, id = readStateFrame(s)
-			}
-			s.Reset()
-			if ok {
-				tl.add(1, 0, 1, 0)
-				snap.Store(id)
-			} else {
+			ok, id := readStateFrame(s)
+			if !ok {
 				tl.add(1, 1, 0, 0)
+				return
 			}
+			tl.add(1, 0, 1, 0)
+			snap.Store(id)
+		}
+	}
+	parallel(ctx, 2, 2, func(int) {
+		for next.Add(10) <= int64(requests) && ctx.Err() == nil {
+			ask(10)
 		}
 	})
+	parallel(ctx, conc, conc, func(int) { ask(1) })
 	a.Close()
 	id := snap.Load()
 	msgs := []hostileMsg{
