@@ -1,0 +1,93 @@
+package epochs
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// expect checks an action's kind, epoch and donors.
+func expect(t *testing.T, got Action, kind Kind, epoch uint64, donors ...string) {
+	t.Helper()
+	if got.Kind != kind || got.Epoch != epoch || fmt.Sprint(got.Donors) != fmt.Sprint(donors) && len(donors)+len(got.Donors) > 0 {
+		t.Fatalf("got %v epoch %d donors %v, want %v epoch %d donors %v", got.Kind, got.Epoch, got.Donors, kind, epoch, donors)
+	}
+}
+
+func online(peer string, shard int, epoch uint64) progress.Record {
+	return progress.Record{Peer: peer, Shard: shard, State: progress.StateOnline, Epoch: epoch}
+}
+
+// A holder whose round had a group, but whose shard-mate got two epochs
+// ahead meanwhile, is behind the swarm: it catches up instead of stepping.
+// One epoch ahead with a group is the normal order of steps: it steps.
+func TestBehindTheSwarmAfterRound(t *testing.T) {
+	for _, c := range []struct {
+		mate uint64
+		want Kind
+	}{{6, Step}, {7, CatchUp}} {
+		m := New(Config{Self: "b0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
+		now := time.Unix(1_000_000, 0)
+		a0 := online("a0", 0, 5)
+		a0.Samples = 64
+		in := Input{Now: now, Records: []progress.Record{a0, online("b0", 1, 5), online("b1", 1, 5), online("b2", 1, 5)},
+			Node: Node{Shard: 1, Held: true, Online: true, Epoch: 5}}
+		expect(t, m.Step(in, Event{}), Close, 5)
+		act := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
+		expect(t, act, Average, 5)
+		if act.Group != 3 || act.Key != KeyGrad {
+			t.Fatalf("round %q of group %d, want grad of 3", act.Key, act.Group)
+		}
+		in.Records[3].Epoch = c.mate
+		act = m.Step(in, Event{Kind: Average, OK: true, Group: 2})
+		if act.Kind != c.want {
+			t.Errorf("mate at epoch %d: %v after a round of two, want %v", c.mate, act.Kind, c.want)
+		}
+		if c.want == CatchUp {
+			expect(t, act, CatchUp, 5, "b2")
+			expect(t, m.Step(in, Event{Kind: CatchUp}), Step, 5) // the donor failed: step
+		}
+	}
+}
+
+// Local mode (2f1b549, 4b85ed3): a holder behind another holder of its
+// shard closes and catches up from the latest (reopening its own round if
+// that fails); later shards end their rounds with the first shard's
+// holders; every 10th round and the last average the outer state.
+func TestLocalMode(t *testing.T) {
+	cfg := Config{Self: "b0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4}
+	now := time.Unix(1_000_000, 0)
+	node := Node{Shard: 1, Held: true, Online: true, Epoch: 3}
+
+	m := New(cfg)
+	in := Input{Now: now, Records: []progress.Record{online("b1", 1, 4), online("b2", 1, 5), online("b3", 1, 5)}, Node: node}
+	expect(t, m.Step(in, Event{}), Close, 3)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3}), CatchUp, 3, "b2", "b3")
+	expect(t, m.Step(in, Event{Kind: CatchUp, OK: true, Epoch: 5}), Reopen, 5)
+	expect(t, m.Step(in, Event{}), Close, 3)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3}), CatchUp, 3, "b2", "b3")
+	expect(t, m.Step(in, Event{Kind: CatchUp}), Reopen, 3)
+
+	// Shard 1 has taken its steps; it still waits for the first shard.
+	m = New(cfg)
+	node.Samples = 100
+	in = Input{Now: now, Records: []progress.Record{online("a0", 0, 3)}, Node: node}
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Records[0].Epoch = 4
+	expect(t, m.Step(in, Event{}), OuterStep, 3)
+
+	for _, c := range []struct {
+		round uint64
+		full  bool
+	}{{3, false}, {9, true}, {10, false}, {18, false}, {19, true}} {
+		m = New(cfg)
+		n := Node{Shard: 0, Held: true, Online: true, Epoch: c.round, Samples: 32}
+		act := m.Step(Input{Now: now, Node: n}, Event{})
+		expect(t, act, OuterStep, c.round)
+		if act.Full != c.full {
+			t.Errorf("round %d: full %v, want %v", c.round, act.Full, c.full)
+		}
+	}
+}
