@@ -2,8 +2,34 @@
 // the run (swarm/claims), downloads the shard's state from its holders
 // (swarm/statesync), passes micro-batches through the pipeline of shards
 // (swarm/pipeline), tells the other nodes how far it got (swarm/progress)
-// and, at the end of each collaborative epoch, averages with the other
-// holders of its shard (averaging) before the optimizer step they all take.
+// and, at the end of each epoch, averages with the other holders of its
+// shard (averaging) before the optimizer step they all take. An epoch is
+// one collaborative optimizer step (defined in swarm/epochs).
+//
+// What happens at an epoch's end is decided by swarm/epochs, a pure state
+// machine: when the epoch is due, whether to catch up and from whom, when a
+// gradient round is pointless, when to average the whole state, when the
+// node may move, when to evaluate. The trainer gathers its input (live
+// progress records, this node's counters, the time) and carries out the
+// actions: closing and reopening epochs, averaging, state sync, the
+// optimizer steps and the clipping across shards, evaluation.
+//
+// Goroutines (all started by Run, ended by its context):
+//   - the gossip loop (progress.Gossip.Run) pushes this node's record;
+//   - announceLoop refreshes the shard's DHT provider record;
+//   - epochLoop drives the decision core and carries out its actions, one
+//     at a time; during a gradient round a watcher asks the core whether to
+//     abort it;
+//   - rebalanceLoop (unless the shard is pinned) asks the core whether the
+//     node may move and the claims plan where;
+//   - driveLoop, several on a first-shard node, draws micro-batches and
+//     sends them through the pipeline;
+//   - libp2p stream handlers serve pipeline requests (handle), state
+//     snapshots (statesync) and averaging rounds.
+//
+// Lock order: stepMu (engine state: Forward/Backward read, step, snapshot
+// and loading state write) before mu (counters, epoch, the decision core,
+// cond), before the tracker's own lock; srcMu and rngMu are leaves.
 //
 // It needs a libp2p host and a few hooks into the node daemon (run peers,
 // DHT provider records); node/training.go attaches it to a node.
