@@ -107,7 +107,7 @@ func readHello(r io.Reader) (hello, error) {
 func readBytes(r io.Reader, br io.ByteReader, what string, max int, empty bool) ([]byte, error) {
 	n, err := binary.ReadUvarint(br)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s length: %v", errBadHello, what, err)
+		return nil, fmt.Errorf("%w: %s length: %w", errBadHello, what, err)
 	}
 	lo := 1
 	if empty {
@@ -118,7 +118,7 @@ func readBytes(r io.Reader, br io.ByteReader, what string, max int, empty bool) 
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", errBadHello, what, err)
+		return nil, fmt.Errorf("%w: %s: %w", errBadHello, what, err)
 	}
 	return b, nil
 }

@@ -61,6 +61,18 @@ func TestReadHelloRejects(t *testing.T) {
 	}
 }
 
+// A clean close before a message is io.EOF under errBadHello, so that the
+// listener can tell a dialer that left after its answer from one that sent
+// garbage.
+func TestReadHelloEOF(t *testing.T) {
+	if _, err := readHello(bytes.NewReader(nil)); !errors.Is(err, errBadHello) || !errors.Is(err, io.EOF) {
+		t.Fatalf("empty stream: %v", err)
+	}
+	if _, err := readHello(bytes.NewReader([]byte{0xff})); errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("truncated length read as a clean close: %v", err)
+	}
+}
+
 func FuzzReadHello(f *testing.F) {
 	var buf bytes.Buffer
 	_ = writeHello(&buf, hello{Run: RunIDFromName("default"), Token: "swt1.a.b", Refused: true, Reason: "r"})
