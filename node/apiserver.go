@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/swarm-train/swarm/node/api"
+	"github.com/swarm-train/swarm/node/ui"
 )
 
 const maxAPIBody = 64 << 10
@@ -139,6 +140,17 @@ func (n *Node) apiHandler() http.Handler {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	// The dashboard (node/ui) samples the status once the node is serving.
+	dash := ui.New(n, ui.Options{})
+	n.goLoop(func(ctx context.Context) {
+		select {
+		case <-n.ready:
+			dash.Run(ctx)
+		case <-ctx.Done():
+		}
+	})
+	mux.Handle(ui.Path, dash)
+	mux.Handle("GET /{$}", http.RedirectHandler(ui.Path, http.StatusSeeOther))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no such endpoint: %s", r.URL.Path))
 	})

@@ -1,0 +1,171 @@
+package ui_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/internal/testutil"
+	"github.com/swarm-train/swarm/node"
+	"github.com/swarm-train/swarm/node/api"
+	"github.com/swarm-train/swarm/node/client"
+	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/swarm/trainer"
+)
+
+// chromium finds Debian's chromium (CI installs it with apt).
+func chromium(t *testing.T) string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("no chromium on this machine (apt-get install chromium): the dashboard's browser test is skipped")
+	return ""
+}
+
+// trainingNode starts an in-process node with its own home that trains a
+// tiny MNIST MLP of shards shards, holding shard; boot are bootstrap
+// addresses.
+func trainingNode(t *testing.T, m *run.Manifest, shard int, boot ...string) (*node.Node, string) {
+	t.Helper()
+	id, err := m.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	home := t.TempDir()
+	cfg := node.DefaultConfig()
+	cfg.Home, cfg.API = home, "127.0.0.1:0"
+	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
+	cfg.Bootstrap = boot
+	cfg.PortMapping = false
+	cfg.DiscoveryInterval = time.Second
+	cfg.RunID, cfg.RunName = id, m.Name
+	cfg.Services = []node.Service{&node.Training{
+		Config: trainer.Config{Manifest: m, Engine: native.New(native.WithThreads(1)), Device: "Test CPU", Shard: shard,
+			RecordTTL: 3 * time.Second},
+		Engine: "native",
+	}}
+	n, err := node.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- n.Run(context.Background()) }()
+	t.Cleanup(func() {
+		n.Close()
+		<-errc
+	})
+	select {
+	case <-n.Ready():
+	case err := <-errc:
+		t.Fatalf("run: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("node not ready after 20 s")
+	}
+	return n, home
+}
+
+// TestDashboardInBrowser drives headless chromium against a live local
+// swarm of two training nodes: the page loads without console errors, its
+// plots fill with points from the run, and (with SWARM_UPDATE_SCREENSHOT=1)
+// it writes docs/dashboard.png for the README.
+func TestDashboardInBrowser(t *testing.T) {
+	exe := chromium(t)
+	m := run.NewMLPMNIST(2)
+	m.Model.Hidden = []int{32, 32}
+	m.Training = run.TrainingSpec{BatchSize: 32, TargetBatch: 128, Steps: 1000}
+	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 2, 1000
+	a, home := trainingNode(t, m, 0)
+	trainingNode(t, m, 1, a.Addrs()[0].String())
+	cl, err := client.FromHome(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
+	defer cancel()
+	var st *api.Status
+	testutil.Eventually(t, 40*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
+		st, err = cl.Status(ctx)
+		return err == nil && st.State == "online" && st.Epoch >= 1 && st.Loss > 0
+	})
+
+	bctx, bcancel := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1280, 1100))...)
+	defer bcancel()
+	bctx, bcancel2 := chromedp.NewContext(bctx)
+	defer bcancel2()
+	// The console: every error or exception the page logs fails the test.
+	var mu sync.Mutex
+	var consoleErrors []string
+	messages := chromedp.Console(bctx)
+	go func() {
+		for msg, err := range messages {
+			if err != nil {
+				return
+			}
+			if msg.Type == "error" || msg.Type == chromedp.ConsoleException {
+				mu.Lock()
+				consoleErrors = append(consoleErrors, fmt.Sprintf("%s: %s", msg.Type, msg.Text))
+				mu.Unlock()
+			}
+		}
+	}()
+
+	url := a.APIURL() + "/ui/?token=" + a.APIToken()
+	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
+		t.Fatalf("open %s: %v", url, err)
+	}
+	loc, err := chromedp.Run(bctx, chromedp.Location())
+	if err != nil || strings.Contains(loc, "token=") || !strings.HasSuffix(loc, "/ui/") {
+		t.Errorf("after the token redirect the page is at %q (%v), want /ui/ without the token", loc, err)
+	}
+	// Plots hold points from the running swarm: a few ticks of loss and rate.
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`Number(document.body.dataset.lossPoints || 0) >= 3`,
+		chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second))); err != nil {
+		t.Fatalf("the loss plot did not fill: %v", err)
+	}
+	text, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Test CPU (native)", "Shards", m.Name, "online"} {
+		if !strings.Contains(strings.ToLower(text), strings.ToLower(want)) {
+			t.Errorf("the page does not show %q", want)
+		}
+	}
+	canvases, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll(".uplot canvas").length`))
+	if err != nil || canvases < 2 {
+		t.Errorf("%d plot canvases (%v), want the loss and samples/s plots", canvases, err)
+	}
+	rows, err := chromedp.Run(bctx, chromedp.Evaluate[int](`document.querySelectorAll("#shards tr").length`))
+	if err != nil || rows != 2 {
+		t.Errorf("%d shard rows (%v), want 2", rows, err)
+	}
+
+	if os.Getenv("SWARM_UPDATE_SCREENSHOT") != "" {
+		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join("..", "..", "docs", "dashboard.png")
+		if err := os.WriteFile(path, png, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("wrote %s", path)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(consoleErrors) > 0 {
+		t.Errorf("console errors:\n%s", strings.Join(consoleErrors, "\n"))
+	}
+}
