@@ -57,7 +57,7 @@ type Node struct {
 	Epoch     uint64 // the epoch (round) it is in
 	Samples   int    // samples finished in the epoch
 	Drawn     int    // samples started in the epoch and not finished (first shard)
-	Ahead     uint64 // highest epoch seen in a peer's pipeline request
+	Ahead     uint64 // highest epoch seen in a peer's pipeline request (counts up to SwarmEpoch only)
 	Evaluated bool   // the test-set accuracy is known
 }
 
@@ -182,6 +182,10 @@ type claimSeen struct {
 	epoch   uint64
 	samples int
 	at      time.Time // when the peer last finished samples (or was first seen)
+	// since is when this core first saw the peer in sinceEpoch: its
+	// sample budget in that epoch starts then (sampleBound).
+	since      time.Time
+	sinceEpoch uint64
 }
 
 // Machine is one node's decision core. It is not safe for concurrent use:
@@ -270,7 +274,7 @@ func (m *Machine) Step(in Input, ev Event) Action {
 			// the periodic round tries again.
 			m.drift = false
 		default:
-			m.drift = ev.Fraction < 1 || ev.Group < len(m.holders(in, m.shard))+1
+			m.drift = ev.Fraction < 1 || ev.Group < len(m.mates(in))+1
 		}
 		return m.reopen(m.epoch + 1)
 	case catchLocal:
@@ -294,8 +298,13 @@ func (m *Machine) tick(in Input) Action {
 	m.shard, m.epoch, m.donors = n.Shard, n.Epoch, nil
 	if !m.cfg.Local {
 		// The epoch ends when the first shard's holders together finished
-		// the target batch, or when a peer is already in a later epoch.
-		if m.Samples(in) >= m.cfg.TargetBatch || peerEpoch(in.Records) > n.Epoch || n.Ahead > n.Epoch {
+		// the target batch (each counted within what it could have done),
+		// or when the swarm is in a later epoch as its holders corroborate
+		// it. A pipeline request of a later epoch (Ahead) counts only as
+		// far as the records corroborate it: one peer's requests cannot
+		// end epochs.
+		swarm := SwarmEpoch(in.Records)
+		if m.Samples(in) >= m.cfg.TargetBatch || swarm > n.Epoch || min(n.Ahead, swarm) > n.Epoch {
 			m.phase = closing
 			return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
 		}
@@ -335,7 +344,7 @@ func (m *Machine) tick(in Input) Action {
 // average starts the gradient round, or skips it when the shard has no
 // other holder.
 func (m *Machine) average(in Input) Action {
-	m.expected = len(m.holders(in, m.shard))
+	m.expected = len(m.mates(in))
 	m.group = 1
 	if m.expected == 0 {
 		return m.afterRound(in)
@@ -351,7 +360,7 @@ func (m *Machine) average(in Input) Action {
 // shard is the one holding the swarm back: it steps, and the next epochs
 // end at once until it is level.
 func (m *Machine) afterRound(in Input) Action {
-	if d := m.holdersAhead(in, m.shard, m.epoch); len(d) > 0 && (peerEpoch(in.Records) > m.epoch+1 || m.group <= 1) {
+	if d := m.holdersAhead(in, m.shard, m.epoch); len(d) > 0 && (SwarmEpoch(in.Records) > m.epoch+1 || m.group <= 1) {
 		m.phase = catchAfter
 		return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
 	}
@@ -367,7 +376,7 @@ func (m *Machine) afterRound(in Input) Action {
 // state round (holders agree on it by number), so holders end on one model
 // even if a late round missed one of them.
 func (m *Machine) afterStep(in Input) Action {
-	holders := len(m.holders(in, m.shard))
+	holders := len(m.mates(in))
 	if m.group < min(m.expected, holders)+1 {
 		m.drift = true
 	}
@@ -410,17 +419,22 @@ func (m *Machine) MayRebalance(in Input, movedAt time.Time, every time.Duration)
 }
 
 // Samples is the samples the first shard's holders finished in this
-// node's epoch (this node's from its counters).
+// node's epoch (this node's from its counters), each peer's counted within
+// what it could have finished since it was first seen in the epoch
+// (sampleBound).
 func (m *Machine) Samples(in Input) int {
 	n := 0
 	if in.Node.Shard == 0 {
 		n = in.Node.Samples
 	}
+	m.observe(in.Records, in.Now)
+	rc := m.rateCap(in.Records)
 	for _, r := range in.Records {
 		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch {
-			n += r.Samples
+			n += min(r.Samples, m.sampleBound(r, in.Now, rc))
 		}
 	}
+	m.pruneClaims(in.Records)
 	return n
 }
 
@@ -433,9 +447,10 @@ func (m *Machine) Claimed(in Input) int {
 	if in.Node.Shard == 0 {
 		n += in.Node.Drawn
 	}
+	rc := m.rateCap(in.Records)
 	for _, r := range in.Records {
 		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && r.State == progress.StateOnline && m.claimLive(r, in.Now) {
-			n += r.InFlight
+			n += min(r.InFlight, m.sampleBound(r, in.Now, rc))
 		}
 	}
 	m.pruneClaims(in.Records)
@@ -462,7 +477,7 @@ func (m *Machine) claimLive(r progress.Record, now time.Time) bool {
 	s, ok := m.claims[r.Peer]
 	switch {
 	case !ok:
-		s.at = now
+		s.at, s.since, s.sinceEpoch = now, now, r.Epoch
 	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
 		s.at = now
 	}
@@ -503,17 +518,33 @@ func (m *Machine) holders(in Input, shard int) []string {
 // than waiting out the matchmaking window when the shard has fewer holders
 // than the manifest's group size.
 func (m *Machine) groupSize(in Input) int {
-	return min(len(m.holders(in, m.shard))+1, m.cfg.GroupSize)
+	return min(len(m.mates(in))+1, m.cfg.GroupSize)
+}
+
+// mates are the other live holders of the shard being ended that may
+// share its rounds: none past its epoch (a holder ahead already averaged
+// it, and one whose lead nobody corroborates is not waited for either).
+func (m *Machine) mates(in Input) []string {
+	var out []string
+	for _, r := range in.Records {
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining && r.Epoch <= m.epoch {
+			out = append(out, r.Peer)
+		}
+	}
+	return out
 }
 
 // holdersAhead is the other online (or done) holders of shard whose epoch
 // is later than epoch, latest first. Catching up from a holder that is not
 // ahead would only restore this node's own epoch, and two holders left
-// behind by the other shards would do so from each other forever.
+// behind by the other shards would do so from each other forever. A holder
+// beyond the swarm's corroborated epoch (SwarmEpoch) is not one: a single
+// peer's claim to be ahead neither aborts a round nor offers a state.
 func (m *Machine) holdersAhead(in Input, shard int, epoch uint64) []string {
 	var recs []progress.Record
+	swarm := SwarmEpoch(in.Records)
 	for _, r := range in.Records {
-		if r.Peer != m.cfg.Self && r.Shard == shard && r.Epoch > epoch && active(r) {
+		if r.Peer != m.cfg.Self && r.Shard == shard && r.Epoch > epoch && r.Epoch <= swarm && active(r) {
 			recs = append(recs, r)
 		}
 	}
@@ -527,12 +558,13 @@ func (m *Machine) holdersAhead(in Input, shard int, epoch uint64) []string {
 
 // latestAhead is the other online (or done) holders of this node's shard
 // in the latest round, when that round is later than this node's (local
-// mode).
+// mode) and no later than the swarm's corroborated one.
 func (m *Machine) latestAhead(in Input) []string {
 	var out []string
 	top := in.Node.Epoch
+	swarm := SwarmEpoch(in.Records)
 	for _, r := range in.Records {
-		if r.Peer == m.cfg.Self || r.Shard != in.Node.Shard || r.Epoch <= in.Node.Epoch || !active(r) {
+		if r.Peer == m.cfg.Self || r.Shard != in.Node.Shard || r.Epoch <= in.Node.Epoch || r.Epoch > swarm || !active(r) {
 			continue
 		}
 		if r.Epoch > top {
@@ -572,15 +604,6 @@ func firstShardRound(recs []progress.Record) (uint64, bool) {
 		}
 	}
 	return low, ok
-}
-
-// peerEpoch is the highest epoch any live peer reports.
-func peerEpoch(recs []progress.Record) uint64 {
-	var e uint64
-	for _, r := range recs {
-		e = max(e, r.Epoch)
-	}
-	return e
 }
 
 func active(r progress.Record) bool {

@@ -20,33 +20,38 @@ func online(peer string, shard int, epoch uint64) progress.Record {
 	return progress.Record{Peer: peer, Shard: shard, State: progress.StateOnline, Epoch: epoch}
 }
 
-// A holder whose round had a group, but whose shard-mate got two epochs
+// A holder whose round had a group, but whose shard-mates got two epochs
 // ahead meanwhile, is behind the swarm: it catches up instead of stepping.
-// One epoch ahead with a group is the normal order of steps: it steps.
+// One epoch ahead with a group is the normal order of steps: it steps. A
+// single shard-mate two ahead is a claim nobody corroborates: it steps.
 func TestBehindTheSwarmAfterRound(t *testing.T) {
 	for _, c := range []struct {
-		mate uint64
-		want Kind
-	}{{6, Step}, {7, CatchUp}} {
+		mates []uint64 // b1's and b2's epochs after the round
+		want  Kind
+		donor []string
+	}{{[]uint64{5, 6}, Step, nil}, {[]uint64{5, 7}, Step, nil}, {[]uint64{7, 7}, CatchUp, []string{"b1", "b2"}}} {
 		m := New(Config{Self: "b0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
 		now := time.Unix(1_000_000, 0)
 		a0 := online("a0", 0, 5)
 		a0.Samples = 64
 		in := Input{Now: now, Records: []progress.Record{a0, online("b0", 1, 5), online("b1", 1, 5), online("b2", 1, 5)},
 			Node: Node{Shard: 1, Held: true, Online: true, Epoch: 5}}
+		// a0's 64 samples count once it could have finished them.
+		expect(t, m.Step(in, Event{}), Wait, 0)
+		in.Now = now.Add(time.Second)
 		expect(t, m.Step(in, Event{}), Close, 5)
 		act := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
 		expect(t, act, Average, 5)
 		if act.Group != 3 || act.Key != KeyGrad {
 			t.Fatalf("round %q of group %d, want grad of 3", act.Key, act.Group)
 		}
-		in.Records[3].Epoch = c.mate
+		in.Records[2].Epoch, in.Records[3].Epoch = c.mates[0], c.mates[1]
 		act = m.Step(in, Event{Kind: Average, OK: true, Group: 2})
 		if act.Kind != c.want {
-			t.Errorf("mate at epoch %d: %v after a round of two, want %v", c.mate, act.Kind, c.want)
+			t.Errorf("mates at epochs %v: %v after a round of two, want %v", c.mates, act.Kind, c.want)
 		}
 		if c.want == CatchUp {
-			expect(t, act, CatchUp, 5, "b2")
+			expect(t, act, CatchUp, 5, c.donor...)
 			expect(t, m.Step(in, Event{Kind: CatchUp}), Step, 5) // the donor failed: step
 		}
 	}

@@ -1,0 +1,152 @@
+package epochs
+
+import (
+	"slices"
+	"time"
+
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// The rules in this file decide how much of what peers report the core
+// believes. Every peer of an open run is admitted, and one that lies about
+// its epoch, its samples or its gradient's norm must not be able to end an
+// epoch, move the swarm's epoch or finish the run on its own.
+
+// SwarmEpoch is the swarm's epoch as its live holders corroborate it, never
+// the highest epoch anyone claims: the highest epoch that at least two
+// holders (online or done, on a shard) reached. A holder that is the only
+// one of its shard speaks for its shard alone, so its epoch counts too, but
+// at most one past that corroborated epoch: an honest lone holder is at
+// most one epoch ahead of the rest of the swarm (its epoch ends with the
+// others'), while a lone liar far ahead would move every node. With fewer
+// than two holders there is nothing to corroborate and the corroborated
+// epoch is 0.
+func SwarmEpoch(recs []progress.Record) uint64 {
+	var first, second uint64 // the two highest epochs among holders
+	n := 0
+	perShard := map[int]int{}
+	for _, r := range recs {
+		if !holding(r) {
+			continue
+		}
+		perShard[r.Shard]++
+		switch {
+		case n == 0 || r.Epoch > first:
+			first, second = r.Epoch, first
+		case n == 1 || r.Epoch > second:
+			second = r.Epoch
+		}
+		n++
+	}
+	base := uint64(0)
+	if n >= 2 {
+		base = second
+	}
+	out := base
+	for _, r := range recs {
+		if holding(r) && perShard[r.Shard] == 1 && r.Epoch > out {
+			out = min(r.Epoch, base+1)
+		}
+	}
+	return out
+}
+
+// holding reports whether r is a holder of a shard whose epoch counts:
+// online or done.
+func holding(r progress.Record) bool { return r.Shard >= 0 && active(r) }
+
+// Bounds on the samples a peer's record may count in an epoch.
+const (
+	// RateSlack is how much faster than its rate a peer may seem to
+	// finish samples (a rate is a mean over seconds, including the pauses
+	// at each epoch's end; the burst within an epoch is faster).
+	RateSlack = 2
+	// allowanceBatches micro-batches count at once: a peer seen first in
+	// an epoch may already have finished some.
+	allowanceBatches = 2
+)
+
+// sampleBound is the most samples r may count toward its epoch now: what
+// it could have finished since this core first saw it in that epoch at
+// its rate (its announced samples/s, at most the first shard's lower
+// median rate, at least the floor) with RateSlack, plus a micro-batch or
+// two. A peer that announces a huge rate or inflates its samples cannot
+// close an epoch before the honest holders could have; an honest peer that
+// seems to outrun the bound is only counted a little later.
+func (m *Machine) sampleBound(r progress.Record, now time.Time, rateCap float64) int {
+	s := m.claims[r.Peer]
+	elapsed := max(now.Sub(s.since).Seconds(), 0)
+	rate := min(max(r.Throughput, m.rateFloor()), rateCap)
+	b := float64(allowanceBatches*m.cfg.BatchSize) + RateSlack*rate*elapsed
+	if b >= float64(1<<30) {
+		return 1 << 30
+	}
+	return int(b)
+}
+
+// rateFloor is the rate every first-shard peer is allowed before rates are
+// measured: the target batch per second.
+func (m *Machine) rateFloor() float64 { return float64(max(m.cfg.TargetBatch, 1)) }
+
+// rateCap is the lower median of the announced rates of the first shard's
+// holders (at least the floor): no peer counts samples faster than the
+// typical one, whatever it announces.
+func (m *Machine) rateCap(recs []progress.Record) float64 {
+	var rates []float64
+	for _, r := range recs {
+		if r.Shard == 0 && holding(r) {
+			rates = append(rates, r.Throughput)
+		}
+	}
+	if len(rates) == 0 {
+		return m.rateFloor()
+	}
+	slices.Sort(rates)
+	return max(rates[(len(rates)-1)/2], m.rateFloor())
+}
+
+// observe notes, for every first-shard peer, when this core first saw it
+// in its current epoch (the start of its sample budget).
+func (m *Machine) observe(recs []progress.Record, now time.Time) {
+	for _, r := range recs {
+		if r.Peer == m.cfg.Self || r.Shard != 0 {
+			continue
+		}
+		s, ok := m.claims[r.Peer]
+		if !ok {
+			s = claimSeen{epoch: r.Epoch, samples: r.Samples, at: now}
+		}
+		if !ok || s.sinceEpoch != r.Epoch || s.since.IsZero() {
+			s.since, s.sinceEpoch = now, r.Epoch
+		}
+		m.claims[r.Peer] = s
+	}
+}
+
+// MaxNormRatio bounds, for clipping, the gradient norm a shard reported by
+// a single holder may have relative to this node's own shard: with no
+// second report to compare it with, a 1e300 from one peer must not drive
+// the clip scale to 0.
+const MaxNormRatio = 10
+
+// GlobalNormSq is the squared norm of the whole model's gradient for
+// clipping: own (this node's shard) plus, for every other shard, the lower
+// median of the squared norms its holders reported (one liar among two
+// honest holders, or beside one, changes nothing), capped at
+// MaxNormRatio² × own when the shard has a single report.
+func GlobalNormSq(own float64, reports map[int][]float64) float64 {
+	total := own
+	for _, vs := range reports {
+		if len(vs) == 0 {
+			continue
+		}
+		vs = slices.Clone(vs)
+		slices.Sort(vs)
+		v := vs[(len(vs)-1)/2]
+		if len(vs) == 1 {
+			v = min(v, MaxNormRatio*MaxNormRatio*own)
+		}
+		total += v
+	}
+	return total
+}

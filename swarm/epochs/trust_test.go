@@ -1,0 +1,214 @@
+package epochs
+
+import (
+	"math"
+	"testing"
+	"time"
+
+	"github.com/swarm-train/swarm/swarm/progress"
+)
+
+// The swarm's epoch is what two holders reached, or a lone holder of a
+// shard one epoch past that; never one peer's claim.
+func TestSwarmEpoch(t *testing.T) {
+	rec := func(peer string, shard int, epoch uint64) progress.Record { return online(peer, shard, epoch) }
+	done := rec("x", 1, 600)
+	done.State = progress.StateDone
+	joining := rec("j", 1, 900)
+	joining.State = progress.StateJoining
+	for _, c := range []struct {
+		name string
+		recs []progress.Record
+		want uint64
+	}{
+		{"clean", []progress.Record{rec("a0", 0, 5), rec("a1", 0, 5), rec("b0", 1, 5), rec("b1", 1, 5)}, 5},
+		{"liar at 2^64-1", []progress.Record{rec("a0", 0, 5), rec("a1", 0, 5), rec("b0", 1, 5), rec("b1", 1, 5), rec("x", 1, math.MaxUint64)}, 5},
+		{"liar at +100", []progress.Record{rec("a0", 0, 5), rec("a1", 0, 5), rec("b0", 1, 5), rec("x", 0, 105)}, 5},
+		{"liar done", []progress.Record{rec("a0", 0, 5), rec("a1", 0, 5), rec("b0", 1, 5), rec("b1", 1, 5), done}, 5},
+		{"joining and shardless ignored", []progress.Record{rec("a0", 0, 5), rec("b0", 1, 5), joining, rec("y", -1, 99)}, 5},
+		{"two holders ahead", []progress.Record{rec("a0", 0, 10), rec("a1", 0, 10), rec("b0", 1, 7), rec("b1", 1, 7)}, 10},
+		{"one holder of each shard", []progress.Record{rec("a0", 0, 6), rec("b0", 1, 5)}, 6},
+		{"lone liar far ahead", []progress.Record{rec("a0", 0, 5), rec("b0", 1, 105)}, 6},
+		{"liar alone before anyone chose a shard", []progress.Record{rec("x", 0, 600), rec("j", -1, 0)}, 1},
+	} {
+		if got := SwarmEpoch(c.recs); got != c.want {
+			t.Errorf("%s: swarm epoch %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
+// lying adds to a clean two-shard swarm a Byzantine peer x on shard whose
+// record lie rewrites; it never averages or serves.
+func lyingSwarm(t *testing.T, epochs uint64, shard int, lie func(s *sim, r *progress.Record)) *sim {
+	s := newSim(t, syncCfg(epochs))
+	for _, id := range []string{"a0", "a1"} {
+		s.add(id, 0, 0, progress.StateOnline)
+	}
+	for _, id := range []string{"b0", "b1"} {
+		s.add(id, 1, 0, progress.StateOnline)
+	}
+	if lie != nil {
+		x := s.add("x", shard, 0, progress.StateOnline)
+		x.phantom, x.lie = true, lie
+	}
+	return s
+}
+
+// lowest is the lowest epoch of the honest nodes.
+func (s *sim) lowest() uint64 {
+	low := uint64(math.MaxUint64)
+	for _, n := range s.nodes {
+		if !n.phantom {
+			low = min(low, n.epoch)
+		}
+	}
+	return low
+}
+
+// honestSamples is, per epoch, the samples the first shard's honest
+// holders had finished when the first of them closed it.
+func (s *sim) honestSamples() map[uint64]int {
+	out := map[uint64]int{}
+	for _, id := range []string{"a0", "a1"} {
+		for _, a := range s.node(id).actions(Close) {
+			out[a.epoch] += a.samples
+		}
+	}
+	return out
+}
+
+// One Byzantine peer whose record claims a far-ahead epoch (2^64-1, 100
+// ahead, the run's end, or always one ahead of the swarm) in either shard
+// cannot move the swarm: every honest node takes every step, never asks it
+// for its state, and each epoch holds the target batch, so the run takes
+// as long as a clean one.
+func TestSimLiarAheadCannotMoveSwarm(t *testing.T) {
+	const epochs = 40
+	clean := lyingSwarm(t, epochs, 0, nil)
+	clean.runUntil(time.Minute, "the clean run's end", clean.allAt(epochs))
+	cleanTook := clean.now.Sub(time.Unix(1_000_000, 0))
+	for _, c := range []struct {
+		name string
+		to   func(s *sim) uint64
+	}{
+		{"2^64-1", func(*sim) uint64 { return math.MaxUint64 }},
+		{"+100", func(s *sim) uint64 { return s.lowest() + 100 }},
+		{"the run's end", func(*sim) uint64 { return epochs }},
+		{"+1", func(s *sim) uint64 { return s.lowest() + 1 }},
+	} {
+		for shard := range 2 {
+			s := lyingSwarm(t, epochs, shard, func(s *sim, r *progress.Record) {
+				r.Epoch = c.to(s)
+				if r.Epoch >= epochs {
+					r.State = progress.StateDone
+				}
+			})
+			s.runUntil(time.Minute, c.name+": the run's end", s.allAt(epochs))
+			if took := s.now.Sub(time.Unix(1_000_000, 0)); took < cleanTook*9/10 {
+				t.Errorf("%s on shard %d: the run took %v, the clean one %v: epochs ended early", c.name, shard, took, cleanTook)
+			}
+			for _, n := range s.nodes {
+				if n.phantom {
+					continue
+				}
+				if st := len(n.actions(Step)); st != epochs {
+					t.Errorf("%s on shard %d: %s stepped %d times, want %d", c.name, shard, n.id, st, epochs)
+				}
+				for _, a := range n.actions(CatchUp) {
+					t.Errorf("%s on shard %d: %s asked %v for a state at epoch %d", c.name, shard, n.id, a.act.Donors, a.epoch)
+				}
+			}
+			for e, got := range s.honestSamples() {
+				if got < s.cfg.TargetBatch {
+					t.Errorf("%s on shard %d: epoch %d closed with %d honest samples of %d", c.name, shard, e, got, s.cfg.TargetBatch)
+				}
+			}
+		}
+	}
+}
+
+// Two honest holders ahead do move the swarm (and a lone honest holder of
+// its shard one epoch ahead does, so that thin swarms keep moving).
+func TestSimCorroboratedAheadMoves(t *testing.T) {
+	s := newSim(t, syncCfg(20))
+	s.add("a0", 0, 8, progress.StateOnline)
+	s.add("a1", 0, 8, progress.StateOnline)
+	b0 := s.add("b0", 1, 3, progress.StateOnline)
+	s.runUntil(2*time.Second, "the lone holder left behind level with the first shard", func() bool { return b0.epoch >= 8 })
+	s.runUntil(time.Minute, "the run's end", s.allAt(20))
+
+	thin := newSim(t, syncCfg(20))
+	thin.add("a0", 0, 0, progress.StateOnline)
+	thin.add("b0", 1, 0, progress.StateOnline)
+	thin.runUntil(time.Minute, "a one-holder-per-shard run's end", thin.allAt(20))
+}
+
+// A peer that reports more samples than it could have finished (at an
+// announced rate of 1e9/s) counts only what the first shard's typical rate
+// allows since it was seen in the epoch: the honest holders still finish
+// most of every epoch's target batch (unbounded, its record alone would
+// close every epoch with none).
+func TestSimInflatedSamplesBounded(t *testing.T) {
+	const epochs = 30
+	s := lyingSwarm(t, epochs, 0, func(s *sim, r *progress.Record) {
+		r.Epoch = s.node("a0").epoch
+		r.Samples, r.InFlight, r.Throughput = 2*s.cfg.TargetBatch, 2*s.cfg.TargetBatch, 1e9
+	})
+	// (It also waits out the matchmaking window in every round, like any
+	// holder that never joins one.)
+	s.runUntil(5*time.Minute, "the run's end", s.allAt(epochs))
+	for e, got := range s.honestSamples() {
+		if got < s.cfg.TargetBatch/3 {
+			t.Errorf("epoch %d closed with %d honest samples of %d", e, got, s.cfg.TargetBatch)
+		}
+	}
+
+	// The bound itself: rate × time with slack, from when the peer was
+	// first seen in the epoch.
+	m := New(Config{Self: "a0", TargetBatch: 64, BatchSize: 8})
+	t0 := time.Unix(1_000_000, 0)
+	honest := progress.Record{Peer: "a1", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 100}
+	liar := progress.Record{Peer: "x", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 1e9, Samples: 1000, InFlight: 1000}
+	self := Node{Shard: 0, Held: true, Online: true, Epoch: 3}
+	selfRec := progress.Record{Peer: "a0", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 100}
+	in := Input{Now: t0, Records: []progress.Record{selfRec, honest, liar}, Node: self}
+	if got := m.Samples(in); got != 16 {
+		t.Errorf("at first sight the liar counts %d samples, want 16 (two micro-batches)", got)
+	}
+	in.Now = t0.Add(time.Second)
+	// rate cap: lower median of 100, 100, 1e9 = 100, at least the floor 64.
+	if got, want := m.Samples(in), 16+RateSlack*100; got != want {
+		t.Errorf("a second later the liar counts %d samples, want %d", got, want)
+	}
+	if got, want := m.Claimed(in), 2*(16+RateSlack*100); got != want {
+		t.Errorf("claimed %d with the liar's in-flight claim, want %d", got, want)
+	}
+	in.Records[2].Epoch = 4 // a new epoch starts its budget again
+	in.Node.Epoch = 4
+	in.Records[0].Epoch, in.Records[1].Epoch = 4, 4
+	if got := m.Samples(in); got != 16 {
+		t.Errorf("in its next epoch the liar counts %d samples at once, want 16", got)
+	}
+}
+
+// Clipping takes each other shard's norm as the lower median of its
+// holders' reports, a lone report at most MaxNormRatio times this shard's
+// norm: one 1e300 cannot drive the clip scale to 0.
+func TestGlobalNormSq(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		reports map[int][]float64
+		want    float64
+	}{
+		{"own shard only", nil, 1},
+		{"honest", map[int][]float64{1: {2, 2}}, 3},
+		{"liar beside one honest holder", map[int][]float64{1: {2, 1e300}}, 3},
+		{"liar beside two", map[int][]float64{1: {1e300, 2, 2}}, 3},
+		{"lone liar capped", map[int][]float64{1: {1e300}}, 1 + MaxNormRatio*MaxNormRatio},
+		{"lone honest", map[int][]float64{1: {4}, 2: {9}}, 14},
+	} {
+		if got := GlobalNormSq(1, c.reports); got != c.want {
+			t.Errorf("%s: %g, want %g", c.name, got, c.want)
+		}
+	}
+}
