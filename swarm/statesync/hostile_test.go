@@ -253,7 +253,7 @@ func TestHostileDonorHeader(t *testing.T) {
 		})
 		var a, b runtime.MemStats
 		runtime.ReadMemStats(&a)
-		_, err := Fetch(context.Background(), joiner, []peer.ID{donor.ID()}, Want{1, nP, nO, 100}, 2*time.Second, nil)
+		_, err := Fetch(context.Background(), joiner, []peer.ID{donor.ID()}, Want{Shard: 1, Params: nP, Opt: nO, MaxEpoch: 100}, 2*time.Second, nil)
 		runtime.ReadMemStats(&b)
 		if !errors.Is(err, ErrNoDonor) {
 			t.Fatalf("%s: err %v, want ErrNoDonor", name, err)

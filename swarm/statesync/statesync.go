@@ -2,9 +2,17 @@
 // current parameters, optimizer state and step counter from peers that hold
 // it. A donor freezes a snapshot (a copy) when asked, so it keeps training
 // and averaging while it serves; the joiner asks every donor for its
-// snapshot's table of chunk hashes, picks the newest snapshot offered by the
-// most donors, and pulls its chunks from all of them in parallel, checking
-// each chunk against the table.
+// snapshot's table of chunk hashes, picks the snapshot offered by the most
+// donors (the newest among equals), and pulls its chunks from all of them in
+// parallel, checking each chunk against the table.
+//
+// A header's content hash (Header.Content: SHA-256 over its epoch, step,
+// sizes and every chunk's hash) names the state itself, so donors that
+// offer the same content hash offer the same bytes. A joiner that must not
+// trust a single peer asks for a quorum (Want.Quorum): a snapshot only one
+// donor offers is then refused, however new, and a lying donor is outvoted
+// by two honest ones. A donor whose chunk fails its hash or that stalls is
+// reported (Want.Bad) so the caller can ban it.
 package statesync
 
 import (
@@ -15,6 +23,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +62,9 @@ const (
 var (
 	ErrNoDonor  = errors.New("statesync: no donor could serve the shard")
 	ErrBadChunk = errors.New("statesync: chunk does not match its hash")
+	// ErrNoQuorum: donors answered, but no snapshot was offered by
+	// Want.Quorum of them.
+	ErrNoQuorum = errors.New("statesync: no snapshot offered by enough donors")
 )
 
 // Snapshot is a shard's full training state.
@@ -62,6 +74,8 @@ type Snapshot struct {
 	Step   int64  // optimizer steps taken
 	Params []float32
 	Opt    []float32
+	// Donors is how many donors offered this state (Fetch).
+	Donors int
 }
 
 func (s *Snapshot) flat() []float32 {
@@ -80,6 +94,11 @@ type Header struct {
 }
 
 func (h *Header) total() uint64 { return h.NParams + h.NOpt }
+
+// Content is the header's content hash: SHA-256 over the epoch, the step,
+// the sizes and every chunk's hash. Donors offering the same content hash
+// offer the same state.
+func (h *Header) Content() [32]byte { return h.key() }
 
 // key groups donors offering the same snapshot.
 func (h *Header) key() [32]byte {
@@ -489,6 +508,13 @@ type Want struct {
 	Params   int
 	Opt      int
 	MaxEpoch uint64
+	// Quorum donors must offer the same snapshot (content hash) for it to
+	// be fetched; 0 or 1: one donor is enough.
+	Quorum int
+	// Bad, when set, is told of a donor whose chunk failed its hash, was
+	// malformed or not finite, or who stalled past the request timeout:
+	// evidence to ban it for. A donor that went away is not reported.
+	Bad func(p peer.ID, err error)
 }
 
 // chunks is the number of chunks of the wanted state.
@@ -541,23 +567,34 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 	if len(offers) == 0 {
 		return nil, errors.Join(append([]error{ErrNoDonor}, errs...)...)
 	}
-	// The newest state offered by the most donors.
+	// The state offered by the most donors, the newest among equals; with
+	// a quorum, none that fewer donors offer.
 	groups := map[[32]byte][]offer{}
-	var best [32]byte
 	for _, o := range offers {
 		k := o.hdr.key()
 		groups[k] = append(groups[k], o)
+	}
+	var best [32]byte
+	found := false
+	for k, g := range groups {
 		b := groups[best]
-		if len(b) == 0 || o.hdr.Epoch > b[0].hdr.Epoch || (o.hdr.Epoch == b[0].hdr.Epoch && len(groups[k]) > len(b)) {
-			best = k
+		if len(g) < max(want.Quorum, 1) {
+			continue
+		}
+		if !found || len(g) > len(b) || (len(g) == len(b) && (g[0].hdr.Epoch > b[0].hdr.Epoch ||
+			g[0].hdr.Epoch == b[0].hdr.Epoch && string(k[:]) < string(best[:]))) {
+			best, found = k, true
 		}
 	}
 	for k, g := range groups {
-		if k != best {
+		if !found || k != best {
 			for _, o := range g {
 				o.st.Reset()
 			}
 		}
+	}
+	if !found {
+		return nil, fmt.Errorf("%w: %d offers in %d distinct states, want %d alike", ErrNoQuorum, len(offers), len(groups), want.Quorum)
 	}
 	use := groups[best]
 	hdr := use[0].hdr
@@ -603,6 +640,9 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 				vals, err := askChunk(o.st, shard, o.hdr, i, timeout)
 				if err != nil {
 					queue <- i // another donor takes it
+					if want.Bad != nil && fetchCtx.Err() == nil && (lied(err) || stalled(err)) {
+						want.Bad(o.p, err)
+					}
 					stop(err)
 					return
 				}
@@ -637,7 +677,22 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 		return nil, errors.Join(append([]error{ErrNoDonor}, errs...)...)
 	}
 	return &Snapshot{Shard: shard, Epoch: hdr.Epoch, Step: hdr.Step,
-		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:]}, nil
+		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use)}, nil
+}
+
+// errLie marks a chunk that cannot be the state its donor's header
+// announced.
+var errLie = errors.New("statesync: donor's chunk contradicts its header")
+
+func lied(err error) bool { return errors.Is(err, ErrBadChunk) || errors.Is(err, errLie) }
+
+// stalled reports whether err is a request that ran past its deadline.
+func stalled(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var te interface{ Timeout() bool }
+	return errors.As(err, &te) && te.Timeout()
 }
 
 func askHeader(ctx context.Context, h host.Host, p peer.ID, want Want, timeout time.Duration) (network.Stream, *Header, error) {
@@ -677,7 +732,7 @@ func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Dur
 		return nil, err
 	}
 	if len(b) != 4*(hi-lo) {
-		return nil, fmt.Errorf("chunk %d: %d bytes, want %d", i, len(b), 4*(hi-lo))
+		return nil, fmt.Errorf("chunk %d: %d bytes, want %d: %w", i, len(b), 4*(hi-lo), errLie)
 	}
 	if sha256.Sum256(b) != hdr.Hashes[i] {
 		return nil, fmt.Errorf("chunk %d: %w", i, ErrBadChunk)
@@ -686,7 +741,7 @@ func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Dur
 	for j := range out {
 		out[j] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*j:]))
 		if math.IsNaN(float64(out[j])) || math.IsInf(float64(out[j]), 0) {
-			return nil, fmt.Errorf("chunk %d: non-finite value", i)
+			return nil, fmt.Errorf("chunk %d: non-finite value: %w", i, errLie)
 		}
 	}
 	return out, nil

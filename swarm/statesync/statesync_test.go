@@ -81,7 +81,7 @@ func TestFetchSeveralDonors(t *testing.T) {
 		}
 	})
 	var calls int
-	got, err := Fetch(context.Background(), joiner, []peer.ID{a.ID(), b.ID(), old.ID(), liar.ID()}, Want{1, nP, nO, 100}, 5*time.Second,
+	got, err := Fetch(context.Background(), joiner, []peer.ID{a.ID(), b.ID(), old.ID(), liar.ID()}, Want{Shard: 1, Params: nP, Opt: nO, MaxEpoch: 100}, 5*time.Second,
 		func(done, total, donors int) {
 			calls++
 			if done > total {
@@ -114,11 +114,11 @@ func TestFetchNoDonor(t *testing.T) {
 	link(joiner, other, wrong)
 	NewServer(other, holder(state(10, 20, 1))) // holds shard 1, we ask for shard 0
 	NewServer(wrong, func(int) (*Snapshot, error) { return &Snapshot{Params: make([]float32, 3)}, nil })
-	_, err := Fetch(context.Background(), joiner, []peer.ID{other.ID(), wrong.ID()}, Want{0, 10, 20, 100}, 2*time.Second, nil)
+	_, err := Fetch(context.Background(), joiner, []peer.ID{other.ID(), wrong.ID()}, Want{Shard: 0, Params: 10, Opt: 20, MaxEpoch: 100}, 2*time.Second, nil)
 	if !errors.Is(err, ErrNoDonor) {
 		t.Fatalf("err = %v, want ErrNoDonor", err)
 	}
-	if _, err := Fetch(context.Background(), joiner, nil, Want{0, 10, 20, 100}, time.Second, nil); !errors.Is(err, ErrNoDonor) {
+	if _, err := Fetch(context.Background(), joiner, nil, Want{Shard: 0, Params: 10, Opt: 20, MaxEpoch: 100}, time.Second, nil); !errors.Is(err, ErrNoDonor) {
 		t.Fatalf("no donors: err = %v", err)
 	}
 }
@@ -142,7 +142,7 @@ func TestDonorStallsMidway(t *testing.T) {
 		_, _ = io.Copy(io.Discard, st) // never answers a chunk
 	})
 	start := time.Now()
-	got, err := Fetch(context.Background(), joiner, []peer.ID{good.ID(), stall.ID()}, Want{1, nP, nO, 100}, time.Second, nil)
+	got, err := Fetch(context.Background(), joiner, []peer.ID{good.ID(), stall.ID()}, Want{Shard: 1, Params: nP, Opt: nO, MaxEpoch: 100}, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
