@@ -53,10 +53,11 @@ func (p Policy) withDefaults() Policy {
 
 // Refusals records refused peer input. It is safe for concurrent use.
 type Refusals struct {
-	pol Policy
-	log *slog.Logger
-	now func() time.Time
-	ctr *prometheus.CounterVec
+	pol  Policy
+	log  *slog.Logger
+	now  func() time.Time
+	ctr  *prometheus.CounterVec
+	bans *prometheus.CounterVec // swarm_security_bans_total{reason}
 
 	mu        sync.Mutex
 	counts    map[key]uint64 // protocol/reason → refusals (bounded by the code's reasons)
@@ -84,10 +85,14 @@ func New(reg prometheus.Registerer, log *slog.Logger, pol Policy) (*Refusals, er
 	r := &Refusals{pol: pol.withDefaults(), log: log, now: time.Now,
 		counts: map[key]uint64{}, peers: map[peer.ID]*list.Element{}, lru: list.New(),
 		ctr: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "swarm", Subsystem: "security",
-			Name: "refusals_total", Help: "Peer input refused, by protocol and reason."}, []string{"protocol", "reason"})}
+			Name: "refusals_total", Help: "Peer input refused, by protocol and reason."}, []string{"protocol", "reason"}),
+		bans: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "swarm", Subsystem: "security",
+			Name: "bans_total", Help: "Peers banned for a lie shown by evidence, by reason."}, []string{"reason"})}
 	if reg != nil {
-		if err := reg.Register(r.ctr); err != nil {
-			return nil, fmt.Errorf("guard: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{r.ctr, r.bans} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("guard: register metrics: %w", err)
+			}
 		}
 	}
 	return r, nil
@@ -157,6 +162,32 @@ func (r *Refusals) Ban(p peer.ID) {
 	r.mu.Lock()
 	r.state(p).banned = r.now().Add(r.pol.Ban)
 	r.mu.Unlock()
+}
+
+// BanFor bans p like Ban because it was found lying (reason: a short fixed
+// word such as "statesync-chunk", never peer-chosen text): it logs the peer,
+// the reason and the evidence once per peer and reason, counts the ban in
+// swarm_security_bans_total{reason}, and has the node disconnect it (the
+// OnOffender hooks).
+func (r *Refusals) BanFor(p peer.ID, reason string, evidence error) {
+	if r == nil {
+		return
+	}
+	k := key{"ban", reason}
+	r.bans.WithLabelValues(reason).Inc()
+	r.mu.Lock()
+	st := r.state(p)
+	st.banned = r.now().Add(r.pol.Ban)
+	_, seen := st.logged[k]
+	st.logged[k] = struct{}{}
+	hooks := append([]func(peer.ID, string){}, r.onOffend...)
+	r.mu.Unlock()
+	if !seen {
+		r.log.Warn("banning a peer that lied", "peer", p, "reason", reason, "evidence", evidence, "for", r.pol.Ban)
+	}
+	for _, f := range hooks {
+		f(p, reason)
+	}
 }
 
 // Banned reports whether p is refused at the moment.

@@ -94,3 +94,27 @@ func TestReadFullGrowsWithData(t *testing.T) {
 		t.Fatal("negative size accepted")
 	}
 }
+
+// BanFor bans for the policy's period, counts the ban by reason, logs once
+// and has the node disconnect the peer.
+func TestBanFor(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := New(reg, nil, Policy{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hooked []string
+	r.OnOffender(func(_ peer.ID, reason string) { hooked = append(hooked, reason) })
+	p := peer.ID("liar")
+	r.BanFor(p, "statesync-chunk", errors.New("chunk 3 does not match its hash"))
+	r.BanFor(p, "statesync-chunk", errors.New("again"))
+	if !r.Banned(p) {
+		t.Fatal("not banned")
+	}
+	if got := testutil.ToFloat64(r.bans.WithLabelValues("statesync-chunk")); got != 2 {
+		t.Errorf("bans_total = %v, want 2", got)
+	}
+	if len(hooked) != 2 {
+		t.Errorf("disconnect hooks ran %d times", len(hooked))
+	}
+}
