@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/swarm/claims"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
@@ -59,6 +60,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	old := t.shard
 	t.shard, t.index, t.state = nil, index, progress.StateJoining
 	t.samples, t.micro, t.inner, t.drawn = 0, 0, 0, 0
+	t.trained = false
 	t.mu.Unlock()
 	if old != nil {
 		t.stepMu.Lock()
@@ -68,20 +70,29 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	t.gossip.Poke()
 	t.log.Info("joining shard", "shard", index, "of", len(t.m.Shards))
 
-	epoch := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards)).Epoch
-	donors := t.donors(ctx, index)
-	if len(donors) > 0 {
-		nP, nO := len(sh.Params()), len(sh.OptState())
-		start := time.Now()
+	// The swarm's epoch as its holders corroborate it, never one peer's
+	// claim (a record at the run's last epoch would finish this node).
+	epoch := epochs.SwarmEpoch(t.tracker.Live(time.Now()))
+	nP, nO := len(sh.Params()), len(sh.OptState())
+	start := time.Now()
+	for attempt := 1; ; attempt++ {
+		donors := t.trustedDonors(t.donors(ctx, index))
+		if len(donors) == 0 {
+			if attempt == 1 {
+				t.log.Info("no holder of the shard yet; starting from the run's initial state", "shard", index, "epoch", epoch)
+			} else {
+				t.log.Warn("no holder of the shard is left to serve it; starting from the run's initial state", "shard", index, "epoch", epoch, "attempts", attempt-1)
+			}
+			break
+		}
 		last := time.Time{}
-		snap, err := statesync.Fetch(ctx, t.h, donors, t.wantState(index, nP, nO), 10*time.Second, func(done, total, n int) {
+		snap, err := t.fetchAgreed(ctx, index, nP, nO, donors, true, func(done, total, n int) {
 			if time.Since(last) > 500*time.Millisecond || done == total {
 				last = time.Now()
 				t.log.Info("state sync", "shard", index, "progress", progressBar(done, total), "donors", n)
 			}
 		})
-		switch {
-		case err == nil:
+		if err == nil {
 			t.fetched(snap)
 			copy(sh.Params(), snap.Params)
 			copy(sh.OptState(), snap.Opt)
@@ -91,15 +102,30 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 				return fmt.Errorf("trainer: load state: %w", err)
 			}
 			epoch = snap.Epoch
-			t.log.Info("state synced", "shard", index, "epoch", epoch, "floats", nP+nO, "took", time.Since(start).Round(time.Millisecond))
-		case errors.Is(err, statesync.ErrNoDonor):
-			t.log.Warn("no donor could serve the shard; starting from the run's initial state", "shard", index, "err", err)
-		default:
+			t.log.Info("state synced", "shard", index, "epoch", epoch, "floats", nP+nO, "donors", snap.Donors,
+				"took", time.Since(start).Round(time.Millisecond))
+			break
+		}
+		if ctx.Err() != nil {
+			_ = sh.Close()
+			return ctx.Err()
+		}
+		if !errors.Is(err, statesync.ErrNoDonor) && !errors.Is(err, statesync.ErrNoQuorum) {
 			_ = sh.Close()
 			return err
 		}
-	} else {
-		t.log.Info("no holder of the shard yet; starting from the run's initial state", "shard", index, "epoch", epoch)
+		// While live holders of the shard exist, retry rather than fall
+		// back to the initial weights (and say so when giving up).
+		if len(t.trustedDonors(t.holders(index, false))) == 0 || attempt >= joinAttempts {
+			t.log.Warn("no holder could serve the shard; starting from the run's initial state", "shard", index, "attempts", attempt, "err", err)
+			break
+		}
+		t.log.Warn("state sync failed; retrying with the shard's holders", "shard", index, "attempt", attempt, "err", err)
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			_ = sh.Close()
+			return err
+		}
+		epoch = epochs.SwarmEpoch(t.tracker.Live(time.Now()))
 	}
 	t.mu.Lock()
 	t.shard = sh

@@ -16,7 +16,6 @@ import (
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
-	"github.com/swarm-train/swarm/swarm/statesync"
 	"github.com/swarm-train/swarm/swarm/train"
 )
 
@@ -238,6 +237,7 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	t.stepMu.Unlock()
 	t.mu.Lock()
 	t.setLastAvg(e.info)
+	t.trained = t.trained || err == nil
 	t.mu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("optimizer step: %w", err)
@@ -252,7 +252,9 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 // clipScale is the factor for this shard's averaged gradient (squared norm
 // own) that makes the whole model's gradient, all shards together, at most
 // the manifest's clip norm: the clipping of a single-node step. Holders
-// publish their shard's squared norm in their progress records; this waits,
+// publish their shard's squared norm in their progress records, of which
+// each other shard counts the robust value epochs.GlobalNormSq takes (the
+// lower median of its holders', a lone one capped); this waits,
 // at most the averaging timeout, for each other shard that has an online
 // holder still in this epoch. A shard not heard from in time is left out of
 // the sum (the scale is then that of the shards heard from).
@@ -272,7 +274,7 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 	var total float64
 	for {
 		changed := t.tracker.Changed()
-		known := map[int]float64{}
+		known := map[int][]float64{}
 		waiting := false
 		recs := t.tracker.Live(time.Now())
 		for _, r := range recs {
@@ -280,7 +282,7 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 				continue
 			}
 			if v, ok := r.NormAt(epoch); ok {
-				known[r.Shard] = v
+				known[r.Shard] = append(known[r.Shard], v)
 			}
 		}
 		for _, r := range recs {
@@ -290,10 +292,8 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 				}
 			}
 		}
-		total = own
-		for _, v := range known {
-			total += v
-		}
+		// Robust: one holder's 1e300 cannot drive the scale to 0.
+		total = epochs.GlobalNormSq(own, known)
 		if !waiting || ctx.Err() != nil || !time.Now().Before(deadline) {
 			if waiting {
 				t.log.Debug("clipping without every shard's gradient norm", "epoch", epoch, "shards_known", len(known)+1)
@@ -373,7 +373,10 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 	if sh == nil || len(donors) == 0 {
 		return 0, errors.New("no holder to catch up from")
 	}
-	snap, err := statesync.Fetch(ctx, t.h, donors, t.wantState(index, len(sh.Params()), len(sh.OptState())), 10*time.Second, nil)
+	t.mu.Lock()
+	trained := t.trained
+	t.mu.Unlock()
+	snap, err := t.fetchAgreed(ctx, index, len(sh.Params()), len(sh.OptState()), donors, !trained, nil)
 	if err != nil {
 		t.log.Warn("catch-up failed", "err", err)
 		return 0, err
@@ -431,6 +434,7 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 	}
 	t.mu.Lock()
 	t.inner++
+	t.trained = true
 	t.mu.Unlock()
 }
 

@@ -206,3 +206,31 @@ func TestPipelineFarEpoch(t *testing.T) {
 		t.Fatalf("ahead = %d after a far-future request", ahead)
 	}
 }
+
+// Targets outside the run's label set are refused at the last stage before
+// anything is computed, and the refusal is counted (the sender is then
+// excluded: each target comes from another attacker).
+func TestPipelineTargetOutsideLabels(t *testing.T) {
+	tr, ref, _ := victim(t, 32, true)
+	s := tr.shape(1)
+	for i, target := range []int32{int32(s.Classes), -1} {
+		attacker := attackerOf(t, tr)
+		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, N: 1,
+			Act: make([]float32, s.ActPerSample), Targets: []int32{target}}
+		st := open(t, attacker, tr.h.ID(), q.Encode())
+		res, err := pipeline.ReadResponse(st, 1<<20)
+		st.Close()
+		if err != nil || res.Code != pipeline.CodeBadInput {
+			t.Fatalf("target %d: answer %+v, %v; want bad input", target, res, err)
+		}
+		if got := refusals(ref, whyInvalid); got != uint64(i+1) {
+			t.Fatalf("target %d: %d invalid refusals, want %d", target, got, i+1)
+		}
+	}
+	tr.mu.Lock()
+	processed := tr.processed
+	tr.mu.Unlock()
+	if processed != 0 {
+		t.Errorf("%d samples processed from refused requests", processed)
+	}
+}

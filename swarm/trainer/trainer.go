@@ -188,12 +188,17 @@ type Trainer struct {
 	driving  int // micro-batches this node drew and has not finished (first shard)
 	flight   flightCtl
 	ahead    uint64 // highest epoch seen in a request from a peer
-	done     bool
-	accuracy float64
-	evalLoss float64
-	lossEMA  float64
-	movedAt  time.Time
-	inner    int // local mode: inner steps since the last outer step
+	// trained: this node stepped on its shard since it joined it (state
+	// sync then needs donors that agree; agree.go).
+	trained bool
+	// distrusted are state-sync donors banned for the run.
+	distrusted map[peer.ID]bool
+	done       bool
+	accuracy   float64
+	evalLoss   float64
+	lossEMA    float64
+	movedAt    time.Time
+	inner      int // local mode: inner steps since the last outer step
 	// pending: an overlapped outer step is averaging; pendingInner is
 	// inner when its deltas were taken.
 	pending      bool
