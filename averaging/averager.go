@@ -75,9 +75,21 @@ type Config struct {
 	// DefaultMaxWeight); a trainer sets the run's target batch. Larger
 	// weights from peers are refused; a larger weight of our own is clamped
 	// to it, so that honest peers with one config never refuse each other.
-	MaxWeight  float64
-	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	MaxWeight float64
+	// Aggregation is how each reducer combines its part (default
+	// AggregateMean, streamed). The robust ones keep every sender's part
+	// until it is final; see aggregate.go. ClipTau (default DefaultClipTau)
+	// is CenteredClip's τ as a multiple of the median distance of the inputs
+	// from their coordinate median; ClipIters (default DefaultClipIters) its
+	// iteration cap. NormK > 0 rejects, per part, senders whose norm exceeds
+	// NormK × the median norm of the part's contributors (refused as
+	// "outlier" and dropped from the round).
+	Aggregation Aggregation
+	ClipTau     float64
+	ClipIters   int
+	NormK       float64
+	Registerer  prometheus.Registerer
+	Logger      *slog.Logger
 	// Refusals counts and logs refused peer input and names offenders
 	// (nil: refuse silently).
 	Refusals *guard.Refusals
@@ -120,6 +132,12 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ClipTau == 0 {
+		c.ClipTau = DefaultClipTau
+	}
+	if c.ClipIters == 0 {
+		c.ClipIters = DefaultClipIters
+	}
 	switch {
 	case c.TargetGroupSize < 2 || c.TargetGroupSize > MaxGroupSize:
 		return c, fmt.Errorf("%w: TargetGroupSize %d not in [2, %d]", ErrBadInput, c.TargetGroupSize, MaxGroupSize)
@@ -133,6 +151,14 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: Bandwidth %v", ErrBadInput, c.Bandwidth)
 	case !validWeight(c.MaxWeight):
 		return c, fmt.Errorf("%w: MaxWeight %v", ErrBadInput, c.MaxWeight)
+	case !c.Aggregation.valid():
+		return c, fmt.Errorf("%w: Aggregation %d", ErrBadInput, c.Aggregation)
+	case !(c.ClipTau > 0) || c.ClipTau > maxClipTau:
+		return c, fmt.Errorf("%w: ClipTau %v not in (0, %g]", ErrBadInput, c.ClipTau, float64(maxClipTau))
+	case c.ClipIters < 1 || c.ClipIters > MaxClipIters:
+		return c, fmt.Errorf("%w: ClipIters %d not in [1, %d]", ErrBadInput, c.ClipIters, MaxClipIters)
+	case !(c.NormK == 0 || c.NormK >= 1 && c.NormK <= maxNormK):
+		return c, fmt.Errorf("%w: NormK %v (want 0 or in [1, %g])", ErrBadInput, c.NormK, float64(maxNormK))
 	case !c.Compression.valid():
 		return c, fmt.Errorf("%w: compression %d", ErrBadInput, c.Compression)
 	case c.MaxFrame < c.Compression.EncodedLen(c.PartSize)+64:

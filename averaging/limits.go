@@ -63,6 +63,7 @@ const (
 	reasonStall     = "stall"        // no progress within the timeout
 	reasonFlood     = "flood"        // too many streams at once
 	reasonNotMember = "not-member"   // reduce stream from a peer not in the group it names
+	reasonOutlier   = "outlier"      // a part whose norm is far above the group's median (Config.NormK)
 )
 
 var errOutOfRange = errors.New("averaging: value out of range")

@@ -83,6 +83,14 @@ const (
 // sends something invalid, or makes no progress for senderTimeout; a sender
 // dropped after delivering part k still counts for part k. At the deadline
 // every sender still outstanding is dropped and every part becomes final.
+//
+// With robust options (reduceOpts.buffered) the reducer keeps each sender's
+// values of a part until the part is final, then first rejects senders whose
+// part norm is above NormK times the median norm of the part's contributors
+// (the sender is dropped for the rest of the round and listed in Outliers),
+// and combines the rest with the aggregator instead of the running mean.
+// Buffers go back to a free list as parts become final, so the memory held is
+// about n parts per part in flight, not n shares.
 type reducer struct {
 	self          int
 	n             int
@@ -101,7 +109,30 @@ type reducer struct {
 	deadline      time.Time
 	finalized     int
 	pending       []finalPart
+
+	// Buffered (robust) rounds only.
+	opts     reduceOpts
+	aggr     *aggregator
+	own      []float32     // this member's share, read until each part is final
+	bufs     [][][]float32 // per part, per sender: the values received
+	free     [][]float32
+	outliers map[int]string // senders rejected for their norm, and the evidence
+	xs       [][]float32
+	ws       []float64
+	norms    []float64
 }
+
+// reduceOpts is how a reducer combines a part.
+type reduceOpts struct {
+	Agg   Aggregation
+	Tau   float64 // CenteredClip τ, relative to the median distance (0: default)
+	Iters int     // CenteredClip iterations (0: default)
+	NormK float64 // reject senders whose part norm exceeds NormK × the median (0: off)
+}
+
+// buffered reports whether parts are kept until final (anything but the
+// plain streamed mean).
+func (o reduceOpts) buffered() bool { return o.Agg != AggregateMean || o.NormK > 0 }
 
 // finalPart is an averaged part ready to be returned to its contributors.
 type finalPart struct {
@@ -114,16 +145,26 @@ type finalPart struct {
 // newReducer starts a round: own is this member's values for its share (its
 // own contribution), weight its weight, senders the group indices expected to
 // send (normally everyone else).
-func newReducer(self, n int, parts []span, own []float32, weight float64, now time.Time, senderTimeout time.Duration, deadline time.Time) *reducer {
+//
+// In a buffered round own is read (not copied) until each part is final.
+func newReducer(self, n int, parts []span, own []float32, weight float64, now time.Time, senderTimeout time.Duration, deadline time.Time, opts reduceOpts) *reducer {
 	r := &reducer{self: self, n: n, parts: parts, senderTimeout: senderTimeout, deadline: deadline,
 		weight: make([]float64, n), status: make([]senderStatus, n), received: make([]int, n),
-		lastProgress: make([]time.Time, n), reasons: map[int]string{}, stalled: make([]bool, n)}
+		lastProgress: make([]time.Time, n), reasons: map[int]string{}, stalled: make([]bool, n), opts: opts}
 	if len(parts) > 0 {
 		r.base = parts[0].Start
 	}
 	r.acc = make([]float32, len(own))
-	for i, v := range own {
-		r.acc[i] = float32(weight) * v
+	if opts.buffered() {
+		r.own = own
+		r.weight[self] = weight
+		r.aggr = newAggregator(opts.Agg, opts.Tau, opts.Iters)
+		r.bufs = make([][][]float32, len(parts))
+		r.outliers = map[int]string{}
+	} else {
+		for i, v := range own {
+			r.acc[i] = float32(weight) * v
+		}
 	}
 	r.wsum = make([]float64, len(parts))
 	r.contrib = make([]bitset, len(parts))
@@ -174,10 +215,17 @@ func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
 		r.Drop(s, fmt.Sprintf("part %d has %d values, want %d", k, len(vals), sp.End-sp.Start))
 		return fmt.Errorf("sender %d: wrong part length", s)
 	}
-	w := float32(r.weight[s])
-	acc := r.acc[sp.Start-r.base : sp.End-r.base]
-	for i, v := range vals {
-		acc[i] += w * v
+	if r.opts.buffered() {
+		if r.bufs[k] == nil {
+			r.bufs[k] = make([][]float32, r.n)
+		}
+		r.bufs[k][s] = append(r.take(), vals...)
+	} else {
+		w := float32(r.weight[s])
+		acc := r.acc[sp.Start-r.base : sp.End-r.base]
+		for i, v := range vals {
+			acc[i] += w * v
+		}
 	}
 	r.wsum[k] += r.weight[s]
 	r.contrib[k].set(s)
@@ -231,9 +279,13 @@ func (r *reducer) advance() {
 		}
 		sp := r.parts[k]
 		acc := r.acc[sp.Start-r.base : sp.End-r.base]
-		inv := float32(1 / r.wsum[k])
-		for i := range acc {
-			acc[i] *= inv
+		if r.opts.buffered() {
+			r.combine(k)
+		} else {
+			inv := float32(1 / r.wsum[k])
+			for i := range acc {
+				acc[i] *= inv
+			}
 		}
 		r.pending = append(r.pending, finalPart{Index: k, Span: sp, Avg: acc, Contributors: r.contrib[k]})
 		r.finalized++
@@ -256,3 +308,78 @@ func (r *reducer) Stalled(s int) bool { return s >= 0 && s < r.n && r.stalled[s]
 
 // Dropped returns the reasons senders were dropped, by group index.
 func (r *reducer) Dropped() map[int]string { return r.reasons }
+
+// combine finalises buffered part k: it rejects senders whose norm is out of
+// line, aggregates the rest into acc and frees the part's buffers.
+func (r *reducer) combine(k int) {
+	sp := r.parts[k]
+	if r.opts.NormK > 0 {
+		r.norms = r.norms[:0]
+		for s := range r.n {
+			if r.contrib[k].has(s) {
+				r.norms = append(r.norms, l2(r.values(k, s)))
+			}
+		}
+		med := medianF64(r.norms)
+		for s := range r.n {
+			if s == r.self || !r.contrib[k].has(s) || !(med > 0) {
+				continue
+			}
+			if norm := l2(r.values(k, s)); norm > r.opts.NormK*med {
+				r.reject(s, k, fmt.Sprintf("part %d norm %.4g is above %g × the group's median %.4g", k, norm, r.opts.NormK, med))
+			}
+		}
+	}
+	r.xs, r.ws = r.xs[:0], r.ws[:0]
+	for s := range r.n {
+		if r.contrib[k].has(s) {
+			r.xs = append(r.xs, r.values(k, s))
+			r.ws = append(r.ws, r.weight[s])
+		}
+	}
+	r.aggr.combine(r.acc[sp.Start-r.base:sp.End-r.base], r.xs, r.ws)
+	for s, b := range r.bufs[k] {
+		if b != nil {
+			r.free = append(r.free, b[:0])
+			r.bufs[k][s] = nil
+		}
+	}
+	r.bufs[k] = nil
+}
+
+// values is sender s's values of buffered part k (ours for self).
+func (r *reducer) values(k, s int) []float32 {
+	if s == r.self {
+		sp := r.parts[k]
+		return r.own[sp.Start-r.base : sp.End-r.base]
+	}
+	return r.bufs[k][s]
+}
+
+// reject drops sender s from part k on: its values of k and later parts are
+// discarded and it is listed in Outliers with why.
+func (r *reducer) reject(s, k int, why string) {
+	r.status[s] = sDropped
+	r.reasons[s] = "rejected: " + why
+	r.outliers[s] = why
+	for j := k; j < len(r.parts); j++ {
+		r.contrib[j].unset(s)
+		if r.bufs[j] != nil && r.bufs[j][s] != nil {
+			r.free = append(r.free, r.bufs[j][s][:0])
+			r.bufs[j][s] = nil
+		}
+	}
+}
+
+// take returns an empty buffer for a part's values.
+func (r *reducer) take() []float32 {
+	if n := len(r.free); n > 0 {
+		b := r.free[n-1]
+		r.free = r.free[:n-1]
+		return b
+	}
+	return make([]float32, 0, longestPart(r.parts))
+}
+
+// Outliers returns the senders rejected for their norm, with the evidence.
+func (r *reducer) Outliers() map[int]string { return r.outliers }

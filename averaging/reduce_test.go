@@ -81,7 +81,7 @@ func TestReducerAccounting(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := newReducer(0, 4, parts, own, w[0], t0, 500*time.Millisecond, t0.Add(5*time.Second))
+			r := newReducer(0, 4, parts, own, w[0], t0, 500*time.Millisecond, t0.Add(5*time.Second), reduceOpts{})
 			final := map[int]finalPart{}
 			for _, st := range tc.steps {
 				st(r)
@@ -134,8 +134,83 @@ func TestReducerAccounting(t *testing.T) {
 }
 
 func TestReducerNoShare(t *testing.T) {
-	r := newReducer(1, 3, nil, nil, 1, time.Unix(0, 0), time.Second, time.Unix(9, 0))
+	r := newReducer(1, 3, nil, nil, 1, time.Unix(0, 0), time.Second, time.Unix(9, 0), reduceOpts{})
 	if !r.Done() {
 		t.Fatal("a member without a share is done at once")
+	}
+}
+
+// TestReducerRobust: a buffered reducer with CenteredClip and NormK rejects a
+// sender whose part is 100× the others' at the first part it sees, keeps it
+// out of every later part (what it already sent included) and aggregates the
+// rest; the dropped sender's later parts are refused.
+func TestReducerRobust(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	parts := []span{{0, 3}, {3, 6}}
+	// Honest members 0..3 hold values near 1; member 4 sends -100.
+	val := func(s int) float32 { return 1 + float32(s)/100 }
+	part := func(s int) []float32 {
+		v := val(s)
+		if s == 4 {
+			v = -100
+		}
+		return []float32{v, v, v}
+	}
+	own := []float32{val(0), val(0), val(0), val(0), val(0), val(0)}
+	r := newReducer(0, 5, parts, own, 1, t0, time.Second, t0.Add(time.Minute),
+		reduceOpts{Agg: AggregateCenteredClip, NormK: 10})
+	for s := 1; s < 5; s++ {
+		if err := r.Header(s, 1, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The liar delivers both parts first; the honest members follow.
+	for k := range parts {
+		if err := r.Part(4, k, part(4), t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for s := 1; s < 4; s++ {
+		for k := range parts {
+			if err := r.Part(s, k, part(s), t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	ready := r.Ready()
+	if !r.Done() || len(ready) != 2 {
+		t.Fatalf("done %v, %d parts ready", r.Done(), len(ready))
+	}
+	for _, fp := range ready {
+		if fp.Contributors.has(4) {
+			t.Errorf("part %d counts the liar", fp.Index)
+		}
+		for s := range 4 {
+			if !fp.Contributors.has(s) {
+				t.Errorf("part %d lacks honest member %d", fp.Index, s)
+			}
+		}
+		for _, v := range fp.Avg {
+			if want := float32(1.015); math.Abs(float64(v-want)) > 1e-6 {
+				t.Errorf("part %d: %v, want the honest mean %v", fp.Index, v, want)
+			}
+		}
+	}
+	if ev, ok := r.Outliers()[4]; !ok || !strings.Contains(ev, "median") {
+		t.Fatalf("outliers %v, want member 4 with the evidence", r.Outliers())
+	}
+	if len(r.Outliers()) != 1 {
+		t.Fatalf("outliers %v: an honest member rejected", r.Outliers())
+	}
+	if len(r.free) == 0 {
+		t.Error("no buffer returned to the free list")
+	}
+}
+
+// TestReducerRobustNoBuffering: the plain mean does not keep the parts (the
+// streamed path is untouched by the robust options).
+func TestReducerRobustNoBuffering(t *testing.T) {
+	if (reduceOpts{}).buffered() || !(reduceOpts{NormK: 3}).buffered() || !(reduceOpts{Agg: AggregateTrimmedMean}).buffered() {
+		t.Fatal("buffered() disagrees with the options")
 	}
 }

@@ -50,7 +50,8 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	r := &round{g: g, self: self, lay: lay, vec: vec, codec: codec, deadline: deadline, cnt: cnt,
 		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}), onFinal: a.faults.afterFinal}
 	myShare := lay.Shares[self]
-	r.red = newReducer(self, len(g.Members), lay.Parts[self], vec[myShare.Start:myShare.End], weight, start, a.cfg.SenderTimeout, deadline)
+	r.red = newReducer(self, len(g.Members), lay.Parts[self], vec[myShare.Start:myShare.End], weight, start, a.cfg.SenderTimeout, deadline,
+		reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK})
 	// Only members that can reduce receive streams; every member sends.
 	for s := range g.Members {
 		if s != self && len(lay.Parts[self]) > 0 {
@@ -153,7 +154,14 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 		}
 	}
 	r.mu.Lock()
+	outliers := r.red.Outliers()
 	for s, why := range r.red.Dropped() {
+		if ev, ok := outliers[s]; ok {
+			// Refused outside the round's lock below; the evidence is logged once.
+			r.excluded[g.Members[s].ID] = "as sender: rejected: " + ev
+			a.met.failures.WithLabelValues("sender_rejected").Inc()
+			continue
+		}
 		if _, ok := r.excluded[g.Members[s].ID]; !ok {
 			r.excluded[g.Members[s].ID] = "as sender: " + why
 		}
@@ -163,6 +171,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	spans = append(spans, r.ownSpans...)
 	excluded := r.excluded
 	r.mu.Unlock()
+	for s, ev := range outliers {
+		a.refuse(g.Members[s].ID, ProtoReduce, reasonOutlier, fmt.Errorf("%w: group %x: %s", errOutOfRange, g.ID, ev))
+	}
 
 	cnt.mu.Lock()
 	sent, recv := cnt.sent, cnt.recv

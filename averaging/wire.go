@@ -544,6 +544,7 @@ type bitset []byte
 
 func newBitset(n int) bitset         { return make(bitset, (n+7)/8) }
 func (b bitset) set(i int)           { b[i/8] |= 1 << (i % 8) }
+func (b bitset) unset(i int)         { b[i/8] &^= 1 << (i % 8) }
 func (b bitset) has(i int) bool      { return i/8 < len(b) && b[i/8]&(1<<(i%8)) != 0 }
 func (b bitset) clone() bitset       { return append(bitset(nil), b...) }
 func (b bitset) equal(o bitset) bool { return string(b) == string(o) }
