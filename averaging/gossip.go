@@ -153,11 +153,16 @@ func (a *Averager) gossipInitiate(ctx context.Context, sess *session, c peer.ID)
 		a.refuseAnswer(c, ProtoGossip, err)
 		return Result{}, err
 	}
+	if err := a.checkPair(sess.vec, theirs); err != nil { // no ack: neither side mixes
+		a.refuse(c, ProtoGossip, reasonOutlier, err)
+		return Result{}, err
+	}
 	if err := writeFrame(s, tAck, nil); err != nil {
 		return Result{}, err
 	}
 	_ = s.CloseWrite()
-	mixPair(sess.vec, theirs, sess.weight, theirW, a.h.ID() < c)
+	wm, wt := a.pairWeights(sess.weight, theirW)
+	mixPair(sess.vec, theirs, wm, wt, a.h.ID() < c)
 	return a.pairResult(c, sess.vecLen, cnt), nil
 }
 
@@ -168,6 +173,31 @@ func (a *Averager) pairResult(c peer.ID, n int, cnt *counter) Result {
 	}
 	return Result{Mode: ModeGossip, Members: ids, BytesSent: cnt.sent, BytesReceived: cnt.recv,
 		Spans: []Span{{0, n, ids}}, Fraction: 1}
+}
+
+// A pair has no majority to be robust with; what robust settings can do
+// for a pair is keep one side from dominating it. pairWeights: with a robust
+// Aggregation both weigh the same (each capped at the median of the two
+// weights would still let a liar declaring MaxWeight take half; equal
+// weights give it exactly half, like any partner). checkPair: with NormK,
+// a partner whose vector's norm exceeds NormK × ours is refused as an
+// outlier and nothing is mixed (the initiator then withholds its ack).
+func (a *Averager) pairWeights(mine, theirs float64) (float64, float64) {
+	if a.cfg.Aggregation != AggregateMean {
+		return 1, 1
+	}
+	return mine, theirs
+}
+
+func (a *Averager) checkPair(mine, theirs []float32) error {
+	if a.cfg.NormK == 0 {
+		return nil
+	}
+	nm, nt := l2(mine), l2(theirs)
+	if nm > 0 && nt > a.cfg.NormK*nm {
+		return fmt.Errorf("%w: gossip vector norm %.4g is above %g × ours %.4g", errOutOfRange, nt, a.cfg.NormK, nm)
+	}
+	return nil
 }
 
 // mixPair sets mine to the weighted mean of mine and theirs, adding the two
@@ -299,12 +329,17 @@ func (a *Averager) handleGossip(s network.Stream) {
 		a.refuseErr(from, ProtoGossip, err)
 		return
 	}
+	if err := a.checkPair(sess.vec, theirs); err != nil {
+		a.refuse(from, ProtoGossip, reasonOutlier, err)
+		return
+	}
 	if err := a.sendVector(s, sess, cnt); err != nil {
 		return
 	}
 	if t, _, err := readFrame(s, maxSmallFrame, nil); err != nil || t != tAck {
 		return
 	}
-	mixPair(sess.vec, theirs, sess.weight, hdr.Weight, a.h.ID() < from)
+	wm, wt := a.pairWeights(sess.weight, hdr.Weight)
+	mixPair(sess.vec, theirs, wm, wt, a.h.ID() < from)
 	gp.finish(a.pairResult(from, sess.vecLen, cnt))
 }

@@ -1,8 +1,13 @@
 package averaging
 
 import (
+	"context"
+	"math"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -114,4 +119,74 @@ func TestByzantineMemberRejected(t *testing.T) {
 		}
 	}
 	t.Logf("norm check: %.4g from the honest mean (%.2f honest radii)", worst, worst/r)
+}
+
+// TestGossipPairRobust: a pair has no majority. With a robust aggregation
+// both sides weigh the same whatever they declare; with NormK the honest
+// side refuses a partner 100× its norm (outlier) and keeps its vector.
+func TestGossipPairRobust(t *testing.T) {
+	t.Run("equal weights", func(t *testing.T) {
+		ps := newPeers(t, 2, 3000, func(_ int, c *Config) {
+			c.Aggregation = AggregateCenteredClip
+			c.GossipTimeout = slow * 2 * time.Second
+		})
+		ps[1].w = 1e6 // the liar declares a huge weight (MaxWeight is the default here)
+		out := make([]stepOut, 2)
+		var wg sync.WaitGroup
+		for i, p := range ps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				out[i].res, out[i].err = p.a.Gossip(context.Background(), "pair", 1, p.vec, p.w)
+			}()
+		}
+		wg.Wait()
+		for i, o := range out {
+			if o.err != nil {
+				t.Fatalf("peer %d: %v", i, o.err)
+			}
+		}
+		for k, v := range ps[0].vec {
+			if want := (ps[0].orig[k] + ps[1].orig[k]) / 2; math.Abs(float64(v-want)) > 1e-6 {
+				t.Fatalf("value %d: %v, want the equal-weight mean %v", k, v, want)
+			}
+		}
+	})
+	t.Run("outlier refused", func(t *testing.T) {
+		var refs []*guard.Refusals
+		ps := newPeers(t, 2, 3000, func(_ int, c *Config) {
+			c.NormK = 10
+			c.GossipTimeout = slow * 500 * time.Millisecond
+			ref, err := guard.New(prometheus.NewRegistry(), nil, guard.Policy{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.Refusals = ref
+			refs = append(refs, ref)
+		})
+		for j := range ps[1].vec {
+			ps[1].vec[j] *= -100
+		}
+		var wg sync.WaitGroup
+		for _, p := range ps {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, _ = p.a.Gossip(context.Background(), "pair", 1, p.vec, p.w)
+			}()
+		}
+		wg.Wait()
+		if !slices.Equal(ps[0].vec, ps[0].orig) {
+			t.Fatal("the honest peer mixed in the outlier's vector")
+		}
+		var n uint64
+		for _, c := range refs[0].Summary().Refusals {
+			if c.Protocol == ProtoGossip && c.Reason == reasonOutlier {
+				n += c.Count
+			}
+		}
+		if n == 0 {
+			t.Fatalf("no outlier refusal: %+v", refs[0].Summary().Refusals)
+		}
+	})
 }
