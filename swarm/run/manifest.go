@@ -147,7 +147,29 @@ type AveragingSpec struct {
 	// Without it, drawing stops at the end of each round until the outer
 	// step is taken.
 	Overlap bool `json:"overlap,omitempty"`
+	// Aggregation is how each reducer of a group combines the members'
+	// values of its part: "mean" (or empty: the weighted mean), or, for runs
+	// that admit peers who may lie, "centered-clip" (CenteredClip from the
+	// coordinate median; ClipTau is τ as a multiple of the median distance of
+	// the members' values from that median, default 2; ClipIters caps its
+	// iterations, default 5) or "trimmed-mean" (per coordinate, drop the
+	// ⌊n/4⌋ lowest and highest values). Robust aggregations also cap each
+	// member's weight at the group's median weight.
+	Aggregation string  `json:"aggregation,omitempty"`
+	ClipTau     float64 `json:"clip_tau,omitempty"`
+	ClipIters   int     `json:"clip_iters,omitempty"`
+	// NormK, when set (≥ 1), rejects a member's part whose norm exceeds
+	// NormK × the median norm of the group's values of that part: the member
+	// is dropped from the round and the refusal counted ("outlier").
+	NormK float64 `json:"norm_k,omitempty"`
 }
+
+// Aggregations (AveragingSpec.Aggregation).
+const (
+	AggregateMean         = "mean"
+	AggregateCenteredClip = "centered-clip"
+	AggregateTrimmedMean  = "trimmed-mean"
+)
 
 // FieldError is a validation error that names the offending field by its JSON path.
 type FieldError struct {
@@ -423,6 +445,32 @@ func (a AveragingSpec) validate() error {
 	}
 	if a.TimeoutMS <= 0 {
 		return fieldErr("averaging.timeout_ms", "must be positive, got %d", a.TimeoutMS)
+	}
+	return a.validateAggregation()
+}
+
+func (a AveragingSpec) validateAggregation() error {
+	switch a.Aggregation {
+	case "", AggregateMean, AggregateCenteredClip, AggregateTrimmedMean:
+	default:
+		return fieldErr("averaging.aggregation", "unknown aggregation %q (want mean, centered-clip or trimmed-mean)", a.Aggregation)
+	}
+	if a.Aggregation != AggregateCenteredClip {
+		if a.ClipTau != 0 {
+			return fieldErr("averaging.clip_tau", "only for centered-clip (aggregation is %q)", a.Aggregation)
+		}
+		if a.ClipIters != 0 {
+			return fieldErr("averaging.clip_iters", "only for centered-clip (aggregation is %q)", a.Aggregation)
+		}
+	}
+	if !(a.ClipTau >= 0 && a.ClipTau <= 1e6) {
+		return fieldErr("averaging.clip_tau", "must be in [0, 1e6] (a multiple of the median distance; 0: 2), got %g", a.ClipTau)
+	}
+	if a.ClipIters < 0 || a.ClipIters > 100 {
+		return fieldErr("averaging.clip_iters", "must be in [0, 100] (0: 5), got %d", a.ClipIters)
+	}
+	if !(a.NormK == 0 || a.NormK >= 1 && a.NormK <= 1e12) {
+		return fieldErr("averaging.norm_k", "must be 0 (off) or in [1, 1e12], got %g", a.NormK)
 	}
 	return nil
 }

@@ -69,6 +69,22 @@ func TestValidateNamesField(t *testing.T) {
 		{"group of one", func(m *Manifest) { m.Averaging.GroupSize = 1 }, "averaging.group_size"},
 		{"compression", func(m *Manifest) { m.Averaging.Compression = "zip" }, "averaging.compression"},
 		{"timeout", func(m *Manifest) { m.Averaging.TimeoutMS = 0 }, "averaging.timeout_ms"},
+		{"unknown aggregation", func(m *Manifest) { m.Averaging.Aggregation = "median" }, "averaging.aggregation"},
+		{"clip tau without centered-clip", func(m *Manifest) { m.Averaging.ClipTau = 2 }, "averaging.clip_tau"},
+		{"clip iters on trimmed mean", func(m *Manifest) {
+			m.Averaging.Aggregation, m.Averaging.ClipIters = AggregateTrimmedMean, 3
+		}, "averaging.clip_iters"},
+		{"negative clip tau", func(m *Manifest) {
+			m.Averaging.Aggregation, m.Averaging.ClipTau = AggregateCenteredClip, -1
+		}, "averaging.clip_tau"},
+		{"NaN clip tau", func(m *Manifest) {
+			m.Averaging.Aggregation, m.Averaging.ClipTau = AggregateCenteredClip, math.NaN()
+		}, "averaging.clip_tau"},
+		{"clip iters", func(m *Manifest) {
+			m.Averaging.Aggregation, m.Averaging.ClipIters = AggregateCenteredClip, 1000
+		}, "averaging.clip_iters"},
+		{"norm k below 1", func(m *Manifest) { m.Averaging.NormK = 0.5 }, "averaging.norm_k"},
+		{"norm k infinite", func(m *Manifest) { m.Averaging.NormK = math.Inf(1) }, "averaging.norm_k"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -320,5 +336,38 @@ func TestBalancedShards(t *testing.T) {
 	}
 	if _, err := BalancedShards(m, 4); err == nil {
 		t.Error("4 shards of a 3-unit model accepted")
+	}
+}
+
+// TestAggregationFields: robust settings validate, leave the run ID of a
+// manifest without them as it was (omitempty), and change it when set.
+func TestAggregationFields(t *testing.T) {
+	m := NewMLPMNIST(3)
+	id0, err := m.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Averaging.Aggregation = AggregateMean
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	m.Averaging.Aggregation = ""
+	b, _ := m.Canonical()
+	for _, f := range []string{"aggregation", "clip_tau", "clip_iters", "norm_k"} {
+		if strings.Contains(string(b), f) {
+			t.Fatalf("canonical manifest names %s while unset: %s", f, b)
+		}
+	}
+	m.Averaging.Aggregation, m.Averaging.ClipTau, m.Averaging.ClipIters, m.Averaging.NormK = AggregateCenteredClip, 1.5, 8, 10
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if id, _ := m.ID(); id.Equals(id0) {
+		t.Fatal("robust aggregation kept the run ID")
+	}
+	m.Averaging = NewMLPMNIST(3).Averaging
+	m.Averaging.Aggregation = AggregateTrimmedMean
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
 	}
 }
