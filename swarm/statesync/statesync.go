@@ -686,6 +686,10 @@ var errLie = errors.New("statesync: donor's chunk contradicts its header")
 
 func lied(err error) bool { return errors.Is(err, ErrBadChunk) || errors.Is(err, errLie) }
 
+// Stalled reports whether err (as Want.Bad gets it) is a request that ran
+// past its deadline rather than a chunk that contradicts its header.
+func Stalled(err error) bool { return stalled(err) }
+
 // stalled reports whether err is a request that ran past its deadline.
 func stalled(err error) bool {
 	if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
