@@ -56,6 +56,10 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
 					&cli.BoolFlag{Name: "overlap", Usage: "local mode: keep training while a round's deltas are averaged (default on; --overlap=false waits)"},
 					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, bf16, fp16 or int8 (sync gradients under Adam: none or bf16)"},
+					&cli.StringFlag{Name: "aggregation", Usage: "how each reducer combines a group's values: mean, centered-clip or trimmed-mean (robust to members who lie)"},
+					&cli.Float64Flag{Name: "clip-tau", Usage: "centered-clip: τ as a multiple of the median distance from the coordinate median (0: 2)"},
+					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
+					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
@@ -181,6 +185,10 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		a.Overlap = c.Bool("overlap")
 	}
 	setString(c, "compression", &a.Compression)
+	setString(c, "aggregation", &a.Aggregation)
+	setFloat(c, "clip-tau", &a.ClipTau)
+	setInt(c, "clip-iters", &a.ClipIters)
+	setFloat(c, "norm-k", &a.NormK)
 	setString(c, "activations", &m.Training.Activations)
 	if err := admissionFromFlags(c, m); err != nil {
 		return nil, err
