@@ -94,6 +94,14 @@ func ParseAggregation(s string) (Aggregation, error) {
 	return 0, fmt.Errorf("%w: unknown aggregation %q (want mean, centered-clip or trimmed-mean)", ErrBadInput, s)
 }
 
+// AggregationNamed is ParseAggregation for a name already validated (a run
+// manifest's averaging.aggregation): a name it does not know gives
+// AggregateMean.
+func AggregationNamed(s string) Aggregation {
+	a, _ := ParseAggregation(s)
+	return a
+}
+
 func (a Aggregation) valid() bool { return a <= AggregateTrimmedMean }
 
 // aggStats reports one combination (for tests and logs).

@@ -278,6 +278,10 @@ func New(cfg Config) (*Trainer, error) {
 		MaxWeight:       float64(m.Training.TargetBatch),
 		Logger:          cfg.Logger,
 		Refusals:        cfg.Refusals,
+		Aggregation:     averaging.AggregationNamed(m.Averaging.Aggregation),
+		ClipTau:         m.Averaging.ClipTau,
+		ClipIters:       m.Averaging.ClipIters,
+		NormK:           m.Averaging.NormK,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
