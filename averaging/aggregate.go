@@ -1,7 +1,6 @@
 package averaging
 
 import (
-	"cmp"
 	"fmt"
 	"math"
 	"slices"
@@ -21,10 +20,11 @@ import (
 //     lies beyond τ of the median nor of the weighted mean, the mean is the
 //     fixed point and the answer, found in the same single pass over the
 //     inputs that computes the median: what an honest round pays.
-//   - Trimmed mean: per coordinate, drop the b lowest and b highest values
-//     (b = ⌊n/4⌋, at least 1 from 3 inputs on) and take the weighted mean
-//     of the rest. One sort per coordinate whether or not anybody lies; it
-//     throws away honest values even when nobody lies.
+//   - Trimmed mean (Yin et al. 2018): per coordinate, drop the b lowest and
+//     b highest values (b = ⌊n/4⌋, at least 1 from 3 inputs on) and average
+//     the rest, unweighted. One sort per coordinate whether or not anybody
+//     lies (about twice the mean's cost); it throws away honest values and
+//     their weights even when nobody lies.
 //
 // τ is relative: ClipTau times the median distance of the inputs from the
 // coordinate median. The honest spread of gradients shrinks by orders of
@@ -117,21 +117,14 @@ type aggregator struct {
 	tau   float64 // relative to the median distance
 	iters int
 
-	col   []float32
-	pairs []wv
-	w     []float64
-	d2    []float64 // squared distances from the current value
-	e2    []float64 // squared distances from the weighted mean
-	dist  []float64
-	c     []float64
-	m     []float32   // the weighted mean of the part
-	net   [][2]uint16 // sorting network for the median of n
-	netN  int
-}
-
-type wv struct {
-	v float32
-	w float64
+	col  []float32
+	w    []float64
+	d2   []float64 // squared distances from the current value
+	dist []float64
+	c    []float64
+	m    []float32   // the weighted mean of the part
+	net  [][2]uint16 // sorting network for the median of n
+	netN int
 }
 
 func newAggregator(kind Aggregation, tau float64, iters int) *aggregator {
@@ -205,34 +198,12 @@ func trimCount(n int) int {
 func (g *aggregator) trimmedMean(out []float32, xs [][]float32) {
 	n := len(xs)
 	b := trimCount(n)
-	g.pairs = slices.Grow(g.pairs[:0], n)[:n]
-	p := g.pairs
-	for j := range out {
-		for i, x := range xs {
-			p[i] = wv{x[j], g.w[i]}
-		}
-		if n <= 16 { // insertion sort: n is a group size
-			for i := 1; i < n; i++ {
-				for k := i; k > 0 && p[k].v < p[k-1].v; k-- {
-					p[k], p[k-1] = p[k-1], p[k]
-				}
-			}
-		} else {
-			slices.SortFunc(p, func(a, b wv) int { return cmp.Compare(a.v, b.v) })
-		}
-		var s, W float64
-		for _, e := range p[b : n-b] {
-			s += e.w * float64(e.v)
-			W += e.w
-		}
-		out[j] = float32(s / W)
-	}
+	g.sortedMean(out, xs, b, n-b)
 }
 
 func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	n := len(xs)
 	g.d2 = slices.Grow(g.d2[:0], n)[:n]
-	g.e2 = slices.Grow(g.e2[:0], n)[:n]
 	g.dist = slices.Grow(g.dist[:0], n)[:n]
 	g.c = slices.Grow(g.c[:0], n)[:n]
 	g.m = slices.Grow(g.m[:0], len(out))[:len(out)]
@@ -240,16 +211,11 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	for _, w := range g.w {
 		W += w
 	}
-	// The coordinate-wise median (the start), the weighted mean, and every
-	// input's distance to both: what an honest round pays.
-	if n <= 8 {
-		medians8(out, xs)
-	} else {
-		g.prepareMedian(n)
-		for j := range out {
-			out[j] = g.medianAt(xs, j)
-		}
-	}
+	// The weighted mean, and τ from the inputs' distances to the coordinate
+	// median estimated on a sample of coordinates (the median of n
+	// estimates, like τ itself, is set by the majority). When no input lies
+	// beyond τ of the mean, the mean is a fixed point of the iteration with
+	// that τ and the answer: what an honest round pays, about two passes.
 	for j := range g.m {
 		var s float64
 		for i, x := range xs {
@@ -257,29 +223,30 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 		}
 		g.m[j] = float32(s / W)
 	}
+	tau := g.tau * g.sampledMedianDist(xs)
+	if tau > 0 && !math.IsInf(tau, 0) {
+		for i, x := range xs {
+			g.d2[i] = sqDist(x, g.m)
+		}
+		g.sqrtDist()
+		if !g.anyBeyond(tau) {
+			copy(out, g.m)
+			return aggStats{Tau: tau}
+		}
+	}
+	// Otherwise start from the coordinate-wise median, which a minority
+	// cannot drag, with τ from the exact distances to it.
+	lo, hi := medianRanks(n)
+	g.sortedMean(out, xs, lo, hi)
 	for i, x := range xs {
-		g.d2[i], g.e2[i] = sqDist2(x, out, g.m)
+		g.d2[i] = sqDist(x, out)
 	}
 	g.sqrtDist()
-	tau := g.tau * medianF64(slices.Clone(g.dist))
+	tau = g.tau * medianF64(slices.Clone(g.dist))
 	st := aggStats{Tau: tau}
 	if !(tau > 0) || math.IsInf(tau, 0) {
 		// Half the inputs sit on the median (or τ overflowed): keep it.
 		return st
-	}
-	if !g.anyBeyond(tau) {
-		// Nobody is clipped at the median, so the first step lands on the
-		// weighted mean; if nobody is clipped there either, it is the
-		// fixed point. What an honest round pays: this one pass.
-		for i, e := range g.e2 {
-			g.dist[i] = math.Sqrt(e)
-		}
-		if !g.anyBeyond(tau) {
-			copy(out, g.m)
-			st.Iters = 1
-			return st
-		}
-		g.sqrtDist() // back to the distances from the median
 	}
 	for st.Iters < g.iters {
 		st.Iters++
@@ -381,11 +348,19 @@ func medianF64(c []float64) float64 {
 
 // l2 is the Euclidean norm of x.
 func l2(x []float32) float64 {
-	var s float64
-	for _, v := range x {
-		s += float64(v) * float64(v)
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(x); j += 4 {
+		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
+		s0 += a * a
+		s1 += b * b
+		s2 += c * c
+		s3 += d * d
 	}
-	return math.Sqrt(s)
+	for ; j < len(x); j++ {
+		s0 += float64(x[j]) * float64(x[j])
+	}
+	return math.Sqrt((s0 + s1) + (s2 + s3))
 }
 
 // prepareMedian readies medianAt for n inputs: a sorting network of
@@ -403,14 +378,16 @@ func (g *aggregator) prepareMedian(n int) {
 	g.netN, g.net = n, oddEvenMergeSort(p)
 }
 
-// medianAt is the median of the inputs' values at coordinate j.
-func (g *aggregator) medianAt(xs [][]float32, j int) float32 {
+// sortedAt returns the inputs' values at coordinate j, sorted (a view of
+// g.col, valid until the next call).
+func (g *aggregator) sortedAt(xs [][]float32, j int) []float32 {
 	n, c := len(xs), g.col
 	for i, x := range xs {
 		c[i] = x[j]
 	}
 	if n > 32 {
-		return medianF32(c[:n])
+		slices.Sort(c[:n])
+		return c[:n]
 	}
 	for i := n; i < len(c); i++ {
 		c[i] = float32(math.Inf(1)) // padding sorts last
@@ -419,11 +396,29 @@ func (g *aggregator) medianAt(xs [][]float32, j int) float32 {
 		a, b := c[e[0]], c[e[1]]
 		c[e[0]], c[e[1]] = min(a, b), max(a, b)
 	}
-	if n%2 == 1 {
-		return c[n/2]
-	}
-	return float32((float64(c[n/2-1]) + float64(c[n/2])) / 2)
+	return c[:n]
 }
+
+// sortedMean writes into out, for every coordinate, the mean of the
+// inputs' sorted values from rank lo to hi-1.
+func (g *aggregator) sortedMean(out []float32, xs [][]float32, lo, hi int) {
+	if len(xs) <= 8 {
+		sortedMean8(out, xs, lo, hi)
+		return
+	}
+	g.prepareMedian(len(xs))
+	inv := 1 / float64(hi-lo)
+	for j := range out {
+		var s float64
+		for _, x := range g.sortedAt(xs, j)[lo:hi] {
+			s += float64(x)
+		}
+		out[j] = float32(s * inv)
+	}
+}
+
+// medianRanks are the ranks whose mean is the median of n values.
+func medianRanks(n int) (lo, hi int) { return (n - 1) / 2, n/2 + 1 }
 
 // oddEvenMergeSort is Batcher's sorting network for p (a power of two)
 // values, as compare-exchange pairs (lower index gets the minimum).
@@ -443,26 +438,30 @@ func oddEvenMergeSort(p int) [][2]uint16 {
 	return net
 }
 
-// medians8 writes the coordinate-wise median of 2 to 8 inputs into out:
+// sortedMean8 writes into out, for every coordinate, the mean of the
+// sorted values of 1 to 8 inputs from rank lo to hi-1 (the median: the one
+// or two middle ranks; a trimmed mean: all but b at each end). It sorts with
 // Batcher's network for 8 values (oddEvenMergeSort(8)) unrolled on locals,
-// missing inputs padded with +Inf.
-func medians8(out []float32, xs [][]float32) {
+// missing inputs padded with +Inf: no data-dependent branches, which is what
+// makes a sort of a few values per coordinate cheap.
+func sortedMean8(out []float32, xs [][]float32, lo, hi int) {
 	n := len(xs)
 	var in [8][]float32
-	inf := float32(math.Inf(1))
-	pad := make([]float32, len(out))
+	var pad []float32
 	for i := range in {
 		if i < n {
 			in[i] = xs[i][:len(out)]
-		} else {
-			if i == n {
-				for j := range pad {
-					pad[j] = inf
-				}
-			}
-			in[i] = pad
+			continue
 		}
+		if pad == nil {
+			pad = make([]float32, len(out))
+			for j := range pad {
+				pad[j] = float32(math.Inf(1))
+			}
+		}
+		in[i] = pad
 	}
+	inv := 1 / float64(hi-lo)
 	for j := range out {
 		a, b, c, d, e, f, g, h := in[0][j], in[1][j], in[2][j], in[3][j], in[4][j], in[5][j], in[6][j], in[7][j]
 		a, b = min(a, b), max(a, b)
@@ -484,52 +483,66 @@ func medians8(out []float32, xs [][]float32) {
 		b, c = min(b, c), max(b, c)
 		d, e = min(d, e), max(d, e)
 		f, g = min(f, g), max(f, g)
-		var m float32
-		switch n {
-		case 2:
-			m = float32((float64(a) + float64(b)) / 2)
-		case 3:
-			m = b
-		case 4:
-			m = float32((float64(b) + float64(c)) / 2)
-		case 5:
-			m = c
-		case 6:
-			m = float32((float64(c) + float64(d)) / 2)
-		case 7:
-			m = d
-		default:
-			m = float32((float64(d) + float64(e)) / 2)
+		v := [8]float32{a, b, c, d, e, f, g, h}
+		var s float64
+		for _, x := range v[lo:hi] {
+			s += float64(x)
 		}
-		_, _, _, _ = e, f, g, h
-		out[j] = m
+		out[j] = float32(s * inv)
 	}
 }
 
-// sqDist2 returns ‖x − a‖² and ‖x − b‖², in float64 with four accumulators
-// each (a single running sum is bound by the latency of its additions).
-func sqDist2(x, a, b []float32) (float64, float64) {
+// sqDist returns ‖x − a‖² in float64, with four accumulators (a single
+// running sum is bound by the latency of its additions).
+func sqDist(x, a []float32) float64 {
 	n := len(a)
-	x, b = x[:n], b[:n]
-	var a0, a1, a2, a3, b0, b1, b2, b3 float64
+	x = x[:n]
+	var s0, s1, s2, s3 float64
 	j := 0
 	for ; j+4 <= n; j += 4 {
-		x0, x1, x2, x3 := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
-		d0, d1, d2, d3 := x0-float64(a[j]), x1-float64(a[j+1]), x2-float64(a[j+2]), x3-float64(a[j+3])
-		e0, e1, e2, e3 := x0-float64(b[j]), x1-float64(b[j+1]), x2-float64(b[j+2]), x3-float64(b[j+3])
-		a0 += d0 * d0
-		a1 += d1 * d1
-		a2 += d2 * d2
-		a3 += d3 * d3
-		b0 += e0 * e0
-		b1 += e1 * e1
-		b2 += e2 * e2
-		b3 += e3 * e3
+		d0 := float64(x[j]) - float64(a[j])
+		d1 := float64(x[j+1]) - float64(a[j+1])
+		d2 := float64(x[j+2]) - float64(a[j+2])
+		d3 := float64(x[j+3]) - float64(a[j+3])
+		s0 += d0 * d0
+		s1 += d1 * d1
+		s2 += d2 * d2
+		s3 += d3 * d3
 	}
 	for ; j < n; j++ {
-		d, e := float64(x[j])-float64(a[j]), float64(x[j])-float64(b[j])
-		a0 += d * d
-		b0 += e * e
+		d := float64(x[j]) - float64(a[j])
+		s0 += d * d
 	}
-	return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
+	return (s0 + s1) + (s2 + s3)
+}
+
+// tauSample is about how many coordinates sampledMedianDist looks at: its
+// estimate of a distance is then within about 1% of the true one for inputs
+// whose differences are spread over the part.
+const tauSample = 8192
+
+// sampledMedianDist estimates the median distance of the inputs from their
+// coordinate-wise median from every stride-th coordinate (all of them in
+// parts of up to 2·tauSample values).
+func (g *aggregator) sampledMedianDist(xs [][]float32) float64 {
+	n, d := len(xs), len(xs[0])
+	stride := max(1, d/tauSample)
+	g.prepareMedian(n)
+	clear(g.d2)
+	lo, hi := medianRanks(n)
+	for j := 0; j < d; j += stride {
+		c := g.sortedAt(xs, j)
+		m := float64(c[lo])
+		if hi-lo == 2 {
+			m = (m + float64(c[lo+1])) / 2
+		}
+		for i, x := range xs {
+			e := float64(x[j]) - m
+			g.d2[i] += e * e
+		}
+	}
+	for i := range g.d2 {
+		g.dist[i] = math.Sqrt(g.d2[i] * float64(stride))
+	}
+	return medianF64(slices.Clone(g.dist))
 }

@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -314,19 +315,21 @@ func (r *reducer) Dropped() map[int]string { return r.reasons }
 func (r *reducer) combine(k int) {
 	sp := r.parts[k]
 	if r.opts.NormK > 0 {
-		r.norms = r.norms[:0]
+		r.norms = slices.Grow(r.norms[:0], r.n)[:r.n]
+		var ns []float64
 		for s := range r.n {
 			if r.contrib[k].has(s) {
-				r.norms = append(r.norms, l2(r.values(k, s)))
+				r.norms[s] = l2(r.values(k, s))
+				ns = append(ns, r.norms[s])
 			}
 		}
-		med := medianF64(r.norms)
+		med := medianF64(ns)
 		for s := range r.n {
 			if s == r.self || !r.contrib[k].has(s) || !(med > 0) {
 				continue
 			}
-			if norm := l2(r.values(k, s)); norm > r.opts.NormK*med {
-				r.reject(s, k, fmt.Sprintf("part %d norm %.4g is above %g × the group's median %.4g", k, norm, r.opts.NormK, med))
+			if r.norms[s] > r.opts.NormK*med {
+				r.reject(s, k, fmt.Sprintf("part %d norm %.4g is above %g × the group's median %.4g", k, r.norms[s], r.opts.NormK, med))
 			}
 		}
 	}

@@ -1,6 +1,7 @@
 // Command allreduce-bench measures the averaging package on 127.0.0.1:
 //
 //	allreduce-bench run   -n 4 -mib 64 -codec none -rounds 3   # n peer processes, one all-reduce per round
+//	                      [-agg centered-clip -norm-k 10]      # robust aggregation at the reducers
 //	allreduce-bench p2p   -mib 256                             # one libp2p stream between two processes
 //	allreduce-bench match -n 64 -rounds 5                      # 64 in-process peers grouped by matchmaking
 //
@@ -186,6 +187,8 @@ func cmdPeer(args []string) error {
 	mib := fs.Int("mib", 64, "vector size in MiB")
 	rounds := fs.Int("rounds", 3, "rounds")
 	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
+	agg := fs.String("agg", "mean", "mean, centered-clip, trimmed-mean")
+	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
 	if err != nil || len(ports) != *n {
@@ -215,12 +218,16 @@ func cmdPeer(args []string) error {
 	if err != nil {
 		return err
 	}
+	ag, err := averaging.ParseAggregation(*agg)
+	if err != nil {
+		return err
+	}
 	a, err := averaging.New(h, averaging.Config{
 		Peers:           func(context.Context, string) []peer.ID { return ids },
 		TargetGroupSize: *n, MinGroupSize: *n,
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
-		Compression: c,
+		Compression: c, Aggregation: ag, NormK: *normK,
 	})
 	if err != nil {
 		return err
@@ -369,11 +376,13 @@ func cmdRun(args []string) error {
 	mib := fs.Int("mib", 64, "vector size in MiB")
 	rounds := fs.Int("rounds", 3, "rounds (the first is a warm-up and not counted when rounds > 1)")
 	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
+	agg := fs.String("agg", "mean", "aggregation: mean, centered-clip, trimmed-mean")
+	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	outs, err := spawn(ctx, *n, "-mode", "allreduce", "-mib", fmt.Sprint(*mib), "-rounds", fmt.Sprint(*rounds),
-		"-codec", *codec)
+		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK))
 	if err != nil {
 		return err
 	}
@@ -403,7 +412,7 @@ func cmdRun(args []string) error {
 	size := float64(int64(*mib) << 20)
 	busbw := size * 2 * float64(*n-1) / float64(*n) / t
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"n": *n, "mib": *mib, "codec": *codec, "rounds": len(times), "time_s": t,
+		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "rounds": len(times), "time_s": t,
 		"busbw_mibps": busbw / (1 << 20), "fraction_min": minFrac, "peak_rss_mib": float64(rss) / 1024,
 		"rss_over_vector": float64(rss) * 1024 / size, "max_sent_mib": float64(sent) / (1 << 20),
 	})
