@@ -229,6 +229,10 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 			g.d2[i] = sqDist(x, g.m)
 		}
 		g.sqrtDist()
+		// A sample overestimates distances concentrated on the sampled
+		// coordinates (sparse honest differences): never use more than τ
+		// measured from the mean itself.
+		tau = min(tau, g.tau*medianF64(slices.Clone(g.dist)))
 		if !g.anyBeyond(tau) {
 			copy(out, g.m)
 			return aggStats{Tau: tau}
