@@ -136,6 +136,15 @@ type Governor struct {
 	pauses     map[string]int
 	changed    chan struct{} // closed and replaced on every state change
 	metrics    *Metrics
+	notify     func(Decision) // after every observation of Watch (OnDecision)
+}
+
+// OnDecision makes Watch call f with every decision, so that the pause
+// Gate's gpu rule follows the governor. Set it before Watch starts.
+func (g *Governor) OnDecision(f func(Decision)) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.notify = f
 }
 
 // NewGovernor validates the limits. own reports whether a GPU process
@@ -298,7 +307,13 @@ func (g *Governor) Watch(ctx context.Context, s Sampler, interval time.Duration,
 		if err != nil && len(devs) == 0 {
 			g.SampleFailed(err)
 		} else {
-			g.Observe(clock.Now(), devs, own)
+			d := g.Observe(clock.Now(), devs, own)
+			g.mu.Lock()
+			f := g.notify
+			g.mu.Unlock()
+			if f != nil {
+				f(d)
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -132,6 +132,8 @@ func (n *Node) apiHandler() http.Handler {
 		n.RefreshRunPeers()
 		writeJSON(w, http.StatusAccepted, struct{}{})
 	}))
+	mux.HandleFunc(api.PathPause, post(n.servePause(true)))
+	mux.HandleFunc(api.PathResume, post(n.servePause(false)))
 	mux.Handle(api.PathMetrics, promhttp.HandlerFor(n.reg, promhttp.HandlerOpts{}))
 	if n.cfg.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

@@ -25,8 +25,10 @@ import (
 // (epoch, shards, the peers' shards and devices); the trainer's whole view
 // is also under services.training.
 //
-// With a GPU sampler it also runs the volunteer's limits: a gpu.Governor
-// samples the GPUs and training pauses while the governor says so.
+// Training pauses while any of the volunteer's pause rules holds it
+// (gpu.Gate, combined in one place): manual (swarm pause, the dashboard),
+// active-hours, cpu-busy and, with a GPU sampler, gpu (a gpu.Governor
+// samples the GPUs). Status says which rules hold under services.pause.
 type Training struct {
 	// Config is the trainer's configuration; Host, RunPeers, Announce,
 	// FindProviders, Logger and WaitRunning are filled in from the node.
@@ -40,10 +42,21 @@ type Training struct {
 	Sampler gpu.Sampler
 	// SampleEvery is the governor's sampling interval (0: 5 s).
 	SampleEvery time.Duration
+	// ActiveHours is the daily window of local time training runs in (the
+	// zero value: all hours).
+	ActiveHours gpu.ActiveHours
+	// PauseOtherCPUPct holds training while other processes use more than
+	// this share of the CPU (0: never); it resumes after Limits.ResumeAfter
+	// below the threshold less 10 points.
+	PauseOtherCPUPct int
+	// RuleEvery is how often the active-hours and cpu-busy rules are
+	// checked (0: 5 s).
+	RuleEvery time.Duration
 
 	mu     sync.Mutex
 	t      *trainer.Trainer
 	gov    *gpu.Governor
+	gate   *gpu.Gate
 	done   chan struct{}
 	err    error
 	cancel context.CancelFunc // stops the governor's loops
@@ -101,6 +114,18 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 		cfg.Device = "cpu"
 	}
 	s.Config.Device = cfg.Device
+	gate := gpu.NewGate()
+	cfg.WaitRunning = gate.WaitRunning
+	var watcher *gpu.RuleWatcher
+	if s.ActiveHours.IsSet() || s.PauseOtherCPUPct > 0 {
+		watcher = &gpu.RuleWatcher{Gate: gate, Hours: s.ActiveHours}
+		if s.PauseOtherCPUPct > 0 {
+			if watcher.CPU, err = gpu.NewCPUBusy(s.PauseOtherCPUPct, s.Limits.ResumeAfter); err != nil {
+				return fmt.Errorf("training: %w", err)
+			}
+		}
+		watcher.Step(time.Now()) // a node started outside its hours never trains a batch
+	}
 	var gov *gpu.Governor
 	if s.Sampler != nil {
 		gm, err := gpu.NewMetrics(n.Registerer())
@@ -110,7 +135,15 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 		if gov, err = gpu.NewGovernor(s.Limits, gm); err != nil {
 			return fmt.Errorf("training: %w", err)
 		}
-		cfg.WaitRunning = gov.WaitRunning
+		gov.OnDecision(func(d gpu.Decision) {
+			reason := ""
+			if d.State == gpu.Paused {
+				if reason = d.Reason; reason == "" {
+					reason = "the GPU limits"
+				}
+			}
+			gate.Set(time.Now(), gpu.RuleGPU, reason)
+		})
 	}
 	t, err := trainer.New(cfg)
 	if err != nil {
@@ -125,25 +158,38 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 		return fmt.Errorf("training: metrics: %w", err)
 	}
 	s.mu.Lock()
-	s.t, s.gov, s.done = t, gov, make(chan struct{})
+	s.t, s.gov, s.gate, s.done = t, gov, gate, make(chan struct{})
 	s.mu.Unlock()
 	n.AddStatus("training", func() any { return s.trainerStatus(t) })
 	if gov != nil {
 		n.AddStatus("gpu", func() any { return gov.Status() })
 	}
+	n.AddStatus("pause", func() any { return s.PauseStatus() })
 	n.FillStatus(func(st *api.Status) { s.fill(n, st) })
+	gctx, cancel := context.WithCancel(ctx)
+	s.cancel = cancel
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		logPauses(gctx, gate, n)
+	}()
+	if watcher != nil {
+		every := s.RuleEvery
+		if every <= 0 {
+			every = 5 * time.Second
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			watcher.Run(gctx, gpu.RealClock, every)
+		}()
+	}
 	if gov != nil {
 		every := s.SampleEvery
 		if every <= 0 {
 			every = 5 * time.Second
 		}
-		gctx, cancel := context.WithCancel(ctx)
-		s.cancel = cancel
-		s.wg.Add(2)
-		go func() {
-			defer s.wg.Done()
-			logPauses(gctx, gov, n)
-		}()
+		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			gov.Watch(gctx, s.Sampler, every, gpu.RealClock, ownChild)
@@ -161,24 +207,75 @@ func (s *Training) Start(ctx context.Context, n *Node) (err error) {
 	return nil
 }
 
-// logPauses logs every change of the governor's state.
-func logPauses(ctx context.Context, gov *gpu.Governor, n *Node) {
-	for ctx.Err() == nil {
-		if paused, why := gov.Paused(); paused {
-			n.Logger().Warn("training paused by the GPU limits", "reason", why)
-			if gov.WaitRunning(ctx) != nil {
-				return
+// logPauses logs every rule that starts or stops holding training.
+func logPauses(ctx context.Context, gate *gpu.Gate, n *Node) {
+	held := map[string]bool{}
+	for {
+		ch := gate.Changed()
+		now := map[string]bool{}
+		for _, h := range gate.Holds() {
+			now[h.Rule] = true
+			if !held[h.Rule] {
+				n.Logger().Warn("training paused", "rule", h.Rule, "reason", h.Reason)
 			}
-			n.Logger().Info("training resumed: the GPU limits are clear")
-			continue
 		}
-		// Running: poll for the next pause (the governor has no wait for it).
+		for r := range held {
+			if !now[r] {
+				n.Logger().Info("pause rule cleared", "rule", r, "paused", len(now) > 0)
+			}
+		}
+		held = now
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(time.Second):
+		case <-ch:
 		}
 	}
+}
+
+// ErrNotTraining is the answer to pause and resume on a node that does not
+// train (a bootstrap node, or swarm node --no-train).
+var ErrNotTraining = errors.New("this node does not train (a bootstrap node, or --no-train): nothing to pause or resume")
+
+// SetManual sets (pause) or clears (resume) a pause rule by hand; only the
+// manual rule may be (gpu.CheckSettable names why the others may not).
+func (s *Training) SetManual(rule string, pause bool) (api.Pause, error) {
+	if rule == "" {
+		rule = gpu.RuleManual
+	}
+	if err := gpu.CheckSettable(rule); err != nil {
+		return api.Pause{}, err
+	}
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	if gate == nil {
+		return api.Pause{}, ErrNotTraining
+	}
+	reason := ""
+	if pause {
+		reason = "paused by the volunteer (swarm pause or the dashboard); swarm resume continues"
+	}
+	gate.Set(time.Now(), rule, reason)
+	return s.PauseStatus(), nil
+}
+
+// PauseStatus is the pause part of status (services.pause).
+func (s *Training) PauseStatus() api.Pause {
+	s.mu.Lock()
+	gate := s.gate
+	s.mu.Unlock()
+	p := api.Pause{State: "running", Holds: []api.Hold{}, ActiveHours: s.ActiveHours.String(), PauseOtherCPUPct: s.PauseOtherCPUPct}
+	if gate == nil {
+		return p
+	}
+	for _, h := range gate.Holds() {
+		p.Holds = append(p.Holds, api.Hold{Rule: h.Rule, Reason: h.Reason, Since: h.Since.UTC().Format(time.RFC3339)})
+	}
+	if len(p.Holds) > 0 {
+		p.State = "paused"
+	}
+	return p
 }
 
 // fill sets the training fields of a status answer from the trainer's view.

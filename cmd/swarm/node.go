@@ -20,7 +20,7 @@ daemon through the control API whose address it writes to HOME/api.`,
 			&cli.StringFlag{Name: "manifest", Aliases: []string{"run"}, Usage: "run manifest file; the run ID is its CID, and the node trains its share of the run", EnvVars: []string{"SWARM_MANIFEST"}},
 			tokenFlag(),
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
-		), append(trainingFlags(), gpuFlags()...)...),
+		), append(append(trainingFlags(), gpuFlags()...), pauseRuleFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return cli.Exit("swarm node: unexpected arguments: "+c.Args().First(), 2)
@@ -45,9 +45,14 @@ daemon through the control API whose address it writes to HOME/api.`,
 				if err := applyAdmission(&cfg, m); err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 1)
 				}
+				rules, err := parsePauseRules(c)
+				if err != nil {
+					return cli.Exit("swarm node: "+err.Error(), 2)
+				}
 				if err := attachTraining(c, &cfg, m, log); err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 1)
 				}
+				rules.apply(&cfg)
 			}
 			n, err := node.New(cfg, log)
 			if err != nil {

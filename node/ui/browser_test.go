@@ -2,6 +2,7 @@ package ui_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -75,6 +76,12 @@ func trainingNode(t *testing.T, m *run.Manifest, shard int, boot ...string) (*no
 	return n, home
 }
 
+func pauseOf(st *api.Status) api.Pause {
+	var p api.Pause
+	_ = json.Unmarshal(st.Services["pause"], &p)
+	return p
+}
+
 // TestDashboardInBrowser drives headless chromium against a live local
 // swarm of two training nodes: the page loads without console errors, its
 // plots fill with points from the run, and (with SWARM_UPDATE_SCREENSHOT=1)
@@ -86,8 +93,12 @@ func TestDashboardInBrowser(t *testing.T) {
 	m.Training = run.TrainingSpec{BatchSize: 32, TargetBatch: 128, Steps: 1000}
 	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 2, 1000
 	a, home := trainingNode(t, m, 0)
-	trainingNode(t, m, 1, a.Addrs()[0].String())
+	_, homeB := trainingNode(t, m, 1, a.Addrs()[0].String())
 	cl, err := client.FromHome(home)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clB, err := client.FromHome(homeB)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,6 +164,11 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 
 	if os.Getenv("SWARM_UPDATE_SCREENSHOT") != "" {
+		// A longer history for the README's picture.
+		if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`Number(document.body.dataset.lossPoints || 0) >= 20`,
+			chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(40*time.Second))); err != nil {
+			t.Fatal(err)
+		}
 		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatal(err)
@@ -163,6 +179,50 @@ func TestDashboardInBrowser(t *testing.T) {
 		}
 		t.Logf("wrote %s", path)
 	}
+
+	// Pause from the page: the node holds training by the manual rule,
+	// says so in status and on the page, and stays in the swarm, where its
+	// peer sees it as paused; Resume brings it back online.
+	if err := chromedp.Do(bctx, chromedp.Click("#pause")); err != nil {
+		t.Fatal(err)
+	}
+	self := a.Host().ID().String()
+	peerState := func(st *api.Status) string {
+		for _, p := range st.Peers {
+			if p.PeerID == self {
+				return p.State
+			}
+		}
+		return "absent"
+	}
+	var stB *api.Status
+	testutil.Eventually(t, 20*time.Second, func() string {
+		return fmt.Sprintf("node state %q, pause %s; its peer sees it %q", st.State, st.Services["pause"], peerState(stB))
+	}, func() bool {
+		st, err = cl.Status(ctx)
+		if err != nil {
+			return false
+		}
+		stB, err = clB.Status(ctx)
+		return err == nil && st.State == "paused" && pauseOf(st).State == "paused" && len(pauseOf(st).Holds) == 1 && pauseOf(st).Holds[0].Rule == "manual" &&
+			peerState(stB) == "paused"
+	})
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.getElementById("state").textContent === "paused" && document.getElementById("why").textContent.includes("manual")`,
+		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Errorf("the page does not say paused by the manual rule: %v", err)
+	}
+	if err := chromedp.Do(bctx, chromedp.Click("#resume")); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() string { return fmt.Sprintf("node state %q, pause %s", st.State, st.Services["pause"]) }, func() bool {
+		st, err = cl.Status(ctx)
+		return err == nil && st.State == "online" && pauseOf(st).State == "running"
+	})
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.getElementById("state").textContent === "online"`,
+		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Errorf("the page does not say online after Resume: %v", err)
+	}
+
 	mu.Lock()
 	defer mu.Unlock()
 	if len(consoleErrors) > 0 {

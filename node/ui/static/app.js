@@ -109,13 +109,15 @@
     const tr = service(st, "training");
     const training = !!st.state;
     $("title").textContent = "swarm " + (st.role === "bootstrap" ? "bootstrap" : "node") + (st.run_name ? " · " + st.run_name : "");
-    const state = st.state || (st.role === "bootstrap" ? "bootstrap" : "not training");
+    let state = st.state || (st.role === "bootstrap" ? "bootstrap" : "not training");
+    const held = service(st, "pause");
+    if (held && held.holds && held.holds.length) state = "paused";
     const badge = $("state");
     badge.textContent = state;
     badge.className = "badge " + state;
 
     // Why: which rules hold training, or what the node waits for.
-    const pause = st.pause;
+    const pause = service(st, "pause");
     let why = "";
     if (pause && pause.holds && pause.holds.length) {
       why = "Training held by " + pause.holds.map((h) => h.rule + " (" + h.reason + ")").join("; ");
@@ -229,8 +231,8 @@
         showError(what + " refused: " + (body.error || resp.status + " " + resp.statusText));
         return;
       }
-      if (body && body.pause && last) {
-        last.pause = body.pause;
+      if (body && body.holds && last) {
+        last.services = Object.assign({}, last.services, { pause: body });
         render(last);
       }
     } catch (err) {
