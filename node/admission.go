@@ -15,6 +15,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/swarm-train/swarm/node/api"
+	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/run"
 )
 
@@ -172,11 +173,33 @@ func (g gatedHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID
 	g.Host.SetStreamHandlerMatch(pid, match, g.m.gate(pid, h))
 }
 
+// NewStream runs the run hello with p first when needed (over a relayed
+// connection if that is all there is). Progress records may then go over a
+// relayed connection too; every other training protocol (pipeline, state
+// sync, averaging) moves bulk data and waits, at most directWait, for a
+// direct connection (hole punching), then fails with ErrRelayedOnly.
 func (g gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
-	if err := g.m.ensure(ctx, p); err != nil {
+	if err := g.m.ensure(network.WithAllowLimitedConn(ctx, "run hello"), p); err != nil {
+		return nil, err
+	}
+	if relayable(pids) {
+		ctx = network.WithAllowLimitedConn(ctx, "progress records")
+	} else if err := g.m.n.waitDirect(ctx, p); err != nil {
 		return nil, err
 	}
 	return g.Host.NewStream(ctx, p, pids...)
+}
+
+// relayable reports whether every protocol asked for may use a relayed
+// connection: only progress records, small and rare, within the relays'
+// limits (relayData).
+func relayable(pids []protocol.ID) bool {
+	for _, pid := range pids {
+		if pid != progress.Protocol {
+			return false
+		}
+	}
+	return len(pids) > 0
 }
 
 // RunHost returns the host that run services (training) must use: handlers

@@ -44,6 +44,13 @@ const (
 	RoleBootstrap Role = "bootstrap" // public bootstrap node: DHT server, relay service
 )
 
+// Reachability settings accepted in Config.Reachability.
+const (
+	ReachabilityAuto    = "auto"
+	ReachabilityPublic  = "public"
+	ReachabilityPrivate = "private"
+)
+
 // DHT modes accepted in Config.DHTMode.
 const (
 	DHTAuto   = "auto"   // server when publicly reachable (or in a local swarm), client otherwise
@@ -91,6 +98,16 @@ type Config struct {
 	// libp2p key file format): only peers with the same key can connect,
 	// and the node listens on TCP only (QUIC cannot use a pre-shared key).
 	SwarmKeyFile string `json:"swarm_key_file,omitempty"`
+	// Reachability is public, private or auto: public skips AutoNAT and
+	// counts this node as dialable at once (the relay service, when on,
+	// starts at once); private counts it as behind NAT (relay reservations
+	// at once); auto lets AutoNAT decide. Empty means the role's default:
+	// public on bootstrap nodes, auto on volunteers (--reachability).
+	Reachability string `json:"reachability,omitempty"`
+	// Announce replaces the direct addresses this node tells other peers
+	// to dial it at (a port forward, a public IP the host cannot see);
+	// relay addresses are still added (--announce).
+	Announce []string `json:"announce,omitempty"`
 
 	// Home is the home directory (identity, config, API address, lock).
 	Home string `json:"-"`
@@ -274,6 +291,14 @@ func (c *Config) Validate() error {
 	if c.Role != RoleBootstrap && strings.TrimSpace(c.RunName) == "" && !c.RunID.Defined() {
 		return errors.New("field run_name: empty")
 	}
+	switch c.Reachability {
+	case "", ReachabilityAuto, ReachabilityPublic, ReachabilityPrivate:
+	default:
+		return fmt.Errorf("field reachability: %q is not public, private or auto", c.Reachability)
+	}
+	if _, err := c.AnnounceAddrs(""); err != nil {
+		return err
+	}
 	switch c.DHTMode {
 	case DHTAuto, DHTServer, DHTClient:
 	default:
@@ -314,6 +339,49 @@ func (c *Config) BootstrapPeers() ([]peer.AddrInfo, error) {
 		return nil, fmt.Errorf("field bootstrap: %v", err)
 	}
 	return infos, nil
+}
+
+// ReachabilitySetting is Config.Reachability with the role's default
+// filled in: public on bootstrap nodes, auto on volunteers.
+func (c *Config) ReachabilitySetting() string {
+	switch {
+	case c.Reachability != "":
+		return c.Reachability
+	case c.Role == RoleBootstrap:
+		return ReachabilityPublic
+	}
+	return ReachabilityAuto
+}
+
+// AnnounceAddrs parses Config.Announce into direct multiaddrs without
+// /p2p. An entry may end in /p2p/ID only when ID is self (when self is
+// empty any ID passes, for checks before the identity is loaded); relay
+// (p2p-circuit) addresses are refused: the relay client adds its own.
+func (c *Config) AnnounceAddrs(self peer.ID) ([]ma.Multiaddr, error) {
+	var out []ma.Multiaddr
+	for i, s := range c.Announce {
+		a, err := ma.NewMultiaddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("field announce[%d]: %q is not a multiaddr: %v", i, s, err)
+		}
+		if _, err := a.ValueForProtocol(ma.P_CIRCUIT); err == nil {
+			return nil, fmt.Errorf("field announce[%d]: %q is a relay address; announce direct addresses only", i, s)
+		}
+		transport, id := peer.SplitAddr(a)
+		if len(transport) == 0 {
+			return nil, fmt.Errorf("field announce[%d]: %q has no transport address", i, s)
+		}
+		if id != "" && self != "" && id != self {
+			return nil, fmt.Errorf("field announce[%d]: %q names peer %s, but this node is %s", i, s, id, self)
+		}
+		if _, err := transport.ValueForProtocol(ma.P_TCP); err != nil {
+			if _, err := transport.ValueForProtocol(ma.P_UDP); err != nil {
+				return nil, fmt.Errorf("field announce[%d]: %q names no TCP or UDP port", i, s)
+			}
+		}
+		out = append(out, transport)
+	}
+	return out, nil
 }
 
 // validateAPIAddr accepts unix:/path or host:port where host is a loopback

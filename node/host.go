@@ -23,6 +23,7 @@ import (
 	libp2ptls "github.com/libp2p/go-libp2p/p2p/security/tls"
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -106,23 +107,89 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 	if cfg.PortMapping {
 		opts = append(opts, libp2p.NATPortMap())
 	}
+	switch cfg.ReachabilitySetting() {
+	case ReachabilityPublic:
+		opts = append(opts, libp2p.ForceReachabilityPublic())
+	case ReachabilityPrivate:
+		opts = append(opts, libp2p.ForceReachabilityPrivate())
+	}
+	self, err := peer.IDFromPrivateKey(sk)
+	if err != nil {
+		rm.Close()
+		return nil, err
+	}
+	announce, err := cfg.AnnounceAddrs(self)
+	if err != nil {
+		rm.Close()
+		return nil, err
+	}
+	if len(announce) > 0 {
+		opts = append(opts, libp2p.AddrsFactory(announceAddrs(announce)))
+	}
 	if cfg.Role == RoleBootstrap || cfg.RelayService {
-		res := relayv2.DefaultResources()
-		res.MaxReservations = 256
-		res.MaxCircuits = 16
-		res.MaxReservationsPerIP = 8
-		res.Limit = &relayv2.RelayLimit{Duration: 2 * time.Minute, Data: 1 << 20}
-		opts = append(opts, libp2p.EnableRelayService(relayv2.WithResources(res)), libp2p.EnableNATService())
+		opts = append(opts, libp2p.EnableRelayService(relayv2.WithResources(relayResources())))
+		if cfg.ReachabilitySetting() != ReachabilityPrivate {
+			// A node set private serves no AutoNAT (libp2p would build the
+			// dial-back swarm and never close it).
+			opts = append(opts, libp2p.EnableNATService())
+		}
 	}
 	if cfg.Role != RoleBootstrap && relaySource != nil {
+		// One candidate is enough to reserve: a swarm may have a single
+		// bootstrap node, and waiting for four would wait forever.
 		opts = append(opts, libp2p.EnableAutoRelayWithPeerSource(relaySource,
-			autorelay.WithMinInterval(10*time.Second), autorelay.WithBootDelay(5*time.Second)))
+			autorelay.WithMinCandidates(1), autorelay.WithMinInterval(10*time.Second), autorelay.WithBootDelay(5*time.Second)))
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("libp2p host: %w", err)
 	}
 	return h, nil
+}
+
+// Relay service limits. A relayed connection carries the run hello (three
+// messages of at most 1.4 KiB each), identify, the DCUtR exchange that
+// replaces it with a direct connection (a few KiB), and progress records
+// (progress.MaxRecordSize, 8 KiB at most, pushed on change: a few a second)
+// until that direct connection exists; training traffic never uses it
+// (RunHost waits for a direct connection). relayData covers two minutes of
+// records at 4 a second of the largest size in each direction, with room
+// for the rest; a circuit past it is closed by the relay and reopened by
+// the client.
+const (
+	relayDuration        = 2 * time.Minute
+	relayData            = 4 << 20
+	relayMaxReservations = 256 // whole relay
+	relayMaxPerIP        = 8   // reservations from one IP address
+	relayMaxPerASN       = 32  // from one autonomous system
+	relayMaxCircuits     = 16  // open circuits to or from one peer
+)
+
+// relayResources are the relay service's limits; one reservation per
+// peer (circuit v2 keeps one, renewals replace it).
+func relayResources() relayv2.Resources {
+	res := relayv2.DefaultResources()
+	res.MaxReservations = relayMaxReservations
+	res.MaxReservationsPerPeer = 1
+	res.MaxReservationsPerIP = relayMaxPerIP
+	res.MaxReservationsPerASN = relayMaxPerASN
+	res.MaxCircuits = relayMaxCircuits
+	res.Limit = &relayv2.RelayLimit{Duration: relayDuration, Data: relayData}
+	return res
+}
+
+// announceAddrs makes the host advertise the announced direct addresses
+// in place of its own, keeping its relay addresses.
+func announceAddrs(announce []ma.Multiaddr) func([]ma.Multiaddr) []ma.Multiaddr {
+	return func(addrs []ma.Multiaddr) []ma.Multiaddr {
+		out := append([]ma.Multiaddr{}, announce...)
+		for _, a := range addrs {
+			if isRelayAddr(a) {
+				out = append(out, a)
+			}
+		}
+		return out
+	}
 }
 
 // relayCandidates offers connected peers that speak the relay v2 hop

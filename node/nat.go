@@ -2,14 +2,18 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/host/eventbus"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
 
@@ -92,7 +96,14 @@ func (n *Node) reachability() (verdict, help string) {
 			anyPublic = true
 		}
 	}
+	forced := n.cfg.ReachabilitySetting() == ReachabilityPublic
 	switch {
+	case r == network.ReachabilityPublic && forced && !anyPublic && localSwarm(n.boot):
+		return api.ReachLocal, "set public (--reachability public) in a local swarm: loopback/private addresses only, reachable by peers on this machine or LAN"
+	case r == network.ReachabilityPublic && forced && !anyPublic:
+		return api.ReachPublic, "set public by --reachability, but no public address is known yet: check --announce and the port forward of TCP and UDP port " + port
+	case r == network.ReachabilityPublic && forced:
+		return api.ReachPublic, "set public by --reachability: other peers dial this node directly; it relays for peers behind NAT when the relay service is on"
 	case r == network.ReachabilityPublic:
 		return api.ReachPublic, "other peers can dial this node directly; nothing to do"
 	case relayed:
@@ -126,4 +137,244 @@ func (n *Node) listenPort() string {
 		}
 	}
 	return "4001"
+}
+
+// publicSwarm reports whether this node's addresses go on a public DHT,
+// where only public addresses are of use to anyone: a volunteer whose
+// bootstrap peers have public addresses, or a bootstrap node that has a
+// public address itself. Otherwise the swarm is local (one machine or one
+// LAN) and private addresses are exactly what its peers dial.
+func (n *Node) publicSwarm() bool {
+	if n.cfg.Role == RoleNode {
+		return !localSwarm(n.boot)
+	}
+	if n.host == nil {
+		return false
+	}
+	for _, a := range n.host.Addrs() {
+		if manet.IsPublicAddr(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// dhtAddrFilter keeps loopback and private addresses off a public DHT:
+// they are neither put in this node's provider records nor taken from
+// other peers' records into the peerstore (dialling them only fails, or
+// reaches the wrong machine). Relay addresses are kept when the relay's
+// own address is public. In a local swarm every address is kept.
+func (n *Node) dhtAddrFilter(addrs []ma.Multiaddr) []ma.Multiaddr {
+	if !n.publicSwarm() {
+		return addrs
+	}
+	out := make([]ma.Multiaddr, 0, len(addrs))
+	for _, a := range addrs {
+		if manet.IsPublicAddr(a) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// relayedAddrsVia returns, for peer p, circuit addresses through each
+// bootstrap node (they run the relay service): volunteers behind NAT hold
+// reservations there, so a peer whose provider record has no usable
+// address (AutoNAT has not yet found it private, so its own relay
+// addresses are not advertised) is still dialled through the relay.
+func relayedAddrsVia(boot []peer.AddrInfo, self, p peer.ID) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	for _, r := range boot {
+		if r.ID == p || r.ID == self {
+			continue
+		}
+		circuit, err := ma.NewMultiaddr("/p2p/" + r.ID.String() + "/p2p-circuit")
+		if err != nil {
+			continue
+		}
+		for _, a := range r.Addrs {
+			out = append(out, a.Encapsulate(circuit))
+		}
+	}
+	return out
+}
+
+// addRelayRoutes adds relayedAddrsVia to p's addresses in the peerstore.
+// The dial ranker tries them after every direct address, so they cost
+// nothing where a direct dial works. (The relay client advertises circuit
+// addresses only through relays with public addresses, and only once
+// AutoNAT has found this node private; these routes need neither.)
+func (n *Node) addRelayRoutes(p peer.ID) {
+	if n.cfg.Role != RoleNode {
+		return
+	}
+	if addrs := relayedAddrsVia(n.boot, n.host.ID(), p); len(addrs) > 0 {
+		n.host.Peerstore().AddAddrs(p, addrs, 10*time.Minute)
+	}
+}
+
+// startRelaySearch makes a volunteer that must find out its reachability
+// (auto, in a swarm with public bootstrap nodes) look for relay
+// reservations at once: the relay client starts on a reachability event,
+// and AutoNAT's first verdict comes 15 s after start at the earliest (a
+// minute behind a router that drops the dial-back silently). The event
+// says "unknown", which it is; AutoNAT's verdicts follow as usual, and a
+// public verdict stops the relay client again.
+func (n *Node) startRelaySearch() {
+	if n.cfg.Role != RoleNode || n.cfg.ReachabilitySetting() != ReachabilityAuto || !n.publicSwarm() {
+		return
+	}
+	em, err := n.host.EventBus().Emitter(new(event.EvtLocalReachabilityChanged), eventbus.Stateful)
+	if err != nil {
+		n.log.Debug("cannot start the relay client early", "err", err)
+		return
+	}
+	defer em.Close()
+	n.reachMu.Lock()
+	unknown := n.reach == network.ReachabilityUnknown
+	n.reachMu.Unlock()
+	if unknown {
+		_ = em.Emit(event.EvtLocalReachabilityChanged{Reachability: network.ReachabilityUnknown})
+	}
+}
+
+// Connection kinds of a peer, in status (api.Peer.Connection).
+const (
+	ConnDirect      = "direct"      // a direct connection (TCP or QUIC, dialled or hole-punched)
+	ConnRelayed     = "relayed"     // only relayed connections: no training traffic yet
+	ConnUnreachable = "unreachable" // no connection: neither direct nor through a relay
+)
+
+// connection says how this node is connected to p right now.
+func (n *Node) connection(p peer.ID) string {
+	conns := n.host.Network().ConnsToPeer(p)
+	if len(conns) == 0 {
+		return ConnUnreachable
+	}
+	for _, c := range conns {
+		if !c.Stat().Limited {
+			return ConnDirect
+		}
+	}
+	return ConnRelayed
+}
+
+// directWait bounds how long a training stream waits for a direct
+// connection to a peer reachable only through a relay: hole punching
+// takes about a round trip once the relayed connection is up, and a
+// second attempt follows a failed first one within seconds.
+var directWait = 15 * time.Second
+
+// ErrRelayedOnly is returned for a training stream to a peer reachable
+// only through a relay when no direct connection came within directWait.
+var ErrRelayedOnly = errors.New("reachable only through a relay (hole punching failed)")
+
+// waitDirect returns at once when p has a direct connection (or none at
+// all: the dial that follows decides); with only relayed ones it waits up
+// to directWait for hole punching to bring a direct one.
+func (n *Node) waitDirect(ctx context.Context, p peer.ID) error {
+	if n.connection(p) != ConnRelayed {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, directWait)
+	defer cancel()
+	sub, err := n.host.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		return err
+	}
+	defer sub.Close()
+	for n.connection(p) == ConnRelayed {
+		select {
+		case <-ctx.Done():
+			n.noteRelayedOnly(p)
+			return fmt.Errorf("training stream to %s: %w: no direct connection after %v; "+
+				"the peer or this node should forward TCP and UDP port %s or run with a public address (--announce)",
+				p, ErrRelayedOnly, directWait, n.listenPort())
+		case <-sub.Out():
+		}
+	}
+	return nil
+}
+
+// noteRelayedOnly logs, once per peer and hour, that a run peer is
+// reachable only through a relay, with what to do.
+func (n *Node) noteRelayedOnly(p peer.ID) {
+	if !n.nat.once(p, time.Now()) {
+		return
+	}
+	verdict, _ := n.reachability()
+	n.log.Warn("run peer reachable only through a relay: training with it stalls until a direct connection exists",
+		"peer", p, "this_node", verdict, "waited", directWait,
+		"advice", fmt.Sprintf("forward TCP and UDP port %s on your router to this machine (or --port-mapping for UPnP), "+
+			"or run on a machine with a public address; `swarm status` shows each peer's connection", n.listenPort()))
+}
+
+// natState is what the node remembers of its peers' connectivity: when it
+// last logged a peer reachable only through a relay.
+type natState struct {
+	mu     sync.Mutex
+	logged map[peer.ID]time.Time
+	failed map[peer.ID]dialFailure // run candidates this node could not connect to
+}
+
+type dialFailure struct {
+	at  time.Time
+	err string
+}
+
+// unreachableFor is how long a failed run candidate is listed as
+// unreachable in status after its last failed dial.
+const unreachableFor = 2 * time.Minute
+
+// dialFailed records that the run candidate p could not be connected to.
+func (s *natState) dialFailed(p peer.ID, err error, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failed == nil || len(s.failed) >= maxFailed {
+		s.failed = make(map[peer.ID]dialFailure)
+	}
+	s.failed[p] = dialFailure{at: now, err: truncate(err.Error(), 300)}
+}
+
+// connected forgets p's failed dials.
+func (s *natState) connected(p peer.ID) {
+	s.mu.Lock()
+	delete(s.failed, p)
+	s.mu.Unlock()
+}
+
+// unreachableRunPeers lists the run candidates this node failed to connect
+// to within unreachableFor and is still not connected to.
+func (n *Node) unreachableRunPeers() []api.Peer {
+	now := time.Now()
+	n.nat.mu.Lock()
+	var out []api.Peer
+	for p, f := range n.nat.failed {
+		if now.Sub(f.at) > unreachableFor {
+			delete(n.nat.failed, p)
+			continue
+		}
+		if n.connection(p) != ConnUnreachable {
+			continue
+		}
+		out = append(out, api.Peer{PeerID: p.String(), Addrs: []string{}, Connection: ConnUnreachable, Error: f.err})
+	}
+	n.nat.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].PeerID < out[j].PeerID })
+	return out
+}
+
+// once reports whether p was not logged within the last hour, and marks it
+// logged at now (at most maxFailed peers remembered).
+func (s *natState) once(p peer.ID, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t, ok := s.logged[p]; ok && now.Sub(t) < time.Hour {
+		return false
+	}
+	if s.logged == nil || len(s.logged) >= maxFailed {
+		s.logged = make(map[peer.ID]time.Time)
+	}
+	s.logged[p] = now
+	return true
 }

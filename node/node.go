@@ -68,6 +68,7 @@ type Node struct {
 
 	reachMu sync.Mutex
 	reach   network.Reachability
+	nat     natState // peers' connectivity (nat.go)
 
 	statusMu sync.Mutex
 	status   map[string]func() any
@@ -170,6 +171,7 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		dht.ProtocolPrefix(DHTProtocolPrefix),
 		dht.Mode(mode),
 		dht.BootstrapPeers(boot...),
+		dht.AddressFilter(n.dhtAddrFilter),
 		dht.ProviderManagerOpts(
 			records.ProvideValidity(providerValidity),
 			records.ProviderAddrTTL(providerValidity),
@@ -223,6 +225,7 @@ func (n *Node) Run(ctx context.Context) error {
 		}()
 	}
 	n.goLoop(n.bootstrapLoop)
+	n.startRelaySearch()
 	n.goLoop(n.watchReachability)
 	if n.runs != nil {
 		n.goLoop(n.runs.run)
@@ -440,12 +443,13 @@ func (n *Node) Status() api.Status {
 		st.DHTMode = "server"
 	}
 	for _, p := range n.host.Network().Peers() {
-		st.Peers = append(st.Peers, apiPeer(n.host.Peerstore().PeerInfo(p)))
+		st.Peers = append(st.Peers, n.apiPeer(n.host.Peerstore().PeerInfo(p)))
 	}
 	sort.Slice(st.Peers, func(i, j int) bool { return st.Peers[i].PeerID < st.Peers[j].PeerID })
 	for _, ai := range n.RunPeers() {
-		st.RunPeers = append(st.RunPeers, apiPeer(ai))
+		st.RunPeers = append(st.RunPeers, n.apiPeer(ai))
 	}
+	st.UnreachablePeers = n.unreachableRunPeers()
 	st.Security = n.security()
 	n.statusMu.Lock()
 	providers := make(map[string]func() any, len(n.status))
@@ -472,6 +476,13 @@ func (n *Node) Status() api.Status {
 
 func apiPeer(ai peer.AddrInfo) api.Peer {
 	return api.Peer{PeerID: ai.ID.String(), Addrs: strs(ai.Addrs)}
+}
+
+// apiPeer is apiPeer with the connection kind (direct, relayed).
+func (n *Node) apiPeer(ai peer.AddrInfo) api.Peer {
+	p := apiPeer(ai)
+	p.Connection = n.connection(ai.ID)
+	return p
 }
 
 func strs(addrs []ma.Multiaddr) []string {

@@ -93,7 +93,7 @@ func (m *membership) list() []peer.AddrInfo {
 	ids := make([]peer.ID, 0, len(m.peers))
 	now := time.Now()
 	for p, exp := range m.peers {
-		if (exp.IsZero() || now.Before(exp)) && h.Network().Connectedness(p) == network.Connected {
+		if (exp.IsZero() || now.Before(exp)) && linked(h.Network().Connectedness(p)) {
 			ids = append(ids, p)
 		}
 	}
@@ -104,6 +104,13 @@ func (m *membership) list() []peer.AddrInfo {
 		out = append(out, h.Peerstore().PeerInfo(p))
 	}
 	return out
+}
+
+// linked reports whether a peer is connected for the run's purposes:
+// directly, or through a relay (limited: the hello and progress records
+// pass; training streams wait for a direct connection).
+func linked(c network.Connectedness) bool {
+	return c == network.Connected || c == network.Limited
 }
 
 func (m *membership) add(p peer.ID, expires time.Time) {
@@ -169,7 +176,7 @@ func (m *membership) skip(p peer.ID) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if exp, ok := m.peers[p]; ok && (exp.IsZero() || time.Now().Before(exp)) &&
-		m.n.host.Network().Connectedness(p) == network.Connected {
+		linked(m.n.host.Network().Connectedness(p)) {
 		return true
 	}
 	t, ok := m.failed[p]
@@ -246,7 +253,7 @@ func (m *membership) discover(ctx context.Context) bool {
 	m.mu.Lock()
 	var lost []peer.ID
 	for p := range m.peers {
-		if m.n.host.Network().Connectedness(p) != network.Connected {
+		if !linked(m.n.host.Network().Connectedness(p)) {
 			lost = append(lost, p)
 		}
 	}
@@ -299,11 +306,17 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 		close(done)
 	}()
 
-	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	// The hello may run over a relayed (limited) connection: a peer behind
+	// NAT joins the run at once, and the relayed connection is what DCUtR
+	// needs to punch a direct one. Training streams wait for that (RunHost).
+	dctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "run hello"), dialTimeout)
 	defer cancel()
+	m.n.addRelayRoutes(ai.ID)
 	if err := m.n.host.Connect(dctx, ai); err != nil {
+		m.n.nat.dialFailed(ai.ID, err, time.Now())
 		return fmt.Errorf("connect: %w", err)
 	}
+	m.n.nat.connected(ai.ID)
 	s, err := m.n.host.NewStream(dctx, ai.ID, HelloProtocol)
 	if err != nil {
 		return fmt.Errorf("open hello: %w", err)

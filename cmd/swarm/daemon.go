@@ -49,6 +49,8 @@ func daemonFlags() []cli.Flag {
 		&cli.StringFlag{Name: "api-listen", Usage: "control API address: 127.0.0.1:PORT or unix:/path", EnvVars: []string{"SWARM_API_LISTEN"}},
 		&cli.StringFlag{Name: "dht-mode", Usage: "auto, server or client", EnvVars: []string{"SWARM_DHT_MODE"}},
 		&cli.BoolFlag{Name: "port-mapping", Usage: "ask the router for a port forward (UPnP/NAT-PMP)", EnvVars: []string{"SWARM_PORT_MAPPING"}},
+		&cli.StringFlag{Name: "reachability", Usage: "public (dialable: skip AutoNAT; the relay service, if on, starts at once), private (behind NAT: relay reservations at once) or auto; default: public for bootstrap nodes, auto for volunteers", EnvVars: []string{"SWARM_REACHABILITY"}},
+		&cli.StringSliceFlag{Name: "announce", Usage: "multiaddr peers should dial this node at (a port forward, a public IP), repeatable; replaces the direct addresses it advertises", EnvVars: []string{"SWARM_ANNOUNCE"}},
 		&cli.BoolFlag{Name: "pprof", Usage: "serve Go profiles under /debug/pprof/ on the control API", EnvVars: []string{"SWARM_PPROF"}},
 		swarmKeyFlag(),
 		&cli.BoolFlag{Name: "metrics-open", Usage: "serve /metrics on the control API without the API token (a Prometheus scraper on this machine)", EnvVars: []string{"SWARM_METRICS_OPEN"}},
@@ -74,6 +76,7 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 		if role == node.RoleBootstrap {
 			def.RelayService = true
 			def.DHTMode = node.DHTServer
+			def.Reachability = node.ReachabilityPublic
 		}
 		if err := node.WriteConfig(home, def); err != nil && !errors.Is(err, os.ErrExist) {
 			return cfg, fmt.Errorf("write default config: %w", err)
@@ -116,6 +119,17 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 	}
 	if c.IsSet("port-mapping") {
 		cfg.PortMapping = c.Bool("port-mapping")
+	}
+	if c.IsSet("reachability") {
+		cfg.Reachability = c.String("reachability")
+	}
+	if c.IsSet("announce") {
+		cfg.Announce = nil
+		for _, s := range c.StringSlice("announce") {
+			if s != "" {
+				cfg.Announce = append(cfg.Announce, s)
+			}
+		}
 	}
 	if c.IsSet("run-name") {
 		cfg.RunName = c.String("run-name")

@@ -101,7 +101,20 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	fmt.Fprintf(tw, "connected peers\t%d\n", len(st.Peers))
 	if st.Role != "bootstrap" {
-		fmt.Fprintf(tw, "run peers\t%d\n", len(st.RunPeers))
+		relayed := 0
+		for _, p := range st.RunPeers {
+			if p.Connection == "relayed" {
+				relayed++
+			}
+		}
+		line := fmt.Sprint(len(st.RunPeers))
+		if relayed > 0 {
+			line += fmt.Sprintf(" (%d only through a relay: no training with them until hole punching connects them directly)", relayed)
+		}
+		fmt.Fprintf(tw, "run peers\t%s\n", line)
+		for _, p := range st.UnreachablePeers {
+			fmt.Fprintf(tw, "unreachable\t%s: %s\n", p.PeerID, p.Error)
+		}
 	}
 	printSecurity(tw, st.Security)
 	tw.Flush()
@@ -114,7 +127,7 @@ func printStatus(w io.Writer, st *api.Status) {
 		}
 		fmt.Fprintf(w, "%s: %s\n", k, string(v))
 	}
-	if len(st.Peers) == 0 {
+	if len(st.Peers) == 0 && len(st.UnreachablePeers) == 0 {
 		return
 	}
 	inRun := map[string]bool{}
@@ -123,21 +136,21 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tRUN\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tDEVICE\tADDRESS")
-	for _, p := range st.Peers {
+	fmt.Fprintln(tw, "PEER\tRUN\tLINK\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tDEVICE\tADDRESS")
+	for _, p := range append(append([]api.Peer{}, st.Peers...), st.UnreachablePeers...) {
 		addr := ""
 		if len(p.Addrs) > 0 {
 			addr = p.Addrs[0]
 		}
 		run := ""
-		if inRun[p.PeerID] {
+		if inRun[p.PeerID] || p.Connection == "unreachable" {
 			run = "yes"
 		}
 		shard, epoch, tp := "", "", ""
 		if p.Shard != nil {
 			shard, epoch, tp = fmt.Sprint(*p.Shard), fmt.Sprint(p.Epoch), fmt.Sprintf("%.0f", p.Throughput)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, shard, p.State, epoch, tp, p.Device, addr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, p.Connection, shard, p.State, epoch, tp, p.Device, addr)
 	}
 	tw.Flush()
 }

@@ -34,6 +34,10 @@ const (
 type Peer struct {
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
+	// Connection is direct, relayed (only through a relay: progress
+	// records pass, training waits for hole punching) or unreachable (a
+	// run peer this node cannot connect to at all).
+	Connection string `json:"connection,omitempty"`
 	// Shard is the shard the peer holds (nil when it is not a training
 	// peer, -1 while it chooses).
 	Shard      *int    `json:"shard,omitempty"`
@@ -41,6 +45,8 @@ type Peer struct {
 	State      string  `json:"state,omitempty"`  // joining, online or done
 	Epoch      uint64  `json:"epoch,omitempty"`
 	Throughput float64 `json:"throughput,omitempty"` // samples/s through its shard
+	// Error is why this node cannot reach the peer (unreachable peers).
+	Error string `json:"error,omitempty"`
 }
 
 // Shard is one shard of the run: its holders and their total throughput.
@@ -87,7 +93,11 @@ type Status struct {
 	RoutingTableSize int      `json:"routing_table_size"`
 	Peers            []Peer   `json:"peers"`
 	RunPeers         []Peer   `json:"run_peers"`
-	UptimeSeconds    float64  `json:"uptime_seconds"`
+	// UnreachablePeers are peers of the run this node found but cannot
+	// connect to, directly or through a relay (connection "unreachable",
+	// with the last dial error in Error).
+	UnreachablePeers []Peer  `json:"unreachable_peers,omitempty"`
+	UptimeSeconds    float64 `json:"uptime_seconds"`
 
 	// Training, filled when the node trains (zero values otherwise).
 	Engine      string     `json:"engine"`        // native, torch-cpu or torch-cuda
