@@ -256,7 +256,6 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 		st.Iters++
 		clipped, keep := g.coefficients(tau, W)
 		st.Clipped = clipped
-		clear(g.d2)
 		var moved float64
 		for j := range out {
 			v := float64(out[j])
@@ -268,10 +267,9 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 			out[j] = f
 			dv := float64(f) - v
 			moved += dv * dv
-			for i, x := range xs {
-				d := float64(x[j]) - float64(f)
-				g.d2[i] += d * d
-			}
+		}
+		for i, x := range xs {
+			g.d2[i] = sqDist(x, out)
 		}
 		g.sqrtDist()
 		if clipped == 0 && !g.anyBeyond(tau) {

@@ -285,3 +285,25 @@ func BenchmarkAggregate(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAggregateAttacked: the same part with 2 of 8 senders sign-flipped
+// ×100: what a liar makes each reducer pay (CenteredClip's iterations).
+func BenchmarkAggregateAttacked(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	xs, ws := honestSet(rng, 8, 128<<10, 0.1)
+	for _, x := range xs[:2] {
+		for j := range x {
+			x[j] *= -100
+		}
+	}
+	out := make([]float32, len(xs[0]))
+	for _, kind := range []Aggregation{AggregateCenteredClip, AggregateTrimmedMean} {
+		b.Run(kind.String(), func(b *testing.B) {
+			g := newAggregator(kind, 0, 0)
+			b.SetBytes(int64(8 * 4 * len(out)))
+			for b.Loop() {
+				g.combine(out, xs, ws)
+			}
+		})
+	}
+}
