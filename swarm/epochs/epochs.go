@@ -450,7 +450,11 @@ func (m *Machine) Claimed(in Input) int {
 	rc := m.rateCap(in.Records)
 	for _, r := range in.Records {
 		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && r.State == progress.StateOnline && m.claimLive(r, in.Now) {
-			n += min(r.InFlight, m.sampleBound(r, in.Now, rc))
+			// Finished and in flight together within the peer's bound:
+			// a liar's claim must not keep the others from drawing what
+			// Samples does not count.
+			b := m.sampleBound(r, in.Now, rc)
+			n += min(r.Samples+r.InFlight, b) - min(r.Samples, b)
 		}
 	}
 	m.pruneClaims(in.Records)
@@ -458,13 +462,16 @@ func (m *Machine) Claimed(in Input) int {
 }
 
 // Share is this node's share of the target batch: an equal part among the
-// online holders of the first shard. A holder whose started samples
-// stopped finishing leaves its share to the others.
+// online holders of the first shard in this node's epoch. A holder whose
+// started samples stopped finishing leaves its share to the others, and so
+// does one whose record is in another epoch (its samples do not count in
+// this one: a peer claiming an epoch nobody corroborates would otherwise
+// hold a share nobody draws, and the epoch would never fill).
 func (m *Machine) Share(in Input) int {
 	n := 1
 	for _, r := range in.Records {
-		stalled := r.Epoch == in.Node.Epoch && r.InFlight > 0 && !m.claimLive(r, in.Now)
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && !stalled {
+		stalled := r.InFlight > 0 && !m.claimLive(r, in.Now)
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && r.Epoch == in.Node.Epoch && !stalled {
 			n++
 		}
 	}

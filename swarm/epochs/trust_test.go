@@ -180,8 +180,8 @@ func TestSimInflatedSamplesBounded(t *testing.T) {
 	if got, want := m.Samples(in), 16+RateSlack*100; got != want {
 		t.Errorf("a second later the liar counts %d samples, want %d", got, want)
 	}
-	if got, want := m.Claimed(in), 2*(16+RateSlack*100); got != want {
-		t.Errorf("claimed %d with the liar's in-flight claim, want %d", got, want)
+	if got, want := m.Claimed(in), 16+RateSlack*100; got != want {
+		t.Errorf("claimed %d with the liar's in-flight claim, want %d (finished and in flight within one bound)", got, want)
 	}
 	in.Records[2].Epoch = 4 // a new epoch starts its budget again
 	in.Node.Epoch = 4
@@ -210,5 +210,22 @@ func TestGlobalNormSq(t *testing.T) {
 		if got := GlobalNormSq(1, c.reports); got != c.want {
 			t.Errorf("%s: %g, want %g", c.name, got, c.want)
 		}
+	}
+}
+
+// A first-shard peer whose record is in another epoch (a liar claiming one
+// far ahead) holds no share of this epoch's target batch: the honest
+// holders draw all of it.
+func TestShareOnlyInThisEpoch(t *testing.T) {
+	m := New(Config{Self: "a0", TargetBatch: 256, BatchSize: 8})
+	now := time.Unix(1_000_000, 0)
+	self := Node{Shard: 0, Held: true, Online: true, Epoch: 2}
+	recs := []progress.Record{online("a0", 0, 2), online("a1", 0, 2), online("x", 0, 102)}
+	if got := m.Share(Input{Now: now, Records: recs, Node: self}); got != 128 {
+		t.Errorf("share %d with a liar in another epoch, want 128 (two holders)", got)
+	}
+	recs[2].Epoch = 2
+	if got := m.Share(Input{Now: now, Records: recs, Node: self}); got != 86 {
+		t.Errorf("share %d with three holders in the epoch, want 86", got)
 	}
 }
