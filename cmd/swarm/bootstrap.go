@@ -15,7 +15,10 @@ func init() {
 		Description: `A bootstrap node is the first peer volunteers dial. It serves swarm's DHT, relays
 (with limits) for volunteers behind NAT, keeps its identity in its home, and prints
 the multiaddrs to hand out (pass them to 'swarm node --bootstrap').`,
-		Flags: daemonFlags(),
+		Flags: append(daemonFlags(),
+			&cli.StringFlag{Name: "dashboard", Usage: "serve the public, read-only swarm page on this address (no token), such as 0.0.0.0:8080", EnvVars: []string{"SWARM_DASHBOARD"}},
+			&cli.StringSliceFlag{Name: "dashboard-run", Usage: "run manifest whose peers and shards the public page shows, repeatable", EnvVars: []string{"SWARM_DASHBOARD_RUN"}},
+		),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return cli.Exit("swarm bootstrap: unexpected arguments: "+c.Args().First(), 2)
@@ -28,15 +31,25 @@ the multiaddrs to hand out (pass them to 'swarm node --bootstrap').`,
 			if err != nil {
 				return cli.Exit("swarm bootstrap: "+err.Error(), 1)
 			}
+			page, err := listenPublicPage(c)
+			if err != nil {
+				return cli.Exit("swarm bootstrap: "+err.Error(), 2)
+			}
 			n, err := node.New(cfg, log)
 			if err != nil {
+				page.close()
 				return cli.Exit("swarm bootstrap: "+err.Error(), 1)
 			}
+			defer page.close()
 			err = runDaemon(n, func() {
+				page.serve(n, log)
 				w := c.App.Writer
 				fmt.Fprintln(w, "bootstrap node ready; hand out these addresses (swarm node --bootstrap ADDR):")
 				for _, a := range n.Addrs() {
 					fmt.Fprintln(w, "  "+a.String())
+				}
+				if page.ln != nil {
+					fmt.Fprintf(w, "public swarm page: http://%s/\n", page.ln.Addr())
 				}
 			})
 			if err != nil {

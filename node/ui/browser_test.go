@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
+	"github.com/swarm-train/swarm/node/ui"
 	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
@@ -82,6 +84,26 @@ func pauseOf(st *api.Status) api.Pause {
 	return p
 }
 
+// bootstrapNode starts an ephemeral bootstrap node (no home, no API).
+func bootstrapNode(t *testing.T) *node.Node {
+	t.Helper()
+	cfg := node.DefaultConfig()
+	cfg.Role, cfg.API, cfg.DHTMode = node.RoleBootstrap, "", node.DHTServer
+	cfg.Listen, cfg.Bootstrap, cfg.PortMapping = []string{"/ip4/127.0.0.1/tcp/0"}, nil, false
+	n, err := node.New(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- n.Run(context.Background()) }()
+	t.Cleanup(func() {
+		n.Close()
+		<-errc
+	})
+	<-n.Ready()
+	return n
+}
+
 // TestDashboardInBrowser drives headless chromium against a live local
 // swarm of two training nodes: the page loads without console errors, its
 // plots fill with points from the run, and (with SWARM_UPDATE_SCREENSHOT=1)
@@ -92,8 +114,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	m.Model.Hidden = []int{32, 32}
 	m.Training = run.TrainingSpec{BatchSize: 32, TargetBatch: 128, Steps: 1000}
 	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 2, 1000
-	a, home := trainingNode(t, m, 0)
-	_, homeB := trainingNode(t, m, 1, a.Addrs()[0].String())
+	boot := bootstrapNode(t)
+	a, home := trainingNode(t, m, 0, boot.Addrs()[0].String())
+	_, homeB := trainingNode(t, m, 1, boot.Addrs()[0].String())
 	cl, err := client.FromHome(home)
 	if err != nil {
 		t.Fatal(err)
@@ -221,6 +244,35 @@ func TestDashboardInBrowser(t *testing.T) {
 	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.getElementById("state").textContent === "online"`,
 		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
 		t.Errorf("the page does not say online after Resume: %v", err)
+	}
+
+	// The bootstrap's public page: no token, the run's shards and their
+	// holders from the DHT provider records it holds.
+	public := ui.NewPublic(boot, []*run.Manifest{m}, 200*time.Millisecond)
+	pctx, pcancel := context.WithCancel(ctx)
+	defer pcancel()
+	go public.Run(pctx)
+	testutil.Eventually(t, 30*time.Second, func() string { return fmt.Sprintf("public view %+v", public.View()) }, func() bool {
+		v := public.View()
+		return len(v.Runs) == 1 && len(v.Runs[0].Peers) == 2 && len(v.Runs[0].Shards) == 2 &&
+			len(v.Runs[0].Shards[0].Holders) == 1 && len(v.Runs[0].Shards[1].Holders) == 1
+	})
+	srv := httptest.NewServer(public)
+	defer srv.Close()
+	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.body.dataset.runs === "1"`,
+		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
+		t.Fatalf("the public page shows no run: %v", err)
+	}
+	text, err = chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short := self[:8]
+	if lower := strings.ToLower(text); !strings.Contains(lower, "run "+m.Name) || !strings.Contains(text, short) || !strings.Contains(lower, "2 peers") {
+		t.Errorf("the public page does not show the run, its 2 peers and holder %s:\n%s", short, text)
 	}
 
 	mu.Lock()

@@ -13,9 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/ui"
+	"github.com/swarm-train/swarm/swarm/run"
 )
 
 // fakeSource counts its status answers; each has a loss of 1/n.
@@ -194,5 +198,56 @@ func TestDashboardNeedsTheAPIToken(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || resp.Request.URL.Path != ui.Path || !strings.Contains(string(body), "<title>swarm node</title>") {
 		t.Fatalf("/?token=: %d at %s", resp.StatusCode, resp.Request.URL)
+	}
+}
+
+// fakeFinder is a bootstrap whose DHT holds provider records for one
+// holder of every key, peer 0 connected.
+type fakeFinder struct {
+	fakeSource
+	holder peer.AddrInfo
+}
+
+func (f *fakeFinder) FindProviders(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error) {
+	return []peer.AddrInfo{f.holder, f.holder}, nil
+}
+
+// The public page is read-only: GET only, JSON errors, the node's own
+// dashboard files are not served there, and swarm.json lists the run's
+// shards with their (deduplicated) holders.
+func TestPublicPageIsReadOnly(t *testing.T) {
+	id, err := peer.Decode("12D3KooWLRLCnJBWEt8NtwizpXAYRwTx2xKA9SoQUyE7XH2TqbRF")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := run.NewMLPMNIST(2)
+	p := ui.NewPublic(&fakeFinder{holder: peer.AddrInfo{ID: id}}, []*run.Manifest{m}, time.Hour)
+	p.Refresh(context.Background())
+	v := p.View()
+	if len(v.Runs) != 1 || len(v.Runs[0].Shards) != 2 || len(v.Runs[0].Shards[1].Holders) != 1 || len(v.Runs[0].Peers) != 1 {
+		t.Fatalf("view %+v", v)
+	}
+	srv := httptest.NewServer(p)
+	defer srv.Close()
+	for _, c := range []struct {
+		method, path string
+		code         int
+	}{
+		{"GET", "/", 200}, {"GET", "/swarm.json", 200}, {"GET", "/static/public.js", 200},
+		{"GET", "/static/app.js", 404}, {"GET", "/ui/", 404}, {"POST", "/swarm.json", 405}, {"POST", "/v1/pause", 405},
+	} {
+		req, _ := http.NewRequest(c.method, srv.URL+c.path, strings.NewReader("{}"))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("%s %s: %d, want %d", c.method, c.path, resp.StatusCode, c.code)
+		}
+		if c.code >= 400 && !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+			t.Errorf("%s %s: error answer is %s: %.80s", c.method, c.path, resp.Header.Get("Content-Type"), body)
+		}
 	}
 }
