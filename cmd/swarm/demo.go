@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -139,7 +140,14 @@ func demo(c *cli.Context) error {
 	}
 	listen := []string{"--listen", "/ip4/127.0.0.1/tcp/0", "--listen", "/ip4/127.0.0.1/udp/0/quic-v1"}
 	begin := time.Now()
-	if _, err := start("boot", append([]string{"bootstrap", "--home", filepath.Join(dir, "boot")}, listen...)...); err != nil {
+	// The bootstrap's public swarm page, on a free port of 127.0.0.1.
+	pageAddr := "127.0.0.1:0"
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		pageAddr = ln.Addr().String()
+		ln.Close()
+	}
+	if _, err := start("boot", append([]string{"bootstrap", "--home", filepath.Join(dir, "boot"),
+		"--dashboard", pageAddr, "--dashboard-run", manifest}, listen...)...); err != nil {
 		return cli.Exit("swarm demo: "+err.Error(), 1)
 	}
 	bc, err := waitClient(ctx, filepath.Join(dir, "boot"))
@@ -175,6 +183,10 @@ func demo(c *cli.Context) error {
 		}
 		clients = append(clients, cl)
 	}
+	if u, err := clients[0].DashboardURL(); err == nil {
+		fmt.Fprintf(out, "demo: node1's dashboard: %s\n", u)
+	}
+	fmt.Fprintf(out, "demo: the swarm's public page: http://%s/ (both stay up until the run ends)\n", pageAddr)
 	tick := time.NewTicker(c.Duration("interval"))
 	defer tick.Stop()
 	for {

@@ -109,6 +109,9 @@ func bootstrapNode(t *testing.T) *node.Node {
 // plots fill with points from the run, and (with SWARM_UPDATE_SCREENSHOT=1)
 // it writes docs/dashboard.png for the README.
 func TestDashboardInBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: the browser test starts chromium and three nodes")
+	}
 	exe := chromium(t)
 	m := run.NewMLPMNIST(2)
 	m.Model.Hidden = []int{32, 32}
