@@ -117,12 +117,13 @@ func printStatus(w io.Writer, st *api.Status) {
 		}
 	}
 	printSecurity(tw, st.Security)
+	printPauseRow(tw, st.Services["pause"])
 	tw.Flush()
 	if st.Engine != "" {
 		printTraining(w, st, st.Services["training"])
 	}
 	for k, v := range st.Services {
-		if k == "training" || k == "gpu" {
+		if k == "training" || k == "gpu" || k == "pause" {
 			continue // shown above from the typed fields; in full with --json
 		}
 		fmt.Fprintf(w, "%s: %s\n", k, string(v))

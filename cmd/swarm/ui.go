@@ -108,6 +108,33 @@ func printPause(w io.Writer, p *api.Pause) {
 	}
 }
 
+// printPauseRow adds the pause rules to swarm status's table: which rules
+// hold training and why (raw is services.pause; nothing without training).
+func printPauseRow(w io.Writer, raw json.RawMessage) {
+	var p api.Pause
+	if raw == nil || json.Unmarshal(raw, &p) != nil {
+		return
+	}
+	var rules []string
+	if p.ActiveHours != "" {
+		rules = append(rules, "active hours "+p.ActiveHours)
+	}
+	if p.PauseOtherCPUPct > 0 {
+		rules = append(rules, fmt.Sprintf("pause above %d%% other CPU", p.PauseOtherCPUPct))
+	}
+	line := "running"
+	if len(p.Holds) > 0 {
+		line = "paused"
+	}
+	if len(rules) > 0 {
+		line += " (" + strings.Join(rules, ", ") + ")"
+	}
+	fmt.Fprintf(w, "training\t%s\n", line)
+	for _, h := range p.Holds {
+		fmt.Fprintf(w, "  held by %s\t%s (since %s)\n", h.Rule, h.Reason, h.Since)
+	}
+}
+
 // openBrowser hands u to the desktop's opener and does not wait for it.
 func openBrowser(u string) error {
 	var cmd *exec.Cmd
