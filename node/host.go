@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"fmt"
+	"slices"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	quic "github.com/libp2p/go-libp2p/p2p/transport/quic"
 	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -123,8 +125,12 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 		rm.Close()
 		return nil, err
 	}
-	if len(announce) > 0 {
-		opts = append(opts, libp2p.AddrsFactory(announceAddrs(announce)))
+	var routes []ma.Multiaddr
+	if boot, _ := cfg.BootstrapPeers(); cfg.Role == RoleNode && !localSwarm(boot) {
+		routes = relayedAddrsVia(boot, self, "")
+	}
+	if len(announce) > 0 || len(routes) > 0 {
+		opts = append(opts, libp2p.AddrsFactory(advertisedAddrs(announce, routes)))
 	}
 	if cfg.Role == RoleBootstrap || cfg.RelayService {
 		opts = append(opts, libp2p.EnableRelayService(relayv2.WithResources(relayResources())))
@@ -178,17 +184,27 @@ func relayResources() relayv2.Resources {
 	return res
 }
 
-// announceAddrs makes the host advertise the announced direct addresses
-// in place of its own, keeping its relay addresses.
-func announceAddrs(announce []ma.Multiaddr) func([]ma.Multiaddr) []ma.Multiaddr {
+// advertisedAddrs makes the host advertise the announced direct addresses
+// in place of its own (keeping its relay addresses), and, while it has no
+// public address at all (behind NAT, before AutoNAT's verdict and a relay
+// reservation), routes through the bootstrap nodes' relays: the relay
+// client reserves there at once (startRelaySearch), and a provider record
+// without any address would be dropped by the DHT.
+func advertisedAddrs(announce, routes []ma.Multiaddr) func([]ma.Multiaddr) []ma.Multiaddr {
 	return func(addrs []ma.Multiaddr) []ma.Multiaddr {
-		out := append([]ma.Multiaddr{}, announce...)
-		for _, a := range addrs {
-			if isRelayAddr(a) {
-				out = append(out, a)
+		if len(announce) > 0 {
+			out := append([]ma.Multiaddr{}, announce...)
+			for _, a := range addrs {
+				if isRelayAddr(a) {
+					out = append(out, a)
+				}
 			}
+			addrs = out
 		}
-		return out
+		if len(routes) == 0 || slices.ContainsFunc(addrs, manet.IsPublicAddr) {
+			return addrs
+		}
+		return append(addrs, routes...)
 	}
 }
 

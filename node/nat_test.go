@@ -105,9 +105,18 @@ func TestAnnounceAddrs(t *testing.T) {
 		t.Fatalf("addrs %v, want only the announced one", got)
 	}
 	relay := ma.StringCast("/ip4/198.51.100.1/tcp/4001/p2p/" + n.Host().ID().String() + "/p2p-circuit")
-	f := announceAddrs([]ma.Multiaddr{ma.StringCast("/ip4/203.0.113.9/tcp/4001")})
+	f := advertisedAddrs([]ma.Multiaddr{ma.StringCast("/ip4/203.0.113.9/tcp/4001")}, nil)
 	if out := f([]ma.Multiaddr{ma.StringCast("/ip4/10.0.0.2/tcp/4001"), relay}); len(out) != 2 || !out[1].Equal(relay) {
 		t.Errorf("factory %v, want the announced and the relay address", out)
+	}
+	// Behind NAT with no public address: routes through the bootstrap relays.
+	route := ma.StringCast("/ip4/8.8.8.8/tcp/4001/p2p/12D3KooWQE222tuGYxA9tAFSdSBEPEkPPJXaWNh6yus2JiKPrrxH/p2p-circuit")
+	f = advertisedAddrs(nil, []ma.Multiaddr{route})
+	if out := f([]ma.Multiaddr{ma.StringCast("/ip4/10.0.0.2/tcp/4001")}); len(out) != 2 || !out[1].Equal(route) {
+		t.Errorf("factory behind NAT %v, want the private and the route address", out)
+	}
+	if out := f([]ma.Multiaddr{ma.StringCast("/ip4/8.8.4.4/tcp/4001")}); len(out) != 1 {
+		t.Errorf("factory with a public address %v, want it alone", out)
 	}
 }
 

@@ -1,0 +1,254 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swarm-train/swarm/node/api"
+)
+
+// The NAT suite: real daemons in network namespaces built by scripts/nat.sh,
+// an emulated internet (198.18.0.0/24, counted public by the nattest build)
+// with a bootstrap node, and volunteers behind home routers. It needs root
+// and iptables and skips with a message otherwise. `make test` runs the
+// port-preserving router; SWARM_NAT=long (make nat) runs every router kind
+// and the public pair as the control, and logs the numbers for
+// BENCHMARKS.md's nat section.
+
+// natEnv is one topology of scripts/nat.sh and the daemons in it.
+type natEnv struct {
+	t      *testing.T
+	bin    string
+	dir    string
+	prefix string
+	boot   string // the bootstrap's TCP multiaddr
+	homes  map[string]string
+}
+
+func natAvailable(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("NAT suite: runs daemons in network namespaces; skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("NAT suite: needs root for network namespaces and iptables; skipped")
+	}
+	for _, tool := range []string{"ip", "iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("NAT suite: needs %s (apt install iproute2 iptables); skipped", tool)
+		}
+	}
+}
+
+// natBinary builds swarm with the nattest tag: the emulated range counts
+// as public.
+func natBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "swarm")
+	cmd := exec.Command("go", "build", "-tags", "nattest", "-o", bin, ".")
+	cmd.Stderr = os.Stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("build swarm -tags nattest: %v", err)
+	}
+	return bin
+}
+
+// newNAT builds the topology with the two routers' kinds and starts the
+// bootstrap node.
+func newNAT(t *testing.T, kind1, kind2 string) *natEnv {
+	t.Helper()
+	b := make([]byte, 2)
+	_, _ = rand.Read(b)
+	e := &natEnv{t: t, bin: natBinary(t), dir: t.TempDir(), prefix: "s" + hex.EncodeToString(b), homes: map[string]string{}}
+	script, _ := filepath.Abs("../../scripts/nat.sh")
+	if out, err := exec.Command(script, "up", e.prefix, kind1, kind2).CombinedOutput(); err != nil {
+		t.Fatalf("nat.sh up: %v\n%s", err, out)
+	}
+	// Registered before the daemons start, so it runs after they are killed.
+	t.Cleanup(func() {
+		if out, err := exec.Command(script, "down", e.prefix).CombinedOutput(); err != nil {
+			t.Errorf("nat.sh down %s: %v\n%s", e.prefix, err, out)
+		}
+	})
+	e.start("boot", "bootstrap")
+	waitUntil(t, 20*time.Second, "bootstrap API", func() bool { _, err := status(t, e.bin, e.homes["boot"]); return err == nil })
+	st, _ := status(t, e.bin, e.homes["boot"])
+	e.boot = "/ip4/198.18.0.10/tcp/4001/p2p/" + st.PeerID
+	return e
+}
+
+// start runs `swarm ROLE` in namespace PREFIX+ns with its control API on a
+// unix socket (reachable from the test outside the namespace).
+func (e *natEnv) start(ns, role string, extra ...string) {
+	home := filepath.Join(e.dir, ns)
+	e.homes[ns] = home
+	args := []string{"netns", "exec", e.prefix + ns, e.bin, "--log-level", natLogLevel(), role, "--home", home,
+		"--api-listen", "unix:" + filepath.Join(e.dir, ns+".sock"),
+		"--listen", "/ip4/0.0.0.0/tcp/4001", "--listen", "/ip4/0.0.0.0/udp/4001/quic-v1"}
+	startDaemon(e.t, "ip", []string{"SWARM_TEST_PUBLIC_CIDR=198.18.0.0/24"}, append(args, extra...)...)
+}
+
+// volunteer starts a training node in namespace ns.
+func (e *natEnv) volunteer(ns, manifest string) {
+	e.start(ns, "node", "--run", manifest, "--bootstrap", e.boot, "--threads", "1")
+}
+
+// pairResult is what a pair of volunteers reached.
+type pairResult struct {
+	peers    time.Duration // both list the other as a run peer
+	direct   time.Duration // a lists b with a direct (hole-punched) connection
+	together time.Duration // both past their first epoch with an averaging group of 2
+	link     string        // how a reaches b once training together
+	samples  float64       // samples/s after warming up (long runs)
+}
+
+// trainTogether waits up to d for volunteers a and b to be run peers and
+// train together: epochs advancing past the one where both first reported
+// an averaging group of 2.
+func (e *natEnv) trainTogether(a, b string, start time.Time, d time.Duration) pairResult {
+	t := e.t
+	var r pairResult
+	var last [2]*api.Status
+	defer func() {
+		if t.Failed() {
+			for i, st := range last {
+				if st != nil {
+					t.Logf("%s: reachability %s, run peers %+v, unreachable %+v, epoch %d, averaging %+v",
+						[]string{a, b}[i], st.Reachability, st.RunPeers, st.UnreachablePeers, st.Epoch, st.Averaging)
+				}
+			}
+		}
+	}()
+	first := map[int]uint64{}
+	waitUntil(t, d, fmt.Sprintf("%s and %s to train together", a, b), func() bool {
+		ok := true
+		for i, name := range []string{a, b} {
+			st, err := status(t, e.bin, e.homes[name])
+			if err != nil {
+				return false
+			}
+			last[i] = st
+			if len(st.RunPeers) == 0 {
+				ok = false
+				continue
+			}
+			if st.Averaging == nil || st.Averaging.GroupSize < 2 {
+				ok = false
+				continue
+			}
+			if _, seen := first[i]; !seen {
+				first[i] = st.Epoch
+			}
+			ok = ok && st.Epoch > first[i]
+		}
+		if r.peers == 0 && last[0] != nil && last[1] != nil && len(last[0].RunPeers) > 0 && len(last[1].RunPeers) > 0 {
+			r.peers = time.Since(start)
+		}
+		if r.direct == 0 && last[0] != nil && len(last[0].RunPeers) > 0 && last[0].RunPeers[0].Connection == "direct" {
+			r.direct = time.Since(start)
+		}
+		return ok
+	})
+	r.together = time.Since(start)
+	if len(last[0].RunPeers) > 0 {
+		r.link = last[0].RunPeers[0].Connection
+	}
+	return r
+}
+
+// throughput samples a's global samples/s over a few seconds.
+func (e *natEnv) throughput(a string, d time.Duration) float64 {
+	end := time.Now().Add(d)
+	var sum float64
+	var n int
+	for time.Now().Before(end) {
+		if st, err := status(e.t, e.bin, e.homes[a]); err == nil && st.SamplesPerS > 0 {
+			sum += st.SamplesPerS
+			n++
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
+
+// TestNATVolunteersTrainTogether: two volunteers, each behind its own
+// port-preserving home router that drops unsolicited packets, and one
+// bootstrap node: they become run peers through the bootstrap's relay and
+// punch a direct connection within 30 s of starting, then train together
+// (averaging groups of 2, epochs advancing). The trainer itself waits
+// about 15 s before it joins a shard (it hears from the swarm first), so
+// training together is held to 60 s.
+func TestNATVolunteersTrainTogether(t *testing.T) {
+	natAvailable(t)
+	e := newNAT(t, "drop", "drop")
+	manifest := e2eManifest(t, e.dir, 1, 100000)
+	start := time.Now()
+	e.volunteer("v1", manifest)
+	e.volunteer("v2", manifest)
+	r := e.trainTogether("v1", "v2", start, 60*time.Second)
+	t.Logf("port-preserving NATs: run peers after %v, direct after %v, training together after %v, link %s",
+		r.peers.Round(100*time.Millisecond), r.direct.Round(100*time.Millisecond), r.together.Round(100*time.Millisecond), r.link)
+	if r.link != "direct" {
+		t.Errorf("v1 reaches v2 %q, want direct (hole-punched)", r.link)
+	}
+	if r.peers > 30*time.Second || r.direct > 30*time.Second {
+		t.Errorf("run peers after %v, direct after %v: want both within 30 s", r.peers.Round(time.Second), r.direct.Round(time.Second))
+	}
+}
+
+// TestNATRouterKinds (SWARM_NAT=long, make nat): every router kind, and the
+// public volunteer with a NATed one as the control; time to train together,
+// the link, and samples/s.
+func TestNATRouterKinds(t *testing.T) {
+	natAvailable(t)
+	if os.Getenv("SWARM_NAT") != "long" {
+		t.Skip("NAT suite, every router kind: set SWARM_NAT=long (make nat)")
+	}
+	var rows []string
+	for _, kind := range []string{"drop", "rst", "symmetric"} {
+		t.Run(kind, func(t *testing.T) {
+			e := newNAT(t, kind, kind)
+			manifest := e2eManifest(t, e.dir, 1, 100000)
+			start := time.Now()
+			e.volunteer("v1", manifest)
+			e.volunteer("v2", manifest)
+			r := e.trainTogether("v1", "v2", start, 90*time.Second)
+			r.samples = e.throughput("v1", 10*time.Second)
+			row := fmt.Sprintf("| %s, both NATed | %.1f s | %.1f s | %.1f s | %s | %.0f |", kind,
+				r.peers.Seconds(), r.direct.Seconds(), r.together.Seconds(), r.link, r.samples)
+			rows = append(rows, row)
+			t.Log(row)
+		})
+	}
+	t.Run("public-control", func(t *testing.T) {
+		e := newNAT(t, "drop", "drop")
+		manifest := e2eManifest(t, e.dir, 1, 100000)
+		start := time.Now()
+		e.volunteer("pub", manifest)
+		e.volunteer("v1", manifest)
+		r := e.trainTogether("pub", "v1", start, 90*time.Second)
+		r.samples = e.throughput("pub", 10*time.Second)
+		row := fmt.Sprintf("| public + drop NAT | %.1f s | %.1f s | %.1f s | %s | %.0f |", r.peers.Seconds(), r.direct.Seconds(), r.together.Seconds(), r.link, r.samples)
+		rows = append(rows, row)
+		t.Log(row)
+	})
+	t.Logf("nat results:\n| pair | run peers | direct | training together | link | samples/s |\n|---|---|---|---|---|---|\n%s", strings.Join(rows, "\n"))
+}
+
+// natLogLevel is the daemons' log level: SWARM_NAT_LOG, else info.
+func natLogLevel() string {
+	if l := os.Getenv("SWARM_NAT_LOG"); l != "" {
+		return l
+	}
+	return "info"
+}
