@@ -3,8 +3,8 @@ package node
 import (
 	"context"
 	"fmt"
-	"slices"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
