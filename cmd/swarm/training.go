@@ -33,6 +33,9 @@ func trainingFlags() []cli.Flag {
 		&cli.DurationFlag{Name: "gpu-sample-every", Value: 5 * time.Second, Usage: "interval between GPU telemetry samples for the limits", EnvVars: []string{"SWARM_GPU_SAMPLE_EVERY"}},
 		// Fault injection for the exclusion tests: send NaN activations and gradients.
 		&cli.BoolFlag{Name: "fault-nan", Hidden: true, EnvVars: []string{"SWARM_FAULT_NAN"}},
+		// Fault injection for the Byzantine-peer tests: lie in records or state
+		// sync (epoch-ahead, samples, normsq, donor, donor-chunks; comma-separated).
+		&cli.StringFlag{Name: "fault", Hidden: true, EnvVars: []string{"SWARM_FAULT"}},
 	}
 }
 
@@ -133,6 +136,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 		RebalanceEvery: c.Duration("rebalance-every"),
 		InFlight:       c.Int("in-flight"),
 		FaultNaN:       c.Bool("fault-nan"),
+		Fault:          c.String("fault"),
 		Logger:         log,
 		Rate:           announcedRate(c.String("bench-cache"), eng, m, device, log),
 	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every")}

@@ -430,7 +430,7 @@ func (m *Machine) Samples(in Input) int {
 	m.observe(in.Records, in.Now)
 	rc := m.rateCap(in.Records)
 	for _, r := range in.Records {
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && !m.Overclaims(r) {
 			n += min(r.Samples, m.sampleBound(r, in.Now, rc))
 		}
 	}
@@ -449,7 +449,7 @@ func (m *Machine) Claimed(in Input) int {
 	}
 	rc := m.rateCap(in.Records)
 	for _, r := range in.Records {
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && r.State == progress.StateOnline && m.claimLive(r, in.Now) {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && r.State == progress.StateOnline && !m.Overclaims(r) && m.claimLive(r, in.Now) {
 			// Finished and in flight together within the peer's bound:
 			// a liar's claim must not keep the others from drawing what
 			// Samples does not count.
@@ -471,7 +471,7 @@ func (m *Machine) Share(in Input) int {
 	n := 1
 	for _, r := range in.Records {
 		stalled := r.InFlight > 0 && !m.claimLive(r, in.Now)
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && r.Epoch == in.Node.Epoch && !stalled {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && r.Epoch == in.Node.Epoch && !stalled && !m.Overclaims(r) {
 			n++
 		}
 	}
@@ -530,11 +530,12 @@ func (m *Machine) groupSize(in Input) int {
 
 // mates are the other live holders of the shard being ended that may
 // share its rounds: none past its epoch (a holder ahead already averaged
-// it, and one whose lead nobody corroborates is not waited for either).
+// it, and one whose lead nobody corroborates is not waited for either),
+// none whose record lies on its face (Overclaims).
 func (m *Machine) mates(in Input) []string {
 	var out []string
 	for _, r := range in.Records {
-		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining && r.Epoch <= m.epoch {
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining && r.Epoch <= m.epoch && !m.Overclaims(r) {
 			out = append(out, r.Peer)
 		}
 	}

@@ -1,6 +1,7 @@
 package epochs
 
 import (
+	"fmt"
 	"slices"
 	"time"
 
@@ -149,4 +150,34 @@ func GlobalNormSq(own float64, reports map[int][]float64) float64 {
 		total += v
 	}
 	return total
+}
+
+// Overclaims reports whether r claims more samples finished and in flight
+// in its epoch than any honest first-shard holder can: in sync mode a
+// holder draws at most its share of the target batch, so more than the
+// whole target batch is a lie on its face. The core then ignores the
+// peer's samples and does not wait for it in rounds; the trainer bans it
+// (Liars).
+func (m *Machine) Overclaims(r progress.Record) bool {
+	return !m.cfg.Local && r.Shard == 0 && r.Peer != m.cfg.Self && r.Samples+r.InFlight > m.cfg.TargetBatch
+}
+
+// Liars are the peers whose live records lie on their face (Overclaims),
+// with the evidence, for the trainer to ban.
+func (m *Machine) Liars(in Input) []Lie {
+	var out []Lie
+	for _, r := range in.Records {
+		if m.Overclaims(r) {
+			out = append(out, Lie{Peer: r.Peer, Rule: "record-samples",
+				Evidence: fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than the target batch of %d", r.Epoch, r.Samples, r.InFlight, m.cfg.TargetBatch)})
+		}
+	}
+	return out
+}
+
+// Lie is a peer shown to lie by its own record.
+type Lie struct {
+	Peer     string
+	Rule     string // a short fixed word (guard's ban reason)
+	Evidence string
 }

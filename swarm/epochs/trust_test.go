@@ -152,7 +152,8 @@ func TestSimInflatedSamplesBounded(t *testing.T) {
 	const epochs = 30
 	s := lyingSwarm(t, epochs, 0, func(s *sim, r *progress.Record) {
 		r.Epoch = s.node("a0").epoch
-		r.Samples, r.InFlight, r.Throughput = 2*s.cfg.TargetBatch, 2*s.cfg.TargetBatch, 1e9
+		// The whole target batch at once (more would be a lie on its face).
+		r.Samples, r.Throughput = s.cfg.TargetBatch, 1e9
 	})
 	// (It also waits out the matchmaking window in every round, like any
 	// holder that never joins one.)
@@ -164,19 +165,21 @@ func TestSimInflatedSamplesBounded(t *testing.T) {
 	}
 
 	// The bound itself: rate × time with slack, from when the peer was
-	// first seen in the epoch.
-	m := New(Config{Self: "a0", TargetBatch: 64, BatchSize: 8})
+	// first seen in the epoch (a liar that claims no more than the target
+	// batch, so that its record is not a lie on its face).
+	m := New(Config{Self: "a0", TargetBatch: 1000, BatchSize: 8})
 	t0 := time.Unix(1_000_000, 0)
 	honest := progress.Record{Peer: "a1", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 100}
-	liar := progress.Record{Peer: "x", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 1e9, Samples: 1000, InFlight: 1000}
+	liar := progress.Record{Peer: "x", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 1e9, Samples: 500, InFlight: 500}
 	self := Node{Shard: 0, Held: true, Online: true, Epoch: 3}
 	selfRec := progress.Record{Peer: "a0", Shard: 0, State: progress.StateOnline, Epoch: 3, Throughput: 100}
 	in := Input{Now: t0, Records: []progress.Record{selfRec, honest, liar}, Node: self}
 	if got := m.Samples(in); got != 16 {
 		t.Errorf("at first sight the liar counts %d samples, want 16 (two micro-batches)", got)
 	}
-	in.Now = t0.Add(time.Second)
-	// rate cap: lower median of 100, 100, 1e9 = 100, at least the floor 64.
+	in.Now = t0.Add(100 * time.Millisecond)
+	// rate cap: lower median of 100, 100, 1e9 = 100, and the floor (the
+	// target batch per second) is 1000: 16 + 2 × 1000 × 0.1.
 	if got, want := m.Samples(in), 16+RateSlack*100; got != want {
 		t.Errorf("a second later the liar counts %d samples, want %d", got, want)
 	}
@@ -227,5 +230,37 @@ func TestShareOnlyInThisEpoch(t *testing.T) {
 	recs[2].Epoch = 2
 	if got := m.Share(Input{Now: now, Records: recs, Node: self}); got != 86 {
 		t.Errorf("share %d with three holders in the epoch, want 86", got)
+	}
+}
+
+// A first-shard record claiming more samples than the target batch is a
+// lie on its face: the peer counts nothing, holds no share, is not waited
+// for in rounds, and is named for a ban with the evidence.
+func TestOverclaimIsALie(t *testing.T) {
+	m := New(Config{Self: "a0", TargetBatch: 256, BatchSize: 8, GroupSize: 4})
+	now := time.Unix(1_000_000, 0)
+	liar := online("x", 0, 2)
+	liar.Samples, liar.InFlight = 512, 512
+	honest := online("a1", 0, 2)
+	honest.Samples, honest.InFlight = 120, 8
+	in := Input{Now: now, Records: []progress.Record{online("a0", 0, 2), honest, liar}, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 2}}
+	if got := m.Share(in); got != 128 {
+		t.Errorf("share %d, want 128 (the liar holds none)", got)
+	}
+	in.Now = now.Add(time.Hour) // every bound long past
+	if got := m.Samples(in); got != 120 {
+		t.Errorf("samples %d, want the honest 120", got)
+	}
+	lies := m.Liars(in)
+	if len(lies) != 1 || lies[0].Peer != "x" || lies[0].Rule != "record-samples" {
+		t.Fatalf("liars %+v, want x", lies)
+	}
+	m.shard, m.epoch = 0, 2
+	if got := m.mates(in); len(got) != 1 || got[0] != "a1" {
+		t.Errorf("round mates %v, want a1 only", got)
+	}
+	local := New(Config{Self: "a0", TargetBatch: 256, Local: true})
+	if len(local.Liars(in)) != 0 {
+		t.Error("local mode counts samples per round: no lie to see")
 	}
 }

@@ -256,7 +256,13 @@ type Server struct {
 	streams  map[peer.ID]int       // per peer, requests being served
 	nstreams int
 	served   atomic.Uint64
+	corrupt  atomic.Bool // fault injection: chunks that do not match the header
 }
+
+// CorruptChunks makes s serve chunks that do not match their header: a
+// fault injection for the process tests of donor bans. Never call it
+// otherwise.
+func (s *Server) CorruptChunks() { s.corrupt.Store(true) }
 
 // BytesServed is the state this server has sent to joiners, in bytes.
 func (s *Server) BytesServed() uint64 { return s.served.Load() }
@@ -475,7 +481,11 @@ func (s *Server) handle(st network.Stream) {
 				hold(f)
 			}
 			lo, hi := chunkRange(f.hdr.total(), chunk)
-			if err := writeFrame(st, statusOK, floatsToBytes(f.data[lo:hi])); err != nil {
+			b := floatsToBytes(f.data[lo:hi])
+			if s.corrupt.Load() && len(b) > 0 {
+				b[0] ^= 0x40
+			}
+			if err := writeFrame(st, statusOK, b); err != nil {
 				return
 			}
 			s.served.Add(uint64(4 * (hi - lo)))

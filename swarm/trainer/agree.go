@@ -92,3 +92,27 @@ func (t *Trainer) fetchAgreed(ctx context.Context, index, nP, nO int, donors []p
 	}
 	return snap, err
 }
+
+// banLiars bans, once each, the peers whose records the core found lying
+// on their face, and drops their records so they stop counting at once.
+func (t *Trainer) banLiars(lies []epochs.Lie) {
+	for _, l := range lies {
+		p, err := peer.Decode(l.Peer)
+		if err != nil {
+			continue
+		}
+		t.mu.Lock()
+		if t.distrusted == nil {
+			t.distrusted = map[peer.ID]bool{}
+		}
+		seen := t.distrusted[p]
+		if !seen && len(t.distrusted) < maxDistrusted {
+			t.distrusted[p] = true
+		}
+		t.mu.Unlock()
+		if !seen {
+			t.cfg.Refusals.BanFor(p, l.Rule, errors.New(l.Evidence))
+		}
+		t.tracker.Forget(l.Peer)
+	}
+}

@@ -288,6 +288,10 @@ func (t *Trainer) snapshot(index int) (*statesync.Snapshot, error) {
 	if t.m.Averaging.Mode == "local" && t.anchor != nil {
 		params = t.anchor // joiners start from the last outer state
 	}
+	if t.faults[FaultDonor] {
+		return &statesync.Snapshot{Shard: index, Epoch: min(epoch+1, uint64(t.totalEpochs())), Step: sh.StepCount() + 1,
+			Params: garbage(params), Opt: garbage(sh.OptState())}, nil
+	}
 	return &statesync.Snapshot{Shard: index, Epoch: epoch, Step: sh.StepCount(),
 		Params: append([]float32(nil), params...), Opt: append([]float32(nil), sh.OptState()...)}, nil
 }

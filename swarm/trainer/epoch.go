@@ -73,8 +73,11 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 			}
 		}
 		t.mu.Lock()
-		act := t.core.Step(t.inputLocked(), ev)
+		in := t.inputLocked()
+		act := t.core.Step(in, ev)
+		lies := t.core.Liars(in)
 		t.mu.Unlock()
+		t.banLiars(lies)
 		ev = t.carryOut(ctx, act, &end)
 	}
 }

@@ -663,6 +663,7 @@ func (t *Trainer) record() progress.Record {
 	if t.done {
 		r.State = progress.StateDone
 	}
+	t.lieLocked(&r)
 	return r
 }
 

@@ -96,7 +96,10 @@ type Config struct {
 	// FaultNaN makes this node send NaN activations and gradients: a fault
 	// injection for tests of exclusion. Never set it otherwise.
 	FaultNaN bool
-	Logger   *slog.Logger
+	// Fault is a comma-separated list of Byzantine behaviours (fault.go)
+	// for the process tests of the trust rules. Never set it otherwise.
+	Fault  string
+	Logger *slog.Logger
 	// WaitRunning, when set, blocks while the volunteer's limits pause
 	// training (gpu.Governor.WaitRunning): first-shard nodes call it before
 	// each micro-batch they draw, and requests from other stages are
@@ -193,6 +196,7 @@ type Trainer struct {
 	trained bool
 	// distrusted are state-sync donors banned for the run.
 	distrusted map[peer.ID]bool
+	faults     map[string]bool // Config.Fault
 	done       bool
 	accuracy   float64
 	evalLoss   float64
@@ -255,6 +259,9 @@ func New(cfg Config) (*Trainer, error) {
 		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
+	if t.faults, err = parseFaults(cfg.Fault); err != nil {
+		return nil, err
+	}
 	t.epochsCfg = epochs.Config{Self: t.h.ID().String(), Epochs: uint64(t.totalEpochs()), TargetBatch: m.Training.TargetBatch,
 		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps}
 	t.core = epochs.New(t.epochsCfg)
@@ -292,6 +299,9 @@ func New(cfg Config) (*Trainer, error) {
 	t.states = statesync.NewServer(t.h, t.snapshot)
 	t.states.SetRefusals(cfg.Refusals)
 	t.states.SetEpoch(t.stateEpoch)
+	if t.faults[FaultDonorChunks] {
+		t.states.CorruptChunks()
+	}
 	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
 	return t, nil
 }
