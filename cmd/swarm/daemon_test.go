@@ -17,16 +17,39 @@ import (
 	"github.com/swarm-train/swarm/node/api"
 )
 
-// buildSwarm compiles the swarm binary once per test into dir.
+// The swarm binary the process tests run: built once per test process, on
+// first use, and removed by TestMain.
+var (
+	swarmBinOnce sync.Once
+	swarmBinDir  string
+	swarmBin     string
+	swarmBinErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if swarmBinDir != "" {
+		os.RemoveAll(swarmBinDir)
+	}
+	os.Exit(code)
+}
+
+// buildSwarm returns the swarm binary, compiling it the first time.
 func buildSwarm(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "swarm")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
-	cmd.Stderr = os.Stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("build swarm: %v", err)
+	swarmBinOnce.Do(func() {
+		if swarmBinDir, swarmBinErr = os.MkdirTemp("", "swarm-bin-"); swarmBinErr != nil {
+			return
+		}
+		swarmBin = filepath.Join(swarmBinDir, "swarm")
+		cmd := exec.Command("go", "build", "-o", swarmBin, ".")
+		cmd.Stderr = os.Stderr
+		swarmBinErr = cmd.Run()
+	})
+	if swarmBinErr != nil {
+		t.Fatalf("build swarm: %v", swarmBinErr)
 	}
-	return bin
+	return swarmBin
 }
 
 // daemon is a swarm process started by a test.
