@@ -91,7 +91,7 @@ func (n *Node) reachability() (verdict, help string) {
 	anyPublic := false
 	for _, a := range n.host.Addrs() {
 		if isRelayAddr(a) {
-			relayed = true
+			relayed = relayed || n.reserved(a)
 		} else if manet.IsPublicAddr(a) {
 			anyPublic = true
 		}
@@ -114,6 +114,16 @@ func (n *Node) reachability() (verdict, help string) {
 		return api.ReachLocal, "local swarm: loopback/private addresses only, reachable by peers on this machine or LAN"
 	}
 	return api.ReachUnknown, "no verdict yet: AutoNAT needs a few connected peers to test this node's addresses"
+}
+
+// reserved reports whether this node holds a reservation at the relay of
+// the circuit address a (the relay client protects the connection to each
+// relay it holds one at). A route advertised through a bootstrap relay
+// (advertisedAddrs) counts only once the reservation is there.
+func (n *Node) reserved(a ma.Multiaddr) bool {
+	relayPart, _ := ma.SplitFunc(a, func(c ma.Component) bool { return c.Protocol().Code == ma.P_CIRCUIT })
+	_, id := peer.SplitAddr(relayPart)
+	return id != "" && n.host.ConnManager().IsProtected(id, "autorelay")
 }
 
 func isRelayAddr(a ma.Multiaddr) bool {
