@@ -233,8 +233,9 @@ func TestShareOnlyInThisEpoch(t *testing.T) {
 	}
 }
 
-// A first-shard record claiming more samples than the target batch is a
-// lie on its face: the peer counts nothing, holds no share, is not waited
+// A first-shard record claiming more than twice the target batch finished
+// and in flight is a lie on its face (an honest one was seen at 256 + 64 of
+// 256): the peer counts nothing, holds no share, is not waited
 // for in rounds, and is named for a ban with the evidence.
 func TestOverclaimIsALie(t *testing.T) {
 	m := New(Config{Self: "a0", TargetBatch: 256, BatchSize: 8, GroupSize: 4})
@@ -242,14 +243,14 @@ func TestOverclaimIsALie(t *testing.T) {
 	liar := online("x", 0, 2)
 	liar.Samples, liar.InFlight = 512, 512
 	honest := online("a1", 0, 2)
-	honest.Samples, honest.InFlight = 120, 8
+	honest.Samples, honest.InFlight = 256, 64
 	in := Input{Now: now, Records: []progress.Record{online("a0", 0, 2), honest, liar}, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 2}}
 	if got := m.Share(in); got != 128 {
 		t.Errorf("share %d, want 128 (the liar holds none)", got)
 	}
 	in.Now = now.Add(time.Hour) // every bound long past
-	if got := m.Samples(in); got != 120 {
-		t.Errorf("samples %d, want the honest 120", got)
+	if got := m.Samples(in); got != 256 {
+		t.Errorf("samples %d, want the honest 256", got)
 	}
 	lies := m.Liars(in)
 	if len(lies) != 1 || lies[0].Peer != "x" || lies[0].Rule != "record-samples" {
