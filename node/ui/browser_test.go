@@ -54,8 +54,7 @@ func trainingNode(t *testing.T, m *run.Manifest, shard int, boot ...string) (*no
 	cfg.DiscoveryInterval = time.Second
 	cfg.RunID, cfg.RunName = id, m.Name
 	cfg.Services = []node.Service{&node.Training{
-		Config: trainer.Config{Manifest: m, Engine: native.New(native.WithThreads(1)), Device: "Test CPU", Shard: shard,
-			RecordTTL: 3 * time.Second},
+		Config: trainer.Config{Manifest: m, Engine: native.New(native.WithThreads(1)), Device: "Test CPU", Shard: shard},
 		Engine: "native",
 	}}
 	n, err := node.New(cfg, nil)
@@ -115,8 +114,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	exe := chromium(t)
 	m := run.NewMLPMNIST(2)
 	m.Model.Hidden = []int{32, 32}
-	m.Training = run.TrainingSpec{BatchSize: 32, TargetBatch: 128, Steps: 1000}
-	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 2, 1000
+	m.Training = run.TrainingSpec{BatchSize: 32, TargetBatch: 256, Steps: 100000} // never ends during the test
+	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 2, 100000
 	boot := bootstrapNode(t)
 	a, home := trainingNode(t, m, 0, boot.Addrs()[0].String())
 	_, homeB := trainingNode(t, m, 1, boot.Addrs()[0].String())
@@ -130,12 +129,14 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 80*time.Second)
 	defer cancel()
+	begin := time.Now()
 	var st *api.Status
 	testutil.Eventually(t, 40*time.Second, func() string { return fmt.Sprintf("status %+v", st) }, func() bool {
 		st, err = cl.Status(ctx)
 		return err == nil && st.State == "online" && st.Epoch >= 1 && st.Loss > 0
 	})
 
+	t.Logf("%.1fs: node online", time.Since(begin).Seconds())
 	bctx, bcancel := chromedp.NewExecAllocator(ctx, append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(exe), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1280, 1100))...)
 	defer bcancel()
@@ -167,10 +168,17 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("after the token redirect the page is at %q (%v), want /ui/ without the token", loc, err)
 	}
 	// Plots hold points from the running swarm: a few ticks of loss and rate.
-	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`Number(document.body.dataset.lossPoints || 0) >= 3`,
-		chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(30*time.Second))); err != nil {
-		t.Fatalf("the loss plot did not fill: %v", err)
+	// (A first-shard node learns the loss from the last shard's progress
+	// records, so on a loaded machine some of its points have none.)
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`Number(document.body.dataset.lossPoints || 0) >= 1 && Number(document.body.dataset.ratePoints || 0) >= 3`,
+		chromedp.WithPollingInterval(200*time.Millisecond), chromedp.WithPollingTimeout(45*time.Second))); err != nil {
+		diag, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`JSON.stringify({points: document.body.dataset.points, loss: document.body.dataset.lossPoints, rate: document.body.dataset.ratePoints, state: document.getElementById("state").textContent, error: document.getElementById("error").textContent})`))
+		st, _ = cl.Status(ctx)
+		stB, _ := clB.Status(ctx)
+		t.Fatalf("the loss plot did not fill: %v; page %s; node A: state %s epoch %d loss %v sps %v shards %+v; node B: state %s epoch %d loss %v shards %+v",
+			err, diag, st.State, st.Epoch, st.Loss, st.SamplesPerS, st.Shards, stB.State, stB.Epoch, stB.Loss, stB.Shards)
 	}
+	t.Logf("%.1fs: plots filled", time.Since(begin).Seconds())
 	text, err := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
 	if err != nil {
 		t.Fatal(err)
@@ -249,6 +257,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		t.Errorf("the page does not say online after Resume: %v", err)
 	}
 
+	t.Logf("%.1fs: paused and resumed", time.Since(begin).Seconds())
 	// The bootstrap's public page: no token, the run's shards and their
 	// holders from the DHT provider records it holds.
 	public := ui.NewPublic(boot, []*run.Manifest{m}, 200*time.Millisecond)
@@ -260,6 +269,7 @@ func TestDashboardInBrowser(t *testing.T) {
 		return len(v.Runs) == 1 && len(v.Runs[0].Peers) == 2 && len(v.Runs[0].Shards) == 2 &&
 			len(v.Runs[0].Shards[0].Holders) == 1 && len(v.Runs[0].Shards[1].Holders) == 1
 	})
+	t.Logf("%.1fs: public view complete", time.Since(begin).Seconds())
 	srv := httptest.NewServer(public)
 	defer srv.Close()
 	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/")); err != nil {

@@ -68,8 +68,12 @@ type Event struct {
 
 // Options of a Dashboard; zero fields take the defaults.
 type Options struct {
-	// Every is the sampling interval (default 1 s).
+	// Every is the sampling interval while a page is open (default 1 s).
 	Every time.Duration
+	// IdleEvery is the sampling interval while no page is open (default 5 s):
+	// a status answer hashes the shard's parameters, which is not free on a
+	// large model.
+	IdleEvery time.Duration
 	// Keep is how many points the ring holds (default 3600: an hour at 1 s).
 	Keep int
 	// MaxStreams bounds the open event streams (default 16).
@@ -97,6 +101,9 @@ type Dashboard struct {
 func New(src Source, opts Options) *Dashboard {
 	if opts.Every <= 0 {
 		opts.Every = time.Second
+	}
+	if opts.IdleEvery <= 0 {
+		opts.IdleEvery = 5 * time.Second
 	}
 	if opts.Keep <= 0 {
 		opts.Keep = 3600
@@ -160,12 +167,20 @@ func (d *Dashboard) serveFile(static fs.FS, name string) http.HandlerFunc {
 	}
 }
 
-// Run samples the source every Options.Every until ctx ends.
+// Run samples the source every Options.Every while a page is open, and
+// every Options.IdleEvery otherwise, until ctx ends.
 func (d *Dashboard) Run(ctx context.Context) {
 	t := time.NewTicker(d.opts.Every)
 	defer t.Stop()
+	var last time.Time
 	for {
-		d.Sample(time.Now())
+		d.mu.Lock()
+		watched := len(d.subs) > 0
+		d.mu.Unlock()
+		if now := time.Now(); watched || now.Sub(last) >= d.opts.IdleEvery {
+			d.Sample(now)
+			last = now
+		}
 		select {
 		case <-ctx.Done():
 			d.mu.Lock()

@@ -98,6 +98,7 @@
     // For tests and curious volunteers: how many points the plots hold.
     document.body.dataset.points = String(hist.t.length);
     document.body.dataset.lossPoints = String(hist.loss.filter((x) => x !== null).length);
+    document.body.dataset.ratePoints = String(hist.sps.filter((x) => x !== null && x > 0).length);
   }
 
   function service(st, name) {
