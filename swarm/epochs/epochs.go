@@ -546,15 +546,25 @@ func (m *Machine) mates(in Input) []string {
 // is later than epoch, latest first. Catching up from a holder that is not
 // ahead would only restore this node's own epoch, and two holders left
 // behind by the other shards would do so from each other forever. A holder
-// beyond the swarm's corroborated epoch (SwarmEpoch) is not one: a single
+// beyond the swarm's corroborated epoch (SwarmEpoch) is not one, nor is a
+// single holder ahead while the shard's other holders are not: a single
 // peer's claim to be ahead neither aborts a round nor offers a state.
 func (m *Machine) holdersAhead(in Input, shard int, epoch uint64) []string {
 	var recs []progress.Record
 	swarm := SwarmEpoch(in.Records)
+	others := 0
 	for _, r := range in.Records {
-		if r.Peer != m.cfg.Self && r.Shard == shard && r.Epoch > epoch && r.Epoch <= swarm && active(r) {
-			recs = append(recs, r)
+		if r.Peer != m.cfg.Self && r.Shard == shard && active(r) {
+			others++
+			if r.Epoch > epoch && r.Epoch <= swarm {
+				recs = append(recs, r)
+			}
 		}
+	}
+	// The shard itself must agree that it moved on: two holders ahead, or
+	// a majority of its other holders (a lone shard-mate ahead is one).
+	if len(recs) < 2 && 2*len(recs) <= others {
+		return nil
 	}
 	slices.SortStableFunc(recs, func(a, b progress.Record) int { return cmp.Compare(b.Epoch, a.Epoch) })
 	out := make([]string, len(recs))

@@ -265,3 +265,23 @@ func TestOverclaimIsALie(t *testing.T) {
 		t.Error("local mode counts samples per round: no lie to see")
 	}
 }
+
+// A shard-mate one epoch ahead that the rest of the shard does not follow
+// (a liar riding the other shard's lead) neither aborts the round nor is
+// offered as a donor; a lone shard-mate ahead, or two, are.
+func TestHoldersAheadNeedTheShard(t *testing.T) {
+	m := New(Config{Self: "a0", TargetBatch: 64, GroupSize: 4})
+	recs := []progress.Record{online("a0", 0, 5), online("a1", 0, 5), online("x", 0, 6), online("b0", 1, 6), online("b1", 1, 6)}
+	in := Input{Records: recs, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 5}}
+	if d := m.holdersAhead(in, 0, 5); len(d) != 0 {
+		t.Errorf("holders ahead %v: one of two shard-mates ahead", d)
+	}
+	in.Records[1].Epoch = 6
+	if d := m.holdersAhead(in, 0, 5); len(d) != 2 {
+		t.Errorf("holders ahead %v, want a1 and x", d)
+	}
+	in.Records = []progress.Record{online("a0", 0, 5), online("a1", 0, 6), online("b0", 1, 6)}
+	if d := m.holdersAhead(in, 0, 5); len(d) != 1 {
+		t.Errorf("holders ahead %v, want the lone shard-mate a1", d)
+	}
+}
