@@ -157,12 +157,26 @@ func GlobalNormSq(own float64, reports map[int][]float64) float64 {
 // holder draws about its share of the target batch (a little more when
 // micro-batches are retried or finish after the epoch's close: an honest
 // demo holder was seen at 256 finished and 64 in flight of 256), so more
-// than twice the whole target batch is a lie on its face. The core then
+// than twice the whole target batch plus a full pipeline (claimCeiling) is
+// a lie on its face. The core then
 // ignores the peer's samples and does not wait for it in rounds; the
 // trainer bans it (Liars). A liar that claims less is held to its rate
 // (sampleBound).
 func (m *Machine) Overclaims(r progress.Record) bool {
-	return !m.cfg.Local && r.Shard == 0 && r.Peer != m.cfg.Self && r.Samples+r.InFlight > 2*m.cfg.TargetBatch
+	return !m.cfg.Local && r.Shard == 0 && r.Peer != m.cfg.Self && r.Samples+r.InFlight > m.claimCeiling()
+}
+
+// MaxInFlightBatches is the most micro-batches a node may keep in flight
+// (trainer.MaxInFlight, --in-flight's ceiling).
+const MaxInFlightBatches = 64
+
+// claimCeiling is the most samples finished and in flight that an honest
+// first-shard holder can show in one epoch: twice the target batch (late
+// finishes and retries), plus a full pipeline of micro-batches, since a
+// node alone on the first shard with --in-flight 64 has that many out when
+// the epoch closes.
+func (m *Machine) claimCeiling() int {
+	return 2*m.cfg.TargetBatch + MaxInFlightBatches*max(m.cfg.BatchSize, 1)
 }
 
 // Liars are the peers whose live records lie on their face (Overclaims),
@@ -172,7 +186,7 @@ func (m *Machine) Liars(in Input) []Lie {
 	for _, r := range in.Records {
 		if m.Overclaims(r) {
 			out = append(out, Lie{Peer: r.Peer, Rule: "record-samples",
-				Evidence: fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than twice the target batch of %d", r.Epoch, r.Samples, r.InFlight, m.cfg.TargetBatch)})
+				Evidence: fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than an honest holder can (%d: twice the target batch of %d and %d micro-batches in flight)", r.Epoch, r.Samples, r.InFlight, m.claimCeiling(), m.cfg.TargetBatch, MaxInFlightBatches)})
 		}
 	}
 	return out

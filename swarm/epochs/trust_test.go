@@ -233,17 +233,23 @@ func TestShareOnlyInThisEpoch(t *testing.T) {
 	}
 }
 
-// A first-shard record claiming more than twice the target batch finished
-// and in flight is a lie on its face (an honest one was seen at 256 + 64 of
-// 256): the peer counts nothing, holds no share, is not waited
+// A first-shard record claiming more finished and in flight than twice the
+// target batch and a full pipeline is a lie on its face (an honest one was
+// seen at 256 + 64 of 256; a lone holder with --in-flight 64 has 64
+// micro-batches out): the peer counts nothing, holds no share, is not waited
 // for in rounds, and is named for a ban with the evidence.
 func TestOverclaimIsALie(t *testing.T) {
 	m := New(Config{Self: "a0", TargetBatch: 256, BatchSize: 8, GroupSize: 4})
 	now := time.Unix(1_000_000, 0)
 	liar := online("x", 0, 2)
-	liar.Samples, liar.InFlight = 512, 512
+	liar.Samples, liar.InFlight = 4096, 4096
 	honest := online("a1", 0, 2)
 	honest.Samples, honest.InFlight = 256, 64
+	full := online("a1", 0, 2)
+	full.Samples, full.InFlight = 256, MaxInFlightBatches*8 // a full pipeline of 8-sample micro-batches
+	if m.Overclaims(honest) || m.Overclaims(full) {
+		t.Fatal("an honest holder's claim counted as a lie")
+	}
 	in := Input{Now: now, Records: []progress.Record{online("a0", 0, 2), honest, liar}, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 2}}
 	if got := m.Share(in); got != 128 {
 		t.Errorf("share %d, want 128 (the liar holds none)", got)
