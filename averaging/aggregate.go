@@ -223,7 +223,7 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 		out[j] = float32(s / W)
 	}
 	tau := g.tau * g.sampledMedianDist(xs)
-	if tau > 0 && !math.IsInf(tau, 0) {
+	if !math.IsInf(tau, 0) { // τ = 0: the mean only if every input equals it
 		for i, x := range xs {
 			g.d2[i] = sqDist32(x, out)
 		}

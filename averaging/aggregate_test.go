@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -305,5 +306,20 @@ func BenchmarkAggregateAttacked(b *testing.B) {
 				g.combine(out, xs, ws)
 			}
 		})
+	}
+}
+
+// TestIdenticalInputs: inputs that all agree (every peer already holds the
+// average) take the fast path and come back unchanged.
+func TestIdenticalInputs(t *testing.T) {
+	x := []float32{1, -2, 3.5, 0}
+	xs := [][]float32{x, x, x, x, x}
+	ws := []float64{1, 2, 3, 4, 5}
+	out := make([]float32, len(x))
+	for _, kind := range []Aggregation{AggregateMean, AggregateCenteredClip, AggregateTrimmedMean} {
+		st := newAggregator(kind, 0, 0).combine(out, xs, ws)
+		if !slices.Equal(out, x) || st.Iters != 0 {
+			t.Fatalf("%s: %v (%+v), want %v", kind, out, st, x)
+		}
 	}
 }

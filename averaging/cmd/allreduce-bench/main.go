@@ -235,10 +235,13 @@ func cmdPeer(args []string) error {
 	defer a.Close()
 	vec := make([]float32, *mib<<20/4)
 	rng := mrand.New(mrand.NewPCG(uint64(*idx), 1))
-	for i := range vec {
-		vec[i] = float32(rng.NormFloat64())
-	}
 	for r := 1; r <= *rounds; r++ {
+		// Fresh values every round (before matchmaking, outside the timed
+		// all-reduce): after a round every peer holds the same vector, and a
+		// robust aggregation's cost depends on how the inputs differ.
+		for i := range vec {
+			vec[i] = float32(rng.NormFloat64())
+		}
 		res, err := a.Step(ctx, "bench", uint64(r), vec, 1, averaging.WithoutGossip())
 		out := roundOut{Peer: *idx, Round: r, ReduceS: res.ReduceTime.Seconds(), MatchS: res.MatchTime.Seconds(),
 			Fraction: res.Fraction, Members: len(res.Members), Sent: res.BytesSent, Recv: res.BytesReceived}
