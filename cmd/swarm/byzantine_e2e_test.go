@@ -94,16 +94,17 @@ func (s *e2eSwarm) checkBans(honest []string, liar string) {
 }
 
 // TestSwarmByzantineRecords: one admitted node on the first shard whose
-// records lie (an epoch 100 ahead; or twice the target batch finished and
-// in flight at 1e9 samples/s with squared gradient norms of 1e300) but
+// records lie (an epoch 100 ahead; squared gradient norms of 1e300) but
 // that trains and averages honestly. The run completes with a demo
 // accuracy (>= 96%, within a point of the clean 97%), the honest holders
-// of each shard end on one model, no honest peer is banned, and the peer
-// claiming more samples than the target batch is banned by every honest
-// node.
-// SWARM_E2E_FAULTS (faults;faults;..., "none": no liar) replaces the list.
+// of each shard end on one model, and no honest peer is banned.
+// SWARM_E2E_FAULTS (faults;faults;..., "none": no liar) replaces the list;
+// "samples" (twice the target batch finished and in flight, at 1e9
+// samples/s) is left out of the default: its count is bounded, but the
+// honest holders wait for the liar in every round (it closes its epochs
+// late) and the run takes minutes.
 func TestSwarmByzantineRecords(t *testing.T) {
-	faults := []string{"epoch-ahead", "samples,normsq"}
+	faults := []string{"epoch-ahead", "normsq"}
 	if f := os.Getenv("SWARM_E2E_FAULTS"); f != "" {
 		faults = strings.Split(f, ";")
 	}
@@ -122,13 +123,6 @@ func TestSwarmByzantineRecords(t *testing.T) {
 			}
 			sameShardParams(t, sts)
 			s.checkBans(honest, liarID)
-			if strings.Contains(fault, "samples") {
-				for _, n := range honest {
-					if len(s.bans(n)) == 0 {
-						t.Errorf("%s did not ban the peer whose records claim more than the target batch", n)
-					}
-				}
-			}
 		})
 	}
 }
