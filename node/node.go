@@ -19,6 +19,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -152,11 +153,20 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		log.Info("private swarm: only peers with the same swarm key can connect; listening on TCP only (QUIC cannot use a pre-shared key)",
 			"swarm_key", cfg.SwarmKeyFile)
 	}
-	n.host, err = newHost(&n.cfg, n.key, n.reg, relayCandidates(func() host.Host { return n.host }, boot),
-		banGater{n}, n.psk)
+	// The relay finder may ask for candidates while libp2p.New is still
+	// building the host: it sees none until the host is complete.
+	var built atomic.Pointer[host.Host]
+	relays := relayCandidates(func() host.Host {
+		if h := built.Load(); h != nil {
+			return *h
+		}
+		return nil
+	}, boot)
+	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk)
 	if err != nil {
 		return nil, err
 	}
+	built.Store(&n.host)
 
 	mode := dht.ModeAuto
 	switch {
