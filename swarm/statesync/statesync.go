@@ -213,8 +213,12 @@ func readFrame(r io.Reader, limit int) ([]byte, error) {
 const (
 	// MinFreezeGap: a shard's state is frozen at most once per epoch or per
 	// MinFreezeGap, whichever is rarer, however many peers ask; concurrent
-	// requesters share the one frozen copy.
-	MinFreezeGap = 5 * time.Second
+	// requesters share the one frozen copy. It is short because a joiner
+	// behind the swarm needs a fresh copy: at 5 s a demo joiner loaded the
+	// same stale epoch about 50 times and the swarm stalled ~15 s. Four
+	// freezes a second, each only of a newer epoch and at most MaxFrozen
+	// alive, cost a donor little.
+	MinFreezeGap = 250 * time.Millisecond
 	// MaxFrozen frozen copies are alive at most; an older one is released
 	// once a newer one exists and nobody downloads it.
 	MaxFrozen = 2
