@@ -215,13 +215,7 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	// estimates, like τ itself, is set by the majority). When no input lies
 	// beyond τ of the mean, the mean is a fixed point of the iteration with
 	// that τ and the answer: what an honest round pays, about two passes.
-	for j := range out {
-		var s float64
-		for i, x := range xs {
-			s += g.w[i] * float64(x[j])
-		}
-		out[j] = float32(s / W)
-	}
+	g.mean(out, xs)
 	tau := g.tau * g.sampledMedianDist(xs)
 	if !math.IsInf(tau, 0) { // τ = 0: the mean only if every input equals it
 		for i, x := range xs {
