@@ -51,10 +51,8 @@ func streams(ctx context.Context, a *Attacker, tl *tally, n int, hold time.Durat
 // activation values), and then sends nothing, for at most hold.
 func PipelineOversize(ctx context.Context, t Target, sh Shape, n int, hold time.Duration) Result {
 	start, tl := time.Now(), &tally{}
-	a, err := joined(ctx, t, false)
-	if err != nil {
-		tl.add(0, 0, 0, 1)
-		tl.note("join: %v", err)
+	a, ok := joinedOrCounted(ctx, t, false, tl)
+	if !ok {
 		return tl.result("pipeline-oversize", start)
 	}
 	defer a.Close()
@@ -72,10 +70,8 @@ func PipelineOversize(ctx context.Context, t Target, sh Shape, n int, hold time.
 // nothing, for at most hold.
 func PipelineStall(ctx context.Context, t Target, sh Shape, n int, hold time.Duration) Result {
 	start, tl := time.Now(), &tally{}
-	a, err := joined(ctx, t, false)
-	if err != nil {
-		tl.add(0, 0, 0, 1)
-		tl.note("join: %v", err)
+	a, ok := joinedOrCounted(ctx, t, false, tl)
+	if !ok {
 		return tl.result("pipeline-stall", start)
 	}
 	defer a.Close()
@@ -170,10 +166,8 @@ func Averaging(ctx context.Context, t Target, key string, hold time.Duration) Re
 // many joins the victim sent.
 func HostileLeader(ctx context.Context, t Target, shard int, epoch uint64, dur time.Duration) Result {
 	start, tl := time.Now(), &tally{}
-	a, err := joined(ctx, t, true)
-	if err != nil {
-		tl.add(0, 0, 0, 1)
-		tl.note("join: %v", err)
+	a, ok := joinedOrCounted(ctx, t, true, tl)
+	if !ok {
 		return tl.result("averaging-leader", start)
 	}
 	defer a.Close()
@@ -239,10 +233,8 @@ func HostileLeader(ctx context.Context, t Target, shard int, epoch uint64, dur t
 // another shard's chunk, an unknown op).
 func StateSync(ctx context.Context, t Target, shard uint32, requests, conc int, hold time.Duration) Result {
 	start, tl := time.Now(), &tally{}
-	a, err := joined(ctx, t, false)
-	if err != nil {
-		tl.add(0, 0, 0, 1)
-		tl.note("join: %v", err)
+	a, ok := joinedOrCounted(ctx, t, false, tl)
+	if !ok {
 		return tl.result("statesync", start)
 	}
 	var next atomic.Int64
@@ -491,4 +483,16 @@ func ForgedHello(ctx context.Context, t Target) Result {
 func (a *Attacker) Admitted(ctx context.Context) bool {
 	got, _, err := a.exchange(ctx, ProtoState, StateRequest(9, 0, 0, 0), 3*time.Second)
 	return err == nil && got > 0
+}
+
+// joinedOrCounted is joined for an attack: a failure to join is counted as
+// one failed message with its reason, and ok is false.
+func joinedOrCounted(ctx context.Context, t Target, listen bool, tl *tally) (*Attacker, bool) {
+	a, err := joined(ctx, t, listen)
+	if err != nil {
+		tl.add(0, 0, 0, 1)
+		tl.note("join: %v", err)
+		return nil, false
+	}
+	return a, true
 }
