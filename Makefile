@@ -42,10 +42,11 @@ demo: build ## start a local swarm on 127.0.0.1 that trains a real model
 bench: build ## run the benchmarks and write BENCHMARKS.md
 	./scripts/bench.sh
 
-lint: ## gofmt, go mod tidy check, go vet
+lint: ## gofmt, go mod tidy check, go vet, import layers
 	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	@$(GO) mod tidy -diff >/dev/null || { echo "go.mod/go.sum are not tidy: run go mod tidy"; exit 1; }
 	$(GO) vet ./...
+	./scripts/layers.sh
 	CGO_ENABLED=0 $(GO) build ./...
 
 clean: ## remove build outputs

@@ -1,8 +1,9 @@
 // Package gpu finds the node's NVIDIA GPUs and watches them through NVML,
 // holds the volunteer's limits (which GPUs, how much memory, when to pause),
-// decides when training must pause and may resume (Governor), and chooses the
-// training engine (ChooseEngine). The engines themselves live in gpu/native
-// (pure Go) and gpu/torch (a PyTorch worker).
+// and decides when training must pause and may resume (Governor, Gate). It
+// holds no engine code: engine/choose picks the engine for the devices found
+// here, and the engines live in engine/native (pure Go) and engine/torch (a
+// PyTorch worker).
 //
 // NVML needs cgo: nvml.go is built with cgo, nvml_nocgo.go without it, where
 // Open reports ErrNoNVML ("NVML not compiled in"). Every NVML call is made

@@ -1,12 +1,9 @@
 package gpu
 
 import (
-	"errors"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/swarm-train/swarm/gpu/torch"
 )
 
 func TestParseSelection(t *testing.T) {
@@ -131,54 +128,5 @@ func TestGovernorTable(t *testing.T) {
 	}
 	if _, r := g.Paused(); !strings.Contains(r, "GPU 0 selected") {
 		t.Errorf("vanished GPU reason %q", r)
-	}
-}
-
-func TestChooseEngine(t *testing.T) {
-	gpu := []Device{{Index: 0}}
-	withCUDA := func() (torch.Info, error) { return torch.Info{Torch: "2.3", CUDA: true}, nil }
-	cpuOnly := func() (torch.Info, error) { return torch.Info{Torch: "1.13"}, nil }
-	missing := func() (torch.Info, error) {
-		return torch.Info{}, errors.New("torch: PyTorch engine unavailable: /usr/bin/python3 cannot import torch")
-	}
-	notCalled := func() (torch.Info, error) { t.Error("probe called"); return torch.Info{}, nil }
-	for _, c := range []struct {
-		want     string
-		sel      []Device
-		probe    func() (torch.Info, error)
-		name     string
-		fallback bool
-		reason   string
-	}{
-		{"auto", gpu, withCUDA, "torch-cuda", false, "CUDA"},
-		{"auto", nil, notCalled, "native", false, "no GPU"},
-		{"auto", gpu, cpuOnly, "native", false, "no CUDA"},
-		{"auto", gpu, missing, "native", false, "cannot import torch"},
-		{"native", gpu, notCalled, "native", false, "--engine native"},
-		{"torch", gpu, withCUDA, "torch-cuda", false, "CUDA"},
-		{"torch", nil, withCUDA, "torch-cpu", false, "no GPU lent"},
-		{"torch", gpu, cpuOnly, "torch-cpu", false, "no CUDA"},
-		{"torch", gpu, missing, "native", true, "cannot import torch"},
-	} {
-		ch, err := ChooseEngine(c.want, c.sel, c.probe)
-		if err != nil || ch.Name() != c.name || ch.Fallback != c.fallback || !strings.Contains(ch.Reason, c.reason) {
-			t.Errorf("%s with %d GPU(s): %+v %v, want %s fallback=%v reason with %q", c.want, len(c.sel), ch, err, c.name, c.fallback, c.reason)
-		}
-	}
-	if _, err := ChooseEngine("cuda", gpu, notCalled); err == nil {
-		t.Error("unknown engine accepted")
-	}
-}
-
-// TestOpenEngineFallback: torch chosen but no interpreter → native, and the
-// choice says why.
-func TestOpenEngineFallback(t *testing.T) {
-	e, ch, err := OpenEngine(EngineChoice{Engine: EngineTorch, Device: "cpu"}, Limits{CPUThreads: 1}, nil, torch.Options{Python: "/nonexistent/python3"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	if e.Name() != "native" || !ch.Fallback || !strings.Contains(ch.Reason, "/nonexistent/python3") {
-		t.Errorf("engine %s, choice %+v", e.Name(), ch)
 	}
 }

@@ -15,8 +15,8 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 
 	"github.com/swarm-train/swarm/node/api"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/progress"
-	"github.com/swarm-train/swarm/swarm/run"
 )
 
 // Admission is the run's admission policy as the node enforces it. The

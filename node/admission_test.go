@@ -17,9 +17,9 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/internal/testutil"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
-	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
 

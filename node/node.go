@@ -359,6 +359,10 @@ func (n *Node) Config() Config { return n.cfg }
 // bootstrap nodes).
 func (n *Node) RunID() cid.Cid { return n.runID }
 
+// Trains says whether the node is a run member that may train: false on a
+// bootstrap node.
+func (n *Node) Trains() bool { return n.runs != nil }
+
 // RunPeers returns the known live peers of this node's run: peers found
 // through the DHT, confirmed by the run handshake, and still connected.
 func (n *Node) RunPeers() []peer.AddrInfo {

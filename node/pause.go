@@ -8,8 +8,12 @@ import (
 	"github.com/swarm-train/swarm/node/api"
 )
 
+// ErrNotTraining is the answer to pause and resume on a node that does not
+// train (a bootstrap node, or swarm node --no-train).
+var ErrNotTraining = errors.New("this node does not train (a bootstrap node, or --no-train): nothing to pause or resume")
+
 // manualPauser is a service the volunteer can pause and resume by hand
-// (Training).
+// (the training service, node/training).
 type manualPauser interface {
 	SetManual(rule string, pause bool) (api.Pause, error)
 }

@@ -10,17 +10,17 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/swarm-train/swarm/gpu"
-	"github.com/swarm-train/swarm/gpu/torch"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/engine/choose"
+	"github.com/swarm-train/swarm/engine/torch"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // benchOutput is what `swarm bench` prints.
 type benchOutput struct {
-	Engine  gpu.EngineChoice  `json:"engine"`
-	Device  string            `json:"device"`
-	Results []gpu.BenchResult `json:"results"`
-	Cached  []bool            `json:"cached"`
+	Engine  choose.Choice        `json:"engine"`
+	Device  string               `json:"device"`
+	Results []choose.BenchResult `json:"results"`
+	Cached  []bool               `json:"cached"`
 }
 
 func init() {
@@ -66,13 +66,13 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return fail(1, err)
 	}
-	choice, err := gpu.ChooseEngine(c.String("engine"), sel, func() (torch.Info, error) {
+	choice, err := choose.Engine(c.String("engine"), sel, func() (torch.Info, error) {
 		return torch.Probe(c.Context, c.String("python"))
 	})
 	if err != nil {
 		return fail(2, err)
 	}
-	e, choice, err := gpu.OpenEngine(choice, l, sel, torch.Options{Python: c.String("python")})
+	e, choice, err := choose.Open(choice, l, sel, torch.Options{Python: c.String("python")})
 	if err != nil {
 		return fail(1, err)
 	}
@@ -81,32 +81,32 @@ func benchAction(c *cli.Context) error {
 		fmt.Fprintln(c.App.ErrWriter, "swarm bench:", choice.Reason)
 	}
 	device := engineDevice(e, l) // the node looks its throughput up under the same key
-	var cache *gpu.BenchCache
+	var cache *choose.BenchCache
 	if !c.Bool("no-cache") {
 		path := c.String("cache")
 		if path == "" {
-			if path, err = gpu.DefaultBenchCachePath(); err != nil {
+			if path, err = choose.DefaultBenchCachePath(); err != nil {
 				return fail(1, err)
 			}
 		}
-		if cache, err = gpu.OpenBenchCache(path); err != nil {
+		if cache, err = choose.OpenBenchCache(path); err != nil {
 			return fail(1, err)
 		}
 	}
 	out := benchOutput{Engine: choice, Device: device}
 	for _, k := range sizes {
-		key := gpu.BenchKey(device, e.Name(), m.Model, k, batch)
+		key := choose.BenchKey(device, e.Name(), m.Model, k, batch)
 		if cache != nil {
 			if r, ok := cache.Get(key); ok {
 				out.Results, out.Cached = append(out.Results, r), append(out.Cached, true)
 				continue
 			}
 		}
-		sm, err := gpu.SpanManifest(m, k)
+		sm, err := choose.SpanManifest(m, k)
 		if err != nil {
 			return fail(2, err)
 		}
-		r, err := gpu.BenchShard(e, sm, 0, batch, c.Duration("time"))
+		r, err := choose.BenchShard(e, sm, 0, batch, c.Duration("time"))
 		if err != nil {
 			return fail(1, fmt.Errorf("shard of %d units: %w", k, err))
 		}

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 

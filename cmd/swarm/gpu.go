@@ -11,18 +11,19 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/engine/choose"
+	"github.com/swarm-train/swarm/engine/torch"
 	"github.com/swarm-train/swarm/gpu"
-	"github.com/swarm-train/swarm/gpu/torch"
 )
 
 // gpuOutput is what `swarm gpu` prints: the NVML report, the PyTorch probe
 // and the engine --engine auto would choose under the given limits.
 type gpuOutput struct {
 	gpu.Report
-	Selected []int            `json:"selected"`
-	Torch    *torch.Info      `json:"torch,omitempty"`
-	TorchErr string           `json:"torch_error,omitempty"`
-	Engine   gpu.EngineChoice `json:"engine"`
+	Selected []int         `json:"selected"`
+	Torch    *torch.Info   `json:"torch,omitempty"`
+	TorchErr string        `json:"torch_error,omitempty"`
+	Engine   choose.Choice `json:"engine"`
 }
 
 // gpuFlags are the volunteer's GPU limits, the CPU thread cap and the
@@ -70,7 +71,7 @@ func inspectGPUs(c *cli.Context, l gpu.Limits) (gpuOutput, []gpu.Device, error) 
 		}
 		return info, err
 	}
-	out.Engine, err = gpu.ChooseEngine(c.String("engine"), sel, probe)
+	out.Engine, err = choose.Engine(c.String("engine"), sel, probe)
 	return out, sel, err
 }
 

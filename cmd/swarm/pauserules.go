@@ -7,6 +7,7 @@ import (
 
 	"github.com/swarm-train/swarm/gpu"
 	"github.com/swarm-train/swarm/node"
+	"github.com/swarm-train/swarm/node/training"
 )
 
 // pauseRuleFlags are the volunteer's pause rules beyond the GPU limits:
@@ -42,7 +43,7 @@ func parsePauseRules(c *cli.Context) (pauseRules, error) {
 // apply sets the rules on the training service in cfg (none without training).
 func (r pauseRules) apply(cfg *node.Config) {
 	for _, s := range cfg.Services {
-		if t, ok := s.(*node.Training); ok {
+		if t, ok := s.(*training.Service); ok {
 			t.ActiveHours, t.PauseOtherCPUPct = r.hours, r.cpu
 		}
 	}

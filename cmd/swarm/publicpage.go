@@ -13,7 +13,7 @@ import (
 
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/ui"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // publicPage is a bootstrap node's public swarm page (--dashboard): its

@@ -13,7 +13,7 @@ import (
 
 	"github.com/swarm-train/swarm/internal/redteam"
 	"github.com/swarm-train/swarm/node/api"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // Red team: a small honest swarm (bootstrap + 4 nodes, mlp-mnist in 2

@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
-	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/train"
 )
 

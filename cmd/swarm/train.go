@@ -11,8 +11,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
-	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/train"
 )
 
@@ -80,7 +80,7 @@ func trainCmd(c *cli.Context) error {
 	if isTerminal(c.App.ErrWriter) {
 		cfg.Progress = c.App.ErrWriter
 	}
-	tr, err := train.New(m, eng, cfg)
+	tr, err := train.NewSolo(m, eng, cfg)
 	if err != nil {
 		return fmt.Errorf("train: %w", err)
 	}

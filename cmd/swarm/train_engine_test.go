@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/swarm-train/swarm/gpu/torch"
+	"github.com/swarm-train/swarm/engine/torch"
 	"github.com/swarm-train/swarm/swarm/train"
 )
 

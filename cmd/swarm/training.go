@@ -11,12 +11,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/engine/choose"
+	"github.com/swarm-train/swarm/engine/torch"
 	"github.com/swarm-train/swarm/gpu"
-	"github.com/swarm-train/swarm/gpu/engine"
-	"github.com/swarm-train/swarm/gpu/torch"
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/node/training"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
@@ -44,12 +46,12 @@ func trainingFlags() []cli.Flag {
 // start falls back to native, and the reason is logged. It returns the
 // engine, the choice, the device's name (GPU model, or the CPU and its
 // thread cap) and the lent GPUs.
-func openEngine(c *cli.Context, l gpu.Limits, log *slog.Logger) (engine.Engine, gpu.EngineChoice, string, []gpu.Device, error) {
+func openEngine(c *cli.Context, l gpu.Limits, log *slog.Logger) (engine.Engine, choose.Choice, string, []gpu.Device, error) {
 	found, sel, err := inspectGPUs(c, l)
 	if err != nil {
-		return nil, gpu.EngineChoice{}, "", nil, err
+		return nil, choose.Choice{}, "", nil, err
 	}
-	e, choice, err := gpu.OpenEngine(found.Engine, l, sel, torch.Options{Python: c.String("python"), Logger: log})
+	e, choice, err := choose.Open(found.Engine, l, sel, torch.Options{Python: c.String("python"), Logger: log})
 	if err != nil {
 		return nil, choice, "", nil, err
 	}
@@ -81,25 +83,25 @@ func engineDevice(e engine.Engine, l gpu.Limits) string {
 // first shard.
 func announcedRate(path string, e engine.Engine, m *run.Manifest, device string, log *slog.Logger) float64 {
 	if path == "" {
-		path, _ = gpu.DefaultBenchCachePath()
+		path, _ = choose.DefaultBenchCachePath()
 	}
 	if path != "" {
-		cache, err := gpu.OpenBenchCache(path)
+		cache, err := choose.OpenBenchCache(path)
 		if err != nil {
 			log.Warn("bench cache unreadable; measuring instead", "err", err)
 		} else {
 			for _, sp := range m.Shards {
-				if r, ok := cache.Get(gpu.BenchKey(device, e.Name(), m.Model, sp.End-sp.Start, m.Training.BatchSize)); ok && r.GFLOPSec > 0 {
+				if r, ok := cache.Get(choose.BenchKey(device, e.Name(), m.Model, sp.End-sp.Start, m.Training.BatchSize)); ok && r.GFLOPSec > 0 {
 					log.Info("throughput from swarm bench's cache", "gflop_per_s", r.GFLOPSec, "units", r.Units, "measured", r.When)
 					return r.GFLOPSec * 1e9
 				}
 			}
 		}
 	}
-	sm, err := gpu.SpanManifest(m, m.Shards[0].End-m.Shards[0].Start)
+	sm, err := choose.SpanManifest(m, m.Shards[0].End-m.Shards[0].Start)
 	if err == nil {
-		var r gpu.BenchResult
-		if r, err = gpu.BenchShard(e, sm, 0, m.Training.BatchSize, 300*time.Millisecond); err == nil && r.GFLOPSec > 0 {
+		var r choose.BenchResult
+		if r, err = choose.BenchShard(e, sm, 0, m.Training.BatchSize, 300*time.Millisecond); err == nil && r.GFLOPSec > 0 {
 			log.Info("throughput measured (run swarm bench for a steadier figure)", "gflop_per_s", r.GFLOPSec, "samples_per_s", r.SamplesSec)
 			return r.GFLOPSec * 1e9
 		}
@@ -126,7 +128,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 	if err != nil {
 		return err
 	}
-	svc := &node.Training{Config: trainer.Config{
+	svc := &training.Service{Config: trainer.Config{
 		Manifest:       m,
 		Engine:         eng,
 		Device:         device,

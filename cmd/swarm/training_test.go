@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/swarm-train/swarm/gpu"
-	"github.com/swarm-train/swarm/gpu/native"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/engine/choose"
+	"github.com/swarm-train/swarm/engine/native"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // The node announces swarm bench's cached rate for its device, engine and
@@ -30,19 +30,19 @@ func TestAnnouncedRate(t *testing.T) {
 		t.Fatalf("without a cached result: rate %v, log:\n%s", measured, logs.String())
 	}
 
-	cache, err := gpu.OpenBenchCache(path)
+	cache, err := choose.OpenBenchCache(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	units := m.Shards[1].End - m.Shards[1].Start
 	// Another device's and another batch's results do not count.
-	for _, k := range []string{gpu.BenchKey("Other CPU", e.Name(), m.Model, units, m.Training.BatchSize),
-		gpu.BenchKey("Test CPU", e.Name(), m.Model, units, m.Training.BatchSize+1)} {
-		if err := cache.Put(k, gpu.BenchResult{GFLOPSec: 1, When: time.Now()}); err != nil {
+	for _, k := range []string{choose.BenchKey("Other CPU", e.Name(), m.Model, units, m.Training.BatchSize),
+		choose.BenchKey("Test CPU", e.Name(), m.Model, units, m.Training.BatchSize+1)} {
+		if err := cache.Put(k, choose.BenchResult{GFLOPSec: 1, When: time.Now()}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := cache.Put(gpu.BenchKey("Test CPU", e.Name(), m.Model, units, m.Training.BatchSize), gpu.BenchResult{Units: units, GFLOPSec: 123, When: time.Now()}); err != nil {
+	if err := cache.Put(choose.BenchKey("Test CPU", e.Name(), m.Model, units, m.Training.BatchSize), choose.BenchResult{Units: units, GFLOPSec: 123, When: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
 	if got := announcedRate(path, e, m, "Test CPU", log); got != 123e9 {

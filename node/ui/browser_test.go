@@ -15,13 +15,15 @@ import (
 
 	"github.com/chromedp/chromedp"
 
-	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
+	"github.com/swarm-train/swarm/node/nodetest"
+	"github.com/swarm-train/swarm/node/training"
 	"github.com/swarm-train/swarm/node/ui"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
@@ -46,34 +48,13 @@ func trainingNode(t *testing.T, m *run.Manifest, shard int, boot ...string) (*no
 		t.Fatal(err)
 	}
 	home := t.TempDir()
-	cfg := node.DefaultConfig()
-	cfg.Home, cfg.API = home, "127.0.0.1:0"
-	cfg.Listen = []string{"/ip4/127.0.0.1/tcp/0"}
-	cfg.Bootstrap = boot
-	cfg.PortMapping = false
-	cfg.DiscoveryInterval = time.Second
-	cfg.RunID, cfg.RunName = id, m.Name
-	cfg.Services = []node.Service{&node.Training{
+	cfg := nodetest.Config(home, m.Name, boot...)
+	cfg.RunID = id
+	cfg.Services = []node.Service{&training.Service{
 		Config: trainer.Config{Manifest: m, Engine: native.New(native.WithThreads(1)), Device: "Test CPU", Shard: shard},
 		Engine: "native",
 	}}
-	n, err := node.New(cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- n.Run(context.Background()) }()
-	t.Cleanup(func() {
-		n.Close()
-		<-errc
-	})
-	select {
-	case <-n.Ready():
-	case err := <-errc:
-		t.Fatalf("run: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("node not ready after 20 s")
-	}
+	n := nodetest.Start(t, cfg)
 	return n, home
 }
 

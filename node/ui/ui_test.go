@@ -19,7 +19,7 @@ import (
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/ui"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // fakeSource counts its status answers; each has a loss of 1/n.

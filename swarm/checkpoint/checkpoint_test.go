@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
-	"github.com/swarm-train/swarm/swarm/run"
 )
 
 func randState(seed uint64, step int64) *State {

@@ -11,7 +11,7 @@ import (
 	"math"
 	"sort"
 
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // TensorInfo is one entry of a safetensors header.

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // Bigram is a count-based character bigram model with add-k smoothing: the

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 func TestMNISTLoads(t *testing.T) {

@@ -10,8 +10,8 @@ import (
 	"hash/fnv"
 	"math/rand/v2"
 
-	"github.com/swarm-train/swarm/gpu/engine"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // Position is where a source stands in its training stream: the epoch (full

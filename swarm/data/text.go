@@ -12,7 +12,7 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // DefaultCorpus is the text file, relative to GOROOT, that a text run reads

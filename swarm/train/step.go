@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/swarm/data"
 )
 

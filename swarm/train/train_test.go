@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/swarm-train/swarm/gpu/engine"
-	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/engine/native"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
-	"github.com/swarm-train/swarm/swarm/run"
 )
 
 // smallMLP is a 784-64-32-10 MLP in two shards with two micro-batches per step.
@@ -41,12 +41,12 @@ func smallGPT(t testing.TB, steps int) *run.Manifest {
 	return m
 }
 
-func newTrainer(t testing.TB, m *run.Manifest, cfg Config) *Trainer {
+func newTrainer(t testing.TB, m *run.Manifest, cfg Config) *Solo {
 	t.Helper()
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	tr, err := New(m, native.New(), cfg)
+	tr, err := NewSolo(m, native.New(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestEvaluateAccuracyMatchesLogits(t *testing.T) {
 // few clipped, accumulated steps with the same parameters (the clip uses the
 // norm across all shards).
 func TestSplitTrainsLikeUnsplit(t *testing.T) {
-	build := func(shards int) *Trainer {
+	build := func(shards int) *Solo {
 		m := smallMLP(4)
 		m.Shards = run.EvenShards(3, shards)
 		m.Optimizer.ClipNorm = 0.05 // small enough that every step clips
@@ -378,7 +378,7 @@ func TestNoHeldOutData(t *testing.T) {
 // TestUnequalMicroBatches: a target batch of 5 in micro-batches of 2, 2 and
 // 1 takes the same step as one micro-batch of 5.
 func TestUnequalMicroBatches(t *testing.T) {
-	build := func(batch int) *Trainer {
+	build := func(batch int) *Solo {
 		m := smallMLP(1)
 		m.Training.BatchSize, m.Training.TargetBatch = batch, 5
 		m.Optimizer = run.OptimizerSpec{Name: "sgd", LR: 0.1, MinLR: 0.1}
@@ -388,7 +388,7 @@ func TestUnequalMicroBatches(t *testing.T) {
 	if got := split.micro; len(got) != 3 || got[2] != 1 {
 		t.Fatalf("micro-batches %v", got)
 	}
-	for _, tr := range []*Trainer{split, whole} {
+	for _, tr := range []*Solo{split, whole} {
 		if _, err := tr.TrainStep(); err != nil {
 			t.Fatal(err)
 		}

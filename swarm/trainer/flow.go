@@ -11,10 +11,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
-	"github.com/swarm-train/swarm/swarm/run"
 )
 
 // Ban durations.

@@ -14,7 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"github.com/swarm-train/swarm/gpu/native"
+	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"

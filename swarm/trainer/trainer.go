@@ -32,7 +32,7 @@
 // cond), before the tracker's own lock; srcMu and rngMu are leaves.
 //
 // It needs a libp2p host and a few hooks into the node daemon (run peers,
-// DHT provider records); node/training.go attaches it to a node.
+// DHT provider records); node/training attaches it to a node.
 package trainer
 
 import (
@@ -50,13 +50,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/averaging"
-	"github.com/swarm-train/swarm/gpu/engine"
+	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
-	"github.com/swarm-train/swarm/swarm/run"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
 

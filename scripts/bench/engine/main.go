@@ -22,10 +22,10 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 
-	"github.com/swarm-train/swarm/gpu/engine"
-	"github.com/swarm-train/swarm/gpu/native"
-	"github.com/swarm-train/swarm/gpu/native/kernels"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/engine/native"
+	"github.com/swarm-train/swarm/engine/native/kernels"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // Charset is an 80-character set, about the size of an English text's.
@@ -177,7 +177,7 @@ func main() {
 		log.Fatalf("engine bench: %s of the measured FMA peak (%.0f GFLOP/s on %d threads, %.0f on one): the peak measurement is wrong, most likely because other work held the cores while it ran; not printing the table", strings.Join(over, ", "), peak.all, *threads, peak.one)
 	}
 
-	fmt.Println("## Native engine (gpu/native)")
+	fmt.Println("## Native engine (engine/native)")
 	fmt.Println()
 	fmt.Printf("Training step = forward, backward and AdamW step of the whole model on one shard, %d threads. %s runs the same model, batch and optimizer with `torch.set_num_threads` at %d and at 1, and the better of the two is compared. ", *threads, *baseline, *threads)
 	fmt.Printf("GFLOP/s count 6 FLOPs per weight use (`run.Manifest.FLOPsPerSample`). Micro-kernel: `%s`. ", kernels.Accelerated())

@@ -1,6 +1,6 @@
 """PyTorch-on-CPU twin of the native engine's training-step benchmark.
 
-Builds the same models as gpu/native (mlp-mnist, gpt-char), runs forward,
+Builds the same models as engine/native (mlp-mnist, gpt-char), runs forward,
 backward and an AdamW step on random data and prints one JSON object per
 line: {"model", "batch", "threads", "samples_per_s", "step_ms", "blas"} with
 medians over repetitions; "blas" is the libblas.so.3 this process really

@@ -1,7 +1,7 @@
 // Command gpu measures the PyTorch engine's training samples/s with a chosen
 // snapshot policy (torch.Options.SnapshotEvery), the same way `swarm bench`
-// measures an engine (gpu.BenchShard on the model's first k units). It prints
-// a JSON array of gpu.BenchResult. scripts/bench/gpu.sh uses it to time the
+// measures an engine (choose.BenchShard on the model's first k units). It prints
+// a JSON array of choose.BenchResult. scripts/bench/gpu.sh uses it to time the
 // node copying the worker's whole state after every step next to the default.
 package main
 
@@ -14,9 +14,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/swarm-train/swarm/gpu"
-	"github.com/swarm-train/swarm/gpu/torch"
-	"github.com/swarm-train/swarm/swarm/run"
+	"github.com/swarm-train/swarm/engine/choose"
+	"github.com/swarm-train/swarm/engine/torch"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 func main() {
@@ -48,17 +48,17 @@ func bench(model, units string, threads int, minTime time.Duration, every int, d
 		return err
 	}
 	defer e.Close()
-	var out []gpu.BenchResult
+	var out []choose.BenchResult
 	for _, u := range strings.Split(units, ",") {
 		k, err := strconv.Atoi(strings.TrimSpace(u))
 		if err != nil {
 			return fmt.Errorf("units %q: %v", units, err)
 		}
-		sm, err := gpu.SpanManifest(m, k)
+		sm, err := choose.SpanManifest(m, k)
 		if err != nil {
 			return err
 		}
-		r, err := gpu.BenchShard(e, sm, 0, m.Training.BatchSize, minTime)
+		r, err := choose.BenchShard(e, sm, 0, m.Training.BatchSize, minTime)
 		if err != nil {
 			return fmt.Errorf("shard of %d units: %w", k, err)
 		}
