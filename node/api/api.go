@@ -166,3 +166,22 @@ const TokenFile = "api-token"
 // with ?token=<token> (HttpOnly, SameSite=Strict), so that a dashboard
 // served by the API needs the token in its address only once.
 const TokenCookie = "swarm_api_token"
+
+// RunSummary is what a training node tells anyone who asks for its run by
+// run ID on the summary protocol (node.SummaryProtocol): the public swarm
+// page of a bootstrap node reads it, since a bootstrap is not a run peer
+// and never sees progress records. Every figure is the node's own report,
+// checked for range by the asker but not proven.
+type RunSummary struct {
+	RunID       string  `json:"run_id"`
+	Shard       int     `json:"shard"` // -1 before choosing
+	State       string  `json:"state"`
+	Epoch       uint64  `json:"epoch"`
+	Loss        float64 `json:"loss"`          // the run's recent training loss as this node sees it
+	SamplesPerS float64 `json:"samples_per_s"` // this node's samples/s through its shard
+	Processed   int64   `json:"processed"`     // samples through its shard since it started
+	BusySeconds float64 `json:"busy_seconds"`  // its compute time since it started
+	Device      string  `json:"device"`
+	Engine      string  `json:"engine"`
+	Version     string  `json:"version"`
+}

@@ -173,6 +173,19 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 	}
 	n.AddStatus("pause", func() any { return s.PauseStatus() })
 	n.FillStatus(func(st *api.Status) { s.fill(n, st) })
+	self := n.Host().ID().String()
+	version := n.Config().AppVersion
+	n.SetSummary(func() (api.RunSummary, bool) {
+		ts := s.trainerStatus(t)
+		sum := api.RunSummary{Shard: ts.Shard, State: ts.State, Epoch: ts.Epoch, Loss: ts.Loss, Processed: ts.Processed,
+			BusySeconds: ts.BusySeconds, Device: cfg.Device, Engine: s.Engine, Version: version}
+		for _, p := range ts.Peers {
+			if p.PeerID == self {
+				sum.SamplesPerS = p.Throughput
+			}
+		}
+		return sum, true
+	})
 	gctx, cancel := context.WithCancel(ctx)
 	s.cancel = cancel
 	s.wg.Add(1)

@@ -248,7 +248,8 @@ func TestDashboardInBrowser(t *testing.T) {
 	testutil.Eventually(t, 30*time.Second, func() string { return fmt.Sprintf("public view %+v", public.View()) }, func() bool {
 		v := public.View()
 		return len(v.Runs) == 1 && len(v.Runs[0].Peers) == 2 && len(v.Runs[0].Shards) == 2 &&
-			len(v.Runs[0].Shards[0].Holders) == 1 && len(v.Runs[0].Shards[1].Holders) == 1
+			len(v.Runs[0].Shards[0].Holders) == 1 && len(v.Runs[0].Shards[1].Holders) == 1 &&
+			v.Runs[0].Reported == 2 && v.Runs[0].Epoch > 0 && len(v.Runs[0].Volunteers) == 2 && v.Runs[0].Volunteers[0].Processed > 0
 	})
 	t.Logf("%.1fs: public view complete", time.Since(begin).Seconds())
 	srv := httptest.NewServer(public)
@@ -256,7 +257,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.body.dataset.runs === "1"`,
+	if _, err := chromedp.Run(bctx, chromedp.Poll[bool](`document.body.dataset.runs === "1" && document.body.dataset.volunteers === "2"`,
 		chromedp.WithPollingInterval(100*time.Millisecond), chromedp.WithPollingTimeout(10*time.Second))); err != nil {
 		t.Fatalf("the public page shows no run: %v", err)
 	}
@@ -267,6 +268,9 @@ func TestDashboardInBrowser(t *testing.T) {
 	short := self[:8]
 	if lower := strings.ToLower(text); !strings.Contains(lower, "run "+m.Name) || !strings.Contains(text, short) || !strings.Contains(lower, "2 peers") {
 		t.Errorf("the public page does not show the run, its 2 peers and holder %s:\n%s", short, text)
+	}
+	if !strings.Contains(text, "Volunteers, most work first") || !strings.Contains(text, "epoch") {
+		t.Errorf("the public page does not show the run's epoch and the leaderboard:\n%s", text)
 	}
 
 	mu.Lock()

@@ -10,8 +10,10 @@ package ui
 // page lists the run's announced peers, each shard's holders, and which of
 // them are connected to the bootstrap now. Epoch, loss and throughput live
 // in the progress records that run peers push only to each other (after
-// the run hello); the bootstrap is not a run peer, so the page does not
-// show them.
+// the run hello); the bootstrap is not a run peer, so it asks each announced
+// peer for its summary (node.SummaryProtocol, at most maxAsked per run, a
+// few at a time) and shows the median epoch and loss of the answers, the
+// throughput per shard, and each volunteer's work as it reports it.
 
 import (
 	"context"
@@ -25,6 +27,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -33,7 +36,17 @@ type Finder interface {
 	Source
 	// FindProviders returns the peers with provider records for c.
 	FindProviders(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error)
+	// FetchSummary asks peer p for its summary of run runID, checked
+	// against the run's shards and epochs.
+	FetchSummary(ctx context.Context, p peer.ID, runID cid.Cid, shards int, maxEpoch uint64) (api.RunSummary, error)
 }
+
+// maxAsked bounds the peers asked for their summary per run and refresh;
+// askAtOnce bounds the questions in flight.
+const (
+	maxAsked  = 64
+	askAtOnce = 8
+)
 
 // SwarmView is the public page's data (GET /swarm.json).
 type SwarmView struct {
@@ -58,6 +71,29 @@ type RunView struct {
 	Shards    []ShardView `json:"shards"`
 	Error     string      `json:"error,omitempty"`
 	Connected int         `json:"connected"` // of Peers, connected to the bootstrap now
+	// From the peers' summaries (Reported of them answered): the median
+	// epoch and loss, and samples/s through the first shard (the sum of its
+	// holders' reports).
+	Reported    int     `json:"reported"`
+	Epoch       uint64  `json:"epoch"`
+	Loss        float64 `json:"loss"`
+	SamplesPerS float64 `json:"samples_per_s"`
+	// Volunteers is the leaderboard: each answering peer's work since it
+	// started, most samples first.
+	Volunteers []VolunteerView `json:"volunteers"`
+}
+
+// VolunteerView is one volunteer's summary as it reports it.
+type VolunteerView struct {
+	PeerID      string  `json:"peer_id"`
+	Shard       int     `json:"shard"`
+	State       string  `json:"state"`
+	Epoch       uint64  `json:"epoch"`
+	Device      string  `json:"device"`
+	Engine      string  `json:"engine"`
+	SamplesPerS float64 `json:"samples_per_s"`
+	Processed   int64   `json:"processed"`
+	BusySeconds float64 `json:"busy_seconds"`
 }
 
 // ShardView is one shard and its announced holders.
@@ -65,6 +101,8 @@ type ShardView struct {
 	Index   int        `json:"index"`
 	Units   string     `json:"units"` // model units [start, end)
 	Holders []PeerView `json:"holders"`
+	// SamplesPerS is the sum of the holders' reported samples/s.
+	SamplesPerS float64 `json:"samples_per_s"`
 }
 
 // PeerView is a peer ID and whether the bootstrap is connected to it.
@@ -82,7 +120,14 @@ type Public struct {
 
 	mu   sync.Mutex
 	view SwarmView
+
+	// asked is when each run's peers were last asked for summaries: at
+	// most once per askEvery (a node answers one question per second per
+	// asker), the view keeps the last answers in between.
+	asked map[string]time.Time
 }
+
+const askEvery = 2 * time.Second
 
 // NewPublic returns the public page for the runs' manifests; Run refreshes
 // its view every interval (default 15 s).
@@ -90,7 +135,7 @@ func NewPublic(f Finder, runs []*run.Manifest, every time.Duration) *Public {
 	if every <= 0 {
 		every = 15 * time.Second
 	}
-	p := &Public{f: f, runs: runs, every: every, mux: http.NewServeMux()}
+	p := &Public{f: f, runs: runs, every: every, mux: http.NewServeMux(), asked: make(map[string]time.Time)}
 	p.view = SwarmView{Runs: []RunView{}, Source: source}
 	static, _ := fs.Sub(staticFS, "static")
 	files := &Dashboard{} // serveFile needs no state
@@ -118,7 +163,7 @@ func NewPublic(f Finder, runs []*run.Manifest, every time.Duration) *Public {
 }
 
 const source = "DHT provider records held by this bootstrap node (the runs' peers announce their run and their shard); " +
-	"epoch, loss and throughput travel only between a run's peers"
+	"epoch, loss, throughput and work are the peers' own summaries (medians of their answers; each volunteer's work as it reports it)"
 
 // ServeHTTP serves the page (/), its files and /swarm.json; GET only.
 func (p *Public) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -198,9 +243,92 @@ func (p *Public) Refresh(ctx context.Context) {
 			}
 			rv.Shards = append(rv.Shards, sv)
 		}
+		if prev, ok := p.lastRun(rv.RunID); ok && time.Since(p.asked[rv.RunID]) < askEvery {
+			rv.Reported, rv.Epoch, rv.Loss, rv.SamplesPerS, rv.Volunteers = prev.Reported, prev.Epoch, prev.Loss, prev.SamplesPerS, prev.Volunteers
+			for i := range rv.Shards {
+				if i < len(prev.Shards) {
+					rv.Shards[i].SamplesPerS = prev.Shards[i].SamplesPerS
+				}
+			}
+		} else {
+			p.asked[rv.RunID] = time.Now()
+			p.summarize(ctx, id, m, &rv)
+		}
 		v.Runs = append(v.Runs, rv)
 	}
 	p.mu.Lock()
 	p.view = v
 	p.mu.Unlock()
+}
+
+// lastRun is run id in the current view.
+func (p *Public) lastRun(id string) (RunView, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, r := range p.view.Runs {
+		if r.RunID == id {
+			return r, true
+		}
+	}
+	return RunView{}, false
+}
+
+// summarize asks the run's peers (the first maxAsked, askAtOnce at a time)
+// for their summaries and fills rv's figures and leaderboard from the
+// answers. A peer that does not answer is left out.
+func (p *Public) summarize(ctx context.Context, id cid.Cid, m *run.Manifest, rv *RunView) {
+	rv.Volunteers = []VolunteerView{}
+	asked := rv.Peers
+	if len(asked) > maxAsked {
+		asked = asked[:maxAsked]
+	}
+	answers := make([]*api.RunSummary, len(asked))
+	sem := make(chan struct{}, askAtOnce)
+	var wg sync.WaitGroup
+	for i, pv := range asked {
+		pid, err := peer.Decode(pv.PeerID)
+		if err != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			if s, err := p.f.FetchSummary(ctx, pid, id, len(m.Shards), uint64(m.Training.Steps)); err == nil {
+				answers[i] = &s
+			}
+		}()
+	}
+	wg.Wait()
+	var epochs []uint64
+	var losses []float64
+	for i, s := range answers {
+		if s == nil {
+			continue
+		}
+		rv.Reported++
+		epochs = append(epochs, s.Epoch)
+		if s.Loss > 0 {
+			losses = append(losses, s.Loss)
+		}
+		if s.Shard >= 0 && s.Shard < len(rv.Shards) {
+			rv.Shards[s.Shard].SamplesPerS += s.SamplesPerS
+		}
+		rv.Volunteers = append(rv.Volunteers, VolunteerView{PeerID: asked[i].PeerID, Shard: s.Shard, State: s.State,
+			Epoch: s.Epoch, Device: s.Device, Engine: s.Engine, SamplesPerS: s.SamplesPerS, Processed: s.Processed,
+			BusySeconds: s.BusySeconds})
+	}
+	if len(rv.Shards) > 0 {
+		rv.SamplesPerS = rv.Shards[0].SamplesPerS
+	}
+	if len(epochs) > 0 {
+		sort.Slice(epochs, func(i, j int) bool { return epochs[i] < epochs[j] })
+		rv.Epoch = epochs[(len(epochs)-1)/2] // the lower median: one peer far ahead moves nothing
+	}
+	if len(losses) > 0 {
+		sort.Float64s(losses)
+		rv.Loss = losses[(len(losses)-1)/2]
+	}
+	sort.SliceStable(rv.Volunteers, func(i, j int) bool { return rv.Volunteers[i].Processed > rv.Volunteers[j].Processed })
 }

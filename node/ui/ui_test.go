@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
@@ -210,6 +211,10 @@ type fakeFinder struct {
 
 func (f *fakeFinder) FindProviders(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error) {
 	return []peer.AddrInfo{f.holder, f.holder}, nil
+}
+
+func (f *fakeFinder) FetchSummary(ctx context.Context, p peer.ID, runID cid.Cid, shards int, maxEpoch uint64) (api.RunSummary, error) {
+	return api.RunSummary{}, errors.New("no answer")
 }
 
 // The public page is read-only: GET only, JSON errors, the node's own
