@@ -152,7 +152,7 @@ func (m *membership) gate(proto protocol.ID, h network.StreamHandler) network.St
 			_ = s.Reset()
 			return
 		}
-		h(s)
+		h(m.n.limitUpload(s))
 	}
 }
 
@@ -187,7 +187,8 @@ func (g gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID
 	} else if err := g.m.n.waitDirect(ctx, p); err != nil {
 		return nil, err
 	}
-	return g.Host.NewStream(ctx, p, pids...)
+	s, err := g.Host.NewStream(ctx, p, pids...)
+	return g.m.n.limitUpload(s), err
 }
 
 // relayable reports whether every protocol asked for may use a relayed

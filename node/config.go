@@ -108,6 +108,10 @@ type Config struct {
 	// to dial it at (a port forward, a public IP the host cannot see);
 	// relay addresses are still added (--announce).
 	Announce []string `json:"announce,omitempty"`
+	// MaxUploadMbps caps what this node sends on training streams
+	// (pipeline, averaging, state sync, progress records), in Mbit/s;
+	// 0: no cap (--max-upload-mbps).
+	MaxUploadMbps float64 `json:"max_upload_mbps,omitempty"`
 
 	// Home is the home directory (identity, config, API address, lock).
 	Home string `json:"-"`
@@ -298,6 +302,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.AnnounceAddrs(""); err != nil {
 		return err
+	}
+	if !(c.MaxUploadMbps >= 0 && c.MaxUploadMbps <= MaxUploadMbpsLimit) { // NaN fails too
+		return fmt.Errorf("field max_upload_mbps: %v is not between 0 (no cap) and %d", c.MaxUploadMbps, MaxUploadMbpsLimit)
+	}
+	if c.MaxUploadMbps > 0 && c.MaxUploadMbps < 0.1 {
+		return fmt.Errorf("field max_upload_mbps: %v is below 0.1 Mbit/s, too little to train (0 means no cap)", c.MaxUploadMbps)
 	}
 	switch c.DHTMode {
 	case DHTAuto, DHTServer, DHTClient:

@@ -80,6 +80,9 @@ func TestBadConfigRejectedUntouched(t *testing.T) {
 		{"dht mode", `{"version": 1, "dht_mode": "maybe"}`, "field dht_mode"},
 		{"conns", `{"version": 1, "conns_low": 10, "conns_high": 5}`, "conns_low"},
 		{"trailing", `{"version": 1} {}`, "after top-level value"},
+		{"negative upload cap", `{"version": 1, "max_upload_mbps": -5}`, "field max_upload_mbps: -5"},
+		{"tiny upload cap", `{"version": 1, "max_upload_mbps": 0.001}`, "field max_upload_mbps: 0.001 is below 0.1"},
+		{"huge upload cap", `{"version": 1, "max_upload_mbps": 1e300}`, "field max_upload_mbps: 1e+300"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -62,6 +62,8 @@ type Node struct {
 	// refusals counts refused peer input of every protocol and bans
 	// offenders (the gater refuses their connections).
 	refusals *guard.Refusals
+	// upload is the --max-upload-mbps bucket (nil: no cap).
+	upload *bucket
 	psk      []byte // private swarm key, nil when the swarm is open
 
 	metrics *metrics
@@ -145,6 +147,9 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 
 	if n.refusals, err = guard.New(n.reg, log, guard.Policy{}); err != nil {
 		return nil, err
+	}
+	if cfg.MaxUploadMbps > 0 {
+		n.upload = newBucket(cfg.MaxUploadMbps, time.Now, time.Sleep)
 	}
 	if cfg.SwarmKeyFile != "" {
 		if n.psk, err = LoadSwarmKey(cfg.SwarmKeyFile); err != nil {
@@ -465,6 +470,7 @@ func (n *Node) Status() api.Status {
 	}
 	st.UnreachablePeers = n.unreachableRunPeers()
 	st.Security = n.security()
+	st.MaxUploadMbps = n.cfg.MaxUploadMbps
 	n.statusMu.Lock()
 	providers := make(map[string]func() any, len(n.status))
 	for k, f := range n.status {

@@ -53,6 +53,7 @@ func daemonFlags() []cli.Flag {
 		&cli.StringSliceFlag{Name: "announce", Usage: "multiaddr peers should dial this node at (a port forward, a public IP), repeatable; replaces the direct addresses it advertises", EnvVars: []string{"SWARM_ANNOUNCE"}},
 		&cli.BoolFlag{Name: "pprof", Usage: "serve Go profiles under /debug/pprof/ on the control API", EnvVars: []string{"SWARM_PPROF"}},
 		swarmKeyFlag(),
+		&cli.Float64Flag{Name: "max-upload-mbps", Usage: "cap what this node sends on training streams (pipeline, averaging, state sync, progress), in Mbit/s; 0: no cap", EnvVars: []string{"SWARM_MAX_UPLOAD_MBPS"}},
 		&cli.BoolFlag{Name: "metrics-open", Usage: "serve /metrics on the control API without the API token (a Prometheus scraper on this machine)", EnvVars: []string{"SWARM_METRICS_OPEN"}},
 	}
 }
@@ -139,6 +140,9 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 	}
 	if c.IsSet("metrics-open") {
 		cfg.MetricsWithoutToken = c.Bool("metrics-open")
+	}
+	if c.IsSet("max-upload-mbps") {
+		cfg.MaxUploadMbps = c.Float64("max-upload-mbps")
 	}
 	if c.IsSet("swarm-key") {
 		cfg.SwarmKeyFile = c.String("swarm-key")

@@ -91,6 +91,9 @@ func printStatus(w io.Writer, st *api.Status) {
 		fmt.Fprintf(tw, "run\t%s\n", run)
 	}
 	fmt.Fprintf(tw, "reachability\t%s: %s\n", st.Reachability, st.ReachabilityHelp)
+	if st.MaxUploadMbps > 0 {
+		fmt.Fprintf(tw, "upload cap\t%g Mbit/s on training streams (--max-upload-mbps)\n", st.MaxUploadMbps)
+	}
 	fmt.Fprintf(tw, "dht\t%s mode, %d peers in routing table\n", st.DHTMode, st.RoutingTableSize)
 	for i, a := range st.Addrs {
 		label := ""

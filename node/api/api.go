@@ -98,6 +98,8 @@ type Status struct {
 	// with the last dial error in Error).
 	UnreachablePeers []Peer  `json:"unreachable_peers,omitempty"`
 	UptimeSeconds    float64 `json:"uptime_seconds"`
+	// MaxUploadMbps is the volunteer's cap on training uploads (0: none).
+	MaxUploadMbps float64 `json:"max_upload_mbps,omitempty"`
 
 	// Training, filled when the node trains (zero values otherwise).
 	Engine      string     `json:"engine"`        // native, torch-cpu or torch-cuda
