@@ -64,7 +64,7 @@ type Node struct {
 	refusals *guard.Refusals
 	// upload is the --max-upload-mbps bucket (nil: no cap).
 	upload *bucket
-	psk      []byte // private swarm key, nil when the swarm is open
+	psk    []byte // private swarm key, nil when the swarm is open
 
 	metrics *metrics
 	start   time.Time
