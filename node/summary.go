@@ -190,6 +190,8 @@ func DecodeSummary(r io.Reader, runID cid.Cid, shards int, maxEpoch uint64) (api
 		return api.RunSummary{}, fmt.Errorf("%w: epoch %d past the run's %d", ErrSummaryRange, s.Epoch, maxEpoch)
 	case s.Processed < 0:
 		return api.RunSummary{}, fmt.Errorf("%w: processed %d", ErrSummaryRange, s.Processed)
+	case s.Credit < 0 || s.Credit > 1<<32:
+		return api.RunSummary{}, fmt.Errorf("%w: credit %d", ErrSummaryRange, s.Credit)
 	}
 	for name, v := range map[string]*string{"state": &s.State, "device": &s.Device, "engine": &s.Engine, "version": &s.Version} {
 		if len(*v) > 128 {

@@ -140,7 +140,7 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tRUN\tLINK\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tDEVICE\tADDRESS")
+	fmt.Fprintln(tw, "PEER\tRUN\tLINK\tSHARD\tSTATE\tEPOCH\tSAMPLES/S\tCREDIT\tDEVICE\tADDRESS")
 	for _, p := range append(append([]api.Peer{}, st.Peers...), st.UnreachablePeers...) {
 		addr := ""
 		if len(p.Addrs) > 0 {
@@ -154,7 +154,7 @@ func printStatus(w io.Writer, st *api.Status) {
 		if p.Shard != nil {
 			shard, epoch, tp = fmt.Sprint(*p.Shard), fmt.Sprint(p.Epoch), fmt.Sprintf("%.0f", p.Throughput)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, p.Connection, shard, p.State, epoch, tp, p.Device, addr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PeerID, run, p.Connection, shard, p.State, epoch, tp, creditCell(p), p.Device, addr)
 	}
 	tw.Flush()
 }
@@ -181,5 +181,21 @@ func printSecurity(tw io.Writer, sec *api.Security) {
 	fmt.Fprintf(tw, "refused input\t%d (offenders %d, banned now %d)\n", total, sec.Offenders, sec.Banned)
 	for _, r := range rows {
 		fmt.Fprintf(tw, "\t  %s\n", r)
+	}
+}
+
+// creditCell is a peer's claimed credit and what this node's check of it
+// found: "(backed)", "(unchecked)" or "(REFUSED)".
+func creditCell(p api.Peer) string {
+	if p.Credit == 0 && p.CreditCheck == "" {
+		return ""
+	}
+	switch p.CreditCheck {
+	case "":
+		return fmt.Sprintf("%d (unchecked)", p.Credit)
+	case "backed":
+		return fmt.Sprintf("%d (backed)", p.Credit)
+	default:
+		return fmt.Sprintf("%d (REFUSED)", p.Credit)
 	}
 }

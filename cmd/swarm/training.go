@@ -180,6 +180,7 @@ func printTraining(w io.Writer, st *api.Status, raw json.RawMessage) {
 	}
 	fmt.Fprintf(tw, "this node\t%s\n", self)
 	fmt.Fprintf(tw, "swarm\t%.0f samples/s, loss %.4f\n", st.SamplesPerS, st.Loss)
+	fmt.Fprintf(tw, "credited\t%d samples (backed by receipts the stages signed)\n", st.Credit)
 	if a := st.Averaging; a != nil {
 		fmt.Fprintf(tw, "last averaging\tround %d, group of %d, %.0f%% averaged, %.2fs\n", a.Round, a.GroupSize, 100*a.Fraction, a.Seconds)
 	}

@@ -39,7 +39,7 @@ import (
 // that a renamed protocol shows up as a failed attack, not a silent pass.
 const (
 	ProtoHello    protocol.ID = "/swarm/run-hello/1.1.0"
-	ProtoPipeline protocol.ID = "/swarm/train/pipeline/1.1.0"
+	ProtoPipeline protocol.ID = "/swarm/train/pipeline/1.2.0"
 	ProtoProgress protocol.ID = "/swarm/train/progress/1.0.0"
 	ProtoState    protocol.ID = "/swarm/train/state/1.0.0"
 	ProtoMatch    protocol.ID = "/swarm/averaging/match/1.0.0"

@@ -45,6 +45,11 @@ type Peer struct {
 	State      string  `json:"state,omitempty"`  // joining, online or done
 	Epoch      uint64  `json:"epoch,omitempty"`
 	Throughput float64 `json:"throughput,omitempty"` // samples/s through its shard
+	// Credit is the samples its record says its receipts back;
+	// CreditCheck is this node's last check of the claim: empty (not
+	// checked yet), "backed", or why it failed.
+	Credit      int64  `json:"credit,omitempty"`
+	CreditCheck string `json:"credit_check,omitempty"`
 	// Error is why this node cannot reach the peer (unreachable peers).
 	Error string `json:"error,omitempty"`
 }
@@ -111,6 +116,7 @@ type Status struct {
 	Epochs      int        `json:"epochs"`        // epochs in the whole run
 	SamplesPerS float64    `json:"samples_per_s"` // global: through the first shard
 	Loss        float64    `json:"loss"`          // recent training loss (last shard's holders)
+	Credit      int64      `json:"credit"`        // samples this node's receipts back (credited work)
 	Averaging   *Averaging `json:"averaging"`     // last averaging round; null before the first
 	Shards      []Shard    `json:"shards"`
 
@@ -182,6 +188,7 @@ type RunSummary struct {
 	Loss        float64 `json:"loss"`          // the run's recent training loss as this node sees it
 	SamplesPerS float64 `json:"samples_per_s"` // this node's samples/s through its shard
 	Processed   int64   `json:"processed"`     // samples through its shard since it started
+	Credit      int64   `json:"credit"`        // samples its receipts back (signed by the stages it worked with)
 	BusySeconds float64 `json:"busy_seconds"`  // its compute time since it started
 	Device      string  `json:"device"`
 	Engine      string  `json:"engine"`

@@ -177,7 +177,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 	version := n.Config().AppVersion
 	n.SetSummary(func() (api.RunSummary, bool) {
 		ts := s.trainerStatus(t)
-		sum := api.RunSummary{Shard: ts.Shard, State: ts.State, Epoch: ts.Epoch, Loss: ts.Loss, Processed: ts.Processed,
+		sum := api.RunSummary{Shard: ts.Shard, State: ts.State, Epoch: ts.Epoch, Loss: ts.Loss, Processed: ts.Processed, Credit: ts.Credit.Samples,
 			BusySeconds: ts.BusySeconds, Device: cfg.Device, Engine: s.Engine, Version: version}
 		for _, p := range ts.Peers {
 			if p.PeerID == self {
@@ -305,7 +305,7 @@ func (s *Service) fill(n *node.Node, st *api.Status) {
 	ts := s.trainerStatus(t)
 	st.Engine, st.Device = s.Engine, s.Config.Device
 	st.State, st.Shard, st.Epoch, st.Epochs = ts.State, ts.Shard, ts.Epoch, ts.Epochs
-	st.SamplesPerS, st.Loss = ts.SamplesPerS, ts.Loss
+	st.SamplesPerS, st.Loss, st.Credit = ts.SamplesPerS, ts.Loss, ts.Credit.Samples
 	if a := ts.Averaging; a.GroupSize > 0 {
 		st.Averaging = &api.Averaging{Round: a.Round, GroupSize: a.GroupSize, Fraction: a.Fraction, Seconds: a.Seconds}
 	}
@@ -331,6 +331,7 @@ func (s *Service) fill(n *node.Node, st *api.Status) {
 				shard := r.Shard
 				list[i].Shard, list[i].Device, list[i].State = &shard, r.Device, r.State
 				list[i].Epoch, list[i].Throughput = r.Epoch, r.Throughput
+				list[i].Credit, list[i].CreditCheck = r.Credit, r.CreditCheck
 			}
 		}
 	}
@@ -345,7 +346,8 @@ func (s *Service) fill(n *node.Node, st *api.Status) {
 			continue
 		}
 		shard := p.Shard
-		ap := api.Peer{PeerID: p.PeerID, Addrs: []string{}, Shard: &shard, Device: p.Device, State: p.State, Epoch: p.Epoch, Throughput: p.Throughput}
+		ap := api.Peer{PeerID: p.PeerID, Addrs: []string{}, Shard: &shard, Device: p.Device, State: p.State, Epoch: p.Epoch, Throughput: p.Throughput,
+			Credit: p.Credit, CreditCheck: p.CreditCheck}
 		if id, err := peer.Decode(p.PeerID); err == nil {
 			ap.Addrs = addrStrings(n.Host().Peerstore().Addrs(id))
 		}

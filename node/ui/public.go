@@ -79,7 +79,7 @@ type RunView struct {
 	Loss        float64 `json:"loss"`
 	SamplesPerS float64 `json:"samples_per_s"`
 	// Volunteers is the leaderboard: each answering peer's work since it
-	// started, most samples first.
+	// started, most credited samples first.
 	Volunteers []VolunteerView `json:"volunteers"`
 }
 
@@ -93,6 +93,7 @@ type VolunteerView struct {
 	Engine      string  `json:"engine"`
 	SamplesPerS float64 `json:"samples_per_s"`
 	Processed   int64   `json:"processed"`
+	Credit      int64   `json:"credit"` // samples its receipts back, as it reports
 	BusySeconds float64 `json:"busy_seconds"`
 }
 
@@ -317,7 +318,7 @@ func (p *Public) summarize(ctx context.Context, id cid.Cid, m *run.Manifest, rv 
 		}
 		rv.Volunteers = append(rv.Volunteers, VolunteerView{PeerID: asked[i].PeerID, Shard: s.Shard, State: s.State,
 			Epoch: s.Epoch, Device: s.Device, Engine: s.Engine, SamplesPerS: s.SamplesPerS, Processed: s.Processed,
-			BusySeconds: s.BusySeconds})
+			Credit: s.Credit, BusySeconds: s.BusySeconds})
 	}
 	if len(rv.Shards) > 0 {
 		rv.SamplesPerS = rv.Shards[0].SamplesPerS
@@ -330,5 +331,10 @@ func (p *Public) summarize(ctx context.Context, id cid.Cid, m *run.Manifest, rv 
 		sort.Float64s(losses)
 		rv.Loss = losses[(len(losses)-1)/2]
 	}
-	sort.SliceStable(rv.Volunteers, func(i, j int) bool { return rv.Volunteers[i].Processed > rv.Volunteers[j].Processed })
+	sort.SliceStable(rv.Volunteers, func(i, j int) bool {
+		if rv.Volunteers[i].Credit != rv.Volunteers[j].Credit {
+			return rv.Volunteers[i].Credit > rv.Volunteers[j].Credit
+		}
+		return rv.Volunteers[i].Processed > rv.Volunteers[j].Processed
+	})
 }

@@ -6,8 +6,10 @@
 // back it. Faked or replayed receipts are refused: a bad signature, another
 // run, a receipt a stage wrote for itself, a hash already counted.
 //
-// The package is pure (no I/O, no clock); the pipeline has yet to send
-// receipts with its answers and progress records to carry the totals.
+// Receipts, ledgers and Check are pure (no I/O, no clock); wire.go is the
+// receipt's bounded wire form and service.go the network side (signing and
+// keeping receipts for the trainer's pipeline, serving and checking claims
+// on the receipts protocol).
 package credit
 
 import (

@@ -10,7 +10,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-func newKey(t *testing.T) (crypto.PrivKey, string) {
+func newKey(t testing.TB) (crypto.PrivKey, string) {
 	t.Helper()
 	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
 	if err != nil {

@@ -18,8 +18,15 @@ import (
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
-// Protocol: one request and one response per stream.
-const Protocol protocol.ID = "/swarm/train/pipeline/1.1.0"
+// Protocol: one request and one response per stream; after a training
+// answer that carries a receipt (the stage credits the sender), the sender
+// writes an acknowledgement (its own receipt crediting the stage, or an
+// empty one) before it closes.
+const Protocol protocol.ID = "/swarm/train/pipeline/1.2.0"
+
+// MaxReceipt bounds a receipt in an answer or an acknowledgement (the
+// swarm/credit wire form).
+const MaxReceipt = 2048
 
 // Precisions of a block of floats on the wire. Each block names its own,
 // so a decoder reads either; senders use the run's (training.activations).
@@ -83,6 +90,9 @@ type Response struct {
 	Grad    []float32 // train: gradient w.r.t. the request's Act
 	// Precision of Grad on the wire, as Request.Precision.
 	Precision uint8
+	// Receipt is the stage's signed receipt crediting the sender with the
+	// micro-batch (swarm/credit wire form; empty: none).
+	Receipt []byte
 }
 
 // appendFloats writes a float block: precision, count, values.
@@ -127,13 +137,35 @@ func (r *Request) Encode() []byte {
 
 // Encode returns the response's wire form.
 func (r *Response) Encode() []byte {
-	b := make([]byte, 0, 24+len(r.Msg)+wireSize(len(r.Grad), r.Precision))
+	b := make([]byte, 0, 26+len(r.Msg)+wireSize(len(r.Grad), r.Precision)+len(r.Receipt))
 	b = append(b, r.Code)
 	b = binary.BigEndian.AppendUint16(b, uint16(min(len(r.Msg), math.MaxUint16)))
 	b = append(b, r.Msg[:min(len(r.Msg), math.MaxUint16)]...)
 	b = binary.BigEndian.AppendUint32(b, math.Float32bits(r.Loss))
 	b = binary.BigEndian.AppendUint32(b, r.Correct)
-	return appendFloats(b, r.Grad, r.Precision)
+	b = appendFloats(b, r.Grad, r.Precision)
+	rc := r.Receipt
+	if len(rc) > MaxReceipt {
+		rc = nil // never sent: the reader would refuse the whole answer
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(rc)))
+	return append(b, rc...)
+}
+
+// AppendAck appends an acknowledgement: a receipt's length and bytes (an
+// empty one says "no receipt").
+func AppendAck(b, receipt []byte) []byte {
+	if len(receipt) > MaxReceipt {
+		receipt = nil
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(receipt)))
+	return append(b, receipt...)
+}
+
+// ReadAck reads an acknowledgement (at most MaxReceipt bytes of receipt).
+func ReadAck(r io.Reader) ([]byte, error) {
+	d := &reader{r: r}
+	return d.receipt("acknowledgement")
 }
 
 type reader struct {
@@ -244,10 +276,25 @@ func ReadResponse(r io.Reader, maxGrad int) (*Response, error) {
 	p.Loss = math.Float32frombits(d.u32())
 	p.Correct = d.u32()
 	p.Grad, p.Precision = d.floats("gradient", maxGrad)
-	if d.err != nil {
+	if p.Receipt, d.err = d.receipt("receipt"); d.err != nil {
 		return nil, fmt.Errorf("pipeline response: %w", d.err)
 	}
 	return p, nil
+}
+
+// receipt reads a receipt block: u16 length (at most MaxReceipt), bytes.
+func (d *reader) receipt(what string) ([]byte, error) {
+	n := d.u16()
+	if d.err != nil {
+		return nil, d.err
+	}
+	if int(n) > MaxReceipt {
+		return nil, fmt.Errorf("%w: %s of %d bytes (at most %d)", ErrOversize, what, n, MaxReceipt)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	return guard.ReadFull(d.r, int(n))
 }
 
 // Finite reports whether every value is finite.

@@ -68,6 +68,9 @@ type Record struct {
 	// its latest epochs (sync mode), from which every shard derives the
 	// global norm for clipping.
 	Norms []EpochNorm `json:"norms,omitempty"`
+	// Credit is the samples its receipts back (swarm/credit): a claim any
+	// run peer may check against the receipts it shows.
+	Credit int64 `json:"credit,omitempty"`
 }
 
 // EpochNorm is the squared norm of a shard's averaged gradient in one epoch.
@@ -110,8 +113,8 @@ func (r *Record) Validate() error {
 			return fmt.Errorf("record: %s %v is not a finite non-negative number", f.name, f.v)
 		}
 	}
-	if r.Samples < 0 || r.GroupSize < 0 || r.InFlight < 0 {
-		return errors.New("record: negative count")
+	if r.Samples < 0 || r.GroupSize < 0 || r.InFlight < 0 || r.Credit < 0 || r.Credit > MaxCredit {
+		return errors.New("record: negative count or credit out of range")
 	}
 	if len(r.Norms) > MaxNorms {
 		return fmt.Errorf("record: %d gradient norms, at most %d", len(r.Norms), MaxNorms)
@@ -147,6 +150,7 @@ const (
 	MaxThroughput = 1e9  // samples/s
 	MaxLoss       = 1e6
 	MaxGroupSize  = 1 << 16
+	MaxCredit     = 1 << 32 // samples: at most 65,536 receipts (credit.MaxKept) of at most 65,536 samples each
 )
 
 // Limits are what the run implies for a record (Check).

@@ -25,6 +25,9 @@ const (
 	// FaultDonorChunks: it serves its real header with chunks that do not
 	// match it.
 	FaultDonorChunks = "donor-chunks"
+	// FaultCredit: its record claims four times the credit its receipts
+	// back, plus 10,000 samples.
+	FaultCredit = "credit"
 )
 
 // parseFaults reads a comma-separated list of fault modes.
@@ -34,7 +37,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)
@@ -54,6 +57,9 @@ func (t *Trainer) lieLocked(r *progress.Record) {
 	if t.faults[FaultSamples] {
 		lim := t.recordLimits()
 		r.Samples, r.InFlight, r.Throughput = lim.MaxSamples, lim.MaxSamples, progress.MaxThroughput
+	}
+	if t.faults[FaultCredit] {
+		r.Credit = min(4*r.Credit+10_000, progress.MaxCredit)
 	}
 	if t.faults[FaultNormSq] {
 		for i := range r.Norms {

@@ -2,8 +2,10 @@ package trainer
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"time"
@@ -206,7 +208,8 @@ func (t *Trainer) handle(s network.Stream) {
 	}
 	defer t.pipeSlots.Release(from)
 	_ = s.SetReadDeadline(time.Now().Add(t.pipeRead))
-	q, err := pipeline.ReadRequest(s, t.requestLimits)
+	hash := sha256.New() // of the request as received: what its receipt credits
+	q, err := pipeline.ReadRequest(io.TeeReader(s, hash), t.requestLimits)
 	if err != nil {
 		s.Reset()
 		if why := readReason(err); why != "" {
@@ -215,21 +218,30 @@ func (t *Trainer) handle(s network.Stream) {
 		}
 		return
 	}
-	t.answer(s, t.serve(from, q), q.Kind == pipeline.KindTrain)
+	train := q.Kind == pipeline.KindTrain
+	resp := t.serve(from, q)
+	if train && resp.Code == pipeline.CodeOK {
+		resp.Receipt = t.stamp(from, q.Epoch, int(q.N), [32]byte(hash.Sum(nil)))
+	}
+	if out := t.answer(s, resp, train); out != nil && len(resp.Receipt) > 0 {
+		t.awaitAck(s, from, int(q.N), out)
+	}
 }
 
-// answer writes a response to a pipeline request.
-func (t *Trainer) answer(s network.Stream, resp *pipeline.Response, train bool) {
+// answer writes a response to a pipeline request and returns the bytes
+// written (nil when the write failed).
+func (t *Trainer) answer(s network.Stream, resp *pipeline.Response, train bool) []byte {
 	resp.Precision = t.wirePrecision()
 	_ = s.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	out := resp.Encode()
 	if _, err := s.Write(out); err != nil {
 		s.Reset()
-		return
+		return nil
 	}
 	if train {
 		t.ctr.pipeSent.Add(uint64(len(out)))
 	}
+	return out
 }
 
 func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
@@ -403,7 +415,7 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 		tried[p] = true
 		start := time.Now()
 		t.bal.Begin(p)
-		res, err := t.call(ctx, p, kind, payload, len(act))
+		res, err := t.call(ctx, p, kind, payload, len(act), epoch, n)
 		if err == nil {
 			switch {
 			case res.Code == pipeline.CodeStale:
@@ -454,9 +466,11 @@ func (t *Trainer) waitForHolder(ctx context.Context, kind uint8, epoch uint64, d
 	return !over()
 }
 
-// call sends one encoded request of the given kind to p and reads the
-// answer, whose gradient holds at most maxGrad values.
-func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int) (*pipeline.Response, error) {
+// call sends one encoded request of the given kind (n samples of epoch) to
+// p and reads the answer, whose gradient holds at most maxGrad values. A
+// training answer's receipt is kept and acknowledged with this node's
+// receipt for the answer.
+func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (*pipeline.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
 	defer cancel()
 	s, err := t.h.NewStream(ctx, p, pipeline.Protocol)
@@ -474,11 +488,19 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byt
 	if kind == pipeline.KindTrain {
 		t.ctr.pipeSent.Add(uint64(len(payload)))
 	}
-	_ = s.CloseWrite()
-	res, err := pipeline.ReadResponse(s, maxGrad)
+	hash := sha256.New() // of the answer as received: what the acknowledgement credits
+	res, err := pipeline.ReadResponse(io.TeeReader(s, hash), maxGrad)
 	if err != nil {
 		s.Reset()
 		return nil, err
+	}
+	if len(res.Receipt) > 0 {
+		var ack []byte
+		if kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && pipeline.Finite(res.Grad) {
+			t.earn(p, res.Receipt, n, sha256.Sum256(payload))
+			ack = t.stamp(p, epoch, n, [32]byte(hash.Sum(nil)))
+		}
+		_, _ = s.Write(pipeline.AppendAck(nil, ack))
 	}
 	return res, nil
 }
@@ -655,6 +677,9 @@ func (t *Trainer) record() progress.Record {
 		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
 		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
 		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
+	}
+	if t.credit != nil {
+		r.Credit = t.credit.Credited().Samples
 	}
 	if t.index < 0 {
 		r.State = progress.StateJoining

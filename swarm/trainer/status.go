@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
@@ -34,6 +35,8 @@ type Status struct {
 	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
 	Shards      []ShardStatus `json:"shards"`
 	Peers       []PeerStatus  `json:"peers"`
+	// Credit is this node's credited work: the samples its receipts back.
+	Credit credit.Totals `json:"credit"`
 }
 
 // ShardStatus is one shard of the run.
@@ -52,6 +55,11 @@ type PeerStatus struct {
 	Throughput float64 `json:"throughput"`
 	Epoch      uint64  `json:"epoch"`
 	Accuracy   float64 `json:"accuracy"`
+	// Credit is the samples its record says its receipts back; CreditCheck
+	// is this node's last check of that claim: "" (not checked yet),
+	// "backed" or why it failed.
+	Credit      int64  `json:"credit"`
+	CreditCheck string `json:"credit_check,omitempty"`
 }
 
 // Status reports the trainer's view of the run.
@@ -97,9 +105,20 @@ func (t *Trainer) Status() Status {
 		sort.Strings(peers)
 		st.Shards = append(st.Shards, ShardStatus{Index: i, Peers: peers, Throughput: sum.ShardTP[i]})
 	}
+	var checks map[string]credit.Checked
+	if t.credit != nil {
+		st.Credit, checks = t.credit.Credited(), t.credit.Verified()
+	}
 	for _, r := range recs {
-		st.Peers = append(st.Peers, PeerStatus{PeerID: r.Peer, Shard: r.Shard, State: r.ShownState(), Device: r.Device,
-			Throughput: r.Throughput, Epoch: r.Epoch, Accuracy: r.Accuracy})
+		ps := PeerStatus{PeerID: r.Peer, Shard: r.Shard, State: r.ShownState(), Device: r.Device,
+			Throughput: r.Throughput, Epoch: r.Epoch, Accuracy: r.Accuracy, Credit: r.Credit}
+		if c, ok := checks[r.Peer]; ok {
+			ps.CreditCheck = "backed"
+			if c.Err != "" {
+				ps.CreditCheck = c.Err
+			}
+		}
+		st.Peers = append(st.Peers, ps)
 		if r.Accuracy > st.Accuracy {
 			st.Accuracy = r.Accuracy
 		}

@@ -53,6 +53,7 @@ import (
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
@@ -90,6 +91,9 @@ type Config struct {
 	// HopTimeout bounds one micro-batch's trip from a stage to the end of
 	// the pipeline and back (0: 20s).
 	HopTimeout time.Duration
+	// CreditEvery is how often one peer's credit claim is checked against
+	// its receipts (0: 10 s).
+	CreditEvery time.Duration
 	// RecordTTL is how long a peer's progress record counts without a
 	// refresh (0: 8s); records are pushed every TTL/6 and on every change.
 	RecordTTL time.Duration
@@ -133,6 +137,9 @@ func (c *Config) defaults() error {
 	if c.HopTimeout <= 0 {
 		c.HopTimeout = 20 * time.Second
 	}
+	if c.CreditEvery <= 0 {
+		c.CreditEvery = creditEvery
+	}
 	if c.RecordTTL <= 0 {
 		c.RecordTTL = 8 * time.Second
 	}
@@ -152,6 +159,7 @@ type Trainer struct {
 	runID   string
 	h       host.Host
 	log     *slog.Logger
+	credit  *credit.Service // this node's receipts (nil without a host key)
 	tracker *progress.Tracker
 	gossip  *progress.Gossip
 	states  *statesync.Server
@@ -302,6 +310,9 @@ func New(cfg Config) (*Trainer, error) {
 	if t.faults[FaultDonorChunks] {
 		t.states.CorruptChunks()
 	}
+	if err := t.startCredit(); err != nil {
+		return nil, fmt.Errorf("trainer: credit: %w", err)
+	}
 	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
 	return t, nil
 }
@@ -323,6 +334,7 @@ func (t *Trainer) Close() error {
 		}
 		t.wg.Wait()
 		t.h.RemoveStreamHandler(pipeline.Protocol)
+		t.h.RemoveStreamHandler(credit.Protocol)
 		t.gossip.Close()
 		t.states.Close()
 		_ = t.avg.Close()
@@ -364,6 +376,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 		return err
 	}
 	t.goLoop(ctx, t.announceLoop)
+	t.goLoop(ctx, t.creditLoop)
 	t.goLoop(ctx, t.epochLoop)
 	if t.cfg.Shard < 0 {
 		t.goLoop(ctx, t.rebalanceLoop)

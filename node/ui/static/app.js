@@ -141,6 +141,7 @@
       ["shard", training ? (st.shard >= 0 ? String(st.shard) : "choosing") : "–"],
       ["utilisation", tr ? fmt(100 * tr.utilization, 0) + "%" : "–"],
       ["processed", tr ? String(tr.processed) + " samples" : "–"],
+      ["credited", training ? String(st.credit || 0) + " samples" : "–"],
       ["uptime", duration(st.uptime_seconds)],
       ["version", st.version || "dev"],
     ]);
@@ -186,7 +187,7 @@
     }
     const peers = $("peers");
     peers.replaceChildren();
-    const list = (tr && tr.peers) || [];
+    const list = ((tr && tr.peers) || []).slice().sort((x, y) => (y.credit || 0) - (x.credit || 0));
     for (const p of list) {
       const row = document.createElement("tr");
       if (p.peer_id === st.peer_id) row.className = "self";
@@ -196,6 +197,7 @@
       cell(row, String(p.epoch), "num");
       cell(row, p.device);
       cell(row, fmt(p.throughput, 0), "num");
+      cell(row, creditText(p, st.peer_id), "num");
       peers.append(row);
     }
     if (!list.length) {
@@ -207,9 +209,18 @@
         cell(row, p.epoch !== undefined ? String(p.epoch) : "–", "num");
         cell(row, p.device || "–");
         cell(row, fmt(p.throughput, 0), "num");
+        cell(row, creditText(p, st.peer_id), "num");
         peers.append(row);
       }
     }
+  }
+
+  // creditText is a peer's claimed credit and this node's check of it.
+  function creditText(p, self) {
+    const c = String(p.credit || 0);
+    if (p.peer_id === self) return c;
+    if (!p.credit_check) return p.credit ? c + " (unchecked)" : c;
+    return p.credit_check === "backed" ? c + " (backed)" : c + " (refused)";
   }
 
   function showError(msg) {

@@ -64,18 +64,18 @@
       table.append(thead, body);
       sec.append(table);
       if (r.volunteers.length > 0) {
-        sec.append(el("h3", "Volunteers, most work first (as each reports it)"));
+        sec.append(el("h3", "Volunteers, most work first (as each reports it; credited samples are backed by receipts its peers check)"));
         const lb = el("table");
         lb.id = "leaderboard-" + r.run_id;
         const lh = el("tr");
-        for (const h of ["#", "peer", "shard", "device", "samples", "compute-seconds", "samples/s", "epoch", "state"]) lh.append(el("th", h));
+        for (const h of ["#", "peer", "shard", "device", "credited samples", "samples", "compute-seconds", "samples/s", "epoch", "state"]) lh.append(el("th", h));
         const lthead = el("thead");
         lthead.append(lh);
         const lbody = el("tbody");
         r.volunteers.forEach((v, i) => {
           const tr = el("tr");
           tr.append(el("td", String(i + 1), "num"), el("td", short(v.peer_id)), el("td", String(v.shard), "num"),
-            el("td", v.device + (v.engine ? " · " + v.engine : "")), el("td", String(v.processed), "num"),
+            el("td", v.device + (v.engine ? " · " + v.engine : "")), el("td", String(v.credit), "num"), el("td", String(v.processed), "num"),
             el("td", v.busy_seconds.toFixed(0), "num"), el("td", v.samples_per_s.toFixed(0), "num"),
             el("td", String(v.epoch), "num"), el("td", v.state));
           lbody.append(tr);
