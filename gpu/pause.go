@@ -37,7 +37,7 @@ const (
 )
 
 // Rules lists every pause rule.
-var Rules = []string{RuleManual, RuleActiveHours, RuleCPUBusy, RuleGPU}
+var Rules = []string{RuleManual, RuleActiveHours, RuleCPUBusy, RuleInput, RuleGPU}
 
 // ErrUnknownRule is wrapped by CheckSettable for a name that is no rule.
 var ErrUnknownRule = errors.New("unknown pause rule")
@@ -56,6 +56,8 @@ func CheckSettable(rule string) error {
 		return fmt.Errorf("%w: %s is set by --active-hours and clears at the window's start", ErrNotSettable, rule)
 	case RuleCPUBusy:
 		return fmt.Errorf("%w: %s is set by --pause-other-cpu and clears when other processes use less CPU", ErrNotSettable, rule)
+	case RuleInput:
+		return fmt.Errorf("%w: %s is set by --pause-on-input and clears after the quiet period without keyboard or mouse input", ErrNotSettable, rule)
 	case RuleGPU:
 		return fmt.Errorf("%w: %s is set by the GPU limits (--pause-temp, --pause-other-*) and clears when they are clear", ErrNotSettable, rule)
 	}
@@ -383,7 +385,7 @@ func childPIDs() []string {
 	return out
 }
 
-// RuleWatcher runs the active-hours and cpu-busy rules on a gate.
+// RuleWatcher runs the active-hours, cpu-busy and in-use rules on a gate.
 type RuleWatcher struct {
 	Gate  *Gate
 	Hours ActiveHours
@@ -392,6 +394,10 @@ type RuleWatcher struct {
 	ReadCPU func() (CPUTimes, error)
 	// Location is the volunteer's time zone (time.Local when nil).
 	Location *time.Location
+	// Input is the in-use rule (nil: off); ReadInput reads its counter
+	// (ReadInputCount when nil).
+	Input     *InputIdle
+	ReadInput func() (uint64, error)
 
 	prev    CPUTimes
 	havePrv bool
@@ -405,6 +411,15 @@ func (w *RuleWatcher) Step(now time.Time) {
 		loc = time.Local
 	}
 	w.Gate.Set(now, RuleActiveHours, w.Hours.Reason(now.In(loc)))
+	if w.Input != nil {
+		read := w.ReadInput
+		if read == nil {
+			read = ReadInputCount
+		}
+		if n, err := read(); err == nil {
+			w.Gate.Set(now, RuleInput, w.Input.Observe(now, n))
+		}
+	}
 	if w.CPU == nil {
 		return
 	}

@@ -204,7 +204,7 @@ func TestCheckSettable(t *testing.T) {
 	if err := CheckSettable(RuleManual); err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []string{RuleActiveHours, RuleCPUBusy, RuleGPU} {
+	for _, r := range []string{RuleActiveHours, RuleCPUBusy, RuleInput, RuleGPU} {
 		if err := CheckSettable(r); !errors.Is(err, ErrNotSettable) || !strings.Contains(err.Error(), r) {
 			t.Errorf("CheckSettable(%q) = %v", r, err)
 		}

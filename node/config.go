@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/swarm-train/swarm/gpu"
 	"net"
 	"os"
 	"path/filepath"
@@ -112,6 +113,15 @@ type Config struct {
 	// (pipeline, averaging, state sync, progress records), in Mbit/s;
 	// 0: no cap (--max-upload-mbps).
 	MaxUploadMbps float64 `json:"max_upload_mbps,omitempty"`
+	// The volunteer's pause rules for training (flags of the same names
+	// override them): ActiveHours is the daily window of local time to
+	// train in ("22:00-07:00"; empty: all hours); PauseOtherCPUPct pauses
+	// while other processes use more than this share of the CPU (0: never);
+	// PauseOnInput pauses while keyboard or mouse input came within this
+	// period ("5m"; empty: never).
+	ActiveHours      string `json:"active_hours,omitempty"`
+	PauseOtherCPUPct int    `json:"pause_other_cpu_pct,omitempty"`
+	PauseOnInput     string `json:"pause_on_input,omitempty"`
 
 	// Home is the home directory (identity, config, API address, lock).
 	Home string `json:"-"`
@@ -308,6 +318,23 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxUploadMbps > 0 && c.MaxUploadMbps < 0.1 {
 		return fmt.Errorf("field max_upload_mbps: %v is below 0.1 Mbit/s, too little to train (0 means no cap)", c.MaxUploadMbps)
+	}
+	if _, err := gpu.ParseActiveHours(c.ActiveHours); err != nil {
+		return fmt.Errorf("field active_hours: %w", err)
+	}
+	if c.PauseOtherCPUPct != 0 {
+		if _, err := gpu.NewCPUBusy(c.PauseOtherCPUPct, 0); err != nil {
+			return fmt.Errorf("field pause_other_cpu_pct: %w", err)
+		}
+	}
+	if c.PauseOnInput != "" {
+		d, err := time.ParseDuration(c.PauseOnInput)
+		if err == nil {
+			_, err = gpu.NewInputIdle(d)
+		}
+		if err != nil {
+			return fmt.Errorf("field pause_on_input: %q: %w", c.PauseOnInput, err)
+		}
 	}
 	switch c.DHTMode {
 	case DHTAuto, DHTServer, DHTClient:

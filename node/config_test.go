@@ -83,6 +83,10 @@ func TestBadConfigRejectedUntouched(t *testing.T) {
 		{"negative upload cap", `{"version": 1, "max_upload_mbps": -5}`, "field max_upload_mbps: -5"},
 		{"tiny upload cap", `{"version": 1, "max_upload_mbps": 0.001}`, "field max_upload_mbps: 0.001 is below 0.1"},
 		{"huge upload cap", `{"version": 1, "max_upload_mbps": 1e300}`, "field max_upload_mbps: 1e+300"},
+		{"bad active hours", `{"version": 1, "active_hours": "22:00-25:00"}`, "field active_hours: "},
+		{"bad cpu threshold", `{"version": 1, "pause_other_cpu_pct": 140}`, "field pause_other_cpu_pct: "},
+		{"bad input period", `{"version": 1, "pause_on_input": "soon"}`, `field pause_on_input: "soon"`},
+		{"short input period", `{"version": 1, "pause_on_input": "5s"}`, "between 1m and 24h"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

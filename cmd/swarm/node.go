@@ -45,7 +45,7 @@ daemon through the control API whose address it writes to HOME/api.`,
 				if err := applyAdmission(&cfg, m); err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 1)
 				}
-				rules, err := parsePauseRules(c)
+				rules, err := parsePauseRules(c, cfg)
 				if err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 2)
 				}

@@ -122,6 +122,9 @@ func printPauseRow(w io.Writer, raw json.RawMessage) {
 	if p.PauseOtherCPUPct > 0 {
 		rules = append(rules, fmt.Sprintf("pause above %d%% other CPU", p.PauseOtherCPUPct))
 	}
+	if p.PauseOnInput != "" {
+		rules = append(rules, "pause on keyboard or mouse input within "+p.PauseOnInput)
+	}
 	line := "running"
 	if len(p.Holds) > 0 {
 		line = "paused"

@@ -24,10 +24,14 @@ type Pause struct {
 	ActiveHours string `json:"active_hours,omitempty"`
 	// PauseOtherCPUPct is the cpu-busy rule's threshold (0: off).
 	PauseOtherCPUPct int `json:"pause_other_cpu_pct,omitempty"`
+	// PauseOnInput is the in-use rule's quiet period ("5m0s"), with
+	// "(unavailable: why)" where the machine shows no keyboard or mouse
+	// counter; empty when off.
+	PauseOnInput string `json:"pause_on_input,omitempty"`
 }
 
 // Hold is one rule holding training: manual (swarm pause), active-hours,
-// cpu-busy or gpu (the GPU limits), why, and since when (RFC 3339).
+// cpu-busy, in-use or gpu (the GPU limits), why, and since when (RFC 3339).
 type Hold struct {
 	Rule   string `json:"rule"`
 	Reason string `json:"reason"`

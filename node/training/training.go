@@ -56,9 +56,15 @@ type Service struct {
 	// this share of the CPU (0: never); it resumes after Limits.ResumeAfter
 	// below the threshold less 10 points.
 	PauseOtherCPUPct int
+	// PauseOnInput holds training while the machine is in use: keyboard
+	// or mouse input within this period (0: never; see gpu.InputIdle).
+	PauseOnInput time.Duration
 	// RuleEvery is how often the active-hours and cpu-busy rules are
 	// checked (0: 5 s).
 	RuleEvery time.Duration
+
+	// inputUnavailable is why the in-use rule cannot see input here.
+	inputUnavailable string
 
 	mu     sync.Mutex
 	t      *trainer.Trainer
@@ -124,11 +130,20 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 	gate := gpu.NewGate()
 	cfg.WaitRunning = gate.WaitRunning
 	var watcher *gpu.RuleWatcher
-	if s.ActiveHours.IsSet() || s.PauseOtherCPUPct > 0 {
+	if s.ActiveHours.IsSet() || s.PauseOtherCPUPct > 0 || s.PauseOnInput > 0 {
 		watcher = &gpu.RuleWatcher{Gate: gate, Hours: s.ActiveHours}
 		if s.PauseOtherCPUPct > 0 {
 			if watcher.CPU, err = gpu.NewCPUBusy(s.PauseOtherCPUPct, s.Limits.ResumeAfter); err != nil {
 				return fmt.Errorf("training: %w", err)
+			}
+		}
+		if s.PauseOnInput > 0 {
+			if watcher.Input, err = gpu.NewInputIdle(s.PauseOnInput); err != nil {
+				return fmt.Errorf("training: %w", err)
+			}
+			if _, err := gpu.ReadInputCount(); err != nil {
+				s.inputUnavailable = err.Error()
+				n.Logger().Warn("pause-on-input: this machine shows no keyboard or mouse activity; the rule never holds", "why", err)
 			}
 		}
 		watcher.Step(time.Now()) // a node started outside its hours never trains a batch
@@ -282,6 +297,12 @@ func (s *Service) PauseStatus() api.Pause {
 	gate := s.gate
 	s.mu.Unlock()
 	p := api.Pause{State: "running", Holds: []api.Hold{}, ActiveHours: s.ActiveHours.String(), PauseOtherCPUPct: s.PauseOtherCPUPct}
+	if s.PauseOnInput > 0 {
+		p.PauseOnInput = s.PauseOnInput.String()
+		if s.inputUnavailable != "" {
+			p.PauseOnInput += " (unavailable: " + s.inputUnavailable + ")"
+		}
+	}
 	if gate == nil {
 		return p
 	}
