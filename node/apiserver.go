@@ -143,7 +143,11 @@ func (n *Node) apiHandler() http.Handler {
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	// The dashboard (node/ui) samples the status once the node is serving.
-	dash := ui.New(n, ui.Options{})
+	opts := ui.Options{OnError: func(err error) { n.log.Warn(err.Error()) }}
+	if n.cfg.Home != "" {
+		opts.File = filepath.Join(n.cfg.Home, "ui-history.json")
+	}
+	dash := ui.New(n, opts)
 	n.goLoop(func(ctx context.Context) {
 		select {
 		case <-n.ready:

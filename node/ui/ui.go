@@ -78,6 +78,12 @@ type Options struct {
 	Keep int
 	// MaxStreams bounds the open event streams (default 16).
 	MaxStreams int
+	// File keeps the history across restarts (empty: in memory only):
+	// read by New, written every few minutes and when Run stops.
+	File string
+	// OnError is told why the history file could not be read or written
+	// (nil: ignored).
+	OnError func(error)
 }
 
 // Dashboard is the page, its history ring and its event streams.
@@ -111,7 +117,15 @@ func New(src Source, opts Options) *Dashboard {
 	if opts.MaxStreams <= 0 {
 		opts.MaxStreams = 16
 	}
+	if opts.OnError == nil {
+		opts.OnError = func(error) {}
+	}
 	d := &Dashboard{src: src, opts: opts, ring: make([]Point, opts.Keep), subs: map[chan Event]struct{}{}}
+	if opts.File != "" {
+		if err := d.load(); err != nil {
+			opts.OnError(fmt.Errorf("dashboard history not restored: %w", err))
+		}
+	}
 	d.mux = http.NewServeMux()
 	static, _ := fs.Sub(staticFS, "static")
 	d.mux.HandleFunc("GET "+Path+"{$}", d.serveFile(static, "index.html"))
@@ -173,6 +187,14 @@ func (d *Dashboard) Run(ctx context.Context) {
 	t := time.NewTicker(d.opts.Every)
 	defer t.Stop()
 	var last time.Time
+	saved := time.Now()
+	persist := func() {
+		if d.opts.File != "" {
+			if err := d.save(); err != nil {
+				d.opts.OnError(fmt.Errorf("dashboard history not saved: %w", err))
+			}
+		}
+	}
 	for {
 		d.mu.Lock()
 		watched := len(d.subs) > 0
@@ -181,8 +203,13 @@ func (d *Dashboard) Run(ctx context.Context) {
 			d.Sample(now)
 			last = now
 		}
+		if time.Since(saved) >= saveEvery {
+			persist()
+			saved = time.Now()
+		}
 		select {
 		case <-ctx.Done():
+			persist()
 			d.mu.Lock()
 			for ch := range d.subs {
 				close(ch)
