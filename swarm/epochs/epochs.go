@@ -481,16 +481,7 @@ func (m *Machine) Share(in Input) int {
 // claimLive reports whether r's claim still counts: r finished samples
 // within ClaimStall.
 func (m *Machine) claimLive(r progress.Record, now time.Time) bool {
-	s, ok := m.claims[r.Peer]
-	switch {
-	case !ok:
-		s.at, s.since, s.sinceEpoch = now, now, r.Epoch
-	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
-		s.at = now
-	}
-	s.epoch, s.samples = r.Epoch, r.Samples
-	m.claims[r.Peer] = s
-	return now.Sub(s.at) < ClaimStall
+	return now.Sub(m.seen(r, now).at) < ClaimStall
 }
 
 // pruneClaims forgets the claims of peers without a live record, so the

@@ -291,3 +291,33 @@ func TestHoldersAheadNeedTheShard(t *testing.T) {
 		t.Errorf("holders ahead %v, want the lone shard-mate a1", d)
 	}
 }
+
+// The core notes a peer's finished samples from every record it is shown,
+// the check that closes the epoch included: a shard-mate whose samples
+// only that check saw is not taken for stalled ClaimStall later (it then
+// lost its share and its claim, and holders drew the whole target batch
+// each).
+func TestFinishedSamplesSeenByEveryCheck(t *testing.T) {
+	m := New(Config{Self: "a0", Epochs: 100, TargetBatch: 128, BatchSize: 64})
+	t0 := time.Unix(1_000_000, 0)
+	for e := range uint64(10) {
+		at := t0.Add(time.Duration(e) * time.Second)
+		self := Node{Shard: 0, Held: true, Online: true, Epoch: e, Samples: 64}
+		mate := online("a1", 0, e)
+		mate.InFlight = 64
+		m.Claimed(Input{Now: at, Records: []progress.Record{mate}, Node: self})
+		mate.InFlight, mate.Samples = 0, 64
+		if got := m.Samples(Input{Now: at.Add(100 * time.Millisecond), Records: []progress.Record{mate}, Node: self}); got != 128 {
+			t.Fatalf("epoch %d: samples %d, want 128", e, got)
+		}
+	}
+	mate := online("a1", 0, 10)
+	mate.InFlight = 64
+	in := Input{Now: t0.Add(10 * time.Second), Records: []progress.Record{mate}, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 10}}
+	if got := m.Share(in); got != 64 {
+		t.Errorf("share %d, want 64: a1 finished samples in every epoch", got)
+	}
+	if got := m.Claimed(in); got != 64 {
+		t.Errorf("claimed %d, want a1's 64 in flight", got)
+	}
+}
