@@ -206,6 +206,10 @@ type Machine struct {
 	// so that a peer whose micro-batches keep failing stops holding the
 	// epoch back with its in-flight claim.
 	claims map[string]claimSeen
+
+	// opened is when this node opened openEpoch (ShareGrace).
+	openEpoch uint64
+	opened    time.Time
 }
 
 // New returns a core for the run cfg.
@@ -223,6 +227,14 @@ func (m *Machine) Drift() bool { return m.drift }
 // Step takes the outcome of the last action (the zero Event after Wait,
 // Reopen, OuterStep or Evaluate) and returns the next action.
 func (m *Machine) Step(in Input, ev Event) Action {
+	a := m.step(in, ev)
+	if a.Kind == Reopen {
+		m.openEpoch, m.opened = a.Epoch, in.Now
+	}
+	return a
+}
+
+func (m *Machine) step(in Input, ev Event) Action {
 	switch m.phase {
 	case closing:
 		m.shard, m.epoch = ev.Shard, ev.Epoch
@@ -462,35 +474,63 @@ func (m *Machine) Claimed(in Input) int {
 }
 
 // Share is this node's share of the target batch: an equal part among the
-// online holders of the first shard in this node's epoch. A holder whose
-// started samples stopped finishing leaves its share to the others, and so
-// does one whose record is in another epoch (its samples do not count in
-// this one: a peer claiming an epoch nobody corroborates would otherwise
-// hold a share nobody draws, and the epoch would never fill).
+// online holders of the first shard that hold one (sharing).
 func (m *Machine) Share(in Input) int {
 	n := 1
 	for _, r := range in.Records {
-		stalled := r.InFlight > 0 && !m.claimLive(r, in.Now)
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && r.Epoch == in.Node.Epoch && !stalled && !m.Overclaims(r) {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.State == progress.StateOnline && m.sharing(r, in) {
 			n++
 		}
 	}
 	return (m.cfg.TargetBatch + n - 1) / n
 }
 
+// ShareGrace is how long after this node opened its epoch a first-shard
+// holder that has not started on it still holds a share of its target
+// batch (Share). Holders reopen an epoch together, within milliseconds of
+// each other, and each hears of the others' reopening only from their
+// next records: counting a holder whose record is still in the epoch
+// before out of the share made every holder draw the whole target batch
+// at once (the demo computed 1.75 times the samples its epochs count). A
+// holder that stays idle or behind (a liar, a paused volunteer, one left
+// behind) leaves its share to the others after the grace, so it can delay
+// an epoch by ShareGrace at most and never keep it from filling.
+const ShareGrace = 250 * time.Millisecond
+
+// sharing reports whether r, a first-shard peer's record, holds a share of
+// this node's epoch: it is in the epoch, or (within ShareGrace of its
+// opening) one epoch behind it; it started or finished samples in it, or
+// the epoch opened less than ShareGrace ago; its started samples did not
+// stop finishing (ClaimStall); its record is not a lie on its face. A
+// record in a later epoch, or further behind, holds none: its samples do
+// not count in this one, and a peer claiming an epoch nobody corroborates
+// would otherwise hold a share nobody draws.
+func (m *Machine) sharing(r progress.Record, in Input) bool {
+	e := in.Node.Epoch
+	behind := e > 0 && r.Epoch == e-1
+	if r.Epoch != e && !behind || m.Overclaims(r) {
+		return false
+	}
+	if r.InFlight > 0 && !m.claimLive(r, in.Now) {
+		return false
+	}
+	started := r.Epoch == e && r.Samples+r.InFlight > 0
+	return started || in.Now.Sub(m.openedAt(in)) < ShareGrace
+}
+
+// openedAt is when this core saw this node open its epoch: when Step
+// answered Reopen, or the first time it saw the epoch.
+func (m *Machine) openedAt(in Input) time.Time {
+	if m.opened.IsZero() || m.openEpoch != in.Node.Epoch {
+		m.openEpoch, m.opened = in.Node.Epoch, in.Now
+	}
+	return m.opened
+}
+
 // claimLive reports whether r's claim still counts: r finished samples
 // within ClaimStall.
 func (m *Machine) claimLive(r progress.Record, now time.Time) bool {
-	s, ok := m.claims[r.Peer]
-	switch {
-	case !ok:
-		s.at, s.since, s.sinceEpoch = now, now, r.Epoch
-	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
-		s.at = now
-	}
-	s.epoch, s.samples = r.Epoch, r.Samples
-	m.claims[r.Peer] = s
-	return now.Sub(s.at) < ClaimStall
+	return now.Sub(m.seen(r, now).at) < ClaimStall
 }
 
 // pruneClaims forgets the claims of peers without a live record, so the

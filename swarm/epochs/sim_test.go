@@ -37,6 +37,26 @@ type simNode struct {
 	waiting *simRound // an averaging round it is in
 	entered time.Time
 	acts    []simAct
+	// With sim.draw: micro-batches this node started and has not finished.
+	flights []simFlight
+	drawn   int // their samples
+}
+
+// simFlight is a micro-batch in the pipeline (sim.draw).
+type simFlight struct {
+	n    int
+	done time.Time
+}
+
+// simDraw makes first-shard nodes draw like the trainer's driver (mayDraw):
+// micro-batches of the batch size, at most limit in flight, each finishing
+// after trip, as many as their share of the target batch and what the
+// others' records leave open allow. Records then reach the other nodes one
+// tick late (gossip), and a node draws the moment it reopens an epoch, so
+// holders that reopen together decide before they hear of each other.
+type simDraw struct {
+	limit int
+	trip  time.Duration
 }
 
 type simAct struct {
@@ -69,6 +89,10 @@ type sim struct {
 	// lose, when set, tells which members lose a completed round's result
 	// (a broken stream at the end): the others see it complete.
 	lose func(n *simNode, r *simRound) bool
+	// draw, when set, models the trainer's drawing of micro-batches
+	// (simDraw); heard is the records as gossip delivered them.
+	draw  *simDraw
+	heard []progress.Record
 }
 
 func newSim(t *testing.T, cfg Config) *sim {
@@ -105,7 +129,7 @@ func (s *sim) records() []progress.Record {
 		if n.state == progress.StateOnline && n.m.cfg.Finished(n.epoch) {
 			st = progress.StateDone
 		}
-		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples}
+		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn}
 		if n.shard == 0 {
 			r.Throughput = rate / simTick.Seconds()
 		}
@@ -118,9 +142,13 @@ func (s *sim) records() []progress.Record {
 }
 
 func (s *sim) input(n *simNode) Input {
-	return Input{Now: s.now, Records: s.records(), Node: Node{
+	recs := s.heard
+	if s.draw == nil {
+		recs = s.records()
+	}
+	return Input{Now: s.now, Records: recs, Node: Node{
 		Shard: n.shard, Held: n.held, Online: n.state == progress.StateOnline, Done: n.m.cfg.Finished(n.epoch) && n.held,
-		Epoch: n.epoch, Samples: n.samples, Evaluated: n.eval,
+		Epoch: n.epoch, Samples: n.samples, Drawn: n.drawn, Evaluated: n.eval,
 	}}
 }
 
@@ -130,6 +158,9 @@ func (s *sim) step() {
 		s.hook(s)
 	}
 	s.now = s.now.Add(simTick)
+	if s.draw != nil {
+		s.heard = s.records()
+	}
 	s.settleRounds()
 	for _, n := range s.nodes {
 		if n.phantom || n.state != progress.StateOnline {
@@ -156,11 +187,17 @@ func (s *sim) carryOut(n *simNode, act Action) {
 	case Wait:
 		// The first shard draws while some holder of the next shard is in
 		// its epoch (the pipeline admits micro-batches of its own epoch).
-		if n.shard == 0 && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
+		if s.draw != nil {
+			s.drive(n)
+		} else if n.shard == 0 && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
 			n.samples += rate
 		}
 		return
 	case Close:
+		// The trainer's close waits for the micro-batches in flight: they
+		// count in the epoch.
+		n.samples += n.drawn
+		n.flights, n.drawn = nil, 0
 		n.ev = Event{Kind: Close, Shard: n.shard, Epoch: n.epoch}
 		rec.samples = n.samples
 	case CatchUp:
@@ -185,10 +222,42 @@ func (s *sim) carryOut(n *simNode, act Action) {
 		n.ev = Event{Kind: Step}
 	case Reopen:
 		n.epoch, n.samples = act.Epoch, 0
+		if s.draw != nil {
+			n.acts = append(n.acts, rec)
+			s.drive(n) // the driver wakes with the epoch
+			return
+		}
 	case Evaluate:
 		n.eval = true
 	}
 	n.acts = append(n.acts, rec)
+}
+
+// drive finishes n's micro-batches that are done and draws new ones as the
+// trainer's mayDraw does (sim.draw).
+func (s *sim) drive(n *simNode) {
+	keep := n.flights[:0]
+	for _, f := range n.flights {
+		if s.now.Before(f.done) {
+			keep = append(keep, f)
+			continue
+		}
+		n.samples += f.n
+		n.drawn -= f.n
+	}
+	n.flights = keep
+	if n.shard != 0 || n.m.cfg.Finished(n.epoch) || !s.nextStageAt(n.epoch) {
+		return
+	}
+	for len(n.flights) < s.draw.limit {
+		in := s.input(n)
+		k := min(s.cfg.BatchSize, s.cfg.TargetBatch-n.m.Claimed(in), n.m.Share(in)-n.samples-n.drawn)
+		if k <= 0 {
+			return
+		}
+		n.flights = append(n.flights, simFlight{n: k, done: s.now.Add(s.draw.trip)})
+		n.drawn += k
+	}
 }
 
 func (s *sim) nextStageAt(epoch uint64) bool {

@@ -107,21 +107,35 @@ func (m *Machine) rateCap(recs []progress.Record) float64 {
 }
 
 // observe notes, for every first-shard peer, when this core first saw it
-// in its current epoch (the start of its sample budget).
+// in its current epoch (the start of its sample budget) and when it last
+// finished samples (claimLive).
 func (m *Machine) observe(recs []progress.Record, now time.Time) {
 	for _, r := range recs {
-		if r.Peer == m.cfg.Self || r.Shard != 0 {
-			continue
+		if r.Peer != m.cfg.Self && r.Shard == 0 {
+			m.seen(r, now)
 		}
-		s, ok := m.claims[r.Peer]
-		if !ok {
-			s = claimSeen{epoch: r.Epoch, samples: r.Samples, at: now}
-		}
-		if !ok || s.sinceEpoch != r.Epoch || s.since.IsZero() {
-			s.since, s.sinceEpoch = now, r.Epoch
-		}
-		m.claims[r.Peer] = s
 	}
+}
+
+// seen takes in r, a first-shard peer's record, and returns what the core
+// knows of the peer. Every record the core is shown counts: a peer whose
+// finished samples were seen only by the check that closed the epoch (its
+// last micro-batch, the others' records showing it) finished samples all
+// the same, and must not look stalled ClaimStall later.
+func (m *Machine) seen(r progress.Record, now time.Time) claimSeen {
+	s, ok := m.claims[r.Peer]
+	switch {
+	case !ok:
+		s.at = now
+	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
+		s.at = now
+	}
+	if !ok || s.sinceEpoch != r.Epoch || s.since.IsZero() {
+		s.since, s.sinceEpoch = now, r.Epoch
+	}
+	s.epoch, s.samples = r.Epoch, r.Samples
+	m.claims[r.Peer] = s
+	return s
 }
 
 // MaxNormRatio bounds, for clipping, the gradient norm a shard reported by

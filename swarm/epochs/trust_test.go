@@ -233,6 +233,56 @@ func TestShareOnlyInThisEpoch(t *testing.T) {
 	}
 }
 
+// A first-shard holder whose record is still in the epoch before this
+// node's (it reopens with this node, its record is on its way) holds a
+// share within ShareGrace of this node's opening; so does one in the epoch
+// that has not started on it yet. After the grace only holders that
+// started or finished samples in the epoch do: one that stays behind or
+// idle cannot keep the epoch from filling.
+func TestShareGrace(t *testing.T) {
+	m := New(Config{Self: "a0", Epochs: 100, TargetBatch: 256, BatchSize: 8})
+	t0 := time.Unix(1_000_000, 0)
+	self := Node{Shard: 0, Held: true, Online: true, Epoch: 2}
+	// The core reopens epoch 2 at t0.
+	m.phase = stepping
+	m.shard, m.epoch = 0, 1
+	if a := m.Step(Input{Now: t0, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 1}}, Event{Kind: Step}); a.Kind != Reopen || a.Epoch != 2 {
+		t.Fatalf("got %v epoch %d, want reopen 2", a.Kind, a.Epoch)
+	}
+	behind, idle, started := online("a1", 0, 1), online("a2", 0, 2), online("a3", 0, 2)
+	started.InFlight = 8
+	far := online("a4", 0, 0)
+	recs := []progress.Record{online("a0", 0, 2), behind, idle, started, far}
+	share := func(at time.Duration) int { return m.Share(Input{Now: t0.Add(at), Records: recs, Node: self}) }
+	if got := share(ShareGrace - time.Millisecond); got != 64 {
+		t.Errorf("share %d within the grace, want 64 (a0 to a3; a4 is two epochs behind)", got)
+	}
+	if got := share(ShareGrace); got != 128 {
+		t.Errorf("share %d after the grace, want 128 (a0 and a3, which started)", got)
+	}
+	recs[1].Epoch, recs[1].InFlight = 2, 8 // a1 reopened and started
+	if got := share(ShareGrace + time.Millisecond); got != 86 {
+		t.Errorf("share %d with a1 started too, want 86", got)
+	}
+	// A core that never saw the epoch open counts the grace from the
+	// first time it sees the epoch.
+	fresh := New(Config{Self: "a0", Epochs: 100, TargetBatch: 256, BatchSize: 8})
+	in := Input{Now: t0, Records: []progress.Record{online("a0", 0, 2), online("a1", 0, 1)}, Node: self}
+	if got := fresh.Share(in); got != 128 {
+		t.Errorf("share %d at first sight, want 128", got)
+	}
+	in.Now = t0.Add(ShareGrace)
+	if got := fresh.Share(in); got != 256 {
+		t.Errorf("share %d a grace after first sight, want 256", got)
+	}
+	// At epoch 0, a record at 2^64-1 is not one behind.
+	zero := New(Config{Self: "a0", Epochs: 100, TargetBatch: 256, BatchSize: 8})
+	in = Input{Now: t0, Records: []progress.Record{online("a0", 0, 0), online("x", 0, math.MaxUint64)}, Node: Node{Shard: 0, Held: true, Online: true}}
+	if got := zero.Share(in); got != 256 {
+		t.Errorf("share %d at epoch 0 beside a record at 2^64-1, want 256", got)
+	}
+}
+
 // A first-shard record claiming more finished and in flight than twice the
 // target batch and a full pipeline is a lie on its face (an honest one was
 // seen at 256 + 64 of 256; a lone holder with --in-flight 64 has 64
@@ -289,5 +339,117 @@ func TestHoldersAheadNeedTheShard(t *testing.T) {
 	in.Records = []progress.Record{online("a0", 0, 5), online("a1", 0, 6), online("b0", 1, 6)}
 	if d := m.holdersAhead(in, 0, 5); len(d) != 1 {
 		t.Errorf("holders ahead %v, want the lone shard-mate a1", d)
+	}
+}
+
+// The core notes a peer's finished samples from every record it is shown,
+// the check that closes the epoch included: a shard-mate whose samples
+// only that check saw is not taken for stalled ClaimStall later (it then
+// lost its share and its claim, and holders drew the whole target batch
+// each).
+func TestFinishedSamplesSeenByEveryCheck(t *testing.T) {
+	m := New(Config{Self: "a0", Epochs: 100, TargetBatch: 128, BatchSize: 64})
+	t0 := time.Unix(1_000_000, 0)
+	for e := range uint64(10) {
+		at := t0.Add(time.Duration(e) * time.Second)
+		self := Node{Shard: 0, Held: true, Online: true, Epoch: e, Samples: 64}
+		mate := online("a1", 0, e)
+		mate.InFlight = 64
+		m.Claimed(Input{Now: at, Records: []progress.Record{mate}, Node: self})
+		mate.InFlight, mate.Samples = 0, 64
+		if got := m.Samples(Input{Now: at.Add(100 * time.Millisecond), Records: []progress.Record{mate}, Node: self}); got != 128 {
+			t.Fatalf("epoch %d: samples %d, want 128", e, got)
+		}
+	}
+	mate := online("a1", 0, 10)
+	mate.InFlight = 64
+	in := Input{Now: t0.Add(10 * time.Second), Records: []progress.Record{mate}, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 10}}
+	if got := m.Share(in); got != 64 {
+		t.Errorf("share %d, want 64: a1 finished samples in every epoch", got)
+	}
+	if got := m.Claimed(in); got != 64 {
+		t.Errorf("claimed %d, want a1's 64 in flight", got)
+	}
+}
+
+// drawingSwarm is a two-shard swarm of two holders each whose first-shard
+// nodes draw like the trainer (simDraw) with the demo's numbers: a target
+// batch of two micro-batches of 64, two micro-batches in flight, 30 ms a
+// trip. x, when lie is set, is a Byzantine first-shard peer whose record
+// lie rewrites; it never draws, averages or serves.
+func drawingSwarm(t *testing.T, epochs uint64, lie func(s *sim, r *progress.Record)) *sim {
+	cfg := syncCfg(epochs)
+	cfg.TargetBatch, cfg.BatchSize, cfg.GroupSize = 128, 64, 2
+	s := newSim(t, cfg)
+	s.draw = &simDraw{limit: 2, trip: 30 * time.Millisecond}
+	s.add("a0", 0, 0, progress.StateOnline)
+	s.add("a1", 0, 0, progress.StateOnline)
+	s.add("b0", 1, 0, progress.StateOnline)
+	s.add("b1", 1, 0, progress.StateOnline)
+	if lie != nil {
+		x := s.add("x", 0, 0, progress.StateOnline)
+		x.phantom, x.lie = true, lie
+	}
+	return s
+}
+
+// Holders that reopen an epoch together hear of each other's reopening
+// only from their next records. Each draws its share of the target batch
+// meanwhile, not the whole of it: every epoch closes with the target batch
+// and no more (the demo computed 1.75 times the samples its epochs count
+// when a shard-mate still in the epoch before held no share), each holder
+// drawing half, in about one micro-batch's trip.
+func TestSimHoldersReopeningTogetherDrawTheirShare(t *testing.T) {
+	const epochs = 40
+	s := drawingSwarm(t, epochs, nil)
+	s.runUntil(time.Minute, "the run's end", s.allAt(epochs))
+	for e, got := range s.honestSamples() {
+		if got != s.cfg.TargetBatch {
+			t.Errorf("epoch %d closed with %d samples, want the target batch of %d", e, got, s.cfg.TargetBatch)
+		}
+	}
+	for _, id := range []string{"a0", "a1"} {
+		for _, a := range s.node(id).actions(Close) {
+			if a.samples != s.cfg.TargetBatch/2 {
+				t.Errorf("%s closed epoch %d with %d samples, want its share of %d", id, a.epoch, a.samples, s.cfg.TargetBatch/2)
+			}
+		}
+	}
+	// A trip, a tick for the records, the round and the reopening: about
+	// 150 ms an epoch; drawing the whole batch alone takes two trips more.
+	if took, most := s.now.Sub(time.Unix(1_000_000, 0)), epochs*200*time.Millisecond; took > most {
+		t.Errorf("%d epochs took %v, want at most %v", epochs, took, most)
+	}
+}
+
+// A first-shard peer that stays one epoch behind, idle in the epoch, or far
+// ahead holds a share of no epoch beyond ShareGrace: the run ends, each
+// epoch at most about a grace longer than in the clean run, and it closes
+// no epoch (every one holds the honest holders' target batch).
+func TestSimShareLiarsDelayAtMostTheGrace(t *testing.T) {
+	const epochs = 20
+	clean := drawingSwarm(t, epochs, nil)
+	clean.runUntil(time.Minute, "the clean run's end", clean.allAt(epochs))
+	cleanTook := clean.now.Sub(time.Unix(1_000_000, 0))
+	for _, c := range []struct {
+		name string
+		lie  func(s *sim, r *progress.Record)
+	}{
+		{"one behind", func(s *sim, r *progress.Record) { r.Epoch = s.lowest() - min(s.lowest(), 1) }},
+		{"idle in the epoch", func(s *sim, r *progress.Record) { r.Epoch = s.lowest() }},
+		{"+100", func(s *sim, r *progress.Record) { r.Epoch = s.lowest() + 100 }},
+	} {
+		s := drawingSwarm(t, epochs, c.lie)
+		s.runUntil(time.Minute, c.name+": the run's end", s.allAt(epochs))
+		took := s.now.Sub(time.Unix(1_000_000, 0))
+		if most := cleanTook + epochs*(ShareGrace+100*time.Millisecond); took > most {
+			t.Errorf("%s: %d epochs took %v, the clean run %v: want at most %v", c.name, epochs, took, cleanTook, most)
+		}
+		for e, got := range s.honestSamples() {
+			if got < s.cfg.TargetBatch {
+				t.Errorf("%s: epoch %d closed with %d honest samples of %d", c.name, e, got, s.cfg.TargetBatch)
+			}
+		}
+		t.Logf("%s: %v (clean %v)", c.name, took, cleanTook)
 	}
 }
