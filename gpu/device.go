@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Errors from Open and Detect.
@@ -188,17 +187,3 @@ func VisibleDevices(devs []Device) string {
 	}
 	return strings.Join(ids, ",")
 }
-
-// Clock is the time source of the watch loop, injected so tests drive it.
-type Clock interface {
-	Now() time.Time
-	After(d time.Duration) <-chan time.Time
-}
-
-type realClock struct{}
-
-func (realClock) Now() time.Time                         { return time.Now() }
-func (realClock) After(d time.Duration) <-chan time.Time { return time.After(d) }
-
-// RealClock is the wall clock.
-var RealClock Clock = realClock{}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // Limits are the volunteer's rules for lending hardware. The zero value
@@ -300,14 +302,15 @@ func (g *Governor) WaitRunning(ctx context.Context) error {
 }
 
 // Watch samples every interval until ctx ends, feeding Observe; own names
-// this node's GPU processes. Time comes from clock.
-func (g *Governor) Watch(ctx context.Context, s Sampler, interval time.Duration, clock Clock, own func(pid int) bool) {
+// this node's GPU processes. Time comes from clk (nil: the wall clock).
+func (g *Governor) Watch(ctx context.Context, s Sampler, interval time.Duration, clk clock.Clock, own func(pid int) bool) {
+	clk = clock.Or(clk)
 	for {
 		devs, err := s.Sample()
 		if err != nil && len(devs) == 0 {
 			g.SampleFailed(err)
 		} else {
-			d := g.Observe(clock.Now(), devs, own)
+			d := g.Observe(clk.Now(), devs, own)
 			g.mu.Lock()
 			f := g.notify
 			g.mu.Unlock()
@@ -315,10 +318,8 @@ func (g *Governor) Watch(ctx context.Context, s Sampler, interval time.Duration,
 				f(d)
 			}
 		}
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, clk, interval) != nil {
 			return
-		case <-clock.After(interval):
 		}
 	}
 }

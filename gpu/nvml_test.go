@@ -14,6 +14,8 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // fakeGPU is the telemetry one mock device reports; tests change it between samples.
@@ -170,53 +172,6 @@ func TestSamplerClosed(t *testing.T) {
 	}
 }
 
-// manualClock is a clock the test advances; After fires when Now passes the deadline.
-type manualClock struct {
-	mu      sync.Mutex
-	now     time.Time
-	waiters []waiter
-	waiting chan struct{} // gets a value whenever someone calls After
-}
-
-type waiter struct {
-	at time.Time
-	ch chan time.Time
-}
-
-func newManualClock() *manualClock {
-	return &manualClock{now: time.Unix(1_700_000_000, 0), waiting: make(chan struct{}, 16)}
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) After(d time.Duration) <-chan time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	ch := make(chan time.Time, 1)
-	c.waiters = append(c.waiters, waiter{c.now.Add(d), ch})
-	c.waiting <- struct{}{}
-	return ch
-}
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-	kept := c.waiters[:0]
-	for _, w := range c.waiters {
-		if !w.at.After(c.now) {
-			w.ch <- c.now
-		} else {
-			kept = append(kept, w)
-		}
-	}
-	c.waiters = kept
-}
-
 // TestWatchPauseResume drives the governor's watch loop through the NVML
 // mock and a manual clock: GPU 1 is not selected, GPU 0 heats up, cools with
 // hysteresis, then another process takes memory; metrics follow.
@@ -244,25 +199,25 @@ func TestWatchPauseResume(t *testing.T) {
 	set := func(f func()) { mu.Lock(); f(); mu.Unlock() }
 	// Sample reads the fakes; guard them against the loop goroutine.
 	locked := &lockedSampler{Sampler: s, mu: &mu}
-	clock := newManualClock()
+	clk := clock.NewManual(time.Unix(1_700_000_000, 0))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	own := func(pid int) bool { return pid == 100 } // the node's own worker
-	go func() { g.Watch(ctx, locked, 5*time.Second, clock, own); close(done) }()
+	go func() { g.Watch(ctx, locked, 5*time.Second, clk, own); close(done) }()
 	// step changes the fakes while the loop waits for its next tick, lets
 	// it take one sample, and checks the state it reached.
 	step := func(mutate func(), st State, reasonPart string) {
 		t.Helper()
 		set(mutate)
-		clock.Advance(5 * time.Second)
-		<-clock.waiting
+		clk.Advance(5 * time.Second)
+		clk.BlockUntil(1) // the loop sampled and waits for its next tick
 		paused, reason := g.Paused()
 		if (st == Paused) != paused || !strings.Contains(reason, reasonPart) {
 			t.Fatalf("paused=%v reason %q, want %s with %q", paused, reason, st, reasonPart)
 		}
 	}
 	nop := func() {}
-	<-clock.waiting // first sample: own process with 3 GiB and 90% is not "other"
+	clk.BlockUntil(1) // first sample: own process with 3 GiB and 90% is not "other"
 	if paused, reason := g.Paused(); paused {
 		t.Fatalf("paused at start: %s", reason)
 	}

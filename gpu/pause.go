@@ -11,7 +11,7 @@ package gpu
 //   - gpu: the Governor's GPU limits (heat, other processes on the GPU).
 //
 // The decisions (ActiveHours.Contains, CPUBusy.Observe) are pure steps fed
-// a time and a sample; RuleWatcher runs them on a Clock.
+// a time and a sample; RuleWatcher runs them on a clock.Clock.
 
 import (
 	"bufio"
@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // Pause rules, as named in status and by the control API.
@@ -217,10 +219,10 @@ func (a ActiveHours) String() string {
 	if !a.set {
 		return ""
 	}
-	return clock(a.start) + "-" + clock(a.end)
+	return hhmm(a.start) + "-" + hhmm(a.end)
 }
 
-func clock(min int) string { return fmt.Sprintf("%02d:%02d", min/60%24, min%60) }
+func hhmm(min int) string { return fmt.Sprintf("%02d:%02d", min/60%24, min%60) }
 
 // Contains reports whether t, in t's location, is inside the window.
 func (a ActiveHours) Contains(t time.Time) bool {
@@ -239,7 +241,7 @@ func (a ActiveHours) Reason(t time.Time) string {
 	if a.Contains(t) {
 		return ""
 	}
-	return fmt.Sprintf("outside the active hours %s (local time %s; training resumes at %s)", a, t.Format("15:04"), clock(a.start))
+	return fmt.Sprintf("outside the active hours %s (local time %s; training resumes at %s)", a, t.Format("15:04"), hhmm(a.start))
 }
 
 // CPUTimes are cumulative CPU ticks read from /proc: the whole machine's
@@ -437,14 +439,13 @@ func (w *RuleWatcher) Step(now time.Time) {
 	w.prev, w.havePrv = cur, true
 }
 
-// Run steps every interval on clock until ctx ends.
-func (w *RuleWatcher) Run(ctx context.Context, clock Clock, every time.Duration) {
+// Run steps every interval on clk (nil: the wall clock) until ctx ends.
+func (w *RuleWatcher) Run(ctx context.Context, clk clock.Clock, every time.Duration) {
+	clk = clock.Or(clk)
 	for {
-		w.Step(clock.Now())
-		select {
-		case <-ctx.Done():
+		w.Step(clk.Now())
+		if clock.Sleep(ctx, clk, every) != nil {
 			return
-		case <-clock.After(every):
 		}
 	}
 }

@@ -216,7 +216,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			watcher.Run(gctx, gpu.RealClock, every)
+			watcher.Run(gctx, nil, every)
 		}()
 	}
 	if gov != nil {
@@ -227,7 +227,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			gov.Watch(gctx, s.Sampler, every, gpu.RealClock, ownChild)
+			gov.Watch(gctx, s.Sampler, every, nil, ownChild)
 		}()
 	}
 	go func() {
