@@ -20,6 +20,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // Policy says how many refusals make an offender and what happens then.
@@ -55,7 +57,7 @@ func (p Policy) withDefaults() Policy {
 type Refusals struct {
 	pol  Policy
 	log  *slog.Logger
-	now  func() time.Time
+	clk  clock.Clock
 	ctr  *prometheus.CounterVec
 	bans *prometheus.CounterVec // swarm_security_bans_total{reason}
 
@@ -82,7 +84,7 @@ func New(reg prometheus.Registerer, log *slog.Logger, pol Policy) (*Refusals, er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Refusals{pol: pol.withDefaults(), log: log, now: time.Now,
+	r := &Refusals{pol: pol.withDefaults(), log: log, clk: clock.Real,
 		counts: map[key]uint64{}, peers: map[peer.ID]*list.Element{}, lru: list.New(),
 		ctr: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "swarm", Subsystem: "security",
 			Name: "refusals_total", Help: "Peer input refused, by protocol and reason."}, []string{"protocol", "reason"}),
@@ -98,8 +100,9 @@ func New(reg prometheus.Registerer, log *slog.Logger, pol Policy) (*Refusals, er
 	return r, nil
 }
 
-// SetClock replaces the clock (tests with virtual time).
-func (r *Refusals) SetClock(now func() time.Time) { r.now = now }
+// SetClock replaces the wall clock (nil: the wall clock; tests use a
+// clock.Manual). Call it before the first refusal.
+func (r *Refusals) SetClock(c clock.Clock) { r.clk = clock.Or(c) }
 
 // OnOffender adds f, called (outside the lock) when a peer becomes an
 // offender: reason is the refusal that tipped it. The node disconnects it.
@@ -119,7 +122,7 @@ func (r *Refusals) Refuse(p peer.ID, protocol, reason string, err error) bool {
 	}
 	k := key{protocol, reason}
 	r.ctr.WithLabelValues(protocol, reason).Inc()
-	now := r.now()
+	now := r.clk.Now()
 	r.mu.Lock()
 	r.counts[k]++
 	st := r.state(p)
@@ -160,7 +163,7 @@ func (r *Refusals) Ban(p peer.ID) {
 		return
 	}
 	r.mu.Lock()
-	r.state(p).banned = r.now().Add(r.pol.Ban)
+	r.state(p).banned = r.clk.Now().Add(r.pol.Ban)
 	r.mu.Unlock()
 }
 
@@ -177,7 +180,7 @@ func (r *Refusals) BanFor(p peer.ID, reason string, evidence error) {
 	r.bans.WithLabelValues(reason).Inc()
 	r.mu.Lock()
 	st := r.state(p)
-	st.banned = r.now().Add(r.pol.Ban)
+	st.banned = r.clk.Now().Add(r.pol.Ban)
 	_, seen := st.logged[k]
 	st.logged[k] = struct{}{}
 	hooks := append([]func(peer.ID, string){}, r.onOffend...)
@@ -198,7 +201,7 @@ func (r *Refusals) Banned(p peer.ID) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, ok := r.peers[p]
-	return ok && r.now().Before(e.Value.(*peerState).banned)
+	return ok && r.clk.Now().Before(e.Value.(*peerState).banned)
 }
 
 // state returns p's entry, creating it at the front of the LRU and
@@ -239,7 +242,7 @@ func (r *Refusals) Summary() Summary {
 	if r == nil {
 		return s
 	}
-	now := r.now()
+	now := r.clk.Now()
 	r.mu.Lock()
 	for k, n := range r.counts {
 		s.Refusals = append(s.Refusals, Count{k.protocol, k.reason, n})

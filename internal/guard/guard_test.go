@@ -10,6 +10,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 func TestOffenderAfterStrikesInWindow(t *testing.T) {
@@ -18,15 +20,15 @@ func TestOffenderAfterStrikesInWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Unix(1000, 0)
-	r.SetClock(func() time.Time { return now })
+	clk := clock.NewManual(time.Unix(1000, 0))
+	r.SetClock(clk)
 	var hit []peer.ID
 	r.OnOffender(func(p peer.ID, _ string) { hit = append(hit, p) })
 	p := peer.ID("attacker")
 	if r.Refuse(p, "/p", "oversize", errors.New("x")) || r.Refuse(p, "/p", "oversize", nil) {
 		t.Fatal("offender before 3 strikes")
 	}
-	now = now.Add(2 * time.Minute) // the first two fall out of the window
+	clk.Advance(2 * time.Minute) // the first two fall out of the window
 	if r.Refuse(p, "/p", "oversize", nil) {
 		t.Fatal("strikes outside the window counted")
 	}
@@ -34,7 +36,7 @@ func TestOffenderAfterStrikesInWindow(t *testing.T) {
 	if !r.Refuse(p, "/p", "oversize", nil) || len(hit) != 1 || !r.Banned(p) {
 		t.Fatalf("third strike in the window: hooks %v banned %v", hit, r.Banned(p))
 	}
-	now = now.Add(11 * time.Minute)
+	clk.Advance(11 * time.Minute)
 	if r.Banned(p) {
 		t.Fatal("ban did not expire")
 	}
