@@ -17,7 +17,9 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 // countingHolder is holder that counts its freezes.
@@ -36,7 +38,7 @@ func askHeaders(ctx context.Context, h host.Host, p peer.ID, times int) (network
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = st.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = st.SetDeadline(clock.WallDeadline(5 * time.Second))
 	var hdr *Header
 	for range times {
 		if _, err := st.Write(request(opHeader, 1, 0, 0)); err != nil {
@@ -62,9 +64,8 @@ func TestHeaderFloodFreezesOnce(t *testing.T) {
 	donor := newHost(t)
 	var takes atomic.Int64
 	srv := NewServer(donor, countingHolder(state(1000, 1000, 5), &takes))
-	var mu sync.Mutex
-	clock := time.Unix(1000, 0)
-	srv.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
+	clk := clock.NewManual(time.Unix(1000, 0)) // time moves only when the test says
+	srv.SetClock(clk)
 	var epoch atomic.Uint64
 	epoch.Store(5)
 	srv.SetEpoch(func(int) (uint64, bool) { return epoch.Load(), true })
@@ -101,32 +102,35 @@ func TestHeaderFloodFreezesOnce(t *testing.T) {
 		t.Fatalf("%d header requests: %d freezes, %d copies; want 1", 8*StreamsPerPeer*50, takes.Load(), len(ids))
 	}
 	// Past the interval but in the same epoch: still the same copy.
-	mu.Lock()
-	clock = clock.Add(time.Minute)
-	mu.Unlock()
+	clk.Advance(time.Minute)
 	flood()
 	if n := takes.Load(); n != 1 {
 		t.Fatalf("%d freezes in one epoch, want 1", n)
 	}
-	// A new epoch, but within the interval of the last freeze: none.
+	// A new epoch past the interval: a new copy.
 	epoch.Store(6)
-	srv.mu.Lock()
-	for _, f := range srv.snaps {
-		f.at = clock
-	}
-	srv.mu.Unlock()
-	flood()
-	if n := takes.Load(); n != 1 {
-		t.Fatalf("%d freezes within %v, want 1", n, MinFreezeGap)
-	}
-	mu.Lock()
-	clock = clock.Add(MinFreezeGap)
-	mu.Unlock()
 	flood()
 	if n := takes.Load(); n != 2 {
 		t.Fatalf("%d freezes after a new epoch and the interval, want 2", n)
 	}
-	waitFor(t, func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return len(srv.snaps) == 1 })
+	// Another new epoch within the interval of that freeze: none, until
+	// the interval has passed.
+	epoch.Store(7)
+	clk.Advance(MinFreezeGap - time.Millisecond)
+	flood()
+	if n := takes.Load(); n != 2 {
+		t.Fatalf("%d freezes within %v, want 2", n, MinFreezeGap)
+	}
+	clk.Advance(time.Millisecond)
+	flood()
+	if n := takes.Load(); n != 3 {
+		t.Fatalf("%d freezes once %v passed, want 3", n, MinFreezeGap)
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the superseded copies released"), func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.snaps) == 1
+	})
 }
 
 // One peer opening 64 downloads at once is served StreamsPerPeer of them;
@@ -175,7 +179,11 @@ func TestParallelDownloadsCapped(t *testing.T) {
 		st.Close()
 	}
 	// Slots come back when the downloads end.
-	waitFor(t, func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.nstreams == 0 && len(srv.streams) == 0 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the download slots released"), func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.nstreams == 0 && len(srv.streams) == 0
+	})
 }
 
 // At most MaxFrozen copies live: while old ones are still downloaded, a
@@ -183,14 +191,14 @@ func TestParallelDownloadsCapped(t *testing.T) {
 func TestFrozenCopiesBounded(t *testing.T) {
 	var epoch atomic.Uint64
 	take := func(int) (*Snapshot, error) { return state(10, 10, epoch.Load()), nil }
-	clock := time.Unix(0, 0)
-	srv := &Server{take: take, ttl: time.Minute, gap: time.Second, now: func() time.Time { return clock },
+	clk := clock.NewManual(time.Unix(0, 0))
+	srv := &Server{take: take, ttl: time.Minute, gap: time.Second, clk: clk,
 		snaps: map[uint64]*frozen{}, latest: map[int]*frozen{}, freezing: map[int]chan struct{}{}}
 	srv.SetEpoch(func(int) (uint64, bool) { return epoch.Load(), true })
 	var held []*frozen
 	for e := range uint64(5) {
 		epoch.Store(e)
-		clock = clock.Add(time.Second)
+		clk.Advance(time.Second)
 		f, err := srv.snapshot(1)
 		if err != nil {
 			t.Fatal(err)
@@ -261,16 +269,5 @@ func TestHostileDonorHeader(t *testing.T) {
 		if got := b.TotalAlloc - a.TotalAlloc; got > 4<<20 {
 			t.Fatalf("%s: refusing a hostile header allocated %d KiB", name, got>>10)
 		}
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -246,7 +247,7 @@ type Server struct {
 	take func(shard int) (*Snapshot, error)
 	ttl  time.Duration
 	gap  time.Duration
-	now  func() time.Time
+	clk  clock.Clock
 	// refuse counts refused requests (nil: silently).
 	refuse *guard.Refusals
 	// epoch returns the epoch of the state take would copy now, and
@@ -283,12 +284,16 @@ type frozen struct {
 // NewServer registers the protocol on h. take returns a copy of the named
 // shard's current state, or an error if this node does not hold it.
 func NewServer(h host.Host, take func(shard int) (*Snapshot, error)) *Server {
-	s := &Server{h: h, take: take, ttl: 2 * time.Minute, gap: MinFreezeGap, now: time.Now,
+	s := &Server{h: h, take: take, ttl: 2 * time.Minute, gap: MinFreezeGap, clk: clock.Real,
 		snaps: map[uint64]*frozen{}, latest: map[int]*frozen{}, freezing: map[int]chan struct{}{},
 		streams: map[peer.ID]int{}}
 	h.SetStreamHandler(Protocol, s.handle)
 	return s
 }
+
+// SetClock makes s time its frozen copies (the freeze gap, their TTL) on c
+// (nil: the wall clock). Call it before serving.
+func (s *Server) SetClock(c clock.Clock) { s.clk = clock.Or(c) }
 
 // SetEpoch tells s the epoch of the state take would copy (and whether this
 // node holds the shard): a copy of the current epoch is never frozen again.
@@ -334,7 +339,7 @@ func (s *Server) snapshot(shard int) (*frozen, error) {
 	}
 	if old := s.snaps[f.hdr.ID]; old != nil {
 		f = old // the same state again: keep the copy others download
-		f.at = s.now()
+		f.at = s.clk.Now()
 	}
 	s.snaps[f.hdr.ID] = f
 	s.latest[shard] = f
@@ -345,7 +350,7 @@ func (s *Server) snapshot(shard int) (*frozen, error) {
 
 // staleLocked reports whether a newer copy than f may be frozen now.
 func (s *Server) staleLocked(f *frozen) bool {
-	if s.now().Sub(f.at) < s.gap {
+	if s.clk.Now().Sub(f.at) < s.gap {
 		return false
 	}
 	if s.epoch != nil {
@@ -358,7 +363,7 @@ func (s *Server) staleLocked(f *frozen) bool {
 // releaseLocked frees copies nobody downloads that are superseded by a
 // newer one or older than the TTL.
 func (s *Server) releaseLocked() {
-	now := s.now()
+	now := s.clk.Now()
 	for id, f := range s.snaps {
 		if f.users > 0 {
 			continue
@@ -398,7 +403,7 @@ func (s *Server) freeze(shard int) (*frozen, error) {
 	// Donors of the same state give it the same ID so a joiner can mix them.
 	k := hdr.key()
 	hdr.ID = binary.BigEndian.Uint64(k[:8])
-	return &frozen{hdr: hdr, enc: encodeHeader(hdr), data: data, shard: shard, at: s.now()}, nil
+	return &frozen{hdr: hdr, enc: encodeHeader(hdr), data: data, shard: shard, at: s.clk.Now()}, nil
 }
 
 // acquire takes one of p's stream slots.
@@ -433,7 +438,7 @@ func (s *Server) handle(st network.Stream) {
 		st.Reset()
 		return
 	}
-	_ = st.SetDeadline(time.Now().Add(serveTimeout))
+	_ = st.SetDeadline(clock.WallDeadline(serveTimeout))
 	if !s.acquire(from) {
 		s.refuse.Refuse(from, protoState, whyFlood, fmt.Errorf("more than %d downloads at once", StreamsPerPeer))
 		_ = writeFrame(st, statusError, []byte("too many downloads at once"))
@@ -453,7 +458,7 @@ func (s *Server) handle(st network.Stream) {
 		}
 		op, shard := req[0], int(binary.BigEndian.Uint32(req[1:]))
 		id, chunk := binary.BigEndian.Uint64(req[5:]), int(binary.BigEndian.Uint32(req[13:]))
-		_ = st.SetDeadline(time.Now().Add(serveTimeout))
+		_ = st.SetDeadline(clock.WallDeadline(serveTimeout))
 		switch op {
 		case opHeader:
 			f, err := s.snapshot(shard)
@@ -720,7 +725,7 @@ func askHeader(ctx context.Context, h host.Host, p peer.ID, want Want, timeout t
 	if err != nil {
 		return nil, nil, err
 	}
-	_ = st.SetDeadline(time.Now().Add(timeout))
+	_ = st.SetDeadline(clock.WallDeadline(timeout))
 	if _, err := st.Write(request(opHeader, want.Shard, 0, 0)); err != nil {
 		st.Reset()
 		return nil, nil, err
@@ -740,7 +745,7 @@ func askHeader(ctx context.Context, h host.Host, p peer.ID, want Want, timeout t
 }
 
 func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Duration) ([]float32, error) {
-	_ = st.SetDeadline(time.Now().Add(timeout))
+	_ = st.SetDeadline(clock.WallDeadline(timeout))
 	if _, err := st.Write(request(opChunk, shard, hdr.ID, i)); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/testutil"
 )
 
@@ -156,7 +157,7 @@ func TestDonorStallsMidway(t *testing.T) {
 
 func FuzzDecodeHeader(f *testing.F) {
 	s := state(ChunkFloats+5, 3, 2)
-	srv := &Server{take: holder(s), now: time.Now}
+	srv := &Server{take: holder(s), clk: clock.Real}
 	fr, _ := srv.freeze(1)
 	f.Add(encodeHeader(fr.hdr))
 	f.Add(make([]byte, 44))
