@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -46,6 +47,7 @@ type Gossip struct {
 	self    func() Record
 	refuse  *guard.Refusals
 	limits  Limits
+	clk     clock.Clock // stamps stored records, paces Run
 
 	mu      sync.Mutex
 	closed  bool // no new pushes start after Close
@@ -61,7 +63,8 @@ type Gossip struct {
 // to push to; self returns this node's current record (Peer, RunID and Seq
 // are filled in by Gossip).
 func NewGossip(h host.Host, runID string, tracker *Tracker, peers func() []peer.ID, self func() Record, log *slog.Logger) *Gossip {
-	g := &Gossip{h: h, runID: runID, tracker: tracker, peers: peers, self: self, log: log, pending: make(chan struct{}, 1)}
+	g := &Gossip{h: h, runID: runID, tracker: tracker, peers: peers, self: self, log: log, pending: make(chan struct{}, 1),
+		clk: clock.Real}
 	h.SetStreamHandler(Protocol, g.handle)
 	// A peer whose last connection closed (its process died, or it left)
 	// stops counting at once rather than when its record expires: rounds
@@ -99,19 +102,17 @@ func (g *Gossip) Poke() {
 // Run pushes the record every interval and on every Poke (at most every
 // minGap) until ctx ends.
 func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
-	tick := time.NewTicker(interval)
+	tick := g.clk.NewTicker(interval)
 	defer tick.Stop()
 	for {
 		g.PushNow(ctx)
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-tick.C():
 		case <-g.pending:
-			select {
-			case <-ctx.Done():
+			if clock.Sleep(ctx, g.clk, minGap) != nil {
 				return
-			case <-time.After(minGap):
 			}
 		}
 	}
@@ -127,7 +128,7 @@ func (g *Gossip) Current() Record {
 	g.mu.Unlock()
 	r.Peer = g.h.ID().String()
 	r.RunID = g.runID
-	g.tracker.Update(r, time.Now())
+	g.tracker.Update(r, g.clk.Now())
 	return r
 }
 
@@ -202,7 +203,7 @@ func (g *Gossip) send(ctx context.Context, p peer.ID, b []byte) error {
 	if err != nil {
 		return err
 	}
-	_ = s.SetDeadline(time.Now().Add(streamTimeout))
+	_ = s.SetDeadline(clock.WallDeadline(streamTimeout))
 	var hdr [4]byte
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 	if _, err := s.Write(append(hdr[:], b...)); err != nil {
@@ -219,7 +220,7 @@ func (g *Gossip) handle(s network.Stream) {
 		s.Reset()
 		return
 	}
-	_ = s.SetDeadline(time.Now().Add(streamTimeout))
+	_ = s.SetDeadline(clock.WallDeadline(streamTimeout))
 	rec, err := ReadRecord(s)
 	if err != nil {
 		s.Reset()
@@ -238,7 +239,7 @@ func (g *Gossip) handle(s network.Stream) {
 			g.refuse.Refuse(from, protoProgress, whyRange, err)
 			return
 		}
-		g.tracker.Update(*rec, time.Now())
+		g.tracker.Update(*rec, g.clk.Now())
 	}
 }
 
@@ -262,6 +263,11 @@ func ReadRecord(r io.Reader) (*Record, error) {
 // SetLimits makes g refuse records whose numbers the run does not allow
 // (Record.Check). Call it before the first record arrives.
 func (g *Gossip) SetLimits(l Limits) { g.limits = l }
+
+// SetClock makes g stamp the records it stores and pace Run on c (nil: the
+// wall clock): the clock of whoever reads the tracker's live records. Call
+// it before the first record arrives.
+func (g *Gossip) SetClock(c clock.Clock) { g.clk = clock.Or(c) }
 
 // SetRefusals makes g count and log the records it refuses in r. Call it
 // before the first record arrives.

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 // A peer pushing records whose numbers the run does not allow (a far-future
@@ -58,20 +59,8 @@ func TestGossipRefusesOutOfRange(t *testing.T) {
 	push(t, attacker, victim.ID(), []byte("{not json"))
 	// The rate fails Validate in the decoder: malformed, like bad JSON.
 	want := fmt.Sprint(map[string]uint64{whyRange: 5, whyPeer: 1, whyRun: 1, whyMalformed: 2})
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		got := map[string]uint64{}
-		for _, c := range ref.Summary().Refusals {
-			got[c.Reason] = c.Count
-		}
-		if fmt.Sprint(got) == want {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("refusals %v, want %v", got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testutil.Eventually(t, 5*time.Second, func() string { return fmt.Sprintf("refusals %v, want %v", refusals(ref), want) },
+		func() bool { return fmt.Sprint(refusals(ref)) == want })
 	if n := tr.Len(); n != 0 {
 		t.Fatalf("%d records stored", n)
 	}

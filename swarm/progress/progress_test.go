@@ -4,15 +4,19 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/internal/testutil"
 )
 
@@ -153,27 +157,30 @@ func TestGossipReal(t *testing.T) {
 		}
 	}
 	ids := func() []peer.ID { return []peer.ID{hs[0].ID(), hs[1].ID(), hs[2].ID()} }
+	ref, err := guard.New(nil, nil, guard.Policy{Strikes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var trs []*Tracker
+	var gs []*Gossip
 	for i, h := range hs {
 		tr := NewTracker(10 * time.Second)
 		trs = append(trs, tr)
 		g := NewGossip(h, "run", tr, ids, func() Record { return Record{Shard: i % 2, State: StateOnline, Samples: i} }, log)
+		g.SetRefusals(ref)
 		defer g.Close()
+		gs = append(gs, g)
+	}
+	for _, g := range gs {
 		go g.Run(ctx, 50*time.Millisecond, time.Millisecond)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, tr := range trs {
-		for len(tr.Live(time.Now())) < 3 {
-			if time.Now().After(deadline) {
-				t.Fatalf("tracker has %d records, want 3", len(tr.Live(time.Now())))
-			}
-			select {
-			case <-tr.Changed():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
+	for i, tr := range trs {
+		testutil.Eventually(t, 10*time.Second, func() string {
+			return fmt.Sprintf("tracker %d has %d records, want 3", i, len(tr.Live(time.Now())))
+		}, func() bool { return len(tr.Live(time.Now())) == 3 })
 	}
-	// Spoofing: host 0 sends a record in host 2's name to host 1.
+	// Spoofing: host 0 sends a record in host 2's name to host 1, which
+	// refuses it (the only refusal of the test).
 	spoof := rec(hs[2].ID().String(), 1, 99, 1, 1<<60)
 	spoof.RunID = "run"
 	b, _ := spoof.Encode()
@@ -181,11 +188,72 @@ func TestGossipReal(t *testing.T) {
 	if err := g.send(ctx, hs[1].ID(), b); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond) // no event signals a dropped record; give the handler time to (wrongly) accept it
+	testutil.Eventually(t, 10*time.Second, testutil.Says("the spoofed record refused"), func() bool {
+		return refusals(ref)[whyPeer] == 1
+	})
 	for _, r := range trs[1].Live(time.Now()) {
 		if r.Epoch == 99 {
 			t.Fatal("spoofed record accepted")
 		}
+	}
+}
+
+// refusals counts the refused records by reason.
+func refusals(ref *guard.Refusals) map[string]uint64 {
+	got := map[string]uint64{}
+	for _, c := range ref.Summary().Refusals {
+		got[c.Reason] += c.Count
+	}
+	return got
+}
+
+// TestGossipOnItsClock: Run pushes on the ticks of the gossip's clock, and
+// the receiver stamps records with its own clock, on which they expire
+// after the tracker's TTL.
+func TestGossipOnItsClock(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	a, b := newHost(t), newHost(t)
+	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
+	ids := func() []peer.ID { return []peer.ID{a.ID(), b.ID()} }
+	clkA, clkB := clock.NewManual(time.Unix(1000, 0)), clock.NewManual(time.Unix(5000, 0))
+	var samples atomic.Int64
+	ga := NewGossip(a, "run", NewTracker(time.Minute), ids, func() Record {
+		return Record{State: StateOnline, Samples: int(samples.Load())}
+	}, log)
+	ga.SetClock(clkA)
+	defer ga.Close()
+	const ttl = 8 * time.Second
+	tb := NewTracker(ttl)
+	gb := NewGossip(b, "run", tb, ids, func() Record { return Record{State: StateOnline} }, log)
+	gb.SetClock(clkB)
+	defer gb.Close()
+	atB := func() (Record, bool) {
+		for _, r := range tb.Live(clkB.Now()) {
+			if r.Peer == a.ID().String() {
+				return r, true
+			}
+		}
+		return Record{}, false
+	}
+	go ga.Run(ctx, time.Second, time.Millisecond)
+	testutil.Eventually(t, 10*time.Second, testutil.Says("a's first push at b"), func() bool { _, ok := atB(); return ok })
+	clkA.BlockUntil(1) // Run waits for its next tick
+	samples.Store(7)
+	clkA.Advance(time.Second)
+	testutil.Eventually(t, 10*time.Second, testutil.Says("the push of a's next tick at b"), func() bool {
+		r, ok := atB()
+		return ok && r.Samples == 7
+	})
+	// b's clock alone ages the record: a's pushes wait for a's ticks.
+	clkB.Advance(ttl - time.Millisecond)
+	if _, ok := atB(); !ok {
+		t.Fatalf("record gone before its TTL of %v on b's clock", ttl)
+	}
+	clkB.Advance(time.Millisecond)
+	if _, ok := atB(); ok {
+		t.Fatalf("record alive %v after its last push on b's clock", ttl)
 	}
 }
 
@@ -231,20 +299,7 @@ func TestGossipForgetsClosedPeer(t *testing.T) {
 		}
 		return false
 	}
-	waitChanged := func(what string, cond func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !cond() {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-			select {
-			case <-ta.Changed():
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}
-	waitChanged("b's record at a", func() bool { return has(ta, b.ID()) })
+	testutil.Eventually(t, 10*time.Second, testutil.Says("b's record at a"), func() bool { return has(ta, b.ID()) })
 	bcancel()
 	gb.Close()
 	if err := b.Close(); err != nil {
@@ -252,5 +307,5 @@ func TestGossipForgetsClosedPeer(t *testing.T) {
 	}
 	// The record would live for an hour; only the closed connection can
 	// remove it.
-	waitChanged("a to forget b", func() bool { return !has(ta, b.ID()) })
+	testutil.Eventually(t, 10*time.Second, testutil.Says("a to forget b"), func() bool { return !has(ta, b.ID()) })
 }
