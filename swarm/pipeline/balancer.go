@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // Balancer chooses the next-stage peer for each micro-batch (stochastic
@@ -24,7 +26,7 @@ import (
 type Balancer struct {
 	mu    sync.Mutex
 	rng   *rand.Rand
-	now   func() time.Time
+	clk   clock.Clock
 	peers map[peer.ID]*stat
 
 	hops, failures, retries, bans atomic.Uint64
@@ -54,17 +56,15 @@ type stat struct {
 	used        time.Time // last Pick, Begin, End or Ban
 }
 
-// NewBalancer returns a balancer drawing from rng; now is the clock (nil: time.Now).
-func NewBalancer(rng *rand.Rand, now func() time.Time) *Balancer {
-	if now == nil {
-		now = time.Now
-	}
-	return &Balancer{rng: rng, now: now, peers: map[peer.ID]*stat{}}
+// NewBalancer returns a balancer drawing from rng, timing bans and idle
+// peers on clk (nil: the wall clock).
+func NewBalancer(rng *rand.Rand, clk clock.Clock) *Balancer {
+	return &Balancer{rng: rng, clk: clock.Or(clk), peers: map[peer.ID]*stat{}}
 }
 
 // get returns p's entry, creating it (b.mu held).
 func (b *Balancer) get(p peer.ID) *stat {
-	now := b.now()
+	now := b.clk.Now()
 	s := b.peers[p]
 	if s == nil {
 		if len(b.peers) >= MaxPeers {
@@ -112,7 +112,7 @@ func (b *Balancer) Len() int {
 func (b *Balancer) Pick(cands []peer.ID, skip map[peer.ID]bool) (peer.ID, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	now := b.now()
+	now := b.clk.Now()
 	best := 0.0
 	for _, p := range cands {
 		if s := b.peers[p]; s != nil && s.spt > 0 && (best == 0 || s.spt < best) {
@@ -182,7 +182,7 @@ func (b *Balancer) End(p peer.ID, n int, took time.Duration, failed bool, banFor
 		if banFor > 0 {
 			b.bans.Add(1)
 		}
-		s.bannedUntil = b.now().Add(banFor)
+		s.bannedUntil = b.clk.Now().Add(banFor)
 		s.banReason = reason
 		return
 	}
@@ -201,7 +201,7 @@ func (b *Balancer) Ban(p peer.ID, d time.Duration, reason string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.get(p)
-	s.bannedUntil = b.now().Add(d)
+	s.bannedUntil = b.clk.Now().Add(d)
 	s.banReason = reason
 	b.bans.Add(1)
 }
@@ -211,7 +211,7 @@ func (b *Balancer) Banned(p peer.ID) (bool, string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := b.peers[p]
-	if s == nil || !b.now().Before(s.bannedUntil) {
+	if s == nil || !b.clk.Now().Before(s.bannedUntil) {
 		return false, ""
 	}
 	return true, s.banReason

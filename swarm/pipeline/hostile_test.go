@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // hostileHeader is a request's fixed header and the activation block's
@@ -160,12 +162,12 @@ func TestSlotsCapPerPeer(t *testing.T) {
 // A flood of fresh peer IDs (each banned for garbage) does not grow the
 // balancer beyond MaxPeers, and peers with micro-batches in flight stay.
 func TestBalancerBounded(t *testing.T) {
-	clock := time.Unix(0, 0)
-	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	clk := clock.NewManual(time.Unix(0, 0))
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), clk)
 	b.Begin("busy")
 	for i := range 5000 {
 		b.Ban(peer.ID(binary.BigEndian.AppendUint32([]byte("fake"), uint32(i))), time.Minute, "garbage")
-		clock = clock.Add(time.Millisecond)
+		clk.Advance(time.Millisecond)
 	}
 	if n := b.Len(); n > MaxPeers {
 		t.Fatalf("balancer remembers %d peers, bound %d", n, MaxPeers)

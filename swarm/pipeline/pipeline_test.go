@@ -10,6 +10,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
+
 	"github.com/swarm-train/swarm/internal/bf16"
 )
 
@@ -127,8 +129,8 @@ func FuzzReadResponse(f *testing.F) {
 }
 
 func TestBalancerPrefersFastIdle(t *testing.T) {
-	clock := time.Unix(0, 0)
-	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	clk := clock.NewManual(time.Unix(0, 0))
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), clk)
 	fast, slow, fresh := peer.ID("fast"), peer.ID("slow"), peer.ID("fresh")
 	b.End(fast, 10, 100*time.Millisecond, false, 0, "")
 	b.End(slow, 10, 400*time.Millisecond, false, 0, "")
@@ -165,8 +167,8 @@ func TestBalancerPrefersFastIdle(t *testing.T) {
 }
 
 func TestBalancerBans(t *testing.T) {
-	clock := time.Unix(0, 0)
-	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	clk := clock.NewManual(time.Unix(0, 0))
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), clk)
 	a, c := peer.ID("a"), peer.ID("c")
 	b.Begin(a)
 	b.End(a, 0, 0, true, 10*time.Second, "timeout")
@@ -181,7 +183,7 @@ func TestBalancerBans(t *testing.T) {
 	if banned, why := b.Banned(a); !banned || why != "timeout" {
 		t.Fatalf("Banned(a) = %v %q", banned, why)
 	}
-	clock = clock.Add(11 * time.Second)
+	clk.Advance(11 * time.Second)
 	if banned, _ := b.Banned(a); banned {
 		t.Fatal("ban did not expire")
 	}

@@ -6,13 +6,15 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // The balancer counts hops, failures, retries and bans as forwardNext uses
 // it: pick, begin, end; after a failure, pick again skipping the peer tried.
 func TestBalancerStats(t *testing.T) {
-	clock := time.Unix(1000, 0)
-	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), func() time.Time { return clock })
+	clk := clock.NewManual(time.Unix(1000, 0))
+	b := NewBalancer(rand.New(rand.NewPCG(1, 2)), clk)
 	cands := []peer.ID{"a", "b"}
 	tried := map[peer.ID]bool{}
 	p, ok := b.Pick(cands, tried)
