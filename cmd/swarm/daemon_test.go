@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/node/api"
 )
 
@@ -154,17 +155,6 @@ func status(t *testing.T, bin, home string) (*api.Status, error) {
 	return &st, nil
 }
 
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", d, what)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
 // TestDaemonProcesses drives swarm bootstrap, swarm node and swarm status
 // as real processes on 127.0.0.1.
 func TestDaemonProcesses(t *testing.T) {
@@ -177,7 +167,7 @@ func TestDaemonProcesses(t *testing.T) {
 
 	boot := startDaemon(t, bin, nil, append([]string{"--log-level", "debug", "bootstrap", "--home", filepath.Join(dir, "boot")}, listen...)...)
 	var bootAddr string
-	waitUntil(t, 10*time.Second, "bootstrap printed no /tcp/ address", func() bool {
+	testutil.Eventually(t, 10*time.Second, testutil.Says("bootstrap printed no /tcp/ address"), func() bool {
 		sc := bufio.NewScanner(strings.NewReader(boot.output(false)))
 		for sc.Scan() {
 			if a := strings.TrimSpace(sc.Text()); strings.HasPrefix(a, "/ip4/127.0.0.1/tcp/") && strings.Contains(a, "/p2p/") {
@@ -204,7 +194,7 @@ func TestDaemonProcesses(t *testing.T) {
 	other := startDaemon(t, bin, nil, append([]string{"node", "--home", filepath.Join(dir, "x"), "--run-name", "r2", "--bootstrap", bootAddr}, listen...)...)
 
 	ids := map[string]string{}
-	waitUntil(t, 15*time.Second, "r1 nodes did not find each other", func() bool {
+	testutil.Eventually(t, 15*time.Second, testutil.Says("r1 nodes did not find each other"), func() bool {
 		for _, d := range r1 {
 			st, err := status(t, bin, d.home)
 			if err != nil || len(st.RunPeers) != 2 {
@@ -279,7 +269,7 @@ func TestDaemonProcesses(t *testing.T) {
 		t.Fatalf("status of a stopped daemon: code %d %q", code, stderr)
 	}
 	d2 := startDaemon(t, bin, nil, append([]string{"node", "--home", d.home, "--run-name", "r1", "--bootstrap", bootAddr}, listen...)...)
-	waitUntil(t, 15*time.Second, "restarted node did not rejoin", func() bool {
+	testutil.Eventually(t, 15*time.Second, testutil.Says("restarted node did not rejoin"), func() bool {
 		st, err := status(t, bin, d2.home)
 		return err == nil && st.PeerID == ids[d.home] && len(st.RunPeers) == 2
 	})

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/node/api"
 )
 
@@ -79,7 +80,7 @@ func newNAT(t *testing.T, kind1, kind2 string) *natEnv {
 		}
 	})
 	e.start("boot", "bootstrap")
-	waitUntil(t, 20*time.Second, "bootstrap API", func() bool { _, err := status(t, e.bin, e.homes["boot"]); return err == nil })
+	testutil.Eventually(t, 20*time.Second, testutil.Says("bootstrap API"), func() bool { _, err := status(t, e.bin, e.homes["boot"]); return err == nil })
 	st, _ := status(t, e.bin, e.homes["boot"])
 	e.bootID = st.PeerID
 	e.boot = "/ip4/198.18.0.10/tcp/4001/p2p/" + st.PeerID

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
@@ -29,11 +30,11 @@ type e2eSwarm struct {
 	waiting  string            // what the test last waited for
 }
 
-// wait is waitUntil, remembered for the failure summary.
+// wait is testutil.Eventually, remembered for the failure summary.
 func (s *e2eSwarm) wait(d time.Duration, what string, cond func() bool) {
 	s.t.Helper()
 	s.waiting = fmt.Sprintf("%s (up to %v)", what, d)
-	waitUntil(s.t, d, what, cond)
+	testutil.Eventually(s.t, d, testutil.Says(what), cond)
 }
 
 func e2eManifest(t *testing.T, dir string, shards, steps int) string {
@@ -63,7 +64,7 @@ func newE2E(t *testing.T, shards, steps int) *e2eSwarm {
 	s.manifest = e2eManifest(t, s.dir, shards, steps)
 	home := filepath.Join(s.dir, "boot")
 	startDaemon(t, s.bin, nil, "bootstrap", "--home", home, "--listen", "/ip4/127.0.0.1/tcp/0")
-	waitUntil(t, 20*time.Second, "bootstrap API", func() bool { _, err := status(t, s.bin, home); return err == nil })
+	testutil.Eventually(t, 20*time.Second, testutil.Says("bootstrap API"), func() bool { _, err := status(t, s.bin, home); return err == nil })
 	out, _, code := swarmCmd(t, s.bin, "id", "--home", home, "--addrs")
 	if code != 0 {
 		t.Fatal("swarm id failed")

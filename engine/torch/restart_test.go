@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 // alive reports whether pid runs (a zombie counts as gone).
@@ -26,17 +27,6 @@ func alive(pid int) bool {
 		return s[i+2] != 'Z' && s[i+2] != 'X'
 	}
 	return true
-}
-
-func waitGone(t *testing.T, pid int, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			t.Fatalf("worker %d still running after %v", pid, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // TestWorkerKilled kills a worker between requests and during one; the
@@ -74,7 +64,7 @@ func TestWorkerKilled(t *testing.T) {
 	if victim.Restarts() != 1 || victim.PID() == pid {
 		t.Fatalf("restarts %d, pid %d (was %d)", victim.Restarts(), victim.PID(), pid)
 	}
-	waitGone(t, pid, 5*time.Second)
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the killed worker gone"), func() bool { return !alive(pid) })
 
 	// Now during a Step: the worker is stopped, the Step sent, and the worker killed.
 	pid = victim.PID()
@@ -132,7 +122,7 @@ func TestWorkerHang(t *testing.T) {
 	if victim.Restarts() != 1 {
 		t.Errorf("restarts %d, want 1", victim.Restarts())
 	}
-	waitGone(t, pid, 5*time.Second)
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the killed worker gone"), func() bool { return !alive(pid) })
 	comparePipelines(t, "after hang", vic, ref, 1e-6)
 }
 
@@ -234,7 +224,7 @@ func TestNodeDeathKillsWorker(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = cmd.Wait()
-	waitGone(t, pid, 10*time.Second)
+	testutil.Eventually(t, 10*time.Second, testutil.Says("the killed worker gone"), func() bool { return !alive(pid) })
 }
 
 // TestMissingPython: no interpreter or no torch is ErrUnavailable with a clear message.

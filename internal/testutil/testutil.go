@@ -12,21 +12,30 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 )
 
-// Poll is how often Eventually checks its condition.
-const Poll = 20 * time.Millisecond
+// Poll is how often Eventually checks its condition at first; MaxPoll is
+// the longest it lets pass between two checks.
+const (
+	Poll    = 20 * time.Millisecond
+	MaxPoll = time.Second
+)
 
 // Eventually fails the test unless cond holds within d; what describes what
 // was awaited (called only on failure, so it may report the last state).
+// It is the project's one way for a test to wait: on a condition, never on
+// a sleep. It checks every Poll, and as the wait grows every tenth of the
+// time waited so far (at most MaxPoll apart), so a condition that runs a
+// process or asks a daemon does not load the machine through a wait of
+// minutes. The test's own time is the wall clock (a manual clock advances
+// only when the test says so).
 func Eventually(t testing.TB, d time.Duration, what func() string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	tick := time.NewTicker(Poll)
-	defer tick.Stop()
+	start := time.Now()
 	for !cond() {
-		if time.Now().After(deadline) {
+		waited := time.Since(start)
+		if waited > d {
 			t.Fatalf("after %v: %s", d, what())
 		}
-		<-tick.C
+		<-time.After(min(max(Poll, waited/10), MaxPoll))
 	}
 }
 
