@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swarm-train/swarm/gpu"
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/swarm/trainer"
@@ -86,11 +87,15 @@ type Service struct {
 func (s *Service) trainerStatus(t *trainer.Trainer) trainer.Status {
 	s.lastMu.Lock()
 	defer s.lastMu.Unlock()
-	if time.Since(s.lastAt) > 200*time.Millisecond {
-		s.last, s.lastAt = t.Status(), time.Now()
+	if clk := s.clk(); clk.Since(s.lastAt) > 200*time.Millisecond {
+		s.last, s.lastAt = t.Status(), clk.Now()
 	}
 	return s.last
 }
+
+// clk is the service's clock: the trainer's (Config.Clock, nil: the wall
+// clock), which the pause rules and the governor share.
+func (s *Service) clk() clock.Clock { return clock.Or(s.Config.Clock) }
 
 // Start implements node.Service.
 func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
@@ -127,6 +132,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		cfg.Device = "cpu"
 	}
 	s.Config.Device = cfg.Device
+	clk := s.clk()
 	gate := gpu.NewGate()
 	cfg.WaitRunning = gate.WaitRunning
 	var watcher *gpu.RuleWatcher
@@ -146,7 +152,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 				n.Logger().Warn("pause-on-input: this machine shows no keyboard or mouse activity; the rule never holds", "why", err)
 			}
 		}
-		watcher.Step(time.Now()) // a node started outside its hours never trains a batch
+		watcher.Step(clk.Now()) // a node started outside its hours never trains a batch
 	}
 	var gov *gpu.Governor
 	if s.Sampler != nil {
@@ -164,7 +170,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 					reason = "the GPU limits"
 				}
 			}
-			gate.Set(time.Now(), gpu.RuleGPU, reason)
+			gate.Set(clk.Now(), gpu.RuleGPU, reason)
 		})
 	}
 	t, err := trainer.New(cfg)
@@ -216,7 +222,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			watcher.Run(gctx, nil, every)
+			watcher.Run(gctx, clk, every)
 		}()
 	}
 	if gov != nil {
@@ -227,7 +233,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			gov.Watch(gctx, s.Sampler, every, nil, ownChild)
+			gov.Watch(gctx, s.Sampler, every, clk, ownChild)
 		}()
 	}
 	go func() {
@@ -287,7 +293,7 @@ func (s *Service) SetManual(rule string, pause bool) (api.Pause, error) {
 	if pause {
 		reason = "paused by the volunteer (swarm pause or the dashboard); swarm resume continues"
 	}
-	gate.Set(time.Now(), rule, reason)
+	gate.Set(s.clk().Now(), rule, reason)
 	return s.PauseStatus(), nil
 }
 

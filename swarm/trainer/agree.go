@@ -85,7 +85,7 @@ func (t *Trainer) fetchAgreed(ctx context.Context, index, nP, nO int, donors []p
 		return nil, err
 	}
 	want.Quorum = 1
-	want.MaxEpoch = min(want.MaxEpoch, epochs.SwarmEpoch(t.tracker.Live(time.Now()))+1)
+	want.MaxEpoch = min(want.MaxEpoch, epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))+1)
 	snap, err = statesync.Fetch(ctx, t.h, t.trustedDonors(donors), want, 10*time.Second, progress)
 	if err == nil {
 		t.log.Info("state offered by a single donor taken: this node had no trained state on the shard", "shard", index, "epoch", snap.Epoch)

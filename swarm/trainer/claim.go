@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/swarm/claims"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/progress"
@@ -21,7 +22,7 @@ const defaultRate = 1e9
 func (t *Trainer) view(includeSelf bool) claims.View {
 	v := claims.View{FLOPs: t.flops}
 	self := t.h.ID().String()
-	for _, r := range t.tracker.Live(time.Now()) {
+	for _, r := range t.tracker.Live(t.clk.Now()) {
 		if r.Shard < 0 || r.State == progress.StateDone || (!includeSelf && r.Peer == self) {
 			continue
 		}
@@ -72,9 +73,9 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 
 	// The swarm's epoch as its holders corroborate it, never one peer's
 	// claim (a record at the run's last epoch would finish this node).
-	epoch := epochs.SwarmEpoch(t.tracker.Live(time.Now()))
+	epoch := epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	nP, nO := len(sh.Params()), len(sh.OptState())
-	start := time.Now()
+	start := t.clk.Now()
 	for attempt := 1; ; attempt++ {
 		donors := t.trustedDonors(t.donors(ctx, index))
 		if len(donors) == 0 {
@@ -87,8 +88,8 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		}
 		last := time.Time{}
 		snap, err := t.fetchAgreed(ctx, index, nP, nO, donors, true, func(done, total, n int) {
-			if time.Since(last) > 500*time.Millisecond || done == total {
-				last = time.Now()
+			if t.clk.Since(last) > 500*time.Millisecond || done == total {
+				last = t.clk.Now()
 				t.log.Info("state sync", "shard", index, "progress", progressBar(done, total), "donors", n)
 			}
 		})
@@ -103,7 +104,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			}
 			epoch = snap.Epoch
 			t.log.Info("state synced", "shard", index, "epoch", epoch, "floats", nP+nO, "donors", snap.Donors,
-				"took", time.Since(start).Round(time.Millisecond))
+				"took", t.clk.Since(start).Round(time.Millisecond))
 			break
 		}
 		if ctx.Err() != nil {
@@ -121,11 +122,11 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			break
 		}
 		t.log.Warn("state sync failed; retrying with the shard's holders", "shard", index, "attempt", attempt, "err", err)
-		if err := sleepCtx(ctx, time.Second); err != nil {
+		if err := clock.Sleep(ctx, t.clk, time.Second); err != nil {
 			_ = sh.Close()
 			return err
 		}
-		epoch = epochs.SwarmEpoch(t.tracker.Live(time.Now()))
+		epoch = epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	}
 	t.mu.Lock()
 	t.shard = sh
@@ -135,7 +136,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		t.state = progress.StateDone
 		t.done = true
 	}
-	t.movedAt = time.Now()
+	t.movedAt = t.clk.Now()
 	if t.m.Averaging.Mode == "local" {
 		t.anchor = append([]float32(nil), sh.Params()...)
 		t.outerMom = make([]float32, len(t.anchor))
@@ -193,7 +194,7 @@ func (t *Trainer) donors(ctx context.Context, index int) []peer.ID {
 func (t *Trainer) holders(index int, withJoining bool) []peer.ID {
 	var out []peer.ID
 	self := t.h.ID().String()
-	for _, r := range t.tracker.Live(time.Now()) {
+	for _, r := range t.tracker.Live(t.clk.Now()) {
 		if r.Shard != index || r.Peer == self {
 			continue
 		}
@@ -219,19 +220,19 @@ func (t *Trainer) announceLoop(ctx context.Context) {
 		t.mu.Lock()
 		idx := t.index
 		t.mu.Unlock()
-		if idx >= 0 && (idx != last || time.Since(lastAt) > 5*time.Minute) {
+		if idx >= 0 && (idx != last || t.clk.Since(lastAt) > 5*time.Minute) {
 			if c, err := t.m.ShardID(idx); err == nil {
 				actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				err := t.cfg.Announce(actx, c)
 				cancel()
 				if err == nil {
-					last, lastAt = idx, time.Now()
+					last, lastAt = idx, t.clk.Now()
 				} else {
 					t.log.Debug("shard announce failed", "shard", idx, "err", err)
 				}
 			}
 		}
-		if sleepCtx(ctx, 2*time.Second) != nil {
+		if clock.Sleep(ctx, t.clk, 2*time.Second) != nil {
 			return
 		}
 	}
@@ -242,7 +243,7 @@ func (t *Trainer) announceLoop(ctx context.Context) {
 func (t *Trainer) rebalanceLoop(ctx context.Context) {
 	every := t.cfg.RebalanceEvery
 	for {
-		if sleepCtx(ctx, every/2+t.randDur(every)) != nil {
+		if clock.Sleep(ctx, t.clk, every/2+t.randDur(every)) != nil {
 			return
 		}
 		t.mu.Lock()
@@ -253,7 +254,9 @@ func (t *Trainer) rebalanceLoop(ctx context.Context) {
 			continue
 		}
 		v := t.view(true)
-		round := uint64(time.Now().Unix()) / uint64(max(every/time.Second, 1))
+		// Nodes agree on the round through their clocks (the wall clock:
+		// every node computes the same plan in the same round).
+		round := uint64(t.clk.Now().Unix()) / uint64(max(every/time.Second, 1))
 		mv, ok := claims.Plan(v, claims.DefaultThreshold, round)
 		if !ok || mv.Peer != t.h.ID().String() || mv.From != idx {
 			continue

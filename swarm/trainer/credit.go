@@ -19,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 )
@@ -72,7 +73,7 @@ func (t *Trainer) earn(stage peer.ID, raw []byte, n int, sum [32]byte) {
 // awaitAck reads the sender's acknowledgement of an answer whose bytes
 // were out, and keeps the receipt it carries.
 func (t *Trainer) awaitAck(s network.Stream, sender peer.ID, n int, out []byte) {
-	_ = s.SetReadDeadline(time.Now().Add(ackWait))
+	_ = s.SetReadDeadline(clock.WallDeadline(ackWait))
 	raw, err := pipeline.ReadAck(s)
 	if err != nil {
 		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, context.DeadlineExceeded) {
@@ -90,12 +91,10 @@ func (t *Trainer) creditLoop(ctx context.Context) {
 		return
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, t.clk, t.cfg.CreditEvery) != nil {
 			return
-		case <-time.After(t.cfg.CreditEvery):
 		}
-		now := time.Now()
+		now := t.clk.Now()
 		var due []peer.ID
 		claims := map[peer.ID]int64{}
 		for _, r := range t.tracker.Live(now) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
@@ -33,7 +34,7 @@ func (t *Trainer) finished(epoch uint64) bool { return t.epochsCfg.Finished(epoc
 
 // inputLocked is what the decision core sees now (t.mu held).
 func (t *Trainer) inputLocked() epochs.Input {
-	now := time.Now()
+	now := t.clk.Now()
 	return epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
 		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
 		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Ahead: t.ahead, Evaluated: t.accuracy >= 0,
@@ -58,7 +59,7 @@ type epochEnd struct {
 // the last action, and does what it answers. Between epochs it waits for a
 // finished micro-batch, a changed record or 50 ms.
 func (t *Trainer) epochLoop(ctx context.Context) {
-	tick := time.NewTicker(50 * time.Millisecond)
+	tick := t.clk.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var ev epochs.Event
 	var end epochEnd
@@ -69,7 +70,7 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 				return
 			case <-t.kick:
 			case <-t.tracker.Changed():
-			case <-tick.C:
+			case <-tick.C():
 			}
 		}
 		t.mu.Lock()
@@ -99,7 +100,7 @@ func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, e *epochEnd) 
 	case epochs.Reopen:
 		if e.stepped {
 			t.log.Debug("epoch done", "epoch", e.epoch, "samples", e.samples, "group", e.info.GroupSize, "avg_s", e.info.Seconds,
-				"close_s", e.closed.Sub(e.began).Seconds(), "clip_s", e.clip.Seconds(), "total_s", time.Since(e.began).Seconds())
+				"close_s", e.closed.Sub(e.began).Seconds(), "clip_s", e.clip.Seconds(), "total_s", t.clk.Since(e.began).Seconds())
 		}
 		t.reopen(e.sh, act.Epoch)
 		*e = epochEnd{}
@@ -131,8 +132,8 @@ func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 	t.closing = true
 	t.cond.Broadcast() // micro-batches waiting for a next-stage holder give up
 	t.gossip.Poke()
-	deadline := time.Now().Add(t.cfg.HopTimeout)
-	for t.inflight > 0 && time.Now().Before(deadline) {
+	deadline := t.clk.Now().Add(t.cfg.HopTimeout)
+	for t.inflight > 0 && t.clk.Now().Before(deadline) {
 		t.waitTimeout(deadline)
 	}
 	return t.shard, t.index, t.epoch
@@ -170,9 +171,9 @@ func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 // closeFor closes the epoch; in sync mode it also takes the accumulated
 // gradient (the mean over its micro-batches) for the round.
 func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
-	began := time.Now()
+	began := t.clk.Now()
 	sh, index, epoch := t.closeEpoch()
-	*e = epochEnd{sh: sh, index: index, epoch: epoch, began: began, closed: time.Now(),
+	*e = epochEnd{sh: sh, index: index, epoch: epoch, began: began, closed: t.clk.Now(),
 		info: avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}}
 	ev := epochs.Event{Kind: epochs.Close, Shard: index, Epoch: epoch, Lost: sh == nil}
 	if sh == nil || !t.sync() {
@@ -198,7 +199,7 @@ func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 // weighted by samples; it ends early when the core finds the round
 // pointless (Abort).
 func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
-	start := time.Now()
+	start := t.clk.Now()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 	vec := append([]float32(nil), e.local...)
 	abort, stopWatch := t.watchAbort(actx)
@@ -217,7 +218,7 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	default:
 		t.log.Debug("averaging failed; stepping with the local gradient", "epoch", act.Epoch, "err", err)
 	}
-	e.info.Seconds = time.Since(start).Seconds()
+	e.info.Seconds = t.clk.Since(start).Seconds()
 	return ev
 }
 
@@ -229,9 +230,9 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	copy(sh.Grads(), e.local)
 	normSq := sh.GradNormSq()
 	t.stepMu.Unlock()
-	clipStart := time.Now()
+	clipStart := t.clk.Now()
 	scale := t.clipScale(ctx, e.index, e.epoch, normSq)
-	e.clip = time.Since(clipStart)
+	e.clip = t.clk.Since(clipStart)
 	t.stepMu.Lock()
 	t.beginCompute()
 	err := sh.Step(t.m.Optimizer.LRAt(int(e.epoch)), scale)
@@ -273,13 +274,13 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 	}
 	t.mu.Unlock()
 	t.gossip.Poke()
-	deadline := time.Now().Add(time.Duration(t.m.Averaging.TimeoutMS) * time.Millisecond)
+	deadline := t.clk.Now().Add(time.Duration(t.m.Averaging.TimeoutMS) * time.Millisecond)
 	var total float64
 	for {
 		changed := t.tracker.Changed()
 		known := map[int][]float64{}
 		waiting := false
-		recs := t.tracker.Live(time.Now())
+		recs := t.tracker.Live(t.clk.Now())
 		for _, r := range recs {
 			if r.Shard < 0 || r.Shard == index || r.Shard >= len(t.m.Shards) {
 				continue
@@ -297,17 +298,19 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 		}
 		// Robust: one holder's 1e300 cannot drive the scale to 0.
 		total = epochs.GlobalNormSq(own, known)
-		if !waiting || ctx.Err() != nil || !time.Now().Before(deadline) {
+		if !waiting || ctx.Err() != nil || !t.clk.Now().Before(deadline) {
 			if waiting {
 				t.log.Debug("clipping without every shard's gradient norm", "epoch", epoch, "shards_known", len(known)+1)
 			}
 			break
 		}
+		timer := t.clk.NewTimer(t.clk.Until(deadline))
 		select {
 		case <-changed:
 		case <-ctx.Done():
-		case <-time.After(time.Until(deadline)):
+		case <-timer.C():
 		}
+		timer.Stop()
 	}
 	return float32(train.ClipScale(math.Sqrt(total), clip))
 }
@@ -451,9 +454,9 @@ const maxOverlap = 0.5
 // the hop timeout, after which it steps anyway).
 func (t *Trainer) waitOverlap() {
 	bound := max(1, int(maxOverlap*float64(t.m.Averaging.LocalSteps)))
-	deadline := time.Now().Add(t.cfg.HopTimeout)
+	deadline := t.clk.Now().Add(t.cfg.HopTimeout)
 	t.mu.Lock()
-	for t.pending && t.inner-t.pendingInner >= bound && time.Now().Before(deadline) {
+	for t.pending && t.inner-t.pendingInner >= bound && t.clk.Now().Before(deadline) {
 		t.waitTimeout(deadline)
 	}
 	t.mu.Unlock()
@@ -505,7 +508,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		vec, key = append(append(vec, t.anchor...), t.outerMom...), epochs.KeyOuter
 	}
 	t.stepMu.Unlock()
-	start := time.Now()
+	start := t.clk.Now()
 	info := avgInfo{Round: round, GroupSize: 1, Mode: "local"}
 	var outer []float32 // averaged anchor and momentum
 	if len(t.holders(index, false)) > 0 {
@@ -522,7 +525,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 			t.log.Debug("outer averaging failed", "round", round, "err", err)
 		}
 	}
-	info.Seconds = time.Since(start).Seconds()
+	info.Seconds = t.clk.Since(start).Seconds()
 	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds)
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
 	carry := taken != nil && !t.finished(round+1)
@@ -586,7 +589,7 @@ func (t *Trainer) evaluate(ctx context.Context) {
 			if err == nil {
 				break
 			}
-			_ = sleepCtx(ctx, time.Second)
+			_ = clock.Sleep(ctx, t.clk, time.Second)
 		}
 		if err != nil || res == nil {
 			if ctx.Err() == nil {

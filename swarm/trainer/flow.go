@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
@@ -61,8 +62,8 @@ func (t *Trainer) admit(index int, kind uint8, epoch uint64, wait time.Duration)
 		if epoch > t.epoch {
 			t.ahead = max(t.ahead, epoch)
 			t.kickEpoch()
-			deadline := time.Now().Add(wait)
-			for epoch > t.epoch && time.Now().Before(deadline) && t.shard != nil {
+			deadline := t.clk.Now().Add(wait)
+			for epoch > t.epoch && t.clk.Now().Before(deadline) && t.shard != nil {
 				t.waitTimeout(deadline)
 			}
 		}
@@ -95,7 +96,7 @@ func (t *Trainer) release() {
 
 // waitTimeout waits on cond until signalled or deadline (t.mu held).
 func (t *Trainer) waitTimeout(deadline time.Time) {
-	stop := time.AfterFunc(time.Until(deadline), func() {
+	stop := t.clk.AfterFunc(t.clk.Until(deadline), func() {
 		t.mu.Lock()
 		t.cond.Broadcast()
 		t.mu.Unlock()
@@ -207,7 +208,7 @@ func (t *Trainer) handle(s network.Stream) {
 		return
 	}
 	defer t.pipeSlots.Release(from)
-	_ = s.SetReadDeadline(time.Now().Add(t.pipeRead))
+	_ = s.SetReadDeadline(clock.WallDeadline(t.pipeRead))
 	hash := sha256.New() // of the request as received: what its receipt credits
 	q, err := pipeline.ReadRequest(io.TeeReader(s, hash), t.requestLimits)
 	if err != nil {
@@ -232,7 +233,7 @@ func (t *Trainer) handle(s network.Stream) {
 // written (nil when the write failed).
 func (t *Trainer) answer(s network.Stream, resp *pipeline.Response, train bool) []byte {
 	resp.Precision = t.wirePrecision()
-	_ = s.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_ = s.SetWriteDeadline(clock.WallDeadline(10 * time.Second))
 	out := resp.Encode()
 	if _, err := s.Write(out); err != nil {
 		s.Reset()
@@ -413,7 +414,7 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 			continue
 		}
 		tried[p] = true
-		start := time.Now()
+		start := t.clk.Now()
 		t.bal.Begin(p)
 		res, err := t.call(ctx, p, kind, payload, len(act), epoch, n)
 		if err == nil {
@@ -441,7 +442,7 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 			lastErr = err
 			continue
 		}
-		t.bal.End(p, n, time.Since(start), false, 0, "")
+		t.bal.End(p, n, t.clk.Since(start), false, 0, "")
 		return res, nil
 	}
 	if lastErr == nil {
@@ -454,13 +455,13 @@ func (t *Trainer) forwardNext(ctx context.Context, index int, epoch uint64, kind
 // stage again. It returns false, at once, when ctx ends or (training in
 // sync mode) the epoch closes or moves on.
 func (t *Trainer) waitForHolder(ctx context.Context, kind uint8, epoch uint64, d time.Duration) bool {
-	deadline := time.Now().Add(d)
+	deadline := t.clk.Now().Add(d)
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	over := func() bool {
 		return ctx.Err() != nil || (kind == pipeline.KindTrain && t.sync() && (t.closing || t.epoch != epoch))
 	}
-	for !over() && time.Now().Before(deadline) {
+	for !over() && t.clk.Now().Before(deadline) {
 		t.waitTimeout(deadline)
 	}
 	return !over()
@@ -516,7 +517,7 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		start := time.Now()
+		start := t.clk.Now()
 		t.srcMu.Lock()
 		b := t.src.Next(n)
 		t.srcMu.Unlock()
@@ -529,7 +530,7 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 		}
 		t.driving--
 		if err == nil {
-			t.flight.observeTrip(time.Since(start))
+			t.flight.observeTrip(t.clk.Since(start))
 		}
 		t.mu.Unlock()
 		t.release()
@@ -538,7 +539,7 @@ func (t *Trainer) driveLoop(ctx context.Context) {
 			if !errors.Is(err, errStale) {
 				t.log.Debug("micro-batch failed", "err", err)
 			}
-			_ = sleepCtx(ctx, 50*time.Millisecond)
+			_ = clock.Sleep(ctx, t.clk, 50*time.Millisecond)
 		}
 	}
 }
@@ -575,7 +576,7 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 				return t.shard, t.epoch, n, true
 			}
 		}
-		t.waitTimeout(time.Now().Add(100 * time.Millisecond))
+		t.waitTimeout(t.clk.Now().Add(100 * time.Millisecond))
 	}
 }
 
@@ -610,7 +611,7 @@ func (t *Trainer) finishMicro(n int, loss float64, isLast bool) {
 func (t *Trainer) beginCompute() {
 	t.mu.Lock()
 	if t.computing == 0 {
-		t.computeFrom = time.Now()
+		t.computeFrom = t.clk.Now()
 	}
 	t.computing++
 	t.mu.Unlock()
@@ -620,7 +621,7 @@ func (t *Trainer) endCompute() {
 	t.mu.Lock()
 	t.computing--
 	if t.computing == 0 {
-		t.busy += time.Since(t.computeFrom)
+		t.busy += t.clk.Since(t.computeFrom)
 	}
 	t.mu.Unlock()
 }
@@ -628,7 +629,7 @@ func (t *Trainer) endCompute() {
 // busyLocked is the time this node has spent computing (t.mu held).
 func (t *Trainer) busyLocked() time.Duration {
 	if t.computing > 0 {
-		return t.busy + time.Since(t.computeFrom)
+		return t.busy + t.clk.Since(t.computeFrom)
 	}
 	return t.busy
 }
@@ -638,7 +639,7 @@ func (t *Trainer) account(n int) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.processed += int64(n)
-	now := time.Now()
+	now := t.clk.Now()
 	t.tpWindow = append(t.tpWindow, tpPoint{now, t.processed})
 	for len(t.tpWindow) > 2 && now.Sub(t.tpWindow[0].t) > 10*time.Second {
 		t.tpWindow = t.tpWindow[1:]
@@ -651,7 +652,7 @@ func (t *Trainer) throughputLocked() float64 {
 		return 0
 	}
 	a, b := t.tpWindow[0], t.tpWindow[len(t.tpWindow)-1]
-	span := time.Since(a.t).Seconds()
+	span := t.clk.Since(a.t).Seconds()
 	if span < 0.5 || b.n == a.n {
 		return 0
 	}

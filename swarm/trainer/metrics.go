@@ -2,7 +2,6 @@ package trainer
 
 import (
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -94,12 +93,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		d := c.descs[name]
 		ch <- prometheus.MustNewConstMetric(d.d, d.typ, v, labels...)
 	}
-	sum := progress.Summarize(t.tracker.Live(time.Now()), len(t.m.Shards))
+	sum := progress.Summarize(t.tracker.Live(t.clk.Now()), len(t.m.Shards))
 	t.mu.Lock()
 	epoch, index, state, done := t.epoch, t.index, t.state, t.done
 	processed, busy, tp := t.processed, t.busyLocked(), t.throughputLocked()
 	avg, acc := t.lastAvg, t.accuracy
-	wall := time.Since(t.start).Seconds()
+	wall := t.clk.Since(t.start).Seconds()
 	flight := t.flightLimitLocked()
 	t.mu.Unlock()
 	if done {

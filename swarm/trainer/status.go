@@ -6,7 +6,6 @@ import (
 	"hash/fnv"
 	"math"
 	"sort"
-	"time"
 
 	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/progress"
@@ -65,7 +64,7 @@ type PeerStatus struct {
 // Status reports the trainer's view of the run.
 func (t *Trainer) Status() Status {
 	t.gossip.Current() // refresh our own record
-	recs := t.tracker.Live(time.Now())
+	recs := t.tracker.Live(t.clk.Now())
 	paused := t.pausedNow()
 	sum := progress.Summarize(recs, len(t.m.Shards))
 	t.mu.Lock()
@@ -80,7 +79,7 @@ func (t *Trainer) Status() Status {
 	if st.State == progress.StateOnline && paused {
 		st.State = progress.StatePaused
 	}
-	if wall := time.Since(t.start).Seconds(); wall > 0 {
+	if wall := t.clk.Since(t.start).Seconds(); wall > 0 {
 		busy := t.busyLocked().Seconds()
 		st.Utilization = busy / wall
 		st.BusySeconds, st.WallSeconds = busy, wall

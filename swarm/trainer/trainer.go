@@ -51,6 +51,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/credit"
@@ -116,6 +117,11 @@ type Config struct {
 	// Refusals counts and logs refused peer input of every training
 	// protocol and names offenders (nil: refuse silently).
 	Refusals *guard.Refusals
+	// Clock is the time of every wait, timeout, expiry and measurement of
+	// the trainer, its progress records, state server and balancer (nil:
+	// the wall clock). Stream deadlines and contexts' timeouts stay on the
+	// wall clock.
+	Clock clock.Clock
 }
 
 func (c *Config) defaults() error {
@@ -170,6 +176,7 @@ type Trainer struct {
 	pipeSlots *pipeline.Slots
 	pipeRead  time.Duration
 	flops     []float64
+	clk       clock.Clock
 	start     time.Time
 
 	rngMu sync.Mutex
@@ -259,11 +266,12 @@ func New(cfg Config) (*Trainer, error) {
 	if err != nil {
 		return nil, err
 	}
+	clk := clock.Or(cfg.Clock)
 	t := &Trainer{
-		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"),
-		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), nil),
+		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, start: clk.Now(),
+		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
-		accuracy: -1, kick: make(chan struct{}, 1), start: time.Now(), flight: newFlightCtl(),
+		accuracy: -1, kick: make(chan struct{}, 1), flight: newFlightCtl(),
 		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
@@ -302,9 +310,11 @@ func New(cfg Config) (*Trainer, error) {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
 	}
 	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
+	t.gossip.SetClock(clk)
 	t.gossip.SetRefusals(cfg.Refusals)
 	t.gossip.SetLimits(t.recordLimits())
 	t.states = statesync.NewServer(t.h, t.snapshot)
+	t.states.SetClock(clk)
 	t.states.SetRefusals(cfg.Refusals)
 	t.states.SetEpoch(t.stateEpoch)
 	if t.faults[FaultDonorChunks] {
@@ -365,7 +375,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 
 	// Hear from the swarm before choosing, then wait a random moment so
 	// nodes that start together spread over the shards.
-	if err := sleepCtx(ctx, t.cfg.RecordTTL/4+t.randDur(t.cfg.JoinDelay)); err != nil {
+	if err := clock.Sleep(ctx, t.clk, t.cfg.RecordTTL/4+t.randDur(t.cfg.JoinDelay)); err != nil {
 		return err
 	}
 	index := t.cfg.Shard
@@ -407,15 +417,6 @@ func (t *Trainer) randDur(d time.Duration) time.Duration {
 	t.rngMu.Lock()
 	defer t.rngMu.Unlock()
 	return time.Duration(t.rng.Int64N(int64(d)))
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }
 
 // finite reports whether every value is finite.
