@@ -94,7 +94,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			}
 		})
 		if err == nil {
-			t.fetched(snap)
+			t.meters.fetchedState(snap)
 			copy(sh.Params(), snap.Params)
 			copy(sh.OptState(), snap.Opt)
 			sh.SetStepCount(snap.Step)

@@ -234,13 +234,13 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	scale := t.clipScale(ctx, e.index, e.epoch, normSq)
 	e.clip = t.clk.Since(clipStart)
 	t.stepMu.Lock()
-	t.beginCompute()
+	t.meters.beginCompute()
 	err := sh.Step(t.m.Optimizer.LRAt(int(e.epoch)), scale)
 	sh.ZeroGrad()
-	t.endCompute()
+	t.meters.endCompute()
 	t.stepMu.Unlock()
+	t.meters.averaged(e.info)
 	t.mu.Lock()
-	t.setLastAvg(e.info)
 	t.trained = t.trained || err == nil
 	t.mu.Unlock()
 	if err != nil {
@@ -387,7 +387,7 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 		t.log.Warn("catch-up failed", "err", err)
 		return 0, err
 	}
-	t.fetched(snap)
+	t.meters.fetchedState(snap)
 	t.stepMu.Lock()
 	copy(sh.Params(), snap.Params)
 	copy(sh.OptState(), snap.Opt)
@@ -424,7 +424,7 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 		t.stepMu.Unlock()
 		return
 	}
-	t.beginCompute()
+	t.meters.beginCompute()
 	scale := float32(1)
 	if c := t.m.Optimizer.ClipNorm; c > 0 {
 		if norm := math.Sqrt(sh.GradNormSq()); norm > c {
@@ -433,7 +433,7 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 	}
 	err := sh.Step(t.m.Optimizer.LRAt(int(sh.StepCount())), scale)
 	sh.ZeroGrad()
-	t.endCompute()
+	t.meters.endCompute()
 	t.stepMu.Unlock()
 	if err != nil {
 		t.log.Error("inner step", "err", err)
@@ -546,9 +546,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		}
 	}
 	err := sh.Sync()
-	t.mu.Lock()
-	t.setLastAvg(info)
-	t.mu.Unlock()
+	t.meters.averaged(info)
 	// The new anchor and the round it starts change together: a snapshot
 	// (taken under stepMu) never pairs one round's anchor with another's
 	// number. Samples and inner steps since the deltas were taken count

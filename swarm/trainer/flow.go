@@ -240,7 +240,7 @@ func (t *Trainer) answer(s network.Stream, resp *pipeline.Response, train bool) 
 		return nil
 	}
 	if train {
-		t.ctr.pipeSent.Add(uint64(len(out)))
+		t.pipeSent.Add(uint64(len(out)))
 	}
 	return out
 }
@@ -294,11 +294,11 @@ func (t *Trainer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
 func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch uint64, kind uint8, b *engine.Batch, in []float32, targets []int32) (*pipeline.Response, error) {
 	train := kind == pipeline.KindTrain
 	t.stepMu.RLock()
-	t.beginCompute()
+	t.meters.beginCompute()
 	// On the last shard an evaluation returns its own logits: evaluations
 	// from several first-shard nodes run here at once.
 	out, loss, tape, err := sh.Forward(b, in, train)
-	t.endCompute()
+	t.meters.endCompute()
 	t.stepMu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("forward: %w", err)
@@ -339,9 +339,9 @@ func (t *Trainer) process(ctx context.Context, sh engine.Shard, index int, epoch
 		tape.Release()
 		return nil, fmt.Errorf("%w during the micro-batch", errStale)
 	}
-	t.beginCompute()
+	t.meters.beginCompute()
 	gradIn, err := sh.Backward(tape, gradOut)
-	t.endCompute()
+	t.meters.endCompute()
 	t.stepMu.RUnlock()
 	if err != nil {
 		return nil, fmt.Errorf("backward: %w", err)
@@ -487,7 +487,7 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byt
 		return nil, err
 	}
 	if kind == pipeline.KindTrain {
-		t.ctr.pipeSent.Add(uint64(len(payload)))
+		t.pipeSent.Add(uint64(len(payload)))
 	}
 	hash := sha256.New() // of the answer as received: what the acknowledgement credits
 	res, err := pipeline.ReadResponse(io.TeeReader(s, hash), maxGrad)
@@ -588,95 +588,41 @@ func (t *Trainer) finishMicro(n int, loss float64, isLast bool) {
 	if t.index == 0 {
 		// Engine time per micro-batch: the busy time since the last one
 		// finished (concurrent micro-batches share it).
-		busy := t.busyLocked()
+		busy := t.meters.busyTime()
 		t.flight.observeCompute(busy - t.flightBusy)
 		t.flightBusy = busy
 	}
-	if isLast && loss > 0 {
-		if t.lossEMA == 0 {
-			t.lossEMA = loss
-		} else {
-			t.lossEMA = 0.9*t.lossEMA + 0.1*loss
-		}
-	}
 	t.mu.Unlock()
-	t.account(n)
+	if isLast {
+		t.meters.observeLoss(loss)
+	}
+	t.meters.account(n)
 	t.gossip.Poke()
 	t.kickEpoch()
 }
 
-// beginCompute and endCompute bracket engine work (forward, backward):
-// busy time is the wall time during which any of it runs, so micro-batches
-// computed concurrently count once and utilisation stays within 1.
-func (t *Trainer) beginCompute() {
-	t.mu.Lock()
-	if t.computing == 0 {
-		t.computeFrom = t.clk.Now()
-	}
-	t.computing++
-	t.mu.Unlock()
-}
-
-func (t *Trainer) endCompute() {
-	t.mu.Lock()
-	t.computing--
-	if t.computing == 0 {
-		t.busy += t.clk.Since(t.computeFrom)
-	}
-	t.mu.Unlock()
-}
-
-// busyLocked is the time this node has spent computing (t.mu held).
-func (t *Trainer) busyLocked() time.Duration {
-	if t.computing > 0 {
-		return t.busy + t.clk.Since(t.computeFrom)
-	}
-	return t.busy
-}
-
-// account adds finished samples to the node's measurements.
-func (t *Trainer) account(n int) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.processed += int64(n)
-	now := t.clk.Now()
-	t.tpWindow = append(t.tpWindow, tpPoint{now, t.processed})
-	for len(t.tpWindow) > 2 && now.Sub(t.tpWindow[0].t) > 10*time.Second {
-		t.tpWindow = t.tpWindow[1:]
-	}
-}
-
-// throughputLocked is samples/s through this shard over the last seconds.
-func (t *Trainer) throughputLocked() float64 {
-	if len(t.tpWindow) < 2 {
-		return 0
-	}
-	a, b := t.tpWindow[0], t.tpWindow[len(t.tpWindow)-1]
-	span := t.clk.Since(a.t).Seconds()
-	if span < 0.5 || b.n == a.n {
-		return 0
-	}
-	return float64(b.n-a.n) / span
-}
-
-// rateLocked is the measured compute rate in FLOP/s (claims use it).
+// rateLocked is the compute rate in FLOP/s the claims use: measured, or
+// the announced one before that (t.mu held).
 func (t *Trainer) rateLocked() float64 {
-	busy := t.busyLocked()
-	if busy < time.Second || t.index < 0 || t.processed == 0 {
+	if t.index < 0 {
 		return t.startRate()
 	}
-	return float64(t.processed) * t.flops[t.index] / busy.Seconds()
+	if r, ok := t.meters.rate(t.flops[t.index]); ok {
+		return r
+	}
+	return t.startRate()
 }
 
 // record is this node's progress record.
 func (t *Trainer) record() progress.Record {
 	paused := t.pausedNow()
+	last := t.meters.lastRound()
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	r := progress.Record{
 		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
-		Throughput: t.throughputLocked(), Epoch: t.epoch, Samples: t.samples, Loss: t.lossEMA,
-		Round: t.lastAvg.Round, GroupSize: t.lastAvg.GroupSize, Fraction: t.lastAvg.Fraction, Accuracy: t.accuracy,
+		Throughput: t.meters.throughput(), Epoch: t.epoch, Samples: t.samples, Loss: t.meters.loss(),
+		Round: last.Round, GroupSize: last.GroupSize, Fraction: last.Fraction, Accuracy: t.accuracy,
 		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
 	}
 	if t.credit != nil {

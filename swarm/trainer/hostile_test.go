@@ -227,10 +227,7 @@ func TestPipelineTargetOutsideLabels(t *testing.T) {
 			t.Fatalf("target %d: %d invalid refusals, want %d", target, got, i+1)
 		}
 	}
-	tr.mu.Lock()
-	processed := tr.processed
-	tr.mu.Unlock()
-	if processed != 0 {
+	if processed := tr.meters.samples(); processed != 0 {
 		t.Errorf("%d samples processed from refused requests", processed)
 	}
 }

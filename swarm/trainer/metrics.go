@@ -1,35 +1,10 @@
 package trainer
 
 import (
-	"sync/atomic"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swarm-train/swarm/swarm/progress"
-	"github.com/swarm-train/swarm/swarm/statesync"
 )
-
-// counters are the trainer's event counts that no other state keeps.
-type counters struct {
-	avgRounds  atomic.Uint64 // averaging rounds finished (with peers or alone)
-	avgGrouped atomic.Uint64 // of them, rounds averaged with at least one peer
-	fetched    atomic.Uint64 // bytes of state downloaded from donors
-	pipeSent   atomic.Uint64 // bytes of training requests and responses this node wrote
-}
-
-// setLastAvg records a finished averaging round (t.mu held).
-func (t *Trainer) setLastAvg(info avgInfo) {
-	t.lastAvg = info
-	t.ctr.avgRounds.Add(1)
-	if info.GroupSize > 1 {
-		t.ctr.avgGrouped.Add(1)
-	}
-}
-
-// fetched counts a downloaded snapshot.
-func (t *Trainer) fetched(s *statesync.Snapshot) {
-	t.ctr.fetched.Add(uint64(4 * (len(s.Params) + len(s.Opt))))
-}
 
 // RegisterMetrics registers the trainer's collectors (swarm_training_*) on
 // reg. They are read at scrape time from the trainer's state.
@@ -95,12 +70,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	sum := progress.Summarize(t.tracker.Live(t.clk.Now()), len(t.m.Shards))
 	t.mu.Lock()
-	epoch, index, state, done := t.epoch, t.index, t.state, t.done
-	processed, busy, tp := t.processed, t.busyLocked(), t.throughputLocked()
-	avg, acc := t.lastAvg, t.accuracy
-	wall := t.clk.Since(t.start).Seconds()
+	epoch, index, state, done, acc := t.epoch, t.index, t.state, t.done, t.accuracy
 	flight := t.flightLimitLocked()
 	t.mu.Unlock()
+	mt := t.meters
+	processed, busy, tp, avg, wall := mt.samples(), mt.busyTime(), mt.throughput(), mt.lastRound(), mt.wall().Seconds()
 	if done {
 		state = progress.StateDone
 	}
@@ -130,7 +104,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit("utilization_ratio", util)
 	emit("compute_seconds_total", busy.Seconds())
 	emit("in_flight_limit", float64(flight))
-	rounds, grouped := t.ctr.avgRounds.Load(), t.ctr.avgGrouped.Load()
+	rounds, grouped := mt.avgRounds.Load(), mt.avgGrouped.Load()
 	emit("averaging_rounds_total", float64(grouped), "grouped")
 	emit("averaging_rounds_total", float64(rounds-grouped), "alone")
 	emit("averaging_group_size", float64(avg.GroupSize))
@@ -141,8 +115,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit("pipeline_hop_failures_total", float64(bs.Failures))
 	emit("pipeline_hop_retries_total", float64(bs.Retries))
 	emit("pipeline_bans_total", float64(bs.Bans))
-	emit("pipeline_bytes_sent_total", float64(t.ctr.pipeSent.Load()))
-	emit("statesync_bytes_total", float64(t.ctr.fetched.Load()), "fetched")
+	emit("pipeline_bytes_sent_total", float64(t.pipeSent.Load()))
+	emit("statesync_bytes_total", float64(mt.fetched.Load()), "fetched")
 	emit("statesync_bytes_total", float64(t.states.BytesServed()), "served")
 	emit("accuracy", acc)
 }

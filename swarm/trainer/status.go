@@ -67,11 +67,13 @@ func (t *Trainer) Status() Status {
 	recs := t.tracker.Live(t.clk.Now())
 	paused := t.pausedNow()
 	sum := progress.Summarize(recs, len(t.m.Shards))
+	mt := t.meters
+	busy, wall := mt.busyTime().Seconds(), mt.wall().Seconds()
 	t.mu.Lock()
 	st := Status{
 		RunID: t.runID, RunName: t.m.Name, Mode: t.m.Averaging.Mode, Epoch: t.epoch, Epochs: t.totalEpochs(),
-		Shard: t.index, State: t.state, TargetBatch: t.m.Training.TargetBatch, Averaging: t.lastAvg,
-		Accuracy: -1, Samples: t.core.Samples(t.inputLocked()),
+		Shard: t.index, State: t.state, TargetBatch: t.m.Training.TargetBatch, Averaging: mt.lastRound(),
+		Accuracy: -1, Samples: t.core.Samples(t.inputLocked()), Processed: mt.samples(),
 	}
 	if t.done {
 		st.State = progress.StateDone
@@ -79,12 +81,10 @@ func (t *Trainer) Status() Status {
 	if st.State == progress.StateOnline && paused {
 		st.State = progress.StatePaused
 	}
-	if wall := t.clk.Since(t.start).Seconds(); wall > 0 {
-		busy := t.busyLocked().Seconds()
+	if wall > 0 {
 		st.Utilization = busy / wall
 		st.BusySeconds, st.WallSeconds = busy, wall
 	}
-	st.Processed = t.processed
 	sh := t.shard
 	t.mu.Unlock()
 	if sh != nil {

@@ -43,6 +43,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -177,7 +178,7 @@ type Trainer struct {
 	pipeRead  time.Duration
 	flops     []float64
 	clk       clock.Clock
-	start     time.Time
+	meters    *meters
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -215,7 +216,6 @@ type Trainer struct {
 	done       bool
 	accuracy   float64
 	evalLoss   float64
-	lossEMA    float64
 	movedAt    time.Time
 	inner      int // local mode: inner steps since the last outer step
 	// pending: an overlapped outer step is averaging; pendingInner is
@@ -225,35 +225,15 @@ type Trainer struct {
 	anchor       []float32
 	outerMom     []float32
 
-	// measurements
-	busy        time.Duration // wall time during which the engine computed (beginCompute)
-	computing   int           // engine calls running now
-	computeFrom time.Time     // when the running ones began
-	flightBusy  time.Duration // busy when the last micro-batch finished (flightCtl)
-	processed   int64         // samples through this shard, all time
-	tpWindow    []tpPoint
-	lastAvg     avgInfo
-	src         data.Source
-	srcMu       sync.Mutex
-	nextMB      uint64
-	kick        chan struct{}
-	wg          sync.WaitGroup
-	closeOnce   sync.Once
-	cancel      context.CancelFunc
-	ctr         counters // behind the Prometheus collectors (metrics.go)
-}
-
-type tpPoint struct {
-	t time.Time
-	n int64
-}
-
-type avgInfo struct {
-	Round     uint64  `json:"round"`
-	GroupSize int     `json:"group_size"`
-	Fraction  float64 `json:"fraction"`
-	Mode      string  `json:"mode"`
-	Seconds   float64 `json:"seconds"`
+	flightBusy time.Duration // busy time when the last micro-batch finished (flightCtl)
+	pipeSent   atomic.Uint64 // bytes of training requests and responses this node wrote
+	src        data.Source
+	srcMu      sync.Mutex
+	nextMB     uint64
+	kick       chan struct{}
+	wg         sync.WaitGroup
+	closeOnce  sync.Once
+	cancel     context.CancelFunc
 }
 
 // New builds a trainer and registers its protocols on the host; Run starts it.
@@ -268,7 +248,7 @@ func New(cfg Config) (*Trainer, error) {
 	}
 	clk := clock.Or(cfg.Clock)
 	t := &Trainer{
-		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, start: clk.Now(),
+		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, meters: newMeters(clk),
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
 		accuracy: -1, kick: make(chan struct{}, 1), flight: newFlightCtl(),

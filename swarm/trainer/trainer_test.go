@@ -247,7 +247,7 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	st := s.tr[0].Status()
 	t.Logf("local steps: accuracy %.4f, rounds %d, last averaging %+v", st.Accuracy, st.Epoch, st.Averaging)
 	for i, tr := range s.tr {
-		t.Logf("node %d: %d outer rounds, %d averaged with a peer", i, tr.ctr.avgRounds.Load(), tr.ctr.avgGrouped.Load())
+		t.Logf("node %d: %d outer rounds, %d averaged with a peer", i, tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load())
 	}
 	if st.Accuracy < 0.8 {
 		t.Fatalf("accuracy %.4f, want >= 0.8", st.Accuracy)
@@ -431,10 +431,7 @@ func TestBF16Activations(t *testing.T) {
 	// First shard: a sample's request carries hidden activations (and a
 	// target); the second shard answers with as many gradient values.
 	for i, tr := range s.tr {
-		tr.mu.Lock()
-		processed := tr.processed
-		tr.mu.Unlock()
-		perSample := float64(tr.ctr.pipeSent.Load()) / float64(processed)
+		perSample := float64(tr.pipeSent.Load()) / float64(tr.meters.samples())
 		t.Logf("node %d: %.1f bytes a sample", i, perSample)
 		if perSample > 2*hidden+8 { // + the target, + headers spread over 64 samples
 			t.Errorf("node %d sent %.1f bytes a sample; bf16 is %d for the values", i, perSample, 2*hidden)
