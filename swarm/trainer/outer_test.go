@@ -1,0 +1,68 @@
+package trainer
+
+import (
+	"math"
+	"testing"
+)
+
+func near(t *testing.T, what string, got, want []float32) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d values, want %d", what, len(got), len(want))
+	}
+	for i := range got {
+		if math.Abs(float64(got[i]-want[i])) > 1e-6 {
+			t.Fatalf("%s = %v, want %v", what, got, want)
+		}
+	}
+}
+
+// The outer step worked by hand, lr 0.7, μ 0.9:
+//
+//	anchor [1, 2], momentum [0.5, 0], parameters [0.8, 2.4]
+//	Δ         = anchor − parameters       = [0.2, −0.4]
+//	momentum' = 0.9·[0.5, 0] + [0.2, −0.4] = [0.65, −0.4]
+//	anchor'   = [1 − 0.7·(0.2 + 0.9·0.65), 2 − 0.7·(−0.4 + 0.9·(−0.4))]
+//	          = [1 − 0.7·0.785, 2 + 0.7·0.76] = [0.4505, 2.532]
+func TestNesterovByHand(t *testing.T) {
+	anchor, mom, params := []float32{1, 2}, []float32{0.5, 0}, []float32{0.8, 2.4}
+	delta := outerDelta(anchor, params)
+	near(t, "delta", delta, []float32{0.2, -0.4})
+	newAnchor, newMom := nesterov(anchor, mom, delta, 0.7, 0.9)
+	near(t, "momentum'", newMom, []float32{0.65, -0.4})
+	near(t, "anchor'", newAnchor, []float32{0.4505, 2.532})
+	// Pure: the arguments are as they were.
+	near(t, "anchor", anchor, []float32{1, 2})
+	near(t, "momentum", mom, []float32{0.5, 0})
+	near(t, "delta after", delta, []float32{0.2, -0.4})
+}
+
+// From zero momentum the first step is anchor − lr·(1 + μ)·Δ; with lr 1
+// and μ 0 the outer step is plain averaging: it lands on the holders' mean
+// parameters.
+func TestNesterovSpecialCases(t *testing.T) {
+	anchor := []float32{1, -1, 0.5}
+	a, b := []float32{0.5, -0.5, 0.5}, []float32{0.9, -2, 1.5} // two holders' parameters
+	da, db := outerDelta(anchor, a), outerDelta(anchor, b)
+	mean := make([]float32, len(anchor))
+	for i := range mean {
+		mean[i] = (da[i] + db[i]) / 2 // [0.3, 0.25, -0.5]
+	}
+	got, mom := nesterov(anchor, make([]float32, 3), mean, 1, 0)
+	near(t, "averaging step", got, []float32{0.7, -1.25, 1})
+	near(t, "its momentum", mom, mean)
+	got, mom = nesterov(anchor, make([]float32, 3), mean, 0.5, 0.9)
+	// anchor − 0.5·1.9·Δ = [1 − 0.285, −1 − 0.2375, 0.5 + 0.475]
+	near(t, "first step", got, []float32{0.715, -1.2375, 0.975})
+	near(t, "first momentum", mom, mean)
+}
+
+// After the outer step a holder's parameters are the new anchor, plus the
+// progress it made since its delta was taken when that carries over.
+func TestOuterParams(t *testing.T) {
+	anchor := []float32{0.45, 2.5}
+	params, taken := []float32{0.9, 1.6}, []float32{1, 1.5} // moved [−0.1, 0.1] while averaging
+	near(t, "carried", outerParams(anchor, params, taken), []float32{0.35, 2.6})
+	near(t, "not carried", outerParams(anchor, params, nil), anchor)
+	near(t, "params unchanged", params, []float32{0.9, 1.6})
+}
