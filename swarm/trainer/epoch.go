@@ -415,7 +415,7 @@ func (t *Trainer) avgKey(index int, what string) string {
 // evaluate runs the held-out set through the pipeline (first-shard nodes,
 // once the run is finished) and publishes the accuracy.
 func (t *Trainer) evaluate(ctx context.Context) {
-	ev := t.src.Eval()
+	ev := t.drive.evalSet()
 	if ev == nil || ev.Len == 0 {
 		return
 	}

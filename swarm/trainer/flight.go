@@ -74,20 +74,3 @@ func (f *flightCtl) want() int {
 	w := int(math.Ceil(float64(slices.Min(f.trips)) / float64(f.compute)))
 	return min(max(w, autoMinInFlight), autoMaxInFlight)
 }
-
-// flightLimitLocked is how many micro-batches this node may have in the
-// pipeline now (t.mu held).
-func (t *Trainer) flightLimitLocked() int {
-	if t.cfg.InFlight > 0 {
-		return t.cfg.InFlight
-	}
-	return t.flight.limit
-}
-
-// driveLoops is the number of goroutines that draw micro-batches.
-func (t *Trainer) driveLoops() int {
-	if t.cfg.InFlight > 0 {
-		return t.cfg.InFlight
-	}
-	return autoMaxInFlight
-}

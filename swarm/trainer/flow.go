@@ -506,57 +506,19 @@ func (t *Trainer) call(ctx context.Context, p peer.ID, kind uint8, payload []byt
 	return res, nil
 }
 
-// driveLoop draws micro-batches on a first-shard node and sends them
-// through the pipeline.
-func (t *Trainer) driveLoop(ctx context.Context) {
-	for ctx.Err() == nil {
-		if t.waitRunning(ctx) != nil {
-			continue
-		}
-		sh, epoch, n, ok := t.mayDraw(ctx)
-		if !ok {
-			continue
-		}
-		start := t.clk.Now()
-		t.srcMu.Lock()
-		b := t.src.Next(n)
-		t.srcMu.Unlock()
-		mctx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
-		_, err := t.process(mctx, sh, 0, epoch, pipeline.KindTrain, b, nil, b.Targets)
-		cancel()
-		t.mu.Lock()
-		if t.epoch == epoch {
-			t.drawn -= n
-		}
-		t.driving--
-		if err == nil {
-			t.flight.observeTrip(t.clk.Since(start))
-		}
-		t.mu.Unlock()
-		t.release()
-		if err != nil && ctx.Err() == nil {
-			t.gossip.Poke() // the samples it claimed are free again
-			if !errors.Is(err, errStale) {
-				t.log.Debug("micro-batch failed", "err", err)
-			}
-			_ = clock.Sleep(ctx, t.clk, 50*time.Millisecond)
-		}
-	}
-}
-
-// mayDraw waits until this node may start a micro-batch: online on shard
-// 0, the epoch open and (sync mode) the swarm's finished and started
-// samples short of the target batch. It returns the micro-batch's size:
-// the batch size, or what is left of the target batch.
-func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool) {
+// admitDraw waits until the first-shard driver may start a micro-batch and
+// admits it: online on shard 0, the epoch open, a place in flight free
+// (slots) and, in sync mode, the swarm's finished and started samples
+// short of the target batch. It returns the micro-batch's size: the batch
+// size, or what is left of the target batch.
+func (t *Trainer) admitDraw(ctx context.Context, slots flightSlots) (engine.Shard, uint64, int, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for {
 		if ctx.Err() != nil {
 			return nil, 0, 0, false
 		}
-		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing &&
-			t.driving < t.flightLimitLocked() {
+		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing && slots.room() {
 			n := t.m.Training.BatchSize
 			if t.sync() {
 				// At most its share of the target batch, and what the others
@@ -569,8 +531,8 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 				n = min(n, left)
 			}
 			if n > 0 {
+				slots.take()
 				t.inflight++
-				t.driving++
 				t.drawn += n
 				t.gossip.Poke()
 				return t.shard, t.epoch, n, true
@@ -580,19 +542,36 @@ func (t *Trainer) mayDraw(ctx context.Context) (engine.Shard, uint64, int, bool)
 	}
 }
 
+// undraw ends a micro-batch the driver drew in epoch: its samples no
+// longer count as drawn, and its place in the epoch is free.
+func (t *Trainer) undraw(epoch uint64, n int) {
+	t.mu.Lock()
+	if t.epoch == epoch {
+		t.drawn -= n
+	}
+	t.mu.Unlock()
+	t.release()
+}
+
+// send runs a drawn micro-batch through the pipeline from shard 0.
+func (t *Trainer) send(ctx context.Context, sh engine.Shard, epoch uint64, b *engine.Batch) error {
+	_, err := t.process(ctx, sh, 0, epoch, pipeline.KindTrain, b, nil, b.Targets)
+	return err
+}
+
+// poke pushes this node's progress record now.
+func (t *Trainer) poke() { t.gossip.Poke() }
+
 // finishMicro accounts a finished training micro-batch.
 func (t *Trainer) finishMicro(n int, loss float64, isLast bool) {
 	t.mu.Lock()
 	t.samples += n
 	t.micro++
-	if t.index == 0 {
-		// Engine time per micro-batch: the busy time since the last one
-		// finished (concurrent micro-batches share it).
-		busy := t.meters.busyTime()
-		t.flight.observeCompute(busy - t.flightBusy)
-		t.flightBusy = busy
-	}
+	first := t.index == 0
 	t.mu.Unlock()
+	if first {
+		t.drive.computed(t.meters.busyTime())
+	}
 	if isLast {
 		t.meters.observeLoss(loss)
 	}

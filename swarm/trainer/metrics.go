@@ -71,8 +71,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	sum := progress.Summarize(t.tracker.Live(t.clk.Now()), len(t.m.Shards))
 	t.mu.Lock()
 	epoch, index, state, done, acc := t.epoch, t.index, t.state, t.done, t.accuracy
-	flight := t.flightLimitLocked()
 	t.mu.Unlock()
+	flight := t.drive.limit()
 	mt := t.meters
 	processed, busy, tp, avg, wall := mt.samples(), mt.busyTime(), mt.throughput(), mt.lastRound(), mt.wall().Seconds()
 	if done {

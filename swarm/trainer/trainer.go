@@ -204,8 +204,6 @@ type Trainer struct {
 	norms    []progress.EpochNorm
 	closing  bool
 	inflight int
-	driving  int // micro-batches this node drew and has not finished (first shard)
-	flight   flightCtl
 	ahead    uint64 // highest epoch seen in a request from a peer
 	// trained: this node stepped on its shard since it joined it (state
 	// sync then needs donors that agree; agree.go).
@@ -225,15 +223,13 @@ type Trainer struct {
 	anchor       []float32
 	outerMom     []float32
 
-	flightBusy time.Duration // busy time when the last micro-batch finished (flightCtl)
-	pipeSent   atomic.Uint64 // bytes of training requests and responses this node wrote
-	src        data.Source
-	srcMu      sync.Mutex
-	nextMB     uint64
-	kick       chan struct{}
-	wg         sync.WaitGroup
-	closeOnce  sync.Once
-	cancel     context.CancelFunc
+	pipeSent  atomic.Uint64 // bytes of training requests and responses this node wrote
+	drive     *driver
+	nextMB    uint64
+	kick      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	cancel    context.CancelFunc
 }
 
 // New builds a trainer and registers its protocols on the host; Run starts it.
@@ -251,10 +247,11 @@ func New(cfg Config) (*Trainer, error) {
 		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, meters: newMeters(clk),
 		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk),
 		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
-		accuracy: -1, kick: make(chan struct{}, 1), flight: newFlightCtl(),
+		accuracy: -1, kick: make(chan struct{}, 1),
 		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
+	t.drive = newDriver(clk, t.log, cfg.HopTimeout, cfg.InFlight, t)
 	if t.faults, err = parseFaults(cfg.Fault); err != nil {
 		return nil, err
 	}
@@ -350,7 +347,7 @@ func (t *Trainer) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("trainer: data: %w", err)
 	}
-	t.src = src
+	t.drive.src = src
 	t.goLoop(ctx, func(ctx context.Context) { t.gossip.Run(ctx, t.cfg.RecordTTL/6, 5*time.Millisecond) })
 
 	// Hear from the swarm before choosing, then wait a random moment so
@@ -371,8 +368,8 @@ func (t *Trainer) Run(ctx context.Context) error {
 	if t.cfg.Shard < 0 {
 		t.goLoop(ctx, t.rebalanceLoop)
 	}
-	for range t.driveLoops() {
-		t.goLoop(ctx, t.driveLoop)
+	for range t.drive.loops() {
+		t.goLoop(ctx, t.drive.run)
 	}
 	<-ctx.Done()
 	t.mu.Lock()

@@ -508,7 +508,7 @@ func TestConcurrentEvaluations(t *testing.T) {
 	// evaluations overlapping there show.
 	s.add(1, func(c *Config) { c.Engine = slowEval{c.Engine} })
 	waitFor(t, time.Minute, "both nodes online", func() bool { return s.allOnline() && len(a.holders(1, false)) > 0 })
-	ev := a.src.Eval()
+	ev := a.drive.evalSet()
 	a.mu.Lock()
 	sh, epoch := a.shard, a.epoch
 	a.mu.Unlock()
