@@ -52,36 +52,36 @@ func (t *Trainer) startCredit() error {
 
 // stamp is the stage's receipt for a training request from sender whose
 // bytes hash to sum (nil without receipts).
-func (t *Trainer) stamp(sender peer.ID, epoch uint64, n int, sum [32]byte) []byte {
-	if t.credit == nil {
+func (s *stageServer) stamp(sender peer.ID, epoch uint64, n int, sum [32]byte) []byte {
+	if s.credit == nil {
 		return nil
 	}
-	return t.credit.Stamp(sender, epoch, n, sum)
+	return s.credit.Stamp(sender, epoch, n, sum)
 }
 
 // earn keeps a receipt stage gave this node; a bad one is refused and
 // counted (a stage that signs garbage gains nothing by it).
-func (t *Trainer) earn(stage peer.ID, raw []byte, n int, sum [32]byte) {
-	if t.credit == nil || len(raw) == 0 {
+func (s *stageServer) earn(stage peer.ID, raw []byte, n int, sum [32]byte) {
+	if s.credit == nil || len(raw) == 0 {
 		return
 	}
-	if err := t.credit.Earn(stage, raw, n, sum); err != nil && !errors.Is(err, credit.ErrLedgerFull) {
-		t.refuse(stage, string(pipeline.Protocol), whyReceipt, err)
+	if err := s.credit.Earn(stage, raw, n, sum); err != nil && !errors.Is(err, credit.ErrLedgerFull) {
+		s.refusals.Refuse(stage, string(pipeline.Protocol), whyReceipt, err)
 	}
 }
 
 // awaitAck reads the sender's acknowledgement of an answer whose bytes
 // were out, and keeps the receipt it carries.
-func (t *Trainer) awaitAck(s network.Stream, sender peer.ID, n int, out []byte) {
-	_ = s.SetReadDeadline(clock.WallDeadline(ackWait))
-	raw, err := pipeline.ReadAck(s)
+func (s *stageServer) awaitAck(st network.Stream, sender peer.ID, n int, out []byte) {
+	_ = st.SetReadDeadline(clock.WallDeadline(ackWait))
+	raw, err := pipeline.ReadAck(st)
 	if err != nil {
 		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, context.DeadlineExceeded) {
-			t.refuse(sender, string(pipeline.Protocol), whyReceipt, err)
+			s.refusals.Refuse(sender, string(pipeline.Protocol), whyReceipt, err)
 		}
 		return
 	}
-	t.earn(sender, raw, n, sha256.Sum256(out))
+	s.earn(sender, raw, n, sha256.Sum256(out))
 }
 
 // creditLoop checks one peer's claim every Config.CreditEvery: a random live
@@ -118,7 +118,7 @@ func (t *Trainer) creditLoop(ctx context.Context) {
 			errors.Is(err, credit.ErrReplay), errors.Is(err, credit.ErrMalformed), errors.Is(err, credit.ErrSelfReceipt),
 			errors.Is(err, credit.ErrWire):
 			t.cfg.Refusals.BanFor(p, banCredit, err)
-			t.bal.Ban(p, banPoison, "credit claim its receipts do not back")
+			t.stage.bal.Ban(p, banPoison, "credit claim its receipts do not back")
 		default:
 			t.log.Debug("credit check failed", "peer", p, "err", err)
 		}

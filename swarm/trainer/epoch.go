@@ -434,7 +434,7 @@ func (t *Trainer) evaluate(ctx context.Context) {
 				return
 			}
 			ectx, cancel := context.WithTimeout(ctx, t.cfg.HopTimeout)
-			res, err = t.process(ectx, sh, 0, epoch, pipeline.KindEval, b, nil, b.Targets)
+			res, err = t.stage.process(ectx, sh, 0, epoch, pipeline.KindEval, b, nil, b.Targets)
 			cancel()
 			if err == nil {
 				break
@@ -461,4 +461,11 @@ func (t *Trainer) evaluate(ctx context.Context) {
 	t.mu.Unlock()
 	t.gossip.Poke()
 	t.log.Info("evaluation", "set", ev.Name, "samples", n, "accuracy", fmt.Sprintf("%.4f", acc), "loss", fmt.Sprintf("%.4f", lossSum/float64(n)))
+}
+
+func (t *Trainer) kickEpoch() {
+	select {
+	case t.kick <- struct{}{}:
+	default:
+	}
 }

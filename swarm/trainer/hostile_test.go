@@ -37,7 +37,7 @@ func victim(t *testing.T, hidden int, hold bool) (*Trainer, *guard.Refusals, hos
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tr.Close() })
-	tr.pipeRead = 300 * time.Millisecond
+	tr.stage.readTimeout = 300 * time.Millisecond
 	if !hold {
 		return tr, ref, attackerOf(t, tr)
 	}
@@ -109,7 +109,7 @@ func open(t *testing.T, from host.Host, to peer.ID, b []byte) network.Stream {
 // sizes past the layout's limits are refused before any body is read.
 func TestPipelineStalledSenders(t *testing.T) {
 	tr, ref, attacker := victim(t, 2048, false)
-	s := tr.shape(1)
+	s := tr.stage.shape(1)
 	full := uint32(s.MaxN * s.ActPerSample)
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
@@ -150,7 +150,7 @@ func TestPipelineStalledSenders(t *testing.T) {
 // others are answered busy and counted.
 func TestPipelineParallelFlood(t *testing.T) {
 	tr, ref, attacker := victim(t, 32, false)
-	tr.pipeRead = 5 * time.Second // the served ones wait for their bodies
+	tr.stage.readTimeout = 5 * time.Second // the served ones wait for their bodies
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -161,7 +161,7 @@ func TestPipelineParallelFlood(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			st := open(t, attacker, tr.h.ID(), header(3, 1, uint32(tr.shape(1).ActPerSample)))
+			st := open(t, attacker, tr.h.ID(), header(3, 1, uint32(tr.stage.shape(1).ActPerSample)))
 			mu.Lock()
 			all = append(all, st)
 			mu.Unlock()
@@ -183,14 +183,14 @@ func TestPipelineParallelFlood(t *testing.T) {
 	if busy != 64-pipePerPeer {
 		t.Fatalf("%d of 64 answered busy, want %d", busy, 64-pipePerPeer)
 	}
-	waitFor(t, 5*time.Second, "the slots released", func() bool { return tr.pipeSlots.Peers() == 0 })
+	waitFor(t, 5*time.Second, "the slots released", func() bool { return tr.stage.slots.Peers() == 0 })
 }
 
 // A request far ahead of the node's epoch is refused before its body and
 // leaves no sticky state.
 func TestPipelineFarEpoch(t *testing.T) {
 	tr, ref, attacker := victim(t, 32, true)
-	s := tr.shape(1)
+	s := tr.stage.shape(1)
 	q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: math.MaxUint64, N: 1,
 		Act: make([]float32, s.ActPerSample), Targets: []int32{1}}
 	st := open(t, attacker, tr.h.ID(), q.Encode())
@@ -212,7 +212,7 @@ func TestPipelineFarEpoch(t *testing.T) {
 // excluded: each target comes from another attacker).
 func TestPipelineTargetOutsideLabels(t *testing.T) {
 	tr, ref, _ := victim(t, 32, true)
-	s := tr.shape(1)
+	s := tr.stage.shape(1)
 	for i, target := range []int32{int32(s.Classes), -1} {
 		attacker := attackerOf(t, tr)
 		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, N: 1,

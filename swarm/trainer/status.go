@@ -124,3 +124,41 @@ func (t *Trainer) Status() Status {
 	}
 	return st
 }
+
+// rateLocked is the compute rate in FLOP/s the claims use: measured, or
+// the announced one before that (t.mu held).
+func (t *Trainer) rateLocked() float64 {
+	if t.index < 0 {
+		return t.startRate()
+	}
+	if r, ok := t.meters.rate(t.flops[t.index]); ok {
+		return r
+	}
+	return t.startRate()
+}
+
+// record is this node's progress record.
+func (t *Trainer) record() progress.Record {
+	paused := t.pausedNow()
+	last := t.meters.lastRound()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	r := progress.Record{
+		Shard: max(t.index, 0), State: t.state, Device: t.cfg.Device, Rate: t.rateLocked(),
+		Throughput: t.meters.throughput(), Epoch: t.epoch, Samples: t.samples, Loss: t.meters.loss(),
+		Round: last.Round, GroupSize: last.GroupSize, Fraction: last.Fraction, Accuracy: t.accuracy,
+		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
+	}
+	if t.credit != nil {
+		r.Credit = t.credit.Credited().Samples
+	}
+	if t.index < 0 {
+		r.State = progress.StateJoining
+		r.Shard = -1 // not a holder yet
+	}
+	if t.done {
+		r.State = progress.StateDone
+	}
+	t.lieLocked(&r)
+	return r
+}

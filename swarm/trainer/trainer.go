@@ -43,7 +43,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -171,14 +170,13 @@ type Trainer struct {
 	gossip  *progress.Gossip
 	states  *statesync.Server
 	avg     *averaging.Averager
-	bal     *pipeline.Balancer
-	// pipeSlots caps the pipeline requests served at once, per peer and
-	// in all; pipeRead bounds reading one (pipeReadTimeout).
-	pipeSlots *pipeline.Slots
-	pipeRead  time.Duration
-	flops     []float64
-	clk       clock.Clock
-	meters    *meters
+	flops   []float64
+	clk     clock.Clock
+
+	// The collaborators (each locks its own state).
+	stage  *stageServer
+	drive  *driver
+	meters *meters
 
 	rngMu sync.Mutex
 	rng   *rand.Rand
@@ -223,9 +221,6 @@ type Trainer struct {
 	anchor       []float32
 	outerMom     []float32
 
-	pipeSent  atomic.Uint64 // bytes of training requests and responses this node wrote
-	drive     *driver
-	nextMB    uint64
 	kick      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
@@ -245,12 +240,12 @@ func New(cfg Config) (*Trainer, error) {
 	clk := clock.Or(cfg.Clock)
 	t := &Trainer{
 		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, meters: newMeters(clk),
-		tracker: progress.NewTracker(cfg.RecordTTL), bal: pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk),
-		rng: rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
+		tracker: progress.NewTracker(cfg.RecordTTL),
+		rng:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
 		accuracy: -1, kick: make(chan struct{}, 1),
-		pipeSlots: pipeline.NewSlots(pipePerPeer, pipeTotal), pipeRead: pipeReadTimeout,
 	}
 	t.cond = sync.NewCond(&t.mu)
+	t.stage = newStageServer(&cfg, clk, t.log, pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk), t)
 	t.drive = newDriver(clk, t.log, cfg.HopTimeout, cfg.InFlight, t)
 	if t.faults, err = parseFaults(cfg.Fault); err != nil {
 		return nil, err
@@ -300,9 +295,12 @@ func New(cfg Config) (*Trainer, error) {
 	if err := t.startCredit(); err != nil {
 		return nil, fmt.Errorf("trainer: credit: %w", err)
 	}
-	t.h.SetStreamHandler(pipeline.Protocol, t.handle)
+	t.stage.credit = t.credit
+	t.h.SetStreamHandler(pipeline.Protocol, t.stage.handle)
 	return t, nil
 }
+
+func (t *Trainer) sync() bool { return syncMode(t.m) }
 
 // matchWindow keeps matchmaking short next to the averaging timeout.
 func matchWindow(m *run.Manifest) time.Duration {

@@ -431,7 +431,7 @@ func TestBF16Activations(t *testing.T) {
 	// First shard: a sample's request carries hidden activations (and a
 	// target); the second shard answers with as many gradient values.
 	for i, tr := range s.tr {
-		perSample := float64(tr.pipeSent.Load()) / float64(tr.meters.samples())
+		perSample := float64(tr.stage.sent.Load()) / float64(tr.meters.samples())
 		t.Logf("node %d: %.1f bytes a sample", i, perSample)
 		if perSample > 2*hidden+8 { // + the target, + headers spread over 64 samples
 			t.Errorf("node %d sent %.1f bytes a sample; bf16 is %d for the values", i, perSample, 2*hidden)
@@ -513,7 +513,7 @@ func TestConcurrentEvaluations(t *testing.T) {
 	sh, epoch := a.shard, a.epoch
 	a.mu.Unlock()
 	eval := func(i int) (uint32, error) {
-		res, err := a.process(context.Background(), sh, 0, epoch, pipeline.KindEval, ev.Batch(i*evalBatch, evalBatch), nil, ev.Batch(i*evalBatch, evalBatch).Targets)
+		res, err := a.stage.process(context.Background(), sh, 0, epoch, pipeline.KindEval, ev.Batch(i*evalBatch, evalBatch), nil, ev.Batch(i*evalBatch, evalBatch).Targets)
 		if err != nil {
 			return 0, err
 		}

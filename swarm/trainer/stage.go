@@ -1,0 +1,471 @@
+package trainer
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/credit"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+)
+
+// stageServer is this node's stage of the pipeline. It serves the previous
+// stage's requests (handle: admission, bounded reads, validation, busy and
+// excluded answers), runs a micro-batch through this stage and the ones
+// after it (process), and forwards activations to a holder of the next
+// stage, retrying other holders and banning peers that fail or send bad
+// data (forwardNext); training answers carry receipts both ways (credit.go).
+// It owns the next-stage balancer, the request slots, the micro-batch
+// numbering and the bytes it sent; the epoch gate and the shard's engine
+// state are the trainer's, reached through stageGate. It has no lock of its
+// own: the balancer, the slots and the credit service lock themselves.
+type stageServer struct {
+	m        *run.Manifest
+	h        host.Host
+	clk      clock.Clock
+	log      *slog.Logger
+	refusals *guard.Refusals
+	hop      time.Duration // one micro-batch's trip to the end of the pipeline and back
+	faultNaN bool          // Config.FaultNaN
+	gate     stageGate
+
+	bal   *pipeline.Balancer // the next stage's holders: speed, queue, bans
+	slots *pipeline.Slots    // requests served at once, per peer and in all
+	// readTimeout bounds reading one request (pipeReadTimeout; tests
+	// shorten it).
+	readTimeout time.Duration
+	nextID      atomic.Uint64 // the last micro-batch ID sent
+	sent        atomic.Uint64 // bytes of training requests and responses written
+	// credit signs and keeps the receipts of training micro-batches
+	// (credit.go; nil without a host key).
+	credit *credit.Service
+}
+
+// stageGate is what the stage server needs of the trainer.
+type stageGate interface {
+	// admit registers a micro-batch of kind and epoch on shard index (a
+	// training one may wait up to wait for the node to reach its epoch);
+	// it returns the shard, the node's epoch and an answer code. release
+	// ends an admitted micro-batch.
+	admit(index int, kind uint8, epoch uint64, wait time.Duration) (engine.Shard, uint64, uint8, error)
+	release()
+	// position is the node's epoch and whether it holds a shard.
+	position() (epoch uint64, holding bool)
+	// forward and backward run sh's engine under the trainer's engine
+	// lock, as busy time; backward fails with errStale once sh or (sync
+	// mode) epoch is no longer the node's.
+	forward(sh engine.Shard, b *engine.Batch, in []float32, train bool) ([]float32, float32, engine.Tape, error)
+	backward(sh engine.Shard, epoch uint64, tape engine.Tape, grad []float32) ([]float32, error)
+	// completed accounts a finished training micro-batch of n samples
+	// (local mode: after the inner step it takes).
+	completed(sh engine.Shard, n int, loss float32, last bool)
+	// holders are the live holders of shard index other than this node.
+	holders(index int, withJoining bool) []peer.ID
+	// waitOpen waits up to d while a micro-batch of kind and epoch may go
+	// on; false, at once, when it may not (ctx ended, or in sync mode the
+	// epoch closed or moved on).
+	waitOpen(ctx context.Context, kind uint8, epoch uint64, d time.Duration) bool
+	// pausedNow reports whether the volunteer's limits pause training.
+	pausedNow() bool
+}
+
+// Ban durations.
+const (
+	banFailed  = 15 * time.Second // no answer, broken stream, bad answer
+	banBusy    = 300 * time.Millisecond
+	banPoison  = 10 * time.Minute // sent non-finite values
+	maxRetries = 4
+)
+
+var errStale = errors.New("epoch moved on")
+
+// evalBatch is the micro-batch size of evaluation requests.
+const evalBatch = 250
+
+// Limits on serving pipeline requests.
+const (
+	// pipeReadTimeout bounds reading one request: a sender that stalls is
+	// dropped then.
+	pipeReadTimeout = 10 * time.Second
+	// pipePerPeer requests of one peer are served at once (a first-shard
+	// peer keeps at most autoMaxInFlight in the pipeline; a middle stage
+	// relays several of them), pipeTotal of all peers.
+	pipePerPeer = 4 * autoMaxInFlight
+	pipeTotal   = 8 * pipePerPeer
+	// maxEpochLead is how far ahead of this node's epoch a request's epoch
+	// may be; further is a lie (or a node that cannot share this one's work).
+	maxEpochLead = 16
+	// answerTimeout bounds writing an answer.
+	answerTimeout = 10 * time.Second
+)
+
+// Reasons for refused pipeline input (guard).
+const (
+	protoPipeline = "pipeline"
+	whyOversize   = "oversize"
+	whyStall      = "stall"
+	whyFlood      = "flood"
+	whyEpoch      = "epoch"
+	whyMalformed  = "malformed"
+	whyInvalid    = "invalid"
+)
+
+var errFarEpoch = errors.New("epoch far ahead of this node's")
+
+func newStageServer(cfg *Config, clk clock.Clock, log *slog.Logger, bal *pipeline.Balancer, gate stageGate) *stageServer {
+	return &stageServer{m: cfg.Manifest, h: cfg.Host, clk: clk, log: log, refusals: cfg.Refusals, hop: cfg.HopTimeout,
+		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: pipeline.NewSlots(pipePerPeer, pipeTotal),
+		readTimeout: pipeReadTimeout}
+}
+
+// syncMode reports whether m averages gradients every epoch (sync), not
+// parameter deltas every local_steps (local).
+func syncMode(m *run.Manifest) bool { return m.Averaging.Mode != run.ModeLocal }
+
+// shape is what shard index expects of incoming requests.
+func (s *stageServer) shape(index int) pipeline.Shape {
+	m := s.m
+	sh := pipeline.Shape{MaxN: max(4*m.Training.BatchSize, evalBatch)}
+	if index > 0 {
+		sh.ActPerSample = m.ActivationSize(index - 1)
+	}
+	if index == len(m.Shards)-1 {
+		sh.TargetsPerSample, sh.Classes = 1, m.Model.Classes
+		if m.Model.Arch == run.ArchGPTChar {
+			sh.TargetsPerSample, sh.Classes = m.Model.BlockSize, m.Model.Vocab
+		}
+	}
+	return sh
+}
+
+func (s *stageServer) last(index int) bool { return index == len(s.m.Shards)-1 }
+
+// wirePrecision is the precision of activations and gradients this node
+// sends between shards (the run's training.activations).
+func (s *stageServer) wirePrecision() uint8 {
+	if s.m.Training.Activations == run.ActivationsBF16 {
+		return pipeline.BF16
+	}
+	return pipeline.FP32
+}
+
+// requestLimits is what a request's body may declare, from the run's layout:
+// the micro-batch the stage accepts times the width of its input boundary.
+// It refuses before the body is read a request whose header already fails.
+func (s *stageServer) requestLimits(q *pipeline.Request) (pipeline.Limits, error) {
+	index := int(q.Shard)
+	if index <= 0 || index >= len(s.m.Shards) {
+		return pipeline.Limits{}, fmt.Errorf("shard %d does not take requests: %w", index, pipeline.ErrOversize)
+	}
+	sh := s.shape(index)
+	if int64(q.N) > int64(sh.MaxN) {
+		return pipeline.Limits{}, fmt.Errorf("micro-batch of %d samples, limit %d: %w", q.N, sh.MaxN, pipeline.ErrOversize)
+	}
+	if q.Kind == pipeline.KindTrain && syncMode(s.m) {
+		own, holding := s.gate.position()
+		if holding && q.Epoch > own+maxEpochLead {
+			return pipeline.Limits{}, fmt.Errorf("epoch %d, this node is in %d: %w", q.Epoch, own, errFarEpoch)
+		}
+	}
+	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample}, nil
+}
+
+// readReason names why a request could not be read; "" for a stream the
+// sender reset (it gave up: nothing to hold against it).
+func readReason(err error) string {
+	var ne interface{ Timeout() bool }
+	switch {
+	case errors.Is(err, pipeline.ErrOversize):
+		return whyOversize
+	case errors.Is(err, errFarEpoch):
+		return whyEpoch
+	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return whyStall
+	case errors.Is(err, network.ErrReset):
+		return ""
+	}
+	return whyMalformed
+}
+
+// handle serves one pipeline request from the previous stage.
+func (s *stageServer) handle(st network.Stream) {
+	defer st.Close()
+	from := st.Conn().RemotePeer()
+	if s.refusals.Banned(from) {
+		st.Reset()
+		return
+	}
+	if banned, why := s.bal.Banned(from); banned {
+		s.answer(st, &pipeline.Response{Code: pipeline.CodeBadInput, Msg: "excluded: " + why}, false)
+		return
+	}
+	if !s.slots.Acquire(from) {
+		s.refusals.Refuse(from, protoPipeline, whyFlood, fmt.Errorf("more than %d requests at once", pipePerPeer))
+		s.answer(st, &pipeline.Response{Code: pipeline.CodeBusy, Msg: "too many requests at once"}, false)
+		return
+	}
+	defer s.slots.Release(from)
+	_ = st.SetReadDeadline(clock.WallDeadline(s.readTimeout))
+	hash := sha256.New() // of the request as received: what its receipt credits
+	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), s.requestLimits)
+	if err != nil {
+		st.Reset()
+		if why := readReason(err); why != "" {
+			s.refusals.Refuse(from, protoPipeline, why, err)
+			s.bal.Ban(from, banFailed, why)
+		}
+		return
+	}
+	train := q.Kind == pipeline.KindTrain
+	resp := s.serve(from, q)
+	if train && resp.Code == pipeline.CodeOK {
+		resp.Receipt = s.stamp(from, q.Epoch, int(q.N), [32]byte(hash.Sum(nil)))
+	}
+	if out := s.answer(st, resp, train); out != nil && len(resp.Receipt) > 0 {
+		s.awaitAck(st, from, int(q.N), out)
+	}
+}
+
+// answer writes a response to a pipeline request and returns the bytes
+// written (nil when the write failed).
+func (s *stageServer) answer(st network.Stream, resp *pipeline.Response, train bool) []byte {
+	resp.Precision = s.wirePrecision()
+	_ = st.SetWriteDeadline(clock.WallDeadline(answerTimeout))
+	out := resp.Encode()
+	if _, err := st.Write(out); err != nil {
+		st.Reset()
+		return nil
+	}
+	if train {
+		s.sent.Add(uint64(len(out)))
+	}
+	return out
+}
+
+func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Response {
+	if banned, why := s.bal.Banned(from); banned {
+		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: "excluded: " + why}
+	}
+	index := int(q.Shard)
+	if index <= 0 || index >= len(s.m.Shards) {
+		return &pipeline.Response{Code: pipeline.CodeWrongRun, Msg: fmt.Sprintf("shard %d does not take requests", index)}
+	}
+	if err := s.shape(index).Validate(q); err != nil {
+		// A peer that sends garbage or NaN is excluded for a long while.
+		s.bal.Ban(from, banPoison, err.Error())
+		s.refusals.Refuse(from, protoPipeline, whyInvalid, err)
+		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
+	}
+	if s.gate.pausedNow() {
+		return &pipeline.Response{Code: pipeline.CodeBusy, Msg: "paused by the volunteer's limits"}
+	}
+	sh, epoch, code, err := s.gate.admit(index, q.Kind, q.Epoch, 2*time.Second)
+	if err != nil {
+		return &pipeline.Response{Code: code, Msg: err.Error()}
+	}
+	defer s.gate.release()
+	b := &engine.Batch{N: int(q.N)}
+	if s.last(index) {
+		b.Targets = q.Targets
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.hop)
+	defer cancel()
+	res, err := s.process(ctx, sh, index, epoch, q.Kind, b, q.Act, q.Targets)
+	if err != nil {
+		code := uint8(pipeline.CodeDownstream)
+		if errors.Is(err, errStale) {
+			code = pipeline.CodeStale
+		}
+		return &pipeline.Response{Code: code, Msg: err.Error()}
+	}
+	if s.faultNaN {
+		for i := range res.Grad {
+			res.Grad[i] = float32(math.NaN())
+		}
+	}
+	return res
+}
+
+// process runs a micro-batch through this stage and the ones after it.
+// On the first shard b carries the inputs; targets travel to the last one.
+func (s *stageServer) process(ctx context.Context, sh engine.Shard, index int, epoch uint64, kind uint8, b *engine.Batch, in []float32, targets []int32) (*pipeline.Response, error) {
+	train := kind == pipeline.KindTrain
+	// On the last shard an evaluation returns its own logits: evaluations
+	// from several first-shard nodes run here at once.
+	out, loss, tape, err := s.gate.forward(sh, b, in, train)
+	if err != nil {
+		return nil, fmt.Errorf("forward: %w", err)
+	}
+	res := &pipeline.Response{Code: pipeline.CodeOK}
+	var gradOut []float32
+	if s.last(index) {
+		res.Loss = loss
+		if !train {
+			res.Correct = countCorrect(out, targets, s.m)
+			return res, nil
+		}
+	} else {
+		if s.faultNaN {
+			for i := range out {
+				out[i] = float32(math.NaN())
+			}
+		}
+		next, err := s.forwardNext(ctx, index+1, epoch, kind, b.N, out, targets)
+		if err != nil {
+			if tape != nil {
+				tape.Release()
+			}
+			return nil, err
+		}
+		res.Loss, res.Correct = next.Loss, next.Correct
+		if !train {
+			return res, nil
+		}
+		gradOut = next.Grad
+	}
+	gradIn, err := s.gate.backward(sh, epoch, tape, gradOut)
+	if err != nil {
+		return nil, err
+	}
+	res.Grad = gradIn
+	s.gate.completed(sh, b.N, res.Loss, s.last(index))
+	return res, nil
+}
+
+func countCorrect(logits []float32, targets []int32, m *run.Manifest) uint32 {
+	c := m.Model.Classes
+	if m.Model.Arch != run.ArchMLPMNIST || c == 0 || len(logits) != len(targets)*c {
+		return 0
+	}
+	var n uint32
+	for i, y := range targets {
+		row := logits[i*c : (i+1)*c]
+		best := 0
+		for j := range row {
+			if row[j] > row[best] {
+				best = j
+			}
+		}
+		if best == int(y) {
+			n++
+		}
+	}
+	return n
+}
+
+// forwardNext sends activations to a holder of stage index, retrying with
+// other holders, and checks the answer.
+func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, kind uint8, n int, act []float32, targets []int32) (*pipeline.Response, error) {
+	q := &pipeline.Request{Kind: kind, Shard: uint32(index), Epoch: epoch, N: uint32(n), Act: act,
+		Targets:   targets, // the last stage needs them; middle stages pass them on
+		Precision: s.wirePrecision(), ID: s.nextID.Add(1)}
+	payload := q.Encode()
+	tried := map[peer.ID]bool{}
+	var lastErr error
+	for attempt := 0; attempt < maxRetries; attempt++ {
+		cands := s.gate.holders(index, false)
+		p, ok := s.bal.Pick(cands, tried)
+		if !ok {
+			if lastErr == nil {
+				lastErr = fmt.Errorf("no reachable holder of shard %d", index)
+			}
+			// Wait a moment for a holder to appear or a ban to lapse,
+			// unless the epoch closes meanwhile: its end waits for this
+			// micro-batch, and so would the shard's other holders.
+			if !s.gate.waitOpen(ctx, kind, epoch, 100*time.Millisecond) {
+				return nil, fmt.Errorf("%w: %v", errStale, lastErr)
+			}
+			tried = map[peer.ID]bool{}
+			continue
+		}
+		tried[p] = true
+		start := s.clk.Now()
+		s.bal.Begin(p)
+		res, err := s.call(ctx, p, kind, payload, len(act), epoch, n)
+		if err == nil {
+			switch {
+			case res.Code == pipeline.CodeStale:
+				s.bal.End(p, 0, 0, false, 0, "")
+				return nil, fmt.Errorf("%w: %s", errStale, res.Msg)
+			case res.Code != pipeline.CodeOK:
+				err = fmt.Errorf("peer %s: code %d: %s", p, res.Code, res.Msg)
+			case kind == pipeline.KindTrain && len(res.Grad) != len(act):
+				err = fmt.Errorf("peer %s: gradient of %d values, want %d", p, len(res.Grad), len(act))
+			case !pipeline.Finite(res.Grad) || math.IsNaN(float64(res.Loss)) || math.IsInf(float64(res.Loss), 0):
+				s.bal.End(p, 0, 0, true, banPoison, "sent non-finite gradients")
+				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
+				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
+				continue
+			}
+		}
+		if err != nil {
+			ban := banFailed
+			if res != nil && res.Code == pipeline.CodeBusy {
+				ban = banBusy
+			}
+			s.bal.End(p, 0, 0, true, ban, err.Error())
+			lastErr = err
+			continue
+		}
+		s.bal.End(p, n, s.clk.Since(start), false, 0, "")
+		return res, nil
+	}
+	if lastErr == nil {
+		lastErr = ctx.Err()
+	}
+	return nil, lastErr
+}
+
+// call sends one encoded request of the given kind (n samples of epoch) to
+// p and reads the answer, whose gradient holds at most maxGrad values. A
+// training answer's receipt is kept and acknowledged with this node's
+// receipt for the answer.
+func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (*pipeline.Response, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.hop)
+	defer cancel()
+	st, err := s.h.NewStream(ctx, p, pipeline.Protocol)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	if d, ok := ctx.Deadline(); ok {
+		_ = st.SetDeadline(d)
+	}
+	if _, err := st.Write(payload); err != nil {
+		st.Reset()
+		return nil, err
+	}
+	if kind == pipeline.KindTrain {
+		s.sent.Add(uint64(len(payload)))
+	}
+	hash := sha256.New() // of the answer as received: what the acknowledgement credits
+	res, err := pipeline.ReadResponse(io.TeeReader(st, hash), maxGrad)
+	if err != nil {
+		st.Reset()
+		return nil, err
+	}
+	if len(res.Receipt) > 0 {
+		var ack []byte
+		if kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && pipeline.Finite(res.Grad) {
+			s.earn(p, res.Receipt, n, sha256.Sum256(payload))
+			ack = s.stamp(p, epoch, n, [32]byte(hash.Sum(nil)))
+		}
+		_, _ = st.Write(pipeline.AppendAck(nil, ack))
+	}
+	return res, nil
+}
