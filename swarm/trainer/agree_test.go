@@ -12,6 +12,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
@@ -19,7 +20,7 @@ import (
 // donorOf serves snap as a holder of its shard would, on a host linked to
 // tr.
 func donorOf(t *testing.T, tr *Trainer, snap *statesync.Snapshot) host.Host {
-	h := loopback(t)
+	h := testutil.Host(t)
 	tr.h.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
 	statesync.NewServer(h, func(shard int) (*statesync.Snapshot, error) {
 		c := *snap
@@ -89,7 +90,7 @@ func TestCatchUpByAgreement(t *testing.T) {
 	}
 
 	// A donor that announces the honest header and serves other bytes.
-	bad := loopback(t)
+	bad := testutil.Host(t)
 	tr.h.Peerstore().AddAddrs(bad.ID(), bad.Addrs(), time.Hour)
 	real := donorOf(t, tr, honest)
 	bad.SetStreamHandler(statesync.Protocol, func(st network.Stream) {

@@ -9,30 +9,34 @@ import (
 	"testing"
 	"time"
 
-	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 // victim is a trainer of a 2-shard run with hidden units a layer, holding
-// shard 1 if hold (not running: its handlers serve), and an attacker host
-// linked to it.
-func victim(t *testing.T, hidden int, hold bool) (*Trainer, *guard.Refusals, host.Host) {
+// shard 1 at epoch 3 if hold (not running: its handlers serve), and an
+// attacker host linked to it; muts change its configuration.
+func victim(t *testing.T, hidden int, hold bool, muts ...func(*Config)) (*Trainer, *guard.Refusals, host.Host) {
 	t.Helper()
-	h := loopback(t)
+	h := testutil.Host(t)
 	ref, err := guard.New(nil, nil, guard.Policy{Strikes: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := smallMNIST(2, hidden, 10)
 	eng := native.New(native.WithThreads(1))
-	tr, err := New(Config{Manifest: m, Engine: eng, Host: h, RunPeers: func() []peer.ID { return nil }, Shard: 1, Refusals: ref})
+	cfg := Config{Manifest: m, Engine: eng, Host: h, RunPeers: func() []peer.ID { return nil }, Shard: 1, Refusals: ref}
+	for _, mut := range muts {
+		mut(&cfg)
+	}
+	tr, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,20 +55,10 @@ func victim(t *testing.T, hidden int, hold bool) (*Trainer, *guard.Refusals, hos
 	return tr, ref, attackerOf(t, tr)
 }
 
-func loopback(t *testing.T) host.Host {
-	t.Helper()
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { h.Close() })
-	return h
-}
-
 // attackerOf is a fresh host that can reach tr (one that the victim has
 // not excluded yet).
 func attackerOf(t *testing.T, tr *Trainer) host.Host {
-	a := loopback(t)
+	a := testutil.Host(t)
 	a.Peerstore().AddAddrs(tr.h.ID(), tr.h.Addrs(), time.Hour)
 	return a
 }
@@ -117,7 +111,7 @@ func TestPipelineStalledSenders(t *testing.T) {
 	for range 16 {
 		streams = append(streams, open(t, attacker, tr.h.ID(), header(3, uint32(s.MaxN), full)))
 	}
-	waitFor(t, 5*time.Second, "the stalled streams dropped", func() bool { return refusals(ref, whyStall) == 16 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the stalled streams dropped"), func() bool { return refusals(ref, whyStall) == 16 })
 	runtime.ReadMemStats(&after)
 	// 16 × the declared 4×full bytes would be megabytes; the buffers grow
 	// only as bytes arrive.
@@ -143,7 +137,7 @@ func TestPipelineStalledSenders(t *testing.T) {
 		}
 		st.Reset()
 	}
-	waitFor(t, 5*time.Second, "oversize refusals", func() bool { return refusals(ref, whyOversize) == 3 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("oversize refusals"), func() bool { return refusals(ref, whyOversize) == 3 })
 }
 
 // 64 parallel requests of one peer: at most pipePerPeer are served, the
@@ -168,7 +162,7 @@ func TestPipelineParallelFlood(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	waitFor(t, 5*time.Second, "the flood refused", func() bool { return refusals(ref, whyFlood) == 64-pipePerPeer })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the flood refused"), func() bool { return refusals(ref, whyFlood) == 64-pipePerPeer })
 	deadline := time.Now().Add(100 * time.Millisecond) // answers to the refused are written already
 	for _, st := range all {
 		_ = st.SetReadDeadline(deadline)
@@ -183,7 +177,7 @@ func TestPipelineParallelFlood(t *testing.T) {
 	if busy != 64-pipePerPeer {
 		t.Fatalf("%d of 64 answered busy, want %d", busy, 64-pipePerPeer)
 	}
-	waitFor(t, 5*time.Second, "the slots released", func() bool { return tr.stage.slots.Peers() == 0 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the slots released"), func() bool { return tr.stage.slots.Peers() == 0 })
 }
 
 // A request far ahead of the node's epoch is refused before its body and
@@ -198,7 +192,7 @@ func TestPipelineFarEpoch(t *testing.T) {
 		t.Fatal("a far-future request got an answer")
 	}
 	st.Reset()
-	waitFor(t, 5*time.Second, "the epoch refusal", func() bool { return refusals(ref, whyEpoch) == 1 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the epoch refusal"), func() bool { return refusals(ref, whyEpoch) == 1 })
 	tr.mu.Lock()
 	ahead := tr.ahead
 	tr.mu.Unlock()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/engine/native"
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/pipeline"
@@ -113,18 +114,6 @@ func (s *swarmT) allOnline() bool {
 	return true
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // TestTwoShardsTwoNodes: four nodes choose shards by themselves (ending
 // 2-2), train a small MLP through the pipeline with collaborative epochs,
 // and reach a useful test accuracy; the holders of each shard end with
@@ -141,7 +130,7 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 	// The node that evaluated: only first-shard holders do, and the nodes
 	// chose their shards themselves.
 	var st Status
-	waitFor(t, 3*time.Minute, "the run to finish and report accuracy", func() bool {
+	testutil.Eventually(t, 3*time.Minute, testutil.Says("the run to finish and report accuracy"), func() bool {
 		for _, tr := range s.tr {
 			if st = tr.Status(); st.Accuracy >= 0 && st.Epoch >= uint64(steps) {
 				return true
@@ -164,7 +153,7 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 	}
 	// Holders of one shard stepped with the same averaged gradients: compare
 	// once every node took the run's last step.
-	waitFor(t, time.Minute, "every node to finish the run", func() bool {
+	testutil.Eventually(t, time.Minute, testutil.Says("every node to finish the run"), func() bool {
 		for _, tr := range s.tr {
 			if tr.Status().Epoch < uint64(steps) {
 				return false
@@ -237,11 +226,11 @@ func testLocalSteps(t *testing.T, overlap bool) {
 			}
 		})
 	}
-	waitFor(t, time.Minute, "all four nodes online", s.allOnline)
+	testutil.Eventually(t, time.Minute, testutil.Says("all four nodes online"), s.allOnline)
 	close(gate)
 	// The first node's own evaluation: another first-shard holder may
 	// finish a moment earlier.
-	waitFor(t, 6*time.Minute, "the local-steps run to finish", func() bool {
+	testutil.Eventually(t, 6*time.Minute, testutil.Says("the local-steps run to finish"), func() bool {
 		return s.tr[0].Status().Accuracy >= 0
 	})
 	st := s.tr[0].Status()
@@ -255,7 +244,7 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	if st.Averaging.GroupSize < 2 {
 		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
 	}
-	waitFor(t, time.Minute, "every node to finish the run", func() bool {
+	testutil.Eventually(t, time.Minute, testutil.Says("every node to finish the run"), func() bool {
 		for _, tr := range s.tr {
 			if st := tr.Status(); st.Epoch < uint64(st.Epochs) {
 				return false
@@ -296,11 +285,11 @@ func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
 	// shard draws finds it online (a failed one would be replaced by the
 	// next micro-batch of the stream, not the one the reference uses).
 	second := s.add(1, nil)
-	waitFor(t, time.Minute, "the second shard's holder to be online", func() bool {
+	testutil.Eventually(t, time.Minute, testutil.Says("the second shard's holder to be online"), func() bool {
 		return second.Status().State == progress.StateOnline
 	})
 	first := s.add(0, nil)
-	waitFor(t, time.Minute, "both shards to take the run's one step", func() bool {
+	testutil.Eventually(t, time.Minute, testutil.Says("both shards to take the run's one step"), func() bool {
 		for _, tr := range s.tr {
 			if tr.Status().Epoch < 1 {
 				return false
@@ -368,13 +357,20 @@ func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
 func TestPausedNodeShown(t *testing.T) {
 	s := &swarmT{t: t, m: smallMNIST(2, 32, 100000)}
 	var mu sync.Mutex
-	paused := false
+	paused, changed := false, make(chan struct{})
+	pause := func(p bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		paused = p
+		close(changed)
+		changed = make(chan struct{})
+	}
 	s.add(0, nil)
 	held := s.add(1, func(c *Config) {
 		c.WaitRunning = func(ctx context.Context) error {
 			for {
 				mu.Lock()
-				p := paused
+				p, ch := paused, changed
 				mu.Unlock()
 				if !p {
 					return nil
@@ -382,7 +378,7 @@ func TestPausedNodeShown(t *testing.T) {
 				select {
 				case <-ctx.Done():
 					return ctx.Err()
-				case <-time.After(20 * time.Millisecond):
+				case <-ch:
 				}
 			}
 		}
@@ -396,19 +392,15 @@ func TestPausedNodeShown(t *testing.T) {
 		}
 		return ""
 	}
-	waitFor(t, time.Minute, "the swarm to take a step", func() bool { return s.tr[0].Status().Epoch >= 1 })
-	mu.Lock()
-	paused = true
-	mu.Unlock()
-	waitFor(t, 30*time.Second, "its peer to show the held node paused", func() bool {
+	testutil.Eventually(t, time.Minute, testutil.Says("the swarm to take a step"), func() bool { return s.tr[0].Status().Epoch >= 1 })
+	pause(true)
+	testutil.Eventually(t, 30*time.Second, testutil.Says("its peer to show the held node paused"), func() bool {
 		return shownBy(s.tr[0]) == progress.StatePaused && held.Status().State == progress.StatePaused
 	})
-	mu.Lock()
-	paused = false
-	mu.Unlock()
-	waitFor(t, 30*time.Second, "the node to show online again", func() bool { return shownBy(s.tr[0]) == progress.StateOnline })
+	pause(false)
+	testutil.Eventually(t, 30*time.Second, testutil.Says("the node to show online again"), func() bool { return shownBy(s.tr[0]) == progress.StateOnline })
 	from := s.tr[0].Status().Epoch
-	waitFor(t, time.Minute, "training to go on", func() bool { return s.tr[0].Status().Epoch > from })
+	testutil.Eventually(t, time.Minute, testutil.Says("training to go on"), func() bool { return s.tr[0].Status().Epoch > from })
 }
 
 // TestBF16Activations: a run whose activations cross shards in bf16 sends
@@ -420,7 +412,7 @@ func TestBF16Activations(t *testing.T) {
 	s := &swarmT{t: t, m: m}
 	s.add(0, nil)
 	s.add(1, nil)
-	waitFor(t, 3*time.Minute, "the run to finish and report accuracy", func() bool {
+	testutil.Eventually(t, 3*time.Minute, testutil.Says("the run to finish and report accuracy"), func() bool {
 		return s.tr[0].Status().Accuracy >= 0
 	})
 	st := s.tr[0].Status()
@@ -459,7 +451,7 @@ func TestShardLeftBehind(t *testing.T) {
 		}
 		return lo, hi
 	}
-	waitFor(t, time.Minute, "the swarm to take steps", func() bool { lo, _ := epochs(); return lo >= 3 })
+	testutil.Eventually(t, time.Minute, testutil.Says("the swarm to take steps"), func() bool { lo, _ := epochs(); return lo >= 3 })
 	sk, _, err := crypto.GenerateEd25519Key(nil)
 	if err != nil {
 		t.Fatal(err)
@@ -488,7 +480,7 @@ func TestShardLeftBehind(t *testing.T) {
 			}
 		}
 	}()
-	waitFor(t, 45*time.Second, fmt.Sprintf("every node past the phantom's epoch %d", ahead), func() bool {
+	testutil.Eventually(t, 45*time.Second, testutil.Says(fmt.Sprintf("every node past the phantom's epoch %d", ahead)), func() bool {
 		lo, _ := epochs()
 		return lo > ahead
 	})
@@ -507,7 +499,7 @@ func TestConcurrentEvaluations(t *testing.T) {
 	// The last shard pauses at the end of each evaluation Forward, so that
 	// evaluations overlapping there show.
 	s.add(1, func(c *Config) { c.Engine = slowEval{c.Engine} })
-	waitFor(t, time.Minute, "both nodes online", func() bool { return s.allOnline() && len(a.holders(1, false)) > 0 })
+	testutil.Eventually(t, time.Minute, testutil.Says("both nodes online"), func() bool { return s.allOnline() && len(a.holders(1, false)) > 0 })
 	ev := a.drive.evalSet()
 	a.mu.Lock()
 	sh, epoch := a.shard, a.epoch

@@ -1,0 +1,66 @@
+package trainer
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+)
+
+// A training request one epoch ahead of the node waits for the node's
+// epoch, on the trainer's clock: answered busy when the wait runs out,
+// admitted as soon as the epoch arrives (and the wait's timer is stopped).
+func TestAdmitWaitsForTheEpoch(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1000, 0))
+	tr, _, _ := victim(t, 32, true, func(c *Config) { c.Clock = clk }) // holds shard 1 at epoch 3
+	type admitted struct {
+		epoch uint64
+		code  uint8
+		err   error
+	}
+	admit := func() <-chan admitted {
+		out := make(chan admitted, 1)
+		go func() {
+			_, epoch, code, err := tr.admit(1, pipeline.KindTrain, 4, 2*time.Second)
+			out <- admitted{epoch, code, err}
+		}()
+		clk.BlockUntil(1) // it waits for epoch 4, at most 2 s
+		return out
+	}
+
+	res := admit()
+	clk.Advance(2*time.Second - time.Millisecond)
+	select {
+	case r := <-res:
+		t.Fatalf("answered before the wait ran out: %+v", r)
+	default:
+	}
+	clk.Advance(time.Millisecond)
+	if r := <-res; r.code != pipeline.CodeBusy || r.err == nil || !strings.Contains(r.err.Error(), "still finishing epoch 3") {
+		t.Fatalf("after the wait: %+v, want busy", r)
+	}
+	tr.mu.Lock()
+	ahead := tr.ahead
+	tr.mu.Unlock()
+	if ahead != 4 {
+		t.Fatalf("ahead = %d, want the request's epoch 4", ahead)
+	}
+
+	res = admit()
+	tr.reopen(tr.shard, 4)
+	if r := <-res; r.code != pipeline.CodeOK || r.err != nil || r.epoch != 4 {
+		t.Fatalf("once the node reached epoch 4: %+v, want admitted", r)
+	}
+	if n := clk.Pending(); n != 0 {
+		t.Fatalf("%d timers left armed", n)
+	}
+	tr.mu.Lock()
+	inflight := tr.inflight
+	tr.mu.Unlock()
+	if inflight != 1 {
+		t.Fatalf("%d micro-batches in flight, want the admitted one", inflight)
+	}
+	tr.release()
+}
