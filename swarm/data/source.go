@@ -14,9 +14,10 @@ import (
 	"github.com/swarm-train/swarm/spec/run"
 )
 
-// Position is where a source stands in its training stream: the epoch (full
-// passes over the training split) and the number of samples already drawn in
-// that epoch. Saving it in a checkpoint and seeking back to it resumes the
+// Position is where a source stands in its training stream: the data epoch
+// (full passes over the training split; not the swarm's epoch, which the
+// README defines under Architecture) and the number of samples already drawn
+// in that data epoch. Saving it in a checkpoint and seeking back to it resumes the
 // exact same sequence of batches.
 type Position struct {
 	Epoch  int64 `json:"epoch"`

@@ -2,10 +2,9 @@
 // epoch ends, whether it averages, catches up or steps, when it averages its
 // whole state, when it may move to another shard, and when it evaluates.
 //
-// An epoch is one collaborative optimizer step: in sync mode the step all
-// holders of a shard take together after averaging the gradients of the
-// target batch; in local mode one outer step after local_steps inner steps.
-// Every other package says "epoch" in this sense.
+// An epoch is one collaborative optimizer step of the swarm (sync mode: the
+// step all holders of a shard take together; local mode: one outer round),
+// as the README defines it under Architecture, "Epoch".
 //
 // The core is a pure state machine, like averaging's matcher: it never
 // touches the network, a goroutine, a lock or the wall clock. The trainer

@@ -2,9 +2,9 @@
 // the run (swarm/claims), downloads the shard's state from its holders
 // (swarm/statesync), passes micro-batches through the pipeline of shards
 // (swarm/pipeline), tells the other nodes how far it got (swarm/progress)
-// and, at the end of each epoch, averages with the other holders of its
-// shard (averaging) before the optimizer step they all take. An epoch is
-// one collaborative optimizer step (defined in swarm/epochs).
+// and, at the end of each epoch (one optimizer step of the swarm, as the
+// README defines it under Architecture, "Epoch"), averages with the other
+// holders of its shard (averaging) before the optimizer step they all take.
 //
 // What happens at an epoch's end is decided by swarm/epochs, a pure state
 // machine: when the epoch is due, whether to catch up and from whom, when a
@@ -14,7 +14,37 @@
 // actions: closing and reopening epochs, averaging, state sync, the
 // optimizer steps and the clipping across shards, evaluation.
 //
-// Goroutines (all started by Run, ended by its context):
+// # Collaborators
+//
+// The Trainer composes parts that each own their state:
+//
+//   - the stage server (stage.go, stageServer) serves the previous stage's
+//     requests, runs micro-batches through this stage and forwards them to
+//     a holder of the next, retrying others and banning peers that fail or
+//     send bad data; it owns the next stage's balancer, the request slots,
+//     the micro-batch IDs and the bytes it sent;
+//   - the first-shard driver (driver.go, driver) draws micro-batches from
+//     the node's own order of the data and keeps several in flight, as many
+//     as the in-flight controller (flight.go) finds keep the engine busy; it
+//     owns the data stream, the controller and its count in flight;
+//   - the meters (meters.go) own the busy time, samples and throughput, the
+//     loss average, the last averaging round and the counts behind the
+//     Prometheus collectors (metrics.go) and Status (status.go);
+//   - local mode's outer optimizer (outer.go) is pure functions of the
+//     anchor, the momentum and the averaged delta; local.go applies them.
+//
+// The Trainer itself owns the epoch state: the shard and its index and
+// state, the epoch and its counters, whether it is closing, the
+// micro-batches admitted in it, the local-mode anchor, and the decision
+// core. It carries out the core's actions (epoch.go, local.go), claims and
+// moves between shards (claim.go), takes state by agreement (agree.go) and
+// serves snapshots. The stage server and the driver reach it only through
+// stageGate and driverGate (gate.go): the epoch gate that admits
+// micro-batches, and the engine under the engine lock.
+//
+// # Goroutines
+//
+// All are started by Run and end with its context:
 //   - the gossip loop (progress.Gossip.Run) pushes this node's record;
 //   - announceLoop refreshes the shard's DHT provider record;
 //   - epochLoop drives the decision core and carries out its actions, one
@@ -22,14 +52,28 @@
 //     abort it;
 //   - rebalanceLoop (unless the shard is pinned) asks the core whether the
 //     node may move and the claims plan where;
-//   - driveLoop, several on a first-shard node, draws micro-batches and
-//     sends them through the pipeline;
-//   - libp2p stream handlers serve pipeline requests (handle), state
-//     snapshots (statesync) and averaging rounds.
+//   - the driver's loops (driver.run; as many as micro-batches may be in
+//     flight, on every node, drawing only while it is online on shard 0)
+//     draw micro-batches and send them through the pipeline;
+//   - libp2p stream handlers serve pipeline requests (stageServer.handle),
+//     state snapshots (statesync) and averaging rounds.
 //
-// Lock order: stepMu (engine state: Forward/Backward read, step, snapshot
-// and loading state write) before mu (counters, epoch, the decision core,
-// cond), before the tracker's own lock; srcMu and rngMu are leaves.
+// # Locks
+//
+// stepMu (the engine's state: forward and backward hold it for reading;
+// optimizer steps, snapshots and state loads for writing) comes before mu
+// (the epoch state, the decision core and cond, which signals changes of
+// the epoch, state and micro-batches in flight), which comes before the
+// leaves: the driver's mu (taken by admitDraw), the meters' mu, the
+// tracker's lock, rngMu and the driver's srcMu. The stage server has no
+// lock; its balancer and slots lock themselves, as leaves.
+//
+// # Time
+//
+// Every wait, timeout, expiry and measurement runs on Config.Clock
+// (internal/clock; nil: the wall clock), which the trainer hands to its
+// gossip, state server and balancer: tests drive them with clock.Manual.
+// Stream deadlines and contexts' timeouts stay on the wall clock.
 //
 // It needs a libp2p host and a few hooks into the node daemon (run peers,
 // DHT provider records); node/training attaches it to a node.
@@ -181,8 +225,9 @@ type Trainer struct {
 	rngMu sync.Mutex
 	rng   *rand.Rand
 
-	// stepMu: Forward/Backward hold it for reading, the optimizer step and
-	// snapshots for writing.
+	// stepMu is the engine lock: Forward/Backward hold it for reading, the
+	// optimizer steps, snapshots and state loads for writing (see Locks in
+	// the package doc).
 	stepMu sync.RWMutex
 
 	// epochsCfg is the run as the decision core sees it; core decides
@@ -190,6 +235,7 @@ type Trainer struct {
 	epochsCfg epochs.Config
 	core      *epochs.Machine
 
+	// mu guards the epoch state below and the decision core.
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when epoch, state or inflight change
 	shard    engine.Shard
@@ -201,7 +247,7 @@ type Trainer struct {
 	drawn    int // samples this node started in this epoch and has not finished (first shard)
 	norms    []progress.EpochNorm
 	closing  bool
-	inflight int
+	inflight int    // micro-batches admitted and not released (closeEpoch waits for them)
 	ahead    uint64 // highest epoch seen in a request from a peer
 	// trained: this node stepped on its shard since it joined it (state
 	// sync then needs donors that agree; agree.go).
@@ -218,8 +264,10 @@ type Trainer struct {
 	// inner when its deltas were taken.
 	pending      bool
 	pendingInner int
-	anchor       []float32
-	outerMom     []float32
+	// anchor and outerMom are local mode's outer state (outer.go),
+	// written under stepMu by the outer step and catch-up.
+	anchor   []float32
+	outerMom []float32
 
 	kick      chan struct{}
 	wg        sync.WaitGroup
