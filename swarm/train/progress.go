@@ -41,6 +41,7 @@ func (p *progress) update(step int64, loss float64, samples int64, dur time.Dura
 		}
 		return
 	}
+	// Wall clock: the bar is redrawn on the terminal at most ten times a second.
 	if now := time.Now(); now.Sub(p.last) < 100*time.Millisecond && step != p.end {
 		return
 	} else {

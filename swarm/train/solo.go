@@ -249,7 +249,7 @@ func (t *Solo) Restore(s *checkpoint.State) error {
 // whole held-out set. A cancelled ctx stops it after the current step with
 // a final checkpoint and ctx's error.
 func (t *Solo) Run(ctx context.Context) (*Result, error) {
-	begin := time.Now()
+	begin := time.Now() // wall clock: Result.Seconds and samples/s are metadata of the run
 	res := &Result{RunID: t.runID, Model: t.m.Model.Arch, Engine: t.eng.Name(), Shards: len(t.shards)}
 	var dir *checkpoint.Dir
 	if t.cfg.CheckpointDir != "" {
