@@ -21,8 +21,9 @@
 //   - the stage server (stage.go, stageServer) serves the previous stage's
 //     requests, runs micro-batches through this stage and forwards them to
 //     a holder of the next, retrying others and banning peers that fail or
-//     send bad data; it owns the next stage's balancer, the request slots,
-//     the micro-batch IDs and the bytes it sent;
+//     send bad data, with receipts both ways for the work (credit.go); it
+//     owns the next stage's balancer, the request slots, the micro-batch
+//     IDs and the bytes it sent;
 //   - the first-shard driver (driver.go, driver) draws micro-batches from
 //     the node's own order of the data and keeps several in flight, as many
 //     as the in-flight controller (flight.go) finds keep the engine busy; it
@@ -47,6 +48,8 @@
 // All are started by Run and end with its context:
 //   - the gossip loop (progress.Gossip.Run) pushes this node's record;
 //   - announceLoop refreshes the shard's DHT provider record;
+//   - creditLoop checks a peer's credit claim against its receipts now
+//     and then (credit.go);
 //   - epochLoop drives the decision core and carries out its actions, one
 //     at a time; during a gradient round a watcher asks the core whether to
 //     abort it;
@@ -56,7 +59,8 @@
 //     flight, on every node, drawing only while it is online on shard 0)
 //     draw micro-batches and send them through the pipeline;
 //   - libp2p stream handlers serve pipeline requests (stageServer.handle),
-//     state snapshots (statesync) and averaging rounds.
+//     state snapshots (statesync), receipts (swarm/credit) and averaging
+//     rounds.
 //
 // # Locks
 //
@@ -66,7 +70,8 @@
 // the epoch, state and micro-batches in flight), which comes before the
 // leaves: the driver's mu (taken by admitDraw), the meters' mu, the
 // tracker's lock, rngMu and the driver's srcMu. The stage server has no
-// lock; its balancer and slots lock themselves, as leaves.
+// lock; its balancer, slots and the credit service lock themselves, as
+// leaves.
 //
 // # Time
 //
