@@ -88,6 +88,21 @@ type Config struct {
 	// RelayService makes this node a circuit relay v2 for peers behind NAT
 	// (on by default for bootstrap nodes).
 	RelayService bool `json:"relay_service"`
+	// RelayTraining makes this volunteer a training relay for its run: a
+	// circuit relay v2 for the run's peers only, whose circuits carry
+	// training traffic (pipeline, averaging, state sync) between peers
+	// that failed to punch a direct connection, within the budgets below
+	// (--relay-training). It needs a public address.
+	RelayTraining bool `json:"relay_training"`
+	// RelayMbps caps the rate this node relays at, all circuits together,
+	// in megabits per second (--relay-mbps).
+	RelayMbps float64 `json:"relay_mbps"`
+	// RelayGBPerDay caps what it relays per UTC day, both directions of
+	// every circuit together, in gigabytes (--relay-gb-per-day).
+	RelayGBPerDay float64 `json:"relay_gb_per_day"`
+	// RelayCircuitMB caps what one circuit carries in each direction, in
+	// MiB; a circuit over it is closed (the peers open another).
+	RelayCircuitMB int `json:"relay_circuit_mb"`
 	// MetricsWithoutToken serves /metrics without the API token, for a
 	// Prometheus scraper on this machine; the Host and Origin checks still
 	// apply and every other endpoint still wants the token.
@@ -165,6 +180,10 @@ func DefaultConfig() Config {
 		MaxFDs:      1024,
 		PortMapping: true,
 		Role:        RoleNode,
+		// Training relay budgets (used with relay_training only).
+		RelayMbps:      100,
+		RelayGBPerDay:  50,
+		RelayCircuitMB: 1024,
 	}
 }
 
@@ -336,6 +355,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("field pause_on_input: %q: %w", c.PauseOnInput, err)
 		}
 	}
+	if err := c.validateRelayTraining(); err != nil {
+		return err
+	}
 	switch c.DHTMode {
 	case DHTAuto, DHTServer, DHTClient:
 	default:
@@ -354,6 +376,33 @@ func (c *Config) Validate() error {
 	case RoleNode, RoleBootstrap:
 	default:
 		return fmt.Errorf("role %q is not node or bootstrap", c.Role)
+	}
+	return nil
+}
+
+// validateRelayTraining checks the training relay's settings: budgets are
+// checked whether or not the relay is on (a config file is checked as a
+// whole); the relay itself needs a volunteer in a run that may be public.
+func (c *Config) validateRelayTraining() error {
+	if !(c.RelayMbps > 0) || c.RelayMbps > 1e6 {
+		return fmt.Errorf("field relay_mbps: %v: want a rate above 0 and at most 1000000 Mbit/s", c.RelayMbps)
+	}
+	if !(c.RelayGBPerDay > 0) || c.RelayGBPerDay > 1e6 {
+		return fmt.Errorf("field relay_gb_per_day: %v: want a budget above 0 and at most 1000000 GB", c.RelayGBPerDay)
+	}
+	if c.RelayCircuitMB < 1 || c.RelayCircuitMB > 1<<20 {
+		return fmt.Errorf("field relay_circuit_mb: %d: want 1 to %d MiB", c.RelayCircuitMB, 1<<20)
+	}
+	if !c.RelayTraining {
+		return nil
+	}
+	switch {
+	case c.Role == RoleBootstrap:
+		return errors.New("field relay_training: a bootstrap node is in no run; run the training relay as a volunteer of the run (swarm node --run ... --relay-training)")
+	case c.RelayService:
+		return errors.New("fields relay_service and relay_training: a node runs one relay; the training relay also carries its run's hellos and records")
+	case c.Reachability == ReachabilityPrivate:
+		return errors.New("field relay_training: a node set private (reachability) cannot be dialled, so it cannot relay; set public on a machine with a public address or a port forward")
 	}
 	return nil
 }

@@ -71,7 +71,8 @@ type Node struct {
 
 	reachMu sync.Mutex
 	reach   network.Reachability
-	nat     natState // peers' connectivity (nat.go)
+	nat     natState       // peers' connectivity (nat.go)
+	trelay  *trainingRelay // this node's training relay (relay_training), nil without
 
 	statusMu sync.Mutex
 	status   map[string]func() any
@@ -200,6 +201,11 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.Role == RoleNode {
 		n.runs = newMembership(n, n.runID, cfg.DiscoveryInterval)
 		n.host.SetStreamHandler(HelloProtocol, n.runs.handleHello)
+		if cfg.RelayTraining {
+			if n.trelay, err = startTrainingRelay(n); err != nil {
+				return nil, err
+			}
+		}
 	}
 	n.refusals.OnOffender(func(p peer.ID, _ string) {
 		if n.runs != nil {
@@ -244,6 +250,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.goLoop(n.watchReachability)
 	if n.runs != nil {
 		n.goLoop(n.runs.run)
+		n.goLoop(n.keepTrainingReservations)
 	}
 	for _, s := range n.cfg.Services {
 		if err := s.Start(n.ctx, n); err != nil {
@@ -313,6 +320,9 @@ func (n *Node) Close() error {
 			}
 		}
 		n.wg.Wait()
+		if n.trelay != nil {
+			n.trelay.Close()
+		}
 		if n.dht != nil {
 			if err := n.dht.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close dht: %w", err))
@@ -469,6 +479,9 @@ func (n *Node) Status() api.Status {
 		st.RunPeers = append(st.RunPeers, n.apiPeer(ai))
 	}
 	st.UnreachablePeers = n.unreachableRunPeers()
+	if n.trelay != nil {
+		st.TrainingRelay = n.trelay.status()
+	}
 	st.Security = n.security()
 	st.MaxUploadMbps = n.cfg.MaxUploadMbps
 	n.statusMu.Lock()
