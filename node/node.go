@@ -168,7 +168,14 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 		return nil
 	}, boot)
-	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk)
+	// In a swarm with public bootstrap nodes, volunteers dial them QUIC
+	// first (dialRanker), guessing their QUIC address when given TCP.
+	var quicBoot []peer.AddrInfo
+	if cfg.Role == RoleNode && n.psk == nil && !localSwarm(boot) {
+		n.boot = withQUICSiblings(boot)
+		quicBoot = n.boot
+	}
+	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk, quicBoot)
 	if err != nil {
 		return nil, err
 	}

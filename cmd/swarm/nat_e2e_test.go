@@ -98,8 +98,31 @@ func (e *natEnv) start(ns, role string, extra ...string) {
 }
 
 // volunteer starts a training node in namespace ns.
-func (e *natEnv) volunteer(ns, manifest string) {
-	e.start(ns, "node", "--run", manifest, "--bootstrap", e.boot, "--threads", "1")
+func (e *natEnv) volunteer(ns, manifest string, extra ...string) {
+	e.start(ns, "node", append([]string{"--run", manifest, "--bootstrap", e.boot, "--threads", "1"}, extra...)...)
+}
+
+// trainingRelay starts the public volunteer as a training relay of the run.
+func (e *natEnv) trainingRelay(manifest string) {
+	e.volunteer("pub", manifest, "--relay-training", "--reachability", "public")
+}
+
+// link is how a lists b among its run peers ("" when it does not).
+func (e *natEnv) link(a, b string) string {
+	sa, err := status(e.t, e.bin, e.homes[a])
+	if err != nil {
+		return ""
+	}
+	sb, err := status(e.t, e.bin, e.homes[b])
+	if err != nil {
+		return ""
+	}
+	for _, p := range sa.RunPeers {
+		if p.PeerID == sb.PeerID {
+			return p.Connection
+		}
+	}
+	return ""
 }
 
 // pairResult is what a pair of volunteers reached.
@@ -269,6 +292,36 @@ func TestNATRouterKinds(t *testing.T) {
 		t.Log(row)
 	})
 	t.Logf("nat results:\n| pair | run peers | direct | training together | link | samples/s |\n|---|---|---|---|---|---|\n%s", strings.Join(rows, "\n"))
+}
+
+// TestNATTrainingRelay: two volunteers behind symmetric NATs (hole
+// punching cannot work) and a public volunteer with --relay-training: the
+// two train together through the training relay (each lists the other as
+// training-relay, the relay counts the bytes), all three past an epoch.
+func TestNATTrainingRelay(t *testing.T) {
+	natAvailable(t)
+	e := newNAT(t, "symmetric", "symmetric")
+	manifest := e2eManifest(t, e.dir, 1, 100000)
+	start := time.Now()
+	e.trainingRelay(manifest)
+	e.volunteer("v1", manifest)
+	e.volunteer("v2", manifest)
+	r := e.trainTogether("v1", "v2", start, 90*time.Second, true)
+	var link string
+	waitUntil(t, 60*time.Second, "v1 to list v2 through the training relay", func() bool {
+		link = e.link("v1", "v2")
+		return link == "training-relay"
+	})
+	var relayed int64
+	waitUntil(t, 60*time.Second, "the training relay to relay training traffic", func() bool {
+		st, err := status(t, e.bin, e.homes["pub"])
+		if err == nil && st.TrainingRelay != nil {
+			relayed = st.TrainingRelay.UsedTodayBytes
+		}
+		return relayed > 1<<20
+	})
+	t.Logf("symmetric NATs + training relay: run peers after %v, training together after %v, v1-v2 link %s (after %v), relayed %.1f MB",
+		r.peers.Round(100*time.Millisecond), r.together.Round(100*time.Millisecond), link, time.Since(start).Round(time.Second), float64(relayed)/1e6)
 }
 
 // natLogLevel is the daemons' log level: SWARM_NAT_LOG, else info.
