@@ -15,6 +15,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/swarm-train/swarm/node/api"
 )
@@ -443,7 +444,13 @@ func (c *Config) ReachabilitySetting() string {
 // /p2p. An entry may end in /p2p/ID only when ID is self (when self is
 // empty any ID passes, for checks before the identity is loaded); relay
 // (p2p-circuit) addresses are refused: the relay client adds its own.
+//
+// An unspecified address (0.0.0.0) is refused, and so is a loopback or
+// private one when the bootstrap nodes are public: peers there cannot
+// reach it.
 func (c *Config) AnnounceAddrs(self peer.ID) ([]ma.Multiaddr, error) {
+	boot, _ := c.BootstrapPeers()
+	public := !localSwarm(boot)
 	var out []ma.Multiaddr
 	for i, s := range c.Announce {
 		a, err := ma.NewMultiaddr(s)
@@ -465,9 +472,25 @@ func (c *Config) AnnounceAddrs(self peer.ID) ([]ma.Multiaddr, error) {
 				return nil, fmt.Errorf("field announce[%d]: %q names no TCP or UDP port", i, s)
 			}
 		}
+		if manet.IsIPUnspecified(transport) {
+			return nil, fmt.Errorf("field announce[%d]: %q is an unspecified address: peers cannot dial it; announce the public IP or DNS name", i, s)
+		}
+		if public && !manet.IsPublicAddr(transport) && isIPAddr(transport) {
+			return nil, fmt.Errorf("field announce[%d]: %q is a loopback or private address, unreachable for peers of a swarm "+
+				"whose bootstrap nodes are public; announce the router's public address and the forwarded port", i, s)
+		}
 		out = append(out, transport)
 	}
 	return out, nil
+}
+
+// isIPAddr reports whether a starts with an IP address (not a DNS name).
+func isIPAddr(a ma.Multiaddr) bool {
+	if len(a) == 0 {
+		return false
+	}
+	code := a[0].Protocol().Code
+	return code == ma.P_IP4 || code == ma.P_IP6
 }
 
 // validateAPIAddr accepts unix:/path or host:port where host is a loopback
