@@ -199,6 +199,14 @@ func (g gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID
 	return g.m.n.limitUpload(s), err
 }
 
+// CanTrainWith reports whether this node can train with the peer (its
+// string form) now: it is not blocked (TrainingLink). The trainer's shard
+// claims consult it (swarm/claims.Reacher).
+func (g gatedHost) CanTrainWith(id string) bool {
+	p, err := peer.Decode(id)
+	return err != nil || !g.m.n.TrainingLink(p).Blocked
+}
+
 // relayable reports whether every protocol asked for may use a relayed
 // connection: only progress records, small and rare, within the relays'
 // limits (relayData).

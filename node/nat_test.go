@@ -211,6 +211,19 @@ func TestRunOverRelay(t *testing.T) {
 	if !strings.Contains(err.Error(), "forward TCP and UDP port") {
 		t.Errorf("error %q says nothing of what to do", err)
 	}
+	// The peer failed to punch and there is no training relay: the next
+	// training stream fails at once, and the trainer's claims count the
+	// peer out.
+	t0 = time.Now()
+	if _, err := b.RunHost().NewStream(ctx, a.Host().ID(), pipeline.Protocol); !errors.Is(err, ErrRelayedOnly) || time.Since(t0) > time.Second {
+		t.Errorf("second pipeline stream: %v after %v, want ErrRelayedOnly at once", err, time.Since(t0))
+	}
+	if l := b.TrainingLink(a.Host().ID()); !l.Blocked || l.Connection != ConnRelayed {
+		t.Errorf("b's training link to a %+v, want relayed and blocked", l)
+	}
+	if r, ok := b.RunHost().(interface{ CanTrainWith(string) bool }); !ok || r.CanTrainWith(a.Host().ID().String()) {
+		t.Error("b's run host says it can train with a")
+	}
 }
 
 // Relay reservations are bounded per IP address: the ninth peer from one
