@@ -18,7 +18,7 @@ import (
 // How often the service looks for shard-mates and neighbouring stages it
 // cannot train with, and how often at most it warns about them.
 const (
-	stallCheck    = 5 * time.Second
+	stallCheck    = 15 * time.Second
 	stallLogEvery = time.Minute
 )
 
