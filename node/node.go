@@ -159,6 +159,15 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		log.Info("private swarm: only peers with the same swarm key can connect; listening on TCP only (QUIC cannot use a pre-shared key)",
 			"swarm_key", cfg.SwarmKeyFile)
 	}
+	// In a swarm with public bootstrap nodes, volunteers dial them QUIC
+	// first (dialRanker), guessing their QUIC address when given TCP; every
+	// dialler of them (this node's loop, the DHT, the relay client) gets
+	// both addresses.
+	var quicBoot []peer.AddrInfo
+	if cfg.Role == RoleNode && n.psk == nil && !localSwarm(boot) {
+		boot = withQUICSiblings(boot)
+		n.boot, quicBoot = boot, boot
+	}
 	// The relay finder may ask for candidates while libp2p.New is still
 	// building the host: it sees none until the host is complete.
 	var built atomic.Pointer[host.Host]
@@ -168,13 +177,6 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 		return nil
 	}, boot)
-	// In a swarm with public bootstrap nodes, volunteers dial them QUIC
-	// first (dialRanker), guessing their QUIC address when given TCP.
-	var quicBoot []peer.AddrInfo
-	if cfg.Role == RoleNode && n.psk == nil && !localSwarm(boot) {
-		n.boot = withQUICSiblings(boot)
-		quicBoot = n.boot
-	}
 	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk, quicBoot)
 	if err != nil {
 		return nil, err
