@@ -521,9 +521,12 @@ func TestNATFallback(t *testing.T) {
 			v[0]/v[2], 100*(v[0]/v[2])/(d[0]/d[2]), v[1]/v[2], 100*(v[1]/v[2])/(d[1]/d[2]))
 	}
 	t.Logf("nat fallback results (reference: drop routers, direct):\n%s", b.String())
+	// The pipeline crosses the relay in the 2-shard run: there it must
+	// keep half the direct run's samples/s. A 1-shard run's samples/s
+	// swing with averaging groups (2 of 3 holders) and load: logged only.
 	for _, k := range order {
 		v, d := sum[k], sum[key{"drop", true, k.shards}]
-		if k.routers == "symmetric" && k.relay && d[2] > 0 && v[0]/v[2] < d[0]/d[2]/2 {
+		if k.routers == "symmetric" && k.relay && k.shards == 2 && d[2] > 0 && v[0]/v[2] < d[0]/d[2]/2 {
 			t.Errorf("%v: %.0f samples/s, under half the direct run's %.0f", k, v[0]/v[2], d[0]/d[2])
 		}
 	}
