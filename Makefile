@@ -30,7 +30,7 @@ test-fast: ## unit tests only (-short), no race detector
 
 .PHONY: nat
 nat: ## NAT suite, long version (root, iptables): every home-router kind and a public control, with timings and samples/s
-	SWARM_NAT=long $(GO) test ./cmd/swarm -run NAT -count=1 -v -timeout 20m
+	SWARM_NAT=long $(GO) test ./cmd/swarm -run NAT -count=1 -v -timeout 45m
 
 .PHONY: redteam
 redteam: ## attack a training swarm on 127.0.0.1 with every protocol's hostile values, long version (64 streams a peer, 1,000 fake peers)

@@ -152,6 +152,14 @@ func (m *membership) gate(proto protocol.ID, h network.StreamHandler) network.St
 			_ = s.Reset()
 			return
 		}
+		if !relayable([]protocol.ID{proto}) && !m.n.carriesTraining(s.Conn()) {
+			// Training traffic goes direct or through a training relay,
+			// never through another relay's limited circuit.
+			m.n.log.Debug("training stream over a relay that is not a training relay refused",
+				"peer", p, "protocol", proto, "conn", s.Conn().RemoteMultiaddr())
+			_ = s.Reset()
+			return
+		}
 		h(m.n.limitUpload(s))
 	}
 }
@@ -177,18 +185,26 @@ func (g gatedHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID
 // connection if that is all there is). Progress records may then go over a
 // relayed connection too; every other training protocol (pipeline, state
 // sync, averaging) moves bulk data and waits, at most directWait, for a
-// direct connection (hole punching), then fails with ErrRelayedOnly.
+// direct connection (hole punching), then goes through a training relay of
+// the run, or fails with ErrRelayedOnly when there is none.
 func (g gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
 	if err := g.m.ensure(network.WithAllowLimitedConn(ctx, "run hello"), p); err != nil {
 		return nil, err
 	}
 	if relayable(pids) {
-		ctx = network.WithAllowLimitedConn(ctx, "progress records")
-	} else if err := g.m.n.waitDirect(ctx, p); err != nil {
-		return nil, err
+		s, err := g.Host.NewStream(network.WithAllowLimitedConn(ctx, "progress records"), p, pids...)
+		return g.m.n.limitUpload(s), err
 	}
-	s, err := g.Host.NewStream(ctx, p, pids...)
+	s, err := g.m.n.trainingStream(ctx, p, pids...)
 	return g.m.n.limitUpload(s), err
+}
+
+// CanTrainWith reports whether this node can train with the peer (its
+// string form) now: it is not blocked (TrainingLink). The trainer's shard
+// claims consult it (swarm/claims.Reacher).
+func (g gatedHost) CanTrainWith(id string) bool {
+	p, err := peer.Decode(id)
+	return err != nil || !g.m.n.TrainingLink(p).Blocked
 }
 
 // relayable reports whether every protocol asked for may use a relayed
@@ -214,16 +230,17 @@ func (n *Node) RunHost() host.Host {
 }
 
 // banGater refuses connections from and to peers the node has banned for
-// repeated bad input.
+// repeated bad input, and relayed connections to a peer that failed to
+// punch through relays other than training relays (relayAllowed).
 type banGater struct{ n *Node }
 
 func (g banGater) InterceptPeerDial(p peer.ID) bool { return !g.n.refusals.Banned(p) }
-func (g banGater) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool {
-	return !g.n.refusals.Banned(p)
+func (g banGater) InterceptAddrDial(p peer.ID, a ma.Multiaddr) bool {
+	return !g.n.refusals.Banned(p) && g.n.relayAllowed(p, a)
 }
 func (g banGater) InterceptAccept(network.ConnMultiaddrs) bool { return true }
-func (g banGater) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return !g.n.refusals.Banned(p)
+func (g banGater) InterceptSecured(_ network.Direction, p peer.ID, cm network.ConnMultiaddrs) bool {
+	return !g.n.refusals.Banned(p) && g.n.relayAllowed(p, cm.RemoteMultiaddr())
 }
 func (g banGater) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 

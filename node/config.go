@@ -15,6 +15,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 
 	"github.com/swarm-train/swarm/node/api"
 )
@@ -88,6 +89,21 @@ type Config struct {
 	// RelayService makes this node a circuit relay v2 for peers behind NAT
 	// (on by default for bootstrap nodes).
 	RelayService bool `json:"relay_service"`
+	// RelayTraining makes this volunteer a training relay for its run: a
+	// circuit relay v2 for the run's peers only, whose circuits carry
+	// training traffic (pipeline, averaging, state sync) between peers
+	// that failed to punch a direct connection, within the budgets below
+	// (--relay-training). It needs a public address.
+	RelayTraining bool `json:"relay_training"`
+	// RelayMbps caps the rate this node relays at, all circuits together,
+	// in megabits per second (--relay-mbps).
+	RelayMbps float64 `json:"relay_mbps"`
+	// RelayGBPerDay caps what it relays per UTC day, both directions of
+	// every circuit together, in gigabytes (--relay-gb-per-day).
+	RelayGBPerDay float64 `json:"relay_gb_per_day"`
+	// RelayCircuitMB caps what one circuit carries in each direction, in
+	// MiB; a circuit over it is closed (the peers open another).
+	RelayCircuitMB int `json:"relay_circuit_mb"`
 	// MetricsWithoutToken serves /metrics without the API token, for a
 	// Prometheus scraper on this machine; the Host and Origin checks still
 	// apply and every other endpoint still wants the token.
@@ -165,6 +181,10 @@ func DefaultConfig() Config {
 		MaxFDs:      1024,
 		PortMapping: true,
 		Role:        RoleNode,
+		// Training relay budgets (used with relay_training only).
+		RelayMbps:      100,
+		RelayGBPerDay:  50,
+		RelayCircuitMB: 1024,
 	}
 }
 
@@ -336,6 +356,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("field pause_on_input: %q: %w", c.PauseOnInput, err)
 		}
 	}
+	if err := c.validateRelayTraining(); err != nil {
+		return err
+	}
 	switch c.DHTMode {
 	case DHTAuto, DHTServer, DHTClient:
 	default:
@@ -354,6 +377,33 @@ func (c *Config) Validate() error {
 	case RoleNode, RoleBootstrap:
 	default:
 		return fmt.Errorf("role %q is not node or bootstrap", c.Role)
+	}
+	return nil
+}
+
+// validateRelayTraining checks the training relay's settings: budgets are
+// checked whether or not the relay is on (a config file is checked as a
+// whole); the relay itself needs a volunteer in a run that may be public.
+func (c *Config) validateRelayTraining() error {
+	if !(c.RelayMbps > 0) || c.RelayMbps > 1e6 {
+		return fmt.Errorf("field relay_mbps: %v: want a rate above 0 and at most 1000000 Mbit/s", c.RelayMbps)
+	}
+	if !(c.RelayGBPerDay > 0) || c.RelayGBPerDay > 1e6 {
+		return fmt.Errorf("field relay_gb_per_day: %v: want a budget above 0 and at most 1000000 GB", c.RelayGBPerDay)
+	}
+	if c.RelayCircuitMB < 1 || c.RelayCircuitMB > 1<<20 {
+		return fmt.Errorf("field relay_circuit_mb: %d: want 1 to %d MiB", c.RelayCircuitMB, 1<<20)
+	}
+	if !c.RelayTraining {
+		return nil
+	}
+	switch {
+	case c.Role == RoleBootstrap:
+		return errors.New("field relay_training: a bootstrap node is in no run; run the training relay as a volunteer of the run (swarm node --run ... --relay-training)")
+	case c.RelayService:
+		return errors.New("fields relay_service and relay_training: a node runs one relay; the training relay also carries its run's hellos and records")
+	case c.Reachability == ReachabilityPrivate:
+		return errors.New("field relay_training: a node set private (reachability) cannot be dialled, so it cannot relay; set public on a machine with a public address or a port forward")
 	}
 	return nil
 }
@@ -394,7 +444,13 @@ func (c *Config) ReachabilitySetting() string {
 // /p2p. An entry may end in /p2p/ID only when ID is self (when self is
 // empty any ID passes, for checks before the identity is loaded); relay
 // (p2p-circuit) addresses are refused: the relay client adds its own.
+//
+// An unspecified address (0.0.0.0) is refused, and so is a loopback or
+// private one when the bootstrap nodes are public: peers there cannot
+// reach it.
 func (c *Config) AnnounceAddrs(self peer.ID) ([]ma.Multiaddr, error) {
+	boot, _ := c.BootstrapPeers()
+	public := !localSwarm(boot)
 	var out []ma.Multiaddr
 	for i, s := range c.Announce {
 		a, err := ma.NewMultiaddr(s)
@@ -416,9 +472,25 @@ func (c *Config) AnnounceAddrs(self peer.ID) ([]ma.Multiaddr, error) {
 				return nil, fmt.Errorf("field announce[%d]: %q names no TCP or UDP port", i, s)
 			}
 		}
+		if manet.IsIPUnspecified(transport) {
+			return nil, fmt.Errorf("field announce[%d]: %q is an unspecified address: peers cannot dial it; announce the public IP or DNS name", i, s)
+		}
+		if public && !manet.IsPublicAddr(transport) && isIPAddr(transport) {
+			return nil, fmt.Errorf("field announce[%d]: %q is a loopback or private address, unreachable for peers of a swarm "+
+				"whose bootstrap nodes are public; announce the router's public address and the forwarded port", i, s)
+		}
 		out = append(out, transport)
 	}
 	return out, nil
+}
+
+// isIPAddr reports whether a starts with an IP address (not a DNS name).
+func isIPAddr(a ma.Multiaddr) bool {
+	if len(a) == 0 {
+		return false
+	}
+	code := a[0].Protocol().Code
+	return code == ma.P_IP4 || code == ma.P_IP6
 }
 
 // validateAPIAddr accepts unix:/path or host:port where host is a loopback

@@ -86,3 +86,39 @@ func TestTCPFirstDialRankerConnects(t *testing.T) {
 		}
 	}
 }
+
+// Bootstrap nodes are dialled QUIC first (their QUIC address guessed from
+// the TCP one when only that is given); other peers TCP first.
+func TestBootstrapDialledQUICFirst(t *testing.T) {
+	id, _ := peer.Decode("12D3KooWQE222tuGYxA9tAFSdSBEPEkPPJXaWNh6yus2JiKPrrxH")
+	tcp := ma.StringCast("/ip4/198.51.100.7/tcp/4001")
+	quic := ma.StringCast("/ip4/198.51.100.7/udp/4001/quic-v1")
+	boot := withQUICSiblings([]peer.AddrInfo{{ID: id, Addrs: []ma.Multiaddr{tcp}}})
+	if len(boot[0].Addrs) != 2 || !boot[0].Addrs[1].Equal(quic) {
+		t.Fatalf("bootstrap addresses %v, want the TCP one and its QUIC sibling", boot[0].Addrs)
+	}
+	if again := withQUICSiblings(boot); len(again[0].Addrs) != 2 {
+		t.Errorf("a bootstrap with a QUIC address got another: %v", again[0].Addrs)
+	}
+	if q := quicSibling(ma.StringCast("/dns4/boot.example/tcp/4001")); q == nil || q.String() != "/dns4/boot.example/udp/4001/quic-v1" {
+		t.Errorf("dns sibling %v", q)
+	}
+	if q := quicSibling(ma.StringCast("/ip4/1.2.3.4/tcp/4001/ws")); q != nil {
+		t.Errorf("websocket address got a QUIC sibling %v", q)
+	}
+	rank := dialRanker(boot)
+	delay := func(addrs ...ma.Multiaddr) map[string]time.Duration {
+		out := map[string]time.Duration{}
+		for _, ad := range rank(addrs) {
+			out[ad.Addr.String()] = ad.Delay
+		}
+		return out
+	}
+	if d := delay(tcp, quic); d[quic.String()] >= d[tcp.String()] {
+		t.Errorf("bootstrap: quic at %v, tcp at %v; want quic first", d[quic.String()], d[tcp.String()])
+	}
+	otherTCP, otherQUIC := ma.StringCast("/ip4/198.51.100.8/tcp/4001"), ma.StringCast("/ip4/198.51.100.8/udp/4001/quic-v1")
+	if d := delay(otherTCP, otherQUIC); d[otherTCP.String()] >= d[otherQUIC.String()] {
+		t.Errorf("run peer: tcp at %v, quic at %v; want tcp first", d[otherTCP.String()], d[otherQUIC.String()])
+	}
+}

@@ -70,8 +70,9 @@ func resourceLimits(cfg *Config) rcmgr.ConcreteLimitConfig {
 // hole punching and a relay v2 client (relay service on bootstrap nodes).
 // relaySource feeds the relay client with candidate relays.
 // gater refuses banned peers; psk, when set, makes the swarm private (TCP only).
+// quicBoot are the bootstrap nodes dialled QUIC first (dialRanker).
 func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySource autorelay.PeerSource,
-	gater coreconnmgr.ConnectionGater, psk pnet.PSK) (host.Host, error) {
+	gater coreconnmgr.ConnectionGater, psk pnet.PSK, quicBoot []peer.AddrInfo) (host.Host, error) {
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(resourceLimits(cfg)))
 	if err != nil {
 		return nil, fmt.Errorf("resource manager: %w", err)
@@ -93,7 +94,7 @@ func newHost(cfg *Config, sk crypto.PrivKey, reg prometheus.Registerer, relaySou
 		libp2p.PrometheusRegisterer(reg),
 		libp2p.EnableRelay(),
 		libp2p.EnableHolePunching(),
-		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstDialRanker)),
+		libp2p.SwarmOpts(swarm.WithDialRanker(dialRanker(quicBoot))),
 	}
 	listen := cfg.Listen
 	if psk != nil {

@@ -250,23 +250,27 @@ func (n *Node) startRelaySearch() {
 
 // Connection kinds of a peer, in status (api.Peer.Connection).
 const (
-	ConnDirect      = "direct"      // a direct connection (TCP or QUIC, dialled or hole-punched)
-	ConnRelayed     = "relayed"     // only relayed connections: no training traffic yet
-	ConnUnreachable = "unreachable" // no connection: neither direct nor through a relay
+	ConnDirect        = "direct"         // a direct connection (TCP or QUIC, dialled or hole-punched)
+	ConnTrainingRelay = "training-relay" // through a training relay of the run: training passes, within its budgets
+	ConnRelayed       = "relayed"        // only through another relay: no training traffic
+	ConnUnreachable   = "unreachable"    // no connection: neither direct nor through a relay
 )
 
 // connection says how this node is connected to p right now.
 func (n *Node) connection(p peer.ID) string {
-	conns := n.host.Network().ConnsToPeer(p)
-	if len(conns) == 0 {
-		return ConnUnreachable
-	}
-	for _, c := range conns {
-		if !c.Stat().Limited {
+	kind := ConnUnreachable
+	for _, c := range n.host.Network().ConnsToPeer(p) {
+		a := c.RemoteMultiaddr()
+		switch {
+		case !isRelayAddr(a) && !c.Stat().Limited:
 			return ConnDirect
+		case isRelayAddr(a) && n.isTrainingRelay(relayOf(a)):
+			kind = ConnTrainingRelay
+		case kind == ConnUnreachable:
+			kind = ConnRelayed
 		}
 	}
-	return ConnRelayed
+	return kind
 }
 
 // directWait bounds how long a training stream waits for a direct
@@ -275,16 +279,28 @@ func (n *Node) connection(p peer.ID) string {
 // second attempt follows a failed first one within seconds.
 var directWait = 15 * time.Second
 
+// punchFailedFor is how long a peer that failed to punch within
+// directWait counts as such: its training streams go through a training
+// relay at once, or fail at once without one, and its relayed connections
+// go only through training relays. Using the training relay renews it.
+const punchFailedFor = 10 * time.Minute
+
 // ErrRelayedOnly is returned for a training stream to a peer reachable
-// only through a relay when no direct connection came within directWait.
+// only through a relay when no direct connection came within directWait
+// and no training relay could carry it.
 var ErrRelayedOnly = errors.New("reachable only through a relay (hole punching failed)")
 
 // waitDirect returns at once when p has a direct connection (or none at
 // all: the dial that follows decides); with only relayed ones it waits up
-// to directWait for hole punching to bring a direct one.
+// to directWait for hole punching to bring a direct one, and fails with
+// ErrRelayedOnly, at once for a peer that failed to punch lately.
 func (n *Node) waitDirect(ctx context.Context, p peer.ID) error {
-	if n.connection(p) != ConnRelayed {
+	switch n.connection(p) {
+	case ConnDirect, ConnUnreachable:
 		return nil
+	}
+	if n.nat.punchFailed(p, time.Now()) {
+		return n.relayedOnly(p, 0)
 	}
 	ctx, cancel := context.WithTimeout(ctx, directWait)
 	defer cancel()
@@ -293,17 +309,25 @@ func (n *Node) waitDirect(ctx context.Context, p peer.ID) error {
 		return err
 	}
 	defer sub.Close()
-	for n.connection(p) == ConnRelayed {
+	for {
+		switch n.connection(p) {
+		case ConnDirect, ConnUnreachable:
+			return nil
+		}
 		select {
 		case <-ctx.Done():
-			n.noteRelayedOnly(p)
-			return fmt.Errorf("training stream to %s: %w: no direct connection after %v; "+
-				"the peer or this node should forward TCP and UDP port %s or run with a public address (--announce)",
-				p, ErrRelayedOnly, directWait, n.listenPort())
+			n.nat.markPunchFailed(p, time.Now())
+			return n.relayedOnly(p, directWait)
 		case <-sub.Out():
 		}
 	}
-	return nil
+}
+
+func (n *Node) relayedOnly(p peer.ID, waited time.Duration) error {
+	return fmt.Errorf("training stream to %s: %w: no direct connection (waited %v) and no training relay; "+
+		"the peer or this node should forward TCP and UDP port %s or run with a public address (--announce), "+
+		"or a volunteer with a public address can run a training relay (swarm node --relay-training)",
+		p, ErrRelayedOnly, waited, n.listenPort())
 }
 
 // noteRelayedOnly logs, once per peer and hour, that a run peer is
@@ -316,15 +340,38 @@ func (n *Node) noteRelayedOnly(p peer.ID) {
 	n.log.Warn("run peer reachable only through a relay: training with it stalls until a direct connection exists",
 		"peer", p, "this_node", verdict, "waited", directWait,
 		"advice", fmt.Sprintf("forward TCP and UDP port %s on your router to this machine (or --port-mapping for UPnP), "+
-			"or run on a machine with a public address; `swarm status` shows each peer's connection", n.listenPort()))
+			"or run on a machine with a public address, or have a volunteer with a public address run a training relay "+
+			"(swarm node --relay-training); `swarm status` shows each peer's connection", n.listenPort()))
 }
 
 // natState is what the node remembers of its peers' connectivity: when it
-// last logged a peer reachable only through a relay.
+// last logged a peer reachable only through a relay, which peers failed to
+// punch, and which run candidates it could not connect to.
 type natState struct {
 	mu     sync.Mutex
 	logged map[peer.ID]time.Time
 	failed map[peer.ID]dialFailure // run candidates this node could not connect to
+	punch  map[peer.ID]time.Time   // peers that failed to punch a direct connection, and when
+	via    map[peer.ID]time.Time   // peers logged training through a training relay, and when
+}
+
+// markPunchFailed records that p failed to punch a direct connection (or
+// still needs the training relay) at now.
+func (s *natState) markPunchFailed(p peer.ID, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.punch == nil || len(s.punch) >= maxFailed {
+		s.punch = make(map[peer.ID]time.Time)
+	}
+	s.punch[p] = now
+}
+
+// punchFailed reports whether p failed to punch within punchFailedFor.
+func (s *natState) punchFailed(p peer.ID, now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.punch[p]
+	return ok && now.Sub(t) < punchFailedFor
 }
 
 type dialFailure struct {

@@ -63,6 +63,7 @@ func TestConfigReachabilityAndAnnounce(t *testing.T) {
 	for _, c := range []struct {
 		reach    string
 		announce []string
+		boot     bool // public bootstrap nodes
 		err      string
 	}{
 		{reach: "public"},
@@ -73,9 +74,17 @@ func TestConfigReachabilityAndAnnounce(t *testing.T) {
 		{announce: []string{"/ip4/1.2.3.4"}, err: "names no TCP or UDP port"},
 		{announce: []string{"/p2p/" + other}, err: "no transport address"},
 		{announce: []string{"/ip4/1.2.3.4/tcp/1/p2p/" + other + "/p2p-circuit"}, err: "relay address"},
+		{announce: []string{"/ip4/0.0.0.0/tcp/4001"}, err: "unspecified address"},
+		{announce: []string{"/ip4/192.168.1.9/tcp/4001"}}, // a local swarm: private addresses are what peers dial
+		{announce: []string{"/ip4/192.168.1.9/tcp/4001"}, boot: true, err: "loopback or private address"},
+		{announce: []string{"/ip4/127.0.0.1/udp/4001/quic-v1"}, boot: true, err: "loopback or private address"},
+		{announce: []string{"/dns4/home.example/tcp/4001"}, boot: true},
 	} {
 		cfg := DefaultConfig()
 		cfg.Reachability, cfg.Announce = c.reach, c.announce
+		if c.boot {
+			cfg.Bootstrap = []string{"/ip4/8.8.8.8/tcp/4001/p2p/" + other}
+		}
 		err := cfg.Validate()
 		if err == nil {
 			_, err = cfg.AnnounceAddrs(self)
@@ -201,6 +210,19 @@ func TestRunOverRelay(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "forward TCP and UDP port") {
 		t.Errorf("error %q says nothing of what to do", err)
+	}
+	// The peer failed to punch and there is no training relay: the next
+	// training stream fails at once, and the trainer's claims count the
+	// peer out.
+	t0 = time.Now()
+	if _, err := b.RunHost().NewStream(ctx, a.Host().ID(), pipeline.Protocol); !errors.Is(err, ErrRelayedOnly) || time.Since(t0) > time.Second {
+		t.Errorf("second pipeline stream: %v after %v, want ErrRelayedOnly at once", err, time.Since(t0))
+	}
+	if l := b.TrainingLink(a.Host().ID()); !l.Blocked || l.Connection != ConnRelayed {
+		t.Errorf("b's training link to a %+v, want relayed and blocked", l)
+	}
+	if r, ok := b.RunHost().(interface{ CanTrainWith(string) bool }); !ok || r.CanTrainWith(a.Host().ID().String()) {
+		t.Error("b's run host says it can train with a")
 	}
 }
 

@@ -71,7 +71,8 @@ type Node struct {
 
 	reachMu sync.Mutex
 	reach   network.Reachability
-	nat     natState // peers' connectivity (nat.go)
+	nat     natState       // peers' connectivity (nat.go)
+	trelay  *trainingRelay // this node's training relay (relay_training), nil without
 
 	statusMu sync.Mutex
 	status   map[string]func() any
@@ -158,6 +159,15 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		log.Info("private swarm: only peers with the same swarm key can connect; listening on TCP only (QUIC cannot use a pre-shared key)",
 			"swarm_key", cfg.SwarmKeyFile)
 	}
+	// In a swarm with public bootstrap nodes, volunteers dial them QUIC
+	// first (dialRanker), guessing their QUIC address when given TCP; every
+	// dialler of them (this node's loop, the DHT, the relay client) gets
+	// both addresses.
+	var quicBoot []peer.AddrInfo
+	if cfg.Role == RoleNode && n.psk == nil && !localSwarm(boot) {
+		boot = withQUICSiblings(boot)
+		n.boot, quicBoot = boot, boot
+	}
 	// The relay finder may ask for candidates while libp2p.New is still
 	// building the host: it sees none until the host is complete.
 	var built atomic.Pointer[host.Host]
@@ -167,7 +177,7 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 		}
 		return nil
 	}, boot)
-	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk)
+	n.host, err = newHost(&n.cfg, n.key, n.reg, relays, banGater{n}, n.psk, quicBoot)
 	if err != nil {
 		return nil, err
 	}
@@ -200,6 +210,11 @@ func New(cfg Config, log *slog.Logger) (_ *Node, err error) {
 	if cfg.Role == RoleNode {
 		n.runs = newMembership(n, n.runID, cfg.DiscoveryInterval)
 		n.host.SetStreamHandler(HelloProtocol, n.runs.handleHello)
+		if cfg.RelayTraining {
+			if n.trelay, err = startTrainingRelay(n); err != nil {
+				return nil, err
+			}
+		}
 	}
 	n.refusals.OnOffender(func(p peer.ID, _ string) {
 		if n.runs != nil {
@@ -244,6 +259,7 @@ func (n *Node) Run(ctx context.Context) error {
 	n.goLoop(n.watchReachability)
 	if n.runs != nil {
 		n.goLoop(n.runs.run)
+		n.goLoop(n.keepTrainingReservations)
 	}
 	for _, s := range n.cfg.Services {
 		if err := s.Start(n.ctx, n); err != nil {
@@ -313,6 +329,9 @@ func (n *Node) Close() error {
 			}
 		}
 		n.wg.Wait()
+		if n.trelay != nil {
+			n.trelay.Close()
+		}
 		if n.dht != nil {
 			if err := n.dht.Close(); err != nil {
 				errs = append(errs, fmt.Errorf("close dht: %w", err))
@@ -469,6 +488,9 @@ func (n *Node) Status() api.Status {
 		st.RunPeers = append(st.RunPeers, n.apiPeer(ai))
 	}
 	st.UnreachablePeers = n.unreachableRunPeers()
+	if n.trelay != nil {
+		st.TrainingRelay = n.trelay.status()
+	}
 	st.Security = n.security()
 	st.MaxUploadMbps = n.cfg.MaxUploadMbps
 	n.statusMu.Lock()

@@ -138,6 +138,18 @@ func daemonConfig(c *cli.Context, role node.Role) (node.Config, error) {
 	if c.IsSet("relay-service") {
 		cfg.RelayService = c.Bool("relay-service")
 	}
+	if c.IsSet("relay-training") {
+		cfg.RelayTraining = c.Bool("relay-training")
+	}
+	if c.IsSet("relay-mbps") {
+		cfg.RelayMbps = c.Float64("relay-mbps")
+	}
+	if c.IsSet("relay-gb-per-day") {
+		cfg.RelayGBPerDay = c.Float64("relay-gb-per-day")
+	}
+	if c.IsSet("relay-circuit-mb") {
+		cfg.RelayCircuitMB = c.Int("relay-circuit-mb")
+	}
 	if c.IsSet("metrics-open") {
 		cfg.MetricsWithoutToken = c.Bool("metrics-open")
 	}

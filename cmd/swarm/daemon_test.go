@@ -25,12 +25,15 @@ var (
 	swarmBinDir  string
 	swarmBin     string
 	swarmBinErr  error
+	natBinDirs   []string // the nattest binary's (nat_e2e_test.go)
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if swarmBinDir != "" {
-		os.RemoveAll(swarmBinDir)
+	for _, d := range append(natBinDirs, swarmBinDir) {
+		if d != "" {
+			os.RemoveAll(d)
+		}
 	}
 	os.Exit(code)
 }

@@ -20,6 +20,10 @@ daemon through the control API whose address it writes to HOME/api.`,
 			&cli.StringFlag{Name: "manifest", Aliases: []string{"run"}, Usage: "run manifest file; the run ID is its CID, and the node trains its share of the run", EnvVars: []string{"SWARM_MANIFEST"}},
 			tokenFlag(),
 			&cli.BoolFlag{Name: "relay-service", Usage: "also act as a circuit relay for peers behind NAT", EnvVars: []string{"SWARM_RELAY_SERVICE"}},
+			&cli.BoolFlag{Name: "relay-training", Usage: "act as a training relay for this run: peers that cannot punch a direct connection train through this node, within --relay-mbps, --relay-gb-per-day and --relay-circuit-mb (needs a public address)", EnvVars: []string{"SWARM_RELAY_TRAINING"}},
+			&cli.Float64Flag{Name: "relay-mbps", Usage: "training relay: rate cap, all circuits together, in Mbit/s (default 100)", EnvVars: []string{"SWARM_RELAY_MBPS"}},
+			&cli.Float64Flag{Name: "relay-gb-per-day", Usage: "training relay: what it relays per UTC day, in GB, before it closes circuits and refuses new ones (default 50)", EnvVars: []string{"SWARM_RELAY_GB_PER_DAY"}},
+			&cli.IntFlag{Name: "relay-circuit-mb", Usage: "training relay: what one circuit carries in each direction, in MiB, before it is closed (default 1024)", EnvVars: []string{"SWARM_RELAY_CIRCUIT_MB"}},
 		), append(append(trainingFlags(), gpuFlags()...), pauseRuleFlags()...)...),
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {

@@ -104,20 +104,37 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	fmt.Fprintf(tw, "connected peers\t%d\n", len(st.Peers))
 	if st.Role != "bootstrap" {
-		relayed := 0
+		relayed, viaTraining := 0, 0
 		for _, p := range st.RunPeers {
-			if p.Connection == "relayed" {
+			switch p.Connection {
+			case "relayed":
 				relayed++
+			case "training-relay":
+				viaTraining++
 			}
 		}
 		line := fmt.Sprint(len(st.RunPeers))
+		if viaTraining > 0 {
+			line += fmt.Sprintf(" (%d through a training relay)", viaTraining)
+		}
 		if relayed > 0 {
-			line += fmt.Sprintf(" (%d only through a relay: no training with them until hole punching connects them directly)", relayed)
+			line += fmt.Sprintf(" (%d only through a relay: no training with them until hole punching connects them directly or a training relay carries it)", relayed)
 		}
 		fmt.Fprintf(tw, "run peers\t%s\n", line)
 		for _, p := range st.UnreachablePeers {
 			fmt.Fprintf(tw, "unreachable\t%s: %s\n", p.PeerID, p.Error)
 		}
+		if st.Stall != nil {
+			fmt.Fprintf(tw, "connectivity\t%s (since %s)\n", st.Stall.Message, st.Stall.Since)
+		}
+	}
+	if r := st.TrainingRelay; r != nil {
+		line := fmt.Sprintf("%.0f Mbit/s, %.0f GB a day (%.2f GB relayed today), %d MiB a circuit", r.Mbps, r.GBPerDay,
+			float64(r.UsedTodayBytes)/1e9, r.CircuitMB)
+		if r.Spent {
+			line += ": today's budget is spent, no new circuits until " + r.SpentUntil
+		}
+		fmt.Fprintf(tw, "training relay\t%s\n", line)
 	}
 	printSecurity(tw, st.Security)
 	printPauseRow(tw, st.Services["pause"])

@@ -34,9 +34,11 @@ const (
 type Peer struct {
 	PeerID string   `json:"peer_id"`
 	Addrs  []string `json:"addrs"`
-	// Connection is direct, relayed (only through a relay: progress
-	// records pass, training waits for hole punching) or unreachable (a
-	// run peer this node cannot connect to at all).
+	// Connection is direct, training-relay (through a training relay of
+	// the run: training traffic passes within the relay's budgets), relayed
+	// (only through another relay: progress records pass, training waits
+	// for hole punching) or unreachable (a run peer this node cannot
+	// connect to at all).
 	Connection string `json:"connection,omitempty"`
 	// Shard is the shard the peer holds (nil when it is not a training
 	// peer, -1 while it chooses).
@@ -105,6 +107,9 @@ type Status struct {
 	UptimeSeconds    float64 `json:"uptime_seconds"`
 	// MaxUploadMbps is the volunteer's cap on training uploads (0: none).
 	MaxUploadMbps float64 `json:"max_upload_mbps,omitempty"`
+	// TrainingRelay is this node's training relay service (relay_training);
+	// null when it runs none.
+	TrainingRelay *TrainingRelay `json:"training_relay,omitempty"`
 
 	// Training, filled when the node trains (zero values otherwise).
 	Engine      string     `json:"engine"`        // native, torch-cpu or torch-cuda
@@ -119,10 +124,38 @@ type Status struct {
 	Credit      int64      `json:"credit"`        // samples this node's receipts back (credited work)
 	Averaging   *Averaging `json:"averaging"`     // last averaging round; null before the first
 	Shards      []Shard    `json:"shards"`
+	// Stall says that training with some shard-mates or neighbouring stages
+	// cannot go on because this node cannot reach them, and what to do;
+	// null when nothing is blocked.
+	Stall *Stall `json:"stall,omitempty"`
 
 	Security *Security `json:"security,omitempty"` // admission and refused peer input; omitted on bootstrap nodes without refusals
 
 	Services map[string]json.RawMessage `json:"services,omitempty"`
+}
+
+// TrainingRelay is this node's training relay: its budgets and today's use.
+type TrainingRelay struct {
+	Mbps           float64 `json:"mbps"`             // rate cap, all circuits together
+	GBPerDay       float64 `json:"gb_per_day"`       // daily cap (UTC days)
+	CircuitMB      int     `json:"circuit_mb"`       // per circuit and direction, MiB
+	UsedTodayBytes int64   `json:"used_today_bytes"` // relayed today, both directions
+	Spent          bool    `json:"spent"`            // today's budget is used up
+	SpentUntil     string  `json:"spent_until,omitempty"`
+}
+
+// Stall is training held up by connectivity: the shard-mates and
+// neighbouring stages this node cannot train with.
+type Stall struct {
+	// Stalled is true when no holder of a shard this node needs can be
+	// reached (a neighbouring stage, or every other holder of its own
+	// shard); false when training goes on with the others, slower.
+	Stalled bool `json:"stalled"`
+	// Peers are the blocked peers: peer_id, shard, connection (relayed or
+	// unreachable) and, in error, why.
+	Peers   []Peer `json:"peers"`
+	Message string `json:"message"` // what is blocked and what to do
+	Since   string `json:"since"`   // RFC 3339
 }
 
 // Security is this node's admission to its run and the peer input it refused.

@@ -81,6 +81,8 @@ type Service struct {
 	lastMu sync.Mutex
 	last   trainer.Status
 	lastAt time.Time
+
+	stall stallWatch // training held up by connectivity (stall.go)
 }
 
 // trainerStatus is t.Status(), reused for 200 ms.
@@ -214,6 +216,11 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		defer s.wg.Done()
 		logPauses(gctx, gate, n)
 	}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.watchStalls(gctx, n, t)
+	}()
 	if watcher != nil {
 		every := s.RuleEvery
 		if every <= 0 {
@@ -336,6 +343,7 @@ func (s *Service) fill(n *node.Node, st *api.Status) {
 	if a := ts.Averaging; a.GroupSize > 0 {
 		st.Averaging = &api.Averaging{Round: a.Round, GroupSize: a.GroupSize, Fraction: a.Fraction, Seconds: a.Seconds}
 	}
+	st.Stall = s.stall.current()
 	st.Shards = make([]api.Shard, 0, len(ts.Shards))
 	for _, sh := range ts.Shards {
 		st.Shards = append(st.Shards, api.Shard{Index: sh.Index, Peers: append([]string{}, sh.Peers...), Throughput: sh.Throughput})

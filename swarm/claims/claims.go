@@ -62,6 +62,12 @@ func (v View) Totals() (samplesPerSec []float64, holders []int) {
 // else the one with the least total throughput; ties (within 1%) are broken
 // at random so simultaneous joiners spread out.
 func Choose(v View, rng *rand.Rand) int {
+	return chooseAmong(v, rng, nil)
+}
+
+// chooseAmong is Choose over the shards allowed says (all when nil); -1
+// when none is.
+func chooseAmong(v View, rng *rand.Rand, allowed []bool) int {
 	tp, cnt := v.Totals()
 	if len(tp) == 0 {
 		return -1
@@ -73,15 +79,18 @@ func Choose(v View, rng *rand.Rand) int {
 	loCnt := math.MaxInt
 	for i := range tp {
 		c := min(cnt[i], Redundancy)
-		if c < loCnt || (c == loCnt && tp[i] < lo) {
+		if (allowed == nil || allowed[i]) && (c < loCnt || (c == loCnt && tp[i] < lo)) {
 			loCnt, lo = c, tp[i]
 		}
 	}
 	var best []int
 	for i := range tp {
-		if min(cnt[i], Redundancy) == loCnt && tp[i] <= lo+0.01*math.Abs(lo) {
+		if (allowed == nil || allowed[i]) && min(cnt[i], Redundancy) == loCnt && tp[i] <= lo+0.01*math.Abs(lo) {
 			best = append(best, i)
 		}
+	}
+	if len(best) == 0 {
+		return -1
 	}
 	if len(best) == 1 || rng == nil {
 		return best[0]

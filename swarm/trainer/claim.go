@@ -47,7 +47,7 @@ func (t *Trainer) chooseShard() int {
 	v.Holders = hs
 	t.rngMu.Lock()
 	defer t.rngMu.Unlock()
-	return claims.Choose(v, t.rng)
+	return claims.ChooseReachable(v, t.rng, claims.ReachOf(t.h)) // not a shard it cannot train in
 }
 
 // join takes shard index: builds it, loads its state from holders (or
