@@ -338,12 +338,12 @@ func TestNATTrainingRelay(t *testing.T) {
 	e.volunteer("v2", manifest)
 	r := e.trainTogether("v1", "v2", start, 90*time.Second, true)
 	var link string
-	waitUntil(t, 60*time.Second, "v1 to list v2 through the training relay", func() bool {
+	testutil.Eventually(t, 60*time.Second, testutil.Says("v1 to list v2 through the training relay"), func() bool {
 		link = e.link("v1", "v2")
 		return link == "training-relay"
 	})
 	var relayed int64
-	waitUntil(t, 60*time.Second, "the training relay to relay training traffic", func() bool {
+	testutil.Eventually(t, 60*time.Second, testutil.Says("the training relay to relay training traffic"), func() bool {
 		st, err := status(t, e.bin, e.homes["pub"])
 		if err == nil && st.TrainingRelay != nil {
 			relayed = st.TrainingRelay.UsedTodayBytes
