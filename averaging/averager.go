@@ -223,7 +223,8 @@ type Averager struct {
 	roundsCh chan struct{}       // closed and replaced when rounds changes
 	bits     map[string]uint32   // Moshpit bits per key
 	rng      *mrand.Rand
-	caps     streamCaps // inbound streams open per peer and protocol
+	caps     streamCaps            // inbound streams open per peer and protocol
+	notCand  map[peer.ID]time.Time // when a non-candidate's join was last counted
 
 	faults faults // fault injection for tests; zero in production
 }
@@ -361,8 +362,9 @@ type session struct {
 	vec    []float32
 
 	mu      sync.Mutex
-	matched bool            // matchmaking for this round is over
-	matchCh chan matchEvent // set while matchmaking
+	cands   map[peer.ID]bool // who may join us (set with matchCh)
+	matched bool             // matchmaking for this round is over
+	matchCh chan matchEvent  // set while matchmaking
 	held    map[peer.ID]*heldJoin
 	done    chan struct{} // closed when matchmaking ends
 	gossip  *gossipPhase  // set while gossiping

@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -16,19 +17,36 @@ type layout struct {
 	Parts  [][]span // per member, its parts in order
 }
 
+// maxBandwidthRatio caps a member's bandwidth in partition at this multiple
+// of the median bandwidth of the group's reducers: a member that declares
+// MaxBandwidth (legal, if absurd) reduces at most this many typical shares,
+// not the whole vector.
+const maxBandwidthRatio = 8
+
 // partition gives each member a contiguous share proportional to its
-// bandwidth; clients (which cannot accept connections) and zero-bandwidth
-// members get none. Rounding leftovers go to the members with the largest
-// fractional remainders, ties to the lower index.
+// bandwidth, capped at maxBandwidthRatio × the reducers' lower median; clients
+// (which cannot accept connections) and zero-bandwidth members get none.
+// Rounding leftovers go to the members with the largest fractional
+// remainders, ties to the lower index.
 func partition(vecLen int, members []member, partSize int) layout {
 	n := len(members)
 	bw := make([]float64, n)
-	var total float64
+	var pos []float64
 	for i, m := range members {
 		if !m.Client && m.Bandwidth > 0 {
 			bw[i] = m.Bandwidth
-			total += m.Bandwidth
+			pos = append(pos, m.Bandwidth)
 		}
+	}
+	slices.Sort(pos)
+	limit := math.Inf(1)
+	if len(pos) > 0 { // the lower median: half the reducers cannot raise it
+		limit = maxBandwidthRatio * pos[(len(pos)-1)/2]
+	}
+	var total float64
+	for i := range bw {
+		bw[i] = min(bw[i], limit)
+		total += bw[i]
 	}
 	sizes := make([]int, n)
 	if total > 0 {

@@ -31,6 +31,24 @@ func TestPartition(t *testing.T) {
 	}
 }
 
+// TestPartitionCapsBandwidth: a member declaring MaxBandwidth (a legal
+// value) reduces at most maxBandwidthRatio times a typical share, not the
+// whole vector; honest differences below the cap are kept.
+func TestPartitionCapsBandwidth(t *testing.T) {
+	ms := []member{{Bandwidth: 1}, {Bandwidth: MaxBandwidth}, {Bandwidth: 1}, {Bandwidth: 2}}
+	l := partition(1200, ms, 100)
+	got := func(i int) int { return l.Shares[i].End - l.Shares[i].Start }
+	// Bandwidths become 1, 8, 1, 2 (the lower median is 1).
+	if got(1) != 800 || got(0) != 100 || got(2) != 100 || got(3) != 200 {
+		t.Fatalf("shares %v, want 100 800 100 200", l.Shares)
+	}
+	// Two members: the lower median is the honest one's.
+	l = partition(900, []member{{Bandwidth: 1}, {Bandwidth: MaxBandwidth}}, 100)
+	if l.Shares[1].End-l.Shares[1].Start != 800 {
+		t.Fatalf("pair shares %v, want the liar capped at 8 of 9", l.Shares)
+	}
+}
+
 // reducerCase drives a reducer through scripted events and checks each part's
 // value and contributors.
 func TestReducerAccounting(t *testing.T) {
