@@ -49,6 +49,13 @@ import (
 //
 // All arithmetic on values is in float64 and every new value is a convex
 // combination of finite inputs, so finite inputs give finite outputs.
+//
+// The result is a function of the inputs, their order and weights, bit for
+// bit, on every platform: an auditor re-computes a reducer's part and
+// compares hashes (audit.go). Go may fuse x*y + z into one FMA instruction
+// (arm64, amd64 with GOAMD64=v3), which rounds once instead of twice; every
+// product that is then added is therefore written float64(x*y), an explicit
+// conversion, which the language defines to round and so forbids the fusion.
 
 // Aggregation is how a reducer combines the senders' values of a part.
 type Aggregation uint8
@@ -181,7 +188,7 @@ func (g *aggregator) mean(out []float32, xs [][]float32) {
 	for j := range out {
 		var s float64
 		for i, x := range xs {
-			s += g.w[i] * float64(x[j])
+			s += float64(g.w[i] * float64(x[j]))
 		}
 		out[j] = float32(s / W)
 	}
@@ -251,14 +258,14 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 		var moved float64
 		for j := range out {
 			v := float64(out[j])
-			nv := keep * v
+			nv := float64(keep * v)
 			for i, x := range xs {
-				nv += g.c[i] * float64(x[j])
+				nv += float64(g.c[i] * float64(x[j]))
 			}
 			f := float32(nv)
 			out[j] = f
 			dv := float64(f) - v
-			moved += dv * dv
+			moved += float64(dv * dv)
 		}
 		for i, x := range xs {
 			g.d2[i] = sqDist(x, out)
@@ -346,13 +353,13 @@ func l2(x []float32) float64 {
 	j := 0
 	for ; j+4 <= len(x); j += 4 {
 		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
-		s0 += a * a
-		s1 += b * b
-		s2 += c * c
-		s3 += d * d
+		s0 += float64(a * a)
+		s1 += float64(b * b)
+		s2 += float64(c * c)
+		s3 += float64(d * d)
 	}
 	for ; j < len(x); j++ {
-		s0 += float64(x[j]) * float64(x[j])
+		s0 += float64(float64(x[j]) * float64(x[j]))
 	}
 	return math.Sqrt((s0 + s1) + (s2 + s3))
 }
@@ -498,14 +505,14 @@ func sqDist(x, a []float32) float64 {
 		d1 := float64(x[j+1]) - float64(a[j+1])
 		d2 := float64(x[j+2]) - float64(a[j+2])
 		d3 := float64(x[j+3]) - float64(a[j+3])
-		s0 += d0 * d0
-		s1 += d1 * d1
-		s2 += d2 * d2
-		s3 += d3 * d3
+		s0 += float64(d0 * d0)
+		s1 += float64(d1 * d1)
+		s2 += float64(d2 * d2)
+		s3 += float64(d3 * d3)
 	}
 	for ; j < n; j++ {
 		d := float64(x[j]) - float64(a[j])
-		s0 += d * d
+		s0 += float64(d * d)
 	}
 	return (s0 + s1) + (s2 + s3)
 }
@@ -554,7 +561,7 @@ func (g *aggregator) sampledMedianDist(xs [][]float32) float64 {
 		}
 		for i, x := range xs {
 			e := float64(x[j]) - m
-			g.d2[i] += e * e
+			g.d2[i] += float64(e * e)
 		}
 	}
 	for i := range g.d2 {
