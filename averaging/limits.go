@@ -259,6 +259,8 @@ func streamLimit(proto string) int {
 		return reduceStreamsPerPeer
 	case ProtoGossip:
 		return gossipStreamsPerPeer
+	case ProtoAudit:
+		return auditStreamsPerPeer
 	}
 	return matchStreamsPerPeer
 }

@@ -147,11 +147,15 @@ type reduceOpts struct {
 	Tau   float64 // CenteredClip τ, relative to the median distance (0: default)
 	Iters int     // CenteredClip iterations (0: default)
 	NormK float64 // reject senders whose part norm exceeds NormK × the median (0: off)
+	// Keep holds every contributor's values of every part until the round
+	// is dropped, for auditors to re-compute any part (audit.go); own must
+	// then stay unchanged too.
+	Keep bool
 }
 
 // buffered reports whether parts are kept until final (anything but the
 // plain streamed mean).
-func (o reduceOpts) buffered() bool { return o.Agg != AggregateMean || o.NormK > 0 }
+func (o reduceOpts) buffered() bool { return o.Agg != AggregateMean || o.NormK > 0 || o.Keep }
 
 // finalPart is an averaged part ready to be returned to its contributors.
 type finalPart struct {
@@ -359,6 +363,9 @@ func (r *reducer) combine(k int) {
 		}
 	}
 	r.aggr.combine(r.acc[sp.Start-r.base:sp.End-r.base], r.xs, r.ws)
+	if r.opts.Keep {
+		return
+	}
 	for s, b := range r.bufs[k] {
 		if b != nil {
 			r.free = append(r.free, b[:0])
@@ -400,6 +407,19 @@ func (r *reducer) take() []float32 {
 		return b
 	}
 	return make([]float32, 0, longestPart(r.parts))
+}
+
+// kept returns what final part k was combined from (with reduceOpts.Keep):
+// its contributors and their values and weights in group order, ours
+// included. The values are the reducer's buffers: read only.
+func (r *reducer) kept(k int) (contrib bitset, xs [][]float32, ws []float64) {
+	for s := range r.n {
+		if r.contrib[k].has(s) {
+			xs = append(xs, r.values(k, s))
+			ws = append(ws, r.weight[s])
+		}
+	}
+	return r.contrib[k], xs, ws
 }
 
 // Outliers returns the senders rejected for their norm, with the evidence.
