@@ -1,13 +1,19 @@
 package averaging
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -341,5 +347,134 @@ func TestAuditFalseAccusation(t *testing.T) {
 		if n != 1 {
 			t.Fatalf("peer %d: %d false-accusation refusals, want 1: %+v", i, n, s.Refusals)
 		}
+	}
+}
+
+// TestAuditUnanswered: a reducer that answers no audit (it serves no audit
+// stream) is not trusted: every member keeps its own values for its share,
+// names it unaudited, and neither accuses nor bans it. The audit waits for
+// nobody past its timeout.
+func TestAuditUnanswered(t *testing.T) {
+	const mute = 2
+	ap := newAuditPeers(t, auditN, maxAuditParts, nil)
+	ap.ps[mute].h.RemoveStreamHandler(ProtoAudit)
+	out := ap.round(t, "unanswered", 1)
+	for i, o := range out {
+		if i == mute {
+			continue
+		}
+		if ac := ap.accusedBy(t, i, o.res, ap.id(mute)); ac != nil || ap.banned(i, ap.id(mute)) {
+			t.Fatalf("peer %d accused or banned a reducer that only kept silent: %v", i, ac)
+		}
+		if why := o.res.Excluded[ap.id(mute)]; !strings.Contains(why, "unaudited") {
+			t.Fatalf("peer %d: the silent reducer excluded as %q", i, why)
+		}
+		ap.checkFallback(t, i, o.res, ap.id(mute))
+		if lim := ap.ps[i].a.cfg.AuditTimeout + slow*time.Second; o.res.ReduceTime > lim {
+			t.Fatalf("peer %d: round took %v", i, o.res.ReduceTime)
+		}
+	}
+}
+
+// TestHostileAuditor: a member of the group (a client follower) sends each
+// honest member the worst audit messages it can: a frame declaring 4 GiB, a
+// report whose claim carries a forged signature, or more audit requests
+// than a member may make. Each is refused (counted), nothing near the
+// declared size is allocated, and the honest round completes.
+func TestHostileAuditor(t *testing.T) {
+	const n, vecLen = 3, 6000
+	cases := []struct {
+		name, reason string
+		attack       func(s network.Stream, g *groupInfo, self int)
+	}{
+		{"frame 0xFFFFFFFF", reasonOversize, func(s network.Stream, g *groupInfo, _ int) {
+			_, _ = s.Write(rawFrame(tReport, math.MaxUint32, append([]byte{0, byte(WireVersion)}, g.ID[:]...)))
+		}},
+		{"forged claim", reasonForged, func(s network.Stream, g *groupInfo, self int) {
+			all := newBitset(len(g.Members))
+			for i := range g.Members {
+				all.set(i)
+			}
+			c := claim{Group: g.ID, Reducer: uint16((self + 1) % len(g.Members)), Contributors: all,
+				Weights: make([]float64, len(g.Members)), Inputs: make([]digest, len(g.Members)), Sig: make([]byte, 64)}
+			for i := range c.Weights {
+				c.Weights[i] = 1
+			}
+			rep := auditReport{Group: g.ID, From: uint16(self), Claims: []reportedClaim{{Claim: c}}}
+			_ = writeFrame(s, tReport, rep.marshal())
+		}},
+		{"audit request flood", reasonFlood, func(s network.Stream, g *groupInfo, _ int) {
+			req := auditReq{Group: g.ID}
+			_ = writeFrame(s, tAuditReq, req.marshal())
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			ar := newArena(t, n, vecLen, func(c *Config) {
+				roomyMatch(c)
+				c.TargetGroupSize = n + 1
+				c.SenderTimeout = slow * 500 * time.Millisecond
+				c.AuditParts = 2
+				c.AuditTimeout = slow * 2 * time.Second
+			})
+			// The attacker strikes each member once that member has sent it
+			// its commitment: the member's round is over, its audit open.
+			var g atomic.Pointer[groupInfo]
+			var wg sync.WaitGroup
+			ar.atk.SetStreamHandler(ProtoAudit, func(s network.Stream) {
+				defer s.Reset()
+				gi := g.Load()
+				if gi == nil {
+					return
+				}
+				to := s.Conn().RemotePeer()
+				self := gi.index(ar.atk.ID())
+				streams := 1
+				if c.reason == reasonFlood {
+					streams = 4
+				}
+				for range streams {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						st, err := ar.atk.NewStream(context.Background(), to, ProtoAudit)
+						if err != nil {
+							return
+						}
+						defer st.Reset()
+						_ = st.SetDeadline(time.Now().Add(slow * 5 * time.Second))
+						c.attack(st, gi, self)
+						_ = st.CloseWrite()
+						_, _ = io.Copy(io.Discard, st)
+					}()
+				}
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), slow*30*time.Second)
+			defer cancel()
+			var out []stepOut
+			alloc := allocated(func() {
+				done := make(chan struct{})
+				go func() { defer close(done); out = stepAll(ar.ps, keyWithAtk, 1, nil) }()
+				gi, err := ar.follow(ctx, keyWithAtk, vecLen)
+				if err != nil {
+					t.Fatalf("attacker never got into the group: %v", err)
+				}
+				g.Store(gi)
+				<-done
+				wg.Wait()
+			})
+			if got := ar.refusedAll(ProtoAudit, c.reason); got == 0 {
+				t.Fatalf("nobody refused the attacker (%s): %+v", c.reason, ar.refs[0].Summary())
+			}
+			if alloc > attackAlloc {
+				t.Fatalf("allocated %d MiB under attack", alloc>>20)
+			}
+			for i, o := range out {
+				if len(o.res.Accusations) != 0 {
+					t.Fatalf("peer %d accused %v", i, o.res.Accusations)
+				}
+			}
+			ar.checkHonest(t, out)
+		})
 	}
 }
