@@ -395,3 +395,64 @@ func FuzzAuditReport(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkAuditCosts: what an audited round costs one member of a group of
+// 8 averaging 64 MiB (16 parts of 128 Ki values per member), piece by piece,
+// without the network: the copy of its vector, the commitment of its share,
+// one part's digest (a check, an input or an output), the re-computation of
+// one part of 8 inputs (an audit), and a reported claim's checks (its own
+// input and the part received).
+func BenchmarkAuditCosts(b *testing.B) {
+	const n, part, parts = 8, 128 << 10, 16
+	rng := rand.New(rand.NewPCG(1, 1))
+	vals := func(m int) []float32 {
+		v := make([]float32, m)
+		for i := range v {
+			v[i] = float32(rng.NormFloat64())
+		}
+		return v
+	}
+	vec := vals(n * parts * part)
+	var g [16]byte
+	all := newBitset(n)
+	for i := range n {
+		all.set(i)
+	}
+	b.Run("copy 64MiB", func(b *testing.B) {
+		b.SetBytes(int64(4 * len(vec)))
+		for b.Loop() {
+			_ = slices.Clone(vec)
+		}
+	})
+	b.Run("commit 8MiB share", func(b *testing.B) {
+		b.SetBytes(4 * parts * part)
+		for b.Loop() {
+			for k := range parts {
+				_ = partDigest(g, 0, k, all, vec[k*part:(k+1)*part])
+			}
+		}
+	})
+	b.Run("digest one part", func(b *testing.B) {
+		b.SetBytes(4 * part)
+		for b.Loop() {
+			_ = inputDigest(vec[:part])
+		}
+	})
+	xs := make([][]float32, n)
+	ws := make([]float64, n)
+	for i := range xs {
+		xs[i], ws[i] = vec[i*part:(i+1)*part], 1
+	}
+	c := &claim{Contributors: all, Weights: ws}
+	for _, agg := range []Aggregation{AggregateMean, AggregateCenteredClip} {
+		b.Run("recompute one part "+agg.String(), func(b *testing.B) {
+			b.SetBytes(4 * n * part)
+			for b.Loop() {
+				for _, x := range xs {
+					_ = inputDigest(x)
+				}
+				_ = recompute(g, 1, 0, c, xs, reduceOpts{Agg: agg}, CodecNone)
+			}
+		})
+	}
+}

@@ -49,6 +49,10 @@ type auditRound struct {
 	claims   map[int]*servedClaim
 	served   []int  // audit requests answered, per member
 	reported []bool // reports taken, per member
+	// Claims being written: the round's buffers stay ours until they are
+	// done; closing resets their streams.
+	serving sync.WaitGroup
+	writing map[network.Stream]bool
 }
 
 // servedClaim is our claim of one of our parts, built on the first request.
@@ -61,7 +65,7 @@ func (a *Averager) openAudit(g *groupInfo, self int, lay layout, codec Codec, ag
 	n := len(g.Members)
 	au := &auditRound{g: g, self: self, lay: lay, codec: codec, sign: a.key.Sign,
 		book:  newAuditBook(g.ID, self, g.ids(), lay, codec, agg, orig, verifySig),
-		ready: make(chan struct{}), changed: make(chan struct{}), claims: map[int]*servedClaim{},
+		ready: make(chan struct{}), changed: make(chan struct{}), claims: map[int]*servedClaim{}, writing: map[network.Stream]bool{},
 		served: make([]int, n), reported: make([]bool, n)}
 	a.mu.Lock()
 	a.audits[g.ID] = au
@@ -144,7 +148,11 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 	au.closed = true
 	vs := au.book.verdicts()
 	audits, checks := au.book.Audits, au.book.Checks
+	for s := range au.writing {
+		_ = s.Reset()
+	}
 	au.mu.Unlock()
+	au.serving.Wait() // no claim is still being written from the round's buffers
 	self := r.g.Members[r.self].ID
 	var accused []Accusation
 	for _, v := range vs {
@@ -595,7 +603,15 @@ func (a *Averager) serveClaim(s network.Stream, au *auditRound, j int, b []byte)
 		sc = &servedClaim{frame: c.marshal(), inputs: xs}
 		au.claims[k] = sc
 	}
+	au.serving.Add(1)
+	au.writing[s] = true
 	au.mu.Unlock()
+	defer func() {
+		au.mu.Lock()
+		delete(au.writing, s)
+		au.mu.Unlock()
+		au.serving.Done()
+	}()
 	_ = s.SetWriteDeadline(time.Now().Add(a.cfg.AuditTimeout))
 	if err := writeFrame(s, tClaim, sc.frame); err != nil {
 		return nil

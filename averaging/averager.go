@@ -251,6 +251,7 @@ type Averager struct {
 	bits     map[string]uint32        // Moshpit bits per key
 	rng      *mrand.Rand
 	caps     streamCaps            // inbound streams open per peer and protocol
+	pool     vecPool               // buffers kept between rounds
 	notCand  map[peer.ID]time.Time // when a non-candidate's join was last counted
 
 	faults faults // fault injection for tests; zero in production

@@ -147,10 +147,13 @@ type reduceOpts struct {
 	Tau   float64 // CenteredClip τ, relative to the median distance (0: default)
 	Iters int     // CenteredClip iterations (0: default)
 	NormK float64 // reject senders whose part norm exceeds NormK × the median (0: off)
-	// Keep holds every contributor's values of every part until the round
-	// is dropped, for auditors to re-compute any part (audit.go); own must
-	// then stay unchanged too.
+	// Keep holds every contributor's values of every part until release,
+	// for auditors to re-compute any part (audit.go); own must then stay
+	// unchanged too.
 	Keep bool
+	// Pool supplies the accumulator and part buffers, and takes them back
+	// at release (nil: allocate).
+	Pool *vecPool
 }
 
 // buffered reports whether parts are kept until final (anything but the
@@ -177,7 +180,7 @@ func newReducer(self, n int, parts []span, own []float32, weight float64, now ti
 	if len(parts) > 0 {
 		r.base = parts[0].Start
 	}
-	r.acc = make([]float32, len(own))
+	r.acc = opts.Pool.get(len(own))
 	if opts.buffered() {
 		r.own = own
 		r.weight[self] = weight
@@ -406,7 +409,26 @@ func (r *reducer) take() []float32 {
 		r.free = r.free[:n-1]
 		return b
 	}
-	return make([]float32, 0, longestPart(r.parts))
+	return r.opts.Pool.get(longestPart(r.parts))[:0]
+}
+
+// release gives the reducer's buffers back to its pool: nothing may read
+// its parts, kept values or accumulator afterwards.
+func (r *reducer) release() {
+	p := r.opts.Pool
+	if p == nil {
+		return
+	}
+	p.put(r.acc)
+	for _, b := range r.free {
+		p.put(b)
+	}
+	for _, bs := range r.bufs {
+		for _, b := range bs {
+			p.put(b)
+		}
+	}
+	r.acc, r.free, r.bufs = nil, nil, nil
 }
 
 // kept returns what final part k was combined from (with reduceOpts.Keep):

@@ -252,11 +252,18 @@ func BenchmarkReducer(b *testing.B) {
 		}
 	}
 	t0 := time.Unix(0, 0)
-	for _, o := range []reduceOpts{{}, {Agg: AggregateCenteredClip}, {Agg: AggregateCenteredClip, NormK: 10}, {Agg: AggregateTrimmedMean}} {
+	pool := &vecPool{}
+	pool.fit(n*nParts*partSize, true)
+	for _, o := range []reduceOpts{{}, {Agg: AggregateCenteredClip}, {Agg: AggregateCenteredClip, NormK: 10},
+		{Agg: AggregateCenteredClip, NormK: 10, Keep: true}, {Agg: AggregateTrimmedMean}} {
 		name := o.Agg.String()
 		if o.NormK > 0 {
 			name += "+norm"
 		}
+		if o.Keep {
+			name += "+keep"
+		}
+		o.Pool = pool // as a round does: buffers from the round before
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(n * 4 * nParts * partSize))
 			for b.Loop() {
@@ -274,6 +281,7 @@ func BenchmarkReducer(b *testing.B) {
 				if !r.Done() {
 					b.Fatal("not done")
 				}
+				r.release()
 			}
 		})
 	}

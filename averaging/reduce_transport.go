@@ -57,13 +57,15 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}),
 		onFinal: a.faults.afterFinal, faults: &a.faults}
 	myShare := lay.Shares[self]
-	opts := reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK}
+	opts := reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK, Pool: &a.pool}
+	a.pool.fit(len(vec), a.cfg.AuditParts > 0)
 	own := vec[myShare.Start:myShare.End]
 	var au *auditRound
 	if a.cfg.AuditParts > 0 {
 		// Audits: our inputs stay in orig (the vector takes the results),
 		// the reducer keeps what it combined.
-		r.orig = slices.Clone(vec)
+		r.orig = a.pool.get(len(vec))
+		copy(r.orig, vec)
 		r.recv = make([][]bitset, len(g.Members))
 		own, opts.Keep = r.orig[myShare.Start:myShare.End], true
 		au = a.openAudit(g, self, lay, codec, opts, r.orig)
@@ -197,6 +199,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	if au != nil {
 		spans, accused, audits, checks = a.afterAudit(ctx, r, au, spans, excluded)
 	}
+	// Nothing reads the round's buffers any more (the audit is closed).
+	r.red.release()
+	a.pool.put(r.orig)
 
 	cnt.mu.Lock()
 	sent, recv := cnt.sent, cnt.recv
