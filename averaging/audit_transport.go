@@ -308,8 +308,9 @@ func (au *auditRound) waitFor(until time.Time, done func() bool) {
 	}
 }
 
-// sendAudit opens an audit stream to p and writes with write; failures
-// are the receiver's loss (it will not have our message).
+// sendAudit opens an audit stream to p and writes with write, without
+// waiting for p to read it (a slow member must not hold up our step);
+// failures are the receiver's loss (it will not have our message).
 func (a *Averager) sendAudit(ctx context.Context, p peer.ID, by time.Time, write func(network.Stream) error) {
 	ctx, cancel := context.WithDeadline(ctx, by)
 	defer cancel()
@@ -324,9 +325,7 @@ func (a *Averager) sendAudit(ctx context.Context, p peer.ID, by time.Time, write
 		_ = s.Reset()
 		return
 	}
-	_ = s.CloseWrite()
-	_, _ = io.Copy(io.Discard, s) // until the receiver has read it and closes
-	_ = s.Close()
+	_ = s.Close() // what was written is delivered; we read nothing back
 }
 
 // audit asks reducer p.Reducer for its claim and inputs of part p.Part and
