@@ -364,6 +364,28 @@ func l2(x []float32) float64 {
 	return math.Sqrt((s0 + s1) + (s2 + s3))
 }
 
+// copySquares copies src into dst and returns Σ src², summed as l2 sums.
+func copySquares(dst, src []float32) float64 {
+	dst = dst[:len(src)]
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(src); j += 4 {
+		a, b, c, d := src[j], src[j+1], src[j+2], src[j+3]
+		dst[j], dst[j+1], dst[j+2], dst[j+3] = a, b, c, d
+		fa, fb, fc, fd := float64(a), float64(b), float64(c), float64(d)
+		s0 += float64(fa * fa)
+		s1 += float64(fb * fb)
+		s2 += float64(fc * fc)
+		s3 += float64(fd * fd)
+	}
+	for ; j < len(src); j++ {
+		dst[j] = src[j]
+		f := float64(src[j])
+		s0 += float64(f * f)
+	}
+	return (s0 + s1) + (s2 + s3)
+}
+
 // prepareMedian readies medianAt for n inputs: a sorting network of
 // min/max exchanges (no data-dependent branches, which is what makes a
 // median of a few values per coordinate cheap) for up to 32 inputs.

@@ -139,6 +139,7 @@ type reducer struct {
 	xs       [][]float32
 	ws       []float64
 	norms    []float64
+	partSq   [][]float64 // with NormK: per part, per sender, Σ x² of its values (taken as they arrive)
 }
 
 // reduceOpts is how a reducer combines a part.
@@ -245,7 +246,21 @@ func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
 		if r.bufs[k] == nil {
 			r.bufs[k] = make([][]float32, r.n)
 		}
-		r.bufs[k][s] = append(r.take(), vals...)
+		buf := r.take()[:len(vals)]
+		if r.opts.NormK > 0 {
+			// The norm is taken in the same pass as the copy: one pass less
+			// over every sender's values when the part is combined.
+			if r.partSq == nil {
+				r.partSq = make([][]float64, len(r.parts))
+			}
+			if r.partSq[k] == nil {
+				r.partSq[k] = make([]float64, r.n)
+			}
+			r.partSq[k][s] = copySquares(buf, vals)
+		} else {
+			copy(buf, vals)
+		}
+		r.bufs[k][s] = buf
 	} else {
 		w := float32(r.weight[s])
 		acc := r.acc[sp.Start-r.base : sp.End-r.base]
@@ -344,7 +359,11 @@ func (r *reducer) combine(k int) {
 		var ns []float64
 		for s := range r.n {
 			if r.contrib[k].has(s) {
-				r.norms[s] = l2(r.values(k, s))
+				if s == r.self {
+					r.norms[s] = l2(r.values(k, s))
+				} else {
+					r.norms[s] = math.Sqrt(r.partSq[k][s])
+				}
 				ns = append(ns, r.norms[s])
 			}
 		}
