@@ -478,3 +478,33 @@ func TestHostileAuditor(t *testing.T) {
 		})
 	}
 }
+
+// TestAuditMemberDies: a member dies once its round is over, before its
+// audit: it sends no commitment and no report. The others do not wait for
+// them past noticing the connection gone (the audit timeout here is 20 s),
+// keep their own values for its share (unaudited), and accuse nobody.
+func TestAuditMemberDies(t *testing.T) {
+	const victim = 3
+	ap := newAuditPeers(t, auditN, 2, func(_ int, c *Config) { c.AuditTimeout = 20 * time.Second })
+	var once sync.Once
+	ap.ps[victim].a.faults.beforeAudit = func() { once.Do(func() { _ = ap.ps[victim].h.Close() }) }
+	for _, p := range ap.ps {
+		copy(p.vec, p.orig)
+	}
+	out := stepAll(ap.ps, "dies", 1, nil)
+	for i, o := range out {
+		if i == victim {
+			continue
+		}
+		if o.err != nil || len(o.res.Members) != auditN {
+			t.Fatalf("peer %d: %v, %d members", i, o.err, len(o.res.Members))
+		}
+		if o.res.ReduceTime > slow*5*time.Second {
+			t.Fatalf("peer %d: round took %v", i, o.res.ReduceTime)
+		}
+		if ac := ap.accusedBy(t, i, o.res, ap.id(victim)); ac != nil {
+			t.Fatalf("peer %d accused the dead member: %v", i, ac)
+		}
+		ap.checkFallback(t, i, o.res, ap.id(victim))
+	}
+}

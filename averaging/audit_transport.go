@@ -27,6 +27,10 @@ import (
 // be open at once.
 const auditStreamsPerPeer = 4 + maxAuditParts
 
+// auditPoll is how often a wait of the audit looks at its members'
+// connections.
+const auditPoll = 100 * time.Millisecond
+
 // maxClaimFrame bounds a claim: a group of MaxGroupSize contributors with a
 // weight and a digest each, and a signature.
 const maxClaimFrame = 64 + MaxGroupSize*40 + 64 + maxSigLen
@@ -140,6 +144,9 @@ func (au *auditRound) roundOver(vec []float32, recv [][]bitset, red *reducer, de
 // shares of convicted and unaudited reducers go back to our own values,
 // the convicted are banned and reported.
 func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spans []Span, excluded map[peer.ID]string) ([]Span, []Accusation, int, int) {
+	if f := a.faults.beforeAudit; f != nil {
+		f()
+	}
 	if err := au.roundOver(r.vec, r.recv, r.red, time.Now().Add(a.cfg.AuditTimeout)); err != nil {
 		a.log.Warn("audit: no commitment of our share", "err", err)
 	}
@@ -218,10 +225,11 @@ func (a *Averager) auditPhase(ctx context.Context, au *auditRound) {
 			}()
 		}
 	}
-	// The commitments of the reducers we received parts from.
+	// The commitments of the reducers we received parts from (while they
+	// are connected: a member that died after the round sends nothing).
 	au.waitFor(commitBy, func() bool {
 		for j := range n {
-			if au.book.receivedAny(j) && au.book.commits[j] == nil && j != au.self {
+			if j != au.self && au.book.receivedAny(j) && au.book.commits[j] == nil && a.connected(au.g.Members[j].ID) {
 				return false
 			}
 		}
@@ -271,10 +279,11 @@ func (a *Averager) auditPhase(ctx context.Context, au *auditRound) {
 			})
 		}()
 	}
-	// Reports from every member that took part in the round with us.
+	// Reports from every member that took part in the round with us and
+	// is still connected.
 	au.waitFor(au.deadline, func() bool {
 		for j := range n {
-			if j != au.self && !au.reported[j] && au.alive(j) {
+			if j != au.self && !au.reported[j] && au.alive(j) && a.connected(au.g.Members[j].ID) {
 				return false
 			}
 		}
@@ -289,7 +298,13 @@ func (au *auditRound) alive(j int) bool {
 	return au.book.commits[j] != nil || au.book.receivedAny(j) || (au.red != nil && au.red.status[j] == sDone)
 }
 
-// waitFor waits until done (called with au.mu held) or until.
+// connected reports whether we hold a connection to p.
+func (a *Averager) connected(p peer.ID) bool {
+	return a.h.Network().Connectedness(p) == network.Connected
+}
+
+// waitFor waits until done (called with au.mu held) or until, looking
+// again at least every auditPoll (done may depend on connections).
 func (au *auditRound) waitFor(until time.Time, done func() bool) {
 	for {
 		au.mu.Lock()
@@ -299,7 +314,7 @@ func (au *auditRound) waitFor(until time.Time, done func() bool) {
 		if ok || d <= 0 {
 			return
 		}
-		t := time.NewTimer(d)
+		t := time.NewTimer(min(d, auditPoll))
 		select {
 		case <-ch:
 		case <-t.C:

@@ -273,7 +273,8 @@ type faults struct {
 	alterInput  func(from peer.ID, k int, vals []float32)
 	equivocate  bool
 	lieClaim    func(c *claim)
-	falseAccuse bool // as an auditor: report every claim as wrong
+	falseAccuse bool   // as an auditor: report every claim as wrong
+	beforeAudit func() // called when this member's round is over, before its audit
 }
 
 // New creates an Averager and registers its stream handlers on h.
