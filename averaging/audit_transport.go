@@ -396,12 +396,13 @@ func (a *Averager) fetchClaim(ctx context.Context, au *auditRound, p partRef, by
 		return c, nil, err
 	}
 	sp := au.lay.Parts[p.Reducer][p.Part]
-	inputs, err := readInputs(s, len(c.Weights), sp.End-sp.Start)
+	inputs, err := readInputs(s, len(c.Weights), sp.End-sp.Start, nil)
 	return c, inputs, err
 }
 
-// readInputs reads count tAuditInput frames of exactly n values each.
-func readInputs(r io.Reader, count, n int) ([][]float32, error) {
+// readInputs reads count tAuditInput frames of exactly n values each; each
+// must pass check (if not nil) before the next is read.
+func readInputs(r io.Reader, count, n int, check func(i int, x []float32) error) ([][]float32, error) {
 	inputs := make([][]float32, 0, count)
 	var buf []byte
 	for i := range count {
@@ -416,6 +417,11 @@ func readInputs(r io.Reader, count, n int) ([][]float32, error) {
 		x := make([]float32, n)
 		if err := CodecNone.Decode(x, b); err != nil {
 			return nil, fmt.Errorf("input %d: %w", i, err)
+		}
+		if check != nil {
+			if err := check(i, x); err != nil {
+				return nil, err
+			}
 		}
 		inputs = append(inputs, x)
 	}
@@ -687,7 +693,14 @@ func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte)
 			continue
 		}
 		sp := au.lay.Parts[rc.Claim.Reducer][rc.Claim.Part] // checked by checkClaim
-		inputs, err := readInputs(s, len(rc.Claim.Weights), sp.End-sp.Start)
+		// Each input must be one the reducer signed for: reading stops at
+		// the first that is not (a reporter cannot make us hold more).
+		inputs, err := readInputs(s, len(rc.Claim.Weights), sp.End-sp.Start, func(i int, x []float32) error {
+			if inputDigest(x) != rc.Claim.Inputs[i] {
+				return fmt.Errorf("%w: evidence input %d is not the one reducer %d signed for", errFalse, i, rc.Claim.Reducer)
+			}
+			return nil
+		})
 		if err != nil {
 			return fmt.Errorf("evidence of reducer %d part %d: %w", rc.Claim.Reducer, rc.Claim.Part, err)
 		}
