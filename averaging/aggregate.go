@@ -194,6 +194,63 @@ func (g *aggregator) mean(out []float32, xs [][]float32) {
 	}
 }
 
+// meanSqDist writes the weighted mean of xs (total weight W) into out, as
+// mean does, and sets g.d2[i] to the squared distance of xs[i] from it,
+// differences taken in float32 (a difference whose square overflows gives
+// +Inf, which puts that input beyond any τ): both in one pass over the
+// inputs, for the fast path of CenteredClip.
+func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64) {
+	if len(xs) == 8 {
+		g.meanSqDist8(out, xs, W)
+		return
+	}
+	clear(g.d2)
+	for j := range out {
+		var s float64
+		for i, x := range xs {
+			s += float64(g.w[i] * float64(x[j]))
+		}
+		m := float32(s / W)
+		out[j] = m
+		for i, x := range xs {
+			d := x[j] - m
+			g.d2[i] += float64(d * d)
+		}
+	}
+}
+
+// meanSqDist8 is meanSqDist for 8 inputs, kept in registers: the same sums
+// in the same order.
+func (g *aggregator) meanSqDist8(out []float32, xs [][]float32, W float64) {
+	n := len(out)
+	x0, x1, x2, x3, x4, x5, x6, x7 := xs[0][:n], xs[1][:n], xs[2][:n], xs[3][:n], xs[4][:n], xs[5][:n], xs[6][:n], xs[7][:n]
+	w0, w1, w2, w3, w4, w5, w6, w7 := g.w[0], g.w[1], g.w[2], g.w[3], g.w[4], g.w[5], g.w[6], g.w[7]
+	var a0, a1, a2, a3, a4, a5, a6, a7 float64
+	for j := range out {
+		v0, v1, v2, v3, v4, v5, v6, v7 := x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j]
+		s := float64(w0 * float64(v0))
+		s += float64(w1 * float64(v1))
+		s += float64(w2 * float64(v2))
+		s += float64(w3 * float64(v3))
+		s += float64(w4 * float64(v4))
+		s += float64(w5 * float64(v5))
+		s += float64(w6 * float64(v6))
+		s += float64(w7 * float64(v7))
+		m := float32(s / W)
+		out[j] = m
+		d0, d1, d2, d3, d4, d5, d6, d7 := v0-m, v1-m, v2-m, v3-m, v4-m, v5-m, v6-m, v7-m
+		a0 += float64(d0 * d0)
+		a1 += float64(d1 * d1)
+		a2 += float64(d2 * d2)
+		a3 += float64(d3 * d3)
+		a4 += float64(d4 * d4)
+		a5 += float64(d5 * d5)
+		a6 += float64(d6 * d6)
+		a7 += float64(d7 * d7)
+	}
+	g.d2[0], g.d2[1], g.d2[2], g.d2[3], g.d2[4], g.d2[5], g.d2[6], g.d2[7] = a0, a1, a2, a3, a4, a5, a6, a7
+}
+
 // trimCount is how many values a trimmed mean drops at each end of n.
 func trimCount(n int) int {
 	if n < 3 {
@@ -221,13 +278,11 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	// median estimated on a sample of coordinates (the median of n
 	// estimates, like τ itself, is set by the majority). When no input lies
 	// beyond τ of the mean, the mean is a fixed point of the iteration with
-	// that τ and the answer: what an honest round pays, about two passes.
-	g.mean(out, xs)
+	// that τ and the answer: what an honest round pays, one pass over the
+	// inputs for the mean and their distances to it, and a sample.
 	tau := g.tau * g.sampledMedianDist(xs)
+	g.meanSqDist(out, xs, W)
 	if !math.IsInf(tau, 0) { // τ = 0: the mean only if every input equals it
-		for i, x := range xs {
-			g.d2[i] = sqDist32(x, out)
-		}
 		g.sqrtDist()
 		// A sample overestimates distances concentrated on the sampled
 		// coordinates (sparse honest differences): never use more than τ
@@ -534,28 +589,6 @@ func sqDist(x, a []float32) float64 {
 	}
 	for ; j < n; j++ {
 		d := float64(x[j]) - float64(a[j])
-		s0 += float64(d * d)
-	}
-	return (s0 + s1) + (s2 + s3)
-}
-
-// sqDist32 is sqDist with the differences taken in float32: faster, for
-// the fast path's gate only. A difference whose square overflows gives +Inf,
-// which puts that input beyond any τ and sends the part to the exact path.
-func sqDist32(x, a []float32) float64 {
-	n := len(a)
-	x = x[:n]
-	var s0, s1, s2, s3 float64
-	j := 0
-	for ; j+4 <= n; j += 4 {
-		d0, d1, d2, d3 := x[j]-a[j], x[j+1]-a[j+1], x[j+2]-a[j+2], x[j+3]-a[j+3]
-		s0 += float64(d0 * d0)
-		s1 += float64(d1 * d1)
-		s2 += float64(d2 * d2)
-		s3 += float64(d3 * d3)
-	}
-	for ; j < n; j++ {
-		d := x[j] - a[j]
 		s0 += float64(d * d)
 	}
 	return (s0 + s1) + (s2 + s3)
