@@ -25,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -201,6 +202,7 @@ func cmdPeer(args []string) error {
 	agg := fs.String("agg", "mean", "mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	profile := fs.String("cpuprofile", "", "peer 0 writes a CPU profile of its rounds after the first here")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
 	if err != nil || len(ports) != *n {
@@ -248,6 +250,16 @@ func cmdPeer(args []string) error {
 	vec := make([]float32, *mib<<20/4)
 	rng := mrand.New(mrand.NewPCG(uint64(*idx), 1))
 	for r := 1; r <= *rounds; r++ {
+		if r == 2 && *profile != "" && *idx == 0 {
+			f, err := os.Create(*profile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		}
 		// Fresh values every round (before matchmaking, outside the timed
 		// all-reduce): after a round every peer holds the same vector, and a
 		// robust aggregation's cost depends on how the inputs differ.
@@ -396,11 +408,12 @@ func cmdRun(args []string) error {
 	agg := fs.String("agg", "mean", "aggregation: mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	profile := fs.String("cpuprofile", "", "write peer 0's CPU profile (rounds after the first) to this file")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	outs, err := spawn(ctx, *n, "-mode", "allreduce", "-mib", fmt.Sprint(*mib), "-rounds", fmt.Sprint(*rounds),
-		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit))
+		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-cpuprofile", *profile)
 	if err != nil {
 		return err
 	}
