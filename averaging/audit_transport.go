@@ -42,17 +42,18 @@ type auditRound struct {
 	codec Codec
 	sign  func([]byte) ([]byte, error)
 
-	mu       sync.Mutex
-	book     *auditBook
-	red      *reducer      // ours, read only once ready is closed
-	ready    chan struct{} // closed when our round is over
-	changed  chan struct{} // closed and replaced when a commitment or report arrives
-	deadline time.Time     // end of the audit phase (zero until our round is over)
-	commit   *commitment   // ours; nil if we reduce nothing
-	closed   bool          // the audit is over: the vector is the caller's again
-	claims   map[int]*servedClaim
-	served   []int  // audit requests answered, per member
-	reported []bool // reports taken, per member
+	mu        sync.Mutex
+	book      *auditBook
+	red       *reducer      // ours, read only once ready is closed
+	ready     chan struct{} // closed when our round is over
+	changed   chan struct{} // closed and replaced when a commitment or report arrives
+	deadline  time.Time     // end of the audit phase (zero until our round is over)
+	commit    *commitment   // ours; nil if we reduce nothing
+	closed    bool          // the audit is over: the vector is the caller's again
+	claims    map[int]*servedClaim
+	served    []int  // audit requests answered, per member
+	reporting []bool // reports being taken or taken, per member
+	reported  []bool // reports taken (with their evidence), per member
 	// Claims being written: the round's buffers stay ours until they are
 	// done; closing resets their streams.
 	serving sync.WaitGroup
@@ -70,7 +71,7 @@ func (a *Averager) openAudit(g *groupInfo, self int, lay layout, codec Codec, ag
 	au := &auditRound{g: g, self: self, lay: lay, codec: codec, sign: a.key.Sign,
 		book:  newAuditBook(g.ID, self, g.ids(), lay, codec, agg, orig, verifySig),
 		ready: make(chan struct{}), changed: make(chan struct{}), claims: map[int]*servedClaim{}, writing: map[network.Stream]bool{},
-		served: make([]int, n), reported: make([]bool, n)}
+		served: make([]int, n), reporting: make([]bool, n), reported: make([]bool, n)}
 	a.mu.Lock()
 	a.audits[g.ID] = au
 	close(a.roundsCh)
@@ -235,8 +236,9 @@ func (a *Averager) auditPhase(ctx context.Context, au *auditRound) {
 		}
 		return true
 	})
+	rng := a.seedRNG()
 	au.mu.Lock()
-	checks, audits := au.book.plan(a.seedRNG(), a.cfg.AuditParts)
+	checks, audits := au.book.plan(rng, a.cfg.AuditParts)
 	for _, c := range checks {
 		au.book.checkOutput(c.Reducer, c.Part)
 	}
@@ -362,7 +364,9 @@ func (a *Averager) audit(ctx context.Context, au *auditRound, p partRef, by time
 	au.mu.Unlock()
 	if err != nil {
 		a.log.Info("audit: reducer unaudited; its share stays local", "peer", to, "part", p.Part, "err", err)
-		a.refuseAnswer(to, ProtoAudit, err)
+		if reasonFor(err) != reasonStall { // slow or gone is not a lie
+			a.refuseAudit(to, err)
+		}
 	}
 }
 
@@ -666,12 +670,17 @@ func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte)
 		au.mu.Unlock()
 		return nil
 	}
-	if au.reported[j] {
+	if au.reporting[j] {
 		au.mu.Unlock()
 		return fmt.Errorf("%w: a second report in one round", errFlood)
 	}
-	au.reported[j] = true
-	au.signal()
+	au.reporting[j] = true
+	defer func() { // taken, evidence and all: the audit may end
+		au.mu.Lock()
+		au.reported[j] = true
+		au.signal()
+		au.mu.Unlock()
+	}()
 	var ferr error
 	for _, r := range rep.Roots {
 		if err := au.book.noteRoot(j, r); err != nil && ferr == nil {
