@@ -49,6 +49,13 @@ import (
 //
 // All arithmetic on values is in float64 and every new value is a convex
 // combination of finite inputs, so finite inputs give finite outputs.
+//
+// The result is a function of the inputs, their order and weights, bit for
+// bit, on every platform: an auditor re-computes a reducer's part and
+// compares hashes (audit.go). Go may fuse x*y + z into one FMA instruction
+// (arm64, amd64 with GOAMD64=v3), which rounds once instead of twice; every
+// product that is then added is therefore written float64(x*y), an explicit
+// conversion, which the language defines to round and so forbids the fusion.
 
 // Aggregation is how a reducer combines the senders' values of a part.
 type Aggregation uint8
@@ -181,10 +188,67 @@ func (g *aggregator) mean(out []float32, xs [][]float32) {
 	for j := range out {
 		var s float64
 		for i, x := range xs {
-			s += g.w[i] * float64(x[j])
+			s += float64(g.w[i] * float64(x[j]))
 		}
 		out[j] = float32(s / W)
 	}
+}
+
+// meanSqDist writes the weighted mean of xs (total weight W) into out, as
+// mean does, and sets g.d2[i] to the squared distance of xs[i] from it,
+// differences taken in float32 (a difference whose square overflows gives
+// +Inf, which puts that input beyond any τ): both in one pass over the
+// inputs, for the fast path of CenteredClip.
+func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64) {
+	if len(xs) == 8 {
+		g.meanSqDist8(out, xs, W)
+		return
+	}
+	clear(g.d2)
+	for j := range out {
+		var s float64
+		for i, x := range xs {
+			s += float64(g.w[i] * float64(x[j]))
+		}
+		m := float32(s / W)
+		out[j] = m
+		for i, x := range xs {
+			d := x[j] - m
+			g.d2[i] += float64(d * d)
+		}
+	}
+}
+
+// meanSqDist8 is meanSqDist for 8 inputs, kept in registers: the same sums
+// in the same order.
+func (g *aggregator) meanSqDist8(out []float32, xs [][]float32, W float64) {
+	n := len(out)
+	x0, x1, x2, x3, x4, x5, x6, x7 := xs[0][:n], xs[1][:n], xs[2][:n], xs[3][:n], xs[4][:n], xs[5][:n], xs[6][:n], xs[7][:n]
+	w0, w1, w2, w3, w4, w5, w6, w7 := g.w[0], g.w[1], g.w[2], g.w[3], g.w[4], g.w[5], g.w[6], g.w[7]
+	var a0, a1, a2, a3, a4, a5, a6, a7 float64
+	for j := range out {
+		v0, v1, v2, v3, v4, v5, v6, v7 := x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j]
+		s := float64(w0 * float64(v0))
+		s += float64(w1 * float64(v1))
+		s += float64(w2 * float64(v2))
+		s += float64(w3 * float64(v3))
+		s += float64(w4 * float64(v4))
+		s += float64(w5 * float64(v5))
+		s += float64(w6 * float64(v6))
+		s += float64(w7 * float64(v7))
+		m := float32(s / W)
+		out[j] = m
+		d0, d1, d2, d3, d4, d5, d6, d7 := v0-m, v1-m, v2-m, v3-m, v4-m, v5-m, v6-m, v7-m
+		a0 += float64(d0 * d0)
+		a1 += float64(d1 * d1)
+		a2 += float64(d2 * d2)
+		a3 += float64(d3 * d3)
+		a4 += float64(d4 * d4)
+		a5 += float64(d5 * d5)
+		a6 += float64(d6 * d6)
+		a7 += float64(d7 * d7)
+	}
+	g.d2[0], g.d2[1], g.d2[2], g.d2[3], g.d2[4], g.d2[5], g.d2[6], g.d2[7] = a0, a1, a2, a3, a4, a5, a6, a7
 }
 
 // trimCount is how many values a trimmed mean drops at each end of n.
@@ -214,13 +278,11 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	// median estimated on a sample of coordinates (the median of n
 	// estimates, like τ itself, is set by the majority). When no input lies
 	// beyond τ of the mean, the mean is a fixed point of the iteration with
-	// that τ and the answer: what an honest round pays, about two passes.
-	g.mean(out, xs)
+	// that τ and the answer: what an honest round pays, one pass over the
+	// inputs for the mean and their distances to it, and a sample.
 	tau := g.tau * g.sampledMedianDist(xs)
+	g.meanSqDist(out, xs, W)
 	if !math.IsInf(tau, 0) { // τ = 0: the mean only if every input equals it
-		for i, x := range xs {
-			g.d2[i] = sqDist32(x, out)
-		}
 		g.sqrtDist()
 		// A sample overestimates distances concentrated on the sampled
 		// coordinates (sparse honest differences): never use more than τ
@@ -251,14 +313,14 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 		var moved float64
 		for j := range out {
 			v := float64(out[j])
-			nv := keep * v
+			nv := float64(keep * v)
 			for i, x := range xs {
-				nv += g.c[i] * float64(x[j])
+				nv += float64(g.c[i] * float64(x[j]))
 			}
 			f := float32(nv)
 			out[j] = f
 			dv := float64(f) - v
-			moved += dv * dv
+			moved += float64(dv * dv)
 		}
 		for i, x := range xs {
 			g.d2[i] = sqDist(x, out)
@@ -346,15 +408,37 @@ func l2(x []float32) float64 {
 	j := 0
 	for ; j+4 <= len(x); j += 4 {
 		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
-		s0 += a * a
-		s1 += b * b
-		s2 += c * c
-		s3 += d * d
+		s0 += float64(a * a)
+		s1 += float64(b * b)
+		s2 += float64(c * c)
+		s3 += float64(d * d)
 	}
 	for ; j < len(x); j++ {
-		s0 += float64(x[j]) * float64(x[j])
+		s0 += float64(float64(x[j]) * float64(x[j]))
 	}
 	return math.Sqrt((s0 + s1) + (s2 + s3))
+}
+
+// copySquares copies src into dst and returns Σ src², summed as l2 sums.
+func copySquares(dst, src []float32) float64 {
+	dst = dst[:len(src)]
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(src); j += 4 {
+		a, b, c, d := src[j], src[j+1], src[j+2], src[j+3]
+		dst[j], dst[j+1], dst[j+2], dst[j+3] = a, b, c, d
+		fa, fb, fc, fd := float64(a), float64(b), float64(c), float64(d)
+		s0 += float64(fa * fa)
+		s1 += float64(fb * fb)
+		s2 += float64(fc * fc)
+		s3 += float64(fd * fd)
+	}
+	for ; j < len(src); j++ {
+		dst[j] = src[j]
+		f := float64(src[j])
+		s0 += float64(f * f)
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // prepareMedian readies medianAt for n inputs: a sorting network of
@@ -498,35 +582,13 @@ func sqDist(x, a []float32) float64 {
 		d1 := float64(x[j+1]) - float64(a[j+1])
 		d2 := float64(x[j+2]) - float64(a[j+2])
 		d3 := float64(x[j+3]) - float64(a[j+3])
-		s0 += d0 * d0
-		s1 += d1 * d1
-		s2 += d2 * d2
-		s3 += d3 * d3
-	}
-	for ; j < n; j++ {
-		d := float64(x[j]) - float64(a[j])
-		s0 += d * d
-	}
-	return (s0 + s1) + (s2 + s3)
-}
-
-// sqDist32 is sqDist with the differences taken in float32: faster, for
-// the fast path's gate only. A difference whose square overflows gives +Inf,
-// which puts that input beyond any τ and sends the part to the exact path.
-func sqDist32(x, a []float32) float64 {
-	n := len(a)
-	x = x[:n]
-	var s0, s1, s2, s3 float64
-	j := 0
-	for ; j+4 <= n; j += 4 {
-		d0, d1, d2, d3 := x[j]-a[j], x[j+1]-a[j+1], x[j+2]-a[j+2], x[j+3]-a[j+3]
 		s0 += float64(d0 * d0)
 		s1 += float64(d1 * d1)
 		s2 += float64(d2 * d2)
 		s3 += float64(d3 * d3)
 	}
 	for ; j < n; j++ {
-		d := x[j] - a[j]
+		d := float64(x[j]) - float64(a[j])
 		s0 += float64(d * d)
 	}
 	return (s0 + s1) + (s2 + s3)
@@ -554,7 +616,7 @@ func (g *aggregator) sampledMedianDist(xs [][]float32) float64 {
 		}
 		for i, x := range xs {
 			e := float64(x[j]) - m
-			g.d2[i] += e * e
+			g.d2[i] += float64(e * e)
 		}
 	}
 	for i := range g.d2 {

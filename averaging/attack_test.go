@@ -278,6 +278,54 @@ func TestHostileJoin(t *testing.T) {
 	}
 }
 
+// TestNonCandidateJoin: a peer that is not among the step's candidates
+// asks every honest peer, again and again, to lead it with a well-formed
+// request (the earliest expiration allowed, a plain bandwidth). Every leader
+// refuses it as "not-candidate" (counted once per peer and minute, however
+// often it asks), it never becomes a member, and the honest round completes.
+func TestNonCandidateJoin(t *testing.T) {
+	// A fourth candidate that never answers keeps every honest peer
+	// matchmaking until its window ends, while the attacker asks.
+	ghost := testPeerID(t, 9)
+	ar := newArena(t, 3, 3000, func(c *Config) {
+		c.TargetGroupSize = 4
+		c.MatchWindow = slow * time.Second
+		c.MatchTimeout = 3 * c.MatchWindow
+		c.RequestTimeout = slow * 200 * time.Millisecond
+		peers := c.Peers
+		c.Peers = func(ctx context.Context, key string) []peer.ID { return append(peers(ctx, key), ghost) }
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	var joined []*groupInfo
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			for _, to := range ar.honest {
+				req := joinRequest{Version: WireVersion, Group: groupKey{Key: keyHonest, Round: 1},
+					Expiration: time.Now().Add(-clockSkew / 2).UnixNano(), VecLen: 3000, Bandwidth: 1, Codec: CodecNone}
+				if g := ar.tryJoin(ctx, to, req); g != nil {
+					joined = append(joined, g)
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	out := stepAll(ar.ps, keyHonest, 1, nil)
+	cancel()
+	wg.Wait()
+	if len(joined) != 0 {
+		t.Fatalf("the non-candidate joined %d groups", len(joined))
+	}
+	for i := range ar.ps {
+		if n := ar.refused(i, ProtoMatch, reasonNotCand); n != 1 {
+			t.Errorf("peer %d counted %d not-candidate refusals, want 1", i, n)
+		}
+	}
+	ar.checkHonest(t, out)
+}
+
 // follow joins the honest peers' group on key as a client (it reduces
 // nothing) and returns the group its leader started.
 func (ar *arena) follow(ctx context.Context, key string, vecLen int) (*groupInfo, error) {

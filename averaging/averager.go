@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -88,8 +89,24 @@ type Config struct {
 	ClipTau     float64
 	ClipIters   int
 	NormK       float64
-	Registerer  prometheus.Registerer
-	Logger      *slog.Logger
+	// AuditParts > 0 checks reducers (audit.go): after each round every
+	// member re-computes AuditParts of the other reducers' parts, picked at
+	// random once the reducers have signed what they returned, and checks
+	// one part received from each against its signature; a reducer shown to
+	// lie is banned (Refusals.BanFor), reported to OnAccusation, and its
+	// share stays local. It costs a copy of the vector and, per audit, the
+	// contributors' values of one part over the network. Every member of a
+	// run must use the same setting (a reducer that does not answer audits
+	// is not trusted). At most 16; the host's identity must be able to sign
+	// (Ed25519 or secp256k1, as libp2p's default). AuditTimeout bounds the
+	// audit after a round (default 10s).
+	AuditParts   int
+	AuditTimeout time.Duration
+	// OnAccusation is called once per reducer and round shown to lie, with
+	// the evidence, after the round (nil: none).
+	OnAccusation func(Accusation)
+	Registerer   prometheus.Registerer
+	Logger       *slog.Logger
 	// Refusals counts and logs refused peer input and names offenders
 	// (nil: refuse silently).
 	Refusals *guard.Refusals
@@ -117,6 +134,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.SenderTimeout, 10*time.Second)
 	def(&c.ReducerTimeout, 2*c.SenderTimeout)
 	def(&c.GossipTimeout, c.MatchTimeout)
+	def(&c.AuditTimeout, 10*time.Second)
 	if c.PartSize == 0 {
 		c.PartSize = 128 << 10
 	}
@@ -157,6 +175,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: ClipTau %v not in (0, %g]", ErrBadInput, c.ClipTau, float64(maxClipTau))
 	case c.ClipIters < 1 || c.ClipIters > MaxClipIters:
 		return c, fmt.Errorf("%w: ClipIters %d not in [1, %d]", ErrBadInput, c.ClipIters, MaxClipIters)
+	case c.AuditParts < 0 || c.AuditParts > maxAuditParts:
+		return c, fmt.Errorf("%w: AuditParts %d not in [0, %d]", ErrBadInput, c.AuditParts, maxAuditParts)
 	case !(c.NormK == 0 || c.NormK >= 1 && c.NormK <= maxNormK):
 		return c, fmt.Errorf("%w: NormK %v (want 0 or in [1, %g])", ErrBadInput, c.NormK, float64(maxNormK))
 	case !c.Compression.valid():
@@ -197,7 +217,12 @@ type Result struct {
 	// Fraction is the share of the vector averaged with at least one other peer.
 	Fraction float64
 	// Excluded names peers left out of the round and why.
-	Excluded                 map[peer.ID]string
+	Excluded map[peer.ID]string
+	// Accusations are the reducers shown to lie in this round (with
+	// Config.AuditParts), whose shares stayed local; Audits and Checks count
+	// the parts this peer re-computed and compared with their commitments.
+	Accusations              []Accusation
+	Audits, Checks           int
 	BytesSent, BytesReceived int64
 	MatchTime, ReduceTime    time.Duration
 	Total                    time.Duration
@@ -218,12 +243,16 @@ type Averager struct {
 
 	mu       sync.Mutex
 	closed   bool
-	sessions map[string]*session // by key
-	rounds   map[[16]byte]*round // all-reduce rounds this peer reduces in
-	roundsCh chan struct{}       // closed and replaced when rounds changes
-	bits     map[string]uint32   // Moshpit bits per key
+	sessions map[string]*session      // by key
+	rounds   map[[16]byte]*round      // all-reduce rounds this peer reduces in
+	audits   map[[16]byte]*auditRound // rounds whose audit is open (Config.AuditParts)
+	roundsCh chan struct{}            // closed and replaced when rounds or audits change
+	key      crypto.PrivKey           // signs audit commitments and claims
+	bits     map[string]uint32        // Moshpit bits per key
 	rng      *mrand.Rand
-	caps     streamCaps // inbound streams open per peer and protocol
+	caps     streamCaps            // inbound streams open per peer and protocol
+	pool     vecPool               // buffers kept between rounds
+	notCand  map[peer.ID]time.Time // when a non-candidate's join was last counted
 
 	faults faults // fault injection for tests; zero in production
 }
@@ -235,6 +264,17 @@ type faults struct {
 	sendGarbage bool                         // parts sent are random bytes of a bad length
 	afterPart   func(reducer peer.ID, k int) // called after sending part k to a reducer
 	afterFinal  func(k int)                  // called after this reducer finalised its part k
+	// As a reducer (audits): change part k before it is committed and sent
+	// to everyone; change what receiver `to` gets of part k; substitute a
+	// sender's values of a part before combining them; sign a second
+	// commitment for one member; change a claim before signing it.
+	lieResult   func(k int, avg []float32)
+	lieTo       func(to peer.ID, k int, data []float32)
+	alterInput  func(from peer.ID, k int, vals []float32)
+	equivocate  bool
+	lieClaim    func(c *claim)
+	falseAccuse bool   // as an auditor: report every claim as wrong
+	beforeAudit func() // called when this member's round is over, before its audit
 }
 
 // New creates an Averager and registers its stream handlers on h.
@@ -250,11 +290,20 @@ func New(h host.Host, cfg Config) (*Averager, error) {
 	var seed [32]byte
 	_, _ = rand.Read(seed[:])
 	a := &Averager{h: h, cfg: cfg, log: cfg.Logger.With("component", "averaging"), met: met,
-		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, roundsCh: make(chan struct{}),
-		bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
+		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, audits: map[[16]byte]*auditRound{},
+		roundsCh: make(chan struct{}), bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
+	if cfg.AuditParts > 0 {
+		a.key = h.Peerstore().PrivKey(h.ID())
+		if err := canSign(a.key, h.ID()); err != nil {
+			return nil, fmt.Errorf("%w: AuditParts needs a key that signs: %v", ErrBadInput, err)
+		}
+	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	h.SetStreamHandler(ProtoMatch, a.wrap(ProtoMatch, a.handleJoin))
 	h.SetStreamHandler(ProtoGossip, a.wrap(ProtoGossip, a.handleGossip))
+	if cfg.AuditParts > 0 {
+		h.SetStreamHandler(ProtoAudit, a.wrap(ProtoAudit, a.handleAudit))
+	}
 	if !cfg.ClientMode {
 		h.SetStreamHandler(ProtoReduce, a.wrap(ProtoReduce, a.handleReduce))
 	}
@@ -296,6 +345,7 @@ func (a *Averager) Close() error {
 	a.h.RemoveStreamHandler(ProtoMatch)
 	a.h.RemoveStreamHandler(ProtoGossip)
 	a.h.RemoveStreamHandler(ProtoReduce)
+	a.h.RemoveStreamHandler(ProtoAudit)
 	a.cancel()
 	a.wg.Wait()
 	return nil
@@ -361,8 +411,9 @@ type session struct {
 	vec    []float32
 
 	mu      sync.Mutex
-	matched bool            // matchmaking for this round is over
-	matchCh chan matchEvent // set while matchmaking
+	cands   map[peer.ID]bool // who may join us (set with matchCh)
+	matched bool             // matchmaking for this round is over
+	matchCh chan matchEvent  // set while matchmaking
 	held    map[peer.ID]*heldJoin
 	done    chan struct{} // closed when matchmaking ends
 	gossip  *gossipPhase  // set while gossiping

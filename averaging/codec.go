@@ -126,7 +126,9 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 				inv = 1 / scale
 			}
 			for i, v := range blk {
-				r := v * inv // within [-127, 127] up to rounding
+				// Within [-127, 127] up to rounding; rounded here so that it is
+				// never fused with the + 0.5 below (audits compare re-encoded bits).
+				r := float32(v * inv)
 				// Round half away from zero without math.Round's float64 trip.
 				var n int32
 				if r >= 0 {

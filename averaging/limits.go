@@ -57,13 +57,21 @@ const (
 
 // Refusal reasons (swarm_security_refusals_total{reason}).
 const (
-	reasonOversize  = "oversize"     // a frame longer than the protocol allows
-	reasonMalformed = "malformed"    // does not decode, or decodes to NaN/Inf
-	reasonRange     = "out-of-range" // decodes, but a value is outside what this averager allows
-	reasonStall     = "stall"        // no progress within the timeout
-	reasonFlood     = "flood"        // too many streams at once
-	reasonNotMember = "not-member"   // reduce stream from a peer not in the group it names
-	reasonOutlier   = "outlier"      // a part whose norm is far above the group's median (Config.NormK)
+	reasonOversize  = "oversize"      // a frame longer than the protocol allows
+	reasonMalformed = "malformed"     // does not decode, or decodes to NaN/Inf
+	reasonRange     = "out-of-range"  // decodes, but a value is outside what this averager allows
+	reasonStall     = "stall"         // no progress within the timeout
+	reasonFlood     = "flood"         // too many streams at once
+	reasonNotMember = "not-member"    // reduce stream from a peer not in the group it names
+	reasonOutlier   = "outlier"       // a part whose norm is far above the group's median (Config.NormK)
+	reasonNotCand   = "not-candidate" // a join from a peer that is not among the step's candidates
+)
+
+// notCandEvery is how often a non-candidate's joins are counted (the join is
+// refused every time), and maxNotCand bounds the peers remembered for it.
+const (
+	notCandEvery = time.Minute
+	maxNotCand   = 1024
 )
 
 var errOutOfRange = errors.New("averaging: value out of range")
@@ -72,6 +80,34 @@ var errOutOfRange = errors.New("averaging: value out of range")
 // once guard names it an offender.
 func (a *Averager) refuse(p peer.ID, proto, reason string, err error) {
 	a.cfg.Refusals.Refuse(p, proto, reason, err)
+}
+
+// refuseNotCandidate counts a join from p, which is not a candidate of the
+// step for key gk, at most once per notCandEvery.
+func (a *Averager) refuseNotCandidate(p peer.ID, gk groupKey) {
+	now := time.Now()
+	a.mu.Lock()
+	if a.notCand == nil {
+		a.notCand = map[peer.ID]time.Time{}
+	}
+	last, seen := a.notCand[p]
+	count := !seen || now.Sub(last) >= notCandEvery
+	if count {
+		if len(a.notCand) >= maxNotCand {
+			for q, t := range a.notCand {
+				if now.Sub(t) >= notCandEvery {
+					delete(a.notCand, q)
+				}
+			}
+		}
+		if len(a.notCand) < maxNotCand {
+			a.notCand[p] = now
+		}
+	}
+	a.mu.Unlock()
+	if count {
+		a.refuse(p, ProtoMatch, reasonNotCand, fmt.Errorf("%w: join for %s from a peer that is not a candidate", errOutOfRange, gk))
+	}
 }
 
 // refuseErr refuses p's input for the reason err implies; errors that are
@@ -223,6 +259,8 @@ func streamLimit(proto string) int {
 		return reduceStreamsPerPeer
 	case ProtoGossip:
 		return gossipStreamsPerPeer
+	case ProtoAudit:
+		return auditStreamsPerPeer
 	}
 	return matchStreamsPerPeer
 }

@@ -35,6 +35,10 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 		PartSize: uint32(a.cfg.PartSize)}
 	events := make(chan matchEvent, 256)
 	sess.mu.Lock()
+	sess.cands = make(map[peer.ID]bool, len(cands))
+	for _, c := range cands {
+		sess.cands[c] = true
+	}
 	sess.matchCh = events
 	sess.mu.Unlock()
 
@@ -262,6 +266,16 @@ func (a *Averager) handleJoin(s network.Stream) {
 		} else {
 			reject(rejectNotLooking) // not started yet
 		}
+		return
+	}
+	if !sess.cands[from] {
+		sess.mu.Unlock()
+		// Not one of the peers this step may group with (for a trainer: not a
+		// holder of the shard as far as we know): it may not become a member,
+		// whatever it declares. Counted at most once a minute per peer, since
+		// an honest holder our records do not show yet asks every step.
+		a.refuseNotCandidate(from, req.Group)
+		reject(rejectWrongKey)
 		return
 	}
 	if sess.held[from] == nil && len(sess.held) >= maxHeld {

@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 )
@@ -16,19 +17,36 @@ type layout struct {
 	Parts  [][]span // per member, its parts in order
 }
 
+// maxBandwidthRatio caps a member's bandwidth in partition at this multiple
+// of the median bandwidth of the group's reducers: a member that declares
+// MaxBandwidth (legal, if absurd) reduces at most this many typical shares,
+// not the whole vector.
+const maxBandwidthRatio = 8
+
 // partition gives each member a contiguous share proportional to its
-// bandwidth; clients (which cannot accept connections) and zero-bandwidth
-// members get none. Rounding leftovers go to the members with the largest
-// fractional remainders, ties to the lower index.
+// bandwidth, capped at maxBandwidthRatio × the reducers' lower median; clients
+// (which cannot accept connections) and zero-bandwidth members get none.
+// Rounding leftovers go to the members with the largest fractional
+// remainders, ties to the lower index.
 func partition(vecLen int, members []member, partSize int) layout {
 	n := len(members)
 	bw := make([]float64, n)
-	var total float64
+	var pos []float64
 	for i, m := range members {
 		if !m.Client && m.Bandwidth > 0 {
 			bw[i] = m.Bandwidth
-			total += m.Bandwidth
+			pos = append(pos, m.Bandwidth)
 		}
+	}
+	slices.Sort(pos)
+	limit := math.Inf(1)
+	if len(pos) > 0 { // the lower median: half the reducers cannot raise it
+		limit = maxBandwidthRatio * pos[(len(pos)-1)/2]
+	}
+	var total float64
+	for i := range bw {
+		bw[i] = min(bw[i], limit)
+		total += bw[i]
 	}
 	sizes := make([]int, n)
 	if total > 0 {
@@ -121,6 +139,7 @@ type reducer struct {
 	xs       [][]float32
 	ws       []float64
 	norms    []float64
+	partSq   [][]float64 // with NormK: per part, per sender, Σ x² of its values (taken as they arrive)
 }
 
 // reduceOpts is how a reducer combines a part.
@@ -129,11 +148,18 @@ type reduceOpts struct {
 	Tau   float64 // CenteredClip τ, relative to the median distance (0: default)
 	Iters int     // CenteredClip iterations (0: default)
 	NormK float64 // reject senders whose part norm exceeds NormK × the median (0: off)
+	// Keep holds every contributor's values of every part until release,
+	// for auditors to re-compute any part (audit.go); own must then stay
+	// unchanged too.
+	Keep bool
+	// Pool supplies the accumulator and part buffers, and takes them back
+	// at release (nil: allocate).
+	Pool *vecPool
 }
 
 // buffered reports whether parts are kept until final (anything but the
 // plain streamed mean).
-func (o reduceOpts) buffered() bool { return o.Agg != AggregateMean || o.NormK > 0 }
+func (o reduceOpts) buffered() bool { return o.Agg != AggregateMean || o.NormK > 0 || o.Keep }
 
 // finalPart is an averaged part ready to be returned to its contributors.
 type finalPart struct {
@@ -155,7 +181,7 @@ func newReducer(self, n int, parts []span, own []float32, weight float64, now ti
 	if len(parts) > 0 {
 		r.base = parts[0].Start
 	}
-	r.acc = make([]float32, len(own))
+	r.acc = opts.Pool.get(len(own))
 	if opts.buffered() {
 		r.own = own
 		r.weight[self] = weight
@@ -220,7 +246,21 @@ func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
 		if r.bufs[k] == nil {
 			r.bufs[k] = make([][]float32, r.n)
 		}
-		r.bufs[k][s] = append(r.take(), vals...)
+		buf := r.take()[:len(vals)]
+		if r.opts.NormK > 0 {
+			// The norm is taken in the same pass as the copy: one pass less
+			// over every sender's values when the part is combined.
+			if r.partSq == nil {
+				r.partSq = make([][]float64, len(r.parts))
+			}
+			if r.partSq[k] == nil {
+				r.partSq[k] = make([]float64, r.n)
+			}
+			r.partSq[k][s] = copySquares(buf, vals)
+		} else {
+			copy(buf, vals)
+		}
+		r.bufs[k][s] = buf
 	} else {
 		w := float32(r.weight[s])
 		acc := r.acc[sp.Start-r.base : sp.End-r.base]
@@ -319,7 +359,11 @@ func (r *reducer) combine(k int) {
 		var ns []float64
 		for s := range r.n {
 			if r.contrib[k].has(s) {
-				r.norms[s] = l2(r.values(k, s))
+				if s == r.self {
+					r.norms[s] = l2(r.values(k, s))
+				} else {
+					r.norms[s] = math.Sqrt(r.partSq[k][s])
+				}
 				ns = append(ns, r.norms[s])
 			}
 		}
@@ -341,6 +385,9 @@ func (r *reducer) combine(k int) {
 		}
 	}
 	r.aggr.combine(r.acc[sp.Start-r.base:sp.End-r.base], r.xs, r.ws)
+	if r.opts.Keep {
+		return
+	}
 	for s, b := range r.bufs[k] {
 		if b != nil {
 			r.free = append(r.free, b[:0])
@@ -381,7 +428,39 @@ func (r *reducer) take() []float32 {
 		r.free = r.free[:n-1]
 		return b
 	}
-	return make([]float32, 0, longestPart(r.parts))
+	return r.opts.Pool.get(longestPart(r.parts))[:0]
+}
+
+// release gives the reducer's buffers back to its pool: nothing may read
+// its parts, kept values or accumulator afterwards.
+func (r *reducer) release() {
+	p := r.opts.Pool
+	if p == nil {
+		return
+	}
+	p.put(r.acc)
+	for _, b := range r.free {
+		p.put(b)
+	}
+	for _, bs := range r.bufs {
+		for _, b := range bs {
+			p.put(b)
+		}
+	}
+	r.acc, r.free, r.bufs = nil, nil, nil
+}
+
+// kept returns what final part k was combined from (with reduceOpts.Keep):
+// its contributors and their values and weights in group order, ours
+// included. The values are the reducer's buffers: read only.
+func (r *reducer) kept(k int) (contrib bitset, xs [][]float32, ws []float64) {
+	for s := range r.n {
+		if r.contrib[k].has(s) {
+			xs = append(xs, r.values(k, s))
+			ws = append(ws, r.weight[s])
+		}
+	}
+	return r.contrib[k], xs, ws
 }
 
 // Outliers returns the senders rejected for their norm, with the evidence.

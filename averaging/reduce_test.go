@@ -31,6 +31,24 @@ func TestPartition(t *testing.T) {
 	}
 }
 
+// TestPartitionCapsBandwidth: a member declaring MaxBandwidth (a legal
+// value) reduces at most maxBandwidthRatio times a typical share, not the
+// whole vector; honest differences below the cap are kept.
+func TestPartitionCapsBandwidth(t *testing.T) {
+	ms := []member{{Bandwidth: 1}, {Bandwidth: MaxBandwidth}, {Bandwidth: 1}, {Bandwidth: 2}}
+	l := partition(1200, ms, 100)
+	got := func(i int) int { return l.Shares[i].End - l.Shares[i].Start }
+	// Bandwidths become 1, 8, 1, 2 (the lower median is 1).
+	if got(1) != 800 || got(0) != 100 || got(2) != 100 || got(3) != 200 {
+		t.Fatalf("shares %v, want 100 800 100 200", l.Shares)
+	}
+	// Two members: the lower median is the honest one's.
+	l = partition(900, []member{{Bandwidth: 1}, {Bandwidth: MaxBandwidth}}, 100)
+	if l.Shares[1].End-l.Shares[1].Start != 800 {
+		t.Fatalf("pair shares %v, want the liar capped at 8 of 9", l.Shares)
+	}
+}
+
 // reducerCase drives a reducer through scripted events and checks each part's
 // value and contributors.
 func TestReducerAccounting(t *testing.T) {
@@ -234,11 +252,18 @@ func BenchmarkReducer(b *testing.B) {
 		}
 	}
 	t0 := time.Unix(0, 0)
-	for _, o := range []reduceOpts{{}, {Agg: AggregateCenteredClip}, {Agg: AggregateCenteredClip, NormK: 10}, {Agg: AggregateTrimmedMean}} {
+	pool := &vecPool{}
+	pool.fit(n*nParts*partSize, true)
+	for _, o := range []reduceOpts{{}, {Agg: AggregateCenteredClip}, {Agg: AggregateCenteredClip, NormK: 10},
+		{Agg: AggregateCenteredClip, NormK: 10, Keep: true}, {Agg: AggregateTrimmedMean}} {
 		name := o.Agg.String()
 		if o.NormK > 0 {
 			name += "+norm"
 		}
+		if o.Keep {
+			name += "+keep"
+		}
+		o.Pool = pool // as a round does: buffers from the round before
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(int64(n * 4 * nParts * partSize))
 			for b.Loop() {
@@ -256,6 +281,7 @@ func BenchmarkReducer(b *testing.B) {
 				if !r.Done() {
 					b.Fatal("not done")
 				}
+				r.release()
 			}
 		})
 	}

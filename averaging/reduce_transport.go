@@ -35,6 +35,12 @@ type round struct {
 	streams  map[int]network.Stream // their streams, by sender index
 	onFinal  func(k int)
 	ownSpans []Span
+	faults   *faults
+
+	// With audits: our values before the round, and per reducer and part
+	// the contributors of each part we received (nil: not received).
+	orig []float32
+	recv [][]bitset
 }
 
 // allreduce runs the butterfly all-reduce of vec in group g.
@@ -48,10 +54,24 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	cnt := &counter{}
 
 	r := &round{g: g, self: self, lay: lay, vec: vec, codec: codec, deadline: deadline, cnt: cnt,
-		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}), onFinal: a.faults.afterFinal}
+		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}),
+		onFinal: a.faults.afterFinal, faults: &a.faults}
 	myShare := lay.Shares[self]
-	r.red = newReducer(self, len(g.Members), lay.Parts[self], vec[myShare.Start:myShare.End], weight, start, a.cfg.SenderTimeout, deadline,
-		reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK})
+	opts := reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK, Pool: &a.pool}
+	a.pool.fit(len(vec), a.cfg.AuditParts > 0)
+	own := vec[myShare.Start:myShare.End]
+	var au *auditRound
+	if a.cfg.AuditParts > 0 {
+		// Audits: our inputs stay in orig (the vector takes the results),
+		// the reducer keeps what it combined.
+		r.orig = a.pool.get(len(vec))
+		copy(r.orig, vec)
+		r.recv = make([][]bitset, len(g.Members))
+		own, opts.Keep = r.orig[myShare.Start:myShare.End], true
+		au = a.openAudit(g, self, lay, codec, opts, r.orig)
+		defer a.closeAudit(g.ID)
+	}
+	r.red = newReducer(self, len(g.Members), lay.Parts[self], own, weight, start, a.cfg.SenderTimeout, deadline, opts)
 	// Only members that can reduce receive streams; every member sends.
 	for s := range g.Members {
 		if s != self && len(lay.Parts[self]) > 0 {
@@ -174,11 +194,20 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	for s, ev := range outliers {
 		a.refuse(g.Members[s].ID, ProtoReduce, reasonOutlier, fmt.Errorf("%w: group %x: %s", errOutOfRange, g.ID, ev))
 	}
+	var accused []Accusation
+	var audits, checks int
+	if au != nil {
+		spans, accused, audits, checks = a.afterAudit(ctx, r, au, spans, excluded)
+	}
+	// Nothing reads the round's buffers any more (the audit is closed).
+	r.red.release()
+	a.pool.put(r.orig)
 
 	cnt.mu.Lock()
 	sent, recv := cnt.sent, cnt.recv
 	cnt.mu.Unlock()
 	res := Result{Mode: ModeGroup, GroupID: hex.EncodeToString(g.ID[:]), Members: g.ids(), Excluded: excluded,
+		Accusations: accused, Audits: audits, Checks: checks,
 		BytesSent: sent, BytesReceived: recv, ReduceTime: time.Since(start)}
 	res.Spans, res.Fraction = mergeSpans(spans, len(vec), a.h.ID())
 	a.met.bytes.WithLabelValues("sent").Add(float64(sent))
@@ -195,6 +224,9 @@ func (r *round) dispatchLocked() {
 		return
 	}
 	for _, fp := range r.red.Ready() {
+		if f := r.faults.lieResult; f != nil {
+			f(fp.Index, fp.Avg)
+		}
 		dst := r.vec[fp.Span.Start:fp.Span.End]
 		var data []byte
 		if r.codec == CodecNone && littleEndian {
@@ -218,7 +250,7 @@ func (r *round) dispatchLocked() {
 		msg := partMsg{Index: uint32(fp.Index), Contributors: fp.Contributors, Data: data}
 		for s, ch := range r.outs {
 			if fp.Contributors.has(s) {
-				ch <- msg // capacity is the number of parts: never blocks
+				ch <- r.lieTo(s, fp.Index, msg, dst) // capacity is the number of parts: never blocks
 			}
 		}
 		if r.onFinal != nil {
@@ -244,6 +276,22 @@ func (r *round) dispatchLocked() {
 			}
 		}
 	}
+}
+
+// lieTo is msg, or with faults.lieTo what this reducer sends receiver s
+// instead (tests).
+func (r *round) lieTo(s, k int, msg partMsg, vals []float32) partMsg {
+	f := r.faults.lieTo
+	if f == nil {
+		return msg
+	}
+	alt := slices.Clone(vals)
+	f(r.g.Members[s].ID, k, alt)
+	if slices.Equal(alt, vals) {
+		return msg
+	}
+	msg.Data = r.codec.Encode(nil, alt)
+	return msg
 }
 
 // sendTo streams this member's values of reducer j's share to j and writes
@@ -356,6 +404,12 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 			return spans, fmt.Errorf("%w: averaged part %d before it was sent", errMalformed, k)
 		}
 		copy(r.vec[sp.Start:sp.End], tmp)
+		if r.recv != nil {
+			if r.recv[j] == nil {
+				r.recv[j] = make([]bitset, len(parts))
+			}
+			r.recv[j][k] = bitset(pm.Contributors).clone()
+		}
 		ids := make([]peer.ID, 0, len(r.g.Members))
 		for i, m := range r.g.Members {
 			if bitset(pm.Contributors).has(i) {
@@ -504,6 +558,9 @@ func (a *Averager) handleReduce(s network.Stream) {
 			a.refuse(from, ProtoReduce, reasonMalformed, err)
 			exclude(fmt.Sprintf("part %d: %v", k, err))
 			break
+		}
+		if f := a.faults.alterInput; f != nil {
+			f(from, k, vals)
 		}
 		r.mu.Lock()
 		_ = r.red.Part(si, k, vals, time.Now())

@@ -548,3 +548,24 @@ func (b bitset) unset(i int)         { b[i/8] &^= 1 << (i % 8) }
 func (b bitset) has(i int) bool      { return i/8 < len(b) && b[i/8]&(1<<(i%8)) != 0 }
 func (b bitset) clone() bitset       { return append(bitset(nil), b...) }
 func (b bitset) equal(o bitset) bool { return string(b) == string(o) }
+
+// within reports whether every member of b is below n.
+func (b bitset) within(n int) bool {
+	for i := n; i < 8*len(b); i++ {
+		if b.has(i) {
+			return false
+		}
+	}
+	return true
+}
+
+// rank is the number of members of b below i.
+func (b bitset) rank(i int) int {
+	r := 0
+	for j := range i {
+		if b.has(j) {
+			r++
+		}
+	}
+	return r
+}

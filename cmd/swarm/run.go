@@ -60,6 +60,7 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.Float64Flag{Name: "clip-tau", Usage: "centered-clip: τ as a multiple of the median distance from the coordinate median (0: 2)"},
 					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
+					&cli.IntFlag{Name: "audit-parts", Usage: "reducer audits: parts each member re-computes after every averaging round, to catch reducers that lie (0: off)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
@@ -189,6 +190,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setFloat(c, "clip-tau", &a.ClipTau)
 	setInt(c, "clip-iters", &a.ClipIters)
 	setFloat(c, "norm-k", &a.NormK)
+	setInt(c, "audit-parts", &a.AuditParts)
 	setString(c, "activations", &m.Training.Activations)
 	if err := admissionFromFlags(c, m); err != nil {
 		return nil, err

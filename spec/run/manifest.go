@@ -162,6 +162,12 @@ type AveragingSpec struct {
 	// NormK × the median norm of the group's values of that part: the member
 	// is dropped from the round and the refusal counted ("outlier").
 	NormK float64 `json:"norm_k,omitempty"`
+	// AuditParts, when set (1 to 16), checks the reducers: after every
+	// round each member re-computes that many parts of the other reducers'
+	// shares, picked at random once they have signed what they returned,
+	// and checks one part received from each; a reducer shown to lie is
+	// banned for the run and its share stays local (averaging/audit.go).
+	AuditParts int `json:"audit_parts,omitempty"`
 }
 
 // Aggregations (AveragingSpec.Aggregation).
@@ -471,6 +477,9 @@ func (a AveragingSpec) validateAggregation() error {
 	}
 	if !(a.NormK == 0 || a.NormK >= 1 && a.NormK <= 1e12) {
 		return fieldErr("averaging.norm_k", "must be 0 (off) or in [1, 1e12], got %g", a.NormK)
+	}
+	if a.AuditParts < 0 || a.AuditParts > 16 {
+		return fieldErr("averaging.audit_parts", "must be in [0, 16] (0: no audits), got %d", a.AuditParts)
 	}
 	return nil
 }

@@ -85,6 +85,8 @@ func TestValidateNamesField(t *testing.T) {
 		}, "averaging.clip_iters"},
 		{"norm k below 1", func(m *Manifest) { m.Averaging.NormK = 0.5 }, "averaging.norm_k"},
 		{"norm k infinite", func(m *Manifest) { m.Averaging.NormK = math.Inf(1) }, "averaging.norm_k"},
+		{"audit parts negative", func(m *Manifest) { m.Averaging.AuditParts = -1 }, "averaging.audit_parts"},
+		{"audit parts above 16", func(m *Manifest) { m.Averaging.AuditParts = 17 }, "averaging.audit_parts"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

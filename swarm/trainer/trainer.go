@@ -330,6 +330,7 @@ func New(cfg Config) (*Trainer, error) {
 		ClipTau:         m.Averaging.ClipTau,
 		ClipIters:       m.Averaging.ClipIters,
 		NormK:           m.Averaging.NormK,
+		AuditParts:      m.Averaging.AuditParts,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)

@@ -2,6 +2,7 @@
 //
 //	allreduce-bench run   -n 4 -mib 64 -codec none -rounds 3   # n peer processes, one all-reduce per round
 //	                      [-agg centered-clip -norm-k 10]      # robust aggregation at the reducers
+//	                      [-audit 1]                           # reducer audits: parts each member re-computes
 //	allreduce-bench p2p   -mib 256                             # one libp2p stream between two processes
 //	allreduce-bench match -n 64 -rounds 5                      # 64 in-process peers grouped by matchmaking
 //
@@ -24,6 +25,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,6 +158,13 @@ func connectAll(ctx context.Context, h host.Host, infos []peer.AddrInfo) error {
 	return nil
 }
 
+// cpuSeconds is the CPU time (user and system) this process used so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 func maxRSSKiB() int64 {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
@@ -174,6 +183,9 @@ type roundOut struct {
 	MaxRSS   int64   `json:"maxrss_kib,omitempty"`
 	Security string  `json:"security,omitempty"`
 	MiBps    float64 `json:"mibps,omitempty"`
+	CPUS     float64 `json:"cpu_s,omitempty"`
+	Audits   int     `json:"audits,omitempty"`
+	Accused  int     `json:"accused,omitempty"`
 	Err      string  `json:"err,omitempty"`
 }
 
@@ -189,6 +201,8 @@ func cmdPeer(args []string) error {
 	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
 	agg := fs.String("agg", "mean", "mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
+	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	profile := fs.String("cpuprofile", "", "peer 0 writes a CPU profile of its rounds after the first here")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
 	if err != nil || len(ports) != *n {
@@ -227,7 +241,7 @@ func cmdPeer(args []string) error {
 		TargetGroupSize: *n, MinGroupSize: *n,
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
-		Compression: c, Aggregation: ag, NormK: *normK,
+		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit,
 	})
 	if err != nil {
 		return err
@@ -236,15 +250,27 @@ func cmdPeer(args []string) error {
 	vec := make([]float32, *mib<<20/4)
 	rng := mrand.New(mrand.NewPCG(uint64(*idx), 1))
 	for r := 1; r <= *rounds; r++ {
+		if r == 2 && *profile != "" && *idx == 0 {
+			f, err := os.Create(*profile)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return err
+			}
+			defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+		}
 		// Fresh values every round (before matchmaking, outside the timed
 		// all-reduce): after a round every peer holds the same vector, and a
 		// robust aggregation's cost depends on how the inputs differ.
 		for i := range vec {
 			vec[i] = float32(rng.NormFloat64())
 		}
+		cpu0 := cpuSeconds()
 		res, err := a.Step(ctx, "bench", uint64(r), vec, 1, averaging.WithoutGossip())
-		out := roundOut{Peer: *idx, Round: r, ReduceS: res.ReduceTime.Seconds(), MatchS: res.MatchTime.Seconds(),
-			Fraction: res.Fraction, Members: len(res.Members), Sent: res.BytesSent, Recv: res.BytesReceived}
+		out := roundOut{CPUS: cpuSeconds() - cpu0, Peer: *idx, Round: r, ReduceS: res.ReduceTime.Seconds(), MatchS: res.MatchTime.Seconds(),
+			Fraction: res.Fraction, Members: len(res.Members), Sent: res.BytesSent, Recv: res.BytesReceived,
+			Audits: res.Audits, Accused: len(res.Accusations)}
 		if err != nil {
 			out.Err = err.Error()
 		}
@@ -381,41 +407,52 @@ func cmdRun(args []string) error {
 	codec := fs.String("codec", "none", "none, bf16, fp16, int8")
 	agg := fs.String("agg", "mean", "aggregation: mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
+	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	profile := fs.String("cpuprofile", "", "write peer 0's CPU profile (rounds after the first) to this file")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	outs, err := spawn(ctx, *n, "-mode", "allreduce", "-mib", fmt.Sprint(*mib), "-rounds", fmt.Sprint(*rounds),
-		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK))
+		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-cpuprofile", *profile)
 	if err != nil {
 		return err
 	}
-	// Per round: the slowest peer's all-reduce time.
+	// Per round: the slowest peer's all-reduce time, and the CPU time of
+	// every peer's step together (what the round costs the machine, less
+	// sensitive to other load than the time).
 	slowest := map[int]float64{}
+	cpu := map[int]float64{}
 	var rss int64
 	minFrac := 1.0
 	var sent int64
+	audits, accused := 0, 0
 	for _, o := range outs {
 		if o.Err != "" {
 			return fmt.Errorf("peer %d round %d: %s", o.Peer, o.Round, o.Err)
 		}
+		audits += o.Audits
+		accused += o.Accused
 		slowest[o.Round] = math.Max(slowest[o.Round], o.ReduceS)
+		cpu[o.Round] += o.CPUS
 		rss = max(rss, o.MaxRSS)
 		minFrac = math.Min(minFrac, o.Fraction)
 		if o.Round == *rounds {
 			sent = max(sent, o.Sent)
 		}
 	}
-	var times []float64
-	for r, t := range slowest {
-		if r > 1 || *rounds == 1 {
+	var times, cpus []float64
+	for r := 1; r <= *rounds; r++ {
+		if t, ok := slowest[r]; ok && (r > 1 || *rounds == 1) {
 			times = append(times, t)
+			cpus = append(cpus, cpu[r])
 		}
 	}
 	t := median(times)
 	size := float64(int64(*mib) << 20)
 	busbw := size * 2 * float64(*n-1) / float64(*n) / t
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "rounds": len(times), "time_s": t,
+		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audits": audits,
+		"accused": accused, "rounds": len(times), "time_s": t, "times_s": times, "cpu_s": median(cpus), "cpus_s": cpus,
 		"busbw_mibps": busbw / (1 << 20), "fraction_min": minFrac, "peak_rss_mib": float64(rss) / 1024,
 		"rss_over_vector": float64(rss) * 1024 / size, "max_sent_mib": float64(sent) / (1 << 20),
 	})
