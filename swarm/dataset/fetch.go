@@ -39,7 +39,7 @@ type FetchConfig struct {
 	Poll       time.Duration
 	RetryAfter time.Duration
 	// MinDonors: the fetch waits up to Gather for this many donors before
-	// it starts, so that the load spreads (0: 2; 1 s).
+	// it starts, so that the load spreads (0: 3; 2 s).
 	MinDonors int
 	Gather    time.Duration
 	// Progress, when set, is called after every verified chunk, one call
@@ -63,10 +63,10 @@ func (c *FetchConfig) defaults() error {
 		c.RetryAfter = 5 * time.Second
 	}
 	if c.MinDonors <= 0 {
-		c.MinDonors = 2
+		c.MinDonors = 3
 	}
 	if c.Gather <= 0 {
-		c.Gather = time.Second
+		c.Gather = 2 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

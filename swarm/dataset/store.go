@@ -93,7 +93,7 @@ func Open(root cid.Cid, o Options) (*Store, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if o.Cache != "" {
-		s.cache = filepath.Join(o.Cache, root.String())
+		s.cache = CacheFolder(o.Cache, root)
 		cleanTemp(s.cache)
 		cleanTemp(filepath.Join(s.cache, chunksDir))
 	}
@@ -557,4 +557,39 @@ func (s *Store) assemble(f int) error {
 	}
 	s.finishLocked()
 	return nil
+}
+
+// CacheFolder is the folder of a root's data in a cache of data sets
+// (HOME/data): cache/<root CID>.
+func CacheFolder(cache string, root cid.Cid) string { return filepath.Join(cache, root.String()) }
+
+// Add builds the root of the files at paths (chunks of chunkSize bytes, 0:
+// DefaultChunkSize) and puts them, with the root object, in the cache of
+// data sets (HOME/data), where a node's store finds and serves them: what
+// `swarm data add` does for custom data. Every file is written atomically.
+func Add(cache string, paths []string, chunkSize int) (*Root, error) {
+	r, err := Build(paths, chunkSize)
+	if err != nil {
+		return nil, err
+	}
+	dir := CacheFolder(cache, r.CID())
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("data cache: %w", err)
+	}
+	for i, p := range paths {
+		dst := filepath.Join(dir, r.Files[i].Name)
+		if err := copyFile(dst, p); err != nil {
+			return nil, fmt.Errorf("data cache: %w", err)
+		}
+		// The copy is what the node will serve: check it, not the source,
+		// which may have changed since it was hashed.
+		if err := r.VerifyFile(dst, i); err != nil {
+			os.Remove(dst)
+			return nil, fmt.Errorf("data cache: %s changed while it was added: %w", p, err)
+		}
+	}
+	if err := atomicfile.WriteFile(filepath.Join(dir, rootFile), r.Encode(), 0o644); err != nil {
+		return nil, fmt.Errorf("data cache: %w", err)
+	}
+	return r, nil
 }
