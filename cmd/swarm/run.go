@@ -3,7 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -427,7 +428,7 @@ func runExport(c *cli.Context) error {
 }
 
 // exportModel writes a checkpoint holding every shard of m as safetensors,
-// through a temporary file renamed into place.
+// atomically (internal/atomicfile).
 func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
 	id, err := m.ID()
 	if err != nil {
@@ -448,18 +449,7 @@ func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
 			return fmt.Errorf("checkpoint lacks shard %d: export needs every shard", i)
 		}
 	}
-	tmp := out + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	err = checkpoint.ExportSafetensors(f, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, out)
+	return atomicfile.Write(out, 0o644, func(w io.Writer) error {
+		return checkpoint.ExportSafetensors(w, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
+	})
 }

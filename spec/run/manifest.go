@@ -15,6 +15,8 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/multiformats/go-multihash"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
 )
 
 // SchemaVersion is the manifest schema this code reads and writes.
@@ -576,7 +578,8 @@ func Load(path string) (*Manifest, error) {
 	return m, nil
 }
 
-// Save writes the manifest as indented JSON.
+// Save writes the manifest as indented JSON, atomically: a full disk or a
+// crash leaves the previous file (internal/atomicfile).
 func (m *Manifest) Save(path string) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("invalid manifest: %w", err)
@@ -585,7 +588,7 @@ func (m *Manifest) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // EvenShards splits units into n contiguous shards as evenly as possible.
