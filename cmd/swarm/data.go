@@ -3,11 +3,18 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"path/filepath"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/node/training"
+	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/dataset"
 )
 
@@ -85,4 +92,70 @@ func dataAdd(c *cli.Context) error {
 	}
 	fmt.Fprintf(tw, "next\tswarm run init ... --data-root %s\n", out.Root)
 	return tw.Flush()
+}
+
+// printDataRow renders services.data (the run's data set) as one status
+// row; raw may be nil (no data service).
+func printDataRow(w io.Writer, raw json.RawMessage) {
+	var ds training.DataStatus
+	if raw == nil || json.Unmarshal(raw, &ds) != nil || ds.Root == "" {
+		return
+	}
+	line := fmt.Sprintf("%s, %d/%d chunks (%.1f of %.1f MB)", ds.State, ds.Chunks, ds.Total, float64(ds.Bytes)/1e6, float64(ds.Size)/1e6)
+	switch {
+	case ds.State == "ready" && ds.Source == dataset.SourceSwarm:
+		line = fmt.Sprintf("ready, fetched from %d peer(s) in %.1fs", len(ds.Donors), ds.Seconds)
+	case ds.State == "ready":
+		line = "ready, " + ds.Source + " copy checked against the root"
+	}
+	if len(ds.Banned) > 0 {
+		line += fmt.Sprintf("; %d donor(s) banned for corrupt chunks", len(ds.Banned))
+	}
+	if ds.Error != "" {
+		line += ": " + ds.Error
+	}
+	fmt.Fprintf(w, "data\t%s (root %s, %s)\n", line, ds.Root, ds.Dir)
+}
+
+// localData is the folder holding m's data set for a command that fetches
+// nothing (swarm train): with a pinned root, a local copy (dataDir, the
+// module cache, the corpus's path) or the home's cache, checked against the
+// root; without one, dataDir as given.
+func localData(m *run.Manifest, dataDir, home string, log *slog.Logger) (string, error) {
+	if m.Dataset.Root == "" {
+		return dataDir, nil
+	}
+	root, err := dataset.ParseCID(m.Dataset.Root)
+	if err != nil {
+		return "", fmt.Errorf("dataset.root: %w", err)
+	}
+	opts := dataset.Options{Local: data.LocalCopies(m.Dataset, dataDir), Logger: log}
+	if dataDir != "" {
+		opts.Dirs = []string{dataDir}
+	}
+	if home != "" {
+		opts.Cache = filepath.Join(home, "data")
+	}
+	s, err := dataset.Open(root, opts)
+	if err != nil {
+		return "", err
+	}
+	if !s.Complete() {
+		var names, dirs []string
+		for i, set := range opts.Local {
+			for _, p := range set {
+				if i == 0 {
+					names = append(names, filepath.Base(p))
+				}
+				if d := filepath.Dir(p); !slices.Contains(dirs, d) {
+					dirs = append(dirs, d)
+				}
+			}
+		}
+		return "", fmt.Errorf("%w: the run's data set (%s; dataset.root %s) is not in %s, or the copies there differ from it; "+
+			"--data-dir names a folder with it, and `swarm node --run` fetches it from the run's peers into %s",
+			data.ErrNoData, strings.Join(names, ", "), root, strings.Join(append(dirs, s.CacheDir()), ", "), s.CacheDir())
+	}
+	log.Debug("data set checked against its root", "root", root, "source", s.Source(), "dir", s.Dir())
+	return s.Dir(), nil
 }

@@ -20,16 +20,19 @@ func MNISTFiles() []string {
 
 // LocalCopies lists where this machine may hold a run's data set, each
 // candidate as its files' paths in the order of the data set's root: for
-// MNIST the four files in dir, $SWARM_DATA, the folder the build found and
-// the module caches; for text the corpus by name in dir, then at the
-// manifest's path (or Go's Opticks text). Nothing is read: the caller
-// checks the files against the run's root.
+// MNIST the four files in dir if given (as MNISTDir, it replaces the other
+// places), else in $SWARM_DATA, the folder the build found and the module
+// caches; for text the corpus by name in dir, then at the manifest's path
+// (or Go's Opticks text). Nothing is read: the caller checks the files
+// against the run's root.
 func LocalCopies(d run.DatasetSpec, dir string) [][]string {
 	var out [][]string
 	switch d.Name {
 	case run.DatasetMNIST:
-		dirs := []string{dir, os.Getenv(EnvDataDir)}
-		dirs = append(dirs, mnistCandidates()...)
+		dirs := []string{dir}
+		if dir == "" {
+			dirs = append([]string{os.Getenv(EnvDataDir)}, mnistCandidates()...)
+		}
 		seen := map[string]bool{}
 		for _, d := range dirs {
 			if d == "" || seen[d] {
