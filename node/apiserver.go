@@ -18,6 +18,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/ui"
 )
@@ -62,13 +63,8 @@ func (n *Node) writeAPIFile() error {
 		return nil
 	}
 	path := filepath.Join(n.cfg.Home, APIFile)
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(n.apiURL+"\n"), 0o600); err != nil {
-		return fmt.Errorf("write API address %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write API address %s: %w", path, err)
+	if err := atomicfile.WriteFile(path, []byte(n.apiURL+"\n"), 0o600); err != nil {
+		return fmt.Errorf("API address: %w", err)
 	}
 	n.apiFile = path
 	return nil

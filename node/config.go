@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/swarm-train/swarm/gpu"
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"net"
 	"os"
 	"path/filepath"
@@ -268,34 +269,11 @@ func WriteConfig(home string, cfg Config) error {
 	return writeFileExclusive(filepath.Join(home, ConfigFile), data, 0o644)
 }
 
-// writeFileExclusive writes data to path through a temporary file and a
-// hard link, so that path appears complete or not at all and an existing
-// file is never replaced.
+// writeFileExclusive writes data to path atomically unless a file is
+// there already (os.ErrExist): path appears complete or not at all, and an
+// existing file is never replaced.
 func writeFileExclusive(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+	return atomicfile.WriteNew(path, data, mode)
 }
 
 // Validate checks every field and names the first bad one.

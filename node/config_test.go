@@ -9,6 +9,9 @@ import (
 	"testing"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 func TestDefaultConfigValidates(t *testing.T) {
@@ -186,4 +189,27 @@ func FuzzDecodeConfig(f *testing.F) {
 		}
 		_ = cfg.Validate() // must not panic
 	})
+}
+
+// TestHomeOnFullDisk: a node whose home is on a full disk cannot create
+// its identity or config; the error names the file and says the disk is
+// full, and nothing half-written is left.
+func TestHomeOnFullDisk(t *testing.T) {
+	home := testutil.SmallDisk(t, 64<<10)
+	testutil.FillDisk(t, home)
+	_, err := LoadOrCreateIdentity(home)
+	if !errors.Is(err, atomicfile.ErrDiskFull) || !strings.Contains(err.Error(), filepath.Join(home, IdentityFile)) {
+		t.Fatalf("identity on a full disk: %v", err)
+	}
+	err = WriteConfig(home, DefaultConfig())
+	if !errors.Is(err, atomicfile.ErrDiskFull) || !strings.Contains(err.Error(), filepath.Join(home, ConfigFile)) {
+		t.Fatalf("config on a full disk: %v", err)
+	}
+	t.Logf("full disk: %v", err)
+	ents, _ := os.ReadDir(home)
+	for _, e := range ents {
+		if e.Name() != "filler" {
+			t.Errorf("%s left in the full home", e.Name())
+		}
+	}
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/pnet"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
 )
 
 // swarmKeyHeader is the first two lines of the key file format that libp2p
@@ -23,15 +25,10 @@ func GenerateSwarmKey(path string) ([]byte, error) {
 	if _, err := rand.Read(key); err != nil {
 		return nil, err
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.WriteNew(path, []byte(swarmKeyHeader+hex.EncodeToString(key)+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("swarm key: %w", err)
 	}
-	if _, err := f.WriteString(swarmKeyHeader + hex.EncodeToString(key) + "\n"); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("swarm key %s: %w", path, err)
-	}
-	return key, f.Close()
+	return key, nil
 }
 
 // LoadSwarmKey reads a swarm key file. A file that others may read, or

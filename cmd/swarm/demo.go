@@ -20,6 +20,7 @@ import (
 
 	"github.com/swarm-train/swarm/node/client"
 	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
@@ -60,6 +61,7 @@ func demo(c *cli.Context) error {
 		return cli.Exit("swarm demo: --nodes and --shards must be positive", 2)
 	}
 	m := run.NewMLPMNIST(c.Int("shards"))
+	m.Dataset.Root = data.MNISTRoot // as run init pins it: the nodes check their copies, or fetch
 	if h := c.String("hidden"); h != "" {
 		m.Model.Hidden = nil
 		for _, f := range strings.Split(h, ",") {

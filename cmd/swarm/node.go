@@ -4,6 +4,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/swarm-train/swarm/node"
+	"github.com/swarm-train/swarm/node/training"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -53,7 +54,9 @@ daemon through the control API whose address it writes to HOME/api.`,
 				if err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 2)
 				}
-				if err := attachTraining(c, &cfg, m, log); err != nil {
+				data := &training.Data{Manifest: m, DataDir: c.String("data-dir"), FaultCorrupt: c.Bool("fault-data")}
+				cfg.Services = append(cfg.Services, data)
+				if err := attachTraining(c, &cfg, m, data, log); err != nil {
 					return cli.Exit("swarm node: "+err.Error(), 1)
 				}
 				rules.apply(&cfg)

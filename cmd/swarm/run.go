@@ -3,7 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,9 +11,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/dataset"
 )
 
 func init() {
@@ -27,7 +29,9 @@ func init() {
 				ArgsUsage: " ",
 				Description: `Writes a validated manifest with the model's defaults, changed by the flags
 given. For gpt-char the corpus is read to build the character set stored in
-the manifest (default: the Opticks text shipped with Go).`,
+the manifest (default: the Opticks text shipped with Go). The manifest pins
+the data set's root CID (dataset.root): nodes without the data fetch it from
+the run's peers and check every chunk against it.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "model", Required: true, Usage: "mlp-mnist or gpt-char"},
 					&cli.IntFlag{Name: "shards", Value: 1, Usage: "number of contiguous stages to split the model into"},
@@ -50,6 +54,7 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.IntFlag{Name: "n-embd", Usage: "gpt-char width"},
 					&cli.IntFlag{Name: "block-size", Usage: "gpt-char context length"},
 					&cli.StringFlag{Name: "corpus", Usage: "gpt-char text file (default: Go's Opticks text, found at run time)"},
+					&cli.StringFlag{Name: "data-root", Usage: "data set root CID to pin (from swarm data add; default: the MNIST files' root, or the corpus's)"},
 					&cli.Float64Flag{Name: "val-fraction", Usage: "held-out fraction of the data for validation"},
 					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
 					&cli.IntFlag{Name: "group-size", Usage: "averaging group size"},
@@ -112,6 +117,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 			}
 			m.Model.Hidden = hs
 		}
+		m.Dataset.Root = data.MNISTRoot
 	case run.ArchGPTChar:
 		path := c.String("corpus")
 		if path != "" {
@@ -127,6 +133,9 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		}
 		m = run.NewGPTChar(data.Charset(text), 1)
 		m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
+		if m.Dataset.Root, err = corpusRoot(path); err != nil {
+			return nil, err
+		}
 		setInt(c, "n-layer", &m.Model.NLayer)
 		setInt(c, "n-head", &m.Model.NHead)
 		setInt(c, "n-embd", &m.Model.NEmbd)
@@ -145,6 +154,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		m.Seed = c.Uint64("seed")
 	}
 	setFloat(c, "val-fraction", &m.Dataset.ValFraction)
+	setString(c, "data-root", &m.Dataset.Root)
 	o := &m.Optimizer
 	if c.IsSet("optimizer") {
 		o.Name = c.String("optimizer")
@@ -199,6 +209,20 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		return nil, err
 	}
 	return m, nil
+}
+
+// corpusRoot is the data set root of a text run's corpus (path, or Go's
+// Opticks text when empty).
+func corpusRoot(path string) (string, error) {
+	p, err := data.CorpusPath(path)
+	if err != nil {
+		return "", err
+	}
+	r, err := dataset.Build([]string{p}, 0)
+	if err != nil {
+		return "", err
+	}
+	return r.CID().String(), nil
 }
 
 func setString(c *cli.Context, name string, dst *string) {
@@ -297,6 +321,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 		info.Dataset += " " + p
 	}
 	info.Dataset += fmt.Sprintf(", val_fraction %g", d.ValFraction)
+	if d.Root != "" {
+		info.Dataset += ", root " + d.Root
+	}
 	o := m.Optimizer
 	info.Optimizer = fmt.Sprintf("%s lr %g→%g, warm-up %d, cosine %d, weight decay %g, clip %g", o.Name, o.LR, o.MinLR, o.WarmupSteps, o.DecaySteps, o.WeightDecay, o.ClipNorm)
 	t := m.Training
@@ -401,7 +428,7 @@ func runExport(c *cli.Context) error {
 }
 
 // exportModel writes a checkpoint holding every shard of m as safetensors,
-// through a temporary file renamed into place.
+// atomically (internal/atomicfile).
 func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
 	id, err := m.ID()
 	if err != nil {
@@ -422,18 +449,7 @@ func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
 			return fmt.Errorf("checkpoint lacks shard %d: export needs every shard", i)
 		}
 	}
-	tmp := out + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	err = checkpoint.ExportSafetensors(f, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, out)
+	return atomicfile.Write(out, 0o644, func(w io.Writer) error {
+		return checkpoint.ExportSafetensors(w, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
+	})
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -197,4 +198,32 @@ func TestMNISTTarget(t *testing.T) {
 		t.Fatalf("test accuracy %v after %d steps, want ≥ 97.5%%", res.TestAccuracy, res.Steps)
 	}
 	t.Logf("mlp-mnist: %.2f%% test accuracy, %d steps, %d samples, %.1f s", 100**res.TestAccuracy, res.Steps, res.Samples, res.Seconds)
+}
+
+// TestRunInitDiskFull: `swarm run init` over a manifest on a full disk
+// fails, naming the file and saying the disk is full; the previous
+// manifest still loads, with its run ID.
+func TestRunInitDiskFull(t *testing.T) {
+	disk := testutil.SmallDisk(t, 256<<10)
+	path := filepath.Join(disk, "run.json")
+	mustCLI(t, "run", "init", "--model", "mlp-mnist", "--shards", "2", "-o", path)
+	before, err := run.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.FillDisk(t, disk)
+	_, _, err = swarmCLI(t, "run", "init", "--model", "mlp-mnist", "--shards", "3", "-o", path)
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "disk is full") {
+		t.Fatalf("run init on a full disk: %v, want the path and that the disk is full", err)
+	}
+	t.Logf("full disk: %v", err)
+	after, err := run.Load(path)
+	if err != nil {
+		t.Fatalf("the previous manifest no longer loads: %v", err)
+	}
+	a, _ := before.ID()
+	b, _ := after.ID()
+	if !a.Equals(b) || len(after.Shards) != 2 {
+		t.Fatalf("manifest changed on a full disk: %s → %s", a, b)
+	}
 }

@@ -138,12 +138,13 @@ func printStatus(w io.Writer, st *api.Status) {
 	}
 	printSecurity(tw, st.Security)
 	printPauseRow(tw, st.Services["pause"])
+	printDataRow(tw, st.Services["data"])
 	tw.Flush()
 	if st.Engine != "" {
 		printTraining(w, st, st.Services["training"])
 	}
 	for k, v := range st.Services {
-		if k == "training" || k == "gpu" || k == "pause" {
+		if k == "training" || k == "gpu" || k == "pause" || k == "data" {
 			continue // shown above from the typed fields; in full with --json
 		}
 		fmt.Fprintf(w, "%s: %s\n", k, string(v))

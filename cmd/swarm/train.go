@@ -37,6 +37,7 @@ Interrupting it (Ctrl-C) writes a checkpoint first when --checkpoint-dir is set.
 			&cli.IntFlag{Name: "eval-samples", Value: 2000, Usage: "held-out samples in periodic validations (0: all; the final one uses all)"},
 			&cli.StringFlag{Name: "export", Usage: "write the trained model as safetensors to this file"},
 			&cli.StringFlag{Name: "data-dir", Usage: "folder with the MNIST .gz files or a text run's corpus (default: $SWARM_DATA, then the GoMNIST module / the manifest's path)", EnvVars: []string{data.EnvDataDir}},
+			&cli.StringFlag{Name: "home", Value: defaultHome(), Usage: "home whose data cache (HOME/data, filled by swarm node) may hold the run's data set", EnvVars: []string{"SWARM_HOME"}},
 			&cli.BoolFlag{Name: "json", Usage: "print the result as a JSON object on stdout"},
 		}, gpuFlags()...),
 		Action: trainCmd,
@@ -74,8 +75,12 @@ func trainCmd(c *cli.Context) error {
 		Resume:          c.Bool("resume"),
 		Log:             log,
 	}
-	if d := c.String("data-dir"); d != "" {
-		cfg.Data = append(cfg.Data, data.WithDataDir(d))
+	dir, err := localData(m, c.String("data-dir"), c.String("home"), log)
+	if err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	if dir != "" {
+		cfg.Data = append(cfg.Data, data.WithDataDir(dir))
 	}
 	if isTerminal(c.App.ErrWriter) {
 		cfg.Progress = c.App.ErrWriter

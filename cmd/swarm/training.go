@@ -27,7 +27,7 @@ import (
 func trainingFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.IntFlag{Name: "shard", Value: -1, Usage: "hold this shard instead of choosing (and never rebalance)", EnvVars: []string{"SWARM_SHARD"}},
-		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files or a text run's corpus (default: $SWARM_DATA, then the Go module cache / the manifest's path)", EnvVars: []string{"SWARM_DATA"}},
+		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files or a text run's corpus, checked against the manifest's dataset.root (default: $SWARM_DATA, then the Go module cache / the manifest's path; what is missing is fetched from the run's peers)", EnvVars: []string{"SWARM_DATA"}},
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
 		&cli.IntFlag{Name: "in-flight", Usage: "micro-batches a first-shard node keeps in the pipeline at once, 1-64 (default: adapts to the pipeline's round trip)", EnvVars: []string{"SWARM_IN_FLIGHT"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
@@ -38,6 +38,8 @@ func trainingFlags() []cli.Flag {
 		// Fault injection for the Byzantine-peer tests: lie in records or state
 		// sync (epoch-ahead, samples, normsq, donor, donor-chunks; comma-separated).
 		&cli.StringFlag{Name: "fault", Hidden: true, EnvVars: []string{"SWARM_FAULT"}},
+		// Fault injection for the data tests: serve data chunks that fail their CID.
+		&cli.BoolFlag{Name: "fault-data", Hidden: true, EnvVars: []string{"SWARM_FAULT_DATA"}},
 	}
 }
 
@@ -112,8 +114,9 @@ func announcedRate(path string, e engine.Engine, m *run.Manifest, device string,
 
 // attachTraining adds the training service to cfg when the node was given a
 // run manifest: the engine chosen under the volunteer's limits, the
-// announced throughput and, when GPUs train, their governor.
-func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog.Logger) error {
+// announced throughput and, when GPUs train, their governor. It reads the
+// data set from data (attached before it).
+func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *training.Data, log *slog.Logger) error {
 	if m == nil || c.Bool("no-train") {
 		return nil
 	}
@@ -141,7 +144,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, log *slog
 		Fault:          c.String("fault"),
 		Logger:         log,
 		Rate:           announcedRate(c.String("bench-cache"), eng, m, device, log),
-	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every")}
+	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every"), Data: data}
 	if len(gpus) > 0 {
 		// GPUs train: the governor watches them (pausing on heat or on
 		// other processes' use). Without NVML the limits cannot be checked.

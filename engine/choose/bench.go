@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -170,9 +171,5 @@ func (c *BenchCache) Put(key string, r BenchResult) error {
 	if err := os.MkdirAll(filepath.Dir(c.path), 0o755); err != nil {
 		return err
 	}
-	tmp := c.path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, c.path)
+	return atomicfile.WriteFile(c.path, data, 0o644)
 }

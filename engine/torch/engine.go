@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -207,7 +208,7 @@ func New(opts Options) (*Engine, error) {
 	}
 	sum := sha256.Sum256(workerSource)
 	script := filepath.Join(dir, "worker-"+hex.EncodeToString(sum[:6])+".py")
-	if err := os.WriteFile(script, workerSource, 0o600); err != nil {
+	if err := atomicfile.WriteFile(script, workerSource, 0o600); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("torch: write worker: %w", err)
 	}

@@ -63,6 +63,10 @@ type Service struct {
 	// RuleEvery is how often the active-hours and cpu-busy rules are
 	// checked (0: 5 s).
 	RuleEvery time.Duration
+	// Data, when set, is the run's data set service (attached before this
+	// one): the trainer reads the data from its folder and starts once it
+	// holds the whole data set.
+	Data *Data
 
 	// inputUnavailable is why the in-use rule cannot see input here.
 	inputUnavailable string
@@ -127,6 +131,9 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 	}
 	cfg.Announce = n.Announce
 	cfg.FindProviders = n.FindProviders
+	if s.Data != nil {
+		cfg.DataDir = s.Data.Dir()
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = n.Logger()
 	}
@@ -245,6 +252,11 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 	}
 	go func() {
 		defer close(s.done)
+		if s.Data != nil {
+			if err := s.Data.Wait(ctx); err != nil {
+				return // the node is closing
+			}
+		}
 		if err := t.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			n.Logger().Error("training stopped", "err", err)
 			s.mu.Lock()

@@ -13,6 +13,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
 )
 
 // Admission modes: who may take part in a run.
@@ -93,19 +95,10 @@ func GenerateOperatorKey(path string) (ed25519.PublicKey, error) {
 		return nil, err
 	}
 	data := operatorKeyHeader + "\n" + hex.EncodeToString(priv.Seed()) + "\n"
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.WriteNew(path, []byte(data), 0o600); err != nil {
 		return nil, fmt.Errorf("operator key: %w", err)
 	}
-	if _, err := f.WriteString(data); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("operator key %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("operator key %s: %w", path, err)
-	}
-	return pub, f.Close()
+	return pub, nil
 }
 
 // LoadOperatorKey reads an operator key file written by GenerateOperatorKey.

@@ -15,6 +15,8 @@ import (
 
 	"github.com/ipfs/go-cid"
 	"github.com/multiformats/go-multihash"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
 )
 
 // SchemaVersion is the manifest schema this code reads and writes.
@@ -77,12 +79,17 @@ type ShardSpec struct {
 // ships with Go, and Charset is the ordered set of characters (the vocabulary).
 // SHA256 (hex) pins the text's content: a node checks the file it found
 // against it, so every node trains on the same text wherever its copy lives.
+// Root pins the data files themselves (swarm/dataset: a CID of the list of
+// the files' names, sizes and chunk CIDs): a node without the data fetches
+// it from the run's peers and checks every chunk, and local copies are
+// checked against it. Empty (older manifests): the data is found locally.
 type DatasetSpec struct {
 	Name        string  `json:"name"`
 	Path        string  `json:"path,omitempty"`
 	SHA256      string  `json:"sha256,omitempty"`
 	Charset     string  `json:"charset,omitempty"`
 	ValFraction float64 `json:"val_fraction"`
+	Root        string  `json:"root,omitempty"`
 }
 
 // OptimizerSpec is the (inner) optimizer and its schedule.
@@ -364,6 +371,11 @@ func (m *Manifest) validateDataset() error {
 	if d.ValFraction < 0 || d.ValFraction >= 1 {
 		return fieldErr("dataset.val_fraction", "must be in [0, 1), got %g", d.ValFraction)
 	}
+	if d.Root != "" {
+		if err := checkDataRoot(d.Root); err != nil {
+			return fieldErr("dataset.root", "%v", err)
+		}
+	}
 	if d.SHA256 != "" {
 		if d.Name != DatasetText {
 			return fieldErr("dataset.sha256", "only for the text dataset")
@@ -371,6 +383,25 @@ func (m *Manifest) validateDataset() error {
 		if b, err := hex.DecodeString(d.SHA256); err != nil || len(b) != sha256.Size || strings.ToLower(d.SHA256) != d.SHA256 {
 			return fieldErr("dataset.sha256", "want 64 lowercase hex digits, got %q", d.SHA256)
 		}
+	}
+	return nil
+}
+
+// checkDataRoot accepts a data set root CID: CIDv1, raw codec, a sha2-256
+// multihash, in its canonical string form.
+func checkDataRoot(s string) error {
+	c, err := cid.Decode(s)
+	if err != nil {
+		return fmt.Errorf("%q is not a CID: %v", s, err)
+	}
+	if c.Version() != 1 || c.Type() != cid.Raw {
+		return fmt.Errorf("%s: want a CIDv1 with the raw codec", s)
+	}
+	if dec, err := multihash.Decode(c.Hash()); err != nil || dec.Code != multihash.SHA2_256 || len(dec.Digest) != sha256.Size {
+		return fmt.Errorf("%s: want a sha2-256 multihash", s)
+	}
+	if c.String() != s {
+		return fmt.Errorf("%s: want its canonical form %s", s, c)
 	}
 	return nil
 }
@@ -547,7 +578,8 @@ func Load(path string) (*Manifest, error) {
 	return m, nil
 }
 
-// Save writes the manifest as indented JSON.
+// Save writes the manifest as indented JSON, atomically: a full disk or a
+// crash leaves the previous file (internal/atomicfile).
 func (m *Manifest) Save(path string) error {
 	if err := m.Validate(); err != nil {
 		return fmt.Errorf("invalid manifest: %w", err)
@@ -556,7 +588,7 @@ func (m *Manifest) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // EvenShards splits units into n contiguous shards as evenly as possible.

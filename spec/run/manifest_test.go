@@ -63,6 +63,11 @@ func TestValidateNamesField(t *testing.T) {
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
 		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
 		{"sha256 on mnist", func(m *Manifest) { m.Dataset.SHA256 = strings.Repeat("ab", 32) }, "dataset.sha256"},
+		{"root not a CID", func(m *Manifest) { m.Dataset.Root = "bafk-nope" }, "dataset.root"},
+		{"root of another codec", func(m *Manifest) {
+			m.Dataset.Root = "bafyreie22zfcldnec4xld5pk6jn2e7qcmratgvhqdf6knrug5tmzlwthwa"
+		}, "dataset.root"},
+		{"root CIDv0", func(m *Manifest) { m.Dataset.Root = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG" }, "dataset.root"},
 		{"fp16 gradients under adamw", func(m *Manifest) { m.Averaging.Compression = CompressFP16 }, "averaging.compression"},
 		{"unknown averaging", func(m *Manifest) { m.Averaging.Mode = "gossip" }, "averaging.mode"},
 		{"local without steps", func(m *Manifest) { m.Averaging.Mode = ModeLocal }, "averaging.local_steps"},
@@ -197,6 +202,15 @@ func TestRunIDStable(t *testing.T) {
 	if id, _ := fixed.ID(); id.String() != want {
 		b, _ := fixed.Canonical()
 		t.Fatalf("fixed manifest ID %s, want %s; canonical %s", id, want, b)
+	}
+	// A data set root is part of the ID; without one the encoding is as
+	// before the field existed (omitempty), so older run IDs hold.
+	fixed.Dataset.Root = "bafkreie22zfcldnec4xld5pk6jn2e7qcmratgvhqdf6knrug5tmzlwthwa"
+	if err := fixed.Validate(); err != nil {
+		t.Fatalf("a manifest with a data root: %v", err)
+	}
+	if id, _ := fixed.ID(); id.String() == want {
+		t.Fatal("the data set root does not change the run ID")
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/swarm-train/swarm/internal/atomicfile"
+	"github.com/swarm-train/swarm/internal/testutil"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
 )
@@ -250,4 +252,29 @@ func FuzzReadSafetensors(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestSaveDiskFull: a checkpoint that does not fit fails with the disk-full
+// error naming the file, and the previous checkpoint stays the newest that
+// loads.
+func TestSaveDiskFull(t *testing.T) {
+	disk := testutil.SmallDisk(t, 256<<10)
+	d := &Dir{Path: filepath.Join(disk, "ckpt")}
+	if _, err := d.Save(randState(1, 10)); err != nil {
+		t.Fatal(err)
+	}
+	testutil.FillDisk(t, disk)
+	_, err := d.Save(randState(2, 20))
+	if !errors.Is(err, atomicfile.ErrDiskFull) || !strings.Contains(err.Error(), filepath.Join(d.Path, "ckpt-000000000020")) {
+		t.Fatalf("Save on a full disk: %v, want ErrDiskFull naming ckpt-000000000020", err)
+	}
+	t.Logf("full disk: %v", err)
+	s, path, err := d.Latest()
+	if err != nil || s.Step != 10 {
+		t.Fatalf("after a failed save: %v, step %v at %s; want step 10 intact", err, s, path)
+	}
+	files, _ := d.List()
+	if len(files) != 1 {
+		t.Fatalf("%d checkpoints listed, want the one that was written", len(files))
+	}
 }

@@ -3,11 +3,14 @@ package checkpoint
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/swarm-train/swarm/internal/atomicfile"
 )
 
 // Dir is a folder of checkpoints named ckpt-<step>.swck.
@@ -56,44 +59,13 @@ func (d *Dir) Save(s *State) (string, error) {
 	return final, nil
 }
 
-// WriteFile writes s to path atomically: a temporary file in the same
-// folder, fsync, rename over path, fsync of the folder. A crash leaves
-// either the old file or the new one, never a mix.
-func WriteFile(path string, s *State) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("write checkpoint: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err = Encode(f, s); err != nil {
-		return fmt.Errorf("write checkpoint %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("write checkpoint %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("write checkpoint %s: %w", path, err)
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return fmt.Errorf("write checkpoint %s: %w", path, err)
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("sync checkpoint folder: %w", err)
+// WriteFile writes s to path atomically (internal/atomicfile): a temporary
+// file in the same folder, fsync, rename over path, fsync of the folder. A
+// crash or a full disk leaves either the old file or the new one, never a
+// mix; the error names the path and says when the disk is full.
+func WriteFile(path string, s *State) error {
+	if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { return Encode(w, s) }); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil
 }

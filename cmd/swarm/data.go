@@ -1,0 +1,161 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/swarm-train/swarm/node/training"
+	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/dataset"
+)
+
+func init() {
+	register(&cli.Command{
+		Name:  "data",
+		Usage: "content-addressed data sets that nodes fetch from each other",
+		Subcommands: []*cli.Command{
+			{
+				Name:      "add",
+				Usage:     "put data files in the home's cache and print their root CID, for `swarm run init --data-root`",
+				ArgsUsage: "FILE...",
+				Description: `Cuts the files into chunks addressed by CID, lists them in a root object whose
+CID names the data set, and copies files and root object to HOME/data/<root>/,
+where 'swarm node' finds them and serves them to the run's peers. Pin the root
+in a manifest with 'swarm run init --data-root ROOT'; the files keep their
+names (an MNIST-format set needs MNIST's four file names).`,
+				Flags: []cli.Flag{
+					homeFlag(),
+					&cli.IntFlag{Name: "chunk-size", Value: dataset.DefaultChunkSize, Usage: fmt.Sprintf("chunk size in bytes, %d to %d", dataset.MinChunkSize, dataset.MaxChunkSize)},
+					&cli.BoolFlag{Name: "json", Usage: "print a JSON object"},
+				},
+				Action: dataAdd,
+			},
+		},
+	})
+}
+
+// DataAdded is what `swarm data add` prints.
+type DataAdded struct {
+	Root      string     `json:"root"`
+	Dir       string     `json:"dir"`
+	ChunkSize int        `json:"chunk_size"`
+	Files     []DataFile `json:"files"`
+	Bytes     int64      `json:"bytes"`
+	Chunks    int        `json:"chunks"`
+}
+
+// DataFile is one file of DataAdded.
+type DataFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	Chunks int    `json:"chunks"`
+}
+
+func dataAdd(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return cli.Exit("swarm data add: name the files to add", 2)
+	}
+	cs := c.Int("chunk-size")
+	if cs < dataset.MinChunkSize || cs > dataset.MaxChunkSize {
+		return cli.Exit(fmt.Sprintf("swarm data add: --chunk-size %d: want %d to %d", cs, dataset.MinChunkSize, dataset.MaxChunkSize), 2)
+	}
+	cache := filepath.Join(c.String("home"), "data")
+	r, err := dataset.Add(cache, c.Args().Slice(), cs)
+	if err != nil {
+		return cli.Exit("swarm data add: "+err.Error(), 1)
+	}
+	out := DataAdded{Root: r.CID().String(), Dir: dataset.CacheFolder(cache, r.CID()), ChunkSize: r.ChunkSize,
+		Files: []DataFile{}, Bytes: r.Size(), Chunks: len(r.Chunks())}
+	for _, f := range r.Files {
+		out.Files = append(out.Files, DataFile{Name: f.Name, Size: f.Size, Chunks: len(f.Chunks)})
+	}
+	if c.Bool("json") {
+		b, _ := json.MarshalIndent(out, "", "  ")
+		_, err := fmt.Fprintf(c.App.Writer, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "root\t%s\n", out.Root)
+	fmt.Fprintf(tw, "folder\t%s\n", out.Dir)
+	fmt.Fprintf(tw, "size\t%d bytes in %d chunks of %d bytes\n", out.Bytes, out.Chunks, out.ChunkSize)
+	for _, f := range out.Files {
+		fmt.Fprintf(tw, "  %s\t%d bytes, %d chunks\n", f.Name, f.Size, f.Chunks)
+	}
+	fmt.Fprintf(tw, "next\tswarm run init ... --data-root %s\n", out.Root)
+	return tw.Flush()
+}
+
+// printDataRow renders services.data (the run's data set) as one status
+// row; raw may be nil (no data service).
+func printDataRow(w io.Writer, raw json.RawMessage) {
+	var ds training.DataStatus
+	if raw == nil || json.Unmarshal(raw, &ds) != nil || ds.Root == "" {
+		return
+	}
+	line := fmt.Sprintf("%s, %d/%d chunks (%.1f of %.1f MB)", ds.State, ds.Chunks, ds.Total, float64(ds.Bytes)/1e6, float64(ds.Size)/1e6)
+	switch {
+	case ds.State == "ready" && ds.Source == dataset.SourceSwarm:
+		line = fmt.Sprintf("ready, fetched from %d peer(s) in %.1fs", len(ds.Donors), ds.Seconds)
+	case ds.State == "ready":
+		line = "ready, " + ds.Source + " copy checked against the root"
+	}
+	if len(ds.Banned) > 0 {
+		line += fmt.Sprintf("; %d donor(s) banned for corrupt chunks", len(ds.Banned))
+	}
+	if ds.Error != "" {
+		line += ": " + ds.Error
+	}
+	fmt.Fprintf(w, "data\t%s (root %s, %s)\n", line, ds.Root, ds.Dir)
+}
+
+// localData is the folder holding m's data set for a command that fetches
+// nothing (swarm train): with a pinned root, a local copy (dataDir, the
+// module cache, the corpus's path) or the home's cache, checked against the
+// root; without one, dataDir as given.
+func localData(m *run.Manifest, dataDir, home string, log *slog.Logger) (string, error) {
+	if m.Dataset.Root == "" {
+		return dataDir, nil
+	}
+	root, err := dataset.ParseCID(m.Dataset.Root)
+	if err != nil {
+		return "", fmt.Errorf("dataset.root: %w", err)
+	}
+	opts := dataset.Options{Local: data.LocalCopies(m.Dataset, dataDir), Logger: log}
+	if dataDir != "" {
+		opts.Dirs = []string{dataDir}
+	}
+	if home != "" {
+		opts.Cache = filepath.Join(home, "data")
+	}
+	s, err := dataset.Open(root, opts)
+	if err != nil {
+		return "", err
+	}
+	if !s.Complete() {
+		var names, dirs []string
+		for i, set := range opts.Local {
+			for _, p := range set {
+				if i == 0 {
+					names = append(names, filepath.Base(p))
+				}
+				if d := filepath.Dir(p); !slices.Contains(dirs, d) {
+					dirs = append(dirs, d)
+				}
+			}
+		}
+		return "", fmt.Errorf("%w: the run's data set (%s; dataset.root %s) is not in %s, or the copies there differ from it; "+
+			"--data-dir names a folder with it, and `swarm node --run` fetches it from the run's peers into %s",
+			data.ErrNoData, strings.Join(names, ", "), root, strings.Join(append(dirs, s.CacheDir()), ", "), s.CacheDir())
+	}
+	log.Debug("data set checked against its root", "root", root, "source", s.Source(), "dir", s.Dir())
+	return s.Dir(), nil
+}
