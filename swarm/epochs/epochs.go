@@ -56,7 +56,6 @@ type Node struct {
 	Epoch     uint64 // the epoch (round) it is in
 	Samples   int    // samples finished in the epoch
 	Drawn     int    // samples started in the epoch and not finished (first shard)
-	Ahead     uint64 // highest epoch seen in a peer's pipeline request (counts up to SwarmEpoch only)
 	Evaluated bool   // the test-set accuracy is known
 }
 
@@ -209,6 +208,8 @@ type Machine struct {
 	// opened is when this node opened openEpoch (ShareGrace).
 	openEpoch uint64
 	opened    time.Time
+	// judge decides which peers to ban (verdict.go).
+	judge judge
 }
 
 // New returns a core for the run cfg.
@@ -311,11 +312,9 @@ func (m *Machine) tick(in Input) Action {
 		// The epoch ends when the first shard's holders together finished
 		// the target batch (each counted within what it could have done),
 		// or when the swarm is in a later epoch as its holders corroborate
-		// it. A pipeline request of a later epoch (Ahead) counts only as
-		// far as the records corroborate it: one peer's requests cannot
-		// end epochs.
-		swarm := SwarmEpoch(in.Records)
-		if m.Samples(in) >= m.cfg.TargetBatch || swarm > n.Epoch || min(n.Ahead, swarm) > n.Epoch {
+		// it. A pipeline request's epoch is no input: one peer's requests
+		// cannot end epochs (the records say when the swarm moved on).
+		if m.Samples(in) >= m.cfg.TargetBatch || SwarmEpoch(in.Records) > n.Epoch {
 			m.phase = closing
 			return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
 		}

@@ -32,11 +32,21 @@ type simNode struct {
 	model   int // steps the node's state took (catch-up copies it)
 	phantom bool
 	// lie, when set, rewrites the node's record (a Byzantine peer).
-	lie     func(s *sim, r *progress.Record)
-	ev      Event
-	waiting *simRound // an averaging round it is in
-	entered time.Time
-	acts    []simAct
+	lie func(s *sim, r *progress.Record)
+	// speed is the samples a first-shard node finishes per tick (0: rate).
+	speed int
+	// norms are the squared gradient norms of its latest steps; grouped
+	// whether its last gradient round had a group.
+	norms   []progress.EpochNorm
+	grouped bool
+	// verdicts the node's core gave; banned are their peers, whose
+	// records the node no longer sees.
+	verdicts []simVerdict
+	banned   map[string]bool
+	ev       Event
+	waiting  *simRound // an averaging round it is in
+	entered  time.Time
+	acts     []simAct
 	// With sim.draw: micro-batches this node started and has not finished.
 	flights []simFlight
 	drawn   int // their samples
@@ -67,6 +77,12 @@ type simAct struct {
 	samples int      // Close: the node's samples in the epoch
 	ok      bool     // CatchUp, Average, AverageState: the outcome
 	took    time.Duration
+}
+
+type simVerdict struct {
+	Verdict
+	at    time.Time
+	epoch uint64 // the node's epoch then
 }
 
 type simRound struct {
@@ -129,9 +145,10 @@ func (s *sim) records() []progress.Record {
 		if n.state == progress.StateOnline && n.m.cfg.Finished(n.epoch) {
 			st = progress.StateDone
 		}
-		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn}
+		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn,
+			Norms: append([]progress.EpochNorm(nil), n.norms...)}
 		if n.shard == 0 {
-			r.Throughput = rate / simTick.Seconds()
+			r.Throughput = float64(n.rate()) / simTick.Seconds()
 		}
 		if n.lie != nil {
 			n.lie(s, &r)
@@ -141,10 +158,24 @@ func (s *sim) records() []progress.Record {
 	return out
 }
 
+func (n *simNode) rate() int {
+	if n.speed > 0 {
+		return n.speed
+	}
+	return rate
+}
+
+// input is what n's core sees: the records of every peer it has not banned.
 func (s *sim) input(n *simNode) Input {
-	recs := s.heard
+	all := s.heard
 	if s.draw == nil {
-		recs = s.records()
+		all = s.records()
+	}
+	var recs []progress.Record
+	for _, r := range all {
+		if !n.banned[r.Peer] {
+			recs = append(recs, r)
+		}
 	}
 	return Input{Now: s.now, Records: recs, Node: Node{
 		Shard: n.shard, Held: n.held, Online: n.state == progress.StateOnline, Done: n.m.cfg.Finished(n.epoch) && n.held,
@@ -176,7 +207,15 @@ func (s *sim) step() {
 		}
 		ev := n.ev
 		n.ev = Event{}
-		act := n.m.Step(s.input(n), ev)
+		in := s.input(n)
+		act := n.m.Step(in, ev)
+		for _, v := range n.m.Verdicts(in) {
+			if n.banned == nil {
+				n.banned = map[string]bool{}
+			}
+			n.banned[v.Peer] = true
+			n.verdicts = append(n.verdicts, simVerdict{Verdict: v, at: s.now, epoch: n.epoch})
+		}
 		s.carryOut(n, act)
 	}
 }
@@ -190,7 +229,7 @@ func (s *sim) carryOut(n *simNode, act Action) {
 		if s.draw != nil {
 			s.drive(n)
 		} else if n.shard == 0 && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
-			n.samples += rate
+			n.samples += n.rate()
 		}
 		return
 	case Close:
@@ -216,10 +255,23 @@ func (s *sim) carryOut(n *simNode, act Action) {
 			break
 		}
 	case Average, AverageState:
+		if act.Kind == Average {
+			n.grouped = false
+		}
 		s.join(n, act)
 	case Step:
 		n.model++
 		n.ev = Event{Kind: Step}
+		// Holders that averaged report one norm; one that stepped alone
+		// reports its own gradient's, a little larger.
+		norm := 1.0
+		if !n.grouped {
+			norm = 3
+		}
+		n.norms = append(n.norms, progress.EpochNorm{Epoch: n.epoch, NormSq: norm})
+		if len(n.norms) > progress.MaxNorms {
+			n.norms = n.norms[1:]
+		}
 	case Reopen:
 		n.epoch, n.samples = act.Epoch, 0
 		if s.draw != nil {
@@ -329,6 +381,8 @@ func (s *sim) settleRounds() {
 				}
 				if r.key == KeyState {
 					m.model = sum / len(r.members)
+				} else {
+					m.grouped = len(r.members) > 1
 				}
 				s.finish(m, Event{Kind: kindOf(r.key), OK: true, Group: len(r.members), Fraction: 1})
 			}

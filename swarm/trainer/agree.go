@@ -93,11 +93,13 @@ func (t *Trainer) fetchAgreed(ctx context.Context, index, nP, nO int, donors []p
 	return snap, err
 }
 
-// banLiars bans, once each, the peers whose records the core found lying
-// on their face, and drops their records so they stop counting at once.
-func (t *Trainer) banLiars(lies []epochs.Lie) {
-	for _, l := range lies {
-		p, err := peer.Decode(l.Peer)
+// ban carries out the core's verdicts (swarm/epochs): it bans each peer
+// once (guard.BanFor logs the rule and the evidence and counts the ban),
+// never asks it for state again, and drops its record so that it stops
+// counting at once.
+func (t *Trainer) ban(verdicts []epochs.Verdict) {
+	for _, v := range verdicts {
+		p, err := peer.Decode(v.Peer)
 		if err != nil {
 			continue
 		}
@@ -111,8 +113,8 @@ func (t *Trainer) banLiars(lies []epochs.Lie) {
 		}
 		t.mu.Unlock()
 		if !seen {
-			t.cfg.Refusals.BanFor(p, l.Rule, errors.New(l.Evidence))
+			t.cfg.Refusals.BanFor(p, v.Rule, errors.New(v.Evidence))
 		}
-		t.tracker.Forget(l.Peer)
+		t.tracker.Forget(v.Peer)
 	}
 }

@@ -37,7 +37,7 @@ func (t *Trainer) inputLocked() epochs.Input {
 	now := t.clk.Now()
 	return epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
 		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
-		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Ahead: t.ahead, Evaluated: t.accuracy >= 0,
+		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Evaluated: t.accuracy >= 0,
 	}}
 }
 
@@ -76,9 +76,9 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 		t.mu.Lock()
 		in := t.inputLocked()
 		act := t.core.Step(in, ev)
-		lies := t.core.Liars(in)
+		verdicts := t.core.Verdicts(in)
 		t.mu.Unlock()
-		t.banLiars(lies)
+		t.ban(verdicts)
 		ev = t.carryOut(ctx, act, &end)
 	}
 }

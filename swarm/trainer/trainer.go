@@ -252,8 +252,7 @@ type Trainer struct {
 	drawn    int // samples this node started in this epoch and has not finished (first shard)
 	norms    []progress.EpochNorm
 	closing  bool
-	inflight int    // micro-batches admitted and not released (closeEpoch waits for them)
-	ahead    uint64 // highest epoch seen in a request from a peer
+	inflight int // micro-batches admitted and not released (closeEpoch waits for them)
 	// trained: this node stepped on its shard since it joined it (state
 	// sync then needs donors that agree; agree.go).
 	trained bool
