@@ -202,12 +202,16 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	start := t.clk.Now()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 	vec := append([]float32(nil), e.local...)
+	t.lieGradient(vec)
 	abort, stopWatch := t.watchAbort(actx)
 	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, math.Max(float64(e.samples), 1e-3),
 		averaging.WithGroupSize(act.Group), averaging.WithAbort(abort))
 	stopWatch()
 	cancel()
 	ev := epochs.Event{Kind: epochs.Average}
+	if err == nil {
+		t.averagingOffenses(res)
+	}
 	switch {
 	case err == nil && finite(vec):
 		copy(e.local, vec)
@@ -326,6 +330,9 @@ func (t *Trainer) averageState(ctx context.Context, act epochs.Action, e *epochE
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, 1, averaging.WithGroupSize(act.Group))
 	cancel()
+	if err == nil {
+		t.averagingOffenses(res)
+	}
 	if err != nil || !finite(vec) {
 		t.log.Debug("state averaging failed", "epoch", act.Epoch, "err", err)
 		return epochs.Event{Kind: epochs.AverageState}

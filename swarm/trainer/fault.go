@@ -28,6 +28,9 @@ const (
 	// FaultCredit: its record claims four times the credit its receipts
 	// back, plus 10,000 samples.
 	FaultCredit = "credit"
+	// FaultGradFlip: the gradients it sends, in pipeline answers and in
+	// gradient rounds, are flipped and scaled ×100.
+	FaultGradFlip = "grad-flip"
 )
 
 // parseFaults reads a comma-separated list of fault modes.
@@ -37,7 +40,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)

@@ -54,6 +54,11 @@ type stageServer struct {
 	// credit signs and keeps the receipts of training micro-batches
 	// (credit.go; nil without a host key).
 	credit *credit.Service
+	// actWatch and gradWatch find senders of activations and gradients far
+	// above the recent senders' (trust.go).
+	actWatch, gradWatch *pipeline.NormWatch
+	// gradFlip: FaultGradFlip.
+	gradFlip bool
 }
 
 // stageGate is what the stage server needs of the trainer.
@@ -82,6 +87,9 @@ type stageGate interface {
 	waitOpen(ctx context.Context, kind uint8, epoch uint64, d time.Duration) bool
 	// pausedNow reports whether the volunteer's limits pause training.
 	pausedNow() bool
+	// offend reports evidence against p to the decision core, which bans
+	// a peer that keeps offending (trust.go).
+	offend(p peer.ID, rule, evidence string)
 }
 
 // Ban durations.
@@ -130,7 +138,8 @@ var errFarEpoch = errors.New("epoch far ahead of this node's")
 func newStageServer(cfg *Config, clk clock.Clock, log *slog.Logger, bal *pipeline.Balancer, gate stageGate) *stageServer {
 	return &stageServer{m: cfg.Manifest, h: cfg.Host, clk: clk, log: log, refusals: cfg.Refusals, hop: cfg.HopTimeout,
 		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: pipeline.NewSlots(pipePerPeer, pipeTotal),
-		readTimeout: pipeReadTimeout}
+		readTimeout: pipeReadTimeout, actWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK),
+		gradWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK)}
 }
 
 // syncMode reports whether m averages gradients every epoch (sync), not
@@ -271,6 +280,11 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		s.refusals.Refuse(from, protoPipeline, whyInvalid, err)
 		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
 	}
+	if q.Kind == pipeline.KindTrain {
+		if err := s.checkScale(s.actWatch, from, "activations", q.Act, 0); err != nil {
+			return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
+		}
+	}
 	if s.gate.pausedNow() {
 		return &pipeline.Response{Code: pipeline.CodeBusy, Msg: "paused by the volunteer's limits"}
 	}
@@ -297,6 +311,9 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		for i := range res.Grad {
 			res.Grad[i] = float32(math.NaN())
 		}
+	}
+	if s.gradFlip {
+		flip(res.Grad)
 	}
 	return res
 }
@@ -411,6 +428,12 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
 				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
 				continue
+			case kind == pipeline.KindTrain:
+				if nerr := s.checkScale(s.gradWatch, p, "gradient", res.Grad, n); nerr != nil {
+					s.bal.End(p, 0, 0, true, banNorm, nerr.Error())
+					lastErr = fmt.Errorf("peer %s: %w", p, nerr)
+					continue
+				}
 			}
 		}
 		if err != nil {

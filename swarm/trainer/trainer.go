@@ -302,6 +302,7 @@ func New(cfg Config) (*Trainer, error) {
 	if t.faults, err = parseFaults(cfg.Fault); err != nil {
 		return nil, err
 	}
+	t.stage.gradFlip = t.faults[FaultGradFlip]
 	t.epochsCfg = epochs.Config{Self: t.h.ID().String(), Epochs: uint64(t.totalEpochs()), TargetBatch: m.Training.TargetBatch,
 		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps}
 	t.core = epochs.New(t.epochsCfg)

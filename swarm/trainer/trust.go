@@ -1,0 +1,87 @@
+package trainer
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/averaging"
+	"github.com/swarm-train/swarm/swarm/epochs"
+	"github.com/swarm-train/swarm/swarm/pipeline"
+)
+
+// Values peers send that pass every bound but are far larger than the
+// other senders': the trainer refuses them, counts the refusal, and reports
+// the offense to the decision core, which bans a peer that keeps offending
+// (epochs.RepeatOffenses). Both checks use the run's averaging.norm_k and
+// are off without it.
+//
+//   - In the pipeline, a stage compares the activations of each training
+//     request, and a sender the gradients of each answer, with those of the
+//     recent senders (pipeline.NormWatch). A request is answered bad input;
+//     an answer counts as a failed hop and goes to another holder.
+//   - In averaging, the reducers reject a member's part far above the
+//     group's median (averaging.Config.NormK); each rejection this node saw
+//     as a reducer is an offense of the member.
+
+// whyNorm is the refusal reason for values far above the other senders'.
+const whyNorm = "norm"
+
+// banNorm keeps a sender of outlying gradients out of the next picks only
+// briefly: its next answers are checked (and counted) too.
+const banNorm = banBusy
+
+// checkScale checks the values v (samples > 0: a gradient of a micro-batch
+// of that many samples) that p sent against the recent senders'; it returns
+// the refusal when they are far above.
+func (s *stageServer) checkScale(w *pipeline.NormWatch, p peer.ID, what string, v []float32, samples int) error {
+	scale := pipeline.Scale(v, samples)
+	out, ref := w.Check(p, scale)
+	if !out {
+		return nil
+	}
+	err := fmt.Errorf("%s of scale %.3g, %.3g times the recent senders' %.3g (norm_k %g)", what, scale, scale/ref, ref, s.m.Averaging.NormK)
+	s.gate.offend(p, epochs.RulePipelineNorm, err.Error())
+	s.refusals.Refuse(p, protoPipeline, whyNorm, err)
+	return err
+}
+
+// offend reports an offense of p in this node's epoch to the core; the
+// epoch loop carries out a verdict at its next turn.
+func (t *Trainer) offend(p peer.ID, rule, evidence string) {
+	t.mu.Lock()
+	t.core.Offend(epochs.Offense{Peer: p.String(), Rule: rule, Epoch: t.epoch, Evidence: evidence}, time.Now())
+	t.mu.Unlock()
+	t.kickEpoch()
+}
+
+// outlierPrefix starts the reason averaging gives a member whose part a
+// reducer of this node rejected for its norm (Result.Excluded).
+const outlierPrefix = "as sender: rejected: "
+
+// averagingOffenses reports the members of a round whose parts this node,
+// as a reducer, rejected as outliers.
+func (t *Trainer) averagingOffenses(res averaging.Result) {
+	for p, why := range res.Excluded {
+		if ev, ok := strings.CutPrefix(why, outlierPrefix); ok {
+			t.offend(p, epochs.RuleAveraging, ev)
+		}
+	}
+}
+
+// lieGradient is FaultGradFlip: the gradient this node sends (in pipeline
+// answers, in gradient rounds) flipped and scaled ×100.
+func (t *Trainer) lieGradient(v []float32) {
+	if t.faults[FaultGradFlip] {
+		flip(v)
+	}
+}
+
+// flip is the fault injections' lie: v flipped and scaled ×100.
+func flip(v []float32) {
+	for i := range v {
+		v[i] *= -100
+	}
+}
