@@ -61,6 +61,7 @@ the manifest (default: the Opticks text shipped with Go).`,
 					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
+					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
 					&cli.StringFlag{Name: "swarm-key", Usage: "private admission: the swarm key file (swarm run keygen --swarm-key)"},
@@ -190,6 +191,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setInt(c, "clip-iters", &a.ClipIters)
 	setFloat(c, "norm-k", &a.NormK)
 	setString(c, "activations", &m.Training.Activations)
+	setFloat(c, "sync-loss-margin", &m.Training.SyncLossMargin)
 	if err := admissionFromFlags(c, m); err != nil {
 		return nil, err
 	}
