@@ -386,10 +386,7 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 	if sh == nil || len(donors) == 0 {
 		return 0, errors.New("no holder to catch up from")
 	}
-	t.mu.Lock()
-	trained := t.trained
-	t.mu.Unlock()
-	snap, err := t.fetchAgreed(ctx, index, len(sh.Params()), len(sh.OptState()), donors, !trained, nil)
+	snap, err := t.fetchAgreed(ctx, sh, index, donors, false, nil)
 	if err != nil {
 		t.log.Warn("catch-up failed", "err", err)
 		return 0, err

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -59,6 +60,10 @@ type stageServer struct {
 	actWatch, gradWatch *pipeline.NormWatch
 	// gradFlip: FaultGradFlip.
 	gradFlip bool
+	// kept are the latest training micro-batches this stage served: a
+	// later shard's held-out data (heldout.go).
+	keptMu sync.Mutex
+	kept   []keptInput
 }
 
 // stageGate is what the stage server needs of the trainer.
@@ -293,6 +298,9 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		return &pipeline.Response{Code: code, Msg: err.Error()}
 	}
 	defer s.gate.release()
+	if q.Kind == pipeline.KindTrain {
+		s.keepInput(q)
+	}
 	b := &engine.Batch{N: int(q.N)}
 	if s.last(index) {
 		b.Targets = q.Targets

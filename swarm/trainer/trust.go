@@ -3,7 +3,6 @@ package trainer
 import (
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -52,7 +51,7 @@ func (s *stageServer) checkScale(w *pipeline.NormWatch, p peer.ID, what string, 
 // epoch loop carries out a verdict at its next turn.
 func (t *Trainer) offend(p peer.ID, rule, evidence string) {
 	t.mu.Lock()
-	t.core.Offend(epochs.Offense{Peer: p.String(), Rule: rule, Epoch: t.epoch, Evidence: evidence}, time.Now())
+	t.core.Offend(epochs.Offense{Peer: p.String(), Rule: rule, Epoch: t.epoch, Evidence: evidence}, t.clk.Now())
 	t.mu.Unlock()
 	t.kickEpoch()
 }
