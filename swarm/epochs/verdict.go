@@ -29,21 +29,24 @@ import (
 //     the other holders of its shard report for the same epoch (holders of a
 //     shard average one gradient; one that averaged alone differs by a
 //     small factor, never by 10⁴).
-//   - RulePipelineNorm, RuleAveraging: offenses the trainer saw in the
-//     pipeline (a sender's activations or gradients far above the median of
-//     the recent senders') or in averaging (a part rejected as an outlier by
-//     the reducer), in RepeatOffenses distinct epochs.
+//   - RulePipelineNorm, RulePipelineEpoch, RuleAveraging: offenses the
+//     trainer saw in the pipeline (a sender's activations or gradients far
+//     above the median of the recent senders'; a request far ahead of the
+//     node's epoch and of its sender's own record) or in averaging (a part
+//     rejected as an outlier by the reducer), in RepeatOffenses distinct
+//     epochs.
 //
 // Each verdict is given once per peer, with the rule and the evidence.
 
 // Rules a verdict names: guard's ban reasons, counted in
 // swarm_security_bans_total{reason}.
 const (
-	RuleSamples      = "record-samples"
-	RuleEpoch        = "record-epoch"
-	RuleNorm         = "record-normsq"
-	RulePipelineNorm = "pipeline-norm"
-	RuleAveraging    = "averaging-outlier"
+	RuleSamples       = "record-samples"
+	RuleEpoch         = "record-epoch"
+	RuleNorm          = "record-normsq"
+	RulePipelineNorm  = "pipeline-norm"
+	RulePipelineEpoch = "pipeline-epoch"
+	RuleAveraging     = "averaging-outlier"
 )
 
 // Thresholds of the rules.
@@ -73,7 +76,8 @@ type Verdict struct {
 
 // Offense is evidence against a peer that the trainer saw outside the
 // records, in epoch Epoch: a sender whose pipeline values were far above
-// the recent senders' (RulePipelineNorm), a member whose averaging part was
+// the recent senders' (RulePipelineNorm), a request far ahead of its
+// sender's record (RulePipelineEpoch), a member whose averaging part was
 // rejected as an outlier (RuleAveraging).
 type Offense struct {
 	Peer     string

@@ -1,9 +1,14 @@
 package trainer
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"strings"
+	"time"
 
+	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
@@ -31,6 +36,10 @@ const (
 	// FaultGradFlip: the gradients it sends, in pipeline answers and in
 	// gradient rounds, are flipped and scaled ×100.
 	FaultGradFlip = "grad-flip"
+	// FaultRequestEpoch: besides its honest micro-batches, it sends each
+	// holder of the next shard a training request of epoch 2^64-1 every
+	// 50 ms, while its record tells its real epoch.
+	FaultRequestEpoch = "request-epoch"
 )
 
 // parseFaults reads a comma-separated list of fault modes.
@@ -40,7 +49,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultRequestEpoch:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)
@@ -73,3 +82,22 @@ func (t *Trainer) lieLocked(r *progress.Record) {
 
 // garbage is a FaultDonor's state: all zeros.
 func garbage(v []float32) []float32 { return make([]float32, len(v)) }
+
+// farEpochLoop is FaultRequestEpoch's flood of requests from the future.
+func (t *Trainer) farEpochLoop(ctx context.Context) {
+	for clock.Sleep(ctx, t.clk, 50*time.Millisecond) == nil {
+		t.mu.Lock()
+		next := t.index + 1
+		t.mu.Unlock()
+		if next <= 0 || next >= len(t.m.Shards) {
+			continue
+		}
+		s := t.stage.shape(next)
+		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: uint32(next), Epoch: math.MaxUint64, N: 1,
+			Act: make([]float32, s.ActPerSample), Targets: make([]int32, s.TargetsPerSample), Precision: t.stage.wirePrecision()}
+		payload := q.Encode()
+		for _, p := range t.holders(next, false) {
+			_, _ = t.stage.call(ctx, p, pipeline.KindTrain, payload, len(q.Act), q.Epoch, int(q.N))
+		}
+	}
+}

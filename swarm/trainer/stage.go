@@ -23,6 +23,7 @@ import (
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 // stageServer is this node's stage of the pipeline. It serves the previous
@@ -93,8 +94,10 @@ type stageGate interface {
 	// pausedNow reports whether the volunteer's limits pause training.
 	pausedNow() bool
 	// offend reports evidence against p to the decision core, which bans
-	// a peer that keeps offending (trust.go).
+	// a peer that keeps offending (trust.go); peerRecord is p's live
+	// progress record.
 	offend(p peer.ID, rule, evidence string)
+	peerRecord(p peer.ID) (progress.Record, bool)
 }
 
 // Ban durations.
@@ -180,8 +183,9 @@ func (s *stageServer) wirePrecision() uint8 {
 
 // requestLimits is what a request's body may declare, from the run's layout:
 // the micro-batch the stage accepts times the width of its input boundary.
-// It refuses before the body is read a request whose header already fails.
-func (s *stageServer) requestLimits(q *pipeline.Request) (pipeline.Limits, error) {
+// It refuses before the body is read a request whose header already fails,
+// and one far ahead of this node's epoch (farEpoch).
+func (s *stageServer) requestLimits(from peer.ID, q *pipeline.Request) (pipeline.Limits, error) {
 	index := int(q.Shard)
 	if index <= 0 || index >= len(s.m.Shards) {
 		return pipeline.Limits{}, fmt.Errorf("shard %d does not take requests: %w", index, pipeline.ErrOversize)
@@ -193,7 +197,7 @@ func (s *stageServer) requestLimits(q *pipeline.Request) (pipeline.Limits, error
 	if q.Kind == pipeline.KindTrain && syncMode(s.m) {
 		own, holding := s.gate.position()
 		if holding && q.Epoch > own+maxEpochLead {
-			return pipeline.Limits{}, fmt.Errorf("epoch %d, this node is in %d: %w", q.Epoch, own, errFarEpoch)
+			return pipeline.Limits{}, s.farEpoch(from, q.Epoch, own)
 		}
 	}
 	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample}, nil
@@ -206,7 +210,7 @@ func readReason(err error) string {
 	switch {
 	case errors.Is(err, pipeline.ErrOversize):
 		return whyOversize
-	case errors.Is(err, errFarEpoch):
+	case errors.Is(err, errFarEpoch), errors.Is(err, errEpochLie):
 		return whyEpoch
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return whyStall
@@ -236,10 +240,14 @@ func (s *stageServer) handle(st network.Stream) {
 	defer s.slots.Release(from)
 	_ = st.SetReadDeadline(clock.WallDeadline(s.readTimeout))
 	hash := sha256.New() // of the request as received: what its receipt credits
-	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), s.requestLimits)
+	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), func(q *pipeline.Request) (pipeline.Limits, error) { return s.requestLimits(from, q) })
 	if err != nil {
 		st.Reset()
-		if why := readReason(err); why != "" {
+		switch why := readReason(err); {
+		case errors.Is(err, errEpochLie):
+			s.refusals.Count(from, protoPipeline, why, err) // judged by the core (farEpoch)
+		case errors.Is(err, errEpochAhead):
+		case why != "":
 			s.refusals.Refuse(from, protoPipeline, why, err)
 			s.bal.Ban(from, banFailed, why)
 		}

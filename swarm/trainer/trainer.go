@@ -422,6 +422,9 @@ func (t *Trainer) Run(ctx context.Context) error {
 	for range t.drive.loops() {
 		t.goLoop(ctx, t.drive.run)
 	}
+	if t.faults[FaultRequestEpoch] {
+		t.goLoop(ctx, t.farEpochLoop)
+	}
 	<-ctx.Done()
 	t.mu.Lock()
 	t.cond.Broadcast()

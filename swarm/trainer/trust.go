@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -9,6 +10,7 @@ import (
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 // Values peers send that pass every bound but are far larger than the
@@ -28,9 +30,41 @@ import (
 // whyNorm is the refusal reason for values far above the other senders'.
 const whyNorm = "norm"
 
-// banNorm keeps a sender of outlying gradients out of the next picks only
-// briefly: its next answers are checked (and counted) too.
-const banNorm = banBusy
+// A pipeline request far ahead of this node's epoch (maxEpochLead) cannot
+// be served. Whether it is a lie depends on what its sender told the swarm:
+//   - its own record is in that epoch too: an honest holder ahead (a lone
+//     holder waiting for a shard that rejoined); the stream is reset and
+//     nothing is held against it (errEpochAhead);
+//   - its record is far behind the request (by more than maxEpochLead too):
+//     the request contradicts what its sender reports; it is counted and an
+//     offense for the core, which bans a sender that keeps doing it
+//     (epochs.RulePipelineEpoch, errEpochLie);
+//   - it has no record: refused with a strike, like any bad input
+//     (errFarEpoch, stage.go).
+var (
+	errEpochAhead = errors.New("epoch far ahead of this node's, as its sender's record says")
+	errEpochLie   = errors.New("epoch far ahead of this node's and of its sender's record")
+)
+
+// farEpoch is the refusal of a request of epoch from p, this node being in
+// own (epoch > own + maxEpochLead).
+func (s *stageServer) farEpoch(p peer.ID, epoch, own uint64) error {
+	rec, ok := s.gate.peerRecord(p)
+	switch {
+	case !ok:
+		return fmt.Errorf("epoch %d, this node is in %d, the sender has no record: %w", epoch, own, errFarEpoch)
+	case rec.Epoch >= epoch-min(epoch, maxEpochLead):
+		return fmt.Errorf("epoch %d, this node is in %d, the sender's record in %d: %w", epoch, own, rec.Epoch, errEpochAhead)
+	}
+	err := fmt.Errorf("epoch %d, this node is in %d, the sender's record in %d: %w", epoch, own, rec.Epoch, errEpochLie)
+	s.gate.offend(p, epochs.RulePipelineEpoch, "a pipeline request of "+err.Error())
+	return err
+}
+
+// banNorm: a sender of outlying gradients is not excluded from the next
+// picks (the micro-batch goes to another holder): its next answers are
+// checked and counted too, until the core bans it.
+const banNorm = 0
 
 // checkScale checks the values v (samples > 0: a gradient of a micro-batch
 // of that many samples) that p sent against the recent senders'; it returns
@@ -43,7 +77,7 @@ func (s *stageServer) checkScale(w *pipeline.NormWatch, p peer.ID, what string, 
 	}
 	err := fmt.Errorf("%s of scale %.3g, %.3g times the recent senders' %.3g (norm_k %g)", what, scale, scale/ref, ref, s.m.Averaging.NormK)
 	s.gate.offend(p, epochs.RulePipelineNorm, err.Error())
-	s.refusals.Refuse(p, protoPipeline, whyNorm, err)
+	s.refusals.Count(p, protoPipeline, whyNorm, err) // judged by the core
 	return err
 }
 
@@ -83,4 +117,9 @@ func flip(v []float32) {
 	for i := range v {
 		v[i] *= -100
 	}
+}
+
+// peerRecord is p's live record (stageGate).
+func (t *Trainer) peerRecord(p peer.ID) (progress.Record, bool) {
+	return t.tracker.Get(p.String(), t.clk.Now())
 }
