@@ -156,3 +156,16 @@ func TestHeldOut(t *testing.T) {
 		}
 	}
 }
+
+// A state offered alone at an epoch no earlier than the agreed one is a
+// lie when it does more than ContradictGap worse on held-out data.
+func TestContradicts(t *testing.T) {
+	for _, c := range []struct {
+		agreed, offered float64
+		lie             bool
+	}{{0.12, 0.13, false}, {0.12, 0.9, false}, {0.12, 2.3026, true}, {0.12, math.NaN(), true}} {
+		if err := Contradicts(c.agreed, c.offered); (err != nil) != c.lie {
+			t.Errorf("agreed %g, offered %g: %v, want a lie %v", c.agreed, c.offered, err, c.lie)
+		}
+	}
+}

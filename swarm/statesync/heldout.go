@@ -24,3 +24,20 @@ func HeldOut(own, offered, margin float64) error {
 	}
 	return nil
 }
+
+// ContradictGap is how much worse on held-out data (nats) than the state
+// donors agree on a state offered alone at the same or a later epoch may do
+// before it is shown to be a lie: holders of a shard step together, so an
+// honest holder's state one epoch on does about as well as the agreed one
+// (a drifted holder's differs by far less than a nat).
+const ContradictGap = 1.0
+
+// Contradicts reports, with the evidence, whether a state a single donor
+// offered (held-out loss offered), at an epoch no earlier than the state
+// donors agreed on (agreed), is shown to be a lie.
+func Contradicts(agreed, offered float64) error {
+	if math.IsNaN(offered) || math.IsInf(offered, 0) || offered > agreed+ContradictGap {
+		return fmt.Errorf("held-out loss %.4f against %.4f of the state other donors agree on, more than %g worse", offered, agreed, ContradictGap)
+	}
+	return nil
+}

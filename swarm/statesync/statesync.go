@@ -76,9 +76,17 @@ type Snapshot struct {
 	Step   int64  // optimizer steps taken
 	Params []float32
 	Opt    []float32
-	// Donors is how many donors offered this state (Fetch), From which.
+	// Donors is how many donors offered this state (Fetch), From which;
+	// Others are the donors that offered another state.
 	Donors int
 	From   []peer.ID
+	Others []Offer
+}
+
+// Offer is a donor's offer of a state of epoch Epoch.
+type Offer struct {
+	Peer  peer.ID
+	Epoch uint64
 }
 
 func (s *Snapshot) flat() []float32 {
@@ -607,10 +615,12 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 			best, found = k, true
 		}
 	}
+	var others []Offer
 	for k, g := range groups {
 		if !found || k != best {
 			for _, o := range g {
 				o.st.Reset()
+				others = append(others, Offer{Peer: o.p, Epoch: o.hdr.Epoch})
 			}
 		}
 	}
@@ -702,7 +712,7 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 		from[i] = o.p
 	}
 	return &Snapshot{Shard: shard, Epoch: hdr.Epoch, Step: hdr.Step,
-		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use), From: from}, nil
+		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use), From: from, Others: others}, nil
 }
 
 // errLie marks a chunk that cannot be the state its donor's header

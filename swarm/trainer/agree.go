@@ -29,8 +29,9 @@ const stateQuorum = 2
 
 // Reasons for bans of state-sync donors (guard).
 const (
-	banChunk = "statesync-chunk"
-	banStall = "statesync-stall"
+	banChunk   = "statesync-chunk"
+	banStall   = "statesync-stall"
+	banHeldOut = "statesync-held-out"
 )
 
 // maxDistrusted bounds the donors remembered as banned for the run.
@@ -47,6 +48,11 @@ func (t *Trainer) badDonor(p peer.ID, err error) {
 	if statesync.Stalled(err) {
 		reason = banStall
 	}
+	t.distrust(p, reason, err)
+}
+
+// distrust bans p for the run: never a donor again.
+func (t *Trainer) distrust(p peer.ID, reason string, err error) {
 	t.mu.Lock()
 	if t.distrusted == nil {
 		t.distrusted = map[peer.ID]bool{}
@@ -81,10 +87,52 @@ func (t *Trainer) fetchAgreed(ctx context.Context, sh engine.Shard, index int, d
 	want.Quorum = stateQuorum
 	want.Bad = t.badDonor
 	snap, err := statesync.Fetch(ctx, t.h, donors, want, 10*time.Second, progress)
+	if err == nil {
+		t.checkOthers(ctx, index, snap, want)
+	}
 	if !errors.Is(err, statesync.ErrNoQuorum) {
 		return snap, err
 	}
 	return t.fetchSingle(ctx, sh, index, t.trustedDonors(donors), want, settle, err)
+}
+
+// checkOthers checks the states that single donors offered beside the one
+// the others agree on, at the same or a later epoch, on held-out data
+// (where the node has some): a donor whose state does more than
+// statesync.ContradictGap worse than the agreed one is shown to lie, and
+// banned (statesync-held-out).
+func (t *Trainer) checkOthers(ctx context.Context, index int, agreed *statesync.Snapshot, want statesync.Want) {
+	var suspects []peer.ID
+	for _, o := range agreed.Others {
+		if o.Epoch >= agreed.Epoch {
+			suspects = append(suspects, o.Peer)
+		}
+	}
+	if len(suspects) == 0 {
+		return
+	}
+	data := t.heldOutData(index)
+	if len(data) == 0 {
+		return
+	}
+	ref, err := t.snapshotLoss(ctx, index, agreed, data)
+	if err != nil {
+		return
+	}
+	want.Quorum = 1
+	for _, p := range suspects[:min(len(suspects), maxCandidates)] {
+		snap, err := statesync.Fetch(ctx, t.h, []peer.ID{p}, want, 10*time.Second, nil)
+		if err != nil {
+			continue
+		}
+		loss, err := t.snapshotLoss(ctx, index, snap, data)
+		if err != nil {
+			continue
+		}
+		if err := statesync.Contradicts(ref, loss); err != nil {
+			t.distrust(p, banHeldOut, fmt.Errorf("state of shard %d at epoch %d, the agreed one at %d: %w", index, snap.Epoch, agreed.Epoch, err))
+		}
+	}
 }
 
 // maxCandidates bounds the single donors' states one sync downloads and
@@ -147,7 +195,10 @@ func (t *Trainer) fetchSingle(ctx context.Context, sh engine.Shard, index int, d
 	}
 	if err := statesync.HeldOut(own, bestLoss, t.m.Training.LossMargin()); err != nil {
 		for _, p := range best.From {
-			t.cfg.Refusals.Refuse(p, protoState, whyHeldOut, fmt.Errorf("state of shard %d at epoch %d: %w", index, best.Epoch, err))
+			// Counted without a strike: a state that does worse is no
+			// proof of a lie (an honest holder may hold a state that
+			// diverged), and a joiner retries it.
+			t.cfg.Refusals.Count(p, protoState, whyHeldOut, fmt.Errorf("state of shard %d at epoch %d: %w", index, best.Epoch, err))
 		}
 		return nil, err
 	}
@@ -188,9 +239,10 @@ func (t *Trainer) ban(verdicts []epochs.Verdict) {
 		if !seen && len(t.distrusted) < maxDistrusted {
 			t.distrusted[p] = true
 		}
+		epoch := t.epoch
 		t.mu.Unlock()
 		if !seen {
-			t.cfg.Refusals.BanFor(p, v.Rule, errors.New(v.Evidence))
+			t.cfg.Refusals.BanFor(p, v.Rule, fmt.Errorf("%s (this node at epoch %d)", v.Evidence, epoch))
 		}
 		t.tracker.Forget(v.Peer)
 	}

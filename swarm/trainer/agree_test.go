@@ -219,4 +219,27 @@ func TestCatchUpHeldOut(t *testing.T) {
 			t.Errorf("%s banned: a failed held-out check is a refusal, not a proof", p)
 		}
 	}
+
+	// Two donors agree on a state; a third offers, alone and one epoch
+	// later, one that does far worse on held-out data: a lie shown, the
+	// donor banned (statesync-held-out). The agreed state is installed.
+	agreed := snapOf(func(i int) float32 { return honestSnap.Params[i] * 0.999 })
+	agreed.Epoch, agreed.Step = 5, 5
+	later := snapOf(func(int) float32 { return float32(3 * rng.NormFloat64()) })
+	later.Epoch, later.Step = 6, 6
+	for i, p := range []string{"x1", "x2"} { // the swarm is at epoch 5
+		tr.tracker.Update(progress.Record{Peer: p, Seq: uint64(i + 10), Shard: 0, State: progress.StateOnline, Epoch: 5}, time.Now())
+	}
+	a, b, x := donorOf(t, tr, agreed), donorOf(t, tr, agreed), donorOf(t, tr, later)
+	if epoch, err := tr.catchUpFrom(ctx, sh, 1, []peer.ID{x.ID(), a.ID(), b.ID()}); err != nil || epoch != 5 {
+		t.Fatalf("two agreeing donors and a liar: epoch %d, err %v; want the agreed state of epoch 5", epoch, err)
+	}
+	if !ref.Banned(x.ID()) || !tr.distrusted[x.ID()] {
+		t.Error("the donor whose later state does far worse on held-out data is not banned")
+	}
+	for _, p := range []peer.ID{a.ID(), b.ID()} {
+		if ref.Banned(p) {
+			t.Error("an agreeing donor was banned")
+		}
+	}
 }

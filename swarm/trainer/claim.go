@@ -117,7 +117,13 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			return err
 		}
 		// While live holders of the shard exist, retry rather than fall
-		// back to the initial weights.
+		// back to the initial weights; unless every state they offered
+		// did worse on held-out data than the initial weights, attempt
+		// after attempt: then the initial weights are the better state.
+		if errors.Is(err, statesync.ErrHeldOut) && attempt >= settleAttempts {
+			t.log.Warn("every holder's state does worse on held-out data than the run's initial state; starting from it", "shard", index, "attempts", attempt, "err", err)
+			break
+		}
 		if len(t.trustedDonors(t.holders(index, false))) == 0 {
 			t.log.Warn("no holder of the shard is left to serve it; starting from the run's initial state", "shard", index, "attempts", attempt, "err", err)
 			break
