@@ -168,6 +168,7 @@ type phase uint8
 const (
 	open        phase = iota
 	closing           // Close asked
+	gathering         // waiting (GatherGrace at most) for the shard-mates to close too
 	catchBefore       // CatchUp asked before the gradient round
 	averaging         // Average asked
 	catchAfter        // CatchUp asked after the gradient round
@@ -193,12 +194,16 @@ type Machine struct {
 	phase phase
 
 	// the epoch being ended
-	shard    int
-	epoch    uint64
-	expected int      // the shard-mates the gradient round was for
-	group    int      // members of the gradient round (1: alone)
-	donors   []string // local mode: the holders ahead when the round closed
-	drift    bool     // this node may differ from its shard's other holders
+	shard      int
+	epoch      uint64
+	expected   int       // the shard-mates the gradient round was for
+	gatherFrom time.Time // when gathering began
+	// late are the mates that were not closing when a round started, with
+	// the epoch of that round (gather).
+	late   map[string]uint64
+	group  int      // members of the gradient round (1: alone)
+	donors []string // local mode: the holders ahead when the round closed
+	drift  bool     // this node may differ from its shard's other holders
 
 	// claims remembers when each first-shard peer last finished samples,
 	// so that a peer whose micro-batches keep failing stops holding the
@@ -253,12 +258,14 @@ func (m *Machine) step(in Input, ev Event) Action {
 			m.phase = catchBefore
 			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
 		}
-		return m.average(in)
+		return m.gather(in)
 	case catchBefore:
 		if ev.OK {
 			return m.reopen(ev.Epoch)
 		}
-		return m.average(in)
+		return m.gather(in)
+	case gathering:
+		return m.gather(in)
 	case averaging:
 		m.group = 1
 		if ev.OK {
@@ -286,7 +293,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 			// the periodic round tries again.
 			m.drift = false
 		default:
-			m.drift = ev.Fraction < 1 || ev.Group < len(m.mates(in))+1
+			m.drift = ev.Fraction < 1 || ev.Group < m.reliableGroup(in)
 		}
 		return m.reopen(m.epoch + 1)
 	case catchLocal:
@@ -351,16 +358,93 @@ func (m *Machine) tick(in Input) Action {
 	return Action{Kind: OuterStep, Shard: n.Shard, Epoch: n.Epoch, Full: full, Group: m.groupSize(in)}
 }
 
+// GatherGrace is how long a holder that closed its epoch waits for its
+// shard-mates' records to show them closing it too before its gradient
+// round starts. Honest holders close on the same records, within
+// milliseconds of each other.
+const GatherGrace = 200 * time.Millisecond
+
+// LateProbe: a mate that was not closing when a round started (late) is
+// not waited for in the next rounds, but again every LateProbe epochs, so
+// that one that keeps finishing late costs the grace once in that many
+// epochs, and an honest one that was late once is waited for again soon.
+const LateProbe = 16
+
+// gather waits, GatherGrace at most, until every shard-mate in this epoch
+// that is not known to be late is closing it, then starts the gradient
+// round (average).
+func (m *Machine) gather(in Input) Action {
+	if m.phase != gathering {
+		m.phase, m.gatherFrom = gathering, in.Now
+	}
+	if in.Now.Sub(m.gatherFrom) < GatherGrace {
+		closing := m.closingMates(in)
+		for _, p := range m.mates(in) {
+			at, late := m.late[p]
+			if !slices.Contains(closing, p) && (!late || m.epoch >= at+LateProbe) {
+				return Action{}
+			}
+		}
+	}
+	return m.average(in)
+}
+
+// noteLate marks the mates not closing when a round starts as late, and
+// forgets the mark of those closing and of peers no longer mates.
+func (m *Machine) noteLate(mates, closing []string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	for p := range m.late {
+		if !slices.Contains(mates, p) {
+			delete(m.late, p)
+		}
+	}
+	for _, p := range mates {
+		at, late := m.late[p]
+		switch {
+		case slices.Contains(closing, p):
+			delete(m.late, p)
+		case !late || m.epoch >= at+LateProbe:
+			m.late[p] = m.epoch
+		}
+	}
+}
+
+// closingMates are the mates whose records show them closing this epoch.
+func (m *Machine) closingMates(in Input) []string {
+	var out []string
+	for _, r := range in.Records {
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.Epoch == m.epoch && r.Closing && slices.Contains(m.mates(in), r.Peer) {
+			out = append(out, r.Peer)
+		}
+	}
+	return out
+}
+
 // average starts the gradient round, or skips it when the shard has no
-// other holder.
+// other holder. The round starts as soon as the mates closing this epoch
+// joined it: a mate that is not closing it after GatherGrace (one that
+// finishes its epoch late, as a holder whose samples the others did not
+// believe, or one that lost its way) is not waited for; it may still join
+// while the round gathers. With none closing, the round waits for any
+// mate (the matchmaking window).
 func (m *Machine) average(in Input) Action {
-	m.expected = len(m.mates(in))
+	mates := m.mates(in)
+	m.expected = len(mates)
 	m.group = 1
 	if m.expected == 0 {
 		return m.afterRound(in)
 	}
 	m.phase = averaging
-	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: m.groupSize(in)}
+	group := m.groupSize(in)
+	closing := m.closingMates(in)
+	m.noteLate(mates, closing)
+	if n := len(closing); n > 0 {
+		// The mates not closing are not waited for, nor missed.
+		group, m.expected = min(group, n+1), n
+	}
+	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group}
 }
 
 // afterRound: behind the swarm, or left out of a round a shard-mate
@@ -393,7 +477,7 @@ func (m *Machine) afterStep(in Input) Action {
 	last := m.cfg.Finished(m.epoch + 1)
 	if holders > 0 && (m.drift || last || m.epoch%StateEvery == StateEvery-1) {
 		m.phase = syncing
-		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.groupSize(in)}
+		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.reliableGroup(in)}
 	}
 	return m.reopen(m.epoch + 1)
 }
@@ -562,6 +646,22 @@ func (m *Machine) holders(in Input, shard int) []string {
 // groupSize starts a round as soon as every live holder joined it, rather
 // than waiting out the matchmaking window when the shard has fewer holders
 // than the manifest's group size.
+// reliableGroup is groupSize without the mates known to be late (gather):
+// a state round does not wait for a mate that does not close its epochs
+// with the others (at least two, with any mate).
+func (m *Machine) reliableGroup(in Input) int {
+	n := 1
+	for _, p := range m.mates(in) {
+		if _, late := m.late[p]; !late {
+			n++
+		}
+	}
+	if len(m.mates(in)) > 0 {
+		n = max(n, 2)
+	}
+	return min(n, m.cfg.GroupSize)
+}
+
 func (m *Machine) groupSize(in Input) int {
 	return min(len(m.mates(in))+1, m.cfg.GroupSize)
 }

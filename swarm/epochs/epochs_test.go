@@ -40,6 +40,7 @@ func TestBehindTheSwarmAfterRound(t *testing.T) {
 		expect(t, m.Step(in, Event{}), Wait, 0)
 		in.Now = now.Add(time.Second)
 		expect(t, m.Step(in, Event{}), Close, 5)
+		in.Records[2].Closing, in.Records[3].Closing = true, true // the mates close it too
 		act := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
 		expect(t, act, Average, 5)
 		if act.Group != 3 || act.Key != KeyGrad {
@@ -95,4 +96,77 @@ func TestLocalMode(t *testing.T) {
 			t.Errorf("round %d: full %v, want %v", c.round, act.Full, c.full)
 		}
 	}
+}
+
+// A holder that closed its epoch waits, GatherGrace at most, for its
+// shard-mates' records to show them closing it too; the round then starts
+// as soon as those closing joined. A mate that is not closing the epoch by
+// then (it finishes late: a holder whose samples nobody believed, or one
+// that lost its way) is not waited for; with none closing, the round waits
+// for any mate.
+func TestGatherClosingMates(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	start := func(closing ...bool) (*Machine, Input) {
+		m := New(Config{Self: "b0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
+		a0 := online("a0", 0, 5)
+		a0.Samples = 64
+		in := Input{Now: now, Records: []progress.Record{a0, online("b0", 1, 5), online("b1", 1, 5), online("x", 1, 5)},
+			Node: Node{Shard: 1, Held: true, Online: true, Epoch: 5}}
+		in.Records[2].Closing, in.Records[3].Closing = closing[0], closing[1]
+		m.Step(in, Event{})
+		in.Now = now.Add(time.Second)
+		expect(t, m.Step(in, Event{}), Close, 5)
+		return m, in
+	}
+
+	m, in := start(true, false)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Wait, 0) // x not closing yet
+	in.Now = in.Now.Add(GatherGrace / 2)
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Now = in.Now.Add(GatherGrace)
+	act := m.Step(in, Event{})
+	expect(t, act, Average, 5)
+	if act.Group != 2 {
+		t.Errorf("group %d with x never closing, want 2 (b0 and b1)", act.Group)
+	}
+
+	m, in = start(true, false)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Wait, 0)
+	in.Records[3].Closing = true // x closes within the grace
+	if act := m.Step(in, Event{}); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d with every mate closing, want average of 3", act.Kind, act.Group)
+	}
+
+	m, in = start(false, false)
+	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
+	in.Now = in.Now.Add(2 * GatherGrace)
+	if act := m.Step(in, Event{}); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d with no mate closing, want average of 3 (any mate)", act.Kind, act.Group)
+	}
+
+	// x was late in epoch 5: the next rounds start without waiting for
+	// it, except every LateProbe epochs; once it closes in time it is
+	// waited for again.
+	m, in = start(true, false)
+	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
+	in.Now = in.Now.Add(GatherGrace)
+	expect(t, m.Step(in, Event{}), Average, 5)
+	for e := uint64(6); e <= 5+LateProbe; e++ {
+		m.phase, m.epoch = open, e
+		for i := range in.Records {
+			in.Records[i].Epoch = e
+		}
+		act := m.gather(in)
+		if probe := e == 5+LateProbe; probe != (act.Kind == Wait) {
+			t.Fatalf("epoch %d: %v with x late since epoch 5 (probe %v)", e, act.Kind, probe)
+		}
+	}
+	in.Records[3].Closing = true
+	expect(t, m.gather(in), Average, 5+LateProbe)
+	m.phase, m.epoch = open, 6+LateProbe
+	for i := range in.Records {
+		in.Records[i].Epoch = 6 + LateProbe
+	}
+	in.Records[3].Closing = false
+	expect(t, m.gather(in), Wait, 0) // on time last round: waited for again
 }

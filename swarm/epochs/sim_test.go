@@ -29,7 +29,8 @@ type simNode struct {
 	epoch   uint64
 	samples int
 	eval    bool
-	model   int // steps the node's state took (catch-up copies it)
+	closing bool // ending its epoch: from Close to Reopen
+	model   int  // steps the node's state took (catch-up copies it)
 	phantom bool
 	// lie, when set, rewrites the node's record (a Byzantine peer).
 	lie func(s *sim, r *progress.Record)
@@ -145,7 +146,7 @@ func (s *sim) records() []progress.Record {
 		if n.state == progress.StateOnline && n.m.cfg.Finished(n.epoch) {
 			st = progress.StateDone
 		}
-		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn,
+		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn, Closing: n.closing,
 			Norms: append([]progress.EpochNorm(nil), n.norms...)}
 		if n.shard == 0 {
 			r.Throughput = float64(n.rate()) / simTick.Seconds()
@@ -228,11 +229,12 @@ func (s *sim) carryOut(n *simNode, act Action) {
 		// its epoch (the pipeline admits micro-batches of its own epoch).
 		if s.draw != nil {
 			s.drive(n)
-		} else if n.shard == 0 && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
+		} else if n.shard == 0 && !n.closing && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
 			n.samples += n.rate()
 		}
 		return
 	case Close:
+		n.closing = true
 		// The trainer's close waits for the micro-batches in flight: they
 		// count in the epoch.
 		n.samples += n.drawn
@@ -273,7 +275,7 @@ func (s *sim) carryOut(n *simNode, act Action) {
 			n.norms = n.norms[1:]
 		}
 	case Reopen:
-		n.epoch, n.samples = act.Epoch, 0
+		n.epoch, n.samples, n.closing = act.Epoch, 0, false
 		if s.draw != nil {
 			n.acts = append(n.acts, rec)
 			s.drive(n) // the driver wakes with the epoch
@@ -298,7 +300,7 @@ func (s *sim) drive(n *simNode) {
 		n.drawn -= f.n
 	}
 	n.flights = keep
-	if n.shard != 0 || n.m.cfg.Finished(n.epoch) || !s.nextStageAt(n.epoch) {
+	if n.shard != 0 || n.closing || n.m.cfg.Finished(n.epoch) || !s.nextStageAt(n.epoch) {
 		return
 	}
 	for len(n.flights) < s.draw.limit {

@@ -155,13 +155,21 @@ func TestSimInflatedSamplesBounded(t *testing.T) {
 		// The whole target batch at once (more would be a lie on its face).
 		r.Samples, r.Throughput = s.cfg.TargetBatch, 1e9
 	})
-	// (It also waits out the matchmaking window in every round, like any
-	// holder that never joins one.)
 	s.runUntil(5*time.Minute, "the run's end", s.allAt(epochs))
 	for e, got := range s.honestSamples() {
 		if got < s.cfg.TargetBatch/3 {
 			t.Errorf("epoch %d closed with %d honest samples of %d", e, got, s.cfg.TargetBatch)
 		}
+	}
+	// It never closes its epoch when they do (nor joins a round): the
+	// honest holders do not wait for it (it was late, gather), but once
+	// every LateProbe epochs, so the run takes about as long as a clean one.
+	clean := lyingSwarm(t, epochs, 0, nil)
+	clean.runUntil(5*time.Minute, "the clean run's end", clean.allAt(epochs))
+	took, cleanTook := s.now.Sub(time.Unix(1_000_000, 0)), clean.now.Sub(time.Unix(1_000_000, 0))
+	t.Logf("with the liar %v, clean %v", took, cleanTook)
+	if took > cleanTook*3/2 {
+		t.Errorf("the run took %v with a liar that never closes in time, the clean one %v", took, cleanTook)
 	}
 
 	// The bound itself: rate × time with slack, from when the peer was
