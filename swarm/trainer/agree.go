@@ -144,7 +144,8 @@ const maxCandidates = 4
 // (heldout.go) it downloads each donor's state (maxCandidates at most) and
 // takes the one with the lowest held-out loss if that passes
 // statesync.HeldOut against sh; a failed check is refused and counted
-// against the donor. Without held-out data it takes a state only when the
+// against the donor. Without held-out data (or when it cannot be evaluated:
+// the next stages are not online or paused) it takes a state only when the
 // node has no trained state and either a single donor offers one (the
 // shard's only other holder) or, when settle (the donors disagreed for
 // several attempts), the newest offered at the corroborated epoch.
@@ -156,6 +157,16 @@ func (t *Trainer) fetchSingle(ctx context.Context, sh engine.Shard, index int, d
 	trained := t.trained
 	t.mu.Unlock()
 	data := t.heldOutData(index)
+	var own float64
+	if len(data) > 0 {
+		// The evaluation needs the next stages: none online, or paused,
+		// and the node cannot check (a joiner must not wait on them).
+		var err error
+		if own, err = t.heldOutLoss(ctx, sh, index, data); err != nil {
+			t.log.Info("cannot evaluate held-out data", "shard", index, "err", err)
+			data = nil
+		}
+	}
 	if len(data) == 0 {
 		if trained || len(donors) > 1 && !settle {
 			t.log.Info("not installing a state that no two donors offer alike: no held-out data to check it on",
@@ -170,10 +181,6 @@ func (t *Trainer) fetchSingle(ctx context.Context, sh engine.Shard, index int, d
 			t.log.Info("state offered by a single donor taken: this node had no trained state on the shard", "shard", index, "epoch", snap.Epoch, "donor", snap.From)
 		}
 		return snap, err
-	}
-	own, err := t.heldOutLoss(ctx, sh, index, data)
-	if err != nil {
-		return nil, fmt.Errorf("%w; %w", noQuorum, err)
 	}
 	var best *statesync.Snapshot
 	var bestLoss float64
