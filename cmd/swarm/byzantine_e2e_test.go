@@ -28,9 +28,9 @@ import (
 // epochs of its attack, for the attack's rule (log line with the peer, the
 // rule and the evidence; swarm_security_bans_total{reason} on /metrics).
 //
-// `go test` runs the clean run and the sign-flipped gradients (the
-// pipeline's and averaging's checks); SWARM_REDTEAM=long (make redteam)
-// runs every class; SWARM_E2E_FAULTS=clean,samples,... picks some.
+// `go test` runs the clean run and sign-flipped ×100 gradients in the
+// pipeline's answers; SWARM_REDTEAM=long (make redteam) runs every class;
+// SWARM_E2E_FAULTS=clean,samples,... picks some.
 
 // byzantineCase is one attack class.
 type byzantineCase struct {
@@ -49,7 +49,8 @@ var byzantineCases = []byzantineCase{
 	{name: "normsq", fault: trainer.FaultNormSq, shard: "0", rules: []string{"record-normsq"}},
 	{name: "samples", fault: trainer.FaultSamples, shard: "0", rules: []string{"record-samples"}},
 	{name: "request-epoch", fault: trainer.FaultRequestEpoch, shard: "0", rules: []string{"pipeline-epoch"}},
-	{name: "grad-flip", fault: trainer.FaultGradFlip, shard: "1", rules: []string{"pipeline-norm", "averaging-outlier"}},
+	{name: "grad-flip", fault: trainer.FaultGradFlip, shard: "1", rules: []string{"pipeline-norm"}},
+	{name: "avg-flip", fault: trainer.FaultAvgFlip, shard: "1", rules: []string{"averaging-outlier"}},
 	{name: "donor", fault: trainer.FaultDonor, shard: "0", rules: []string{"statesync-held-out"}, joiner: true},
 	{name: "donor-chunks", fault: trainer.FaultDonorChunks, shard: "0", rules: []string{"statesync-chunk"}, joiner: true},
 }

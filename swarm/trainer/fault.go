@@ -33,9 +33,12 @@ const (
 	// FaultCredit: its record claims four times the credit its receipts
 	// back, plus 10,000 samples.
 	FaultCredit = "credit"
-	// FaultGradFlip: the gradients it sends, in pipeline answers and in
-	// gradient rounds, are flipped and scaled ×100.
+	// FaultGradFlip: the gradients it sends in pipeline answers are flipped
+	// and scaled ×100.
 	FaultGradFlip = "grad-flip"
+	// FaultAvgFlip: the gradient it contributes to gradient rounds is
+	// flipped and scaled ×100.
+	FaultAvgFlip = "avg-flip"
 	// FaultRequestEpoch: besides its honest micro-batches, it sends each
 	// holder of the next shard a training request of epoch 2^64-1 every
 	// 50 ms, while its record tells its real epoch.
@@ -49,7 +52,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultRequestEpoch:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultAvgFlip, FaultRequestEpoch:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)

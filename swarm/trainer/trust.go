@@ -104,10 +104,11 @@ func (t *Trainer) averagingOffenses(res averaging.Result) {
 	}
 }
 
-// lieGradient is FaultGradFlip: the gradient this node sends (in pipeline
-// answers, in gradient rounds) flipped and scaled ×100.
+// lieGradient is FaultAvgFlip: the gradient this node contributes to
+// gradient rounds flipped and scaled ×100 (FaultGradFlip, on the pipeline's
+// answers, is the stage server's gradFlip).
 func (t *Trainer) lieGradient(v []float32) {
-	if t.faults[FaultGradFlip] {
+	if t.faults[FaultAvgFlip] {
 		flip(v)
 	}
 }
