@@ -129,14 +129,15 @@ type Action struct {
 
 // Event is the outcome of the last action; the zero Event is a plain tick.
 type Event struct {
-	Kind     Kind    // the action it answers (Wait: none)
-	OK       bool    // Averaged, CaughtUp, StateAveraged: it succeeded
-	Err      error   // Stepped; StateAveraged: ErrLoad when the engine refused the averaged state
-	Lost     bool    // Closed: the node no longer holds a shard
-	Shard    int     // Closed: the shard closed
-	Epoch    uint64  // Closed: the epoch closed; CaughtUp: the epoch of the state loaded
-	Group    int     // Averaged, StateAveraged: members, this node included
-	Fraction float64 // StateAveraged: share of the vector averaged
+	Kind     Kind     // the action it answers (Wait: none)
+	OK       bool     // Averaged, CaughtUp, StateAveraged: it succeeded
+	Err      error    // Stepped; StateAveraged: ErrLoad when the engine refused the averaged state
+	Lost     bool     // Closed: the node no longer holds a shard
+	Shard    int      // Closed: the shard closed
+	Epoch    uint64   // Closed: the epoch closed; CaughtUp: the epoch of the state loaded
+	Group    int      // Averaged, StateAveraged: members, this node included
+	Members  []string // Averaged: the members' peer IDs
+	Fraction float64  // StateAveraged: share of the vector averaged
 }
 
 // ErrLoad marks a state round whose result the engine refused: the node
@@ -198,8 +199,9 @@ type Machine struct {
 	epoch      uint64
 	expected   int       // the shard-mates the gradient round was for
 	gatherFrom time.Time // when gathering began
-	// late are the mates that were not closing when a round started, with
-	// the epoch of that round (gather).
+	// wanted are the mates the gradient round waited for; late those that
+	// were waited for and did not join, with the epoch (average).
+	wanted []string
 	late   map[string]uint64
 	group  int      // members of the gradient round (1: alone)
 	donors []string // local mode: the holders ahead when the round closed
@@ -270,6 +272,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 		m.group = 1
 		if ev.OK {
 			m.group = ev.Group
+			m.noteRound(in, ev.Members)
 		}
 		return m.afterRound(in)
 	case catchAfter:
@@ -364,24 +367,26 @@ func (m *Machine) tick(in Input) Action {
 // milliseconds of each other.
 const GatherGrace = 200 * time.Millisecond
 
-// LateProbe: a mate that was not closing when a round started (late) is
-// not waited for in the next rounds, but again every LateProbe epochs, so
-// that one that keeps finishing late costs the grace once in that many
-// epochs, and an honest one that was late once is waited for again soon.
-const LateProbe = 16
+// LateProbe: a mate that was waited for in a gradient round and did not
+// join it, or that was not closing its epoch when the others closing it
+// started the round (late), is not waited for again, until it joins a
+// round, or once every LateProbe epochs. A holder that keeps finishing its epochs late (one
+// whose samples the others did not believe, one that lost its way when the
+// other shard banned it) then costs the matchmaking window once in that
+// many epochs, not in every round; an honest one that missed a round is
+// waited for again as soon as it is in one.
+const LateProbe = 32
 
-// gather waits, GatherGrace at most, until every shard-mate in this epoch
-// that is not known to be late is closing it, then starts the gradient
-// round (average).
+// gather waits, GatherGrace at most, until every reliable shard-mate (not
+// late) is closing this epoch, then starts the gradient round (average).
 func (m *Machine) gather(in Input) Action {
 	if m.phase != gathering {
 		m.phase, m.gatherFrom = gathering, in.Now
 	}
 	if in.Now.Sub(m.gatherFrom) < GatherGrace {
 		closing := m.closingMates(in)
-		for _, p := range m.mates(in) {
-			at, late := m.late[p]
-			if !slices.Contains(closing, p) && (!late || m.epoch >= at+LateProbe) {
+		for _, p := range m.reliable(in) {
+			if !slices.Contains(closing, p) {
 				return Action{}
 			}
 		}
@@ -389,26 +394,15 @@ func (m *Machine) gather(in Input) Action {
 	return m.average(in)
 }
 
-// noteLate marks the mates not closing when a round starts as late, and
-// forgets the mark of those closing and of peers no longer mates.
-func (m *Machine) noteLate(mates, closing []string) {
-	if m.late == nil {
-		m.late = map[string]uint64{}
-	}
-	for p := range m.late {
-		if !slices.Contains(mates, p) {
-			delete(m.late, p)
+// reliable are the mates that are not late (or are due for a probe).
+func (m *Machine) reliable(in Input) []string {
+	var out []string
+	for _, p := range m.mates(in) {
+		if at, late := m.late[p]; !late || m.epoch >= at+LateProbe {
+			out = append(out, p)
 		}
 	}
-	for _, p := range mates {
-		at, late := m.late[p]
-		switch {
-		case slices.Contains(closing, p):
-			delete(m.late, p)
-		case !late || m.epoch >= at+LateProbe:
-			m.late[p] = m.epoch
-		}
-	}
+	return out
 }
 
 // closingMates are the mates whose records show them closing this epoch.
@@ -423,29 +417,69 @@ func (m *Machine) closingMates(in Input) []string {
 }
 
 // average starts the gradient round, or skips it when the shard has no
-// other holder. The round starts as soon as the mates closing this epoch
-// joined it: a mate that is not closing it after GatherGrace (one that
-// finishes its epoch late, as a holder whose samples the others did not
-// believe, or one that lost its way) is not waited for; it may still join
-// while the round gathers. With none closing, the round waits for any
-// mate (the matchmaking window).
+// other holder. The round waits for the reliable mates closing this epoch
+// (or, with none closing, for the reliable mates); the others may still
+// join while it gathers. Those waited for and absent are late (noteRound).
 func (m *Machine) average(in Input) Action {
 	mates := m.mates(in)
-	m.expected = len(mates)
 	m.group = 1
-	if m.expected == 0 {
+	if len(mates) == 0 {
+		m.expected, m.wanted = 0, nil
 		return m.afterRound(in)
 	}
 	m.phase = averaging
-	group := m.groupSize(in)
-	closing := m.closingMates(in)
-	m.noteLate(mates, closing)
-	if n := len(closing); n > 0 {
-		// The mates not closing are not waited for, nor missed.
-		group, m.expected = min(group, n+1), n
+	want := m.reliable(in)
+	var closing []string
+	for _, p := range m.closingMates(in) {
+		if slices.Contains(want, p) {
+			closing = append(closing, p)
+		}
 	}
+	if len(closing) > 0 {
+		// The reliable mates not closing by now finish late: late.
+		for _, p := range want {
+			if !slices.Contains(closing, p) {
+				m.markLate(p)
+			}
+		}
+		want = closing
+	}
+	m.expected, m.wanted = len(want), want
+	group := max(min(len(want)+1, m.cfg.GroupSize), 2)
 	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group}
 }
+
+// noteRound learns from a gradient round's members: a mate waited for and
+// absent is late; a member is not.
+func (m *Machine) noteRound(in Input, members []string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	mates := m.mates(in)
+	for p := range m.late {
+		if !slices.Contains(mates, p) || slices.Contains(members, p) {
+			delete(m.late, p)
+		}
+	}
+	for _, p := range m.wanted {
+		if !slices.Contains(members, p) {
+			m.markLate(p)
+		}
+	}
+}
+
+func (m *Machine) markLate(p string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	if len(m.late) < maxLate {
+		m.late[p] = m.epoch
+	}
+}
+
+// maxLate bounds the late mates remembered (noteRound forgets those that
+// are no longer mates).
+const maxLate = 1024
 
 // afterRound: behind the swarm, or left out of a round a shard-mate
 // finished and stepped past, this node's state is stale. It catches up
@@ -646,20 +680,14 @@ func (m *Machine) holders(in Input, shard int) []string {
 // groupSize starts a round as soon as every live holder joined it, rather
 // than waiting out the matchmaking window when the shard has fewer holders
 // than the manifest's group size.
-// reliableGroup is groupSize without the mates known to be late (gather):
-// a state round does not wait for a mate that does not close its epochs
-// with the others (at least two, with any mate).
+// reliableGroup is groupSize without the late mates: a state round does
+// not wait for a mate that does not join rounds (at least two, with any
+// mate).
 func (m *Machine) reliableGroup(in Input) int {
-	n := 1
-	for _, p := range m.mates(in) {
-		if _, late := m.late[p]; !late {
-			n++
-		}
+	if len(m.mates(in)) == 0 {
+		return 1
 	}
-	if len(m.mates(in)) > 0 {
-		n = max(n, 2)
-	}
-	return min(n, m.cfg.GroupSize)
+	return max(min(len(m.reliable(in))+1, m.cfg.GroupSize), 2)
 }
 
 func (m *Machine) groupSize(in Input) int {

@@ -100,14 +100,13 @@ func TestLocalMode(t *testing.T) {
 
 // A holder that closed its epoch waits, GatherGrace at most, for its
 // shard-mates' records to show them closing it too; the round then starts
-// as soon as those closing joined. A mate that is not closing the epoch by
-// then (it finishes late: a holder whose samples nobody believed, or one
-// that lost its way) is not waited for; with none closing, the round waits
-// for any mate.
+// as soon as those closing joined (with none closing, it waits for any
+// mate). A mate waited for that did not join the round is late: not waited
+// for again until it joins one, or every LateProbe epochs.
 func TestGatherClosingMates(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	start := func(closing ...bool) (*Machine, Input) {
-		m := New(Config{Self: "b0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
+		m := New(Config{Self: "b0", Epochs: 200, TargetBatch: 64, GroupSize: 4})
 		a0 := online("a0", 0, 5)
 		a0.Samples = 64
 		in := Input{Now: now, Records: []progress.Record{a0, online("b0", 1, 5), online("b1", 1, 5), online("x", 1, 5)},
@@ -144,29 +143,34 @@ func TestGatherClosingMates(t *testing.T) {
 		t.Errorf("%v of group %d with no mate closing, want average of 3 (any mate)", act.Kind, act.Group)
 	}
 
-	// x was late in epoch 5: the next rounds start without waiting for
-	// it, except every LateProbe epochs; once it closes in time it is
-	// waited for again.
-	m, in = start(true, false)
-	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
-	in.Now = in.Now.Add(GatherGrace)
-	expect(t, m.Step(in, Event{}), Average, 5)
+	// x closes its epochs (it says so) but does not join the round of
+	// epoch 5: late. The next rounds neither wait for it nor count on it,
+	// but every LateProbe epochs; once it joins a round it is waited for
+	// again.
+	m, in = start(true, true)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Average, 5)
+	act = m.Step(in, Event{Kind: Average, OK: true, Group: 2, Members: []string{"b0", "b1"}})
+	expect(t, act, Step, 5)
 	for e := uint64(6); e <= 5+LateProbe; e++ {
 		m.phase, m.epoch = open, e
 		for i := range in.Records {
 			in.Records[i].Epoch = e
 		}
 		act := m.gather(in)
-		if probe := e == 5+LateProbe; probe != (act.Kind == Wait) {
-			t.Fatalf("epoch %d: %v with x late since epoch 5 (probe %v)", e, act.Kind, probe)
+		probe := e == 5+LateProbe
+		switch {
+		case !probe && (act.Kind != Average || act.Group != 2):
+			t.Fatalf("epoch %d: %v of group %d with x late since epoch 5, want average of 2", e, act.Kind, act.Group)
+		case probe && (act.Kind != Average || act.Group != 3):
+			t.Fatalf("epoch %d: %v of group %d, want the probe: average of 3", e, act.Kind, act.Group)
 		}
 	}
-	in.Records[3].Closing = true
-	expect(t, m.gather(in), Average, 5+LateProbe)
+	m.noteRound(in, []string{"b0", "b1", "x"}) // it joined the probe
 	m.phase, m.epoch = open, 6+LateProbe
 	for i := range in.Records {
 		in.Records[i].Epoch = 6 + LateProbe
 	}
-	in.Records[3].Closing = false
-	expect(t, m.gather(in), Wait, 0) // on time last round: waited for again
+	if act := m.gather(in); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d after x joined a round, want average of 3", act.Kind, act.Group)
+	}
 }

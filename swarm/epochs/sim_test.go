@@ -386,7 +386,11 @@ func (s *sim) settleRounds() {
 				} else {
 					m.grouped = len(r.members) > 1
 				}
-				s.finish(m, Event{Kind: kindOf(r.key), OK: true, Group: len(r.members), Fraction: 1})
+				var ids []string
+				for _, o := range r.members {
+					ids = append(ids, o.id)
+				}
+				s.finish(m, Event{Kind: kindOf(r.key), OK: true, Group: len(r.members), Members: ids, Fraction: 1})
 			}
 			continue
 		}

@@ -217,6 +217,9 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 		copy(e.local, vec)
 		e.info = avgInfo{Round: act.Epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
 		ev.OK, ev.Group = true, len(res.Members)
+		for _, p := range res.Members {
+			ev.Members = append(ev.Members, p.String())
+		}
 	case err == nil:
 		t.log.Warn("averaged gradient is not finite; using the local one", "epoch", act.Epoch)
 	default:
