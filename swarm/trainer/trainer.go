@@ -37,9 +37,12 @@
 // The Trainer itself owns the epoch state: the shard and its index and
 // state, the epoch and its counters, whether it is closing, the
 // micro-batches admitted in it, the local-mode anchor, and the decision
-// core. It carries out the core's actions (epoch.go, local.go), claims and
-// moves between shards (claim.go), takes state by agreement (agree.go) and
-// serves snapshots. The stage server and the driver reach it only through
+// core. It carries out the core's actions (epoch.go, local.go) and its
+// verdicts (bans, agree.go), reports what peers did wrong to it (trust.go:
+// pipeline values far above the other senders', far-future requests,
+// averaging outliers), claims and moves between shards (claim.go), takes
+// state by agreement, with a held-out check of a state a single donor offers
+// (agree.go, heldout.go), and serves snapshots. The stage server and the driver reach it only through
 // stageGate and driverGate (gate.go): the epoch gate that admits
 // micro-batches, and the engine under the engine lock.
 //
