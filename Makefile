@@ -33,8 +33,8 @@ nat: ## NAT suite, long version (root, iptables): every home-router kind and a p
 	SWARM_NAT=long $(GO) test ./cmd/swarm -run NAT -count=1 -v -timeout 45m
 
 .PHONY: redteam
-redteam: ## attack a training swarm on 127.0.0.1 with every protocol's hostile values, long version (64 streams a peer, 1,000 fake peers)
-	SWARM_REDTEAM=long $(GO) test ./cmd/swarm -run RedTeam -count=1 -v -timeout 30m
+redteam: ## attack a training swarm on 127.0.0.1 with every protocol's hostile values (64 streams a peer, 1,000 fake peers), then one Byzantine node per attack class
+	SWARM_REDTEAM=long $(GO) test ./cmd/swarm -run 'RedTeam|Byzantine' -count=1 -v -timeout 60m
 
 demo: build ## start a local swarm on 127.0.0.1 that trains a real model
 	./scripts/demo.sh

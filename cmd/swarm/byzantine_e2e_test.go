@@ -1,23 +1,85 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/swarm-train/swarm/node/client"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
-// Process tests of the trust rules (swarm/epochs, state sync by
-// agreement): a small honest swarm, 2 shards × 2 pinned holders, plus one
-// admitted Byzantine node (the hidden --fault flag) that lies. The default
-// test runs the record liar; SWARM_E2E_BYZANTINE=1 adds a clean run to
-// compare with and the lying state-sync donors.
+// Process tests of the trust rules (swarm/epochs, state sync by agreement,
+// the pipeline's and averaging's norm checks): a small honest swarm, 2
+// shards × 2 pinned holders, plus one admitted Byzantine node (the hidden
+// --fault flag) per attack class. Each run must complete with a test
+// accuracy of at least 97% and within a point of the clean run's, the
+// honest holders of each shard must end on one model, no honest peer may be
+// banned, and the attacker must be banned by an honest node within a few
+// epochs of its attack, for the attack's rule (log line with the peer, the
+// rule and the evidence; swarm_security_bans_total{reason} on /metrics).
+//
+// `go test` runs the clean run and sign-flipped ×100 gradients in the
+// pipeline's answers; SWARM_REDTEAM=long (make redteam) runs every class;
+// SWARM_E2E_FAULTS=clean,samples,... picks some.
+
+// byzantineCase is one attack class.
+type byzantineCase struct {
+	name  string
+	fault string   // the attacker's --fault ("": no attacker)
+	shard string   // the attacker's shard
+	rules []string // ban reasons an honest node must count against it
+	// joiner: a node joins the attacker's shard mid-run and syncs its
+	// state (the attacker lies as a donor).
+	joiner bool
+}
+
+var byzantineCases = []byzantineCase{
+	{name: "clean"},
+	{name: "epoch-ahead", fault: trainer.FaultEpochAhead, shard: "0", rules: []string{"record-epoch"}},
+	{name: "normsq", fault: trainer.FaultNormSq, shard: "0", rules: []string{"record-normsq"}},
+	{name: "samples", fault: trainer.FaultSamples, shard: "0", rules: []string{"record-samples"}},
+	{name: "request-epoch", fault: trainer.FaultRequestEpoch, shard: "0", rules: []string{"pipeline-epoch"}},
+	{name: "grad-flip", fault: trainer.FaultGradFlip, shard: "1", rules: []string{"pipeline-norm"}},
+	{name: "avg-flip", fault: trainer.FaultAvgFlip, shard: "1", rules: []string{"averaging-outlier"}},
+	{name: "donor", fault: trainer.FaultDonor, shard: "0", rules: []string{"statesync-held-out"}, joiner: true},
+	{name: "donor-chunks", fault: trainer.FaultDonorChunks, shard: "0", rules: []string{"statesync-chunk"}, joiner: true},
+}
+
+// byzantineDefault are the cases `go test` runs.
+var byzantineDefault = []string{"clean", "grad-flip"}
+
+// banWithin is how many epochs after its attack began an attacker must be
+// banned.
+const banWithin = 40
+
+// byzantineSteps is the run's length; the joiner comes at joinAt.
+const (
+	byzantineSteps = 600
+	joinAt         = 150
+)
+
+// cleanAcc and cleanTook are the clean run's accuracy and duration, for
+// the attacks run after it in the same process.
+var (
+	cleanMu   sync.Mutex
+	cleanAcc  float64
+	cleanTook time.Duration
+)
 
 // byzantineSwarm starts the honest swarm, every holder of a shard in one
-// averaging group (so that a third holder never leaves one out).
+// averaging group (so that a third holder never leaves one out), with
+// robust aggregation: centered-clip, and norm_k 10 for the reducers and
+// the pipeline.
 func byzantineSwarm(t *testing.T, steps int) (*e2eSwarm, []string) {
 	s := newE2E(t, 2, steps)
 	m, err := run.Load(s.manifest)
@@ -25,6 +87,7 @@ func byzantineSwarm(t *testing.T, steps int) (*e2eSwarm, []string) {
 		t.Fatal(err)
 	}
 	m.Averaging.GroupSize = 4
+	m.Averaging.Aggregation, m.Averaging.NormK = run.AggregateCenteredClip, 10
 	if err := m.Save(s.manifest); err != nil {
 		t.Fatal(err)
 	}
@@ -61,22 +124,45 @@ func (s *e2eSwarm) bans(name string) []string {
 	return out
 }
 
+// bansTotal is swarm_security_bans_total{reason} on name's /metrics.
+func (s *e2eSwarm) bansTotal(name, reason string) float64 {
+	cl, err := client.FromHome(filepath.Join(s.dir, name))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	page, err := cl.Metrics(context.Background())
+	if err != nil {
+		s.t.Errorf("%s /metrics: %v", name, err)
+		return 0
+	}
+	series := fmt.Sprintf(`swarm_security_bans_total{reason=%q} `, reason)
+	for _, l := range strings.Split(page, "\n") {
+		if rest, ok := strings.CutPrefix(l, series); ok {
+			v, _ := strconv.ParseFloat(rest, 64)
+			return v
+		}
+	}
+	return 0
+}
+
 // finish waits for the run's end and returns the best test accuracy and
 // the honest nodes' statuses.
 func (s *e2eSwarm) finish(honest []string) (float64, map[string]*trainer.Status) {
 	var acc float64
 	var out map[string]*trainer.Status
-	s.wait(3*time.Minute, "the honest nodes to finish the run with a test accuracy", func() bool {
+	s.wait(6*time.Minute, "the honest nodes to finish the run with a test accuracy", func() bool {
 		acc, out = -1, map[string]*trainer.Status{}
-		for _, n := range honest {
+		done := true
+		for _, n := range honest { // every one asked: the failure summary shows them all
 			st := s.training(n)
 			if st == nil || st.State != "done" {
-				return false
+				done = false
+				continue
 			}
 			acc = max(acc, st.Accuracy)
 			out[n] = st
 		}
-		return acc >= 0
+		return done && acc >= 0
 	})
 	return acc, out
 }
@@ -93,96 +179,134 @@ func (s *e2eSwarm) checkBans(honest []string, liar string) {
 	}
 }
 
-// TestSwarmByzantineRecords: one admitted node on the first shard whose
-// records lie (an epoch 100 ahead; squared gradient norms of 1e300) but
-// that trains and averages honestly. The run completes with a demo
-// accuracy (>= 96%, within a point of the clean 97%), the honest holders
-// of each shard end on one model, and no honest peer is banned.
-// SWARM_E2E_FAULTS (faults;faults;..., "none": no liar) replaces the list;
-// "samples" (twice the target batch finished and in flight, at 1e9
-// samples/s) is left out of the default: its count is bounded, but the
-// honest holders wait for the liar in every round (it closes its epochs
-// late) and the run takes minutes.
-func TestSwarmByzantineRecords(t *testing.T) {
-	faults := []string{"epoch-ahead", "normsq"}
-	if f := os.Getenv("SWARM_E2E_FAULTS"); f != "" {
-		faults = strings.Split(f, ";")
-	}
-	for _, fault := range faults {
-		t.Run(fault, func(t *testing.T) {
-			s, honest := byzantineSwarm(t, 600)
-			liarID := ""
-			if fault != "none" {
-				liarID = s.peerID(s.add(nil, "--shard", "0", "--fault", fault))
+// atEpoch reads the epoch the banning node was in from a ban line.
+var atEpoch = regexp.MustCompile(`this node at epoch (\d+)`)
+
+// checkBanned checks that an honest node banned liar for each rule, within
+// banWithin epochs of from, in its log and on its /metrics.
+func (s *e2eSwarm) checkBanned(honest []string, liar string, rules []string, from uint64) {
+	for _, rule := range rules {
+		banned := false
+		for _, n := range honest {
+			for _, l := range s.bans(n) {
+				if !strings.Contains(l, liar) || !strings.Contains(l, "reason="+rule) {
+					continue
+				}
+				banned = true
+				s.t.Logf("%s: %s", n, l)
+				if m := atEpoch.FindStringSubmatch(l); m != nil {
+					if e, _ := strconv.ParseUint(m[1], 10, 64); e > from+banWithin {
+						s.t.Errorf("%s banned the attacker for %s at epoch %d, its attack began at %d", n, rule, e, from)
+					}
+				}
+				if v := s.bansTotal(n, rule); v < 1 {
+					s.t.Errorf("%s logged a ban for %s but swarm_security_bans_total{reason=%q} is %v", n, rule, rule, v)
+				}
 			}
-			start := time.Now()
-			acc, sts := s.finish(honest)
-			t.Logf("with a record liar (%s): accuracy %.4f in %v", fault, acc, time.Since(start).Round(time.Second))
-			if acc < 0.96 {
-				t.Errorf("accuracy %.4f with a record liar (%s), want >= 0.96", acc, fault)
-			}
-			sameShardParams(t, sts)
-			s.checkBans(honest, liarID)
-		})
+		}
+		if !banned {
+			s.t.Errorf("no honest node banned the attacker %s for %s", liar, rule)
+		}
 	}
 }
 
-// TestSwarmByzantineDonors (SWARM_E2E_BYZANTINE=1): a clean run of the
-// same manifest, then for each lying donor (finite garbage with correct
-// hashes one epoch ahead; its real header with corrupted chunks) a joiner
-// of its shard mid-run: it installs the state the two honest holders
-// offer, the corrupting donor is banned, and the accuracy is within a point
-// of the clean run's.
-func TestSwarmByzantineDonors(t *testing.T) {
-	if os.Getenv("SWARM_E2E_BYZANTINE") == "" {
-		t.Skip("the lying-donor process tests take minutes; set SWARM_E2E_BYZANTINE=1")
+// epochOf is the highest epoch of the named nodes.
+func (s *e2eSwarm) epochOf(names []string) uint64 {
+	var e uint64
+	for _, n := range names {
+		if st := s.training(n); st != nil {
+			e = max(e, st.Epoch)
+		}
 	}
-	clean, cleanHonest := byzantineSwarm(t, 600)
-	cleanAcc, _ := clean.finish(cleanHonest)
-	clean.checkBans(cleanHonest, "")
-	t.Logf("clean: accuracy %.4f", cleanAcc)
-	for name := range clean.nodes {
-		clean.kill(name)
+	return e
+}
+
+func TestSwarmByzantine(t *testing.T) {
+	want := byzantineDefault
+	if os.Getenv("SWARM_REDTEAM") == "long" {
+		want = nil
+		for _, c := range byzantineCases {
+			want = append(want, c.name)
+		}
 	}
-	for _, fault := range []string{"donor", "donor-chunks"} {
-		t.Run(fault, func(t *testing.T) {
-			s, honest := byzantineSwarm(t, 800)
-			x := s.add(nil, "--shard", "0", "--fault", fault)
-			xID := s.peerID(x)
-			s.wait(2*time.Minute, "the honest nodes at epoch 150", func() bool {
-				for _, n := range honest {
-					if st := s.training(n); st == nil || st.Epoch < 150 {
-						return false
-					}
-				}
-				return true
-			})
-			j := s.add(nil, "--shard", "0")
-			honest = append(honest, j)
-			s.wait(time.Minute, "the joiner synced", func() bool {
-				return strings.Contains(s.nodes[j].output(true), "state synced")
-			})
-			for _, l := range strings.Split(s.nodes[j].output(true), "\n") {
-				if strings.Contains(l, "state synced") {
-					t.Logf("joiner: %s", l)
-					if !strings.Contains(l, "donors=2") && !strings.Contains(l, "donors=3") {
-						t.Errorf("the joiner installed a state fewer than two donors offered: %s", l)
-					}
-				}
+	if f := os.Getenv("SWARM_E2E_FAULTS"); f != "" {
+		want = strings.Split(f, ",")
+	}
+	for _, c := range byzantineCases {
+		if !slices.Contains(want, c.name) {
+			continue
+		}
+		t.Run(c.name, func(t *testing.T) { runByzantine(t, c) })
+	}
+}
+
+func runByzantine(t *testing.T, c byzantineCase) {
+	s, honest := byzantineSwarm(t, byzantineSteps)
+	start := time.Now()
+	var liar, joiner string
+	var from uint64
+	// The attacker joins a running swarm: a sender alone is judged by
+	// nothing (pipeline.NormWatch), as a liar that is a shard's only other
+	// holder is not.
+	s.wait(2*time.Minute, "the honest nodes online at epoch 5", func() bool {
+		for _, n := range honest {
+			if st := s.training(n); st == nil || st.State != "online" || st.Epoch < 5 {
+				return false
 			}
-			acc, _ := s.finish(honest)
-			t.Logf("%s: accuracy %.4f (clean %.4f)", fault, acc, cleanAcc)
-			if acc < cleanAcc-0.01 {
-				t.Errorf("accuracy %.4f with a lying donor, more than a point below the clean %.4f", acc, cleanAcc)
-			}
-			s.checkBans(honest, xID)
-			if fault == "donor-chunks" {
-				if b := s.bans(j); len(b) == 0 {
-					t.Errorf("the joiner did not ban the donor %s whose chunks failed", xID)
-				} else {
-					t.Logf("ban: %s", b[0])
-				}
-			}
+		}
+		return true
+	})
+	if c.fault != "" {
+		x := s.add(nil, "--shard", c.shard, "--fault", c.fault)
+		liar = s.peerID(x)
+		s.wait(time.Minute, "the attacker online", func() bool {
+			st := s.training(x)
+			return st != nil && st.State == "online"
 		})
+		from = s.epochOf(honest)
+	}
+	if c.joiner {
+		s.wait(3*time.Minute, fmt.Sprintf("the honest nodes at epoch %d", joinAt), func() bool { return s.epochOf(honest[:1]) >= joinAt })
+		from = s.epochOf(honest)
+		joiner = s.add(nil, "--shard", c.shard)
+		s.wait(time.Minute, "the joiner synced", func() bool {
+			return strings.Contains(s.nodes[joiner].output(true), "state synced")
+		})
+		out := s.nodes[joiner].output(true)
+		for _, l := range strings.Split(out, "\n") {
+			if strings.Contains(l, "state synced") {
+				t.Logf("joiner: %s", l)
+				if strings.Contains(l, "donors=1 ") && !strings.Contains(out, "passed the held-out check") {
+					t.Errorf("the joiner installed a state that a single donor offered, unchecked: %s", l)
+				}
+			}
+		}
+		honest = append(honest, joiner)
+	}
+	acc, sts := s.finish(honest)
+	took := time.Since(start)
+	t.Logf("%s: accuracy %.4f in %v", c.name, acc, took.Round(time.Second))
+	if acc < 0.97 {
+		t.Errorf("accuracy %.4f, want >= 0.97", acc)
+	}
+	cleanMu.Lock()
+	if c.fault == "" {
+		cleanAcc, cleanTook = acc, took
+	}
+	refAcc, refTook := cleanAcc, cleanTook
+	cleanMu.Unlock()
+	if c.fault != "" && refAcc > 0 {
+		t.Logf("clean: accuracy %.4f in %v", refAcc, refTook.Round(time.Second))
+		if acc < refAcc-0.01 {
+			t.Errorf("accuracy %.4f under attack, more than a point below the clean run's %.4f", acc, refAcc)
+		}
+		if !c.joiner && took > 2*refTook {
+			t.Errorf("the run took %v under attack, the clean one %v", took.Round(time.Second), refTook.Round(time.Second))
+		}
+	}
+	sameShardParams(t, sts)
+	s.checkBans(honest, liar)
+	if liar != "" {
+		s.checkBanned(honest, liar, c.rules, from)
 	}
 }

@@ -67,6 +67,7 @@ the run's peers and check every chunk against it.`,
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.IntFlag{Name: "audit-parts", Usage: "reducer audits: parts each member re-computes after every averaging round, to catch reducers that lie (0: off)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
+					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
 					&cli.StringFlag{Name: "swarm-key", Usage: "private admission: the swarm key file (swarm run keygen --swarm-key)"},
@@ -202,6 +203,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setFloat(c, "norm-k", &a.NormK)
 	setInt(c, "audit-parts", &a.AuditParts)
 	setString(c, "activations", &m.Training.Activations)
+	setFloat(c, "sync-loss-margin", &m.Training.SyncLossMargin)
 	if err := admissionFromFlags(c, m); err != nil {
 		return nil, err
 	}

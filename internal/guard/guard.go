@@ -156,6 +156,28 @@ func (r *Refusals) Refuse(p peer.ID, protocol, reason string, err error) bool {
 	return offend
 }
 
+// Count records a refused input of p like Refuse (counted, logged once per
+// peer and reason) but adds no strike: for input whose sender the node
+// judges by rules of its own, which ban it (BanFor) once the evidence is
+// enough. Strikes would cut the peer off first, with a weaker ban and
+// without the evidence.
+func (r *Refusals) Count(p peer.ID, protocol, reason string, err error) {
+	if r == nil {
+		return
+	}
+	k := key{protocol, reason}
+	r.ctr.WithLabelValues(protocol, reason).Inc()
+	r.mu.Lock()
+	r.counts[k]++
+	st := r.state(p)
+	_, seen := st.logged[k]
+	st.logged[k] = struct{}{}
+	r.mu.Unlock()
+	if !seen {
+		r.log.Warn("refused peer input", "peer", p, "protocol", protocol, "reason", reason, "err", err)
+	}
+}
+
 // Ban refuses p for the policy's ban period without a refusal of its input
 // (a peer found lying by other means).
 func (r *Refusals) Ban(p peer.ID) {

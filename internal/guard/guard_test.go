@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,4 +121,26 @@ func TestBanFor(t *testing.T) {
 	if len(hooked) != 2 {
 		t.Errorf("disconnect hooks ran %d times", len(hooked))
 	}
+}
+
+// Count counts and logs a refusal without a strike: the peer is judged by
+// other rules and never becomes an offender through it.
+func TestCountAddsNoStrike(t *testing.T) {
+	var log bytes.Buffer
+	r, _ := New(prometheus.NewRegistry(), slog.New(slog.NewTextHandler(&log, nil)), Policy{Strikes: 2})
+	p := peer.ID("sender")
+	for range 10 {
+		r.Count(p, "/p", "norm", errors.New("scale 100 times the median"))
+	}
+	if r.Banned(p) || r.Summary().Offenders != 0 {
+		t.Fatal("counted refusals made an offender")
+	}
+	if got := testutil.ToFloat64(r.ctr.WithLabelValues("/p", "norm")); got != 10 {
+		t.Fatalf("counter %v, want 10", got)
+	}
+	if n := strings.Count(log.String(), "refused peer input"); n != 1 {
+		t.Fatalf("logged %d times, want once:\n%s", n, log.String())
+	}
+	var nilR *Refusals
+	nilR.Count(p, "/p", "norm", nil)
 }

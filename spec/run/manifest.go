@@ -116,6 +116,26 @@ type TrainingSpec struct {
 	// sent between shards: fp32 (the default, also when empty) or bf16,
 	// which halves the pipeline's traffic for slow links.
 	Activations string `json:"activations,omitempty"`
+	// SyncLossMargin (nats) is how much worse than a node's own state a
+	// shard state offered by a single donor may do on held-out data for a
+	// node with trained state to install it (0: DefaultSyncLossMargin);
+	// states two donors offer alike need no check.
+	SyncLossMargin float64 `json:"sync_loss_margin,omitempty"`
+}
+
+// DefaultSyncLossMargin is TrainingSpec.SyncLossMargin when unset, and
+// MaxSyncLossMargin its largest value.
+const (
+	DefaultSyncLossMargin = 0.05
+	MaxSyncLossMargin     = 10
+)
+
+// LossMargin is the held-out margin of single-donor state sync.
+func (t TrainingSpec) LossMargin() float64 {
+	if t.SyncLossMargin == 0 {
+		return DefaultSyncLossMargin
+	}
+	return t.SyncLossMargin
 }
 
 // Precisions of the activations between shards.
@@ -242,6 +262,9 @@ func (m *Manifest) Validate() error {
 	case "", ActivationsFP32, ActivationsBF16:
 	default:
 		return fieldErr("training.activations", "unknown precision %q (want fp32 or bf16)", t.Activations)
+	}
+	if !(t.SyncLossMargin >= 0 && t.SyncLossMargin <= MaxSyncLossMargin) {
+		return fieldErr("training.sync_loss_margin", "must be in [0, %d] nats (0: %g), got %g", MaxSyncLossMargin, DefaultSyncLossMargin, t.SyncLossMargin)
 	}
 	if err := m.Averaging.validate(); err != nil {
 		return err

@@ -61,6 +61,9 @@ func TestValidateNamesField(t *testing.T) {
 		{"target below batch", func(m *Manifest) { m.Training.TargetBatch = 1 }, "training.target_batch"},
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
+		{"negative sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = -0.1 }, "training.sync_loss_margin"},
+		{"NaN sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = math.NaN() }, "training.sync_loss_margin"},
+		{"huge sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = 11 }, "training.sync_loss_margin"},
 		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
 		{"sha256 on mnist", func(m *Manifest) { m.Dataset.SHA256 = strings.Repeat("ab", 32) }, "dataset.sha256"},
 		{"root not a CID", func(m *Manifest) { m.Dataset.Root = "bafk-nope" }, "dataset.root"},
@@ -385,5 +388,32 @@ func TestAggregationFields(t *testing.T) {
 	m.Averaging.Aggregation = AggregateTrimmedMean
 	if err := m.Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSyncLossMargin: unset, the held-out margin of single-donor state sync
+// is the default and the run ID of a manifest is what it was (omitempty);
+// set, it is used and changes the run ID.
+func TestSyncLossMargin(t *testing.T) {
+	m := NewMLPMNIST(2)
+	id0, err := m.ID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := m.Canonical(); strings.Contains(string(b), "sync_loss_margin") {
+		t.Fatalf("canonical manifest names sync_loss_margin while unset: %s", b)
+	}
+	if got := m.Training.LossMargin(); got != DefaultSyncLossMargin {
+		t.Errorf("margin %g unset, want %g", got, DefaultSyncLossMargin)
+	}
+	m.Training.SyncLossMargin = 0.2
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Training.LossMargin(); got != 0.2 {
+		t.Errorf("margin %g, want 0.2", got)
+	}
+	if id, _ := m.ID(); id.Equals(id0) {
+		t.Error("a sync loss margin kept the run ID")
 	}
 }

@@ -56,7 +56,6 @@ type Node struct {
 	Epoch     uint64 // the epoch (round) it is in
 	Samples   int    // samples finished in the epoch
 	Drawn     int    // samples started in the epoch and not finished (first shard)
-	Ahead     uint64 // highest epoch seen in a peer's pipeline request (counts up to SwarmEpoch only)
 	Evaluated bool   // the test-set accuracy is known
 }
 
@@ -130,14 +129,15 @@ type Action struct {
 
 // Event is the outcome of the last action; the zero Event is a plain tick.
 type Event struct {
-	Kind     Kind    // the action it answers (Wait: none)
-	OK       bool    // Averaged, CaughtUp, StateAveraged: it succeeded
-	Err      error   // Stepped; StateAveraged: ErrLoad when the engine refused the averaged state
-	Lost     bool    // Closed: the node no longer holds a shard
-	Shard    int     // Closed: the shard closed
-	Epoch    uint64  // Closed: the epoch closed; CaughtUp: the epoch of the state loaded
-	Group    int     // Averaged, StateAveraged: members, this node included
-	Fraction float64 // StateAveraged: share of the vector averaged
+	Kind     Kind     // the action it answers (Wait: none)
+	OK       bool     // Averaged, CaughtUp, StateAveraged: it succeeded
+	Err      error    // Stepped; StateAveraged: ErrLoad when the engine refused the averaged state
+	Lost     bool     // Closed: the node no longer holds a shard
+	Shard    int      // Closed: the shard closed
+	Epoch    uint64   // Closed: the epoch closed; CaughtUp: the epoch of the state loaded
+	Group    int      // Averaged, StateAveraged: members, this node included
+	Members  []string // Averaged: the members' peer IDs
+	Fraction float64  // StateAveraged: share of the vector averaged
 }
 
 // ErrLoad marks a state round whose result the engine refused: the node
@@ -169,6 +169,7 @@ type phase uint8
 const (
 	open        phase = iota
 	closing           // Close asked
+	gathering         // waiting (GatherGrace at most) for the shard-mates to close too
 	catchBefore       // CatchUp asked before the gradient round
 	averaging         // Average asked
 	catchAfter        // CatchUp asked after the gradient round
@@ -194,12 +195,17 @@ type Machine struct {
 	phase phase
 
 	// the epoch being ended
-	shard    int
-	epoch    uint64
-	expected int      // the shard-mates the gradient round was for
-	group    int      // members of the gradient round (1: alone)
-	donors   []string // local mode: the holders ahead when the round closed
-	drift    bool     // this node may differ from its shard's other holders
+	shard      int
+	epoch      uint64
+	expected   int       // the shard-mates the gradient round was for
+	gatherFrom time.Time // when gathering began
+	// wanted are the mates the gradient round waited for; late those that
+	// were waited for and did not join, with the epoch (average).
+	wanted []string
+	late   map[string]uint64
+	group  int      // members of the gradient round (1: alone)
+	donors []string // local mode: the holders ahead when the round closed
+	drift  bool     // this node may differ from its shard's other holders
 
 	// claims remembers when each first-shard peer last finished samples,
 	// so that a peer whose micro-batches keep failing stops holding the
@@ -209,6 +215,8 @@ type Machine struct {
 	// opened is when this node opened openEpoch (ShareGrace).
 	openEpoch uint64
 	opened    time.Time
+	// judge decides which peers to ban (verdict.go).
+	judge judge
 }
 
 // New returns a core for the run cfg.
@@ -252,16 +260,19 @@ func (m *Machine) step(in Input, ev Event) Action {
 			m.phase = catchBefore
 			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
 		}
-		return m.average(in)
+		return m.gather(in)
 	case catchBefore:
 		if ev.OK {
 			return m.reopen(ev.Epoch)
 		}
-		return m.average(in)
+		return m.gather(in)
+	case gathering:
+		return m.gather(in)
 	case averaging:
 		m.group = 1
 		if ev.OK {
 			m.group = ev.Group
+			m.noteRound(in, ev.Members)
 		}
 		return m.afterRound(in)
 	case catchAfter:
@@ -285,7 +296,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 			// the periodic round tries again.
 			m.drift = false
 		default:
-			m.drift = ev.Fraction < 1 || ev.Group < len(m.mates(in))+1
+			m.drift = ev.Fraction < 1 || ev.Group < m.reliableGroup(in)
 		}
 		return m.reopen(m.epoch + 1)
 	case catchLocal:
@@ -311,11 +322,9 @@ func (m *Machine) tick(in Input) Action {
 		// The epoch ends when the first shard's holders together finished
 		// the target batch (each counted within what it could have done),
 		// or when the swarm is in a later epoch as its holders corroborate
-		// it. A pipeline request of a later epoch (Ahead) counts only as
-		// far as the records corroborate it: one peer's requests cannot
-		// end epochs.
-		swarm := SwarmEpoch(in.Records)
-		if m.Samples(in) >= m.cfg.TargetBatch || swarm > n.Epoch || min(n.Ahead, swarm) > n.Epoch {
+		// it. A pipeline request's epoch is no input: one peer's requests
+		// cannot end epochs (the records say when the swarm moved on).
+		if m.Samples(in) >= m.cfg.TargetBatch || SwarmEpoch(in.Records) > n.Epoch {
 			m.phase = closing
 			return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
 		}
@@ -352,17 +361,125 @@ func (m *Machine) tick(in Input) Action {
 	return Action{Kind: OuterStep, Shard: n.Shard, Epoch: n.Epoch, Full: full, Group: m.groupSize(in)}
 }
 
+// GatherGrace is how long a holder that closed its epoch waits for its
+// shard-mates' records to show them closing it too before its gradient
+// round starts. Honest holders close on the same records, within
+// milliseconds of each other.
+const GatherGrace = 200 * time.Millisecond
+
+// LateProbe: a mate that was waited for in a gradient round and did not
+// join it, or that was not closing its epoch when the others closing it
+// started the round (late), is not waited for again, until it joins a
+// round, or once every LateProbe epochs. A holder that keeps finishing its epochs late (one
+// whose samples the others did not believe, one that lost its way when the
+// other shard banned it) then costs the matchmaking window once in that
+// many epochs, not in every round; an honest one that missed a round is
+// waited for again as soon as it is in one.
+const LateProbe = 32
+
+// gather waits, GatherGrace at most, until every reliable shard-mate (not
+// late) is closing this epoch, then starts the gradient round (average).
+func (m *Machine) gather(in Input) Action {
+	if m.phase != gathering {
+		m.phase, m.gatherFrom = gathering, in.Now
+	}
+	if in.Now.Sub(m.gatherFrom) < GatherGrace {
+		closing := m.closingMates(in)
+		for _, p := range m.reliable(in) {
+			if !slices.Contains(closing, p) {
+				return Action{}
+			}
+		}
+	}
+	return m.average(in)
+}
+
+// reliable are the mates that are not late (or are due for a probe).
+func (m *Machine) reliable(in Input) []string {
+	var out []string
+	for _, p := range m.mates(in) {
+		if at, late := m.late[p]; !late || m.epoch >= at+LateProbe {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// closingMates are the mates whose records show them closing this epoch.
+func (m *Machine) closingMates(in Input) []string {
+	var out []string
+	for _, r := range in.Records {
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.Epoch == m.epoch && r.Closing && slices.Contains(m.mates(in), r.Peer) {
+			out = append(out, r.Peer)
+		}
+	}
+	return out
+}
+
 // average starts the gradient round, or skips it when the shard has no
-// other holder.
+// other holder. The round waits for the reliable mates closing this epoch
+// (or, with none closing, for the reliable mates); the others may still
+// join while it gathers. Those waited for and absent are late (noteRound).
 func (m *Machine) average(in Input) Action {
-	m.expected = len(m.mates(in))
+	mates := m.mates(in)
 	m.group = 1
-	if m.expected == 0 {
+	if len(mates) == 0 {
+		m.expected, m.wanted = 0, nil
 		return m.afterRound(in)
 	}
 	m.phase = averaging
-	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: m.groupSize(in)}
+	want := m.reliable(in)
+	var closing []string
+	for _, p := range m.closingMates(in) {
+		if slices.Contains(want, p) {
+			closing = append(closing, p)
+		}
+	}
+	if len(closing) > 0 {
+		// The reliable mates not closing by now finish late: late.
+		for _, p := range want {
+			if !slices.Contains(closing, p) {
+				m.markLate(p)
+			}
+		}
+		want = closing
+	}
+	m.expected, m.wanted = len(want), want
+	group := max(min(len(want)+1, m.cfg.GroupSize), 2)
+	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group}
 }
+
+// noteRound learns from a gradient round's members: a mate waited for and
+// absent is late; a member is not.
+func (m *Machine) noteRound(in Input, members []string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	mates := m.mates(in)
+	for p := range m.late {
+		if !slices.Contains(mates, p) || slices.Contains(members, p) {
+			delete(m.late, p)
+		}
+	}
+	for _, p := range m.wanted {
+		if !slices.Contains(members, p) {
+			m.markLate(p)
+		}
+	}
+}
+
+func (m *Machine) markLate(p string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	if len(m.late) < maxLate {
+		m.late[p] = m.epoch
+	}
+}
+
+// maxLate bounds the late mates remembered (noteRound forgets those that
+// are no longer mates).
+const maxLate = 1024
 
 // afterRound: behind the swarm, or left out of a round a shard-mate
 // finished and stepped past, this node's state is stale. It catches up
@@ -394,7 +511,7 @@ func (m *Machine) afterStep(in Input) Action {
 	last := m.cfg.Finished(m.epoch + 1)
 	if holders > 0 && (m.drift || last || m.epoch%StateEvery == StateEvery-1) {
 		m.phase = syncing
-		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.groupSize(in)}
+		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.reliableGroup(in)}
 	}
 	return m.reopen(m.epoch + 1)
 }
@@ -563,6 +680,16 @@ func (m *Machine) holders(in Input, shard int) []string {
 // groupSize starts a round as soon as every live holder joined it, rather
 // than waiting out the matchmaking window when the shard has fewer holders
 // than the manifest's group size.
+// reliableGroup is groupSize without the late mates: a state round does
+// not wait for a mate that does not join rounds (at least two, with any
+// mate).
+func (m *Machine) reliableGroup(in Input) int {
+	if len(m.mates(in)) == 0 {
+		return 1
+	}
+	return max(min(len(m.reliable(in))+1, m.cfg.GroupSize), 2)
+}
+
 func (m *Machine) groupSize(in Input) int {
 	return min(len(m.mates(in))+1, m.cfg.GroupSize)
 }

@@ -40,6 +40,7 @@ func TestBehindTheSwarmAfterRound(t *testing.T) {
 		expect(t, m.Step(in, Event{}), Wait, 0)
 		in.Now = now.Add(time.Second)
 		expect(t, m.Step(in, Event{}), Close, 5)
+		in.Records[2].Closing, in.Records[3].Closing = true, true // the mates close it too
 		act := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
 		expect(t, act, Average, 5)
 		if act.Group != 3 || act.Key != KeyGrad {
@@ -94,5 +95,82 @@ func TestLocalMode(t *testing.T) {
 		if act.Full != c.full {
 			t.Errorf("round %d: full %v, want %v", c.round, act.Full, c.full)
 		}
+	}
+}
+
+// A holder that closed its epoch waits, GatherGrace at most, for its
+// shard-mates' records to show them closing it too; the round then starts
+// as soon as those closing joined (with none closing, it waits for any
+// mate). A mate waited for that did not join the round is late: not waited
+// for again until it joins one, or every LateProbe epochs.
+func TestGatherClosingMates(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	start := func(closing ...bool) (*Machine, Input) {
+		m := New(Config{Self: "b0", Epochs: 200, TargetBatch: 64, GroupSize: 4})
+		a0 := online("a0", 0, 5)
+		a0.Samples = 64
+		in := Input{Now: now, Records: []progress.Record{a0, online("b0", 1, 5), online("b1", 1, 5), online("x", 1, 5)},
+			Node: Node{Shard: 1, Held: true, Online: true, Epoch: 5}}
+		in.Records[2].Closing, in.Records[3].Closing = closing[0], closing[1]
+		m.Step(in, Event{})
+		in.Now = now.Add(time.Second)
+		expect(t, m.Step(in, Event{}), Close, 5)
+		return m, in
+	}
+
+	m, in := start(true, false)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Wait, 0) // x not closing yet
+	in.Now = in.Now.Add(GatherGrace / 2)
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Now = in.Now.Add(GatherGrace)
+	act := m.Step(in, Event{})
+	expect(t, act, Average, 5)
+	if act.Group != 2 {
+		t.Errorf("group %d with x never closing, want 2 (b0 and b1)", act.Group)
+	}
+
+	m, in = start(true, false)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Wait, 0)
+	in.Records[3].Closing = true // x closes within the grace
+	if act := m.Step(in, Event{}); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d with every mate closing, want average of 3", act.Kind, act.Group)
+	}
+
+	m, in = start(false, false)
+	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
+	in.Now = in.Now.Add(2 * GatherGrace)
+	if act := m.Step(in, Event{}); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d with no mate closing, want average of 3 (any mate)", act.Kind, act.Group)
+	}
+
+	// x closes its epochs (it says so) but does not join the round of
+	// epoch 5: late. The next rounds neither wait for it nor count on it,
+	// but every LateProbe epochs; once it joins a round it is waited for
+	// again.
+	m, in = start(true, true)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5}), Average, 5)
+	act = m.Step(in, Event{Kind: Average, OK: true, Group: 2, Members: []string{"b0", "b1"}})
+	expect(t, act, Step, 5)
+	for e := uint64(6); e <= 5+LateProbe; e++ {
+		m.phase, m.epoch = open, e
+		for i := range in.Records {
+			in.Records[i].Epoch = e
+		}
+		act := m.gather(in)
+		probe := e == 5+LateProbe
+		switch {
+		case !probe && (act.Kind != Average || act.Group != 2):
+			t.Fatalf("epoch %d: %v of group %d with x late since epoch 5, want average of 2", e, act.Kind, act.Group)
+		case probe && (act.Kind != Average || act.Group != 3):
+			t.Fatalf("epoch %d: %v of group %d, want the probe: average of 3", e, act.Kind, act.Group)
+		}
+	}
+	m.noteRound(in, []string{"b0", "b1", "x"}) // it joined the probe
+	m.phase, m.epoch = open, 6+LateProbe
+	for i := range in.Records {
+		in.Records[i].Epoch = 6 + LateProbe
+	}
+	if act := m.gather(in); act.Kind != Average || act.Group != 3 {
+		t.Errorf("%v of group %d after x joined a round, want average of 3", act.Kind, act.Group)
 	}
 }

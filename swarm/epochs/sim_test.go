@@ -29,14 +29,25 @@ type simNode struct {
 	epoch   uint64
 	samples int
 	eval    bool
-	model   int // steps the node's state took (catch-up copies it)
+	closing bool // ending its epoch: from Close to Reopen
+	model   int  // steps the node's state took (catch-up copies it)
 	phantom bool
 	// lie, when set, rewrites the node's record (a Byzantine peer).
-	lie     func(s *sim, r *progress.Record)
-	ev      Event
-	waiting *simRound // an averaging round it is in
-	entered time.Time
-	acts    []simAct
+	lie func(s *sim, r *progress.Record)
+	// speed is the samples a first-shard node finishes per tick (0: rate).
+	speed int
+	// norms are the squared gradient norms of its latest steps; grouped
+	// whether its last gradient round had a group.
+	norms   []progress.EpochNorm
+	grouped bool
+	// verdicts the node's core gave; banned are their peers, whose
+	// records the node no longer sees.
+	verdicts []simVerdict
+	banned   map[string]bool
+	ev       Event
+	waiting  *simRound // an averaging round it is in
+	entered  time.Time
+	acts     []simAct
 	// With sim.draw: micro-batches this node started and has not finished.
 	flights []simFlight
 	drawn   int // their samples
@@ -67,6 +78,12 @@ type simAct struct {
 	samples int      // Close: the node's samples in the epoch
 	ok      bool     // CatchUp, Average, AverageState: the outcome
 	took    time.Duration
+}
+
+type simVerdict struct {
+	Verdict
+	at    time.Time
+	epoch uint64 // the node's epoch then
 }
 
 type simRound struct {
@@ -129,9 +146,10 @@ func (s *sim) records() []progress.Record {
 		if n.state == progress.StateOnline && n.m.cfg.Finished(n.epoch) {
 			st = progress.StateDone
 		}
-		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn}
+		r := progress.Record{Peer: n.id, Shard: n.shard, State: st, Epoch: n.epoch, Samples: n.samples, InFlight: n.drawn, Closing: n.closing,
+			Norms: append([]progress.EpochNorm(nil), n.norms...)}
 		if n.shard == 0 {
-			r.Throughput = rate / simTick.Seconds()
+			r.Throughput = float64(n.rate()) / simTick.Seconds()
 		}
 		if n.lie != nil {
 			n.lie(s, &r)
@@ -141,10 +159,24 @@ func (s *sim) records() []progress.Record {
 	return out
 }
 
+func (n *simNode) rate() int {
+	if n.speed > 0 {
+		return n.speed
+	}
+	return rate
+}
+
+// input is what n's core sees: the records of every peer it has not banned.
 func (s *sim) input(n *simNode) Input {
-	recs := s.heard
+	all := s.heard
 	if s.draw == nil {
-		recs = s.records()
+		all = s.records()
+	}
+	var recs []progress.Record
+	for _, r := range all {
+		if !n.banned[r.Peer] {
+			recs = append(recs, r)
+		}
 	}
 	return Input{Now: s.now, Records: recs, Node: Node{
 		Shard: n.shard, Held: n.held, Online: n.state == progress.StateOnline, Done: n.m.cfg.Finished(n.epoch) && n.held,
@@ -176,7 +208,15 @@ func (s *sim) step() {
 		}
 		ev := n.ev
 		n.ev = Event{}
-		act := n.m.Step(s.input(n), ev)
+		in := s.input(n)
+		act := n.m.Step(in, ev)
+		for _, v := range n.m.Verdicts(in) {
+			if n.banned == nil {
+				n.banned = map[string]bool{}
+			}
+			n.banned[v.Peer] = true
+			n.verdicts = append(n.verdicts, simVerdict{Verdict: v, at: s.now, epoch: n.epoch})
+		}
 		s.carryOut(n, act)
 	}
 }
@@ -189,11 +229,12 @@ func (s *sim) carryOut(n *simNode, act Action) {
 		// its epoch (the pipeline admits micro-batches of its own epoch).
 		if s.draw != nil {
 			s.drive(n)
-		} else if n.shard == 0 && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
-			n.samples += rate
+		} else if n.shard == 0 && !n.closing && !n.m.cfg.Finished(n.epoch) && s.nextStageAt(n.epoch) {
+			n.samples += n.rate()
 		}
 		return
 	case Close:
+		n.closing = true
 		// The trainer's close waits for the micro-batches in flight: they
 		// count in the epoch.
 		n.samples += n.drawn
@@ -216,12 +257,25 @@ func (s *sim) carryOut(n *simNode, act Action) {
 			break
 		}
 	case Average, AverageState:
+		if act.Kind == Average {
+			n.grouped = false
+		}
 		s.join(n, act)
 	case Step:
 		n.model++
 		n.ev = Event{Kind: Step}
+		// Holders that averaged report one norm; one that stepped alone
+		// reports its own gradient's, a little larger.
+		norm := 1.0
+		if !n.grouped {
+			norm = 3
+		}
+		n.norms = append(n.norms, progress.EpochNorm{Epoch: n.epoch, NormSq: norm})
+		if len(n.norms) > progress.MaxNorms {
+			n.norms = n.norms[1:]
+		}
 	case Reopen:
-		n.epoch, n.samples = act.Epoch, 0
+		n.epoch, n.samples, n.closing = act.Epoch, 0, false
 		if s.draw != nil {
 			n.acts = append(n.acts, rec)
 			s.drive(n) // the driver wakes with the epoch
@@ -246,7 +300,7 @@ func (s *sim) drive(n *simNode) {
 		n.drawn -= f.n
 	}
 	n.flights = keep
-	if n.shard != 0 || n.m.cfg.Finished(n.epoch) || !s.nextStageAt(n.epoch) {
+	if n.shard != 0 || n.closing || n.m.cfg.Finished(n.epoch) || !s.nextStageAt(n.epoch) {
 		return
 	}
 	for len(n.flights) < s.draw.limit {
@@ -329,8 +383,14 @@ func (s *sim) settleRounds() {
 				}
 				if r.key == KeyState {
 					m.model = sum / len(r.members)
+				} else {
+					m.grouped = len(r.members) > 1
 				}
-				s.finish(m, Event{Kind: kindOf(r.key), OK: true, Group: len(r.members), Fraction: 1})
+				var ids []string
+				for _, o := range r.members {
+					ids = append(ids, o.id)
+				}
+				s.finish(m, Event{Kind: kindOf(r.key), OK: true, Group: len(r.members), Members: ids, Fraction: 1})
 			}
 			continue
 		}

@@ -166,49 +166,49 @@ func GlobalNormSq(own float64, reports map[int][]float64) float64 {
 	return total
 }
 
-// Overclaims reports whether r claims more samples finished and in flight
-// in its epoch than any honest first-shard holder can: in sync mode a
-// holder draws about its share of the target batch (a little more when
-// micro-batches are retried or finish after the epoch's close: an honest
-// demo holder was seen at 256 finished and 64 in flight of 256), so more
-// than twice the whole target batch plus a full pipeline (claimCeiling) is
-// a lie on its face. The core then
-// ignores the peer's samples and does not wait for it in rounds; the
-// trainer bans it (Liars). A liar that claims less is held to its rate
-// (sampleBound).
+// Overclaims reports whether r claims more samples than any honest
+// first-shard holder can, in sync mode (a lie on its face):
+//
+//   - finished in its epoch, more than the target batch and a micro-batch:
+//     an honest holder draws at most its share of the target batch (never
+//     more than the whole), and a micro-batch it drew counts in the epoch
+//     it was drawn in;
+//   - finished and in flight together, more than claimCeiling: a holder
+//     shows a micro-batch as both while it finishes (an honest demo holder
+//     was seen at 256 finished and 64 in flight of 256), and a lone holder
+//     with --in-flight 64 has that many out when the epoch closes.
+//
+// The core then ignores the peer's samples and does not wait for it in
+// rounds, and Verdicts bans it (RuleSamples). A liar that claims less is
+// held to its rate (sampleBound).
 func (m *Machine) Overclaims(r progress.Record) bool {
-	return !m.cfg.Local && r.Shard == 0 && r.Peer != m.cfg.Self && r.Samples+r.InFlight > m.claimCeiling()
+	return !m.cfg.Local && r.Shard == 0 && r.Peer != m.cfg.Self &&
+		(r.Samples > m.finishedCeiling() || r.Samples+r.InFlight > m.claimCeiling())
 }
 
 // MaxInFlightBatches is the most micro-batches a node may keep in flight
 // (trainer.MaxInFlight, --in-flight's ceiling).
 const MaxInFlightBatches = 64
 
+// finishedCeiling is the most samples an honest first-shard holder
+// finishes in one epoch: the target batch, and a micro-batch of slack.
+func (m *Machine) finishedCeiling() int {
+	return m.cfg.TargetBatch + max(m.cfg.BatchSize, 1)
+}
+
 // claimCeiling is the most samples finished and in flight that an honest
 // first-shard holder can show in one epoch: twice the target batch (late
-// finishes and retries), plus a full pipeline of micro-batches, since a
-// node alone on the first shard with --in-flight 64 has that many out when
-// the epoch closes.
+// finishes and retries), plus a full pipeline of micro-batches.
 func (m *Machine) claimCeiling() int {
 	return 2*m.cfg.TargetBatch + MaxInFlightBatches*max(m.cfg.BatchSize, 1)
 }
 
-// Liars are the peers whose live records lie on their face (Overclaims),
-// with the evidence, for the trainer to ban.
-func (m *Machine) Liars(in Input) []Lie {
-	var out []Lie
-	for _, r := range in.Records {
-		if m.Overclaims(r) {
-			out = append(out, Lie{Peer: r.Peer, Rule: "record-samples",
-				Evidence: fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than an honest holder can (%d: twice the target batch of %d and %d micro-batches in flight)", r.Epoch, r.Samples, r.InFlight, m.claimCeiling(), m.cfg.TargetBatch, MaxInFlightBatches)})
-		}
+// overclaim is the evidence against a record that Overclaims.
+func (m *Machine) overclaim(r progress.Record) string {
+	if r.Samples > m.finishedCeiling() {
+		return fmt.Sprintf("epoch %d: %d samples finished, more than an honest holder can (%d: the target batch of %d and a micro-batch)",
+			r.Epoch, r.Samples, m.finishedCeiling(), m.cfg.TargetBatch)
 	}
-	return out
-}
-
-// Lie is a peer shown to lie by its own record.
-type Lie struct {
-	Peer     string
-	Rule     string // a short fixed word (guard's ban reason)
-	Evidence string
+	return fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than an honest holder can (%d: twice the target batch of %d and %d micro-batches in flight)",
+		r.Epoch, r.Samples, r.InFlight, m.claimCeiling(), m.cfg.TargetBatch, MaxInFlightBatches)
 }

@@ -155,13 +155,21 @@ func TestSimInflatedSamplesBounded(t *testing.T) {
 		// The whole target batch at once (more would be a lie on its face).
 		r.Samples, r.Throughput = s.cfg.TargetBatch, 1e9
 	})
-	// (It also waits out the matchmaking window in every round, like any
-	// holder that never joins one.)
 	s.runUntil(5*time.Minute, "the run's end", s.allAt(epochs))
 	for e, got := range s.honestSamples() {
 		if got < s.cfg.TargetBatch/3 {
 			t.Errorf("epoch %d closed with %d honest samples of %d", e, got, s.cfg.TargetBatch)
 		}
+	}
+	// It never closes its epoch when they do (nor joins a round): the
+	// honest holders do not wait for it (it was late, gather), but once
+	// every LateProbe epochs, so the run takes about as long as a clean one.
+	clean := lyingSwarm(t, epochs, 0, nil)
+	clean.runUntil(5*time.Minute, "the clean run's end", clean.allAt(epochs))
+	took, cleanTook := s.now.Sub(time.Unix(1_000_000, 0)), clean.now.Sub(time.Unix(1_000_000, 0))
+	t.Logf("with the liar %v, clean %v", took, cleanTook)
+	if took > cleanTook*3/2 {
+		t.Errorf("the run took %v with a liar that never closes in time, the clean one %v", took, cleanTook)
 	}
 
 	// The bound itself: rate × time with slack, from when the peer was
@@ -283,8 +291,9 @@ func TestShareGrace(t *testing.T) {
 	}
 }
 
-// A first-shard record claiming more finished and in flight than twice the
-// target batch and a full pipeline is a lie on its face (an honest one was
+// A first-shard record claiming more finished than the target batch and a
+// micro-batch, or more finished and in flight than twice the target batch
+// and a full pipeline, is a lie on its face (an honest one was
 // seen at 256 + 64 of 256; a lone holder with --in-flight 64 has 64
 // micro-batches out): the peer counts nothing, holds no share, is not waited
 // for in rounds, and is named for a ban with the evidence.
@@ -308,17 +317,32 @@ func TestOverclaimIsALie(t *testing.T) {
 	if got := m.Samples(in); got != 256 {
 		t.Errorf("samples %d, want the honest 256", got)
 	}
-	lies := m.Liars(in)
-	if len(lies) != 1 || lies[0].Peer != "x" || lies[0].Rule != "record-samples" {
-		t.Fatalf("liars %+v, want x", lies)
+	lies := m.Verdicts(in)
+	if len(lies) != 1 || lies[0].Peer != "x" || lies[0].Rule != RuleSamples {
+		t.Fatalf("verdicts %+v, want x", lies)
+	}
+	if again := m.Verdicts(in); len(again) != 0 {
+		t.Errorf("verdicts %+v the second time: a peer is condemned once", again)
 	}
 	m.shard, m.epoch = 0, 2
 	if got := m.mates(in); len(got) != 1 || got[0] != "a1" {
 		t.Errorf("round mates %v, want a1 only", got)
 	}
 	local := New(Config{Self: "a0", TargetBatch: 256, Local: true})
-	if len(local.Liars(in)) != 0 {
+	if len(local.Verdicts(in)) != 0 {
 		t.Error("local mode counts samples per round: no lie to see")
+	}
+
+	// Finished samples alone: an honest holder finishes at most its share
+	// of the target batch; more than the whole and a micro-batch is a lie.
+	done := online("a1", 0, 2)
+	done.Samples = 256 + 8
+	if m.Overclaims(done) {
+		t.Error("the target batch and a micro-batch finished counted as a lie")
+	}
+	done.Samples++
+	if !m.Overclaims(done) {
+		t.Error("more than the target batch and a micro-batch finished is not a lie")
 	}
 }
 

@@ -268,6 +268,17 @@ func (t *Tracker) Forget(peer string) {
 	}
 }
 
+// Get returns peer's live record.
+func (t *Tracker) Get(peer string, now time.Time) (Record, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.recs[peer]
+	if !ok || now.Sub(e.seen) >= t.ttl {
+		return Record{}, false
+	}
+	return e.rec, true
+}
+
 // Len is the number of peers whose records the tracker holds.
 func (t *Tracker) Len() int {
 	t.mu.Lock()

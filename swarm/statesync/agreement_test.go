@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math"
 	"sync"
 	"testing"
 	"time"
@@ -130,5 +131,41 @@ func TestBadDonorsReported(t *testing.T) {
 	}
 	if _, ok := bad[b.ID()]; ok {
 		t.Error("an honest donor was reported")
+	}
+}
+
+// A state a single donor offers passes the held-out check when its loss is
+// no worse than the node's own by more than the margin, and never with a
+// loss that is not finite.
+func TestHeldOut(t *testing.T) {
+	for _, c := range []struct {
+		own, offered, margin float64
+		ok                   bool
+	}{
+		{0.30, 0.25, 0.05, true},  // an honest donor ahead
+		{0.30, 0.35, 0.05, true},  // a little worse, within the margin
+		{0.30, 0.36, 0.05, false}, // worse than the margin
+		{0.12, 2.3026, 0.05, false},
+		{0.30, math.NaN(), 10, false},
+		{0.30, math.Inf(1), 10, false},
+		{math.NaN(), 0.3, 10, false},
+	} {
+		err := HeldOut(c.own, c.offered, c.margin)
+		if (err == nil) != c.ok || err != nil && !errors.Is(err, ErrHeldOut) {
+			t.Errorf("own %g, offered %g, margin %g: %v, want ok %v", c.own, c.offered, c.margin, err, c.ok)
+		}
+	}
+}
+
+// A state offered alone at an epoch no earlier than the agreed one is a
+// lie when it does more than ContradictGap worse on held-out data.
+func TestContradicts(t *testing.T) {
+	for _, c := range []struct {
+		agreed, offered float64
+		lie             bool
+	}{{0.12, 0.13, false}, {0.12, 0.9, false}, {0.12, 2.3026, true}, {0.12, math.NaN(), true}} {
+		if err := Contradicts(c.agreed, c.offered); (err != nil) != c.lie {
+			t.Errorf("agreed %g, offered %g: %v, want a lie %v", c.agreed, c.offered, err, c.lie)
+		}
 	}
 }

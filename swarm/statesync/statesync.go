@@ -11,8 +11,9 @@
 // offer the same content hash offer the same bytes. A joiner that must not
 // trust a single peer asks for a quorum (Want.Quorum): a snapshot only one
 // donor offers is then refused, however new, and a lying donor is outvoted
-// by two honest ones. A donor whose chunk fails its hash or that stalls is
-// reported (Want.Bad) so the caller can ban it.
+// by two honest ones. A state a single donor offers can still be checked on
+// held-out data (HeldOut). A donor whose chunk fails its hash or that
+// stalls is reported (Want.Bad) so the caller can ban it.
 package statesync
 
 import (
@@ -75,8 +76,17 @@ type Snapshot struct {
 	Step   int64  // optimizer steps taken
 	Params []float32
 	Opt    []float32
-	// Donors is how many donors offered this state (Fetch).
+	// Donors is how many donors offered this state (Fetch), From which;
+	// Others are the donors that offered another state.
 	Donors int
+	From   []peer.ID
+	Others []Offer
+}
+
+// Offer is a donor's offer of a state of epoch Epoch.
+type Offer struct {
+	Peer  peer.ID
+	Epoch uint64
 }
 
 func (s *Snapshot) flat() []float32 {
@@ -605,10 +615,12 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 			best, found = k, true
 		}
 	}
+	var others []Offer
 	for k, g := range groups {
 		if !found || k != best {
 			for _, o := range g {
 				o.st.Reset()
+				others = append(others, Offer{Peer: o.p, Epoch: o.hdr.Epoch})
 			}
 		}
 	}
@@ -695,8 +707,12 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 		}
 		return nil, errors.Join(append([]error{ErrNoDonor}, errs...)...)
 	}
+	from := make([]peer.ID, len(use))
+	for i, o := range use {
+		from[i] = o.p
+	}
 	return &Snapshot{Shard: shard, Epoch: hdr.Epoch, Step: hdr.Step,
-		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use)}, nil
+		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use), From: from, Others: others}, nil
 }
 
 // errLie marks a chunk that cannot be the state its donor's header

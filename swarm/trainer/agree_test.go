@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/internal/testutil"
+	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
@@ -144,6 +146,100 @@ func TestCatchUpByAgreement(t *testing.T) {
 	for _, p := range []peer.ID{a.ID(), b.ID()} {
 		if ref.Banned(p) {
 			t.Error("an honest donor was banned")
+		}
+	}
+}
+
+// A trained node whose only donor is ahead (no second donor to agree with)
+// installs its state only when it passes the held-out check: on the last
+// shard, the latest micro-batches it served. An honest donor's state (its
+// own after a small step) passes; a lying donor's (finite garbage, N(0, 3²),
+// correct hashes) is refused and counted; offered side by side with no quorum, the
+// honest one is taken.
+func TestCatchUpHeldOut(t *testing.T) {
+	tr, ref, _ := victim(t, 32, true)
+	tr.mu.Lock()
+	sh := tr.shard
+	tr.trained = true
+	tr.mu.Unlock()
+	for i, p := range []string{"x1", "x2"} { // the swarm is at epoch 3
+		tr.tracker.Update(progress.Record{Peer: p, Seq: uint64(i + 1), Shard: 0, State: progress.StateOnline, Epoch: 3}, time.Now())
+	}
+	s := tr.stage.shape(1)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for range heldOutInputs {
+		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, N: 8, Act: make([]float32, 8*s.ActPerSample), Targets: make([]int32, 8)}
+		for i := range q.Act {
+			q.Act[i] = float32(rng.NormFloat64())
+		}
+		for i := range q.Targets {
+			q.Targets[i] = int32(rng.IntN(s.Classes))
+		}
+		tr.stage.keepInput(q)
+	}
+	own := append([]float32(nil), sh.Params()...)
+	snapOf := func(v func(i int) float32) *statesync.Snapshot {
+		s := &statesync.Snapshot{Shard: 1, Epoch: 4, Step: 4, Params: make([]float32, len(own)), Opt: make([]float32, len(sh.OptState()))}
+		for i := range s.Params {
+			s.Params[i] = v(i)
+		}
+		return s
+	}
+	honestSnap := snapOf(func(i int) float32 { return own[i] * 0.999 })
+	liar := donorOf(t, tr, snapOf(func(int) float32 { return float32(3 * rng.NormFloat64()) })) // N(0, 3²)
+	honest := donorOf(t, tr, honestSnap)
+	ctx := context.Background()
+
+	if _, err := tr.catchUpFrom(ctx, sh, 1, []peer.ID{liar.ID()}); !errors.Is(err, statesync.ErrHeldOut) {
+		t.Fatalf("a lone lying donor: err = %v, want ErrHeldOut", err)
+	}
+	for i, v := range sh.Params() {
+		if v != own[i] {
+			t.Fatal("the lying donor's state was installed")
+		}
+	}
+	found := false
+	for _, c := range ref.Summary().Refusals {
+		found = found || c.Protocol == protoState && c.Reason == whyHeldOut && c.Count == 1
+	}
+	if !found {
+		t.Errorf("the failed held-out check was not counted: %+v", ref.Summary().Refusals)
+	}
+	epoch, err := tr.catchUpFrom(ctx, sh, 1, []peer.ID{liar.ID(), honest.ID()})
+	if err != nil || epoch != 4 {
+		t.Fatalf("a lying and an honest donor, no quorum: epoch %d, err %v; want the honest state of epoch 4", epoch, err)
+	}
+	for i, v := range sh.Params() {
+		if v != honestSnap.Params[i] {
+			t.Fatal("the honest donor's state is not the one installed")
+		}
+	}
+	for _, p := range []peer.ID{liar.ID(), honest.ID()} {
+		if ref.Banned(p) {
+			t.Errorf("%s banned: a failed held-out check is a refusal, not a proof", p)
+		}
+	}
+
+	// Two donors agree on a state; a third offers, alone and one epoch
+	// later, one that does far worse on held-out data: a lie shown, the
+	// donor banned (statesync-held-out). The agreed state is installed.
+	agreed := snapOf(func(i int) float32 { return honestSnap.Params[i] * 0.999 })
+	agreed.Epoch, agreed.Step = 5, 5
+	later := snapOf(func(int) float32 { return float32(3 * rng.NormFloat64()) })
+	later.Epoch, later.Step = 6, 6
+	for i, p := range []string{"x1", "x2"} { // the swarm is at epoch 5
+		tr.tracker.Update(progress.Record{Peer: p, Seq: uint64(i + 10), Shard: 0, State: progress.StateOnline, Epoch: 5}, time.Now())
+	}
+	a, b, x := donorOf(t, tr, agreed), donorOf(t, tr, agreed), donorOf(t, tr, later)
+	if epoch, err := tr.catchUpFrom(ctx, sh, 1, []peer.ID{x.ID(), a.ID(), b.ID()}); err != nil || epoch != 5 {
+		t.Fatalf("two agreeing donors and a liar: epoch %d, err %v; want the agreed state of epoch 5", epoch, err)
+	}
+	if !ref.Banned(x.ID()) || !tr.distrusted[x.ID()] {
+		t.Error("the donor whose later state does far worse on held-out data is not banned")
+	}
+	for _, p := range []peer.ID{a.ID(), b.ID()} {
+		if ref.Banned(p) {
+			t.Error("an agreeing donor was banned")
 		}
 	}
 }

@@ -76,6 +76,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	epoch := epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	nP, nO := len(sh.Params()), len(sh.OptState())
 	start := t.clk.Now()
+	t.stage.resetKept() // held-out inputs of the shard it held
 	for attempt := 1; ; attempt++ {
 		donors := t.trustedDonors(t.donors(ctx, index))
 		if len(donors) == 0 {
@@ -87,7 +88,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			break
 		}
 		last := time.Time{}
-		snap, err := t.fetchAgreed(ctx, index, nP, nO, donors, true, func(done, total, n int) {
+		snap, err := t.fetchAgreed(ctx, sh, index, donors, attempt > settleAttempts, func(done, total, n int) {
 			if t.clk.Since(last) > 500*time.Millisecond || done == total {
 				last = t.clk.Now()
 				t.log.Info("state sync", "shard", index, "progress", progressBar(done, total), "donors", n)
@@ -111,18 +112,24 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			_ = sh.Close()
 			return ctx.Err()
 		}
-		if !errors.Is(err, statesync.ErrNoDonor) && !errors.Is(err, statesync.ErrNoQuorum) {
+		if !errors.Is(err, statesync.ErrNoDonor) && !errors.Is(err, statesync.ErrNoQuorum) && !errors.Is(err, statesync.ErrHeldOut) {
 			_ = sh.Close()
 			return err
 		}
 		// While live holders of the shard exist, retry rather than fall
-		// back to the initial weights (and say so when giving up).
-		if len(t.trustedDonors(t.holders(index, false))) == 0 || attempt >= joinAttempts {
-			t.log.Warn("no holder could serve the shard; starting from the run's initial state", "shard", index, "attempts", attempt, "err", err)
+		// back to the initial weights; unless every state they offered
+		// did worse on held-out data than the initial weights, attempt
+		// after attempt: then the initial weights are the better state.
+		if errors.Is(err, statesync.ErrHeldOut) && attempt >= settleAttempts {
+			t.log.Warn("every holder's state does worse on held-out data than the run's initial state; starting from it", "shard", index, "attempts", attempt, "err", err)
+			break
+		}
+		if len(t.trustedDonors(t.holders(index, false))) == 0 {
+			t.log.Warn("no holder of the shard is left to serve it; starting from the run's initial state", "shard", index, "attempts", attempt, "err", err)
 			break
 		}
 		t.log.Warn("state sync failed; retrying with the shard's holders", "shard", index, "attempt", attempt, "err", err)
-		if err := clock.Sleep(ctx, t.clk, time.Second); err != nil {
+		if err := clock.Sleep(ctx, t.clk, time.Duration(min(attempt, 5))*time.Second); err != nil {
 			_ = sh.Close()
 			return err
 		}

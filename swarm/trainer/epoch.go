@@ -37,7 +37,7 @@ func (t *Trainer) inputLocked() epochs.Input {
 	now := t.clk.Now()
 	return epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
 		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
-		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Ahead: t.ahead, Evaluated: t.accuracy >= 0,
+		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Evaluated: t.accuracy >= 0,
 	}}
 }
 
@@ -76,9 +76,9 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 		t.mu.Lock()
 		in := t.inputLocked()
 		act := t.core.Step(in, ev)
-		lies := t.core.Liars(in)
+		verdicts := t.core.Verdicts(in)
 		t.mu.Unlock()
-		t.banLiars(lies)
+		t.ban(verdicts)
 		ev = t.carryOut(ctx, act, &end)
 	}
 }
@@ -202,17 +202,24 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	start := t.clk.Now()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 	vec := append([]float32(nil), e.local...)
+	t.lieGradient(vec)
 	abort, stopWatch := t.watchAbort(actx)
 	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, math.Max(float64(e.samples), 1e-3),
 		averaging.WithGroupSize(act.Group), averaging.WithAbort(abort))
 	stopWatch()
 	cancel()
 	ev := epochs.Event{Kind: epochs.Average}
+	if err == nil {
+		t.averagingOffenses(res)
+	}
 	switch {
 	case err == nil && finite(vec):
 		copy(e.local, vec)
 		e.info = avgInfo{Round: act.Epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
 		ev.OK, ev.Group = true, len(res.Members)
+		for _, p := range res.Members {
+			ev.Members = append(ev.Members, p.String())
+		}
 	case err == nil:
 		t.log.Warn("averaged gradient is not finite; using the local one", "epoch", act.Epoch)
 	default:
@@ -326,6 +333,9 @@ func (t *Trainer) averageState(ctx context.Context, act epochs.Action, e *epochE
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, 1, averaging.WithGroupSize(act.Group))
 	cancel()
+	if err == nil {
+		t.averagingOffenses(res)
+	}
 	if err != nil || !finite(vec) {
 		t.log.Debug("state averaging failed", "epoch", act.Epoch, "err", err)
 		return epochs.Event{Kind: epochs.AverageState}
@@ -379,10 +389,7 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 	if sh == nil || len(donors) == 0 {
 		return 0, errors.New("no holder to catch up from")
 	}
-	t.mu.Lock()
-	trained := t.trained
-	t.mu.Unlock()
-	snap, err := t.fetchAgreed(ctx, index, len(sh.Params()), len(sh.OptState()), donors, !trained, nil)
+	snap, err := t.fetchAgreed(ctx, sh, index, donors, false, nil)
 	if err != nil {
 		t.log.Warn("catch-up failed", "err", err)
 		return 0, err

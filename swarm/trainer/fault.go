@@ -1,9 +1,14 @@
 package trainer
 
 import (
+	"context"
 	"fmt"
+	"math"
 	"strings"
+	"time"
 
+	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
@@ -28,6 +33,16 @@ const (
 	// FaultCredit: its record claims four times the credit its receipts
 	// back, plus 10,000 samples.
 	FaultCredit = "credit"
+	// FaultGradFlip: the gradients it sends in pipeline answers are flipped
+	// and scaled ×100.
+	FaultGradFlip = "grad-flip"
+	// FaultAvgFlip: the gradient it contributes to gradient rounds is
+	// flipped and scaled ×100.
+	FaultAvgFlip = "avg-flip"
+	// FaultRequestEpoch: besides its honest micro-batches, it sends each
+	// holder of the next shard a training request of epoch 2^64-1 every
+	// 50 ms, while its record tells its real epoch.
+	FaultRequestEpoch = "request-epoch"
 )
 
 // parseFaults reads a comma-separated list of fault modes.
@@ -37,7 +52,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultAvgFlip, FaultRequestEpoch:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)
@@ -70,3 +85,22 @@ func (t *Trainer) lieLocked(r *progress.Record) {
 
 // garbage is a FaultDonor's state: all zeros.
 func garbage(v []float32) []float32 { return make([]float32, len(v)) }
+
+// farEpochLoop is FaultRequestEpoch's flood of requests from the future.
+func (t *Trainer) farEpochLoop(ctx context.Context) {
+	for clock.Sleep(ctx, t.clk, 50*time.Millisecond) == nil {
+		t.mu.Lock()
+		next := t.index + 1
+		t.mu.Unlock()
+		if next <= 0 || next >= len(t.m.Shards) {
+			continue
+		}
+		s := t.stage.shape(next)
+		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: uint32(next), Epoch: math.MaxUint64, N: 1,
+			Act: make([]float32, s.ActPerSample), Targets: make([]int32, s.TargetsPerSample), Precision: t.stage.wirePrecision()}
+		payload := q.Encode()
+		for _, p := range t.holders(next, false) {
+			_, _ = t.stage.call(ctx, p, pipeline.KindTrain, payload, len(q.Act), q.Epoch, int(q.N))
+		}
+	}
+}

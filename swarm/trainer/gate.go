@@ -33,7 +33,10 @@ func (t *Trainer) admit(index int, kind uint8, epoch uint64, wait time.Duration)
 	}
 	if kind == pipeline.KindTrain && t.sync() {
 		if epoch > t.epoch {
-			t.ahead = max(t.ahead, epoch)
+			// The sender may be in a later epoch: wait a moment for this
+			// node's to end. Its epoch is no input to the decision core
+			// (one peer's request cannot end an epoch); the records say
+			// when the swarm moved on.
 			t.kickEpoch()
 			deadline := t.clk.Now().Add(wait)
 			for epoch > t.epoch && t.clk.Now().Before(deadline) && t.shard != nil {

@@ -42,10 +42,10 @@ func TestAdmitWaitsForTheEpoch(t *testing.T) {
 		t.Fatalf("after the wait: %+v, want busy", r)
 	}
 	tr.mu.Lock()
-	ahead := tr.ahead
+	epoch := tr.epoch
 	tr.mu.Unlock()
-	if ahead != 4 {
-		t.Fatalf("ahead = %d, want the request's epoch 4", ahead)
+	if epoch != 3 {
+		t.Fatalf("epoch %d after a request of epoch 4, want 3: a request is no input to the epoch", epoch)
 	}
 
 	res = admit()

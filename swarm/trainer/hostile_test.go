@@ -16,6 +16,7 @@ import (
 	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/internal/testutil"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
@@ -180,8 +181,10 @@ func TestPipelineParallelFlood(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, testutil.Says("the slots released"), func() bool { return tr.stage.slots.Peers() == 0 })
 }
 
-// A request far ahead of the node's epoch is refused before its body and
-// leaves no sticky state.
+// A request far ahead of the node's epoch (2^64-1) is refused before its
+// body; one within the window (maxEpochLead ahead) is answered busy after a
+// short wait. Neither leaves state behind: a pipeline request's epoch is no
+// input to the decision core, which keeps this node in its epoch.
 func TestPipelineFarEpoch(t *testing.T) {
 	tr, ref, attacker := victim(t, 32, true)
 	s := tr.stage.shape(1)
@@ -193,11 +196,20 @@ func TestPipelineFarEpoch(t *testing.T) {
 	}
 	st.Reset()
 	testutil.Eventually(t, 5*time.Second, testutil.Says("the epoch refusal"), func() bool { return refusals(ref, whyEpoch) == 1 })
+
+	q.Epoch = 3 + maxEpochLead
+	st = open(t, attackerOf(t, tr), tr.h.ID(), q.Encode())
+	res, err := pipeline.ReadResponse(st, 1<<20)
+	st.Close()
+	if err != nil || res.Code != pipeline.CodeBusy {
+		t.Fatalf("a request %d epochs ahead: answer %+v, %v; want busy", maxEpochLead, res, err)
+	}
 	tr.mu.Lock()
-	ahead := tr.ahead
+	epoch := tr.epoch
+	act := tr.core.Step(tr.inputLocked(), epochs.Event{})
 	tr.mu.Unlock()
-	if ahead != 0 {
-		t.Fatalf("ahead = %d after a far-future request", ahead)
+	if epoch != 3 || act.Kind != epochs.Wait {
+		t.Fatalf("after requests from the future: epoch %d, the core asks to %v; want epoch 3 and wait", epoch, act.Kind)
 	}
 }
 

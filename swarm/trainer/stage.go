@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/pipeline"
+	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 // stageServer is this node's stage of the pipeline. It serves the previous
@@ -54,6 +56,15 @@ type stageServer struct {
 	// credit signs and keeps the receipts of training micro-batches
 	// (credit.go; nil without a host key).
 	credit *credit.Service
+	// actWatch and gradWatch find senders of activations and gradients far
+	// above the recent senders' (trust.go).
+	actWatch, gradWatch *pipeline.NormWatch
+	// gradFlip: FaultGradFlip.
+	gradFlip bool
+	// kept are the latest training micro-batches this stage served: a
+	// later shard's held-out data (heldout.go).
+	keptMu sync.Mutex
+	kept   []keptInput
 }
 
 // stageGate is what the stage server needs of the trainer.
@@ -82,6 +93,11 @@ type stageGate interface {
 	waitOpen(ctx context.Context, kind uint8, epoch uint64, d time.Duration) bool
 	// pausedNow reports whether the volunteer's limits pause training.
 	pausedNow() bool
+	// offend reports evidence against p to the decision core, which bans
+	// a peer that keeps offending (trust.go); peerRecord is p's live
+	// progress record.
+	offend(p peer.ID, rule, evidence string)
+	peerRecord(p peer.ID) (progress.Record, bool)
 }
 
 // Ban durations.
@@ -130,7 +146,8 @@ var errFarEpoch = errors.New("epoch far ahead of this node's")
 func newStageServer(cfg *Config, clk clock.Clock, log *slog.Logger, bal *pipeline.Balancer, gate stageGate) *stageServer {
 	return &stageServer{m: cfg.Manifest, h: cfg.Host, clk: clk, log: log, refusals: cfg.Refusals, hop: cfg.HopTimeout,
 		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: pipeline.NewSlots(pipePerPeer, pipeTotal),
-		readTimeout: pipeReadTimeout}
+		readTimeout: pipeReadTimeout, actWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK),
+		gradWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK)}
 }
 
 // syncMode reports whether m averages gradients every epoch (sync), not
@@ -166,8 +183,9 @@ func (s *stageServer) wirePrecision() uint8 {
 
 // requestLimits is what a request's body may declare, from the run's layout:
 // the micro-batch the stage accepts times the width of its input boundary.
-// It refuses before the body is read a request whose header already fails.
-func (s *stageServer) requestLimits(q *pipeline.Request) (pipeline.Limits, error) {
+// It refuses before the body is read a request whose header already fails,
+// and one far ahead of this node's epoch (farEpoch).
+func (s *stageServer) requestLimits(from peer.ID, q *pipeline.Request) (pipeline.Limits, error) {
 	index := int(q.Shard)
 	if index <= 0 || index >= len(s.m.Shards) {
 		return pipeline.Limits{}, fmt.Errorf("shard %d does not take requests: %w", index, pipeline.ErrOversize)
@@ -179,7 +197,7 @@ func (s *stageServer) requestLimits(q *pipeline.Request) (pipeline.Limits, error
 	if q.Kind == pipeline.KindTrain && syncMode(s.m) {
 		own, holding := s.gate.position()
 		if holding && q.Epoch > own+maxEpochLead {
-			return pipeline.Limits{}, fmt.Errorf("epoch %d, this node is in %d: %w", q.Epoch, own, errFarEpoch)
+			return pipeline.Limits{}, s.farEpoch(from, q.Epoch, own)
 		}
 	}
 	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample}, nil
@@ -192,7 +210,7 @@ func readReason(err error) string {
 	switch {
 	case errors.Is(err, pipeline.ErrOversize):
 		return whyOversize
-	case errors.Is(err, errFarEpoch):
+	case errors.Is(err, errFarEpoch), errors.Is(err, errEpochLie):
 		return whyEpoch
 	case errors.Is(err, os.ErrDeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
 		return whyStall
@@ -222,10 +240,14 @@ func (s *stageServer) handle(st network.Stream) {
 	defer s.slots.Release(from)
 	_ = st.SetReadDeadline(clock.WallDeadline(s.readTimeout))
 	hash := sha256.New() // of the request as received: what its receipt credits
-	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), s.requestLimits)
+	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), func(q *pipeline.Request) (pipeline.Limits, error) { return s.requestLimits(from, q) })
 	if err != nil {
 		st.Reset()
-		if why := readReason(err); why != "" {
+		switch why := readReason(err); {
+		case errors.Is(err, errEpochLie):
+			s.refusals.Count(from, protoPipeline, why, err) // judged by the core (farEpoch)
+		case errors.Is(err, errEpochAhead):
+		case why != "":
 			s.refusals.Refuse(from, protoPipeline, why, err)
 			s.bal.Ban(from, banFailed, why)
 		}
@@ -271,6 +293,11 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		s.refusals.Refuse(from, protoPipeline, whyInvalid, err)
 		return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
 	}
+	if q.Kind == pipeline.KindTrain {
+		if err := s.checkScale(s.actWatch, from, "activations", q.Act, 0); err != nil {
+			return &pipeline.Response{Code: pipeline.CodeBadInput, Msg: err.Error()}
+		}
+	}
 	if s.gate.pausedNow() {
 		return &pipeline.Response{Code: pipeline.CodeBusy, Msg: "paused by the volunteer's limits"}
 	}
@@ -279,6 +306,9 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		return &pipeline.Response{Code: code, Msg: err.Error()}
 	}
 	defer s.gate.release()
+	if q.Kind == pipeline.KindTrain {
+		s.keepInput(q)
+	}
 	b := &engine.Batch{N: int(q.N)}
 	if s.last(index) {
 		b.Targets = q.Targets
@@ -297,6 +327,9 @@ func (s *stageServer) serve(from peer.ID, q *pipeline.Request) *pipeline.Respons
 		for i := range res.Grad {
 			res.Grad[i] = float32(math.NaN())
 		}
+	}
+	if s.gradFlip {
+		flip(res.Grad)
 	}
 	return res
 }
@@ -411,6 +444,12 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
 				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
 				continue
+			case kind == pipeline.KindTrain:
+				if nerr := s.checkScale(s.gradWatch, p, "gradient", res.Grad, n); nerr != nil {
+					s.bal.End(p, 0, 0, true, banNorm, nerr.Error())
+					lastErr = fmt.Errorf("peer %s: %w", p, nerr)
+					continue
+				}
 			}
 		}
 		if err != nil {

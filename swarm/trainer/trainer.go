@@ -37,9 +37,12 @@
 // The Trainer itself owns the epoch state: the shard and its index and
 // state, the epoch and its counters, whether it is closing, the
 // micro-batches admitted in it, the local-mode anchor, and the decision
-// core. It carries out the core's actions (epoch.go, local.go), claims and
-// moves between shards (claim.go), takes state by agreement (agree.go) and
-// serves snapshots. The stage server and the driver reach it only through
+// core. It carries out the core's actions (epoch.go, local.go) and its
+// verdicts (bans, agree.go), reports what peers did wrong to it (trust.go:
+// pipeline values far above the other senders', far-future requests,
+// averaging outliers), claims and moves between shards (claim.go), takes
+// state by agreement, with a held-out check of a state a single donor offers
+// (agree.go, heldout.go), and serves snapshots. The stage server and the driver reach it only through
 // stageGate and driverGate (gate.go): the epoch gate that admits
 // micro-batches, and the engine under the engine lock.
 //
@@ -252,8 +255,7 @@ type Trainer struct {
 	drawn    int // samples this node started in this epoch and has not finished (first shard)
 	norms    []progress.EpochNorm
 	closing  bool
-	inflight int    // micro-batches admitted and not released (closeEpoch waits for them)
-	ahead    uint64 // highest epoch seen in a request from a peer
+	inflight int // micro-batches admitted and not released (closeEpoch waits for them)
 	// trained: this node stepped on its shard since it joined it (state
 	// sync then needs donors that agree; agree.go).
 	trained bool
@@ -303,6 +305,7 @@ func New(cfg Config) (*Trainer, error) {
 	if t.faults, err = parseFaults(cfg.Fault); err != nil {
 		return nil, err
 	}
+	t.stage.gradFlip = t.faults[FaultGradFlip]
 	t.epochsCfg = epochs.Config{Self: t.h.ID().String(), Epochs: uint64(t.totalEpochs()), TargetBatch: m.Training.TargetBatch,
 		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps}
 	t.core = epochs.New(t.epochsCfg)
@@ -422,6 +425,9 @@ func (t *Trainer) Run(ctx context.Context) error {
 	}
 	for range t.drive.loops() {
 		t.goLoop(ctx, t.drive.run)
+	}
+	if t.faults[FaultRequestEpoch] {
+		t.goLoop(ctx, t.farEpochLoop)
 	}
 	<-ctx.Done()
 	t.mu.Lock()
