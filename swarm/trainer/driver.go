@@ -82,12 +82,9 @@ func (d *driver) loops() int {
 
 // limit is how many micro-batches this node may have in the pipeline now.
 func (d *driver) limit() int {
-	if d.fixed > 0 {
-		return d.fixed
-	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.flight.limit
+	return d.limitLocked()
 }
 
 func (d *driver) room() bool {
