@@ -12,6 +12,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/node"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -40,6 +41,9 @@ type Data struct {
 	FaultCorrupt bool
 	// RetryEvery is the wait before a failed fetch is tried again (0: 30 s).
 	RetryEvery time.Duration
+	// Clock times the retries and the provider lookups (nil: the wall
+	// clock).
+	Clock clock.Clock
 
 	ready chan struct{}
 
@@ -202,10 +206,8 @@ func (d *Data) fetch(ctx context.Context, n *node.Node, m *dataset.Metrics) {
 		d.mu.Lock()
 		d.state, d.err, d.rep = dataFailed, err, rep
 		d.mu.Unlock()
-		select {
-		case <-ctx.Done():
+		if clock.Sleep(ctx, clock.Or(d.Clock), retry) != nil {
 			return
-		case <-time.After(retry):
 		}
 		d.mu.Lock()
 		d.state = dataFetching
@@ -227,14 +229,18 @@ func (d *Data) donors(n *node.Node) []peer.ID {
 
 // findProviders refreshes the DHT providers of root while the fetch lasts.
 func (d *Data) findProviders(ctx context.Context, n *node.Node, root cid.Cid) {
+	clk := clock.Or(d.Clock)
 	wait := 200 * time.Millisecond
 	for {
+		timer := clk.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+			timer.Stop()
 			return
 		case <-d.store.Done():
+			timer.Stop()
 			return
-		case <-time.After(wait):
+		case <-timer.C():
 		}
 		wait = 5 * time.Second
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -130,7 +130,8 @@ func (w *stallWatch) update(st *api.Stall, now time.Time) bool {
 // watchStalls checks every stallCheck whether training is held up by
 // connectivity, for status and the log.
 func (s *Service) watchStalls(ctx context.Context, n *node.Node, t *trainer.Trainer) {
-	tick := time.NewTicker(stallCheck)
+	clk := s.clk()
+	tick := clk.NewTicker(stallCheck)
 	defer tick.Stop()
 	self := n.Host().ID().String()
 	shards := len(s.Config.Manifest.Shards)
@@ -145,11 +146,11 @@ func (s *Service) watchStalls(ctx context.Context, n *node.Node, t *trainer.Trai
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-tick.C():
 		}
 		ts := s.trainerStatus(t)
 		st := stallReport(self, ts.Shard, shards, ts.Peers, link, n.ConnectivityAdvice())
-		if s.stall.update(st, time.Now()) {
+		if s.stall.update(st, clk.Now()) {
 			n.Logger().Warn("connectivity: "+st.Message, "stalled", st.Stalled, "blocked_peers", len(st.Peers))
 		}
 	}
