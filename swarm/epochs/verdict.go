@@ -26,9 +26,10 @@ import (
 //     the gap; a liar's claim moves with the swarm.
 //   - RuleNorm: a record reporting, in NormLieEpochs epochs, a squared
 //     gradient norm more than NormLieRatio² times the lower median of what
-//     the other holders of its shard report for the same epoch (holders of a
-//     shard average one gradient; one that averaged alone differs by a
-//     small factor, never by 10⁴).
+//     the other holders of its shard report for epochs within NormWindow of
+//     it (holders of a shard average one gradient, which changes little from
+//     one epoch to the next; one that averaged alone differs by a small
+//     factor, never by 10⁴).
 //   - RulePipelineNorm, RulePipelineEpoch, RuleAveraging: offenses the
 //     trainer saw in the pipeline (a sender's activations or gradients far
 //     above the median of the recent senders'; a request far ahead of the
@@ -59,6 +60,9 @@ const (
 	NormLieRatio = 100
 	// NormLieEpochs epochs with an absurd norm make a verdict.
 	NormLieEpochs = 3
+	// NormWindow: a norm is compared with the shard's reports for epochs
+	// this close to its own (a holder reports only the epochs it stepped).
+	NormWindow = 4
 	// RepeatOffenses offenses of one rule in distinct epochs make a
 	// verdict.
 	RepeatOffenses = 3
@@ -235,7 +239,7 @@ func (m *Machine) recordVerdicts(in Input) []Verdict {
 			continue
 		}
 		for _, n := range r.Norms {
-			others := norms.others(r.Shard, n.Epoch, n.NormSq)
+			others := norms.others(r, n.Epoch)
 			if len(others) == 0 {
 				continue
 			}
@@ -284,9 +288,13 @@ func corroborated(recs []progress.Record, r progress.Record) bool {
 	return false
 }
 
-// normTable holds, per shard and epoch, the squared norms its holders
-// report, sorted.
-type normTable map[int]map[uint64][]float64
+// normTable holds, per shard, the squared norms its holders report.
+type normTable map[int][]peerNorm
+
+type peerNorm struct {
+	peer string
+	progress.EpochNorm
+}
 
 func shardNorms(recs []progress.Record) normTable {
 	t := normTable{}
@@ -295,27 +303,21 @@ func shardNorms(recs []progress.Record) normTable {
 			continue
 		}
 		for _, n := range r.Norms {
-			if t[r.Shard] == nil {
-				t[r.Shard] = map[uint64][]float64{}
-			}
-			t[r.Shard][n.Epoch] = append(t[r.Shard][n.Epoch], n.NormSq)
-		}
-	}
-	for _, es := range t {
-		for _, vs := range es {
-			slices.Sort(vs)
+			t[r.Shard] = append(t[r.Shard], peerNorm{r.Peer, n})
 		}
 	}
 	return t
 }
 
-// others is the sorted reports of shard for epoch without one report of v
-// (the holder's own).
-func (t normTable) others(shard int, epoch uint64, v float64) []float64 {
-	vs := t[shard][epoch]
-	i, ok := slices.BinarySearch(vs, v)
-	if !ok {
-		return vs
+// others is the sorted reports of r's shard by other holders for epochs
+// within NormWindow of epoch.
+func (t normTable) others(r progress.Record, epoch uint64) []float64 {
+	var out []float64
+	for _, n := range t[r.Shard] {
+		if n.peer != r.Peer && max(n.Epoch, epoch)-min(n.Epoch, epoch) <= NormWindow {
+			out = append(out, n.NormSq)
+		}
 	}
-	return append(slices.Clone(vs[:i]), vs[i+1:]...)
+	slices.Sort(out)
+	return out
 }

@@ -444,18 +444,15 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
 				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
 				continue
-			case kind == pipeline.KindTrain:
-				if nerr := s.checkScale(s.gradWatch, p, "gradient", res.Grad, n); nerr != nil {
-					s.bal.End(p, 0, 0, true, banNorm, nerr.Error())
-					lastErr = fmt.Errorf("peer %s: %w", p, nerr)
-					continue
-				}
 			}
 		}
 		if err != nil {
 			ban := banFailed
-			if res != nil && res.Code == pipeline.CodeBusy {
+			switch {
+			case res != nil && res.Code == pipeline.CodeBusy:
 				ban = banBusy
+			case errors.Is(err, errOutlier):
+				ban = banNorm
 			}
 			s.bal.End(p, 0, 0, true, ban, err.Error())
 			lastErr = err
@@ -498,13 +495,23 @@ func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload [
 		st.Reset()
 		return nil, err
 	}
+	good := kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && pipeline.Finite(res.Grad)
+	var outlier error
+	if good {
+		// A gradient far above the other holders' is refused before it is
+		// acknowledged: no receipt credits it.
+		outlier = s.checkScale(s.gradWatch, p, "gradient", res.Grad, n)
+	}
 	if len(res.Receipt) > 0 {
 		var ack []byte
-		if kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && pipeline.Finite(res.Grad) {
+		if good && outlier == nil {
 			s.earn(p, res.Receipt, n, sha256.Sum256(payload))
 			ack = s.stamp(p, epoch, n, [32]byte(hash.Sum(nil)))
 		}
 		_, _ = st.Write(pipeline.AppendAck(nil, ack))
+	}
+	if outlier != nil {
+		return nil, fmt.Errorf("peer %s: %w", p, outlier)
 	}
 	return res, nil
 }

@@ -22,13 +22,17 @@ import (
 //   - In the pipeline, a stage compares the activations of each training
 //     request, and a sender the gradients of each answer, with those of the
 //     recent senders (pipeline.NormWatch). A request is answered bad input;
-//     an answer counts as a failed hop and goes to another holder.
+//     an answer is not acknowledged (no receipt credits it), counts as a
+//     failed hop and the micro-batch goes to another holder.
 //   - In averaging, the reducers reject a member's part far above the
 //     group's median (averaging.Config.NormK); each rejection this node saw
 //     as a reducer is an offense of the member.
 
 // whyNorm is the refusal reason for values far above the other senders'.
 const whyNorm = "norm"
+
+// errOutlier marks values far above the recent senders' (checkScale).
+var errOutlier = errors.New("far above the other senders'")
 
 // A pipeline request far ahead of this node's epoch (maxEpochLead) cannot
 // be served. Whether it is a lie depends on what its sender told the swarm:
@@ -75,7 +79,7 @@ func (s *stageServer) checkScale(w *pipeline.NormWatch, p peer.ID, what string, 
 	if !out {
 		return nil
 	}
-	err := fmt.Errorf("%s of scale %.3g, %.3g times the recent senders' %.3g (norm_k %g)", what, scale, scale/ref, ref, s.m.Averaging.NormK)
+	err := fmt.Errorf("%w: %s of scale %.3g, %.3g times the recent senders' %.3g (norm_k %g)", errOutlier, what, scale, scale/ref, ref, s.m.Averaging.NormK)
 	s.gate.offend(p, epochs.RulePipelineNorm, err.Error())
 	s.refusals.Count(p, protoPipeline, whyNorm, err) // judged by the core
 	return err
