@@ -403,7 +403,10 @@ func medianF64(c []float64) float64 {
 }
 
 // l2 is the Euclidean norm of x.
-func l2(x []float32) float64 {
+func l2(x []float32) float64 { return math.Sqrt(sumSquares(x)) }
+
+// sumSquares is Σ x², summed as l2 sums (l2 is its root).
+func sumSquares(x []float32) float64 {
 	var s0, s1, s2, s3 float64
 	j := 0
 	for ; j+4 <= len(x); j += 4 {
@@ -416,7 +419,7 @@ func l2(x []float32) float64 {
 	for ; j < len(x); j++ {
 		s0 += float64(float64(x[j]) * float64(x[j]))
 	}
-	return math.Sqrt((s0 + s1) + (s2 + s3))
+	return (s0 + s1) + (s2 + s3)
 }
 
 // copySquares copies src into dst and returns Σ src², summed as l2 sums.

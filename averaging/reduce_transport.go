@@ -518,7 +518,7 @@ func (a *Averager) handleReduce(s network.Stream) {
 		_ = s.CloseWrite()
 	}()
 	parts := r.lay.Parts[r.self]
-	vals := make([]float32, 0, longestPart(parts)) // never a peer-declared size
+	var vals []float32 // a streamed reducer's values of the part at hand
 	var rbuf []byte
 	for k := range parts {
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.SenderTimeout), r.deadline))
@@ -550,9 +550,24 @@ func (a *Averager) handleReduce(s network.Stream) {
 		if err == nil && len(pm.Contributors) != 0 {
 			err = fmt.Errorf("%w: part %d from a sender names contributors", errMalformed, k)
 		}
+		// A buffered reducer lends a buffer to decode into and keeps it: the
+		// values are copied once, from the frame.
+		var dst []float32
+		owned := false
 		if err == nil {
-			vals = vals[:n]
-			err = r.codec.Decode(vals, pm.Data)
+			r.mu.Lock()
+			b := r.red.buffer()
+			r.mu.Unlock()
+			switch {
+			case b != nil:
+				dst, owned = b[:n], true
+			case vals == nil:
+				vals = make([]float32, longestPart(parts)) // never a peer-declared size
+				fallthrough
+			default:
+				dst = vals[:n]
+			}
+			err = r.codec.Decode(dst, pm.Data)
 		}
 		if err != nil {
 			a.refuse(from, ProtoReduce, reasonMalformed, err)
@@ -560,10 +575,14 @@ func (a *Averager) handleReduce(s network.Stream) {
 			break
 		}
 		if f := a.faults.alterInput; f != nil {
-			f(from, k, vals)
+			f(from, k, dst)
 		}
 		r.mu.Lock()
-		_ = r.red.Part(si, k, vals, time.Now())
+		if owned {
+			_ = r.red.PartInto(si, k, dst, time.Now())
+		} else {
+			_ = r.red.Part(si, k, dst, time.Now())
+		}
 		r.dispatchLocked()
 		r.mu.Unlock()
 	}
