@@ -269,4 +269,3 @@ func (t *Trainer) reducerLied(ac averaging.Accusation) {
 	}
 	t.mu.Unlock()
 }
-
