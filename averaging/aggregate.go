@@ -197,58 +197,71 @@ func (g *aggregator) mean(out []float32, xs [][]float32) {
 // meanSqDist writes the weighted mean of xs (total weight W) into out, as
 // mean does, and sets g.d2[i] to the squared distance of xs[i] from it,
 // differences taken in float32 (a difference whose square overflows gives
-// +Inf, which puts that input beyond any τ): both in one pass over the
-// inputs, for the fast path of CenteredClip.
+// +Inf, which puts that input beyond any τ), for the fast path of
+// CenteredClip. It goes over the inputs once, in blocks small enough that
+// the distances re-read each block's values from the L1 cache.
 func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64) {
-	if len(xs) == 8 {
-		g.meanSqDist8(out, xs, W)
-		return
-	}
+	const block = 512
 	clear(g.d2)
-	for j := range out {
-		var s float64
-		for i, x := range xs {
-			s += float64(g.w[i] * float64(x[j]))
+	for b := 0; b < len(out); b += block {
+		e := min(b+block, len(out))
+		m := out[b:e]
+		if len(xs) == 8 {
+			mean8(m, xs, g.w, b, W)
+		} else {
+			for j := range m {
+				var s float64
+				for i, x := range xs {
+					s += float64(g.w[i] * float64(x[b+j]))
+				}
+				m[j] = float32(s / W)
+			}
 		}
-		m := float32(s / W)
-		out[j] = m
 		for i, x := range xs {
-			d := x[j] - m
-			g.d2[i] += float64(d * d)
+			g.d2[i] += sqDist32(x[b:e], m)
 		}
 	}
 }
 
-// meanSqDist8 is meanSqDist for 8 inputs, kept in registers: the same sums
-// in the same order.
-func (g *aggregator) meanSqDist8(out []float32, xs [][]float32, W float64) {
-	n := len(out)
-	x0, x1, x2, x3, x4, x5, x6, x7 := xs[0][:n], xs[1][:n], xs[2][:n], xs[3][:n], xs[4][:n], xs[5][:n], xs[6][:n], xs[7][:n]
-	w0, w1, w2, w3, w4, w5, w6, w7 := g.w[0], g.w[1], g.w[2], g.w[3], g.w[4], g.w[5], g.w[6], g.w[7]
-	var a0, a1, a2, a3, a4, a5, a6, a7 float64
-	for j := range out {
-		v0, v1, v2, v3, v4, v5, v6, v7 := x0[j], x1[j], x2[j], x3[j], x4[j], x5[j], x6[j], x7[j]
-		s := float64(w0 * float64(v0))
-		s += float64(w1 * float64(v1))
-		s += float64(w2 * float64(v2))
-		s += float64(w3 * float64(v3))
-		s += float64(w4 * float64(v4))
-		s += float64(w5 * float64(v5))
-		s += float64(w6 * float64(v6))
-		s += float64(w7 * float64(v7))
-		m := float32(s / W)
-		out[j] = m
-		d0, d1, d2, d3, d4, d5, d6, d7 := v0-m, v1-m, v2-m, v3-m, v4-m, v5-m, v6-m, v7-m
-		a0 += float64(d0 * d0)
-		a1 += float64(d1 * d1)
-		a2 += float64(d2 * d2)
-		a3 += float64(d3 * d3)
-		a4 += float64(d4 * d4)
-		a5 += float64(d5 * d5)
-		a6 += float64(d6 * d6)
-		a7 += float64(d7 * d7)
+// mean8 writes into m the weighted mean of 8 inputs' values from offset b:
+// the same sums, in the same order, as the loop of meanSqDist.
+func mean8(m []float32, xs [][]float32, w []float64, b int, W float64) {
+	n := len(m)
+	x0, x1, x2, x3 := xs[0][b:b+n], xs[1][b:b+n], xs[2][b:b+n], xs[3][b:b+n]
+	x4, x5, x6, x7 := xs[4][b:b+n], xs[5][b:b+n], xs[6][b:b+n], xs[7][b:b+n]
+	w = w[:8]
+	for j := range m {
+		s := float64(w[0] * float64(x0[j]))
+		s += float64(w[1] * float64(x1[j]))
+		s += float64(w[2] * float64(x2[j]))
+		s += float64(w[3] * float64(x3[j]))
+		s += float64(w[4] * float64(x4[j]))
+		s += float64(w[5] * float64(x5[j]))
+		s += float64(w[6] * float64(x6[j]))
+		s += float64(w[7] * float64(x7[j]))
+		m[j] = float32(s / W)
 	}
-	g.d2[0], g.d2[1], g.d2[2], g.d2[3], g.d2[4], g.d2[5], g.d2[6], g.d2[7] = a0, a1, a2, a3, a4, a5, a6, a7
+}
+
+// sqDist32 is ‖x − a‖² with the differences taken in float32 and summed in
+// float64 with four accumulators.
+func sqDist32(x, a []float32) float64 {
+	n := len(a)
+	x = x[:n]
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= n; j += 4 {
+		d0, d1, d2, d3 := x[j]-a[j], x[j+1]-a[j+1], x[j+2]-a[j+2], x[j+3]-a[j+3]
+		s0 += float64(d0 * d0)
+		s1 += float64(d1 * d1)
+		s2 += float64(d2 * d2)
+		s3 += float64(d3 * d3)
+	}
+	for ; j < n; j++ {
+		d := x[j] - a[j]
+		s0 += float64(d * d)
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // trimCount is how many values a trimmed mean drops at each end of n.
@@ -403,7 +416,10 @@ func medianF64(c []float64) float64 {
 }
 
 // l2 is the Euclidean norm of x.
-func l2(x []float32) float64 {
+func l2(x []float32) float64 { return math.Sqrt(sumSquares(x)) }
+
+// sumSquares is Σ x², summed as l2 sums (l2 is its root).
+func sumSquares(x []float32) float64 {
 	var s0, s1, s2, s3 float64
 	j := 0
 	for ; j+4 <= len(x); j += 4 {
@@ -416,7 +432,7 @@ func l2(x []float32) float64 {
 	for ; j < len(x); j++ {
 		s0 += float64(float64(x[j]) * float64(x[j]))
 	}
-	return math.Sqrt((s0 + s1) + (s2 + s3))
+	return (s0 + s1) + (s2 + s3)
 }
 
 // copySquares copies src into dst and returns Σ src², summed as l2 sums.

@@ -19,8 +19,10 @@ import (
 // stronger than a sender: what it returns must be the run's aggregation of
 // what it received, or some member can show it is not.
 //
-// During the round every member keeps a copy of its vector (its inputs) and
-// every reducer keeps the values it combined; aggregation is deterministic
+// During the round the results a member receives wait in a buffer beside
+// its vector, which keeps its own values (its inputs) until the audit has
+// decided which results to take, and every reducer keeps the values it
+// combined; aggregation is deterministic
 // (same inputs, order and weights give the same bits on every platform,
 // aggregate.go). After the round:
 //
@@ -69,7 +71,8 @@ import (
 // A liar does not know which parts will be audited until its commitment is
 // out; lying on m of the group's P parts, it is caught in a round with
 // probability about 1 − (1 − A/P)^m for A honest audits. Costs, per member
-// and round: a copy of the vector, a SHA-256 pass over its share, a part
+// and round: a second vector-sized buffer (kept between rounds, as the
+// values a reducer keeps are), a SHA-256 pass over its share, a part
 // hashed per reducer (its check) and per claim naming it (its own input),
 // and per audit the contributors' values of one part over the network and
 // hashed on both sides: at n = 8, 64 MiB and AuditParts 1, 4 MiB in and

@@ -148,7 +148,7 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 	if f := a.faults.beforeAudit; f != nil {
 		f()
 	}
-	if err := au.roundOver(r.vec, r.recv, r.red, time.Now().Add(a.cfg.AuditTimeout)); err != nil {
+	if err := au.roundOver(r.res, r.recv, r.red, time.Now().Add(a.cfg.AuditTimeout)); err != nil {
 		a.log.Warn("audit: no commitment of our share", "err", err)
 	}
 	a.auditPhase(ctx, au)
@@ -163,10 +163,11 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 	au.serving.Wait() // no claim is still being written from the round's buffers
 	self := r.g.Members[r.self].ID
 	var accused []Accusation
+	untrusted := make([]bool, len(r.g.Members))
 	for _, v := range vs {
+		untrusted[v.Reducer] = true
 		p := r.g.Members[v.Reducer].ID
 		sh := r.lay.Shares[v.Reducer]
-		copy(r.vec[sh.Start:sh.End], r.orig[sh.Start:sh.End])
 		spans = slices.DeleteFunc(spans, func(s Span) bool { return s.Start >= sh.Start && s.Start < sh.End })
 		spans = append(spans, Span{sh.Start, sh.End, []peer.ID{self}})
 		if v.Accused == nil {
@@ -183,6 +184,18 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 			a.cfg.Refusals.BanFor(p, ac.Rule, errors.New(ac.String())) // logs the evidence once
 		} else {
 			a.log.Warn("reducer shown to lie; its share stays local", "peer", p, "evidence", ac.String())
+		}
+	}
+	// The results of the reducers we trust replace our values; where we do
+	// not, our values stay.
+	for j, parts := range r.lay.Parts {
+		if untrusted[j] {
+			continue
+		}
+		for k, sp := range parts {
+			if j == r.self || r.recv[j] != nil && r.recv[j][k] != nil {
+				copy(r.vec[sp.Start:sp.End], r.res[sp.Start:sp.End])
+			}
 		}
 	}
 	if f := a.cfg.OnAccusation; f != nil {

@@ -94,9 +94,9 @@ type Config struct {
 	// random once the reducers have signed what they returned, and checks
 	// one part received from each against its signature; a reducer shown to
 	// lie is banned (Refusals.BanFor), reported to OnAccusation, and its
-	// share stays local. It costs a copy of the vector and, per audit, the
-	// contributors' values of one part over the network. Every member of a
-	// run must use the same setting (a reducer that does not answer audits
+	// share stays local. It costs a second vector-sized buffer and, per
+	// audit, the contributors' values of one part over the network. Every
+	// member of a run must use the same setting (a reducer that does not answer audits
 	// is not trusted). At most 16; the host's identity must be able to sign
 	// (Ed25519 or secp256k1, as libp2p's default). AuditTimeout bounds the
 	// audit after a round (default 10s).

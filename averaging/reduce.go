@@ -230,6 +230,25 @@ func (r *reducer) Header(s int, w float64, now time.Time) error {
 // Part adds sender s's values for part k, which must be its next part.
 // vals must already be validated finite.
 func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
+	return r.part(s, k, vals, false, now)
+}
+
+// buffer returns an empty buffer for one sender's values of a part, to be
+// filled and handed to PartInto; nil for a streamed reducer (use Part).
+func (r *reducer) buffer() []float32 {
+	if !r.opts.buffered() {
+		return nil
+	}
+	return r.take()
+}
+
+// PartInto is Part for vals in a buffer from buffer(), which the reducer
+// then owns: the values are not copied again.
+func (r *reducer) PartInto(s, k int, vals []float32, now time.Time) error {
+	return r.part(s, k, vals, true, now)
+}
+
+func (r *reducer) part(s, k int, vals []float32, owned bool, now time.Time) error {
 	if s < 0 || s >= r.n || r.status[s] != sActive {
 		return fmt.Errorf("part from sender %d that is not active", s)
 	}
@@ -246,19 +265,28 @@ func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
 		if r.bufs[k] == nil {
 			r.bufs[k] = make([][]float32, r.n)
 		}
-		buf := r.take()[:len(vals)]
-		if r.opts.NormK > 0 {
+		buf := vals
+		var sq float64
+		switch {
+		case owned && r.opts.NormK > 0:
+			sq = sumSquares(vals)
+		case owned:
+		case r.opts.NormK > 0:
 			// The norm is taken in the same pass as the copy: one pass less
 			// over every sender's values when the part is combined.
+			buf = r.take()[:len(vals)]
+			sq = copySquares(buf, vals)
+		default:
+			buf = append(r.take(), vals...)
+		}
+		if r.opts.NormK > 0 {
 			if r.partSq == nil {
 				r.partSq = make([][]float64, len(r.parts))
 			}
 			if r.partSq[k] == nil {
 				r.partSq[k] = make([]float64, r.n)
 			}
-			r.partSq[k][s] = copySquares(buf, vals)
-		} else {
-			copy(buf, vals)
+			r.partSq[k][s] = sq
 		}
 		r.bufs[k][s] = buf
 	} else {

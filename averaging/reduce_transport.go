@@ -37,10 +37,19 @@ type round struct {
 	ownSpans []Span
 	faults   *faults
 
-	// With audits: our values before the round, and per reducer and part
-	// the contributors of each part we received (nil: not received).
-	orig []float32
+	// With audits the results land in res, and vec keeps our values until
+	// the audit has decided which results to take; recv has, per reducer
+	// and part, the contributors of each part received (nil: not received).
+	res  []float32
 	recv [][]bitset
+}
+
+// out is where the round's results go: res with audits, else the vector.
+func (r *round) out() []float32 {
+	if r.res != nil {
+		return r.res
+	}
+	return r.vec
 }
 
 // allreduce runs the butterfly all-reduce of vec in group g.
@@ -62,13 +71,13 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	own := vec[myShare.Start:myShare.End]
 	var au *auditRound
 	if a.cfg.AuditParts > 0 {
-		// Audits: our inputs stay in orig (the vector takes the results),
-		// the reducer keeps what it combined.
-		r.orig = a.pool.get(len(vec))
-		copy(r.orig, vec)
+		// Audits: the vector keeps our values (what we send, and what stays
+		// where a reducer is not trusted), the results wait in res, and the
+		// reducer keeps what it combined.
+		r.res = a.pool.get(len(vec))
 		r.recv = make([][]bitset, len(g.Members))
-		own, opts.Keep = r.orig[myShare.Start:myShare.End], true
-		au = a.openAudit(g, self, lay, codec, opts, r.orig)
+		opts.Keep = true
+		au = a.openAudit(g, self, lay, codec, opts, vec)
 		defer a.closeAudit(g.ID)
 	}
 	r.red = newReducer(self, len(g.Members), lay.Parts[self], own, weight, start, a.cfg.SenderTimeout, deadline, opts)
@@ -201,7 +210,7 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	}
 	// Nothing reads the round's buffers any more (the audit is closed).
 	r.red.release()
-	a.pool.put(r.orig)
+	a.pool.put(r.res)
 
 	cnt.mu.Lock()
 	sent, recv := cnt.sent, cnt.recv
@@ -227,7 +236,7 @@ func (r *round) dispatchLocked() {
 		if f := r.faults.lieResult; f != nil {
 			f(fp.Index, fp.Avg)
 		}
-		dst := r.vec[fp.Span.Start:fp.Span.End]
+		dst := r.out()[fp.Span.Start:fp.Span.End]
 		var data []byte
 		if r.codec == CodecNone && littleEndian {
 			// The part's final value never changes again: send it from the
@@ -373,7 +382,10 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 	}()
 	var rbuf []byte
 	cb := (len(r.g.Members) + 7) / 8
-	tmp := make([]float32, 0, longestPart(parts)) // never a peer-declared size
+	var tmp []float32
+	if r.res == nil {
+		tmp = make([]float32, 0, longestPart(parts)) // never a peer-declared size
+	}
 	for k := range parts {
 		sp := parts[k]
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.ReducerTimeout), r.deadline))
@@ -393,8 +405,15 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		if int(pm.Index) != k || len(pm.Contributors) != cb || !bitset(pm.Contributors).has(r.self) {
 			return spans, fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, pm.Index, k)
 		}
-		tmp = tmp[:sp.End-sp.Start]
-		if err := r.codec.Decode(tmp, pm.Data); err != nil {
+		// With audits the part lands in res (scratch until the audit takes
+		// it); otherwise it is checked in tmp before it replaces our values.
+		var dst []float32
+		if r.res != nil {
+			dst = r.res[sp.Start:sp.End]
+		} else {
+			dst = tmp[:sp.End-sp.Start]
+		}
+		if err := r.codec.Decode(dst, pm.Data); err != nil {
 			return spans, fmt.Errorf("averaged part %d: %w", k, err)
 		}
 		sentMu.Lock()
@@ -403,7 +422,9 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		if !ok {
 			return spans, fmt.Errorf("%w: averaged part %d before it was sent", errMalformed, k)
 		}
-		copy(r.vec[sp.Start:sp.End], tmp)
+		if r.res == nil {
+			copy(r.vec[sp.Start:sp.End], dst)
+		}
 		if r.recv != nil {
 			if r.recv[j] == nil {
 				r.recv[j] = make([]bitset, len(parts))
@@ -518,7 +539,7 @@ func (a *Averager) handleReduce(s network.Stream) {
 		_ = s.CloseWrite()
 	}()
 	parts := r.lay.Parts[r.self]
-	vals := make([]float32, 0, longestPart(parts)) // never a peer-declared size
+	var vals []float32 // a streamed reducer's values of the part at hand
 	var rbuf []byte
 	for k := range parts {
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.SenderTimeout), r.deadline))
@@ -550,9 +571,24 @@ func (a *Averager) handleReduce(s network.Stream) {
 		if err == nil && len(pm.Contributors) != 0 {
 			err = fmt.Errorf("%w: part %d from a sender names contributors", errMalformed, k)
 		}
+		// A buffered reducer lends a buffer to decode into and keeps it: the
+		// values are copied once, from the frame.
+		var dst []float32
+		owned := false
 		if err == nil {
-			vals = vals[:n]
-			err = r.codec.Decode(vals, pm.Data)
+			r.mu.Lock()
+			b := r.red.buffer()
+			r.mu.Unlock()
+			switch {
+			case b != nil:
+				dst, owned = b[:n], true
+			case vals == nil:
+				vals = make([]float32, longestPart(parts)) // never a peer-declared size
+				fallthrough
+			default:
+				dst = vals[:n]
+			}
+			err = r.codec.Decode(dst, pm.Data)
 		}
 		if err != nil {
 			a.refuse(from, ProtoReduce, reasonMalformed, err)
@@ -560,10 +596,14 @@ func (a *Averager) handleReduce(s network.Stream) {
 			break
 		}
 		if f := a.faults.alterInput; f != nil {
-			f(from, k, vals)
+			f(from, k, dst)
 		}
 		r.mu.Lock()
-		_ = r.red.Part(si, k, vals, time.Now())
+		if owned {
+			_ = r.red.PartInto(si, k, dst, time.Now())
+		} else {
+			_ = r.red.Part(si, k, dst, time.Now())
+		}
 		r.dispatchLocked()
 		r.mu.Unlock()
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/statesync"
@@ -253,4 +254,18 @@ func (t *Trainer) ban(verdicts []epochs.Verdict) {
 		}
 		t.tracker.Forget(v.Peer)
 	}
+}
+
+// reducerLied is the averager's word that a reducer returned a part it
+// could not have computed (it has banned it already): never a donor again
+// in the run either.
+func (t *Trainer) reducerLied(ac averaging.Accusation) {
+	t.mu.Lock()
+	if t.distrusted == nil {
+		t.distrusted = map[peer.ID]bool{}
+	}
+	if len(t.distrusted) < maxDistrusted {
+		t.distrusted[ac.Reducer] = true
+	}
+	t.mu.Unlock()
 }

@@ -334,6 +334,7 @@ func New(cfg Config) (*Trainer, error) {
 		ClipIters:       m.Averaging.ClipIters,
 		NormK:           m.Averaging.NormK,
 		AuditParts:      m.Averaging.AuditParts,
+		OnAccusation:    t.reducerLied,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
