@@ -260,10 +260,14 @@ func TestMoshpitConverges(t *testing.T) {
 		norm += m * m
 	}
 	norm = math.Sqrt(norm)
-	// log4(16) = 2 rounds suffice when every peer is grouped; a loaded
-	// machine can leave a peer out of a round (it then keeps its vector), so
-	// allow a few more before calling it a failure.
-	const rounds = 8
+	// log4(16) = 2 rounds suffice when every peer is grouped. A loaded
+	// machine can split the first round 4+4+4+3+1 (the last peer reached
+	// matchmaking after its key's groups closed, and gossip found every
+	// other peer busy); the group of 3 hands out 3 of the 4 next keys, so
+	// each later round has a key of 5 peers and one of 3, and one peer
+	// sits out every round (CI: the worst distance fell 2-5x a round, from
+	// 3.9 to 2.1e-3 in 8 rounds). Allow 12 rounds for that grid.
+	const rounds = 12
 	for round := uint64(1); round <= rounds; round++ {
 		out := stepAll(ps, "run/shard", round, nil)
 		worst := 0.0

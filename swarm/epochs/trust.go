@@ -2,6 +2,7 @@ package epochs
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -211,4 +212,64 @@ func (m *Machine) overclaim(r progress.Record) string {
 	}
 	return fmt.Sprintf("epoch %d: %d samples finished and %d in flight, more than an honest holder can (%d: twice the target batch of %d and %d micro-batches in flight)",
 		r.Epoch, r.Samples, r.InFlight, m.claimCeiling(), m.cfg.TargetBatch, MaxInFlightBatches)
+}
+
+// SoleHolder returns the record of the run's only holder: the one live
+// record that holds a shard (online or done). Nothing corroborates its
+// epoch, and SwarmEpoch holds it to 1; a joiner that sees it advance may
+// still take its state (SoleWatch).
+func SoleHolder(recs []progress.Record) (progress.Record, bool) {
+	var sole progress.Record
+	n := 0
+	for _, r := range recs {
+		if holding(r) {
+			sole = r
+			n++
+		}
+	}
+	return sole, n == 1
+}
+
+// A joiner believes the run's only holder once it has watched the holder's
+// epoch advance by SoleAdvance over at least SoleWatchFor.
+const (
+	SoleWatchFor = 2 * time.Second
+	SoleAdvance  = 2
+)
+
+// SoleWatch decides how far a joiner without trained state believes the
+// run's only holder (SoleHolder) when nothing corroborates it: the first
+// volunteer of a run that trained alone for a while is far ahead of epoch 1,
+// and a joiner that held it to SwarmEpoch could never join it. A record
+// alone proves nothing (a liar's record at the run's last epoch would
+// finish the joiner), so the joiner watches the holder first: once the
+// holder's epoch advanced by SoleAdvance over SoleWatchFor, a state up to
+// its epoch plus what it advanced while watched (its record lags its state
+// by about as much) is taken, and the held-out check (where the joiner has
+// data) still judges the state. A liar that advances its claim at a
+// plausible rate from a high start passes the watch; held-out data is then
+// what refuses its state. A zero SoleWatch is ready to use.
+type SoleWatch struct {
+	peer  string
+	epoch uint64
+	at    time.Time
+}
+
+// Observe notes rec (the run's only holder) at now and returns the highest
+// epoch of a state to take from it, with ok false while it has not been
+// watched long enough, or did not advance, or is another holder than the
+// one watched so far (the watch restarts).
+func (w *SoleWatch) Observe(rec progress.Record, now time.Time) (limit uint64, ok bool) {
+	if w.peer != rec.Peer || rec.Epoch < w.epoch {
+		*w = SoleWatch{peer: rec.Peer, epoch: rec.Epoch, at: now}
+		return 0, false
+	}
+	adv := rec.Epoch - w.epoch
+	if now.Sub(w.at) < SoleWatchFor || adv < SoleAdvance {
+		return 0, false
+	}
+	if rec.Epoch+adv < rec.Epoch {
+		return math.MaxUint64, true
+	}
+	return rec.Epoch + adv, true
 }

@@ -37,6 +37,58 @@ func TestSwarmEpoch(t *testing.T) {
 	}
 }
 
+// The run's only holder is believed once it was watched advancing: a
+// record frozen far ahead (a liar's single record) never is, a holder that
+// trains is after SoleWatchFor, up to its epoch plus what it advanced while
+// watched; another holder restarts the watch, and two holders are not a
+// sole holder at all.
+func TestSoleWatch(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	if _, ok := SoleHolder([]progress.Record{online("a", 0, 5), online("b", 1, 5)}); ok {
+		t.Fatal("two holders taken for the run's only one")
+	}
+	j := online("j", -1, 0)
+	j.State = progress.StateJoining
+	rec, ok := SoleHolder([]progress.Record{online("x", 0, 600), j})
+	if !ok || rec.Peer != "x" {
+		t.Fatalf("sole holder %+v %v, want x", rec, ok)
+	}
+
+	var frozen SoleWatch
+	for s := range 10 {
+		if _, ok := frozen.Observe(online("x", 0, 600), t0.Add(time.Duration(s)*time.Second)); ok {
+			t.Fatalf("a record that never advanced was believed after %d s", s)
+		}
+	}
+
+	var w SoleWatch
+	steps := []struct {
+		after time.Duration
+		rec   progress.Record
+		limit uint64
+		ok    bool
+	}{
+		{0, online("v", 0, 97), 0, false},
+		{time.Second, online("v", 0, 200), 0, false},                // advancing, not watched long enough
+		{SoleWatchFor, online("v", 0, 415), 415 + 318, true},        // 318 epochs while watched
+		{SoleWatchFor + time.Second, online("w", 0, 900), 0, false}, // another holder: watch again
+		{2*SoleWatchFor + time.Second, online("w", 0, 901), 0, false},
+		{2*SoleWatchFor + time.Second, online("w", 0, 902), 904, true},
+		{3 * SoleWatchFor, online("w", 0, 10), 0, false}, // went back: watch again
+	}
+	for i, s := range steps {
+		limit, ok := w.Observe(s.rec, t0.Add(s.after))
+		if ok != s.ok || limit != s.limit {
+			t.Errorf("step %d (%s at epoch %d): limit %d %v, want %d %v", i, s.rec.Peer, s.rec.Epoch, limit, ok, s.limit, s.ok)
+		}
+	}
+	var huge SoleWatch
+	huge.Observe(online("z", 0, math.MaxUint64-3), t0)
+	if limit, ok := huge.Observe(online("z", 0, math.MaxUint64-1), t0.Add(SoleWatchFor)); !ok || limit != math.MaxUint64 {
+		t.Errorf("near 2^64: limit %d %v, want it saturated", limit, ok)
+	}
+}
+
 // lying adds to a clean two-shard swarm a Byzantine peer x on shard whose
 // record lie rewrites; it never averages or serves.
 func lyingSwarm(t *testing.T, epochs uint64, shard int, lie func(s *sim, r *progress.Record)) *sim {

@@ -151,12 +151,28 @@ const maxCandidates = 4
 // shard's only other holder) or, when settle (the donors disagreed for
 // several attempts), the newest offered at the corroborated epoch.
 func (t *Trainer) fetchSingle(ctx context.Context, sh engine.Shard, index int, donors []peer.ID, want statesync.Want, settle bool, noQuorum error) (*statesync.Snapshot, error) {
-	swarm := epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
+	live := t.tracker.Live(t.clk.Now())
+	swarm := epochs.SwarmEpoch(live)
 	want.Quorum = 1
+	runMax := want.MaxEpoch
 	want.MaxEpoch = min(want.MaxEpoch, swarm+1)
 	t.mu.Lock()
 	trained := t.trained
+	sole, isSole := epochs.SoleHolder(live)
+	isSole = isSole && !trained && len(donors) == 1 && donors[0].String() == sole.Peer
+	var limit uint64
+	if isSole {
+		limit, isSole = t.soleWatch.Observe(sole, t.clk.Now())
+	}
 	t.mu.Unlock()
+	if isSole && limit > want.MaxEpoch {
+		// The run's only holder, watched as it advanced: nothing can
+		// corroborate its epoch, and a joiner held to SwarmEpoch could
+		// never join it (epochs.SoleWatch).
+		want.MaxEpoch = min(runMax, limit)
+		t.log.Info("the shard's only holder is the run's only holder; taking its state up to the epoch it was seen to reach",
+			"shard", index, "donor", sole.Peer, "epoch", sole.Epoch, "max_epoch", want.MaxEpoch)
+	}
 	data := t.heldOutData(index)
 	var own float64
 	if len(data) > 0 {
@@ -201,7 +217,14 @@ func (t *Trainer) fetchSingle(ctx context.Context, sh engine.Shard, index int, d
 	if best == nil {
 		return nil, errors.Join(errs...)
 	}
-	if err := statesync.HeldOut(own, bestLoss, t.m.Training.LossMargin()); err != nil {
+	err := statesync.HeldOut(own, bestLoss, t.m.Training.LossMargin())
+	if err == nil && best.Epoch > swarm+1 && !(bestLoss < own) {
+		// Taken beyond the corroborated epoch only on the only holder's
+		// word (SoleWatch): a state it trained for epochs does better
+		// than this node's untrained one.
+		err = fmt.Errorf("%w: held-out loss %.4f at epoch %d, no better than the initial state's %.4f", statesync.ErrHeldOut, bestLoss, best.Epoch, own)
+	}
+	if err != nil {
 		for _, p := range best.From {
 			// Counted without a strike: a state that does worse is no
 			// proof of a lie (an honest holder may hold a state that

@@ -261,12 +261,15 @@ type Trainer struct {
 	trained bool
 	// distrusted are state-sync donors banned for the run.
 	distrusted map[peer.ID]bool
-	faults     map[string]bool // Config.Fault
-	done       bool
-	accuracy   float64
-	evalLoss   float64
-	movedAt    time.Time
-	inner      int // local mode: inner steps since the last outer step
+	// soleWatch watches the run's only holder before a joiner takes its
+	// state beyond the corroborated epoch (agree.go).
+	soleWatch epochs.SoleWatch
+	faults    map[string]bool // Config.Fault
+	done      bool
+	accuracy  float64
+	evalLoss  float64
+	movedAt   time.Time
+	inner     int // local mode: inner steps since the last outer step
 	// pending: an overlapped outer step is averaging; pendingInner is
 	// inner when its deltas were taken.
 	pending      bool

@@ -199,11 +199,13 @@ func TestLocalStepsMode(t *testing.T) {
 }
 
 func testLocalSteps(t *testing.T, overlap bool) {
-	// 30 outer rounds in every mode: 10 ended anywhere in 0.76-0.87 and 20
-	// in 0.81-0.90 even with every round averaged.
+	// 30 outer rounds. The outer momentum of long runs (0.9) needs hundreds
+	// of rounds to settle: with it 30 rounds ended anywhere in 0.74-0.86
+	// (overlapped) and the test measured the noise; with 0.5, six runs
+	// ended in 0.92-0.93 (0.91-0.93 with outer lr 1 and no momentum).
 	const steps = 300
 	m := smallMNIST(2, 64, steps)
-	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.9
+	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.5
 	m.Averaging.Overlap = overlap
 	s := &swarmT{t: t, m: m}
 	// The run takes about a second once it starts: hold training until all
@@ -238,8 +240,8 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	for i, tr := range s.tr {
 		t.Logf("node %d: %d outer rounds, %d averaged with a peer", i, tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load())
 	}
-	if st.Accuracy < 0.8 {
-		t.Fatalf("accuracy %.4f, want >= 0.8", st.Accuracy)
+	if st.Accuracy < 0.85 {
+		t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
 	}
 	if st.Averaging.GroupSize < 2 {
 		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
@@ -566,4 +568,29 @@ func (s slowEvalShard) Forward(b *engine.Batch, in []float32, train bool) ([]flo
 		time.Sleep(2 * time.Millisecond)
 	}
 	return out, loss, tape, err
+}
+
+// TestJoinTheRunsOnlyHolder: the first volunteer of a run trained alone
+// far past epoch 1; nothing corroborates its epoch, yet a second volunteer
+// joins it (state synced at its epoch, never the initial weights at epoch
+// 1) once it has watched the holder advance (epochs.SoleWatch), and the two
+// then train one model together.
+func TestJoinTheRunsOnlyHolder(t *testing.T) {
+	m := smallMNIST(1, 32, 100000)
+	s := &swarmT{t: t, m: m}
+	first := s.add(0, nil)
+	testutil.Eventually(t, time.Minute, testutil.Says("the first holder to train alone past epoch 30"), func() bool { return first.Status().Epoch >= 30 })
+	joinedAt := time.Now()
+	second := s.add(0, nil)
+	var at uint64
+	testutil.Eventually(t, time.Minute, testutil.Says("the second volunteer to join the first"), func() bool {
+		st := second.Status()
+		at = st.Epoch
+		return st.State == progress.StateOnline && st.Epoch >= 30
+	})
+	t.Logf("joined online at epoch %d after %s (the first holder at %d)", at, time.Since(joinedAt).Round(time.Millisecond), first.Status().Epoch)
+	testutil.Eventually(t, time.Minute, testutil.Says("the two to average together"), func() bool {
+		a, b := first.Status().Averaging, second.Status().Averaging
+		return a.GroupSize >= 2 && b.GroupSize >= 2
+	})
 }
