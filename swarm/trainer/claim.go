@@ -135,6 +135,8 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		}
 		epoch = epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	}
+	// stepMu too: snapshots and the outer step read the anchor under it.
+	t.stepMu.Lock()
 	t.mu.Lock()
 	t.shard = sh
 	t.epoch = epoch
@@ -150,6 +152,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	}
 	t.cond.Broadcast()
 	t.mu.Unlock()
+	t.stepMu.Unlock()
 	t.gossip.Poke()
 	return nil
 }
