@@ -72,24 +72,7 @@ func (l *logBuffer) String() string {
 func startLogged(t *testing.T, cfg Config) (*Node, *logBuffer) {
 	t.Helper()
 	buf := &logBuffer{}
-	n, err := New(cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatalf("new node: %v", err)
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- n.Run(context.Background()) }()
-	t.Cleanup(func() {
-		n.Close()
-		if err := <-errc; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	select {
-	case <-n.Ready():
-	case err := <-errc:
-		t.Fatalf("run: %v", err)
-	}
-	return n, buf
+	return startWith(t, cfg, slog.New(slog.NewTextHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))), buf
 }
 
 // Two volunteers that cannot punch (as in TestRunOverRelay) and a public
