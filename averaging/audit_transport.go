@@ -527,6 +527,9 @@ func (a *Averager) handleAudit(s network.Stream) {
 	default:
 		err = fmt.Errorf("%w: audit frame type %d", errMalformed, t)
 	}
+	if errors.Is(err, errRefused) {
+		return
+	}
 	if err != nil {
 		a.log.Debug("audit stream: refused", "peer", from, "err", err)
 		a.refuseAudit(from, err)
@@ -558,6 +561,9 @@ func longestList(parts [][]span) int {
 	}
 	return n
 }
+
+// errRefused: the message was refused (and counted) where it was read.
+var errRefused = errors.New("audit message refused")
 
 // refuseAudit refuses p's audit message for what err says it was.
 func (a *Averager) refuseAudit(p peer.ID, err error) {
@@ -662,7 +668,7 @@ func (a *Averager) serveClaim(s network.Stream, au *auditRound, j int, b []byte)
 }
 
 // takeReport checks member j's report and the evidence that follows it.
-func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte) error {
+func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte) (err error) {
 	rep, err := unmarshalAuditReport(b, len(au.g.Members), maxAuditParts)
 	if err != nil {
 		return err
@@ -689,6 +695,13 @@ func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte)
 	}
 	au.reporting[j] = true
 	defer func() { // taken, evidence and all: the audit may end
+		if err != nil {
+			// Refused before the report counts as taken: once it does,
+			// our round may end and show its refusals.
+			a.log.Debug("audit stream: refused", "peer", au.g.Members[j].ID, "err", err)
+			a.refuseAudit(au.g.Members[j].ID, err)
+			err = errRefused
+		}
 		au.mu.Lock()
 		au.reported[j] = true
 		au.signal()
