@@ -84,8 +84,8 @@ func TestCheckLinkAndHost(t *testing.T) {
 		{Link{Down: 2e9}, 1, "down"},
 		{Link{Delay: -ms(1)}, 1, "delay"},
 		{Link{Delay: time.Minute}, 1, "delay"},
-		{Link{Delay: ms(2)}, 1, "delay"},       // under 4 timer slacks
-		{Link{Up: 12.5e6}, 5, "up"},            // 5 × 100 Mbit/s > 400
+		{Link{Delay: ms(2)}, 1, "delay"},        // under 4 timer slacks
+		{Link{Up: 12.5e6}, 5, "up"},             // 5 × 100 Mbit/s > 400
 		{Link{Up: 1e6, Down: 125e6}, 1, "down"}, // 1 Gbit/s > 400 Mbit/s
 	}
 	for i, c := range cases {
