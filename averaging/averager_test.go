@@ -15,6 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/peerstore"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
 // newHosts starts n libp2p hosts on 127.0.0.1 (TCP, noise) that know each
@@ -274,6 +276,59 @@ func TestWithAbortEndsMatchmaking(t *testing.T) {
 	for i, v := range ps[0].vec {
 		if v != ps[0].orig[i] {
 			t.Fatalf("value %d changed by an aborted step: %v, was %v", i, v, ps[0].orig[i])
+		}
+	}
+}
+
+// Sparse deltas (local mode's compressed pseudo-gradients): each peer's
+// vector is what sparseq.Compressor left of it; the all-reduce ends with the
+// same vector everywhere, the weighted mean of the compressed inputs up to
+// the rounding of the returned parts, for a small fraction of the bytes.
+func TestAllreduceSparse(t *testing.T) {
+	const n = 3*sparseq.Block + 123
+	ps := newPeers(t, 3, n, func(_ int, c *Config) { roomyMatch(c); c.PartSize = sparseq.Block })
+	var wsum float64
+	for _, p := range ps {
+		c, err := sparseq.NewCompressor(0.02, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Compress(p.vec)
+		p.orig = append(p.orig[:0], p.vec...)
+		wsum += p.w
+	}
+	out := stepAll(ps, "run/shard0/delta", 1, nil, WithCompression(CodecSparse4))
+	want := make([]float64, n)
+	for _, p := range ps {
+		for k, x := range p.orig {
+			want[k] += p.w * float64(x) / wsum
+		}
+	}
+	for i, o := range out {
+		if o.err != nil || o.res.Fraction != 1 {
+			t.Fatalf("peer %d: %v (fraction %v)", i, o.err, o.res.Fraction)
+		}
+		// 2% of the values at 4 bits and their indices: far below fp32's
+		// 4 bytes a value each way.
+		if b := o.res.BytesSent + o.res.BytesReceived; b > 8*n/10 {
+			t.Errorf("peer %d: %d bytes for %d values", i, b, n)
+		}
+	}
+	for b := 0; b < n; b += sparseq.Block {
+		var amax float64
+		for k := b; k < min(b+sparseq.Block, n); k++ {
+			amax = max(amax, math.Abs(want[k]))
+		}
+		for k := b; k < min(b+sparseq.Block, n); k++ {
+			// The returned part is quantized again: half a step of 4 bits.
+			if d := math.Abs(float64(ps[0].vec[k]) - want[k]); d > amax/14*1.001+1e-7 {
+				t.Fatalf("value %d: %v, want %v (block max %v)", k, ps[0].vec[k], want[k], amax)
+			}
+			for i := 1; i < len(ps); i++ {
+				if ps[i].vec[k] != ps[0].vec[k] {
+					t.Fatalf("peer %d differs from peer 0 at %d", i, k)
+				}
+			}
 		}
 	}
 }

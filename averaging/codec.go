@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/swarm-train/swarm/internal/bf16"
+	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
 // littleEndian: raw float32 memory is already the CodecNone wire format.
@@ -41,7 +42,46 @@ const (
 	// Unlike fp16 and int8 it keeps the tiny gradient entries that Adam
 	// rescales to full-size steps, so it is the one to use for gradients.
 	CodecBF16 Codec = 3
+	// CodecSparse8, CodecSparse4 and CodecSparse2 send sparse vectors
+	// (package internal/sparseq): the nonzero values and their indices,
+	// each value quantized to 8, 4 or 2 bits on a grid of its block's
+	// largest magnitude (one float32 scale per sparseq.Block coordinates).
+	// They are for local mode's compressed deltas (WithCompression): a
+	// part's message grows with its nonzero values, up to about twice
+	// CodecNone's size for a dense part. The all-reduce starts every share
+	// on a multiple of sparseq.Block, so that, with a part size that is a
+	// multiple of it too, every part's blocks are the vector's and values
+	// quantized by sparseq.Compressor pass unchanged.
+	CodecSparse8 Codec = 4
+	CodecSparse4 Codec = 5
+	CodecSparse2 Codec = 6
 )
+
+// SparseCodec is the sparse codec of the given bit width (sparseq.Bits).
+func SparseCodec(bits int) (Codec, error) {
+	switch bits {
+	case 8:
+		return CodecSparse8, nil
+	case 4:
+		return CodecSparse4, nil
+	case 2:
+		return CodecSparse2, nil
+	}
+	return 0, fmt.Errorf("%w: %d-bit sparse values (want one of %v)", ErrBadInput, bits, sparseq.Bits)
+}
+
+// sparseBits is the bit width of a sparse codec, or 0.
+func (c Codec) sparseBits() int {
+	switch c {
+	case CodecSparse8:
+		return 8
+	case CodecSparse4:
+		return 4
+	case CodecSparse2:
+		return 2
+	}
+	return 0
+}
 
 // Int8Block is the number of values sharing one scale in CodecInt8.
 const Int8Block = 256
@@ -58,6 +98,8 @@ func (c Codec) String() string {
 		return "int8"
 	case CodecBF16:
 		return "bf16"
+	case CodecSparse8, CodecSparse4, CodecSparse2:
+		return fmt.Sprintf("sparse%d", c.sparseBits())
 	}
 	return fmt.Sprintf("codec(%d)", uint8(c))
 }
@@ -77,10 +119,14 @@ func ParseCodec(s string) (Codec, error) {
 	return 0, fmt.Errorf("averaging: unknown compression %q (want none, bf16, fp16 or int8)", s)
 }
 
-func (c Codec) valid() bool { return c <= CodecBF16 }
+func (c Codec) valid() bool { return c <= CodecSparse2 }
 
-// EncodedLen is the number of bytes n values take in codec c.
+// EncodedLen is the number of bytes n values take in codec c; for the
+// sparse codecs, the most they take.
 func (c Codec) EncodedLen(n int) int {
+	if b := c.sparseBits(); b > 0 {
+		return sparseq.MaxLen(n, b)
+	}
 	switch c {
 	case CodecFP16, CodecBF16:
 		return 2 * n
@@ -93,6 +139,9 @@ func (c Codec) EncodedLen(n int) int {
 
 // Encode appends the encoding of src to dst.
 func (c Codec) Encode(dst []byte, src []float32) []byte {
+	if b := c.sparseBits(); b > 0 {
+		return sparseq.Encode(dst, src, b)
+	}
 	start := len(dst)
 	need := c.EncodedLen(len(src))
 	if cap(dst)-start < need {
@@ -157,6 +206,13 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 func (c Codec) Decode(dst []float32, src []byte) error {
 	if !c.valid() {
 		return fmt.Errorf("%w: unknown codec %d", errCodec, c)
+	}
+	if b := c.sparseBits(); b > 0 {
+		// Every declared size is checked against len(dst) before a write.
+		if err := sparseq.Decode(dst, src, b); err != nil {
+			return fmt.Errorf("%w: %s: %v", errCodec, c, err)
+		}
+		return nil
 	}
 	if len(src) != c.EncodedLen(len(dst)) {
 		return fmt.Errorf("%w: %d bytes for %d values in %s", errCodec, len(src), len(dst), c)

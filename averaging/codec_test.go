@@ -1,6 +1,8 @@
 package averaging
 
 import (
+	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -94,8 +96,44 @@ func TestCodecRejectsBadInput(t *testing.T) {
 	}
 }
 
+// The sparse codecs: a round trip through Codec, and a message that
+// declares more values than the part has is refused before a write.
+func TestSparseCodecs(t *testing.T) {
+	src := make([]float32, 5000)
+	src[7], src[4095], src[4096], src[4999] = 3, -1, 0.25, 2
+	for _, bits := range []int{8, 4, 2} {
+		c, err := SparseCodec(bits)
+		if err != nil || c.String() != fmt.Sprintf("sparse%d", bits) {
+			t.Fatalf("SparseCodec(%d) = %v, %v", bits, c, err)
+		}
+		enc := c.Encode(nil, src)
+		if len(enc) > c.EncodedLen(len(src)) || len(enc) > 40 {
+			t.Fatalf("%s: %d bytes for 4 values (bound %d)", c, len(enc), c.EncodedLen(len(src)))
+		}
+		dst := make([]float32, len(src))
+		if err := c.Decode(dst, enc); err != nil {
+			t.Fatal(err)
+		}
+		if dst[7] != 3 || dst[4999] != 2 || dst[0] != 0 { // block maxima are exact
+			t.Fatalf("%s: decoded %v %v %v", c, dst[7], dst[4999], dst[0])
+		}
+		// The same message for a part of 4000 values: index 4999 is past it.
+		short := make([]float32, 4000)
+		if err := c.Decode(short, enc); !errors.Is(err, errCodec) {
+			t.Fatalf("%s: a part of 4000 took index 4999: %v", c, err)
+		}
+		// A count larger than the part.
+		if err := c.Decode(make([]float32, 3), []byte{4}); !errors.Is(err, errCodec) {
+			t.Fatalf("%s: 4 values in a part of 3: %v", c, err)
+		}
+	}
+	if _, err := SparseCodec(3); err == nil {
+		t.Fatal("3 bits accepted")
+	}
+}
+
 func FuzzCodecDecode(f *testing.F) {
-	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8, CodecBF16} {
+	for _, c := range []Codec{CodecNone, CodecFP16, CodecInt8, CodecBF16, CodecSparse8, CodecSparse4, CodecSparse2} {
 		f.Add(uint8(c), uint16(3), c.Encode(nil, []float32{1, -2, 3.5}))
 	}
 	f.Add(uint8(9), uint16(1), []byte{1, 2, 3, 4})

@@ -29,6 +29,13 @@ const maxBandwidthRatio = 8
 // Rounding leftovers go to the members with the largest fractional
 // remainders, ties to the lower index.
 func partition(vecLen int, members []member, partSize int) layout {
+	return partitionAligned(vecLen, members, partSize, 1)
+}
+
+// partitionAligned is partition with every share starting on a multiple of
+// align (the sparse codecs' blocks): each boundary moves to the nearest
+// multiple, so a share grows or shrinks by less than align.
+func partitionAligned(vecLen int, members []member, partSize, align int) layout {
 	n := len(members)
 	bw := make([]float64, n)
 	var pos []float64
@@ -67,6 +74,18 @@ func partition(vecLen int, members []member, partSize int) layout {
 			}
 			sizes[best]++
 			rem[best] = -1
+		}
+	}
+	if align > 1 {
+		prev, cum := 0, 0
+		for i := range sizes {
+			cum += sizes[i]
+			end := min(vecLen, (cum+align/2)/align*align)
+			if cum == vecLen {
+				end = vecLen
+			}
+			sizes[i] = end - prev
+			prev = end
 		}
 	}
 	l := layout{Shares: make([]span, n), Parts: make([][]span, n)}

@@ -31,6 +31,33 @@ func TestPartition(t *testing.T) {
 	}
 }
 
+// Aligned shares start on multiples of the block and still cover the
+// vector; clients still get none.
+func TestPartitionAligned(t *testing.T) {
+	ms := []member{{Bandwidth: 1}, {Bandwidth: 1}, {Bandwidth: 1, Client: true}, {Bandwidth: 2}}
+	for _, n := range []int{0, 100, 4096, 3*4096 + 5, 100003} {
+		l := partitionAligned(n, ms, 4096, 4096)
+		off := 0
+		for i, sh := range l.Shares {
+			if sh.Start != off || (sh.Start%4096 != 0 && sh.Start != n) {
+				t.Fatalf("n %d: share %d is %v", n, i, sh)
+			}
+			if ms[i].Client && sh.End != sh.Start {
+				t.Fatalf("n %d: client got %v", n, sh)
+			}
+			for _, p := range l.Parts[i] {
+				if p.Start%4096 != 0 {
+					t.Fatalf("n %d: part %v", n, p)
+				}
+			}
+			off = sh.End
+		}
+		if off != n {
+			t.Fatalf("n %d: shares end at %d", n, off)
+		}
+	}
+}
+
 // TestPartitionCapsBandwidth: a member declaring MaxBandwidth (a legal
 // value) reduces at most maxBandwidthRatio times a typical share, not the
 // whole vector; honest differences below the cap are kept.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
 // round is this peer's side of one all-reduce: the reducer accounting for its
@@ -56,7 +58,11 @@ func (r *round) out() []float32 {
 func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, weight float64, codec Codec) Result {
 	start := time.Now()
 	self := g.index(a.h.ID())
-	lay := partition(len(vec), g.Members, int(g.PartSize))
+	align := 1
+	if codec.sparseBits() > 0 {
+		align = sparseq.Block
+	}
+	lay := partitionAligned(len(vec), g.Members, int(g.PartSize), align)
 	deadline := start.Add(a.cfg.AllreduceTimeout)
 	rctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
