@@ -41,6 +41,8 @@ Logs are in --dir/*.log.`,
 			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
 			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
 			&cli.StringFlag{Name: "compression", Value: run.CompressNone, Usage: "averaging compression: none, bf16, fp16 or int8", EnvVars: []string{"DEMO_COMPRESSION"}},
+			&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress deltas to this fraction of their values (topk, error feedback; outer lr 1, momentum 0)", EnvVars: []string{"DEMO_DELTA_KEEP"}},
+			&cli.IntFlag{Name: "delta-bits", Value: 4, Usage: "with --delta-keep: bits a kept value (2, 4 or 8)", EnvVars: []string{"DEMO_DELTA_BITS"}},
 			&cli.IntFlag{Name: "threads", Value: 1, Usage: "engine threads per node", EnvVars: []string{"DEMO_THREADS"}},
 			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "progress interval"},
 			&cli.DurationFlag{Name: "timeout", Value: 20 * time.Minute, Usage: "give up after this long"},
@@ -86,6 +88,10 @@ func demo(c *cli.Context) error {
 		m.Averaging.Overlap = true
 	}
 	m.Averaging.Compression = c.String("compression")
+	if c.IsSet("delta-keep") {
+		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, c.Float64("delta-keep"), c.Int("delta-bits")
+		m.Averaging.OuterLR, m.Averaging.OuterMomentum = 1, 0
+	}
 	if err := m.Validate(); err != nil {
 		return cli.Exit("swarm demo: "+err.Error(), 2)
 	}
@@ -212,8 +218,34 @@ func demo(c *cli.Context) error {
 		printDemoLine(out, time.Since(begin), st)
 		if st.Accuracy >= 0 {
 			fmt.Fprintf(out, "demo: finished %d epochs in %.0f s; test accuracy %.2f%%\n", st.Epoch, time.Since(begin).Seconds(), 100*st.Accuracy)
+			if m.Averaging.Mode == run.ModeLocal {
+				printOuterTraffic(ctx, out, clients)
+			}
 			return nil
 		}
+	}
+}
+
+// printOuterTraffic prints, per node, the bytes of its local-mode outer
+// rounds against what fp32 deltas would take (a group of two: 4 bytes a
+// value out and back for its half, and the same as a reducer: 8 a value).
+func printOuterTraffic(ctx context.Context, out io.Writer, cls []*client.Client) {
+	for i, cl := range cls {
+		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := cl.Status(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		var ts trainer.Status
+		if json.Unmarshal(st.Services["training"], &ts) != nil || ts.OuterTraffic == nil {
+			continue
+		}
+		tr := ts.OuterTraffic
+		per := func(b int64, n uint64) float64 { return float64(b) / float64(max(n, 1)) }
+		fmt.Fprintf(out, "demo: node%d outer traffic: shard %d, %d values; %d delta rounds, %.0f bytes each (%.1f× fewer than fp32's %d); %d outer-state rounds, %.0f bytes each\n",
+			i+1, ts.Shard, tr.Values, tr.DeltaRounds, per(tr.DeltaBytes, tr.DeltaRounds), 8*float64(tr.Values)/max(per(tr.DeltaBytes, tr.DeltaRounds), 1),
+			8*tr.Values, tr.StateRounds, per(tr.StateBytes, tr.StateRounds))
 	}
 }
 

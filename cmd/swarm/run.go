@@ -61,6 +61,8 @@ the run's peers and check every chunk against it.`,
 					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
 					&cli.BoolFlag{Name: "overlap", Usage: "local mode: keep training while a round's deltas are averaged (default on; --overlap=false waits)"},
 					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, bf16, fp16 or int8 (sync gradients under Adam: none or bf16)"},
+					&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress outer rounds' deltas (delta_codec topk) to this fraction of their values, largest first, with error feedback (e.g. 0.02); sets outer lr 1 and momentum 0"},
+					&cli.IntFlag{Name: "delta-bits", Usage: "with --delta-keep: bits a kept value, 2, 4 or 8 (default 4)"},
 					&cli.StringFlag{Name: "aggregation", Usage: "how each reducer combines a group's values: mean, centered-clip or trimmed-mean (robust to members who lie)"},
 					&cli.Float64Flag{Name: "clip-tau", Usage: "centered-clip: τ as a multiple of the median distance from the coordinate median (0: 2)"},
 					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
@@ -197,6 +199,17 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		a.Overlap = c.Bool("overlap")
 	}
 	setString(c, "compression", &a.Compression)
+	if c.IsSet("delta-keep") {
+		// Error feedback already carries past rounds forward; on sparse
+		// deltas outer momentum hurt (mlp-mnist: README, BENCHMARKS.md).
+		a.DeltaCodec, a.DeltaKeep, a.DeltaBits, a.OuterLR, a.OuterMomentum = run.DeltaTopK, c.Float64("delta-keep"), 4, 1, 0
+	}
+	if c.IsSet("delta-bits") {
+		if a.DeltaCodec != run.DeltaTopK {
+			return nil, fmt.Errorf("--delta-bits: only with --delta-keep")
+		}
+		a.DeltaBits = c.Int("delta-bits")
+	}
 	// New runs aggregate robustly: centered-clip with norm_k 10 costs about
 	// 10% more CPU than the mean per round (BENCHMARKS.md) and keeps training
 	// within a point of the clean run with up to 1 in 4 lying holders.

@@ -174,6 +174,16 @@ type AveragingSpec struct {
 	// Without it, drawing stops at the end of each round until the outer
 	// step is taken.
 	Overlap bool `json:"overlap,omitempty"`
+	// DeltaCodec (local mode) compresses the deltas of outer rounds:
+	// "topk" sends, of each delta plus what earlier rounds left unsent
+	// (error feedback), the fraction DeltaKeep of values largest in
+	// magnitude, each quantized to DeltaBits (2, 4 or 8) bits with one
+	// scale per 4096 values (internal/sparseq); "" or "none" sends the
+	// deltas with Compression. Rounds that also average the outer state
+	// (every 10th and the last) go uncompressed.
+	DeltaCodec string  `json:"delta_codec,omitempty"`
+	DeltaKeep  float64 `json:"delta_keep,omitempty"`
+	DeltaBits  int     `json:"delta_bits,omitempty"`
 	// Aggregation is how each reducer of a group combines the members'
 	// values of its part: "mean" (or empty: the weighted mean), or, for runs
 	// that admit peers who may lie, "centered-clip" (CenteredClip from the
@@ -195,6 +205,39 @@ type AveragingSpec struct {
 	// and checks one part received from each; a reducer shown to lie is
 	// banned for the run and its share stays local (averaging/audit.go).
 	AuditParts int `json:"audit_parts,omitempty"`
+}
+
+// Delta codecs (AveragingSpec.DeltaCodec).
+const (
+	DeltaNone = "none"
+	DeltaTopK = "topk"
+)
+
+// validateDelta checks the delta compression of local mode.
+func (a AveragingSpec) validateDelta() error {
+	switch a.DeltaCodec {
+	case "", DeltaNone:
+		if a.DeltaKeep != 0 {
+			return fieldErr("averaging.delta_keep", "only with delta_codec topk (delta_codec is %q)", a.DeltaCodec)
+		}
+		if a.DeltaBits != 0 {
+			return fieldErr("averaging.delta_bits", "only with delta_codec topk (delta_codec is %q)", a.DeltaCodec)
+		}
+		return nil
+	case DeltaTopK:
+	default:
+		return fieldErr("averaging.delta_codec", "unknown codec %q (want none or topk)", a.DeltaCodec)
+	}
+	if a.Mode != ModeLocal {
+		return fieldErr("averaging.delta_codec", "only for local mode (mode is %q)", a.Mode)
+	}
+	if !(a.DeltaKeep > 0 && a.DeltaKeep <= 1) {
+		return fieldErr("averaging.delta_keep", "must be in (0, 1] (the fraction of each delta's values sent), got %g", a.DeltaKeep)
+	}
+	if a.DeltaBits != 2 && a.DeltaBits != 4 && a.DeltaBits != 8 {
+		return fieldErr("averaging.delta_bits", "must be 2, 4 or 8, got %d", a.DeltaBits)
+	}
+	return nil
 }
 
 // Aggregations (AveragingSpec.Aggregation).
@@ -505,6 +548,9 @@ func (a AveragingSpec) validate() error {
 	}
 	if a.TimeoutMS <= 0 {
 		return fieldErr("averaging.timeout_ms", "must be positive, got %d", a.TimeoutMS)
+	}
+	if err := a.validateDelta(); err != nil {
+		return err
 	}
 	return a.validateAggregation()
 }

@@ -24,7 +24,18 @@ func TestDefaultsValidate(t *testing.T) {
 	}
 }
 
+// localTopK makes m a local-mode run with compressed deltas (valid).
+func localTopK(m *Manifest) {
+	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = ModeLocal, 20, 0.7, 0.9
+	m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = DeltaTopK, 0.01, 4
+}
+
 func TestValidateNamesField(t *testing.T) {
+	valid := NewMLPMNIST(2)
+	localTopK(valid)
+	if err := valid.Validate(); err != nil {
+		t.Fatalf("local mode with topk deltas: %v", err)
+	}
 	cases := []struct {
 		name  string
 		edit  func(m *Manifest)
@@ -95,6 +106,16 @@ func TestValidateNamesField(t *testing.T) {
 		{"norm k infinite", func(m *Manifest) { m.Averaging.NormK = math.Inf(1) }, "averaging.norm_k"},
 		{"audit parts negative", func(m *Manifest) { m.Averaging.AuditParts = -1 }, "averaging.audit_parts"},
 		{"audit parts above 16", func(m *Manifest) { m.Averaging.AuditParts = 17 }, "averaging.audit_parts"},
+		{"unknown delta codec", func(m *Manifest) { localTopK(m); m.Averaging.DeltaCodec = "dct" }, "averaging.delta_codec"},
+		{"delta codec in sync mode", func(m *Manifest) { localTopK(m); m.Averaging.Mode = ModeSync }, "averaging.delta_codec"},
+		{"keep zero", func(m *Manifest) { localTopK(m); m.Averaging.DeltaKeep = 0 }, "averaging.delta_keep"},
+		{"keep negative", func(m *Manifest) { localTopK(m); m.Averaging.DeltaKeep = -0.1 }, "averaging.delta_keep"},
+		{"keep above 1", func(m *Manifest) { localTopK(m); m.Averaging.DeltaKeep = 1.5 }, "averaging.delta_keep"},
+		{"keep NaN", func(m *Manifest) { localTopK(m); m.Averaging.DeltaKeep = math.NaN() }, "averaging.delta_keep"},
+		{"3 bits", func(m *Manifest) { localTopK(m); m.Averaging.DeltaBits = 3 }, "averaging.delta_bits"},
+		{"0 bits", func(m *Manifest) { localTopK(m); m.Averaging.DeltaBits = 0 }, "averaging.delta_bits"},
+		{"keep without topk", func(m *Manifest) { m.Averaging.DeltaKeep = 0.01 }, "averaging.delta_keep"},
+		{"bits without topk", func(m *Manifest) { m.Averaging.DeltaBits = 8 }, "averaging.delta_bits"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -404,6 +404,9 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 		// Local mode serves the last outer state: the new anchor.
 		t.mu.Lock()
 		t.anchor = append(t.anchor[:0], snap.Params...)
+		if t.deltaComp != nil { // the residual was of the replaced trajectory
+			t.deltaComp.Reset()
+		}
 		t.mu.Unlock()
 	}
 	err = sh.Sync()

@@ -103,30 +103,52 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		taken = append([]float32(nil), p...)
 	}
 	full := act.Full
+	grouped := len(t.holders(index, false)) > 0
 	vec, key := append([]float32(nil), delta...), epochs.KeyDelta
-	if full {
+	opts := []averaging.StepOption{averaging.WithGroupSize(act.Group)}
+	var sent []float32 // a compressed delta as sent
+	switch {
+	case full:
+		if t.deltaComp != nil && len(t.deltaComp.Residual()) == len(vec) {
+			// The outer state goes uncompressed: so does all that is owed.
+			for i, e := range t.deltaComp.Residual() {
+				vec[i] += e
+			}
+			t.deltaComp.Reset()
+		}
 		vec, key = append(append(vec, t.anchor...), t.outerMom...), epochs.KeyOuter
+	case t.deltaComp != nil && grouped:
+		t.deltaComp.Compress(vec)
+		sent = append([]float32(nil), vec...)
+		opts = append(opts, averaging.WithCompression(t.deltaCodec))
 	}
 	t.stepMu.Unlock()
 	start := t.clk.Now()
 	info := avgInfo{Round: round, GroupSize: 1, Mode: "local"}
 	var outer []float32 // averaged anchor and momentum
-	if len(t.holders(index, false)) > 0 {
+	if sent != nil {
+		// Averaged alone, a holder applies what it would have sent; the
+		// rest stays in the residual, for the next round.
+		copy(delta, sent)
+	}
+	if grouped {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), averaging.WithGroupSize(act.Group))
+		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), opts...)
 		cancel()
 		if err == nil && finite(vec) {
 			copy(delta, vec)
 			if full {
 				outer = vec[len(delta):]
 			}
-			info = avgInfo{Round: round, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
+			info = avgInfo{Round: round, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode),
+				BytesSent: res.BytesSent, BytesReceived: res.BytesReceived, Key: key}
 		} else if err != nil && !errors.Is(err, averaging.ErrNoGroup) {
 			t.log.Debug("outer averaging failed", "round", round, "err", err)
 		}
 	}
 	info.Seconds = t.clk.Since(start).Seconds()
-	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds)
+	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds,
+		"bytes_sent", info.BytesSent, "bytes_received", info.BytesReceived, "values", len(vec))
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
 	carry := taken != nil && !t.finished(round+1)
 	if !carry {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
 
@@ -31,6 +32,11 @@ type meters struct {
 	avgRounds  atomic.Uint64 // averaging rounds finished (with peers or alone)
 	avgGrouped atomic.Uint64 // of them, rounds averaged with at least one peer
 	fetched    atomic.Uint64 // bytes of state downloaded from donors
+	// Local mode's rounds averaged with peers, by kind: delta rounds and
+	// rounds that also average the outer state, with the bytes this node
+	// sent and received in them.
+	deltaRounds, stateRounds atomic.Uint64
+	deltaBytes, stateBytes   atomic.Int64
 }
 
 type tpPoint struct {
@@ -45,6 +51,10 @@ type avgInfo struct {
 	Fraction  float64 `json:"fraction"`
 	Mode      string  `json:"mode"`
 	Seconds   float64 `json:"seconds"`
+	// Bytes this node sent and received in the round's all-reduce.
+	BytesSent     int64 `json:"bytes_sent,omitempty"`
+	BytesReceived int64 `json:"bytes_received,omitempty"`
+	Key           string `json:"-"` // local mode: epochs.KeyDelta or KeyOuter
 }
 
 // throughputWindow is the span over which samples/s is measured.
@@ -168,6 +178,14 @@ func (m *meters) averaged(info avgInfo) {
 	m.avgRounds.Add(1)
 	if info.GroupSize > 1 {
 		m.avgGrouped.Add(1)
+		switch info.Key {
+		case epochs.KeyDelta:
+			m.deltaRounds.Add(1)
+			m.deltaBytes.Add(info.BytesSent + info.BytesReceived)
+		case epochs.KeyOuter:
+			m.stateRounds.Add(1)
+			m.stateBytes.Add(info.BytesSent + info.BytesReceived)
+		}
 	}
 }
 

@@ -32,6 +32,9 @@ type Status struct {
 	Accuracy    float64       `json:"accuracy"`      // test accuracy at the end of the run, -1 before
 	ParamsHash  string        `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
 	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
+	// OuterTraffic (local mode): the outer rounds this node averaged with
+	// peers and their bytes, by kind.
+	OuterTraffic *OuterTraffic `json:"outer_traffic,omitempty"`
 	Shards      []ShardStatus `json:"shards"`
 	Peers       []PeerStatus  `json:"peers"`
 	// Credit is this node's credited work: the samples its receipts back.
@@ -61,6 +64,18 @@ type PeerStatus struct {
 	CreditCheck string `json:"credit_check,omitempty"`
 }
 
+// OuterTraffic counts local mode's outer rounds averaged with peers: delta
+// rounds (compressed with delta_codec topk) and rounds that also average
+// the outer state; bytes are what this node sent and received. Values is
+// the length of this node's delta.
+type OuterTraffic struct {
+	DeltaRounds uint64 `json:"delta_rounds"`
+	DeltaBytes  int64  `json:"delta_bytes"`
+	StateRounds uint64 `json:"state_rounds"`
+	StateBytes  int64  `json:"state_bytes"`
+	Values      int    `json:"values"`
+}
+
 // Status reports the trainer's view of the run.
 func (t *Trainer) Status() Status {
 	t.gossip.Current() // refresh our own record
@@ -80,6 +95,10 @@ func (t *Trainer) Status() Status {
 	}
 	if st.State == progress.StateOnline && paused {
 		st.State = progress.StatePaused
+	}
+	if !t.sync() {
+		st.OuterTraffic = &OuterTraffic{DeltaRounds: mt.deltaRounds.Load(), DeltaBytes: mt.deltaBytes.Load(),
+			StateRounds: mt.stateRounds.Load(), StateBytes: mt.stateBytes.Load(), Values: len(t.anchor)}
 	}
 	if wall > 0 {
 		st.Utilization = busy / wall

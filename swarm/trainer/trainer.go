@@ -105,6 +105,7 @@ import (
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
+	"github.com/swarm-train/swarm/internal/sparseq"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/credit"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -278,6 +279,11 @@ type Trainer struct {
 	// written under stepMu by the outer step and catch-up.
 	anchor   []float32
 	outerMom []float32
+	// deltaComp (delta_codec topk) compresses local mode's deltas with
+	// error feedback, sent with deltaCodec; written by the outer step and
+	// reset, under stepMu, when the anchor is replaced (claim, catch-up).
+	deltaComp  *sparseq.Compressor
+	deltaCodec averaging.Codec
 
 	kick      chan struct{}
 	wg        sync.WaitGroup
@@ -322,6 +328,14 @@ func New(cfg Config) (*Trainer, error) {
 	codec, err := averaging.ParseCodec(m.Averaging.Compression)
 	if err != nil {
 		return nil, err
+	}
+	if m.Averaging.DeltaCodec == run.DeltaTopK {
+		if t.deltaComp, err = sparseq.NewCompressor(m.Averaging.DeltaKeep, m.Averaging.DeltaBits); err != nil {
+			return nil, fmt.Errorf("trainer: averaging.delta_keep/delta_bits: %w", err)
+		}
+		if t.deltaCodec, err = averaging.SparseCodec(m.Averaging.DeltaBits); err != nil {
+			return nil, fmt.Errorf("trainer: averaging.delta_bits: %w", err)
+		}
 	}
 	t.avg, err = averaging.New(t.h, averaging.Config{
 		Peers:           t.averagingPeers,

@@ -194,11 +194,17 @@ func abs32(x float32) float32 {
 // parameters.
 func TestLocalStepsMode(t *testing.T) {
 	for _, overlap := range []bool{false, true} {
-		t.Run(fmt.Sprintf("overlap=%v", overlap), func(t *testing.T) { testLocalSteps(t, overlap) })
+		t.Run(fmt.Sprintf("overlap=%v", overlap), func(t *testing.T) { testLocalSteps(t, overlap, false) })
 	}
 }
 
-func testLocalSteps(t *testing.T, overlap bool) {
+// TestLocalStepsCompressed: local mode with deltas compressed to 5% of
+// their values at 4 bits (error feedback; outer lr 1 without momentum, as
+// run init sets for it) still trains, its delta rounds move less than a
+// twentieth of an uncompressed round's bytes, and holders end on one model.
+func TestLocalStepsCompressed(t *testing.T) { testLocalSteps(t, true, true) }
+
+func testLocalSteps(t *testing.T, overlap, topk bool) {
 	// 30 outer rounds. The outer momentum of long runs (0.9) needs hundreds
 	// of rounds to settle: with it 30 rounds ended anywhere in 0.74-0.86
 	// (overlapped) and the test measured the noise; with 0.5, six runs
@@ -207,6 +213,10 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	m := smallMNIST(2, 64, steps)
 	m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.OuterMomentum = run.ModeLocal, 10, 0.7, 0.5
 	m.Averaging.Overlap = overlap
+	if topk {
+		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, 0.05, 4
+		m.Averaging.OuterLR, m.Averaging.OuterMomentum = 1, 0
+	}
 	s := &swarmT{t: t, m: m}
 	// The run takes about a second once it starts: hold training until all
 	// four nodes are online, or the first two may finish it alone.
@@ -238,7 +248,16 @@ func testLocalSteps(t *testing.T, overlap bool) {
 	st := s.tr[0].Status()
 	t.Logf("local steps: accuracy %.4f, rounds %d, last averaging %+v", st.Accuracy, st.Epoch, st.Averaging)
 	for i, tr := range s.tr {
-		t.Logf("node %d: %d outer rounds, %d averaged with a peer", i, tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load())
+		t.Logf("node %d: %d outer rounds, %d averaged with a peer; delta rounds %d, %d bytes; outer-state rounds %d, %d bytes; %d values",
+			i, tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load(), tr.meters.deltaRounds.Load(), tr.meters.deltaBytes.Load(),
+			tr.meters.stateRounds.Load(), tr.meters.stateBytes.Load(), len(tr.anchor))
+		if d := tr.meters.deltaRounds.Load(); topk && d > 0 {
+			// Uncompressed, a member of a group of two sends and receives 4
+			// bytes a value for each half of the vector: 8 bytes a value.
+			if per, fp32 := tr.meters.deltaBytes.Load()/int64(d), int64(8*len(tr.anchor)); per*20 > fp32 {
+				t.Errorf("node %d: %d bytes a delta round, more than 1/20 of uncompressed fp32's %d", i, per, fp32)
+			}
+		}
 	}
 	if st.Accuracy < 0.85 {
 		t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
