@@ -52,8 +52,8 @@ type avgInfo struct {
 	Mode      string  `json:"mode"`
 	Seconds   float64 `json:"seconds"`
 	// Bytes this node sent and received in the round's all-reduce.
-	BytesSent     int64 `json:"bytes_sent,omitempty"`
-	BytesReceived int64 `json:"bytes_received,omitempty"`
+	BytesSent     int64  `json:"bytes_sent,omitempty"`
+	BytesReceived int64  `json:"bytes_received,omitempty"`
 	Key           string `json:"-"` // local mode: epochs.KeyDelta or KeyOuter
 }
 

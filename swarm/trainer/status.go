@@ -14,29 +14,29 @@ import (
 // Status is the training part of `swarm status --json` (under
 // services.training). The README documents it.
 type Status struct {
-	RunID       string        `json:"run_id"`
-	RunName     string        `json:"run_name"`
-	Mode        string        `json:"mode"`
-	Epoch       uint64        `json:"epoch"`  // this node's collaborative epoch
-	Epochs      int           `json:"epochs"` // in the whole run
-	Shard       int           `json:"shard"`  // held by this node, -1 before choosing
-	State       string        `json:"state"`
-	Samples     int           `json:"samples"` // the swarm's samples in this epoch so far
-	TargetBatch int           `json:"target_batch"`
-	SamplesPerS float64       `json:"samples_per_s"` // global: through the first shard
-	Loss        float64       `json:"loss"`          // recent training loss (last shard)
-	Utilization float64       `json:"utilization"`   // this node: time computing / wall time
-	BusySeconds float64       `json:"busy_seconds"`  // this node's time computing since the trainer started
-	WallSeconds float64       `json:"wall_seconds"`  // wall time since the trainer started
-	Processed   int64         `json:"processed"`     // samples through this node's shard since it started
-	Accuracy    float64       `json:"accuracy"`      // test accuracy at the end of the run, -1 before
-	ParamsHash  string        `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
-	Averaging   avgInfo       `json:"averaging"`     // this node's last averaging round
+	RunID       string  `json:"run_id"`
+	RunName     string  `json:"run_name"`
+	Mode        string  `json:"mode"`
+	Epoch       uint64  `json:"epoch"`  // this node's collaborative epoch
+	Epochs      int     `json:"epochs"` // in the whole run
+	Shard       int     `json:"shard"`  // held by this node, -1 before choosing
+	State       string  `json:"state"`
+	Samples     int     `json:"samples"` // the swarm's samples in this epoch so far
+	TargetBatch int     `json:"target_batch"`
+	SamplesPerS float64 `json:"samples_per_s"` // global: through the first shard
+	Loss        float64 `json:"loss"`          // recent training loss (last shard)
+	Utilization float64 `json:"utilization"`   // this node: time computing / wall time
+	BusySeconds float64 `json:"busy_seconds"`  // this node's time computing since the trainer started
+	WallSeconds float64 `json:"wall_seconds"`  // wall time since the trainer started
+	Processed   int64   `json:"processed"`     // samples through this node's shard since it started
+	Accuracy    float64 `json:"accuracy"`      // test accuracy at the end of the run, -1 before
+	ParamsHash  string  `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
+	Averaging   avgInfo `json:"averaging"`     // this node's last averaging round
 	// OuterTraffic (local mode): the outer rounds this node averaged with
 	// peers and their bytes, by kind.
 	OuterTraffic *OuterTraffic `json:"outer_traffic,omitempty"`
-	Shards      []ShardStatus `json:"shards"`
-	Peers       []PeerStatus  `json:"peers"`
+	Shards       []ShardStatus `json:"shards"`
+	Peers        []PeerStatus  `json:"peers"`
 	// Credit is this node's credited work: the samples its receipts back.
 	Credit credit.Totals `json:"credit"`
 }
