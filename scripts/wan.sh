@@ -27,7 +27,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -37,6 +37,8 @@ seconds=${WAN_SECONDS:-90}
 warmup=${WAN_WARMUP:-30}
 hidden=${WAN_HIDDEN:-1024,1024}
 local_steps=${WAN_LOCAL_STEPS:-50}
+delta_keep=${WAN_DELTA_KEEP:-0.015} # +topk rows: fraction of each delta sent
+delta_bits=${WAN_DELTA_BITS:-4}
 tag=sw$$ # prefix of every name this script creates
 work=$(mktemp -d /tmp/swarm-wan.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -121,14 +123,18 @@ stop_links() {
   wait "$link_pid" 2>/dev/null || true
 }
 
-# run_mode LINK MODE[:N][+bf16][+wait]: start the swarm (N micro-batches in
-# flight a first-shard node, else $WAN_IN_FLIGHT or adaptive; +bf16:
-# activations between shards in bf16; +wait: local mode without overlapping
-# averaging and training), train for $seconds, print one table row.
+# run_mode LINK MODE[:N][+bf16][+wait][+topk]: start the swarm (N
+# micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
+# adaptive; +bf16: activations between shards in bf16; +wait: local mode
+# without overlapping averaging and training; +topk: local mode's deltas
+# compressed to $delta_keep of their values at $delta_bits bits), train for
+# $seconds, print one table row.
 run_mode() {
   local link=$1 spec=${2%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//\//-}-${2//[:+]/-}"
   [[ $2 == *+bf16* ]] && bf16=1
   [[ $2 == *+wait* ]] && wait=1
+  local topk=""
+  [[ $2 == *+topk* ]] && topk=1
   mode=${spec%%:*}
   [[ $spec == *:* ]] && flight=${spec#*:}
   run_dir=$dir
@@ -137,6 +143,7 @@ run_mode() {
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
   [ -n "$bf16" ] && args+=(--activations bf16)
   [ -n "$wait" ] && args+=(--overlap=false)
+  [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   "$bin" "${args[@]}" >/dev/null
   ip netns exec "${tag}n0" "$bin" bootstrap --home "$dir/boot" --listen /ip4/10.77.0.2/tcp/4001 \
     --announce /ip4/10.77.0.1/tcp/4001 >"$dir/boot.out" 2>"$dir/boot.log" &
@@ -163,6 +170,7 @@ run_mode() {
   local label="$mode, in flight ${flight:-adaptive}"
   [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
   [ -n "$bf16" ] && label+=", bf16 activations"
+  [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
   IFS=/ read -r up down rtt <<<"$link"
   row=$(jq -rs --arg mode "$label" --arg link "$up up, $down down, $rtt RTT" '
     (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |
@@ -201,7 +209,7 @@ echo "|---|---|---|---|---|---|"
 for link in $links; do
   IFS=/ read -r up down rtt <<<"$link"
   start_links "$up" "$down" "$rtt"
-  for mode in ${WAN_MODES:-sync local local+bf16}; do
+  for mode in ${WAN_MODES:-sync local local+bf16 local+bf16+topk}; do
     run_mode "$link" "$mode"
   done
   stop_links

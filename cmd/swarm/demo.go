@@ -43,6 +43,8 @@ Logs are in --dir/*.log.`,
 			&cli.StringFlag{Name: "compression", Value: run.CompressNone, Usage: "averaging compression: none, bf16, fp16 or int8", EnvVars: []string{"DEMO_COMPRESSION"}},
 			&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress deltas to this fraction of their values (topk, error feedback; outer lr 1, momentum 0)", EnvVars: []string{"DEMO_DELTA_KEEP"}},
 			&cli.IntFlag{Name: "delta-bits", Value: 4, Usage: "with --delta-keep: bits a kept value (2, 4 or 8)", EnvVars: []string{"DEMO_DELTA_BITS"}},
+			&cli.Float64Flag{Name: "outer-lr", Usage: "local mode: outer learning rate (default 0.7; 1 with --delta-keep)", EnvVars: []string{"DEMO_OUTER_LR"}},
+			&cli.Float64Flag{Name: "outer-momentum", Usage: "local mode: outer Nesterov momentum (default 0.9; 0 with --delta-keep)", EnvVars: []string{"DEMO_OUTER_MOMENTUM"}},
 			&cli.IntFlag{Name: "threads", Value: 1, Usage: "engine threads per node", EnvVars: []string{"DEMO_THREADS"}},
 			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "progress interval"},
 			&cli.DurationFlag{Name: "timeout", Value: 20 * time.Minute, Usage: "give up after this long"},
@@ -91,6 +93,12 @@ func demo(c *cli.Context) error {
 	if c.IsSet("delta-keep") {
 		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, c.Float64("delta-keep"), c.Int("delta-bits")
 		m.Averaging.OuterLR, m.Averaging.OuterMomentum = 1, 0
+	}
+	if c.IsSet("outer-lr") {
+		m.Averaging.OuterLR = c.Float64("outer-lr")
+	}
+	if c.IsSet("outer-momentum") {
+		m.Averaging.OuterMomentum = c.Float64("outer-momentum")
 	}
 	if err := m.Validate(); err != nil {
 		return cli.Exit("swarm demo: "+err.Error(), 2)
