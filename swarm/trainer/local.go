@@ -92,6 +92,10 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 	t.stepMu.Lock()
 	t.mu.Lock()
 	samples, inner := t.samples, t.inner
+	if t.deltaStale && t.deltaComp != nil {
+		t.deltaComp.Reset()
+	}
+	t.deltaStale = false
 	if overlap {
 		t.pending, t.pendingInner = true, inner
 	}

@@ -280,10 +280,12 @@ type Trainer struct {
 	anchor   []float32
 	outerMom []float32
 	// deltaComp (delta_codec topk) compresses local mode's deltas with
-	// error feedback, sent with deltaCodec; written by the outer step and
-	// reset, under stepMu, when the anchor is replaced (claim, catch-up).
+	// error feedback, sent with deltaCodec; used under stepMu by the outer
+	// step, and reset when the anchor is replaced: by catch-up (under
+	// stepMu), or by the outer step when a claim set deltaStale (under mu).
 	deltaComp  *sparseq.Compressor
 	deltaCodec averaging.Codec
+	deltaStale bool
 
 	kick      chan struct{}
 	wg        sync.WaitGroup
