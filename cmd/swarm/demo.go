@@ -18,6 +18,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -239,10 +240,18 @@ func demo(c *cli.Context) error {
 // value out and back for its half, and the same as a reducer: 8 a value).
 func printOuterTraffic(ctx context.Context, out io.Writer, cls []*client.Client) {
 	for i, cl := range cls {
-		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		st, err := cl.Status(sctx)
-		cancel()
+		var st *api.Status
+		var err error
+		for range 3 { // a loaded machine answers slowly
+			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			st, err = cl.Status(sctx)
+			cancel()
+			if err == nil {
+				break
+			}
+		}
 		if err != nil {
+			fmt.Fprintf(out, "demo: node%d: no status: %v\n", i+1, err)
 			continue
 		}
 		var ts trainer.Status

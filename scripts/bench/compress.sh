@@ -43,7 +43,10 @@ row() {
       match($0, /delta rounds, [0-9]+ bytes/); d += substr($0, RSTART + 14, RLENGTH - 20)
       match($0, /outer-state rounds, [0-9]+ bytes/); o += substr($0, RSTART + 20, RLENGTH - 26)
     }
-    END { printf "| %s | %s | %.2f%% | %d | %.0f× fewer | %d |\n", label, lrm, acc, d, 8 * v / d, o }
+    END {
+      if (length(seen) < 2) { printf "| %s | %s | %.2f%% | (a shard reported no traffic) | | |\n", label, lrm, acc; exit }
+      printf "| %s | %s | %.2f%% | %d | %.0f× fewer | %d |\n", label, lrm, acc, d, 8 * v / d, o
+    }
   ' "$dir/out"
 }
 row "fp32" "0.7, 0.9"
