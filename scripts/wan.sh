@@ -37,8 +37,8 @@ seconds=${WAN_SECONDS:-90}
 warmup=${WAN_WARMUP:-30}
 hidden=${WAN_HIDDEN:-1024,1024}
 local_steps=${WAN_LOCAL_STEPS:-50}
-delta_keep=${WAN_DELTA_KEEP:-0.015} # +topk rows: fraction of each delta sent
-delta_bits=${WAN_DELTA_BITS:-4}
+delta_keep=${WAN_DELTA_KEEP:-0.03} # +topk rows: fraction of each delta sent
+delta_bits=${WAN_DELTA_BITS:-2}
 tag=sw$$ # prefix of every name this script creates
 work=$(mktemp -d /tmp/swarm-wan.XXXXXX)
 trap 'rm -rf "$work"' EXIT
