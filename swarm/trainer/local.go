@@ -145,7 +145,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 				outer = vec[len(delta):]
 			}
 			info = avgInfo{Round: round, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode),
-				BytesSent: res.BytesSent, BytesReceived: res.BytesReceived, Key: key}
+				BytesSent: res.BytesSent, BytesReceived: res.BytesReceived, Key: key, Values: len(delta)}
 		} else if err != nil && !errors.Is(err, averaging.ErrNoGroup) {
 			t.log.Debug("outer averaging failed", "round", round, "err", err)
 		}

@@ -37,6 +37,7 @@ type meters struct {
 	// sent and received in them.
 	deltaRounds, stateRounds atomic.Uint64
 	deltaBytes, stateBytes   atomic.Int64
+	deltaValues              atomic.Int64 // the length of the last delta
 }
 
 type tpPoint struct {
@@ -55,6 +56,7 @@ type avgInfo struct {
 	BytesSent     int64  `json:"bytes_sent,omitempty"`
 	BytesReceived int64  `json:"bytes_received,omitempty"`
 	Key           string `json:"-"` // local mode: epochs.KeyDelta or KeyOuter
+	Values        int    `json:"-"` // local mode: the delta's length
 }
 
 // throughputWindow is the span over which samples/s is measured.
@@ -178,6 +180,9 @@ func (m *meters) averaged(info avgInfo) {
 	m.avgRounds.Add(1)
 	if info.GroupSize > 1 {
 		m.avgGrouped.Add(1)
+		if info.Values > 0 {
+			m.deltaValues.Store(int64(info.Values))
+		}
 		switch info.Key {
 		case epochs.KeyDelta:
 			m.deltaRounds.Add(1)

@@ -98,7 +98,7 @@ func (t *Trainer) Status() Status {
 	}
 	if !t.sync() {
 		st.OuterTraffic = &OuterTraffic{DeltaRounds: mt.deltaRounds.Load(), DeltaBytes: mt.deltaBytes.Load(),
-			StateRounds: mt.stateRounds.Load(), StateBytes: mt.stateBytes.Load(), Values: len(t.anchor)}
+			StateRounds: mt.stateRounds.Load(), StateBytes: mt.stateBytes.Load(), Values: int(mt.deltaValues.Load())}
 	}
 	if wall > 0 {
 		st.Utilization = busy / wall

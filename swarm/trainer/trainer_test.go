@@ -250,11 +250,11 @@ func testLocalSteps(t *testing.T, overlap, topk bool) {
 	for i, tr := range s.tr {
 		t.Logf("node %d: %d outer rounds, %d averaged with a peer; delta rounds %d, %d bytes; outer-state rounds %d, %d bytes; %d values",
 			i, tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load(), tr.meters.deltaRounds.Load(), tr.meters.deltaBytes.Load(),
-			tr.meters.stateRounds.Load(), tr.meters.stateBytes.Load(), len(tr.anchor))
+			tr.meters.stateRounds.Load(), tr.meters.stateBytes.Load(), tr.meters.deltaValues.Load())
 		if d := tr.meters.deltaRounds.Load(); topk && d > 0 {
 			// Uncompressed, a member of a group of two sends and receives 4
 			// bytes a value for each half of the vector: 8 bytes a value.
-			if per, fp32 := tr.meters.deltaBytes.Load()/int64(d), int64(8*len(tr.anchor)); per*20 > fp32 {
+			if per, fp32 := tr.meters.deltaBytes.Load()/int64(d), 8*tr.meters.deltaValues.Load(); per*20 > fp32 {
 				t.Errorf("node %d: %d bytes a delta round, more than 1/20 of uncompressed fp32's %d", i, per, fp32)
 			}
 		}
