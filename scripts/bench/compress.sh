@@ -40,11 +40,13 @@ row() {
       match($0, /shard [0-9]+/); s = substr($0, RSTART + 6, RLENGTH - 6)
       if (s in seen) next; seen[s] = 1
       match($0, /[0-9]+ values/); v += substr($0, RSTART, RLENGTH - 7)
+      match($0, /[0-9]+ delta rounds/); if (substr($0, RSTART, RLENGTH - 13) + 0 == 0) alone = alone " " s
       match($0, /delta rounds, [0-9]+ bytes/); d += substr($0, RSTART + 14, RLENGTH - 20)
       match($0, /outer-state rounds, [0-9]+ bytes/); o += substr($0, RSTART + 20, RLENGTH - 26)
     }
     END {
       if (length(seen) < 2) { printf "| %s | %s | %.2f%% | (a shard reported no traffic) | | |\n", label, lrm, acc; exit }
+      if (alone != "") { printf "| %s | %s | %.2f%% | (shard%s: no delta round averaged with its peer) | | |\n", label, lrm, acc, alone; exit }
       printf "| %s | %s | %.2f%% | %d | %.0f× fewer | %d |\n", label, lrm, acc, d, 8 * v / d, o
     }
   ' "$dir/out"
