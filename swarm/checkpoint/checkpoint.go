@@ -50,6 +50,11 @@ type State struct {
 	Samples  int64         `json:"samples"` // training samples consumed
 	Position data.Position `json:"position"`
 	Shards   []ShardState  `json:"shards"`
+	// Epoch is the swarm's collaborative epoch the state belongs to, and
+	// Layout the hash of its shard's layout (LayoutHash): set in the
+	// checkpoints of a swarm node (one shard each), empty in swarm train's.
+	Epoch  uint64 `json:"epoch,omitempty"`
+	Layout string `json:"layout,omitempty"`
 }
 
 // ShardState is one shard's flat buffers (layout: run.Manifest.Layout).
@@ -71,11 +76,13 @@ type meta struct {
 	Samples  int64         `json:"samples"`
 	Position data.Position `json:"position"`
 	Shards   []shardMeta   `json:"shards"`
+	Epoch    uint64        `json:"epoch,omitempty"`
+	Layout   string        `json:"layout,omitempty"`
 }
 
 // Encode writes s in the checkpoint format.
 func Encode(w io.Writer, s *State) error {
-	md := meta{RunID: s.RunID, Step: s.Step, Samples: s.Samples, Position: s.Position}
+	md := meta{RunID: s.RunID, Step: s.Step, Samples: s.Samples, Position: s.Position, Epoch: s.Epoch, Layout: s.Layout}
 	bodyLen := uint64(0)
 	for _, sh := range s.Shards {
 		md.Shards = append(md.Shards, shardMeta{Index: sh.Index, Params: len(sh.Params), OptState: len(sh.OptState)})
@@ -165,7 +172,7 @@ func Decode(b []byte) (*State, error) {
 		rest = rest[4*n:]
 		return xs, nil
 	}
-	s := &State{RunID: md.RunID, Step: md.Step, Samples: md.Samples, Position: md.Position}
+	s := &State{RunID: md.RunID, Step: md.Step, Samples: md.Samples, Position: md.Position, Epoch: md.Epoch, Layout: md.Layout}
 	if md.Step < 0 || md.Samples < 0 || md.Position.Epoch < 0 || md.Position.Offset < 0 {
 		return nil, corrupt("negative step, samples or position")
 	}

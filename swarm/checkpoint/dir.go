@@ -111,7 +111,12 @@ func (d *Dir) List() ([]File, error) {
 // Latest loads the newest checkpoint that verifies, passing over damaged
 // ones (reported to OnSkip). It returns ErrNone, wrapping the reasons, when
 // no file verifies.
-func (d *Dir) Latest() (*State, string, error) {
+func (d *Dir) Latest() (*State, string, error) { return d.LatestFitting(nil) }
+
+// LatestFitting is Latest for the checkpoints that fits accepts (nil: all):
+// one it refuses is passed over like a damaged one, reported to OnSkip with
+// its error, and left where it is.
+func (d *Dir) LatestFitting(fits func(*State) error) (*State, string, error) {
 	files, err := d.List()
 	if err != nil {
 		return nil, "", err
@@ -119,6 +124,11 @@ func (d *Dir) Latest() (*State, string, error) {
 	var errs []error
 	for i := len(files) - 1; i >= 0; i-- {
 		s, err := ReadFile(files[i].Path)
+		if err == nil && fits != nil {
+			if err = fits(s); err != nil {
+				err = fmt.Errorf("%s: %w", files[i].Path, err)
+			}
+		}
 		if err == nil {
 			return s, files[i].Path, nil
 		}

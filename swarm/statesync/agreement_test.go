@@ -73,7 +73,7 @@ func TestBadDonorsReported(t *testing.T) {
 				return
 			}
 			if req[0] == opHeader {
-				f, _ := fake.freeze(1)
+				f, _ := fake.freeze(1, false)
 				_ = writeFrame(st, statusOK, f.enc)
 				continue
 			}
@@ -87,7 +87,7 @@ func TestBadDonorsReported(t *testing.T) {
 		if _, err := io.ReadFull(st, req[:]); err != nil {
 			return
 		}
-		f, _ := slow.freeze(1)
+		f, _ := slow.freeze(1, false)
 		_ = writeFrame(st, statusOK, f.enc)
 		_, _ = io.Copy(io.Discard, st) // never answers a chunk
 	})

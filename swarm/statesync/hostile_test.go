@@ -199,7 +199,7 @@ func TestFrozenCopiesBounded(t *testing.T) {
 	for e := range uint64(5) {
 		epoch.Store(e)
 		clk.Advance(time.Second)
-		f, err := srv.snapshot(1)
+		f, err := srv.snapshot(1, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -217,7 +217,7 @@ func TestFrozenCopiesBounded(t *testing.T) {
 	if len(srv.snaps) != 1 {
 		t.Fatalf("%d copies after the downloads ended, want the newest only", len(srv.snaps))
 	}
-	f, err := srv.snapshot(1)
+	f, err := srv.snapshot(1, false)
 	if err != nil || f.hdr.Epoch != 4 {
 		t.Fatalf("after release: epoch %v, %v; want 4", f, err)
 	}

@@ -40,7 +40,10 @@ import (
 
 // Protocol is the snapshot download protocol. A request is
 // [op u8][shard u32][snapshot u64][chunk u32]; op 1 asks for the snapshot's
-// header (a new snapshot if snapshot is 0 or unknown), op 2 for one chunk.
+// header (a new snapshot if snapshot is 0 or unknown), op 2 for one chunk,
+// op 3 for the header of the donor's newest checkpoint of the shard (a
+// state it keeps on disk, whether it holds the shard now or not; its
+// chunks are then asked with op 2).
 const Protocol protocol.ID = "/swarm/train/state/1.0.0"
 
 // ChunkFloats is the number of float32 values in one chunk (1 MiB).
@@ -53,8 +56,9 @@ const (
 )
 
 const (
-	opHeader = 1
-	opChunk  = 2
+	opHeader     = 1
+	opChunk      = 2
+	opCheckpoint = 3
 
 	statusOK    = 0
 	statusError = 1
@@ -81,6 +85,8 @@ type Snapshot struct {
 	Donors int
 	From   []peer.ID
 	Others []Offer
+	// Content is the state's content hash (Header.Content), set by Fetch.
+	Content [32]byte
 }
 
 // Offer is a donor's offer of a state of epoch Epoch.
@@ -110,6 +116,21 @@ func (h *Header) total() uint64 { return h.NParams + h.NOpt }
 // the sizes and every chunk's hash. Donors offering the same content hash
 // offer the same state.
 func (h *Header) Content() [32]byte { return h.key() }
+
+// ContentOf is the content hash a donor's header would carry for snap: a
+// node compares its own state with the ones peers offer.
+func ContentOf(snap *Snapshot) [32]byte { return headerOf(snap).key() }
+
+// headerOf builds snap's header (without its ID).
+func headerOf(snap *Snapshot) *Header {
+	data := snap.flat()
+	hdr := &Header{Epoch: snap.Epoch, Step: snap.Step, NParams: uint64(len(snap.Params)), NOpt: uint64(len(snap.Opt))}
+	for i := 0; i*ChunkFloats < len(data); i++ {
+		lo, hi := chunkRange(uint64(len(data)), i)
+		hdr.Hashes = append(hdr.Hashes, sha256.Sum256(floatsToBytes(data[lo:hi])))
+	}
+	return hdr
+}
 
 // key groups donors offering the same snapshot.
 func (h *Header) key() [32]byte {
@@ -263,6 +284,9 @@ type Server struct {
 	// epoch returns the epoch of the state take would copy now, and
 	// whether this node holds shard (nil: freezes are bounded by gap only).
 	epoch func(shard int) (uint64, bool)
+	// ckpt returns the node's newest checkpoint of a shard (nil: none
+	// served; op 3 is refused).
+	ckpt func(shard int) (*Snapshot, error)
 
 	mu       sync.Mutex
 	snaps    map[uint64]*frozen
@@ -287,6 +311,7 @@ type frozen struct {
 	enc   []byte // hdr's wire form
 	data  []float32
 	shard int
+	key   int // in latest and freezing: shard, or -1-shard for a checkpoint
 	at    time.Time // frozen then
 	users int       // streams downloading it
 }
@@ -305,6 +330,10 @@ func NewServer(h host.Host, take func(shard int) (*Snapshot, error)) *Server {
 // (nil: the wall clock). Call it before serving.
 func (s *Server) SetClock(c clock.Clock) { s.clk = clock.Or(c) }
 
+// SetCheckpoints makes s serve, on op 3, the state take returns for a
+// shard: the node's newest checkpoint of it. Call it before serving.
+func (s *Server) SetCheckpoints(take func(shard int) (*Snapshot, error)) { s.ckpt = take }
+
 // SetEpoch tells s the epoch of the state take would copy (and whether this
 // node holds the shard): a copy of the current epoch is never frozen again.
 // Call it before serving.
@@ -316,19 +345,23 @@ func (s *Server) Close() { s.h.RemoveStreamHandler(Protocol) }
 // snapshot returns the frozen copy of shard to serve, freezing one if the
 // newest is of an older epoch and at least gap old (or there is none). Its
 // users count includes the caller's; release it with s.drop.
-func (s *Server) snapshot(shard int) (*frozen, error) {
+func (s *Server) snapshot(shard int, ckpt bool) (*frozen, error) {
+	key := shard // the copies of live states and of checkpoints apart
+	if ckpt {
+		key = -1 - shard
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
-		if ch := s.freezing[shard]; ch != nil {
+		if ch := s.freezing[key]; ch != nil {
 			s.mu.Unlock()
 			<-ch
 			s.mu.Lock()
 			continue
 		}
 		s.releaseLocked()
-		cur := s.latest[shard]
-		if cur != nil && (!s.staleLocked(cur) || len(s.snaps) >= MaxFrozen) {
+		cur := s.latest[key]
+		if cur != nil && (!s.staleLocked(cur, ckpt) || len(s.snaps) >= MaxFrozen) {
 			cur.users++
 			return cur, nil
 		}
@@ -338,11 +371,11 @@ func (s *Server) snapshot(shard int) (*frozen, error) {
 		break
 	}
 	done := make(chan struct{})
-	s.freezing[shard] = done
+	s.freezing[key] = done
 	s.mu.Unlock()
-	f, err := s.freeze(shard)
+	f, err := s.freeze(shard, ckpt)
 	s.mu.Lock()
-	delete(s.freezing, shard)
+	delete(s.freezing, key)
 	close(done)
 	if err != nil {
 		return nil, err
@@ -351,19 +384,20 @@ func (s *Server) snapshot(shard int) (*frozen, error) {
 		f = old // the same state again: keep the copy others download
 		f.at = s.clk.Now()
 	}
+	f.key = key
 	s.snaps[f.hdr.ID] = f
-	s.latest[shard] = f
+	s.latest[key] = f
 	f.users++
 	s.releaseLocked()
 	return f, nil
 }
 
 // staleLocked reports whether a newer copy than f may be frozen now.
-func (s *Server) staleLocked(f *frozen) bool {
+func (s *Server) staleLocked(f *frozen, ckpt bool) bool {
 	if s.clk.Now().Sub(f.at) < s.gap {
 		return false
 	}
-	if s.epoch != nil {
+	if s.epoch != nil && !ckpt {
 		e, ok := s.epoch(f.shard)
 		return ok && e > f.hdr.Epoch
 	}
@@ -378,10 +412,10 @@ func (s *Server) releaseLocked() {
 		if f.users > 0 {
 			continue
 		}
-		if s.latest[f.shard] != f || now.Sub(f.at) > s.ttl {
+		if s.latest[f.key] != f || now.Sub(f.at) > s.ttl {
 			delete(s.snaps, id)
-			if s.latest[f.shard] == f {
-				delete(s.latest, f.shard)
+			if s.latest[f.key] == f {
+				delete(s.latest, f.key)
 			}
 		}
 	}
@@ -399,17 +433,19 @@ func (s *Server) drop(f *frozen) {
 }
 
 // freeze copies shard's state through take and hashes its chunks.
-func (s *Server) freeze(shard int) (*frozen, error) {
-	snap, err := s.take(shard)
+func (s *Server) freeze(shard int, ckpt bool) (*frozen, error) {
+	take := s.take
+	if ckpt {
+		if take = s.ckpt; take == nil {
+			return nil, errors.New("this node serves no checkpoints")
+		}
+	}
+	snap, err := take(shard)
 	if err != nil {
 		return nil, err
 	}
 	data := snap.flat()
-	hdr := &Header{Epoch: snap.Epoch, Step: snap.Step, NParams: uint64(len(snap.Params)), NOpt: uint64(len(snap.Opt))}
-	for i := 0; i*ChunkFloats < len(data); i++ {
-		lo, hi := chunkRange(uint64(len(data)), i)
-		hdr.Hashes = append(hdr.Hashes, sha256.Sum256(floatsToBytes(data[lo:hi])))
-	}
+	hdr := headerOf(snap)
 	// Donors of the same state give it the same ID so a joiner can mix them.
 	k := hdr.key()
 	hdr.ID = binary.BigEndian.Uint64(k[:8])
@@ -470,8 +506,8 @@ func (s *Server) handle(st network.Stream) {
 		id, chunk := binary.BigEndian.Uint64(req[5:]), int(binary.BigEndian.Uint32(req[13:]))
 		_ = st.SetDeadline(clock.WallDeadline(serveTimeout))
 		switch op {
-		case opHeader:
-			f, err := s.snapshot(shard)
+		case opHeader, opCheckpoint:
+			f, err := s.snapshot(shard, op == opCheckpoint)
 			if err != nil {
 				_ = writeFrame(st, statusError, []byte(err.Error()))
 				return
@@ -544,6 +580,12 @@ type Want struct {
 	// malformed or not finite, or who stalled past the request timeout:
 	// evidence to ban it for. A donor that went away is not reported.
 	Bad func(p peer.ID, err error)
+	// Checkpoint asks for the donors' checkpoints of the shard (op 3)
+	// instead of the states they hold now.
+	Checkpoint bool
+	// Content, when set, is the only state accepted (its content hash):
+	// a donor offering another is passed over.
+	Content *[32]byte
 }
 
 // chunks is the number of chunks of the wanted state.
@@ -556,6 +598,9 @@ func (w Want) check(h *Header) error {
 	}
 	if h.Epoch > w.MaxEpoch {
 		return fmt.Errorf("offers epoch %d, the run has %d", h.Epoch, w.MaxEpoch)
+	}
+	if w.Content != nil && h.key() != *w.Content {
+		return fmt.Errorf("offers another state than the one wanted (epoch %d)", h.Epoch)
 	}
 	return nil
 }
@@ -712,7 +757,8 @@ func Fetch(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeou
 		from[i] = o.p
 	}
 	return &Snapshot{Shard: shard, Epoch: hdr.Epoch, Step: hdr.Step,
-		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use), From: from, Others: others}, nil
+		Params: data[:hdr.NParams:hdr.NParams], Opt: data[hdr.NParams:], Donors: len(use), From: from, Others: others,
+		Content: best}, nil
 }
 
 // errLie marks a chunk that cannot be the state its donor's header
@@ -742,7 +788,11 @@ func askHeader(ctx context.Context, h host.Host, p peer.ID, want Want, timeout t
 		return nil, nil, err
 	}
 	_ = st.SetDeadline(clock.WallDeadline(timeout))
-	if _, err := st.Write(request(opHeader, want.Shard, 0, 0)); err != nil {
+	op := byte(opHeader)
+	if want.Checkpoint {
+		op = opCheckpoint
+	}
+	if _, err := st.Write(request(op, want.Shard, 0, 0)); err != nil {
 		st.Reset()
 		return nil, nil, err
 	}
@@ -789,3 +839,43 @@ func askChunk(st network.Stream, shard int, hdr *Header, i int, timeout time.Dur
 // SetRefusals makes s count and log the requests it refuses in r. Call it
 // before serving.
 func (s *Server) SetRefusals(r *guard.Refusals) { s.refuse = r }
+
+// HeaderOffer is a donor's offer as its header tells it: the epoch and the
+// content hash of the state it would send.
+type HeaderOffer struct {
+	Peer    peer.ID
+	Epoch   uint64
+	Step    int64
+	Content [32]byte
+}
+
+// Offers asks every donor (in parallel, timeout each) for the header of
+// the state want describes and returns the offers that fit it, without
+// downloading a chunk: a node compares the checkpoints peers keep of a
+// shard before it chooses one. Donors that offer nothing are left out.
+func Offers(ctx context.Context, h host.Host, donors []peer.ID, want Want, timeout time.Duration) []HeaderOffer {
+	var (
+		mu  sync.Mutex
+		out []HeaderOffer
+		wg  sync.WaitGroup
+	)
+	for _, p := range donors {
+		if p == h.ID() {
+			continue
+		}
+		wg.Add(1)
+		go func(p peer.ID) {
+			defer wg.Done()
+			st, hdr, err := askHeader(ctx, h, p, want, timeout)
+			if err != nil {
+				return
+			}
+			st.Close()
+			mu.Lock()
+			out = append(out, HeaderOffer{Peer: p, Epoch: hdr.Epoch, Step: hdr.Step, Content: hdr.key()})
+			mu.Unlock()
+		}(p)
+	}
+	wg.Wait()
+	return out
+}

@@ -72,7 +72,7 @@ func TestFetchSeveralDonors(t *testing.T) {
 				return
 			}
 			if req[0] == opHeader {
-				f, _ := real.freeze(1)
+				f, _ := real.freeze(1, false)
 				_ = writeFrame(st, statusOK, f.enc)
 				continue
 			}
@@ -138,7 +138,7 @@ func TestDonorStallsMidway(t *testing.T) {
 		if _, err := io.ReadFull(st, req[:]); err != nil {
 			return
 		}
-		f, _ := real.freeze(1)
+		f, _ := real.freeze(1, false)
 		_ = writeFrame(st, statusOK, f.enc)
 		_, _ = io.Copy(io.Discard, st) // never answers a chunk
 	})
@@ -158,7 +158,7 @@ func TestDonorStallsMidway(t *testing.T) {
 func FuzzDecodeHeader(f *testing.F) {
 	s := state(ChunkFloats+5, 3, 2)
 	srv := &Server{take: holder(s), clk: clock.Real}
-	fr, _ := srv.freeze(1)
+	fr, _ := srv.freeze(1, false)
 	f.Add(encodeHeader(fr.hdr))
 	f.Add(make([]byte, 44))
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -1,0 +1,87 @@
+package checkpoint
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/swarm-train/swarm/spec/run"
+)
+
+// A swarm node keeps one folder of checkpoints per shard it held, under
+// its home: HOME/runs/<run ID>/shard-<k>/ (ShardPath). Each file holds one
+// shard's state (State.Shards has one entry) with the run ID, the swarm's
+// epoch and the layout hash, which Fits checks before the node loads it.
+
+// ShardPath is the folder of shard index's checkpoints of run runID under
+// runsDir (HOME/runs).
+func ShardPath(runsDir, runID string, index int) string {
+	return filepath.Join(runsDir, runID, fmt.Sprintf("shard-%d", index))
+}
+
+// LayoutHash names shard index's layout in m: a SHA-256 over its tensors'
+// names, shapes and offsets, so a checkpoint of another cut of the model
+// (another engine's layout, other shard bounds) is refused.
+func LayoutHash(m *run.Manifest, index int) (string, error) {
+	layout, err := m.Layout(index)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "shard %d of %d\n", index, len(m.Shards))
+	for _, t := range layout {
+		fmt.Fprintf(h, "%s %v %d\n", t.Name, t.Shape, t.Offset)
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16]), nil
+}
+
+// ErrMismatch is a checkpoint that verifies but belongs to another run,
+// layout or shard (or has other sizes): MismatchError names the field.
+var ErrMismatch = errors.New("checkpoint: does not fit")
+
+// MismatchError names the field of a checkpoint that does not fit.
+type MismatchError struct {
+	Field     string // run_id, layout, shard, params, opt_state
+	Got, Want string
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("checkpoint of another %s: %s is %s, want %s", e.Field, e.Field, e.Got, e.Want)
+}
+
+func (e *MismatchError) Unwrap() error { return ErrMismatch }
+
+// Identity is what a node's checkpoint of one shard must carry.
+type Identity struct {
+	RunID    string
+	Layout   string
+	Shard    int
+	Params   int
+	OptState int
+}
+
+// Fits checks that s is a node checkpoint of id: one shard, of the same
+// run, layout and shard, with the layout's sizes. The error names the first
+// field that differs.
+func (s *State) Fits(id Identity) error {
+	mis := func(field string, got, want any) error {
+		return &MismatchError{Field: field, Got: fmt.Sprint(got), Want: fmt.Sprint(want)}
+	}
+	switch {
+	case s.RunID != id.RunID:
+		return mis("run_id", s.RunID, id.RunID)
+	case s.Layout != id.Layout:
+		return mis("layout", s.Layout, id.Layout)
+	case len(s.Shards) != 1:
+		return mis("shards", len(s.Shards), 1)
+	case s.Shards[0].Index != id.Shard:
+		return mis("shard", s.Shards[0].Index, id.Shard)
+	case len(s.Shards[0].Params) != id.Params:
+		return mis("params", len(s.Shards[0].Params), id.Params)
+	case len(s.Shards[0].OptState) != id.OptState:
+		return mis("opt_state", len(s.Shards[0].OptState), id.OptState)
+	}
+	return nil
+}
