@@ -311,7 +311,7 @@ type frozen struct {
 	enc   []byte // hdr's wire form
 	data  []float32
 	shard int
-	key   int // in latest and freezing: shard, or -1-shard for a checkpoint
+	key   int       // in latest and freezing: shard, or -1-shard for a checkpoint
 	at    time.Time // frozen then
 	users int       // streams downloading it
 }
