@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -31,6 +32,10 @@ func trainingFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
 		&cli.IntFlag{Name: "in-flight", Usage: "micro-batches a first-shard node keeps in the pipeline at once, 1-64 (default: adapts to the pipeline's round trip)", EnvVars: []string{"SWARM_IN_FLIGHT"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
+		&cli.IntFlag{Name: "checkpoint-every-epochs", Usage: "checkpoint the shard's state every this many epochs (default: the manifest's checkpoint.every_epochs, else 50)", EnvVars: []string{"SWARM_CHECKPOINT_EVERY_EPOCHS"}},
+		&cli.DurationFlag{Name: "checkpoint-every", Usage: "checkpoint the shard's state at least this often (default: the manifest's checkpoint.every_minutes, else 10m)", EnvVars: []string{"SWARM_CHECKPOINT_EVERY"}},
+		&cli.IntFlag{Name: "checkpoint-keep", Usage: "checkpoints kept per shard under HOME/runs/<run ID>/ (default: the manifest's checkpoint.keep, else 3)", EnvVars: []string{"SWARM_CHECKPOINT_KEEP"}},
+		&cli.BoolFlag{Name: "no-checkpoints", Usage: "neither write nor resume from checkpoints (a restart then syncs from live holders only)", EnvVars: []string{"SWARM_NO_CHECKPOINTS"}},
 		&cli.StringFlag{Name: "bench-cache", Usage: "swarm bench's cache, read for the throughput to announce (default: the user cache dir's swarm/bench.json)", EnvVars: []string{"SWARM_BENCH_CACHE"}},
 		&cli.DurationFlag{Name: "gpu-sample-every", Value: 5 * time.Second, Usage: "interval between GPU telemetry samples for the limits", EnvVars: []string{"SWARM_GPU_SAMPLE_EVERY"}},
 		// Fault injection for the exclusion tests: send NaN activations and gradients.
@@ -127,6 +132,14 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 	if f := c.Int("in-flight"); f < 0 || f > trainer.MaxInFlight {
 		return fmt.Errorf("--in-flight %d: want 1 to %d, or 0 to adapt", f, trainer.MaxInFlight)
 	}
+	ck := trainer.Checkpoints{Dir: filepath.Join(cfg.Home, "runs"), EveryEpochs: c.Int("checkpoint-every-epochs"),
+		Every: c.Duration("checkpoint-every"), Keep: c.Int("checkpoint-keep")}
+	if ck.EveryEpochs < 0 || ck.Every < 0 || ck.Keep < 0 || ck.Keep > run.MaxCheckpointKeep {
+		return fmt.Errorf("--checkpoint-every-epochs, --checkpoint-every and --checkpoint-keep must not be negative (keep at most %d)", run.MaxCheckpointKeep)
+	}
+	if c.Bool("no-checkpoints") || cfg.Home == "" {
+		ck = trainer.Checkpoints{}
+	}
 	eng, choice, device, gpus, err := openEngine(c, l, log)
 	if err != nil {
 		return err
@@ -144,6 +157,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 		Fault:          c.String("fault"),
 		Logger:         log,
 		Rate:           announcedRate(c.String("bench-cache"), eng, m, device, log),
+		Checkpoints:    ck,
 	}, Engine: choice.Name(), Limits: l, SampleEvery: c.Duration("gpu-sample-every"), Data: data}
 	if len(gpus) > 0 {
 		// GPUs train: the governor watches them (pausing on heat or on
@@ -205,6 +219,15 @@ func printTraining(w io.Writer, st *api.Status, raw json.RawMessage) {
 		fmt.Fprintf(tw, "%d\t%d\t%.0f\t%s\n", s.Index, len(s.Peers), s.Throughput, strings.Join(ids, " "))
 	}
 	tw.Flush()
+	for _, s := range st.Shards {
+		if s.NoHolder {
+			seen := "never seen held"
+			if s.LastSeenEpoch != nil {
+				seen = fmt.Sprintf("last seen epoch %d", *s.LastSeenEpoch)
+			}
+			fmt.Fprintf(w, "shard %d: no holder (%s); training waits until a node takes it\n", s.Index, seen)
+		}
+	}
 }
 
 func shortID(id string) string {

@@ -61,6 +61,11 @@ type Shard struct {
 	Index      int      `json:"index"`
 	Peers      []string `json:"peers"`
 	Throughput float64  `json:"throughput"` // samples/s, summed over the holders
+	// NoHolder: no node holds the shard online; training waits until one
+	// takes it. LastSeenEpoch is the epoch it was last seen held at (nil:
+	// never, as far as this node knows).
+	NoHolder      bool    `json:"no_holder,omitempty"`
+	LastSeenEpoch *uint64 `json:"last_seen_epoch,omitempty"`
 }
 
 // Averaging is this node's last averaging round.

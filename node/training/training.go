@@ -358,7 +358,8 @@ func (s *Service) fill(n *node.Node, st *api.Status) {
 	st.Stall = s.stall.current()
 	st.Shards = make([]api.Shard, 0, len(ts.Shards))
 	for _, sh := range ts.Shards {
-		st.Shards = append(st.Shards, api.Shard{Index: sh.Index, Peers: append([]string{}, sh.Peers...), Throughput: sh.Throughput})
+		st.Shards = append(st.Shards, api.Shard{Index: sh.Index, Peers: append([]string{}, sh.Peers...), Throughput: sh.Throughput,
+			NoHolder: sh.NoHolder, LastSeenEpoch: sh.LastSeenEpoch})
 	}
 	if gov != nil {
 		gs := gov.Status()

@@ -48,6 +48,57 @@ type Manifest struct {
 	// Admission says who may take part (nil: open to anyone who completes
 	// the run hello). It is part of the run ID.
 	Admission *AdmissionSpec `json:"admission,omitempty"`
+	// Checkpoint is how often the swarm's nodes keep their shard's state
+	// on disk (nil: the defaults, CheckpointSpec.Policy). Nodes may
+	// override it (swarm node --checkpoint-every...).
+	Checkpoint *CheckpointSpec `json:"checkpoint,omitempty"`
+}
+
+// CheckpointSpec is the nodes' checkpoint policy: a checkpoint every
+// EveryEpochs collaborative epochs or EveryMinutes, whichever comes first,
+// the newest Keep kept. Zero fields take the defaults.
+type CheckpointSpec struct {
+	EveryEpochs  int     `json:"every_epochs,omitempty"`
+	EveryMinutes float64 `json:"every_minutes,omitempty"`
+	Keep         int     `json:"keep,omitempty"`
+}
+
+// Checkpoint policy defaults and bounds.
+const (
+	DefaultCheckpointEpochs  = 50
+	DefaultCheckpointMinutes = 10
+	DefaultCheckpointKeep    = 3
+	MaxCheckpointKeep        = 100
+)
+
+// Policy is the checkpoint policy with the defaults filled in (c may be nil).
+func (c *CheckpointSpec) Policy() CheckpointSpec {
+	p := CheckpointSpec{EveryEpochs: DefaultCheckpointEpochs, EveryMinutes: DefaultCheckpointMinutes, Keep: DefaultCheckpointKeep}
+	if c != nil {
+		if c.EveryEpochs > 0 {
+			p.EveryEpochs = c.EveryEpochs
+		}
+		if c.EveryMinutes > 0 {
+			p.EveryMinutes = c.EveryMinutes
+		}
+		if c.Keep > 0 {
+			p.Keep = c.Keep
+		}
+	}
+	return p
+}
+
+func (c *CheckpointSpec) validate() error {
+	if c.EveryEpochs < 0 {
+		return fieldErr("checkpoint.every_epochs", "must not be negative, got %d", c.EveryEpochs)
+	}
+	if !(c.EveryMinutes >= 0 && c.EveryMinutes <= 7*24*60) {
+		return fieldErr("checkpoint.every_minutes", "must be in [0, %d], got %g", 7*24*60, c.EveryMinutes)
+	}
+	if c.Keep < 0 || c.Keep > MaxCheckpointKeep {
+		return fieldErr("checkpoint.keep", "must be in [0, %d], got %d", MaxCheckpointKeep, c.Keep)
+	}
+	return nil
 }
 
 // ModelSpec names the architecture and its sizes. Fields that do not apply to
@@ -314,6 +365,11 @@ func (m *Manifest) Validate() error {
 	}
 	if m.Admission != nil {
 		if err := m.Admission.validate(); err != nil {
+			return err
+		}
+	}
+	if m.Checkpoint != nil {
+		if err := m.Checkpoint.validate(); err != nil {
 			return err
 		}
 	}

@@ -53,7 +53,8 @@ func (e *MismatchError) Error() string {
 
 func (e *MismatchError) Unwrap() error { return ErrMismatch }
 
-// Identity is what a node's checkpoint of one shard must carry.
+// Identity is what a node's checkpoint of one shard must carry (sizes < 0:
+// any).
 type Identity struct {
 	RunID    string
 	Layout   string
@@ -78,9 +79,9 @@ func (s *State) Fits(id Identity) error {
 		return mis("shards", len(s.Shards), 1)
 	case s.Shards[0].Index != id.Shard:
 		return mis("shard", s.Shards[0].Index, id.Shard)
-	case len(s.Shards[0].Params) != id.Params:
+	case id.Params >= 0 && len(s.Shards[0].Params) != id.Params:
 		return mis("params", len(s.Shards[0].Params), id.Params)
-	case len(s.Shards[0].OptState) != id.OptState:
+	case id.OptState >= 0 && len(s.Shards[0].OptState) != id.OptState:
 		return mis("opt_state", len(s.Shards[0].OptState), id.OptState)
 	}
 	return nil

@@ -4,6 +4,8 @@ import (
 	"cmp"
 	"fmt"
 	"slices"
+
+	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 // Resume decides where a node that takes a shard gets the shard's state
@@ -159,4 +161,23 @@ func Resume(in ResumeInput) ResumeChoice {
 		return ResumeChoice{From: FromOwn, Epoch: in.Own.Epoch, Why: fmt.Sprintf("own checkpoint at epoch %d", in.Own.Epoch)}
 	}
 	return ResumeChoice{From: FromInit, Why: "no peer has ever had the shard"}
+}
+
+// Unheld lists the shards (of n) that no live record shows a holder of,
+// online or done: a micro-batch cannot pass through the pipeline while one
+// is missing, and the swarm waits for a node to take it.
+func Unheld(recs []progress.Record, n int) []int {
+	held := make([]bool, n)
+	for _, r := range recs {
+		if holding(r) && r.Shard < n {
+			held[r.Shard] = true
+		}
+	}
+	var out []int
+	for i, h := range held {
+		if !h {
+			out = append(out, i)
+		}
+	}
+	return out
 }

@@ -50,12 +50,23 @@ func (t *Trainer) chooseShard() int {
 	return claims.ChooseReachable(v, t.rng, claims.ReachOf(t.h)) // not a shard it cannot train in
 }
 
-// join takes shard index: builds it, loads its state from holders (or
-// keeps the run's initial state when there is none) and goes online.
+// join takes shard index: builds it, loads its state and goes online. The
+// state comes from the shard's live holders (state sync); when none is
+// alive, from the newest checkpoint this node or its peers keep
+// (durable.go, epochs.Resume); from the run's initial state only when
+// nobody ever had the shard. A shard it held is checkpointed before it
+// moves.
 func (t *Trainer) join(ctx context.Context, index int) error {
 	sh, err := t.cfg.Engine.NewShard(t.m, index)
 	if err != nil {
 		return fmt.Errorf("trainer: build shard %d: %w", index, err)
+	}
+	t.mu.Lock()
+	moving := t.shard != nil
+	t.mu.Unlock()
+	if moving {
+		t.dur.wg.Wait()
+		t.saveCheckpoint(fmt.Sprintf("moving to shard %d", index))
 	}
 	t.mu.Lock()
 	old := t.shard
@@ -75,18 +86,56 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	// claim (a record at the run's last epoch would finish this node).
 	epoch := epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	nP, nO := len(sh.Params()), len(sh.OptState())
+	own := t.ownCheckpoint(index, nP, nO)
+	if own != nil {
+		t.log.Info("found a checkpoint of the shard", "shard", index, "epoch", own.Epoch, "step", own.Step)
+	}
 	start := t.clk.Now()
 	t.stage.resetKept() // held-out inputs of the shard it held
+	load := func(snap *statesync.Snapshot) error {
+		copy(sh.Params(), snap.Params)
+		copy(sh.OptState(), snap.Opt)
+		sh.SetStepCount(snap.Step)
+		if err := sh.Sync(); err != nil {
+			_ = sh.Close()
+			return fmt.Errorf("trainer: load state: %w", err)
+		}
+		epoch = snap.Epoch
+		return nil
+	}
 	for attempt := 1; ; attempt++ {
-		donors := t.trustedDonors(t.donors(ctx, index))
-		if len(donors) == 0 {
-			if attempt == 1 {
-				t.log.Info("no holder of the shard yet; starting from the run's initial state", "shard", index, "epoch", epoch)
-			} else {
-				t.log.Warn("no holder of the shard is left to serve it; starting from the run's initial state", "shard", index, "epoch", epoch, "attempts", attempt-1)
+		live := t.trustedDonors(t.holders(index, false))
+		if len(live) == 0 {
+			snap, why, err := t.resumeState(ctx, sh, index, own)
+			if errors.Is(err, errLiveHolder) {
+				continue
 			}
+			if err != nil {
+				_ = sh.Close()
+				return err
+			}
+			if snap == nil {
+				t.log.Info("no peer ever had the shard; starting from the run's initial weights", "shard", index, "epoch", epoch, "why", why)
+				break
+			}
+			if err := load(snap); err != nil {
+				return err
+			}
+			t.log.Info("restored the shard from a checkpoint", "shard", index, "epoch", epoch, "from", why,
+				"took", t.clk.Since(start).Round(time.Millisecond))
 			break
 		}
+		if own != nil {
+			in := epochs.ResumeInput{Own: &epochs.StateOffer{Epoch: own.Epoch}, Live: true, LiveEpoch: t.liveEpoch(index), MaxEpoch: uint64(t.totalEpochs())}
+			if c := epochs.Resume(in); c.From == epochs.FromOwn {
+				if err := load(ckptSnapshot(own)); err != nil {
+					return err
+				}
+				t.log.Info("restored the shard from a checkpoint", "shard", index, "epoch", epoch, "from", "own checkpoint: "+c.Why)
+				break
+			}
+		}
+		donors := t.trustedDonors(t.donors(ctx, index))
 		last := time.Time{}
 		snap, err := t.fetchAgreed(ctx, sh, index, donors, attempt > settleAttempts, func(done, total, n int) {
 			if t.clk.Since(last) > 500*time.Millisecond || done == total {
@@ -96,14 +145,9 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		})
 		if err == nil {
 			t.meters.fetchedState(snap)
-			copy(sh.Params(), snap.Params)
-			copy(sh.OptState(), snap.Opt)
-			sh.SetStepCount(snap.Step)
-			if err := sh.Sync(); err != nil {
-				_ = sh.Close()
-				return fmt.Errorf("trainer: load state: %w", err)
+			if err := load(snap); err != nil {
+				return err
 			}
-			epoch = snap.Epoch
 			t.log.Info("state synced", "shard", index, "epoch", epoch, "floats", nP+nO, "donors", snap.Donors,
 				"took", t.clk.Since(start).Round(time.Millisecond))
 			break
@@ -117,15 +161,11 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			return err
 		}
 		// While live holders of the shard exist, retry rather than fall
-		// back to the initial weights; unless every state they offered
-		// did worse on held-out data than the initial weights, attempt
-		// after attempt: then the initial weights are the better state.
+		// back to a checkpoint; unless every state they offered did worse
+		// on held-out data than the initial weights, attempt after
+		// attempt: then the initial weights are the better state.
 		if errors.Is(err, statesync.ErrHeldOut) && attempt >= settleAttempts {
 			t.log.Warn("every holder's state does worse on held-out data than the run's initial state; starting from it", "shard", index, "attempts", attempt, "err", err)
-			break
-		}
-		if len(t.trustedDonors(t.holders(index, false))) == 0 {
-			t.log.Warn("no holder of the shard is left to serve it; starting from the run's initial state", "shard", index, "attempts", attempt, "err", err)
 			break
 		}
 		t.log.Warn("state sync failed; retrying with the shard's holders", "shard", index, "attempt", attempt, "err", err)
@@ -135,11 +175,13 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		}
 		epoch = epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	}
+	t.noteLoaded(index, epoch)
 	// stepMu too: snapshots and the outer step read the anchor under it.
 	t.stepMu.Lock()
 	t.mu.Lock()
 	t.shard = sh
 	t.epoch = epoch
+	t.heldEpoch = epoch
 	t.state = progress.StateOnline
 	if t.finished(t.epoch) {
 		t.state = progress.StateDone
@@ -156,6 +198,17 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	t.stepMu.Unlock()
 	t.gossip.Poke()
 	return nil
+}
+
+// liveEpoch is the highest epoch among the shard's online holders.
+func (t *Trainer) liveEpoch(index int) uint64 {
+	var e uint64
+	for _, r := range t.tracker.Live(t.clk.Now()) {
+		if r.Shard == index && r.State == progress.StateOnline && r.Peer != t.h.ID().String() {
+			e = max(e, r.Epoch)
+		}
+	}
+	return e
 }
 
 func progressBar(done, total int) string {

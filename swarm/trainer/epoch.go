@@ -35,10 +35,30 @@ func (t *Trainer) finished(epoch uint64) bool { return t.epochsCfg.Finished(epoc
 // inputLocked is what the decision core sees now (t.mu held).
 func (t *Trainer) inputLocked() epochs.Input {
 	now := t.clk.Now()
-	return epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
+	in := epochs.Input{Now: now, Records: t.tracker.Live(now), Node: epochs.Node{
 		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
 		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Evaluated: t.accuracy >= 0,
 	}}
+	t.noteSeenLocked(in.Records)
+	return in
+}
+
+// noteSeenLocked remembers, per shard, the highest epoch a holder of it
+// (this node included) was seen at: status shows it for a shard that lost
+// every holder.
+func (t *Trainer) noteSeenLocked(recs []progress.Record) {
+	for _, r := range recs {
+		if r.Shard >= 0 && r.Shard < len(t.m.Shards) && (r.State == progress.StateOnline || r.State == progress.StateDone) {
+			if e, ok := t.lastSeen[r.Shard]; !ok || r.Epoch > e {
+				t.lastSeen[r.Shard] = r.Epoch
+			}
+		}
+	}
+	if t.shard != nil && t.state != progress.StateJoining {
+		if e, ok := t.lastSeen[t.index]; !ok || t.epoch > e {
+			t.lastSeen[t.index] = t.epoch
+		}
+	}
 }
 
 // epochEnd is what the actions of one epoch's end carry between them.
@@ -104,6 +124,7 @@ func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, e *epochEnd) 
 		}
 		t.reopen(e.sh, act.Epoch)
 		*e = epochEnd{}
+		t.maybeCheckpoint()
 	case epochs.OuterStep:
 		if err := t.outerStep(ctx, act); err != nil && ctx.Err() == nil {
 			t.log.Error("epoch end failed", "err", err)
@@ -137,6 +158,16 @@ func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 		t.waitTimeout(deadline)
 	}
 	return t.shard, t.index, t.epoch
+}
+
+// setHeldEpoch notes the epoch sh's parameters now belong to (stepMu held
+// for writing).
+func (t *Trainer) setHeldEpoch(sh engine.Shard, epoch uint64) {
+	t.mu.Lock()
+	if t.shard == sh {
+		t.heldEpoch = epoch
+	}
+	t.mu.Unlock()
 }
 
 func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
@@ -245,6 +276,9 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	err := sh.Step(t.m.Optimizer.LRAt(int(e.epoch)), scale)
 	sh.ZeroGrad()
 	t.meters.endCompute()
+	if err == nil {
+		t.setHeldEpoch(sh, e.epoch+1)
+	}
 	t.stepMu.Unlock()
 	t.meters.averaged(e.info)
 	t.mu.Lock()
@@ -410,6 +444,7 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 		t.mu.Unlock()
 	}
 	err = sh.Sync()
+	t.setHeldEpoch(sh, snap.Epoch)
 	t.stepMu.Unlock()
 	if err != nil {
 		return 0, err

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
@@ -184,7 +185,7 @@ func (t *Trainer) admitDraw(ctx context.Context, slots flightSlots) (engine.Shar
 		if ctx.Err() != nil {
 			return nil, 0, 0, false
 		}
-		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing && slots.room() {
+		if t.shard != nil && t.index == 0 && t.state == progress.StateOnline && !t.done && !t.closing && slots.room() && t.everyShardHeldLocked() {
 			n := t.m.Training.BatchSize
 			if t.sync() {
 				// At most its share of the target batch, and what the others
@@ -206,6 +207,26 @@ func (t *Trainer) admitDraw(ctx context.Context, slots flightSlots) (engine.Shar
 		}
 		t.waitTimeout(t.clk.Now().Add(100 * time.Millisecond))
 	}
+}
+
+// everyShardHeldLocked reports whether every shard has a holder online (or
+// done): a micro-batch drawn while one has none could not complete, so the
+// driver waits, and says once which shard it waits for.
+func (t *Trainer) everyShardHeldLocked() bool {
+	un := epochs.Unheld(t.tracker.Live(t.clk.Now()), len(t.m.Shards))
+	if len(un) == 0 {
+		if t.unheldLogged >= 0 {
+			t.log.Info("every shard has a holder again; drawing micro-batches")
+			t.unheldLogged = -1
+		}
+		return true
+	}
+	if t.unheldLogged != un[0] {
+		t.unheldLogged = un[0]
+		seen, ok := t.lastSeen[un[0]]
+		t.log.Warn("a shard has no holder; not drawing micro-batches until a node takes it", "shard", un[0], "last_seen_epoch", seen, "seen", ok)
+	}
+	return false
 }
 
 // undraw ends a micro-batch the driver drew in epoch: its samples no

@@ -8,6 +8,7 @@ import (
 	"sort"
 
 	"github.com/swarm-train/swarm/swarm/credit"
+	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
@@ -46,6 +47,11 @@ type ShardStatus struct {
 	Index      int      `json:"index"`
 	Peers      []string `json:"peers"`
 	Throughput float64  `json:"throughput"` // samples/s, sum over holders
+	// NoHolder: no live node holds the shard online (or done); the swarm
+	// waits for one to take it. LastSeenEpoch: the epoch a holder was
+	// last seen at (nil: never seen).
+	NoHolder      bool    `json:"no_holder,omitempty"`
+	LastSeenEpoch *uint64 `json:"last_seen_epoch,omitempty"`
 }
 
 // PeerStatus is one live node of the run (this one included).
@@ -105,6 +111,11 @@ func (t *Trainer) Status() Status {
 		st.BusySeconds, st.WallSeconds = busy, wall
 	}
 	sh := t.shard
+	t.noteSeenLocked(recs)
+	seen := make(map[int]uint64, len(t.lastSeen))
+	for k, v := range t.lastSeen {
+		seen[k] = v
+	}
 	t.mu.Unlock()
 	if sh != nil {
 		t.stepMu.RLock()
@@ -122,6 +133,12 @@ func (t *Trainer) Status() Status {
 		peers := append([]string{}, sum.ShardPeers[i]...)
 		sort.Strings(peers)
 		st.Shards = append(st.Shards, ShardStatus{Index: i, Peers: peers, Throughput: sum.ShardTP[i]})
+	}
+	for _, i := range epochs.Unheld(recs, len(t.m.Shards)) {
+		st.Shards[i].NoHolder = true
+		if e, ok := seen[i]; ok {
+			st.Shards[i].LastSeenEpoch = &e
+		}
 	}
 	var checks map[string]credit.Checked
 	if t.credit != nil {

@@ -170,6 +170,9 @@ type Config struct {
 	// Refusals counts and logs refused peer input of every training
 	// protocol and names offenders (nil: refuse silently).
 	Refusals *guard.Refusals
+	// Checkpoints is the node's checkpoint policy (durable.go; the zero
+	// value: no checkpoints).
+	Checkpoints Checkpoints
 	// Clock is the time of every wait, timeout, expiry and measurement of
 	// the trainer, its progress records, state server and balancer (nil:
 	// the wall clock). Stream deadlines and contexts' timeouts stay on the
@@ -260,6 +263,16 @@ type Trainer struct {
 	// trained: this node stepped on its shard since it joined it (state
 	// sync then needs donors that agree; agree.go).
 	trained bool
+	// heldEpoch is the epoch the shard's parameters belong to (sync mode:
+	// the step of epoch E makes them E+1's before the epoch reopens);
+	// written under stepMu and mu, read under either.
+	heldEpoch uint64
+	// lastSeen is, per shard, the highest epoch a holder of it was seen at
+	// (status: a shard with no holder).
+	lastSeen map[int]uint64
+	// unheldLogged: the shard the driver last said it waits for (-1: none).
+	unheldLogged int
+	dur          durable
 	// distrusted are state-sync donors banned for the run.
 	distrusted map[peer.ID]bool
 	// soleWatch watches the run's only holder before a joiner takes its
@@ -308,7 +321,7 @@ func New(cfg Config) (*Trainer, error) {
 		cfg: cfg, m: m, runID: id.String(), h: cfg.Host, log: cfg.Logger.With("component", "trainer"), clk: clk, meters: newMeters(clk),
 		tracker: progress.NewTracker(cfg.RecordTTL),
 		rng:     rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), index: -1, state: progress.StateJoining,
-		accuracy: -1, kick: make(chan struct{}, 1),
+		accuracy: -1, kick: make(chan struct{}, 1), lastSeen: map[int]uint64{}, unheldLogged: -1,
 	}
 	t.cond = sync.NewCond(&t.mu)
 	t.stage = newStageServer(&cfg, clk, t.log, pipeline.NewBalancer(rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())), clk), t)
@@ -366,6 +379,9 @@ func New(cfg Config) (*Trainer, error) {
 	t.states.SetClock(clk)
 	t.states.SetRefusals(cfg.Refusals)
 	t.states.SetEpoch(t.stateEpoch)
+	if t.checkpointsOn() {
+		t.states.SetCheckpoints(t.servedCheckpoint)
+	}
 	if t.faults[FaultDonorChunks] {
 		t.states.CorruptChunks()
 	}
@@ -395,6 +411,11 @@ func (t *Trainer) Close() error {
 			cancel()
 		}
 		t.wg.Wait()
+		// The loops are over: the micro-batches in flight are abandoned
+		// (their gradient is never applied) and the state is the one of
+		// an epoch, which the shutdown checkpoint keeps.
+		t.dur.wg.Wait()
+		t.saveCheckpoint("shutdown")
 		t.h.RemoveStreamHandler(pipeline.Protocol)
 		t.h.RemoveStreamHandler(credit.Protocol)
 		t.gossip.Close()
@@ -426,13 +447,26 @@ func (t *Trainer) Run(ctx context.Context) error {
 	t.goLoop(ctx, func(ctx context.Context) { t.gossip.Run(ctx, t.cfg.RecordTTL/6, 5*time.Millisecond) })
 
 	// Hear from the swarm before choosing, then wait a random moment so
-	// nodes that start together spread over the shards.
-	if err := clock.Sleep(ctx, t.clk, t.cfg.RecordTTL/4+t.randDur(t.cfg.JoinDelay)); err != nil {
+	// nodes that start together spread over the shards; a node that kept
+	// a checkpoint knows its shard and does not wait.
+	resume, resumeEpoch := -1, uint64(0)
+	if t.cfg.Shard < 0 {
+		resume, resumeEpoch = t.resumeShard()
+	}
+	delay := t.randDur(t.cfg.JoinDelay)
+	if resume >= 0 {
+		delay = 0
+	}
+	if err := clock.Sleep(ctx, t.clk, t.cfg.RecordTTL/4+delay); err != nil {
 		return err
 	}
 	index := t.cfg.Shard
 	if index < 0 {
 		index = t.chooseShard()
+		if resume >= 0 && t.mayResumeOn(resume) {
+			index = resume
+			t.log.Info("taking the shard of this node's newest checkpoint", "shard", index, "epoch", resumeEpoch)
+		}
 	}
 	if err := t.join(ctx, index); err != nil {
 		return err
