@@ -36,6 +36,10 @@ nat: ## NAT suite, long version (root, iptables): every home-router kind and a p
 redteam: ## attack a training swarm on 127.0.0.1 with every protocol's hostile values (64 streams a peer, 1,000 fake peers), then one Byzantine node per attack class
 	SWARM_REDTEAM=long $(GO) test ./cmd/swarm -run 'RedTeam|Byzantine' -count=1 -v -timeout 60m
 
+.PHONY: durable
+durable: ## whole-swarm restarts at demo size: SIGTERM and SIGKILL to every node at a third, accuracy against an uninterrupted run, restart times
+	SWARM_DURABLE=long $(GO) test ./cmd/swarm -run 'TestSwarmDurable' -count=1 -v -timeout 60m
+
 demo: build ## start a local swarm on 127.0.0.1 that trains a real model
 	./scripts/demo.sh
 

@@ -231,7 +231,10 @@ func (t *Trainer) noteLoaded(index int, epoch uint64) {
 // resumeSettle is how many times a node asks again when a lone peer offers
 // a newer checkpoint than it can believe (epochs.FromWait) before it
 // settles.
-const resumeSettle = 5
+const resumeSettle = 10
+
+// resumeRetry is the pause before a node asks for checkpoints again.
+const resumeRetry = 500 * time.Millisecond
 
 // checkpointPeers are the peers asked for their checkpoints of a shard:
 // the run's peers and the shard's DHT providers, banned ones left out.
@@ -293,7 +296,7 @@ func (t *Trainer) resumeState(ctx context.Context, sh engine.Shard, index int, o
 		if ctx.Err() != nil {
 			return nil, "", ctx.Err()
 		}
-		if err := clock.Sleep(ctx, t.clk, time.Second); err != nil {
+		if err := clock.Sleep(ctx, t.clk, resumeRetry); err != nil {
 			return nil, "", err
 		}
 	}

@@ -282,7 +282,9 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	t.stepMu.Unlock()
 	t.meters.averaged(e.info)
 	t.mu.Lock()
-	t.trained = t.trained || err == nil
+	if t.shard == sh { // a step of a shard it has left does not count
+		t.trained = t.trained || err == nil
+	}
 	t.mu.Unlock()
 	if err != nil {
 		err = fmt.Errorf("optimizer step: %w", err)

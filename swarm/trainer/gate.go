@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
@@ -214,6 +215,7 @@ func (t *Trainer) admitDraw(ctx context.Context, slots flightSlots) (engine.Shar
 // driver waits, and says once which shard it waits for.
 func (t *Trainer) everyShardHeldLocked() bool {
 	un := epochs.Unheld(t.tracker.Live(t.clk.Now()), len(t.m.Shards))
+	un = slices.DeleteFunc(un, func(i int) bool { return i == t.index }) // its own record may lag
 	if len(un) == 0 {
 		if t.unheldLogged >= 0 {
 			t.log.Info("every shard has a holder again; drawing micro-batches")

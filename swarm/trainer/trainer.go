@@ -439,16 +439,11 @@ func (t *Trainer) Run(ctx context.Context) error {
 	t.cancel = cancel
 	t.mu.Unlock()
 	defer cancel()
-	src, err := data.NewSource(t.m, t.h.ID().String(), data.WithDataDir(t.cfg.DataDir))
-	if err != nil {
-		return fmt.Errorf("trainer: data: %w", err)
-	}
-	t.drive.src = src
+	// Hear from the swarm before choosing (while the data loads), then
+	// wait a random moment so nodes that start together spread over the
+	// shards; a node that kept a checkpoint knows its shard and does not
+	// wait.
 	t.goLoop(ctx, func(ctx context.Context) { t.gossip.Run(ctx, t.cfg.RecordTTL/6, 5*time.Millisecond) })
-
-	// Hear from the swarm before choosing, then wait a random moment so
-	// nodes that start together spread over the shards; a node that kept
-	// a checkpoint knows its shard and does not wait.
 	resume, resumeEpoch := -1, uint64(0)
 	if t.cfg.Shard < 0 {
 		resume, resumeEpoch = t.resumeShard()
@@ -457,7 +452,13 @@ func (t *Trainer) Run(ctx context.Context) error {
 	if resume >= 0 {
 		delay = 0
 	}
-	if err := clock.Sleep(ctx, t.clk, t.cfg.RecordTTL/4+delay); err != nil {
+	choose := t.clk.Now().Add(t.cfg.RecordTTL/4 + delay)
+	src, err := data.NewSource(t.m, t.h.ID().String(), data.WithDataDir(t.cfg.DataDir))
+	if err != nil {
+		return fmt.Errorf("trainer: data: %w", err)
+	}
+	t.drive.src = src
+	if err := clock.Sleep(ctx, t.clk, t.clk.Until(choose)); err != nil {
 		return err
 	}
 	index := t.cfg.Shard
