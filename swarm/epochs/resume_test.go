@@ -3,6 +3,8 @@ package epochs
 import (
 	"slices"
 	"testing"
+
+	"github.com/swarm-train/swarm/swarm/progress"
 )
 
 func content(b byte) [32]byte { return [32]byte{b} }
@@ -72,5 +74,23 @@ func TestResumeSameChoiceEverywhere(t *testing.T) {
 	second := Resume(ResumeInput{Offers: rev, MaxEpoch: 600})
 	if first.From != FromPeers || first.Content != second.Content {
 		t.Fatalf("%v %x / %v %x: the order of the offers changed the choice", first.From, first.Content[:1], second.From, second.Content[:1])
+	}
+}
+
+// TestUnheld: a shard counts as held by an online or done holder, never by
+// a joining one or a record of a shard the run does not have.
+func TestUnheld(t *testing.T) {
+	recs := []progress.Record{
+		{Peer: "a", Shard: 0, State: progress.StateOnline},
+		{Peer: "b", Shard: 1, State: progress.StateJoining},
+		{Peer: "c", Shard: 2, State: progress.StateDone},
+		{Peer: "d", Shard: 7, State: progress.StateOnline},
+		{Peer: "e", Shard: -1, State: progress.StateJoining},
+	}
+	if got := Unheld(recs, 4); !slices.Equal(got, []int{1, 3}) {
+		t.Fatalf("Unheld = %v, want [1 3]", got)
+	}
+	if got := Unheld(nil, 2); !slices.Equal(got, []int{0, 1}) {
+		t.Fatalf("no records: Unheld = %v", got)
 	}
 }

@@ -1,0 +1,82 @@
+package checkpoint
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/swarm-train/swarm/spec/run"
+)
+
+func nodeState(runID, layout string, shard, nP int, epoch uint64) *State {
+	return &State{RunID: runID, Layout: layout, Step: int64(epoch), Epoch: epoch,
+		Shards: []ShardState{{Index: shard, Params: make([]float32, nP), OptState: make([]float32, 2*nP)}}}
+}
+
+// TestLatestFittingRefusesOthers: a node's folder with checkpoints of
+// another run, layout and shard and a damaged one: the newest that fits is
+// loaded, each other one is reported with the field that differs (or as
+// corrupt) and left where it is.
+func TestLatestFittingRefusesOthers(t *testing.T) {
+	m := run.NewMLPMNIST(2)
+	layout, err := LayoutHash(m, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other, _ := LayoutHash(m, 0); other == layout {
+		t.Fatal("shards 0 and 1 have the same layout hash")
+	}
+	id := Identity{RunID: "bafkreirun", Layout: layout, Shard: 1, Params: 10, OptState: 20}
+	d := &Dir{Path: ShardPath(t.TempDir(), "bafkreirun", 1), Keep: 10}
+	for _, s := range []*State{
+		nodeState("bafkreirun", layout, 1, 10, 10),     // fits
+		nodeState("bafkreiother", layout, 1, 10, 20),   // another run
+		nodeState("bafkreirun", "0123abcd", 1, 10, 30), // another layout
+		nodeState("bafkreirun", layout, 0, 10, 40),     // another shard
+		nodeState("bafkreirun", layout, 1, 11, 50),     // other sizes
+		nodeState("bafkreirun", layout, 1, 10, 60),     // damaged below
+	} {
+		if _, err := d.Save(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files, _ := d.List()
+	b, _ := os.ReadFile(files[5].Path)
+	os.WriteFile(files[5].Path, b[:len(b)-3], 0o644)
+	skipped := map[int64]error{}
+	d.OnSkip = func(p string, err error) {
+		for _, f := range files {
+			if f.Path == p {
+				skipped[f.Step] = err
+			}
+		}
+	}
+	s, path, err := d.LatestFitting(func(s *State) error { return s.Fits(id) })
+	if err != nil || s.Epoch != 10 || filepath.Base(path) != "ckpt-000000000010.swck" {
+		t.Fatalf("LatestFitting = %v %s %v, want the checkpoint of epoch 10", s, path, err)
+	}
+	want := map[int64]string{20: "run_id", 30: "layout", 40: "shard", 50: "params"}
+	for step, field := range want {
+		var me *MismatchError
+		if err := skipped[step]; !errors.As(err, &me) || me.Field != field || !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), field) {
+			t.Errorf("step %d: skipped with %v, want a mismatch of %s", step, err, field)
+		}
+	}
+	if err := skipped[60]; !errors.Is(err, ErrCorrupt) {
+		t.Errorf("damaged checkpoint: skipped with %v, want ErrCorrupt", err)
+	}
+	for _, f := range files {
+		if _, err := os.Stat(f.Path); err != nil {
+			t.Errorf("%s was not left in place: %v", f.Path, err)
+		}
+	}
+	// Sizes < 0 are not checked (a checkpoint served for a shard the node
+	// no longer builds).
+	loose := id
+	loose.Params, loose.OptState = -1, -1
+	if err := nodeState("bafkreirun", layout, 1, 11, 50).Fits(loose); err != nil {
+		t.Errorf("sizes checked though not asked: %v", err)
+	}
+}
