@@ -92,6 +92,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	}
 	start := t.clk.Now()
 	t.stage.resetKept() // held-out inputs of the shard it held
+	fromOwn := false
 	load := func(snap *statesync.Snapshot) error {
 		copy(sh.Params(), snap.Params)
 		copy(sh.OptState(), snap.Opt)
@@ -106,7 +107,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	for attempt := 1; ; attempt++ {
 		live := t.trustedDonors(t.holders(index, false))
 		if len(live) == 0 {
-			snap, why, err := t.resumeState(ctx, sh, index, own)
+			snap, why, mine, err := t.resumeState(ctx, sh, index, own)
 			if errors.Is(err, errLiveHolder) {
 				continue
 			}
@@ -121,6 +122,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 			if err := load(snap); err != nil {
 				return err
 			}
+			fromOwn = mine
 			t.log.Info("restored the shard from a checkpoint", "shard", index, "epoch", epoch, "from", why,
 				"took", t.clk.Since(start).Round(time.Millisecond))
 			break
@@ -131,6 +133,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 				if err := load(ckptSnapshot(own)); err != nil {
 					return err
 				}
+				fromOwn = true
 				t.log.Info("restored the shard from a checkpoint", "shard", index, "epoch", epoch, "from", "own checkpoint: "+c.Why)
 				break
 			}
@@ -175,7 +178,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 		}
 		epoch = epochs.SwarmEpoch(t.tracker.Live(t.clk.Now()))
 	}
-	t.noteLoaded(index, epoch)
+	t.noteLoaded(index, epoch, fromOwn)
 	// stepMu too: snapshots and the outer step read the anchor under it.
 	t.stepMu.Lock()
 	t.mu.Lock()

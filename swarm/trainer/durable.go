@@ -44,12 +44,18 @@ type Checkpoints struct {
 
 // durable is the trainer's checkpoint state (its own lock, a leaf).
 type durable struct {
-	mu        sync.Mutex
-	lastEpoch uint64 // of the last checkpoint written or loaded
+	mu sync.Mutex
+	// lastShard, lastEpoch and lastAt: the state the next periodic
+	// checkpoint counts from (the last written or loaded).
+	lastEpoch uint64
 	lastAt    time.Time
 	lastShard int
-	writing   bool
-	wg        sync.WaitGroup
+	// saved: a checkpoint of savedShard at savedEpoch is on disk.
+	saved      bool
+	savedShard int
+	savedEpoch uint64
+	writing    bool
+	wg         sync.WaitGroup
 }
 
 func (t *Trainer) checkpointsOn() bool { return t.cfg.Checkpoints.Dir != "" }
@@ -166,7 +172,7 @@ func (t *Trainer) saveCheckpoint(why string) {
 		return
 	}
 	t.dur.mu.Lock()
-	same := t.dur.lastShard == s.Shards[0].Index && t.dur.lastEpoch == s.Epoch && !t.dur.lastAt.IsZero()
+	same := t.dur.saved && t.dur.savedShard == s.Shards[0].Index && t.dur.savedEpoch == s.Epoch
 	t.dur.mu.Unlock()
 	if same {
 		return
@@ -183,6 +189,7 @@ func (t *Trainer) writeCheckpoint(s *checkpoint.State, why string) {
 	}
 	t.dur.mu.Lock()
 	t.dur.lastShard, t.dur.lastEpoch, t.dur.lastAt = s.Shards[0].Index, s.Epoch, t.clk.Now()
+	t.dur.saved, t.dur.savedShard, t.dur.savedEpoch = true, s.Shards[0].Index, s.Epoch
 	t.dur.mu.Unlock()
 	t.log.Info("checkpoint saved", "why", why, "shard", s.Shards[0].Index, "epoch", s.Epoch, "path", path,
 		"took", time.Since(start).Round(time.Millisecond))
@@ -221,10 +228,13 @@ func (t *Trainer) maybeCheckpoint() {
 }
 
 // noteLoaded records that the shard's state of epoch came from a
-// checkpoint or a sync: the next periodic checkpoint counts from it.
-func (t *Trainer) noteLoaded(index int, epoch uint64) {
+// checkpoint (own: this node's, already on disk) or a sync: the next
+// periodic checkpoint counts from it.
+func (t *Trainer) noteLoaded(index int, epoch uint64, own bool) {
 	t.dur.mu.Lock()
 	t.dur.lastShard, t.dur.lastEpoch, t.dur.lastAt = index, epoch, t.clk.Now()
+	t.dur.saved = own
+	t.dur.savedShard, t.dur.savedEpoch = index, epoch
 	t.dur.mu.Unlock()
 }
 
@@ -237,11 +247,12 @@ const resumeSettle = 10
 const resumeRetry = 500 * time.Millisecond
 
 // checkpointPeers are the peers asked for their checkpoints of a shard:
-// the run's peers and the shard's DHT providers, banned ones left out.
-func (t *Trainer) checkpointPeers(ctx context.Context, index int) []peer.ID {
+// the run's peers and providers (the shard's DHT providers, looked up
+// once), banned ones left out.
+func (t *Trainer) checkpointPeers(providers []peer.ID) []peer.ID {
 	seen := map[peer.ID]bool{t.h.ID(): true}
 	var out []peer.ID
-	for _, p := range append(t.cfg.RunPeers(), t.donors(ctx, index)...) {
+	for _, p := range append(t.cfg.RunPeers(), providers...) {
 		if !seen[p] && len(out) < maxCheckpointPeers {
 			seen[p] = true
 			out = append(out, p)
@@ -255,8 +266,9 @@ const maxCheckpointPeers = 64
 
 // resumeState finds the state shard index starts from when no live node
 // holds it: the node's own checkpoint, one its peers offer, or (nil) the
-// initial weights. own is the node's newest fitting checkpoint (nil: none).
-func (t *Trainer) resumeState(ctx context.Context, sh engine.Shard, index int, own *checkpoint.State) (*statesync.Snapshot, string, error) {
+// initial weights. own is the node's newest fitting checkpoint (nil: none);
+// fromOwn says the state returned is it.
+func (t *Trainer) resumeState(ctx context.Context, sh engine.Shard, index int, own *checkpoint.State) (snap *statesync.Snapshot, why string, fromOwn bool, err error) {
 	want := t.wantState(index, len(sh.Params()), len(sh.OptState()))
 	want.Checkpoint = true
 	want.Bad = t.badDonor
@@ -266,38 +278,39 @@ func (t *Trainer) resumeState(ctx context.Context, sh engine.Shard, index int, o
 		ownSnap = ckptSnapshot(own)
 		ownOffer = &epochs.StateOffer{Epoch: own.Epoch, Content: statesync.ContentOf(ownSnap)}
 	}
+	providers := t.donors(ctx, index)
 	for attempt := 1; ; attempt++ {
 		var offers []epochs.StateOffer
-		for _, o := range statesync.Offers(ctx, t.h, t.checkpointPeers(ctx, index), want, 5*time.Second) {
+		for _, o := range statesync.Offers(ctx, t.h, t.checkpointPeers(providers), want, 5*time.Second) {
 			offers = append(offers, epochs.StateOffer{Peer: o.Peer.String(), Epoch: o.Epoch, Content: o.Content})
 		}
 		in := epochs.ResumeInput{Own: ownOffer, Offers: offers, Swarm: epochs.SwarmEpoch(t.tracker.Live(t.clk.Now())),
 			MaxEpoch: uint64(t.totalEpochs()), Settle: attempt > resumeSettle}
 		if len(t.trustedDonors(t.holders(index, false))) > 0 {
-			return nil, "", errLiveHolder
+			return nil, "", false, errLiveHolder
 		}
 		c := epochs.Resume(in)
 		switch c.From {
 		case epochs.FromOwn:
-			return ownSnap, "own checkpoint: " + c.Why, nil
+			return ownSnap, "own checkpoint: " + c.Why, true, nil
 		case epochs.FromInit:
-			return nil, c.Why, nil
+			return nil, c.Why, false, nil
 		case epochs.FromPeers:
 			w := want
 			w.Content = &c.Content
 			snap, err := statesync.Fetch(ctx, t.h, decodePeers(c.Donors), w, 10*time.Second, nil)
 			if err == nil {
-				return snap, fmt.Sprintf("peers' checkpoint (%s)", c.Why), nil
+				return snap, fmt.Sprintf("peers' checkpoint (%s)", c.Why), false, nil
 			}
 			t.log.Warn("fetching a peer's checkpoint failed; asking again", "shard", index, "err", err)
 		case epochs.FromWait:
 			t.log.Info("waiting before taking a checkpoint no other peer vouches for", "shard", index, "why", c.Why, "attempt", attempt)
 		}
 		if ctx.Err() != nil {
-			return nil, "", ctx.Err()
+			return nil, "", false, ctx.Err()
 		}
 		if err := clock.Sleep(ctx, t.clk, resumeRetry); err != nil {
-			return nil, "", err
+			return nil, "", false, err
 		}
 	}
 }

@@ -59,19 +59,24 @@ func (s *swarmT) peers() []peer.ID {
 	return out
 }
 
-func (s *swarmT) add(shard int, mut func(*Config)) *Trainer {
+func (s *swarmT) add(shard int, mut func(*Config)) *Trainer { return s.addOn(nil, shard, mut) }
+
+// addOn starts a trainer on host h (nil: a new host).
+func (s *swarmT) addOn(h host.Host, shard int, mut func(*Config)) *Trainer {
 	t := s.t
-	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		t.Fatal(err)
+	if h == nil {
+		var err error
+		if h, err = libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0")); err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		for _, o := range s.hosts {
+			o.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
+			h.Peerstore().AddAddrs(o.ID(), o.Addrs(), time.Hour)
+		}
+		s.hosts = append(s.hosts, h)
+		s.mu.Unlock()
 	}
-	s.mu.Lock()
-	for _, o := range s.hosts {
-		o.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
-		h.Peerstore().AddAddrs(o.ID(), o.Addrs(), time.Hour)
-	}
-	s.hosts = append(s.hosts, h)
-	s.mu.Unlock()
 	level := slog.LevelWarn
 	if os.Getenv("SWARM_TEST_LOG") != "" {
 		level = slog.LevelDebug
