@@ -2,9 +2,13 @@ package statesync
 
 import (
 	"context"
-	"github.com/libp2p/go-libp2p/core/peer"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/clock"
 )
 
 // TestCheckpointOffers: op 3 serves a donor's checkpoint apart from its
@@ -50,5 +54,54 @@ func TestCheckpointOffers(t *testing.T) {
 	want.Content = &other
 	if _, err := Fetch(ctx, joiner, donors, want, 5*time.Second, nil); err == nil {
 		t.Fatal("a state nobody offers was fetched")
+	}
+}
+
+// TestCheckpointCopiesDoNotHoldLiveState: peers reading a donor's
+// checkpoints never leave its joiners on a stale copy of its live state
+// (the copies of checkpoints go when nobody reads them, and each kind has
+// its own MaxFrozen).
+func TestCheckpointCopiesDoNotHoldLiveState(t *testing.T) {
+	const nP, nO = 1000, 2000
+	joiner, a := newHost(t), newHost(t)
+	link(joiner, a)
+	var mu sync.Mutex
+	live := state(nP, nO, 5)
+	srv := NewServer(a, func(shard int) (*Snapshot, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return holder(live)(shard)
+	})
+	ck := state(nP, nO, 5) // the checkpoint of the state held: the same content
+	srv.SetCheckpoints(holder(ck))
+	clk := clock.NewManual(time.Unix(1e9, 0))
+	srv.SetClock(clk)
+	srv.SetEpoch(func(int) (uint64, bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		return live.Epoch, true
+	})
+	ctx := context.Background()
+	want := Want{Shard: 1, Params: nP, Opt: nO, MaxEpoch: 100}
+	wantCk := want
+	wantCk.Checkpoint = true
+	for epoch := uint64(5); epoch < 9; epoch++ {
+		mu.Lock()
+		live = state(nP, nO, epoch)
+		mu.Unlock()
+		clk.Advance(time.Second)
+		if o := Offers(ctx, joiner, []peer.ID{a.ID()}, wantCk, 5*time.Second); len(o) != 1 || o[0].Epoch != 5 {
+			t.Fatalf("checkpoint offers %+v", o)
+		}
+		if _, err := Fetch(ctx, joiner, []peer.ID{a.ID()}, wantCk, 5*time.Second, nil); err != nil {
+			t.Fatal(err)
+		}
+		snap, err := Fetch(ctx, joiner, []peer.ID{a.ID()}, want, 5*time.Second, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if snap.Epoch != epoch {
+			t.Fatalf("live state of epoch %d served while the donor is at %d", snap.Epoch, epoch)
+		}
 	}
 }

@@ -361,11 +361,11 @@ func (s *Server) snapshot(shard int, ckpt bool) (*frozen, error) {
 		}
 		s.releaseLocked()
 		cur := s.latest[key]
-		if cur != nil && (!s.staleLocked(cur, ckpt) || len(s.snaps) >= MaxFrozen) {
+		if cur != nil && (!s.staleLocked(cur, ckpt) || s.frozenLocked(ckpt) >= MaxFrozen) {
 			cur.users++
 			return cur, nil
 		}
-		if len(s.snaps) >= MaxFrozen {
+		if s.frozenLocked(ckpt) >= MaxFrozen {
 			return nil, ErrBusy
 		}
 		break
@@ -380,11 +380,11 @@ func (s *Server) snapshot(shard int, ckpt bool) (*frozen, error) {
 	if err != nil {
 		return nil, err
 	}
+	f.key = key
 	if old := s.snaps[f.hdr.ID]; old != nil {
 		f = old // the same state again: keep the copy others download
 		f.at = s.clk.Now()
 	}
-	f.key = key
 	s.snaps[f.hdr.ID] = f
 	s.latest[key] = f
 	f.users++
@@ -404,18 +404,34 @@ func (s *Server) staleLocked(f *frozen, ckpt bool) bool {
 	return true
 }
 
+// frozenLocked counts the frozen copies of live states (ckpt false) or of
+// checkpoints: each kind has MaxFrozen, so peers reading checkpoints never
+// keep a joiner on a stale copy of the live state.
+func (s *Server) frozenLocked(ckpt bool) int {
+	n := 0
+	for _, f := range s.snaps {
+		if (f.key < 0) == ckpt {
+			n++
+		}
+	}
+	return n
+}
+
 // releaseLocked frees copies nobody downloads that are superseded by a
-// newer one or older than the TTL.
+// newer one or older than the TTL, and copies of checkpoints as soon as
+// nobody downloads them (they are read from disk again when asked).
 func (s *Server) releaseLocked() {
 	now := s.clk.Now()
 	for id, f := range s.snaps {
 		if f.users > 0 {
 			continue
 		}
-		if s.latest[f.key] != f || now.Sub(f.at) > s.ttl {
+		if s.latest[f.key] != f || now.Sub(f.at) > s.ttl || f.key < 0 {
 			delete(s.snaps, id)
-			if s.latest[f.key] == f {
-				delete(s.latest, f.key)
+			for k, l := range s.latest {
+				if l == f {
+					delete(s.latest, k)
+				}
 			}
 		}
 	}
@@ -446,9 +462,15 @@ func (s *Server) freeze(shard int, ckpt bool) (*frozen, error) {
 	}
 	data := snap.flat()
 	hdr := headerOf(snap)
-	// Donors of the same state give it the same ID so a joiner can mix them.
+	// Donors of the same state give it the same ID so a joiner can mix
+	// them; a checkpoint's copy has another ID than the live state's, so
+	// the two are never one copy (a live copy is refrozen per epoch, a
+	// checkpoint's dropped once nobody reads it).
 	k := hdr.key()
 	hdr.ID = binary.BigEndian.Uint64(k[:8])
+	if ckpt {
+		hdr.ID = binary.BigEndian.Uint64(k[8:16])
+	}
 	return &frozen{hdr: hdr, enc: encodeHeader(hdr), data: data, shard: shard, at: s.clk.Now()}, nil
 }
 
