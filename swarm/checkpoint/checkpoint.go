@@ -192,3 +192,38 @@ func Decode(b []byte) (*State, error) {
 	}
 	return s, nil
 }
+
+// DecodeMeta parses a checkpoint's header and metadata without reading or
+// verifying its buffers (a quick look at the run, step and epoch; Decode
+// verifies the whole file). The State's buffers are nil.
+func DecodeMeta(r io.Reader) (*State, error) {
+	var hdr [headerSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, corrupt("header: %v", err)
+	}
+	if string(hdr[:8]) != magic {
+		return nil, corrupt("not a checkpoint (bad magic %q)", hdr[:8])
+	}
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != FormatVersion {
+		return nil, corrupt("format version %d, want %d", v, FormatVersion)
+	}
+	metaLen := binary.LittleEndian.Uint32(hdr[12:])
+	if metaLen > maxMeta {
+		return nil, corrupt("metadata length %d out of range", metaLen)
+	}
+	mj := make([]byte, metaLen)
+	if _, err := io.ReadFull(r, mj); err != nil {
+		return nil, corrupt("metadata: %v", err)
+	}
+	var md meta
+	dec := json.NewDecoder(bytes.NewReader(mj))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&md); err != nil {
+		return nil, corrupt("metadata: %v", err)
+	}
+	s := &State{RunID: md.RunID, Step: md.Step, Samples: md.Samples, Position: md.Position, Epoch: md.Epoch, Layout: md.Layout}
+	for _, sm := range md.Shards {
+		s.Shards = append(s.Shards, ShardState{Index: sm.Index})
+	}
+	return s, nil
+}

@@ -1,6 +1,7 @@
 package checkpoint
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -141,4 +142,18 @@ func (d *Dir) LatestFitting(fits func(*State) error) (*State, string, error) {
 		return nil, "", fmt.Errorf("%w in %s", ErrNone, d.Path)
 	}
 	return nil, "", fmt.Errorf("%w in %s: %w", ErrNone, d.Path, errors.Join(errs...))
+}
+
+// ReadMeta reads one checkpoint's metadata (DecodeMeta): unverified.
+func ReadMeta(path string) (*State, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	defer f.Close()
+	s, err := DecodeMeta(bufio.NewReader(f))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
 }

@@ -80,3 +80,22 @@ func TestLatestFittingRefusesOthers(t *testing.T) {
 		t.Errorf("sizes checked though not asked: %v", err)
 	}
 }
+
+// TestReadMeta: the metadata of a checkpoint without its buffers, and a
+// file that is not one refused.
+func TestReadMeta(t *testing.T) {
+	d := &Dir{Path: t.TempDir()}
+	path, err := d.Save(nodeState("bafkreirun", "l", 1, 10, 42))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ReadMeta(path)
+	if err != nil || s.Epoch != 42 || s.RunID != "bafkreirun" || s.Layout != "l" || len(s.Shards) != 1 || s.Shards[0].Index != 1 || s.Shards[0].Params != nil {
+		t.Fatalf("ReadMeta = %+v, %v", s, err)
+	}
+	bad := filepath.Join(d.Path, "ckpt-000000000001.swck")
+	os.WriteFile(bad, []byte("SWCKPT\r\nnot really"), 0o644)
+	if _, err := ReadMeta(bad); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("ReadMeta of a torn file: %v", err)
+	}
+}

@@ -59,8 +59,8 @@ func TestCheckpointOffers(t *testing.T) {
 
 // TestCheckpointCopiesDoNotHoldLiveState: peers reading a donor's
 // checkpoints never leave its joiners on a stale copy of its live state
-// (the copies of checkpoints go when nobody reads them, and each kind has
-// its own MaxFrozen).
+// (a checkpoint's copy is never the live state's, and each kind has its
+// own MaxFrozen).
 func TestCheckpointCopiesDoNotHoldLiveState(t *testing.T) {
 	const nP, nO = 1000, 2000
 	joiner, a := newHost(t), newHost(t)

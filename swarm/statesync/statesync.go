@@ -418,15 +418,14 @@ func (s *Server) frozenLocked(ckpt bool) int {
 }
 
 // releaseLocked frees copies nobody downloads that are superseded by a
-// newer one or older than the TTL, and copies of checkpoints as soon as
-// nobody downloads them (they are read from disk again when asked).
+// newer one or older than the TTL.
 func (s *Server) releaseLocked() {
 	now := s.clk.Now()
 	for id, f := range s.snaps {
 		if f.users > 0 {
 			continue
 		}
-		if s.latest[f.key] != f || now.Sub(f.at) > s.ttl || f.key < 0 {
+		if s.latest[f.key] != f || now.Sub(f.at) > s.ttl {
 			delete(s.snaps, id)
 			for k, l := range s.latest {
 				if l == f {
@@ -464,8 +463,8 @@ func (s *Server) freeze(shard int, ckpt bool) (*frozen, error) {
 	hdr := headerOf(snap)
 	// Donors of the same state give it the same ID so a joiner can mix
 	// them; a checkpoint's copy has another ID than the live state's, so
-	// the two are never one copy (a live copy is refrozen per epoch, a
-	// checkpoint's dropped once nobody reads it).
+	// the two are never one copy (a read of the checkpoint must not make
+	// a stale copy of the live state look fresh).
 	k := hdr.key()
 	hdr.ID = binary.BigEndian.Uint64(k[:8])
 	if ckpt {

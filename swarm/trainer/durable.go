@@ -56,6 +56,17 @@ type durable struct {
 	savedEpoch uint64
 	writing    bool
 	wg         sync.WaitGroup
+
+	// readMu serialises checkpoint reads; cache holds, per shard, the
+	// newest checkpoint read or written and its file, so that peers asking
+	// for it (statesync op 3) do not have it read and verified again.
+	readMu sync.Mutex
+	cache  map[int]cachedCkpt
+}
+
+type cachedCkpt struct {
+	path string
+	s    *checkpoint.State
 }
 
 func (t *Trainer) checkpointsOn() bool { return t.cfg.Checkpoints.Dir != "" }
@@ -109,11 +120,27 @@ func (t *Trainer) ownCheckpoint(index, nP, nO int) *checkpoint.State {
 	if err != nil {
 		return nil
 	}
-	s, _, err := t.ckptDir(index).LatestFitting(func(s *checkpoint.State) error { return s.Fits(id) })
+	d := t.ckptDir(index)
+	t.dur.readMu.Lock()
+	defer t.dur.readMu.Unlock()
+	if files, err := d.List(); err == nil && len(files) > 0 {
+		if c, ok := t.dur.cache[index]; ok && c.path == files[len(files)-1].Path && c.s.Fits(id) == nil {
+			return c.s
+		}
+	}
+	s, path, err := d.LatestFitting(func(s *checkpoint.State) error { return s.Fits(id) })
 	if err != nil {
 		return nil
 	}
+	t.cacheCkptLocked(index, path, s)
 	return s
+}
+
+func (t *Trainer) cacheCkptLocked(index int, path string, s *checkpoint.State) {
+	if t.dur.cache == nil {
+		t.dur.cache = map[int]cachedCkpt{}
+	}
+	t.dur.cache[index] = cachedCkpt{path: path, s: s}
 }
 
 // servedCheckpoint serves statesync op 3: this node's newest checkpoint of
@@ -187,6 +214,9 @@ func (t *Trainer) writeCheckpoint(s *checkpoint.State, why string) {
 		t.log.Error("checkpoint failed; training goes on", "shard", s.Shards[0].Index, "epoch", s.Epoch, "err", err)
 		return
 	}
+	t.dur.readMu.Lock()
+	t.cacheCkptLocked(s.Shards[0].Index, path, s)
+	t.dur.readMu.Unlock()
 	t.dur.mu.Lock()
 	t.dur.lastShard, t.dur.lastEpoch, t.dur.lastAt = s.Shards[0].Index, s.Epoch, t.clk.Now()
 	t.dur.saved, t.dur.savedShard, t.dur.savedEpoch = true, s.Shards[0].Index, s.Epoch
@@ -243,6 +273,10 @@ func (t *Trainer) noteLoaded(index int, epoch uint64, own bool) {
 // settles.
 const resumeSettle = 10
 
+// offersTimeout bounds one peer's answer to a request for its checkpoint's
+// header: one that is slower is left out of this round of offers.
+const offersTimeout = 3 * time.Second
+
 // resumeRetry is the pause before a node asks for checkpoints again.
 const resumeRetry = 500 * time.Millisecond
 
@@ -281,7 +315,7 @@ func (t *Trainer) resumeState(ctx context.Context, sh engine.Shard, index int, o
 	providers := t.donors(ctx, index)
 	for attempt := 1; ; attempt++ {
 		var offers []epochs.StateOffer
-		for _, o := range statesync.Offers(ctx, t.h, t.checkpointPeers(providers), want, 5*time.Second) {
+		for _, o := range statesync.Offers(ctx, t.h, t.checkpointPeers(providers), want, offersTimeout) {
 			offers = append(offers, epochs.StateOffer{Peer: o.Peer.String(), Epoch: o.Epoch, Content: o.Content})
 		}
 		in := epochs.ResumeInput{Own: ownOffer, Offers: offers, Swarm: epochs.SwarmEpoch(t.tracker.Live(t.clk.Now())),
@@ -325,9 +359,24 @@ func (t *Trainer) resumeShard() (int, uint64) {
 	if !t.checkpointsOn() {
 		return -1, 0
 	}
+	// The newest file's metadata of each shard's folder: a quick look
+	// (join reads and verifies the one it takes, falling back past a
+	// damaged one).
 	best, epoch := -1, uint64(0)
 	for i := range t.m.Shards {
-		if s := t.ownCheckpoint(i, -1, -1); s != nil && (best < 0 || s.Epoch > epoch) {
+		id, err := t.identity(i, -1, -1)
+		if err != nil {
+			continue
+		}
+		files, err := t.ckptDir(i).List()
+		if err != nil || len(files) == 0 {
+			continue
+		}
+		s, err := checkpoint.ReadMeta(files[len(files)-1].Path)
+		if err != nil || s.RunID != id.RunID || s.Layout != id.Layout || len(s.Shards) != 1 || s.Shards[0].Index != i {
+			continue
+		}
+		if best < 0 || s.Epoch > epoch {
 			best, epoch = i, s.Epoch
 		}
 	}
