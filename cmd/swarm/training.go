@@ -20,6 +20,7 @@ import (
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/training"
 	"github.com/swarm-train/swarm/spec/run"
+	swarmdata "github.com/swarm-train/swarm/swarm/data"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
@@ -139,6 +140,11 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 	}
 	if c.Bool("no-checkpoints") || cfg.Home == "" {
 		ck = trainer.Checkpoints{}
+	}
+	if m.Dataset.Name == run.DatasetMNIST && m.Dataset.Root == "" {
+		// MNIST found locally (no data set to fetch first): decode it
+		// while the engine starts, so a (re)started node trains sooner.
+		go func() { _, _ = swarmdata.LoadMNIST(c.String("data-dir")) }()
 	}
 	eng, choice, device, gpus, err := openEngine(c, l, log)
 	if err != nil {

@@ -161,14 +161,22 @@ func LoadMNIST(dir string) (*MNIST, error) {
 	v, _ := mnistOnce.LoadOrStore(d, &mnistLoad{})
 	l := v.(*mnistLoad)
 	l.once.Do(func() {
+		// The two sets decompress at once (a node's start waits on them).
 		var m MNIST
-		if m.Train, l.err = readImageSet(d, mnistTrainImages, mnistTrainLabels); l.err != nil {
-			return
+		var testErr error
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			m.Test, testErr = readImageSet(d, mnistTestImages, mnistTestLabels)
+		}()
+		m.Train, l.err = readImageSet(d, mnistTrainImages, mnistTrainLabels)
+		<-done
+		if l.err == nil {
+			l.err = testErr
 		}
-		if m.Test, l.err = readImageSet(d, mnistTestImages, mnistTestLabels); l.err != nil {
-			return
+		if l.err == nil {
+			l.m = &m
 		}
-		l.m = &m
 	})
 	return l.m, l.err
 }
