@@ -91,10 +91,13 @@ type ResumeChoice struct {
 // of its input.
 func Resume(in ResumeInput) ResumeChoice {
 	if in.Live {
-		if in.Own != nil && in.Own.Epoch > in.LiveEpoch && in.Own.Epoch <= in.MaxEpoch {
-			// The live holders will catch up from this node (holdersAhead).
+		// Live holders ahead: state sync. Level with them (holders of a
+		// swarm that stopped together, coming back one by one), its own
+		// state is theirs and needs no download; ahead of them, they
+		// catch up from this node (holdersAhead).
+		if in.Own != nil && in.Own.Epoch >= in.LiveEpoch && in.Own.Epoch <= in.MaxEpoch {
 			return ResumeChoice{From: FromOwn, Epoch: in.Own.Epoch,
-				Why: fmt.Sprintf("own checkpoint at epoch %d is ahead of the live holders' %d", in.Own.Epoch, in.LiveEpoch)}
+				Why: fmt.Sprintf("own checkpoint at epoch %d, the live holders at %d", in.Own.Epoch, in.LiveEpoch)}
 		}
 		return ResumeChoice{From: FromSync, Why: fmt.Sprintf("live holders at epoch %d", in.LiveEpoch)}
 	}

@@ -27,7 +27,7 @@ func TestResume(t *testing.T) {
 		{name: "fresh run: nobody had the shard", in: ResumeInput{MaxEpoch: 600}, from: FromInit},
 		{name: "live holders, no checkpoint", in: ResumeInput{Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromSync},
 		{name: "live holders ahead of own checkpoint", in: ResumeInput{Own: own(30, 1), Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromSync},
-		{name: "live holders level with own checkpoint", in: ResumeInput{Own: own(40, 1), Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromSync},
+		{name: "live holders level with own checkpoint", in: ResumeInput{Own: own(40, 1), Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromOwn, epoch: 40},
 		{name: "own checkpoint ahead of the live holders", in: ResumeInput{Own: own(41, 1), Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromOwn, epoch: 41},
 		{name: "own checkpoint past the run's end is no checkpoint", in: ResumeInput{Own: own(900, 1), Live: true, LiveEpoch: 40, MaxEpoch: 600}, from: FromSync},
 		{name: "whole swarm restart: own and a mate's alike", in: ResumeInput{Own: own(200, 1), Offers: []StateOffer{offer("b", 200, 1)}, MaxEpoch: 600},
