@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/testutil"
 )
 
 // TestCheckpointOffers: op 3 serves a donor's checkpoint apart from its
@@ -93,9 +94,11 @@ func TestCheckpointCopiesDoNotHoldLiveState(t *testing.T) {
 		if o := Offers(ctx, joiner, []peer.ID{a.ID()}, wantCk, 5*time.Second); len(o) != 1 || o[0].Epoch != 5 {
 			t.Fatalf("checkpoint offers %+v", o)
 		}
+		idle(t, srv) // one joiner has StreamsPerPeer streams: the closed ones must be released first
 		if _, err := Fetch(ctx, joiner, []peer.ID{a.ID()}, wantCk, 5*time.Second, nil); err != nil {
 			t.Fatal(err)
 		}
+		idle(t, srv)
 		snap, err := Fetch(ctx, joiner, []peer.ID{a.ID()}, want, 5*time.Second, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -104,4 +107,14 @@ func TestCheckpointCopiesDoNotHoldLiveState(t *testing.T) {
 			t.Fatalf("live state of epoch %d served while the donor is at %d", snap.Epoch, epoch)
 		}
 	}
+}
+
+// idle waits until srv serves no stream.
+func idle(t *testing.T, srv *Server) {
+	t.Helper()
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the donor's streams to close"), func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return srv.nstreams == 0
+	})
 }
