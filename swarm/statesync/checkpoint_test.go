@@ -16,7 +16,7 @@ import (
 // live state; Offers reads the headers without a chunk, and Fetch with
 // Want.Content takes exactly the state chosen from them.
 func TestCheckpointOffers(t *testing.T) {
-	const nP, nO = 300_000, 2 * 300_000 // 4 chunks
+	const nP, nO = 100_000, 2 * 100_000 // 2 chunks
 	joiner, a, b, none := newHost(t), newHost(t), newHost(t), newHost(t)
 	link(joiner, a, b, none)
 	live, ckA, ckB := state(nP, nO, 9), state(nP, nO, 7), state(nP, nO, 7)
