@@ -199,10 +199,10 @@ type Machine struct {
 	epoch      uint64
 	expected   int       // the shard-mates the gradient round was for
 	gatherFrom time.Time // when gathering began
-	// wanted are the mates the gradient round waited for; late is what
-	// this core saw of the mates' timing (average, noteRound).
+	// wanted are the mates the gradient round waited for; late those that
+	// were waited for and did not join, with the epoch (average).
 	wanted []string
-	late   map[string]lateness
+	late   map[string]uint64
 	group  int      // members of the gradient round (1: alone)
 	donors []string // local mode: the holders ahead when the round closed
 	drift  bool     // this node may differ from its shard's other holders
@@ -367,47 +367,26 @@ func (m *Machine) tick(in Input) Action {
 // milliseconds of each other.
 const GatherGrace = 200 * time.Millisecond
 
-// A mate is late by what it did, never by what its record says: one that
-// was not closing its epoch when this node's gathering ended (slow), or that
-// the gradient round waited for and that did not join it (missed). A late
-// mate is not waited for, as gathering (slow) or in the round and state
-// rounds (missed), for a number of epochs that doubles with each time in a
-// row, up to LateProbe: a holder that keeps finishing its epochs late (one
+// LateProbe: a mate that was waited for in a gradient round and did not
+// join it, or that was not closing its epoch when the others closing it
+// started the round (late), is not waited for again, until it joins a
+// round, or once every LateProbe epochs. A holder that keeps finishing its epochs late (one
 // whose samples the others did not believe, one that lost its way when the
-// other shard banned it) then costs the wait once in that many epochs, while
-// an honest one that was behind once is waited for again an epoch later. A
-// mate closing in time, or a member of a round, is not late.
+// other shard banned it) then costs the matchmaking window once in that
+// many epochs, not in every round; an honest one that missed a round is
+// waited for again as soon as it is in one.
 const LateProbe = 32
 
-// lateness is what this core saw of one mate's timing.
-type lateness struct {
-	slow, missed     int    // times in a row
-	slowAt, missedAt uint64 // the epoch of the last
-}
-
-func backoff(n int) uint64 { return min(uint64(1)<<min(n-1, 62), LateProbe) }
-
-// skipGather: not waited for while gathering.
-func (l lateness) skipGather(epoch uint64) bool {
-	return l.slow > 0 && epoch <= l.slowAt+backoff(l.slow) || l.skipRound(epoch)
-}
-
-// skipRound: not waited for in rounds.
-func (l lateness) skipRound(epoch uint64) bool {
-	return l.missed > 0 && epoch <= l.missedAt+backoff(l.missed)
-}
-
-// gather waits, GatherGrace at most, until every shard-mate it waits for
-// (not late) is closing this epoch, then starts the gradient round
-// (average).
+// gather waits, GatherGrace at most, until every reliable shard-mate (not
+// late) is closing this epoch, then starts the gradient round (average).
 func (m *Machine) gather(in Input) Action {
 	if m.phase != gathering {
 		m.phase, m.gatherFrom = gathering, in.Now
 	}
 	if in.Now.Sub(m.gatherFrom) < GatherGrace {
 		closing := m.closingMates(in)
-		for _, p := range m.mates(in) {
-			if !m.late[p].skipGather(m.epoch) && !slices.Contains(closing, p) {
+		for _, p := range m.reliable(in) {
+			if !slices.Contains(closing, p) {
 				return Action{}
 			}
 		}
@@ -415,12 +394,11 @@ func (m *Machine) gather(in Input) Action {
 	return m.average(in)
 }
 
-// reliable are the mates a round waits for: those that did not miss the
-// last rounds (or are due to be waited for again).
+// reliable are the mates that are not late (or are due for a probe).
 func (m *Machine) reliable(in Input) []string {
 	var out []string
 	for _, p := range m.mates(in) {
-		if !m.late[p].skipRound(m.epoch) {
+		if at, late := m.late[p]; !late || m.epoch >= at+LateProbe {
 			out = append(out, p)
 		}
 	}
@@ -441,8 +419,7 @@ func (m *Machine) closingMates(in Input) []string {
 // average starts the gradient round, or skips it when the shard has no
 // other holder. The round waits for the reliable mates closing this epoch
 // (or, with none closing, for the reliable mates); the others may still
-// join while it gathers. Mates that were not closing are slow; those waited
-// for and absent miss the round (noteRound).
+// join while it gathers. Those waited for and absent are late (noteRound).
 func (m *Machine) average(in Input) Action {
 	mates := m.mates(in)
 	m.group = 1
@@ -451,27 +428,21 @@ func (m *Machine) average(in Input) Action {
 		return m.afterRound(in)
 	}
 	m.phase = averaging
-	m.forgetLate(mates)
-	closing := m.closingMates(in)
-	for _, p := range mates {
-		l := m.late[p]
-		switch {
-		case slices.Contains(closing, p):
-			l.slow = 0
-		case !l.skipGather(m.epoch):
-			l.slow, l.slowAt = l.slow+1, m.epoch
-		}
-		m.setLate(p, l)
-	}
 	want := m.reliable(in)
-	var closingWanted []string
-	for _, p := range want {
-		if slices.Contains(closing, p) {
-			closingWanted = append(closingWanted, p)
+	var closing []string
+	for _, p := range m.closingMates(in) {
+		if slices.Contains(want, p) {
+			closing = append(closing, p)
 		}
 	}
-	if len(closingWanted) > 0 {
-		want = closingWanted
+	if len(closing) > 0 {
+		// The reliable mates not closing by now finish late: late.
+		for _, p := range want {
+			if !slices.Contains(closing, p) {
+				m.markLate(p)
+			}
+		}
+		want = closing
 	}
 	m.expected, m.wanted = len(want), want
 	group := max(min(len(want)+1, m.cfg.GroupSize), 2)
@@ -479,45 +450,35 @@ func (m *Machine) average(in Input) Action {
 }
 
 // noteRound learns from a gradient round's members: a mate waited for and
-// absent missed it; a member is not late.
+// absent is late; a member is not.
 func (m *Machine) noteRound(in Input, members []string) {
-	m.forgetLate(m.mates(in))
-	for _, p := range members {
-		delete(m.late, p)
-	}
-	for _, p := range m.wanted {
-		if !slices.Contains(members, p) {
-			l := m.late[p]
-			l.missed, l.missedAt = l.missed+1, m.epoch
-			m.setLate(p, l)
-		}
-	}
-}
-
-// setLate stores l for p (a zero l forgets p), at most maxLate mates.
-func (m *Machine) setLate(p string, l lateness) {
-	if l == (lateness{}) {
-		delete(m.late, p)
-		return
-	}
 	if m.late == nil {
-		m.late = map[string]lateness{}
+		m.late = map[string]uint64{}
 	}
-	if _, ok := m.late[p]; ok || len(m.late) < maxLate {
-		m.late[p] = l
-	}
-}
-
-// forgetLate forgets the timing of peers that are no longer mates.
-func (m *Machine) forgetLate(mates []string) {
+	mates := m.mates(in)
 	for p := range m.late {
-		if !slices.Contains(mates, p) {
+		if !slices.Contains(mates, p) || slices.Contains(members, p) {
 			delete(m.late, p)
 		}
 	}
+	for _, p := range m.wanted {
+		if !slices.Contains(members, p) {
+			m.markLate(p)
+		}
+	}
 }
 
-// maxLate bounds the mates whose timing is remembered.
+func (m *Machine) markLate(p string) {
+	if m.late == nil {
+		m.late = map[string]uint64{}
+	}
+	if len(m.late) < maxLate {
+		m.late[p] = m.epoch
+	}
+}
+
+// maxLate bounds the late mates remembered (noteRound forgets those that
+// are no longer mates).
 const maxLate = 1024
 
 // afterRound: behind the swarm, or left out of a round a shard-mate
