@@ -1,5 +1,10 @@
 package run
 
+import (
+	"fmt"
+	"strings"
+)
+
 // NewMLPMNIST returns a validated-defaults manifest for the MNIST MLP
 // (784-1024-1024-10) split into the given number of shards (1 to 3). The
 // defaults reach about 98% test accuracy with `swarm train` in 600 steps of
@@ -47,6 +52,75 @@ func NewGPTChar(charset string, shards int) *Manifest {
 		m.Shards = EvenShards(m.Model.Units(), shards) // Validate names the problem
 	}
 	return m
+}
+
+// Llama presets (LlamaPreset names them).
+const (
+	PresetLlamaTiny = "llama-tiny"
+	PresetLlama124M = "llama-124m"
+	PresetLlama350M = "llama-350m"
+)
+
+// LlamaPresets lists the preset names, smallest first.
+var LlamaPresets = []string{PresetLlamaTiny, PresetLlama124M, PresetLlama350M}
+
+// LlamaPreset returns the model of a Llama preset for a vocabulary of vocab
+// tokens and whether its head is tied to the embedding (as one shard):
+//
+//   - llama-tiny: 4 blocks of width 64, 4 query and 2 key/value heads
+//     (grouped-query attention), SwiGLU 176, context 64: about 0.2M
+//     parameters plus 128 per vocabulary entry; sized for CI and a CPU.
+//   - llama-124m: 12 blocks of width 768, 12 heads, SwiGLU 2048, context
+//     1024, tied head: 123.6M parameters with GPT-2's 50,257 tokens.
+//   - llama-350m: 24 blocks of width 1024, 16 heads, SwiGLU 2688, context
+//     1024, tied head: 350.4M parameters with GPT-2's 50,257 tokens.
+//
+// A tied head needs a single shard; split, the larger presets get their own
+// head (+38.6M and +51.5M parameters with 50,257 tokens).
+func LlamaPreset(name string, vocab int) (ModelSpec, error) {
+	m := ModelSpec{Arch: ArchLlama, Vocab: vocab, RopeTheta: 10000}
+	switch name {
+	case PresetLlamaTiny:
+		m.BlockSize, m.NLayer, m.NHead, m.NKVHead, m.NEmbd, m.FFNHidden = 64, 4, 4, 2, 64, 176
+	case PresetLlama124M:
+		m.BlockSize, m.NLayer, m.NHead, m.NKVHead, m.NEmbd, m.FFNHidden = 1024, 12, 12, 12, 768, 2048
+		m.TieEmbeddings = true
+	case PresetLlama350M:
+		m.BlockSize, m.NLayer, m.NHead, m.NKVHead, m.NEmbd, m.FFNHidden = 1024, 24, 16, 16, 1024, 2688
+		m.TieEmbeddings = true
+	default:
+		return ModelSpec{}, fmt.Errorf("unknown llama preset %q (want %s)", name, strings.Join(LlamaPresets, ", "))
+	}
+	return m, nil
+}
+
+// NewLlama returns a defaults manifest for a Llama preset over the text
+// dataset with the given character set, split into the given number of
+// shards (balanced by FLOPs; a split preset unties its head). llama-tiny's
+// training defaults are those of gpt-char; the larger presets get a GPT-2
+// style schedule (lr 6e-4, 2,000 warm-up steps of 8 sequences per micro-batch)
+// meant as a starting point for a GPU swarm.
+func NewLlama(preset, charset string, shards int) (*Manifest, error) {
+	md, err := LlamaPreset(preset, len([]rune(charset)))
+	if err != nil {
+		return nil, err
+	}
+	if shards > 1 {
+		md.TieEmbeddings = false
+	}
+	m := NewGPTChar(charset, 1)
+	m.Name, m.Model = preset, md
+	if preset != PresetLlamaTiny {
+		m.Optimizer = OptimizerSpec{
+			Name: "adamw", LR: 6e-4, MinLR: 6e-5, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8,
+			WeightDecay: 0.1, ClipNorm: 1, WarmupSteps: 2000, DecaySteps: 18000,
+		}
+		m.Training = TrainingSpec{BatchSize: 8, TargetBatch: 256, Steps: 20000}
+	}
+	if err := m.Split(shards); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // LRAt is the learning rate of optimizer step (0-based): linear warm-up to LR,

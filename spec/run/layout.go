@@ -35,6 +35,15 @@ func (t Tensor) Size() int {
 // h{i}.ln1.{w,b} [C], h{i}.attn.qkv.{w [3C,C], b [3C]}, h{i}.attn.proj.{w [C,C],
 // b [C]}, h{i}.ln2.{w,b} [C], h{i}.mlp.fc.{w [4C,C], b [4C]},
 // h{i}.mlp.proj.{w [C,4C], b [C]}; last shard: lnf.{w,b} [C], head.w [vocab,C].
+//
+// llama (no biases; hd = C/n_head, Q = n_head·hd = C, KV = n_kv_head·hd,
+// F = ffn_hidden): first shard: wte [vocab,C]; block i: h{i}.attn_norm.w [C],
+// h{i}.attn.q.w [Q,C], h{i}.attn.k.w [KV,C], h{i}.attn.v.w [KV,C],
+// h{i}.attn.o.w [C,Q], h{i}.mlp_norm.w [C], h{i}.mlp.gate.w [F,C],
+// h{i}.mlp.up.w [F,C], h{i}.mlp.down.w [C,F]; last shard: norm.w [C] and,
+// unless tie_embeddings, head.w [vocab,C]. q, k and v are adjacent (as are
+// gate and up), so an engine may treat them as one [Q+2KV, C] (or [2F, C])
+// matrix.
 func (m *Manifest) Layout(index int) ([]Tensor, error) {
 	if index < 0 || index >= len(m.Shards) {
 		return nil, fmt.Errorf("shard %d: run has %d shards", index, len(m.Shards))
@@ -77,6 +86,29 @@ func (m *Manifest) Layout(index int) ([]Tensor, error) {
 			add("lnf.b", c)
 			add("head.w", md.Vocab, c)
 		}
+	case ArchLlama:
+		c, kv, f := md.NEmbd, md.NKVHead*md.HeadDim(), md.FFNHidden
+		if first {
+			add("wte", md.Vocab, c)
+		}
+		for i := s.Start; i < s.End; i++ {
+			p := fmt.Sprintf("h%d.", i)
+			add(p+"attn_norm.w", c)
+			add(p+"attn.q.w", c, c)
+			add(p+"attn.k.w", kv, c)
+			add(p+"attn.v.w", kv, c)
+			add(p+"attn.o.w", c, c)
+			add(p+"mlp_norm.w", c)
+			add(p+"mlp.gate.w", f, c)
+			add(p+"mlp.up.w", f, c)
+			add(p+"mlp.down.w", c, f)
+		}
+		if last {
+			add("norm.w", c)
+			if !md.TieEmbeddings {
+				add("head.w", md.Vocab, c)
+			}
+		}
 	default:
 		return nil, fmt.Errorf("unknown architecture %q", md.Arch)
 	}
@@ -112,7 +144,7 @@ func (m *Manifest) ActivationSize(index int) int {
 	switch md.Arch {
 	case ArchMLPMNIST:
 		return md.Hidden[m.Shards[index].End-1]
-	case ArchGPTChar:
+	case ArchGPTChar, ArchLlama:
 		return md.BlockSize * md.NEmbd
 	}
 	return 0
@@ -129,7 +161,7 @@ func (m *Manifest) FLOPsPerSample(index int) (float64, error) {
 	}
 	md := m.Model
 	uses := 1.0 // weight uses per sample
-	if md.Arch == ArchGPTChar {
+	if md.LanguageModel() {
 		uses = float64(md.BlockSize)
 	}
 	var f float64
@@ -138,7 +170,10 @@ func (m *Manifest) FLOPsPerSample(index int) (float64, error) {
 			f += 6 * uses * float64(t.Size())
 		}
 	}
-	if md.Arch == ArchGPTChar {
+	if md.TieEmbeddings && index == len(m.Shards)-1 {
+		f += 6 * uses * float64(md.Vocab*md.NEmbd) // the head, which is wte
+	}
+	if md.LanguageModel() {
 		s := m.Shards[index]
 		// QK^T and AV: 2 products of T×T×C each, forward 2 FLOPs, backward 4 (causal half not discounted).
 		T, C := float64(md.BlockSize), float64(md.NEmbd)
@@ -188,7 +223,7 @@ func (m *Manifest) initTensor(t Tensor, dst []float32) {
 		}
 	default:
 		std := 0.02
-		if hasSuffix(name, "attn.proj.w") || hasSuffix(name, "mlp.proj.w") {
+		if hasSuffix(name, "attn.proj.w") || hasSuffix(name, "mlp.proj.w") || hasSuffix(name, "attn.o.w") || hasSuffix(name, "mlp.down.w") {
 			std /= math.Sqrt(2 * float64(m.Model.NLayer))
 		}
 		for i := range dst {
@@ -206,7 +241,8 @@ func cosPi(t float64) float64 { return math.Cos(math.Pi * t) }
 // BalancedShards splits the model of m into n contiguous shards whose
 // training FLOPs per sample are as even as possible: it minimises the most
 // expensive shard's cost (the pipeline's bottleneck). Unequal units — the
-// MLP's 784×1024 and 1024×10 layers, the GPT's head — make this differ from
+// MLP's 784×1024 and 1024×10 layers, the GPT's and Llama's head, counted
+// with the last block — make this differ from
 // EvenShards, which counts units.
 func BalancedShards(m *Manifest, n int) ([]ShardSpec, error) {
 	units := m.Model.Units()

@@ -26,6 +26,7 @@ const SchemaVersion = 1
 const (
 	ArchMLPMNIST = "mlp-mnist"
 	ArchGPTChar  = "gpt-char"
+	ArchLlama    = "llama"
 )
 
 // Datasets known to the data loaders.
@@ -109,12 +110,38 @@ type ModelSpec struct {
 	Input   int   `json:"input,omitempty"`
 	Hidden  []int `json:"hidden,omitempty"`
 	Classes int   `json:"classes,omitempty"`
-	// gpt-char: vocabulary, context length, depth, heads and width.
+	// gpt-char and llama: vocabulary, context length, depth, heads and width.
 	Vocab     int `json:"vocab,omitempty"`
 	BlockSize int `json:"block_size,omitempty"`
 	NLayer    int `json:"n_layer,omitempty"`
 	NHead     int `json:"n_head,omitempty"`
 	NEmbd     int `json:"n_embd,omitempty"`
+	// llama only: key/value heads (n_head divisible by it; fewer than
+	// n_head is grouped-query attention), the SwiGLU hidden width, the
+	// rotary embeddings' base, and whether the head reuses the token
+	// embedding (one shard only: the embedding lives on the first shard,
+	// the head on the last).
+	NKVHead       int     `json:"n_kv_head,omitempty"`
+	FFNHidden     int     `json:"ffn_hidden,omitempty"`
+	RopeTheta     float64 `json:"rope_theta,omitempty"`
+	TieEmbeddings bool    `json:"tie_embeddings,omitempty"`
+}
+
+// MaxModelDim bounds every size of a model (vocabulary, context, depth,
+// heads, widths), so products of sizes fit an int and a manifest cannot ask
+// an engine for absurd buffers by a typo.
+const MaxModelDim = 1 << 20
+
+// LanguageModel reports whether the model reads token ids and predicts the
+// next token at every position (gpt-char, llama).
+func (m ModelSpec) LanguageModel() bool { return m.Arch == ArchGPTChar || m.Arch == ArchLlama }
+
+// HeadDim is the width of one attention head (n_embd / n_head).
+func (m ModelSpec) HeadDim() int {
+	if m.NHead <= 0 {
+		return 0
+	}
+	return m.NEmbd / m.NHead
 }
 
 // ShardSpec is one contiguous stage: units [Start, End) of the model (Linear
@@ -316,7 +343,7 @@ func (m ModelSpec) Units() int {
 	switch m.Arch {
 	case ArchMLPMNIST:
 		return len(m.Hidden) + 1
-	case ArchGPTChar:
+	case ArchGPTChar, ArchLlama:
 		return m.NLayer
 	}
 	return 0
@@ -335,6 +362,9 @@ func (m *Manifest) Validate() error {
 	}
 	if err := validateShards(m.Shards, m.Model.Units()); err != nil {
 		return err
+	}
+	if m.Model.TieEmbeddings && len(m.Shards) != 1 {
+		return fieldErr("model.tie_embeddings", "needs a single shard (the embedding lives on the first, the head on the last), the run has %d", len(m.Shards))
 	}
 	if err := m.validateDataset(); err != nil {
 		return err
@@ -405,28 +435,51 @@ func (s ModelSpec) validate() error {
 				return err
 			}
 		}
-		if s.Vocab|s.BlockSize|s.NLayer|s.NHead|s.NEmbd != 0 {
-			return fieldErr("model", "gpt-char fields (vocab, block_size, n_layer, n_head, n_embd) set on an mlp-mnist model")
+		if s.Vocab|s.BlockSize|s.NLayer|s.NHead|s.NEmbd|s.NKVHead|s.FFNHidden != 0 || s.RopeTheta != 0 || s.TieEmbeddings {
+			return fieldErr("model", "gpt-char or llama fields (vocab, block_size, n_layer, n_head, n_embd, ...) set on an mlp-mnist model")
 		}
-	case ArchGPTChar:
-		for _, f := range []struct {
+	case ArchGPTChar, ArchLlama:
+		type size struct {
 			name string
 			v    int
-		}{{"vocab", s.Vocab}, {"block_size", s.BlockSize}, {"n_layer", s.NLayer}, {"n_head", s.NHead}, {"n_embd", s.NEmbd}} {
+		}
+		sizes := []size{{"vocab", s.Vocab}, {"block_size", s.BlockSize}, {"n_layer", s.NLayer}, {"n_head", s.NHead}, {"n_embd", s.NEmbd}}
+		if s.Arch == ArchLlama {
+			sizes = append(sizes, size{"n_kv_head", s.NKVHead}, size{"ffn_hidden", s.FFNHidden})
+		}
+		for _, f := range sizes {
 			if err := positive(f.name, f.v); err != nil {
 				return err
+			}
+			if f.v > MaxModelDim {
+				return fieldErr("model."+f.name, "%d is over the limit of %d", f.v, MaxModelDim)
 			}
 		}
 		if s.NEmbd%s.NHead != 0 {
 			return fieldErr("model.n_embd", "%d is not divisible by n_head %d", s.NEmbd, s.NHead)
 		}
 		if s.Input != 0 || s.Classes != 0 || len(s.Hidden) != 0 {
-			return fieldErr("model", "mlp-mnist fields (input, hidden, classes) set on a gpt-char model")
+			return fieldErr("model", "mlp-mnist fields (input, hidden, classes) set on a %s model", s.Arch)
+		}
+		if s.Arch == ArchGPTChar {
+			if s.NKVHead != 0 || s.FFNHidden != 0 || s.RopeTheta != 0 || s.TieEmbeddings {
+				return fieldErr("model", "llama fields (n_kv_head, ffn_hidden, rope_theta, tie_embeddings) set on a gpt-char model")
+			}
+			break
+		}
+		if hd := s.NEmbd / s.NHead; hd%2 != 0 {
+			return fieldErr("model.n_head", "gives heads of %d values (n_embd %d / n_head %d): rotary embeddings need an even head size", hd, s.NEmbd, s.NHead)
+		}
+		if s.NHead%s.NKVHead != 0 {
+			return fieldErr("model.n_kv_head", "n_head %d is not divisible by n_kv_head %d (each key/value head serves a whole group of query heads)", s.NHead, s.NKVHead)
+		}
+		if !(s.RopeTheta > 1 && s.RopeTheta <= 1e9) {
+			return fieldErr("model.rope_theta", "must be in (1, 1e9] (10000 is usual), got %g", s.RopeTheta)
 		}
 	case "":
-		return fieldErr("model.arch", "missing (want %s or %s)", ArchMLPMNIST, ArchGPTChar)
+		return fieldErr("model.arch", "missing (want %s, %s or %s)", ArchMLPMNIST, ArchGPTChar, ArchLlama)
 	default:
-		return fieldErr("model.arch", "unknown architecture %q (want %s or %s)", s.Arch, ArchMLPMNIST, ArchGPTChar)
+		return fieldErr("model.arch", "unknown architecture %q (want %s, %s or %s)", s.Arch, ArchMLPMNIST, ArchGPTChar, ArchLlama)
 	}
 	return nil
 }
@@ -472,8 +525,8 @@ func (m *Manifest) validateDataset() error {
 			return fieldErr("dataset.name", "mnist needs model %s, not %s", ArchMLPMNIST, m.Model.Arch)
 		}
 	case DatasetText:
-		if m.Model.Arch != ArchGPTChar {
-			return fieldErr("dataset.name", "text needs model %s, not %s", ArchGPTChar, m.Model.Arch)
+		if !m.Model.LanguageModel() {
+			return fieldErr("dataset.name", "text needs a language model (%s or %s), not %s", ArchGPTChar, ArchLlama, m.Model.Arch)
 		}
 		if len([]rune(d.Charset)) != m.Model.Vocab {
 			return fieldErr("dataset.charset", "has %d characters but model.vocab is %d", len([]rune(d.Charset)), m.Model.Vocab)

@@ -441,3 +441,149 @@ func TestSyncLossMargin(t *testing.T) {
 		t.Error("a sync loss margin kept the run ID")
 	}
 }
+
+func TestLlamaValidate(t *testing.T) {
+	for _, p := range LlamaPresets {
+		for n := 1; n <= 3; n++ {
+			m, err := NewLlama(p, testCharset, n)
+			if err != nil {
+				t.Fatalf("%s in %d shards: %v", p, n, err)
+			}
+			if err := m.Validate(); err != nil {
+				t.Errorf("%s in %d shards: %v", p, n, err)
+			}
+			if m.Model.TieEmbeddings != (n == 1 && p != PresetLlamaTiny) {
+				t.Errorf("%s in %d shards: tie_embeddings %v", p, n, m.Model.TieEmbeddings)
+			}
+		}
+	}
+	if _, err := NewLlama("llama-7b", testCharset, 1); err == nil {
+		t.Error("unknown preset accepted")
+	}
+	cases := []struct {
+		name  string
+		edit  func(m *Manifest)
+		field string
+	}{
+		{"heads do not divide width", func(m *Manifest) { m.Model.NHead = 3 }, "model.n_embd"},
+		{"odd head size", func(m *Manifest) { m.Model.NEmbd, m.Model.NHead, m.Model.NKVHead = 60, 4, 2 }, "model.n_head"},
+		{"kv heads do not divide heads", func(m *Manifest) { m.Model.NKVHead = 3 }, "model.n_kv_head"},
+		{"kv heads above heads", func(m *Manifest) { m.Model.NKVHead = 8 }, "model.n_kv_head"},
+		{"zero kv heads", func(m *Manifest) { m.Model.NKVHead = 0 }, "model.n_kv_head"},
+		{"zero ffn", func(m *Manifest) { m.Model.FFNHidden = 0 }, "model.ffn_hidden"},
+		{"huge ffn", func(m *Manifest) { m.Model.FFNHidden = MaxModelDim + 1 }, "model.ffn_hidden"},
+		{"huge vocab", func(m *Manifest) { m.Model.Vocab = 1 << 30 }, "model.vocab"},
+		{"no rope theta", func(m *Manifest) { m.Model.RopeTheta = 0 }, "model.rope_theta"},
+		{"NaN rope theta", func(m *Manifest) { m.Model.RopeTheta = math.NaN() }, "model.rope_theta"},
+		{"tied across shards", func(m *Manifest) { m.Model.TieEmbeddings = true }, "model.tie_embeddings"},
+		{"mlp field on llama", func(m *Manifest) { m.Model.Input = 3 }, "model"},
+		{"charset size", func(m *Manifest) { m.Dataset.Charset += "~" }, "dataset.charset"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := NewLlama(PresetLlamaTiny, testCharset, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.edit(m)
+			var fe *FieldError
+			if err := m.Validate(); !errors.As(err, &fe) || fe.Field != tc.field {
+				t.Fatalf("err = %v, want field %q", err, tc.field)
+			}
+		})
+	}
+	g := NewGPTChar(testCharset, 1)
+	g.Model.NKVHead = 2
+	var fe *FieldError
+	if err := g.Validate(); !errors.As(err, &fe) || fe.Field != "model" {
+		t.Errorf("n_kv_head on gpt-char: %v", err)
+	}
+}
+
+func TestLlamaPresetSizes(t *testing.T) {
+	const gpt2Vocab = 50257
+	for _, c := range []struct {
+		preset string
+		params int
+	}{
+		{PresetLlamaTiny, 4*(2*64+64*64*2+2*32*64+3*64*176) + 64 + 2*gpt2Vocab*64},
+		{PresetLlama124M, 123_551_232},
+		{PresetLlama350M, 350_357_504},
+	} {
+		md, err := LlamaPreset(c.preset, gpt2Vocab)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := NewGPTChar(testCharset, 1)
+		m.Model, m.Shards = md, EvenShards(md.NLayer, 1)
+		n, err := m.NumParams(0)
+		if err != nil || n != c.params {
+			t.Errorf("%s: %d params (%v), want %d", c.preset, n, err, c.params)
+		}
+	}
+}
+
+// TestLlamaLayoutSplits: a Llama split any way has the unsplit model's
+// tensors, initial values and FLOPs, and the balanced split counts the head:
+// with a large vocabulary the last shard gets fewer blocks.
+func TestLlamaLayoutSplits(t *testing.T) {
+	whole, err := NewLlama(PresetLlamaTiny, testCharset, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wp, _ := whole.InitParams(0)
+	wl, _ := whole.Layout(0)
+	byName := map[string][]float32{}
+	for _, ts := range wl {
+		byName[ts.Name] = wp[ts.Offset : ts.Offset+ts.Size()]
+	}
+	if got := byName["h0.attn.k.w"]; len(got) != 32*64 {
+		t.Fatalf("h0.attn.k.w has %d values, want 32×64 (2 kv heads of 16)", len(got))
+	}
+	if v := byName["h2.mlp_norm.w"]; v[0] != 1 || v[63] != 1 {
+		t.Fatal("norm weights do not start at 1")
+	}
+	f1, _ := whole.FLOPsPerSample(0)
+	for n := 2; n <= 4; n++ {
+		m, err := NewLlama(PresetLlamaTiny, testCharset, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fl float64
+		for i := range m.Shards {
+			p, _ := m.InitParams(i)
+			l, _ := m.Layout(i)
+			for _, ts := range l {
+				w := byName[ts.Name]
+				got := p[ts.Offset : ts.Offset+ts.Size()]
+				if len(w) != len(got) || w[0] != got[0] || w[len(w)-1] != got[len(got)-1] {
+					t.Fatalf("%d shards: tensor %s differs from the unsplit model", n, ts.Name)
+				}
+			}
+			f, _ := m.FLOPsPerSample(i)
+			fl += f
+		}
+		if math.Abs(fl-f1) > 1e-6*f1 {
+			t.Fatalf("%d shards: FLOPs %g, unsplit %g", n, fl, f1)
+		}
+	}
+	// Tied, the head's FLOPs still count.
+	tied := *whole
+	tied.Model.TieEmbeddings = true
+	ft, _ := tied.FLOPsPerSample(0)
+	if ft != f1 {
+		t.Fatalf("tied head: %g FLOPs, untied %g", ft, f1)
+	}
+	big, err := NewLlama(PresetLlamaTiny, testCharset, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	big.Model.Vocab, big.Model.NLayer = 4096, 8
+	s, err := BalancedShards(big, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s[1].End-s[1].Start >= 4 {
+		t.Fatalf("split of 8 blocks with a 4096-token head = %v: the head is not counted", s)
+	}
+}
