@@ -11,7 +11,8 @@ import (
 )
 
 // FuzzShardInputs feeds peer-supplied buffers (activations, gradients, ids)
-// of arbitrary sizes and values to every shard of both tiny models: each call
+// of arbitrary sizes and values to every shard of the tiny models (the Llama
+// with grouped-query attention, split and tied): each call
 // either succeeds or fails with one of the engine's shared errors, and never
 // panics.
 func FuzzShardInputs(f *testing.F) {
@@ -19,8 +20,12 @@ func FuzzShardInputs(f *testing.F) {
 	f.Add(uint8(1), uint8(1), []byte{0xff, 0xff, 0xc0, 0x7f, 0, 0, 0, 0}) // NaN
 	f.Add(uint8(3), uint8(2), make([]byte, 64*4))
 	f.Add(uint8(0), uint8(3), []byte{})
+	f.Add(uint8(1), uint8(2), make([]byte, 8*4))   // a whole llama sequence of token 0
+	f.Add(uint8(1), uint8(8), make([]byte, 8*4))   // the tied llama
+	f.Add(uint8(2), uint8(5), make([]byte, 256*4)) // llama shard 1: residual and targets
 	mlp := buildShardsF(f, tinyMLP(2))
 	gpt := buildShardsF(f, tinyGPT(2))
+	llama := append(buildShardsF(f, tinyLlama(2)), buildShardsF(f, tinyLlamaTied())...)
 	f.Fuzz(func(t *testing.T, n uint8, which uint8, data []byte) {
 		floats := make([]float32, len(data)/4)
 		ids := make([]int32, len(data)/4)
@@ -30,13 +35,10 @@ func FuzzShardInputs(f *testing.F) {
 			ids[i] = int32(u % 16)
 		}
 		b := &engine.Batch{N: int(n % 5), X: floats, Tokens: ids, Targets: ids}
-		ss := mlp
-		if which&1 == 1 {
-			ss = gpt
-		}
-		s := ss[int(which>>1)%len(ss)]
+		ss := [][]*Shard{mlp, gpt, llama}[which%3]
+		s := ss[int(which/3)%len(ss)]
 		var in []float32
-		if s.index > 0 {
+		if !s.first {
 			in = floats
 		}
 		out, _, tp, err := s.Forward(b, in, true)

@@ -194,12 +194,19 @@ func layerNormBackward(th int, dIn, dW, dB, dOut, in, mean, rstd, w []float32, r
 }
 
 // ---- Token + position embedding: x[n,t] = wte[tok[n,t]] + wpe[t] ----
+//
+// wpe nil (llama, whose positions are rotary): x[n,t] = wte[tok[n,t]].
 
 func embedForward(th int, out []float32, tokens []int32, wte, wpe []float32, N, T, C int) {
 	forRange(th, N*T, 64, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			tok, pos := int(tokens[r]), r%T
-			o, e, p := out[r*C:(r+1)*C], wte[tok*C:(tok+1)*C], wpe[pos*C:(pos+1)*C]
+			o, e := out[r*C:(r+1)*C], wte[tok*C:(tok+1)*C]
+			if wpe == nil {
+				copy(o, e)
+				continue
+			}
+			p := wpe[pos*C : (pos+1)*C]
 			for i := range o {
 				o[i] = e[i] + p[i]
 			}
@@ -214,32 +221,62 @@ func embedBackward(th int, dwte, dwpe, dOut []float32, tokens []int32, N, T, C i
 		for r := 0; r < N*T; r++ {
 			tok, pos := int(tokens[r]), r%T
 			d := dOut[r*C+lo : r*C+hi]
-			e, p := dwte[tok*C+lo:tok*C+hi], dwpe[pos*C+lo:pos*C+hi]
+			e := dwte[tok*C+lo : tok*C+hi]
 			for i, v := range d {
 				e[i] += v
+			}
+			if dwpe == nil {
+				continue
+			}
+			p := dwpe[pos*C+lo : pos*C+hi]
+			for i, v := range d {
 				p[i] += v
 			}
 		}
 	})
 }
 
-// ---- Causal multi-head self-attention ----
+// ---- Causal multi-head self-attention, with grouped key/value heads ----
 //
-// qkv [N,T,3C] holds q, k and v side by side; head h uses columns
-// h·hd..(h+1)·hd of each (hd = C/NH). att [N,NH,T,T] keeps the softmax
-// probabilities (zero above the diagonal); out [N,T,C] is the heads' outputs
-// side by side.
+// qkv [N,T,W] holds, per position, the NH query heads, then the NKV key
+// heads, then the NKV value heads, each hd wide (W = (NH+2·NKV)·hd). Query
+// head h reads key/value head h/(NH/NKV): with NKV = NH this is plain
+// multi-head attention (gpt-char: W = 3C), with fewer it is grouped-query
+// attention. att [N,NH,T,T] keeps the softmax probabilities (zero above the
+// diagonal); out [N,T,NH·hd] is the heads' outputs side by side.
 
+// attnDims are the sizes of one attention call.
+type attnDims struct{ N, T, NH, NKV, hd int }
+
+func (d attnDims) width() int { return (d.NH + 2*d.NKV) * d.hd }
+
+// offsets returns the columns of query head h's q, k and v within a row.
+func (d attnDims) offsets(h int) (q, k, v int) {
+	kv := h / (d.NH / d.NKV)
+	return h * d.hd, (d.NH + kv) * d.hd, (d.NH + d.NKV + kv) * d.hd
+}
+
+// attentionForward is causal multi-head attention with NKV = NH (gpt-char).
 func attentionForward(th int, out, att, qkv []float32, N, T, C, NH int) {
-	hd := C / NH
+	attnForward(th, out, att, qkv, attnDims{N, T, NH, NH, C / NH})
+}
+
+// attentionBackward is attnBackward with NKV = NH (gpt-char).
+func attentionBackward(th int, dqkv, scratch, dOut, att, qkv []float32, N, T, C, NH int) {
+	attnBackward(th, dqkv, scratch, dOut, att, qkv, attnDims{N, T, NH, NH, C / NH})
+}
+
+func attnForward(th int, out, att, qkv []float32, d attnDims) {
+	T, NH, hd, W, C := d.T, d.NH, d.hd, d.width(), d.NH*d.hd
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	forRange(th, N*NH, 1, func(lo, hi int) {
+	forRange(th, d.N*NH, 1, func(lo, hi int) {
 		for task := lo; task < hi; task++ {
 			n, h := task/NH, task%NH
-			base := n * T * 3 * C
-			q, k, v := qkv[base+h*hd:], qkv[base+C+h*hd:], qkv[base+2*C+h*hd:]
+			base := n * T * W
+			qo, ko, vo := d.offsets(h)
+			q, k, v := qkv[base+qo:], qkv[base+ko:], qkv[base+vo:]
 			a := att[task*T*T : (task+1)*T*T]
-			kernels.Sgemm(1, false, true, T, T, hd, q, 3*C, k, 3*C, a, T, false)
+			kernels.Sgemm(1, false, true, T, T, hd, q, W, k, W, a, T, false)
 			for i := 0; i < T; i++ {
 				row := a[i*T : (i+1)*T]
 				mx := row[0]
@@ -253,40 +290,181 @@ func attentionForward(th int, out, att, qkv []float32, N, T, C, NH int) {
 				}
 				clear(row[i+1:])
 			}
-			kernels.Sgemm(1, false, false, T, hd, T, a, T, v, 3*C, out[n*T*C+h*hd:], C, false)
+			kernels.Sgemm(1, false, false, T, hd, T, a, T, v, W, out[n*T*C+h*hd:], C, false)
 		}
 	})
 }
 
-// attentionBackward sets dqkv from dOut; scratch needs N·NH·T·T values.
-func attentionBackward(th int, dqkv, scratch, dOut, att, qkv []float32, N, T, C, NH int) {
-	hd := C / NH
+// attnBackward sets dqkv from dOut; scratch needs N·NH·T·T values. Work is
+// split by (sample, key/value head): the query heads of a group add into
+// their shared dK and dV one after another, in head order.
+func attnBackward(th int, dqkv, scratch, dOut, att, qkv []float32, d attnDims) {
+	T, NH, hd, W, C := d.T, d.NH, d.hd, d.width(), d.NH*d.hd
+	group := NH / d.NKV
 	scale := float32(1 / math.Sqrt(float64(hd)))
-	forRange(th, N*NH, 1, func(lo, hi int) {
-		for task := lo; task < hi; task++ {
-			n, h := task/NH, task%NH
-			base := n * T * 3 * C
-			q, k, v := qkv[base+h*hd:], qkv[base+C+h*hd:], qkv[base+2*C+h*hd:]
-			dq, dk, dv := dqkv[base+h*hd:], dqkv[base+C+h*hd:], dqkv[base+2*C+h*hd:]
-			a := att[task*T*T : (task+1)*T*T]
-			da := scratch[task*T*T : (task+1)*T*T]
-			dy := dOut[n*T*C+h*hd:]
-			kernels.Sgemm(1, false, true, T, T, hd, dy, C, v, 3*C, da, T, false) // dAtt = dY·Vᵀ
-			kernels.Sgemm(1, true, false, T, hd, T, a, T, dy, C, dv, 3*C, false) // dV = Attᵀ·dY
-			// Softmax backward, then the 1/√hd scale: dPre = Att ⊙ (dAtt − Σ Att·dAtt)·scale.
-			for i := 0; i < T; i++ {
-				ar, dr := a[i*T:(i+1)*T], da[i*T:(i+1)*T]
-				var dot float64
-				for j := 0; j <= i; j++ {
-					dot += float64(ar[j]) * float64(dr[j])
+	forRange(th, d.N*d.NKV, 1, func(lo, hi int) {
+		for kvTask := lo; kvTask < hi; kvTask++ {
+			n, kv := kvTask/d.NKV, kvTask%d.NKV
+			base := n * T * W
+			for h := kv * group; h < (kv+1)*group; h++ {
+				task := n*NH + h
+				acc := h > kv*group // the group's first head sets dK and dV, the others add
+				qo, ko, vo := d.offsets(h)
+				q, k, v := qkv[base+qo:], qkv[base+ko:], qkv[base+vo:]
+				dq, dk, dv := dqkv[base+qo:], dqkv[base+ko:], dqkv[base+vo:]
+				a := att[task*T*T : (task+1)*T*T]
+				da := scratch[task*T*T : (task+1)*T*T]
+				dy := dOut[n*T*C+h*hd:]
+				kernels.Sgemm(1, false, true, T, T, hd, dy, C, v, W, da, T, false) // dAtt = dY·Vᵀ
+				kernels.Sgemm(1, true, false, T, hd, T, a, T, dy, C, dv, W, acc)   // dV (+)= Attᵀ·dY
+				// Softmax backward, then the 1/√hd scale: dPre = Att ⊙ (dAtt − Σ Att·dAtt)·scale.
+				for i := 0; i < T; i++ {
+					ar, dr := a[i*T:(i+1)*T], da[i*T:(i+1)*T]
+					var dot float64
+					for j := 0; j <= i; j++ {
+						dot += float64(ar[j]) * float64(dr[j])
+					}
+					for j := 0; j <= i; j++ {
+						dr[j] = float32(float64(ar[j])*(float64(dr[j])-dot)) * scale
+					}
+					clear(dr[i+1:])
 				}
-				for j := 0; j <= i; j++ {
-					dr[j] = float32(float64(ar[j])*(float64(dr[j])-dot)) * scale
-				}
-				clear(dr[i+1:])
+				kernels.Sgemm(1, false, false, T, hd, T, da, T, k, W, dq, W, false) // dQ = dPre·K
+				kernels.Sgemm(1, true, false, T, hd, T, da, T, q, W, dk, W, acc)    // dK (+)= dPreᵀ·Q
 			}
-			kernels.Sgemm(1, false, false, T, hd, T, da, T, k, 3*C, dq, 3*C, false) // dQ = dPre·K
-			kernels.Sgemm(1, true, false, T, hd, T, da, T, q, 3*C, dk, 3*C, false)  // dK = dPreᵀ·Q
+		}
+	})
+}
+
+// ---- RMSNorm over the last dimension C, eps 1e-5 (llama) ----
+
+const rmsEps = 1e-5
+
+// rmsNormForward sets out = in·rstd·w per row, rstd = 1/√(mean(in²) + eps),
+// and records each row's rstd.
+func rmsNormForward(th int, out, rstd, in, w []float32, rows, C int) {
+	forRange(th, rows, 16, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			x := in[r*C : (r+1)*C]
+			var ss float64
+			for _, v := range x {
+				ss += float64(v) * float64(v)
+			}
+			rs := 1 / math.Sqrt(ss/float64(C)+rmsEps)
+			o := out[r*C : (r+1)*C]
+			for i, v := range x {
+				o[i] = float32(float64(v)*rs) * w[i]
+			}
+			rstd[r] = float32(rs)
+		}
+	})
+}
+
+// rmsNormBackward adds the input gradient into dIn and the weight gradient
+// into dW: dx = rstd·(w⊙d) − x·rstd³·mean(w⊙d⊙x).
+func rmsNormBackward(th int, dIn, dW, dOut, in, rstd, w []float32, rows, C int) {
+	forRange(th, rows, 16, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			x, d := in[r*C:(r+1)*C], dOut[r*C:(r+1)*C]
+			rs := float64(rstd[r])
+			var dot float64
+			for i := range x {
+				dot += float64(w[i]) * float64(d[i]) * float64(x[i])
+			}
+			k := dot / float64(C) * rs * rs * rs
+			di := dIn[r*C : (r+1)*C]
+			for i := range x {
+				di[i] += float32(float64(w[i])*float64(d[i])*rs - float64(x[i])*k)
+			}
+		}
+	})
+	forRange(th, C, 32, func(lo, hi int) {
+		acc := make([]float64, hi-lo)
+		for r := 0; r < rows; r++ {
+			rs := float64(rstd[r])
+			x, d := in[r*C+lo:r*C+hi], dOut[r*C+lo:r*C+hi]
+			for j := range x {
+				acc[j] += float64(x[j]) * rs * float64(d[j])
+			}
+		}
+		for j := range acc {
+			dW[lo+j] += float32(acc[j])
+		}
+	})
+}
+
+// ---- Rotary position embeddings (llama) ----
+//
+// Head vectors are rotated in pairs (i, i + hd/2), i < hd/2, by the angle
+// t·θ^(−2i/hd) at position t: (a, b) → (a·cos − b·sin, b·cos + a·sin). The
+// tables hold cos and sin [T, hd/2], computed in float64.
+
+func ropeTables(T, hd int, theta float64) (cos, sin []float32) {
+	half := hd / 2
+	cos, sin = make([]float32, T*half), make([]float32, T*half)
+	for t := 0; t < T; t++ {
+		for i := 0; i < half; i++ {
+			ang := float64(t) * math.Pow(theta, -2*float64(i)/float64(hd))
+			cos[t*half+i], sin[t*half+i] = float32(math.Cos(ang)), float32(math.Sin(ang))
+		}
+	}
+	return cos, sin
+}
+
+// rope rotates, in place, heads head vectors of width hd starting at column
+// off of every row of x [N·T, stride] (row r is position r mod T). inverse
+// rotates the other way: the backward of a rotation is its transpose.
+func rope(th int, x, cos, sin []float32, rows, T, stride, off, heads, hd int, inverse bool) {
+	half := hd / 2
+	forRange(th, rows, 16, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			t := r % T
+			c, s := cos[t*half:(t+1)*half], sin[t*half:(t+1)*half]
+			for h := 0; h < heads; h++ {
+				v := x[r*stride+off+h*hd : r*stride+off+(h+1)*hd]
+				a, b := v[:half], v[half:]
+				for i := range a {
+					si := s[i]
+					if inverse {
+						si = -si
+					}
+					a[i], b[i] = a[i]*c[i]-b[i]*si, b[i]*c[i]+a[i]*si
+				}
+			}
+		}
+	})
+}
+
+// ---- SwiGLU (llama): out = silu(gate) ⊙ up, silu(g) = g·σ(g) ----
+//
+// gu [rows, 2F] holds gate (first F columns) and up (next F) of each row, the
+// output of the fused gate and up projections; out is [rows, F].
+
+func swigluForward(th int, out, gu []float32, rows, F int) {
+	forRange(th, rows, 16, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			g, u, o := gu[r*2*F:r*2*F+F], gu[r*2*F+F:(r+1)*2*F], out[r*F:(r+1)*F]
+			for i := range o {
+				gv := float64(g[i])
+				o[i] = float32(gv/(1+expFast(-gv))) * u[i]
+			}
+		}
+	})
+}
+
+// swigluBackward sets dgu [rows, 2F] from d [rows, F]:
+// dgate = d·up·σ(g)·(1 + g·(1 − σ(g))), dup = d·silu(g).
+func swigluBackward(th int, dgu, d, gu []float32, rows, F int) {
+	forRange(th, rows, 16, func(lo, hi int) {
+		for r := lo; r < hi; r++ {
+			g, u, dr := gu[r*2*F:r*2*F+F], gu[r*2*F+F:(r+1)*2*F], d[r*F:(r+1)*F]
+			dg, du := dgu[r*2*F:r*2*F+F], dgu[r*2*F+F:(r+1)*2*F]
+			for i := range dr {
+				gv := float64(g[i])
+				sg := 1 / (1 + expFast(-gv))
+				dg[i] = float32(float64(dr[i]) * float64(u[i]) * sg * (1 + gv*(1-sg)))
+				du[i] = float32(gv*sg) * dr[i]
+			}
 		}
 	})
 }

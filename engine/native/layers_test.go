@@ -260,3 +260,143 @@ func TestCrossEntropyGrad(t *testing.T) {
 		t.Fatalf("loss %g, want %g", loss, want)
 	}
 }
+
+func TestRMSNormGrad(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 8))
+	rows, C := 5, 24
+	x, w := randn(rng, rows*C, 2), randn(rng, C, 1)
+	r := randn(rng, rows*C, 1)
+	y, rstd := make([]float32, rows*C), make([]float32, rows)
+	f := func() float64 { rmsNormForward(th, y, rstd, x, w, rows, C); return dot64(y, r) }
+	f()
+	dx, dw := make([]float32, rows*C), make([]float32, C)
+	rmsNormBackward(th, dx, dw, r, x, rstd, w, rows, C)
+	checkGrad(t, "rmsnorm x", x, dx, f)
+	checkGrad(t, "rmsnorm w", w, dw, f)
+	// With unit weights every output row has mean square 1.
+	rmsNormForward(th, y, rstd, x, ones(C), rows, C)
+	for row := 0; row < rows; row++ {
+		var ss float64
+		for _, v := range y[row*C : (row+1)*C] {
+			ss += float64(v) * float64(v)
+		}
+		if math.Abs(ss/float64(C)-1) > 1e-3 {
+			t.Fatalf("row %d: mean square %g", row, ss/float64(C))
+		}
+	}
+}
+
+func TestRoPE(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 9))
+	N, T, heads, hd, stride, off := 2, 5, 3, 8, 30, 4
+	cos, sin := ropeTables(T, hd, 10000)
+	x := randn(rng, N*T*stride, 1)
+	orig := append([]float32(nil), x...)
+	r := randn(rng, N*T*stride, 1)
+	y := make([]float32, len(x))
+	f := func() float64 {
+		copy(y, x)
+		rope(th, y, cos, sin, N*T, T, stride, off, heads, hd, false)
+		return dot64(y, r)
+	}
+	f()
+	// Against the formula: pair (i, i+hd/2) of position t turned by t·θ^(−2i/hd);
+	// columns outside the heads untouched.
+	for row := 0; row < N*T; row++ {
+		pos := float64(row % T)
+		for c := 0; c < stride; c++ {
+			want := float64(x[row*stride+c])
+			if h := (c - off) / hd; c >= off && h < heads {
+				i := (c - off) % hd
+				pair, sign := i+hd/2, -1.0
+				if i >= hd/2 {
+					pair, sign = i-hd/2, 1
+				}
+				ang := pos * math.Pow(10000, -2*float64(i%(hd/2))/float64(hd))
+				want = want*math.Cos(ang) + sign*float64(x[row*stride+off+h*hd+pair])*math.Sin(ang)
+			}
+			if got := float64(y[row*stride+c]); math.Abs(got-want) > 1e-5 {
+				t.Fatalf("row %d column %d: %g, want %g", row, c, got, want)
+			}
+		}
+	}
+	// The backward is the inverse rotation applied to the output gradient.
+	d := append([]float32(nil), r...)
+	rope(th, d, cos, sin, N*T, T, stride, off, heads, hd, true)
+	checkGrad(t, "rope", x, d, f)
+	f()
+	rope(th, y, cos, sin, N*T, T, stride, off, heads, hd, true)
+	for i := range y {
+		if math.Abs(float64(y[i]-orig[i])) > 1e-5 {
+			t.Fatalf("rotating back: %g, want %g", y[i], orig[i])
+		}
+	}
+}
+
+func TestSwiGLUGrad(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 10))
+	rows, F := 6, 7
+	gu := randn(rng, rows*2*F, 2)
+	gu[0], gu[1] = -40, 40 // saturated gates
+	r := randn(rng, rows*F, 1)
+	y := make([]float32, rows*F)
+	f := func() float64 { swigluForward(th, y, gu, rows, F); return dot64(y, r) }
+	f()
+	d := make([]float32, rows*2*F)
+	swigluBackward(th, d, r, gu, rows, F)
+	checkGrad(t, "swiglu", gu, d, f)
+	f()
+	for row := 0; row < rows; row++ {
+		for i := 0; i < F; i++ {
+			g, u := float64(gu[row*2*F+i]), float64(gu[row*2*F+F+i])
+			want := g / (1 + math.Exp(-g)) * u
+			if got := float64(y[row*F+i]); math.Abs(got-want) > 1e-5*(1+math.Abs(want)) {
+				t.Fatalf("swiglu(%g, %g) = %g, want %g", g, u, got, want)
+			}
+		}
+	}
+}
+
+// TestGQAGrad: grouped-query attention (4 query heads sharing 2 key/value
+// heads) against finite differences, and each query head against plain
+// attention over its group's keys and values.
+func TestGQAGrad(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 11))
+	d := attnDims{N: 2, T: 5, NH: 4, NKV: 2, hd: 3}
+	W, C := d.width(), d.NH*d.hd
+	qkv := randn(rng, d.N*d.T*W, 1)
+	r := randn(rng, d.N*d.T*C, 1)
+	y, att := make([]float32, d.N*d.T*C), make([]float32, d.N*d.NH*d.T*d.T)
+	f := func() float64 { attnForward(th, y, att, qkv, d); return dot64(y, r) }
+	f()
+	dqkv, scratch := make([]float32, len(qkv)), make([]float32, len(att))
+	for i := range dqkv {
+		dqkv[i] = float32(math.NaN()) // every gradient is written
+	}
+	attnBackward(th, dqkv, scratch, r, att, qkv, d)
+	checkGrad(t, "gqa qkv", qkv, dqkv, f)
+	f()
+	// Query head h with key/value head h/2, laid out as plain 1-head attention.
+	for h := 0; h < d.NH; h++ {
+		one := attnDims{N: d.N, T: d.T, NH: 1, NKV: 1, hd: d.hd}
+		qo, ko, vo := d.offsets(h)
+		if ko != (d.NH+h/2)*d.hd || vo != (d.NH+d.NKV+h/2)*d.hd {
+			t.Fatalf("head %d reads k at %d, v at %d", h, ko, vo)
+		}
+		sub := make([]float32, d.N*d.T*3*d.hd)
+		for row := 0; row < d.N*d.T; row++ {
+			copy(sub[row*3*d.hd:], qkv[row*W+qo:row*W+qo+d.hd])
+			copy(sub[row*3*d.hd+d.hd:], qkv[row*W+ko:row*W+ko+d.hd])
+			copy(sub[row*3*d.hd+2*d.hd:], qkv[row*W+vo:row*W+vo+d.hd])
+		}
+		out, a := make([]float32, d.N*d.T*d.hd), make([]float32, d.N*d.T*d.T)
+		attnForward(1, out, a, sub, one)
+		for row := 0; row < d.N*d.T; row++ {
+			for i := 0; i < d.hd; i++ {
+				if got, want := y[row*C+h*d.hd+i], out[row*d.hd+i]; math.Abs(float64(got-want)) > 1e-6 {
+					t.Fatalf("head %d row %d: %g, want %g", h, row, got, want)
+				}
+			}
+		}
+	}
+}

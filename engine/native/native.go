@@ -1,6 +1,6 @@
 // Package native is the pure-Go training engine: float32 tensors, GEMMs on
 // all cores through engine/native/kernels, no cgo. It implements engine.Engine
-// for the two built-in models and is the reference the other engines (the
+// for the built-in models and is the reference the other engines (the
 // PyTorch worker) are checked against, so the models are defined here exactly.
 //
 // # Parameters
@@ -36,6 +36,25 @@
 // all N×T positions. Activations between shards are the residual stream
 // [N, T, C].
 //
+// # llama
+//
+// A Llama-style decoder without biases. The first shard embeds
+// x[n,t] = wte[tok[n,t]] (no position table). Block i computes
+//
+//	x = x + attn.o(attention(rope(q, k), v)),  q, k, v = attn.{q,k,v}(rms(x)·attn_norm.w)
+//	x = x + mlp.down(silu(mlp.gate(h)) ⊙ mlp.up(h)),  h = rms(x)·mlp_norm.w
+//
+// where rms(x) = x/√(mean(x²) + 1e-5) over C and silu(g) = g·σ(g). The n_head
+// query heads and n_kv_head key/value heads are hd = C/n_head wide; query head
+// h attends with key/value head h/(n_head/n_kv_head) (grouped-query attention
+// when n_kv_head < n_head), causal softmax attention as in gpt-char. rope
+// rotates each head vector's pairs (i, i+hd/2), i < hd/2, at position t by
+// the angle t·rope_theta^(−2i/hd): (a, b) → (a·cos − b·sin, b·cos + a·sin)
+// (the convention of Hugging Face's LlamaModel), with cos and sin computed in
+// float64 and rounded to float32. The last shard applies the final RMSNorm
+// (norm.w) and head.w, or wte when tie_embeddings, to get logits; loss and
+// activations between shards are as in gpt-char.
+//
 // # Optimizers
 //
 // Step(lr, scale) first multiplies every gradient by scale (the caller's
@@ -51,7 +70,8 @@
 //     Nesterov); its first step sets b = g, as b starts at zero.
 //
 // Weight decay applies to 2-D weight matrices only (Linear weights and
-// head.w), never to biases, LayerNorm parameters or the embeddings wte, wpe.
+// head.w), never to biases, LayerNorm or RMSNorm weights or the embeddings
+// wte, wpe (a tied head is wte, so it is not decayed either).
 //
 // # Determinism and threads
 //
@@ -167,6 +187,8 @@ func (e *Engine) newShard(m *run.Manifest, index int) (*Shard, error) {
 		}
 	case run.ArchGPTChar:
 		s.model = newGPT(s)
+	case run.ArchLlama:
+		s.model = newLlama(s)
 	default:
 		return nil, fmt.Errorf("native: unknown architecture %q", m.Model.Arch)
 	}

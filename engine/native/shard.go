@@ -67,8 +67,10 @@ type tape struct {
 	tokens  []int32
 	targets []int32
 
-	// gpt-char activations (mlp-mnist uses slots).
+	// gpt-char and llama activations (mlp-mnist uses slots); llama keeps
+	// its final RMSNorm in lnf and lnfr.
 	blocks          []blockActs
+	lblocks         []llamaActs
 	x               []float32 // residual stream after the shard's blocks
 	lnf, lnfm, lnfr []float32
 	logits, probs   []float32

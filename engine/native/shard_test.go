@@ -29,6 +29,25 @@ func tinyGPT(shards int) *run.Manifest {
 	return m
 }
 
+// tinyLlama has grouped-query attention (4 query heads, 2 key/value heads of
+// width 4); tied, it is one shard whose head is wte.
+func tinyLlama(shards int) *run.Manifest {
+	m, err := run.NewLlama(run.PresetLlamaTiny, tinyCharset, 1)
+	if err != nil {
+		panic(err)
+	}
+	md := &m.Model
+	md.BlockSize, md.NLayer, md.NHead, md.NKVHead, md.NEmbd, md.FFNHidden = 8, 3, 4, 2, 16, 24
+	m.Shards = run.EvenShards(md.Units(), shards)
+	return m
+}
+
+func tinyLlamaTied() *run.Manifest {
+	m := tinyLlama(1)
+	m.Model.TieEmbeddings = true
+	return m
+}
+
 func batchFor(m *run.Manifest, n int, seed uint64) *engine.Batch {
 	rng := rand.New(rand.NewPCG(seed, 99))
 	b := &engine.Batch{N: n}
@@ -122,7 +141,7 @@ func relErr(a, b []float32) float64 {
 }
 
 func TestSplitMatchesWhole(t *testing.T) {
-	for _, mk := range []func(int) *run.Manifest{tinyMLP, tinyGPT} {
+	for _, mk := range []func(int) *run.Manifest{tinyMLP, tinyGPT, tinyLlama} {
 		whole := mk(1)
 		b := batchFor(whole, 4, 1)
 		e := New(WithThreads(2))
@@ -184,15 +203,22 @@ func clippedStep(t *testing.T, ss []*Shard, maxNorm float64) []float32 {
 // TestModelGrad checks the whole model's parameter gradients (every tensor of
 // every shard) against finite differences of the loss, on a 2-shard split.
 func TestModelGrad(t *testing.T) {
-	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2)} {
+	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied()} {
 		ss := buildShards(t, New(), m)
-		if m.Model.Arch == run.ArchGPTChar {
-			// Larger weights than the 0.02 init, so every path carries signal.
+		if m.Model.LanguageModel() {
+			// Larger weights than the 0.02 init, so every path carries
+			// signal. Llama's embedding feeds an RMSNorm, which divides by
+			// the row's scale: at unit scale the finite difference's 1e-2
+			// stays a small step.
 			rng := rand.New(rand.NewPCG(4, 4))
 			for _, s := range ss {
 				for _, ten := range s.layout {
+					scale := 0.3
+					if ten.Name == "wte" && m.Model.Arch == run.ArchLlama {
+						scale = 1
+					}
 					if len(ten.Shape) == 2 {
-						copy(s.params[ten.Offset:], randn(rng, ten.Size(), 0.3))
+						copy(s.params[ten.Offset:], randn(rng, ten.Size(), scale))
 					}
 				}
 			}
@@ -210,7 +236,7 @@ func TestModelGrad(t *testing.T) {
 }
 
 func TestDeterministicAcrossThreads(t *testing.T) {
-	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2)} {
+	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied()} {
 		b := batchFor(m, 5, 3)
 		a, c := buildShards(t, New(WithThreads(1)), m), buildShards(t, New(WithThreads(4)), m)
 		for step := 0; step < 2; step++ {
@@ -284,7 +310,8 @@ func TestBadInputs(t *testing.T) {
 	e := New()
 	mlp := buildShards(t, e, tinyMLP(2))
 	gpt := buildShards(t, e, tinyGPT(2))
-	mb, gb := batchFor(tinyMLP(1), 2, 1), batchFor(tinyGPT(1), 2, 1)
+	ll := buildShards(t, e, tinyLlama(2))
+	mb, gb, lb := batchFor(tinyMLP(1), 2, 1), batchFor(tinyGPT(1), 2, 1), batchFor(tinyLlama(1), 2, 1)
 	nan := float32(math.NaN())
 	edit := func(b *engine.Batch, f func(*engine.Batch)) *engine.Batch {
 		c := *b
@@ -296,6 +323,7 @@ func TestBadInputs(t *testing.T) {
 	}
 	mlpAct := make([]float32, 2*mlp[0].outSize)
 	gptAct := make([]float32, 2*gpt[0].outSize)
+	llAct := make([]float32, 2*ll[0].outSize)
 	cases := []struct {
 		name  string
 		s     *Shard
@@ -318,6 +346,12 @@ func TestBadInputs(t *testing.T) {
 		{"short tokens", gpt[0], edit(gb, func(b *engine.Batch) { b.Tokens = b.Tokens[:3] }), nil, true, engine.ErrShape},
 		{"target out of range", gpt[1], edit(gb, func(b *engine.Batch) { b.Targets[0] = 100 }), gptAct, true, engine.ErrRange},
 		{"NaN residual", gpt[1], gb, append([]float32{nan}, gptAct[1:]...), true, engine.ErrNonFinite},
+		{"llama token out of range", ll[0], edit(lb, func(b *engine.Batch) { b.Tokens[7] = int32(len(tinyCharset)) }), nil, true, engine.ErrRange},
+		{"llama negative token", ll[0], edit(lb, func(b *engine.Batch) { b.Tokens[0] = -1 }), nil, false, engine.ErrRange},
+		{"llama long tokens", ll[0], edit(lb, func(b *engine.Batch) { b.Tokens = append(b.Tokens, 1) }), nil, true, engine.ErrShape},
+		{"llama target out of range", ll[1], edit(lb, func(b *engine.Batch) { b.Targets[3] = 1 << 30 }), llAct, true, engine.ErrRange},
+		{"llama short residual", ll[1], lb, llAct[2:], true, engine.ErrShape},
+		{"llama Inf residual", ll[1], lb, append([]float32{float32(math.Inf(-1))}, llAct[1:]...), true, engine.ErrNonFinite},
 	}
 	for _, c := range cases {
 		out, _, tp, err := c.s.Forward(c.b, c.in, c.train)
@@ -379,7 +413,7 @@ func TestBadInputs(t *testing.T) {
 
 // TestTrainingReducesLoss: a few AdamW steps on a fixed batch overfit it.
 func TestTrainingReducesLoss(t *testing.T) {
-	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2)} {
+	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2)} {
 		ss := buildShards(t, New(), m)
 		b := batchFor(m, 8, 5)
 		first := trainStep(t, ss, b)
