@@ -65,6 +65,21 @@ func smallGPT(shards int, opt string) *run.Manifest {
 	return m
 }
 
+// smallLlama has grouped-query attention (4 query heads sharing 2
+// key/value heads of width 8); tied is one shard whose head is wte.
+func smallLlama(shards int, opt string, tied bool) *run.Manifest {
+	m, err := run.NewLlama(run.PresetLlamaTiny, charset, 1)
+	if err != nil {
+		panic(err)
+	}
+	md := &m.Model
+	md.BlockSize, md.NLayer, md.NHead, md.NKVHead, md.NEmbd, md.FFNHidden = 16, 3, 4, 2, 32, 48
+	md.TieEmbeddings = tied
+	m.Shards = run.EvenShards(md.Units(), shards)
+	setOpt(m, opt)
+	return m
+}
+
 func setOpt(m *run.Manifest, opt string) {
 	if opt == "sgd" {
 		m.Optimizer = run.OptimizerSpec{Name: "sgd", LR: 0.05, MinLR: 0, Momentum: 0.9, WeightDecay: 0.01, ClipNorm: 1}
@@ -197,6 +212,8 @@ func TestParityWithNative(t *testing.T) {
 		{"gpt/1-shard/adamw", smallGPT(1, "adamw"), 3},
 		{"gpt/3-shards/adamw", smallGPT(3, "adamw"), 3},
 		{"gpt/2-shards/sgd", smallGPT(2, "sgd"), 2},
+		{"llama/1-shard-tied/sgd", smallLlama(1, "sgd", true), 2},
+		{"llama/2-shards/adamw", smallLlama(2, "adamw", false), 3},
 	}
 	if !testing.Short() {
 		cases = append(cases, struct {

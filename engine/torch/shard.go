@@ -523,7 +523,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32, train bool) ([]tensor, err
 	}
 	if s.last {
 		want, classes := b.N, md.Classes
-		if md.Arch == run.ArchGPTChar {
+		if md.LanguageModel() {
 			want, classes = b.N*md.BlockSize, md.Vocab
 		}
 		if len(b.Targets) != want {

@@ -251,6 +251,8 @@ class Shard:
                 if i != units - 1:
                     h = torch.relu(h)
             return h
+        if self.arch == "llama":
+            return self.run_llama(n, tokens, inp)
         T, C, H = m["block_size"], m["n_embd"], m["n_head"]
         if self.first:
             tok = tokens.view(n, T).long()
@@ -276,6 +278,57 @@ class Shard:
         if self.last:
             h = F.layer_norm(h, (C,), self.p["lnf.w"], self.p["lnf.b"], 1e-5)
             h = F.linear(h, self.p["head.w"])
+        return h
+
+    def rope_tables(self):
+        # cos and sin [T, hd/2] of t * theta^(-2i/hd), in float64 as
+        # engine/native computes them, then rounded to float32.
+        m = self.model
+        if getattr(self, "_rope", None) is None:
+            T, hd = m["block_size"], m["n_embd"] // m["n_head"]
+            inv = float(m["rope_theta"]) ** (-2.0 * torch.arange(hd // 2, dtype=torch.float64) / hd)
+            ang = torch.arange(T, dtype=torch.float64).unsqueeze(1) * inv.unsqueeze(0)
+            self._rope = (ang.cos().float().to(self.dev), ang.sin().float().to(self.dev))
+        return self._rope
+
+    def run_llama(self, n, tokens, inp):
+        # engine/native's llama: RMSNorm (eps 1e-5), rotary embeddings on
+        # pairs (i, i + hd/2), grouped-query attention, SwiGLU, no biases.
+        m = self.model
+        T, C, H, KV, hd = m["block_size"], m["n_embd"], m["n_head"], m["n_kv_head"], m["n_embd"] // m["n_head"]
+        half = hd // 2
+        cos, sin = self.rope_tables()
+
+        def rms(x, w):
+            return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-5) * w
+
+        def rope(x):  # [n, heads, T, hd]
+            a, b = x[..., :half], x[..., half:]
+            return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+
+        if self.first:
+            h = self.p["wte"][tokens.view(n, T).long()]
+        else:
+            h = inp.view(n, T, C)
+        mask = torch.ones(T, T, dtype=torch.bool, device=self.dev).triu(1)
+        for i in range(self.start, self.end):
+            p = lambda s: self.p["h%d.%s" % (i, s)]
+            a = rms(h, p("attn_norm.w"))
+            q = rope(F.linear(a, p("attn.q.w")).view(n, T, H, hd).transpose(1, 2))
+            k = rope(F.linear(a, p("attn.k.w")).view(n, T, KV, hd).transpose(1, 2))
+            v = F.linear(a, p("attn.v.w")).view(n, T, KV, hd).transpose(1, 2)
+            if KV != H:  # query head j reads key/value head j // (H / KV)
+                k = k.repeat_interleave(H // KV, dim=1)
+                v = v.repeat_interleave(H // KV, dim=1)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
+            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).reshape(n, T, C)
+            h = h + F.linear(y, p("attn.o.w"))
+            a = rms(h, p("mlp_norm.w"))
+            h = h + F.linear(F.silu(F.linear(a, p("mlp.gate.w"))) * F.linear(a, p("mlp.up.w")), p("mlp.down.w"))
+        if self.last:
+            h = rms(h, self.p["norm.w"])
+            h = F.linear(h, self.p["wte"] if m.get("tie_embeddings") else self.p["head.w"])
         return h
 
     def forward(self, meta, tensors):
