@@ -31,7 +31,7 @@ func init() {
 optimizer step of a shard holding units [0, k) and reports samples/s and GFLOP/s.
 Results are cached per device, engine, model and batch; the node announces them.`,
 		Flags: append(gpuFlags(),
-			&cli.StringFlag{Name: "model", Value: run.ArchMLPMNIST, Usage: "built-in model: mlp-mnist or gpt-char (ignored with --run)"},
+			&cli.StringFlag{Name: "model", Value: run.ArchMLPMNIST, Usage: "built-in model: mlp-mnist, gpt-char or a llama preset (llama-tiny, llama-124m, llama-350m; ignored with --run)"},
 			&cli.StringFlag{Name: "run", Usage: "run manifest whose model to measure"},
 			&cli.IntFlag{Name: "batch", Usage: "micro-batch size (default: the manifest's)"},
 			&cli.StringFlag{Name: "units", Usage: "shard sizes to measure, e.g. 1,3 (default: all)"},
@@ -140,10 +140,15 @@ func benchManifest(c *cli.Context) (*run.Manifest, error) {
 	case run.ArchMLPMNIST:
 		return run.NewMLPMNIST(1), nil
 	case run.ArchGPTChar:
-		return run.NewGPTChar("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()\n", 1), nil
+		return run.NewGPTChar(benchCharset, 1), nil
+	case run.PresetLlamaTiny, run.PresetLlama124M, run.PresetLlama350M:
+		return run.NewLlama(c.String("model"), benchCharset, 1)
 	}
-	return nil, fmt.Errorf("--model %q: want %s or %s", c.String("model"), run.ArchMLPMNIST, run.ArchGPTChar)
+	return nil, fmt.Errorf("--model %q: want %s, %s or a llama preset (%s)", c.String("model"), run.ArchMLPMNIST, run.ArchGPTChar, strings.Join(run.LlamaPresets, ", "))
 }
+
+// benchCharset is the vocabulary of the character models `swarm bench` times.
+const benchCharset = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()\n"
 
 func parseUnits(v string, total int) ([]int, error) {
 	if v == "" {

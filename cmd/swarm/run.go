@@ -28,12 +28,13 @@ func init() {
 				Usage:     "write a run manifest for a built-in model",
 				ArgsUsage: " ",
 				Description: `Writes a validated manifest with the model's defaults, changed by the flags
-given. For gpt-char the corpus is read to build the character set stored in
-the manifest (default: the Opticks text shipped with Go). The manifest pins
+given. For gpt-char and the llama presets (llama-tiny, llama-124m,
+llama-350m) the corpus is read to build the character set stored in the
+manifest (default: the Opticks text shipped with Go). The manifest pins
 the data set's root CID (dataset.root): nodes without the data fetch it from
 the run's peers and check every chunk against it.`,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "model", Required: true, Usage: "mlp-mnist or gpt-char"},
+					&cli.StringFlag{Name: "model", Required: true, Usage: "mlp-mnist, gpt-char, llama-tiny, llama-124m or llama-350m"},
 					&cli.IntFlag{Name: "shards", Value: 1, Usage: "number of contiguous stages to split the model into"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "run.json", Usage: "manifest file to write (- for stdout)"},
 					&cli.StringFlag{Name: "name", Usage: "run name (default: the model's)"},
@@ -49,11 +50,14 @@ the run's peers and check every chunk against it.`,
 					&cli.Float64Flag{Name: "momentum", Usage: "SGD momentum"},
 					&cli.Float64Flag{Name: "clip", Usage: "global gradient-norm clip (0: none)"},
 					&cli.StringFlag{Name: "hidden", Usage: "mlp-mnist hidden widths, comma-separated (e.g. 1024,1024)"},
-					&cli.IntFlag{Name: "n-layer", Usage: "gpt-char transformer blocks"},
-					&cli.IntFlag{Name: "n-head", Usage: "gpt-char attention heads"},
-					&cli.IntFlag{Name: "n-embd", Usage: "gpt-char width"},
-					&cli.IntFlag{Name: "block-size", Usage: "gpt-char context length"},
-					&cli.StringFlag{Name: "corpus", Usage: "gpt-char text file (default: Go's Opticks text, found at run time)"},
+					&cli.IntFlag{Name: "n-layer", Usage: "gpt-char or llama transformer blocks"},
+					&cli.IntFlag{Name: "n-head", Usage: "gpt-char or llama attention (query) heads"},
+					&cli.IntFlag{Name: "n-embd", Usage: "gpt-char or llama width"},
+					&cli.IntFlag{Name: "block-size", Usage: "gpt-char or llama context length"},
+					&cli.IntFlag{Name: "n-kv-head", Usage: "llama key/value heads (fewer than n-head: grouped-query attention)"},
+					&cli.IntFlag{Name: "ffn-hidden", Usage: "llama SwiGLU hidden width"},
+					&cli.BoolFlag{Name: "tie-embeddings", Usage: "llama: the head reuses the token embedding (one shard only)"},
+					&cli.StringFlag{Name: "corpus", Usage: "gpt-char or llama text file (default: Go's Opticks text, found at run time)"},
 					&cli.StringFlag{Name: "data-root", Usage: "data set root CID to pin (from swarm data add; default: the MNIST files' root, or the corpus's)"},
 					&cli.Float64Flag{Name: "val-fraction", Usage: "held-out fraction of the data for validation"},
 					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
@@ -121,7 +125,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 			m.Model.Hidden = hs
 		}
 		m.Dataset.Root = data.MNISTRoot
-	case run.ArchGPTChar:
+	case run.ArchGPTChar, run.PresetLlamaTiny, run.PresetLlama124M, run.PresetLlama350M:
 		path := c.String("corpus")
 		if path != "" {
 			abs, err := filepath.Abs(path)
@@ -134,7 +138,11 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		if err != nil {
 			return nil, err
 		}
-		m = run.NewGPTChar(data.Charset(text), 1)
+		if arch == run.ArchGPTChar {
+			m = run.NewGPTChar(data.Charset(text), 1)
+		} else if m, err = run.NewLlama(arch, data.Charset(text), 1); err != nil {
+			return nil, err
+		}
 		m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
 		if m.Dataset.Root, err = corpusRoot(path); err != nil {
 			return nil, err
@@ -143,8 +151,20 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		setInt(c, "n-head", &m.Model.NHead)
 		setInt(c, "n-embd", &m.Model.NEmbd)
 		setInt(c, "block-size", &m.Model.BlockSize)
+		if m.Model.Arch == run.ArchLlama {
+			setInt(c, "n-kv-head", &m.Model.NKVHead)
+			setInt(c, "ffn-hidden", &m.Model.FFNHidden)
+			if shards > 1 {
+				m.Model.TieEmbeddings = false // the embedding and the head live on different shards
+			}
+			if c.IsSet("tie-embeddings") {
+				m.Model.TieEmbeddings = c.Bool("tie-embeddings")
+			}
+		} else if c.IsSet("n-kv-head") || c.IsSet("ffn-hidden") || c.IsSet("tie-embeddings") {
+			return nil, fmt.Errorf("--n-kv-head, --ffn-hidden and --tie-embeddings are for the llama presets")
+		}
 	default:
-		return nil, fmt.Errorf("--model %q: want %s or %s", arch, run.ArchMLPMNIST, run.ArchGPTChar)
+		return nil, fmt.Errorf("--model %q: want %s, %s or a llama preset (%s)", arch, run.ArchMLPMNIST, run.ArchGPTChar, strings.Join(run.LlamaPresets, ", "))
 	}
 	if units := m.Model.Units(); shards > units {
 		return nil, fmt.Errorf("--shards %d: the model has only %d units (layers or blocks) to split", shards, units)
@@ -334,6 +354,11 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 		info.Model = "MLP " + strings.Join(append(ws, strconv.Itoa(md.Classes)), "-") + ", ReLU"
 	case run.ArchGPTChar:
 		info.Model = fmt.Sprintf("GPT n_layer=%d n_head=%d n_embd=%d block_size=%d vocab=%d", md.NLayer, md.NHead, md.NEmbd, md.BlockSize, md.Vocab)
+	case run.ArchLlama:
+		info.Model = fmt.Sprintf("Llama n_layer=%d n_head=%d n_kv_head=%d n_embd=%d ffn_hidden=%d block_size=%d vocab=%d rope_theta=%g", md.NLayer, md.NHead, md.NKVHead, md.NEmbd, md.FFNHidden, md.BlockSize, md.Vocab, md.RopeTheta)
+		if md.TieEmbeddings {
+			info.Model += ", tied head"
+		}
 	}
 	d := m.Dataset
 	info.Dataset = d.Name
@@ -404,7 +429,7 @@ func runShowCmd(c *cli.Context) error {
 	fmt.Fprintf(w, "run       %s\nname      %s\nmodel     %s\ndataset   %s\noptimizer %s\ntraining  %s\naveraging %s\nparams    %s, %s FLOPs per sample (forward+backward)\n\n",
 		info.RunID, info.Name, info.Model, info.Dataset, info.Optimizer, info.Training, info.Averaging, human(float64(info.Params)), human(info.FLOPsPerSample))
 	unit := "layers"
-	if m.Model.Arch == run.ArchGPTChar {
+	if m.Model.LanguageModel() {
 		unit = "blocks"
 	}
 	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)

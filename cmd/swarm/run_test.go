@@ -80,6 +80,23 @@ func TestRunInitShow(t *testing.T) {
 	if g.Dataset.SHA256 != data.CorpusSHA256(corpus) {
 		t.Fatalf("gpt manifest pins sha256 %q, want the corpus's %s", g.Dataset.SHA256, data.CorpusSHA256(corpus))
 	}
+
+	// A llama preset, split: its head is untied; show names the sizes.
+	ll := filepath.Join(dir, "llama.json")
+	mustCLI(t, "run", "init", "--model", "llama-124m", "--shards", "2", "--n-kv-head", "4", "--block-size", "256", "-o", ll)
+	l, err := run.Load(ll)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md := l.Model; md.Arch != run.ArchLlama || md.NLayer != 12 || md.NKVHead != 4 || md.BlockSize != 256 || md.TieEmbeddings || len(l.Shards) != 2 {
+		t.Fatalf("llama manifest: %+v", l.Model)
+	}
+	text = mustCLI(t, "run", "show", ll)
+	for _, want := range []string{"Llama n_layer=12 n_head=12 n_kv_head=4 n_embd=768 ffn_hidden=2048", "BLOCKS"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("show output lacks %q:\n%s", want, text)
+		}
+	}
 }
 
 func TestRunInitAndShowErrors(t *testing.T) {
@@ -94,6 +111,11 @@ func TestRunInitAndShowErrors(t *testing.T) {
 		{[]string{"run", "init", "--model", "mlp-mnist", "--lr", "-1"}, "optimizer.lr"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--hidden", "10,x"}, "--hidden"},
 		{[]string{"run", "init", "--model", "gpt-char", "--n-head", "3"}, "model.n_embd"},
+		{[]string{"run", "init", "--model", "llama-tiny", "--n-kv-head", "3"}, "model.n_kv_head"},
+		{[]string{"run", "init", "--model", "llama-tiny", "--n-embd", "60"}, "model.n_head"}, // heads of 15: rotary needs even
+		{[]string{"run", "init", "--model", "llama-tiny", "--shards", "2", "--tie-embeddings"}, "model.tie_embeddings"},
+		{[]string{"run", "init", "--model", "gpt-char", "--n-kv-head", "2"}, "llama presets"},
+		{[]string{"run", "init", "--model", "llama-1b"}, "llama-1b"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--activations", "fp8"}, "training.activations"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--compression", "zip"}, "averaging.compression"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--compression", "int8"}, "use bf16 or none"},

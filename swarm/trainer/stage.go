@@ -163,7 +163,7 @@ func (s *stageServer) shape(index int) pipeline.Shape {
 	}
 	if index == len(m.Shards)-1 {
 		sh.TargetsPerSample, sh.Classes = 1, m.Model.Classes
-		if m.Model.Arch == run.ArchGPTChar {
+		if m.Model.LanguageModel() {
 			sh.TargetsPerSample, sh.Classes = m.Model.BlockSize, m.Model.Vocab
 		}
 	}
