@@ -161,13 +161,33 @@ type ShardSpec struct {
 // the files' names, sizes and chunk CIDs): a node without the data fetches
 // it from the run's peers and checks every chunk, and local copies are
 // checked against it. Empty (older manifests): the data is found locally.
+//
+// Tokenizer set (text only): Path is a token file that `swarm data prepare`
+// wrote with that tokenizer, SHA256 pins the file, Charset is empty and
+// model.vocab is the tokenizer's vocabulary (TokenizerVocab).
 type DatasetSpec struct {
 	Name        string  `json:"name"`
 	Path        string  `json:"path,omitempty"`
 	SHA256      string  `json:"sha256,omitempty"`
 	Charset     string  `json:"charset,omitempty"`
+	Tokenizer   string  `json:"tokenizer,omitempty"`
 	ValFraction float64 `json:"val_fraction"`
 	Root        string  `json:"root,omitempty"`
+}
+
+// Tokenizers of prepared token files.
+const (
+	// TokenizerGPT2 is GPT-2's byte-level BPE (r50k_base): 50,257 tokens,
+	// the last (50256) being <|endoftext|>, which separates documents.
+	TokenizerGPT2 = "gpt2"
+)
+
+// TokenizerVocab is the vocabulary size of a tokenizer, 0 for an unknown one.
+func TokenizerVocab(name string) int {
+	if name == TokenizerGPT2 {
+		return 50257
+	}
+	return 0
 }
 
 // OptimizerSpec is the (inner) optimizer and its schedule.
@@ -528,6 +548,22 @@ func (m *Manifest) validateDataset() error {
 		if !m.Model.LanguageModel() {
 			return fieldErr("dataset.name", "text needs a language model (%s or %s), not %s", ArchGPTChar, ArchLlama, m.Model.Arch)
 		}
+		if d.Tokenizer != "" {
+			v := TokenizerVocab(d.Tokenizer)
+			switch {
+			case v == 0:
+				return fieldErr("dataset.tokenizer", "unknown tokenizer %q (want %s)", d.Tokenizer, TokenizerGPT2)
+			case d.Charset != "":
+				return fieldErr("dataset.charset", "must be empty with a tokenizer (%s)", d.Tokenizer)
+			case m.Model.Vocab != v:
+				return fieldErr("model.vocab", "is %d, tokenizer %s has %d tokens", m.Model.Vocab, d.Tokenizer, v)
+			case d.Path == "":
+				return fieldErr("dataset.path", "must name the token file (swarm data prepare) with a tokenizer")
+			case d.SHA256 == "":
+				return fieldErr("dataset.sha256", "must pin the token file with a tokenizer")
+			}
+			break
+		}
 		if len([]rune(d.Charset)) != m.Model.Vocab {
 			return fieldErr("dataset.charset", "has %d characters but model.vocab is %d", len([]rune(d.Charset)), m.Model.Vocab)
 		}
@@ -550,6 +586,9 @@ func (m *Manifest) validateDataset() error {
 		if err := checkDataRoot(d.Root); err != nil {
 			return fieldErr("dataset.root", "%v", err)
 		}
+	}
+	if d.Tokenizer != "" && d.Name != DatasetText {
+		return fieldErr("dataset.tokenizer", "only for the text dataset")
 	}
 	if d.SHA256 != "" {
 		if d.Name != DatasetText {

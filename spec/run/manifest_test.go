@@ -587,3 +587,37 @@ func TestLlamaLayoutSplits(t *testing.T) {
 		t.Fatalf("split of 8 blocks with a 4096-token head = %v: the head is not counted", s)
 	}
 }
+
+func TestTokenizerDataset(t *testing.T) {
+	tokens := func() *Manifest {
+		m, err := NewLlama(PresetLlamaTiny, testCharset, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Model.Vocab = TokenizerVocab(TokenizerGPT2)
+		m.Dataset = DatasetSpec{Name: DatasetText, Path: "/data/go.tok", SHA256: strings.Repeat("0f", 32), Tokenizer: TokenizerGPT2, ValFraction: 0.01}
+		return m
+	}
+	if err := tokens().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(m *Manifest)
+		field string
+	}{
+		{"unknown tokenizer", func(m *Manifest) { m.Dataset.Tokenizer = "cl100k" }, "dataset.tokenizer"},
+		{"vocab of another tokenizer", func(m *Manifest) { m.Model.Vocab = 50304 }, "model.vocab"},
+		{"charset and tokenizer", func(m *Manifest) { m.Dataset.Charset = "ab" }, "dataset.charset"},
+		{"no token file", func(m *Manifest) { m.Dataset.Path = "" }, "dataset.path"},
+		{"token file not pinned", func(m *Manifest) { m.Dataset.SHA256 = "" }, "dataset.sha256"},
+		{"tokenizer on mnist", func(m *Manifest) { *m = *NewMLPMNIST(1); m.Dataset.Tokenizer = TokenizerGPT2 }, "dataset.tokenizer"},
+	} {
+		m := tokens()
+		tc.edit(m)
+		var fe *FieldError
+		if err := m.Validate(); !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("%s: err = %v, want field %q", tc.name, err, tc.field)
+		}
+	}
+}

@@ -7,14 +7,18 @@ import (
 	"github.com/swarm-train/swarm/spec/run"
 )
 
-// Bigram is a count-based character bigram model with add-k smoothing: the
-// baseline a character-level network must beat.
+// Bigram is a count-based token bigram model with add-k smoothing: the
+// baseline a language model must beat.
 type Bigram struct {
 	Vocab  int
-	K      float64   // smoothing pseudo-count added to every pair
-	counts []float64 // Vocab×Vocab pair counts, row = previous character
-	rows   []float64 // row sums
+	K      float64           // smoothing pseudo-count added to every pair
+	counts []float64         // Vocab×Vocab pair counts, row = previous token (small vocabularies)
+	pairs  map[int64]float64 // the same, only the pairs seen (large vocabularies)
+	rows   []float64         // row sums
 }
+
+// denseBigramMax is the largest vocabulary counted in a dense table.
+const denseBigramMax = 2048
 
 // bigramGrid are the pseudo-counts FitBigram chooses from.
 var bigramGrid = []float64{0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1}
@@ -40,12 +44,28 @@ func FitBigram(train []int32, vocab int, k float64) *Bigram {
 }
 
 func countBigram(toks []int32, vocab int) *Bigram {
-	b := &Bigram{Vocab: vocab, counts: make([]float64, vocab*vocab), rows: make([]float64, vocab)}
+	b := &Bigram{Vocab: vocab, rows: make([]float64, vocab)}
+	if vocab <= denseBigramMax {
+		b.counts = make([]float64, vocab*vocab)
+	} else {
+		b.pairs = map[int64]float64{}
+	}
 	for i := 0; i+1 < len(toks); i++ {
-		b.counts[int(toks[i])*vocab+int(toks[i+1])]++
+		if b.pairs != nil {
+			b.pairs[int64(toks[i])*int64(vocab)+int64(toks[i+1])]++
+		} else {
+			b.counts[int(toks[i])*vocab+int(toks[i+1])]++
+		}
 		b.rows[toks[i]]++
 	}
 	return b
+}
+
+func (b *Bigram) count(p, q int) float64 {
+	if b.pairs != nil {
+		return b.pairs[int64(p)*int64(b.Vocab)+int64(q)]
+	}
+	return b.counts[p*b.Vocab+q]
 }
 
 // Loss is the mean negative log-likelihood (nats) of each token of toks but
@@ -57,7 +77,7 @@ func (b *Bigram) Loss(toks []int32) float64 {
 	var sum float64
 	for i := 0; i+1 < len(toks); i++ {
 		p, q := int(toks[i]), int(toks[i+1])
-		sum -= math.Log((b.counts[p*b.Vocab+q] + b.K) / (b.rows[p] + b.K*float64(b.Vocab)))
+		sum -= math.Log((b.count(p, q) + b.K) / (b.rows[p] + b.K*float64(b.Vocab)))
 	}
 	return sum / float64(len(toks)-1)
 }
@@ -72,9 +92,9 @@ func TextSplits(m *run.Manifest) (train, val []int32, err error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	toks, err := Encode(text, m.Dataset.Charset)
+	toks, err := TextTokens(m.Dataset, text)
 	if err != nil {
-		return nil, nil, fmt.Errorf("dataset.charset: %w", err)
+		return nil, nil, err
 	}
 	train, val = SplitTokens(toks, m.Dataset.ValFraction)
 	return train, val, nil

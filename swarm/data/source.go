@@ -221,9 +221,9 @@ func newTextSource(m *run.Manifest, node string, o options) (*textSource, error)
 	if err != nil {
 		return nil, err
 	}
-	toks, err := Encode(text, m.Dataset.Charset)
+	toks, err := TextTokens(m.Dataset, text)
 	if err != nil {
-		return nil, fmt.Errorf("dataset.charset: %w", err)
+		return nil, err
 	}
 	train, val := SplitTokens(toks, m.Dataset.ValFraction)
 	block := m.Model.BlockSize

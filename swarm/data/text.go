@@ -160,3 +160,21 @@ func Encode(text, charset string) ([]int32, error) {
 	}
 	return out, nil
 }
+
+// TextTokens turns a text data set's content (as LoadCorpus returns it) into
+// token ids: the characters' indices in the charset, or, with a tokenizer,
+// the tokens of the prepared token file.
+func TextTokens(d run.DatasetSpec, content string) ([]int32, error) {
+	if d.Tokenizer != "" {
+		toks, err := DecodeTokens([]byte(content), d.Tokenizer)
+		if err != nil {
+			return nil, fmt.Errorf("dataset.path: %s: %w", CorpusName(d), err)
+		}
+		return toks, nil
+	}
+	toks, err := Encode(content, d.Charset)
+	if err != nil {
+		return nil, fmt.Errorf("dataset.charset: %w", err)
+	}
+	return toks, nil
+}
