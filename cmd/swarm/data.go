@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/node/training"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
@@ -39,8 +42,98 @@ names (an MNIST-format set needs MNIST's four file names).`,
 				},
 				Action: dataAdd,
 			},
+			{
+				Name:      "prepare",
+				Usage:     "cut text files into subword tokens and write a token file, for `swarm run init --tokens`",
+				ArgsUsage: "FILE|FOLDER...",
+				Description: `Reads the files (a folder: every file under it whose name ends in one of
+--ext, in lexical order, hidden folders skipped), cuts each into tokens with
+the tokenizer (gpt2: GPT-2's byte-level BPE, compiled into swarm), ends each
+file with <|endoftext|>, and writes the token file. Its SHA-256 is what a
+manifest pins (swarm run init --tokens FILE). For a Go code model over Go's
+own source tree:
+
+  swarm data prepare --tokenizer gpt2 --ext .go $(go env GOROOT)/src -o go.tok`,
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "tokenizer", Value: run.TokenizerGPT2, Usage: "tokenizer: gpt2"},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "token file to write (may also follow the files)"},
+					&cli.StringFlag{Name: "ext", Usage: "in folders, only files ending in these suffixes, comma-separated (e.g. .go,.md; default: every file)"},
+					&cli.BoolFlag{Name: "json", Usage: "print a JSON object"},
+				},
+				Action: dataPrepare,
+			},
 		},
 	})
+}
+
+// DataPrepared is what `swarm data prepare` prints.
+type DataPrepared struct {
+	Output    string `json:"output"`
+	Tokenizer string `json:"tokenizer"`
+	Vocab     int    `json:"vocab"`
+	Files     int    `json:"files"`
+	Bytes     int64  `json:"bytes"`
+	Tokens    int    `json:"tokens"`
+	SHA256    string `json:"sha256"`
+}
+
+func dataPrepare(c *cli.Context) error {
+	// The output may follow the files (swarm data prepare FILES... -o OUT),
+	// where the flag parser has stopped.
+	out := c.String("output")
+	var paths []string
+	args := c.Args().Slice()
+	for i := 0; i < len(args); i++ {
+		if a := args[i]; (a == "-o" || a == "--output") && i+1 < len(args) {
+			out = args[i+1]
+			i++
+			continue
+		}
+		paths = append(paths, args[i])
+	}
+	if len(paths) == 0 {
+		return cli.Exit("swarm data prepare: name the files or folders to tokenize", 2)
+	}
+	if out == "" {
+		return cli.Exit("swarm data prepare: name the token file to write with -o", 2)
+	}
+	tk, err := data.NewTokenizer(c.String("tokenizer"))
+	if err != nil {
+		return cli.Exit("swarm data prepare: --tokenizer: "+err.Error(), 2)
+	}
+	var exts []string
+	for _, e := range strings.Split(c.String("ext"), ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			exts = append(exts, e)
+		}
+	}
+	files, err := data.CorpusFiles(paths, exts)
+	if err != nil {
+		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+	}
+	toks, n, err := data.TokenizeFiles(tk, files)
+	if err != nil {
+		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+	}
+	h := sha256.New()
+	err = atomicfile.Write(out, 0o644, func(w io.Writer) error {
+		return data.EncodeTokens(io.MultiWriter(w, h), tk.Name(), toks)
+	})
+	if err != nil {
+		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+	}
+	res := DataPrepared{Output: out, Tokenizer: tk.Name(), Vocab: run.TokenizerVocab(tk.Name()), Files: len(files), Bytes: n, Tokens: len(toks), SHA256: hex.EncodeToString(h.Sum(nil))}
+	if c.Bool("json") {
+		b, _ := json.MarshalIndent(res, "", "  ")
+		_, err := fmt.Fprintf(c.App.Writer, "%s\n", b)
+		return err
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "wrote\t%s\n", res.Output)
+	fmt.Fprintf(tw, "tokens\t%d (%s, vocabulary %d) from %d files, %d bytes (%.2f bytes a token)\n", res.Tokens, res.Tokenizer, res.Vocab, res.Files, res.Bytes, float64(res.Bytes)/float64(max(res.Tokens, 1)))
+	fmt.Fprintf(tw, "sha256\t%s\n", res.SHA256)
+	fmt.Fprintf(tw, "next\tswarm run init --model llama-tiny --tokens %s\n", res.Output)
+	return tw.Flush()
 }
 
 // DataAdded is what `swarm data add` prints.

@@ -57,7 +57,8 @@ the run's peers and check every chunk against it.`,
 					&cli.IntFlag{Name: "n-kv-head", Usage: "llama key/value heads (fewer than n-head: grouped-query attention)"},
 					&cli.IntFlag{Name: "ffn-hidden", Usage: "llama SwiGLU hidden width"},
 					&cli.BoolFlag{Name: "tie-embeddings", Usage: "llama: the head reuses the token embedding (one shard only)"},
-					&cli.StringFlag{Name: "corpus", Usage: "gpt-char or llama text file (default: Go's Opticks text, found at run time)"},
+					&cli.StringFlag{Name: "corpus", Usage: "gpt-char or llama text file, one token a character (default: Go's Opticks text, found at run time)"},
+					&cli.StringFlag{Name: "tokens", Usage: "gpt-char or llama: a token file from swarm data prepare (subword tokens; the model's vocabulary is the tokenizer's)"},
 					&cli.StringFlag{Name: "data-root", Usage: "data set root CID to pin (from swarm data add; default: the MNIST files' root, or the corpus's)"},
 					&cli.Float64Flag{Name: "val-fraction", Usage: "held-out fraction of the data for validation"},
 					&cli.StringFlag{Name: "averaging", Usage: "sync or local"},
@@ -134,16 +135,39 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 			}
 			path = abs
 		}
+		tokens := c.String("tokens")
+		if tokens != "" {
+			if c.IsSet("corpus") {
+				return nil, fmt.Errorf("--tokens and --corpus: give one")
+			}
+			abs, err := filepath.Abs(tokens)
+			if err != nil {
+				return nil, err
+			}
+			path = abs
+		}
 		text, err := data.ReadCorpus(path)
 		if err != nil {
 			return nil, err
 		}
+		charset := data.Charset(text)
+		var tokenizer string
+		if tokens != "" {
+			h, err := data.ParseTokenHeader([]byte(text))
+			if err != nil {
+				return nil, fmt.Errorf("--tokens %s: %w", tokens, err)
+			}
+			charset, tokenizer = "", h.Tokenizer
+		}
 		if arch == run.ArchGPTChar {
-			m = run.NewGPTChar(data.Charset(text), 1)
-		} else if m, err = run.NewLlama(arch, data.Charset(text), 1); err != nil {
+			m = run.NewGPTChar(charset, 1)
+		} else if m, err = run.NewLlama(arch, charset, 1); err != nil {
 			return nil, err
 		}
 		m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
+		if tokenizer != "" {
+			m.Dataset.Tokenizer, m.Model.Vocab = tokenizer, run.TokenizerVocab(tokenizer)
+		}
 		if m.Dataset.Root, err = corpusRoot(path); err != nil {
 			return nil, err
 		}
@@ -368,6 +392,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 			p = "$GOROOT/" + data.DefaultCorpus
 		}
 		info.Dataset += " " + p
+		if d.Tokenizer != "" {
+			info.Dataset += ", tokenizer " + d.Tokenizer
+		}
 	}
 	info.Dataset += fmt.Sprintf(", val_fraction %g", d.ValFraction)
 	if d.Root != "" {
