@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -92,14 +93,14 @@ func dataPrepare(c *cli.Context) error {
 		paths = append(paths, args[i])
 	}
 	if len(paths) == 0 {
-		return cli.Exit("swarm data prepare: name the files or folders to tokenize", 2)
+		return errors.New("data prepare: name the files or folders to tokenize")
 	}
 	if out == "" {
-		return cli.Exit("swarm data prepare: name the token file to write with -o", 2)
+		return errors.New("data prepare: name the token file to write with -o")
 	}
 	tk, err := data.NewTokenizer(c.String("tokenizer"))
 	if err != nil {
-		return cli.Exit("swarm data prepare: --tokenizer: "+err.Error(), 2)
+		return fmt.Errorf("data prepare: --tokenizer: %w", err)
 	}
 	var exts []string
 	for _, e := range strings.Split(c.String("ext"), ",") {
@@ -109,18 +110,18 @@ func dataPrepare(c *cli.Context) error {
 	}
 	files, err := data.CorpusFiles(paths, exts)
 	if err != nil {
-		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+		return fmt.Errorf("data prepare: %w", err)
 	}
 	toks, n, err := data.TokenizeFiles(tk, files)
 	if err != nil {
-		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+		return fmt.Errorf("data prepare: %w", err)
 	}
 	h := sha256.New()
 	err = atomicfile.Write(out, 0o644, func(w io.Writer) error {
 		return data.EncodeTokens(io.MultiWriter(w, h), tk.Name(), toks)
 	})
 	if err != nil {
-		return cli.Exit("swarm data prepare: "+err.Error(), 1)
+		return fmt.Errorf("data prepare: %w", err)
 	}
 	res := DataPrepared{Output: out, Tokenizer: tk.Name(), Vocab: run.TokenizerVocab(tk.Name()), Files: len(files), Bytes: n, Tokens: len(toks), SHA256: hex.EncodeToString(h.Sum(nil))}
 	if c.Bool("json") {

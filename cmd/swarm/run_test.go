@@ -253,3 +253,51 @@ func TestRunInitDiskFull(t *testing.T) {
 		t.Fatalf("manifest changed on a full disk: %s → %s", a, b)
 	}
 }
+
+// TestDataPrepareTokens: swarm data prepare writes a token file of a folder's
+// Go files; swarm run init --tokens pins it in a llama manifest whose
+// vocabulary is GPT-2's.
+func TestDataPrepareTokens(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	os.MkdirAll(src, 0o755)
+	code := "package x\n\n" + strings.Repeat("func f(a int) int { return a * 2 }\n", 50)
+	os.WriteFile(filepath.Join(src, "a.go"), []byte(code), 0o644)
+	os.WriteFile(filepath.Join(src, "b.go"), []byte(code), 0o644)
+	os.WriteFile(filepath.Join(src, "c.txt"), []byte("skipped"), 0o644)
+	tok := filepath.Join(dir, "corpus.tok")
+	out := mustCLI(t, "data", "prepare", "--tokenizer", "gpt2", "--ext", ".go", "--json", src, "-o", tok)
+	var res DataPrepared
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	b, err := os.ReadFile(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Files != 2 || res.Bytes != int64(2*len(code)) || res.Vocab != 50257 || res.SHA256 != data.CorpusSHA256(string(b)) {
+		t.Fatalf("prepared %+v", res)
+	}
+	man := filepath.Join(dir, "run.json")
+	mustCLI(t, "run", "init", "--model", "llama-tiny", "--tokens", tok, "--block-size", "32", "-o", man)
+	m, err := run.Load(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := m.Dataset; d.Tokenizer != run.TokenizerGPT2 || d.SHA256 != res.SHA256 || d.Charset != "" || m.Model.Vocab != 50257 {
+		t.Fatalf("manifest dataset %+v, vocab %d", d, m.Model.Vocab)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"data", "prepare", src}, "-o"},
+		{[]string{"data", "prepare", "--tokenizer", "bpe", src, "-o", tok}, "--tokenizer"},
+		{[]string{"data", "prepare", filepath.Join(dir, "none"), "-o", tok}, "none"},
+		{[]string{"run", "init", "--model", "llama-tiny", "--tokens", filepath.Join(src, "a.go")}, "not a token file"},
+	} {
+		if _, _, err := swarmCLI(t, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("swarm %s: err = %v, want it to mention %q", strings.Join(c.args, " "), err, c.want)
+		}
+	}
+}
