@@ -13,7 +13,7 @@ import (
 
 // Batch is one micro-batch of training data. The first shard reads X (dense
 // inputs, N×input for mlp-mnist) or Tokens (N×block_size token ids for
-// gpt-char); the last shard reads Targets (N class labels, or N×block_size
+// gpt-char and llama); the last shard reads Targets (N class labels, or N×block_size
 // next-token ids). Shards in between read neither.
 type Batch struct {
 	N       int
