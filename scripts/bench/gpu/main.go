@@ -20,7 +20,7 @@ import (
 )
 
 func main() {
-	model := flag.String("model", run.ArchMLPMNIST, "mlp-mnist or gpt-char (as `swarm bench --model`)")
+	model := flag.String("model", run.ArchMLPMNIST, "mlp-mnist, gpt-char or a llama preset (as `swarm bench --model`)")
 	units := flag.String("units", "1", "shard sizes, comma-separated")
 	threads := flag.Int("threads", 1, "worker CPU threads")
 	minTime := flag.Duration("time", 2*time.Second, "minimum measuring time per shard size")
@@ -33,15 +33,22 @@ func main() {
 	}
 }
 
+const benchCharset = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()\n"
+
 func bench(model, units string, threads int, minTime time.Duration, every int, device string) error {
 	var m *run.Manifest
 	switch model {
 	case run.ArchMLPMNIST:
 		m = run.NewMLPMNIST(1)
 	case run.ArchGPTChar: // the vocabulary `swarm bench` uses
-		m = run.NewGPTChar("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,;:!?'\"-()\n", 1)
+		m = run.NewGPTChar(benchCharset, 1)
+	case run.PresetLlamaTiny, run.PresetLlama124M, run.PresetLlama350M:
+		var err error
+		if m, err = run.NewLlama(model, benchCharset, 1); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("model %q: want %s or %s", model, run.ArchMLPMNIST, run.ArchGPTChar)
+		return fmt.Errorf("model %q: want %s, %s or a llama preset", model, run.ArchMLPMNIST, run.ArchGPTChar)
 	}
 	e, err := torch.New(torch.Options{Device: device, Threads: threads, SnapshotEvery: every})
 	if err != nil {
