@@ -150,6 +150,25 @@ func (m *Manifest) ActivationSize(index int) int {
 	return 0
 }
 
+// MaxEvalLogits bounds the logits of one evaluation micro-batch (samples ×
+// block_size × vocab for a language model): 32M float32 values, 128 MiB a
+// buffer. With GPT-2's 50,257 tokens and a context of 1024 that is one sample.
+const MaxEvalLogits = 1 << 25
+
+// EvalBatch caps an evaluation micro-batch of n samples so its logits stay
+// within MaxEvalLogits; it is at least 1.
+func (m *Manifest) EvalBatch(n int) int {
+	md := m.Model
+	per := md.Classes
+	if md.LanguageModel() {
+		per = md.BlockSize * md.Vocab
+	}
+	if per > 0 && n*per > MaxEvalLogits {
+		n = MaxEvalLogits / per
+	}
+	return max(n, 1)
+}
+
 // FLOPsPerSample estimates the floating-point operations of one training step
 // (forward and backward) of shard index for one sample: 6 per weight use in
 // matrix products (2 forward, 4 backward) plus attention's score and mix

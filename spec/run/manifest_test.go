@@ -621,3 +621,24 @@ func TestTokenizerDataset(t *testing.T) {
 		}
 	}
 }
+
+func TestEvalBatch(t *testing.T) {
+	m, err := NewLlama(PresetLlama124M, testCharset, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := m.EvalBatch(250); got != 250 { // 250 × 1024 × 31 characters fit
+		t.Fatalf("EvalBatch(250) = %d", got)
+	}
+	m.Model.Vocab = 50257
+	if got := m.EvalBatch(250); got != 1 {
+		t.Fatalf("124m with GPT-2 tokens: EvalBatch(250) = %d, want 1", got)
+	}
+	m.Model.BlockSize = 64
+	if got := m.EvalBatch(250); got != MaxEvalLogits/(64*50257) || got*64*50257 > MaxEvalLogits {
+		t.Fatalf("context 64: EvalBatch(250) = %d", got)
+	}
+	if got := NewMLPMNIST(1).EvalBatch(250); got != 250 {
+		t.Fatalf("mlp: EvalBatch(250) = %d", got)
+	}
+}

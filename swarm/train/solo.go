@@ -28,7 +28,8 @@ type Config struct {
 	// all); FinalEvalSamples caps the final evaluation (0: the whole set).
 	EvalSamples      int
 	FinalEvalSamples int
-	// EvalBatch is the evaluation batch size (0: 4× the training batch).
+	// EvalBatch is the evaluation batch size (0: 4× the training batch,
+	// fewer where the logits would pass run.MaxEvalLogits).
 	EvalBatch int
 	// CheckpointDir, if set, receives a checkpoint every CheckpointEvery
 	// steps (0: at each validation) and at the end, keeping the newest Keep.
@@ -196,7 +197,7 @@ func scaleGrads(shards []engine.Shard, c float32) error {
 func (t *Solo) Evaluate(limit int) (Metrics, error) {
 	b := t.cfg.EvalBatch
 	if b <= 0 {
-		b = 4 * t.m.Training.BatchSize
+		b = t.m.EvalBatch(4 * t.m.Training.BatchSize)
 	}
 	return Evaluate(t.shards, t.src.Eval(), b, limit)
 }

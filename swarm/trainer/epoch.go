@@ -468,7 +468,7 @@ func (t *Trainer) evaluate(ctx context.Context) {
 	}
 	var correct, n int
 	var lossSum float64
-	bs := evalBatch
+	bs := t.m.EvalBatch(evalBatch)
 	for start := 0; start < ev.Len; start += bs {
 		b := ev.Batch(start, bs)
 		var res *pipeline.Response

@@ -90,8 +90,9 @@ func (t *Trainer) heldOutData(index int) []keptInput {
 			return nil
 		}
 		var out []keptInput
-		for start := 0; start < min(ev.Len, heldOutSamples); start += evalBatch {
-			b := ev.Batch(start, min(evalBatch, ev.Len-start))
+		bs := t.m.EvalBatch(evalBatch)
+		for start := 0; start < min(ev.Len, heldOutSamples); start += bs {
+			b := ev.Batch(start, min(bs, ev.Len-start))
 			out = append(out, keptInput{index: 0, n: b.N, targets: b.Targets, batch: b})
 		}
 		return out

@@ -110,7 +110,9 @@ const (
 
 var errStale = errors.New("epoch moved on")
 
-// evalBatch is the micro-batch size of evaluation requests.
+// evalBatch is the micro-batch size of evaluation requests, fewer samples
+// for a language model whose logits would pass run.MaxEvalLogits
+// (run.Manifest.EvalBatch).
 const evalBatch = 250
 
 // Limits on serving pipeline requests.
@@ -157,7 +159,7 @@ func syncMode(m *run.Manifest) bool { return m.Averaging.Mode != run.ModeLocal }
 // shape is what shard index expects of incoming requests.
 func (s *stageServer) shape(index int) pipeline.Shape {
 	m := s.m
-	sh := pipeline.Shape{MaxN: max(4*m.Training.BatchSize, evalBatch)}
+	sh := pipeline.Shape{MaxN: max(4*m.Training.BatchSize, m.EvalBatch(evalBatch))}
 	if index > 0 {
 		sh.ActPerSample = m.ActivationSize(index - 1)
 	}
