@@ -275,8 +275,14 @@ func testLocalSteps(t *testing.T, overlap, topk bool) {
 	if st.Accuracy < 0.85 {
 		t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
 	}
-	if st.Averaging.GroupSize < 2 {
-		t.Errorf("last outer round averaged in a group of %d, want 2", st.Averaging.GroupSize)
+	// Averaged with a peer: most outer rounds of every node. Not each one:
+	// on a loaded machine a node's last round sometimes found its peer
+	// already past it (group of 1), which the run survives by design.
+	for i, tr := range s.tr {
+		rounds, grouped := tr.meters.avgRounds.Load(), tr.meters.avgGrouped.Load()
+		if rounds == 0 || grouped*5 < rounds*4 {
+			t.Errorf("node %d averaged %d of %d outer rounds with a peer, want at least 80%%", i, grouped, rounds)
+		}
 	}
 	testutil.Eventually(t, time.Minute, testutil.Says("every node to finish the run"), func() bool {
 		for _, tr := range s.tr {
