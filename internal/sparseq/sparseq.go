@@ -91,84 +91,59 @@ func Encode(dst []byte, src []float32, bits int) []byte {
 		panic(fmt.Sprintf("sparseq: %d bits", bits))
 	}
 	q := qmax(bits)
-	// Pass 1: count the values sent.
 	k := 0
-	for b := 0; b < len(src); b += Block {
-		blk := src[b:min(b+Block, len(src))]
-		s := blockScale(blk, q)
-		if s == 0 {
-			continue
-		}
-		inv := 1 / s
-		for _, x := range blk {
-			if x != 0 && code(x, inv, q) != 0 {
-				k++
-			}
-		}
-	}
+	eachSent(src, q, func(int, float32, bool, int) { k++ })
 	dst = binary.AppendUvarint(dst, uint64(k))
-	// Pass 2: gaps and scales (scales after all gaps: collect them in a
-	// second sweep, as each block's scale is recomputed cheaply).
+	// The gaps, then one scale per block that sends a value, then the codes.
 	prev := -1
-	for b := 0; b < len(src); b += Block {
-		blk := src[b:min(b+Block, len(src))]
-		s := blockScale(blk, q)
-		if s == 0 {
-			continue
+	eachSent(src, q, func(i int, _ float32, _ bool, _ int) {
+		dst = binary.AppendUvarint(dst, uint64(i-prev-1))
+		prev = i
+	})
+	eachSent(src, q, func(_ int, s float32, first bool, _ int) {
+		if first {
+			dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(s))
 		}
-		inv := 1 / s
-		for i, x := range blk {
-			if x != 0 && code(x, inv, q) != 0 {
-				dst = binary.AppendUvarint(dst, uint64(b+i-prev-1))
-				prev = b + i
-			}
-		}
-	}
-	for b := 0; b < len(src); b += Block {
-		blk := src[b:min(b+Block, len(src))]
-		s := blockScale(blk, q)
-		if s == 0 {
-			continue
-		}
-		inv := 1 / s
-		for _, x := range blk {
-			if x != 0 && code(x, inv, q) != 0 {
-				dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(s))
-				break
-			}
-		}
-	}
-	// Codes.
+	})
 	var acc uint32
 	nacc := 0
-	for b := 0; b < len(src); b += Block {
-		blk := src[b:min(b+Block, len(src))]
-		s := blockScale(blk, q)
-		if s == 0 {
-			continue
+	eachSent(src, q, func(_ int, _ float32, _ bool, c int) {
+		acc |= uint32(c+q) << nacc
+		nacc += bits
+		if nacc >= 8 {
+			dst = append(dst, byte(acc))
+			acc >>= 8
+			nacc -= 8
 		}
-		inv := 1 / s
-		for _, x := range blk {
-			if x == 0 {
-				continue
-			}
-			c := code(x, inv, q)
-			if c == 0 {
-				continue
-			}
-			acc |= uint32(c+q) << nacc
-			nacc += bits
-			if nacc >= 8 {
-				dst = append(dst, byte(acc))
-				acc >>= 8
-				nacc -= 8
-			}
-		}
-	}
+	})
 	if nacc > 0 {
 		dst = append(dst, byte(acc))
 	}
 	return dst
+}
+
+// eachSent calls f, in order, for every value of src that is sent (its
+// code at q is not zero) with its index, its block's scale, whether it is
+// the first sent in its block, and its code.
+func eachSent(src []float32, q int, f func(i int, scale float32, first bool, c int)) {
+	for b := 0; b < len(src); b += Block {
+		blk := src[b:min(b+Block, len(src))]
+		s := blockScale(blk, q)
+		if s == 0 {
+			continue
+		}
+		inv := 1 / s
+		first := true
+		for i, x := range blk {
+			if x == 0 {
+				continue
+			}
+			if c := code(x, inv, q); c != 0 {
+				f(b+i, s, first, c)
+				first = false
+			}
+		}
+	}
 }
 
 // Decode decodes src into exactly len(dst) values (zero where none was
