@@ -52,6 +52,9 @@ type membership struct {
 	peers    map[peer.ID]time.Time // admitted peers of our run → when admission ends (zero: never)
 	failed   map[peer.ID]time.Time
 	inflight map[peer.ID]chan struct{} // hellos we dialled, under way; closed when they end
+	// helloErr is why the hello we last dialled with a peer failed, for
+	// the callers that waited on it (maxHelloErrs at most).
+	helloErr map[peer.ID]error
 	// listening holds the hellos peers dialled to us, under way.
 	listening map[peer.ID][]chan struct{}
 	own       admissionState // the latest refusal of this node by a peer
@@ -72,6 +75,7 @@ func newMembership(n *Node, runID cid.Cid, maxDelay time.Duration) *membership {
 		peers:     make(map[peer.ID]time.Time),
 		failed:    make(map[peer.ID]time.Time),
 		inflight:  make(map[peer.ID]chan struct{}),
+		helloErr:  make(map[peer.ID]error),
 		listening: make(map[peer.ID][]chan struct{}),
 		wake:      make(chan struct{}, 1),
 		announced: make(chan struct{}),
@@ -278,11 +282,14 @@ func (m *membership) discover(ctx context.Context) bool {
 	return true
 }
 
+// maxHelloErrs bounds the failed hellos remembered for their waiters.
+const maxHelloErrs = 1024
+
 // verify connects to ai and runs the hello handshake: it sends this node's
 // hello, reads the peer's answer, and admits the peer when the answer is
 // for this run, carries a valid admission (token runs) and did not refuse
 // us. Concurrent calls for one peer share one handshake.
-func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
+func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) (err error) {
 	m.mu.Lock()
 	if wait, ok := m.inflight[ai.ID]; ok {
 		m.mu.Unlock()
@@ -294,6 +301,14 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 		if m.admitted(ai.ID) {
 			return nil
 		}
+		m.mu.Lock()
+		why := m.helloErr[ai.ID]
+		m.mu.Unlock()
+		if why != nil {
+			// The same answer as the caller that ran it (a refusal
+			// names its reason).
+			return why
+		}
 		return errors.New("the run hello under way did not admit the peer")
 	}
 	done := make(chan struct{})
@@ -302,6 +317,12 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) error {
 	defer func() {
 		m.mu.Lock()
 		delete(m.inflight, ai.ID)
+		switch {
+		case err == nil:
+			delete(m.helloErr, ai.ID)
+		case len(m.helloErr) < maxHelloErrs:
+			m.helloErr[ai.ID] = err
+		}
 		m.mu.Unlock()
 		close(done)
 	}()
