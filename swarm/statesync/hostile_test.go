@@ -88,6 +88,11 @@ func TestHeaderFloodFreezesOnce(t *testing.T) {
 						t.Error(err)
 						return
 					}
+					// Wait for the donor's end of the stream: its slot is
+					// free once it has closed, so the next flood is not
+					// refused for streams this one already finished.
+					_ = st.CloseWrite()
+					_, _ = io.Copy(io.Discard, st)
 					st.Close()
 					idsMu.Lock()
 					ids[hdr.ID]++
