@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -162,16 +161,14 @@ type Server struct {
 	refuse  *guard.Refusals
 	metrics *Metrics
 
-	mu       sync.Mutex
-	streams  map[peer.ID]int
-	nstreams int
-	corrupt  atomic.Bool
+	slots   *guard.Slots // streams being served, per peer and in all
+	corrupt atomic.Bool
 }
 
 // NewServer registers the protocol on h (the node's run host: only
 // admitted run peers are served). refuse and m may be nil.
 func NewServer(h host.Host, s *Store, refuse *guard.Refusals, m *Metrics) *Server {
-	srv := &Server{h: h, store: s, refuse: refuse, metrics: m, streams: map[peer.ID]int{}}
+	srv := &Server{h: h, store: s, refuse: refuse, metrics: m, slots: guard.NewSlots(StreamsPerPeer, maxStreams)}
 	h.SetStreamHandler(Protocol, srv.handle)
 	return srv
 }
@@ -183,28 +180,6 @@ func (srv *Server) CorruptChunks() { srv.corrupt.Store(true) }
 // Close removes the handler.
 func (srv *Server) Close() { srv.h.RemoveStreamHandler(Protocol) }
 
-func (srv *Server) acquire(p peer.ID) bool {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if srv.streams[p] >= StreamsPerPeer || srv.nstreams >= maxStreams {
-		return false
-	}
-	srv.streams[p]++
-	srv.nstreams++
-	return true
-}
-
-func (srv *Server) release(p peer.ID) {
-	srv.mu.Lock()
-	defer srv.mu.Unlock()
-	if srv.streams[p] <= 1 {
-		delete(srv.streams, p)
-	} else {
-		srv.streams[p]--
-	}
-	srv.nstreams--
-}
-
 func (srv *Server) handle(st network.Stream) {
 	defer st.Close()
 	from := st.Conn().RemotePeer()
@@ -213,12 +188,12 @@ func (srv *Server) handle(st network.Stream) {
 		return
 	}
 	_ = st.SetDeadline(time.Now().Add(serveTimeout))
-	if !srv.acquire(from) {
+	if !srv.slots.Acquire(from) {
 		srv.refuse.Refuse(from, protoData, whyFlood, fmt.Errorf("more than %d data streams at once", StreamsPerPeer))
 		_ = writeFrame(st, statusError, []byte("too many data streams at once"))
 		return
 	}
-	defer srv.release(from)
+	defer srv.slots.Release(from)
 	buf := make([]byte, RequestLen)
 	for {
 		if _, err := io.ReadFull(st, buf); err != nil {

@@ -113,8 +113,6 @@ func TestCheckpointCopiesDoNotHoldLiveState(t *testing.T) {
 func idle(t *testing.T, srv *Server) {
 	t.Helper()
 	testutil.Eventually(t, 5*time.Second, testutil.Says("the donor's streams to close"), func() bool {
-		srv.mu.Lock()
-		defer srv.mu.Unlock()
-		return srv.nstreams == 0
+		return srv.slots.Held() == 0
 	})
 }

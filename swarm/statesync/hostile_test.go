@@ -185,9 +185,7 @@ func TestParallelDownloadsCapped(t *testing.T) {
 	}
 	// Slots come back when the downloads end.
 	testutil.Eventually(t, 5*time.Second, testutil.Says("the download slots released"), func() bool {
-		srv.mu.Lock()
-		defer srv.mu.Unlock()
-		return srv.nstreams == 0 && len(srv.streams) == 0
+		return srv.slots.Held() == 0 && srv.slots.Peers() == 0
 	})
 }
 

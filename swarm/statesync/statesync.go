@@ -292,8 +292,7 @@ type Server struct {
 	snaps    map[uint64]*frozen
 	latest   map[int]*frozen       // per shard, the newest copy
 	freezing map[int]chan struct{} // per shard, closed when a freeze in progress ends
-	streams  map[peer.ID]int       // per peer, requests being served
-	nstreams int
+	slots    *guard.Slots          // downloads being served, per peer and in all
 	served   atomic.Uint64
 	corrupt  atomic.Bool // fault injection: chunks that do not match the header
 }
@@ -321,7 +320,7 @@ type frozen struct {
 func NewServer(h host.Host, take func(shard int) (*Snapshot, error)) *Server {
 	s := &Server{h: h, take: take, ttl: 2 * time.Minute, gap: MinFreezeGap, clk: clock.Real,
 		snaps: map[uint64]*frozen{}, latest: map[int]*frozen{}, freezing: map[int]chan struct{}{},
-		streams: map[peer.ID]int{}}
+		slots: guard.NewSlots(StreamsPerPeer, maxStreams)}
 	h.SetStreamHandler(Protocol, s.handle)
 	return s
 }
@@ -473,29 +472,6 @@ func (s *Server) freeze(shard int, ckpt bool) (*frozen, error) {
 	return &frozen{hdr: hdr, enc: encodeHeader(hdr), data: data, shard: shard, at: s.clk.Now()}, nil
 }
 
-// acquire takes one of p's stream slots.
-func (s *Server) acquire(p peer.ID) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.streams[p] >= StreamsPerPeer || s.nstreams >= maxStreams {
-		return false
-	}
-	s.streams[p]++
-	s.nstreams++
-	return true
-}
-
-func (s *Server) releaseStream(p peer.ID) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.streams[p] <= 1 {
-		delete(s.streams, p)
-	} else {
-		s.streams[p]--
-	}
-	s.nstreams--
-}
-
 const serveTimeout = 30 * time.Second
 
 func (s *Server) handle(st network.Stream) {
@@ -506,12 +482,12 @@ func (s *Server) handle(st network.Stream) {
 		return
 	}
 	_ = st.SetDeadline(clock.WallDeadline(serveTimeout))
-	if !s.acquire(from) {
+	if !s.slots.Acquire(from) {
 		s.refuse.Refuse(from, protoState, whyFlood, fmt.Errorf("more than %d downloads at once", StreamsPerPeer))
 		_ = writeFrame(st, statusError, []byte("too many downloads at once"))
 		return
 	}
-	defer s.releaseStream(from)
+	defer s.slots.Release(from)
 	var held *frozen // the copy this stream downloads
 	defer func() { s.drop(held) }()
 	hold := func(f *frozen) {

@@ -47,7 +47,7 @@ type stageServer struct {
 	gate     stageGate
 
 	bal   *pipeline.Balancer // the next stage's holders: speed, queue, bans
-	slots *pipeline.Slots    // requests served at once, per peer and in all
+	slots *guard.Slots    // requests served at once, per peer and in all
 	// readTimeout bounds reading one request (pipeReadTimeout; tests
 	// shorten it).
 	readTimeout time.Duration
@@ -147,7 +147,7 @@ var errFarEpoch = errors.New("epoch far ahead of this node's")
 
 func newStageServer(cfg *Config, clk clock.Clock, log *slog.Logger, bal *pipeline.Balancer, gate stageGate) *stageServer {
 	return &stageServer{m: cfg.Manifest, h: cfg.Host, clk: clk, log: log, refusals: cfg.Refusals, hop: cfg.HopTimeout,
-		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: pipeline.NewSlots(pipePerPeer, pipeTotal),
+		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: guard.NewSlots(pipePerPeer, pipeTotal),
 		readTimeout: pipeReadTimeout, actWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK),
 		gradWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK)}
 }

@@ -1,4 +1,4 @@
-package pipeline
+package guard
 
 import (
 	"sync"
@@ -52,4 +52,11 @@ func (s *Slots) Peers() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.busy)
+}
+
+// Held is the number of requests in progress, of all peers.
+func (s *Slots) Held() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.count
 }
