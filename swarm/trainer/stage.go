@@ -47,7 +47,7 @@ type stageServer struct {
 	gate     stageGate
 
 	bal   *pipeline.Balancer // the next stage's holders: speed, queue, bans
-	slots *guard.Slots    // requests served at once, per peer and in all
+	slots *guard.Slots       // requests served at once, per peer and in all
 	// readTimeout bounds reading one request (pipeReadTimeout; tests
 	// shorten it).
 	readTimeout time.Duration
