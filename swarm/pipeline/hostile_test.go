@@ -98,7 +98,6 @@ func TestStalledSenderCostsLittle(t *testing.T) {
 	}
 }
 
-
 // A flood of fresh peer IDs (each banned for garbage) does not grow the
 // balancer beyond MaxPeers, and peers with micro-batches in flight stay.
 func TestBalancerBounded(t *testing.T) {
