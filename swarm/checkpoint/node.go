@@ -86,3 +86,45 @@ func (s *State) Fits(id Identity) error {
 	}
 	return nil
 }
+
+// Assembled is a whole model gathered from a node home's shard folders.
+type Assembled struct {
+	Params [][]float32 // shard i's parameters
+	Paths  []string    // the checkpoint each came from
+	Epochs []uint64    // the swarm epoch of each
+	Step   int64       // the largest step among them
+}
+
+// AssembleNodeShards gathers the newest checkpoint of every shard of m that
+// fits it (run, layout, shard, sizes) from runsDir (HOME/runs: a node keeps
+// the shards it held there; copy other nodes' shard-<k> folders in to export
+// a model no single node held). A shard without one is an error naming its
+// folder. Checkpoints passed over are reported to onSkip.
+func AssembleNodeShards(runsDir string, m *run.Manifest, onSkip func(string, error)) (*Assembled, error) {
+	id, err := m.ID()
+	if err != nil {
+		return nil, err
+	}
+	a := &Assembled{}
+	for i := range m.Shards {
+		layout, err := LayoutHash(m, i)
+		if err != nil {
+			return nil, err
+		}
+		nP, err := m.NumParams(i)
+		if err != nil {
+			return nil, err
+		}
+		want := Identity{RunID: id.String(), Layout: layout, Shard: i, Params: nP, OptState: -1}
+		d := &Dir{Path: ShardPath(runsDir, id.String(), i), OnSkip: onSkip}
+		s, path, err := d.LatestFitting(func(s *State) error { return s.Fits(want) })
+		if err != nil {
+			return nil, fmt.Errorf("shard %d of %d: %w", i, len(m.Shards), err)
+		}
+		a.Params = append(a.Params, s.Shards[0].Params)
+		a.Paths = append(a.Paths, path)
+		a.Epochs = append(a.Epochs, s.Epoch)
+		a.Step = max(a.Step, s.Step)
+	}
+	return a, nil
+}

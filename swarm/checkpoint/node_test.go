@@ -99,3 +99,43 @@ func TestReadMeta(t *testing.T) {
 		t.Fatalf("ReadMeta of a torn file: %v", err)
 	}
 }
+
+// AssembleNodeShards takes each shard's newest fitting checkpoint from its
+// own folder (shards may be at different epochs), and names the folder of a
+// shard that has none.
+func TestAssembleNodeShards(t *testing.T) {
+	m := run.NewMLPMNIST(2)
+	id, _ := m.ID()
+	runs := t.TempDir()
+	for i, epochs := range [][]uint64{{3, 5}, {4}} {
+		layout, _ := LayoutHash(m, i)
+		nP, _ := m.NumParams(i)
+		d := &Dir{Path: ShardPath(runs, id.String(), i)}
+		for _, e := range epochs {
+			s := nodeState(id.String(), layout, i, nP, e)
+			s.Shards[0].Params[0] = float32(e)
+			if _, err := d.Save(s); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i == 1 { // a newer checkpoint of another layout is passed over
+			if _, err := d.Save(nodeState(id.String(), "0123abcd", i, nP, 9)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	var skipped []string
+	a, err := AssembleNodeShards(runs, m, func(p string, err error) { skipped = append(skipped, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Params[0][0] != 5 || a.Params[1][0] != 4 || a.Epochs[0] != 5 || a.Epochs[1] != 4 || a.Step != 5 || len(skipped) != 1 {
+		t.Fatalf("assembled epochs %v, step %d, first values %v %v, skipped %v", a.Epochs, a.Step, a.Params[0][0], a.Params[1][0], skipped)
+	}
+	m3 := run.NewMLPMNIST(3)
+	id3, _ := m3.ID()
+	_, err = AssembleNodeShards(runs, m3, nil)
+	if !errors.Is(err, ErrNone) || !strings.Contains(err.Error(), ShardPath(runs, id3.String(), 0)) {
+		t.Fatalf("a run with no checkpoints: %v", err)
+	}
+}

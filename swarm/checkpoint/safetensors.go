@@ -32,6 +32,12 @@ const maxSafetensorsHeader = 100 << 20
 // layout order. metadata lands in the header's __metadata__ (the run ID and
 // the architecture are always added).
 func ExportSafetensors(w io.Writer, m *run.Manifest, params [][]float32, metadata map[string]string) error {
+	return exportNamed(w, m, params, metadata, func(name string) string { return name })
+}
+
+// exportNamed writes every tensor of the run's layout under rename(name),
+// in layout order.
+func exportNamed(w io.Writer, m *run.Manifest, params [][]float32, metadata map[string]string, rename func(string) string) error {
 	if len(params) != len(m.Shards) {
 		return fmt.Errorf("export: %d parameter buffers for %d shards", len(params), len(m.Shards))
 	}
@@ -39,17 +45,11 @@ func ExportSafetensors(w io.Writer, m *run.Manifest, params [][]float32, metadat
 	if err != nil {
 		return err
 	}
-	header := map[string]any{}
 	md := map[string]string{"run_id": id.String(), "arch": m.Model.Arch, "format": "pt"}
 	for k, v := range metadata {
 		md[k] = v
 	}
-	header["__metadata__"] = md
-	type piece struct {
-		data []float32
-	}
-	var pieces []piece
-	var off int64
+	var tensors []namedTensor
 	for i, p := range params {
 		layout, err := m.Layout(i)
 		if err != nil {
@@ -63,20 +63,39 @@ func ExportSafetensors(w io.Writer, m *run.Manifest, params [][]float32, metadat
 			return fmt.Errorf("export: shard %d has %d parameters, layout wants %d", i, len(p), want)
 		}
 		for _, t := range layout {
-			if _, dup := header[t.Name]; dup {
-				return fmt.Errorf("export: tensor %q appears in two shards", t.Name)
-			}
-			n := int64(t.Size()) * 4
-			header[t.Name] = TensorInfo{DType: "F32", Shape: t.Shape, Offsets: [2]int64{off, off + n}}
-			off += n
-			pieces = append(pieces, piece{p[t.Offset : t.Offset+t.Size()]})
+			tensors = append(tensors, namedTensor{rename(t.Name), t.Shape, p[t.Offset : t.Offset+t.Size()]})
 		}
+	}
+	return writeSafetensors(w, tensors, md)
+}
+
+// namedTensor is one float32 tensor of a safetensors file.
+type namedTensor struct {
+	name  string
+	shape []int
+	data  []float32
+}
+
+// writeSafetensors writes tensors, in order, as one safetensors file:
+// 8 bytes of little-endian header length, the JSON header (each tensor's
+// dtype, shape and [begin, end) byte offsets into the data, and
+// __metadata__), padded with spaces so the data starts 8-byte aligned, then
+// the tensors' float32 values, little-endian.
+func writeSafetensors(w io.Writer, tensors []namedTensor, metadata map[string]string) error {
+	header := map[string]any{"__metadata__": metadata}
+	var off int64
+	for _, t := range tensors {
+		if _, dup := header[t.name]; dup {
+			return fmt.Errorf("export: tensor %q appears twice", t.name)
+		}
+		n := int64(len(t.data)) * 4
+		header[t.name] = TensorInfo{DType: "F32", Shape: t.shape, Offsets: [2]int64{off, off + n}}
+		off += n
 	}
 	hj, err := json.Marshal(header)
 	if err != nil {
 		return err
 	}
-	// Pad the header with spaces so the data starts 8-byte aligned.
 	for (8+len(hj))%8 != 0 {
 		hj = append(hj, ' ')
 	}
@@ -86,8 +105,8 @@ func ExportSafetensors(w io.Writer, m *run.Manifest, params [][]float32, metadat
 	bw.Write(n[:])
 	bw.Write(hj)
 	var buf [4]byte
-	for _, pc := range pieces {
-		for _, x := range pc.data {
+	for _, t := range tensors {
+		for _, x := range t.data {
 			binary.LittleEndian.PutUint32(buf[:], math.Float32bits(x))
 			bw.Write(buf[:])
 		}
