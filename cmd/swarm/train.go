@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"syscall"
@@ -131,9 +132,9 @@ func printResult(w io.Writer, r *train.Result) {
 		fmt.Fprintf(w, "  test accuracy %.2f%% (test loss %.4f)\n", 100**r.TestAccuracy, *r.TestLoss)
 	}
 	if r.ValLoss != nil {
-		fmt.Fprintf(w, "  validation loss %.4f", *r.ValLoss)
+		fmt.Fprintf(w, "  validation loss %.4f, perplexity %.2f", *r.ValLoss, math.Exp(*r.ValLoss))
 		if r.BigramValLoss != nil {
-			fmt.Fprintf(w, " (bigram model %.4f)", *r.BigramValLoss)
+			fmt.Fprintf(w, " (bigram model %.4f, perplexity %.2f)", *r.BigramValLoss, math.Exp(*r.BigramValLoss))
 		}
 		fmt.Fprintln(w)
 	}

@@ -64,6 +64,9 @@ type Result struct {
 	TestAccuracy  *float64 `json:"test_accuracy,omitempty"`
 	TestLoss      *float64 `json:"test_loss,omitempty"`
 	ValLoss       *float64 `json:"val_loss,omitempty"`
+	// ValPerplexity is exp(ValLoss): per token of the run's tokenizer
+	// (characters or subwords), so only runs of one tokenizer compare.
+	ValPerplexity *float64 `json:"val_perplexity,omitempty"`
 	BigramValLoss *float64 `json:"bigram_val_loss,omitempty"`
 	ResumedFrom   string   `json:"resumed_from,omitempty"`
 	Checkpoint    string   `json:"checkpoint,omitempty"`
@@ -364,8 +367,8 @@ func (t *Solo) Run(ctx context.Context) (*Result, error) {
 			acc, l := mt.Accuracy, mt.Loss
 			res.TestAccuracy, res.TestLoss = &acc, &l
 		} else {
-			l := mt.Loss
-			res.ValLoss = &l
+			l, p := mt.Loss, math.Exp(mt.Loss)
+			res.ValLoss, res.ValPerplexity = &l, &p
 		}
 	}
 	res.Seconds = time.Since(begin).Seconds()
@@ -376,6 +379,8 @@ func (t *Solo) logEval(mt Metrics, final bool) {
 	attrs := []any{"step", t.step, "set", mt.Set, "samples", mt.Samples, "loss", fmt.Sprintf("%.4f", mt.Loss)}
 	if mt.Set == "test" {
 		attrs = append(attrs, "accuracy", fmt.Sprintf("%.4f", mt.Accuracy))
+	} else {
+		attrs = append(attrs, "perplexity", fmt.Sprintf("%.2f", math.Exp(mt.Loss)))
 	}
 	msg := "validation"
 	if final {
