@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -92,11 +93,13 @@ the run's peers and check every chunk against it.`,
 			},
 			{
 				Name:  "export",
-				Usage: "export the newest checkpoint of a run as one safetensors file",
+				Usage: "export a run's newest checkpoint: one safetensors file, or a Hugging Face model folder (--format hf)",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest"},
-					&cli.StringFlag{Name: "checkpoint-dir", Required: true, Usage: "folder of checkpoints holding every shard"},
-					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "model.safetensors", Usage: "file to write"},
+					&cli.StringFlag{Name: "checkpoint-dir", Usage: "folder of swarm train checkpoints holding every shard (default: the node checkpoints under --home)"},
+					&cli.StringFlag{Name: "home", Value: defaultHome(), EnvVars: []string{"SWARM_HOME"}, Usage: "node home whose runs/<run ID>/shard-<k> folders hold every shard's checkpoints"},
+					&cli.StringFlag{Name: "format", Value: "safetensors", Usage: "safetensors (the run's tensor names) or hf (config.json and model.safetensors for transformers' LlamaForCausalLM)"},
+					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "file to write (safetensors, default model.safetensors) or an empty or new folder (hf)"},
 				},
 				Action: runExport,
 			},
@@ -489,41 +492,103 @@ func runExport(c *cli.Context) error {
 	if err != nil {
 		return fmt.Errorf("run export: %w", err)
 	}
-	d := &checkpoint.Dir{Path: c.String("checkpoint-dir"), OnSkip: func(p string, err error) {
-		fmt.Fprintf(c.App.ErrWriter, "run export: skipping %v\n", err)
-	}}
-	s, path, err := d.Latest()
+	format, out := c.String("format"), c.String("output")
+	switch format {
+	case "safetensors":
+		if out == "" {
+			out = "model.safetensors"
+		}
+	case "hf":
+		if out == "" {
+			return errors.New("run export: --format hf needs -o DIR (an empty or new folder)")
+		}
+		if m.Model.Arch != run.ArchLlama {
+			return fmt.Errorf("run export: --format hf: model.arch is %s; only %s exports as a Hugging Face LlamaForCausalLM", m.Model.Arch, run.ArchLlama)
+		}
+	default:
+		return fmt.Errorf("run export: --format %q: want safetensors or hf", format)
+	}
+	skip := func(p string, err error) { fmt.Fprintf(c.App.ErrWriter, "run export: skipping %v\n", err) }
+	var (
+		params [][]float32
+		step   int64
+		from   string
+	)
+	if dir := c.String("checkpoint-dir"); dir != "" {
+		d := &checkpoint.Dir{Path: dir, OnSkip: skip}
+		s, path, err := d.Latest()
+		if err != nil {
+			return fmt.Errorf("run export: %w", err)
+		}
+		if params, err = checkpointParams(m, s); err != nil {
+			return fmt.Errorf("run export: %s: %w", path, err)
+		}
+		step, from = s.Step, path
+	} else {
+		runs := filepath.Join(c.String("home"), "runs")
+		a, err := checkpoint.AssembleNodeShards(runs, m, skip)
+		if err != nil {
+			return fmt.Errorf("run export: %w (swarm train's checkpoints: --checkpoint-dir)", err)
+		}
+		params, step = a.Params, a.Step
+		var parts []string
+		for i, p := range a.Paths {
+			parts = append(parts, fmt.Sprintf("%s (epoch %d)", p, a.Epochs[i]))
+		}
+		from = strings.Join(parts, ", ")
+	}
+	if format == "hf" {
+		files, err := checkpoint.ExportHF(out, m, params, step)
+		if err != nil {
+			return fmt.Errorf("run export: %w", err)
+		}
+		for _, f := range files {
+			fmt.Fprintf(c.App.Writer, "wrote %s\n", f)
+		}
+		fmt.Fprintf(c.App.Writer, "from %s (step %d); load with AutoModelForCausalLM.from_pretrained(%q)\n", from, step, out)
+		return nil
+	}
+	err = atomicfile.Write(out, 0o644, func(w io.Writer) error {
+		return checkpoint.ExportSafetensors(w, m, params, map[string]string{"step": strconv.FormatInt(step, 10)})
+	})
 	if err != nil {
 		return fmt.Errorf("run export: %w", err)
 	}
-	if err := exportModel(m, s, c.String("output")); err != nil {
-		return fmt.Errorf("run export: %s: %w", path, err)
-	}
-	fmt.Fprintf(c.App.Writer, "wrote %s from %s (step %d)\n", c.String("output"), path, s.Step)
+	fmt.Fprintf(c.App.Writer, "wrote %s from %s (step %d)\n", out, from, step)
 	return nil
 }
 
-// exportModel writes a checkpoint holding every shard of m as safetensors,
-// atomically (internal/atomicfile).
-func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
+// checkpointParams takes every shard's parameters of m from a checkpoint of
+// the whole model (swarm train's).
+func checkpointParams(m *run.Manifest, s *checkpoint.State) ([][]float32, error) {
 	id, err := m.ID()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if s.RunID != id.String() {
-		return fmt.Errorf("checkpoint is of run %s, the manifest is run %s", s.RunID, id)
+		return nil, fmt.Errorf("checkpoint is of run %s, the manifest is run %s", s.RunID, id)
 	}
 	params := make([][]float32, len(m.Shards))
 	for _, sh := range s.Shards {
 		if sh.Index < 0 || sh.Index >= len(params) {
-			return fmt.Errorf("checkpoint holds shard %d, the run has %d", sh.Index, len(params))
+			return nil, fmt.Errorf("checkpoint holds shard %d, the run has %d", sh.Index, len(params))
 		}
 		params[sh.Index] = sh.Params
 	}
 	for i, p := range params {
 		if p == nil {
-			return fmt.Errorf("checkpoint lacks shard %d: export needs every shard", i)
+			return nil, fmt.Errorf("checkpoint lacks shard %d: export needs every shard", i)
 		}
+	}
+	return params, nil
+}
+
+// exportModel writes a checkpoint holding every shard of m as safetensors,
+// atomically (internal/atomicfile).
+func exportModel(m *run.Manifest, s *checkpoint.State, out string) error {
+	params, err := checkpointParams(m, s)
+	if err != nil {
+		return err
 	}
 	return atomicfile.Write(out, 0o644, func(w io.Writer) error {
 		return checkpoint.ExportSafetensors(w, m, params, map[string]string{"step": strconv.FormatInt(s.Step, 10)})
