@@ -207,8 +207,11 @@ func printTraining(w io.Writer, st *api.Status, raw json.RawMessage) {
 	if a := st.Averaging; a != nil {
 		fmt.Fprintf(tw, "last averaging\tround %d, group of %d, %.0f%% averaged, %.2fs\n", a.Round, a.GroupSize, 100*a.Fraction, a.Seconds)
 	}
-	if extras && ts.Accuracy >= 0 {
+	if extras && ts.Accuracy >= 0 && ts.ValLoss == nil {
 		fmt.Fprintf(tw, "test accuracy\t%.4f\n", ts.Accuracy)
+	}
+	if extras && ts.ValLoss != nil && ts.ValPerplexity != nil {
+		fmt.Fprintf(tw, "validation\tloss %.4f, perplexity %.2f (this node's last evaluation)\n", *ts.ValLoss, *ts.ValPerplexity)
 	}
 	tw.Flush()
 	if len(st.Shards) == 0 {

@@ -507,7 +507,13 @@ func (t *Trainer) evaluate(ctx context.Context) {
 	t.evalLoss = lossSum / float64(n)
 	t.mu.Unlock()
 	t.gossip.Poke()
-	t.log.Info("evaluation", "set", ev.Name, "samples", n, "accuracy", fmt.Sprintf("%.4f", acc), "loss", fmt.Sprintf("%.4f", lossSum/float64(n)))
+	attrs := []any{"set", ev.Name, "samples", n, "loss", fmt.Sprintf("%.4f", lossSum/float64(n))}
+	if t.m.Model.LanguageModel() {
+		attrs = append(attrs, "perplexity", fmt.Sprintf("%.2f", math.Exp(lossSum/float64(n))))
+	} else {
+		attrs = append(attrs, "accuracy", fmt.Sprintf("%.4f", acc))
+	}
+	t.log.Info("evaluation", attrs...)
 }
 
 func (t *Trainer) kickEpoch() {

@@ -31,8 +31,13 @@ type Status struct {
 	WallSeconds float64 `json:"wall_seconds"`  // wall time since the trainer started
 	Processed   int64   `json:"processed"`     // samples through this node's shard since it started
 	Accuracy    float64 `json:"accuracy"`      // test accuracy at the end of the run, -1 before
-	ParamsHash  string  `json:"params_hash"`   // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
-	Averaging   avgInfo `json:"averaging"`     // this node's last averaging round
+	// ValLoss and ValPerplexity (language models): this node's last
+	// evaluation on the validation split (exp of the loss: per token of the
+	// run's tokenizer); absent before one.
+	ValLoss       *float64 `json:"val_loss,omitempty"`
+	ValPerplexity *float64 `json:"val_perplexity,omitempty"`
+	ParamsHash    string   `json:"params_hash"` // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
+	Averaging     avgInfo  `json:"averaging"`   // this node's last averaging round
 	// OuterTraffic (local mode): the outer rounds this node averaged with
 	// peers and their bytes, by kind.
 	OuterTraffic *OuterTraffic `json:"outer_traffic,omitempty"`
@@ -95,6 +100,10 @@ func (t *Trainer) Status() Status {
 		RunID: t.runID, RunName: t.m.Name, Mode: t.m.Averaging.Mode, Epoch: t.epoch, Epochs: t.totalEpochs(),
 		Shard: t.index, State: t.state, TargetBatch: t.m.Training.TargetBatch, Averaging: mt.lastRound(),
 		Accuracy: -1, Samples: t.core.Samples(t.inputLocked()), Processed: mt.samples(),
+	}
+	if t.m.Model.LanguageModel() && t.evalLoss > 0 {
+		l, p := t.evalLoss, math.Exp(t.evalLoss)
+		st.ValLoss, st.ValPerplexity = &l, &p
 	}
 	if t.done {
 		st.State = progress.StateDone

@@ -632,3 +632,41 @@ func TestJoinTheRunsOnlyHolder(t *testing.T) {
 		return a.GroupSize >= 2 && b.GroupSize >= 2
 	})
 }
+
+// TestTextRunReportsPerplexity: a language model's finished run reports the
+// node's validation loss and its perplexity (exp of the loss) in the
+// status; an MLP run reports neither.
+func TestTextRunReportsPerplexity(t *testing.T) {
+	corpus, err := data.ReadCorpus("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := run.NewLlama(run.PresetLlamaTiny, data.Charset(corpus), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Model.NLayer, m.Model.NEmbd, m.Model.FFNHidden, m.Model.BlockSize = 1, 16, 32, 16
+	m.Shards = run.EvenShards(1, 1)
+	m.Training = run.TrainingSpec{BatchSize: 8, TargetBatch: 8, Steps: 3}
+	m.Optimizer.WarmupSteps, m.Optimizer.DecaySteps = 1, 3
+	m.Averaging.GroupSize, m.Averaging.MinGroupSize = 2, 2
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s := &swarmT{t: t, m: m}
+	s.add(0, nil)
+	s.add(0, nil)
+	var st Status
+	testutil.Eventually(t, 2*time.Minute, testutil.Says("the text run to finish and evaluate"), func() bool {
+		for _, tr := range s.tr {
+			if st = tr.Status(); st.ValLoss != nil {
+				return true
+			}
+		}
+		return false
+	})
+	if st.ValPerplexity == nil || math.Abs(*st.ValPerplexity-math.Exp(*st.ValLoss)) > 1e-9**st.ValPerplexity || *st.ValLoss <= 0 {
+		t.Fatalf("validation loss %v, perplexity %v", *st.ValLoss, st.ValPerplexity)
+	}
+	t.Logf("validation loss %.4f, perplexity %.2f after %d epochs", *st.ValLoss, *st.ValPerplexity, st.Epoch)
+}
