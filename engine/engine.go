@@ -20,6 +20,22 @@ type Batch struct {
 	X       []float32
 	Tokens  []int32
 	Targets []int32
+	// DeferLoss asks a last shard that is a LossTaker (and DefersLoss) to
+	// keep a training forward's loss on its device: Forward returns 0 and
+	// TakeLoss reads the sum later. Other shards ignore it.
+	DeferLoss bool
+}
+
+// LossTaker is a last shard that can keep the losses of training forwards
+// on its device (Batch.DeferLoss), so that a micro-batch costs no wait for
+// the device: the loss is read once per optimizer step.
+type LossTaker interface {
+	// DefersLoss says whether deferring helps (a GPU) or was asked for.
+	DefersLoss() bool
+	// TakeLoss returns the sum of loss × samples of the deferred forwards
+	// since the last call, and their samples, and starts a new sum. After a
+	// device restart it may cover fewer samples than were sent.
+	TakeLoss() (sum float64, samples int, err error)
 }
 
 // Tape holds what a Forward kept for its Backward. Each tape is consumed by

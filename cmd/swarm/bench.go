@@ -72,7 +72,7 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return fail(2, err)
 	}
-	e, choice, err := choose.Open(choice, l, sel, torch.Options{Python: c.String("python")})
+	e, choice, err := choose.Open(choice, l, sel, torchOptions(c))
 	if err != nil {
 		return fail(1, err)
 	}

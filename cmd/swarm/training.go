@@ -59,7 +59,9 @@ func openEngine(c *cli.Context, l gpu.Limits, log *slog.Logger) (engine.Engine, 
 	if err != nil {
 		return nil, choose.Choice{}, "", nil, err
 	}
-	e, choice, err := choose.Open(found.Engine, l, sel, torch.Options{Python: c.String("python"), Logger: log})
+	opts := torchOptions(c)
+	opts.Logger = log
+	e, choice, err := choose.Open(found.Engine, l, sel, opts)
 	if err != nil {
 		return nil, choice, "", nil, err
 	}

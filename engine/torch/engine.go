@@ -66,8 +66,22 @@ type Options struct {
 	Threads int
 	// MaxMemoryMiB caps the worker's CUDA memory (0: no cap).
 	MaxMemoryMiB int
-	// TF32 allows TensorFloat-32 matrix products on CUDA (faster, ~1e-3 relative error).
+	// TF32 allows TensorFloat-32 matrix products on CUDA (faster, ~1e-3
+	// relative error); precision bf16 allows them always.
 	TF32 bool
+	// Precision is "auto" (default: bf16 on CUDA, fp32 on the CPU), "fp32"
+	// or "bf16": the forward under bf16 autocast with the float32 buffers as
+	// master weights and a float32 optimizer (CUDA only).
+	Precision string
+	// Compile runs the model through torch.compile (PyTorch 2.0 and later;
+	// ignored before).
+	Compile bool
+	// ManualAttention uses the explicit softmax attention even where torch
+	// has scaled_dot_product_attention.
+	ManualAttention bool
+	// DeferLoss keeps training losses on the device (engine.LossTaker) on the
+	// CPU too; on CUDA they always are.
+	DeferLoss bool
 	// RequestTimeout is the deadline of one request (default 2 minutes); a
 	// worker past it is treated as hung.
 	RequestTimeout time.Duration
@@ -102,6 +116,16 @@ func (o *Options) fill() error {
 	case "auto", "cpu", "cuda":
 	default:
 		return fmt.Errorf("torch: device %q: want auto, cpu or cuda", o.Device)
+	}
+	switch o.Precision {
+	case "":
+		o.Precision = "auto"
+	case "auto", "fp32", "bf16":
+	default:
+		return fmt.Errorf("torch: precision %q: want auto, fp32 or bf16", o.Precision)
+	}
+	if o.Precision == "bf16" && o.Device == "cpu" {
+		return errors.New("torch: precision bf16 needs CUDA (device cpu): use fp32 or auto")
 	}
 	if o.MaxMemoryMiB < 0 {
 		return fmt.Errorf("torch: max memory %d MiB must not be negative", o.MaxMemoryMiB)

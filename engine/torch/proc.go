@@ -32,8 +32,12 @@ var ErrWorkerDied = errors.New("torch: worker died")
 // an unknown tape, a CUDA error): the process is healthy and is kept.
 type WorkerError struct {
 	Msg  string
-	Kind string // "nonfinite", "tape" or empty
+	Kind string // "nonfinite", "tape", "oom" or empty
 }
+
+// ErrOutOfMemory: the GPU ran out of memory for a request; the worker is
+// kept and says which micro-batch size to try.
+var ErrOutOfMemory = errors.New("torch: GPU out of memory")
 
 func (e *WorkerError) Error() string { return "torch worker: " + e.Msg }
 
@@ -44,6 +48,8 @@ func (e *WorkerError) Unwrap() error {
 		return engine.ErrNonFinite
 	case "tape":
 		return engine.ErrTape
+	case "oom":
+		return ErrOutOfMemory
 	}
 	return nil
 }

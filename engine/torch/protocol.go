@@ -56,6 +56,7 @@ const (
 	msgSetState
 	msgShutdown
 	msgPing
+	msgTakeLoss
 
 	msgOK    uint16 = 64
 	msgError uint16 = 65

@@ -58,18 +58,20 @@ type Shard struct {
 	init   map[string]any
 	seed   maphash.Seed
 
-	mu       sync.Mutex
-	p        *proc
-	device   string
-	restarts int
-	closed   bool
-	host     [nBufs]hostBuf
-	wver     [nBufs]uint64 // bumped by every request that changes the worker's buffer
-	zeroSum  uint64        // hash of an all-zero gradient buffer
-	step     int64
-	logits   []float32
-	nextTape uint64
-	tapes    map[uint64]*fwd // training forwards whose tape the worker holds
+	mu        sync.Mutex
+	p         *proc
+	device    string
+	precision string // the worker's: fp32 or bf16
+	sdpa      bool   // the worker uses scaled_dot_product_attention
+	restarts  int
+	closed    bool
+	host      [nBufs]hostBuf
+	wver      [nBufs]uint64 // bumped by every request that changes the worker's buffer
+	zeroSum   uint64        // hash of an all-zero gradient buffer
+	step      int64
+	logits    []float32
+	nextTape  uint64
+	tapes     map[uint64]*fwd // training forwards whose tape the worker holds
 
 	// Crash recovery: the state a restarted worker starts from, the
 	// forwards from before it still to be rebuilt, and the requests since,
@@ -155,6 +157,7 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 		"model": m.Model, "start": sp.Start, "end": sp.End, "first": s.first, "last": s.last,
 		"optimizer": m.Optimizer, "names": names, "shapes": shapes, "decay": decay,
 		"device": e.opts.Device, "threads": e.opts.Threads, "tf32": e.opts.TF32, "max_memory_mib": e.opts.MaxMemoryMiB,
+		"precision": e.opts.Precision, "compile": e.opts.Compile, "sdpa": !e.opts.ManualAttention,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -193,6 +196,8 @@ func (s *Shard) startLocked() error {
 		return fmt.Errorf("torch: start worker for shard %d: %w", s.index, err)
 	}
 	s.device = rep.metaString("device")
+	s.precision = rep.metaString("precision")
+	s.sdpa, _ = rep.Meta["sdpa"].(bool)
 	s.p = p
 	ids := make([]uint64, 0, len(s.carried))
 	for id := range s.carried {
@@ -421,6 +426,62 @@ func (s *Shard) Device() string {
 	return s.device
 }
 
+// Precision is how the worker computes: "fp32", or "bf16" (autocast over
+// float32 master weights, on CUDA).
+func (s *Shard) Precision() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.precision
+}
+
+// SDPA says whether the worker's attention is torch's
+// scaled_dot_product_attention (else the explicit softmax attention).
+func (s *Shard) SDPA() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sdpa
+}
+
+// DefersLoss: on CUDA (or with Options.DeferLoss) the last shard keeps
+// training losses on the device (engine.LossTaker).
+func (s *Shard) DefersLoss() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.defersLoss()
+}
+
+func (s *Shard) defersLoss() bool { return s.last && (s.device == "cuda" || s.e.opts.DeferLoss) }
+
+// TakeLoss reads and clears the worker's sum of the deferred losses (one
+// device sync). The request is logged, so a restarted worker replaying the
+// log sums from the same point; losses of forwards before the last snapshot
+// are lost with the old worker, and the samples returned say so.
+func (s *Shard) TakeLoss() (float64, int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.last {
+		return 0, 0, fmt.Errorf("torch: shard %d is not the last: it has no loss", s.index)
+	}
+	meta := map[string]any{}
+	rep, err := s.call(msgTakeLoss, meta, nil)
+	if err != nil {
+		return 0, 0, fmt.Errorf("torch: take loss of shard %d: %w", s.index, err)
+	}
+	sum, err := rep.metaFloat("sum")
+	if err != nil {
+		return 0, 0, err
+	}
+	n, err := rep.metaFloat("n")
+	if err != nil {
+		return 0, 0, err
+	}
+	if n < 0 || n != math.Trunc(n) || n > 1<<40 {
+		return 0, 0, fmt.Errorf("%w: take loss: %v samples", ErrProtocol, n)
+	}
+	s.appendLog(&logOp{typ: msgTakeLoss, meta: meta})
+	return sum, int(n), nil
+}
+
 // Restarts is how many times the worker was restarted.
 func (s *Shard) Restarts() int {
 	s.mu.Lock()
@@ -447,13 +508,21 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 		id = s.nextTape
 	}
 	meta := fwdMeta(id, b.N, train)
+	deferred := s.last && train && b.DeferLoss && s.defersLoss()
+	if deferred {
+		meta["defer_loss"] = true
+	}
 	rep, err := s.call(msgForward, meta, inputs)
 	if err != nil {
 		return nil, 0, nil, fmt.Errorf("torch: forward shard %d: %w", s.index, err)
 	}
 	var out []float32
 	var loss float32
-	if s.last {
+	if s.last && deferred {
+		if d, _ := rep.Meta["deferred"].(bool); !d {
+			return nil, 0, nil, fmt.Errorf("%w: forward did not defer its loss", ErrProtocol)
+		}
+	} else if s.last {
 		l, err := rep.metaFloat("loss")
 		if err != nil {
 			return nil, 0, nil, err

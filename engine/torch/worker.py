@@ -18,7 +18,16 @@
 # rebuild this state in a restarted worker.
 #
 # The models and the optimizer follow engine/native exactly: same parameter
-# layout (names, shapes, order), same formulas, float32 throughout.
+# layout (names, shapes, order), same formulas, float32 throughout on the
+# CPU. On CUDA the fast path (precision "bf16", the default there) runs the
+# forward under bf16 autocast with the float32 flat buffers as master weights
+# and a float32 optimizer, allows TF32 for the matmuls left in float32, and
+# reads no loss per micro-batch when asked to defer it (the loss is summed on
+# the device and read by TAKE_LOSS). Attention uses
+# torch.nn.functional.scaled_dot_product_attention when the installed torch
+# has it (2.0 and later; its flash kernels on CUDA), else the explicit
+# softmax(q k^T / sqrt(hd)) v, which gives the same values in float32.
+import contextlib
 import json
 import math
 import os
@@ -34,7 +43,7 @@ MAX_FRAME = 1 << 30
 MAX_META = 1 << 20
 MAX_TENSORS = 16
 
-T_INIT, T_FORWARD, T_BACKWARD, T_RELEASE, T_ZERO_GRAD, T_GRAD_NORM, T_STEP, T_GET_STATE, T_SET_STATE, T_SHUTDOWN, T_PING = range(1, 12)
+T_INIT, T_FORWARD, T_BACKWARD, T_RELEASE, T_ZERO_GRAD, T_GRAD_NORM, T_STEP, T_GET_STATE, T_SET_STATE, T_SHUTDOWN, T_PING, T_TAKE_LOSS = range(1, 13)
 T_OK, T_ERROR = 64, 65
 
 F32, I32 = 1, 2
@@ -156,12 +165,34 @@ class NonFinite(Exception):
     pass
 
 
+def is_oom(exc):
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+
+
 class Shard:
     def __init__(self, meta, tensors):
         self.dev = pick_device(meta.get("device", "auto"))
+        precision = meta.get("precision", "auto") or "auto"
+        if precision == "auto":
+            precision = "bf16" if self.dev.type == "cuda" else "fp32"
+        if precision not in ("fp32", "bf16"):
+            raise ValueError("precision %r: want auto, fp32 or bf16" % precision)
+        if precision == "bf16" and self.dev.type != "cuda":
+            raise ValueError("precision bf16 needs CUDA (this worker runs on %s): use fp32" % self.dev.type)
+        self.precision = precision
+        self.autocast = precision == "bf16"
+        # SDPA where torch has it, unless the node asks for the explicit
+        # attention (tests compare the two).
+        self.sdpa = bool(meta.get("sdpa", True)) and hasattr(F, "scaled_dot_product_attention")
+        self.loss_sum = None  # device tensor: sum of loss * n of deferred forwards
+        self.loss_n = 0
         if self.dev.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = bool(meta.get("tf32", False))
-            torch.backends.cudnn.allow_tf32 = bool(meta.get("tf32", False))
+            tf32 = bool(meta.get("tf32", False)) or self.autocast
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+            torch.backends.cudnn.allow_tf32 = tf32
             cap = int(meta.get("max_memory_mib", 0)) << 20
             if cap > 0:
                 total = torch.cuda.get_device_properties(self.dev).total_memory
@@ -201,6 +232,12 @@ class Shard:
         self.step = 0
         self.tapes = {}
         self.set_state(meta, tensors)
+        self.model_fn = self.run
+        self.compiled = False
+        if meta.get("compile") and hasattr(torch, "compile"):
+            # Graphs are traced on first use of each micro-batch size.
+            self.model_fn = torch.compile(self.run)
+            self.compiled = True
 
     # -- flat buffers ---------------------------------------------------
     def buffer(self, what):
@@ -241,6 +278,14 @@ class Shard:
                 p.grad = view
 
     # -- model ------------------------------------------------------------
+    def attend(self, q, k, v, mask):
+        # q, k, v: [n, heads, T, hd]; causal. SDPA's scale is 1/sqrt(hd).
+        if self.sdpa:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
+        return att @ v
+
     def run(self, n, x, tokens, inp):
         m = self.model
         if self.arch == "mlp-mnist":
@@ -269,9 +314,7 @@ class Shard:
             q = q.view(n, T, H, hd).transpose(1, 2)
             k = k.view(n, T, H, hd).transpose(1, 2)
             v = v.view(n, T, H, hd).transpose(1, 2)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
-            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(n, T, C)
+            y = self.attend(q, k, v, mask).transpose(1, 2).reshape(n, T, C)
             h = h + F.linear(y, p("attn.proj.w"), p("attn.proj.b"))
             a = F.layer_norm(h, (C,), p("ln2.w"), p("ln2.b"), 1e-5)
             h = h + F.linear(F.gelu(F.linear(a, p("mlp.fc.w"), p("mlp.fc.b")), approximate="tanh"), p("mlp.proj.w"), p("mlp.proj.b"))
@@ -300,11 +343,12 @@ class Shard:
         cos, sin = self.rope_tables()
 
         def rms(x, w):
+            x = x.float()  # the residual stream stays float32 under autocast
             return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + 1e-5) * w
 
         def rope(x):  # [n, heads, T, hd]
             a, b = x[..., :half], x[..., half:]
-            return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1)
+            return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
 
         if self.first:
             h = self.p["wte"][tokens.view(n, T).long()]
@@ -320,9 +364,7 @@ class Shard:
             if KV != H:  # query head j reads key/value head j // (H / KV)
                 k = k.repeat_interleave(H // KV, dim=1)
                 v = v.repeat_interleave(H // KV, dim=1)
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hd))
-            att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).reshape(n, T, C)
+            y = self.attend(q, k, v, mask).transpose(1, 2).reshape(n, T, C)
             h = h + F.linear(y, p("attn.o.w"))
             a = rms(h, p("mlp_norm.w"))
             h = h + F.linear(F.silu(F.linear(a, p("mlp.gate.w"))) * F.linear(a, p("mlp.up.w")), p("mlp.down.w"))
@@ -344,23 +386,37 @@ class Shard:
             inp = next(it).to(self.dev, non_blocking=True)
         if self.last:
             targets = next(it).to(self.dev, non_blocking=True).long().view(-1)
-        if train:
-            if inp is not None:
-                inp.requires_grad_(True)
-            out = self.run(n, x, tokens, inp)
-        else:
-            with torch.no_grad():
-                out = self.run(n, x, tokens, inp)
+        if train and inp is not None:
+            inp.requires_grad_(True)
+        # torch.autocast("cuda", ...) asserts on a torch built without CUDA,
+        # even disabled: enter it only on the bf16 path.
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else contextlib.nullcontext()
+        with torch.set_grad_enabled(train), amp:
+            out = self.model_fn(n, x, tokens, inp)
         if self.last:
-            logits = out.reshape(targets.numel(), -1)
+            # The loss in float32 whatever the logits' precision.
+            logits = out.reshape(targets.numel(), -1).float()
             loss = F.cross_entropy(logits, targets)
             if train:
                 self.tapes[tape] = (inp, loss)
+                if meta.get("defer_loss"):
+                    # Summed on the device; TAKE_LOSS reads it (one host
+                    # sync per optimizer step, not per micro-batch).
+                    d = loss.detach() * n
+                    self.loss_sum = d if self.loss_sum is None else self.loss_sum + d
+                    self.loss_n += n
+                    return {"deferred": True}, []
                 return {"loss": float(loss.item())}, []
-            return {"loss": float(loss.item())}, [out]
+            return {"loss": float(loss.item())}, [out.float()]
         if train:
             self.tapes[tape] = (inp, out)
         return {}, [out.reshape(n, -1)]
+
+    def take_loss(self):
+        total = 0.0 if self.loss_sum is None else float(self.loss_sum.item())
+        n = self.loss_n
+        self.loss_sum, self.loss_n = None, 0
+        return {"sum": total, "n": n}
 
     def backward(self, meta, tensors):
         tape = int(meta["tape"])
@@ -370,7 +426,7 @@ class Shard:
         if self.last:
             out.backward()
         else:
-            out.backward(tensors[0].to(self.dev, non_blocking=True).view_as(out))
+            out.backward(tensors[0].to(self.dev, non_blocking=True).view_as(out).to(out.dtype))
         self.keep_grads_flat()
         if inp is None:
             return {}, []
@@ -444,7 +500,8 @@ def main():
                 reply = ({"torch": torch.__version__, "cuda": torch.cuda.is_available()}, [])
             elif typ == T_INIT:
                 shard = Shard(meta, tensors)
-                info = {"device": shard.dev.type, "torch": torch.__version__, "threads": torch.get_num_threads()}
+                info = {"device": shard.dev.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "precision": shard.precision, "sdpa": shard.sdpa, "compiled": shard.compiled}
                 if shard.dev.type == "cuda":
                     info["device_name"] = torch.cuda.get_device_name(shard.dev)
                 reply = (info, [])
@@ -474,6 +531,8 @@ def main():
             elif typ == T_SET_STATE:
                 shard.set_state(meta, tensors)
                 reply = ({}, [])
+            elif typ == T_TAKE_LOSS:
+                reply = (shard.take_loss(), [])
             else:
                 raise ValueError("unknown message type %d" % typ)
         except NonFinite as exc:
@@ -483,7 +542,18 @@ def main():
             proto.send(T_ERROR, rid, {"error": str(exc), "kind": "tape"})
             continue
         except Exception as exc:
-            proto.send(T_ERROR, rid, {"error": "%s: %s" % (type(exc).__name__, exc)})
+            if not is_oom(exc):
+                proto.send(T_ERROR, rid, {"error": "%s: %s" % (type(exc).__name__, exc)})
+                continue
+            # Free the cached blocks the failed request left, and say what
+            # would fit.
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            n = int(meta.get("n", 0)) if isinstance(meta, dict) else 0
+            msg = "CUDA out of memory"
+            if n > 1:
+                msg += " at a micro-batch of %d samples; try training.batch_size %d or less" % (n, n // 2)
+            proto.send(T_ERROR, rid, {"error": "%s (%s)" % (msg, str(exc).splitlines()[0] if str(exc) else type(exc).__name__), "kind": "oom"})
             continue
         proto.send(T_OK, rid, reply[0], reply[1])
 

@@ -152,18 +152,37 @@ func (t *Solo) TrainStep() (float64, error) {
 	// differs, the sum so far is rescaled first (never with equal sizes, the
 	// usual case), and the step multiplies by w_last.
 	N := t.m.Training.TargetBatch
+	// A GPU's last shard keeps the losses on the device: no wait per
+	// micro-batch, one read per step.
+	taker, deferLoss := t.shards[len(t.shards)-1].(engine.LossTaker)
+	deferLoss = deferLoss && taker.DefersLoss()
 	for i, n := range t.micro {
 		if i > 0 && n != t.micro[i-1] {
 			if err := scaleGrads(t.shards, float32(t.micro[i-1])/float32(n)); err != nil {
 				return 0, fmt.Errorf("step %d: %w", t.step, err)
 			}
 		}
-		l, err := ForwardBackward(t.shards, t.src.Next(n))
+		b := t.src.Next(n)
+		b.DeferLoss = deferLoss
+		l, err := ForwardBackward(t.shards, b)
 		if err != nil {
 			return 0, fmt.Errorf("step %d: %w", t.step, err)
 		}
 		lossSum += float64(l) * float64(n)
 		total += n
+	}
+	lossN := total
+	if deferLoss {
+		var err error
+		if lossSum, lossN, err = taker.TakeLoss(); err != nil {
+			return 0, fmt.Errorf("step %d: %w", t.step, err)
+		}
+		if lossN == 0 { // a restarted worker lost them all: report the step without a loss
+			lossSum, lossN = 0, 1
+		}
+		if mean := lossSum / float64(lossN); math.IsNaN(mean) || math.IsInf(mean, 0) {
+			return 0, fmt.Errorf("step %d: %w: loss %v", t.step, ErrDiverged, mean)
+		}
 	}
 	scale := float64(t.micro[len(t.micro)-1]) / float64(N)
 	norm := GradNorm(t.shards) * scale
@@ -179,7 +198,7 @@ func (t *Solo) TrainStep() (float64, error) {
 	}
 	t.step++
 	t.samples += int64(total)
-	return lossSum / float64(total), nil
+	return lossSum / float64(lossN), nil
 }
 
 // scaleGrads multiplies every shard's gradient buffer by c.

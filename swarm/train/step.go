@@ -18,7 +18,8 @@ var ErrDiverged = errors.New("train: loss or gradient is not finite")
 
 // ForwardBackward runs one training micro-batch through shards[0..n-1] and
 // back, adding each shard's parameter gradients into its Grads. It returns
-// the last shard's mean loss over the batch.
+// the last shard's mean loss over the batch (0 when b.DeferLoss left it on
+// the device: engine.LossTaker).
 func ForwardBackward(shards []engine.Shard, b *engine.Batch) (float32, error) {
 	tapes := make([]engine.Tape, len(shards))
 	release := func() {
@@ -38,7 +39,7 @@ func ForwardBackward(shards []engine.Shard, b *engine.Batch) (float32, error) {
 		}
 		tapes[i], act, loss = tape, out, l
 	}
-	if math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0) {
+	if !b.DeferLoss && (math.IsNaN(float64(loss)) || math.IsInf(float64(loss), 0)) {
 		release()
 		return loss, fmt.Errorf("%w: loss %v", ErrDiverged, loss)
 	}
