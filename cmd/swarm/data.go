@@ -56,7 +56,7 @@ own source tree:
 
   swarm data prepare --tokenizer gpt2 --ext .go $(go env GOROOT)/src -o go.tok`,
 				Flags: []cli.Flag{
-					&cli.StringFlag{Name: "tokenizer", Value: run.TokenizerGPT2, Usage: "tokenizer: gpt2"},
+					&cli.StringFlag{Name: "tokenizer", Value: run.TokenizerGPT2, Usage: "tokenizer: gpt2 (GPT-2's BPE, 50,257 tokens) or bytes (one token a byte, 257 tokens, for tiny runs)"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "token file to write (may also follow the files)"},
 					&cli.StringFlag{Name: "ext", Usage: "in folders, only files ending in these suffixes, comma-separated (e.g. .go,.md; default: every file)"},
 					&cli.BoolFlag{Name: "json", Usage: "print a JSON object"},

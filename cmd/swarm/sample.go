@@ -27,7 +27,7 @@ without it, every shard's newest node checkpoint under --home) and continues
 			&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest"},
 			&cli.StringFlag{Name: "checkpoint", Usage: "a checkpoint file (.swck) holding every shard, or a folder of them (the newest is taken)"},
 			&cli.StringFlag{Name: "home", Value: defaultHome(), EnvVars: []string{"SWARM_HOME"}, Usage: "node home whose runs/<run ID>/shard-<k> folders hold the checkpoints (without --checkpoint)"},
-			&cli.StringFlag{Name: "prompt", Usage: "text to continue (GPT-2 runs: default <|endoftext|>)"},
+			&cli.StringFlag{Name: "prompt", Usage: "text to continue (token runs: default <|endoftext|>)"},
 			&cli.IntFlag{Name: "n", Value: 200, Usage: "tokens to draw"},
 			&cli.Float64Flag{Name: "temperature", Value: 0.8, Usage: "divides the logits; 0 takes the most likely token"},
 			&cli.IntFlag{Name: "top-k", Value: 40, Usage: "draw among the K most likely tokens (0: all)"},
@@ -67,8 +67,9 @@ func sampleCmd(c *cli.Context) error {
 	}
 	prompt := c.String("prompt")
 	var ids []int32
-	if prompt == "" && m.Dataset.Tokenizer == run.TokenizerGPT2 {
-		ids = []int32{50256} // <|endoftext|>: the start of a document
+	eot, hasEOT := codec.(interface{ EndOfText() int32 })
+	if prompt == "" && hasEOT {
+		ids = []int32{eot.EndOfText()} // <|endoftext|>: the start of a document
 	} else if prompt == "" {
 		return errors.New("sample: --prompt is empty (a character run needs text to continue)")
 	} else if ids, err = codec.Encode(prompt); err != nil {

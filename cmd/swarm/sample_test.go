@@ -119,3 +119,51 @@ func TestSampleAndExportHF(t *testing.T) {
 		t.Fatalf("hf export of an MLP: %v", err)
 	}
 }
+
+// TestBytesTokenRun: swarm data prepare --tokenizer bytes writes a token
+// file of 257 tokens a manifest pins; a small llama trains on it, samples
+// Go-looking bytes, and exports with <|endoftext|> (256) as its end token.
+func TestBytesTokenRun(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "a.go")
+	code := "package x\n\n" + strings.Repeat("func f(a int) int { return a * 2 }\n", 120)
+	if err := os.WriteFile(src, []byte(code), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tok := filepath.Join(dir, "bytes.tok")
+	var prep DataPrepared
+	if err := json.Unmarshal([]byte(mustCLI(t, "data", "prepare", "--tokenizer", "bytes", "--json", src, "-o", tok)), &prep); err != nil {
+		t.Fatal(err)
+	}
+	if prep.Vocab != 257 || prep.Tokens != len(code)+1 {
+		t.Fatalf("prepared %+v", prep)
+	}
+	path := filepath.Join(dir, "run.json")
+	mustCLI(t, "run", "init", "--model", "llama-tiny", "--tokens", tok, "--n-layer", "1", "--n-embd", "32", "--ffn-hidden", "64",
+		"--block-size", "16", "--batch", "8", "--target-batch", "8", "--steps", "5", "-o", path)
+	m, err := run.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Model.Vocab != 257 || m.Dataset.Tokenizer != run.TokenizerBytes {
+		t.Fatalf("manifest: vocab %d, tokenizer %q", m.Model.Vocab, m.Dataset.Tokenizer)
+	}
+	ckpt := filepath.Join(dir, "ckpt")
+	mustCLI(t, "--log-level", "warn", "train", "--run", path, "--checkpoint-dir", ckpt, "--threads", "1", "--eval-every", "-1", "--json")
+	var s Sampled
+	if err := json.Unmarshal([]byte(mustCLI(t, "sample", "--run", path, "--checkpoint", ckpt, "--prompt", "func ", "-n", "12", "--seed", "3", "--json")), &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Tokens != 12 || s.Text == "" {
+		t.Fatalf("sample %+v", s)
+	}
+	hf := filepath.Join(dir, "hf")
+	mustCLI(t, "run", "export", "--run", path, "--checkpoint-dir", ckpt, "--format", "hf", "-o", hf)
+	var cfg checkpoint.HFConfig
+	if b, err := os.ReadFile(filepath.Join(hf, "config.json")); err != nil || json.Unmarshal(b, &cfg) != nil || cfg.EOSTokenID == nil || *cfg.EOSTokenID != 256 || cfg.VocabSize != 257 {
+		t.Fatalf("config.json: %+v (%v)", cfg, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(hf, "swarm_tokenizer.json")); err != nil || !strings.Contains(string(b), `"bytes"`) {
+		t.Fatalf("swarm_tokenizer.json: %s (%v)", b, err)
+	}
+}

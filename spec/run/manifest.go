@@ -180,12 +180,21 @@ const (
 	// TokenizerGPT2 is GPT-2's byte-level BPE (r50k_base): 50,257 tokens,
 	// the last (50256) being <|endoftext|>, which separates documents.
 	TokenizerGPT2 = "gpt2"
+	// TokenizerBytes is one token a byte (0–255) and 256 for end-of-text:
+	// any text, 257 tokens, for tiny runs.
+	TokenizerBytes = "bytes"
 )
+
+// Tokenizers lists the tokenizers a token file may name.
+var Tokenizers = []string{TokenizerGPT2, TokenizerBytes}
 
 // TokenizerVocab is the vocabulary size of a tokenizer, 0 for an unknown one.
 func TokenizerVocab(name string) int {
-	if name == TokenizerGPT2 {
+	switch name {
+	case TokenizerGPT2:
 		return 50257
+	case TokenizerBytes:
+		return 257
 	}
 	return 0
 }
@@ -552,7 +561,7 @@ func (m *Manifest) validateDataset() error {
 			v := TokenizerVocab(d.Tokenizer)
 			switch {
 			case v == 0:
-				return fieldErr("dataset.tokenizer", "unknown tokenizer %q (want %s)", d.Tokenizer, TokenizerGPT2)
+				return fieldErr("dataset.tokenizer", "unknown tokenizer %q (want %s)", d.Tokenizer, strings.Join(Tokenizers, " or "))
 			case d.Charset != "":
 				return fieldErr("dataset.charset", "must be empty with a tokenizer (%s)", d.Tokenizer)
 			case m.Model.Vocab != v:

@@ -12,6 +12,7 @@ import (
 
 	"github.com/swarm-train/swarm/internal/atomicfile"
 	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/data"
 )
 
 // A Hugging Face export is a folder that transformers'
@@ -62,9 +63,6 @@ type HFConfig struct {
 // HFRMSNormEps is the RMSNorm epsilon both engines use.
 const HFRMSNormEps = 1e-5
 
-// gpt2EndOfText is GPT-2's <|endoftext|>, its only special token.
-const gpt2EndOfText = 50256
-
 // ErrNotExportable: the run's model has no Hugging Face equivalent here.
 var ErrNotExportable = errors.New("export: no Hugging Face format for this model")
 
@@ -87,8 +85,12 @@ func NewHFConfig(m *run.Manifest, step int64) (*HFConfig, error) {
 		PretrainingTP: 1, InitializerRange: 0.02, UseCache: true, TorchDType: "float32",
 		SwarmRunID: id.String(), SwarmStep: step,
 	}
-	if m.Dataset.Tokenizer == run.TokenizerGPT2 {
-		eot := gpt2EndOfText
+	if m.Dataset.Tokenizer != "" {
+		tk, err := data.NewTokenizer(m.Dataset.Tokenizer)
+		if err != nil {
+			return nil, err
+		}
+		eot := int(tk.EndOfText())
 		c.BOSTokenID, c.EOSTokenID = &eot, &eot
 	}
 	return c, nil
@@ -199,6 +201,11 @@ func ExportHF(dir string, m *run.Manifest, params [][]float32, step int64) ([]st
 			"tokenizer":    run.TokenizerGPT2,
 			"hf_tokenizer": "gpt2",
 			"note":         "GPT-2's byte-level BPE (r50k_base, 50,257 tokens, <|endoftext|> = 50256); its vocab.json and merges.txt are not written here: load it with AutoTokenizer.from_pretrained(\"gpt2\")",
+		})
+	case m.Dataset.Tokenizer == run.TokenizerBytes:
+		err = writeJSON("swarm_tokenizer.json", map[string]any{
+			"tokenizer": run.TokenizerBytes,
+			"note":      "token i < 256 is the byte i, token 256 is <|endoftext|>; transformers has no tokenizer for it",
 		})
 	case m.Dataset.Charset != "":
 		err = writeJSON("swarm_tokenizer.json", map[string]any{

@@ -117,7 +117,7 @@ func tokenWidth(vocab int) int {
 func EncodeTokens(w io.Writer, tokenizer string, tokens []int32) error {
 	vocab := run.TokenizerVocab(tokenizer)
 	if vocab == 0 {
-		return fmt.Errorf("unknown tokenizer %q (want %s)", tokenizer, run.TokenizerGPT2)
+		return fmt.Errorf("unknown tokenizer %q (want %s)", tokenizer, strings.Join(run.Tokenizers, " or "))
 	}
 	width := tokenWidth(vocab)
 	h := make([]byte, tokHeaderSize)
@@ -152,24 +152,31 @@ func EncodeTokens(w io.Writer, tokenizer string, tokens []int32) error {
 	return err
 }
 
-// Tokenizer cuts text into subword tokens.
+// Tokenizer cuts text into subword tokens (GPT-2's) or bytes.
 type Tokenizer struct {
 	name  string
-	codec tokenizer.Codec
+	codec tokenizer.Codec // nil for bytes
 	eot   int32
 }
 
-// NewTokenizer returns the named tokenizer (run.TokenizerGPT2). Its
-// vocabulary is compiled into the binary: nothing is downloaded.
+// endOfText is how Decode writes the end-of-text token.
+const endOfText = "<|endoftext|>"
+
+// NewTokenizer returns the named tokenizer (run.TokenizerGPT2 or
+// run.TokenizerBytes). GPT-2's vocabulary is compiled into the binary:
+// nothing is downloaded.
 func NewTokenizer(name string) (*Tokenizer, error) {
-	if name != run.TokenizerGPT2 {
-		return nil, fmt.Errorf("unknown tokenizer %q (want %s)", name, run.TokenizerGPT2)
+	switch name {
+	case run.TokenizerGPT2:
+		c, err := tokenizer.Get(tokenizer.R50kBase)
+		if err != nil {
+			return nil, err
+		}
+		return &Tokenizer{name: name, codec: c, eot: 50256}, nil
+	case run.TokenizerBytes:
+		return &Tokenizer{name: name, eot: 256}, nil
 	}
-	c, err := tokenizer.Get(tokenizer.R50kBase)
-	if err != nil {
-		return nil, err
-	}
-	return &Tokenizer{name: name, codec: c, eot: 50256}, nil
+	return nil, fmt.Errorf("unknown tokenizer %q (want %s)", name, strings.Join(run.Tokenizers, " or "))
 }
 
 // Name is the tokenizer's name, as the manifest records it.
@@ -178,9 +185,16 @@ func (t *Tokenizer) Name() string { return t.name }
 // EndOfText is the token that separates documents.
 func (t *Tokenizer) EndOfText() int32 { return t.eot }
 
-// Encode cuts text into tokens. Any text encodes (byte-level BPE); bytes
-// that are not UTF-8 come out as U+FFFD.
+// Encode cuts text into tokens. Any text encodes: GPT-2's byte-level BPE
+// turns bytes that are not UTF-8 into U+FFFD; bytes keeps every byte.
 func (t *Tokenizer) Encode(text string) ([]int32, error) {
+	if t.codec == nil {
+		out := make([]int32, len(text))
+		for i := 0; i < len(text); i++ {
+			out[i] = int32(text[i])
+		}
+		return out, nil
+	}
 	ids, _, err := t.codec.Encode(text)
 	if err != nil {
 		return nil, err
@@ -201,6 +215,17 @@ func (t *Tokenizer) Decode(ids []int32) (string, error) {
 			return "", fmt.Errorf("token %d is %d, outside the vocabulary of %d", i, id, v)
 		}
 		u[i] = uint(id)
+	}
+	if t.codec == nil {
+		var b strings.Builder
+		for _, id := range u {
+			if int32(id) == t.eot {
+				b.WriteString(endOfText)
+			} else {
+				b.WriteByte(byte(id))
+			}
+		}
+		return b.String(), nil
 	}
 	return t.codec.Decode(u)
 }

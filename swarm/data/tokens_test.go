@@ -53,6 +53,39 @@ func TestGPT2Tokenizer(t *testing.T) {
 	}
 }
 
+// The byte tokenizer: every byte is its own token, invalid UTF-8 included,
+// 256 ends a document; its token files round-trip, and a GPT-2 run refuses
+// them.
+func TestBytesTokenizer(t *testing.T) {
+	tk, err := NewTokenizer(run.TokenizerBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := "func main() {\n\t\xff é}"
+	ids, err := tk.Encode(text)
+	if err != nil || len(ids) != len(text) || ids[0] != 'f' || ids[len("func main() {\n\t")] != 0xff {
+		t.Fatalf("encoded %v (%v)", ids, err)
+	}
+	back, err := tk.Decode(append(ids, tk.EndOfText()))
+	if err != nil || back != text+"<|endoftext|>" || tk.EndOfText() != 256 || run.TokenizerVocab(run.TokenizerBytes) != 257 {
+		t.Fatalf("decoded %q (%v)", back, err)
+	}
+	if _, err := tk.Decode([]int32{257}); err == nil {
+		t.Fatal("decoded a token outside the vocabulary")
+	}
+	var buf bytes.Buffer
+	if err := EncodeTokens(&buf, run.TokenizerBytes, append(ids, 256)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeTokens(buf.Bytes(), run.TokenizerBytes)
+	if err != nil || !slices.Equal(got, append(ids, 256)) {
+		t.Fatalf("token file: %v (%v)", got, err)
+	}
+	if _, err := DecodeTokens(buf.Bytes(), run.TokenizerGPT2); err == nil || !strings.Contains(err.Error(), `"bytes"`) {
+		t.Fatalf("a bytes token file for a gpt2 run: %v", err)
+	}
+}
+
 func TestTokenFileRoundTrip(t *testing.T) {
 	toks := []int32{0, 1, 50256, 15496, 995, 50256}
 	var buf bytes.Buffer
