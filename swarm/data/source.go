@@ -211,30 +211,27 @@ func (s *mnistSource) Eval() *EvalSet {
 // position as target; validation samples are the non-overlapping windows of
 // the validation split.
 type textSource struct {
-	train, val []int32
+	train, val Tokens
 	block      int
 	s          *sampler
 }
 
 func newTextSource(m *run.Manifest, node string, o options) (*textSource, error) {
-	text, err := LoadCorpus(m.Dataset, o.dataDir)
+	toks, err := LoadTokens(m.Dataset, o.dataDir)
 	if err != nil {
 		return nil, err
 	}
-	toks, err := TextTokens(m.Dataset, text)
-	if err != nil {
-		return nil, err
-	}
-	train, val := SplitTokens(toks, m.Dataset.ValFraction)
+	cut := toks.Len() - int(float64(toks.Len())*m.Dataset.ValFraction)
+	train, val := toks.Slice(0, cut), toks.Slice(cut, toks.Len())
 	block := m.Model.BlockSize
-	if len(train) < block+1 {
-		return nil, fmt.Errorf("corpus training split has %d characters, fewer than block_size+1 = %d", len(train), block+1)
+	if train.Len() < block+1 {
+		return nil, fmt.Errorf("corpus training split has %d tokens, fewer than block_size+1 = %d", train.Len(), block+1)
 	}
-	if m.Dataset.ValFraction > 0 && len(val) < block+1 {
-		return nil, fmt.Errorf("dataset.val_fraction: validation split has %d characters, fewer than block_size+1 = %d", len(val), block+1)
+	if m.Dataset.ValFraction > 0 && val.Len() < block+1 {
+		return nil, fmt.Errorf("dataset.val_fraction: validation split has %d tokens, fewer than block_size+1 = %d", val.Len(), block+1)
 	}
 	src := &textSource{train: train, val: val, block: block}
-	src.s = newSampler(len(train)-block, m.Seed, node)
+	src.s = newSampler(train.Len()-block, m.Seed, node)
 	return src, nil
 }
 
@@ -244,10 +241,10 @@ func SplitTokens(toks []int32, valFraction float64) (train, val []int32) {
 	return toks[:cut], toks[cut:]
 }
 
-func (s *textSource) window(b *engine.Batch, slot int, toks []int32, start int) {
+func (s *textSource) window(b *engine.Batch, slot int, toks Tokens, start int) {
 	B := s.block
-	copy(b.Tokens[slot*B:(slot+1)*B], toks[start:start+B])
-	copy(b.Targets[slot*B:(slot+1)*B], toks[start+1:start+B+1])
+	toks.Copy(b.Tokens[slot*B:(slot+1)*B], start)
+	toks.Copy(b.Targets[slot*B:(slot+1)*B], start+1)
 }
 
 func (s *textSource) alloc(n int) *engine.Batch {
@@ -268,8 +265,8 @@ func (s *textSource) Len() int              { return s.s.n }
 
 func (s *textSource) Eval() *EvalSet {
 	n := 0
-	if len(s.val) > s.block {
-		n = (len(s.val) - 1) / s.block
+	if s.val.Len() > s.block {
+		n = (s.val.Len() - 1) / s.block
 	}
 	return &EvalSet{Name: "val", Len: n, batch: func(start, cnt int) *engine.Batch {
 		b := s.alloc(cnt)

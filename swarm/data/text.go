@@ -25,22 +25,9 @@ const DefaultCorpus = "src/testdata/Isaac.Newton-Opticks.txt"
 // (or the Opticks text). When the manifest pins the content (dataset.sha256),
 // the file must match it.
 func LoadCorpus(d run.DatasetSpec, dir string) (string, error) {
-	var paths []string
-	if dir != "" {
-		name := filepath.Base(d.Path)
-		if d.Path == "" {
-			name = filepath.Base(DefaultCorpus)
-		}
-		if p := filepath.Join(dir, name); fileExists(p) {
-			paths = append(paths, p)
-		}
-	}
-	p, err := CorpusPath(d.Path)
-	if err != nil && len(paths) == 0 {
+	paths, err := corpusCandidates(d, dir)
+	if err != nil {
 		return "", err
-	}
-	if err == nil {
-		paths = append(paths, p)
 	}
 	var errs []error
 	for _, p := range paths {
@@ -62,6 +49,59 @@ func LoadCorpus(d run.DatasetSpec, dir string) (string, error) {
 		return string(b), nil
 	}
 	return "", errors.Join(errs...)
+}
+
+// corpusCandidates lists where a text run's corpus may be, in order: a file
+// of the same name in dir, then the manifest's path (or the Opticks text).
+func corpusCandidates(d run.DatasetSpec, dir string) ([]string, error) {
+	var paths []string
+	if dir != "" {
+		name := filepath.Base(d.Path)
+		if d.Path == "" {
+			name = filepath.Base(DefaultCorpus)
+		}
+		if p := filepath.Join(dir, name); fileExists(p) {
+			paths = append(paths, p)
+		}
+	}
+	p, err := CorpusPath(d.Path)
+	if err != nil && len(paths) == 0 {
+		return nil, err
+	}
+	if err == nil {
+		paths = append(paths, p)
+	}
+	return paths, nil
+}
+
+// LoadTokens is a text run's token stream, found as LoadCorpus finds the
+// corpus: a token file (dataset.tokenizer) is memory-mapped and read in
+// place (TokenFile), a character corpus is read and encoded.
+func LoadTokens(d run.DatasetSpec, dir string) (Tokens, error) {
+	if d.Tokenizer == "" {
+		text, err := LoadCorpus(d, dir)
+		if err != nil {
+			return Tokens{}, err
+		}
+		ids, err := TextTokens(d, text)
+		if err != nil {
+			return Tokens{}, err
+		}
+		return IDs(ids), nil
+	}
+	paths, err := corpusCandidates(d, dir)
+	if err != nil {
+		return Tokens{}, err
+	}
+	var errs []error
+	for _, p := range paths {
+		t, err := TokenFile(p, d.Tokenizer, d.SHA256)
+		if err == nil {
+			return t, nil
+		}
+		errs = append(errs, err)
+	}
+	return Tokens{}, errors.Join(errs...)
 }
 
 // CorpusSHA256 is the hex SHA-256 of text, as dataset.sha256 holds it.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/spec/run"
@@ -232,6 +234,85 @@ func FuzzDecodeTokens(f *testing.F) {
 		}
 		if len(b) != tokHeaderSize+2*len(toks) {
 			t.Fatalf("%d tokens from %d bytes", len(toks), len(b))
+		}
+	})
+}
+
+// TestTokenFileMapped: a token file is read in place from its mapping (on
+// Unix) and gives the tokens DecodeTokens gives; its windows are the same
+// as those of the decoded copy; a wrong hash, a token outside the
+// vocabulary and a foreign tokenizer are refused naming the file.
+func TestTokenFileMapped(t *testing.T) {
+	ids := make([]int32, 5000)
+	for i := range ids {
+		ids[i] = int32((i * 7919) % 50257)
+	}
+	var buf bytes.Buffer
+	if err := EncodeTokens(&buf, run.TokenizerGPT2, ids); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "c.tok")
+	os.WriteFile(path, buf.Bytes(), 0o644)
+	tk, err := TokenFile(path, run.TokenizerGPT2, CorpusSHA256(buf.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS == "linux" && !tk.Mapped() {
+		t.Fatal("token file read into memory, not mapped")
+	}
+	if tk.Len() != len(ids) {
+		t.Fatalf("%d tokens, want %d", tk.Len(), len(ids))
+	}
+	got := make([]int32, 300)
+	tk.Slice(1000, 2000).Copy(got, 17)
+	if !slices.Equal(got, ids[1017:1317]) {
+		t.Fatal("a window of the mapped tokens differs from the file's")
+	}
+	for _, c := range []struct {
+		b         []byte
+		tokenizer string
+		sha       string
+		want      string
+	}{
+		{buf.Bytes(), run.TokenizerGPT2, strings.Repeat("0", 64), "dataset.sha256"},
+		{buf.Bytes(), run.TokenizerBytes, "", `"gpt2"`},
+		{func() []byte {
+			b := slices.Clone(buf.Bytes())
+			binary.LittleEndian.PutUint16(b[tokHeaderSize+2*4321:], 50257)
+			return b
+		}(), run.TokenizerGPT2, "", "token 4321"},
+	} {
+		os.WriteFile(path, c.b, 0o644)
+		if _, err := TokenFile(path, c.tokenizer, c.sha); err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: %v, want an error naming %s and %q", c.want, err, path, c.want)
+		}
+	}
+}
+
+// FuzzTokenView: the in-place view of a token file accepts exactly what
+// DecodeTokens accepts and gives the same tokens.
+func FuzzTokenView(f *testing.F) {
+	var buf bytes.Buffer
+	EncodeTokens(&buf, run.TokenizerGPT2, []int32{1, 2, 50256})
+	f.Add(buf.Bytes())
+	f.Add(buf.Bytes()[:tokHeaderSize])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want, werr := DecodeTokens(b, run.TokenizerGPT2)
+		// A copy at an even address, as a mapping's page-aligned bytes are.
+		al := make([]uint16, (len(b)+1)/2)
+		c := unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(al))), len(b))
+		copy(c, b)
+		got, gerr := tokenView(c, run.TokenizerGPT2, nil)
+		if (werr == nil) != (gerr == nil) {
+			t.Fatalf("DecodeTokens: %v; tokenView: %v", werr, gerr)
+		}
+		if werr != nil {
+			return
+		}
+		ids := make([]int32, got.Len())
+		got.Copy(ids, 0)
+		if !slices.Equal(ids, want) {
+			t.Fatal("tokenView and DecodeTokens differ")
 		}
 	})
 }
