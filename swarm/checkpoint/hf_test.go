@@ -413,7 +413,10 @@ func TestExportHFTransformers(t *testing.T) {
 		script := `
 import sys, json, torch
 from transformers import AutoModelForCausalLM
-m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32, attn_implementation="eager")
+try:
+    m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32, attn_implementation="eager")
+except TypeError:  # transformers before attn_implementation
+    m = AutoModelForCausalLM.from_pretrained(sys.argv[1], torch_dtype=torch.float32)
 m.eval()
 ids = torch.tensor(json.loads(sys.argv[2]), dtype=torch.long).view(` + strconv.Itoa(c.n) + `, -1)
 with torch.no_grad():
