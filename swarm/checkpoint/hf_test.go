@@ -454,3 +454,111 @@ func lastLine(s string) string {
 	}
 	return s
 }
+
+// hfTorchScript is LlamaForCausalLM's forward in PyTorch, written from the
+// published formulas over the Hugging Face names and config keys, reading
+// model.safetensors with nothing but json and numpy: argv is the model
+// folder, the token ids as JSON (n windows), the output file of float32
+// logits.
+const hfTorchScript = `
+import json, struct, sys
+import numpy as np
+import torch
+
+d = sys.argv[1]
+cfg = json.load(open(d + "/config.json"))
+raw = open(d + "/model.safetensors", "rb").read()
+(hlen,) = struct.unpack("<Q", raw[:8])
+header = json.loads(raw[8:8 + hlen])
+data = raw[8 + hlen:]
+W = {}
+for name, info in header.items():
+    if name == "__metadata__":
+        continue
+    assert info["dtype"] == "F32", name
+    a, b = info["data_offsets"]
+    W[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype="<f4").copy()).view(*info["shape"]).double()
+
+C, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+H, KV = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+hd = cfg.get("head_dim") or C // H
+eps, base = cfg["rms_norm_eps"], cfg["rope_theta"]
+
+def rmsnorm(x, w):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+def rotate_half(x):
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+ids = torch.tensor(json.loads(sys.argv[2]), dtype=torch.long).view(int(sys.argv[4]), -1)
+n, T = ids.shape
+inv_freq = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+freqs = torch.outer(torch.arange(T, dtype=torch.float64), inv_freq)
+emb = torch.cat((freqs, freqs), dim=-1)
+cos, sin = emb.cos(), emb.sin()
+mask = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
+
+x = W["model.embed_tokens.weight"][ids]
+for l in range(L):
+    p = "model.layers.%d." % l
+    h = rmsnorm(x, W[p + "input_layernorm.weight"])
+    q = (h @ W[p + "self_attn.q_proj.weight"].T).view(n, T, H, hd).transpose(1, 2)
+    k = (h @ W[p + "self_attn.k_proj.weight"].T).view(n, T, KV, hd).transpose(1, 2)
+    v = (h @ W[p + "self_attn.v_proj.weight"].T).view(n, T, KV, hd).transpose(1, 2)
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+    att = torch.softmax(q @ k.transpose(-1, -2) / hd ** 0.5 + mask, dim=-1)
+    y = (att @ v).transpose(1, 2).reshape(n, T, H * hd)
+    x = x + y @ W[p + "self_attn.o_proj.weight"].T
+    h = rmsnorm(x, W[p + "post_attention_layernorm.weight"])
+    g, u = h @ W[p + "mlp.gate_proj.weight"].T, h @ W[p + "mlp.up_proj.weight"].T
+    x = x + (torch.nn.functional.silu(g) * u) @ W[p + "mlp.down_proj.weight"].T
+head = W["model.embed_tokens.weight"] if cfg["tie_word_embeddings"] else W["lm_head.weight"]
+logits = rmsnorm(x, W["model.norm.weight"]) @ head.T
+open(sys.argv[3], "wb").write(logits.float().contiguous().numpy().astype("<f4").tobytes())
+`
+
+// The same check in PyTorch (float64), as CI's python3-torch allows: a
+// forward from the published formulas, in transformers' own terms
+// (rotate_half, repeat_kv), reading the export's files by their Hugging Face
+// names. Skipped without torch.
+func TestExportHFTorchReference(t *testing.T) {
+	py := "/usr/bin/python3"
+	if out, err := exec.Command(py, "-c", "import torch, numpy").CombinedOutput(); err != nil {
+		t.Skipf("%s cannot import torch and numpy (%v): %s", py, err, lastLine(string(out)))
+	}
+	for _, tc := range []struct {
+		shards, nKV int
+		tied        bool
+	}{{2, 2, false}, {1, 4, true}} {
+		c := newHFCase(t, tc.shards, tc.nKV, tc.tied, 13)
+		dir := filepath.Join(t.TempDir(), "hf")
+		if _, err := ExportHF(dir, c.m, c.params, 3); err != nil {
+			t.Fatal(err)
+		}
+		ids, _ := json.Marshal(c.tokens)
+		out := filepath.Join(t.TempDir(), "logits.f32")
+		if b, err := exec.Command(py, "-c", hfTorchScript, dir, string(ids), out, strconv.Itoa(c.n)).CombinedOutput(); err != nil {
+			t.Fatalf("torch reference: %v\n%s", err, b)
+		}
+		raw, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := c.nativeLogits(t)
+		if len(raw) != 4*len(want) {
+			t.Fatalf("torch reference gave %d logits, native %d", len(raw)/4, len(want))
+		}
+		var d, scale float64 = 0, 1
+		for i, w := range want {
+			g := float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
+			d = math.Max(d, math.Abs(g-float64(w)))
+			scale = math.Max(scale, math.Abs(float64(w)))
+		}
+		if d/scale > 1e-4 {
+			t.Fatalf("%+v: the torch reference and native logits differ by %.3g (relative)", tc, d/scale)
+		}
+		t.Logf("%+v: torch reference vs native logits: %.2g relative", tc, d/scale)
+	}
+}
