@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,7 +22,9 @@ import (
 	"github.com/swarm-train/swarm/node/api"
 	"github.com/swarm-train/swarm/node/client"
 	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/checkpoint"
 	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/sample"
 	"github.com/swarm-train/swarm/swarm/trainer"
 )
 
@@ -36,6 +39,10 @@ Prints the swarm's progress (epoch, loss, samples/s, peers per shard) every
 Logs are in --dir/*.log.`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "dir", Value: "demo-home", Usage: "directory for the nodes' homes and logs (emptied first)", EnvVars: []string{"DEMO_HOME"}},
+			&cli.StringFlag{Name: "model", Value: run.ArchMLPMNIST, Usage: "mlp-mnist, gpt-char or a llama preset (llama-tiny is sized for CPUs)", EnvVars: []string{"DEMO_MODEL"}},
+			&cli.StringFlag{Name: "corpus", Usage: "text models: a text file, one token a character (default: Go's Opticks text)", EnvVars: []string{"DEMO_CORPUS"}},
+			&cli.StringFlag{Name: "prompt", Value: "The light ", Usage: "text models: the text the sample at the end continues"},
+			&cli.IntFlag{Name: "sample-tokens", Value: 200, Usage: "text models: tokens of the sample at the end (0: none)"},
 			&cli.IntFlag{Name: "nodes", Value: 4, Usage: "volunteer nodes", EnvVars: []string{"DEMO_NODES"}},
 			&cli.IntFlag{Name: "shards", Value: 2, Usage: "shards the model is split into", EnvVars: []string{"DEMO_SHARDS"}},
 			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
@@ -65,8 +72,10 @@ func demo(c *cli.Context) error {
 	if c.Int("nodes") < 1 || c.Int("shards") < 1 {
 		return cli.Exit("swarm demo: --nodes and --shards must be positive", 2)
 	}
-	m := run.NewMLPMNIST(c.Int("shards"))
-	m.Dataset.Root = data.MNISTRoot // as run init pins it: the nodes check their copies, or fetch
+	m, err := demoManifest(c)
+	if err != nil {
+		return cli.Exit("swarm demo: "+err.Error(), 2)
+	}
 	if h := c.String("hidden"); h != "" {
 		m.Model.Hidden = nil
 		for _, f := range strings.Split(h, ",") {
@@ -115,6 +124,7 @@ func demo(c *cli.Context) error {
 		return cli.Exit("swarm demo: "+err.Error(), 1)
 	}
 	id, _ := m.ID()
+	lm := m.Model.LanguageModel()
 	exe, err := os.Executable()
 	if err != nil {
 		return cli.Exit("swarm demo: "+err.Error(), 1)
@@ -125,7 +135,14 @@ func demo(c *cli.Context) error {
 	defer cancel()
 	out := c.App.Writer
 	var procs []*demoProc
-	defer func() {
+	stopped := false
+	// stopAll ends every process (a node writes its shutdown checkpoint
+	// on SIGTERM, which the sample at the end of a text run reads).
+	stopAll := func() {
+		if stopped {
+			return
+		}
+		stopped = true
 		for _, p := range procs {
 			_ = p.cmd.Process.Signal(syscall.SIGTERM)
 		}
@@ -138,7 +155,8 @@ func demo(c *cli.Context) error {
 			}
 		}
 		fmt.Fprintf(out, "demo: stopped %d processes; logs in %s\n", len(procs), dir)
-	}()
+	}
+	defer stopAll()
 	start := func(name string, args ...string) (*demoProc, error) {
 		logf, err := os.Create(filepath.Join(dir, name+".log"))
 		if err != nil {
@@ -226,13 +244,96 @@ func demo(c *cli.Context) error {
 		}
 		printDemoLine(out, time.Since(begin), st)
 		if st.Accuracy >= 0 {
-			fmt.Fprintf(out, "demo: finished %d epochs in %.0f s; test accuracy %.2f%%\n", st.Epoch, time.Since(begin).Seconds(), 100*st.Accuracy)
+			if !lm {
+				fmt.Fprintf(out, "demo: finished %d epochs in %.0f s; test accuracy %.2f%%\n", st.Epoch, time.Since(begin).Seconds(), 100*st.Accuracy)
+			} else {
+				fmt.Fprintf(out, "demo: finished %d epochs in %.0f s%s\n", st.Epoch, time.Since(begin).Seconds(), validationLine(ctx, clients))
+			}
 			if m.Averaging.Mode == run.ModeLocal {
 				printOuterTraffic(ctx, out, clients)
+			}
+			if lm && c.Int("sample-tokens") > 0 {
+				stopAll()
+				return demoSample(c, m, c.Int("nodes"))
 			}
 			return nil
 		}
 	}
+}
+
+// demoManifest is the run the demo trains: the MNIST MLP, or a text model
+// on a corpus (--model, --corpus), split into --shards.
+func demoManifest(c *cli.Context) (*run.Manifest, error) {
+	model := c.String("model")
+	if model == run.ArchMLPMNIST {
+		if c.IsSet("corpus") {
+			return nil, errors.New("--corpus is for text models (gpt-char, llama presets)")
+		}
+		m := run.NewMLPMNIST(c.Int("shards"))
+		m.Dataset.Root = data.MNISTRoot // as run init pins it: the nodes check their copies, or fetch
+		return m, nil
+	}
+	if c.IsSet("hidden") {
+		return nil, fmt.Errorf("--hidden is for mlp-mnist, not %s", model)
+	}
+	if model != run.ArchGPTChar && !slices.Contains(run.LlamaPresets, model) {
+		return nil, fmt.Errorf("--model %q: want %s, %s or a llama preset (%s)", model, run.ArchMLPMNIST, run.ArchGPTChar, strings.Join(run.LlamaPresets, ", "))
+	}
+	m, err := textManifest(model, c.String("corpus"), "")
+	if err != nil {
+		return nil, fmt.Errorf("--corpus: %w", err)
+	}
+	if units := m.Model.Units(); c.Int("shards") > units {
+		return nil, fmt.Errorf("--shards %d: %s has only %d blocks to split", c.Int("shards"), model, units)
+	}
+	if m.Model.Arch == run.ArchLlama && c.Int("shards") > 1 {
+		m.Model.TieEmbeddings = false // the embedding and the head live on different shards
+	}
+	if err := m.Split(c.Int("shards")); err != nil {
+		return nil, fmt.Errorf("--shards: %w", err)
+	}
+	return m, nil
+}
+
+// validationLine is ", validation loss L (perplexity P)" from the first
+// node that reports them, or "" when none does.
+func validationLine(ctx context.Context, cls []*client.Client) string {
+	for _, cl := range cls {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		st, err := cl.Status(sctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		var ts trainer.Status
+		if json.Unmarshal(st.Services["training"], &ts) == nil && ts.ValLoss != nil && ts.ValPerplexity != nil {
+			return fmt.Sprintf(", validation loss %.4f (perplexity %.2f)", *ts.ValLoss, *ts.ValPerplexity)
+		}
+	}
+	return ""
+}
+
+// demoSample prints text drawn from the model the nodes trained, its
+// shards gathered from their shutdown checkpoints.
+func demoSample(c *cli.Context, m *run.Manifest, nodes int) error {
+	var runs []string
+	for i := 1; i <= nodes; i++ {
+		runs = append(runs, filepath.Join(c.String("dir"), fmt.Sprintf("node%d", i), "runs"))
+	}
+	a, err := checkpoint.AssembleNodeShards(runs, m, nil)
+	if err != nil {
+		return cli.Exit("swarm demo: sample: "+err.Error(), 1)
+	}
+	out := c.App.Writer
+	prompt := c.String("prompt")
+	fmt.Fprintf(out, "demo: a sample (temperature 0.8, top-k 40, epochs %v):\n%s", a.Epochs, prompt)
+	err = drawText(m, a.Params, c.Int("threads"), prompt, c.Int("sample-tokens"), sample.Options{Temperature: 0.8, TopK: 40, Seed: 1},
+		func(s string) error { _, err := fmt.Fprint(out, s); return err })
+	fmt.Fprintln(out)
+	if err != nil {
+		return cli.Exit("swarm demo: sample: "+err.Error(), 1)
+	}
+	return nil
 }
 
 // printOuterTraffic prints, per node, the bytes of its local-mode outer

@@ -97,7 +97,7 @@ the run's peers and check every chunk against it.`,
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest"},
 					&cli.StringFlag{Name: "checkpoint-dir", Usage: "folder of swarm train checkpoints holding every shard (default: the node checkpoints under --home)"},
-					&cli.StringFlag{Name: "home", Value: defaultHome(), EnvVars: []string{"SWARM_HOME"}, Usage: "node home whose runs/<run ID>/shard-<k> folders hold every shard's checkpoints"},
+					homesFlag("node home whose runs/<run ID>/shard-<k> folders hold the shards' checkpoints; repeat it to gather the shards of several nodes"),
 					&cli.StringFlag{Name: "format", Value: "safetensors", Usage: "safetensors (the run's tensor names) or hf (config.json and model.safetensors for transformers' LlamaForCausalLM)"},
 					&cli.StringFlag{Name: "output", Aliases: []string{"o"}, Usage: "file to write (safetensors, default model.safetensors) or an empty or new folder (hf)"},
 				},
@@ -130,48 +130,11 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 		}
 		m.Dataset.Root = data.MNISTRoot
 	case run.ArchGPTChar, run.PresetLlamaTiny, run.PresetLlama124M, run.PresetLlama350M:
-		path := c.String("corpus")
-		if path != "" {
-			abs, err := filepath.Abs(path)
-			if err != nil {
-				return nil, err
-			}
-			path = abs
+		if c.IsSet("tokens") && c.IsSet("corpus") {
+			return nil, fmt.Errorf("--tokens and --corpus: give one")
 		}
-		tokens := c.String("tokens")
-		if tokens != "" {
-			if c.IsSet("corpus") {
-				return nil, fmt.Errorf("--tokens and --corpus: give one")
-			}
-			abs, err := filepath.Abs(tokens)
-			if err != nil {
-				return nil, err
-			}
-			path = abs
-		}
-		text, err := data.ReadCorpus(path)
-		if err != nil {
-			return nil, err
-		}
-		charset := data.Charset(text)
-		var tokenizer string
-		if tokens != "" {
-			h, err := data.ParseTokenHeader([]byte(text))
-			if err != nil {
-				return nil, fmt.Errorf("--tokens %s: %w", tokens, err)
-			}
-			charset, tokenizer = "", h.Tokenizer
-		}
-		if arch == run.ArchGPTChar {
-			m = run.NewGPTChar(charset, 1)
-		} else if m, err = run.NewLlama(arch, charset, 1); err != nil {
-			return nil, err
-		}
-		m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
-		if tokenizer != "" {
-			m.Dataset.Tokenizer, m.Model.Vocab = tokenizer, run.TokenizerVocab(tokenizer)
-		}
-		if m.Dataset.Root, err = corpusRoot(path); err != nil {
+		var err error
+		if m, err = textManifest(arch, c.String("corpus"), c.String("tokens")); err != nil {
 			return nil, err
 		}
 		setInt(c, "n-layer", &m.Model.NLayer)
@@ -294,6 +257,69 @@ func corpusRoot(path string) (string, error) {
 		return "", err
 	}
 	return r.CID().String(), nil
+}
+
+// textManifest is the one-shard manifest of a text model (gpt-char or a
+// llama preset) on a corpus (one token a character; "" is Go's Opticks
+// text) or on a token file from swarm data prepare (tokens, when given).
+func textManifest(arch, corpus, tokens string) (*run.Manifest, error) {
+	path := corpus
+	if path != "" {
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, err
+		}
+		path = abs
+	}
+	if tokens != "" {
+		abs, err := filepath.Abs(tokens)
+		if err != nil {
+			return nil, err
+		}
+		path = abs
+	}
+	text, err := data.ReadCorpus(path)
+	if err != nil {
+		return nil, err
+	}
+	charset := data.Charset(text)
+	var tokenizer string
+	if tokens != "" {
+		h, err := data.ParseTokenHeader([]byte(text))
+		if err != nil {
+			return nil, fmt.Errorf("--tokens %s: %w", tokens, err)
+		}
+		charset, tokenizer = "", h.Tokenizer
+	}
+	var m *run.Manifest
+	if arch == run.ArchGPTChar {
+		m = run.NewGPTChar(charset, 1)
+	} else if m, err = run.NewLlama(arch, charset, 1); err != nil {
+		return nil, err
+	}
+	m.Dataset.Path, m.Dataset.SHA256 = path, data.CorpusSHA256(text)
+	if tokenizer != "" {
+		m.Dataset.Tokenizer, m.Model.Vocab = tokenizer, run.TokenizerVocab(tokenizer)
+	}
+	if m.Dataset.Root, err = corpusRoot(path); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// homesFlag is a repeatable --home naming node homes whose checkpoints are
+// read (the shards a model needs may be spread over several nodes).
+func homesFlag(usage string) cli.Flag {
+	return &cli.StringSliceFlag{Name: "home", Value: cli.NewStringSlice(defaultHome()), EnvVars: []string{"SWARM_HOME"}, Usage: usage}
+}
+
+// runsDirs is HOME/runs of every --home.
+func runsDirs(c *cli.Context) []string {
+	var dirs []string
+	for _, h := range c.StringSlice("home") {
+		dirs = append(dirs, filepath.Join(h, "runs"))
+	}
+	return dirs
 }
 
 func setString(c *cli.Context, name string, dst *string) {
@@ -525,8 +551,7 @@ func runExport(c *cli.Context) error {
 		}
 		step, from = s.Step, path
 	} else {
-		runs := filepath.Join(c.String("home"), "runs")
-		a, err := checkpoint.AssembleNodeShards(runs, m, skip)
+		a, err := checkpoint.AssembleNodeShards(runsDirs(c), m, skip)
 		if err != nil {
 			return fmt.Errorf("run export: %w (swarm train's checkpoints: --checkpoint-dir)", err)
 		}

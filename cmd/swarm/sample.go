@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -26,7 +25,7 @@ without it, every shard's newest node checkpoint under --home) and continues
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "run", Required: true, Usage: "run manifest"},
 			&cli.StringFlag{Name: "checkpoint", Usage: "a checkpoint file (.swck) holding every shard, or a folder of them (the newest is taken)"},
-			&cli.StringFlag{Name: "home", Value: defaultHome(), EnvVars: []string{"SWARM_HOME"}, Usage: "node home whose runs/<run ID>/shard-<k> folders hold the checkpoints (without --checkpoint)"},
+			homesFlag("node home whose runs/<run ID>/shard-<k> folders hold the checkpoints (without --checkpoint); repeat it to gather the shards of several nodes"),
 			&cli.StringFlag{Name: "prompt", Usage: "text to continue (token runs: default <|endoftext|>)"},
 			&cli.IntFlag{Name: "n", Value: 200, Usage: "tokens to draw"},
 			&cli.Float64Flag{Name: "temperature", Value: 0.8, Usage: "divides the logits; 0 takes the most likely token"},
@@ -61,29 +60,11 @@ func sampleCmd(c *cli.Context) error {
 	if n < 1 || n > 1<<20 {
 		return fmt.Errorf("sample: -n %d: want 1 to %d tokens", n, 1<<20)
 	}
-	codec, err := sample.NewCodec(m)
-	if err != nil {
-		return err
-	}
 	prompt := c.String("prompt")
-	var ids []int32
-	eot, hasEOT := codec.(interface{ EndOfText() int32 })
-	if prompt == "" && hasEOT {
-		ids = []int32{eot.EndOfText()} // <|endoftext|>: the start of a document
-	} else if prompt == "" {
-		return errors.New("sample: --prompt is empty (a character run needs text to continue)")
-	} else if ids, err = codec.Encode(prompt); err != nil {
-		return fmt.Errorf("sample: --prompt: %w", err)
-	}
 	params, step, from, err := loadParams(c, m)
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
 	}
-	model, err := sample.New(m, params, c.Int("cpu-threads"))
-	if err != nil {
-		return err
-	}
-	defer model.Close()
 	seed := c.Uint64("seed")
 	if !c.IsSet("seed") {
 		seed = uint64(time.Now().UnixNano())
@@ -91,21 +72,20 @@ func sampleCmd(c *cli.Context) error {
 	opts := sample.Options{Temperature: c.Float64("temperature"), TopK: c.Int("top-k"), Seed: seed}
 	asJSON := c.Bool("json")
 	w := c.App.Writer
-	if !asJSON {
-		fmt.Fprint(w, prompt)
-	}
 	begin := time.Now()
 	var text strings.Builder
-	_, err = model.Generate(ids, n, opts, func(id int32) error {
-		s, err := codec.Decode([]int32{id})
-		if err != nil {
-			return err
+	started := false
+	err = drawText(m, params, c.Int("cpu-threads"), prompt, n, opts, func(s string) error {
+		if !started && !asJSON {
+			fmt.Fprint(w, prompt)
 		}
+		started = true
 		text.WriteString(s)
 		if !asJSON {
-			_, err = fmt.Fprint(w, s)
+			_, err := fmt.Fprint(w, s)
+			return err
 		}
-		return err
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("sample: %w", err)
@@ -122,6 +102,39 @@ func sampleCmd(c *cli.Context) error {
 		Tokens: n, Seed: seed, Seconds: secs, TokensPerSecond: float64(n) / secs})
 }
 
+// drawText continues prompt by n tokens of m's model with params on the
+// native engine, passing each token's text to emit. A prompt the run's
+// tokenizer cannot encode is an error naming what it could not; an empty
+// prompt starts a token run at <|endoftext|>.
+func drawText(m *run.Manifest, params [][]float32, threads int, prompt string, n int, opts sample.Options, emit func(string) error) error {
+	codec, err := sample.NewCodec(m)
+	if err != nil {
+		return err
+	}
+	var ids []int32
+	eot, hasEOT := codec.(interface{ EndOfText() int32 })
+	if prompt == "" && hasEOT {
+		ids = []int32{eot.EndOfText()} // <|endoftext|>: the start of a document
+	} else if prompt == "" {
+		return errors.New("--prompt is empty (a character run needs text to continue)")
+	} else if ids, err = codec.Encode(prompt); err != nil {
+		return fmt.Errorf("--prompt: %w", err)
+	}
+	model, err := sample.New(m, params, threads)
+	if err != nil {
+		return err
+	}
+	defer model.Close()
+	_, err = model.Generate(ids, n, opts, func(id int32) error {
+		s, err := codec.Decode([]int32{id})
+		if err != nil {
+			return err
+		}
+		return emit(s)
+	})
+	return err
+}
+
 // loadParams reads every shard's parameters of m: from --checkpoint (a file
 // or a folder of swarm train checkpoints), else from the node checkpoints
 // under --home. It returns them with the step and where they came from.
@@ -129,7 +142,7 @@ func loadParams(c *cli.Context, m *run.Manifest) ([][]float32, int64, string, er
 	skip := func(p string, err error) { fmt.Fprintf(c.App.ErrWriter, "skipping %v\n", err) }
 	path := c.String("checkpoint")
 	if path == "" {
-		a, err := checkpoint.AssembleNodeShards(filepath.Join(c.String("home"), "runs"), m, skip)
+		a, err := checkpoint.AssembleNodeShards(runsDirs(c), m, skip)
 		if err != nil {
 			return nil, 0, "", fmt.Errorf("%w (or name a checkpoint with --checkpoint)", err)
 		}

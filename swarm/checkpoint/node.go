@@ -96,11 +96,16 @@ type Assembled struct {
 }
 
 // AssembleNodeShards gathers the newest checkpoint of every shard of m that
-// fits it (run, layout, shard, sizes) from runsDir (HOME/runs: a node keeps
-// the shards it held there; copy other nodes' shard-<k> folders in to export
-// a model no single node held). A shard without one is an error naming its
-// folder. Checkpoints passed over are reported to onSkip.
-func AssembleNodeShards(runsDir string, m *run.Manifest, onSkip func(string, error)) (*Assembled, error) {
+// fits it (run, layout, shard, sizes) from the runs folders given (HOME/runs
+// of one or more nodes: a node keeps the shards it held there, so a model no
+// single node held is assembled from several homes). Of a shard found in
+// several folders, the checkpoint of the latest epoch is taken. A shard
+// found in none is an error naming its folders. Checkpoints passed over are
+// reported to onSkip.
+func AssembleNodeShards(runsDirs []string, m *run.Manifest, onSkip func(string, error)) (*Assembled, error) {
+	if len(runsDirs) == 0 {
+		return nil, errors.New("checkpoint: no node home to assemble the shards from")
+	}
 	id, err := m.ID()
 	if err != nil {
 		return nil, err
@@ -116,15 +121,27 @@ func AssembleNodeShards(runsDir string, m *run.Manifest, onSkip func(string, err
 			return nil, err
 		}
 		want := Identity{RunID: id.String(), Layout: layout, Shard: i, Params: nP, OptState: -1}
-		d := &Dir{Path: ShardPath(runsDir, id.String(), i), OnSkip: onSkip}
-		s, path, err := d.LatestFitting(func(s *State) error { return s.Fits(want) })
-		if err != nil {
-			return nil, fmt.Errorf("shard %d of %d: %w", i, len(m.Shards), err)
+		var best *State
+		var bestPath string
+		var errs []error
+		for _, runs := range runsDirs {
+			d := &Dir{Path: ShardPath(runs, id.String(), i), OnSkip: onSkip}
+			s, path, err := d.LatestFitting(func(s *State) error { return s.Fits(want) })
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if best == nil || s.Epoch > best.Epoch || (s.Epoch == best.Epoch && s.Step > best.Step) {
+				best, bestPath = s, path
+			}
 		}
-		a.Params = append(a.Params, s.Shards[0].Params)
-		a.Paths = append(a.Paths, path)
-		a.Epochs = append(a.Epochs, s.Epoch)
-		a.Step = max(a.Step, s.Step)
+		if best == nil {
+			return nil, fmt.Errorf("shard %d of %d: %w", i, len(m.Shards), errors.Join(errs...))
+		}
+		a.Params = append(a.Params, best.Shards[0].Params)
+		a.Paths = append(a.Paths, bestPath)
+		a.Epochs = append(a.Epochs, best.Epoch)
+		a.Step = max(a.Step, best.Step)
 	}
 	return a, nil
 }

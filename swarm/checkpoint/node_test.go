@@ -125,7 +125,7 @@ func TestAssembleNodeShards(t *testing.T) {
 		}
 	}
 	var skipped []string
-	a, err := AssembleNodeShards(runs, m, func(p string, err error) { skipped = append(skipped, p) })
+	a, err := AssembleNodeShards([]string{runs}, m, func(p string, err error) { skipped = append(skipped, p) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,8 +134,28 @@ func TestAssembleNodeShards(t *testing.T) {
 	}
 	m3 := run.NewMLPMNIST(3)
 	id3, _ := m3.ID()
-	_, err = AssembleNodeShards(runs, m3, nil)
+	_, err = AssembleNodeShards([]string{runs}, m3, nil)
 	if !errors.Is(err, ErrNone) || !strings.Contains(err.Error(), ShardPath(runs, id3.String(), 0)) {
 		t.Fatalf("a run with no checkpoints: %v", err)
+	}
+	// Two homes (two nodes of one swarm): each shard's latest epoch of
+	// either, whichever home holds it.
+	other := t.TempDir()
+	layout, _ := LayoutHash(m, 0)
+	nP, _ := m.NumParams(0)
+	s := nodeState(id.String(), layout, 0, nP, 7)
+	s.Shards[0].Params[0] = 7
+	if _, err := (&Dir{Path: ShardPath(other, id.String(), 0)}).Save(s); err != nil {
+		t.Fatal(err)
+	}
+	a, err = AssembleNodeShards([]string{runs, other}, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Params[0][0] != 7 || a.Params[1][0] != 4 || a.Epochs[0] != 7 || a.Epochs[1] != 4 {
+		t.Fatalf("assembled from two homes: epochs %v, first values %v %v", a.Epochs, a.Params[0][0], a.Params[1][0])
+	}
+	if _, err := AssembleNodeShards([]string{other}, m, nil); !errors.Is(err, ErrNone) || !strings.Contains(err.Error(), "shard 1 of 2") {
+		t.Fatalf("a home without shard 1: %v", err)
 	}
 }
