@@ -22,6 +22,14 @@
 // mode the core asks for OuterStep (the trainer's outer optimizer closes and
 // reopens the round itself) or for Close → CatchUp → Reopen when a holder of
 // the shard is in a later round.
+//
+// With delayed updates (sync mode, Config.Delayed) an epoch's gradient round
+// runs in the background while the next epoch computes:
+//
+//	Close → [Land → Step → [AverageState]] → [CatchUp] → Average (detached) → Reopen
+//
+// and when the round lands while the next epoch is open: Step →
+// [AverageState], without a Reopen (delayed.go).
 package epochs
 
 import (
@@ -41,7 +49,11 @@ type Config struct {
 	BatchSize   int    // samples in a micro-batch
 	GroupSize   int    // the manifest's averaging group size
 	Local       bool   // averaging.mode local (DiLoCo)
-	LocalSteps  int    // inner steps in a local-mode round
+	// Delayed (sync mode, averaging.delayed_updates): an epoch's gradient
+	// round runs while the next epoch computes, and its step is applied
+	// when it lands (delayed.go).
+	Delayed    bool
+	LocalSteps int // inner steps in a local-mode round
 }
 
 // Finished reports whether epoch is past the run's last.
@@ -96,9 +108,14 @@ const (
 	OuterStep
 	// Evaluate runs the test set through the pipeline.
 	Evaluate
+	// Land waits for the gradient round in flight (Epoch) and reports
+	// Land with its outcome; the trainer also reports Land on its own,
+	// between actions, when the round ends while the epoch is open
+	// (delayed.go).
+	Land
 )
 
-var kindNames = [...]string{"wait", "close", "average", "catch-up", "step", "average-state", "reopen", "outer-step", "evaluate"}
+var kindNames = [...]string{"wait", "close", "average", "catch-up", "step", "average-state", "reopen", "outer-step", "evaluate", "land"}
 
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
@@ -125,6 +142,12 @@ type Action struct {
 	Donors   []string // CatchUp: peer IDs, latest epoch first
 	Full     bool     // OuterStep
 	Finished bool     // Reopen
+	// Detach (Average): run the round in the background and report
+	// Detached at once; its outcome comes later as a Land event.
+	Detach bool
+	// Delayed (Step, AverageState): of the round that was in flight, not
+	// of the epoch being ended.
+	Delayed bool
 }
 
 // Event is the outcome of the last action; the zero Event is a plain tick.
@@ -138,6 +161,8 @@ type Event struct {
 	Group    int      // Averaged, StateAveraged: members, this node included
 	Members  []string // Averaged: the members' peer IDs
 	Fraction float64  // StateAveraged: share of the vector averaged
+	// Detached (Average): the round runs in the background.
+	Detached bool
 }
 
 // ErrLoad marks a state round whose result the engine refused: the node
@@ -176,6 +201,7 @@ const (
 	stepping          // Step asked
 	syncing           // AverageState asked
 	catchLocal        // local mode: CatchUp asked
+	landing           // Land asked (delayed updates)
 )
 
 type claimSeen struct {
@@ -217,6 +243,13 @@ type Machine struct {
 	opened    time.Time
 	// judge decides which peers to ban (verdict.go).
 	judge judge
+
+	// Delayed updates (delayed.go): the gradient round in flight, the
+	// epoch the step under way is for, and what follows that step.
+	flight    *inFlight
+	stepEpoch uint64
+	then      next
+	lost      bool // the epoch being ended closed without a shard
 }
 
 // New returns a core for the run cfg.
@@ -242,9 +275,18 @@ func (m *Machine) Step(in Input, ev Event) Action {
 }
 
 func (m *Machine) step(in Input, ev Event) Action {
+	if ev.Kind == Land && m.phase == open {
+		return m.landedOpen(in, ev)
+	}
 	switch m.phase {
 	case closing:
-		m.shard, m.epoch = ev.Shard, ev.Epoch
+		m.shard, m.epoch, m.lost = ev.Shard, ev.Epoch, ev.Lost
+		if m.flight != nil {
+			// At most one round in flight: the last one lands (and its
+			// step is taken) before this epoch's round starts.
+			m.phase = landing
+			return Action{Kind: Land, Shard: m.flight.shard, Epoch: m.flight.epoch}
+		}
 		if ev.Lost {
 			return m.reopen(m.epoch)
 		}
@@ -252,15 +294,9 @@ func (m *Machine) step(in Input, ev Event) Action {
 			m.phase = catchLocal
 			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: m.donors}
 		}
-		// A holder of this shard already past this epoch averaged its
-		// round without this node: nobody is left to average with, and
-		// waiting out the round would hold this node (and so the swarm)
-		// for the averaging timeout. Take the newer state instead.
-		if d := m.holdersAhead(in, m.shard, m.epoch); len(d) > 0 {
-			m.phase = catchBefore
-			return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
-		}
-		return m.gather(in)
+		return m.closed(in)
+	case landing:
+		return m.landedClosing(in, ev)
 	case catchBefore:
 		if ev.OK {
 			return m.reopen(ev.Epoch)
@@ -269,6 +305,10 @@ func (m *Machine) step(in Input, ev Event) Action {
 	case gathering:
 		return m.gather(in)
 	case averaging:
+		if ev.Detached {
+			m.flight = &inFlight{shard: m.shard, epoch: m.epoch}
+			return m.reopen(m.epoch + 1)
+		}
 		m.group = 1
 		if ev.OK {
 			m.group = ev.Group
@@ -279,11 +319,11 @@ func (m *Machine) step(in Input, ev Event) Action {
 		if ev.OK {
 			return m.reopen(ev.Epoch)
 		}
-		m.phase = stepping
+		m.phase, m.stepEpoch, m.then = stepping, m.epoch, reopenNext
 		return Action{Kind: Step, Shard: m.shard, Epoch: m.epoch}
 	case stepping:
 		if ev.Err != nil {
-			return m.reopen(m.epoch)
+			return m.afterStepping(in, m.stepEpoch)
 		}
 		return m.afterStep(in)
 	case syncing:
@@ -298,7 +338,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 		default:
 			m.drift = ev.Fraction < 1 || ev.Group < m.reliableGroup(in)
 		}
-		return m.reopen(m.epoch + 1)
+		return m.afterStepping(in, m.stepEpoch+1)
 	case catchLocal:
 		if ev.OK {
 			return m.reopen(ev.Epoch)
@@ -409,7 +449,10 @@ func (m *Machine) reliable(in Input) []string {
 func (m *Machine) closingMates(in Input) []string {
 	var out []string
 	for _, r := range in.Records {
-		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.Epoch == m.epoch && r.Closing && slices.Contains(m.mates(in), r.Peer) {
+		// With delayed updates a mate one epoch ahead detached this
+		// epoch's round and reopened: it is in the round.
+		past := m.cfg.Lag() > 0 && r.Epoch == m.epoch+1
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && (r.Epoch == m.epoch && r.Closing || past) && slices.Contains(m.mates(in), r.Peer) {
 			out = append(out, r.Peer)
 		}
 	}
@@ -446,7 +489,8 @@ func (m *Machine) average(in Input) Action {
 	}
 	m.expected, m.wanted = len(want), want
 	group := max(min(len(want)+1, m.cfg.GroupSize), 2)
-	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group}
+	detach := m.cfg.Lag() > 0 && !m.cfg.Finished(m.epoch+1)
+	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group, Detach: detach}
 }
 
 // noteRound learns from a gradient round's members: a mate waited for and
@@ -492,7 +536,7 @@ func (m *Machine) afterRound(in Input) Action {
 		m.phase = catchAfter
 		return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
 	}
-	m.phase = stepping
+	m.phase, m.stepEpoch, m.then = stepping, m.epoch, reopenNext
 	return Action{Kind: Step, Shard: m.shard, Epoch: m.epoch}
 }
 
@@ -508,12 +552,13 @@ func (m *Machine) afterStep(in Input) Action {
 	if m.group < min(m.expected, holders)+1 {
 		m.drift = true
 	}
-	last := m.cfg.Finished(m.epoch + 1)
-	if holders > 0 && (m.drift || last || m.epoch%StateEvery == StateEvery-1) {
+	e := m.stepEpoch
+	last := m.cfg.Finished(e + 1)
+	if holders > 0 && (m.drift || last || e%StateEvery == StateEvery-1) {
 		m.phase = syncing
-		return Action{Kind: AverageState, Shard: m.shard, Epoch: m.epoch, Key: KeyState, Group: m.reliableGroup(in)}
+		return Action{Kind: AverageState, Shard: m.shard, Epoch: e, Key: KeyState, Group: m.reliableGroup(in), Delayed: m.then != reopenNext}
 	}
-	return m.reopen(m.epoch + 1)
+	return m.afterStepping(in, e+1)
 }
 
 func (m *Machine) reopen(epoch uint64) Action {
@@ -521,10 +566,13 @@ func (m *Machine) reopen(epoch uint64) Action {
 	return Action{Kind: Reopen, Shard: m.shard, Epoch: epoch, Finished: m.cfg.Finished(epoch)}
 }
 
-// Abort reports whether the gradient round under way is pointless: a
-// holder of the shard is already past its epoch, so the round is over
-// without this node (which then catches up from it).
+// Abort reports whether the gradient round under way (or in flight) is
+// pointless: a holder of the shard is already past its epoch (with delayed
+// updates, Lag epochs past it), so the round is over without this node.
 func (m *Machine) Abort(in Input) bool {
+	if f := m.flight; f != nil {
+		return len(m.holdersAhead(in, f.shard, f.epoch+m.cfg.Lag())) > 0
+	}
 	return m.phase == averaging && len(m.holdersAhead(in, m.shard, m.epoch)) > 0
 }
 
@@ -701,7 +749,7 @@ func (m *Machine) groupSize(in Input) int {
 func (m *Machine) mates(in Input) []string {
 	var out []string
 	for _, r := range in.Records {
-		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining && r.Epoch <= m.epoch && !m.Overclaims(r) {
+		if r.Shard == m.shard && r.Peer != m.cfg.Self && r.State != progress.StateJoining && r.Epoch <= m.epoch+m.cfg.Lag() && !m.Overclaims(r) {
 			out = append(out, r.Peer)
 		}
 	}

@@ -46,6 +46,13 @@ type simNode struct {
 	banned   map[string]bool
 	ev       Event
 	waiting  *simRound // an averaging round it is in
+	// Delayed updates: bg is the gradient round in flight (bgAct its
+	// Average in acts); landed its outcome not yet handed to the core;
+	// landWait: the core asked Land and the node waits for it.
+	bg       *simRound
+	bgAct    int
+	landed   *Event
+	landWait bool
 	entered  time.Time
 	acts     []simAct
 	// With sim.draw: micro-batches this node started and has not finished.
@@ -198,6 +205,10 @@ func (s *sim) step() {
 		if n.phantom || n.state != progress.StateOnline {
 			continue
 		}
+		if r := n.bg; r != nil && r.formed.IsZero() && n.m.Abort(s.input(n)) {
+			s.leave(n, r)
+			s.finish(n, Event{Kind: Average})
+		}
 		if n.waiting != nil {
 			r := n.waiting
 			if r.key == KeyGrad && r.formed.IsZero() && n.m.Abort(s.input(n)) {
@@ -206,8 +217,16 @@ func (s *sim) step() {
 			}
 			continue
 		}
+		if n.landWait {
+			continue
+		}
 		ev := n.ev
 		n.ev = Event{}
+		if ev.Kind == Wait && n.landed != nil {
+			// The trainer hands a landed round to the core between
+			// actions, with the epoch open.
+			ev, n.landed = *n.landed, nil
+		}
 		in := s.input(n)
 		act := n.m.Step(in, ev)
 		for _, v := range n.m.Verdicts(in) {
@@ -261,6 +280,19 @@ func (s *sim) carryOut(n *simNode, act Action) {
 			n.grouped = false
 		}
 		s.join(n, act)
+		if act.Detach {
+			n.bg, n.waiting, n.bgAct = n.waiting, nil, len(n.acts)
+			n.ev = Event{Kind: Average, Detached: true}
+		}
+	case Land:
+		if n.bg == nil && n.landed == nil {
+			s.t.Fatalf("%s: Land with no round in flight", n.id)
+		}
+		if n.landed != nil {
+			n.ev, n.landed = *n.landed, nil
+		} else {
+			n.landWait = true
+		}
 	case Step:
 		n.model++
 		n.ev = Event{Kind: Step}
@@ -270,7 +302,7 @@ func (s *sim) carryOut(n *simNode, act Action) {
 		if !n.grouped {
 			norm = 3
 		}
-		n.norms = append(n.norms, progress.EpochNorm{Epoch: n.epoch, NormSq: norm})
+		n.norms = append(n.norms, progress.EpochNorm{Epoch: act.Epoch, NormSq: norm})
 		if len(n.norms) > progress.MaxNorms {
 			n.norms = n.norms[1:]
 		}
@@ -352,6 +384,17 @@ func (s *sim) leave(n *simNode, r *simRound) {
 
 // finish hands n its round's outcome.
 func (s *sim) finish(n *simNode, ev Event) {
+	if n.bg != nil && n.waiting == nil { // the round in flight (never with another)
+		a := &n.acts[n.bgAct]
+		a.ok, a.took = ev.OK, s.now.Sub(n.entered)
+		ev.Kind, n.bg = Land, nil
+		if n.landWait {
+			n.ev, n.landWait = ev, false
+		} else {
+			n.landed = &ev
+		}
+		return
+	}
 	last := &n.acts[len(n.acts)-1]
 	last.ok, last.took = ev.OK, s.now.Sub(n.entered)
 	n.waiting, n.ev = nil, ev

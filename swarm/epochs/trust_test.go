@@ -305,7 +305,7 @@ func TestShareGrace(t *testing.T) {
 	self := Node{Shard: 0, Held: true, Online: true, Epoch: 2}
 	// The core reopens epoch 2 at t0.
 	m.phase = stepping
-	m.shard, m.epoch = 0, 1
+	m.shard, m.epoch, m.stepEpoch = 0, 1, 1
 	if a := m.Step(Input{Now: t0, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 1}}, Event{Kind: Step}); a.Kind != Reopen || a.Epoch != 2 {
 		t.Fatalf("got %v epoch %d, want reopen 2", a.Kind, a.Epoch)
 	}
