@@ -53,6 +53,7 @@ Logs are in --dir/*.log.`,
 			&cli.IntFlag{Name: "delta-bits", Value: 4, Usage: "with --delta-keep: bits a kept value (2, 4 or 8)", EnvVars: []string{"DEMO_DELTA_BITS"}},
 			&cli.Float64Flag{Name: "outer-lr", Usage: "local mode: outer learning rate (default 0.7; 1 with --delta-keep)", EnvVars: []string{"DEMO_OUTER_LR"}},
 			&cli.Float64Flag{Name: "outer-momentum", Usage: "local mode: outer Nesterov momentum (default 0.9; 0 with --delta-keep)", EnvVars: []string{"DEMO_OUTER_MOMENTUM"}},
+			&cli.BoolFlag{Name: "delayed-updates", Usage: "sync mode: average each epoch's gradient while the next computes (one-step-delayed updates)", EnvVars: []string{"DEMO_DELAYED_UPDATES"}},
 			&cli.IntFlag{Name: "threads", Value: 1, Usage: "engine threads per node", EnvVars: []string{"DEMO_THREADS"}},
 			&cli.DurationFlag{Name: "interval", Value: 3 * time.Second, Usage: "progress interval"},
 			&cli.DurationFlag{Name: "timeout", Value: 20 * time.Minute, Usage: "give up after this long"},
@@ -100,6 +101,7 @@ func demo(c *cli.Context) error {
 		m.Averaging.Overlap = true
 	}
 	m.Averaging.Compression = c.String("compression")
+	m.Averaging.DelayedUpdates = c.Bool("delayed-updates")
 	if c.IsSet("delta-keep") {
 		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, c.Float64("delta-keep"), c.Int("delta-bits")
 		m.Averaging.OuterLR, m.Averaging.OuterMomentum = 1, 0

@@ -66,6 +66,7 @@ the run's peers and check every chunk against it.`,
 					&cli.IntFlag{Name: "group-size", Usage: "averaging group size"},
 					&cli.IntFlag{Name: "local-steps", Usage: "local mode: inner steps between averaging rounds"},
 					&cli.BoolFlag{Name: "overlap", Usage: "local mode: keep training while a round's deltas are averaged (default on; --overlap=false waits)"},
+					&cli.BoolFlag{Name: "delayed-updates", Usage: "sync mode: average an epoch's gradient while the next epoch computes, and apply its step when it lands (one-step-delayed updates)"},
 					&cli.StringFlag{Name: "compression", Usage: "averaging compression: none, bf16, fp16 or int8 (sync gradients under Adam: none or bf16)"},
 					&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress outer rounds' deltas (delta_codec topk) to this fraction of their values, largest first, with error feedback (e.g. 0.02); sets outer lr 1 and momentum 0"},
 					&cli.IntFlag{Name: "delta-bits", Usage: "with --delta-keep: bits a kept value, 2, 4 or 8 (default 4)"},
@@ -207,6 +208,9 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setInt(c, "local-steps", &a.LocalSteps)
 	if c.IsSet("overlap") {
 		a.Overlap = c.Bool("overlap")
+	}
+	if c.IsSet("delayed-updates") {
+		a.DelayedUpdates = c.Bool("delayed-updates")
 	}
 	setString(c, "compression", &a.Compression)
 	if c.IsSet("delta-keep") {
@@ -443,6 +447,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 		if a.Overlap {
 			info.Averaging += ", averaging overlapped with training"
 		}
+	}
+	if a.DelayedUpdates {
+		info.Averaging += ", delayed updates (averaging overlapped with the next epoch)"
 	}
 	for i, s := range m.Shards {
 		n, err := m.NumParams(i)

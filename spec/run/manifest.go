@@ -281,6 +281,12 @@ type AveragingSpec struct {
 	// Without it, drawing stops at the end of each round until the outer
 	// step is taken.
 	Overlap bool `json:"overlap,omitempty"`
+	// DelayedUpdates (sync mode): an epoch's gradient round runs while the
+	// next epoch's micro-batches compute on the parameters before its step,
+	// which is applied when the round lands (one-step-delayed updates;
+	// swarm/epochs, delayed.go). Communication hides behind compute at the
+	// price of gradients one step stale.
+	DelayedUpdates bool `json:"delayed_updates,omitempty"`
 	// DeltaCodec (local mode) compresses the deltas of outer rounds:
 	// "topk" sends, of each delta plus what earlier rounds left unsent
 	// (error feedback), the fraction DeltaKeep of values largest in
@@ -691,6 +697,9 @@ func (a AveragingSpec) validate() error {
 	}
 	if a.Overlap && a.Mode != ModeLocal {
 		return fieldErr("averaging.overlap", "only for local mode (mode is %q)", a.Mode)
+	}
+	if a.DelayedUpdates && a.Mode != ModeSync {
+		return fieldErr("averaging.delayed_updates", "only for sync mode (mode is %q; local mode overlaps with averaging.overlap)", a.Mode)
 	}
 	if a.GroupSize < 2 {
 		return fieldErr("averaging.group_size", "must be at least 2, got %d", a.GroupSize)

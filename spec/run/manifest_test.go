@@ -79,6 +79,9 @@ func TestValidateNamesField(t *testing.T) {
 		{"NaN sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = math.NaN() }, "training.sync_loss_margin"},
 		{"huge sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = 11 }, "training.sync_loss_margin"},
 		{"overlap in sync mode", func(m *Manifest) { m.Averaging.Overlap = true }, "averaging.overlap"},
+		{"delayed updates in local mode", func(m *Manifest) {
+			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.DelayedUpdates = ModeLocal, 10, 0.7, true
+		}, "averaging.delayed_updates"},
 		{"sha256 on mnist", func(m *Manifest) { m.Dataset.SHA256 = strings.Repeat("ab", 32) }, "dataset.sha256"},
 		{"root not a CID", func(m *Manifest) { m.Dataset.Root = "bafk-nope" }, "dataset.root"},
 		{"root of another codec", func(m *Manifest) {
