@@ -349,7 +349,7 @@ func (t *Trainer) snapshot(index int) (*statesync.Snapshot, error) {
 	defer t.stepMu.Unlock()
 	t.mu.Lock()
 	ok := t.shard == sh
-	epoch = t.epoch
+	epoch = t.servedEpochLocked()
 	t.mu.Unlock()
 	if !ok {
 		return nil, fmt.Errorf("this node does not hold shard %d", index)
@@ -388,7 +388,18 @@ func (t *Trainer) recordLimits() progress.Limits {
 func (t *Trainer) stateEpoch(index int) (uint64, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.epoch, t.shard != nil && t.index == index
+	return t.servedEpochLocked(), t.shard != nil && t.index == index
+}
+
+// servedEpochLocked is the epoch a snapshot of the shard is labelled with
+// (t.mu held): the open epoch, or with delayed updates the epoch the
+// parameters belong to, one behind the open epoch while a round is in
+// flight (swarm/epochs, delayed.go).
+func (t *Trainer) servedEpochLocked() uint64 {
+	if t.epochsCfg.Lag() > 0 {
+		return t.heldEpoch
+	}
+	return t.epoch
 }
 
 // averagingPeers are the candidates for an averaging key: the holders of

@@ -74,23 +74,48 @@ type epochEnd struct {
 	clip           time.Duration
 }
 
+// flight is a gradient round detached from its epoch (delayed updates,
+// swarm/epochs delayed.go): it averages end in the background; ev is its
+// outcome once done is closed.
+type flight struct {
+	end  epochEnd
+	done chan struct{}
+	ev   epochs.Event
+}
+
+// loopState is what the epoch loop carries between the core's actions: the
+// end of the epoch being ended, the round in flight, and the end of the
+// round that landed last (its delayed step and state round).
+type loopState struct {
+	end    epochEnd
+	flight *flight
+	landed *epochEnd
+}
+
 // epochLoop carries out the decision core's actions (swarm/epochs): it
 // hands the core the live records, this node's counters and the outcome of
 // the last action, and does what it answers. Between epochs it waits for a
-// finished micro-batch, a changed record or 50 ms.
+// finished micro-batch, a changed record, the round in flight landing or
+// 50 ms.
 func (t *Trainer) epochLoop(ctx context.Context) {
 	tick := t.clk.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	var ev epochs.Event
-	var end epochEnd
+	var ls loopState
 	for {
 		if ev.Kind == epochs.Wait {
+			var landed <-chan struct{}
+			if ls.flight != nil {
+				landed = ls.flight.done
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-t.kick:
 			case <-t.tracker.Changed():
 			case <-tick.C():
+			case <-landed:
+				ev = ls.land()
 			}
 		}
 		t.mu.Lock()
@@ -99,12 +124,26 @@ func (t *Trainer) epochLoop(ctx context.Context) {
 		verdicts := t.core.Verdicts(in)
 		t.mu.Unlock()
 		t.ban(verdicts)
-		ev = t.carryOut(ctx, act, &end)
+		ev = t.carryOut(ctx, act, &ls)
 	}
 }
 
+// land takes the outcome of the round in flight (done).
+func (ls *loopState) land() epochs.Event {
+	f := ls.flight
+	ls.flight, ls.landed = nil, &f.end
+	return f.ev
+}
+
 // carryOut does what the core asked and returns the outcome for it.
-func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
+func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, ls *loopState) epochs.Event {
+	e := &ls.end
+	if act.Delayed {
+		if ls.landed == nil {
+			return epochs.Event{Kind: act.Kind, Err: errors.New("no landed round")}
+		}
+		e = ls.landed
+	}
 	switch act.Kind {
 	case epochs.Close:
 		return t.closeFor(e)
@@ -112,8 +151,25 @@ func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, e *epochEnd) 
 		epoch, err := t.catchUpFrom(ctx, e.sh, e.index, decodePeers(act.Donors))
 		return epochs.Event{Kind: epochs.CatchUp, OK: err == nil, Epoch: epoch}
 	case epochs.Average:
+		if act.Detach {
+			t.detach(ctx, act, ls)
+			return epochs.Event{Kind: epochs.Average, Detached: true}
+		}
 		return t.averageGrad(ctx, act, e)
+	case epochs.Land:
+		if ls.flight == nil {
+			return epochs.Event{Kind: epochs.Land}
+		}
+		select {
+		case <-ls.flight.done:
+		case <-ctx.Done():
+			return epochs.Event{Kind: epochs.Land}
+		}
+		return ls.land()
 	case epochs.Step:
+		if act.Delayed {
+			return t.stepDelayed(ctx, e)
+		}
 		return t.step(ctx, e)
 	case epochs.AverageState:
 		return t.averageState(ctx, act, e)
@@ -200,7 +256,9 @@ func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 }
 
 // closeFor closes the epoch; in sync mode it also takes the accumulated
-// gradient (the mean over its micro-batches) for the round.
+// gradient (the mean over its micro-batches) for the round, and clears it
+// (with delayed updates the next epoch accumulates while the round is in
+// flight).
 func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 	began := t.clk.Now()
 	sh, index, epoch := t.closeEpoch()
@@ -222,8 +280,27 @@ func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 		}
 	}
 	e.local = append([]float32(nil), grads...)
+	sh.ZeroGrad()
 	t.stepMu.Unlock()
 	return ev
+}
+
+// detach starts the gradient round of the epoch being ended in the
+// background (delayed updates); the epoch loop hands its outcome to the
+// core when it lands.
+func (t *Trainer) detach(ctx context.Context, act epochs.Action, ls *loopState) {
+	// The flight owns the gradient from now on; ls.end keeps the shard
+	// for the Reopen that follows.
+	f := &flight{end: ls.end, done: make(chan struct{})}
+	ls.end.local = nil
+	ls.flight = f
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		defer close(f.done)
+		f.ev = t.averageGrad(ctx, act, &f.end)
+		f.ev.Kind = epochs.Land
+	}()
 }
 
 // averageGrad averages the gradient with the shard's other holders,
@@ -296,6 +373,60 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 	return epochs.Event{Kind: epochs.Step, Err: err}
 }
 
+// stepDelayed takes the step of a round that landed while the next epoch
+// computes (delayed updates): the next epoch's gradient accumulated so far
+// is kept aside for the step and put back after it. The clipping waits
+// (clipScale) without the engine lock, so micro-batches go on meanwhile.
+func (t *Trainer) stepDelayed(ctx context.Context, e *epochEnd) epochs.Event {
+	sh := e.sh
+	var normSq float64
+	for _, v := range e.local {
+		normSq += float64(v) * float64(v)
+	}
+	clipStart := t.clk.Now()
+	scale := t.clipScale(ctx, e.index, e.epoch, normSq)
+	e.clip = t.clk.Since(clipStart)
+	t.stepMu.Lock()
+	t.mu.Lock()
+	held := t.shard == sh && sh != nil
+	t.mu.Unlock()
+	if !held {
+		t.stepMu.Unlock()
+		return epochs.Event{Kind: epochs.Step, Err: errors.New("the shard was left while its round was in flight")}
+	}
+	g := sh.Grads()
+	t.accum = append(t.accum[:0], g...)
+	copy(g, e.local)
+	t.meters.beginCompute()
+	err := sh.Step(t.m.Optimizer.LRAt(int(e.epoch)), scale)
+	t.meters.endCompute()
+	copy(g, t.accum)
+	if err == nil {
+		t.setHeldEpoch(sh, e.epoch+1)
+	}
+	t.stepMu.Unlock()
+	t.meters.averaged(e.info)
+	t.mu.Lock()
+	if t.shard == sh {
+		t.trained = t.trained || err == nil
+		if err == nil && !t.closing { // landed while the next epoch computed
+			t.delayedSteps++
+		}
+	}
+	t.mu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("optimizer step: %w", err)
+		if ctx.Err() == nil {
+			t.log.Error("delayed step failed", "err", err)
+		}
+		return epochs.Event{Kind: epochs.Step, Err: err}
+	}
+	e.stepped = true
+	t.log.Debug("delayed step", "epoch", e.epoch, "samples", e.samples, "group", e.info.GroupSize, "avg_s", e.info.Seconds,
+		"clip_s", e.clip.Seconds(), "landed_after_s", t.clk.Since(e.began).Seconds())
+	return epochs.Event{Kind: epochs.Step}
+}
+
 // clipScale is the factor for this shard's averaged gradient (squared norm
 // own) that makes the whole model's gradient, all shards together, at most
 // the manifest's clip norm: the clipping of a single-node step. Holders
@@ -303,7 +434,7 @@ func (t *Trainer) step(ctx context.Context, e *epochEnd) epochs.Event {
 // each other shard counts the robust value epochs.GlobalNormSq takes (the
 // lower median of its holders', a lone one capped); this waits,
 // at most the averaging timeout, for each other shard that has an online
-// holder still in this epoch. A shard not heard from in time is left out of
+// holder still in this epoch (delayed updates: up to an epoch past it, whose round of this epoch may not have landed). A shard not heard from in time is left out of
 // the sum (the scale is then that of the shards heard from).
 func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own float64) float32 {
 	clip := t.m.Optimizer.ClipNorm
@@ -318,6 +449,9 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 	t.mu.Unlock()
 	t.gossip.Poke()
 	deadline := t.clk.Now().Add(time.Duration(t.m.Averaging.TimeoutMS) * time.Millisecond)
+	// With delayed updates a holder one epoch past this one may still
+	// have this epoch's round in flight: its norm is on its way.
+	lag := t.epochsCfg.Lag()
 	var total float64
 	for {
 		changed := t.tracker.Changed()
@@ -333,7 +467,7 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 			}
 		}
 		for _, r := range recs {
-			if r.Shard >= 0 && r.Shard != index && r.Shard < len(t.m.Shards) && r.State == progress.StateOnline && r.Epoch <= epoch {
+			if r.Shard >= 0 && r.Shard != index && r.Shard < len(t.m.Shards) && r.State == progress.StateOnline && r.Epoch <= epoch+lag {
 				if _, ok := known[r.Shard]; !ok {
 					waiting = true
 				}

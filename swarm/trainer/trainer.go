@@ -299,6 +299,12 @@ type Trainer struct {
 	deltaComp  *sparseq.Compressor
 	deltaCodec averaging.Codec
 	deltaStale bool
+	// accum keeps the open epoch's gradient aside during a delayed step
+	// (stepMu).
+	accum []float32
+	// delayedSteps counts the steps of rounds that landed while the next
+	// epoch was open (t.mu).
+	delayedSteps int
 
 	kick      chan struct{}
 	wg        sync.WaitGroup
@@ -331,7 +337,8 @@ func New(cfg Config) (*Trainer, error) {
 	}
 	t.stage.gradFlip = t.faults[FaultGradFlip]
 	t.epochsCfg = epochs.Config{Self: t.h.ID().String(), Epochs: uint64(t.totalEpochs()), TargetBatch: m.Training.TargetBatch,
-		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps}
+		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps,
+		Delayed: m.Averaging.DelayedUpdates}
 	t.core = epochs.New(t.epochsCfg)
 	for i := range m.Shards {
 		f, err := m.FLOPsPerSample(i)

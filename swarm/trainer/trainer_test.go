@@ -670,3 +670,60 @@ func TestTextRunReportsPerplexity(t *testing.T) {
 	}
 	t.Logf("validation loss %.4f, perplexity %.2f after %d epochs", *st.ValLoss, *st.ValPerplexity, st.Epoch)
 }
+
+// TestDelayedUpdates: with averaging.delayed_updates four nodes on two
+// shards train to a useful accuracy, most steps land while the next epoch
+// computes (the rounds overlap compute), and the holders of each shard end
+// with identical parameters (the last epoch is not delayed).
+func TestDelayedUpdates(t *testing.T) {
+	const steps = 40 // a few seconds: the accuracy cost is measured in BENCHMARKS.md
+	m := smallMNIST(2, 64, steps)
+	m.Averaging.DelayedUpdates = true
+	s := &swarmT{t: t, m: m}
+	for i := range 4 {
+		s.add(i%2, nil)
+	}
+	testutil.Eventually(t, 3*time.Minute, testutil.Says("every node to finish the run"), func() bool {
+		for _, tr := range s.tr {
+			if tr.Status().Epoch < uint64(steps) {
+				return false
+			}
+		}
+		return true
+	})
+	var acc float64
+	testutil.Eventually(t, time.Minute, testutil.Says("a first-shard node to report accuracy"), func() bool {
+		for _, tr := range s.tr {
+			if st := tr.Status(); st.Accuracy >= 0 {
+				acc = st.Accuracy
+				return true
+			}
+		}
+		return false
+	})
+	if acc < 0.8 {
+		t.Errorf("accuracy %.4f, want >= 0.8", acc)
+	}
+	byShard := map[int][]*Trainer{}
+	for i, tr := range s.tr {
+		byShard[tr.index] = append(byShard[tr.index], tr)
+		tr.mu.Lock()
+		n := tr.delayedSteps
+		tr.mu.Unlock()
+		t.Logf("node %d (shard %d): %d of %d steps landed while the next epoch computed", i, tr.index, n, steps)
+		if n < steps/4 {
+			t.Errorf("node %d: %d of %d steps landed during the next epoch, want at least a quarter", i, n, steps)
+		}
+	}
+	for idx, trs := range byShard {
+		a, b := trs[0].shard.Params(), trs[1].shard.Params()
+		var diff float64
+		for i := range a {
+			diff = max(diff, float64(abs32(a[i]-b[i])))
+		}
+		if diff > 1e-4 {
+			t.Errorf("shard %d: holders' parameters differ by up to %g", idx, diff)
+		}
+	}
+	t.Logf("accuracy %.4f", acc)
+}
