@@ -27,7 +27,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -127,14 +127,16 @@ stop_links() {
 # micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
 # adaptive; +bf16: activations between shards in bf16; +wait: local mode
 # without overlapping averaging and training; +topk: local mode's deltas
-# compressed to $delta_keep of their values at $delta_bits bits), train for
+# compressed to $delta_keep of their values at $delta_bits bits; +delayed:
+# sync mode with delayed updates, averaging.delayed_updates), train for
 # $seconds, print one table row.
 run_mode() {
   local link=$1 spec=${2%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//\//-}-${2//[:+]/-}"
   [[ $2 == *+bf16* ]] && bf16=1
   [[ $2 == *+wait* ]] && wait=1
-  local topk=""
+  local topk="" delayed=""
   [[ $2 == *+topk* ]] && topk=1
+  [[ $2 == *+delayed* ]] && delayed=1
   mode=${spec%%:*}
   [[ $spec == *:* ]] && flight=${spec#*:}
   run_dir=$dir
@@ -144,6 +146,7 @@ run_mode() {
   [ -n "$bf16" ] && args+=(--activations bf16)
   [ -n "$wait" ] && args+=(--overlap=false)
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
+  [ -n "$delayed" ] && args+=(--delayed-updates)
   "$bin" "${args[@]}" >/dev/null
   ip netns exec "${tag}n0" "$bin" bootstrap --home "$dir/boot" --listen /ip4/10.77.0.2/tcp/4001 \
     --announce /ip4/10.77.0.1/tcp/4001 >"$dir/boot.out" 2>"$dir/boot.log" &
@@ -171,6 +174,7 @@ run_mode() {
   [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
   [ -n "$bf16" ] && label+=", bf16 activations"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
+  [ -n "$delayed" ] && label+=", delayed updates"
   IFS=/ read -r up down rtt <<<"$link"
   row=$(jq -rs --arg mode "$label" --arg link "$up up, $down down, $rtt RTT" '
     (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |

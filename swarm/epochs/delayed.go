@@ -17,9 +17,11 @@ package epochs
 //     goes on with its own end.
 //   - A round that fails or lands alone: the step takes the node's own
 //     gradient, as without delay, and the node counts itself drifted (a
-//     state round follows the step). A landed round is never a reason to
-//     catch up in the middle of an epoch: the next epoch's end decides
-//     that, as always.
+//     state round follows the step); unless a holder of the shard is past
+//     the round (Lag epochs past it): the round went on without this node,
+//     whose state is stale. It then takes no step and catches up at its
+//     epoch's end (which comes at once: the swarm is ahead), not in the
+//     middle of an epoch.
 //   - A peer that leaves mid-overlap is absent from the round; a node no
 //     longer on the round's shard (it moved, or lost it) drops the landed
 //     round without a step.
@@ -96,6 +98,10 @@ func (m *Machine) landed(in Input, ev Event, f *inFlight, then next) Action {
 		m.group = ev.Group
 		m.noteRound(in, ev.Members)
 	}
+	if m.group <= 1 && len(m.holdersAhead(in, f.shard, f.epoch+m.cfg.Lag())) > 0 {
+		m.behind, m.then = true, then
+		return m.afterStepping(in, 0)
+	}
 	m.phase, m.stepEpoch, m.then = stepping, f.epoch, then
 	return Action{Kind: Step, Shard: f.shard, Epoch: f.epoch, Delayed: true}
 }
@@ -124,7 +130,13 @@ func (m *Machine) closed(in Input) Action {
 	if m.lost {
 		return m.reopen(m.epoch)
 	}
-	if d := m.holdersAhead(in, m.shard, m.epoch+m.cfg.Lag()); len(d) > 0 {
+	past := m.epoch + m.cfg.Lag()
+	if m.behind {
+		// The last round went on without this node: any holder ahead
+		// has the state it missed.
+		past, m.behind = m.epoch, false
+	}
+	if d := m.holdersAhead(in, m.shard, past); len(d) > 0 {
 		m.phase = catchBefore
 		return Action{Kind: CatchUp, Shard: m.shard, Epoch: m.epoch, Donors: d}
 	}

@@ -245,3 +245,29 @@ func TestSimDelayedJoinAndLeave(t *testing.T) {
 		}
 	}
 }
+
+// A round in flight that fails while a holder of the shard is past it (it
+// went on without this node) takes no step: the node catches up from that
+// holder at its epoch's end.
+func TestDelayedFailedRoundBehindCatchesUp(t *testing.T) {
+	cfg := delayedCfg(10)
+	cfg.Self = "a"
+	m := New(cfg)
+	in := Input{Now: time.Unix(1_000_000, 0), Records: []progress.Record{{Peer: "b", Shard: 1, State: progress.StateOnline, Epoch: 3, Closing: true},
+		{Peer: "s0", Shard: 0, State: progress.StateOnline, Epoch: 4}}, Node: Node{Shard: 1, Held: true, Online: true, Epoch: 3}}
+	m.Step(in, Event{})
+	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3})
+	m.Step(in, Event{Kind: Average, Detached: true})
+	in.Node.Epoch = 4
+	in.Records[0].Epoch, in.Records[0].Closing, in.Records[1].Epoch = 5, false, 5
+	if a := m.Step(in, Event{Kind: Land}); a.Kind != Wait {
+		t.Fatalf("a failed round with a holder past it: %v, want no step (wait)", a.Kind)
+	}
+	if a := m.Step(in, Event{}); a.Kind != Close || a.Epoch != 4 {
+		t.Fatalf("got %v of %d, want close 4 (the swarm is ahead)", a.Kind, a.Epoch)
+	}
+	a := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 4})
+	if a.Kind != CatchUp || len(a.Donors) != 1 || a.Donors[0] != "b" {
+		t.Fatalf("got %+v, want a catch-up from b", a)
+	}
+}

@@ -250,6 +250,7 @@ type Machine struct {
 	stepEpoch uint64
 	then      next
 	lost      bool // the epoch being ended closed without a shard
+	behind    bool // a landed round went on without this node: catch up at the epoch's end
 }
 
 // New returns a core for the run cfg.
