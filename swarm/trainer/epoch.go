@@ -409,7 +409,7 @@ func (t *Trainer) stepDelayed(ctx context.Context, e *epochEnd) epochs.Event {
 	t.mu.Lock()
 	if t.shard == sh {
 		t.trained = t.trained || err == nil
-		if err == nil && !t.closing { // landed while the next epoch computed
+		if err == nil {
 			t.delayedSteps++
 		}
 	}

@@ -302,8 +302,8 @@ type Trainer struct {
 	// accum keeps the open epoch's gradient aside during a delayed step
 	// (stepMu).
 	accum []float32
-	// delayedSteps counts the steps of rounds that landed while the next
-	// epoch was open (t.mu).
+	// delayedSteps counts the steps of rounds that averaged while the
+	// next epoch computed (t.mu).
 	delayedSteps int
 
 	kick      chan struct{}

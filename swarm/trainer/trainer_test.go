@@ -672,11 +672,11 @@ func TestTextRunReportsPerplexity(t *testing.T) {
 }
 
 // TestDelayedUpdates: with averaging.delayed_updates four nodes on two
-// shards train to a useful accuracy, most steps land while the next epoch
-// computes (the rounds overlap compute), and the holders of each shard end
-// with identical parameters (the last epoch is not delayed).
+// shards train to a useful accuracy, most steps are delayed (their rounds
+// averaged while the next epoch computed), and the holders of each shard
+// end with identical parameters (the last epoch is not delayed).
 func TestDelayedUpdates(t *testing.T) {
-	const steps = 40 // a few seconds: the accuracy cost is measured in BENCHMARKS.md
+	const steps = 60 // seconds: the accuracy cost is measured in BENCHMARKS.md
 	m := smallMNIST(2, 64, steps)
 	m.Averaging.DelayedUpdates = true
 	s := &swarmT{t: t, m: m}
@@ -710,9 +710,11 @@ func TestDelayedUpdates(t *testing.T) {
 		tr.mu.Lock()
 		n := tr.delayedSteps
 		tr.mu.Unlock()
-		t.Logf("node %d (shard %d): %d of %d steps landed while the next epoch computed", i, tr.index, n, steps)
-		if n < steps/4 {
-			t.Errorf("node %d: %d of %d steps landed during the next epoch, want at least a quarter", i, n, steps)
+		t.Logf("node %d (shard %d): %d of %d steps delayed", i, tr.index, n, steps)
+		// Every epoch but the last detaches its round; a node that fell
+		// behind catches up instead of stepping now and then.
+		if n < steps/2 {
+			t.Errorf("node %d: %d of %d steps delayed, want at least half", i, n, steps)
 		}
 	}
 	for idx, trs := range byShard {
