@@ -123,6 +123,7 @@ func TestRunInitAndShowErrors(t *testing.T) {
 		{[]string{"run", "init", "--model", "mlp-mnist", "--averaging", "local", "--delta-keep", "0.03", "--delta-bits", "3"}, "averaging.delta_bits"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--delta-keep", "0.03"}, "averaging.delta_codec"},
 		{[]string{"run", "init", "--model", "mlp-mnist", "--averaging", "local", "--delta-bits", "2"}, "--delta-bits"},
+		{[]string{"run", "init", "--model", "mlp-mnist", "--averaging", "local", "--delayed-updates"}, "averaging.delayed_updates"},
 		{[]string{"run", "init", "--model", "gpt-char", "--corpus", filepath.Join(dir, "none.txt")}, "none.txt"},
 		{[]string{"run", "show", filepath.Join(dir, "missing.json")}, "missing.json"},
 	} {
