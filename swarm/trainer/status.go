@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"slices"
 	"sort"
 
 	"github.com/swarm-train/swarm/swarm/credit"
@@ -193,6 +194,7 @@ func (t *Trainer) record() progress.Record {
 		Throughput: t.meters.throughput(), Epoch: t.epoch, Samples: t.samples, Loss: t.meters.loss(),
 		Round: last.Round, GroupSize: last.GroupSize, Fraction: last.Fraction, Accuracy: t.accuracy,
 		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
+		Banned: slices.Clone(t.banned),
 	}
 	if t.credit != nil {
 		r.Credit = t.credit.Credited().Samples
