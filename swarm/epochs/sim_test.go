@@ -2,6 +2,7 @@ package epochs
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -85,6 +86,7 @@ type simAct struct {
 	samples int      // Close: the node's samples in the epoch
 	ok      bool     // CatchUp, Average, AverageState: the outcome
 	took    time.Duration
+	members []string // Average, AverageState: the round's members, when ok
 }
 
 type simVerdict struct {
@@ -158,6 +160,10 @@ func (s *sim) records() []progress.Record {
 		if n.shard == 0 {
 			r.Throughput = float64(n.rate()) / simTick.Seconds()
 		}
+		for p := range n.banned {
+			r.Banned = append(r.Banned, p)
+		}
+		slices.Sort(r.Banned)
 		if n.lie != nil {
 			n.lie(s, &r)
 		}
@@ -358,7 +364,7 @@ func (s *sim) nextStageAt(epoch uint64) bool {
 func (s *sim) join(n *simNode, act Action) {
 	var r *simRound
 	for _, c := range s.rounds {
-		if c.shard == act.Shard && c.key == act.Key && c.epoch == act.Epoch && c.formed.IsZero() {
+		if c.shard == act.Shard && c.key == act.Key && c.epoch == act.Epoch && c.formed.IsZero() && !s.refuses(n, c) {
 			r = c
 		}
 	}
@@ -371,6 +377,17 @@ func (s *sim) join(n *simNode, act Action) {
 	if len(r.members) >= r.group {
 		r.formed = s.now
 	}
+}
+
+// refuses reports whether n and a member of r banned one another: banned
+// peers' streams are refused, so they never average together.
+func (s *sim) refuses(n *simNode, r *simRound) bool {
+	for _, m := range r.members {
+		if n.banned[m.id] || m.banned[n.id] {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *sim) leave(n *simNode, r *simRound) {
@@ -396,7 +413,7 @@ func (s *sim) finish(n *simNode, ev Event) {
 		return
 	}
 	last := &n.acts[len(n.acts)-1]
-	last.ok, last.took = ev.OK, s.now.Sub(n.entered)
+	last.ok, last.took, last.members = ev.OK, s.now.Sub(n.entered), ev.Members
 	n.waiting, n.ev = nil, ev
 }
 

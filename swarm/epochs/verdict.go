@@ -36,6 +36,14 @@ import (
 //     node's epoch and of its sender's own record) or in averaging (a part
 //     rejected as an outlier by the reducer), in RepeatOffenses distinct
 //     epochs.
+//   - RuleBannedByPeers: a peer that BanQuorum holders (online or done, on
+//     a shard) name in their records as banned for a lie. A lie one node
+//     saw (a donor's chunk that failed its hash, a state that did worse on
+//     its held-out data) is evidence only that node holds; the holders
+//     that did not see it kept averaging with the liar while those that
+//     did refused it, and the shard's holders split into groups that
+//     averaged apart and ended the run on different models. One liar
+//     cannot have an honest peer banned by naming it: it takes two.
 //
 // Each verdict is given once per peer, with the rule and the evidence.
 
@@ -48,7 +56,12 @@ const (
 	RulePipelineNorm  = "pipeline-norm"
 	RulePipelineEpoch = "pipeline-epoch"
 	RuleAveraging     = "averaging-outlier"
+	RuleBannedByPeers = "banned-by-peers"
 )
+
+// BanQuorum is how many holders must name a peer as banned before a node
+// that saw no lie of its own bans it (RuleBannedByPeers).
+const BanQuorum = 2
 
 // Thresholds of the rules.
 const (
@@ -215,6 +228,7 @@ func (m *Machine) Verdicts(in Input) []Verdict {
 	if !m.cfg.Local {
 		out = append(out, m.recordVerdicts(in)...)
 	}
+	out = append(out, m.sharedVerdicts(in)...)
 	m.judge.prune(in.Records, in.Now)
 	return out
 }
@@ -253,6 +267,41 @@ func (m *Machine) recordVerdicts(in Input) []Verdict {
 				break
 			}
 		}
+	}
+	return out
+}
+
+// sharedVerdicts bans the live peers that BanQuorum holders name as
+// banned (RuleBannedByPeers). Only a holder's word counts, once per holder,
+// never about itself or this node.
+func (m *Machine) sharedVerdicts(in Input) []Verdict {
+	live := map[string]bool{}
+	for _, r := range in.Records {
+		live[r.Peer] = true
+	}
+	accusers := map[string][]string{}
+	for _, q := range in.Records {
+		if q.Peer == m.cfg.Self || !holding(q) || m.judge.judged[q.Peer] {
+			continue
+		}
+		named := map[string]bool{}
+		for _, p := range q.Banned {
+			if named[p] || p == q.Peer || p == m.cfg.Self || !live[p] || m.judge.judged[p] {
+				continue
+			}
+			named[p] = true
+			accusers[p] = append(accusers[p], q.Peer)
+		}
+	}
+	var out []Verdict
+	for _, r := range in.Records { // in the records' order: deterministic
+		qs := accusers[r.Peer]
+		if len(qs) < BanQuorum || m.judge.judged[r.Peer] {
+			continue
+		}
+		slices.Sort(qs)
+		out = append(out, m.judge.condemn(r.Peer, RuleBannedByPeers,
+			fmt.Sprintf("%d holders banned it for a lie this node did not see: %v", len(qs), qs)))
 	}
 	return out
 }

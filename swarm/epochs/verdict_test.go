@@ -1,6 +1,8 @@
 package epochs
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -293,4 +295,100 @@ func TestNormLie(t *testing.T) {
 		t.Fatalf("verdicts %+v, want x for %s", vs, RuleNorm)
 	}
 	t.Log(vs[0].Evidence)
+}
+
+// donor-chunks (make redteam): a liar on shard 0 that serves state chunks
+// failing their hash was banned by the two holders that fetched state from
+// it, while the third honest holder, which never did, kept averaging with
+// it. Banned peers' streams are refused, so the shard's holders averaged in
+// two groups from then on and ended the run on different models. The third
+// holder bans the liar as soon as two holders name it in their records,
+// and from then on the three honest holders average every gradient
+// together, without the liar.
+func TestSimBanNamedByTwoHolders(t *testing.T) {
+	s := newSim(t, syncCfg(30))
+	// The liar first: it leads the rounds the others join in this order.
+	l := s.add("l", 0, 0, progress.StateOnline)
+	h1 := s.add("h1", 0, 0, progress.StateOnline)
+	h2 := s.add("h2", 0, 0, progress.StateOnline)
+	h3 := s.add("h3", 0, 0, progress.StateOnline)
+	s.add("b0", 1, 0, progress.StateOnline)
+	s.add("b1", 1, 0, progress.StateOnline)
+	const banAt = 5
+	s.hook = func(s *sim) {
+		for _, n := range []*simNode{h2, h3} {
+			if n.epoch == banAt && !n.banned[l.id] {
+				n.banned = map[string]bool{l.id: true} // its chunks failed their hash
+			}
+		}
+	}
+	s.runUntil(2*time.Minute, "the run's end", s.allAt(30))
+	got := s.verdictsAgainst(t, "", l.id)
+	if vs := got[h1.id]; len(vs) != 1 || vs[0].Rule != RuleBannedByPeers || !strings.Contains(vs[0].Evidence, "[h2 h3]") {
+		t.Errorf("h1's verdicts against the liar: %+v, want one for %s naming h2 and h3", vs, RuleBannedByPeers)
+	} else if vs[0].epoch > banAt+1 {
+		t.Errorf("h1 banned the liar at epoch %d, the others at %d", vs[0].epoch, banAt)
+	}
+	// From soon after the ban, every round of an honest holder has the
+	// three of them and not the liar, and they end on one model.
+	for _, n := range []*simNode{h1, h2, h3} {
+		for _, a := range n.acts {
+			if (a.act.Kind != Average && a.act.Kind != AverageState) || a.act.Epoch < banAt+2 {
+				continue
+			}
+			slices.Sort(a.members)
+			if !a.ok || fmt.Sprint(a.members) != "[h1 h2 h3]" {
+				t.Errorf("%s: %s round of epoch %d: ok %v, members %v; want the three honest holders", n.id, a.act.Kind, a.act.Epoch, a.ok, a.members)
+			}
+		}
+	}
+	if h1.model != h2.model || h2.model != h3.model {
+		t.Errorf("honest holders ended on models %d, %d, %d", h1.model, h2.model, h3.model)
+	}
+}
+
+// RuleBannedByPeers needs BanQuorum holders: one peer naming an honest one
+// (a liar) bans nobody, nor do non-holders, a peer naming itself, a record
+// naming the same peer twice, or names of this node.
+func TestBannedByPeersQuorum(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	rec := func(p string, shard int, state string, banned ...string) progress.Record {
+		return progress.Record{Peer: p, Shard: shard, State: state, Epoch: 3, Banned: banned}
+	}
+	for _, c := range []struct {
+		name string
+		recs []progress.Record
+		want string // the peer banned, "" none
+	}{
+		{"one accuser", []progress.Record{rec("l", 0, progress.StateOnline, "h"), rec("h", 0, progress.StateOnline)}, ""},
+		{"one accuser naming twice", []progress.Record{rec("l", 0, progress.StateOnline, "h", "h"), rec("h", 0, progress.StateOnline)}, ""},
+		{"accusers not holding", []progress.Record{
+			rec("j1", -1, progress.StateJoining, "h"), rec("j2", 0, progress.StateJoining, "h"), rec("h", 0, progress.StateOnline)}, ""},
+		{"one holder and a joiner", []progress.Record{
+			rec("a", 0, progress.StateOnline, "h"), rec("j2", 0, progress.StateJoining, "h"), rec("h", 0, progress.StateOnline)}, ""},
+		{"naming itself", []progress.Record{rec("a", 0, progress.StateOnline, "a"), rec("b", 1, progress.StateOnline, "a")}, ""},
+		{"naming this node", []progress.Record{rec("a", 0, progress.StateOnline, "self"), rec("b", 1, progress.StateOnline, "self")}, ""},
+		{"a peer without a live record", []progress.Record{rec("a", 0, progress.StateOnline, "gone"), rec("b", 1, progress.StateOnline, "gone")}, ""},
+		{"two holders, one done", []progress.Record{
+			rec("a", 0, progress.StateOnline, "l"), rec("b", 1, progress.StateDone, "l"), rec("l", 0, progress.StateOnline)}, "l"},
+	} {
+		m := New(Config{Self: "self", Epochs: 10, TargetBatch: 64, BatchSize: 8, GroupSize: 4})
+		in := Input{Now: now, Records: c.recs, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 3}}
+		var got []string
+		for range 2 { // given once
+			for _, v := range m.Verdicts(in) {
+				if v.Rule != RuleBannedByPeers {
+					t.Errorf("%s: verdict for %s", c.name, v.Rule)
+				}
+				got = append(got, v.Peer)
+			}
+		}
+		want := []string{}
+		if c.want != "" {
+			want = []string{c.want}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("%s: banned %v, want %v", c.name, got, want)
+		}
+	}
 }

@@ -71,7 +71,15 @@ type Record struct {
 	// Credit is the samples its receipts back (swarm/credit): a claim any
 	// run peer may check against the receipts it shows.
 	Credit int64 `json:"credit,omitempty"`
+	// Banned are the peers this node banned in the run for a lie it saw
+	// (the latest MaxBanned): a node that did not see the lie bans a peer
+	// that two holders name (epochs.RuleBannedByPeers), so that the honest
+	// holders of a shard never split over a liar only some of them caught.
+	Banned []string `json:"banned,omitempty"`
 }
+
+// MaxBanned bounds Record.Banned.
+const MaxBanned = 8
 
 // EpochNorm is the squared norm of a shard's averaged gradient in one epoch.
 type EpochNorm struct {
@@ -122,6 +130,14 @@ func (r *Record) Validate() error {
 	for _, n := range r.Norms {
 		if math.IsNaN(n.NormSq) || math.IsInf(n.NormSq, 0) || n.NormSq < 0 {
 			return fmt.Errorf("record: gradient norm of epoch %d: %v is not a finite non-negative number", n.Epoch, n.NormSq)
+		}
+	}
+	if len(r.Banned) > MaxBanned {
+		return fmt.Errorf("record: %d banned peers, at most %d", len(r.Banned), MaxBanned)
+	}
+	for _, p := range r.Banned {
+		if p == "" || len(p) > 128 {
+			return fmt.Errorf("record: banned peer %.16q empty or over 128 bytes", p)
 		}
 	}
 	if len(r.Device) > 128 || len(r.RunID) > 128 || len(r.Peer) > 128 {

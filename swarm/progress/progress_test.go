@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,6 +76,9 @@ func TestDecodeRejects(t *testing.T) {
 		`{"peer":"x","state":"online","in_flight":-64}`,
 		`{"peer":"x","state":"online","norms":[{"epoch":1,"norm_sq":-1}]}`,
 		`{"peer":"x","state":"online","norms":[{},{},{},{},{}]}`,
+		`{"peer":"x","state":"online","banned":["a","b","c","d","e","f","g","h","i"]}`,
+		`{"peer":"x","state":"online","banned":[""]}`,
+		`{"peer":"x","state":"online","banned":["` + strings.Repeat("p", 129) + `"]}`,
 	}
 	for _, b := range bad {
 		if _, err := Decode([]byte(b)); err == nil {
@@ -109,7 +113,7 @@ func FuzzReadRecord(f *testing.F) {
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 	f.Add(append(hdr[:], b...))
 	f.Add([]byte{0, 0, 0, 2, '{', '}'})
-	r.InFlight, r.Norms = 64, []EpochNorm{{6, 2.5}, {7, 0.25}}
+	r.InFlight, r.Norms, r.Banned = 64, []EpochNorm{{6, 2.5}, {7, 0.25}}, []string{"12D3KooWliar"}
 	b, _ = r.Encode()
 	binary.BigEndian.PutUint32(hdr[:], uint32(len(b)))
 	f.Add(append(hdr[:], b...))

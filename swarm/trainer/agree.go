@@ -11,6 +11,7 @@ import (
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/swarm/epochs"
+	"github.com/swarm-train/swarm/swarm/progress"
 	"github.com/swarm-train/swarm/swarm/statesync"
 )
 
@@ -55,14 +56,28 @@ func (t *Trainer) badDonor(p peer.ID, err error) {
 // distrust bans p for the run: never a donor again.
 func (t *Trainer) distrust(p peer.ID, reason string, err error) {
 	t.mu.Lock()
+	t.distrustLocked(p)
+	t.mu.Unlock()
+	t.cfg.Refusals.BanFor(p, reason, err)
+}
+
+// distrustLocked notes p as banned for the run (t.mu held) and reports
+// whether it was not already.
+func (t *Trainer) distrustLocked(p peer.ID) bool {
+	if t.distrusted[p] {
+		return false
+	}
 	if t.distrusted == nil {
 		t.distrusted = map[peer.ID]bool{}
 	}
 	if len(t.distrusted) < maxDistrusted {
 		t.distrusted[p] = true
 	}
-	t.mu.Unlock()
-	t.cfg.Refusals.BanFor(p, reason, err)
+	t.banned = append(t.banned, p.String())
+	if len(t.banned) > progress.MaxBanned {
+		t.banned = t.banned[len(t.banned)-progress.MaxBanned:]
+	}
+	return true
 }
 
 // trustedDonors drops the donors banned in this run.
@@ -263,16 +278,10 @@ func (t *Trainer) ban(verdicts []epochs.Verdict) {
 			continue
 		}
 		t.mu.Lock()
-		if t.distrusted == nil {
-			t.distrusted = map[peer.ID]bool{}
-		}
-		seen := t.distrusted[p]
-		if !seen && len(t.distrusted) < maxDistrusted {
-			t.distrusted[p] = true
-		}
+		fresh := t.distrustLocked(p)
 		epoch := t.epoch
 		t.mu.Unlock()
-		if !seen {
+		if fresh {
 			t.cfg.Refusals.BanFor(p, v.Rule, fmt.Errorf("%s (this node at epoch %d)", v.Evidence, epoch))
 		}
 		t.tracker.Forget(v.Peer)
@@ -284,11 +293,6 @@ func (t *Trainer) ban(verdicts []epochs.Verdict) {
 // in the run either.
 func (t *Trainer) reducerLied(ac averaging.Accusation) {
 	t.mu.Lock()
-	if t.distrusted == nil {
-		t.distrusted = map[peer.ID]bool{}
-	}
-	if len(t.distrusted) < maxDistrusted {
-		t.distrusted[ac.Reducer] = true
-	}
+	t.distrustLocked(ac.Reducer)
 	t.mu.Unlock()
 }

@@ -375,6 +375,7 @@ func (t *Trainer) wantState(index, nParams, nOpt int) statesync.Want {
 // recordLimits are what the run allows in a peer's progress record: its
 // shards, its epochs, and samples within a margin of the target batch (per
 // outer round in local mode).
+// It reads only the manifest (callers may hold t.mu).
 func (t *Trainer) recordLimits() progress.Limits {
 	n := 2 * t.m.Training.TargetBatch
 	if !t.sync() {

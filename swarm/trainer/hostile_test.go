@@ -237,3 +237,39 @@ func TestPipelineTargetOutsideLabels(t *testing.T) {
 		t.Errorf("%d samples processed from refused requests", processed)
 	}
 }
+
+// donor (make redteam): a later shard's holder counts every micro-batch it
+// serves in its epoch, and while the first shard's holders are apart it
+// serves more than the record limit (twice the target batch) in one. Its
+// peers refused those records and banned it for repeating them; it never
+// finished the run. Its record stays within the limits whatever it served.
+func TestRecordWithinLimitsAfterAFullEpoch(t *testing.T) {
+	tr, _, sender := victim(t, 32, true)
+	s := tr.stage.shape(1)
+	lim := tr.recordLimits()
+	const n = 64
+	for served := 0; served <= lim.MaxSamples; served += n {
+		q := &pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, ID: uint64(served + 1), N: n,
+			Act: make([]float32, n*s.ActPerSample), Targets: make([]int32, n)}
+		st := open(t, sender, tr.h.ID(), q.Encode())
+		res, err := pipeline.ReadResponse(st, 1<<24)
+		st.Close()
+		if err != nil || res.Code != pipeline.CodeOK {
+			t.Fatalf("micro-batch after %d samples: answer %+v, %v", served, res, err)
+		}
+	}
+	tr.mu.Lock()
+	samples := tr.samples
+	tr.mu.Unlock()
+	if samples <= lim.MaxSamples {
+		t.Fatalf("served %d samples in the epoch, want more than the record limit %d", samples, lim.MaxSamples)
+	}
+	r := tr.record()
+	r.Peer, r.RunID, r.Seq = tr.h.ID().String(), tr.runID, 1
+	if err := r.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(lim); err != nil {
+		t.Errorf("after serving %d samples in its epoch the node sends a record its peers refuse: %v", samples, err)
+	}
+}

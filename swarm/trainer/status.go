@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"slices"
 	"sort"
 
 	"github.com/swarm-train/swarm/swarm/credit"
@@ -193,6 +194,7 @@ func (t *Trainer) record() progress.Record {
 		Throughput: t.meters.throughput(), Epoch: t.epoch, Samples: t.samples, Loss: t.meters.loss(),
 		Round: last.Round, GroupSize: last.GroupSize, Fraction: last.Fraction, Accuracy: t.accuracy,
 		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
+		Banned: slices.Clone(t.banned),
 	}
 	if t.credit != nil {
 		r.Credit = t.credit.Credited().Samples
@@ -204,6 +206,17 @@ func (t *Trainer) record() progress.Record {
 	if t.done {
 		r.State = progress.StateDone
 	}
+	// Never a record that the peers' checks refuse (progress.Record.Check):
+	// a later shard counts every micro-batch it served in its epoch, and
+	// while the first shard's holders are apart (some left behind, or some
+	// averaging without a liar they banned) it serves more than twice the
+	// target batch in one. The peers refused each such record, banned the
+	// node for the repeated refusals, and it never finished the run (the
+	// donor red-team run: a shard-1 holder at 598 samples stopped at epoch
+	// 593 of 600). Only the first shard's count decides anything, and an
+	// honest holder's is within the limit; a later shard's is shown capped.
+	lim := t.recordLimits()
+	r.Samples, r.InFlight = min(r.Samples, lim.MaxSamples), min(r.InFlight, lim.MaxSamples)
 	t.lieLocked(&r)
 	return r
 }

@@ -273,8 +273,12 @@ type Trainer struct {
 	// unheldLogged: the shard the driver last said it waits for (-1: none).
 	unheldLogged int
 	dur          durable
-	// distrusted are state-sync donors banned for the run.
+	// distrusted are the peers banned for the run for a lie (a state-sync
+	// donor, a verdict of the decision core, a reducer the averager caught);
+	// banned are the latest of them, which this node's record names
+	// (progress.Record.Banned).
 	distrusted map[peer.ID]bool
+	banned     []string
 	// soleWatch watches the run's only holder before a joiner takes its
 	// state beyond the corroborated epoch (agree.go).
 	soleWatch epochs.SoleWatch
