@@ -36,14 +36,18 @@ import (
 //     node's epoch and of its sender's own record) or in averaging (a part
 //     rejected as an outlier by the reducer), in RepeatOffenses distinct
 //     epochs.
-//   - RuleBannedByPeers: a peer that BanQuorum holders (online or done, on
-//     a shard) name in their records as banned for a lie. A lie one node
-//     saw (a donor's chunk that failed its hash, a state that did worse on
-//     its held-out data) is evidence only that node holds; the holders
-//     that did not see it kept averaging with the liar while those that
-//     did refused it, and the shard's holders split into groups that
-//     averaged apart and ended the run on different models. One liar
-//     cannot have an honest peer banned by naming it: it takes two.
+//   - RuleBannedByPeers: a peer that a majority of its shard's other
+//     holders (online or done), and at least BanQuorum of them, name in
+//     their records as banned for a lie. A lie one node saw (a donor's
+//     chunk that failed its hash, a state that did worse on its held-out
+//     data) is evidence only that node holds; the holders that did not see
+//     it kept averaging with the liar while those that did refused it, and
+//     the shard's holders split into groups that averaged apart and ended
+//     the run on different models. The minority follows the majority, so
+//     the shard averages as one group again. Only the accused's shard-mates
+//     count (they are the ones a split divides): peers of other shards, and
+//     colluders short of a majority of the shard, cannot have an honest
+//     holder banned by naming it.
 //
 // Each verdict is given once per peer, with the rule and the evidence.
 
@@ -59,8 +63,10 @@ const (
 	RuleBannedByPeers = "banned-by-peers"
 )
 
-// BanQuorum is how many holders must name a peer as banned before a node
-// that saw no lie of its own bans it (RuleBannedByPeers).
+// BanQuorum is the fewest holders of its shard that must name a peer as
+// banned before a node that saw no lie of its own bans it
+// (RuleBannedByPeers), however few holders the shard has; with more, it
+// takes a majority of them.
 const BanQuorum = 2
 
 // Thresholds of the rules.
@@ -271,13 +277,16 @@ func (m *Machine) recordVerdicts(in Input) []Verdict {
 	return out
 }
 
-// sharedVerdicts bans the live peers that BanQuorum holders name as
-// banned (RuleBannedByPeers). Only a holder's word counts, once per holder,
+// sharedVerdicts bans the live peers that a majority of their shard's
+// other holders, and at least BanQuorum, name as banned
+// (RuleBannedByPeers). Only a shard-mate's word counts, once per holder,
 // never about itself or this node.
 func (m *Machine) sharedVerdicts(in Input) []Verdict {
-	live := map[string]bool{}
+	shardOf := map[string]int{}
 	for _, r := range in.Records {
-		live[r.Peer] = true
+		if r.Peer != m.cfg.Self && holding(r) {
+			shardOf[r.Peer] = r.Shard
+		}
 	}
 	accusers := map[string][]string{}
 	for _, q := range in.Records {
@@ -286,7 +295,8 @@ func (m *Machine) sharedVerdicts(in Input) []Verdict {
 		}
 		named := map[string]bool{}
 		for _, p := range q.Banned {
-			if named[p] || p == q.Peer || p == m.cfg.Self || !live[p] || m.judge.judged[p] {
+			s, ok := shardOf[p]
+			if !ok || s != q.Shard || named[p] || p == q.Peer || m.judge.judged[p] {
 				continue
 			}
 			named[p] = true
@@ -299,9 +309,21 @@ func (m *Machine) sharedVerdicts(in Input) []Verdict {
 		if len(qs) < BanQuorum || m.judge.judged[r.Peer] {
 			continue
 		}
+		mates := 0 // r's shard's other holders, this node among them
+		for p, s := range shardOf {
+			if s == r.Shard && p != r.Peer {
+				mates++
+			}
+		}
+		if in.Node.Held && in.Node.Shard == r.Shard {
+			mates++
+		}
+		if 2*len(qs) <= mates {
+			continue
+		}
 		slices.Sort(qs)
 		out = append(out, m.judge.condemn(r.Peer, RuleBannedByPeers,
-			fmt.Sprintf("%d holders banned it for a lie this node did not see: %v", len(qs), qs)))
+			fmt.Sprintf("%d of its shard's %d other holders banned it for a lie this node did not see: %v", len(qs), mates, qs)))
 	}
 	return out
 }

@@ -370,7 +370,15 @@ func TestBannedByPeersQuorum(t *testing.T) {
 		{"naming this node", []progress.Record{rec("a", 0, progress.StateOnline, "self"), rec("b", 1, progress.StateOnline, "self")}, ""},
 		{"a peer without a live record", []progress.Record{rec("a", 0, progress.StateOnline, "gone"), rec("b", 1, progress.StateOnline, "gone")}, ""},
 		{"two holders, one done", []progress.Record{
-			rec("a", 0, progress.StateOnline, "l"), rec("b", 1, progress.StateDone, "l"), rec("l", 0, progress.StateOnline)}, "l"},
+			rec("a", 0, progress.StateOnline, "l"), rec("b", 0, progress.StateDone, "l"), rec("l", 0, progress.StateOnline)}, "l"},
+		{"two holders of another shard", []progress.Record{
+			rec("a", 1, progress.StateOnline, "l"), rec("b", 1, progress.StateOnline, "l"), rec("l", 0, progress.StateOnline)}, ""},
+		{"two of five shard-mates (colluders short of a majority)", []progress.Record{
+			rec("a", 0, progress.StateOnline, "l"), rec("b", 0, progress.StateOnline, "l"), rec("c", 0, progress.StateOnline),
+			rec("d", 0, progress.StateOnline), rec("l", 0, progress.StateOnline)}, ""},
+		{"three of five shard-mates", []progress.Record{
+			rec("a", 0, progress.StateOnline, "l"), rec("b", 0, progress.StateOnline, "l"), rec("c", 0, progress.StateOnline, "l"),
+			rec("d", 0, progress.StateOnline), rec("l", 0, progress.StateOnline)}, "l"},
 	} {
 		m := New(Config{Self: "self", Epochs: 10, TargetBatch: 64, BatchSize: 8, GroupSize: 4})
 		in := Input{Now: now, Records: c.recs, Node: Node{Shard: 0, Held: true, Online: true, Epoch: 3}}

@@ -73,7 +73,8 @@ type Record struct {
 	Credit int64 `json:"credit,omitempty"`
 	// Banned are the peers this node banned in the run for a lie it saw
 	// (the latest MaxBanned): a node that did not see the lie bans a peer
-	// that two holders name (epochs.RuleBannedByPeers), so that the honest
+	// that a majority of its shard's other holders name
+	// (epochs.RuleBannedByPeers), so that the honest
 	// holders of a shard never split over a liar only some of them caught.
 	Banned []string `json:"banned,omitempty"`
 }
