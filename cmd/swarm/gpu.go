@@ -40,13 +40,15 @@ func gpuFlags() []cli.Flag {
 		&cli.IntFlag{Name: "cpu-threads", Aliases: []string{"threads"}, Usage: "cap on CPU threads for CPU training (0: all cores)", EnvVars: []string{"SWARM_CPU_THREADS", "SWARM_THREADS"}},
 		&cli.StringFlag{Name: "python", Value: torch.DefaultPython, Usage: "python3 with PyTorch for the torch engine", EnvVars: []string{"SWARM_PYTHON"}},
 		&cli.StringFlag{Name: "precision", Value: "auto", Usage: "torch engine: auto (bf16 autocast on CUDA, fp32 on the CPU), fp32 or bf16", EnvVars: []string{"SWARM_PRECISION"}},
+		&cli.BoolFlag{Name: "checkpoint-activations", Usage: "torch engine: recompute each transformer block in the backward instead of keeping its activations (less GPU memory, about a third more compute)", EnvVars: []string{"SWARM_CHECKPOINT_ACTIVATIONS"}},
 		&cli.BoolFlag{Name: "torch-compile", Usage: "torch engine: run the model through torch.compile (PyTorch 2.0 and later)", EnvVars: []string{"SWARM_TORCH_COMPILE"}},
 	}
 }
 
 // torchOptions reads the torch engine's settings from gpuFlags.
 func torchOptions(c *cli.Context) torch.Options {
-	return torch.Options{Python: c.String("python"), Precision: c.String("precision"), Compile: c.Bool("torch-compile")}
+	return torch.Options{Python: c.String("python"), Precision: c.String("precision"), Compile: c.Bool("torch-compile"),
+		CheckpointActivations: c.Bool("checkpoint-activations")}
 }
 
 // gpuLimits reads the limits from gpuFlags.

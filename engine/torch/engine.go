@@ -76,6 +76,10 @@ type Options struct {
 	// Compile runs the model through torch.compile (PyTorch 2.0 and later;
 	// ignored before).
 	Compile bool
+	// CheckpointActivations keeps only each transformer block's input in a
+	// training forward and recomputes the block in the backward: less
+	// memory for the larger presets, about a third more compute.
+	CheckpointActivations bool
 	// ManualAttention uses the explicit softmax attention even where torch
 	// has scaled_dot_product_attention.
 	ManualAttention bool

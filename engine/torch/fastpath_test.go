@@ -91,6 +91,25 @@ func TestSDPAMatchesManualAttention(t *testing.T) {
 	}
 }
 
+// Activation checkpointing (blocks recomputed in the backward) gives the
+// same outputs, loss, gradients and optimizer steps as keeping the
+// activations, for both transformer families, split in two shards.
+func TestActivationCheckpointingMatches(t *testing.T) {
+	kept := newTorch(t, Options{})
+	recomputed := newTorch(t, Options{CheckpointActivations: true})
+	for _, m := range []*run.Manifest{smallLlama(2, "adamw", false), smallGPT(2, "adamw")} {
+		p, q := newPipeline(t, kept, m), newPipeline(t, recomputed, m)
+		if p[0].(*Shard).CheckpointsActivations() || !q[0].(*Shard).CheckpointsActivations() {
+			t.Fatal("the worker did not take the checkpoint_activations setting")
+		}
+		for k := range 2 {
+			b := engine.RandomBatch(m, 3, uint64(7+k))
+			compare(t, m.Model.Arch, p.trainStep(t, b), q.trainStep(t, b), 1e-5)
+		}
+		comparePipelines(t, m.Model.Arch, p, q, 1e-5)
+	}
+}
+
 // Precision: fp32 on the CPU by default; bf16 is refused without CUDA and
 // an unknown precision is refused, each naming it.
 func TestPrecisionOptions(t *testing.T) {

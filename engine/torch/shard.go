@@ -63,6 +63,7 @@ type Shard struct {
 	device    string
 	precision string // the worker's: fp32 or bf16
 	sdpa      bool   // the worker uses scaled_dot_product_attention
+	ckptActs  bool   // the worker recomputes blocks in the backward
 	restarts  int
 	closed    bool
 	host      [nBufs]hostBuf
@@ -158,6 +159,7 @@ func newShard(e *Engine, m *run.Manifest, index int) (*Shard, error) {
 		"optimizer": m.Optimizer, "names": names, "shapes": shapes, "decay": decay,
 		"device": e.opts.Device, "threads": e.opts.Threads, "tf32": e.opts.TF32, "max_memory_mib": e.opts.MaxMemoryMiB,
 		"precision": e.opts.Precision, "compile": e.opts.Compile, "sdpa": !e.opts.ManualAttention,
+		"checkpoint_activations": e.opts.CheckpointActivations,
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -198,6 +200,7 @@ func (s *Shard) startLocked() error {
 	s.device = rep.metaString("device")
 	s.precision = rep.metaString("precision")
 	s.sdpa, _ = rep.Meta["sdpa"].(bool)
+	s.ckptActs, _ = rep.Meta["checkpoint_activations"].(bool)
 	s.p = p
 	ids := make([]uint64, 0, len(s.carried))
 	for id := range s.carried {
@@ -432,6 +435,14 @@ func (s *Shard) Precision() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.precision
+}
+
+// CheckpointsActivations says whether the worker recomputes each block in
+// the backward (Options.CheckpointActivations).
+func (s *Shard) CheckpointsActivations() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ckptActs
 }
 
 // SDPA says whether the worker's attention is torch's

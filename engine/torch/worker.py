@@ -59,6 +59,7 @@ try:
     import numpy as np
     import torch
     import torch.nn.functional as F
+    import torch.utils.checkpoint
 except Exception as exc:  # the Go side turns this into "torch unavailable"
     die("cannot import torch/numpy: %r" % (exc,), 3)
 
@@ -187,6 +188,10 @@ class Shard:
         # SDPA where torch has it, unless the node asks for the explicit
         # attention (tests compare the two).
         self.sdpa = bool(meta.get("sdpa", True)) and hasattr(F, "scaled_dot_product_attention")
+        # Activation checkpointing: a training forward keeps only each
+        # block's input and recomputes the block in the backward (memory
+        # for the larger presets, about a third more compute).
+        self.ckpt = bool(meta.get("checkpoint_activations", False))
         self.loss_sum = None  # device tensor: sum of loss * n of deferred forwards
         self.loss_n = 0
         if self.dev.type == "cuda":
@@ -305,7 +310,8 @@ class Shard:
         else:
             h = inp.view(n, T, C)
         mask = torch.ones(T, T, dtype=torch.bool, device=self.dev).triu(1)
-        for i in range(self.start, self.end):
+
+        def block(h, i):
             p = lambda s: self.p["h%d.%s" % (i, s)]
             a = F.layer_norm(h, (C,), p("ln1.w"), p("ln1.b"), 1e-5)
             qkv = F.linear(a, p("attn.qkv.w"), p("attn.qkv.b"))
@@ -317,11 +323,22 @@ class Shard:
             y = self.attend(q, k, v, mask).transpose(1, 2).reshape(n, T, C)
             h = h + F.linear(y, p("attn.proj.w"), p("attn.proj.b"))
             a = F.layer_norm(h, (C,), p("ln2.w"), p("ln2.b"), 1e-5)
-            h = h + F.linear(F.gelu(F.linear(a, p("mlp.fc.w"), p("mlp.fc.b")), approximate="tanh"), p("mlp.proj.w"), p("mlp.proj.b"))
+            return h + F.linear(F.gelu(F.linear(a, p("mlp.fc.w"), p("mlp.fc.b")), approximate="tanh"), p("mlp.proj.w"), p("mlp.proj.b"))
+
+        for i in range(self.start, self.end):
+            h = self.run_block(block, h, i)
         if self.last:
             h = F.layer_norm(h, (C,), self.p["lnf.w"], self.p["lnf.b"], 1e-5)
             h = F.linear(h, self.p["head.w"])
         return h
+
+    def run_block(self, block, h, i):
+        # With activation checkpointing a training forward keeps only h;
+        # the backward recomputes the block (non-reentrant: the parameters
+        # the block reads get their gradients as without it).
+        if self.ckpt and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(block, h, i, use_reentrant=False)
+        return block(h, i)
 
     def rope_tables(self):
         # cos and sin [T, hd/2] of t * theta^(-2i/hd), in float64 as
@@ -355,7 +372,8 @@ class Shard:
         else:
             h = inp.view(n, T, C)
         mask = torch.ones(T, T, dtype=torch.bool, device=self.dev).triu(1)
-        for i in range(self.start, self.end):
+
+        def block(h, i):
             p = lambda s: self.p["h%d.%s" % (i, s)]
             a = rms(h, p("attn_norm.w"))
             q = rope(F.linear(a, p("attn.q.w")).view(n, T, H, hd).transpose(1, 2))
@@ -367,7 +385,10 @@ class Shard:
             y = self.attend(q, k, v, mask).transpose(1, 2).reshape(n, T, C)
             h = h + F.linear(y, p("attn.o.w"))
             a = rms(h, p("mlp_norm.w"))
-            h = h + F.linear(F.silu(F.linear(a, p("mlp.gate.w"))) * F.linear(a, p("mlp.up.w")), p("mlp.down.w"))
+            return h + F.linear(F.silu(F.linear(a, p("mlp.gate.w"))) * F.linear(a, p("mlp.up.w")), p("mlp.down.w"))
+
+        for i in range(self.start, self.end):
+            h = self.run_block(block, h, i)
         if self.last:
             h = rms(h, self.p["norm.w"])
             h = F.linear(h, self.p["wte"] if m.get("tie_embeddings") else self.p["head.w"])
@@ -501,7 +522,8 @@ def main():
             elif typ == T_INIT:
                 shard = Shard(meta, tensors)
                 info = {"device": shard.dev.type, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "precision": shard.precision, "sdpa": shard.sdpa, "compiled": shard.compiled}
+                        "precision": shard.precision, "sdpa": shard.sdpa, "compiled": shard.compiled,
+                        "checkpoint_activations": shard.ckpt}
                 if shard.dev.type == "cuda":
                     info["device_name"] = torch.cuda.get_device_name(shard.dev)
                 reply = (info, [])
