@@ -48,6 +48,7 @@ Logs are in --dir/*.log.`,
 			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
 			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
 			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
+			&cli.StringFlag{Name: "activations", Value: run.ActivationsFP32, Usage: "precision of activations between shards: fp32, bf16 or int8", EnvVars: []string{"DEMO_ACTIVATIONS"}},
 			&cli.StringFlag{Name: "compression", Value: run.CompressNone, Usage: "averaging compression: none, bf16, fp16 or int8", EnvVars: []string{"DEMO_COMPRESSION"}},
 			&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress deltas to this fraction of their values (topk, error feedback; outer lr 1, momentum 0)", EnvVars: []string{"DEMO_DELTA_KEEP"}},
 			&cli.IntFlag{Name: "delta-bits", Value: 4, Usage: "with --delta-keep: bits a kept value (2, 4 or 8)", EnvVars: []string{"DEMO_DELTA_BITS"}},
@@ -101,6 +102,9 @@ func demo(c *cli.Context) error {
 		m.Averaging.Overlap = true
 	}
 	m.Averaging.Compression = c.String("compression")
+	if c.IsSet("activations") {
+		m.Training.Activations = c.String("activations")
+	}
 	m.Averaging.DelayedUpdates = c.Bool("delayed-updates")
 	if c.IsSet("delta-keep") {
 		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, c.Float64("delta-keep"), c.Int("delta-bits")

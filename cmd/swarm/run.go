@@ -75,7 +75,7 @@ the run's peers and check every chunk against it.`,
 					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.IntFlag{Name: "audit-parts", Usage: "reducer audits: parts each member re-computes after every averaging round, to catch reducers that lie (0: off)"},
-					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32 or bf16 (half the traffic)"},
+					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32, bf16 (half the traffic) or int8 (blocks of 64 with a scale: about a quarter)"},
 					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
@@ -437,8 +437,8 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 	info.Optimizer = fmt.Sprintf("%s lr %g→%g, warm-up %d, cosine %d, weight decay %g, clip %g", o.Name, o.LR, o.MinLR, o.WarmupSteps, o.DecaySteps, o.WeightDecay, o.ClipNorm)
 	t := m.Training
 	info.Training = fmt.Sprintf("%d steps of %d samples (micro-batch %d)", t.Steps, t.TargetBatch, t.BatchSize)
-	if t.Activations == run.ActivationsBF16 {
-		info.Training += ", bf16 activations between shards"
+	if t.Activations == run.ActivationsBF16 || t.Activations == run.ActivationsInt8 {
+		info.Training += ", " + t.Activations + " activations between shards"
 	}
 	a := m.Averaging
 	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)

@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -94,11 +96,74 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// INT8 blocks: 1 byte a value plus a float32 scale per Int8Block values;
+// each value within half a step of its block's scale (the largest
+// magnitude / 127), zeros and a block's largest value exact in sign and
+// size; a block with NaN or Inf, or a hostile scale, is refused as
+// non-finite.
+func TestInt8RoundTrip(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	act := make([]float32, 2*Int8Block+5) // two full blocks and a short one
+	for i := range act {
+		act[i] = float32(r.NormFloat64()) * float32(math.Pow(10, float64(i/Int8Block*3-3))) // blocks of very different sizes
+	}
+	act[7] = 0
+	enc := (&Request{Kind: KindTrain, N: 1, Act: act, Targets: []int32{3}, Precision: INT8}).Encode()
+	full := (&Request{Kind: KindTrain, N: 1, Act: act, Targets: []int32{3}}).Encode()
+	if want := len(full) - 4*len(act) + len(act) + 4*3; len(enc) != want {
+		t.Fatalf("int8 request is %d bytes, want %d", len(enc), want)
+	}
+	roomier := func(q *Request) (Limits, error) { return Limits{Act: 1 << 10, Targets: 1}, nil }
+	got, err := ReadRequest(bytes.NewReader(enc), roomier)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Precision != INT8 || len(got.Act) != len(act) {
+		t.Fatalf("precision %d, %d values", got.Precision, len(got.Act))
+	}
+	for start := 0; start < len(act); start += Int8Block {
+		blk := act[start:min(start+Int8Block, len(act))]
+		var amax float64
+		for _, x := range blk {
+			amax = max(amax, math.Abs(float64(x)))
+		}
+		step := amax / 127
+		for i, x := range blk {
+			if d := math.Abs(float64(got.Act[start+i] - x)); d > step/2*(1+1e-5) {
+				t.Fatalf("value %d: %g for %g, off by %g (half a step %g)", start+i, got.Act[start+i], x, d, step/2)
+			}
+		}
+	}
+	if got.Act[7] != 0 {
+		t.Fatalf("zero decoded as %g", got.Act[7])
+	}
+	// A NaN or Inf in a block: the receiver refuses it.
+	for _, v := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+		bad := append([]float32(nil), act...)
+		bad[Int8Block+3] = v
+		_, err := ReadRequest(bytes.NewReader((&Request{Kind: KindTrain, N: 1, Act: bad, Precision: INT8}).Encode()), roomier)
+		if !errors.Is(err, ErrNonFinite) || !strings.Contains(err.Error(), "block at value 64") {
+			t.Fatalf("%g in a block: %v", v, err)
+		}
+	}
+	// Hostile scales: negative, NaN, and one that would decode to Inf.
+	for _, scale := range []float32{-1, float32(math.NaN()), math.MaxFloat32 / 100} {
+		p := &Response{Code: CodeOK, Grad: []float32{1, 2, 3}, Precision: INT8}
+		b := p.Encode()
+		off := 1 + 2 + 4 + 4 + 1 + 4 // code, msg length, loss, correct, precision, count
+		binary.LittleEndian.PutUint32(b[off:], math.Float32bits(scale))
+		if _, err := ReadResponse(bytes.NewReader(b), 3); !errors.Is(err, ErrNonFinite) {
+			t.Fatalf("scale %g: %v", scale, err)
+		}
+	}
+}
+
 func FuzzReadRequest(f *testing.F) {
 	f.Add((&Request{Kind: KindEval, N: 1, Act: []float32{1}, Targets: []int32{2}}).Encode())
 	f.Add([]byte{1, 0, 0, 0, 0})
 	f.Add(append((&Request{Kind: KindTrain, N: 1}).Encode()[:26], 0xff, 0xff, 0xff, 0xff))
 	f.Add((&Request{Kind: KindTrain, N: 2, Act: []float32{1, -3e-9}, Targets: []int32{1, 2}, Precision: BF16}).Encode())
+	f.Add((&Request{Kind: KindTrain, N: 2, Act: []float32{1, -3e-9, 70, 0.5}, Targets: []int32{1, 2}, Precision: INT8}).Encode())
 	unknown := (&Request{Kind: KindTrain, N: 1, Act: []float32{1}}).Encode()
 	unknown[25] = 7 // no such precision
 	f.Add(unknown)
@@ -117,6 +182,7 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add((&Response{Code: CodeOK, Grad: []float32{1, 2}}).Encode())
 	f.Add((&Response{Code: CodeBusy, Msg: "x"}).Encode())
 	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20}, Precision: BF16}).Encode())
+	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20, 3}, Precision: INT8}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p, err := ReadResponse(bytes.NewReader(b), 1<<20)
 		if err != nil {

@@ -33,7 +33,15 @@ const MaxReceipt = 2048
 const (
 	FP32 uint8 = 0 // 4 bytes a value, exact
 	BF16 uint8 = 1 // 2 bytes a value: float32's range, 8 significant bits, rounded to nearest even
+	// INT8: blocks of Int8Block values, each a float32 scale (the block's
+	// largest magnitude / 127) and one signed byte a value, rounded to
+	// nearest: 1.06 bytes a value, an error of at most half a step of the
+	// block's scale.
+	INT8 uint8 = 2
 )
+
+// Int8Block is how many values of an INT8 block share one scale.
+const Int8Block = 64
 
 // Kinds of request.
 const (
@@ -99,11 +107,14 @@ type Response struct {
 func appendFloats(b []byte, v []float32, precision uint8) []byte {
 	b = append(b, precision)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
-	if precision == BF16 {
+	switch precision {
+	case BF16:
 		for _, x := range v {
 			b = binary.LittleEndian.AppendUint16(b, bf16.From32(x))
 		}
 		return b
+	case INT8:
+		return appendInt8(b, v)
 	}
 	for _, x := range v {
 		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
@@ -111,10 +122,44 @@ func appendFloats(b []byte, v []float32, precision uint8) []byte {
 	return b
 }
 
+// appendInt8 writes v as INT8 blocks. A block holding NaN or Inf gets a
+// non-finite scale, which the receiver refuses as ErrNonFinite.
+func appendInt8(b []byte, v []float32) []byte {
+	for start := 0; start < len(v); start += Int8Block {
+		blk := v[start:min(start+Int8Block, len(v))]
+		var amax float32
+		finite := true
+		for _, x := range blk {
+			a := float32(math.Abs(float64(x)))
+			if a != a || math.IsInf(float64(a), 0) {
+				finite = false
+			} else if a > amax {
+				amax = a
+			}
+		}
+		scale := amax / 127
+		if !finite {
+			scale = float32(math.NaN())
+		}
+		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(scale))
+		for _, x := range blk {
+			q := float32(0)
+			if scale > 0 && !math.IsInf(float64(scale), 0) {
+				q = float32(math.RoundToEven(float64(x / scale)))
+			}
+			b = append(b, byte(int8(max(-127, min(127, q)))))
+		}
+	}
+	return b
+}
+
 // wireSize is the encoded size of n values in precision p.
 func wireSize(n int, p uint8) int {
-	if p == BF16 {
+	switch p {
+	case BF16:
 		return 2 * n
+	case INT8:
+		return n + 4*((n+Int8Block-1)/Int8Block)
 	}
 	return 4 * n
 }
@@ -195,7 +240,7 @@ func (d *reader) floats(what string, limit int) ([]float32, uint8) {
 	if d.err != nil {
 		return nil, p
 	}
-	if p != FP32 && p != BF16 {
+	if p != FP32 && p != BF16 && p != INT8 {
 		d.err = fmt.Errorf("%s: unknown precision %d", what, p)
 		return nil, p
 	}
@@ -209,9 +254,26 @@ func (d *reader) floats(what string, limit int) ([]float32, uint8) {
 		return nil, p
 	}
 	out := make([]float32, n)
-	if p == BF16 {
+	switch p {
+	case BF16:
 		for i := range out {
 			out[i] = bf16.To32(binary.LittleEndian.Uint16(raw[2*i:]))
+		}
+		return out, p
+	case INT8:
+		for start := 0; start < len(out); start += Int8Block {
+			scale := math.Float32frombits(binary.LittleEndian.Uint32(raw))
+			raw = raw[4:]
+			// A scale beyond float32's largest / 127 would decode to Inf.
+			if !(scale >= 0 && scale <= math.MaxFloat32/127) {
+				d.err = fmt.Errorf("%s: block at value %d has scale %g: %w", what, start, scale, ErrNonFinite)
+				return nil, p
+			}
+			blk := out[start:min(start+Int8Block, len(out))]
+			for i := range blk {
+				blk[i] = float32(int8(raw[i])) * scale
+			}
+			raw = raw[len(blk):]
 		}
 		return out, p
 	}

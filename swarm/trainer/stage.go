@@ -177,8 +177,11 @@ func (s *stageServer) last(index int) bool { return index == len(s.m.Shards)-1 }
 // wirePrecision is the precision of activations and gradients this node
 // sends between shards (the run's training.activations).
 func (s *stageServer) wirePrecision() uint8 {
-	if s.m.Training.Activations == run.ActivationsBF16 {
+	switch s.m.Training.Activations {
+	case run.ActivationsBF16:
 		return pipeline.BF16
+	case run.ActivationsInt8:
+		return pipeline.INT8
 	}
 	return pipeline.FP32
 }

@@ -443,31 +443,43 @@ func TestPausedNodeShown(t *testing.T) {
 	testutil.Eventually(t, time.Minute, testutil.Says("training to go on"), func() bool { return s.tr[0].Status().Epoch > from })
 }
 
-// TestBF16Activations: a run whose activations cross shards in bf16 sends
-// half the bytes a sample and still trains.
-func TestBF16Activations(t *testing.T) {
-	const steps, hidden = 100, 64
-	m := smallMNIST(2, hidden, steps)
-	m.Training.Activations = run.ActivationsBF16
-	s := &swarmT{t: t, m: m}
-	s.add(0, nil)
-	s.add(1, nil)
-	testutil.Eventually(t, 3*time.Minute, testutil.Says("the run to finish and report accuracy"), func() bool {
-		return s.tr[0].Status().Accuracy >= 0
-	})
-	st := s.tr[0].Status()
-	t.Logf("bf16 activations: accuracy %.4f after %d epochs", st.Accuracy, st.Epoch)
-	if st.Accuracy < 0.85 {
-		t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
-	}
-	// First shard: a sample's request carries hidden activations (and a
-	// target); the second shard answers with as many gradient values.
-	for i, tr := range s.tr {
-		perSample := float64(tr.stage.sent.Load()) / float64(tr.meters.samples())
-		t.Logf("node %d: %.1f bytes a sample", i, perSample)
-		if perSample > 2*hidden+8 { // + the target, + headers spread over 64 samples
-			t.Errorf("node %d sent %.1f bytes a sample; bf16 is %d for the values", i, perSample, 2*hidden)
-		}
+// TestLowPrecisionActivations: a run whose activations cross shards in
+// bf16 sends half the bytes a sample of fp32, in int8 blocks (a scale per
+// 64 values) about a quarter, and still trains.
+func TestLowPrecisionActivations(t *testing.T) {
+	for _, c := range []struct {
+		precision string
+		perValue  float64 // wire bytes a value
+	}{
+		{run.ActivationsBF16, 2},
+		{run.ActivationsInt8, 1 + 4.0/pipeline.Int8Block},
+	} {
+		t.Run(c.precision, func(t *testing.T) {
+			const steps, hidden = 100, 64
+			m := smallMNIST(2, hidden, steps)
+			m.Training.Activations = c.precision
+			s := &swarmT{t: t, m: m}
+			s.add(0, nil)
+			s.add(1, nil)
+			testutil.Eventually(t, 3*time.Minute, testutil.Says("the run to finish and report accuracy"), func() bool {
+				return s.tr[0].Status().Accuracy >= 0
+			})
+			st := s.tr[0].Status()
+			t.Logf("%s activations: accuracy %.4f after %d epochs", c.precision, st.Accuracy, st.Epoch)
+			if st.Accuracy < 0.85 {
+				t.Fatalf("accuracy %.4f, want >= 0.85", st.Accuracy)
+			}
+			// First shard: a sample's request carries hidden activations
+			// (and a target); the second shard answers with as many
+			// gradient values.
+			for i, tr := range s.tr {
+				perSample := float64(tr.stage.sent.Load()) / float64(tr.meters.samples())
+				t.Logf("node %d: %.1f bytes a sample", i, perSample)
+				if want := c.perValue * hidden; perSample > want+8 { // + the target, + headers spread over 64 samples
+					t.Errorf("node %d sent %.1f bytes a sample; %s is %.0f for the values", i, perSample, c.precision, want)
+				}
+			}
+		})
 	}
 }
 
