@@ -382,7 +382,10 @@ func New(cfg Config) (*Trainer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
 	}
-	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
+	if t.gossip, err = progress.NewGossip(t.h, t.runID, t.tracker, t.record, cfg.Logger); err != nil {
+		_ = t.avg.Close()
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
 	t.gossip.SetClock(clk)
 	t.gossip.SetRefusals(cfg.Refusals)
 	t.gossip.SetLimits(t.recordLimits())
