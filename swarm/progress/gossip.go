@@ -122,18 +122,24 @@ type Gossip struct {
 	buckets  map[peer.ID]*bucket // per author, for flood control
 
 	pending chan struct{}
+	joined  chan struct{} // a peer appeared on the topic
 	traffic Traffic
 	scores  atomic.Pointer[map[peer.ID]float64] // the router's peer scores, refreshed every second
 }
 
 // Traffic counts the progress topic's messages and bytes at this node.
 type Traffic struct {
-	Published atomic.Uint64 // records this node published
-	Delivered atomic.Uint64 // others' records accepted
-	MsgsIn    atomic.Uint64 // records received (duplicates included)
-	BytesIn   atomic.Uint64 // pubsub RPC bytes received (control included)
-	MsgsOut   atomic.Uint64
-	BytesOut  atomic.Uint64
+	Published   atomic.Uint64 // records this node published
+	Delivered   atomic.Uint64 // others' records accepted
+	MsgsIn      atomic.Uint64 // records received (duplicates included)
+	BytesIn     atomic.Uint64 // pubsub RPC bytes received (control included)
+	MsgsOut     atomic.Uint64
+	BytesOut    atomic.Uint64
+	Sent        atomic.Uint64 // RPCs carrying records handed to the transport
+	Rejected    atomic.Uint64 // records rejected or ignored by the validator or the router
+	Throttled   atomic.Uint64 // times the router throttled a peer
+	Dropped     atomic.Uint64 // RPCs dropped on a full outbound queue
+	Undelivered atomic.Uint64 // records dropped because the receiver lagged
 }
 
 type bucket struct {
@@ -146,7 +152,7 @@ type bucket struct {
 // this node's current record (Peer, RunID and Seq are filled in by Gossip).
 func NewGossip(h host.Host, runID string, tracker *Tracker, self func() Record, log *slog.Logger) (*Gossip, error) {
 	g := &Gossip{h: h, runID: runID, tracker: tracker, self: self, log: log, clk: clock.Real, budget: DefaultBudget,
-		pending: make(chan struct{}, 1), buckets: map[peer.ID]*bucket{},
+		pending: make(chan struct{}, 1), joined: make(chan struct{}, 1), buckets: map[peer.ID]*bucket{},
 		// Sequence numbers grow across restarts: a restarted node's first
 		// record is newer than the ones it sent before.
 		seq: uint64(time.Now().UnixMicro())}
@@ -187,9 +193,15 @@ func NewGossip(h host.Host, runID string, tracker *Tracker, self func() Record, 
 		g.cancel()
 		return nil, fmt.Errorf("progress: subscribe %s: %w", topic, err)
 	}
+	events, err := g.topic.EventHandler()
+	if err != nil {
+		g.cancel()
+		return nil, fmt.Errorf("progress: topic events: %w", err)
+	}
 	h.SetStreamHandler(LegacyProtocol, g.handleLegacy)
-	g.wg.Add(1)
+	g.wg.Add(2)
 	go g.receive()
+	go g.watch(events)
 	return g, nil
 }
 
@@ -228,8 +240,8 @@ func scoreParams(topic string) (*pubsub.PeerScoreParams, *pubsub.PeerScoreThresh
 			MeshMessageDeliveriesActivation: time.Minute,
 		}},
 		AppSpecificScore:          func(peer.ID) float64 { return 0 },
-		BehaviourPenaltyWeight:    -10,
-		BehaviourPenaltyThreshold: 6,
+		BehaviourPenaltyWeight:    -0.1,
+		BehaviourPenaltyThreshold: 20,
 		BehaviourPenaltyDecay:     pubsub.ScoreParameterDecay(10 * time.Minute),
 		DecayInterval:             time.Second,
 		DecayToZero:               0.01,
@@ -261,10 +273,13 @@ func (g *Gossip) Close() {
 		r.Left = true
 		if b, err := r.Encode(); err == nil {
 			ctx, cancel := context.WithTimeout(g.ctx, time.Second)
-			if g.topic.Publish(ctx, b) == nil {
-				// The router sends from its own goroutines: give them
-				// a moment before it stops.
-				_ = clock.Sleep(ctx, clock.Real, 50*time.Millisecond)
+			sent := g.traffic.Sent.Load()
+			if len(g.topic.ListPeers()) > 0 && g.topic.Publish(ctx, b) == nil {
+				// The router sends from its own goroutines: wait (a
+				// second at most) until it handed the goodbye to a
+				// peer's stream before it stops.
+				for g.traffic.Sent.Load() == sent && clock.Sleep(ctx, clock.Real, 5*time.Millisecond) == nil {
+				}
 			}
 			cancel()
 		}
@@ -308,8 +323,9 @@ func Gap(live int, budget float64, minGap time.Duration) time.Duration {
 // shard, state, closing or pause after minGap, any other change after
 // Gap. A node also publishes after minGap when a peer new to it joins its
 // shard (welcome), at most once a second, so that the joiner learns its
-// shard's holders without waiting for their next routine publish. It
-// returns when ctx ends.
+// shard's holders without waiting for their next routine publish. The
+// first publish waits (at most interval) for a first peer on the topic,
+// so that it reaches someone. It returns when ctx ends.
 func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
 	g.mu.Lock()
 	if g.closed {
@@ -317,7 +333,19 @@ func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
 		return
 	}
 	g.running = true
+	clk := g.clk
 	g.mu.Unlock()
+	if len(g.topic.ListPeers()) == 0 {
+		first := clk.NewTimer(interval)
+		select {
+		case <-ctx.Done():
+			first.Stop()
+			return
+		case <-first.C():
+		case <-g.joined:
+			first.Stop()
+		}
+	}
 	g.PushNow(ctx)
 	for {
 		g.mu.Lock()
@@ -510,7 +538,7 @@ func (g *Gossip) receive() {
 			continue
 		}
 		g.traffic.Delivered.Add(1)
-		if rec.Shard >= 0 && !rec.Left && !g.tracker.Has(rec.Peer) {
+		if rec.State == StateJoining && rec.Shard >= 0 && !rec.Left && !g.tracker.Has(rec.Peer) {
 			g.mu.Lock()
 			mine := g.last.Shard == rec.Shard && g.running
 			g.welcome = g.welcome || mine
@@ -520,6 +548,24 @@ func (g *Gossip) receive() {
 			}
 		}
 		g.store(*rec)
+	}
+}
+
+// watch signals joined when a peer appears on the topic, until Close.
+func (g *Gossip) watch(events *pubsub.TopicEventHandler) {
+	defer g.wg.Done()
+	defer events.Cancel()
+	for {
+		ev, err := events.NextPeerEvent(g.ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type == pubsub.PeerJoin {
+			select {
+			case g.joined <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
