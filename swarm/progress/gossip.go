@@ -161,6 +161,9 @@ func NewGossip(h host.Host, runID string, tracker *Tracker, self func() Record, 
 	score, thresholds := scoreParams(topic)
 	gp := pubsub.DefaultGossipSubParams()
 	gp.HeartbeatInterval = 700 * time.Millisecond
+	// Records are small (~500 B) but every mesh peer may send each one:
+	// ask them not to once we have it.
+	gp.IDontWantMessageThreshold = 256
 	ps, err := pubsub.NewGossipSub(g.ctx, h,
 		pubsub.WithGossipSubProtocols([]protocol.ID{ProtocolFor(runID)}, features),
 		pubsub.WithGossipSubParams(gp),
@@ -361,15 +364,38 @@ func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
 		case <-beat.C():
 		case <-g.pending:
 			beat.Stop()
-			wait := gap
-			if g.urgent(g.self()) {
-				wait = minGap
-			}
-			if clock.Sleep(ctx, clk, wait-clk.Since(lastAt)) != nil {
+			if !g.hold(ctx, clk, lastAt, gap, minGap) {
 				return
 			}
 		}
 		g.PushNow(ctx)
+	}
+}
+
+// hold waits until a publish is due after a change: gap after the last
+// publish for a routine change, minGap for an urgent one. A change that
+// comes while it waits is looked at too: an urgent one cuts the wait
+// short. It returns false when ctx ends.
+func (g *Gossip) hold(ctx context.Context, clk clock.Clock, lastAt time.Time, gap, minGap time.Duration) bool {
+	for {
+		wait := gap
+		if g.urgent(g.self()) {
+			wait = minGap
+		}
+		d := wait - clk.Since(lastAt)
+		if d <= 0 {
+			return true
+		}
+		t := clk.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C():
+			return true
+		case <-g.pending:
+			t.Stop()
+		}
 	}
 }
 

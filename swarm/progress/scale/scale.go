@@ -524,6 +524,7 @@ func (s *sim) depart(ctx context.Context, k int, kill bool) (time.Duration, erro
 		n.gone = true
 	}
 	s.mu.Unlock()
+	t0 := time.Now()
 	for _, n := range gone {
 		if kill {
 			n.cancel()
@@ -539,6 +540,7 @@ func (s *sim) depart(ctx context.Context, k int, kill bool) (time.Duration, erro
 	if kill {
 		what = "kill"
 	}
+	ts := time.Now()
 	d, err := s.until(ctx, s.live(), 0.95, 3*progress.MaxEvery+30*time.Second, func(n *node) bool {
 		for _, g := range gone {
 			if _, ok := n.tr.Get(g.h.ID().String(), time.Now()); ok {
@@ -550,7 +552,8 @@ func (s *sim) depart(ctx context.Context, k int, kill bool) (time.Duration, erro
 	if err != nil {
 		return 0, fmt.Errorf("%s of %d: %w", what, len(gone), err)
 	}
-	return d, nil
+	// From the first stop: a clean stop waits until its goodbye is sent.
+	return d + ts.Sub(t0), nil
 }
 
 // match runs one averaging round in every shard at once with the real
