@@ -20,7 +20,7 @@ budget=${BENCH_SCALE_BUDGET:-20}
 echo "## Scale: progress over GossipSub, ${sizes//,/ \/ } peers in one process"
 echo
 echo "One process, libp2p mocknet, 10 shards, each node dials 8 random peers; every record changes each 100 ms"
-echo "(samples done) and is published at most every live/budget s (between 5 ms and 20 s), epoch changes at once."
+echo "(samples done) and is published at most every (live−8)/budget s (between 5 ms and 20 s), epoch changes at once."
 echo "Budget $budget records/s here (the nodes' default is 200: 2 cores cannot carry 1,000 peers at that rate in"
 echo "one process; per-node traffic and CPU scale linearly with it, the latencies below do not depend on it)."
 echo "Per node: medians over the nodes in a steady window. CPU and memory are the whole process's divided by"

@@ -62,9 +62,9 @@ const maxMessage = MaxRecordSize + 4<<10
 
 // DefaultBudget is the swarm's record budget: about as many records a
 // second as each node receives at most from the others (changes are paced
-// so that a node publishes at most every live/Budget seconds). At demo size
-// (4 nodes) it is above what nodes publish; at 1,000 peers it spaces one
-// node's records by ~5 s, capped at a third of the record TTL.
+// so that a node publishes at most every (live-FreePeers)/Budget seconds).
+// At demo size it paces nothing; at 1,000 peers it spaces one node's
+// routine records by ~5 s.
 const DefaultBudget = 200
 
 // welcomeEvery spaces the early publishes for joiners.
@@ -314,12 +314,16 @@ func (g *Gossip) SetBudget(perSecond float64) {
 }
 
 // Gap is the least time between two routine publishes of this node with
-// live peers in the run: live/budget, at least minGap and at most
-// MaxEvery.
+// live peers in the run: (live-FreePeers)/budget, at least minGap and at
+// most MaxEvery. A swarm of FreePeers or fewer is paced by minGap alone,
+// as the trainer's decisions at demo size expect.
 func Gap(live int, budget float64, minGap time.Duration) time.Duration {
-	d := time.Duration(float64(live) / budget * float64(time.Second))
+	d := time.Duration(float64(max(0, live-FreePeers)) / budget * float64(time.Second))
 	return min(max(d, minGap), max(MaxEvery, minGap))
 }
+
+// FreePeers is the swarm size up to which the budget does not pace.
+const FreePeers = 8
 
 // Run publishes the record every interval (or every Gap when that is
 // longer: the record says so in EveryMS) and on Poke: a change of epoch,

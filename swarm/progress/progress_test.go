@@ -316,13 +316,14 @@ func TestGossipForgetsLeavingPeer(t *testing.T) {
 	}
 }
 
-// Gap grows with the live peers (the swarm's budget), between minGap and
-// MaxEvery.
+// Gap grows with the live peers past FreePeers (the swarm's budget),
+// between minGap and MaxEvery.
 func TestGap(t *testing.T) {
 	for _, c := range []struct {
 		live int
 		want time.Duration
-	}{{1, 5 * time.Millisecond}, {4, 20 * time.Millisecond}, {100, 500 * time.Millisecond}, {1000, 5 * time.Second}, {10000, MaxEvery}} {
+	}{{1, 5 * time.Millisecond}, {4, 5 * time.Millisecond}, {9, 5 * time.Millisecond}, {108, 500 * time.Millisecond},
+		{1008, 5 * time.Second}, {10000, MaxEvery}} {
 		if got := Gap(c.live, 200, 5*time.Millisecond); got != c.want {
 			t.Errorf("Gap(%d) = %v, want %v", c.live, got, c.want)
 		}
