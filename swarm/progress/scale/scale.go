@@ -173,7 +173,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	s.steady(ctx, &res)
 	cfg.Log("steady: %.0f msgs/s, %.0f B/s in, %.0f conns, %.1f CPU ms/s per node", res.MsgsIn, res.BytesIn, res.Conns, res.CPUms)
 	var epochs []float64
-	for range cfg.Trials {
+	for i := range cfg.Trials {
+		if i > 0 {
+			// Let the swarm settle into the new epoch first.
+			_ = sleep(ctx, 2*time.Second)
+		}
 		d, err := s.epochClose(ctx)
 		if err != nil {
 			res.Failures = append(res.Failures, err.Error())
@@ -221,11 +225,13 @@ func (s *sim) close() {
 	s.mu.Lock()
 	nodes := s.nodes
 	s.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, n := range nodes {
 		if !n.gone {
-			n.stop()
+			wg.Go(n.stop)
 		}
 	}
+	wg.Wait()
 	_ = s.mn.Close()
 }
 
@@ -452,8 +458,6 @@ func (s *sim) epochClose(ctx context.Context) (time.Duration, error) {
 	if err != nil {
 		return 0, fmt.Errorf("epoch %d: %w", e, err)
 	}
-	// Let the swarm settle into the new epoch before the next trial.
-	_ = sleep(ctx, 2*time.Second)
 	return d, nil
 }
 
