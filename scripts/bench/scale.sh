@@ -15,7 +15,9 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/sb" ./swarm/progress/cmd/scale-bench
 budget=${BENCH_SCALE_BUDGET:-20}
-"$tmp/sb" -n "$sizes" -budget "$budget" -window "${BENCH_SCALE_WINDOW:-15s}" > "$tmp/out.json"
+limit=${BENCH_SCALE_LIMIT:-40m} # a size still running then is reported as unfinished
+# Progress goes to stderr; each size prints its JSON line when it is done.
+timeout "$limit" "$tmp/sb" -v -n "$sizes" -budget "$budget" -window "${BENCH_SCALE_WINDOW:-15s}" > "$tmp/out.json" || true
 
 echo "## Scale: progress over GossipSub, ${sizes//,/ \/ } peers in one process"
 echo
@@ -27,9 +29,12 @@ echo "Per node: medians over the nodes in a steady window. CPU and memory are th
 echo "the peers (every peer shares the process's cores: at large N the simulation is CPU-bound, and its"
 echo "latencies are then the machine's, not the protocol's)."
 echo
-python3 - "$tmp/out.json" <<'PY'
+python3 - "$tmp/out.json" "$sizes" "$limit" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+if not rows:
+    sys.exit("scale: no size finished")
+unfinished = [int(n) for n in sys.argv[2].split(",") if int(n) not in {r["n"] for r in rows}]
 def fmt(v, f): return f % v
 lines = [
     ("records received/s per node (duplicates included)", "msgs_in_s", "%.0f"),
@@ -78,4 +83,7 @@ if len(rows) >= 2:
 for n, f in fails:
     print()
     print("- %d peers: %s" % (n, f))
+for n in unfinished:
+    print()
+    print("- %d peers: not finished within %s on this machine." % (n, sys.argv[3]))
 PY
