@@ -11,7 +11,14 @@ import (
 // a joiner sees all holders of its shard, a clean departure is forgotten by
 // 95%, and the matchmaker groups every shard from the trackers' view. The
 // bounds are for failure, not speed (the speeds are BENCHMARKS.md's).
+//
+// The race pass of make test (-short) leaves it out: under the race
+// detector, on a shared machine, sixteen routers in one process fall
+// behind their records' TTL.
 func TestSmallSwarm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("16 routers in one process: not under -short (the race pass)")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	// Records change every second (not every 100 ms as in the bench): the
