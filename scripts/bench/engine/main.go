@@ -233,6 +233,12 @@ var gemmShapes = []shape{
 	{2048, 128, 512, false, true, "gpt mlp.proj forward"},
 	{2048, 512, 128, false, false, "gpt mlp.proj input gradient"},
 	{512, 128, 2048, true, false, "gpt mlp.fc weight gradient"},
+	{1024, 768, 768, false, true, "llama-124m q/o proj forward (1024 positions)"},
+	{1024, 2048, 768, false, true, "llama-124m SwiGLU gate/up forward"},
+	{1024, 768, 2048, false, true, "llama-124m SwiGLU down forward"},
+	{768, 2048, 1024, true, false, "llama-124m SwiGLU down weight gradient"},
+	{256, 50257, 768, false, true, "llama-124m head over GPT-2's vocabulary (256 positions)"},
+	{1024, 176, 64, false, true, "llama-tiny SwiGLU gate forward (16×64 positions)"},
 	{1024, 1024, 1024, false, false, "square, large"},
 }
 
