@@ -305,14 +305,8 @@ func demoManifest(c *cli.Context) (*run.Manifest, error) {
 // node that reports them, or "" when none does.
 func validationLine(ctx context.Context, cls []*client.Client) string {
 	for _, cl := range cls {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		st, err := cl.Status(sctx)
-		cancel()
-		if err != nil {
-			continue
-		}
-		var ts trainer.Status
-		if json.Unmarshal(st.Services["training"], &ts) == nil && ts.ValLoss != nil && ts.ValPerplexity != nil {
+		ts, err := nodeTraining(ctx, cl, 5*time.Second, 1)
+		if err == nil && ts.ValLoss != nil && ts.ValPerplexity != nil {
 			return fmt.Sprintf(", validation loss %.4f (perplexity %.2f)", *ts.ValLoss, *ts.ValPerplexity)
 		}
 	}
@@ -347,22 +341,12 @@ func demoSample(c *cli.Context, m *run.Manifest, nodes int) error {
 // value out and back for its half, and the same as a reducer: 8 a value).
 func printOuterTraffic(ctx context.Context, out io.Writer, cls []*client.Client) {
 	for i, cl := range cls {
-		var st *api.Status
-		var err error
-		for range 3 { // a loaded machine answers slowly
-			sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			st, err = cl.Status(sctx)
-			cancel()
-			if err == nil {
-				break
-			}
-		}
+		ts, err := nodeTraining(ctx, cl, 10*time.Second, 3) // a loaded machine answers slowly
 		if err != nil {
 			fmt.Fprintf(out, "demo: node%d: no status: %v\n", i+1, err)
 			continue
 		}
-		var ts trainer.Status
-		if json.Unmarshal(st.Services["training"], &ts) != nil || ts.OuterTraffic == nil {
+		if ts.OuterTraffic == nil {
 			continue
 		}
 		tr := ts.OuterTraffic
@@ -388,28 +372,52 @@ func waitClient(ctx context.Context, home string) (*client.Client, error) {
 	}
 }
 
+var (
+	errNoStatus   = errors.New("no status")
+	errNoTraining = errors.New("no training service")
+)
+
+// nodeTraining asks a node for its training status, tries times, each
+// within timeout.
+func nodeTraining(ctx context.Context, cl *client.Client, timeout time.Duration, tries int) (*trainer.Status, error) {
+	var st *api.Status
+	err := errNoStatus
+	for range tries {
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		st, err = cl.Status(sctx)
+		cancel()
+		if err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errNoStatus, err)
+	}
+	raw, ok := st.Services["training"]
+	if !ok {
+		return nil, errNoTraining
+	}
+	var ts trainer.Status
+	if err := json.Unmarshal(raw, &ts); err != nil {
+		return nil, fmt.Errorf("training status: %w", err)
+	}
+	return &ts, nil
+}
+
 // trainingStatus returns the most advanced training status among the nodes.
 func trainingStatus(ctx context.Context, cls []*client.Client) (*trainer.Status, error) {
 	var best *trainer.Status
 	err := errors.New("no node reports training yet")
 	for _, cl := range cls {
-		sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		st, e := cl.Status(sctx)
-		cancel()
+		ts, e := nodeTraining(ctx, cl, 3*time.Second, 1)
 		if e != nil {
-			continue
-		}
-		raw, ok := st.Services["training"]
-		if !ok {
-			continue
-		}
-		var ts trainer.Status
-		if e := json.Unmarshal(raw, &ts); e != nil {
-			err = e
+			if !errors.Is(e, errNoTraining) && !errors.Is(e, errNoStatus) {
+				err = e
+			}
 			continue
 		}
 		if best == nil || ts.Epoch > best.Epoch || ts.Accuracy > best.Accuracy {
-			best = &ts
+			best = ts
 		}
 	}
 	if best == nil {

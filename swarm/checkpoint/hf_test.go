@@ -426,25 +426,33 @@ open(sys.argv[3], "wb").write(logits.numpy().astype("<f4").tobytes())
 		if b, err := exec.Command(py, "-c", script, dir, string(ids), out).CombinedOutput(); err != nil {
 			t.Fatalf("transformers: %v\n%s", err, b)
 		}
-		raw, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
+		rel := logitsDiff(t, out, c.nativeLogits(t), "transformers")
+		if rel > 1e-4 {
+			t.Fatalf("tied=%v: transformers and native logits differ by %.3g (relative)", tied, rel)
 		}
-		want := c.nativeLogits(t)
-		if len(raw) != 4*len(want) {
-			t.Fatalf("transformers gave %d logits, native %d", len(raw)/4, len(want))
-		}
-		var d, scale float64 = 0, 1
-		for i, w := range want {
-			g := float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
-			d = math.Max(d, math.Abs(g-float64(w)))
-			scale = math.Max(scale, math.Abs(float64(w)))
-		}
-		if d/scale > 1e-4 {
-			t.Fatalf("tied=%v: transformers and native logits differ by %.3g (relative)", tied, d/scale)
-		}
-		t.Logf("tied=%v: transformers vs native logits: %.3g relative", tied, d/scale)
+		t.Logf("tied=%v: transformers vs native logits: %.3g relative", tied, rel)
 	}
+}
+
+// logitsDiff reads the little-endian float32 logits another program wrote
+// to path and returns their largest difference from want, relative to
+// want's largest magnitude (at least 1).
+func logitsDiff(t *testing.T, path string, want []float32, who string) float64 {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) != 4*len(want) {
+		t.Fatalf("%s gave %d logits, native %d", who, len(raw)/4, len(want))
+	}
+	var d, scale float64 = 0, 1
+	for i, w := range want {
+		g := float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
+		d = math.Max(d, math.Abs(g-float64(w)))
+		scale = math.Max(scale, math.Abs(float64(w)))
+	}
+	return d / scale
 }
 
 func lastLine(s string) string {
@@ -542,23 +550,10 @@ func TestExportHFTorchReference(t *testing.T) {
 		if b, err := exec.Command(py, "-c", hfTorchScript, dir, string(ids), out, strconv.Itoa(c.n)).CombinedOutput(); err != nil {
 			t.Fatalf("torch reference: %v\n%s", err, b)
 		}
-		raw, err := os.ReadFile(out)
-		if err != nil {
-			t.Fatal(err)
+		rel := logitsDiff(t, out, c.nativeLogits(t), "the torch reference")
+		if rel > 1e-4 {
+			t.Fatalf("%+v: the torch reference and native logits differ by %.3g (relative)", tc, rel)
 		}
-		want := c.nativeLogits(t)
-		if len(raw) != 4*len(want) {
-			t.Fatalf("torch reference gave %d logits, native %d", len(raw)/4, len(want))
-		}
-		var d, scale float64 = 0, 1
-		for i, w := range want {
-			g := float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
-			d = math.Max(d, math.Abs(g-float64(w)))
-			scale = math.Max(scale, math.Abs(float64(w)))
-		}
-		if d/scale > 1e-4 {
-			t.Fatalf("%+v: the torch reference and native logits differ by %.3g (relative)", tc, d/scale)
-		}
-		t.Logf("%+v: torch reference vs native logits: %.2g relative", tc, d/scale)
+		t.Logf("%+v: torch reference vs native logits: %.2g relative", tc, rel)
 	}
 }
