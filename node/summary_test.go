@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -28,9 +29,15 @@ func TestSummaryProtocol(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := b.Host().Connect(ctx, peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	// The node dials the bootstrap as it starts: a dial the other way at
+	// the same moment can meet it as a TCP simultaneous open (both ends
+	// on their listen ports), which fails the handshake; the next dial,
+	// or the node's own connection, succeeds.
+	var dialErr error
+	testutil.Eventually(t, 10*time.Second, func() string { return fmt.Sprintf("the bootstrap to reach the node: %v", dialErr) }, func() bool {
+		dialErr = b.Host().Connect(ctx, peer.AddrInfo{ID: a.Host().ID(), Addrs: a.Host().Addrs()})
+		return dialErr == nil
+	})
 	sum, err := b.FetchSummary(ctx, a.Host().ID(), a.RunID(), 2, 100)
 	if err != nil || sum.Epoch != 7 || sum.Shard != 1 || sum.Processed != 12800 || sum.RunID != a.RunID().String() {
 		t.Fatalf("summary %+v, %v", sum, err)
