@@ -81,15 +81,7 @@ func newGPT(s *Shard) *gpt {
 }
 
 func (g *gpt) checkBatch(b *engine.Batch, needTargets bool) error {
-	if g.s.first {
-		if err := checkIDs("batch tokens", b.Tokens, b.N*g.T, g.V); err != nil {
-			return err
-		}
-	}
-	if g.s.last && (needTargets || b.Targets != nil) {
-		return checkIDs("batch targets", b.Targets, b.N*g.T, g.V)
-	}
-	return nil
+	return g.s.checkTokenBatch(b, g.T, g.V, needTargets)
 }
 
 func (g *gpt) arenaSize(n int) int {

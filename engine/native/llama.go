@@ -95,15 +95,7 @@ func newLlama(s *Shard) *llama {
 func (g *llama) dims(n int) attnDims { return attnDims{N: n, T: g.T, NH: g.NH, NKV: g.NKV, hd: g.hd} }
 
 func (g *llama) checkBatch(b *engine.Batch, needTargets bool) error {
-	if g.s.first {
-		if err := checkIDs("batch tokens", b.Tokens, b.N*g.T, g.V); err != nil {
-			return err
-		}
-	}
-	if g.s.last && (needTargets || b.Targets != nil) {
-		return checkIDs("batch targets", b.Targets, b.N*g.T, g.V)
-	}
-	return nil
+	return g.s.checkTokenBatch(b, g.T, g.V, needTargets)
 }
 
 func (g *llama) arenaSize(n int) int {

@@ -277,6 +277,21 @@ func (s *Shard) Close() error {
 	return nil
 }
 
+// checkTokenBatch checks a language model's batch: on the first shard its
+// tokens, on the last its targets (when given or needed), T a sample, each
+// below the vocabulary V.
+func (s *Shard) checkTokenBatch(b *engine.Batch, T, V int, needTargets bool) error {
+	if s.first {
+		if err := checkIDs("batch tokens", b.Tokens, b.N*T, V); err != nil {
+			return err
+		}
+	}
+	if s.last && (needTargets || b.Targets != nil) {
+		return checkIDs("batch targets", b.Targets, b.N*T, V)
+	}
+	return nil
+}
+
 // checkIDs verifies ids has want entries, each in [0, limit).
 func checkIDs(what string, ids []int32, want, limit int) error {
 	if len(ids) != want {
