@@ -148,9 +148,10 @@ func TestDelayedOneRoundInFlight(t *testing.T) {
 	}
 }
 
-// A node that moved to another shard while its round was in flight drops
-// the landed round without a step.
-func TestDelayedMovedDropsRound(t *testing.T) {
+// detachedAt3 is node a, a holder of shard 1 with b, whose epoch 3 round
+// is detached and in flight; a holder of shard 0 is at epoch 4.
+func detachedAt3(t *testing.T) (*Machine, Input) {
+	t.Helper()
 	cfg := delayedCfg(10)
 	cfg.Self = "a"
 	m := New(cfg)
@@ -159,6 +160,13 @@ func TestDelayedMovedDropsRound(t *testing.T) {
 	m.Step(in, Event{})
 	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3})
 	m.Step(in, Event{Kind: Average, Detached: true})
+	return m, in
+}
+
+// A node that moved to another shard while its round was in flight drops
+// the landed round without a step.
+func TestDelayedMovedDropsRound(t *testing.T) {
+	m, in := detachedAt3(t)
 	in.Node = Node{Shard: 0, Held: true, Online: true, Epoch: 4}
 	if a := m.Step(in, Event{Kind: Land, OK: true, Group: 2}); a.Kind == Step {
 		t.Fatalf("stepped shard %d's landed round on shard 0", a.Shard)
@@ -250,14 +258,7 @@ func TestSimDelayedJoinAndLeave(t *testing.T) {
 // went on without this node) takes no step: the node catches up from that
 // holder at its epoch's end.
 func TestDelayedFailedRoundBehindCatchesUp(t *testing.T) {
-	cfg := delayedCfg(10)
-	cfg.Self = "a"
-	m := New(cfg)
-	in := Input{Now: time.Unix(1_000_000, 0), Records: []progress.Record{{Peer: "b", Shard: 1, State: progress.StateOnline, Epoch: 3, Closing: true},
-		{Peer: "s0", Shard: 0, State: progress.StateOnline, Epoch: 4}}, Node: Node{Shard: 1, Held: true, Online: true, Epoch: 3}}
-	m.Step(in, Event{})
-	m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3})
-	m.Step(in, Event{Kind: Average, Detached: true})
+	m, in := detachedAt3(t)
 	in.Node.Epoch = 4
 	in.Records[0].Epoch, in.Records[0].Closing, in.Records[1].Epoch = 5, false, 5
 	if a := m.Step(in, Event{Kind: Land}); a.Kind != Wait {
