@@ -175,6 +175,13 @@ func TestTwoShardsTwoNodes(t *testing.T) {
 			t.Errorf("node %d: utilisation %.3f, want within (0, 1]", i, st.Utilization)
 		}
 	}
+	holdersAgree(t, byShard)
+}
+
+// holdersAgree fails t when the two holders of a shard differ by more than
+// 1e-4 in any parameter.
+func holdersAgree(t *testing.T, byShard map[int][]*Trainer) {
+	t.Helper()
 	for idx, trs := range byShard {
 		a, b := trs[0].shard.Params(), trs[1].shard.Params()
 		var diff float64
@@ -729,15 +736,6 @@ func TestDelayedUpdates(t *testing.T) {
 			t.Errorf("node %d: %d of %d steps delayed, want at least half", i, n, steps)
 		}
 	}
-	for idx, trs := range byShard {
-		a, b := trs[0].shard.Params(), trs[1].shard.Params()
-		var diff float64
-		for i := range a {
-			diff = max(diff, float64(abs32(a[i]-b[i])))
-		}
-		if diff > 1e-4 {
-			t.Errorf("shard %d: holders' parameters differ by up to %g", idx, diff)
-		}
-	}
+	holdersAgree(t, byShard)
 	t.Logf("accuracy %.4f", acc)
 }
