@@ -49,6 +49,7 @@ delta_bits=${WAN_DELTA_BITS:-2}
 max_local_steps=${WAN_MAX_LOCAL_STEPS:-$((4 * local_steps))} # +pace rows: averaging.max_local_steps
 target_batch=${WAN_TARGET_BATCH:-128}                         # sync rows' training.target_batch
 steps=${WAN_STEPS:-}                                          # set: rows train this many steps to the end and report the test accuracy
+norm_k=${WAN_NORM_K:-}                                        # set: averaging.norm_k of every row (0: off); else run init's
 tag=sw$$ # prefix of every name this script creates
 work=$(mktemp -d /tmp/swarm-wan.XXXXXX)
 keep=${WAN_KEEP:-} # set: keep the runs' manifests, logs and status snapshots in $work
@@ -66,6 +67,7 @@ go build -o "$linkem" ./scripts/linkem || { echo "wan.sh: could not build script
 case $target_batch in '' | *[!0-9]*) echo "wan.sh: WAN_TARGET_BATCH '$target_batch': want a positive number of samples" >&2; exit 1 ;; esac
 case $max_local_steps in '' | *[!0-9]*) echo "wan.sh: WAN_MAX_LOCAL_STEPS '$max_local_steps': want a number of inner steps" >&2; exit 1 ;; esac
 case $steps in *[!0-9]* | 0) echo "wan.sh: WAN_STEPS '$steps': want a positive number of steps" >&2; exit 1 ;; esac
+case $norm_k in *[!0-9.]* | *.*.*) echo "wan.sh: WAN_NORM_K '$norm_k': want 0 (off) or a number ≥ 1" >&2; exit 1 ;; esac
 for l in $links; do
   IFS=/ read -r up down rtt <<<"$l"
   [ "$l" = none ] && { up=""; down=""; rtt=0ms; }
@@ -168,8 +170,12 @@ run_mode() {
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   [ -n "$delayed" ] && args+=(--delayed-updates)
   "$bin" "${args[@]}" >/dev/null
-  if [ -n "$pace" ]; then # no flag for it: the manifest's field, checked when the nodes load it
+  # No flags for these: the manifest's fields, checked when the nodes load it.
+  if [ -n "$pace" ]; then
     jq --argjson n "$max_local_steps" '.averaging.max_local_steps = $n' "$dir/run.json" >"$dir/run.tmp" && mv "$dir/run.tmp" "$dir/run.json"
+  fi
+  if [ -n "$norm_k" ]; then
+    jq --argjson k "$norm_k" '.averaging.norm_k = $k' "$dir/run.json" >"$dir/run.tmp" && mv "$dir/run.tmp" "$dir/run.json"
   fi
   ip netns exec "${tag}n0" "$bin" bootstrap --home "$dir/boot" --listen /ip4/10.77.0.2/tcp/4001 \
     --announce /ip4/10.77.0.1/tcp/4001 >"$dir/boot.out" 2>"$dir/boot.log" &
@@ -216,6 +222,7 @@ run_mode() {
   [ -n "$delayed" ] && label+=", delayed updates"
   [ -n "$pace" ] && label+=", rounds paced (max $max_local_steps inner steps)"
   [ "$mode" = sync ] && label+=", target batch $target_batch"
+  [ -n "$norm_k" ] && label+=", norm_k $norm_k"
   local linkname
   if [ "$link" = none ]; then linkname="none (proxy, no limit)"; else IFS=/ read -r up down rtt <<<"$link"; linkname="$up up, $down down, $rtt RTT"; fi
   row=$(jq -rs --arg mode "$label" --arg link "$linkname" --arg acc "$acc" '
