@@ -19,15 +19,22 @@
 # everything it created (also on error or Ctrl-C).
 #
 # WAN_LINKS is a list of UP/DOWN/RTT settings (tc rate units; RTT between
-# any two nodes); settings the host cannot provide (rates its proxy cannot
-# move, a delay below its timer slack) are refused naming the setting.
+# any two nodes), or "none": the same proxy without limits or delay (the
+# unconstrained run to compare accuracy with); settings the host cannot
+# provide (rates its proxy cannot move, a delay below its timer slack) are
+# refused naming the setting. With WAN_STEPS every row trains that many
+# steps (local mode: inner steps; local_steps of them a round) and waits
+# for the run's end to report the test accuracy; utilisation is measured
+# until the warm-up plus WAN_SECONDS or the first node done, if sooner.
 #
 # Needs root, iproute2 (ip netns), jq, go (to build linkem) and bin/swarm
 # (make build). CI does not run it.
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed][+pace]
+#   WAN_LINKS="none 100mbit/100mbit/50ms" WAN_STEPS=3000 WAN_MODES="local+bf16+pace" sudo -E scripts/wan.sh
+#   WAN_KEEP=1 WAN_LOG_LEVEL=debug sudo -E scripts/wan.sh   # keep the nodes' logs and snapshots (path on stderr)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=$(pwd)/bin/swarm
@@ -39,9 +46,15 @@ hidden=${WAN_HIDDEN:-1024,1024}
 local_steps=${WAN_LOCAL_STEPS:-50}
 delta_keep=${WAN_DELTA_KEEP:-0.03} # +topk rows: fraction of each delta sent
 delta_bits=${WAN_DELTA_BITS:-2}
+max_local_steps=${WAN_MAX_LOCAL_STEPS:-$((4 * local_steps))} # +pace rows: averaging.max_local_steps
+target_batch=${WAN_TARGET_BATCH:-128}                         # sync rows' training.target_batch
+steps=${WAN_STEPS:-}                                          # set: rows train this many steps to the end and report the test accuracy
+norm_k=${WAN_NORM_K:-}                                        # set: averaging.norm_k of every row (0: off); else run init's
 tag=sw$$ # prefix of every name this script creates
 work=$(mktemp -d /tmp/swarm-wan.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+keep=${WAN_KEEP:-} # set: keep the runs' manifests, logs and status snapshots in $work
+loglevel=${WAN_LOG_LEVEL:-info}
+trap '[ -n "$keep" ] || rm -rf "$work"' EXIT
 
 [ "$(id -u)" = 0 ] || { echo "wan.sh: needs root (network namespaces)" >&2; exit 1; }
 command -v ip >/dev/null || { echo "wan.sh: needs iproute2 (ip)" >&2; exit 1; }
@@ -51,10 +64,15 @@ command -v jq >/dev/null || { echo "wan.sh: needs jq" >&2; exit 1; }
 linkem=$work/linkem
 go build -o "$linkem" ./scripts/linkem || { echo "wan.sh: could not build scripts/linkem" >&2; exit 1; }
 # Every setting is checked against this host before anything runs.
+case $target_batch in '' | *[!0-9]*) echo "wan.sh: WAN_TARGET_BATCH '$target_batch': want a positive number of samples" >&2; exit 1 ;; esac
+case $max_local_steps in '' | *[!0-9]*) echo "wan.sh: WAN_MAX_LOCAL_STEPS '$max_local_steps': want a number of inner steps" >&2; exit 1 ;; esac
+case $steps in *[!0-9]* | 0) echo "wan.sh: WAN_STEPS '$steps': want a positive number of steps" >&2; exit 1 ;; esac
+case $norm_k in *[!0-9.]* | *.*.*) echo "wan.sh: WAN_NORM_K '$norm_k': want 0 (off) or a number ≥ 1" >&2; exit 1 ;; esac
 for l in $links; do
   IFS=/ read -r up down rtt <<<"$l"
+  [ "$l" = none ] && { up=""; down=""; rtt=0ms; }
   [ -n "$rtt" ] || { echo "wan.sh: WAN_LINKS entry '$l': want UP/DOWN/RTT (e.g. 100mbit/100mbit/50ms)" >&2; exit 1; }
-  host=$("$linkem" -check -nodes $((nodes + 1)) -up "$up" -down "$down" -rtt "$rtt" 2>&1) ||
+  host=$("$linkem" -check -nodes $((nodes + 1)) ${up:+-up "$up"} ${down:+-down "$down"} -rtt "$rtt" 2>&1) ||
     { echo "wan.sh: WAN_LINKS entry '$l': $host" >&2; exit 1; }
 done
 
@@ -67,7 +85,7 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   pids=()
   for ns in $(ip netns list | awk '{print $1}' | grep "^${tag}" || true); do ip netns del "$ns" 2>/dev/null || true; done
-  rm -rf "$work"
+  if [ -n "$keep" ]; then echo "wan.sh: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -109,7 +127,7 @@ _setup_net() {
 
 # start_links UP DOWN RTT: the proxy in the hub, one listener a node.
 start_links() {
-  local args=(-up "$1" -down "$2" -rtt "$3")
+  local args=(${1:+-up "$1"} ${2:+-down "$2"} -rtt "$3")
   for i in $(seq 0 "$nodes"); do args+=(-node "n$i,10.77.$i.1:4001,10.77.$i.2:4001"); done
   ip netns exec "${tag}hub" "$linkem" "${args[@]}" >"$work/linkem.out" 2>"$work/linkem.log" &
   link_pid=$!
@@ -123,31 +141,42 @@ stop_links() {
   wait "$link_pid" 2>/dev/null || true
 }
 
-# run_mode LINK MODE[:N][+bf16][+wait][+topk]: start the swarm (N
+# run_mode LINK MODE[:N][+bf16][+wait][+topk][+delayed][+pace]: start the swarm (N
 # micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
 # adaptive; +bf16: activations between shards in bf16; +wait: local mode
 # without overlapping averaging and training; +topk: local mode's deltas
 # compressed to $delta_keep of their values at $delta_bits bits; +delayed:
-# sync mode with delayed updates, averaging.delayed_updates), train for
-# $seconds, print one table row.
+# sync mode with delayed updates, averaging.delayed_updates; +pace: local
+# mode's rounds paced by the averaging, up to $max_local_steps inner steps,
+# averaging.max_local_steps), train for $seconds (with $steps: to the end),
+# print one table row.
 run_mode() {
   local link=$1 spec=${2%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//\//-}-${2//[:+]/-}"
   [[ $2 == *+bf16* ]] && bf16=1
   [[ $2 == *+wait* ]] && wait=1
-  local topk="" delayed=""
+  local topk="" delayed="" pace=""
   [[ $2 == *+topk* ]] && topk=1
+  [[ $2 == *+pace* ]] && pace=1
   [[ $2 == *+delayed* ]] && delayed=1
   mode=${spec%%:*}
   [[ $spec == *:* ]] && flight=${spec#*:}
   run_dir=$dir
   mkdir -p "$dir"
-  local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps 100000 -o "$dir/run.json")
+  local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps "${steps:-100000}" -o "$dir/run.json")
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
+  [ "$mode" = sync ] && args+=(--target-batch "$target_batch")
   [ -n "$bf16" ] && args+=(--activations bf16)
   [ -n "$wait" ] && args+=(--overlap=false)
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   [ -n "$delayed" ] && args+=(--delayed-updates)
   "$bin" "${args[@]}" >/dev/null
+  # No flags for these: the manifest's fields, checked when the nodes load it.
+  if [ -n "$pace" ]; then
+    jq --argjson n "$max_local_steps" '.averaging.max_local_steps = $n' "$dir/run.json" >"$dir/run.tmp" && mv "$dir/run.tmp" "$dir/run.json"
+  fi
+  if [ -n "$norm_k" ]; then
+    jq --argjson k "$norm_k" '.averaging.norm_k = $k' "$dir/run.json" >"$dir/run.tmp" && mv "$dir/run.tmp" "$dir/run.json"
+  fi
   ip netns exec "${tag}n0" "$bin" bootstrap --home "$dir/boot" --listen /ip4/10.77.0.2/tcp/4001 \
     --announce /ip4/10.77.0.1/tcp/4001 >"$dir/boot.out" 2>"$dir/boot.log" &
   pids+=($!)
@@ -159,15 +188,31 @@ run_mode() {
   [ -n "$id" ] || { echo "wan.sh: bootstrap did not start; see $dir/boot.log" >&2; exit 1; }
   local boot=/ip4/10.77.0.1/tcp/4001/p2p/$id
   for i in $(seq 1 "$nodes"); do
-    ip netns exec "${tag}n$i" "$bin" node --home "$dir/node$i" --run "$dir/run.json" --bootstrap "$boot" \
+    ip netns exec "${tag}n$i" "$bin" --log-level "$loglevel" node --home "$dir/node$i" --run "$dir/run.json" --bootstrap "$boot" \
       --listen "/ip4/10.77.$i.2/tcp/4001" --announce "/ip4/10.77.$i.1/tcp/4001" --threads 1 \
       ${flight:+--in-flight "$flight"} 2>"$dir/node$i.log" &
     pids+=($!)
   done
   sleep "$warmup"
   snapshot "$dir/a.json"
-  sleep "$seconds"
+  local until=$((SECONDS + seconds))
+  while [ "$SECONDS" -lt "$until" ]; do
+    sleep 1
+    [ -n "$steps" ] || continue
+    snapshot "$dir/now.json"
+    [ "$(jq '[.[] | select(.state == "done")] | length' "$dir/now.json")" = 0 ] || break
+  done
   snapshot "$dir/b.json"
+  local acc="–"
+  if [ -n "$steps" ]; then # wait (bounded) for the first shard's holders to evaluate
+    for _ in $(seq 900); do
+      snapshot "$dir/end.json"
+      acc=$(jq -r '[.[] | select(.accuracy >= 0 and .shard == 0) | .accuracy] | if length > 0 then "\(10000 * max | round / 100)%" else empty end' "$dir/end.json")
+      [ -n "$acc" ] && break
+      acc="not finished"
+      sleep 2
+    done
+  fi
   # Per node: Δbusy ÷ Δwall; swarm: Σ Δprocessed on shard 0 ÷ Δt, epochs reached.
   local row
   local label="$mode, in flight ${flight:-adaptive}"
@@ -175,13 +220,17 @@ run_mode() {
   [ -n "$bf16" ] && label+=", bf16 activations"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
   [ -n "$delayed" ] && label+=", delayed updates"
-  IFS=/ read -r up down rtt <<<"$link"
-  row=$(jq -rs --arg mode "$label" --arg link "$up up, $down down, $rtt RTT" '
+  [ -n "$pace" ] && label+=", rounds paced (max $max_local_steps inner steps)"
+  [ "$mode" = sync ] && label+=", target batch $target_batch"
+  [ -n "$norm_k" ] && label+=", norm_k $norm_k"
+  local linkname
+  if [ "$link" = none ]; then linkname="none (proxy, no limit)"; else IFS=/ read -r up down rtt <<<"$link"; linkname="$up up, $down down, $rtt RTT"; fi
+  row=$(jq -rs --arg mode "$label" --arg link "$linkname" --arg acc "$acc" '
     (.[0] | map({key: .peer_id, value: .}) | from_entries) as $a |
     [.[1][] | select($a[.peer_id]) | {shard, epoch, b: ., a: $a[.peer_id]}] as $n |
     ($n | map((.b.busy_seconds - .a.busy_seconds) / (.b.wall_seconds - .a.wall_seconds))) as $u |
     ($n | map(select(.shard == 0) | (.b.processed - .a.processed) / (.b.wall_seconds - .a.wall_seconds)) | add) as $sps |
-    "| \($link) | \($mode) | \($n | length) | \(100 * ($u | add) / ($u | length) | round)% (\($u | map(100 * . | round | tostring + "%") | join(" "))) | \($sps | round) | \($n | map(.epoch) | max) |"
+    "| \($link) | \($mode) | \($n | length) | \(100 * ($u | add) / ($u | length) | round)% (\($u | map(100 * . | round | tostring + "%") | join(" "))) | \($sps | round) | \($n | map(.epoch) | max) | \($acc) |"
   ' "$dir/a.json" "$dir/b.json")
   [ -n "$row" ] || { echo "wan.sh: no node reported training; logs in $dir" >&2; exit 1; }
   echo "$row"
@@ -208,10 +257,11 @@ echo "the shards. Micro-batches in flight a first-shard node: adaptive (2-8, its
 echo "per micro-batch) unless the row names a fixed number. Busy time counts wall time during which the engine runs, so"
 echo "concurrent micro-batches count once."
 echo
-echo "| link | mode | nodes | utilisation (per node) | samples/s | epoch reached |"
-echo "|---|---|---|---|---|---|"
+echo "| link | mode | nodes | utilisation (per node) | samples/s | epoch reached | test accuracy |"
+echo "|---|---|---|---|---|---|---|"
 for link in $links; do
   IFS=/ read -r up down rtt <<<"$link"
+  [ "$link" = none ] && { up=""; down=""; rtt=0ms; }
   start_links "$up" "$down" "$rtt"
   for mode in ${WAN_MODES:-sync local local+bf16 local+bf16+topk}; do
     run_mode "$link" "$mode"

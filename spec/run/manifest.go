@@ -255,6 +255,10 @@ const (
 	ActivationsInt8 = "int8"
 )
 
+// MaxLocalStepsFactor bounds averaging.max_local_steps as a multiple of
+// local_steps.
+const MaxLocalStepsFactor = 16
+
 // Averaging modes.
 const (
 	ModeSync  = "sync"  // average gradients every epoch, then step together
@@ -271,12 +275,17 @@ const (
 
 // AveragingSpec configures how shard holders average.
 type AveragingSpec struct {
-	Mode          string  `json:"mode"`
-	GroupSize     int     `json:"group_size"`
-	MinGroupSize  int     `json:"min_group_size"`
-	Compression   string  `json:"compression"`
-	TimeoutMS     int     `json:"timeout_ms"`
-	LocalSteps    int     `json:"local_steps,omitempty"`
+	Mode         string `json:"mode"`
+	GroupSize    int    `json:"group_size"`
+	MinGroupSize int    `json:"min_group_size"`
+	Compression  string `json:"compression"`
+	TimeoutMS    int    `json:"timeout_ms"`
+	LocalSteps   int    `json:"local_steps,omitempty"`
+	// MaxLocalSteps (local mode with overlap), when above LocalSteps, lets
+	// a round grow to as many inner steps as its outer round's averaging
+	// takes, up to this many, so that compute does not stall behind a slow
+	// link (swarm/epochs, pace.go); 0 or LocalSteps: rounds of LocalSteps.
+	MaxLocalSteps int     `json:"max_local_steps,omitempty"`
 	OuterLR       float64 `json:"outer_lr,omitempty"`
 	OuterMomentum float64 `json:"outer_momentum,omitempty"`
 	// Overlap (local mode): holders keep taking inner steps while the
@@ -694,10 +703,20 @@ func (a AveragingSpec) validate() error {
 		if a.OuterMomentum < 0 || a.OuterMomentum >= 1 {
 			return fieldErr("averaging.outer_momentum", "must be in [0, 1), got %g", a.OuterMomentum)
 		}
+		if a.MaxLocalSteps != 0 && (a.MaxLocalSteps < a.LocalSteps || a.MaxLocalSteps > MaxLocalStepsFactor*a.LocalSteps) {
+			return fieldErr("averaging.max_local_steps", "must be 0 or in [local_steps, %d × local_steps] = [%d, %d], got %d",
+				MaxLocalStepsFactor, a.LocalSteps, MaxLocalStepsFactor*a.LocalSteps, a.MaxLocalSteps)
+		}
+		if a.MaxLocalSteps > a.LocalSteps && !a.Overlap {
+			return fieldErr("averaging.max_local_steps", "needs averaging.overlap (rounds only grow while averaging overlaps inner steps)")
+		}
 	case "":
 		return fieldErr("averaging.mode", "missing (want sync or local)")
 	default:
 		return fieldErr("averaging.mode", "unknown mode %q (want sync or local)", a.Mode)
+	}
+	if a.MaxLocalSteps != 0 && a.Mode != ModeLocal {
+		return fieldErr("averaging.max_local_steps", "only for local mode (mode is %q)", a.Mode)
 	}
 	if a.Overlap && a.Mode != ModeLocal {
 		return fieldErr("averaging.overlap", "only for local mode (mode is %q)", a.Mode)

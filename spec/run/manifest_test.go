@@ -82,6 +82,19 @@ func TestValidateNamesField(t *testing.T) {
 		{"delayed updates in local mode", func(m *Manifest) {
 			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.DelayedUpdates = ModeLocal, 10, 0.7, true
 		}, "averaging.delayed_updates"},
+		{"max local steps in sync mode", func(m *Manifest) { m.Averaging.MaxLocalSteps = 100 }, "averaging.max_local_steps"},
+		{"max local steps below local steps", func(m *Manifest) {
+			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.Overlap, m.Averaging.MaxLocalSteps = ModeLocal, 50, 0.7, true, 49
+		}, "averaging.max_local_steps"},
+		{"max local steps too far above", func(m *Manifest) {
+			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.Overlap, m.Averaging.MaxLocalSteps = ModeLocal, 50, 0.7, true, 50*MaxLocalStepsFactor+1
+		}, "averaging.max_local_steps"},
+		{"negative max local steps", func(m *Manifest) {
+			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.Overlap, m.Averaging.MaxLocalSteps = ModeLocal, 50, 0.7, true, -1
+		}, "averaging.max_local_steps"},
+		{"max local steps without overlap", func(m *Manifest) {
+			m.Averaging.Mode, m.Averaging.LocalSteps, m.Averaging.OuterLR, m.Averaging.MaxLocalSteps = ModeLocal, 50, 0.7, 100
+		}, "averaging.max_local_steps"},
 		{"sha256 on mnist", func(m *Manifest) { m.Dataset.SHA256 = strings.Repeat("ab", 32) }, "dataset.sha256"},
 		{"root not a CID", func(m *Manifest) { m.Dataset.Root = "bafk-nope" }, "dataset.root"},
 		{"root of another codec", func(m *Manifest) {

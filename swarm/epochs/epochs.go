@@ -69,6 +69,9 @@ type Node struct {
 	Samples   int    // samples finished in the epoch
 	Drawn     int    // samples started in the epoch and not finished (first shard)
 	Evaluated bool   // the test-set accuracy is known
+	// RoundSteps (local mode) is the inner steps this node's round should
+	// have (Pace.Target); 0: Config.LocalSteps.
+	RoundSteps int
 }
 
 // Input is what the core sees at one moment.
@@ -379,10 +382,14 @@ func (m *Machine) tick(in Input) Action {
 		return Action{Kind: Close, Shard: n.Shard, Epoch: n.Epoch}
 	}
 	// The round ends when the shard's holders together took local_steps
-	// inner steps each on average: all of them see it at about the same
+	// (or the pace's longer target) inner steps each on average: all of them see it at about the same
 	// moment, so they average together even though the wiring gives them
 	// unequal shares.
-	due := m.shardInner(in) >= m.cfg.LocalSteps
+	steps := m.cfg.LocalSteps
+	if in.Node.RoundSteps > 0 {
+		steps = in.Node.RoundSteps
+	}
+	due := m.shardInner(in) >= steps
 	if n.Shard > 0 {
 		// Later shards follow the first shard's rounds: their own count
 		// runs ahead while a holder is still joining.

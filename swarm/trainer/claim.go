@@ -379,7 +379,7 @@ func (t *Trainer) wantState(index, nParams, nOpt int) statesync.Want {
 func (t *Trainer) recordLimits() progress.Limits {
 	n := 2 * t.m.Training.TargetBatch
 	if !t.sync() {
-		n *= 2 * max(1, t.m.Averaging.LocalSteps)
+		n *= 2 * max(1, t.m.Averaging.LocalSteps, t.m.Averaging.MaxLocalSteps)
 	}
 	return progress.Limits{Shards: len(t.m.Shards), MaxSamples: n, MaxEpoch: uint64(t.totalEpochs())}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -35,7 +36,12 @@ type driver struct {
 	flight  flightCtl
 	busyAt  time.Duration // the node's busy time when its last micro-batch finished
 	driving int           // micro-batches drawn and not finished
+	trips   int           // micro-batches finished, for the periodic debug line
 }
+
+// windowLogEvery is how many finished micro-batches apart the driver logs
+// its window (debug): the limit, the round trips and the compute behind it.
+const windowLogEvery = 200
 
 // driverGate is what the driver needs of the trainer.
 type driverGate interface {
@@ -124,6 +130,11 @@ func (d *driver) finished(ok bool, trip time.Duration) {
 	d.driving--
 	if ok {
 		d.flight.observeTrip(trip)
+		d.trips++
+		if d.trips%windowLogEvery == 0 {
+			d.log.Debug("pipeline window", "limit", d.limitLocked(), "in_flight", d.driving, "trip", trip,
+				"min_trip", slices.Min(d.flight.trips), "max_trip", slices.Max(d.flight.trips), "compute", d.flight.compute)
+		}
 	}
 }
 

@@ -39,6 +39,9 @@ func (t *Trainer) inputLocked() epochs.Input {
 		Shard: t.index, Held: t.shard != nil, Online: t.state == progress.StateOnline, Done: t.done,
 		Epoch: t.epoch, Samples: t.samples, Drawn: t.drawn, Evaluated: t.accuracy >= 0,
 	}}
+	if !t.sync() {
+		in.Node.RoundSteps = t.pace.Target()
+	}
 	t.noteSeenLocked(in.Records)
 	return in
 }
@@ -432,10 +435,14 @@ func (t *Trainer) stepDelayed(ctx context.Context, e *epochEnd) epochs.Event {
 // the manifest's clip norm: the clipping of a single-node step. Holders
 // publish their shard's squared norm in their progress records, of which
 // each other shard counts the robust value epochs.GlobalNormSq takes (the
-// lower median of its holders', a lone one capped); this waits,
-// at most the averaging timeout, for each other shard that has an online
-// holder still in this epoch (delayed updates: up to an epoch past it, whose round of this epoch may not have landed). A shard not heard from in time is left out of
-// the sum (the scale is then that of the shards heard from).
+// lower median of its holders', a lone one capped). The other shards'
+// norms are those of the epoch before (epochs.ClipReports: they came with
+// the last round, so the step does not wait for this round's); this waits,
+// at most the averaging timeout, only for a shard that published neither
+// and has an online holder still in this epoch (delayed updates: up to an
+// epoch past it, whose round of this epoch may not have landed). A shard
+// not heard from in time is left out of the sum (the scale is then that of
+// the shards heard from).
 func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own float64) float32 {
 	clip := t.m.Optimizer.ClipNorm
 	if clip <= 0 {
@@ -455,24 +462,7 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 	var total float64
 	for {
 		changed := t.tracker.Changed()
-		known := map[int][]float64{}
-		waiting := false
-		recs := t.tracker.Live(t.clk.Now())
-		for _, r := range recs {
-			if r.Shard < 0 || r.Shard == index || r.Shard >= len(t.m.Shards) {
-				continue
-			}
-			if v, ok := r.NormAt(epoch); ok {
-				known[r.Shard] = append(known[r.Shard], v)
-			}
-		}
-		for _, r := range recs {
-			if r.Shard >= 0 && r.Shard != index && r.Shard < len(t.m.Shards) && r.State == progress.StateOnline && r.Epoch <= epoch+lag {
-				if _, ok := known[r.Shard]; !ok {
-					waiting = true
-				}
-			}
-		}
+		known, waiting := epochs.ClipReports(t.tracker.Live(t.clk.Now()), index, len(t.m.Shards), epoch, lag)
 		// Robust: one holder's 1e300 cannot drive the scale to 0.
 		total = epochs.GlobalNormSq(own, known)
 		if !waiting || ctx.Err() != nil || !t.clk.Now().Before(deadline) {

@@ -236,7 +236,11 @@ func (t *Trainer) everyShardHeldLocked() bool {
 func (t *Trainer) undraw(epoch uint64, n int) {
 	t.mu.Lock()
 	if t.epoch == epoch {
-		t.drawn -= n
+		// An epoch reopened at the same number (a failed catch-up, a
+		// closing whose wait for micro-batches in flight timed out) set
+		// drawn to 0 under micro-batches still out: never below 0, which
+		// a record carries as InFlight and peers refuse as malformed.
+		t.drawn = max(t.drawn-n, 0)
 	}
 	t.mu.Unlock()
 	t.release()

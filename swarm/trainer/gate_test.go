@@ -64,3 +64,28 @@ func TestAdmitWaitsForTheEpoch(t *testing.T) {
 	}
 	tr.release()
 }
+
+// A micro-batch that finishes after its epoch was reopened at the same
+// number (drawn set to 0 under it) leaves drawn at 0, not below: the
+// record's InFlight stays one that peers accept (a negative one was refused
+// as malformed and got honest holders banned in WAN runs).
+func TestUndrawAfterReopenNeverNegative(t *testing.T) {
+	tr, _, _ := victim(t, 32, true) // holds shard 1 at epoch 3
+	tr.mu.Lock()
+	epoch := tr.epoch
+	tr.drawn, tr.inflight = 64, 1
+	tr.mu.Unlock()
+	tr.reopen(tr.shard, epoch) // same number: drawn back to 0
+	tr.undraw(epoch, 64)
+	tr.mu.Lock()
+	drawn := tr.drawn
+	tr.mu.Unlock()
+	r := tr.record()
+	if drawn != 0 || r.InFlight != 0 {
+		t.Fatalf("drawn %d, record in flight %d after the micro-batch ended; want 0 and 0", drawn, r.InFlight)
+	}
+	r.Peer = tr.h.ID().String() // the gossip fills it in
+	if err := r.Validate(); err != nil {
+		t.Fatalf("own record refused: %v", err)
+	}
+}

@@ -17,7 +17,7 @@ import (
 
 // innerStep is local mode's optimizer step after each micro-batch.
 func (t *Trainer) innerStep(sh engine.Shard) {
-	t.waitOverlap()
+	stalled := t.waitOverlap()
 	t.stepMu.Lock()
 	t.mu.Lock()
 	done := t.done
@@ -44,25 +44,25 @@ func (t *Trainer) innerStep(sh engine.Shard) {
 	t.mu.Lock()
 	t.inner++
 	t.trained = true
+	t.pace.ObserveStep(t.clk.Now(), stalled)
 	t.mu.Unlock()
 }
 
-// maxOverlap is the share of a round's inner steps a holder may take while
-// its previous round's deltas are being averaged: progress beyond it would
-// land on an outer step that is more than half a round stale.
-const maxOverlap = 0.5
-
 // waitOverlap holds an inner step while the previous outer step is pending
-// and this holder already took its share of overlapping steps (bounded by
-// the hop timeout, after which it steps anyway).
-func (t *Trainer) waitOverlap() {
-	bound := max(1, int(maxOverlap*float64(t.m.Averaging.LocalSteps)))
+// and this holder already took as many overlapping steps as the pace allows
+// (swarm/epochs, Pace.Overlap: enough to cover a recent outer round, at
+// least half a round, at most one), bounded by the hop timeout, after which
+// it steps anyway. It reports whether the step waited.
+func (t *Trainer) waitOverlap() bool {
 	deadline := t.clk.Now().Add(t.cfg.HopTimeout)
 	t.mu.Lock()
-	for t.pending && t.inner-t.pendingInner >= bound && t.clk.Now().Before(deadline) {
+	defer t.mu.Unlock()
+	stalled := false
+	for t.pending && t.inner-t.pendingInner >= t.pace.Overlap() && t.clk.Now().Before(deadline) {
+		stalled = true
 		t.waitTimeout(deadline)
 	}
-	t.mu.Unlock()
+	return stalled
 }
 
 // outerStep (local mode, DiLoCo): average the parameter deltas since the
@@ -151,8 +151,15 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		}
 	}
 	info.Seconds = t.clk.Since(start).Seconds()
+	t.mu.Lock()
+	if grouped && overlap {
+		t.pace.ObserveRound(t.clk.Since(start))
+	}
+	target, ahead := t.pace.Target(), t.pace.Overlap()
+	t.mu.Unlock()
 	t.log.Debug("outer step", "round", round, "group", info.GroupSize, "mode", info.Mode, "seconds", info.Seconds,
-		"bytes_sent", info.BytesSent, "bytes_received", info.BytesReceived, "values", len(vec))
+		"bytes_sent", info.BytesSent, "bytes_received", info.BytesReceived, "values", len(vec), "inner", inner,
+		"next_round_steps", target, "overlap_steps", ahead)
 	lr, mu := float32(t.m.Averaging.OuterLR), float32(t.m.Averaging.OuterMomentum)
 	carry := taken != nil && !t.finished(round+1)
 	if !carry {

@@ -216,7 +216,7 @@ func (t *Trainer) record() progress.Record {
 	// 593 of 600). Only the first shard's count decides anything, and an
 	// honest holder's is within the limit; a later shard's is shown capped.
 	lim := t.recordLimits()
-	r.Samples, r.InFlight = min(r.Samples, lim.MaxSamples), min(r.InFlight, lim.MaxSamples)
+	r.Samples, r.InFlight = min(max(r.Samples, 0), lim.MaxSamples), min(max(r.InFlight, 0), lim.MaxSamples)
 	t.lieLocked(&r)
 	return r
 }

@@ -292,6 +292,9 @@ type Trainer struct {
 	// inner when its deltas were taken.
 	pending      bool
 	pendingInner int
+	// pace (local mode) sizes rounds and the inner steps that may overlap
+	// an outer round from the times measured (swarm/epochs, pace.go; t.mu).
+	pace *epochs.Pace
 	// anchor and outerMom are local mode's outer state (outer.go),
 	// written under stepMu by the outer step and catch-up.
 	anchor   []float32
@@ -344,6 +347,7 @@ func New(cfg Config) (*Trainer, error) {
 		BatchSize: m.Training.BatchSize, GroupSize: m.Averaging.GroupSize, Local: !t.sync(), LocalSteps: m.Averaging.LocalSteps,
 		Delayed: m.Averaging.DelayedUpdates}
 	t.core = epochs.New(t.epochsCfg)
+	t.pace = epochs.NewPace(m.Averaging.LocalSteps, m.Averaging.MaxLocalSteps)
 	for i := range m.Shards {
 		f, err := m.FLOPsPerSample(i)
 		if err != nil {
