@@ -35,7 +35,7 @@ import (
 //     above the median of the recent senders'; a request far ahead of the
 //     node's epoch and of its sender's own record) or in averaging (a part
 //     rejected as an outlier by the reducer), in RepeatOffenses distinct
-//     epochs.
+//     epochs within RepeatWindow of each other.
 //   - RuleBannedByPeers: a peer that a majority of its shard's other
 //     holders (online or done), and at least BanQuorum of them, name in
 //     their records as banned for a lie. A lie one node saw (a donor's
@@ -85,6 +85,12 @@ const (
 	// RepeatOffenses offenses of one rule in distinct epochs make a
 	// verdict.
 	RepeatOffenses = 3
+	// RepeatWindow: those epochs are within this many of each other. A liar
+	// offends in every epoch it sends, while an honest peer's rare outlier
+	// (late in training one micro-batch's gradient was 10–23× another's,
+	// under norm_k 10) recurs far apart: three in a whole run banned honest
+	// nodes.
+	RepeatWindow = 8
 	// maxSuspects bounds the peers the judge remembers.
 	maxSuspects = 1024
 )
@@ -146,7 +152,7 @@ func (j *judge) suspect(peer string, now time.Time) *suspect {
 
 // note adds evidence of rule in epoch against peer; it returns the verdict
 // when the evidence reached need distinct epochs.
-func (j *judge) note(peer, rule string, epoch uint64, need int, evidence string, now time.Time) (Verdict, bool) {
+func (j *judge) note(peer, rule string, epoch uint64, need int, window uint64, evidence string, now time.Time) (Verdict, bool) {
 	if j.judged[peer] {
 		return Verdict{}, false
 	}
@@ -159,6 +165,11 @@ func (j *judge) note(peer, rule string, epoch uint64, need int, evidence string,
 		s.first[rule] = evidence
 	}
 	es = append(es, epoch)
+	// With a window, only offenses within it of the latest count.
+	if window > 0 {
+		latest := slices.Max(es)
+		es = slices.DeleteFunc(es, func(e uint64) bool { return e+window <= latest })
+	}
 	if len(es) > need {
 		es = es[len(es)-need:]
 	}
@@ -219,7 +230,7 @@ func (m *Machine) Offend(o Offense, now time.Time) {
 	if o.Peer == m.cfg.Self {
 		return
 	}
-	if v, ok := m.judge.note(o.Peer, o.Rule, o.Epoch, RepeatOffenses, o.Evidence, now); ok {
+	if v, ok := m.judge.note(o.Peer, o.Rule, o.Epoch, RepeatOffenses, RepeatWindow, o.Evidence, now); ok {
 		m.judge.pending = append(m.judge.pending, v)
 	}
 }
@@ -268,7 +279,7 @@ func (m *Machine) recordVerdicts(in Input) []Verdict {
 				continue
 			}
 			ev := fmt.Sprintf("epoch %d: squared gradient norm %.3g, %.3g times the lower median %.3g of the shard's other holders", n.Epoch, n.NormSq, n.NormSq/med, med)
-			if v, ok := m.judge.note(r.Peer, RuleNorm, n.Epoch, NormLieEpochs, ev, in.Now); ok {
+			if v, ok := m.judge.note(r.Peer, RuleNorm, n.Epoch, NormLieEpochs, 0, ev, in.Now); ok {
 				out = append(out, v)
 				break
 			}

@@ -222,6 +222,23 @@ func TestOffensesRepeat(t *testing.T) {
 	if v := m.Verdicts(in); len(v) != 0 {
 		t.Fatalf("verdicts %+v after the peer was condemned", v)
 	}
+	// Offenses far apart (an honest sender's rare outlier) make no verdict:
+	// only those within RepeatWindow epochs of the latest count.
+	m = New(Config{Self: "a0", TargetBatch: 64, BatchSize: 8})
+	for _, e := range []uint64{5, 5 + RepeatWindow, 5 + 2*RepeatWindow, 5 + 3*RepeatWindow} {
+		offend(e)
+	}
+	if v := m.Verdicts(in); len(v) != 0 {
+		t.Fatalf("verdicts %+v for offenses %d epochs apart", v, RepeatWindow)
+	}
+	offend(5 + 3*RepeatWindow + 1)
+	if v := m.Verdicts(in); len(v) != 0 {
+		t.Fatalf("verdicts %+v for two offenses within the window", v)
+	}
+	offend(5 + 3*RepeatWindow + 2)
+	if v := m.Verdicts(in); len(v) != 1 {
+		t.Fatalf("verdicts %+v, want one for three offenses within %d epochs", v, RepeatWindow)
+	}
 	// Offenses of peers without a record are forgotten after a minute;
 	// the judge never holds more than maxSuspects.
 	for i := range 3 * maxSuspects {
