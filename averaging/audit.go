@@ -29,7 +29,7 @@ import (
 //  1. Commit. Each reducer signs, with its libp2p identity key, the digests of
 //     its parts as it returned them (partDigest: group, reducer, part,
 //     contributors, values) and sends that commitment to every member. It
-//     costs one SHA-256 pass over its own share.
+//     costs one BLAKE3 pass over its own share.
 //  2. Audit. Once a member holds the commitments of the reducers it received
 //     parts from, it picks with its own private randomness, which no other
 //     peer sees before the commitments are out, AuditParts parts among the
@@ -72,7 +72,7 @@ import (
 // out; lying on m of the group's P parts, it is caught in a round with
 // probability about 1 − (1 − A/P)^m for A honest audits. Costs, per member
 // and round: a second vector-sized buffer (kept between rounds, as the
-// values a reducer keeps are), a SHA-256 pass over its share, a part
+// values a reducer keeps are), a BLAKE3 pass over its share, a part
 // hashed per reducer (its check) and per claim naming it (its own input),
 // and per audit the contributors' values of one part over the network and
 // hashed on both sides: at n = 8, 64 MiB and AuditParts 1, 4 MiB in and
