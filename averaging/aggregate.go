@@ -124,14 +124,16 @@ type aggregator struct {
 	tau   float64 // relative to the median distance
 	iters int
 
-	col  []float32
-	w    []float64
-	d2   []float64 // squared distances from the current value
-	dist []float64
-	c    []float64
-	m    []float32   // the weighted mean of the part
-	net  [][2]uint16 // sorting network for the median of n
-	netN int
+	col     []float32
+	w       []float64
+	d2      []float64 // squared distances from the current value
+	sd2     []float64 // sampledMedianDist's sums, and their stride
+	sStride int
+	dist    []float64
+	c       []float64
+	m       []float32   // the weighted mean of the part
+	net     [][2]uint16 // sorting network for the median of n
+	netN    int
 }
 
 func newAggregator(kind Aggregation, tau float64, iters int) *aggregator {
@@ -200,11 +202,29 @@ func (g *aggregator) mean(out []float32, xs [][]float32) {
 // +Inf, which puts that input beyond any τ), for the fast path of
 // CenteredClip. It goes over the inputs once, in blocks small enough that
 // the distances re-read each block's values from the L1 cache.
-func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64) {
+//
+// With sample it also takes, in the same pass, the sums of
+// sampledMedianDist (into g.sd2, in the same order: the same bits), so
+// that the inputs are read from memory once, not twice; sampledDist
+// finishes them.
+func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample bool) {
 	const block = 512
 	clear(g.d2)
+	stride, next := 0, 0
+	var lo, hi int
+	if sample {
+		stride = max(1, len(out)/tauSample)
+		g.prepareMedian(len(xs))
+		g.sd2 = slices.Grow(g.sd2[:0], len(xs))[:len(xs)]
+		clear(g.sd2)
+		g.sStride = stride
+		lo, hi = medianRanks(len(xs))
+	}
 	for b := 0; b < len(out); b += block {
 		e := min(b+block, len(out))
+		for ; sample && next < e; next += stride {
+			g.sampleAt(xs, next, lo, hi)
+		}
 		m := out[b:e]
 		if len(xs) == 8 {
 			mean8(m, xs, g.w, b, W)
@@ -293,8 +313,8 @@ func (g *aggregator) centeredClip(out []float32, xs [][]float32) aggStats {
 	// beyond τ of the mean, the mean is a fixed point of the iteration with
 	// that τ and the answer: what an honest round pays, one pass over the
 	// inputs for the mean and their distances to it, and a sample.
-	tau := g.tau * g.sampledMedianDist(xs)
-	g.meanSqDist(out, xs, W)
+	g.meanSqDist(out, xs, W, true)
+	tau := g.tau * g.sampledDist()
 	if !math.IsInf(tau, 0) { // τ = 0: the mean only if every input equals it
 		g.sqrtDist()
 		// A sample overestimates distances concentrated on the sampled
@@ -619,24 +639,36 @@ const tauSample = 8192
 // coordinate-wise median from every stride-th coordinate (all of them in
 // parts of up to 2·tauSample values).
 func (g *aggregator) sampledMedianDist(xs [][]float32) float64 {
-	n, d := len(xs), len(xs[0])
-	stride := max(1, d/tauSample)
-	g.prepareMedian(n)
-	clear(g.d2)
-	lo, hi := medianRanks(n)
-	for j := 0; j < d; j += stride {
-		c := g.sortedAt(xs, j)
-		m := float64(c[lo])
-		if hi-lo == 2 {
-			m = (m + float64(c[lo+1])) / 2
-		}
-		for i, x := range xs {
-			e := float64(x[j]) - m
-			g.d2[i] += float64(e * e)
-		}
+	stride := max(1, len(xs[0])/tauSample)
+	g.prepareMedian(len(xs))
+	g.sd2 = slices.Grow(g.sd2[:0], len(xs))[:len(xs)]
+	clear(g.sd2)
+	g.sStride = stride
+	lo, hi := medianRanks(len(xs))
+	for j := 0; j < len(xs[0]); j += stride {
+		g.sampleAt(xs, j, lo, hi)
 	}
-	for i := range g.d2 {
-		g.dist[i] = math.Sqrt(g.d2[i] * float64(stride))
+	return g.sampledDist()
+}
+
+// sampleAt adds coordinate j's squared distances from the coordinate
+// median (ranks lo to hi-1) to g.sd2.
+func (g *aggregator) sampleAt(xs [][]float32, j, lo, hi int) {
+	c := g.sortedAt(xs, j)
+	m := float64(c[lo])
+	if hi-lo == 2 {
+		m = (m + float64(c[lo+1])) / 2
 	}
-	return medianF64(slices.Clone(g.dist))
+	for i, x := range xs {
+		e := float64(x[j]) - m
+		g.sd2[i] += float64(e * e)
+	}
+}
+
+// sampledDist is the median distance estimated from the sums in g.sd2.
+func (g *aggregator) sampledDist() float64 {
+	for i := range g.sd2 {
+		g.dist[i] = math.Sqrt(g.sd2[i] * float64(g.sStride))
+	}
+	return medianF64(slices.Clone(g.dist[:len(g.sd2)]))
 }

@@ -323,3 +323,42 @@ func TestIdenticalInputs(t *testing.T) {
 		}
 	}
 }
+
+// The τ sample taken inside the mean's pass is the separate sample, bit for
+// bit, and taking it changes neither the mean nor the distances: auditors
+// re-compute parts and compare digests.
+func TestFusedTauSample(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	for _, n := range []int{2, 3, 5, 8, 11} {
+		for _, d := range []int{1, 100, 513, 2*tauSample + 3, 131072 + 17} {
+			xs := make([][]float32, n)
+			ws := make([]float64, n)
+			for i := range xs {
+				xs[i] = make([]float32, d)
+				for j := range xs[i] {
+					xs[i][j] = float32(rng.NormFloat64() * float64(i+1))
+				}
+				ws[i] = float64(1 + i%3)
+			}
+			ref := newAggregator(AggregateCenteredClip, 0, 0)
+			ref.capWeights(ws)
+			ref.d2, ref.dist = make([]float64, n), make([]float64, n)
+			want := ref.sampledMedianDist(xs)
+			wantOut := make([]float32, d)
+			ref.meanSqDist(wantOut, xs, 7, false)
+			wantD2 := slices.Clone(ref.d2)
+
+			g := newAggregator(AggregateCenteredClip, 0, 0)
+			g.capWeights(ws)
+			g.d2, g.dist = make([]float64, n), make([]float64, n)
+			out := make([]float32, d)
+			g.meanSqDist(out, xs, 7, true)
+			if got := g.sampledDist(); math.Float64bits(got) != math.Float64bits(want) {
+				t.Fatalf("n=%d d=%d: fused sample %v, separate %v", n, d, got, want)
+			}
+			if !slices.Equal(out, wantOut) || !slices.Equal(g.d2, wantD2) {
+				t.Fatalf("n=%d d=%d: the sample changed the mean or the distances", n, d)
+			}
+		}
+	}
+}

@@ -29,7 +29,7 @@ import (
 //  1. Commit. Each reducer signs, with its libp2p identity key, the digests of
 //     its parts as it returned them (partDigest: group, reducer, part,
 //     contributors, values) and sends that commitment to every member. It
-//     costs one SHA-256 pass over its own share.
+//     costs one BLAKE3 pass over its own share.
 //  2. Audit. Once a member holds the commitments of the reducers it received
 //     parts from, it picks with its own private randomness, which no other
 //     peer sees before the commitments are out, AuditParts parts among the
@@ -72,7 +72,7 @@ import (
 // out; lying on m of the group's P parts, it is caught in a round with
 // probability about 1 − (1 − A/P)^m for A honest audits. Costs, per member
 // and round: a second vector-sized buffer (kept between rounds, as the
-// values a reducer keeps are), a SHA-256 pass over its share, a part
+// values a reducer keeps are), a BLAKE3 pass over its share, a part
 // hashed per reducer (its check) and per claim naming it (its own input),
 // and per audit the contributors' values of one part over the network and
 // hashed on both sides: at n = 8, 64 MiB and AuditParts 1, 4 MiB in and
@@ -171,7 +171,7 @@ func newAuditBook(group [16]byte, self int, ids []peer.ID, lay layout, codec Cod
 	verify func(p peer.ID, data, sig []byte) bool) *auditBook {
 	n := len(ids)
 	return &auditBook{group: group, self: self, ids: ids, parts: lay.Parts, codec: codec,
-		agg: reduceOpts{Agg: agg.Agg, Tau: agg.Tau, Iters: agg.Iters}, orig: orig, verify: verify,
+		agg: reduceOpts{Agg: agg.Agg, Tau: agg.Tau, Iters: agg.Iters, Pool: agg.Pool}, orig: orig, verify: verify,
 		commits: make([]*commitment, n), roots: make([]*rootSig, n), claims: map[digest]bool{},
 		accused: make([]*Accusation, n), unsure: make([]string, n)}
 }
@@ -424,13 +424,18 @@ func (b *auditBook) checkClaim(by int, c *claim, inputs [][]float32, src claimSo
 
 // recompute is the digest of reducer j's part k re-computed from the
 // claim's contributors, weights and inputs: what an honest reducer returned.
+//
+// Its scratch comes from agg.Pool (a fresh part a round costs its page
+// faults) and goes back there.
 func recompute(group [16]byte, j, k int, c *claim, inputs [][]float32, agg reduceOpts, codec Codec) digest {
-	out := make([]float32, len(inputs[0]))
+	out := agg.Pool.get(len(inputs[0]))
+	defer agg.Pool.put(out)
 	newAggregator(agg.Agg, agg.Tau, agg.Iters).combine(out, inputs, c.Weights)
 	if codec != CodecNone {
-		wire := make([]float32, len(out))
+		wire := agg.Pool.get(len(out))
+		defer agg.Pool.put(wire)
 		if err := codec.Decode(wire, codec.Encode(nil, out)); err == nil {
-			out = wire
+			return partDigest(group, j, k, c.Contributors, wire)
 		}
 	}
 	return partDigest(group, j, k, c.Contributors, out)

@@ -161,6 +161,14 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 	}
 	au.mu.Unlock()
 	au.serving.Wait() // no claim is still being written from the round's buffers
+	au.mu.Lock()
+	for _, o := range au.book.obtained { // our audits' inputs: nothing reads them now
+		for _, x := range o.inputs {
+			a.pool.put(x)
+		}
+	}
+	au.book.obtained = nil
+	au.mu.Unlock()
 	self := r.g.Members[r.self].ID
 	var accused []Accusation
 	untrusted := make([]bool, len(r.g.Members))
@@ -413,34 +421,56 @@ func (a *Averager) fetchClaim(ctx context.Context, au *auditRound, p partRef, by
 		return c, nil, err
 	}
 	sp := au.lay.Parts[p.Reducer][p.Part]
-	inputs, err := readInputs(s, len(c.Weights), sp.End-sp.Start, nil)
+	inputs, err := readInputs(s, len(c.Weights), sp.End-sp.Start, &a.pool, nil)
 	return c, inputs, err
 }
 
-// readInputs reads count tAuditInput frames of exactly n values each; each
-// must pass check (if not nil) before the next is read.
-func readInputs(r io.Reader, count, n int, check func(i int, x []float32) error) ([][]float32, error) {
-	inputs := make([][]float32, 0, count)
+// readInputs reads count tAuditInput frames of exactly n values each, into
+// buffers from pool (nil: fresh ones), straight from the stream; each must
+// pass check (if not nil) before the next is read. On an error the buffers
+// taken so far go back to pool.
+func readInputs(r io.Reader, count, n int, pool *vecPool, check func(i int, x []float32) error) (inputs [][]float32, err error) {
+	inputs = make([][]float32, 0, count)
+	defer func() {
+		if err != nil {
+			for _, x := range inputs {
+				pool.put(x)
+			}
+			inputs = nil
+		}
+	}()
 	var buf []byte
 	for i := range count {
-		t, b, err := readFrame(r, 4*n, buf)
+		var hdr [5]byte
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return inputs, fmt.Errorf("input %d: %w", i, err)
+		}
+		if t, size := msgType(hdr[0]), binary.BigEndian.Uint32(hdr[1:]); t != tAuditInput || uint64(size) != uint64(4*n) {
+			return inputs, fmt.Errorf("%w: input %d: frame type %d of %d bytes, want %d", errMalformed, i, t, size, 4*n)
+		}
+		x := pool.get(n)
+		inputs = append(inputs, x)
+		if littleEndian {
+			_, err = io.ReadFull(r, rawBytes(x))
+		} else {
+			buf = slices.Grow(buf[:0], 4*n)[:4*n]
+			if _, err = io.ReadFull(r, buf); err == nil {
+				err = CodecNone.Decode(x, buf)
+			}
+		}
+		if err == nil {
+			if j := firstNonFinite(x); j >= 0 {
+				err = fmt.Errorf("%w: value %d is %v", errNotFinite, j, x[j])
+			}
+		}
 		if err != nil {
-			return nil, fmt.Errorf("input %d: %w", i, err)
-		}
-		buf = b
-		if t != tAuditInput || len(b) != 4*n {
-			return nil, fmt.Errorf("%w: input %d: frame type %d of %d bytes, want %d", errMalformed, i, t, len(b), 4*n)
-		}
-		x := make([]float32, n)
-		if err := CodecNone.Decode(x, b); err != nil {
-			return nil, fmt.Errorf("input %d: %w", i, err)
+			return inputs, fmt.Errorf("input %d: %w", i, err)
 		}
 		if check != nil {
 			if err := check(i, x); err != nil {
-				return nil, err
+				return inputs, err
 			}
 		}
-		inputs = append(inputs, x)
 	}
 	return inputs, nil
 }
@@ -730,7 +760,7 @@ func (a *Averager) takeReport(s network.Stream, au *auditRound, j int, b []byte)
 		sp := au.lay.Parts[rc.Claim.Reducer][rc.Claim.Part] // checked by checkClaim
 		// Each input must be one the reducer signed for: reading stops at
 		// the first that is not (a reporter cannot make us hold more).
-		inputs, err := readInputs(s, len(rc.Claim.Weights), sp.End-sp.Start, func(i int, x []float32) error {
+		inputs, err := readInputs(s, len(rc.Claim.Weights), sp.End-sp.Start, nil, func(i int, x []float32) error {
 			if inputDigest(x) != rc.Claim.Inputs[i] {
 				return fmt.Errorf("%w: evidence input %d is not the one reducer %d signed for", errFalse, i, rc.Claim.Reducer)
 			}

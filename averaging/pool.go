@@ -11,8 +11,8 @@ import "sync"
 // anew pays that every time.
 //
 // Buffers are kept by capacity, at most limit values in all: about what
-// the largest round so far used (1.5 vectors, 2.5 with audits), which an
-// idle averager keeps.
+// the largest round so far used (1.5 vectors, 2.5 with audits, and a part
+// per stream for the values read from it), which an idle averager keeps.
 type vecPool struct {
 	mu    sync.Mutex
 	free  map[int][][]float32 // by capacity
@@ -53,13 +53,15 @@ func (p *vecPool) put(b []float32) {
 	p.held += cap(b)
 }
 
-// fit raises the limit to what a round of vecLen values uses (the most
-// any round used so far).
-func (p *vecPool) fit(vecLen int, audits bool) {
+// fit raises the limit to what a round of vecLen values uses, with parts
+// of partLen values in a group of n and auditParts audits (the most any
+// round used so far).
+func (p *vecPool) fit(vecLen, partLen, n, auditParts int) {
 	limit := vecLen + vecLen/2
-	if audits {
+	if auditParts > 0 {
 		limit = 5 * vecLen / 2
 	}
+	limit += (2 + auditParts) * n * min(partLen, vecLen)
 	p.mu.Lock()
 	p.limit = max(p.limit, limit)
 	p.mu.Unlock()

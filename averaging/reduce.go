@@ -478,6 +478,13 @@ func (r *reducer) take() []float32 {
 	return r.opts.Pool.get(longestPart(r.parts))[:0]
 }
 
+// giveBack returns a buffer from buffer() that was not handed to PartInto.
+func (r *reducer) giveBack(b []float32) {
+	if b != nil {
+		r.free = append(r.free, b[:0])
+	}
+}
+
 // release gives the reducer's buffers back to its pool: nothing may read
 // its parts, kept values or accumulator afterwards.
 func (r *reducer) release() {

@@ -280,7 +280,7 @@ func BenchmarkReducer(b *testing.B) {
 	}
 	t0 := time.Unix(0, 0)
 	pool := &vecPool{}
-	pool.fit(n*nParts*partSize, true)
+	pool.fit(n*nParts*partSize, partSize, n, 1)
 	for _, o := range []reduceOpts{{}, {Agg: AggregateCenteredClip}, {Agg: AggregateCenteredClip, NormK: 10},
 		{Agg: AggregateCenteredClip, NormK: 10, Keep: true}, {Agg: AggregateTrimmedMean}} {
 		name := o.Agg.String()

@@ -73,7 +73,7 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 		onFinal: a.faults.afterFinal, faults: &a.faults}
 	myShare := lay.Shares[self]
 	opts := reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK, Pool: &a.pool}
-	a.pool.fit(len(vec), a.cfg.AuditParts > 0)
+	a.pool.fit(len(vec), int(g.PartSize), len(g.Members), a.cfg.AuditParts)
 	own := vec[myShare.Start:myShare.End]
 	var au *auditRound
 	if a.cfg.AuditParts > 0 {
@@ -390,27 +390,12 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 	cb := (len(r.g.Members) + 7) / 8
 	var tmp []float32
 	if r.res == nil {
-		tmp = make([]float32, 0, longestPart(parts)) // never a peer-declared size
+		tmp = a.pool.get(longestPart(parts)) // never a peer-declared size
+		defer a.pool.put(tmp)
 	}
 	for k := range parts {
 		sp := parts[k]
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.ReducerTimeout), r.deadline))
-		var t msgType
-		t, rbuf, err = readFrame(s, min(partFrame(r.codec, sp.End-sp.Start, cb), a.cfg.MaxFrame), rbuf)
-		if err != nil {
-			return spans, fmt.Errorf("read part %d: %w", k, err)
-		}
-		r.cnt.add(0, len(rbuf)+5)
-		if t != tAvgPart {
-			return spans, fmt.Errorf("%w: frame type %d, want averaged part", errMalformed, t)
-		}
-		pm, err := unmarshalPart(rbuf)
-		if err != nil {
-			return spans, err
-		}
-		if int(pm.Index) != k || len(pm.Contributors) != cb || !bitset(pm.Contributors).has(r.self) {
-			return spans, fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, pm.Index, k)
-		}
 		// With audits the part lands in res (scratch until the audit takes
 		// it); otherwise it is checked in tmp before it replaces our values.
 		var dst []float32
@@ -419,9 +404,20 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		} else {
 			dst = tmp[:sp.End-sp.Start]
 		}
-		if err := r.codec.Decode(dst, pm.Data); err != nil {
-			return spans, fmt.Errorf("averaged part %d: %w", k, err)
+		var h partHead
+		h, rbuf, err = readPart(s, tAvgPart, r.codec, min(partFrame(r.codec, sp.End-sp.Start, cb), a.cfg.MaxFrame), cb, dst, rbuf)
+		switch {
+		case err == nil && (int(h.Index) != k || !h.Contributors.has(r.self)):
+			err = fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, h.Index, k)
+		case reasonFor(err) == reasonMalformed:
+			err = fmt.Errorf("averaged part %d: %w", k, err)
+		case err != nil:
+			err = fmt.Errorf("read part %d: %w", k, err)
 		}
+		if err != nil {
+			return spans, err
+		}
+		r.cnt.add(0, h.Size+5)
 		sentMu.Lock()
 		ok := sent > k // also orders our read of the part before this write
 		sentMu.Unlock()
@@ -435,8 +431,9 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 			if r.recv[j] == nil {
 				r.recv[j] = make([]bitset, len(parts))
 			}
-			r.recv[j][k] = bitset(pm.Contributors).clone()
+			r.recv[j][k] = h.Contributors
 		}
+		pm := partMsg{Contributors: h.Contributors}
 		ids := make([]peer.ID, 0, len(r.g.Members))
 		for i, m := range r.g.Members {
 			if bitset(pm.Contributors).has(i) {
@@ -546,17 +543,46 @@ func (a *Averager) handleReduce(s network.Stream) {
 	}()
 	parts := r.lay.Parts[r.self]
 	var vals []float32 // a streamed reducer's values of the part at hand
+	defer func() { a.pool.put(vals) }()
 	var rbuf []byte
 	for k := range parts {
 		_ = s.SetReadDeadline(minTime(time.Now().Add(a.cfg.SenderTimeout), r.deadline))
 		n := parts[k].End - parts[k].Start
-		t, rbuf, err = readFrame(s, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), rbuf)
-		if err != nil {
-			if reasonFor(err) == reasonOversize {
-				a.refuseErr(from, ProtoReduce, err)
-				exclude(fmt.Sprintf("part %d: %v", k, err))
-				break
+		// A buffered reducer lends a buffer to read into and keeps it: the
+		// values are copied once, from the stream; a streamed one adds them
+		// up from ours.
+		r.mu.Lock()
+		b := r.red.buffer()
+		r.mu.Unlock()
+		var dst []float32
+		owned := b != nil
+		if owned {
+			dst = b[:n]
+		} else {
+			if vals == nil {
+				vals = a.pool.get(longestPart(parts)) // never a peer-declared size
 			}
+			dst = vals[:n]
+		}
+		var h partHead
+		h, rbuf, err = readPart(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
+		if err == nil && int(h.Index) != k {
+			err = fmt.Errorf("%w: part %d out of order, want %d", errMalformed, h.Index, k)
+		}
+		if err != nil && owned {
+			r.mu.Lock()
+			r.red.giveBack(b)
+			r.mu.Unlock()
+		}
+		if reason := reasonFor(err); reason == reasonOversize || reason == reasonMalformed {
+			if reason == reasonOversize {
+				a.refuseErr(from, ProtoReduce, err)
+			} else {
+				a.refuse(from, ProtoReduce, reasonMalformed, err)
+			}
+			exclude(fmt.Sprintf("part %d: %v", k, err))
+			break
+		} else if err != nil {
 			r.mu.Lock()
 			stalled := (reasonFor(err) == reasonStall || r.red.Stalled(si)) && time.Now().Before(r.deadline)
 			r.red.Drop(si, fmt.Sprintf("stream failed after %d of %d parts: %v", k, len(parts), err))
@@ -567,40 +593,7 @@ func (a *Averager) handleReduce(s network.Stream) {
 			}
 			break
 		}
-		r.cnt.add(0, len(rbuf)+5)
-		var pm partMsg
-		if t != tPart {
-			err = fmt.Errorf("%w: frame type %d, want part", errMalformed, t)
-		} else if pm, err = unmarshalPart(rbuf); err == nil && int(pm.Index) != k {
-			err = fmt.Errorf("%w: part %d out of order, want %d", errMalformed, pm.Index, k)
-		}
-		if err == nil && len(pm.Contributors) != 0 {
-			err = fmt.Errorf("%w: part %d from a sender names contributors", errMalformed, k)
-		}
-		// A buffered reducer lends a buffer to decode into and keeps it: the
-		// values are copied once, from the frame.
-		var dst []float32
-		owned := false
-		if err == nil {
-			r.mu.Lock()
-			b := r.red.buffer()
-			r.mu.Unlock()
-			switch {
-			case b != nil:
-				dst, owned = b[:n], true
-			case vals == nil:
-				vals = make([]float32, longestPart(parts)) // never a peer-declared size
-				fallthrough
-			default:
-				dst = vals[:n]
-			}
-			err = r.codec.Decode(dst, pm.Data)
-		}
-		if err != nil {
-			a.refuse(from, ProtoReduce, reasonMalformed, err)
-			exclude(fmt.Sprintf("part %d: %v", k, err))
-			break
-		}
+		r.cnt.add(0, h.Size+5)
 		if f := a.faults.alterInput; f != nil {
 			f(from, k, dst)
 		}

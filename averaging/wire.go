@@ -102,6 +102,80 @@ func readFrame(r io.Reader, maxSize int, buf []byte) (msgType, []byte, error) {
 	return msgType(hdr[0]), b, nil
 }
 
+// readPart reads one part frame (tPart or tAvgPart, want) of at most
+// limit payload bytes whose contributor set is cb bytes, and decodes its
+// values into dst, which must hold the part's length. Raw little-endian
+// float32 parts are read straight into dst and checked there: no frame
+// buffer, no second copy. Other codecs read the payload into buf (grown
+// only as bytes arrive, as readFrame) and decode it. dst holds garbage
+// after an error. The contributor set returned is a fresh copy.
+func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (partHead, []byte, error) {
+	var h partHead
+	var err error
+	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf)
+	return h, buf, err
+}
+
+// partHead is what readPart read besides the values: the part's index, its
+// contributors and the frame's payload size.
+type partHead struct {
+	Index        uint32
+	Contributors bitset
+	Size         int
+}
+
+func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (idx uint32, contrib bitset, size int, _ []byte, err error) {
+	var hdr [5 + 6]byte
+	if _, err := io.ReadFull(r, hdr[:5]); err != nil {
+		return 0, nil, size, buf, err
+	}
+	size32 := binary.BigEndian.Uint32(hdr[1:5])
+	size = int(size32)
+	switch {
+	case uint64(size32) > uint64(max(limit, 0)):
+		return 0, nil, size, buf, fmt.Errorf("%w: %d bytes (limit %d)", errFrameTooBig, size32, limit)
+	case msgType(hdr[0]) != want:
+		return 0, nil, size, buf, fmt.Errorf("%w: frame type %d, want %d", errMalformed, hdr[0], want)
+	case size < 6:
+		return 0, nil, size, buf, fmt.Errorf("%w: part frame of %d bytes", errMalformed, size)
+	}
+	if _, err := io.ReadFull(r, hdr[5:]); err != nil {
+		return 0, nil, size, buf, err
+	}
+	idx = binary.BigEndian.Uint32(hdr[5:9])
+	if cl := int(binary.BigEndian.Uint16(hdr[9:11])); cl != cb || size < 6+cl {
+		return idx, nil, size, buf, fmt.Errorf("%w: part %d names %d bytes of contributors, want %d", errMalformed, idx, cl, cb)
+	}
+	if cb > 0 {
+		contrib = make(bitset, cb)
+		if _, err := io.ReadFull(r, contrib); err != nil {
+			return idx, nil, size, buf, err
+		}
+	}
+	n := size - 6 - cb
+	if codec == CodecNone && littleEndian {
+		if n != 4*len(dst) {
+			return idx, contrib, size, buf, fmt.Errorf("%w: %d bytes for %d values in %s", errCodec, n, len(dst), codec)
+		}
+		if _, err := io.ReadFull(r, rawBytes(dst)); err != nil {
+			return idx, contrib, size, buf, err
+		}
+		if i := firstNonFinite(dst); i >= 0 {
+			return idx, contrib, size, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
+		}
+		return idx, contrib, size, buf, nil
+	}
+	if cap(buf) >= n {
+		buf = buf[:n]
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return idx, contrib, size, buf, err
+		}
+	} else if buf, err = guard.ReadFull(r, n); err != nil {
+		return idx, contrib, size, buf, err
+	}
+	return idx, contrib, size, buf, codec.Decode(dst, buf)
+}
+
 // enc is an append-only payload builder.
 type enc struct{ b []byte }
 

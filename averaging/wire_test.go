@@ -291,3 +291,69 @@ func FuzzGossipHeader(f *testing.F) {
 		}
 	})
 }
+
+// FuzzReadPart: reading a part straight into its destination accepts
+// exactly what reading the frame, unmarshalling it and decoding it accepts,
+// with the same values; a frame over the limit or with the wrong contributor
+// set is refused, and a buffer grows only with the bytes that came.
+func FuzzReadPart(f *testing.F) {
+	codecs := []Codec{CodecNone, CodecBF16, CodecInt8}
+	for ci, c := range codecs {
+		var buf bytes.Buffer
+		pm := partMsg{Index: 1, Contributors: []byte{0x0f}, Data: c.Encode(nil, []float32{1, -2, 3.5, 0})}
+		_ = writeFrame(&buf, tAvgPart, pm.appendTo(nil))
+		f.Add(uint8(ci), buf.Bytes())
+		buf.Reset()
+		pm.Contributors = nil
+		_ = writeFrame(&buf, tPart, pm.appendTo(nil))
+		f.Add(uint8(ci), buf.Bytes())
+	}
+	f.Add(uint8(0), []byte{byte(tPart), 0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, codec uint8, b []byte) {
+		c := codecs[int(codec)%len(codecs)]
+		for _, want := range []msgType{tPart, tAvgPart} {
+			cb := 0
+			if want == tAvgPart {
+				cb = 1
+			}
+			limit := partFrame(c, 4, cb)
+			dst := make([]float32, 4)
+			h, _, err := readPart(bytes.NewReader(b), want, c, limit, cb, dst, nil)
+
+			ref := make([]float32, 4)
+			t0, p, rerr := readFrame(bytes.NewReader(b), limit, nil)
+			var m partMsg
+			if rerr == nil && t0 != want {
+				rerr = errMalformed
+			}
+			if rerr == nil {
+				m, rerr = unmarshalPart(p)
+			}
+			if rerr == nil && len(m.Contributors) != cb {
+				rerr = errMalformed
+			}
+			if rerr == nil {
+				rerr = c.Decode(ref, m.Data)
+			}
+			if (err == nil) != (rerr == nil) {
+				t.Fatalf("codec %s type %d: readPart says %v, frame and decode say %v", c, want, err, rerr)
+			}
+			if err != nil {
+				continue
+			}
+			if h.Index != m.Index || !h.Contributors.equal(m.Contributors) || h.Size != len(p) {
+				t.Fatalf("head %+v, want index %d contributors %x size %d", h, m.Index, m.Contributors, len(p))
+			}
+			for i := range dst {
+				if math.Float32bits(dst[i]) != math.Float32bits(ref[i]) {
+					t.Fatalf("value %d: %v, want %v", i, dst[i], ref[i])
+				}
+			}
+		}
+		// A large limit: the buffer grows only with the bytes that came.
+		_, buf, _ := readPart(bytes.NewReader(b), tPart, CodecBF16, 1<<30, 0, make([]float32, 4), nil)
+		if cap(buf) > len(b)+64<<10 {
+			t.Fatalf("buffer of %d bytes for %d bytes of input", cap(buf), len(b))
+		}
+	})
+}
