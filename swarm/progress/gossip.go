@@ -477,6 +477,12 @@ func (g *Gossip) validate(_ context.Context, from peer.ID, m *pubsub.Message) pu
 		return pubsub.ValidationReject
 	}
 	author, err := peer.IDFromBytes(m.Message.GetFrom())
+	if err == nil && author != from && refuse.Banned(author) {
+		// A banned peer's record forwarded by another: dropped and not
+		// passed on, without blame on the forwarder. Kept, it would put
+		// the banned peer back among the live holders this node waits for.
+		return pubsub.ValidationIgnore
+	}
 	rec, why := checkMessage(m.Data, author, err, g.runID, limits)
 	if why != "" {
 		refuse.Refuse(from, protoProgress, why, rec.err)

@@ -250,3 +250,48 @@ func TestTrackerBounded(t *testing.T) {
 		t.Fatalf("%d records after the flood expired, want 1", n)
 	}
 }
+
+// A peer this node banned stays out of its tracker even while other peers
+// keep forwarding its records: a chain a - b - c, where c hears a only
+// through b. Once c bans a and forgets it, a's records, still delivered
+// to b, never reach c's tracker again; b's do.
+func TestBannedAuthorForwardedIgnored(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	hs := []host.Host{newHost(t), newHost(t), newHost(t)}
+	testutil.Connect(t, hs[0], hs[1])
+	testutil.Connect(t, hs[1], hs[2])
+	var trs []*Tracker
+	var c *Gossip
+	for i, h := range hs {
+		tr := NewTracker(time.Hour)
+		g, err := NewGossip(h, "run", tr, func() Record { return Record{State: StateOnline, Samples: i} }, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Close)
+		go g.Run(ctx, 20*time.Millisecond, time.Millisecond)
+		trs = append(trs, tr)
+		c = g
+	}
+	ref, err := guard.New(nil, nil, guard.Policy{Strikes: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetRefusals(ref)
+	a, b := hs[0].ID().String(), hs[1].ID().String()
+	has := func(tr *Tracker, p string) bool { _, ok := tr.Get(p, time.Now()); return ok }
+	testutil.Eventually(t, 10*time.Second, testutil.Says("c to hear a through b"), func() bool { return has(trs[2], a) })
+	ref.Ban(hs[0].ID())
+	trs[2].Forget(a)
+	seqB := func(tr *Tracker) uint64 { r, _ := tr.Get(b, time.Now()); return r.Seq }
+	from := seqB(trs[2])
+	testutil.Eventually(t, 10*time.Second, testutil.Says("c to take ten more of b's records"), func() bool { return seqB(trs[2]) >= from+10 })
+	if has(trs[2], a) {
+		t.Fatal("c took the banned peer's record from a forwarder")
+	}
+	if !has(trs[1], a) {
+		t.Fatal("b lost a's record: the test shows nothing")
+	}
+}
