@@ -413,8 +413,38 @@ func (g *Gossip) urgent(r Record) bool {
 		g.welcome, g.welcomed = false, g.clk.Now()
 		return true
 	}
-	return r.Epoch != l.Epoch || r.Shard != l.Shard || r.State != l.State || r.Closing != l.Closing ||
-		r.Paused != l.Paused || r.Round != l.Round
+	if r.Shard != l.Shard || r.State != l.State || r.Paused != l.Paused {
+		return true
+	}
+	// Epoch changes, closings and rounds happen on every node of a shard
+	// (or of the swarm) at once: each node publishing them at once would be
+	// one burst of live records at every node. A few heralds of each epoch
+	// do; the others' records follow at their pace.
+	return (r.Epoch != l.Epoch || r.Closing != l.Closing || r.Round != l.Round) &&
+		Herald(g.h.ID().String(), r.Epoch, g.tracker.Len())
+}
+
+// Heralds is about how many nodes publish an epoch's change at once
+// (Herald); every node does in a swarm of FreePeers or fewer.
+const Heralds = 8
+
+// Herald reports whether the node named peer publishes its move to epoch
+// at once, in a swarm of live peers: always up to FreePeers, otherwise
+// about Heralds of the live nodes for each epoch, a different few each
+// epoch, chosen by a hash every node can compute. Which nodes herald is no
+// secret and needs none: a record is believed for what it says, not for
+// who sent it first, and the others' records follow at their pace.
+func Herald(peer string, epoch uint64, live int) bool {
+	if live <= FreePeers {
+		return true
+	}
+	h := sha256.New()
+	h.Write([]byte(peer))
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], epoch)
+	h.Write(b[:])
+	sum := h.Sum(nil)
+	return binary.BigEndian.Uint64(sum[:8])%uint64((live+Heralds-1)/Heralds) == 0
 }
 
 // next fills in this node's current record and stores it in the tracker.

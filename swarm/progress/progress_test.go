@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -318,6 +319,37 @@ func TestGossipForgetsLeavingPeer(t *testing.T) {
 
 // Gap grows with the live peers past FreePeers (the swarm's budget),
 // between minGap and MaxEvery.
+// Up to FreePeers every node heralds its epoch changes; in larger swarms
+// about Heralds of them do for each epoch, a different few each epoch.
+func TestHerald(t *testing.T) {
+	if !Herald("p", 1, FreePeers) {
+		t.Fatalf("a swarm of %d: every node publishes epoch changes at once", FreePeers)
+	}
+	for _, live := range []int{100, 1000} {
+		var counts []int
+		sets := map[uint64]string{}
+		for e := range uint64(20) {
+			var who []string
+			for i := range live {
+				if p := fmt.Sprintf("peer-%d", i); Herald(p, e, live) {
+					who = append(who, p)
+				}
+			}
+			counts, sets[e] = append(counts, len(who)), fmt.Sprint(who)
+		}
+		slices.Sort(counts)
+		if med := counts[len(counts)/2]; med < Heralds/2 || med > 2*Heralds {
+			t.Errorf("%d live: median %d heralds an epoch, want about %d (%v)", live, med, Heralds, counts)
+		}
+		if counts[0] == 0 {
+			t.Errorf("%d live: an epoch without a herald (%v)", live, counts)
+		}
+		if sets[0] == sets[1] {
+			t.Errorf("%d live: the same heralds in epochs 0 and 1: %s", live, sets[0])
+		}
+	}
+}
+
 func TestGap(t *testing.T) {
 	for _, c := range []struct {
 		live int
