@@ -73,6 +73,12 @@ func (s *swarmT) addOn(h host.Host, shard int, mut func(*Config)) *Trainer {
 		for _, o := range s.hosts {
 			o.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
 			h.Peerstore().AddAddrs(o.ID(), o.Addrs(), time.Hour)
+			// Connected, as a node's membership connects the run peers it
+			// verified before its trainer starts: the progress topic
+			// reaches the peers a node is connected to.
+			if err := h.Connect(context.Background(), peer.AddrInfo{ID: o.ID(), Addrs: o.Addrs()}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		s.hosts = append(s.hosts, h)
 		s.mu.Unlock()
