@@ -1,6 +1,7 @@
 package progress
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -135,11 +136,21 @@ type Traffic struct {
 	BytesIn     atomic.Uint64 // pubsub RPC bytes received (control included)
 	MsgsOut     atomic.Uint64
 	BytesOut    atomic.Uint64
-	Sent        atomic.Uint64 // RPCs carrying records handed to the transport
+	OwnSent     atomic.Uint64 // this node's records written to a peer's stream
 	Rejected    atomic.Uint64 // records rejected or ignored by the validator or the router
 	Throttled   atomic.Uint64 // times the router throttled a peer
 	Dropped     atomic.Uint64 // RPCs dropped on a full outbound queue
 	Undelivered atomic.Uint64 // records dropped because the receiver lagged
+
+	bye atomic.Pointer[goodbye] // the leave record Close waits to see written
+}
+
+// goodbye is a leave record being sent; sent closes once it was written to
+// a peer's stream.
+type goodbye struct {
+	data []byte
+	once sync.Once
+	sent chan struct{}
 }
 
 type bucket struct {
@@ -175,7 +186,7 @@ func NewGossip(h host.Host, runID string, tracker *Tracker, self func() Record, 
 			pubsub.ScoreParameterDecay(10*time.Minute))),
 		pubsub.WithValidateQueueSize(1024),
 		pubsub.WithPeerOutboundQueueSize(256),
-		pubsub.WithRawTracer(counter{&g.traffic}),
+		pubsub.WithRawTracer(counter{&g.traffic, h.ID()}),
 		pubsub.WithPeerScoreInspect(func(m map[peer.ID]float64) { g.scores.Store(&m) }, time.Second),
 		pubsub.WithSubscriptionFilter(pubsub.NewAllowlistSubscriptionFilter(topic)),
 	)
@@ -276,12 +287,15 @@ func (g *Gossip) Close() {
 		r.Left = true
 		if b, err := r.Encode(); err == nil {
 			ctx, cancel := context.WithTimeout(g.ctx, time.Second)
-			sent := g.traffic.Sent.Load()
+			bye := &goodbye{data: b, sent: make(chan struct{})}
+			g.traffic.bye.Store(bye)
 			if len(g.topic.ListPeers()) > 0 && g.topic.Publish(ctx, b) == nil {
 				// The router sends from its own goroutines: wait (a
-				// second at most) until it handed the goodbye to a
-				// peer's stream before it stops.
-				for g.traffic.Sent.Load() == sent && clock.Sleep(ctx, clock.Real, 5*time.Millisecond) == nil {
+				// second at most) until it wrote the goodbye to a peer's
+				// stream before it stops.
+				select {
+				case <-bye.sent:
+				case <-ctx.Done():
 				}
 			}
 			cancel()
@@ -741,7 +755,10 @@ func (g *Gossip) SetRefusals(r *guard.Refusals) {
 }
 
 // counter is the router's tracer: it counts the topic's traffic.
-type counter struct{ t *Traffic }
+type counter struct {
+	t    *Traffic
+	self peer.ID
+}
 
 func (c counter) RecvRPC(rpc *pubsub.RPC) {
 	c.t.MsgsIn.Add(uint64(len(rpc.GetPublish())))
@@ -753,17 +770,30 @@ func (c counter) SendRPC(rpc *pubsub.RPC, _ peer.ID) {
 	c.t.BytesOut.Add(uint64(proto.Size(&rpc.RPC)))
 }
 
-func (counter) OnNewOutboundStream(peer.ID, protocol.ID)             {}
-func (counter) OnClosedOutboundStream(peer.ID)                       {}
-func (counter) Join(string)                                          {}
-func (counter) Leave(string)                                         {}
-func (counter) Graft(peer.ID, string)                                {}
-func (counter) Prune(peer.ID, string)                                {}
-func (counter) ValidateMessage(*pubsub.Message)                      {}
-func (counter) DeliverMessage(*pubsub.Message)                       {}
-func (counter) RejectMessage(*pubsub.Message, string)                {}
-func (counter) DuplicateMessage(*pubsub.Message)                     {}
-func (counter) ThrottlePeer(peer.ID)                                 {}
-func (counter) SendRPCCompleted(*pubsub.RPC, peer.ID, time.Duration) {}
-func (counter) DropRPC(*pubsub.RPC, peer.ID)                         {}
-func (counter) UndeliverableMessage(*pubsub.Message)                 {}
+// SendRPCCompleted counts this node's records once written to a stream.
+func (c counter) SendRPCCompleted(rpc *pubsub.RPC, _ peer.ID, _ time.Duration) {
+	for _, m := range rpc.GetPublish() {
+		if peer.ID(m.GetFrom()) != c.self {
+			continue
+		}
+		c.t.OwnSent.Add(1)
+		if bye := c.t.bye.Load(); bye != nil && bytes.Equal(m.GetData(), bye.data) {
+			bye.once.Do(func() { close(bye.sent) })
+		}
+	}
+}
+
+func (counter) OnNewOutboundStream(peer.ID, protocol.ID) {}
+func (counter) OnClosedOutboundStream(peer.ID)           {}
+func (counter) Join(string)                              {}
+func (counter) Leave(string)                             {}
+func (counter) Graft(peer.ID, string)                    {}
+func (counter) Prune(peer.ID, string)                    {}
+func (counter) ValidateMessage(*pubsub.Message)          {}
+func (counter) DeliverMessage(*pubsub.Message)           {}
+func (counter) RejectMessage(*pubsub.Message, string)    {}
+func (counter) DuplicateMessage(*pubsub.Message)         {}
+func (counter) ThrottlePeer(peer.ID)                     {}
+
+func (counter) DropRPC(*pubsub.RPC, peer.ID)         {}
+func (counter) UndeliverableMessage(*pubsub.Message) {}

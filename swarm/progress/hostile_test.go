@@ -38,7 +38,7 @@ func newAttacker(t *testing.T, to *Gossip) *attacker {
 	t.Cleanup(cancel)
 	a := &attacker{h: h}
 	ps, err := pubsub.NewGossipSub(ctx, h, pubsub.WithGossipSubProtocols([]protocol.ID{ProtocolFor("run")}, features),
-		pubsub.WithRawTracer(counter{&a.sent}))
+		pubsub.WithRawTracer(counter{t: &a.sent, self: h.ID()}))
 	if err != nil {
 		t.Fatal(err)
 	}
