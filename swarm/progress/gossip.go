@@ -432,19 +432,20 @@ func (g *Gossip) urgent(r Record) bool {
 	}
 	// Epoch changes, closings and rounds happen on every node of a shard
 	// (or of the swarm) at once: each node publishing them at once would be
-	// one burst of live records at every node. A few heralds of each epoch
-	// do; the others' records follow at their pace.
+	// one burst of live records at every node. A few heralds of each shard
+	// and epoch do (the first shard's close the epoch for everyone); the
+	// others' records follow at their pace.
 	return (r.Epoch != l.Epoch || r.Closing != l.Closing || r.Round != l.Round) &&
-		Herald(g.h.ID().String(), r.Epoch, g.tracker.Len())
+		(g.tracker.Len() <= FreePeers || Herald(g.h.ID().String(), r.Epoch, g.tracker.ShardLen(r.Shard)))
 }
 
-// Heralds is about how many nodes publish an epoch's change at once
-// (Herald); every node does in a swarm of FreePeers or fewer.
+// Heralds is about how many holders of a shard publish an epoch's change
+// at once (Herald); every node does in a swarm of FreePeers or fewer.
 const Heralds = 8
 
 // Herald reports whether the node named peer publishes its move to epoch
-// at once, in a swarm of live peers: always up to FreePeers, otherwise
-// about Heralds of the live nodes for each epoch, a different few each
+// at once, being one of live holders of its shard: always up to FreePeers,
+// otherwise about Heralds of them for each epoch, a different few each
 // epoch, chosen by a hash every node can compute. Which nodes herald is no
 // secret and needs none: a record is believed for what it says, not for
 // who sent it first, and the others' records follow at their pace.

@@ -337,6 +337,20 @@ func (t *Tracker) Len() int {
 	return len(t.recs)
 }
 
+// ShardLen is the number of peers whose records the tracker holds with
+// shard.
+func (t *Tracker) ShardLen(shard int) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, e := range t.recs {
+		if e.rec.Shard == shard {
+			n++
+		}
+	}
+	return n
+}
+
 // Changed returns a channel closed at the next accepted update.
 func (t *Tracker) Changed() <-chan struct{} {
 	t.mu.Lock()

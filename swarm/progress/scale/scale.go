@@ -436,24 +436,35 @@ func (s *sim) trouble(res *Result) {
 	}
 }
 
-// epochClose moves every node to the next epoch one after another in a
-// random order, as an epoch close does (the first shard's holders close it,
-// the rest follow what they hear), and measures from the first node's move
-// until 95% of the nodes hold that node's record of the new epoch.
+// epochClose closes an epoch as a sync-mode swarm does: the first shard's
+// holders move to the next epoch at once (they close it on the same
+// records), and every other node follows once its tracker shows the
+// swarm there, that is two holders in the new epoch (epochs.SwarmEpoch
+// believes no fewer). It measures from the close until 95% of the nodes
+// hold two such records, then moves the rest.
 func (s *sim) epochClose(ctx context.Context) (time.Duration, error) {
 	live := s.live()
-	first := live[s.rng.IntN(len(live))]
 	e := s.epoch.Add(1)
-	first.epoch.Store(e)
-	first.g.Poke()
-	id := first.h.ID().String()
+	for _, n := range live {
+		if n.shard == 0 {
+			n.epoch.Store(e)
+			n.g.Poke()
+		}
+	}
 	d, err := s.until(ctx, live, 0.95, 30*time.Second, func(n *node) bool {
-		r, ok := n.tr.Get(id, time.Now())
-		return ok && r.Epoch >= e
+		seen := 0
+		for _, r := range n.tr.Live(time.Now()) {
+			if r.Epoch >= e && r.Peer != n.h.ID().String() {
+				seen++
+			}
+		}
+		return seen >= 2
 	})
 	for _, n := range live {
-		n.epoch.Store(e)
-		n.g.Poke()
+		if n.epoch.Load() < e {
+			n.epoch.Store(e)
+			n.g.Poke()
+		}
 	}
 	if err != nil {
 		return 0, fmt.Errorf("epoch %d: %w", e, err)
