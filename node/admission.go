@@ -212,7 +212,7 @@ func (g gatedHost) CanTrainWith(id string) bool {
 // limits (relayData).
 func relayable(pids []protocol.ID) bool {
 	for _, pid := range pids {
-		if pid != progress.Protocol {
+		if !progress.IsProtocol(pid) {
 			return false
 		}
 	}

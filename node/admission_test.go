@@ -26,7 +26,7 @@ import (
 // trainingProtocols are every protocol the training service registers
 // through the node's RunHost.
 var trainingProtocols = []protocol.ID{
-	pipeline.Protocol, progress.Protocol, statesync.Protocol,
+	pipeline.Protocol, progress.LegacyProtocol, statesync.Protocol,
 	averaging.ProtoMatch, averaging.ProtoGossip, averaging.ProtoReduce,
 }
 

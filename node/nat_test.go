@@ -169,7 +169,7 @@ func TestRunOverRelay(t *testing.T) {
 	}
 	a, b := nodes[0], nodes[1]
 	got := make(chan []byte, 1)
-	a.RunHost().SetStreamHandler(progress.Protocol, func(s network.Stream) {
+	a.RunHost().SetStreamHandler(progress.LegacyProtocol, func(s network.Stream) {
 		data, _ := io.ReadAll(s)
 		got <- data
 		_ = s.Close()
@@ -186,7 +186,7 @@ func TestRunOverRelay(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	s, err := b.RunHost().NewStream(ctx, a.Host().ID(), progress.Protocol)
+	s, err := b.RunHost().NewStream(ctx, a.Host().ID(), progress.LegacyProtocol)
 	if err != nil {
 		t.Fatalf("progress stream over the relay: %v", err)
 	}

@@ -49,6 +49,11 @@ type Service interface {
 
 // Node is a running swarm daemon.
 type Node struct {
+	// workMu guards work: the peers the trainer works with, protected
+	// from the connection manager (SetWorkPeers).
+	workMu sync.Mutex
+	work   map[peer.ID]bool
+
 	cfg   Config
 	log   *slog.Logger
 	key   crypto.PrivKey

@@ -163,3 +163,74 @@ func TestDiscoveryWithoutBootstrap(t *testing.T) {
 		return ok
 	})
 }
+
+// In a run of more peers than a node's dial target, each node's discovery
+// dials at most dialTarget of them (others may dial it, and the DHT's
+// queries connect to some), protects at most that many members from the
+// connection manager, and every node still finds run peers.
+func TestRunConnectionsBounded(t *testing.T) {
+	_, bootAddr := startBootstrap(t)
+	const n = 11
+	var nodes []*Node
+	for range n {
+		cfg := testConfig("bounded", bootAddr)
+		cfg.ConnsLow, cfg.ConnsHigh = 8, 64 // dialTarget 8
+		nodes = append(nodes, startNode(t, cfg))
+	}
+	target := nodes[0].dialTarget()
+	if target != 8 {
+		t.Fatalf("dial target %d, want 8", target)
+	}
+	testutil.Eventually(t, 60*time.Second, testutil.Says("every node with run peers"), func() bool {
+		for _, nd := range nodes {
+			if len(nd.RunPeers()) < min(target, n-1)/2 {
+				return false
+			}
+		}
+		return true
+	})
+	for _, nd := range nodes {
+		nd.RefreshRunPeers()
+	}
+	total := 0
+	for i, nd := range nodes {
+		if d := nd.runs.dialled.Load(); d > int64(target) {
+			t.Errorf("node %d's discovery dialled %d run peers, at most %d", i, d, target)
+		}
+		nd.runs.mu.Lock()
+		guarded := len(nd.runs.guarded)
+		nd.runs.mu.Unlock()
+		if guarded > target {
+			t.Errorf("node %d protects %d members, at most %d", i, guarded, target)
+		}
+		total += len(nd.RunPeers())
+	}
+	t.Logf("%d nodes, dial target %d: %.1f run peers each on average", n, target, float64(total)/n)
+}
+
+// SetWorkPeers protects the peers named, at most protectMax, and releases
+// the ones it no longer names.
+func TestSetWorkPeers(t *testing.T) {
+	_, bootAddr := startBootstrap(t)
+	cfg := testConfig("work", bootAddr)
+	cfg.ConnsLow, cfg.ConnsHigh = 8, 64 // protectMax 8
+	nd := startNode(t, cfg)
+	var ps []peer.ID
+	for range 12 {
+		ps = append(ps, testutil.Host(t).ID())
+	}
+	cm := nd.Host().ConnManager()
+	nd.SetWorkPeers(ps)
+	for i, p := range ps {
+		if got, want := cm.IsProtected(p, workProtectionTag), i < nd.protectMax(); got != want {
+			t.Errorf("peer %d protected %v, want %v", i, got, want)
+		}
+	}
+	nd.SetWorkPeers(ps[1:2])
+	if cm.IsProtected(ps[0], workProtectionTag) || !cm.IsProtected(ps[1], workProtectionTag) {
+		t.Error("SetWorkPeers did not release the peer it no longer names, or dropped the one it names")
+	}
+	if got := nd.WorkPeers(); len(got) != 1 || got[0] != ps[1] {
+		t.Errorf("WorkPeers %v, want [%s]", got, ps[1])
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -40,7 +41,61 @@ const (
 	maxParallelDials     = 16
 	maxRecheck           = 64 // lost members redialled per discovery round
 	runConnProtectionTag = "swarm-run"
+	workProtectionTag    = "swarm-work"
 )
+
+// A node keeps connections to the run peers it works with and to enough
+// others for the progress topic's mesh, not to the whole run: it dials new
+// run candidates (and redials lost members) only while fewer than
+// dialTarget members are connected, and protects from the connection
+// manager the first dialTarget members and the peers its trainer works
+// with (SetWorkPeers), at most protectMax of those. Others may dial it;
+// past the connection manager's high mark the unprotected connections
+// (GossipSub's mesh ranked first among them) are trimmed.
+
+// dialTarget is the connected members a node seeks: a quarter of the
+// connection manager's low mark, at least 8 (32 by default).
+func (n *Node) dialTarget() int { return max(8, n.cfg.ConnsLow/4) }
+
+// protectMax bounds the work peers protected: half the low mark.
+func (n *Node) protectMax() int { return max(8, n.cfg.ConnsLow/2) }
+
+// SetWorkPeers protects the connections to the peers this node works with
+// (most needed first; at most protectMax of them) and releases those it no
+// longer works with. The training service calls it every few seconds.
+func (n *Node) SetWorkPeers(ps []peer.ID) {
+	ps = ps[:min(len(ps), n.protectMax())]
+	keep := make(map[peer.ID]bool, len(ps))
+	for _, p := range ps {
+		keep[p] = true
+	}
+	n.workMu.Lock()
+	defer n.workMu.Unlock()
+	cm := n.host.ConnManager()
+	for p := range n.work {
+		if !keep[p] {
+			cm.Unprotect(p, workProtectionTag)
+		}
+	}
+	for p := range keep {
+		if !n.work[p] {
+			cm.Protect(p, workProtectionTag)
+		}
+	}
+	n.work = keep
+}
+
+// WorkPeers returns the peers SetWorkPeers protects now.
+func (n *Node) WorkPeers() []peer.ID {
+	n.workMu.Lock()
+	defer n.workMu.Unlock()
+	out := make([]peer.ID, 0, len(n.work))
+	for p := range n.work {
+		out = append(out, p)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
 
 // membership keeps the set of live, verified peers of this node's run.
 type membership struct {
@@ -50,6 +105,8 @@ type membership struct {
 
 	mu       sync.Mutex
 	peers    map[peer.ID]time.Time // admitted peers of our run → when admission ends (zero: never)
+	guarded  map[peer.ID]bool      // members whose connection is protected (dialTarget at most)
+	dialled  atomic.Int64          // candidates discovery dialled (metrics, tests)
 	failed   map[peer.ID]time.Time
 	inflight map[peer.ID]chan struct{} // hellos we dialled, under way; closed when they end
 	// helloErr is why the hello we last dialled with a peer failed, for
@@ -73,6 +130,7 @@ func newMembership(n *Node, runID cid.Cid, maxDelay time.Duration) *membership {
 		runID:     runID,
 		maxDelay:  maxDelay,
 		peers:     make(map[peer.ID]time.Time),
+		guarded:   make(map[peer.ID]bool),
 		failed:    make(map[peer.ID]time.Time),
 		inflight:  make(map[peer.ID]chan struct{}),
 		helloErr:  make(map[peer.ID]error),
@@ -117,13 +175,32 @@ func linked(c network.Connectedness) bool {
 	return c == network.Connected || c == network.Limited
 }
 
+// connected counts the admitted members connected now.
+func (m *membership) connected() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for p, exp := range m.peers {
+		if (exp.IsZero() || time.Now().Before(exp)) && linked(m.n.host.Network().Connectedness(p)) {
+			n++
+		}
+	}
+	return n
+}
+
 func (m *membership) add(p peer.ID, expires time.Time) {
 	m.mu.Lock()
 	_, had := m.peers[p]
 	m.peers[p] = expires
 	delete(m.failed, p)
+	guard := !m.guarded[p] && len(m.guarded) < m.n.dialTarget()
+	if guard {
+		m.guarded[p] = true
+	}
 	m.mu.Unlock()
-	m.n.host.ConnManager().Protect(p, runConnProtectionTag)
+	if guard {
+		m.n.host.ConnManager().Protect(p, runConnProtectionTag)
+	}
 	if !had {
 		m.n.metrics.runPeersFound.Inc()
 		m.n.log.Debug("run peer verified", "peer", p)
@@ -157,10 +234,14 @@ func (m *membership) drop(p peer.ID) {
 	m.mu.Lock()
 	_, had := m.peers[p]
 	delete(m.peers, p)
+	guarded := m.guarded[p]
+	delete(m.guarded, p)
 	m.failLocked(p, time.Now())
 	m.mu.Unlock()
-	if had {
+	if guarded {
 		m.n.host.ConnManager().Unprotect(p, runConnProtectionTag)
+	}
+	if had {
 		m.n.log.Debug("run peer lost", "peer", p)
 	}
 }
@@ -168,10 +249,11 @@ func (m *membership) drop(p peer.ID) {
 // forget removes p from the members without marking it failed.
 func (m *membership) forget(p peer.ID) {
 	m.mu.Lock()
-	_, had := m.peers[p]
 	delete(m.peers, p)
+	guarded := m.guarded[p]
+	delete(m.guarded, p)
 	m.mu.Unlock()
-	if had {
+	if guarded {
 		m.n.host.ConnManager().Unprotect(p, runConnProtectionTag)
 	}
 }
@@ -234,15 +316,23 @@ func (m *membership) discover(ctx context.Context) bool {
 	defer cancel()
 	sem := make(chan struct{}, maxParallelDials)
 	var wg sync.WaitGroup
+	var dialing atomic.Int64 // hellos under way: they count toward dialTarget
 	for ai := range m.n.dht.FindProvidersAsync(qctx, m.runID, 0) {
 		if ai.ID == m.n.host.ID() || m.skip(ai.ID) {
 			continue
 		}
 		sem <- struct{}{}
+		if m.connected()+int(dialing.Load()) >= m.n.dialTarget() {
+			<-sem
+			continue
+		}
+		dialing.Add(1)
+		m.dialled.Add(1)
 		wg.Add(1)
 		go func(ai peer.AddrInfo) {
 			defer wg.Done()
 			defer func() { <-sem }()
+			defer dialing.Add(-1)
 			if err := m.verify(ctx, ai); err != nil {
 				m.drop(ai.ID)
 				m.n.log.Debug("run candidate rejected", "peer", ai.ID, "err", err)
@@ -254,6 +344,8 @@ func (m *membership) discover(ctx context.Context) bool {
 	// maxRecheck a round: a flood of identities that passed the hello and
 	// left must not hold discovery up for a dial timeout each. The rest are
 	// forgotten; real peers come back through the DHT or by dialling us.
+	// A node with dialTarget members connected re-checks none: the ones it
+	// lost were let go by the connection manager, or are gone.
 	m.mu.Lock()
 	var lost []peer.ID
 	for p := range m.peers {
@@ -262,8 +354,9 @@ func (m *membership) discover(ctx context.Context) bool {
 		}
 	}
 	m.mu.Unlock()
+	room := max(0, m.n.dialTarget()-m.connected())
 	for i, p := range lost {
-		if i >= maxRecheck {
+		if i >= min(maxRecheck, room) {
 			m.forget(p)
 			continue
 		}

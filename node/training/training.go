@@ -130,6 +130,7 @@ func (s *Service) Start(ctx context.Context, n *node.Node) (err error) {
 		return out
 	}
 	cfg.Announce = n.Announce
+	cfg.WorkPeers = n.SetWorkPeers
 	cfg.FindProviders = n.FindProviders
 	if s.Data != nil {
 		cfg.DataDir = s.Data.Dir()

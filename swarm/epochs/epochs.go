@@ -345,7 +345,14 @@ func (m *Machine) step(in Input, ev Event) Action {
 		return m.afterStepping(in, m.stepEpoch+1)
 	case catchLocal:
 		if ev.OK {
-			return m.reopen(ev.Epoch)
+			// A donor serves its last outer state, which may be a round
+			// behind what its record says while it is in its next outer
+			// round (or waiting for this node in it). Reopening at the
+			// state's own round would find the donors ahead again and catch
+			// up again, forever; the round the corroborated holders are in
+			// lets this node meet them in it, and the round's averaging
+			// brings its parameters along.
+			return m.reopen(max(ev.Epoch, aheadEpoch(m.latestAhead(in), in.Records)))
 		}
 		return m.reopen(m.epoch)
 	}
@@ -399,6 +406,22 @@ func (m *Machine) tick(in Input) Action {
 	}
 	if !due {
 		return Action{}
+	}
+	// A holder whose mates are all in earlier rounds (one gave up on a
+	// group the other still waited in) waits for them here instead of
+	// running on: a lone holder's lead is nobody's corroborated epoch, so
+	// the mates could never catch up from it, and each would average alone,
+	// waiting on the other, for the rest of the run. Behind, they take
+	// their rounds alone and reach this one. A mate that has not within
+	// AheadWait is late: not waited for again until it shares a round, or
+	// LateProbe rounds later.
+	if behind := m.matesBehind(in); len(behind) > 0 {
+		if in.Now.Sub(m.openedAt(in)) < AheadWait {
+			return Action{}
+		}
+		for _, p := range behind {
+			m.markLate(p)
+		}
 	}
 	// Some rounds also average the outer state, which every holder keeps
 	// for itself: after a round that a holder averaged alone or in part,
@@ -813,6 +836,44 @@ func (m *Machine) latestAhead(in Input) []string {
 		out = append(out, r.Peer)
 	}
 	return out
+}
+
+// AheadWait bounds how long a local-mode holder ahead of all its mates
+// waits for one of them to reach its round (matesBehind).
+const AheadWait = 10 * time.Second
+
+// matesBehind are the online mates of this node's shard (local mode) that
+// it waits for before its outer step: all of them when every one is in an
+// earlier round, none when one shares its round or is past it. Mates that
+// are late (and not due for a probe) are not waited for; one sharing the
+// round is late no more.
+func (m *Machine) matesBehind(in Input) []string {
+	var behind []string
+	for _, r := range in.Records {
+		if r.Peer == m.cfg.Self || r.Shard != in.Node.Shard || r.State != progress.StateOnline || m.Overclaims(r) {
+			continue
+		}
+		if r.Epoch >= in.Node.Epoch {
+			delete(m.late, r.Peer)
+			return nil
+		}
+		if at, late := m.late[r.Peer]; !late || m.epoch >= at+LateProbe {
+			behind = append(behind, r.Peer)
+		}
+	}
+	return behind
+}
+
+// aheadEpoch is the round the holders named by peers (latestAhead) are in;
+// 0 when there are none.
+func aheadEpoch(peers []string, recs []progress.Record) uint64 {
+	var top uint64
+	for _, r := range recs {
+		if slices.Contains(peers, r.Peer) {
+			top = max(top, r.Epoch)
+		}
+	}
+	return top
 }
 
 // shardInner is the mean number of inner steps (micro-batches) the holders

@@ -76,6 +76,19 @@ func TestLocalMode(t *testing.T) {
 	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3}), CatchUp, 3, "b2", "b3")
 	expect(t, m.Step(in, Event{Kind: CatchUp}), Reopen, 3)
 
+	// The donors serve their last outer state, a round behind their records
+	// while they are in the next outer round: the node reopens in the round
+	// they are in, or it would find them ahead and catch up again, forever.
+	m = New(cfg)
+	expect(t, m.Step(in, Event{}), Close, 3)
+	expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3}), CatchUp, 3, "b2", "b3")
+	expect(t, m.Step(in, Event{Kind: CatchUp, OK: true, Epoch: 4}), Reopen, 5)
+	// A lone mate's far-ahead claim is not the swarm's round: it sets
+	// nothing (SwarmEpoch, TestBehindTheSwarmAfterRound).
+	m = New(cfg)
+	lone := Input{Now: now, Records: []progress.Record{online("b1", 1, 3), online("b2", 1, 3), online("b3", 1, 500)}, Node: node}
+	expect(t, m.Step(lone, Event{}), Wait, 0)
+
 	// Shard 1 has taken its steps; it still waits for the first shard.
 	m = New(cfg)
 	node.Samples = 100
@@ -83,6 +96,24 @@ func TestLocalMode(t *testing.T) {
 	expect(t, m.Step(in, Event{}), Wait, 0)
 	in.Records[0].Epoch = 4
 	expect(t, m.Step(in, Event{}), OuterStep, 3)
+
+	// A holder whose every mate is in an earlier round waits for them
+	// (AheadWait at most) before its outer step; then it goes on, and the
+	// mate that did not come is not waited for again.
+	m = New(Config{Self: "a0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4})
+	lead := Node{Shard: 0, Held: true, Online: true, Epoch: 5, Samples: 64}
+	behind := Input{Now: now, Records: []progress.Record{online("a1", 0, 3)}, Node: lead}
+	expect(t, m.Step(behind, Event{}), Wait, 0)
+	behind.Now = now.Add(AheadWait)
+	expect(t, m.Step(behind, Event{}), OuterStep, 5)
+	lead.Epoch = 6
+	expect(t, m.Step(Input{Now: behind.Now, Records: behind.Records, Node: lead}, Event{}), OuterStep, 6)
+	// A mate in the same round: no wait.
+	m = New(Config{Self: "a0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4})
+	lead.Epoch = 5
+	same := online("a2", 0, 5)
+	same.Samples = 64
+	expect(t, m.Step(Input{Now: now, Records: []progress.Record{online("a1", 0, 3), same}, Node: lead}, Event{}), OuterStep, 5)
 
 	for _, c := range []struct {
 		round uint64

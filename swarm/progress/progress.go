@@ -77,10 +77,21 @@ type Record struct {
 	// (epochs.RuleBannedByPeers), so that the honest
 	// holders of a shard never split over a liar only some of them caught.
 	Banned []string `json:"banned,omitempty"`
+	// Left is set on the last record of a node that leaves the run:
+	// receivers drop its record at once rather than at its expiry.
+	Left bool `json:"left,omitempty"`
+	// EveryMS is how often (ms) the node publishes its record at least
+	// (Gossip: it grows with the swarm). Receivers keep the record for at
+	// least three such intervals.
+	EveryMS int64 `json:"every_ms,omitempty"`
 }
 
 // MaxBanned bounds Record.Banned.
 const MaxBanned = 8
+
+// MaxEvery bounds Record.EveryMS: a record claims to be refreshed at least
+// this often, so it lives at most 3×MaxEvery past the tracker's TTL.
+const MaxEvery = 20 * time.Second
 
 // EpochNorm is the squared norm of a shard's averaged gradient in one epoch.
 type EpochNorm struct {
@@ -124,6 +135,9 @@ func (r *Record) Validate() error {
 	}
 	if r.Samples < 0 || r.GroupSize < 0 || r.InFlight < 0 || r.Credit < 0 || r.Credit > MaxCredit {
 		return errors.New("record: negative count or credit out of range")
+	}
+	if r.EveryMS < 0 || r.EveryMS > MaxEvery.Milliseconds() {
+		return fmt.Errorf("record: every_ms %d outside 0..%d", r.EveryMS, MaxEvery.Milliseconds())
 	}
 	if len(r.Norms) > MaxNorms {
 		return fmt.Errorf("record: %d gradient norms, at most %d", len(r.Norms), MaxNorms)
@@ -242,6 +256,15 @@ type Tracker struct {
 type entry struct {
 	rec  Record
 	seen time.Time
+	ttl  time.Duration
+}
+
+// life is how long the tracker keeps rec after it arrives: its TTL, or
+// three of the intervals at which rec's node says it publishes when that
+// is longer.
+func (t *Tracker) life(rec Record) time.Duration {
+	every := min(time.Duration(rec.EveryMS)*time.Millisecond, MaxEvery)
+	return max(t.ttl, 3*every)
 }
 
 // NewTracker keeps records for ttl after they arrive.
@@ -255,12 +278,12 @@ func (t *Tracker) Update(rec Record, now time.Time) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old, ok := t.recs[rec.Peer]
-	if ok && old.rec.Seq >= rec.Seq && now.Sub(old.seen) < t.ttl {
+	if ok && old.rec.Seq >= rec.Seq && now.Sub(old.seen) < old.ttl {
 		return false
 	}
 	if !ok && len(t.recs) >= t.max {
 		for p, e := range t.recs {
-			if now.Sub(e.seen) >= t.ttl {
+			if now.Sub(e.seen) >= e.ttl {
 				delete(t.recs, p)
 			}
 		}
@@ -268,7 +291,7 @@ func (t *Tracker) Update(rec Record, now time.Time) bool {
 			return false
 		}
 	}
-	t.recs[rec.Peer] = entry{rec: rec, seen: now}
+	t.recs[rec.Peer] = entry{rec: rec, seen: now, ttl: t.life(rec)}
 	close(t.changed)
 	t.changed = make(chan struct{})
 	return true
@@ -290,10 +313,21 @@ func (t *Tracker) Get(peer string, now time.Time) (Record, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	e, ok := t.recs[peer]
-	if !ok || now.Sub(e.seen) >= t.ttl {
+	if !ok || now.Sub(e.seen) >= e.ttl {
 		return Record{}, false
 	}
 	return e.rec, true
+}
+
+// TTL is how long the tracker keeps a record at least.
+func (t *Tracker) TTL() time.Duration { return t.ttl }
+
+// Has reports whether the tracker holds a record of peer, live or not.
+func (t *Tracker) Has(peer string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, ok := t.recs[peer]
+	return ok
 }
 
 // Len is the number of peers whose records the tracker holds.
@@ -301,6 +335,20 @@ func (t *Tracker) Len() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return len(t.recs)
+}
+
+// ShardLen is the number of peers whose records the tracker holds with
+// shard.
+func (t *Tracker) ShardLen(shard int) int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := 0
+	for _, e := range t.recs {
+		if e.rec.Shard == shard {
+			n++
+		}
+	}
+	return n
 }
 
 // Changed returns a channel closed at the next accepted update.
@@ -316,7 +364,7 @@ func (t *Tracker) Live(now time.Time) []Record {
 	defer t.mu.Unlock()
 	out := make([]Record, 0, len(t.recs))
 	for p, e := range t.recs {
-		if now.Sub(e.seen) >= t.ttl {
+		if now.Sub(e.seen) >= e.ttl {
 			delete(t.recs, p)
 			continue
 		}

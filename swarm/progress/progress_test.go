@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,6 +24,27 @@ import (
 
 func rec(p string, shard int, epoch uint64, samples int, seq uint64) Record {
 	return Record{Peer: p, Seq: seq, Shard: shard, State: StateOnline, Epoch: epoch, Samples: samples, Throughput: 10}
+}
+
+// A record that says its node publishes every 10 s lives three of those
+// intervals, past the tracker's TTL; a claim beyond MaxEvery is malformed.
+func TestTrackerEvery(t *testing.T) {
+	tr := NewTracker(time.Second)
+	t0 := time.Unix(1000, 0)
+	r := rec("a", 0, 1, 1, 1)
+	r.EveryMS = 10_000
+	tr.Update(r, t0)
+	if _, ok := tr.Get("a", t0.Add(29*time.Second)); !ok {
+		t.Fatal("record gone before three of its intervals")
+	}
+	if _, ok := tr.Get("a", t0.Add(30*time.Second)); ok {
+		t.Fatal("record alive after three of its intervals")
+	}
+	r.EveryMS = MaxEvery.Milliseconds() + 1
+	b, _ := r.Encode()
+	if _, err := Decode(b); err == nil {
+		t.Fatal("every_ms over MaxEvery accepted")
+	}
 }
 
 func TestTrackerOrderAndExpiry(t *testing.T) {
@@ -146,58 +168,50 @@ func FuzzReadRecord(f *testing.F) {
 
 func newHost(t *testing.T) host.Host { return testutil.Host(t) }
 
-// TestGossipReal: three real hosts on loopback push records; every tracker
-// ends with all three; a record naming another peer is dropped.
-func TestGossipReal(t *testing.T) {
+// gossips starts n connected loopback hosts, each with a Gossip of the run
+// publishing self(i), and runs them until the test ends.
+func gossips(t *testing.T, n int, ttl time.Duration, self func(i int) Record) ([]host.Host, []*Gossip, []*Tracker) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	hs := []host.Host{newHost(t), newHost(t), newHost(t)}
-	for _, a := range hs {
-		for _, b := range hs {
-			if a != b {
-				a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
-			}
-		}
-	}
-	ids := func() []peer.ID { return []peer.ID{hs[0].ID(), hs[1].ID(), hs[2].ID()} }
-	ref, err := guard.New(nil, nil, guard.Policy{Strikes: 1000})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var trs []*Tracker
+	var hs []host.Host
 	var gs []*Gossip
-	for i, h := range hs {
-		tr := NewTracker(10 * time.Second)
-		trs = append(trs, tr)
-		g := NewGossip(h, "run", tr, ids, func() Record { return Record{Shard: i % 2, State: StateOnline, Samples: i} }, log)
-		g.SetRefusals(ref)
-		defer g.Close()
-		gs = append(gs, g)
+	var trs []*Tracker
+	for i := range n {
+		h := newHost(t)
+		for _, o := range hs {
+			testutil.Connect(t, h, o)
+		}
+		tr := NewTracker(ttl)
+		g, err := NewGossip(h, "run", tr, func() Record { return self(i) }, log)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(g.Close)
+		hs, gs, trs = append(hs, h), append(gs, g), append(trs, tr)
 	}
 	for _, g := range gs {
 		go g.Run(ctx, 50*time.Millisecond, time.Millisecond)
 	}
+	return hs, gs, trs
+}
+
+// TestGossipReal: three real hosts on loopback publish records on the run's
+// topic; every tracker ends with all three, each bound to its author.
+func TestGossipReal(t *testing.T) {
+	hs, _, trs := gossips(t, 3, 10*time.Second, func(i int) Record {
+		return Record{Shard: i % 2, State: StateOnline, Samples: i}
+	})
 	for i, tr := range trs {
 		testutil.Eventually(t, 10*time.Second, func() string {
 			return fmt.Sprintf("tracker %d has %d records, want 3", i, len(tr.Live(time.Now())))
 		}, func() bool { return len(tr.Live(time.Now())) == 3 })
-	}
-	// Spoofing: host 0 sends a record in host 2's name to host 1, which
-	// refuses it (the only refusal of the test).
-	spoof := rec(hs[2].ID().String(), 1, 99, 1, 1<<60)
-	spoof.RunID = "run"
-	b, _ := spoof.Encode()
-	g := &Gossip{h: hs[0]}
-	if err := g.send(ctx, hs[1].ID(), b); err != nil {
-		t.Fatal(err)
-	}
-	testutil.Eventually(t, 10*time.Second, testutil.Says("the spoofed record refused"), func() bool {
-		return refusals(ref)[whyPeer] == 1
-	})
-	for _, r := range trs[1].Live(time.Now()) {
-		if r.Epoch == 99 {
-			t.Fatal("spoofed record accepted")
+		for j, h := range hs {
+			r, ok := tr.Get(h.ID().String(), time.Now())
+			if !ok || r.Samples != j || r.Shard != j%2 || r.RunID != "run" {
+				t.Fatalf("tracker %d holds %+v for host %d", i, r, j)
+			}
 		}
 	}
 }
@@ -211,105 +225,175 @@ func refusals(ref *guard.Refusals) map[string]uint64 {
 	return got
 }
 
-// TestGossipOnItsClock: Run pushes on the ticks of the gossip's clock, and
-// the receiver stamps records with its own clock, on which they expire
-// after the tracker's TTL.
+// TestGossipOnItsClock: Run publishes on the ticks of the gossip's clock,
+// and the receiver stamps records with its own clock, on which they expire
+// after the tracker's TTL: a peer that stops publishing (killed, or out of
+// reach) is dropped by time, whatever the connections.
 func TestGossipOnItsClock(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	a, b := newHost(t), newHost(t)
-	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
-	ids := func() []peer.ID { return []peer.ID{a.ID(), b.ID()} }
+	testutil.Connect(t, a, b)
 	clkA, clkB := clock.NewManual(time.Unix(1000, 0)), clock.NewManual(time.Unix(5000, 0))
 	var samples atomic.Int64
-	ga := NewGossip(a, "run", NewTracker(time.Minute), ids, func() Record {
+	ga, err := NewGossip(a, "run", NewTracker(time.Minute), func() Record {
 		return Record{State: StateOnline, Samples: int(samples.Load())}
 	}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ga.SetClock(clkA)
 	defer ga.Close()
 	const ttl = 8 * time.Second
 	tb := NewTracker(ttl)
-	gb := NewGossip(b, "run", tb, ids, func() Record { return Record{State: StateOnline} }, log)
+	gb, err := NewGossip(b, "run", tb, func() Record { return Record{State: StateOnline} }, log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	gb.SetClock(clkB)
 	defer gb.Close()
-	atB := func() (Record, bool) {
-		for _, r := range tb.Live(clkB.Now()) {
-			if r.Peer == a.ID().String() {
-				return r, true
-			}
-		}
-		return Record{}, false
-	}
+	atB := func() (Record, bool) { return tb.Get(a.ID().String(), clkB.Now()) }
+	// Until the mesh forms a publish may reach nobody: tick until b has one.
 	go ga.Run(ctx, time.Second, time.Millisecond)
-	testutil.Eventually(t, 10*time.Second, testutil.Says("a's first push at b"), func() bool { _, ok := atB(); return ok })
+	testutil.Eventually(t, 20*time.Second, testutil.Says("a's first record at b"), func() bool {
+		if _, ok := atB(); ok {
+			return true
+		}
+		if clkA.Pending() > 0 {
+			clkA.Advance(time.Second)
+		}
+		return false
+	})
 	clkA.BlockUntil(1) // Run waits for its next tick
 	samples.Store(7)
 	clkA.Advance(time.Second)
-	testutil.Eventually(t, 10*time.Second, testutil.Says("the push of a's next tick at b"), func() bool {
+	testutil.Eventually(t, 10*time.Second, testutil.Says("the record of a's next tick at b"), func() bool {
 		r, ok := atB()
 		return ok && r.Samples == 7
 	})
-	// b's clock alone ages the record: a's pushes wait for a's ticks.
+	// b's clock alone ages the record: a's publishes wait for a's ticks.
 	clkB.Advance(ttl - time.Millisecond)
 	if _, ok := atB(); !ok {
 		t.Fatalf("record gone before its TTL of %v on b's clock", ttl)
 	}
 	clkB.Advance(time.Millisecond)
 	if _, ok := atB(); ok {
-		t.Fatalf("record alive %v after its last push on b's clock", ttl)
+		t.Fatalf("record alive %v after its last publish on b's clock", ttl)
 	}
 }
 
-// TestGossipPushAfterClose: a push asked for after Close (Run still going
-// while its owner shuts down) starts nothing that Close would miss.
+// TestGossipPushAfterClose: a publish asked for after Close (Run still going
+// while its owner shuts down) sends nothing.
 func TestGossipPushAfterClose(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a, b := newHost(t), newHost(t)
-	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
-	g := NewGossip(a, "run", NewTracker(time.Minute), func() []peer.ID { return []peer.ID{b.ID()} },
-		func() Record { return Record{State: StateOnline} }, log)
+	g, err := NewGossip(newHost(t), "run", NewTracker(time.Minute), func() Record { return Record{State: StateOnline} }, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.Close()
 	g.Close()
 	g.PushNow(context.Background())
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if len(g.busy) != 0 {
-		t.Fatalf("%d pushes started after Close", len(g.busy))
+	g.Run(context.Background(), time.Millisecond, time.Millisecond) // returns at once
+	if n := g.Traffic().Published.Load(); n != 0 {
+		t.Fatalf("%d records published after Close", n)
 	}
 }
 
-// TestGossipForgetsClosedPeer: when a peer's host goes away, the others
-// drop its record at once instead of keeping it until it expires.
-func TestGossipForgetsClosedPeer(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	a, b := newHost(t), newHost(t)
-	a.Peerstore().AddAddrs(b.ID(), b.Addrs(), time.Hour)
-	b.Peerstore().AddAddrs(a.ID(), a.Addrs(), time.Hour)
-	ids := func() []peer.ID { return []peer.ID{a.ID(), b.ID()} }
-	ta, tb := NewTracker(time.Hour), NewTracker(time.Hour)
-	ga := NewGossip(a, "run", ta, ids, func() Record { return Record{State: StateOnline} }, log)
-	defer ga.Close()
-	gb := NewGossip(b, "run", tb, ids, func() Record { return Record{State: StateOnline} }, log)
-	go ga.Run(ctx, 50*time.Millisecond, time.Millisecond)
-	bctx, bcancel := context.WithCancel(ctx)
-	go gb.Run(bctx, 50*time.Millisecond, time.Millisecond)
-	has := func(tr *Tracker, p peer.ID) bool {
-		for _, r := range tr.Live(time.Now()) {
-			if r.Peer == p.String() {
-				return true
+// TestGossipForgetsLeavingPeer: a node that leaves says so on the topic and
+// the others drop its record at once instead of keeping it until it
+// expires (here an hour).
+func TestGossipForgetsLeavingPeer(t *testing.T) {
+	hs, gs, trs := gossips(t, 3, time.Hour, func(int) Record { return Record{State: StateOnline} })
+	for _, tr := range trs {
+		testutil.Eventually(t, 10*time.Second, testutil.Says("three records"), func() bool { return tr.Len() == 3 })
+	}
+	gs[2].Close()
+	for i := range 2 {
+		testutil.Eventually(t, 10*time.Second, testutil.Says("the leaver forgotten"), func() bool {
+			_, ok := trs[i].Get(hs[2].ID().String(), time.Now())
+			return !ok
+		})
+	}
+}
+
+// Gap grows with the live peers past FreePeers (the swarm's budget),
+// between minGap and MaxEvery.
+// Up to FreePeers every node heralds its epoch changes; in larger swarms
+// about Heralds of them do for each epoch, a different few each epoch.
+func TestHerald(t *testing.T) {
+	if !Herald("p", 1, FreePeers) {
+		t.Fatalf("a swarm of %d: every node publishes epoch changes at once", FreePeers)
+	}
+	for _, live := range []int{100, 1000} {
+		var counts []int
+		sets := map[uint64]string{}
+		for e := range uint64(20) {
+			var who []string
+			for i := range live {
+				if p := fmt.Sprintf("peer-%d", i); Herald(p, e, live) {
+					who = append(who, p)
+				}
 			}
+			counts, sets[e] = append(counts, len(who)), fmt.Sprint(who)
 		}
-		return false
+		slices.Sort(counts)
+		if med := counts[len(counts)/2]; med < Heralds/2 || med > 2*Heralds {
+			t.Errorf("%d live: median %d heralds an epoch, want about %d (%v)", live, med, Heralds, counts)
+		}
+		if counts[0] == 0 {
+			t.Errorf("%d live: an epoch without a herald (%v)", live, counts)
+		}
+		if sets[0] == sets[1] {
+			t.Errorf("%d live: the same heralds in epochs 0 and 1: %s", live, sets[0])
+		}
 	}
-	testutil.Eventually(t, 10*time.Second, testutil.Says("b's record at a"), func() bool { return has(ta, b.ID()) })
-	bcancel()
-	gb.Close()
-	if err := b.Close(); err != nil {
-		t.Fatal(err)
+}
+
+func TestGap(t *testing.T) {
+	for _, c := range []struct {
+		live int
+		want time.Duration
+	}{{1, 5 * time.Millisecond}, {4, 5 * time.Millisecond}, {9, 5 * time.Millisecond}, {108, 500 * time.Millisecond},
+		{1008, 5 * time.Second}, {10000, MaxEvery}} {
+		if got := Gap(c.live, 200, 5*time.Millisecond); got != c.want {
+			t.Errorf("Gap(%d) = %v, want %v", c.live, got, c.want)
+		}
 	}
-	// The record would live for an hour; only the closed connection can
-	// remove it.
-	testutil.Eventually(t, 10*time.Second, testutil.Says("a to forget b"), func() bool { return !has(ta, b.ID()) })
+}
+
+// FuzzCheckMessage: whatever a topic message holds, a record that passes
+// the validator's checks is valid, within the run's limits, of the run and
+// in its signed author's name.
+func FuzzCheckMessage(f *testing.F) {
+	author := "12D3KooWAcJmKDSa9WBuTGQT5T1f3PLRcoAtmmr2Z9KdoNVi7UDN"
+	r := rec(author, 1, 7, 64, 3)
+	r.RunID = "run"
+	b, _ := r.Encode()
+	f.Add(b)
+	f.Add([]byte(`{}`))
+	r.Epoch, r.Shard = 1<<40, 9
+	b, _ = r.Encode()
+	f.Add(b)
+	f.Add(bytes.Repeat([]byte(" "), MaxRecordSize+1))
+	id, err := peer.Decode(author)
+	if err != nil {
+		f.Fatal(err)
+	}
+	l := Limits{Shards: 4, MaxSamples: 1024, MaxEpoch: 100}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, why := checkMessage(data, id, nil, "run", l)
+		if why != "" {
+			if c.err == nil || c.rec != nil {
+				t.Fatalf("refused (%s) without an error or with a record", why)
+			}
+			return
+		}
+		if err := c.rec.Validate(); err != nil {
+			t.Fatalf("passed record does not validate: %v", err)
+		}
+		if err := c.rec.Check(l); err != nil || c.rec.Peer != author || c.rec.RunID != "run" {
+			t.Fatalf("passed record %+v (check: %v)", c.rec, err)
+		}
+	})
 }

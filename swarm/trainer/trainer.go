@@ -128,6 +128,11 @@ type Config struct {
 	// through progress records).
 	Announce      func(ctx context.Context, c cid.Cid) error
 	FindProviders func(ctx context.Context, c cid.Cid) ([]peer.AddrInfo, error)
+	// WorkPeers, when set, is told every few seconds which peers this
+	// node works with, most needed first: its shard's holders (averaging,
+	// state-sync donors), then the previous and next stages' (pipeline).
+	// The node keeps connections to those and lets the rest go.
+	WorkPeers func([]peer.ID)
 	// Device names the compute device for status ("cpu", a GPU model).
 	Device string
 	// Shard forces a shard (tests, demos); -1 lets the node choose.
@@ -386,7 +391,10 @@ func New(cfg Config) (*Trainer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
 	}
-	t.gossip = progress.NewGossip(t.h, t.runID, t.tracker, cfg.RunPeers, t.record, cfg.Logger)
+	if t.gossip, err = progress.NewGossip(t.h, t.runID, t.tracker, t.record, cfg.Logger); err != nil {
+		_ = t.avg.Close()
+		return nil, fmt.Errorf("trainer: %w", err)
+	}
 	t.gossip.SetClock(clk)
 	t.gossip.SetRefusals(cfg.Refusals)
 	t.gossip.SetLimits(t.recordLimits())
@@ -490,6 +498,9 @@ func (t *Trainer) Run(ctx context.Context) error {
 	t.goLoop(ctx, t.announceLoop)
 	t.goLoop(ctx, t.creditLoop)
 	t.goLoop(ctx, t.epochLoop)
+	if t.cfg.WorkPeers != nil {
+		t.goLoop(ctx, t.workLoop)
+	}
 	if t.cfg.Shard < 0 {
 		t.goLoop(ctx, t.rebalanceLoop)
 	}
@@ -505,6 +516,51 @@ func (t *Trainer) Run(ctx context.Context) error {
 	t.mu.Unlock()
 	t.wg.Wait()
 	return ctx.Err()
+}
+
+// workLoop tells the node which peers this node works with (workPeers)
+// every quarter of the record TTL.
+func (t *Trainer) workLoop(ctx context.Context) {
+	tick := t.clk.NewTicker(t.cfg.RecordTTL / 4)
+	defer tick.Stop()
+	for {
+		t.cfg.WorkPeers(t.workPeers())
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C():
+		}
+	}
+}
+
+// workPeers lists the live holders of this node's shard, then of the
+// previous and the next shard, from the progress records.
+func (t *Trainer) workPeers() []peer.ID {
+	t.mu.Lock()
+	own := t.index
+	t.mu.Unlock()
+	return WorkPeers(t.tracker.Live(t.clk.Now()), own, t.h.ID())
+}
+
+// WorkPeers orders the peers of recs that a holder of shard own works
+// with: own's holders first, then the holders of own-1 and own+1; self
+// and peers of other shards are left out.
+func WorkPeers(recs []progress.Record, own int, self peer.ID) []peer.ID {
+	var out []peer.ID
+	for _, want := range []int{own, own - 1, own + 1} {
+		if want < 0 {
+			continue
+		}
+		for _, r := range recs {
+			if r.Shard != want || r.Peer == self.String() {
+				continue
+			}
+			if p, err := peer.Decode(r.Peer); err == nil {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }
 
 func (t *Trainer) goLoop(ctx context.Context, f func(context.Context)) {

@@ -73,6 +73,12 @@ func (s *swarmT) addOn(h host.Host, shard int, mut func(*Config)) *Trainer {
 		for _, o := range s.hosts {
 			o.Peerstore().AddAddrs(h.ID(), h.Addrs(), time.Hour)
 			h.Peerstore().AddAddrs(o.ID(), o.Addrs(), time.Hour)
+			// Connected, as a node's membership connects the run peers it
+			// verified before its trainer starts: the progress topic
+			// reaches the peers a node is connected to.
+			if err := h.Connect(context.Background(), peer.AddrInfo{ID: o.ID(), Addrs: o.Addrs()}); err != nil {
+				t.Fatal(err)
+			}
 		}
 		s.hosts = append(s.hosts, h)
 		s.mu.Unlock()
@@ -738,4 +744,25 @@ func TestDelayedUpdates(t *testing.T) {
 	}
 	holdersAgree(t, byShard)
 	t.Logf("accuracy %.4f", acc)
+}
+
+// WorkPeers lists the holders of the node's own shard first, then of the
+// previous and next shard; itself and farther shards are left out.
+func TestWorkPeers(t *testing.T) {
+	ids := make([]peer.ID, 6)
+	for i := range ids {
+		ids[i] = testutil.Host(t).ID()
+	}
+	recs := []progress.Record{
+		{Peer: ids[0].String(), Shard: 2}, {Peer: ids[1].String(), Shard: 1}, {Peer: ids[2].String(), Shard: 3},
+		{Peer: ids[3].String(), Shard: 2}, {Peer: ids[4].String(), Shard: 5}, {Peer: ids[5].String(), Shard: 2},
+	}
+	got := WorkPeers(recs, 2, ids[5])
+	want := []peer.ID{ids[0], ids[3], ids[1], ids[2]}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("WorkPeers = %v, want %v", got, want)
+	}
+	if got := WorkPeers(recs, 0, ids[5]); fmt.Sprint(got) != fmt.Sprint([]peer.ID{ids[1]}) {
+		t.Fatalf("WorkPeers of shard 0 = %v, want the holder of shard 1", got)
+	}
 }
