@@ -274,14 +274,10 @@ func scoreParams(topic string) (*pubsub.PeerScoreParams, *pubsub.PeerScoreThresh
 // Close says goodbye on the topic (when Run was under way), stops the
 // router and waits for the receiver. It is idempotent.
 func (g *Gossip) Close() {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	var bye bool
+	if !g.open(func() { g.closed, bye = true, g.running }) {
 		return
 	}
-	g.closed = true
-	bye := g.running
-	g.mu.Unlock()
 	if bye {
 		r := g.next()
 		r.Left = true
@@ -306,6 +302,17 @@ func (g *Gossip) Close() {
 	_ = g.topic.Close()
 	g.cancel()
 	g.wg.Wait()
+}
+
+// open runs f under g's lock unless g is closed; it reports whether it ran.
+func (g *Gossip) open(f func()) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return false
+	}
+	f()
+	return true
 }
 
 // Poke asks for a publish soon (the record changed).
@@ -348,14 +355,10 @@ const FreePeers = 8
 // first publish waits (at most interval) for a first peer on the topic,
 // so that it reaches someone. It returns when ctx ends.
 func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
-	g.mu.Lock()
-	if g.closed {
-		g.mu.Unlock()
+	var clk clock.Clock
+	if !g.open(func() { g.running, clk = true, g.clk }) {
 		return
 	}
-	g.running = true
-	clk := g.clk
-	g.mu.Unlock()
 	if len(g.topic.ListPeers()) == 0 {
 		first := clk.NewTimer(interval)
 		select {
