@@ -359,16 +359,8 @@ func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
 	if !g.open(func() { g.running, clk = true, g.clk }) {
 		return
 	}
-	if len(g.topic.ListPeers()) == 0 {
-		first := clk.NewTimer(interval)
-		select {
-		case <-ctx.Done():
-			first.Stop()
-			return
-		case <-first.C():
-		case <-g.joined:
-			first.Stop()
-		}
+	if len(g.topic.ListPeers()) == 0 && wake(ctx, clk, interval, g.joined) == ended {
+		return
 	}
 	g.PushNow(ctx)
 	for {
@@ -377,14 +369,10 @@ func (g *Gossip) Run(ctx context.Context, interval, minGap time.Duration) {
 		g.every = max(interval, gap)
 		clk, lastAt := g.clk, g.lastAt
 		g.mu.Unlock()
-		beat := clk.NewTimer(g.every - clk.Since(lastAt))
-		select {
-		case <-ctx.Done():
-			beat.Stop()
+		switch wake(ctx, clk, g.every-clk.Since(lastAt), g.pending) {
+		case ended:
 			return
-		case <-beat.C():
-		case <-g.pending:
-			beat.Stop()
+		case woken:
 			if !g.hold(ctx, clk, lastAt, gap, minGap) {
 				return
 			}
@@ -407,16 +395,34 @@ func (g *Gossip) hold(ctx context.Context, clk clock.Clock, lastAt time.Time, ga
 		if d <= 0 {
 			return true
 		}
-		t := clk.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		switch wake(ctx, clk, d, g.pending) {
+		case ended:
 			return false
-		case <-t.C():
+		case timedOut:
 			return true
-		case <-g.pending:
-			t.Stop()
 		}
+	}
+}
+
+// Outcomes of wake.
+const (
+	timedOut = iota // d passed
+	woken           // ch signalled first
+	ended           // ctx ended first
+)
+
+// wake waits on clk for d, for a signal on ch or for ctx to end, whichever
+// comes first, and says which.
+func wake(ctx context.Context, clk clock.Clock, d time.Duration, ch <-chan struct{}) int {
+	t := clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ended
+	case <-t.C():
+		return timedOut
+	case <-ch:
+		return woken
 	}
 }
 
