@@ -240,6 +240,9 @@ type Machine struct {
 	// so that a peer whose micro-batches keep failing stops holding the
 	// epoch back with its in-flight claim.
 	claims map[string]claimSeen
+	// own is this node's own claim, kept the same way while it holds the
+	// first shard (firstShardLive).
+	own claimSeen
 
 	// opened is when this node opened openEpoch (ShareGrace).
 	openEpoch uint64
@@ -636,13 +639,52 @@ func (m *Machine) Samples(in Input) int {
 	}
 	m.observe(in.Records, in.Now)
 	rc := m.rateCap(in.Records)
+	live, opened := m.firstShardLive(in), m.openedAt(in) // opened from the epoch's first look, not the first need
 	for _, r := range in.Records {
-		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && !m.Overclaims(r) {
+		if r.Peer == m.cfg.Self || r.Shard != 0 || m.Overclaims(r) {
+			continue
+		}
+		switch r.Epoch {
+		case in.Node.Epoch:
 			n += min(r.Samples, m.sampleBound(r, in.Now, rc))
+		case in.Node.Epoch + 1:
+			if !live {
+				// A first-shard holder already in the next epoch saw this
+				// one's target reached; the records that showed it are gone
+				// once their holders moved on. While no first-shard holder
+				// still in this epoch finishes samples (a mate whose
+				// micro-batches all fail, one that vanished), nobody else
+				// could close it: the one ahead counts as the whole target
+				// batch, held to what it could have finished since this
+				// epoch opened here. A liar one epoch ahead of honest holders
+				// that do finish samples counts for nothing.
+				n += min(m.cfg.TargetBatch, m.boundSince(r, opened, in.Now, rc))
+			}
 		}
 	}
 	m.pruneClaims(in.Records)
 	return n
+}
+
+// firstShardLive reports whether a holder of the first shard in this node's
+// epoch (this node included) finished samples within ClaimStall.
+func (m *Machine) firstShardLive(in Input) bool {
+	if in.Node.Shard == 0 {
+		o := &m.own
+		if o.at.IsZero() || in.Node.Epoch != o.epoch && in.Node.Samples > 0 || in.Node.Epoch == o.epoch && in.Node.Samples > o.samples {
+			o.at = in.Now
+		}
+		o.epoch, o.samples = in.Node.Epoch, in.Node.Samples
+		if in.Now.Sub(o.at) < ClaimStall {
+			return true
+		}
+	}
+	for _, r := range in.Records {
+		if r.Peer != m.cfg.Self && r.Shard == 0 && r.Epoch == in.Node.Epoch && holding(r) && !m.Overclaims(r) && m.claimLive(r, in.Now) {
+			return true
+		}
+	}
+	return false
 }
 
 // Claimed adds to Samples the samples the first shard's holders started in

@@ -76,8 +76,12 @@ const (
 // close an epoch before the honest holders could have; an honest peer that
 // seems to outrun the bound is only counted a little later.
 func (m *Machine) sampleBound(r progress.Record, now time.Time, rateCap float64) int {
-	s := m.claims[r.Peer]
-	elapsed := max(now.Sub(s.since).Seconds(), 0)
+	return m.boundSince(r, m.claims[r.Peer].since, now, rateCap)
+}
+
+// boundSince is sampleBound with the budget starting at since.
+func (m *Machine) boundSince(r progress.Record, since, now time.Time, rateCap float64) int {
+	elapsed := max(now.Sub(since).Seconds(), 0)
 	rate := min(max(r.Throughput, m.rateFloor()), rateCap)
 	b := float64(allowanceBatches*m.cfg.BatchSize) + RateSlack*rate*elapsed
 	if b >= float64(1<<30) {

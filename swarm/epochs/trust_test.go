@@ -529,3 +529,71 @@ func TestSimShareLiarsDelayAtMostTheGrace(t *testing.T) {
 		t.Logf("%s: %v (clean %v)", c.name, took, cleanTook)
 	}
 }
+
+// A first-shard holder one epoch ahead closes the epoch for the others only
+// while nobody still in it finishes samples (2c4a3b9's stall: the honest
+// first-shard holder had moved on, its mate's micro-batches all failed, and
+// the records that showed the target reached were gone, so nobody could
+// close the epoch and nobody could be corroborated past it). While a holder
+// in the epoch does finish samples, the one ahead counts for nothing: a liar
+// one epoch ahead cannot end epochs early.
+func TestAheadHolderClosesStalledEpoch(t *testing.T) {
+	t0 := time.Unix(1_000_000, 0)
+	cfg := Config{Self: "b0", Epochs: 20, TargetBatch: 64, BatchSize: 8, GroupSize: 4}
+	ahead := online("a0", 0, 2)
+	ahead.Throughput = 100
+	stuck := online("x0", 0, 1) // its micro-batches all fail
+	node := Node{Shard: 1, Held: true, Online: true, Epoch: 1}
+	in := Input{Now: t0, Records: []progress.Record{ahead, stuck, online("b0", 1, 1), online("x1", 1, 1)}, Node: node}
+
+	m := New(cfg)
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Now = t0.Add(ClaimStall - time.Millisecond)
+	expect(t, m.Step(in, Event{}), Wait, 0) // x0 was first seen at t0: it may still finish
+	in.Now = t0.Add(ClaimStall)
+	expect(t, m.Step(in, Event{}), Close, 1)
+
+	// A mate in the epoch that finishes samples: the one ahead counts for
+	// nothing, however long.
+	m = New(cfg)
+	for s := range 20 {
+		in.Now = t0.Add(time.Duration(s) * time.Second)
+		in.Records[1].Samples = 2 * s
+		if got := m.Samples(in); got != 2*s {
+			t.Fatalf("after %d s with x0 finishing samples: %d samples, want x0's %d", s, got, 2*s)
+		}
+	}
+	// It stops: once ClaimStall passed, the one ahead counts.
+	in.Now = in.Now.Add(ClaimStall)
+	if got := m.Samples(in); got != 38+64 {
+		t.Errorf("x0 stalled: %d samples, want its 38 and the target batch for a0", got)
+	}
+
+	// This node on the first shard, finishing samples itself: the same.
+	m = New(Config{Self: "a1", Epochs: 20, TargetBatch: 64, BatchSize: 8, GroupSize: 4})
+	self := Node{Shard: 0, Held: true, Online: true, Epoch: 1}
+	in = Input{Records: []progress.Record{ahead, online("a1", 0, 1)}, Node: self}
+	for s := range 10 {
+		in.Now = t0.Add(time.Duration(s) * time.Second)
+		in.Node.Samples = 4 * s
+		if got := m.Samples(in); got != 4*s {
+			t.Fatalf("after %d s finishing samples itself: %d samples, want its own %d", s, got, 4*s)
+		}
+	}
+	in.Now = in.Now.Add(ClaimStall)
+	if got := m.Samples(in); got != 36+64 {
+		t.Errorf("its own micro-batches failing: %d samples, want its 36 and the target batch for a0", got)
+	}
+
+	// Just opened: the one ahead is held to what it could have finished
+	// since (two micro-batches, then twice its rate).
+	m = New(cfg)
+	in = Input{Now: t0, Records: []progress.Record{ahead, online("b0", 1, 1)}, Node: node}
+	if got := m.Samples(in); got != 16 {
+		t.Errorf("at the epoch's opening the one ahead counts %d samples, want 16", got)
+	}
+	in.Now = t0.Add(100 * time.Millisecond)
+	if got, want := m.Samples(in), 16+RateSlack*100/10; got != want { // its rate of 100/s
+		t.Errorf("100 ms in, the one ahead counts %d samples, want %d", got, want)
+	}
+}
