@@ -95,8 +95,9 @@ const (
 )
 
 var (
-	errForged = errors.New("averaging: signature does not verify")
-	errFalse  = errors.New("averaging: false accusation")
+	errForged  = errors.New("averaging: signature does not verify")
+	errFalse   = errors.New("averaging: false accusation")
+	errBadSeed = errors.New("averaging: audit seed does not match its digest")
 )
 
 // maxAuditParts bounds Config.AuditParts, and so the claims in a report.

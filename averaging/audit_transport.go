@@ -49,6 +49,7 @@ type auditRound struct {
 	changed   chan struct{} // closed and replaced when a commitment or report arrives
 	deadline  time.Time     // end of the audit phase (zero until our round is over)
 	commit    *commitment   // ours; nil if we reduce nothing
+	draw      *drawState    // whether the round is audited (nil: every round is)
 	closed    bool          // the audit is over: the vector is the caller's again
 	claims    map[int]*servedClaim
 	served    []int  // audit requests answered, per member
@@ -72,6 +73,9 @@ func (a *Averager) openAudit(g *groupInfo, self int, lay layout, codec Codec, ag
 		book:  newAuditBook(g.ID, self, g.ids(), lay, codec, agg, orig, verifySig),
 		ready: make(chan struct{}), changed: make(chan struct{}), claims: map[int]*servedClaim{}, writing: map[network.Stream]bool{},
 		served: make([]int, n), reporting: make([]bool, n), reported: make([]bool, n)}
+	if a.draws() {
+		au.draw = newDrawState(n)
+	}
 	a.mu.Lock()
 	a.audits[g.ID] = au
 	close(a.roundsCh)
@@ -144,9 +148,18 @@ func (au *auditRound) roundOver(vec []float32, recv [][]bitset, red *reducer, de
 // afterAudit runs the audit of round r and applies what it shows: the
 // shares of convicted and unaudited reducers go back to our own values,
 // the convicted are banned and reported.
-func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spans []Span, excluded map[peer.ID]string) ([]Span, []Accusation, int, int) {
+func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spans []Span, excluded map[peer.ID]string) ([]Span, []Accusation, int, int, bool) {
 	if f := a.faults.beforeAudit; f != nil {
 		f()
+	}
+	if au.draw != nil {
+		audited, why := a.drawRound(au, time.Now().Add(a.cfg.AuditTimeout/4))
+		a.met.audits.WithLabelValues(map[bool]string{true: "audited", false: "skipped"}[audited]).Inc()
+		if !audited {
+			a.skipAudit(r, au)
+			return spans, nil, 0, 0, false
+		}
+		a.log.Debug("round audited", "group", fmt.Sprintf("%x", au.g.ID), "why", why)
 	}
 	if err := au.roundOver(r.res, r.recv, r.red, time.Now().Add(a.cfg.AuditTimeout)); err != nil {
 		a.log.Warn("audit: no commitment of our share", "err", err)
@@ -211,7 +224,7 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 			f(ac)
 		}
 	}
-	return spans, accused, audits, checks
+	return spans, accused, audits, checks, true
 }
 
 // auditPhase runs our side of the audit after the round: commitments out,
@@ -554,6 +567,8 @@ func (a *Averager) handleAudit(s network.Stream) {
 		err = a.serveClaim(s, au, j, b)
 	case tReport:
 		err = a.takeReport(s, au, j, b)
+	case tSeedHash, tSeed:
+		err = a.takeSeed(au, j, t, b)
 	default:
 		err = fmt.Errorf("%w: audit frame type %d", errMalformed, t)
 	}
@@ -579,6 +594,8 @@ func (au *auditRound) frameLimit(t msgType) int {
 		return 2 + 16 + 4
 	case tReport:
 		return maxReportFrame(len(au.g.Members))
+	case tSeedHash, tSeed:
+		return seedFrame
 	}
 	return 18
 }
@@ -604,6 +621,8 @@ func (a *Averager) refuseAudit(p peer.ID, err error) {
 		a.refuse(p, ProtoAudit, reasonFalse, err)
 	case errors.Is(err, errFlood):
 		a.refuse(p, ProtoAudit, reasonFlood, err)
+	case errors.Is(err, errBadSeed):
+		a.refuse(p, ProtoAudit, reasonBadSeed, err)
 	default:
 		a.refuseErr(p, ProtoAudit, err)
 	}

@@ -17,7 +17,9 @@ import (
 // 2.0.0: the digests of values are BLAKE3 (SHA-256 in 1.0.0), so a member
 // of the other version finds no audit protocol here and leaves our share
 // unaudited (its own values stay), where mixed digests would convict.
-const ProtoAudit = "/swarm/averaging/audit/2.0.0"
+//
+// 3.0.0: audit draws (seed digests and seeds, audit_draw.go).
+const ProtoAudit = "/swarm/averaging/audit/3.0.0"
 
 // Audit message types (the frame type byte).
 const (
@@ -26,6 +28,8 @@ const (
 	tClaim                          // the reducer's signed claim for that part
 	tAuditInput                     // one contributor's values of the part (raw float32), after a claim
 	tReport                         // a member's report: the commitments and claims it holds
+	tSeedHash                       // a member's digest of its seed for the round's draw (audit_draw.go)
+	tSeed                           // the seed itself, once the member's round is over
 )
 
 // Signature domains: a reducer's signature over one kind of statement is

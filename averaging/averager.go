@@ -102,6 +102,11 @@ type Config struct {
 	// audit after a round (default 10s).
 	AuditParts   int
 	AuditTimeout time.Duration
+	// AuditRate, in (0, 1), audits that share of rounds, drawn by the group
+	// together once every result is out so that no reducer can tell an
+	// unaudited round in advance (audit_draw.go); 0 or 1 audits every round.
+	// Every member of a run must use the same setting.
+	AuditRate float64
 	// OnAccusation is called once per reducer and round shown to lie, with
 	// the evidence, after the round (nil: none).
 	OnAccusation func(Accusation)
@@ -177,6 +182,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("%w: ClipIters %d not in [1, %d]", ErrBadInput, c.ClipIters, MaxClipIters)
 	case c.AuditParts < 0 || c.AuditParts > maxAuditParts:
 		return c, fmt.Errorf("%w: AuditParts %d not in [0, %d]", ErrBadInput, c.AuditParts, maxAuditParts)
+	case !(c.AuditRate >= 0 && c.AuditRate <= 1):
+		return c, fmt.Errorf("%w: AuditRate %v not in [0, 1]", ErrBadInput, c.AuditRate)
 	case !(c.NormK == 0 || c.NormK >= 1 && c.NormK <= maxNormK):
 		return c, fmt.Errorf("%w: NormK %v (want 0 or in [1, %g])", ErrBadInput, c.NormK, float64(maxNormK))
 	case !c.Compression.valid():
@@ -221,8 +228,11 @@ type Result struct {
 	// Accusations are the reducers shown to lie in this round (with
 	// Config.AuditParts), whose shares stayed local; Audits and Checks count
 	// the parts this peer re-computed and compared with their commitments.
-	Accusations              []Accusation
-	Audits, Checks           int
+	Accusations    []Accusation
+	Audits, Checks int
+	// Audited: this round's audit ran (Config.AuditParts, drawn with
+	// Config.AuditRate); false for a round drawn unaudited or without audits.
+	Audited                  bool
 	BytesSent, BytesReceived int64
 	MatchTime, ReduceTime    time.Duration
 	Total                    time.Duration
@@ -275,6 +285,8 @@ type faults struct {
 	lieClaim    func(c *claim)
 	falseAccuse bool   // as an auditor: report every claim as wrong
 	beforeAudit func() // called when this member's round is over, before its audit
+	// Audit draws: reveal a seed other than the one committed to, or none.
+	wrongSeed, withholdSeed bool
 }
 
 // New creates an Averager and registers its stream handlers on h.

@@ -65,6 +65,7 @@ const (
 	reasonNotMember = "not-member"    // reduce stream from a peer not in the group it names
 	reasonOutlier   = "outlier"       // a part whose norm is far above the group's median (Config.NormK)
 	reasonNotCand   = "not-candidate" // a join from a peer that is not among the step's candidates
+	reasonBadSeed   = "bad-seed"      // an audit draw's seed that does not match the digest its member sent
 )
 
 // notCandEvery is how often a non-candidate's joins are counted (the join is

@@ -13,6 +13,7 @@ type metrics struct {
 	bytes     *prometheus.CounterVec   // direction
 	duration  *prometheus.HistogramVec // phase
 	fraction  prometheus.Histogram
+	audits    *prometheus.CounterVec // outcome of a round's audit draw
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -30,11 +31,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Time spent per phase (match, allreduce, gossip, step).", Buckets: prometheus.ExponentialBuckets(0.01, 2, 14)}, []string{"phase"}),
 		fraction: prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Subsystem: sub, Name: "fraction_averaged",
 			Help: "Fraction of the vector averaged with at least one other peer.", Buckets: []float64{0, 0.25, 0.5, 0.75, 0.9, 0.99, 1}}),
+		audits: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub, Name: "audit_draws_total",
+			Help: "Rounds whose audit was drawn (audited) or not (skipped), with averaging.audit_rate below 1."}, []string{"outcome"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.rounds, m.failures, m.groupSize, m.bytes, m.duration, m.fraction} {
+	for _, c := range []prometheus.Collector{m.rounds, m.failures, m.groupSize, m.bytes, m.duration, m.fraction, m.audits} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -85,6 +85,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 		opts.Keep = true
 		au = a.openAudit(g, self, lay, codec, opts, vec)
 		defer a.closeAudit(g.ID)
+		if au.draw != nil {
+			a.sendSeedHash(au, deadline)
+		}
 	}
 	r.red = newReducer(self, len(g.Members), lay.Parts[self], own, weight, start, a.cfg.SenderTimeout, deadline, opts)
 	// Only members that can reduce receive streams; every member sends.
@@ -211,8 +214,9 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	}
 	var accused []Accusation
 	var audits, checks int
+	var audited bool
 	if au != nil {
-		spans, accused, audits, checks = a.afterAudit(ctx, r, au, spans, excluded)
+		spans, accused, audits, checks, audited = a.afterAudit(ctx, r, au, spans, excluded)
 	}
 	// Nothing reads the round's buffers any more (the audit is closed).
 	r.red.release()
@@ -222,7 +226,7 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	sent, recv := cnt.sent, cnt.recv
 	cnt.mu.Unlock()
 	res := Result{Mode: ModeGroup, GroupID: hex.EncodeToString(g.ID[:]), Members: g.ids(), Excluded: excluded,
-		Accusations: accused, Audits: audits, Checks: checks,
+		Accusations: accused, Audits: audits, Checks: checks, Audited: audited,
 		BytesSent: sent, BytesReceived: recv, ReduceTime: time.Since(start)}
 	res.Spans, res.Fraction = mergeSpans(spans, len(vec), a.h.ID())
 	a.met.bytes.WithLabelValues("sent").Add(float64(sent))

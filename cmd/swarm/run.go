@@ -75,6 +75,7 @@ the run's peers and check every chunk against it.`,
 					&cli.IntFlag{Name: "clip-iters", Usage: "centered-clip: most iterations (0: 5)"},
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.IntFlag{Name: "audit-parts", Usage: "reducer audits: parts each member re-computes after every averaging round, to catch reducers that lie (0: off)"},
+					&cli.Float64Flag{Name: "audit-rate", Usage: "reducer audits: the share of rounds audited, drawn by each group once its results are out (0: every round)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32, bf16 (half the traffic) or int8 (blocks of 64 with a scale: about a quarter)"},
 					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
@@ -238,6 +239,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setInt(c, "clip-iters", &a.ClipIters)
 	setFloat(c, "norm-k", &a.NormK)
 	setInt(c, "audit-parts", &a.AuditParts)
+	setFloat(c, "audit-rate", &a.AuditRate)
 	setString(c, "activations", &m.Training.Activations)
 	setFloat(c, "sync-loss-margin", &m.Training.SyncLossMargin)
 	if err := admissionFromFlags(c, m); err != nil {

@@ -331,6 +331,12 @@ type AveragingSpec struct {
 	// and checks one part received from each; a reducer shown to lie is
 	// banned for the run and its share stays local (averaging/audit.go).
 	AuditParts int `json:"audit_parts,omitempty"`
+	// AuditRate, in (0, 1), audits only that share of rounds, drawn by each
+	// group together once every result is out (no reducer can tell an
+	// unaudited round in advance); a reducer that lies in every round is
+	// then banned after about 1/AuditRate times as many rounds. 0 or 1:
+	// every round. Needs AuditParts.
+	AuditRate float64 `json:"audit_rate,omitempty"`
 }
 
 // Delta codecs (AveragingSpec.DeltaCodec).
@@ -769,6 +775,12 @@ func (a AveragingSpec) validateAggregation() error {
 	}
 	if a.AuditParts < 0 || a.AuditParts > 16 {
 		return fieldErr("averaging.audit_parts", "must be in [0, 16] (0: no audits), got %d", a.AuditParts)
+	}
+	if !(a.AuditRate >= 0 && a.AuditRate <= 1) {
+		return fieldErr("averaging.audit_rate", "must be in [0, 1] (the share of rounds audited; 0: every round), got %g", a.AuditRate)
+	}
+	if a.AuditRate > 0 && a.AuditParts == 0 {
+		return fieldErr("averaging.audit_rate", "is %g but averaging.audit_parts is 0: there are no audits to draw", a.AuditRate)
 	}
 	return nil
 }

@@ -386,6 +386,7 @@ func New(cfg Config) (*Trainer, error) {
 		ClipIters:       m.Averaging.ClipIters,
 		NormK:           m.Averaging.NormK,
 		AuditParts:      m.Averaging.AuditParts,
+		AuditRate:       m.Averaging.AuditRate,
 		OnAccusation:    t.reducerLied,
 	})
 	if err != nil {

@@ -2,7 +2,7 @@
 //
 //	allreduce-bench run   -n 4 -mib 64 -codec none -rounds 3   # n peer processes, one all-reduce per round
 //	                      [-agg centered-clip -norm-k 10]      # robust aggregation at the reducers
-//	                      [-audit 1]                           # reducer audits: parts each member re-computes
+//	                      [-audit 1 -audit-rate 0.25]          # reducer audits: parts each member re-computes, share of rounds audited
 //	allreduce-bench p2p   -mib 256                             # one libp2p stream between two processes
 //	allreduce-bench match -n 64 -rounds 5                      # 64 in-process peers grouped by matchmaking
 //
@@ -188,6 +188,7 @@ type roundOut struct {
 	CPUS     float64 `json:"cpu_s,omitempty"`
 	Faults   int64   `json:"minflt,omitempty"`
 	Audits   int     `json:"audits,omitempty"`
+	Audited  bool    `json:"audited,omitempty"`
 	Accused  int     `json:"accused,omitempty"`
 	Err      string  `json:"err,omitempty"`
 }
@@ -205,6 +206,7 @@ func cmdPeer(args []string) error {
 	agg := fs.String("agg", "mean", "mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	auditRate := fs.Float64("audit-rate", 0, "reducer audits: share of rounds audited (0: every round)")
 	profile := fs.String("cpuprofile", "", "peer 0 writes a CPU profile of its rounds after the first here")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
@@ -244,7 +246,7 @@ func cmdPeer(args []string) error {
 		TargetGroupSize: *n, MinGroupSize: *n,
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
-		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit,
+		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit, AuditRate: *auditRate,
 	})
 	if err != nil {
 		return err
@@ -274,7 +276,7 @@ func cmdPeer(args []string) error {
 		cpu1, flt1 := cpuSeconds()
 		out := roundOut{CPUS: cpu1 - cpu0, Faults: flt1 - flt0, Peer: *idx, Round: r, ReduceS: res.ReduceTime.Seconds(), MatchS: res.MatchTime.Seconds(),
 			Fraction: res.Fraction, Members: len(res.Members), Sent: res.BytesSent, Recv: res.BytesReceived,
-			Audits: res.Audits, Accused: len(res.Accusations)}
+			Audits: res.Audits, Audited: res.Audited, Accused: len(res.Accusations)}
 		if err != nil {
 			out.Err = err.Error()
 		}
@@ -412,12 +414,13 @@ func cmdRun(args []string) error {
 	agg := fs.String("agg", "mean", "aggregation: mean, centered-clip, trimmed-mean")
 	normK := fs.Float64("norm-k", 0, "reject parts above k × the median norm (0: off)")
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
+	auditRate := fs.Float64("audit-rate", 0, "reducer audits: share of rounds audited (0: every round)")
 	profile := fs.String("cpuprofile", "", "write peer 0's CPU profile (rounds after the first) to this file")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	outs, err := spawn(ctx, *n, "-mode", "allreduce", "-mib", fmt.Sprint(*mib), "-rounds", fmt.Sprint(*rounds),
-		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-cpuprofile", *profile)
+		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-audit-rate", fmt.Sprint(*auditRate), "-cpuprofile", *profile)
 	if err != nil {
 		return err
 	}
@@ -431,12 +434,16 @@ func cmdRun(args []string) error {
 	minFrac := 1.0
 	var sent int64
 	audits, accused := 0, 0
+	audited := map[int]bool{} // rounds some peer audited
 	for _, o := range outs {
 		if o.Err != "" {
 			return fmt.Errorf("peer %d round %d: %s", o.Peer, o.Round, o.Err)
 		}
 		audits += o.Audits
 		accused += o.Accused
+		if o.Audited && (o.Round > 1 || *rounds == 1) {
+			audited[o.Round] = true
+		}
 		slowest[o.Round] = math.Max(slowest[o.Round], o.ReduceS)
 		cpu[o.Round] += o.CPUS
 		faults[o.Round] += float64(o.Faults)
@@ -455,10 +462,14 @@ func cmdRun(args []string) error {
 		}
 	}
 	t := median(times)
+	var cpuMean float64
+	for _, c := range cpus {
+		cpuMean += c / float64(len(cpus))
+	}
 	size := float64(int64(*mib) << 20)
 	busbw := size * 2 * float64(*n-1) / float64(*n) / t
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audits": audits,
+		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audit_rate": *auditRate, "audits": audits, "audited_rounds": len(audited), "cpu_mean_s": cpuMean,
 		"accused": accused, "rounds": len(times), "time_s": t, "times_s": times, "cpu_s": median(cpus), "cpus_s": cpus,
 		"minflt":      median(flts),
 		"busbw_mibps": busbw / (1 << 20), "fraction_min": minFrac, "peak_rss_mib": float64(rss) / 1024,
