@@ -168,16 +168,21 @@ func checkKillRound(t *testing.T, ps []*testPeer, out []stepOut, victims []int, 
 
 func TestBadPeerExcluded(t *testing.T) {
 	const n, bad = 6, 4
-	for _, mode := range []string{"nan", "short", "garbage"} {
+	for _, mode := range []string{"nan", "nan-norm-k", "short", "garbage"} {
 		t.Run(mode, func(t *testing.T) {
 			ps := newPeers(t, n, 9000, func(i int, cfg *Config) {
 				roomyMatch(cfg) // every peer in the group, the bad one included
 				if i == bad {
 					cfg.ClientMode = true // it only sends
 				}
+				if mode == "nan-norm-k" {
+					// Reducers that check norms find the NaN in the norm's
+					// pass (readPartSq), not in a pass of their own.
+					cfg.NormK = 10 // the mean, buffered (checkAgainstReport holds)
+				}
 			})
 			switch mode {
-			case "nan":
+			case "nan", "nan-norm-k":
 				ps[bad].a.faults.sendNaN = true
 			case "short":
 				ps[bad].a.faults.sendShort = true

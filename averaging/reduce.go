@@ -249,7 +249,7 @@ func (r *reducer) Header(s int, w float64, now time.Time) error {
 // Part adds sender s's values for part k, which must be its next part.
 // vals must already be validated finite.
 func (r *reducer) Part(s, k int, vals []float32, now time.Time) error {
-	return r.part(s, k, vals, false, now)
+	return r.part(s, k, vals, false, -1, now)
 }
 
 // buffer returns an empty buffer for one sender's values of a part, to be
@@ -264,10 +264,16 @@ func (r *reducer) buffer() []float32 {
 // PartInto is Part for vals in a buffer from buffer(), which the reducer
 // then owns: the values are not copied again.
 func (r *reducer) PartInto(s, k int, vals []float32, now time.Time) error {
-	return r.part(s, k, vals, true, now)
+	return r.part(s, k, vals, true, -1, now)
 }
 
-func (r *reducer) part(s, k int, vals []float32, owned bool, now time.Time) error {
+// partOwned is PartInto with Σ vals² already taken (sq ≥ 0; negative: not
+// taken), as the reader of a norm-checking reducer takes it (readPartSq).
+func (r *reducer) partOwned(s, k int, vals []float32, sq float64, now time.Time) error {
+	return r.part(s, k, vals, true, sq, now)
+}
+
+func (r *reducer) part(s, k int, vals []float32, owned bool, knownSq float64, now time.Time) error {
 	if s < 0 || s >= r.n || r.status[s] != sActive {
 		return fmt.Errorf("part from sender %d that is not active", s)
 	}
@@ -287,6 +293,8 @@ func (r *reducer) part(s, k int, vals []float32, owned bool, now time.Time) erro
 		buf := vals
 		var sq float64
 		switch {
+		case owned && r.opts.NormK > 0 && knownSq >= 0:
+			sq = knownSq
 		case owned && r.opts.NormK > 0:
 			sq = sumSquares(vals)
 		case owned:

@@ -569,7 +569,12 @@ func (a *Averager) handleReduce(s network.Stream) {
 			dst = vals[:n]
 		}
 		var h partHead
-		h, rbuf, err = readPart(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
+		sq := -1.0 // not taken
+		if owned && a.cfg.NormK > 0 {
+			h, sq, rbuf, err = readPartSq(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
+		} else {
+			h, rbuf, err = readPart(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
+		}
 		if err == nil && int(h.Index) != k {
 			err = fmt.Errorf("%w: part %d out of order, want %d", errMalformed, h.Index, k)
 		}
@@ -603,7 +608,10 @@ func (a *Averager) handleReduce(s network.Stream) {
 		}
 		r.mu.Lock()
 		if owned {
-			_ = r.red.PartInto(si, k, dst, time.Now())
+			if f := a.faults.alterInput; f != nil && sq >= 0 {
+				sq = sumSquares(dst) // the values changed since they were read
+			}
+			_ = r.red.partOwned(si, k, dst, sq, time.Now())
 		} else {
 			_ = r.red.Part(si, k, dst, time.Now())
 		}

@@ -112,8 +112,21 @@ func readFrame(r io.Reader, maxSize int, buf []byte) (msgType, []byte, error) {
 func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (partHead, []byte, error) {
 	var h partHead
 	var err error
-	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf)
+	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf, nil)
 	return h, buf, err
+}
+
+// readPartSq is readPart that also returns Σ dst² (as sumSquares), for a
+// reducer that checks norms (Config.NormK): raw values are checked finite
+// by that same pass (a finite float32's square is finite in float64, so
+// the sum is finite exactly when every value is), one pass over the part
+// instead of two.
+func readPartSq(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (partHead, float64, []byte, error) {
+	var h partHead
+	var err error
+	var sq float64
+	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf, &sq)
+	return h, sq, buf, err
 }
 
 // partHead is what readPart read besides the values: the part's index, its
@@ -124,7 +137,7 @@ type partHead struct {
 	Size         int
 }
 
-func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (idx uint32, contrib bitset, size int, _ []byte, err error) {
+func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte, sq *float64) (idx uint32, contrib bitset, size int, _ []byte, err error) {
 	var hdr [5 + 6]byte
 	if _, err := io.ReadFull(r, hdr[:5]); err != nil {
 		return 0, nil, size, buf, err
@@ -160,8 +173,15 @@ func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []f
 		if _, err := io.ReadFull(r, rawBytes(dst)); err != nil {
 			return idx, contrib, size, buf, err
 		}
-		if i := firstNonFinite(dst); i >= 0 {
-			return idx, contrib, size, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
+		finite := true
+		if sq != nil {
+			*sq = sumSquares(dst)
+			finite = !math.IsNaN(*sq) && !math.IsInf(*sq, 0)
+		}
+		if !finite || sq == nil {
+			if i := firstNonFinite(dst); i >= 0 {
+				return idx, contrib, size, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
+			}
 		}
 		return idx, contrib, size, buf, nil
 	}
@@ -173,7 +193,13 @@ func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []f
 	} else if buf, err = guard.ReadFull(r, n); err != nil {
 		return idx, contrib, size, buf, err
 	}
-	return idx, contrib, size, buf, codec.Decode(dst, buf)
+	if err := codec.Decode(dst, buf); err != nil {
+		return idx, contrib, size, buf, err
+	}
+	if sq != nil {
+		*sq = sumSquares(dst)
+	}
+	return idx, contrib, size, buf, nil
 }
 
 // enc is an append-only payload builder.

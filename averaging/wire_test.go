@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -319,6 +320,15 @@ func FuzzReadPart(f *testing.F) {
 			limit := partFrame(c, 4, cb)
 			dst := make([]float32, 4)
 			h, _, err := readPart(bytes.NewReader(b), want, c, limit, cb, dst, nil)
+			// The fused norm pass accepts exactly the same, with the sum.
+			dsq := make([]float32, 4)
+			hs, sq, _, serr := readPartSq(bytes.NewReader(b), want, c, limit, cb, dsq, nil)
+			if (serr == nil) != (err == nil) {
+				t.Fatalf("codec %s type %d: readPart says %v, readPartSq %v", c, want, err, serr)
+			}
+			if err == nil && (hs.Index != h.Index || !slices.Equal(dsq, dst) || sq != sumSquares(dst)) {
+				t.Fatalf("readPartSq: %v with Σ² %v, readPart %v with Σ² %v", dsq, sq, dst, sumSquares(dst))
+			}
 
 			ref := make([]float32, 4)
 			t0, p, rerr := readFrame(bytes.NewReader(b), limit, nil)

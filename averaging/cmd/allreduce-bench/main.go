@@ -462,14 +462,17 @@ func cmdRun(args []string) error {
 		}
 	}
 	t := median(times)
-	var cpuMean float64
-	for _, c := range cpus {
+	// Means as well as medians: with audits drawn (-audit-rate) a median
+	// is an unaudited round's cost, the mean what rounds cost on average.
+	var cpuMean, timeMean float64
+	for i, c := range cpus {
 		cpuMean += c / float64(len(cpus))
+		timeMean += times[i] / float64(len(times))
 	}
 	size := float64(int64(*mib) << 20)
 	busbw := size * 2 * float64(*n-1) / float64(*n) / t
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audit_rate": *auditRate, "audits": audits, "audited_rounds": len(audited), "cpu_mean_s": cpuMean,
+		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audit_rate": *auditRate, "audits": audits, "audited_rounds": len(audited), "cpu_mean_s": cpuMean, "time_mean_s": timeMean,
 		"accused": accused, "rounds": len(times), "time_s": t, "times_s": times, "cpu_s": median(cpus), "cpus_s": cpus,
 		"minflt":      median(flts),
 		"busbw_mibps": busbw / (1 << 20), "fraction_min": minFrac, "peak_rss_mib": float64(rss) / 1024,
