@@ -107,6 +107,11 @@ type Config struct {
 	// unaudited round in advance (audit_draw.go); 0 or 1 audits every round.
 	// Every member of a run must use the same setting.
 	AuditRate float64
+	// LieAsReducer is fault injection for the process tests of Byzantine
+	// peers (the node's hidden --fault reduce-lie): as a reducer, this peer
+	// returns every part's aggregate flipped and ×10, committed to as is,
+	// which audits must catch. Never set it otherwise.
+	LieAsReducer bool
 	// OnAccusation is called once per reducer and round shown to lie, with
 	// the evidence, after the round (nil: none).
 	OnAccusation func(Accusation)
@@ -301,9 +306,18 @@ func New(h host.Host, cfg Config) (*Averager, error) {
 	}
 	var seed [32]byte
 	_, _ = rand.Read(seed[:])
+	var lie func(k int, avg []float32)
+	if cfg.LieAsReducer {
+		lie = func(_ int, avg []float32) {
+			for j := range avg {
+				avg[j] *= -10
+			}
+		}
+	}
 	a := &Averager{h: h, cfg: cfg, log: cfg.Logger.With("component", "averaging"), met: met,
 		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, audits: map[[16]byte]*auditRound{},
 		roundsCh: make(chan struct{}), bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
+	a.faults.lieResult = lie
 	if cfg.AuditParts > 0 {
 		a.key = h.Peerstore().PrivKey(h.ID())
 		if err := canSign(a.key, h.ID()); err != nil {

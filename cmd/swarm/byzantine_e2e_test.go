@@ -42,6 +42,9 @@ type byzantineCase struct {
 	// joiner: a node joins the attacker's shard mid-run and syncs its
 	// state (the attacker lies as a donor).
 	joiner bool
+	// audit: the run checks its reducers (averaging.audit_parts 1), in a
+	// quarter of the rounds (audit_rate 0.25).
+	audit bool
 }
 
 var byzantineCases = []byzantineCase{
@@ -54,6 +57,7 @@ var byzantineCases = []byzantineCase{
 	{name: "avg-flip", fault: trainer.FaultAvgFlip, shard: "1", rules: []string{"averaging-outlier"}},
 	{name: "donor", fault: trainer.FaultDonor, shard: "0", rules: []string{"statesync-held-out"}, joiner: true},
 	{name: "donor-chunks", fault: trainer.FaultDonorChunks, shard: "0", rules: []string{"statesync-chunk"}, joiner: true},
+	{name: "reduce-lie", fault: trainer.FaultReduceLie, shard: "1", rules: []string{"reduce-result"}, audit: true},
 }
 
 // byzantineDefault are the cases `go test` runs.
@@ -81,7 +85,7 @@ var (
 // averaging group (so that a third holder never leaves one out), with
 // robust aggregation: centered-clip, and norm_k 10 for the reducers and
 // the pipeline.
-func byzantineSwarm(t *testing.T, steps int) (*e2eSwarm, []string) {
+func byzantineSwarm(t *testing.T, steps int, audit bool) (*e2eSwarm, []string) {
 	s := newE2E(t, 2, steps)
 	m, err := run.Load(s.manifest)
 	if err != nil {
@@ -89,6 +93,9 @@ func byzantineSwarm(t *testing.T, steps int) (*e2eSwarm, []string) {
 	}
 	m.Averaging.GroupSize = 4
 	m.Averaging.Aggregation, m.Averaging.NormK = run.AggregateCenteredClip, 10
+	if audit {
+		m.Averaging.AuditParts, m.Averaging.AuditRate = 1, 0.25
+	}
 	if err := m.Save(s.manifest); err != nil {
 		t.Fatal(err)
 	}
@@ -244,7 +251,7 @@ func TestSwarmByzantine(t *testing.T) {
 }
 
 func runByzantine(t *testing.T, c byzantineCase) {
-	s, honest := byzantineSwarm(t, byzantineSteps)
+	s, honest := byzantineSwarm(t, byzantineSteps, c.audit)
 	start := time.Now()
 	var liar, joiner string
 	var from uint64

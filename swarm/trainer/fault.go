@@ -43,6 +43,10 @@ const (
 	// holder of the next shard a training request of epoch 2^64-1 every
 	// 50 ms, while its record tells its real epoch.
 	FaultRequestEpoch = "request-epoch"
+	// FaultReduceLie: as a reducer of gradient and state rounds it returns
+	// every part's aggregate flipped and ×10, committed to as it is
+	// (averaging.Config.LieAsReducer): reducer audits must catch it.
+	FaultReduceLie = "reduce-lie"
 )
 
 // parseFaults reads a comma-separated list of fault modes.
@@ -52,7 +56,7 @@ func parseFaults(s string) (map[string]bool, error) {
 		f = strings.TrimSpace(f)
 		switch f {
 		case "":
-		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultAvgFlip, FaultRequestEpoch:
+		case FaultEpochAhead, FaultSamples, FaultNormSq, FaultDonor, FaultDonorChunks, FaultCredit, FaultGradFlip, FaultAvgFlip, FaultRequestEpoch, FaultReduceLie:
 			out[f] = true
 		default:
 			return nil, fmt.Errorf("trainer: unknown fault %q", f)

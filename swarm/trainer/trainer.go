@@ -387,6 +387,7 @@ func New(cfg Config) (*Trainer, error) {
 		NormK:           m.Averaging.NormK,
 		AuditParts:      m.Averaging.AuditParts,
 		AuditRate:       m.Averaging.AuditRate,
+		LieAsReducer:    t.faults[FaultReduceLie],
 		OnAccusation:    t.reducerLied,
 	})
 	if err != nil {
