@@ -62,18 +62,32 @@ func newAuditPeers(t *testing.T, n, auditParts int, mod func(i int, c *Config)) 
 
 // round runs one step on every peer, all in one group, and returns the
 // outcomes; it fails the test if the group did not hold everyone.
+//
+// Matchmaking is best effort: now and then (about one run of the package in
+// two on this 2-core machine, at any load) a round's peers form two groups.
+// Such a round is run again, on the next round number, up to three times.
 func (ap *auditPeers) round(t *testing.T, key string, r uint64) []stepOut {
 	t.Helper()
-	for _, p := range ap.ps {
-		copy(p.vec, p.orig)
-	}
-	out := stepAll(ap.ps, key, r, nil)
-	for i, o := range out {
-		if o.err != nil || o.res.Mode != ModeGroup || len(o.res.Members) != len(ap.ps) {
-			t.Fatalf("peer %d: %v, mode %s, %d members", i, o.err, o.res.Mode, len(o.res.Members))
+	var out []stepOut
+	for attempt := range uint64(3) {
+		for _, p := range ap.ps {
+			copy(p.vec, p.orig)
 		}
+		out = stepAll(ap.ps, key, 1000*r+attempt, nil)
+		whole := true
+		for i, o := range out {
+			if o.err != nil || o.res.Mode != ModeGroup {
+				t.Fatalf("round %d: peer %d: %v, mode %s", r, i, o.err, o.res.Mode)
+			}
+			whole = whole && len(o.res.Members) == len(ap.ps)
+		}
+		if whole {
+			return out
+		}
+		t.Logf("round %d: matchmaking split the %d peers (peer 0 in a group of %d); running it again", r, len(ap.ps), len(out[0].res.Members))
 	}
-	return out
+	t.Fatalf("round %d: three attempts, never one group of all %d peers", r, len(ap.ps))
+	return nil
 }
 
 func (ap *auditPeers) id(i int) peer.ID { return ap.ps[i].h.ID() }
