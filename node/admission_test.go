@@ -62,13 +62,17 @@ func TestGateRefusesNonAdmitted(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range trainingProtocols {
+		// The reset may reach the outsider while it still negotiates the
+		// protocol (NewStream fails) or once it reads: either way its
+		// stream is refused, and counted before the reset.
 		s, err := outsider.NewStream(ctx, a.Host().ID(), p)
-		if err != nil {
+		if err == nil {
+			_, _ = s.Write([]byte("hostile bytes"))
+			if b, err := io.ReadAll(s); err == nil {
+				t.Errorf("%s: outsider's stream was answered %q", p, b)
+			}
+		} else if !strings.Contains(err.Error(), "reset") {
 			t.Fatalf("%s: open: %v", p, err)
-		}
-		_, _ = s.Write([]byte("hostile bytes"))
-		if b, err := io.ReadAll(s); err == nil {
-			t.Errorf("%s: outsider's stream was answered %q", p, b)
 		}
 		if n := refusals(a, p, refuseNotAdmitted); n != 1 {
 			t.Errorf("%s: %d not-admitted refusals counted, want 1", p, n)
