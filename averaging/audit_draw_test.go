@@ -3,6 +3,7 @@ package averaging
 import (
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -154,7 +155,7 @@ func TestAuditDrawnRounds(t *testing.T) {
 				}
 				// (A lie in an unaudited round goes through: what a rate
 				// below 1 allows.)
-				if !lying && !slices32Equal(ap.ps[i].vec, ap.ps[0].vec) {
+				if !lying && !slices.Equal(ap.ps[i].vec, ap.ps[0].vec) {
 					t.Fatalf("round %d, unaudited: peers 0 and %d differ", r, i)
 				}
 			}
@@ -180,18 +181,6 @@ func TestAuditDrawnRounds(t *testing.T) {
 		return
 	}
 	t.Fatalf("30 rounds at rate 0.5: %d audited, %d skipped, and the liar never convicted", audited, skipped)
-}
-
-func slices32Equal(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestAuditDrawWithheld: a member that keeps its seed to itself, or reveals
