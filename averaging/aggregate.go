@@ -213,12 +213,7 @@ func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample
 	stride, next := 0, 0
 	var lo, hi int
 	if sample {
-		stride = max(1, len(out)/tauSample)
-		g.prepareMedian(len(xs))
-		g.sd2 = slices.Grow(g.sd2[:0], len(xs))[:len(xs)]
-		clear(g.sd2)
-		g.sStride = stride
-		lo, hi = medianRanks(len(xs))
+		stride, lo, hi = g.startSample(xs)
 	}
 	for b := 0; b < len(out); b += block {
 		e := min(b+block, len(out))
@@ -639,16 +634,23 @@ const tauSample = 8192
 // coordinate-wise median from every stride-th coordinate (all of them in
 // parts of up to 2·tauSample values).
 func (g *aggregator) sampledMedianDist(xs [][]float32) float64 {
-	stride := max(1, len(xs[0])/tauSample)
-	g.prepareMedian(len(xs))
-	g.sd2 = slices.Grow(g.sd2[:0], len(xs))[:len(xs)]
-	clear(g.sd2)
-	g.sStride = stride
-	lo, hi := medianRanks(len(xs))
+	stride, lo, hi := g.startSample(xs)
 	for j := 0; j < len(xs[0]); j += stride {
 		g.sampleAt(xs, j, lo, hi)
 	}
 	return g.sampledDist()
+}
+
+// startSample readies the sums of sampledMedianDist for xs: it returns the
+// stride between sampled coordinates and the median's ranks (sampleAt).
+func (g *aggregator) startSample(xs [][]float32) (stride, lo, hi int) {
+	stride = max(1, len(xs[0])/tauSample)
+	g.prepareMedian(len(xs))
+	g.sd2 = slices.Grow(g.sd2[:0], len(xs))[:len(xs)]
+	clear(g.sd2)
+	g.sStride = stride
+	lo, hi = medianRanks(len(xs))
+	return stride, lo, hi
 }
 
 // sampleAt adds coordinate j's squared distances from the coordinate

@@ -207,10 +207,21 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 			a.log.Warn("reducer shown to lie; its share stays local", "peer", p, "evidence", ac.String())
 		}
 	}
-	// The results of the reducers we trust replace our values; where we do
-	// not, our values stay.
+	r.takeResults(untrusted)
+	if f := a.cfg.OnAccusation; f != nil {
+		for _, ac := range accused {
+			f(ac)
+		}
+	}
+	return spans, accused, audits, checks, true
+}
+
+// takeResults copies the results received from every reducer (and our
+// own) into our vector, except those of the untrusted (nil: all trusted),
+// where our values stay.
+func (r *round) takeResults(untrusted []bool) {
 	for j, parts := range r.lay.Parts {
-		if untrusted[j] {
+		if untrusted != nil && untrusted[j] {
 			continue
 		}
 		for k, sp := range parts {
@@ -219,12 +230,6 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 			}
 		}
 	}
-	if f := a.cfg.OnAccusation; f != nil {
-		for _, ac := range accused {
-			f(ac)
-		}
-	}
-	return spans, accused, audits, checks, true
 }
 
 // auditPhase runs our side of the audit after the round: commitments out,

@@ -177,7 +177,7 @@ func TestBadPeerExcluded(t *testing.T) {
 				}
 				if mode == "nan-norm-k" {
 					// Reducers that check norms find the NaN in the norm's
-					// pass (readPartSq), not in a pass of their own.
+					// pass (readPart with sq), not in a pass of their own.
 					cfg.NormK = 10 // the mean, buffered (checkAgainstReport holds)
 				}
 			})

@@ -262,14 +262,9 @@ func (r *reducer) buffer() []float32 {
 }
 
 // PartInto is Part for vals in a buffer from buffer(), which the reducer
-// then owns: the values are not copied again.
-func (r *reducer) PartInto(s, k int, vals []float32, now time.Time) error {
-	return r.part(s, k, vals, true, -1, now)
-}
-
-// partOwned is PartInto with Σ vals² already taken (sq ≥ 0; negative: not
-// taken), as the reader of a norm-checking reducer takes it (readPartSq).
-func (r *reducer) partOwned(s, k int, vals []float32, sq float64, now time.Time) error {
+// then owns: the values are not copied again. sq is Σ vals² when the
+// reader took it (readPart, for a norm-checking reducer), negative if not.
+func (r *reducer) PartInto(s, k int, vals []float32, sq float64, now time.Time) error {
 	return r.part(s, k, vals, true, sq, now)
 }
 

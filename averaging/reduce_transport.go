@@ -409,7 +409,7 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 			dst = tmp[:sp.End-sp.Start]
 		}
 		var h partHead
-		h, rbuf, err = readPart(s, tAvgPart, r.codec, min(partFrame(r.codec, sp.End-sp.Start, cb), a.cfg.MaxFrame), cb, dst, rbuf)
+		h, rbuf, err = readPart(s, tAvgPart, r.codec, min(partFrame(r.codec, sp.End-sp.Start, cb), a.cfg.MaxFrame), cb, dst, rbuf, nil)
 		switch {
 		case err == nil && (int(h.Index) != k || !h.Contributors.has(r.self)):
 			err = fmt.Errorf("%w: averaged part %d (want %d) without us as contributor", errMalformed, h.Index, k)
@@ -437,10 +437,9 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 			}
 			r.recv[j][k] = h.Contributors
 		}
-		pm := partMsg{Contributors: h.Contributors}
 		ids := make([]peer.ID, 0, len(r.g.Members))
 		for i, m := range r.g.Members {
-			if bitset(pm.Contributors).has(i) {
+			if h.Contributors.has(i) {
 				ids = append(ids, m.ID)
 			}
 		}
@@ -569,12 +568,11 @@ func (a *Averager) handleReduce(s network.Stream) {
 			dst = vals[:n]
 		}
 		var h partHead
-		sq := -1.0 // not taken
+		sq, sqp := -1.0, (*float64)(nil) // Σ dst², taken while reading for a norm-checking reducer
 		if owned && a.cfg.NormK > 0 {
-			h, sq, rbuf, err = readPartSq(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
-		} else {
-			h, rbuf, err = readPart(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf)
+			sqp = &sq
 		}
+		h, rbuf, err = readPart(s, tPart, r.codec, min(partFrame(r.codec, n, 0), a.cfg.MaxFrame), 0, dst, rbuf, sqp)
 		if err == nil && int(h.Index) != k {
 			err = fmt.Errorf("%w: part %d out of order, want %d", errMalformed, h.Index, k)
 		}
@@ -605,13 +603,13 @@ func (a *Averager) handleReduce(s network.Stream) {
 		r.cnt.add(0, h.Size+5)
 		if f := a.faults.alterInput; f != nil {
 			f(from, k, dst)
+			if sqp != nil {
+				sq = sumSquares(dst) // the values changed since they were read
+			}
 		}
 		r.mu.Lock()
 		if owned {
-			if f := a.faults.alterInput; f != nil && sq >= 0 {
-				sq = sumSquares(dst) // the values changed since they were read
-			}
-			_ = r.red.partOwned(si, k, dst, sq, time.Now())
+			_ = r.red.PartInto(si, k, dst, sq, time.Now())
 		} else {
 			_ = r.red.Part(si, k, dst, time.Now())
 		}

@@ -109,69 +109,46 @@ func readFrame(r io.Reader, maxSize int, buf []byte) (msgType, []byte, error) {
 // buffer, no second copy. Other codecs read the payload into buf (grown
 // only as bytes arrive, as readFrame) and decode it. dst holds garbage
 // after an error. The contributor set returned is a fresh copy.
-func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (partHead, []byte, error) {
-	var h partHead
-	var err error
-	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf, nil)
-	return h, buf, err
-}
-
-// readPartSq is readPart that also returns Σ dst² (as sumSquares), for a
-// reducer that checks norms (Config.NormK): raw values are checked finite
-// by that same pass (a finite float32's square is finite in float64, so
-// the sum is finite exactly when every value is), one pass over the part
-// instead of two.
-func readPartSq(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte) (partHead, float64, []byte, error) {
-	var h partHead
-	var err error
-	var sq float64
-	h.Index, h.Contributors, h.Size, buf, err = readPartInto(r, want, codec, limit, cb, dst, buf, &sq)
-	return h, sq, buf, err
-}
-
-// partHead is what readPart read besides the values: the part's index, its
-// contributors and the frame's payload size.
-type partHead struct {
-	Index        uint32
-	Contributors bitset
-	Size         int
-}
-
-func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte, sq *float64) (idx uint32, contrib bitset, size int, _ []byte, err error) {
+//
+// With sq (a reducer that checks norms, Config.NormK) it also sets *sq to
+// Σ dst² (as sumSquares), and raw values are checked finite by that same
+// pass (a finite float32's square is finite in float64, so the sum is
+// finite exactly when every value is): one pass over the part, not two.
+func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float32, buf []byte, sq *float64) (h partHead, _ []byte, err error) {
 	var hdr [5 + 6]byte
 	if _, err := io.ReadFull(r, hdr[:5]); err != nil {
-		return 0, nil, size, buf, err
+		return h, buf, err
 	}
 	size32 := binary.BigEndian.Uint32(hdr[1:5])
-	size = int(size32)
+	h.Size = int(size32)
 	switch {
 	case uint64(size32) > uint64(max(limit, 0)):
-		return 0, nil, size, buf, fmt.Errorf("%w: %d bytes (limit %d)", errFrameTooBig, size32, limit)
+		return h, buf, fmt.Errorf("%w: %d bytes (limit %d)", errFrameTooBig, size32, limit)
 	case msgType(hdr[0]) != want:
-		return 0, nil, size, buf, fmt.Errorf("%w: frame type %d, want %d", errMalformed, hdr[0], want)
-	case size < 6:
-		return 0, nil, size, buf, fmt.Errorf("%w: part frame of %d bytes", errMalformed, size)
+		return h, buf, fmt.Errorf("%w: frame type %d, want %d", errMalformed, hdr[0], want)
+	case h.Size < 6:
+		return h, buf, fmt.Errorf("%w: part frame of %d bytes", errMalformed, h.Size)
 	}
 	if _, err := io.ReadFull(r, hdr[5:]); err != nil {
-		return 0, nil, size, buf, err
+		return h, buf, err
 	}
-	idx = binary.BigEndian.Uint32(hdr[5:9])
-	if cl := int(binary.BigEndian.Uint16(hdr[9:11])); cl != cb || size < 6+cl {
-		return idx, nil, size, buf, fmt.Errorf("%w: part %d names %d bytes of contributors, want %d", errMalformed, idx, cl, cb)
+	h.Index = binary.BigEndian.Uint32(hdr[5:9])
+	if cl := int(binary.BigEndian.Uint16(hdr[9:11])); cl != cb || h.Size < 6+cl {
+		return h, buf, fmt.Errorf("%w: part %d names %d bytes of contributors, want %d", errMalformed, h.Index, cl, cb)
 	}
 	if cb > 0 {
-		contrib = make(bitset, cb)
-		if _, err := io.ReadFull(r, contrib); err != nil {
-			return idx, nil, size, buf, err
+		h.Contributors = make(bitset, cb)
+		if _, err := io.ReadFull(r, h.Contributors); err != nil {
+			return h, buf, err
 		}
 	}
-	n := size - 6 - cb
+	n := h.Size - 6 - cb
 	if codec == CodecNone && littleEndian {
 		if n != 4*len(dst) {
-			return idx, contrib, size, buf, fmt.Errorf("%w: %d bytes for %d values in %s", errCodec, n, len(dst), codec)
+			return h, buf, fmt.Errorf("%w: %d bytes for %d values in %s", errCodec, n, len(dst), codec)
 		}
 		if _, err := io.ReadFull(r, rawBytes(dst)); err != nil {
-			return idx, contrib, size, buf, err
+			return h, buf, err
 		}
 		finite := true
 		if sq != nil {
@@ -180,26 +157,34 @@ func readPartInto(r io.Reader, want msgType, codec Codec, limit, cb int, dst []f
 		}
 		if !finite || sq == nil {
 			if i := firstNonFinite(dst); i >= 0 {
-				return idx, contrib, size, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
+				return h, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
 			}
 		}
-		return idx, contrib, size, buf, nil
+		return h, buf, nil
 	}
 	if cap(buf) >= n {
 		buf = buf[:n]
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return idx, contrib, size, buf, err
+			return h, buf, err
 		}
 	} else if buf, err = guard.ReadFull(r, n); err != nil {
-		return idx, contrib, size, buf, err
+		return h, buf, err
 	}
 	if err := codec.Decode(dst, buf); err != nil {
-		return idx, contrib, size, buf, err
+		return h, buf, err
 	}
 	if sq != nil {
 		*sq = sumSquares(dst)
 	}
-	return idx, contrib, size, buf, nil
+	return h, buf, nil
+}
+
+// partHead is what readPart read besides the values: the part's index, its
+// contributors and the frame's payload size.
+type partHead struct {
+	Index        uint32
+	Contributors bitset
+	Size         int
 }
 
 // enc is an append-only payload builder.

@@ -319,15 +319,16 @@ func FuzzReadPart(f *testing.F) {
 			}
 			limit := partFrame(c, 4, cb)
 			dst := make([]float32, 4)
-			h, _, err := readPart(bytes.NewReader(b), want, c, limit, cb, dst, nil)
+			h, _, err := readPart(bytes.NewReader(b), want, c, limit, cb, dst, nil, nil)
 			// The fused norm pass accepts exactly the same, with the sum.
 			dsq := make([]float32, 4)
-			hs, sq, _, serr := readPartSq(bytes.NewReader(b), want, c, limit, cb, dsq, nil)
+			var sq float64
+			hs, _, serr := readPart(bytes.NewReader(b), want, c, limit, cb, dsq, nil, &sq)
 			if (serr == nil) != (err == nil) {
-				t.Fatalf("codec %s type %d: readPart says %v, readPartSq %v", c, want, err, serr)
+				t.Fatalf("codec %s type %d: readPart says %v, with the norm %v", c, want, err, serr)
 			}
 			if err == nil && (hs.Index != h.Index || !slices.Equal(dsq, dst) || sq != sumSquares(dst)) {
-				t.Fatalf("readPartSq: %v with Σ² %v, readPart %v with Σ² %v", dsq, sq, dst, sumSquares(dst))
+				t.Fatalf("with the norm: %v with Σ² %v, without %v with Σ² %v", dsq, sq, dst, sumSquares(dst))
 			}
 
 			ref := make([]float32, 4)
@@ -361,7 +362,7 @@ func FuzzReadPart(f *testing.F) {
 			}
 		}
 		// A large limit: the buffer grows only with the bytes that came.
-		_, buf, _ := readPart(bytes.NewReader(b), tPart, CodecBF16, 1<<30, 0, make([]float32, 4), nil)
+		_, buf, _ := readPart(bytes.NewReader(b), tPart, CodecBF16, 1<<30, 0, make([]float32, 4), nil, nil)
 		if cap(buf) > len(b)+64<<10 {
 			t.Fatalf("buffer of %d bytes for %d bytes of input", cap(buf), len(b))
 		}

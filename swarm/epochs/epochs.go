@@ -670,12 +670,8 @@ func (m *Machine) Samples(in Input) int {
 // epoch (this node included) finished samples within ClaimStall.
 func (m *Machine) firstShardLive(in Input) bool {
 	if in.Node.Shard == 0 {
-		o := &m.own
-		if o.at.IsZero() || in.Node.Epoch != o.epoch && in.Node.Samples > 0 || in.Node.Epoch == o.epoch && in.Node.Samples > o.samples {
-			o.at = in.Now
-		}
-		o.epoch, o.samples = in.Node.Epoch, in.Node.Samples
-		if in.Now.Sub(o.at) < ClaimStall {
+		m.own.note(in.Node.Epoch, in.Node.Samples, in.Now, m.own.at.IsZero())
+		if in.Now.Sub(m.own.at) < ClaimStall {
 			return true
 		}
 	}

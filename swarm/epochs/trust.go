@@ -129,18 +129,21 @@ func (m *Machine) observe(recs []progress.Record, now time.Time) {
 // the same, and must not look stalled ClaimStall later.
 func (m *Machine) seen(r progress.Record, now time.Time) claimSeen {
 	s, ok := m.claims[r.Peer]
-	switch {
-	case !ok:
-		s.at = now
-	case r.Epoch != s.epoch && r.Samples > 0, r.Epoch == s.epoch && r.Samples > s.samples:
-		s.at = now
-	}
-	if !ok || s.sinceEpoch != r.Epoch || s.since.IsZero() {
-		s.since, s.sinceEpoch = now, r.Epoch
-	}
-	s.epoch, s.samples = r.Epoch, r.Samples
+	s.note(r.Epoch, r.Samples, now, !ok)
 	m.claims[r.Peer] = s
 	return s
+}
+
+// note takes in a holder's samples finished in epoch at now (first: the
+// first time it is seen): at moves when it finished more.
+func (s *claimSeen) note(epoch uint64, samples int, now time.Time, first bool) {
+	if first || epoch != s.epoch && samples > 0 || epoch == s.epoch && samples > s.samples {
+		s.at = now
+	}
+	if first || s.sinceEpoch != epoch || s.since.IsZero() {
+		s.since, s.sinceEpoch = now, epoch
+	}
+	s.epoch, s.samples = epoch, samples
 }
 
 // MaxNormRatio bounds, for clipping, the gradient norm a shard reported by
