@@ -226,8 +226,9 @@ type Machine struct {
 	// the epoch being ended
 	shard      int
 	epoch      uint64
-	expected   int       // the shard-mates the gradient round was for
-	gatherFrom time.Time // when gathering began
+	expected   int           // the shard-mates the gradient round was for
+	gatherFrom time.Time     // when gathering began
+	gatherFor  time.Duration // how long gathering waits (gatherWait; 0: GatherGrace)
 	// wanted are the mates the gradient round waited for; late those that
 	// were waited for and did not join, with the epoch (average).
 	wanted []string
@@ -435,11 +436,25 @@ func (m *Machine) tick(in Input) Action {
 	return Action{Kind: OuterStep, Shard: n.Shard, Epoch: n.Epoch, Full: full, Group: m.groupSize(in)}
 }
 
-// GatherGrace is how long a holder that closed its epoch waits for its
-// shard-mates' records to show them closing it too before its gradient
-// round starts. Honest holders close on the same records, within
-// milliseconds of each other.
+// GatherGrace is how long a holder that closed its epoch first waits for
+// its shard-mates' records to show them closing it too before its gradient
+// round starts. Honest holders close on the same records: on one machine or
+// a LAN within milliseconds of each other, but over slow links a record
+// takes a link's latency, and the queue of the averaging traffic sharing
+// it, to arrive. The wait adapts (gatherWait): a gather that ended with a
+// reliable mate still not closing doubles it for the next epochs, and one
+// that saw every reliable mate close sets it to twice the latest of them,
+// never below GatherGrace nor above GatherMax. Without it, over a 50 ms
+// link the last mate's closing record came after 200 ms in most epochs: it
+// was counted late, left out of the round it was about to join, averaged
+// alone and fell behind (sync mode at 2% utilisation on two of four
+// nodes).
 const GatherGrace = 200 * time.Millisecond
+
+// GatherMax bounds the adapted wait: a mate that closes just before the
+// wait ends, every epoch (slow, or hostile), costs each epoch that much at
+// most. It is the matchmaking window a round waits for a member anyway.
+const GatherMax = time.Second
 
 // LateProbe: a mate that was waited for in a gradient round and did not
 // join it, or that was not closing its epoch when the others closing it
@@ -457,15 +472,38 @@ func (m *Machine) gather(in Input) Action {
 	if m.phase != gathering {
 		m.phase, m.gatherFrom = gathering, in.Now
 	}
-	if in.Now.Sub(m.gatherFrom) < GatherGrace {
-		closing := m.closingMates(in)
-		for _, p := range m.reliable(in) {
-			if !slices.Contains(closing, p) {
-				return Action{}
-			}
-		}
+	waited := in.Now.Sub(m.gatherFrom)
+	closing := m.closingMates(in)
+	all := true
+	for _, p := range m.reliable(in) {
+		all = all && slices.Contains(closing, p)
 	}
+	if !all && waited < m.gatherWait() {
+		return Action{}
+	}
+	m.adaptGather(all, waited)
 	return m.average(in)
+}
+
+// gatherWait is how long gathering waits now (GatherGrace until adapted).
+func (m *Machine) gatherWait() time.Duration {
+	if m.gatherFor <= 0 {
+		return GatherGrace
+	}
+	return m.gatherFor
+}
+
+// adaptGather sets the next epochs' wait from this gather: doubled when it
+// ran out with a reliable mate still not closing, else twice the time the
+// last reliable mate's closing took to show (waited), coming down by a
+// quarter an epoch at most (arrivals over a link vary with its queue);
+// within [GatherGrace, GatherMax].
+func (m *Machine) adaptGather(all bool, waited time.Duration) {
+	next := max(2*waited, m.gatherWait()*3/4)
+	if !all {
+		next = 2 * m.gatherWait()
+	}
+	m.gatherFor = min(max(next, GatherGrace), GatherMax)
 }
 
 // reliable are the mates that are not late (or are due for a probe).

@@ -129,6 +129,95 @@ func TestLocalMode(t *testing.T) {
 	}
 }
 
+// Over a slow link a mate's closing record arrives later than GatherGrace:
+// the first such gather runs out (the mate is late for that round), and the
+// wait adapts, so that from then on the round waits for it: twice the
+// latest arrival, coming down slowly when mates close sooner, never above
+// GatherMax. A mate that never closes is late once and costs nothing more.
+func TestGatherWaitAdapts(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	m := New(Config{Self: "b0", Epochs: 200, TargetBatch: 64, GroupSize: 4})
+	recs := []progress.Record{online("a0", 0, 5), online("b0", 1, 5), online("b1", 1, 5), online("x", 1, 5)}
+	in := Input{Now: now, Records: recs, Node: Node{Shard: 1, Held: true, Online: true, Epoch: 5}}
+	// epoch runs one gather in which b1 closes at once and x after xAfter
+	// (never: 0), ticking every 10 ms, and returns the round's group.
+	epoch := func(e uint64, xAfter time.Duration) int {
+		t.Helper()
+		m.phase, m.shard, m.epoch = open, 1, e
+		for i := range in.Records {
+			in.Records[i].Epoch, in.Records[i].Closing = e, in.Records[i].Peer == "b1"
+		}
+		start := in.Now
+		for {
+			if xAfter > 0 && in.Now.Sub(start) >= xAfter {
+				in.Records[3].Closing = true
+			}
+			if act := m.gather(in); act.Kind == Average {
+				members := []string{"b0", "b1"}
+				if act.Group == 3 {
+					members = append(members, "x") // it joined the round waiting for it
+				}
+				m.noteRound(in, members)
+				return act.Group
+			}
+			in.Now = in.Now.Add(10 * time.Millisecond)
+			if in.Now.Sub(start) > 2*GatherMax {
+				t.Fatalf("epoch %d: still gathering after %v", e, in.Now.Sub(start))
+			}
+		}
+	}
+
+	// x's record shows it closing 300 ms after ours: the first gather runs
+	// out at GatherGrace, the next ones wait for it.
+	if g := epoch(5, 300*time.Millisecond); g != 2 {
+		t.Fatalf("epoch 5: group %d, want 2 (x's closing after the first %v)", g, GatherGrace)
+	}
+	if w := m.gatherWait(); w != 2*GatherGrace {
+		t.Fatalf("after a gather that ran out: wait %v, want %v", w, 2*GatherGrace)
+	}
+	m.noteRound(in, []string{"b0", "b1", "x"}) // x joined a round since: reliable again
+	for e := uint64(6); e < 12; e++ {
+		if g := epoch(e, 300*time.Millisecond); g != 3 {
+			t.Fatalf("epoch %d: group %d with x closing 300 ms after us (wait %v), want 3", e, g, m.gatherWait())
+		}
+	}
+	if w := m.gatherWait(); w < 600*time.Millisecond || w > 700*time.Millisecond {
+		t.Errorf("x closing 300 ms after us: wait %v, want about twice that", w)
+	}
+	// Mates closing with us: the wait comes down, a quarter an epoch, to
+	// GatherGrace.
+	prev := m.gatherWait()
+	for e := uint64(12); e < 30; e++ {
+		epoch(e, time.Millisecond)
+		if w := m.gatherWait(); w < prev*3/4-time.Millisecond || w < GatherGrace {
+			t.Fatalf("epoch %d: wait %v after %v, want at least three quarters of it and %v", e, w, prev, GatherGrace)
+		}
+		prev = m.gatherWait()
+	}
+	if prev != GatherGrace {
+		t.Errorf("mates closing with us for 18 epochs: wait %v, want %v", prev, GatherGrace)
+	}
+	// However late x's record is, the wait stays within GatherMax.
+	for e := uint64(30); e < 36; e++ {
+		epoch(e, 900*time.Millisecond)
+		m.noteRound(in, []string{"b0", "b1", "x"})
+		if w := m.gatherWait(); w > GatherMax {
+			t.Fatalf("epoch %d: wait %v, above GatherMax", e, w)
+		}
+	}
+	if w := m.gatherWait(); w != GatherMax {
+		t.Errorf("x closing 900 ms after us: wait %v, want %v", w, GatherMax)
+	}
+	// x never closes again: late in the first gather, not waited for after.
+	epoch(36, 0)
+	for e := uint64(37); e < 37+LateProbe-1; e++ {
+		start := in.Now
+		if g := epoch(e, 0); g != 2 || in.Now.Sub(start) > 0 {
+			t.Fatalf("epoch %d: group %d after %v with x late, want 2 at once", e, g, in.Now.Sub(start))
+		}
+	}
+}
+
 // A holder that closed its epoch waits, GatherGrace at most, for its
 // shard-mates' records to show them closing it too; the round then starts
 // as soon as those closing joined (with none closing, it waits for any
