@@ -34,6 +34,7 @@
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
 #   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed][+pace]
 #   WAN_LINKS="none 100mbit/100mbit/50ms" WAN_STEPS=3000 WAN_MODES="local+bf16+pace" sudo -E scripts/wan.sh
+#   WAN_SHARDS=1 WAN_LINKS="100mbit/100mbit/50ms none" WAN_STEPS=3000 WAN_MODES="local+pace" sudo -E scripts/wan.sh   # data parallel
 #   WAN_KEEP=1 WAN_LOG_LEVEL=debug sudo -E scripts/wan.sh   # keep the nodes' logs and snapshots (path on stderr)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,7 @@ links=${WAN_LINKS:-100mbit/100mbit/50ms 20mbit/100mbit/100ms}
 seconds=${WAN_SECONDS:-90}
 warmup=${WAN_WARMUP:-30}
 hidden=${WAN_HIDDEN:-1024,1024}
+shards=${WAN_SHARDS:-2} # 1: data parallel, every node holds the whole model (no pipeline traffic)
 local_steps=${WAN_LOCAL_STEPS:-50}
 delta_keep=${WAN_DELTA_KEEP:-0.03} # +topk rows: fraction of each delta sent
 delta_bits=${WAN_DELTA_BITS:-2}
@@ -64,6 +66,9 @@ command -v jq >/dev/null || { echo "wan.sh: needs jq" >&2; exit 1; }
 linkem=$work/linkem
 go build -o "$linkem" ./scripts/linkem || { echo "wan.sh: could not build scripts/linkem" >&2; exit 1; }
 # Every setting is checked against this host before anything runs.
+case $shards in 1 | 2) ;; *) echo "wan.sh: WAN_SHARDS '$shards': want 1 (data parallel) or 2 (a two-stage pipeline)" >&2; exit 1 ;; esac
+[ $((nodes % shards)) = 0 ] || { echo "wan.sh: WAN_NODES $nodes: want a multiple of WAN_SHARDS $shards" >&2; exit 1; }
+holders=$((nodes / shards))
 case $target_batch in '' | *[!0-9]*) echo "wan.sh: WAN_TARGET_BATCH '$target_batch': want a positive number of samples" >&2; exit 1 ;; esac
 case $max_local_steps in '' | *[!0-9]*) echo "wan.sh: WAN_MAX_LOCAL_STEPS '$max_local_steps': want a number of inner steps" >&2; exit 1 ;; esac
 case $steps in *[!0-9]* | 0) echo "wan.sh: WAN_STEPS '$steps': want a positive number of steps" >&2; exit 1 ;; esac
@@ -162,7 +167,7 @@ run_mode() {
   [[ $spec == *:* ]] && flight=${spec#*:}
   run_dir=$dir
   mkdir -p "$dir"
-  local args=(run init --model mlp-mnist --shards 2 --hidden "$hidden" --group-size 2 --steps "${steps:-100000}" -o "$dir/run.json")
+  local args=(run init --model mlp-mnist --shards "$shards" --hidden "$hidden" --group-size "$holders" --steps "${steps:-100000}" -o "$dir/run.json")
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
   [ "$mode" = sync ] && args+=(--target-batch "$target_batch")
   [ -n "$bf16" ] && args+=(--activations bf16)
@@ -247,15 +252,22 @@ echo "a user-space link emulator (\`scripts/linkem\`, this kernel has no netem) 
 echo "row's uplink and downlink rates, shared by all its connections, with a quarter of the row's round trip each way"
 echo "(node to node: the round trip; a link's queue holds at most 100 ms). Nodes listen inside their namespace and announce"
 echo "the emulator's address for them (\`--announce\`); the namespaces route only to the emulator. This host: $host."
-echo "mlp-mnist hidden $hidden in 2 shards (2 holders a shard, target batch 128, micro-batch 64), 1 engine thread a node,"
+if [ "$shards" = 1 ]; then
+  echo "mlp-mnist hidden $hidden in 1 shard: data parallel, all $holders nodes hold the whole model and average in one group"
+  echo "(target batch $target_batch, micro-batch 64), 1 engine thread a node,"
+else
+  echo "mlp-mnist hidden $hidden in 2 shards ($holders holders a shard, averaging in groups of $holders, target batch $target_batch, micro-batch 64), 1 engine thread a node,"
+fi
 echo "all processes on this machine's $(nproc) cores. Measured over ${seconds} s after a ${warmup} s warm-up per row:"
 echo "utilisation = a node's time computing (forward, backward, optimizer) ÷ wall time over that interval, mean"
 echo "(and per node); samples/s = samples through the first shard's holders ÷ interval. Local steps: $local_steps inner steps per outer round."
-echo "The split balanced by FLOPs gives shard 0 the first layer (4.8 MFLOP a sample) and shard 1 the other two (6.4 MFLOP);"
-echo "every micro-batch carries 64×1024 activations and their gradients (256 KiB each way, ~21 ms at 100 Mbit/s) between"
-echo "the shards. Micro-batches in flight a first-shard node: adaptive (2-8, its shortest recent round trip ÷ its compute"
-echo "per micro-batch) unless the row names a fixed number. Busy time counts wall time during which the engine runs, so"
-echo "concurrent micro-batches count once."
+if [ "$shards" = 2 ]; then
+  echo "The split balanced by FLOPs gives shard 0 the first layer (4.8 MFLOP a sample) and shard 1 the other two (6.4 MFLOP);"
+  echo "every micro-batch carries 64×1024 activations and their gradients (256 KiB each way, ~21 ms at 100 Mbit/s) between"
+  echo "the shards. Micro-batches in flight a first-shard node: adaptive (2-8, its shortest recent round trip ÷ its compute"
+  echo "per micro-batch) unless the row names a fixed number."
+fi
+echo "Busy time counts wall time during which the engine runs, so concurrent micro-batches count once."
 echo
 echo "| link | mode | nodes | utilisation (per node) | samples/s | epoch reached | test accuracy |"
 echo "|---|---|---|---|---|---|---|"
