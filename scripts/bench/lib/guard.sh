@@ -9,9 +9,11 @@
 # taken before and after: the 1-minute load average, the processes then busy,
 # and the CPU that processes other than the section used while it ran (busy
 # time in /proc/stat minus the section's own, from this shell's cutime and
-# cstime). The section counts as loaded when the load average before or after
-# is above the core count, or when other processes took more than
-# BENCH_OTHER_MAX cores (0.5) on average during it. A loaded section gets
+# cstime). The section counts as loaded when the load average before is above
+# the core count, or when other processes took more than BENCH_OTHER_MAX
+# cores (0.5) on average during it. The load average after is reported, not
+# judged: it still counts the section's own processes (a 1-minute average
+# decays for minutes), so a busy section would always look loaded by it. A loaded section gets
 # "measured under load" in its "## " header and a warning under it; every
 # section ends with one "Load guard:" line saying what was seen.
 #
@@ -91,7 +93,6 @@ other = max(0.0, (int(a[1]) - int(b[1]) - (int(a[2]) - int(b[2]))) / hz / secs)
 lb, la = float(b[0]), float(a[0])
 why = []
 if lb > cores: why.append(f"load average {lb:.2f} before")
-if la > cores: why.append(f"load average {la:.2f} after")
 if other > other_max: why.append(f"other processes took {other:.2f} cores")
 note = (f"1-min load average {lb:.2f} before and {la:.2f} after, on {cores} cores; "
         f"other processes used {other:.2f} cores on average during the {secs:.0f} s run; "
