@@ -13,9 +13,10 @@
 # the core count, or when other processes took more than BENCH_OTHER_MAX
 # cores (0.5) on average during it. The load average after is reported, not
 # judged: it still counts the section's own processes (a 1-minute average
-# decays for minutes), so a busy section would always look loaded by it. A loaded section gets
-# "measured under load" in its "## " header and a warning under it; every
-# section ends with one "Load guard:" line saying what was seen.
+# decays for minutes), so a busy section would always look loaded by it. A
+# loaded section gets "measured under load" in its "## " header and a warning
+# under it; every section ends with one "Load guard:" line saying what was
+# seen.
 #
 #   BENCH_RERUNS=n   rerun a loaded section up to n times (default 0); the
 #                    least loaded run is printed, whole: every ratio in a
