@@ -150,12 +150,11 @@ func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float
 		if _, err := io.ReadFull(r, rawBytes(dst)); err != nil {
 			return h, buf, err
 		}
-		finite := true
 		if sq != nil {
 			*sq = sumSquares(dst)
-			finite = !math.IsNaN(*sq) && !math.IsInf(*sq, 0)
 		}
-		if !finite || sq == nil {
+		// A finite sum clears every value; otherwise find the culprit.
+		if sq == nil || math.IsNaN(*sq) || math.IsInf(*sq, 0) {
 			if i := firstNonFinite(dst); i >= 0 {
 				return h, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
 			}

@@ -220,7 +220,8 @@ run_mode() {
   fi
   # Per node: Δbusy ÷ Δwall; swarm: Σ Δprocessed on shard 0 ÷ Δt, epochs reached.
   local row
-  local label="$mode, in flight ${flight:-adaptive}"
+  local label="$mode"
+  [ "$shards" = 2 ] && label+=", in flight ${flight:-adaptive}" # no pipeline with 1 shard
   [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
   [ -n "$bf16" ] && label+=", bf16 activations"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
