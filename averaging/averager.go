@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	mrand "math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,10 @@ import (
 
 // Errors returned by Step.
 var (
-	ErrNoGroup  = errors.New("averaging: no group formed and gossip found no partner")
+	ErrNoGroup = errors.New("averaging: no group formed and gossip found no partner")
+	// ErrLeftOut (with ErrNoGroup) says why no group formed: the
+	// candidates formed their groups without this peer.
+	ErrLeftOut  = errors.New("averaging: left out: the candidates grouped without this peer")
 	ErrBusy     = errors.New("averaging: a step for this key is already running")
 	ErrBadInput = errors.New("averaging: invalid input")
 	ErrClosed   = errors.New("averaging: closed")
@@ -264,10 +268,13 @@ type Averager struct {
 	roundsCh chan struct{}            // closed and replaced when rounds or audits change
 	key      crypto.PrivKey           // signs audit commitments and claims
 	bits     map[string]uint32        // Moshpit bits per key
-	rng      *mrand.Rand
-	caps     streamCaps            // inbound streams open per peer and protocol
-	pool     vecPool               // buffers kept between rounds
-	notCand  map[peer.ID]time.Time // when a non-candidate's join was last counted
+	// past is, per key, one more than the latest round whose matchmaking
+	// ended here: a join for an earlier round finds this peer grouped.
+	past    map[string]uint64
+	rng     *mrand.Rand
+	caps    streamCaps            // inbound streams open per peer and protocol
+	pool    vecPool               // buffers kept between rounds
+	notCand map[peer.ID]time.Time // when a non-candidate's join was last counted
 
 	faults faults // fault injection for tests; zero in production
 }
@@ -316,7 +323,7 @@ func New(h host.Host, cfg Config) (*Averager, error) {
 	}
 	a := &Averager{h: h, cfg: cfg, log: cfg.Logger.With("component", "averaging"), met: met,
 		sessions: map[string]*session{}, rounds: map[[16]byte]*round{}, audits: map[[16]byte]*auditRound{},
-		roundsCh: make(chan struct{}), bits: map[string]uint32{}, rng: mrand.New(mrand.NewChaCha8(seed))}
+		roundsCh: make(chan struct{}), bits: map[string]uint32{}, past: map[string]uint64{}, rng: mrand.New(mrand.NewChaCha8(seed))}
 	a.faults.lieResult = lie
 	if cfg.AuditParts > 0 {
 		a.key = h.Peerstore().PrivKey(h.ID())
@@ -401,6 +408,8 @@ type stepOpts struct {
 	codec     Codec
 	noGossip  bool
 	groupSize int             // 0: Config.TargetGroupSize
+	want      []peer.ID       // WithWanted
+	room      int             // WithWanted; 0: groupSize
 	abort     <-chan struct{} // nil: matchmaking runs its course
 }
 
@@ -416,6 +425,22 @@ func WithCompression(c Codec) StepOption { return func(o *stepOpts) { o.codec = 
 // min(Config.MinGroupSize, n).
 func WithGroupSize(n int) StepOption {
 	return func(o *stepOpts) { o.groupSize = min(max(n, 2), MaxGroupSize) }
+}
+
+// WithWanted names the peers a step that leads its group waits for: the
+// group starts once all of them joined (and the WithGroupSize target is
+// met) rather than once any peers make up the target, and others may join
+// meanwhile up to room members, never taking a place a wanted peer needs.
+// For a caller that knows who takes part (the shard's holders closing the
+// epoch) and who may (holders it no longer waits for): a late peer then
+// joins when it can without leaving out one that was on time. room is
+// clamped to [the target, MaxGroupSize]; at most MaxGroupSize-1 peers are
+// kept of want.
+func WithWanted(want []peer.ID, room int) StepOption {
+	return func(o *stepOpts) {
+		o.want = slices.Clone(want[:min(len(want), MaxGroupSize-1)])
+		o.room = min(max(room, 0), MaxGroupSize)
+	}
 }
 
 // WithAbort ends one step's matchmaking, with ErrNoGroup and no gossip
@@ -473,7 +498,7 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 
 	cands := a.cfg.Peers(ctx, key)
 	mctx, stopAbort := abortable(ctx, o.abort)
-	g, matchErr := a.match(mctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands, o.groupSize)
+	g, matchErr := a.match(mctx, sess, groupKey{Key: key, Round: round, Bits: bits}, cands, o)
 	aborted := stopAbort()
 	matchTime := time.Since(start)
 	a.met.duration.WithLabelValues("match").Observe(matchTime.Seconds())
@@ -491,12 +516,12 @@ func (a *Averager) Step(ctx context.Context, key string, round uint64, vec []flo
 		a.met.failures.WithLabelValues("no_group").Inc()
 		res, err = a.gossipStep(ctx, sess, cands)
 		if err != nil {
-			err = fmt.Errorf("%w (matchmaking: %v)", err, matchErr)
+			err = fmt.Errorf("%w (matchmaking: %w)", err, matchErr)
 		}
 		res.NextBits = bits
 	default:
 		a.met.failures.WithLabelValues("no_group").Inc()
-		res, err = localResult(a.h.ID(), len(vec)), fmt.Errorf("%w: %v", ErrNoGroup, matchErr)
+		res, err = localResult(a.h.ID(), len(vec)), fmt.Errorf("%w: %w", ErrNoGroup, matchErr)
 		res.NextBits = bits
 	}
 	res.MatchTime = matchTime

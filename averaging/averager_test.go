@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -247,6 +248,47 @@ func TestWithGroupSizeStartsWithoutWaiting(t *testing.T) {
 			t.Fatalf("peer %d: matchmaking took %v, the whole window", i, o.res.MatchTime)
 		}
 		checkAgainstReport(t, ps, i, o.res, 1e-5)
+	}
+}
+
+// TestWithWantedAndLeftOut: three peers that want each other start their
+// group as soon as all three joined (the fourth, late, is not waited for);
+// the fourth, stepping the same round after them, finds every candidate
+// past it and fails at once with ErrLeftOut, not at its deadline.
+func TestWithWantedAndLeftOut(t *testing.T) {
+	const window = 20 * time.Second
+	ps := newPeers(t, 4, 5000, func(_ int, c *Config) {
+		c.MatchWindow, c.MatchTimeout, c.RequestTimeout = window, 3*window, slow*300*time.Millisecond
+	})
+	all := ids([]host.Host{ps[0].h, ps[1].h, ps[2].h})
+	out := make([]stepOut, 3)
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := slices.DeleteFunc(slices.Clone(all), func(p peer.ID) bool { return p == all[i] })
+			out[i].res, out[i].err = ps[i].a.Step(context.Background(), "run/shard0", 7, ps[i].vec, ps[i].w,
+				WithGroupSize(3), WithWanted(want, 4))
+		}()
+	}
+	wg.Wait()
+	for i, o := range out {
+		if o.err != nil {
+			t.Fatalf("peer %d: %v", i, o.err)
+		}
+		if len(o.res.Members) != 3 || o.res.MatchTime >= window {
+			t.Fatalf("peer %d: %d members after %v of matchmaking", i, len(o.res.Members), o.res.MatchTime)
+		}
+		checkAgainstReport(t, ps, i, o.res, 1e-5)
+	}
+	start := time.Now()
+	_, err := ps[3].a.Step(context.Background(), "run/shard0", 7, ps[3].vec, ps[3].w, WithGroupSize(4))
+	if !errors.Is(err, ErrLeftOut) || !errors.Is(err, ErrNoGroup) {
+		t.Fatalf("late step: %v, want ErrLeftOut", err)
+	}
+	if took := time.Since(start); took >= window/2 {
+		t.Fatalf("the late step took %v to learn it was left out", took)
 	}
 }
 

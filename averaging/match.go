@@ -2,6 +2,7 @@ package averaging
 
 import (
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -17,7 +18,10 @@ import (
 //     so there are no cycles of waiting.
 //   - A leader accepts followers until the group reaches the target size, then
 //     starts it at once; at its expiration it starts the group if it has the
-//     minimum size, otherwise disbands it. Starting is two-phase: the leader
+//     minimum size, otherwise disbands it. A leader told which peers it waits
+//     for (Want) starts once they all joined instead, and meanwhile accepts
+//     others up to Room members, never taking a place a wanted peer needs.
+//     Starting is two-phase: the leader
 //     proposes the member list (Begin), every follower confirms or declines
 //     (Ack), and the leader sends the final list of those who confirmed
 //     (Start). So a peer whose own group filled while its request to another
@@ -99,6 +103,12 @@ type matchConfig struct {
 	Client      bool
 	Codec       Codec
 	PartSize    uint32
+	// Want, when set, are the peers a leader waits for: the group starts
+	// once all of them (and Target members) joined, or once it has Room
+	// members; others may join meanwhile while a wanted peer's place stays
+	// free. Room 0: Target.
+	Want []peer.ID
+	Room int
 }
 
 type candInfo struct {
@@ -129,7 +139,10 @@ type matcher struct {
 	attempts   int
 	group      *groupInfo
 	failReason string
-	out        []envelope
+	// leftOut: the attempt failed because the candidates formed their
+	// groups without this peer (at least one answered grouped).
+	leftOut bool
+	out     []envelope
 }
 
 func newMatcher(cfg matchConfig, candidates []peer.ID, rng *rand.Rand, now time.Time) *matcher {
@@ -185,7 +198,7 @@ func (m *matcher) tryNext() {
 	if m.state != msLooking || m.outstanding != "" {
 		return
 	}
-	if len(m.followers)+1 >= m.cfg.Target {
+	if m.complete() {
 		m.begin()
 		return
 	}
@@ -235,6 +248,9 @@ func (m *matcher) nothingToAsk() {
 	case gone && len(m.followers) == 0:
 		m.state = msFailed
 		m.failReason = "no candidate can join: all grouped or on another key"
+		for _, ci := range m.info {
+			m.leftOut = m.leftOut || ci.grouped
+		}
 	default:
 		if m.reaskAt.IsZero() {
 			m.reaskAt = m.now.Add(m.cfg.ReqTimeout)
@@ -249,6 +265,37 @@ func usable(ci *candInfo) bool {
 func (m *matcher) reply(to peer.ID, s joinStatus, redirect peer.ID) {
 	m.out = append(m.out, envelope{Kind: outReply, To: to,
 		Reply: joinReply{Status: s, Expiration: m.myExp(), Bits: m.cfg.Group.Bits, Redirect: redirect}})
+}
+
+// room is the most members a group may have.
+func (m *matcher) room() int { return max(m.cfg.Room, m.cfg.Target) }
+
+// wanted reports whether the leader waits for p.
+func (m *matcher) wanted(p peer.ID) bool { return slices.Contains(m.cfg.Want, p) }
+
+// missing counts the wanted peers that are not followers yet.
+func (m *matcher) missing() int {
+	n := 0
+	for _, w := range m.cfg.Want {
+		if w != m.cfg.Self && !m.isFollower(w) {
+			n++
+		}
+	}
+	return n
+}
+
+// complete reports whether the group as led now should start: it is at its
+// room, or it has its target and every wanted peer.
+func (m *matcher) complete() bool {
+	n := len(m.followers) + 1
+	return n >= m.room() || (n >= m.cfg.Target && m.missing() == 0)
+}
+
+// full reports whether a join by p finds no place: the group is at its
+// room, or p is not wanted and the places left are the wanted peers'.
+func (m *matcher) full(p peer.ID) bool {
+	n := len(m.followers) + 1
+	return n >= m.room() || (!m.wanted(p) && n+m.missing() >= m.room())
 }
 
 func (m *matcher) isFollower(p peer.ID) bool {
@@ -349,7 +396,7 @@ func (m *matcher) onJoin(from peer.ID, req joinRequest) {
 		m.reply(from, joinAccepted, "") // a repeated request
 	case !before(m.myExp(), m.cfg.Self, req.Expiration, from):
 		m.reply(from, rejectJunior, "")
-	case len(m.followers)+1 >= m.cfg.Target:
+	case m.full(from):
 		m.reply(from, rejectFull, "")
 	default:
 		m.followers = append(m.followers, member{ID: from, Bandwidth: req.Bandwidth, Client: req.Client})
@@ -357,7 +404,7 @@ func (m *matcher) onJoin(from peer.ID, req joinRequest) {
 			ci.junior = true // it is after us: never ask it to lead
 		}
 		m.reply(from, joinAccepted, "")
-		if len(m.followers)+1 >= m.cfg.Target {
+		if m.complete() {
 			m.begin()
 		}
 	}

@@ -3,6 +3,7 @@ package averaging
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"testing"
 	"time"
@@ -25,6 +26,9 @@ type simNet struct {
 	cut      map[[2]peer.ID]bool
 	dead     map[peer.ID]bool // vanished peers: receive nothing, send nothing
 	last     map[[2]peer.ID]time.Time
+	// startAt holds a peer's matcher back until then (startLate): until it
+	// starts, the peer answers joins as a node whose step has not begun.
+	startAt map[peer.ID]time.Time
 }
 
 type simMsg struct {
@@ -113,6 +117,10 @@ func (sn *simNet) flush(id peer.ID) {
 func (sn *simNet) run(limit time.Duration) time.Duration {
 	start := sn.now
 	for _, id := range sn.order {
+		if _, waiting := sn.startAt[id]; waiting {
+			sn.ms[id].ready() // its first requests go out when it starts
+			continue
+		}
 		sn.flush(id)
 	}
 	for sn.now.Sub(start) < limit {
@@ -123,10 +131,26 @@ func (sn *simNet) run(limit time.Duration) time.Duration {
 			}
 			return sn.queue[i].seq < sn.queue[j].seq
 		})
+		for _, id := range sn.order {
+			if at, ok := sn.startAt[id]; ok && !sn.now.Before(at) {
+				delete(sn.startAt, id)
+				m := sn.ms[id]
+				cfg := m.cfg
+				cfg.Deadline = cfg.Deadline.Add(sn.now.Sub(m.now))
+				sn.ms[id] = newMatcher(cfg, sn.order, rand.New(rand.NewPCG(uint64(len(id)), 3)), sn.now)
+				sn.flush(id)
+			}
+		}
 		for len(sn.queue) > 0 && !sn.queue[0].at.After(sn.now) {
 			msg := sn.queue[0]
 			sn.queue = sn.queue[1:]
 			if sn.dead[msg.to] {
+				continue
+			}
+			if _, waiting := sn.startAt[msg.to]; waiting {
+				if msg.ev.Kind == evJoin {
+					sn.send(msg.to, msg.ev.From, matchEvent{Kind: evReply, From: msg.to, Reply: joinReply{Status: rejectNotLooking}})
+				}
 				continue
 			}
 			sn.ms[msg.to].Step(msg.ev)
@@ -134,7 +158,8 @@ func (sn *simNet) run(limit time.Duration) time.Duration {
 		}
 		all := true
 		for _, id := range sn.order {
-			if sn.dead[id] {
+			if _, waiting := sn.startAt[id]; sn.dead[id] || waiting {
+				all = all && !waiting
 				continue
 			}
 			sn.ms[id].Tick(sn.now)
@@ -170,8 +195,8 @@ func (sn *simNet) check(t *testing.T) (groups map[[16]byte][]peer.ID) {
 		if g.index(id) < 0 {
 			t.Fatalf("%s in a group that does not list it", id)
 		}
-		if n := len(g.Members); n < 2 || n > m.cfg.Target {
-			t.Fatalf("group of %d (target %d)", n, m.cfg.Target)
+		if n := len(g.Members); n < 2 || n > sn.room() {
+			t.Fatalf("group of %d (room %d)", n, sn.room())
 		}
 		if prev, ok := infos[g.ID]; ok && fmt.Sprint(prev.Members) != fmt.Sprint(g.Members) {
 			t.Fatalf("members disagree on group %x", g.ID)
@@ -408,5 +433,112 @@ func TestMatcherGivesUpEarly(t *testing.T) {
 	}
 	if m.state != msFailed {
 		t.Fatalf("state %d, want failed", m.state)
+	}
+}
+
+// room is the largest group any peer leads.
+func (sn *simNet) room() int {
+	r := 0
+	for _, m := range sn.ms {
+		r = max(r, m.room())
+	}
+	return r
+}
+
+// startLate holds peer id's step back by d (from the sim's start).
+func (sn *simNet) startLate(id peer.ID, d time.Duration) {
+	if sn.startAt == nil {
+		sn.startAt = map[peer.ID]time.Time{}
+	}
+	sn.startAt[id] = sn.now.Add(d)
+}
+
+func TestMatcherWaitsForWantedOnly(t *testing.T) {
+	// Four holders of a shard; three closed on time and want each other,
+	// the fourth is late in their eyes (not wanted) but may join, and its
+	// step starts 0-60 ms after theirs. By count (target 3) the first three
+	// to join would begin, and a late peer that joined early would leave
+	// out one that was on time (this test fails so without Want). With
+	// Want, every on-time peer is in the group, and the late one is in it
+	// whenever it joined before the last wanted one.
+	ids := fakeIDs(4)
+	late := ids[3]
+	withLate := 0
+	for seed := range uint64(40) {
+		sn := newSimNet(seed, 4, func(i int, c *matchConfig) {
+			c.Target, c.Room = 3, 4
+			if i == 3 {
+				c.Target = 4 // it waits for everyone
+				return
+			}
+			c.Want = slices.DeleteFunc(slices.Clone(ids[:3]), func(p peer.ID) bool { return p == ids[i] })
+		})
+		sn.maxDelay = 25 * time.Millisecond
+		sn.startLate(late, time.Duration(seed%4)*20*time.Millisecond)
+		sn.run(5 * time.Second)
+		groups := sn.check(t)
+		onTime := 0
+		for _, members := range groups {
+			onTime = max(onTime, len(slices.DeleteFunc(slices.Clone(members), func(p peer.ID) bool { return p == late })))
+			if slices.Contains(members, late) {
+				withLate++
+			}
+		}
+		if onTime != 3 {
+			t.Fatalf("seed %d: the largest group holds %d of the 3 on-time peers: %v", seed, onTime, groups)
+		}
+	}
+	if withLate == 0 {
+		t.Fatal("the late peer never joined a group with room for it")
+	}
+	t.Logf("the late peer joined the group in %d of 40 runs", withLate)
+}
+
+func TestMatcherLeftOut(t *testing.T) {
+	// The candidates answer grouped: this peer was left out of the round
+	// (it says so), unlike a peer whose candidates are on another key.
+	now := time.Unix(0, 0)
+	for _, st := range []joinStatus{rejectGrouped, rejectWrongKey} {
+		cfg := matchConfig{Self: "m", Group: groupKey{"k", 1, 0}, Target: 3, Min: 2, Window: time.Second,
+			ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4}
+		m := newMatcher(cfg, []peer.ID{"a", "b"}, rand.New(rand.NewPCG(1, 1)), now)
+		for range 2 {
+			out := m.ready()
+			m.Step(matchEvent{Kind: evReply, From: out[0].To, Reply: joinReply{Status: st}})
+		}
+		if m.state != msFailed || m.leftOut != (st == rejectGrouped) {
+			t.Fatalf("answer %v: state %d, left out %v", st, m.state, m.leftOut)
+		}
+	}
+}
+
+func TestMatcherKeepsPlacesForWanted(t *testing.T) {
+	// A leader with room 3 wanting a and b: an unwanted joiner takes no
+	// place they need; once both are in, it starts.
+	now := time.Unix(0, 0)
+	cfg := matchConfig{Self: "a0", Group: groupKey{"k", 1, 0}, Target: 3, Room: 3, Min: 2, Window: time.Second,
+		ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4,
+		Want: []peer.ID{"a", "b"}}
+	m := newMatcher(cfg, []peer.ID{"a", "b", "x"}, rand.New(rand.NewPCG(1, 1)), now)
+	m.ready()
+	exp := now.Add(2 * time.Second).UnixNano() // after the leader's
+	join := func(from peer.ID) joinStatus {
+		m.Step(matchEvent{Kind: evJoin, From: from, Join: joinRequest{Version: WireVersion, Group: cfg.Group, Expiration: exp, VecLen: 10, Bandwidth: 1}})
+		for _, e := range m.ready() {
+			if e.Kind == outReply && e.To == from {
+				return e.Reply.Status
+			}
+		}
+		t.Fatalf("no reply to %s", from)
+		return 0
+	}
+	if st := join("a"); st != joinAccepted {
+		t.Fatalf("wanted a: %v", st)
+	}
+	if st := join("x"); st != rejectFull {
+		t.Fatalf("unwanted x with one place left, for b: %v, want full", st)
+	}
+	if st := join("b"); st != joinAccepted || m.state != msConfirming {
+		t.Fatalf("wanted b: %v, state %d (want the group begun)", st, m.state)
 	}
 }

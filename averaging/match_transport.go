@@ -20,16 +20,18 @@ type heldJoin struct {
 const tickEvery = 10 * time.Millisecond
 
 // match runs the matcher until it starts or joins a group, fails, or ctx ends.
-// target overrides Config.TargetGroupSize when positive.
-func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID, target int) (*groupInfo, error) {
+// o's group size (WithGroupSize) overrides Config.TargetGroupSize when
+// positive; its wanted peers and room (WithWanted) go to the matcher.
+func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands []peer.ID, o stepOpts) (*groupInfo, error) {
 	a.connectAll(ctx, cands)
 	now := time.Now()
 	minSize := a.cfg.MinGroupSize
+	target := o.groupSize
 	if target <= 0 {
 		target = a.cfg.TargetGroupSize
 	}
 	minSize = min(minSize, target)
-	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: target, Min: minSize,
+	cfg := matchConfig{Self: a.h.ID(), Group: gk, Target: target, Min: minSize, Want: o.want, Room: o.room,
 		Window: a.cfg.MatchWindow, ReqTimeout: a.cfg.RequestTimeout, Deadline: now.Add(a.cfg.MatchTimeout),
 		VecLen: uint64(sess.vecLen), Bandwidth: a.cfg.Bandwidth, Client: a.cfg.ClientMode, Codec: sess.codec,
 		PartSize: uint32(a.cfg.PartSize)}
@@ -203,6 +205,9 @@ loop:
 	sess.matched = true
 	close(sess.done)
 	sess.mu.Unlock()
+	a.mu.Lock()
+	a.past[gk.Key] = max(a.past[gk.Key], gk.Round+1)
+	a.mu.Unlock()
 	outMu.Lock()
 	for _, s := range outgoing {
 		_ = s.Reset()
@@ -213,7 +218,11 @@ loop:
 		a.met.groupSize.Observe(float64(len(m.group.Members)))
 		return m.group, nil
 	}
-	if err == nil {
+	switch {
+	case err != nil:
+	case m.leftOut:
+		err = fmt.Errorf("%w (%s after %d attempts)", ErrLeftOut, m.failReason, m.attempts)
+	default:
 		err = fmt.Errorf("%s after %d attempts", m.failReason, m.attempts)
 	}
 	return nil, err
@@ -250,8 +259,15 @@ func (a *Averager) handleJoin(s network.Stream) {
 	}
 	a.mu.Lock()
 	sess := a.sessions[req.Group.Key]
+	past := req.Group.Round < a.past[req.Group.Key]
 	a.mu.Unlock()
 	if sess == nil || sess.round != req.Group.Round {
+		if past {
+			// Our matchmaking for the round is over: the joiner was left
+			// out of it (and learns so at once, not at its deadline).
+			reject(rejectGrouped)
+			return
+		}
 		reject(rejectNotLooking)
 		return
 	}
