@@ -93,7 +93,7 @@ func (m *Machine) landedClosing(in Input, ev Event) Action {
 }
 
 func (m *Machine) landed(in Input, ev Event, f *inFlight, then next) Action {
-	m.group = 1
+	m.group, m.leftOut = 1, !ev.OK && ev.LeftOut
 	if ev.OK {
 		m.group = ev.Group
 		m.noteRound(in, ev.Members)

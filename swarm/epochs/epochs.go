@@ -137,11 +137,16 @@ const (
 
 // Action is what the core asks the trainer to do next.
 type Action struct {
-	Kind     Kind
-	Shard    int
-	Epoch    uint64
-	Key      string   // Average, AverageState
-	Group    int      // Average, AverageState, OuterStep: start once this many peers (this one included) joined
+	Kind  Kind
+	Shard int
+	Epoch uint64
+	Key   string // Average, AverageState
+	Group int    // Average, AverageState, OuterStep: start once this many peers (this one included) joined
+	// Want and Room (Average): the round starts once every peer of Want
+	// (and Group peers) joined; others may join it meanwhile, up to Room
+	// members, as long as a place stays for each peer of Want.
+	Want     []string
+	Room     int
 	Donors   []string // CatchUp: peer IDs, latest epoch first
 	Full     bool     // OuterStep
 	Finished bool     // Reopen
@@ -166,6 +171,9 @@ type Event struct {
 	Fraction float64  // StateAveraged: share of the vector averaged
 	// Detached (Average): the round runs in the background.
 	Detached bool
+	// LeftOut (Averaged, Land; not OK): the shard's other holders formed
+	// their group without this node.
+	LeftOut bool
 }
 
 // ErrLoad marks a state round whose result the engine refused: the node
@@ -233,9 +241,12 @@ type Machine struct {
 	// were waited for and did not join, with the epoch (average).
 	wanted []string
 	late   map[string]uint64
-	group  int      // members of the gradient round (1: alone)
-	donors []string // local mode: the holders ahead when the round closed
-	drift  bool     // this node may differ from its shard's other holders
+	group  int // members of the gradient round (1: alone)
+	// leftOut: the gradient round failed because the mates grouped
+	// without this node (afterStep).
+	leftOut bool
+	donors  []string // local mode: the holders ahead when the round closed
+	drift   bool     // this node may differ from its shard's other holders
 
 	// claims remembers when each first-shard peer last finished samples,
 	// so that a peer whose micro-batches keep failing stops holding the
@@ -307,7 +318,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 		return m.landedClosing(in, ev)
 	case catchBefore:
 		if ev.OK {
-			return m.reopen(ev.Epoch)
+			return m.caughtUp(in, ev.Epoch)
 		}
 		return m.gather(in)
 	case gathering:
@@ -317,7 +328,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 			m.flight = &inFlight{shard: m.shard, epoch: m.epoch}
 			return m.reopen(m.epoch + 1)
 		}
-		m.group = 1
+		m.group, m.leftOut = 1, !ev.OK && ev.LeftOut
 		if ev.OK {
 			m.group = ev.Group
 			m.noteRound(in, ev.Members)
@@ -325,7 +336,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 		return m.afterRound(in)
 	case catchAfter:
 		if ev.OK {
-			return m.reopen(ev.Epoch)
+			return m.caughtUp(in, ev.Epoch)
 		}
 		m.phase, m.stepEpoch, m.then = stepping, m.epoch, reopenNext
 		return Action{Kind: Step, Shard: m.shard, Epoch: m.epoch}
@@ -562,7 +573,16 @@ func (m *Machine) average(in Input) Action {
 	m.expected, m.wanted = len(want), want
 	group := max(min(len(want)+1, m.cfg.GroupSize), 2)
 	detach := m.cfg.Lag() > 0 && !m.cfg.Finished(m.epoch+1)
-	return Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group, Detach: detach}
+	a := Action{Kind: Average, Shard: m.shard, Epoch: m.epoch, Key: KeyGrad, Group: group, Detach: detach}
+	if len(want) < m.cfg.GroupSize {
+		// The round waits for the mates it wants, not for a count: a
+		// late mate may still join while a place is left, but it never
+		// takes the place of one that was on time (which would then
+		// average alone, and be late for the next round in its turn).
+		// With more wanted than a group holds, any of them will do.
+		a.Want, a.Room = slices.Clone(want), max(group, m.groupSize(in))
+	}
+	return a
 }
 
 // noteRound learns from a gradient round's members: a mate waited for and
@@ -619,9 +639,17 @@ func (m *Machine) afterRound(in Input) Action {
 // holder's state) was not missed by it. The run's last epoch is always a
 // state round (holders agree on it by number), so holders end on one model
 // even if a late round missed one of them.
+//
+// A holder left out of the round (its mates grouped without it: LeftOut)
+// stepped with its own gradient and differs from them by that step, but
+// runs no state round for it: its mates, each having averaged with every
+// mate it waited for, run none, and one alone would only wait out the
+// matchmaking timeout, late for the next round too. Over a 50 ms link that
+// kept one node of four out of every round, a round behind, for whole
+// runs. The periodic state round and the run's last bring it back.
 func (m *Machine) afterStep(in Input) Action {
 	holders := len(m.mates(in))
-	if m.group < min(m.expected, holders)+1 {
+	if m.group < min(m.expected, holders)+1 && !m.leftOut {
 		m.drift = true
 	}
 	e := m.stepEpoch
@@ -631,6 +659,23 @@ func (m *Machine) afterStep(in Input) Action {
 		return Action{Kind: AverageState, Shard: m.shard, Epoch: e, Key: KeyState, Group: m.reliableGroup(in), Delayed: m.then != reopenNext}
 	}
 	return m.afterStepping(in, e+1)
+}
+
+// caughtUp reopens after a catch-up (sync mode) that loaded the state of
+// epoch: at that epoch, unless the shard's holders moved on to the next
+// one meanwhile (their round of it over; with delayed updates, in flight).
+// A download slower than an epoch (a state is three gradients, and over a
+// slow link it shares the donor's uplink with its rounds) would otherwise
+// find them ahead again and catch up again, forever, never computing: over
+// 100 Mbit/s two nodes of four did for a whole run. The node then takes
+// part from the next epoch on, one step short of its mates, which the
+// periodic state round (or the run's last) makes up.
+func (m *Machine) caughtUp(in Input, epoch uint64) Action {
+	past := epoch + m.cfg.Lag()
+	if aheadEpoch(m.holdersAhead(in, m.shard, past), in.Records) == past+1 {
+		return m.reopen(epoch + 1)
+	}
+	return m.reopen(epoch)
 }
 
 func (m *Machine) reopen(epoch uint64) Action {

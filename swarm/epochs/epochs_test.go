@@ -43,8 +43,8 @@ func TestBehindTheSwarmAfterRound(t *testing.T) {
 		in.Records[2].Closing, in.Records[3].Closing = true, true // the mates close it too
 		act := m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 5})
 		expect(t, act, Average, 5)
-		if act.Group != 3 || act.Key != KeyGrad {
-			t.Fatalf("round %q of group %d, want grad of 3", act.Key, act.Group)
+		if act.Group != 3 || act.Key != KeyGrad || fmt.Sprint(act.Want) != "[b1 b2]" || act.Room != 3 {
+			t.Fatalf("round %q of group %d wanting %v (room %d), want grad of 3 wanting b1 and b2", act.Key, act.Group, act.Want, act.Room)
 		}
 		in.Records[2].Epoch, in.Records[3].Epoch = c.mates[0], c.mates[1]
 		act = m.Step(in, Event{Kind: Average, OK: true, Group: 2})
@@ -55,6 +55,23 @@ func TestBehindTheSwarmAfterRound(t *testing.T) {
 			expect(t, act, CatchUp, 5, c.donor...)
 			expect(t, m.Step(in, Event{Kind: CatchUp}), Step, 5) // the donor failed: step
 		}
+	}
+}
+
+// A catch-up whose download took longer than an epoch loads a state the
+// shard's holders have already moved one epoch past: the node reopens at
+// their epoch (one step short) instead of finding them ahead again and
+// catching up forever; a state two epochs stale is caught up again.
+func TestCaughtUpBehindTheDonors(t *testing.T) {
+	for _, c := range []struct {
+		loaded, reopen uint64
+	}{{7, 7}, {6, 7}, {5, 5}} {
+		m := New(Config{Self: "b0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
+		in := Input{Now: time.Unix(1_000_000, 0), Records: []progress.Record{online("a0", 0, 7), online("b0", 1, 3), online("b1", 1, 7), online("b2", 1, 7)},
+			Node: Node{Shard: 1, Held: true, Online: true, Epoch: 3}}
+		expect(t, m.Step(in, Event{}), Close, 3)
+		expect(t, m.Step(in, Event{Kind: Close, Shard: 1, Epoch: 3}), CatchUp, 3, "b1", "b2")
+		expect(t, m.Step(in, Event{Kind: CatchUp, OK: true, Epoch: c.loaded}), Reopen, c.reopen)
 	}
 }
 

@@ -103,6 +103,38 @@ type simRound struct {
 	members []*simNode
 	opened  time.Time
 	formed  time.Time // zero until it starts
+	// want and room are its opener's (the leader's) Action.Want and
+	// Action.Room: it starts once every wanted peer joined (and group
+	// members), or at room members; others join while a place stays for
+	// each wanted peer.
+	want []string
+	room int
+	// leftOut: opened by a node whose mates are all in a formed round of
+	// the same key and epoch; it fails at the next tick (the matchmaker
+	// gives up as soon as every candidate answers grouped).
+	leftOut bool
+}
+
+// full reports whether r has no place for n.
+func (r *simRound) full(n *simNode) bool {
+	room := max(r.room, r.group)
+	return len(r.members) >= room || (!slices.Contains(r.want, n.id) && len(r.members)+r.missing() >= room)
+}
+
+// missing counts the wanted peers not in r yet.
+func (r *simRound) missing() int {
+	k := 0
+	for _, w := range r.want {
+		if !slices.ContainsFunc(r.members, func(m *simNode) bool { return m.id == w }) {
+			k++
+		}
+	}
+	return k
+}
+
+// complete reports whether r starts now.
+func (r *simRound) complete() bool {
+	return len(r.members) >= max(r.room, r.group) || (len(r.members) >= r.group && r.missing() == 0)
 }
 
 type sim struct {
@@ -364,19 +396,40 @@ func (s *sim) nextStageAt(epoch uint64) bool {
 func (s *sim) join(n *simNode, act Action) {
 	var r *simRound
 	for _, c := range s.rounds {
-		if c.shard == act.Shard && c.key == act.Key && c.epoch == act.Epoch && c.formed.IsZero() && !s.refuses(n, c) {
+		if c.shard == act.Shard && c.key == act.Key && c.epoch == act.Epoch && c.formed.IsZero() && !c.leftOut && !s.refuses(n, c) && !c.full(n) {
 			r = c
 		}
 	}
 	if r == nil {
-		r = &simRound{shard: act.Shard, key: act.Key, epoch: act.Epoch, group: act.Group, opened: s.now}
+		r = &simRound{shard: act.Shard, key: act.Key, epoch: act.Epoch, group: act.Group, opened: s.now,
+			want: act.Want, room: act.Room, leftOut: s.leftOut(n, act)}
 		s.rounds = append(s.rounds, r)
 	}
 	r.members = append(r.members, n)
 	n.waiting, n.entered = r, s.now
-	if len(r.members) >= r.group {
+	if !r.leftOut && r.complete() {
 		r.formed = s.now
 	}
+}
+
+// leftOut reports whether every other online holder of act's shard is in
+// a formed round of act's key and epoch: n's matchmaking finds them all
+// grouped.
+func (s *sim) leftOut(n *simNode, act Action) bool {
+	mates := 0
+	for _, o := range s.nodes {
+		if o == n || o.phantom || o.shard != act.Shard || o.state != progress.StateOnline {
+			continue
+		}
+		mates++
+		in := slices.ContainsFunc(s.rounds, func(r *simRound) bool {
+			return !r.formed.IsZero() && r.key == act.Key && r.epoch == act.Epoch && r.shard == act.Shard && slices.Contains(r.members, o)
+		})
+		if !in {
+			return false
+		}
+	}
+	return mates > 0
 }
 
 // refuses reports whether n and a member of r banned one another: banned
@@ -420,6 +473,12 @@ func (s *sim) finish(n *simNode, ev Event) {
 func (s *sim) settleRounds() {
 	keep := s.rounds[:0]
 	for _, r := range s.rounds {
+		if r.leftOut {
+			for _, m := range r.members {
+				s.finish(m, Event{Kind: kindOf(r.key), LeftOut: true})
+			}
+			continue
+		}
 		if r.formed.IsZero() && s.now.Sub(r.opened) >= window {
 			if len(r.members) >= 2 {
 				r.formed = s.now
@@ -647,15 +706,19 @@ func TestSimJoinerNoStall(t *testing.T) {
 }
 
 // 829f139, 3ae166b: three holders of a shard, averaging groups of two: the
-// holder left out of the pair waits in a round nobody will join. It ends
-// that round as soon as the pair is past the epoch and catches up from
-// them, rather than waiting out the matchmaking window every epoch.
-func TestSimRoundAbortedWhenMatePassed(t *testing.T) {
+// holder left out of the pair once waited in a round nobody would join,
+// then caught up from the pair, throwing its epoch's gradient away. Its
+// matchmaking now finds the pair grouped at once (LeftOut), and it steps
+// with its own gradient: no wait, no catch-up, and no state round alone
+// (the pair, each having averaged with the mate it wanted, runs none, so
+// it would only wait out the matchmaking window); it keeps the pair's
+// pace, and the periodic state rounds bring it back to them.
+func TestSimLeftOutStepsAlone(t *testing.T) {
 	cfg := syncCfg(10)
 	cfg.GroupSize = 2
 	s := newSim(t, cfg)
 	s.add("a0", 0, 0, progress.StateOnline)
-	s.add("h1", 1, 0, progress.StateOnline)
+	h1 := s.add("h1", 1, 0, progress.StateOnline)
 	s.add("h2", 1, 0, progress.StateOnline)
 	j := s.add("j", 1, 0, progress.StateOnline) // joins its rounds last
 	s.runUntil(time.Minute, "the run's end", s.allAt(10))
@@ -666,20 +729,25 @@ func TestSimRoundAbortedWhenMatePassed(t *testing.T) {
 		}
 		left++
 		if a.took >= window/2 {
-			t.Errorf("j waited %v in the round of epoch %d its shard-mates had passed", a.took, a.act.Epoch)
+			t.Errorf("j waited %v in the round of epoch %d its shard-mates had grouped without it", a.took, a.act.Epoch)
 		}
 	}
 	if left == 0 {
 		t.Fatal("j was never left out of a pair: the scenario did not happen")
 	}
-	var caught int
-	for _, c := range j.actions(CatchUp) {
-		if c.ok {
-			caught++
+	if c := j.actions(CatchUp); len(c) > 0 {
+		t.Errorf("j caught up %d times, want none (it steps with its own gradient)", len(c))
+	}
+	if st := len(j.actions(Step)); st != 10 {
+		t.Errorf("j stepped %d times in 10 epochs", st)
+	}
+	for _, a := range j.actions(AverageState) {
+		if !a.ok {
+			t.Errorf("j ran a state round alone at epoch %d", a.act.Epoch)
 		}
 	}
-	if caught < left {
-		t.Errorf("j left %d rounds but caught up %d times", left, caught)
+	if j.model != h1.model {
+		t.Errorf("j and h1 ended on models %d and %d", j.model, h1.model)
 	}
 }
 

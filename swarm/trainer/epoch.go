@@ -315,11 +315,14 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	vec := append([]float32(nil), e.local...)
 	t.lieGradient(vec)
 	abort, stopWatch := t.watchAbort(actx)
-	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, math.Max(float64(e.samples), 1e-3),
-		averaging.WithGroupSize(act.Group), averaging.WithAbort(abort))
+	opts := []averaging.StepOption{averaging.WithGroupSize(act.Group), averaging.WithAbort(abort)}
+	if act.Room > 0 {
+		opts = append(opts, averaging.WithWanted(decodePeers(act.Want), act.Room))
+	}
+	res, err := t.avg.Step(actx, t.avgKey(act.Shard, act.Key), act.Epoch, vec, math.Max(float64(e.samples), 1e-3), opts...)
 	stopWatch()
 	cancel()
-	ev := epochs.Event{Kind: epochs.Average}
+	ev := epochs.Event{Kind: epochs.Average, LeftOut: errors.Is(err, averaging.ErrLeftOut)}
 	if err == nil {
 		t.averagingOffenses(res)
 	}
