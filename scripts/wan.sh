@@ -32,7 +32,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed][+pace]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed][+pace][+gbf16]
 #   WAN_LINKS="none 100mbit/100mbit/50ms" WAN_STEPS=3000 WAN_MODES="local+bf16+pace" sudo -E scripts/wan.sh
 #   WAN_SHARDS=1 WAN_LINKS="100mbit/100mbit/50ms none" WAN_STEPS=3000 WAN_MODES="local+pace" sudo -E scripts/wan.sh   # data parallel
 #   WAN_KEEP=1 WAN_LOG_LEVEL=debug sudo -E scripts/wan.sh   # keep the nodes' logs and snapshots (path on stderr)
@@ -146,21 +146,23 @@ stop_links() {
   wait "$link_pid" 2>/dev/null || true
 }
 
-# run_mode LINK MODE[:N][+bf16][+wait][+topk][+delayed][+pace]: start the swarm (N
+# run_mode LINK MODE[:N][+bf16][+wait][+topk][+delayed][+pace][+gbf16]: start the swarm (N
 # micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
 # adaptive; +bf16: activations between shards in bf16; +wait: local mode
 # without overlapping averaging and training; +topk: local mode's deltas
 # compressed to $delta_keep of their values at $delta_bits bits; +delayed:
 # sync mode with delayed updates, averaging.delayed_updates; +pace: local
 # mode's rounds paced by the averaging, up to $max_local_steps inner steps,
-# averaging.max_local_steps), train for $seconds (with $steps: to the end),
+# averaging.max_local_steps; +gbf16: sync mode's gradients averaged in bf16,
+# averaging.compression), train for $seconds (with $steps: to the end),
 # print one table row.
 run_mode() {
   local link=$1 spec=${2%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//\//-}-${2//[:+]/-}"
   [[ $2 == *+bf16* ]] && bf16=1
   [[ $2 == *+wait* ]] && wait=1
-  local topk="" delayed="" pace=""
+  local topk="" delayed="" pace="" gbf16=""
   [[ $2 == *+topk* ]] && topk=1
+  [[ $2 == *+gbf16* ]] && gbf16=1
   [[ $2 == *+pace* ]] && pace=1
   [[ $2 == *+delayed* ]] && delayed=1
   mode=${spec%%:*}
@@ -174,6 +176,7 @@ run_mode() {
   [ -n "$wait" ] && args+=(--overlap=false)
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   [ -n "$delayed" ] && args+=(--delayed-updates)
+  [ -n "$gbf16" ] && args+=(--compression bf16)
   "$bin" "${args[@]}" >/dev/null
   # No flags for these: the manifest's fields, checked when the nodes load it.
   if [ -n "$pace" ]; then
@@ -226,6 +229,7 @@ run_mode() {
   [ -n "$bf16" ] && label+=", bf16 activations"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
   [ -n "$delayed" ] && label+=", delayed updates"
+  [ -n "$gbf16" ] && label+=", gradients averaged in bf16"
   [ -n "$pace" ] && label+=", rounds paced (max $max_local_steps inner steps)"
   [ "$mode" = sync ] && label+=", target batch $target_batch"
   [ -n "$norm_k" ] && label+=", norm_k $norm_k"
