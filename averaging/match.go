@@ -273,13 +273,15 @@ func (m *matcher) room() int { return max(m.cfg.Room, m.cfg.Target) }
 // wanted reports whether the leader waits for p.
 func (m *matcher) wanted(p peer.ID) bool { return slices.Contains(m.cfg.Want, p) }
 
-// missing counts the wanted peers that are not followers yet.
+// missing counts the wanted peers that are not followers yet and may still
+// come (not grouped elsewhere, on another key or unusable).
 func (m *matcher) missing() int {
 	n := 0
 	for _, w := range m.cfg.Want {
-		if w != m.cfg.Self && !m.isFollower(w) {
-			n++
+		if ci := m.info[w]; w == m.cfg.Self || m.isFollower(w) || ci != nil && (ci.grouped || ci.wrongKey || ci.dead) {
+			continue
 		}
+		n++
 	}
 	return n
 }

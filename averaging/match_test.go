@@ -542,3 +542,28 @@ func TestMatcherKeepsPlacesForWanted(t *testing.T) {
 		t.Fatalf("wanted b: %v, state %d (want the group begun)", st, m.state)
 	}
 }
+
+func TestMatcherWantedGroupedElsewhere(t *testing.T) {
+	// A wanted peer that answers grouped (it is in another group) is not
+	// waited for: the leader starts with the others once the target is met.
+	now := time.Unix(0, 0)
+	cfg := matchConfig{Self: "m", Group: groupKey{"k", 1, 0}, Target: 2, Room: 3, Min: 2, Window: time.Second,
+		ReqTimeout: 100 * time.Millisecond, Deadline: now.Add(3 * time.Second), VecLen: 10, Bandwidth: 1, PartSize: 4,
+		Want: []peer.ID{"a", "b"}}
+	m := newMatcher(cfg, []peer.ID{"a", "b"}, rand.New(rand.NewPCG(1, 1)), now)
+	out := m.ready()
+	if len(out) != 1 || out[0].Kind != outJoin {
+		t.Fatalf("want one join request, got %+v", out)
+	}
+	other := peer.ID("a")
+	if out[0].To == "a" {
+		other = "b"
+	}
+	m.Step(matchEvent{Kind: evReply, From: out[0].To, Reply: joinReply{Status: rejectGrouped}})
+	m.ready()
+	m.Step(matchEvent{Kind: evJoin, From: other, Join: joinRequest{Version: WireVersion, Group: cfg.Group,
+		Expiration: now.Add(2 * time.Second).UnixNano(), VecLen: 10, Bandwidth: 1}})
+	if m.state != msConfirming {
+		t.Fatalf("state %d with %s grouped elsewhere and %s joined, want the group begun", m.state, out[0].To, other)
+	}
+}
