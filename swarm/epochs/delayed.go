@@ -93,11 +93,7 @@ func (m *Machine) landedClosing(in Input, ev Event) Action {
 }
 
 func (m *Machine) landed(in Input, ev Event, f *inFlight, then next) Action {
-	m.group, m.leftOut = 1, !ev.OK && ev.LeftOut
-	if ev.OK {
-		m.group = ev.Group
-		m.noteRound(in, ev.Members)
-	}
+	m.takeRound(in, ev)
 	if m.group <= 1 && len(m.holdersAhead(in, f.shard, f.epoch+m.cfg.Lag())) > 0 {
 		m.behind, m.then = true, then
 		return m.afterStepping(in, 0)

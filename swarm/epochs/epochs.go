@@ -328,11 +328,7 @@ func (m *Machine) step(in Input, ev Event) Action {
 			m.flight = &inFlight{shard: m.shard, epoch: m.epoch}
 			return m.reopen(m.epoch + 1)
 		}
-		m.group, m.leftOut = 1, !ev.OK && ev.LeftOut
-		if ev.OK {
-			m.group = ev.Group
-			m.noteRound(in, ev.Members)
-		}
+		m.takeRound(in, ev)
 		return m.afterRound(in)
 	case catchAfter:
 		if ev.OK {
@@ -583,6 +579,17 @@ func (m *Machine) average(in Input) Action {
 		a.Want, a.Room = slices.Clone(want), max(group, m.groupSize(in))
 	}
 	return a
+}
+
+// takeRound takes a gradient round's outcome (Averaged, or Land with
+// delayed updates): its group (1: alone), whether this node was left out,
+// and what its members say of the late mates.
+func (m *Machine) takeRound(in Input, ev Event) {
+	m.group, m.leftOut = 1, !ev.OK && ev.LeftOut
+	if ev.OK {
+		m.group = ev.Group
+		m.noteRound(in, ev.Members)
+	}
 }
 
 // noteRound learns from a gradient round's members: a mate waited for and
