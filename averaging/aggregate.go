@@ -217,12 +217,9 @@ func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample
 	}
 	for b := 0; b < len(out); b += block {
 		e := min(b+block, len(out))
-		for ; sample && next < e; next += stride {
-			g.sampleAt(xs, next, lo, hi)
-		}
 		m := out[b:e]
 		if len(xs) == 8 {
-			mean8(m, xs, g.w, b, W)
+			g.meanDist8(m, xs, b, W)
 		} else {
 			for j := range m {
 				var s float64
@@ -231,10 +228,42 @@ func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample
 				}
 				m[j] = float32(s / W)
 			}
+			for i, x := range xs {
+				g.d2[i] += sqDist32(x[b:e], m)
+			}
 		}
+		// The sample last: the block's values are in the cache now, and
+		// the sums are taken in the same order of coordinates either way.
+		for ; sample && next < e; next += stride {
+			g.sampleAt(xs, next, lo, hi)
+		}
+	}
+}
+
+// meanDist8 is one block of meanSqDist for 8 inputs: their weighted mean
+// from offset b into m, and each one's sqDist32 from it added to g.d2. The
+// assembly kernel (meandist_amd64.s, where the CPU has AVX2) does four
+// coordinates at a time with the same operations in the same order, each
+// of sqDist32's four sums one lane, so the bits are the loops' below
+// (TestMeanDist8Kernel): auditors on other machines must get them too.
+func (g *aggregator) meanDist8(m []float32, xs [][]float32, b int, W float64) {
+	var acc [8][4]float64
+	k := meanDist8Asm(m, xs, g.w, b, W, &acc)
+	if k == 0 {
+		mean8(m, xs, g.w, b, W)
 		for i, x := range xs {
-			g.d2[i] += sqDist32(x[b:e], m)
+			g.d2[i] += sqDist32(x[b:b+len(m)], m)
 		}
+		return
+	}
+	mean8(m[k:], xs, g.w, b+k, W) // the last len(m) mod 4 values
+	for i, x := range xs {
+		s := acc[i]
+		for j := k; j < len(m); j++ {
+			d := x[b+j] - m[j]
+			s[0] += float64(d * d)
+		}
+		g.d2[i] += (s[0] + s[1]) + (s[2] + s[3])
 	}
 }
 
@@ -656,6 +685,10 @@ func (g *aggregator) startSample(xs [][]float32) (stride, lo, hi int) {
 // sampleAt adds coordinate j's squared distances from the coordinate
 // median (ranks lo to hi-1) to g.sd2.
 func (g *aggregator) sampleAt(xs [][]float32, j, lo, hi int) {
+	if len(xs) == 8 {
+		g.sampleAt8(xs, j)
+		return
+	}
 	c := g.sortedAt(xs, j)
 	m := float64(c[lo])
 	if hi-lo == 2 {
@@ -673,4 +706,35 @@ func (g *aggregator) sampledDist() float64 {
 		g.dist[i] = math.Sqrt(g.sd2[i] * float64(g.sStride))
 	}
 	return medianF64(slices.Clone(g.dist[:len(g.sd2)]))
+}
+
+// sampleAt8 is sampleAt for 8 inputs, with sortedAt's network unrolled on
+// locals (the middle two of the same sorted values: the same median).
+func (g *aggregator) sampleAt8(xs [][]float32, j int) {
+	xs = xs[:8]
+	v := [8]float32{xs[0][j], xs[1][j], xs[2][j], xs[3][j], xs[4][j], xs[5][j], xs[6][j], xs[7][j]}
+	a, b, c, d, e, f, g2, h := v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]
+	a, b = min(a, b), max(a, b)
+	c, d = min(c, d), max(c, d)
+	e, f = min(e, f), max(e, f)
+	g2, h = min(g2, h), max(g2, h)
+	a, c = min(a, c), max(a, c)
+	b, d = min(b, d), max(b, d)
+	e, g2 = min(e, g2), max(e, g2)
+	f, h = min(f, h), max(f, h)
+	b, c = min(b, c), max(b, c)
+	f, g2 = min(f, g2), max(f, g2)
+	a, e = min(a, e), max(a, e)
+	b, f = min(b, f), max(b, f)
+	c, g2 = min(c, g2), max(c, g2)
+	d, h = min(d, h), max(d, h)
+	c, e = min(c, e), max(c, e)
+	d, f = min(d, f), max(d, f)
+	d, e = min(d, e), max(d, e) // the network's last two exchanges (b, c and f, g) leave d and e alone
+	m := (float64(d) + float64(e)) / 2 // ranks 3 and 4
+	sd := g.sd2[:8]
+	for i, x := range v {
+		e := float64(x) - m
+		sd[i] += float64(e * e)
+	}
 }

@@ -1,0 +1,149 @@
+//go:build amd64 && !purego
+
+#include "textflag.h"
+
+// func meanDist8AVX2(m *float32, xs *[8]*float32, wb *[9][4]float64, n int, acc *[8][4]float64)
+//
+// For j in [0, n) (n a multiple of 4):
+//   m[j] = float32((((w0·x0[j] + w1·x1[j]) + w2·x2[j]) + … + w7·x7[j]) / W)
+// (products and sums in float64), then for every input i the float32
+// difference d = xi[j] − m[j], its float32 square, added in float64 to lane
+// j mod 4 of acc[i]. wb holds each weight and W broadcast to four lanes.
+// Every lane is one chain of additions in the order of the Go loops
+// (mean8, sqDist32), and no product is fused into an addition, so the bits
+// are theirs. The loop takes eight coordinates at a time, as two groups of
+// four whose means are independent chains; a last group of four follows.
+//
+// Registers: the inputs AX BX CX DX SI R8 R9 R13, m DI, wb R10, j R11, the
+// values left R12; the sums Y0–Y7 (input i in Yi), the means Y8 and Y10, scratch Y9
+// and Y11.
+
+// MEAN(off, s, t): Ys = the mean of the four coordinates from j+off/4.
+#define MEAN(off, s, t) \
+	VCVTPS2PD off(AX)(R11*4), s; \
+	VMULPD 0(R10), s, s; \
+	VCVTPS2PD off(BX)(R11*4), t; \
+	VMULPD 32(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(CX)(R11*4), t; \
+	VMULPD 64(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(DX)(R11*4), t; \
+	VMULPD 96(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(SI)(R11*4), t; \
+	VMULPD 128(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(R8)(R11*4), t; \
+	VMULPD 160(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(R9)(R11*4), t; \
+	VMULPD 192(R10), t, t; \
+	VADDPD t, s, s; \
+	VCVTPS2PD off(R13)(R11*4), t; \
+	VMULPD 224(R10), t, t; \
+	VADDPD t, s, s; \
+	VDIVPD 256(R10), s, s
+
+// DIST(off, mx, t, ty): add each input's squared differences from the four
+// means in Xmx (coordinates j+off/4 on) to its sums.
+#define DIST(off, mx, t, ty) \
+	VMOVUPS off(AX)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y0, Y0; \
+	VMOVUPS off(BX)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y1, Y1; \
+	VMOVUPS off(CX)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y2, Y2; \
+	VMOVUPS off(DX)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y3, Y3; \
+	VMOVUPS off(SI)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y4, Y4; \
+	VMOVUPS off(R8)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y5, Y5; \
+	VMOVUPS off(R9)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y6, Y6; \
+	VMOVUPS off(R13)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, Y7, Y7
+
+TEXT ·meanDist8AVX2(SB), NOSPLIT, $0-40
+	MOVQ m+0(FP), DI
+	MOVQ xs+8(FP), R10
+	MOVQ 0(R10), AX
+	MOVQ 8(R10), BX
+	MOVQ 16(R10), CX
+	MOVQ 24(R10), DX
+	MOVQ 32(R10), SI
+	MOVQ 40(R10), R8
+	MOVQ 48(R10), R9
+	MOVQ 56(R10), R13
+	MOVQ wb+16(FP), R10
+	MOVQ n+24(FP), R12
+	VXORPD Y0, Y0, Y0
+	VXORPD Y1, Y1, Y1
+	VXORPD Y2, Y2, Y2
+	VXORPD Y3, Y3, Y3
+	VXORPD Y4, Y4, Y4
+	VXORPD Y5, Y5, Y5
+	VXORPD Y6, Y6, Y6
+	VXORPD Y7, Y7, Y7
+	XORQ R11, R11
+
+loop8:
+	CMPQ R12, $8
+	JLT last4
+	MEAN(0, Y8, Y9)
+	MEAN(16, Y10, Y11)
+	VCVTPD2PSY Y8, X8
+	VCVTPD2PSY Y10, X10
+	VMOVUPS X8, (DI)(R11*4)
+	VMOVUPS X10, 16(DI)(R11*4)
+	DIST(0, X8, X9, Y9)
+	DIST(16, X10, X11, Y11)
+	ADDQ $8, R11
+	SUBQ $8, R12
+	JMP loop8
+
+last4:
+	CMPQ R12, $4
+	JLT done
+	MEAN(0, Y8, Y9)
+	VCVTPD2PSY Y8, X8
+	VMOVUPS X8, (DI)(R11*4)
+	DIST(0, X8, X9, Y9)
+
+done:
+	MOVQ acc+32(FP), AX
+	VMOVUPD Y0, 0(AX)
+	VMOVUPD Y1, 32(AX)
+	VMOVUPD Y2, 64(AX)
+	VMOVUPD Y3, 96(AX)
+	VMOVUPD Y4, 128(AX)
+	VMOVUPD Y5, 160(AX)
+	VMOVUPD Y6, 192(AX)
+	VMOVUPD Y7, 224(AX)
+	VZEROUPPER
+	RET
