@@ -218,16 +218,10 @@ func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample
 	for b := 0; b < len(out); b += block {
 		e := min(b+block, len(out))
 		m := out[b:e]
-		if len(xs) == 8 {
-			g.meanDist8(m, xs, b, W)
+		if len(xs) <= 8 {
+			g.meanDistBlock(m, xs, b, W)
 		} else {
-			for j := range m {
-				var s float64
-				for i, x := range xs {
-					s += float64(g.w[i] * float64(x[b+j]))
-				}
-				m[j] = float32(s / W)
-			}
+			g.meanBlock(m, xs, b, W)
 			for i, x := range xs {
 				g.d2[i] += sqDist32(x[b:e], m)
 			}
@@ -240,24 +234,37 @@ func (g *aggregator) meanSqDist(out []float32, xs [][]float32, W float64, sample
 	}
 }
 
-// meanDist8 is one block of meanSqDist for 8 inputs: their weighted mean
-// from offset b into m, and each one's sqDist32 from it added to g.d2. The
-// assembly kernel (meandist_amd64.s, where the CPU has AVX2) does four
-// coordinates at a time with the same operations in the same order, each
-// of sqDist32's four sums one lane, so the bits are the loops' below
-// (TestMeanDist8Kernel): auditors on other machines must get them too.
-func (g *aggregator) meanDist8(m []float32, xs [][]float32, b int, W float64) {
-	var acc [8][4]float64
-	k := meanDist8Asm(m, xs, g.w, b, W, &acc)
-	if k == 0 {
+// meanBlock writes into m the weighted mean of the inputs' values from
+// offset b (mean8's sums for 8 inputs, a loop from zero for others).
+func (g *aggregator) meanBlock(m []float32, xs [][]float32, b int, W float64) {
+	if len(xs) == 8 {
 		mean8(m, xs, g.w, b, W)
-		for i, x := range xs {
-			g.d2[i] += sqDist32(x[b:b+len(m)], m)
-		}
 		return
 	}
-	mean8(m[k:], xs, g.w, b+k, W) // the last len(m) mod 4 values
+	for j := range m {
+		var s float64
+		for i, x := range xs {
+			s += float64(g.w[i] * float64(x[b+j]))
+		}
+		m[j] = float32(s / W)
+	}
+}
+
+// meanDistBlock is one block of meanSqDist for up to 8 inputs: meanBlock,
+// and each input's sqDist32 from the mean added to g.d2. The assembly
+// kernel (meandist_amd64.s, where the CPU has AVX2) does four coordinates
+// at a time with the same operations in the same order, each of sqDist32's
+// four sums one lane, so the bits are the loops' (TestMeanDistKernel):
+// auditors on other machines must get them too.
+func (g *aggregator) meanDistBlock(m []float32, xs [][]float32, b int, W float64) {
+	var acc [8][4]float64
+	k := meanDistAsm(m, xs, g.w, b, W, &acc)
+	g.meanBlock(m[k:], xs, b+k, W) // all of it, or the last len(m) mod 4 values
 	for i, x := range xs {
+		if k == 0 {
+			g.d2[i] += sqDist32(x[b:b+len(m)], m)
+			continue
+		}
 		s := acc[i]
 		for j := k; j < len(m); j++ {
 			d := x[b+j] - m[j]
@@ -730,7 +737,7 @@ func (g *aggregator) sampleAt8(xs [][]float32, j int) {
 	d, h = min(d, h), max(d, h)
 	c, e = min(c, e), max(c, e)
 	d, f = min(d, f), max(d, f)
-	d, e = min(d, e), max(d, e) // the network's last two exchanges (b, c and f, g) leave d and e alone
+	d, e = min(d, e), max(d, e)        // the network's last two exchanges (b, c and f, g) leave d and e alone
 	m := (float64(d) + float64(e)) / 2 // ranks 3 and 4
 	sd := g.sd2[:8]
 	for i, x := range v {

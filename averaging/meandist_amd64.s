@@ -2,13 +2,14 @@
 
 #include "textflag.h"
 
-// func meanDist8AVX2(m *float32, xs *[8]*float32, wb *[9][4]float64, n int, acc *[8][4]float64)
+// func meanDist8AVX2(m *float32, xs *[8]*float32, wb *[10][4]float64, n int, acc *[8][4]float64)
 //
 // For j in [0, n) (n a multiple of 4):
-//   m[j] = float32((((w0·x0[j] + w1·x1[j]) + w2·x2[j]) + … + w7·x7[j]) / W)
+//   m[j] = float32(((((w0·x0[j] + z) + w1·x1[j]) + w2·x2[j]) + … + w7·x7[j]) / W)
 // (products and sums in float64), then for every input i the float32
 // difference d = xi[j] − m[j], its float32 square, added in float64 to lane
-// j mod 4 of acc[i]. wb holds each weight and W broadcast to four lanes.
+// j mod 4 of acc[i]. wb holds each weight, W and z broadcast to four lanes:
+// z = −0 adds nothing (mean8's sum), z = +0 is the loop's sum from zero.
 // Every lane is one chain of additions in the order of the Go loops
 // (mean8, sqDist32), and no product is fused into an addition, so the bits
 // are theirs. The loop takes eight coordinates at a time, as two groups of
@@ -22,6 +23,7 @@
 #define MEAN(off, s, t) \
 	VCVTPS2PD off(AX)(R11*4), s; \
 	VMULPD 0(R10), s, s; \
+	VADDPD 288(R10), s, s; \
 	VCVTPS2PD off(BX)(R11*4), t; \
 	VMULPD 32(R10), t, t; \
 	VADDPD t, s, s; \

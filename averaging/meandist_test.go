@@ -7,20 +7,22 @@ import (
 	"testing"
 )
 
-// TestMeanDist8Kernel: the assembly kernel gives meanSqDist's loops' bits
-// (the mean and every distance) for blocks of every length mod 4, offsets,
-// weights and magnitudes from subnormal to overflowing differences, and so
-// do whole parts through combine, which takes the fast path or not by them.
-func TestMeanDist8Kernel(t *testing.T) {
+// TestMeanDistKernel: the assembly kernel gives meanSqDist's loops' bits
+// (the mean and every distance) for 2 to 8 inputs, blocks of every length
+// mod 4, offsets, weights, signed zeros and magnitudes from subnormal to
+// overflowing differences, and so do whole parts through combine, which
+// takes the fast path or not by them.
+func TestMeanDistKernel(t *testing.T) {
 	if !hasMeanDistAVX2 {
 		t.Skip("no assembly kernel on this machine")
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
 	scales := []float64{1e-42, 1e-20, 1, 1e3, 1e19, 3e38}
-	for trial := range 400 {
+	negZero := float32(math.Copysign(0, -1))
+	for trial := range 600 {
 		n := rng.IntN(600)
 		off := rng.IntN(9)
-		xs := make([][]float32, 8)
+		xs := make([][]float32, 2+trial%7)
 		for i := range xs {
 			xs[i] = make([]float32, off+n+rng.IntN(3))
 			sc := scales[rng.IntN(len(scales))]
@@ -31,7 +33,15 @@ func TestMeanDist8Kernel(t *testing.T) {
 				}
 			}
 		}
-		w := make([]float64, 8)
+		for j := range off + n { // coordinates where every input is a zero of one sign
+			if rng.IntN(20) == 0 {
+				z := []float32{0, negZero}[rng.IntN(2)]
+				for _, x := range xs {
+					x[j] = z
+				}
+			}
+		}
+		w := make([]float64, len(xs))
 		var W float64
 		for i := range w {
 			w[i] = 1 + 4*rng.Float64()
@@ -43,9 +53,9 @@ func TestMeanDist8Kernel(t *testing.T) {
 		run := func(asm bool) ([]float32, []float64) {
 			defer func(v bool) { hasMeanDistAVX2 = v }(hasMeanDistAVX2)
 			hasMeanDistAVX2 = asm
-			g := &aggregator{w: w, d2: make([]float64, 8)}
+			g := &aggregator{w: w, d2: make([]float64, len(xs))}
 			m := make([]float32, n)
-			g.meanDist8(m, xs, off, W)
+			g.meanDistBlock(m, xs, off, W)
 			return m, g.d2
 		}
 		ma, da := run(true)
@@ -62,8 +72,8 @@ func TestMeanDist8Kernel(t *testing.T) {
 		}
 	}
 	// Whole parts: blocks, the τ sample and the fast-path decision.
-	for trial := range 20 {
-		xs, ws := honestSet(rng, 8, 1000+rng.IntN(5000), 0.1)
+	for trial := range 28 {
+		xs, ws := honestSet(rng, 2+trial%7, 1000+rng.IntN(5000), 0.1)
 		if trial%2 == 1 {
 			for j := range xs[0] {
 				xs[0][j] *= -100 // a liar: the slow path after the same first pass
@@ -89,9 +99,9 @@ func TestMeanDist8Kernel(t *testing.T) {
 	}
 }
 
-// BenchmarkMeanDist8: the first pass of CenteredClip over one part of 8
+// BenchmarkMeanDist: the first pass of CenteredClip over one part of 8
 // inputs (128 Ki values each), by the kernel and by the loops.
-func BenchmarkMeanDist8(b *testing.B) {
+func BenchmarkMeanDist(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, d := range []int{512, 128 << 10} {
 		xs, ws := honestSet(rng, 8, d, 0.1)
