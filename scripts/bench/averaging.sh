@@ -95,6 +95,7 @@ against the plain-mean row of the same n and size above.
 regression (20 features, 200 samples each, minibatch 32, 300 steps); f of them send an attack instead of their
 gradient, declaring 4× their samples; one reducer combines each step. Test accuracy (training loss) against the
 share of liars; the goal is within one point of the clean run up to 1 in 4 for the robust rules:
+
 $sim
 
 Matchmaking: 64 peers in one process (hosts connected first, as a node is through the DHT), target group
