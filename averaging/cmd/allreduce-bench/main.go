@@ -17,9 +17,11 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	mrand "math/rand/v2"
 	"net"
@@ -247,6 +249,7 @@ func cmdPeer(args []string) error {
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
 		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit, AuditRate: *auditRate,
+		Logger: peerLogger(*idx),
 	})
 	if err != nil {
 		return err
@@ -435,10 +438,16 @@ func cmdRun(args []string) error {
 	var sent int64
 	audits, accused := 0, 0
 	audited := map[int]bool{} // rounds some peer audited
+	var errs []error          // every peer's, not only the first: one peer's failure often causes the others'
 	for _, o := range outs {
 		if o.Err != "" {
-			return fmt.Errorf("peer %d round %d: %s", o.Peer, o.Round, o.Err)
+			errs = append(errs, fmt.Errorf("peer %d round %d: %s", o.Peer, o.Round, o.Err))
 		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, o := range outs {
 		audits += o.Audits
 		accused += o.Accused
 		if o.Audited && (o.Round > 1 || *rounds == 1) {
@@ -580,4 +589,15 @@ func cmdMatch(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{"n": *n, "group": *group, "rounds": *rounds,
 		"p50_s": p(0.5), "p95_s": p(0.95), "max_s": all[len(all)-1], "grouped_frac": float64(grouped) / float64(total),
 		"group_sizes": sizes})
+}
+
+// peerLogger logs a peer's averaging to stderr at the level in
+// ALLREDUCE_BENCH_LOG (debug, info, warn, error); unset, nothing.
+func peerLogger(idx int) *slog.Logger {
+	var lvl slog.Level
+	name := os.Getenv("ALLREDUCE_BENCH_LOG")
+	if name == "" || lvl.UnmarshalText([]byte(name)) != nil {
+		return nil
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("peer", idx)
 }
