@@ -187,13 +187,26 @@ loop:
 		if m.finished() {
 			break
 		}
-		select {
-		case ev := <-events:
+		step := func(ev matchEvent) {
 			if a.log.Enabled(ctx, slog.LevelDebug) {
 				a.log.Debug("match in", "kind", ev.Kind, "from", shortID(ev.From), "status", ev.Reply.Status.String(), "ok", ev.OK)
 			}
 			m.Step(ev)
+		}
+		select {
+		case ev := <-events:
+			step(ev)
 		case t := <-ticker.C:
+			// Events already queued come before the deadlines this tick may
+			// pass: a process the CPU starved wakes to both at once, and
+			// select picks between them at random. A follower that took the
+			// tick first would leave a leader whose start was already
+			// queued, and the group would run with it as a member while it
+			// is left out. Only those queued now: a stream of joins cannot
+			// hold the deadlines off.
+			for n := len(events); n > 0; n-- {
+				step(<-events)
+			}
 			m.Tick(t)
 		case <-ctx.Done():
 			err = ctx.Err()
