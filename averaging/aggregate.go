@@ -741,7 +741,7 @@ func (g *aggregator) sampleAt8(xs [][]float32, j int) {
 	m := (float64(d) + float64(e)) / 2 // ranks 3 and 4
 	sd := g.sd2[:8]
 	for i, x := range v {
-		e := float64(x) - m
-		sd[i] += float64(e * e)
+		dx := float64(x) - m
+		sd[i] += float64(dx * dx)
 	}
 }

@@ -145,6 +145,12 @@ func (a *Averager) match(ctx context.Context, sess *session, gk groupKey, cands 
 	m := newMatcher(cfg, cands, a.seedRNG(), now)
 	ticker := time.NewTicker(tickEvery)
 	defer ticker.Stop()
+	step := func(ev matchEvent) {
+		if a.log.Enabled(ctx, slog.LevelDebug) {
+			a.log.Debug("match in", "kind", ev.Kind, "from", shortID(ev.From), "status", ev.Reply.Status.String(), "ok", ev.OK)
+		}
+		m.Step(ev)
+	}
 	var err error
 loop:
 	for {
@@ -186,12 +192,6 @@ loop:
 		}
 		if m.finished() {
 			break
-		}
-		step := func(ev matchEvent) {
-			if a.log.Enabled(ctx, slog.LevelDebug) {
-				a.log.Debug("match in", "kind", ev.Kind, "from", shortID(ev.From), "status", ev.Reply.Status.String(), "ok", ev.OK)
-			}
-			m.Step(ev)
 		}
 		select {
 		case ev := <-events:
