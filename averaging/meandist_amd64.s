@@ -5,7 +5,7 @@
 // func meanDist8AVX2(m *float32, xs *[8]*float32, wb *[10][4]float64, n int, acc *[8][4]float64)
 //
 // For j in [0, n) (n a multiple of 4):
-//   m[j] = float32(((((w0·x0[j] + z) + w1·x1[j]) + w2·x2[j]) + … + w7·x7[j]) / W)
+//   m[j] = float32(((((z + w0·x0[j]) + w1·x1[j]) + w2·x2[j]) + … + w7·x7[j]) / W)
 // (products and sums in float64), then for every input i the float32
 // difference d = xi[j] − m[j], its float32 square, added in float64 to lane
 // j mod 4 of acc[i]. wb holds each weight, W and z broadcast to four lanes:
@@ -19,77 +19,47 @@
 // values left R12; the sums Y0–Y7 (input i in Yi), the means Y8 and Y10, scratch Y9
 // and Y11.
 
-// MEAN(off, s, t): Ys = the mean of the four coordinates from j+off/4.
+// ADDW(x, w, off, s, t): Ys += the four values at x[j+off/4] times the weight
+// at w(R10), products and sum in float64.
+#define ADDW(x, w, off, s, t) \
+	VCVTPS2PD off(x)(R11*4), t; \
+	VMULPD w(R10), t, t; \
+	VADDPD t, s, s
+
+// MEAN(off, s, t): Ys = the mean of the four coordinates from j+off/4. The
+// first product is added to z (wb's last row), then the others in order.
 #define MEAN(off, s, t) \
-	VCVTPS2PD off(AX)(R11*4), s; \
-	VMULPD 0(R10), s, s; \
-	VADDPD 288(R10), s, s; \
-	VCVTPS2PD off(BX)(R11*4), t; \
-	VMULPD 32(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(CX)(R11*4), t; \
-	VMULPD 64(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(DX)(R11*4), t; \
-	VMULPD 96(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(SI)(R11*4), t; \
-	VMULPD 128(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(R8)(R11*4), t; \
-	VMULPD 160(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(R9)(R11*4), t; \
-	VMULPD 192(R10), t, t; \
-	VADDPD t, s, s; \
-	VCVTPS2PD off(R13)(R11*4), t; \
-	VMULPD 224(R10), t, t; \
-	VADDPD t, s, s; \
+	VMOVUPD 288(R10), s; \
+	ADDW(AX, 0, off, s, t); \
+	ADDW(BX, 32, off, s, t); \
+	ADDW(CX, 64, off, s, t); \
+	ADDW(DX, 96, off, s, t); \
+	ADDW(SI, 128, off, s, t); \
+	ADDW(R8, 160, off, s, t); \
+	ADDW(R9, 192, off, s, t); \
+	ADDW(R13, 224, off, s, t); \
 	VDIVPD 256(R10), s, s
+
+// SQD(x, off, mx, t, ty, acc): Yacc += the float32 squares of x's four
+// values at j+off/4 less the means in Xmx, in float64.
+#define SQD(x, off, mx, t, ty, acc) \
+	VMOVUPS off(x)(R11*4), t; \
+	VSUBPS mx, t, t; \
+	VMULPS t, t, t; \
+	VCVTPS2PD t, ty; \
+	VADDPD ty, acc, acc
 
 // DIST(off, mx, t, ty): add each input's squared differences from the four
 // means in Xmx (coordinates j+off/4 on) to its sums.
 #define DIST(off, mx, t, ty) \
-	VMOVUPS off(AX)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y0, Y0; \
-	VMOVUPS off(BX)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y1, Y1; \
-	VMOVUPS off(CX)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y2, Y2; \
-	VMOVUPS off(DX)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y3, Y3; \
-	VMOVUPS off(SI)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y4, Y4; \
-	VMOVUPS off(R8)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y5, Y5; \
-	VMOVUPS off(R9)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y6, Y6; \
-	VMOVUPS off(R13)(R11*4), t; \
-	VSUBPS mx, t, t; \
-	VMULPS t, t, t; \
-	VCVTPS2PD t, ty; \
-	VADDPD ty, Y7, Y7
+	SQD(AX, off, mx, t, ty, Y0); \
+	SQD(BX, off, mx, t, ty, Y1); \
+	SQD(CX, off, mx, t, ty, Y2); \
+	SQD(DX, off, mx, t, ty, Y3); \
+	SQD(SI, off, mx, t, ty, Y4); \
+	SQD(R8, off, mx, t, ty, Y5); \
+	SQD(R9, off, mx, t, ty, Y6); \
+	SQD(R13, off, mx, t, ty, Y7)
 
 TEXT ·meanDist8AVX2(SB), NOSPLIT, $0-40
 	MOVQ m+0(FP), DI
