@@ -243,13 +243,17 @@ func cmdPeer(args []string) error {
 	if err != nil {
 		return err
 	}
+	logger, err := peerLogger(*idx)
+	if err != nil {
+		return err
+	}
 	a, err := averaging.New(h, averaging.Config{
 		Peers:           func(context.Context, string) []peer.ID { return ids },
 		TargetGroupSize: *n, MinGroupSize: *n,
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
 		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit, AuditRate: *auditRate,
-		Logger: peerLogger(*idx),
+		Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -593,11 +597,14 @@ func cmdMatch(args []string) error {
 
 // peerLogger logs a peer's averaging to stderr at the level in
 // ALLREDUCE_BENCH_LOG (debug, info, warn, error); unset, nothing.
-func peerLogger(idx int) *slog.Logger {
+func peerLogger(idx int) (*slog.Logger, error) {
 	var lvl slog.Level
 	name := os.Getenv("ALLREDUCE_BENCH_LOG")
-	if name == "" || lvl.UnmarshalText([]byte(name)) != nil {
-		return nil
+	if name == "" {
+		return nil, nil
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("peer", idx)
+	if err := lvl.UnmarshalText([]byte(name)); err != nil {
+		return nil, fmt.Errorf("ALLREDUCE_BENCH_LOG=%q: want debug, info, warn or error", name)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl})).With("peer", idx), nil
 }
