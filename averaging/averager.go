@@ -27,6 +27,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/swarm-train/swarm/internal/bulk"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -111,6 +112,11 @@ type Config struct {
 	// unaudited round in advance (audit_draw.go); 0 or 1 audits every round.
 	// Every member of a run must use the same setting.
 	AuditRate float64
+	// Bulk, if set, carries reduce transfers over direct TCP connections
+	// (internal/bulk) to peers that have one too; others are served on
+	// libp2p streams as before. The caller owns it and closes it after the
+	// Averager.
+	Bulk *bulk.Service
 	// LieAsReducer is fault injection for the process tests of Byzantine
 	// peers (the node's hidden --fault reduce-lie): as a reducer, this peer
 	// returns every part's aggregate flipped and ×10, committed to as is,
@@ -339,6 +345,10 @@ func New(h host.Host, cfg Config) (*Averager, error) {
 	}
 	if !cfg.ClientMode {
 		h.SetStreamHandler(ProtoReduce, a.wrap(ProtoReduce, a.handleReduce))
+		if cfg.Bulk != nil {
+			// The same per-peer cap as ProtoReduce's, counted together.
+			h.SetStreamHandler(ProtoReduceBulk, a.wrap(ProtoReduce, a.handleReduceBulk))
+		}
 	}
 	return a, nil
 }
@@ -378,6 +388,7 @@ func (a *Averager) Close() error {
 	a.h.RemoveStreamHandler(ProtoMatch)
 	a.h.RemoveStreamHandler(ProtoGossip)
 	a.h.RemoveStreamHandler(ProtoReduce)
+	a.h.RemoveStreamHandler(ProtoReduceBulk)
 	a.h.RemoveStreamHandler(ProtoAudit)
 	a.cancel()
 	a.wg.Wait()

@@ -105,6 +105,15 @@ func roomyMatch(c *Config) {
 }
 
 func newPeers(t testing.TB, n, vecLen int, mod func(i int, c *Config)) []*testPeer {
+	return newPeersOn(t, n, vecLen, func(i int, _ host.Host, c *Config) {
+		if mod != nil {
+			mod(i, c)
+		}
+	})
+}
+
+// newPeersOn is newPeers with the host at hand for mod.
+func newPeersOn(t testing.TB, n, vecLen int, mod func(i int, h host.Host, c *Config)) []*testPeer {
 	hs := newHosts(t, n)
 	all := ids(hs)
 	rng := rand.New(rand.NewPCG(uint64(n), uint64(vecLen)))
@@ -112,9 +121,7 @@ func newPeers(t testing.TB, n, vecLen int, mod func(i int, c *Config)) []*testPe
 	for i, h := range hs {
 		cfg := testConfig(all)
 		cfg.Registerer = prometheus.NewRegistry()
-		if mod != nil {
-			mod(i, &cfg)
-		}
+		mod(i, h, &cfg)
 		a, err := New(h, cfg)
 		if err != nil {
 			t.Fatal(err)

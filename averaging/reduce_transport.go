@@ -3,6 +3,7 @@ package averaging
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -12,7 +13,9 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/protocol"
 
+	"github.com/swarm-train/swarm/internal/bulk"
 	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
@@ -33,8 +36,8 @@ type round struct {
 	excluded map[peer.ID]string
 	finished chan struct{} // closed when every part of the share is final
 	closed   bool
-	handlers sync.WaitGroup         // handleReduce goroutines serving this round
-	streams  map[int]network.Stream // their streams, by sender index
+	handlers sync.WaitGroup      // handleReduce goroutines serving this round
+	streams  map[int]bulk.Stream // their streams, by sender index
 	onFinal  func(k int)
 	ownSpans []Span
 	faults   *faults
@@ -69,7 +72,7 @@ func (a *Averager) allreduce(ctx context.Context, g *groupInfo, vec []float32, w
 	cnt := &counter{}
 
 	r := &round{g: g, self: self, lay: lay, vec: vec, codec: codec, deadline: deadline, cnt: cnt,
-		outs: map[int]chan partMsg{}, streams: map[int]network.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}),
+		outs: map[int]chan partMsg{}, streams: map[int]bulk.Stream{}, excluded: map[peer.ID]string{}, finished: make(chan struct{}),
 		onFinal: a.faults.afterFinal, faults: &a.faults}
 	myShare := lay.Shares[self]
 	opts := reduceOpts{Agg: a.cfg.Aggregation, Tau: a.cfg.ClipTau, Iters: a.cfg.ClipIters, NormK: a.cfg.NormK, Pool: &a.pool}
@@ -325,9 +328,20 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 		}
 	}()
 	to := r.g.Members[j].ID
-	s, err := a.h.NewStream(network.WithAllowLimitedConn(ctx, "averaging"), to, ProtoReduce)
+	protos := []protocol.ID{ProtoReduce}
+	if a.cfg.Bulk != nil {
+		protos = []protocol.ID{ProtoReduceBulk, ProtoReduce}
+	}
+	ls, err := a.h.NewStream(network.WithAllowLimitedConn(ctx, "averaging"), to, protos...)
 	if err != nil {
 		return nil, fmt.Errorf("open stream: %w", err)
+	}
+	defer ls.Reset()
+	var s bulk.Stream = ls
+	if ls.Protocol() == ProtoReduceBulk {
+		if s, err = a.cfg.Bulk.Upgrade(ctx, ls); err != nil {
+			return nil, err
+		}
 	}
 	defer s.Reset()
 	_ = s.SetDeadline(r.deadline)
@@ -462,8 +476,29 @@ func minTime(a, b time.Time) time.Time {
 
 // handleReduce serves one sender of a round in which this peer reduces.
 func (a *Averager) handleReduce(s network.Stream) {
+	a.serveReduce(s.Conn().RemotePeer(), s)
+}
+
+// handleReduceBulk serves a sender that offers a bulk connection first.
+func (a *Averager) handleReduceBulk(ls network.Stream) {
+	defer ls.Reset()
+	from := ls.Conn().RemotePeer()
+	s, err := a.cfg.Bulk.Accept(ls)
+	if err != nil {
+		if errors.Is(err, bulk.ErrHandshake) {
+			a.refuse(from, ProtoReduce, reasonMalformed, err)
+		} else {
+			a.log.Debug("reduce stream: bulk handshake failed", "peer", from, "err", err)
+		}
+		return
+	}
+	a.serveReduce(from, s)
+}
+
+// serveReduce serves one sender, from, of a round in which this peer
+// reduces, on s.
+func (a *Averager) serveReduce(from peer.ID, s bulk.Stream) {
 	defer s.Reset()
-	from := s.Conn().RemotePeer()
 	_ = s.SetDeadline(time.Now().Add(a.cfg.SenderTimeout))
 	t, b, err := readFrame(s, maxHeaderFrame, nil)
 	if err == nil && t != tReduceHeader {

@@ -23,7 +23,11 @@ const WireVersion uint16 = 1
 const (
 	ProtoMatch  = "/swarm/averaging/match/1.0.0"
 	ProtoReduce = "/swarm/averaging/reduce/1.0.0"
-	ProtoGossip = "/swarm/averaging/gossip/1.0.0"
+	// ProtoReduceBulk is ProtoReduce behind internal/bulk's handshake: the
+	// transfer moves to a direct TCP connection where both peers have a
+	// bulk listener and the dialer reaches it, else stays on the stream.
+	ProtoReduceBulk = "/swarm/averaging/reduce-bulk/1.0.0"
+	ProtoGossip     = "/swarm/averaging/gossip/1.0.0"
 )
 
 type msgType uint8

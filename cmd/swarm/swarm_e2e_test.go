@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -192,17 +193,38 @@ func sameShardParams(t *testing.T, sts map[string]*trainer.Status) {
 // within 1% of `swarm train` on the same manifest.
 func TestSwarmTrainsMNIST(t *testing.T) {
 	s := newE2E(t, 2, 600)
-	for range 4 {
-		s.add(nil)
+	// Three of the four have bulk listeners: at least one shard's two
+	// holders average over direct connections, and the fourth node, which
+	// has none, stays on libp2p streams with its shard's other holder.
+	var bulkNodes []string
+	for i := range 4 {
+		if i < 3 {
+			bulkNodes = append(bulkNodes, s.add(nil, "--bulk-listen", "127.0.0.1:0"))
+		} else {
+			s.add(nil)
+		}
 	}
 	start := time.Now()
 	sts := s.waitAccuracy(5 * time.Minute)
 	var acc float64
 	shardCount := map[int]int{}
-	for _, st := range sts {
+	var bulkTransfers int64
+	for name, st := range sts {
 		acc = max(acc, st.Accuracy)
 		shardCount[st.Shard]++
+		switch {
+		case slices.Contains(bulkNodes, name) && st.Bulk == nil:
+			t.Errorf("%s: started with --bulk-listen, status shows no bulk listener", name)
+		case !slices.Contains(bulkNodes, name) && st.Bulk != nil:
+			t.Errorf("%s: status shows a bulk listener it was not given: %+v", name, st.Bulk)
+		case st.Bulk != nil:
+			bulkTransfers += st.Bulk.Transfers
+		}
 	}
+	if bulkTransfers == 0 {
+		t.Errorf("no averaging transfer went over a bulk connection (holders %v)", shardCount)
+	}
+	t.Logf("bulk transfers: %d", bulkTransfers)
 	t.Logf("swarm: accuracy %.4f in %v, holders per shard %v", acc, time.Since(start).Round(time.Second), shardCount)
 	if shardCount[0] != 2 || shardCount[1] != 2 {
 		t.Errorf("holders per shard %v, want 2 and 2", shardCount)

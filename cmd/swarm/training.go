@@ -31,6 +31,7 @@ func trainingFlags() []cli.Flag {
 		&cli.IntFlag{Name: "shard", Value: -1, Usage: "hold this shard instead of choosing (and never rebalance)", EnvVars: []string{"SWARM_SHARD"}},
 		&cli.StringFlag{Name: "data-dir", Usage: "directory with the MNIST files or a text run's corpus, checked against the manifest's dataset.root (default: $SWARM_DATA, then the Go module cache / the manifest's path; what is missing is fetched from the run's peers)", EnvVars: []string{"SWARM_DATA"}},
 		&cli.BoolFlag{Name: "no-train", Usage: "with --run: join the run's network without training", EnvVars: []string{"SWARM_NO_TRAIN"}},
+		&cli.StringFlag{Name: "bulk-listen", Usage: "host:port of a TCP listener for averaging transfers on direct AES-GCM connections instead of libp2p streams (far less CPU per byte on fast links; peers with one use it among themselves, others stay on libp2p). Peers dial it at the IP of their libp2p connection to this node, so forward it too behind NAT. Port 0 picks one; empty: off", EnvVars: []string{"SWARM_BULK_LISTEN"}},
 		&cli.IntFlag{Name: "in-flight", Usage: "micro-batches a first-shard node keeps in the pipeline at once, 1-64 (default: adapts to the pipeline's round trip)", EnvVars: []string{"SWARM_IN_FLIGHT"}},
 		&cli.DurationFlag{Name: "rebalance-every", Value: 20 * time.Second, Usage: "mean interval between shard rebalancing checks", EnvVars: []string{"SWARM_REBALANCE_EVERY"}},
 		&cli.IntFlag{Name: "checkpoint-every-epochs", Usage: "checkpoint the shard's state every this many epochs (default: the manifest's checkpoint.every_epochs, else 50)", EnvVars: []string{"SWARM_CHECKPOINT_EVERY_EPOCHS"}},
@@ -132,6 +133,9 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 	if err != nil {
 		return err
 	}
+	if c.String("bulk-listen") != "" && cfg.MaxUploadMbps > 0 {
+		return fmt.Errorf("--bulk-listen %q with --max-upload-mbps %g: the upload cap is kept on libp2p streams, which bulk transfers leave; use one or the other", c.String("bulk-listen"), cfg.MaxUploadMbps)
+	}
 	if f := c.Int("in-flight"); f < 0 || f > trainer.MaxInFlight {
 		return fmt.Errorf("--in-flight %d: want 1 to %d, or 0 to adapt", f, trainer.MaxInFlight)
 	}
@@ -161,6 +165,7 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 		JoinDelay:      3 * time.Second,
 		RebalanceEvery: c.Duration("rebalance-every"),
 		InFlight:       c.Int("in-flight"),
+		BulkListen:     c.String("bulk-listen"),
 		FaultNaN:       c.Bool("fault-nan"),
 		Fault:          c.String("fault"),
 		Logger:         log,

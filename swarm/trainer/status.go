@@ -13,6 +13,13 @@ import (
 	"github.com/swarm-train/swarm/swarm/progress"
 )
 
+// BulkStatus is a node's bulk listener and its averaging transfers so far.
+type BulkStatus struct {
+	Listen    string `json:"listen"`
+	Transfers int64  `json:"transfers"` // on direct connections, as sender or reducer
+	OnLibp2p  int64  `json:"on_libp2p"` // offered but left on libp2p (a peer's port not reachable, its tickets full)
+}
+
 // Status is the training part of `swarm status --json` (under
 // services.training). The README documents it.
 type Status struct {
@@ -42,8 +49,11 @@ type Status struct {
 	// OuterTraffic (local mode): the outer rounds this node averaged with
 	// peers and their bytes, by kind.
 	OuterTraffic *OuterTraffic `json:"outer_traffic,omitempty"`
-	Shards       []ShardStatus `json:"shards"`
-	Peers        []PeerStatus  `json:"peers"`
+	// Bulk (with Config.BulkListen): the bulk listener and the averaging
+	// transfers it moved to direct connections or left on libp2p.
+	Bulk   *BulkStatus   `json:"bulk,omitempty"`
+	Shards []ShardStatus `json:"shards"`
+	Peers  []PeerStatus  `json:"peers"`
 	// Credit is this node's credited work: the samples its receipts back.
 	Credit credit.Totals `json:"credit"`
 }
@@ -115,6 +125,10 @@ func (t *Trainer) Status() Status {
 	if !t.sync() {
 		st.OuterTraffic = &OuterTraffic{DeltaRounds: mt.deltaRounds.Load(), DeltaBytes: mt.deltaBytes.Load(),
 			StateRounds: mt.stateRounds.Load(), StateBytes: mt.stateBytes.Load(), Values: int(mt.deltaValues.Load())}
+	}
+	if t.bulk != nil {
+		up, stayed := t.bulk.Stats()
+		st.Bulk = &BulkStatus{Listen: t.bulk.Addr().String(), Transfers: up, OnLibp2p: stayed}
 	}
 	if wall > 0 {
 		st.Utilization = busy / wall

@@ -103,6 +103,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/bulk"
 	"github.com/swarm-train/swarm/internal/clock"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/internal/sparseq"
@@ -147,6 +148,11 @@ type Config struct {
 	// the pipeline at once, at most MaxInFlight (0: adapt it to the
 	// pipeline's round trip, between 2 and 8; see flightCtl).
 	InFlight int
+	// BulkListen, if set, is the TCP address ("host:port") of a bulk
+	// listener (internal/bulk): averaging transfers between peers that
+	// both have one go over direct AES-GCM connections, not libp2p
+	// streams. The trainer owns it.
+	BulkListen string
 	// HopTimeout bounds one micro-batch's trip from a stage to the end of
 	// the pipeline and back (0: 20s).
 	HopTimeout time.Duration
@@ -231,6 +237,7 @@ type Trainer struct {
 	gossip  *progress.Gossip
 	states  *statesync.Server
 	avg     *averaging.Averager
+	bulk    *bulk.Service // nil without Config.BulkListen
 	flops   []float64
 	clk     clock.Clock
 
@@ -372,6 +379,12 @@ func New(cfg Config) (*Trainer, error) {
 			return nil, fmt.Errorf("trainer: averaging.delta_bits: %w", err)
 		}
 	}
+	if cfg.BulkListen != "" {
+		if t.bulk, err = bulk.New(t.h, bulk.Config{Listen: cfg.BulkListen, Logger: cfg.Logger}); err != nil {
+			return nil, fmt.Errorf("trainer: %w", err)
+		}
+		cfg.Logger.Info("bulk listener for averaging transfers", "addr", t.bulk.Addr())
+	}
 	t.avg, err = averaging.New(t.h, averaging.Config{
 		Peers:           t.averagingPeers,
 		TargetGroupSize: m.Averaging.GroupSize,
@@ -389,12 +402,15 @@ func New(cfg Config) (*Trainer, error) {
 		AuditRate:       m.Averaging.AuditRate,
 		LieAsReducer:    t.faults[FaultReduceLie],
 		OnAccusation:    t.reducerLied,
+		Bulk:            t.bulk,
 	})
 	if err != nil {
+		t.closeBulk()
 		return nil, fmt.Errorf("trainer: averaging: %w", err)
 	}
 	if t.gossip, err = progress.NewGossip(t.h, t.runID, t.tracker, t.record, cfg.Logger); err != nil {
 		_ = t.avg.Close()
+		t.closeBulk()
 		return nil, fmt.Errorf("trainer: %w", err)
 	}
 	t.gossip.SetClock(clk)
@@ -411,6 +427,10 @@ func New(cfg Config) (*Trainer, error) {
 		t.states.CorruptChunks()
 	}
 	if err := t.startCredit(); err != nil {
+		t.gossip.Close()
+		t.states.Close()
+		_ = t.avg.Close()
+		t.closeBulk()
 		return nil, fmt.Errorf("trainer: credit: %w", err)
 	}
 	t.stage.credit = t.credit
@@ -423,6 +443,12 @@ func (t *Trainer) sync() bool { return syncMode(t.m) }
 // matchWindow keeps matchmaking short next to the averaging timeout.
 func matchWindow(m *run.Manifest) time.Duration {
 	return min(time.Second, time.Duration(m.Averaging.TimeoutMS)*time.Millisecond/3)
+}
+
+func (t *Trainer) closeBulk() {
+	if t.bulk != nil {
+		_ = t.bulk.Close()
+	}
 }
 
 // Close stops the trainer and removes its protocol handlers. It is idempotent.
@@ -446,6 +472,7 @@ func (t *Trainer) Close() error {
 		t.gossip.Close()
 		t.states.Close()
 		_ = t.avg.Close()
+		t.closeBulk()
 		t.mu.Lock()
 		if t.shard != nil {
 			_ = t.shard.Close()

@@ -44,6 +44,7 @@ import (
 	"github.com/multiformats/go-multiaddr"
 
 	"github.com/swarm-train/swarm/averaging"
+	"github.com/swarm-train/swarm/internal/bulk"
 )
 
 func main() {
@@ -192,6 +193,8 @@ type roundOut struct {
 	Audits   int     `json:"audits,omitempty"`
 	Audited  bool    `json:"audited,omitempty"`
 	Accused  int     `json:"accused,omitempty"`
+	Bulk     int64   `json:"bulk,omitempty"`   // transfers upgraded to bulk connections, both sides
+	Stayed   int64   `json:"stayed,omitempty"` // transfers offered bulk that stayed on libp2p
 	Err      string  `json:"err,omitempty"`
 }
 
@@ -210,6 +213,7 @@ func cmdPeer(args []string) error {
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
 	auditRate := fs.Float64("audit-rate", 0, "reducer audits: share of rounds audited (0: every round)")
 	profile := fs.String("cpuprofile", "", "peer 0 writes a CPU profile of its rounds after the first here")
+	useBulk := fs.Bool("bulk", true, "carry transfers on direct TCP connections (internal/bulk) instead of libp2p streams")
 	_ = fs.Parse(args)
 	ports, err := parsePorts(*portList)
 	if err != nil || len(ports) != *n {
@@ -247,9 +251,16 @@ func cmdPeer(args []string) error {
 	if err != nil {
 		return err
 	}
+	var bs *bulk.Service
+	if *useBulk {
+		if bs, err = bulk.New(h, bulk.Config{Listen: "127.0.0.1:0"}); err != nil {
+			return err
+		}
+		defer bs.Close()
+	}
 	a, err := averaging.New(h, averaging.Config{
 		Peers:           func(context.Context, string) []peer.ID { return ids },
-		TargetGroupSize: *n, MinGroupSize: *n,
+		TargetGroupSize: *n, MinGroupSize: *n, Bulk: bs,
 		MatchWindow: 3 * time.Second, MatchTimeout: 60 * time.Second, RequestTimeout: 500 * time.Millisecond,
 		AllreduceTimeout: 5 * time.Minute, SenderTimeout: time.Minute,
 		Compression: c, Aggregation: ag, NormK: *normK, AuditParts: *audit, AuditRate: *auditRate,
@@ -289,6 +300,9 @@ func cmdPeer(args []string) error {
 		}
 		if r == *rounds {
 			out.MaxRSS = maxRSSKiB()
+		}
+		if bs != nil {
+			out.Bulk, out.Stayed = bs.Stats()
 		}
 		if err := enc.Encode(out); err != nil {
 			return err
@@ -423,11 +437,13 @@ func cmdRun(args []string) error {
 	audit := fs.Int("audit", 0, "reducer audits: parts each member re-computes per round (0: off)")
 	auditRate := fs.Float64("audit-rate", 0, "reducer audits: share of rounds audited (0: every round)")
 	profile := fs.String("cpuprofile", "", "write peer 0's CPU profile (rounds after the first) to this file")
+	useBulk := fs.Bool("bulk", true, "carry transfers on direct TCP connections (internal/bulk) instead of libp2p streams")
 	_ = fs.Parse(args)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	outs, err := spawn(ctx, *n, "-mode", "allreduce", "-mib", fmt.Sprint(*mib), "-rounds", fmt.Sprint(*rounds),
-		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-audit-rate", fmt.Sprint(*auditRate), "-cpuprofile", *profile)
+		"-codec", *codec, "-agg", *agg, "-norm-k", fmt.Sprint(*normK), "-audit", fmt.Sprint(*audit), "-audit-rate", fmt.Sprint(*auditRate), "-cpuprofile", *profile,
+		"-bulk="+fmt.Sprint(*useBulk))
 	if err != nil {
 		return err
 	}
@@ -441,6 +457,7 @@ func cmdRun(args []string) error {
 	minFrac := 1.0
 	var sent int64
 	audits, accused := 0, 0
+	var bulkN, stayedN int64  // over all rounds (each peer's last report is its total)
 	audited := map[int]bool{} // rounds some peer audited
 	var errs []error          // every peer's, not only the first: one peer's failure often causes the others'
 	for _, o := range outs {
@@ -464,6 +481,8 @@ func cmdRun(args []string) error {
 		minFrac = math.Min(minFrac, o.Fraction)
 		if o.Round == *rounds {
 			sent = max(sent, o.Sent)
+			bulkN += o.Bulk
+			stayedN += o.Stayed
 		}
 	}
 	var times, cpus, flts []float64
@@ -487,7 +506,8 @@ func cmdRun(args []string) error {
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
 		"n": *n, "mib": *mib, "codec": *codec, "agg": *agg, "norm_k": *normK, "audit": *audit, "audit_rate": *auditRate, "audits": audits, "audited_rounds": len(audited), "cpu_mean_s": cpuMean, "time_mean_s": timeMean,
 		"accused": accused, "rounds": len(times), "time_s": t, "times_s": times, "cpu_s": median(cpus), "cpus_s": cpus,
-		"minflt":      median(flts),
+		"minflt":         median(flts),
+		"transfers_bulk": bulkN, "transfers_libp2p": stayedN,
 		"busbw_mibps": busbw / (1 << 20), "fraction_min": minFrac, "peak_rss_mib": float64(rss) / 1024,
 		"rss_over_vector": float64(rss) * 1024 / size, "max_sent_mib": float64(sent) / (1 << 20),
 	})

@@ -1,0 +1,466 @@
+package bulk
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
+
+	"github.com/swarm-train/swarm/internal/testutil"
+)
+
+const testProto = protocol.ID("/swarm/bulk-test/1.0.0")
+
+// echoPeer serves testProto: it accepts the upgrade, reads everything and
+// sends it back, and records what type of stream it served and any error.
+type echoPeer struct {
+	h   host.Host
+	svc *Service
+	mu  sync.Mutex
+	got []string // "bulk" or "libp2p" per transfer, or "error: …"
+}
+
+func (e *echoPeer) kinds() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.got...)
+}
+
+func (e *echoPeer) note(s string) {
+	e.mu.Lock()
+	e.got = append(e.got, s)
+	e.mu.Unlock()
+}
+
+func newEchoPeer(t *testing.T, cfg Config) *echoPeer {
+	t.Helper()
+	e := &echoPeer{h: testutil.Host(t)}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	svc, err := New(e.h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	e.svc = svc
+	e.h.SetStreamHandler(testProto, func(st network.Stream) {
+		defer st.Reset()
+		s, err := e.svc.Accept(st)
+		if err != nil {
+			e.note("error: " + err.Error())
+			return
+		}
+		defer s.Close()
+		_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+		data, err := io.ReadAll(s)
+		if err != nil {
+			e.note("error: " + err.Error())
+			return
+		}
+		if _, err := s.Write(data); err != nil {
+			e.note("error: " + err.Error())
+			return
+		}
+		if err := s.CloseWrite(); err != nil {
+			e.note("error: " + err.Error())
+			return
+		}
+		e.note(kind(s))
+	})
+	return e
+}
+
+func kind(s Stream) string {
+	if _, ok := s.(*Conn); ok {
+		return "bulk"
+	}
+	return "libp2p"
+}
+
+func newDialer(t *testing.T, cfg Config) (host.Host, *Service) {
+	t.Helper()
+	h := testutil.Host(t)
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	svc, err := New(h, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = svc.Close() })
+	return h, svc
+}
+
+// echo sends data through peer e and returns what came back and the kind
+// of stream the dialer used.
+func echo(t *testing.T, h host.Host, svc *Service, e *echoPeer, data []byte) ([]byte, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := h.NewStream(ctx, e.h.ID(), testProto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Reset()
+	s, err := svc.Upgrade(ctx, st)
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	defer s.Reset()
+	_ = s.SetDeadline(time.Now().Add(20 * time.Second))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s.Write(data)
+		if err == nil {
+			err = s.CloseWrite()
+		}
+		errc <- err
+	}()
+	back, err := io.ReadAll(s)
+	if err != nil {
+		t.Fatalf("read back: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	return back, kind(s)
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+func TestTransferOverBulk(t *testing.T) {
+	e := newEchoPeer(t, Config{})
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, e.h)
+	for _, n := range []int{0, 1, MaxRecord - 1, MaxRecord, MaxRecord + tagLen, 3*MaxRecord + 7, 5 << 20} {
+		data := random(n)
+		back, k := echo(t, h, svc, e, data)
+		if k != "bulk" {
+			t.Fatalf("%d bytes: dialer used %s, want bulk", n, k)
+		}
+		if !bytes.Equal(back, data) {
+			t.Fatalf("%d bytes: %d came back, not the same", n, len(back))
+		}
+	}
+	testutil.Eventually(t, 10*time.Second, func() string { return strings.Join(e.kinds(), ",") }, func() bool { return len(e.kinds()) == 7 })
+	for _, k := range e.kinds() {
+		if k != "bulk" {
+			t.Fatalf("listener served %v, want bulk each time", e.kinds())
+		}
+	}
+}
+
+// A peer whose bulk port cannot be dialled is served on the libp2p stream,
+// and is not dialled again until RetryAfter.
+func TestFallbackWhenPortUnreachable(t *testing.T) {
+	e := newEchoPeer(t, Config{})
+	_ = e.svc.l.Close() // the port answers nothing, as one not forwarded
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, e.h)
+	data := random(1 << 20)
+	for i := range 2 {
+		back, k := echo(t, h, svc, e, data)
+		if k != "libp2p" || !bytes.Equal(back, data) {
+			t.Fatalf("transfer %d: kind %s, %d bytes back", i, k, len(back))
+		}
+	}
+	svc.mu.Lock()
+	_, remembered := svc.failed[e.h.ID()]
+	svc.mu.Unlock()
+	if !remembered {
+		t.Fatal("the unreachable peer was not remembered")
+	}
+	testutil.Eventually(t, 10*time.Second, func() string { return strings.Join(e.kinds(), ",") }, func() bool { return len(e.kinds()) == 2 })
+}
+
+// Beyond MaxPending tickets, a listener keeps transfers on libp2p.
+func TestPendingBound(t *testing.T) {
+	e := newEchoPeer(t, Config{MaxPending: 1})
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, e.h)
+	// Take the only slot with an offer that never dials.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.NewStream(ctx, e.h.ID(), testProto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Reset()
+	offer := append([]byte{version, 1}, random(secretLen)...)
+	if _, err := st.Write(offer); err != nil {
+		t.Fatal(err)
+	}
+	var ans [1]byte
+	if _, err := io.ReadFull(st, ans[:]); err != nil || ans[0] != 1 {
+		t.Fatalf("first offer: answer %d, %v", ans[0], err)
+	}
+	data := random(100 << 10)
+	back, k := echo(t, h, svc, e, data)
+	if k != "libp2p" || !bytes.Equal(back, data) {
+		t.Fatalf("with the slot taken: kind %s, %d bytes back", k, len(back))
+	}
+}
+
+// Offers that break the handshake are errors that name what was wrong.
+func TestBadOffers(t *testing.T) {
+	cases := []struct {
+		name  string
+		offer []byte
+		want  string
+	}{
+		{"version", []byte{2, 1}, "offer version 2, want 1"},
+		{"want", []byte{1, 7}, "offer want 7"},
+		{"short secret", []byte{1, 1, 5, 5}, "read offer"},
+		{"confirmation", append(append([]byte{1, 1}, make([]byte, secretLen)...), 9), "confirmation 9"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEchoPeer(t, Config{HandshakeTimeout: time.Second})
+			h := testutil.Host(t)
+			testutil.Connect(t, h, e.h)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			st, err := h.NewStream(ctx, e.h.ID(), testProto)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Reset()
+			if _, err := st.Write(c.offer); err != nil {
+				t.Fatal(err)
+			}
+			_ = st.CloseWrite()
+			testutil.Eventually(t, 10*time.Second, testutil.Says("the listener's error"), func() bool { return len(e.kinds()) == 1 })
+			if got := e.kinds()[0]; !strings.Contains(got, c.want) {
+				t.Fatalf("listener: %q, want it to name %q", got, c.want)
+			}
+		})
+	}
+}
+
+// Connections to the bulk port without a valid ticket are closed; beyond
+// MaxHandshakes they are closed at once.
+func TestTicketsAndHandshakeSlots(t *testing.T) {
+	e := newEchoPeer(t, Config{HandshakeTimeout: time.Second, MaxHandshakes: 2})
+	addr := e.svc.Addr().String()
+	closedByPeer := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+	}
+	// An unknown ticket.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, _ = c.Write(random(ticketLen))
+	if !closedByPeer(c) {
+		t.Fatal("a connection with an unknown ticket stayed open")
+	}
+	// Two silent connections hold both slots until HandshakeTimeout; a third
+	// is closed at once.
+	var silent []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("both slots taken"), func() bool { return len(e.svc.hs) == 2 })
+	start := time.Now()
+	third, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	if !closedByPeer(third) {
+		t.Fatal("a connection beyond MaxHandshakes stayed open")
+	}
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Fatalf("the connection beyond MaxHandshakes waited %v, as if it had a slot", d)
+	}
+	for _, c := range silent {
+		if !closedByPeer(c) {
+			t.Fatal("a silent connection outlived HandshakeTimeout")
+		}
+	}
+}
+
+// tcpPair is the two ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	l, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch := make(chan *net.TCPConn, 1)
+	go func() {
+		c, _ := l.AcceptTCP()
+		ch <- c
+	}()
+	a, err := net.DialTCP("tcp", nil, l.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := <-ch
+	if b == nil {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { _ = a.Close(); _ = b.Close() })
+	return a, b
+}
+
+var k1, k2 = bytes.Repeat([]byte{1}, 16), bytes.Repeat([]byte{2}, 16)
+
+// record seals p as record ctr with key k, as a Conn writes it.
+func record(t testing.TB, k []byte, ctr uint64, p []byte, flags uint32) []byte {
+	t.Helper()
+	g, err := newGCM(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr := binary.BigEndian.AppendUint32(nil, uint32(len(p))|flags)
+	return g.Seal(hdr, nonce(ctr), p, hdr)
+}
+
+// The record reader refuses what a hostile or broken peer sends, with an
+// error that names it, before reading any declared body.
+func TestRecordErrors(t *testing.T) {
+	good := record(t, k1, 0, []byte("hello"), 0)
+	cases := []struct {
+		name string
+		raw  []byte
+		want error
+		msg  string
+	}{
+		{"oversize", binary.BigEndian.AppendUint32(nil, MaxRecord+1), ErrRecord, "declares 262145 bytes, limit 262144"},
+		{"tampered", func() []byte { b := bytes.Clone(good); b[6] ^= 1; return b }(), ErrRecord, "record 0 fails authentication"},
+		{"header tampered", func() []byte {
+			b := record(t, k1, 0, make([]byte, 8), 0)
+			binary.BigEndian.PutUint32(b, 7) // one byte less: the tag no longer matches
+			return b
+		}(), ErrRecord, "fails authentication"},
+		{"replayed", append(bytes.Clone(good), good...), ErrRecord, "record 1 fails authentication"},
+		{"reordered", append(record(t, k1, 1, []byte("b"), 0), record(t, k1, 0, []byte("a"), 0)...), ErrRecord, "record 0 fails authentication"},
+		{"other direction's key", record(t, k2, 0, []byte("x"), 0), ErrRecord, "fails authentication"},
+		{"end with data", record(t, k1, 0, []byte("x"), finBit), ErrRecord, "end record 0 carries 1 bytes"},
+		{"cut without end", good, ErrTruncated, "without an end record"},
+		{"cut mid-record", good[:len(good)-3], ErrTruncated, "without an end record"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			a, b := tcpPair(t)
+			conn, err := newConn(b, "", k2, k1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Reset()
+			go func() {
+				_, _ = a.Write(c.raw)
+				_ = a.CloseWrite()
+			}()
+			_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err = io.ReadAll(conn)
+			if !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("got %v, want %v naming %q", err, c.want, c.msg)
+			}
+			// Sticky: the stream is out of step after an error.
+			if _, err2 := conn.Read(make([]byte, 10)); err2 == nil {
+				t.Fatal("a read after the error succeeded")
+			}
+		})
+	}
+}
+
+// An end record gives io.EOF once every record before it is read, and a
+// reset peer's reads fail.
+func TestEndAndReset(t *testing.T) {
+	a, b := tcpPair(t)
+	ca, _ := newConn(a, "", k1, k2)
+	cb, _ := newConn(b, "", k2, k1)
+	defer ca.Reset()
+	defer cb.Reset()
+	go func() {
+		_, _ = ca.Write([]byte("one"))
+		_, _ = ca.Write([]byte("two"))
+		_ = ca.CloseWrite()
+	}()
+	got, err := io.ReadAll(cb)
+	if err != nil || string(got) != "onetwo" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	if _, err := ca.Write([]byte("late")); err == nil {
+		t.Fatal("a write after CloseWrite succeeded")
+	}
+	// The other way: b resets while a reads.
+	done := make(chan error, 1)
+	go func() {
+		_ = ca.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.ReadAll(ca)
+		done <- err
+	}()
+	_, _ = cb.Write([]byte("partial"))
+	_ = cb.Reset()
+	if err := <-done; err == nil {
+		t.Fatal("a reset peer's stream read to a clean end")
+	}
+}
+
+// fuzzConn serves fixed bytes as the connection under a Conn.
+type fuzzConn struct {
+	net.Conn // nil: only Read, Write, Close and CloseWrite are used
+	r        *bytes.Reader
+}
+
+func (f *fuzzConn) Read(p []byte) (int, error)  { return f.r.Read(p) }
+func (f *fuzzConn) Write(p []byte) (int, error) { return len(p), nil }
+func (f *fuzzConn) Close() error                { return nil }
+func (f *fuzzConn) CloseWrite() error           { return nil }
+
+// FuzzRecords feeds arbitrary bytes to the record reader: it never panics,
+// never returns more than the input's authentic records hold, and ends in an
+// error or io.EOF.
+func FuzzRecords(f *testing.F) {
+	f.Add(record(f, k1, 0, []byte("hello"), 0))
+	f.Add(append(record(f, k1, 0, []byte("a"), 0), record(f, k1, 1, nil, finBit)...))
+	f.Add(binary.BigEndian.AppendUint32(nil, 1<<31-1))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := newConn(&fuzzConn{r: bytes.NewReader(in)}, "", k2, k1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Reset()
+		out, err := io.ReadAll(c)
+		if err == nil && len(out) > 0 {
+			// A clean end needs an authentic end record: the input must
+			// hold at least one record's overhead per record read.
+			if len(in) < len(out)+2*(headerLen+tagLen) {
+				t.Fatalf("%d bytes read cleanly from %d bytes of input", len(out), len(in))
+			}
+		}
+		if len(out) > len(in) {
+			t.Fatalf("%d bytes out of %d in", len(out), len(in))
+		}
+	})
+}
