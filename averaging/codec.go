@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/swarm-train/swarm/internal/bf16"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
@@ -257,15 +258,7 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 
 // firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
 // A float32 is not finite exactly when its exponent bits are all ones.
-func firstNonFinite(v []float32) int {
-	const exp = 0x7f800000
-	for i, x := range v {
-		if math.Float32bits(x)&exp == exp {
-			return i
-		}
-	}
-	return -1
-}
+func firstNonFinite(v []float32) int { return fvec.FirstNonFinite(v) }
 
 var halfTab = sync.OnceValue(func() *[1 << 16]float32 {
 	var t [1 << 16]float32

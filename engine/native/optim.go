@@ -6,6 +6,7 @@ import (
 
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/engine/native/kernels"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -92,11 +93,4 @@ func (s *Shard) firstNonFiniteGrad() int {
 	return -1
 }
 
-func firstNonFinite(x []float32) int {
-	for i, v := range x {
-		if v-v != 0 { // NaN or ±Inf
-			return i
-		}
-	}
-	return -1
-}
+func firstNonFinite(x []float32) int { return fvec.FirstNonFinite(x) }

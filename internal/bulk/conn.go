@@ -171,8 +171,8 @@ func (c *Conn) CloseWrite() error {
 }
 
 // Read returns plaintext in order. A record is authenticated whole before
-// any of it is returned; where p holds a whole record the ciphertext is read
-// into p and opened there, without a copy.
+// any of it is returned; where p holds a whole record's plaintext it is
+// opened straight into p, without a copy.
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
@@ -227,18 +227,20 @@ func (c *Conn) readRecord(p []byte) (int, error) {
 	case fin && n != 0:
 		return 0, fmt.Errorf("%w: end record %d carries %d bytes", ErrRecord, c.rctr, n)
 	}
-	into := buf[headerLen : headerLen+n+tagLen]
-	direct := len(p) >= n+tagLen && n > 0
-	if direct {
-		into = p[:n+tagLen]
-	}
-	if _, err := io.ReadFull(c.c, into); err != nil {
+	ct := buf[headerLen : headerLen+n+tagLen]
+	if _, err := io.ReadFull(c.c, ct); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return 0, ErrTruncated
 		}
 		return 0, err
 	}
-	if _, err := c.open.Open(into[:0], nonce(c.rctr), into, hdr); err != nil {
+	// Opened straight into p where the record fits; else in place.
+	direct := len(p) >= n && n > 0
+	dst := ct[:0]
+	if direct {
+		dst = p[:0]
+	}
+	if _, err := c.open.Open(dst, nonce(c.rctr), ct, hdr); err != nil {
 		return 0, fmt.Errorf("%w: record %d fails authentication", ErrRecord, c.rctr)
 	}
 	c.rctr++

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Averaging benchmarks: multi-process all-reduce on 127.0.0.1 (TCP, libp2p's
-# default encryption, yamux), libp2p point-to-point stream throughput in the
+# default encryption, yamux: a node's default, -bulk=false; the gloo section
+# measures bulk connections), libp2p point-to-point stream throughput in the
 # same run, matchmaking time for 64 peers, and peak RSS. Prints one Markdown
 # section on stdout (scripts/bench.sh stamps it into BENCHMARKS.md).
 set -euo pipefail
@@ -26,7 +27,7 @@ p2p_med=$(printf '%s\n' "${p2p[@]}" | sort -g | awk '{a[NR]=$1} END {print a[int
 rows=()
 run() { # n mib codec rounds [aggregation [norm-k [audit-parts [audit-rate]]]]
   local out
-  out=$("$arb" run -n "$1" -mib "$2" -codec "$3" -rounds "$4" -agg "${5:-mean}" -norm-k "${6:-0}" -audit "${7:-0}" -audit-rate "${8:-0}")
+  out=$("$arb" run -n "$1" -mib "$2" -codec "$3" -rounds "$4" -agg "${5:-mean}" -norm-k "${6:-0}" -audit "${7:-0}" -audit-rate "${8:-0}" -bulk=false)
   rows+=("$(python3 - "$out" "$p2p_med" <<'PY'
 import json, sys
 d, p2p = json.loads(sys.argv[1]), float(sys.argv[2])

@@ -182,6 +182,7 @@ func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, ls *loopState
 				"close_s", e.closed.Sub(e.began).Seconds(), "clip_s", e.clip.Seconds(), "total_s", t.clk.Since(e.began).Seconds())
 		}
 		t.reopen(e.sh, act.Epoch)
+		t.putGradBuf(e.local)
 		*e = epochEnd{}
 		t.maybeCheckpoint()
 	case epochs.OuterStep:
@@ -282,7 +283,7 @@ func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 			grads[i] *= inv
 		}
 	}
-	e.local = append([]float32(nil), grads...)
+	e.local = append(t.gradBuf(len(grads)), grads...)
 	sh.ZeroGrad()
 	t.stepMu.Unlock()
 	return ev
@@ -312,7 +313,8 @@ func (t *Trainer) detach(ctx context.Context, act epochs.Action, ls *loopState) 
 func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEnd) epochs.Event {
 	start := t.clk.Now()
 	actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
-	vec := append([]float32(nil), e.local...)
+	vec := append(t.gradBuf(len(e.local)), e.local...)
+	defer func() { t.putGradBuf(vec) }() // the buffer not kept in e.local
 	t.lieGradient(vec)
 	abort, stopWatch := t.watchAbort(actx)
 	opts := []averaging.StepOption{averaging.WithGroupSize(act.Group), averaging.WithAbort(abort)}
@@ -328,7 +330,7 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	}
 	switch {
 	case err == nil && finite(vec):
-		copy(e.local, vec)
+		e.local, vec = vec, e.local // the averaged gradient, without a copy
 		e.info = avgInfo{Round: act.Epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
 		ev.OK, ev.Group = true, len(res.Members)
 		for _, p := range res.Members {
@@ -457,7 +459,13 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 		t.norms = t.norms[len(t.norms)-progress.MaxNorms:]
 	}
 	t.mu.Unlock()
-	t.gossip.Poke()
+	// The norm goes out with the record of the reopen that follows the
+	// step (the other shards read it in the next epoch: ClipReports);
+	// publishing it now as well would cost every node a record (a
+	// signature and its checks) an epoch and hold the reopen's record
+	// back by the gossip's least gap. Only a wait below publishes it at
+	// once: a shard waited for may be waiting for this one's.
+	poked := false
 	deadline := t.clk.Now().Add(time.Duration(t.m.Averaging.TimeoutMS) * time.Millisecond)
 	// With delayed updates a holder one epoch past this one may still
 	// have this epoch's round in flight: its norm is on its way.
@@ -473,6 +481,10 @@ func (t *Trainer) clipScale(ctx context.Context, index int, epoch uint64, own fl
 				t.log.Debug("clipping without every shard's gradient norm", "epoch", epoch, "shards_known", len(known)+1)
 			}
 			break
+		}
+		if !poked {
+			poked = true
+			t.gossip.Poke()
 		}
 		timer := t.clk.NewTimer(t.clk.Until(deadline))
 		select {

@@ -92,7 +92,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -105,6 +104,7 @@ import (
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/bulk"
 	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/internal/sparseq"
 	"github.com/swarm-train/swarm/spec/run"
@@ -321,6 +321,9 @@ type Trainer struct {
 	// accum keeps the open epoch's gradient aside during a delayed step
 	// (stepMu).
 	accum []float32
+	// gradient buffers reused across epochs (gradBuf)
+	bufMu sync.Mutex
+	bufs  [][]float32
 	// delayedSteps counts the steps of rounds that averaged while the
 	// next epoch computed (t.mu).
 	delayedSteps int
@@ -610,11 +613,32 @@ func (t *Trainer) randDur(d time.Duration) time.Duration {
 }
 
 // finite reports whether every value is finite.
-func finite(v []float32) bool {
-	for _, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return false
+func finite(v []float32) bool { return fvec.AllFinite(v) }
+
+// gradBuf returns an empty buffer with room for n values for an epoch's
+// gradient (closeFor, averageGrad), reused across epochs: two of a shard's
+// size an epoch would otherwise be allocated, cleared and collected.
+func (t *Trainer) gradBuf(n int) []float32 {
+	t.bufMu.Lock()
+	defer t.bufMu.Unlock()
+	for i := len(t.bufs) - 1; i >= 0; i-- {
+		if b := t.bufs[i]; cap(b) >= n {
+			t.bufs = append(t.bufs[:i], t.bufs[i+1:]...)
+			return b[:0]
 		}
 	}
-	return true
+	return make([]float32, 0, n)
+}
+
+// putGradBuf gives back a buffer gradBuf returned (nil: nothing); its
+// holder must not use it again.
+func (t *Trainer) putGradBuf(b []float32) {
+	if cap(b) == 0 {
+		return
+	}
+	t.bufMu.Lock()
+	if len(t.bufs) < 4 {
+		t.bufs = append(t.bufs, b[:0])
+	}
+	t.bufMu.Unlock()
 }
