@@ -238,11 +238,7 @@ func (s *Shard) GradNormSq() float64 {
 	parts := make([]float64, (len(s.grads)+chunk-1)/chunk)
 	forRange(s.threads, len(parts), 1, func(lo, hi int) {
 		for p := lo; p < hi; p++ {
-			var acc float64
-			for _, v := range s.grads[p*chunk : min((p+1)*chunk, len(s.grads))] {
-				acc += float64(v) * float64(v)
-			}
-			parts[p] = acc
+			parts[p] = sumSq(s.grads[p*chunk : min((p+1)*chunk, len(s.grads))])
 		}
 	})
 	var sum float64
@@ -250,6 +246,24 @@ func (s *Shard) GradNormSq() float64 {
 		sum += v
 	}
 	return sum
+}
+
+// sumSq is Σ x² in float64, in four independent sums: one chain of
+// additions would wait on each add's latency.
+func sumSq(x []float32) float64 {
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(x); j += 4 {
+		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
+		s0 += a * a
+		s1 += b * b
+		s2 += c * c
+		s3 += d * d
+	}
+	for ; j < len(x); j++ {
+		s0 += float64(x[j]) * float64(x[j])
+	}
+	return (s0 + s1) + (s2 + s3)
 }
 
 // StepCount is the number of optimizer steps taken.
