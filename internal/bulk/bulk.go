@@ -9,7 +9,8 @@
 // seal and one write(2) per record, no stream multiplexer and no 16 KiB TLS
 // records in between. Where that connection cannot be made (a relayed peer,
 // a port not forwarded, a peer without a bulk listener, one that has too
-// many pending) the transfer stays on the libp2p stream it began on, and
+// many pending, a bulk port kept busy by strangers) the transfer stays on
+// the libp2p stream it began on, and where the port could not be dialled
 // the dialer does not try that peer again for a while.
 //
 // The handshake on the libp2p stream:
@@ -17,6 +18,7 @@
 //	dialer → listener  offer: version (1), want (0 or 1), and with want 1 the dialer's secret (32 bytes)
 //	listener → dialer  with want 1: answer (0: stay; 1: port (2 bytes), ticket (16), listener's secret (32))
 //	dialer → listener  with answer 1: 1 if its TCP connection is open (it has sent the ticket on it), else 0
+//	listener → dialer  after a 1: 1 if that connection brought the ticket, 0 if none did within the timeout
 //
 // Keys come from both secrets (HKDF-SHA256, salted with the ticket, bound to
 // both peer IDs and the direction), so neither side alone chooses them and
@@ -190,13 +192,16 @@ func (s *Service) takeTicket(c *net.TCPConn) {
 	s.mu.Lock()
 	ch, ok := s.pending[t]
 	delete(s.pending, t)
+	if ok {
+		// Under the lock, so that Accept's forget either finds it in ch
+		// or finds the ticket gone; buffered, and the only send.
+		ch <- c
+	}
 	s.mu.Unlock()
 	if !ok {
 		s.log.Debug("connection with an unknown ticket", "from", c.RemoteAddr())
 		_ = c.Close()
-		return
 	}
-	ch <- c // buffered, and the only send
 }
 
 // dialIP is the IP of a direct connection to a peer, if there is one.
@@ -294,6 +299,26 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 	if _, err := st.Write([]byte{1}); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("bulk: write confirmation: %w", err)
+	}
+	// The listener says whether our connection brought the ticket: a port
+	// whose handshake slots are taken closes connections unread, and then
+	// the transfer stays here rather than failing.
+	_ = st.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout + time.Second))
+	var verdict [1]byte
+	if _, err := io.ReadFull(st, verdict[:]); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("bulk: read verdict: %w", err)
+	}
+	switch verdict[0] {
+	case 0:
+		_ = nc.Close()
+		s.log.Debug("bulk connection not taken; staying on libp2p", "peer", to)
+		s.stayed.Add(1)
+		return st, nil
+	case 1:
+	default:
+		_ = nc.Close()
+		return nil, fmt.Errorf("%w: verdict %d, want 0 or 1", ErrHandshake, verdict[0])
 	}
 	d2l, l2d := keys(mine, theirs, ticket[:], s.h.ID(), to)
 	c, err := newConn(nc.(*net.TCPConn), to, d2l, l2d)
@@ -394,9 +419,22 @@ func (s *Service) Accept(st network.Stream) (Stream, error) {
 	select {
 	case nc = <-ch:
 	case <-t.C:
-		if nc = forget(); nc == nil {
-			return nil, fmt.Errorf("bulk: no connection brought the ticket within %v", s.cfg.HandshakeTimeout)
+		nc = forget()
+	}
+	_ = st.SetWriteDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	if nc == nil {
+		// Our handshake slots were taken, or the connection was lost: the
+		// transfer stays on the stream.
+		s.log.Debug("no connection brought the ticket; staying on libp2p", "peer", from, "wait", s.cfg.HandshakeTimeout)
+		if _, err := st.Write([]byte{0}); err != nil {
+			return nil, fmt.Errorf("bulk: write verdict: %w", err)
 		}
+		s.stayed.Add(1)
+		return st, nil
+	}
+	if _, err := st.Write([]byte{1}); err != nil {
+		_ = nc.Close()
+		return nil, fmt.Errorf("bulk: write verdict: %w", err)
 	}
 	d2l, l2d := keys(theirs, mine, ticket[:], from, s.h.ID())
 	c, err := newConn(nc, from, l2d, d2l)

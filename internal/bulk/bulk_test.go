@@ -516,3 +516,28 @@ func BenchmarkConn(b *testing.B) {
 		}
 	}
 }
+
+// Strangers holding every handshake slot of a bulk port cannot fail a
+// transfer: the listener tells the dialer its connection was not taken, and
+// the transfer stays on the libp2p stream.
+func TestBusyPortFallsBack(t *testing.T) {
+	e := newEchoPeer(t, Config{MaxHandshakes: 1, HandshakeTimeout: time.Second})
+	idle, err := net.Dial("tcp", e.svc.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the stranger holds the slot"), func() bool { return len(e.svc.hs) == 1 })
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, e.h)
+	data := random(300 << 10)
+	back, k := echo(t, h, svc, e, data)
+	if k != "libp2p" || !bytes.Equal(back, data) {
+		t.Fatalf("with the port busy: kind %s, %d bytes back", k, len(back))
+	}
+	// Once the stranger's slot has timed out, bulk works again.
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the slot freed"), func() bool { return len(e.svc.hs) == 0 })
+	if back, k := echo(t, h, svc, e, data); k != "bulk" || !bytes.Equal(back, data) {
+		t.Fatalf("after the slot freed: kind %s, %d bytes back", k, len(back))
+	}
+}
