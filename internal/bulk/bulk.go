@@ -333,7 +333,11 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 
 // Accept is the listener's side of Upgrade, on the stream a handler got.
 func (s *Service) Accept(st network.Stream) (Stream, error) {
-	from := st.Conn().RemotePeer()
+	return s.accept(st, st.Conn().RemotePeer())
+}
+
+// accept reads the handshake from st, a stream from peer from.
+func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	defer st.SetDeadline(time.Time{})
 	var head [2]byte

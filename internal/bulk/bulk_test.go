@@ -541,3 +541,45 @@ func TestBusyPortFallsBack(t *testing.T) {
 		t.Fatalf("after the slot freed: kind %s, %d bytes back", k, len(back))
 	}
 }
+
+// fuzzStream is a handshake stream that reads fixed bytes and discards
+// what is written.
+type fuzzStream struct{ r *bytes.Reader }
+
+func (f *fuzzStream) Read(p []byte) (int, error)       { return f.r.Read(p) }
+func (f *fuzzStream) Write(p []byte) (int, error)      { return len(p), nil }
+func (f *fuzzStream) Close() error                     { return nil }
+func (f *fuzzStream) CloseWrite() error                { return nil }
+func (f *fuzzStream) Reset() error                     { return nil }
+func (f *fuzzStream) SetDeadline(time.Time) error      { return nil }
+func (f *fuzzStream) SetReadDeadline(time.Time) error  { return nil }
+func (f *fuzzStream) SetWriteDeadline(time.Time) error { return nil }
+
+// FuzzAccept feeds arbitrary handshakes to the listener: it never panics,
+// never holds a ticket afterwards, and either stays on the stream or
+// returns an error.
+func FuzzAccept(f *testing.F) {
+	h := testutil.Host(f)
+	svc, err := New(h, Config{Listen: "127.0.0.1:0", HandshakeTimeout: time.Millisecond})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { _ = svc.Close() })
+	f.Add([]byte{1, 0})
+	f.Add(append(append([]byte{1, 1}, make([]byte, secretLen)...), 0))
+	f.Add(append(append([]byte{1, 1}, make([]byte, secretLen)...), 1))
+	f.Add([]byte{2, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		fs := &fuzzStream{r: bytes.NewReader(in)}
+		s, err := svc.accept(fs, h.ID())
+		if err == nil && s != Stream(fs) {
+			t.Fatalf("upgraded without a connection: %T", s)
+		}
+		svc.mu.Lock()
+		n := len(svc.pending)
+		svc.mu.Unlock()
+		if n != 0 {
+			t.Fatalf("%d tickets left pending", n)
+		}
+	})
+}
