@@ -225,6 +225,9 @@ func TestSwarmTrainsMNIST(t *testing.T) {
 		t.Errorf("no averaging transfer went over a bulk connection (holders %v)", shardCount)
 	}
 	t.Logf("bulk transfers: %d", bulkTransfers)
+	if human, _, code := swarmCmd(t, s.bin, "status", "--home", filepath.Join(s.dir, bulkNodes[0])); code != 0 || !strings.Contains(human, "bulk transfers") {
+		t.Errorf("%s: human status lacks its bulk transfers:\n%s", bulkNodes[0], human)
+	}
 	t.Logf("swarm: accuracy %.4f in %v, holders per shard %v", acc, time.Since(start).Round(time.Second), shardCount)
 	if shardCount[0] != 2 || shardCount[1] != 2 {
 		t.Errorf("holders per shard %v, want 2 and 2", shardCount)
