@@ -239,8 +239,7 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 		if _, err := st.Write([]byte{version, 0}); err != nil {
 			return nil, fmt.Errorf("bulk: write offer: %w", err)
 		}
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, -1, "")
 	}
 	offer := make([]byte, 2+secretLen)
 	offer[0], offer[1] = version, 1
@@ -257,8 +256,7 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 	}
 	switch ans[0] {
 	case 0:
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, -1, "")
 	case 1:
 	default:
 		return nil, fmt.Errorf("%w: answer %d, want 0 or 1", ErrHandshake, ans[0])
@@ -290,11 +288,7 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 			s.failed[to] = time.Now().Add(s.cfg.RetryAfter)
 		}
 		s.mu.Unlock()
-		if _, err := st.Write([]byte{0}); err != nil {
-			return nil, fmt.Errorf("bulk: write fallback: %w", err)
-		}
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, 0, "fallback")
 	}
 	if _, err := st.Write([]byte{1}); err != nil {
 		_ = nc.Close()
@@ -313,22 +307,14 @@ func (s *Service) Upgrade(ctx context.Context, st network.Stream) (Stream, error
 	case 0:
 		_ = nc.Close()
 		s.log.Debug("bulk connection not taken; staying on libp2p", "peer", to)
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, -1, "")
 	case 1:
 	default:
 		_ = nc.Close()
 		return nil, fmt.Errorf("%w: verdict %d, want 0 or 1", ErrHandshake, verdict[0])
 	}
 	d2l, l2d := keys(mine, theirs, ticket[:], s.h.ID(), to)
-	c, err := newConn(nc.(*net.TCPConn), to, d2l, l2d)
-	if err != nil {
-		_ = nc.Close()
-		return nil, err
-	}
-	_ = st.Close()
-	s.upgraded.Add(1)
-	return c, nil
+	return s.open(st, nc.(*net.TCPConn), to, d2l, l2d)
 }
 
 // Accept is the listener's side of Upgrade, on the stream a handler got.
@@ -368,11 +354,7 @@ func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 	}
 	s.mu.Unlock()
 	if !ok {
-		if _, err := st.Write([]byte{0}); err != nil {
-			return nil, fmt.Errorf("bulk: write answer: %w", err)
-		}
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, 0, "answer")
 	}
 	forget := func() *net.TCPConn {
 		s.mu.Lock()
@@ -408,8 +390,7 @@ func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 		if c := forget(); c != nil {
 			_ = c.Close()
 		}
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, -1, "")
 	case 1:
 	default:
 		if c := forget(); c != nil {
@@ -430,18 +411,31 @@ func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 		// Our handshake slots were taken, or the connection was lost: the
 		// transfer stays on the stream.
 		s.log.Debug("no connection brought the ticket; staying on libp2p", "peer", from, "wait", s.cfg.HandshakeTimeout)
-		if _, err := st.Write([]byte{0}); err != nil {
-			return nil, fmt.Errorf("bulk: write verdict: %w", err)
-		}
-		s.stayed.Add(1)
-		return st, nil
+		return s.stay(st, 0, "verdict")
 	}
 	if _, err := st.Write([]byte{1}); err != nil {
 		_ = nc.Close()
 		return nil, fmt.Errorf("bulk: write verdict: %w", err)
 	}
 	d2l, l2d := keys(theirs, mine, ticket[:], from, s.h.ID())
-	c, err := newConn(nc, from, l2d, d2l)
+	return s.open(st, nc, from, l2d, d2l)
+}
+
+// stay keeps a transfer on st, telling the other side so with the byte b
+// first (none when b < 0); what names the message in an error.
+func (s *Service) stay(st Stream, b int, what string) (Stream, error) {
+	if b >= 0 {
+		if _, err := st.Write([]byte{byte(b)}); err != nil {
+			return nil, fmt.Errorf("bulk: write %s: %w", what, err)
+		}
+	}
+	s.stayed.Add(1)
+	return st, nil
+}
+
+// open moves a transfer from st to the records over nc, with p's keys.
+func (s *Service) open(st Stream, nc *net.TCPConn, p peer.ID, send, recv []byte) (Stream, error) {
+	c, err := newConn(nc, p, send, recv)
 	if err != nil {
 		_ = nc.Close()
 		return nil, err

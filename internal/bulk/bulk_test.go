@@ -196,13 +196,7 @@ func TestPendingBound(t *testing.T) {
 	h, svc := newDialer(t, Config{})
 	testutil.Connect(t, h, e.h)
 	// Take the only slot with an offer that never dials.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	st, err := h.NewStream(ctx, e.h.ID(), testProto)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Reset()
+	st := openTest(t, h, e.h)
 	offer := append([]byte{version, 1}, random(secretLen)...)
 	if _, err := st.Write(offer); err != nil {
 		t.Fatal(err)
@@ -216,6 +210,19 @@ func TestPendingBound(t *testing.T) {
 	if k != "libp2p" || !bytes.Equal(back, data) {
 		t.Fatalf("with the slot taken: kind %s, %d bytes back", k, len(back))
 	}
+}
+
+// openTest opens a testProto stream from h to to, reset when the test ends.
+func openTest(t *testing.T, h, to host.Host) network.Stream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := h.NewStream(ctx, to.ID(), testProto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Reset() })
+	return st
 }
 
 // Offers that break the handshake are errors that name what was wrong.
@@ -235,13 +242,7 @@ func TestBadOffers(t *testing.T) {
 			e := newEchoPeer(t, Config{HandshakeTimeout: time.Second})
 			h := testutil.Host(t)
 			testutil.Connect(t, h, e.h)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			st, err := h.NewStream(ctx, e.h.ID(), testProto)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer st.Reset()
+			st := openTest(t, h, e.h)
 			if _, err := st.Write(c.offer); err != nil {
 				t.Fatal(err)
 			}
