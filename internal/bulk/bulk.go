@@ -5,9 +5,10 @@
 // both peer IDs. On it the two agree on fresh keys and a one-time ticket;
 // the dialer opens a plain TCP connection to the other peer's bulk port at
 // the IP address the libp2p connection already uses, presents the ticket,
-// and the bytes flow in AES-128-GCM records of up to 256 KiB (conn.go): one
-// seal and one write(2) per record, no stream multiplexer and no 16 KiB TLS
-// records in between. Where that connection cannot be made (a relayed peer,
+// and the bytes flow in AES-128-GCM records of up to 512 KiB (conn.go; an
+// averaging part of 128 Ki float32 values is one record): one seal and one
+// write(2) per record, no stream multiplexer and no 16 KiB TLS records in
+// between. Where that connection cannot be made (a relayed peer,
 // a port not forwarded, a peer without a bulk listener, one that has too
 // many pending, a bulk port kept busy by strangers) the transfer stays on
 // the libp2p stream it began on, and where the port could not be dialled

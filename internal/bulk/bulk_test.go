@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -354,7 +355,7 @@ func TestRecordErrors(t *testing.T) {
 		want error
 		msg  string
 	}{
-		{"oversize", binary.BigEndian.AppendUint32(nil, MaxRecord+1), ErrRecord, "declares 262145 bytes, limit 262144"},
+		{"oversize", binary.BigEndian.AppendUint32(nil, MaxRecord+1), ErrRecord, fmt.Sprintf("declares %d bytes, limit %d", MaxRecord+1, MaxRecord)},
 		{"tampered", func() []byte { b := bytes.Clone(good); b[6] ^= 1; return b }(), ErrRecord, "record 0 fails authentication"},
 		{"header tampered", func() []byte {
 			b := record(t, k1, 0, make([]byte, 8), 0)

@@ -16,7 +16,7 @@ import (
 
 // MaxRecord is the most plaintext one record carries. A reader's buffer is
 // this size, whatever a peer declares.
-const MaxRecord = 256 << 10
+const MaxRecord = 512 << 10
 
 const (
 	headerLen = 4

@@ -44,7 +44,7 @@ done
 echo "n processes on 127.0.0.1, all on this machine's $(nproc) cores, $mib MiB of float32, one group of n; time is the"
 echo "slowest peer's all-reduce, median over $((rounds - 1)) (swarm) or $rounds (gloo) measured rounds after a warm-up; busbw ="
 echo "size × 2(n−1)/n ÷ time. Swarm: \`allreduce-bench run -n N -mib $mib -codec none -rounds $rounds -bulk=true|false\` (butterfly,"
-echo "parts of 128 Ki values, every byte encrypted: on bulk connections, TCP with AES-128-GCM records of 256 KiB keyed"
+echo "parts of 128 Ki values, every byte encrypted: on bulk connections, TCP with AES-128-GCM records of 512 KiB keyed"
 echo "through libp2p (internal/bulk); on libp2p streams, libp2p's default security over TCP, yamux). Gloo: \`scripts/gloo_allreduce.py\`"
 echo "(torch $("$py" -c 'import torch; print(torch.__version__)'), \`torch.distributed.all_reduce\`, TCP, unencrypted, 1 torch thread a process)."
 echo "The three alternate per n, in one run."
