@@ -313,7 +313,8 @@ func TestDaemonBadInput(t *testing.T) {
 	}{
 		{"in-flight out of range", append([]string{"node", "--home", filepath.Join(dir, "h5"), "--run", runPath, "--in-flight", "65"}, local...), "--in-flight 65"},
 		{"bulk with an upload cap", append([]string{"node", "--home", filepath.Join(dir, "h6"), "--run", runPath, "--bulk-listen", "127.0.0.1:0", "--max-upload-mbps", "20"}, local...), "--bulk-listen \"127.0.0.1:0\" with --max-upload-mbps 20"},
-		{"bulk listen unusable", append([]string{"node", "--home", filepath.Join(dir, "h7"), "--run", runPath, "--bulk-listen", "127.0.0.1:99999"}, local...), "bulk: listen address \"127.0.0.1:99999\""},
+		{"bulk listen unusable", append([]string{"node", "--home", filepath.Join(dir, "h7"), "--run", runPath, "--bulk-listen", "127.0.0.1:99999"}, local...), "--bulk-listen \"127.0.0.1:99999\""},
+		{"bulk listen without a port", append([]string{"node", "--home", filepath.Join(dir, "h8"), "--run", runPath, "--bulk-listen", "nonsense"}, local...), "--bulk-listen \"nonsense\": want HOST:PORT"},
 		{"corrupt config", append([]string{"node", "--home", cfgHome}, local...), cfgPath},
 		{"corrupt identity", append([]string{"node", "--home", idHome}, local...), idPath},
 		{"unknown flag", []string{"node", "--home", filepath.Join(dir, "h1"), "--no-such-flag"}, "no-such-flag"},

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -132,6 +133,11 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 	l, err := gpuLimits(c)
 	if err != nil {
 		return err
+	}
+	if b := c.String("bulk-listen"); b != "" {
+		if _, err := net.ResolveTCPAddr("tcp", b); err != nil {
+			return fmt.Errorf("--bulk-listen %q: want HOST:PORT (port 0 picks one): %v", b, err)
+		}
 	}
 	if c.String("bulk-listen") != "" && cfg.MaxUploadMbps > 0 {
 		return fmt.Errorf("--bulk-listen %q with --max-upload-mbps %g: the upload cap is kept on libp2p streams, which bulk transfers leave; use one or the other", c.String("bulk-listen"), cfg.MaxUploadMbps)
