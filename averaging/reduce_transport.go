@@ -340,6 +340,9 @@ func (a *Averager) sendTo(ctx context.Context, r *round, j int, weight float64) 
 	var s bulk.Stream = ls
 	if ls.Protocol() == ProtoReduceBulk {
 		if s, err = a.cfg.Bulk.Upgrade(ctx, ls); err != nil {
+			if errors.Is(err, bulk.ErrHandshake) { // the reducer broke the handshake
+				a.refuse(to, ProtoReduce, reasonMalformed, err)
+			}
 			return nil, err
 		}
 	}

@@ -585,3 +585,24 @@ func FuzzAccept(f *testing.F) {
 		}
 	})
 }
+
+// A listener that answers out of protocol is an ErrHandshake on the
+// dialer's side, naming the answer.
+func TestBadAnswer(t *testing.T) {
+	l := testutil.Host(t)
+	l.SetStreamHandler(testProto, func(st network.Stream) {
+		defer st.Reset()
+		offer := make([]byte, 2+secretLen)
+		if _, err := io.ReadFull(st, offer); err == nil {
+			_, _ = st.Write([]byte{7})
+		}
+		_, _ = io.Copy(io.Discard, st)
+	})
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, l)
+	st := openTest(t, h, l)
+	_, err := svc.Upgrade(context.Background(), st)
+	if !errors.Is(err, ErrHandshake) || !strings.Contains(err.Error(), "answer 7") {
+		t.Fatalf("got %v, want ErrHandshake naming answer 7", err)
+	}
+}
