@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 // Robust aggregation. A reducer that averages with the plain weighted mean
@@ -467,24 +469,7 @@ func medianF64(c []float64) float64 {
 }
 
 // l2 is the Euclidean norm of x.
-func l2(x []float32) float64 { return math.Sqrt(sumSquares(x)) }
-
-// sumSquares is Σ x², summed as l2 sums (l2 is its root).
-func sumSquares(x []float32) float64 {
-	var s0, s1, s2, s3 float64
-	j := 0
-	for ; j+4 <= len(x); j += 4 {
-		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
-		s0 += float64(a * a)
-		s1 += float64(b * b)
-		s2 += float64(c * c)
-		s3 += float64(d * d)
-	}
-	for ; j < len(x); j++ {
-		s0 += float64(float64(x[j]) * float64(x[j]))
-	}
-	return (s0 + s1) + (s2 + s3)
-}
+func l2(x []float32) float64 { return math.Sqrt(fvec.SumSquares(x)) }
 
 // copySquares copies src into dst and returns Σ src², summed as l2 sums.
 func copySquares(dst, src []float32) float64 {

@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -477,7 +478,7 @@ func readInputs(r io.Reader, count, n int, pool *vecPool, check func(i int, x []
 			}
 		}
 		if err == nil {
-			if j := firstNonFinite(x); j >= 0 {
+			if j := fvec.FirstNonFinite(x); j >= 0 {
 				err = fmt.Errorf("%w: value %d is %v", errNotFinite, j, x[j])
 			}
 		}

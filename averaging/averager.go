@@ -28,6 +28,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/swarm-train/swarm/internal/bulk"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -633,7 +634,7 @@ func (a *Averager) validateInput(key string, vec []float32, weight float64, c Co
 	case !c.valid():
 		return fmt.Errorf("%w: compression %d", ErrBadInput, c)
 	}
-	if i := firstNonFinite(vec); i >= 0 {
+	if i := fvec.FirstNonFinite(vec); i >= 0 {
 		return fmt.Errorf("%w: vector value %d is %v", ErrBadInput, i, vec[i])
 	}
 	return nil

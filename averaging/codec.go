@@ -250,15 +250,11 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 		}
 	}
-	if i := firstNonFinite(dst); i >= 0 {
+	if i := fvec.FirstNonFinite(dst); i >= 0 {
 		return fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
 	}
 	return nil
 }
-
-// firstNonFinite returns the index of the first NaN or ±Inf in v, or -1.
-// A float32 is not finite exactly when its exponent bits are all ones.
-func firstNonFinite(v []float32) int { return fvec.FirstNonFinite(v) }
 
 var halfTab = sync.OnceValue(func() *[1 << 16]float32 {
 	var t [1 << 16]float32

@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 // span is a contiguous range [Start, End) of the flat vector.
@@ -291,7 +293,7 @@ func (r *reducer) part(s, k int, vals []float32, owned bool, knownSq float64, no
 		case owned && r.opts.NormK > 0 && knownSq >= 0:
 			sq = knownSq
 		case owned && r.opts.NormK > 0:
-			sq = sumSquares(vals)
+			sq = fvec.SumSquares(vals)
 		case owned:
 		case r.opts.NormK > 0:
 			// The norm is taken in the same pass as the copy: one pass less

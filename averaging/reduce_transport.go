@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/swarm-train/swarm/internal/bulk"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/sparseq"
 )
 
@@ -642,7 +643,7 @@ func (a *Averager) serveReduce(from peer.ID, s bulk.Stream) {
 		if f := a.faults.alterInput; f != nil {
 			f(from, k, dst)
 			if sqp != nil {
-				sq = sumSquares(dst) // the values changed since they were read
+				sq = fvec.SumSquares(dst) // the values changed since they were read
 			}
 		}
 		r.mu.Lock()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -155,11 +156,11 @@ func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float
 			return h, buf, err
 		}
 		if sq != nil {
-			*sq = sumSquares(dst)
+			*sq = fvec.SumSquares(dst)
 		}
 		// A finite sum clears every value; otherwise find the culprit.
 		if sq == nil || math.IsNaN(*sq) || math.IsInf(*sq, 0) {
-			if i := firstNonFinite(dst); i >= 0 {
+			if i := fvec.FirstNonFinite(dst); i >= 0 {
 				return h, buf, fmt.Errorf("%w: value %d is %v", errNotFinite, i, dst[i])
 			}
 		}
@@ -177,7 +178,7 @@ func readPart(r io.Reader, want msgType, codec Codec, limit, cb int, dst []float
 		return h, buf, err
 	}
 	if sq != nil {
-		*sq = sumSquares(dst)
+		*sq = fvec.SumSquares(dst)
 	}
 	return h, buf, nil
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 func testPeerID(t testing.TB, seed byte) peer.ID {
@@ -327,8 +329,8 @@ func FuzzReadPart(f *testing.F) {
 			if (serr == nil) != (err == nil) {
 				t.Fatalf("codec %s type %d: readPart says %v, with the norm %v", c, want, err, serr)
 			}
-			if err == nil && (hs.Index != h.Index || !slices.Equal(dsq, dst) || sq != sumSquares(dst)) {
-				t.Fatalf("with the norm: %v with Σ² %v, without %v with Σ² %v", dsq, sq, dst, sumSquares(dst))
+			if err == nil && (hs.Index != h.Index || !slices.Equal(dsq, dst) || sq != fvec.SumSquares(dst)) {
+				t.Fatalf("with the norm: %v with Σ² %v, without %v with Σ² %v", dsq, sq, dst, fvec.SumSquares(dst))
 			}
 
 			ref := make([]float32, 4)

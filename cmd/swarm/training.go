@@ -138,9 +138,9 @@ func attachTraining(c *cli.Context, cfg *node.Config, m *run.Manifest, data *tra
 		if _, err := net.ResolveTCPAddr("tcp", b); err != nil {
 			return fmt.Errorf("--bulk-listen %q: want HOST:PORT (port 0 picks one): %v", b, err)
 		}
-	}
-	if c.String("bulk-listen") != "" && cfg.MaxUploadMbps > 0 {
-		return fmt.Errorf("--bulk-listen %q with --max-upload-mbps %g: the upload cap is kept on libp2p streams, which bulk transfers leave; use one or the other", c.String("bulk-listen"), cfg.MaxUploadMbps)
+		if cfg.MaxUploadMbps > 0 {
+			return fmt.Errorf("--bulk-listen %q with --max-upload-mbps %g: the upload cap is kept on libp2p streams, which bulk transfers leave; use one or the other", b, cfg.MaxUploadMbps)
+		}
 	}
 	if f := c.Int("in-flight"); f < 0 || f > trainer.MaxInFlight {
 		return fmt.Errorf("--in-flight %d: want 1 to %d, or 0 to adapt", f, trainer.MaxInFlight)

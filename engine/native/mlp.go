@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 // mlp is the shard's run of Linear units, ReLU after all but the model's last.
@@ -41,7 +42,7 @@ func (m *mlp) checkBatch(b *engine.Batch, needTargets bool) error {
 		if len(b.X) != b.N*m.widths[0] {
 			return fmt.Errorf("%w: batch X has %d values, want %d×%d", engine.ErrShape, len(b.X), b.N, m.widths[0])
 		}
-		if i := firstNonFinite(b.X); i >= 0 {
+		if i := fvec.FirstNonFinite(b.X); i >= 0 {
 			return fmt.Errorf("%w: batch X[%d] is %g", engine.ErrNonFinite, i, b.X[i])
 		}
 	}

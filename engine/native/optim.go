@@ -82,7 +82,7 @@ func (s *Shard) firstNonFiniteGrad() int {
 	bad := make([]int, parts)
 	forRange(s.threads, parts, 8, func(lo, hi int) {
 		for c := lo; c < hi; c++ {
-			bad[c] = firstNonFinite(s.grads[c*chunk : min((c+1)*chunk, n)])
+			bad[c] = fvec.FirstNonFinite(s.grads[c*chunk : min((c+1)*chunk, n)])
 		}
 	})
 	for c, i := range bad {
@@ -92,5 +92,3 @@ func (s *Shard) firstNonFiniteGrad() int {
 	}
 	return -1
 }
-
-func firstNonFinite(x []float32) int { return fvec.FirstNonFinite(x) }

@@ -5,6 +5,7 @@ import (
 	"sync"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -137,7 +138,7 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 		if len(in) != n*s.inSize {
 			return nil, 0, nil, fmt.Errorf("%w: shard %d input has %d values, want %d×%d", engine.ErrShape, s.index, len(in), n, s.inSize)
 		}
-		if i := firstNonFinite(in); i >= 0 {
+		if i := fvec.FirstNonFinite(in); i >= 0 {
 			return nil, 0, nil, fmt.Errorf("%w: shard %d input %d is %g", engine.ErrNonFinite, s.index, i, in[i])
 		}
 	}
@@ -189,7 +190,7 @@ func (s *Shard) Backward(tp engine.Tape, gradOut []float32) ([]float32, error) {
 		if len(gradOut) != t.n*s.outSize {
 			return nil, fmt.Errorf("%w: shard %d output gradient has %d values, want %d×%d", engine.ErrShape, s.index, len(gradOut), t.n, s.outSize)
 		}
-		if i := firstNonFinite(gradOut); i >= 0 {
+		if i := fvec.FirstNonFinite(gradOut); i >= 0 {
 			return nil, fmt.Errorf("%w: shard %d output gradient %d is %g", engine.ErrNonFinite, s.index, i, gradOut[i])
 		}
 	}
@@ -238,7 +239,7 @@ func (s *Shard) GradNormSq() float64 {
 	parts := make([]float64, (len(s.grads)+chunk-1)/chunk)
 	forRange(s.threads, len(parts), 1, func(lo, hi int) {
 		for p := lo; p < hi; p++ {
-			parts[p] = sumSq(s.grads[p*chunk : min((p+1)*chunk, len(s.grads))])
+			parts[p] = fvec.SumSquares(s.grads[p*chunk : min((p+1)*chunk, len(s.grads))])
 		}
 	})
 	var sum float64
@@ -246,24 +247,6 @@ func (s *Shard) GradNormSq() float64 {
 		sum += v
 	}
 	return sum
-}
-
-// sumSq is Σ x² in float64, in four independent sums: one chain of
-// additions would wait on each add's latency.
-func sumSq(x []float32) float64 {
-	var s0, s1, s2, s3 float64
-	j := 0
-	for ; j+4 <= len(x); j += 4 {
-		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
-		s0 += a * a
-		s1 += b * b
-		s2 += c * c
-		s3 += d * d
-	}
-	for ; j < len(x); j++ {
-		s0 += float64(x[j]) * float64(x[j])
-	}
-	return (s0 + s1) + (s2 + s3)
 }
 
 // StepCount is the number of optimizer steps taken.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/spec/run"
 )
 
@@ -577,7 +578,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32, train bool) ([]tensor, err
 			if len(b.X) != b.N*md.Input {
 				return nil, fmt.Errorf("%w: X has %d values, want %d×%d", engine.ErrShape, len(b.X), b.N, md.Input)
 			}
-			if !finite(b.X) {
+			if !fvec.AllFinite(b.X) {
 				return nil, fmt.Errorf("%w in X", engine.ErrNonFinite)
 			}
 			ts = append(ts, f32(cf(b.X)))
@@ -596,7 +597,7 @@ func (s *Shard) inputs(b *engine.Batch, in []float32, train bool) ([]tensor, err
 		if len(in) != b.N*s.inSize {
 			return nil, fmt.Errorf("%w: input activations have %d values, want %d×%d", engine.ErrShape, len(in), b.N, s.inSize)
 		}
-		if !finite(in) {
+		if !fvec.AllFinite(in) {
 			return nil, fmt.Errorf("%w in input activations", engine.ErrNonFinite)
 		}
 		ts = append(ts, f32(cf(in)))
@@ -636,7 +637,7 @@ func (s *Shard) Backward(tp engine.Tape, gradOut []float32) ([]float32, error) {
 		if len(gradOut) != f.n*s.outSz {
 			return nil, fmt.Errorf("%w: output gradient has %d values, want %d×%d", engine.ErrShape, len(gradOut), f.n, s.outSz)
 		}
-		if !finite(gradOut) {
+		if !fvec.AllFinite(gradOut) {
 			return nil, fmt.Errorf("%w in output gradient", engine.ErrNonFinite)
 		}
 		ts = []tensor{f32(slices.Clone(gradOut))}
@@ -877,15 +878,6 @@ func (s *Shard) recovery() (snapshots, logged int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.snapshots, len(s.log)
-}
-
-func finite(v []float32) bool {
-	for _, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return false
-		}
-	}
-	return true
 }
 
 func jsonUnmarshalLastLine(out []byte, v any) error {

@@ -368,6 +368,11 @@ func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 			return nil
 		}
 	}
+	drop := func() { // the transfer will not use a connection
+		if c := forget(); c != nil {
+			_ = c.Close()
+		}
+	}
 	ans := make([]byte, 0, 1+2+ticketLen+secretLen)
 	port := s.Addr().Port
 	ans = append(ans, 1, byte(port>>8), byte(port))
@@ -381,22 +386,16 @@ func (s *Service) accept(st Stream, from peer.ID) (Stream, error) {
 		_, err = io.ReadFull(st, conf[:])
 	}
 	if err != nil {
-		if c := forget(); c != nil {
-			_ = c.Close()
-		}
+		drop()
 		return nil, fmt.Errorf("bulk: handshake: %w", err)
 	}
 	switch conf[0] {
 	case 0:
-		if c := forget(); c != nil {
-			_ = c.Close()
-		}
+		drop()
 		return s.stay(st, -1, "")
 	case 1:
 	default:
-		if c := forget(); c != nil {
-			_ = c.Close()
-		}
+		drop()
 		return nil, fmt.Errorf("%w: confirmation %d, want 0 or 1", ErrHandshake, conf[0])
 	}
 	t := time.NewTimer(s.cfg.HandshakeTimeout)

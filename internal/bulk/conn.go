@@ -78,7 +78,6 @@ type Conn struct {
 	rerr error // sticky: a stream read past an error is no longer in step
 
 	closeOnce sync.Once
-	closed    chan struct{}
 }
 
 // rawConn is the connection under the records: a *net.TCPConn.
@@ -99,7 +98,7 @@ func newConn(c rawConn, p peer.ID, sendKey, recvKey []byte) (*Conn, error) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	return &Conn{c: c, peer: p, seal: seal, open: open, closed: make(chan struct{})}, nil
+	return &Conn{c: c, peer: p, seal: seal, open: open}, nil
 }
 
 func newGCM(key []byte) (cipher.AEAD, error) {
@@ -189,11 +188,6 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, nil
 		}
 		if c.rbuf == nil {
-			select {
-			case <-c.closed:
-				return 0, net.ErrClosed
-			default:
-			}
 			c.rbuf = bufPool.Get().(*[]byte)
 		}
 		n, err := c.readRecord(p)
@@ -272,7 +266,6 @@ func (c *Conn) Reset() error {
 // the buffers back once no read or write holds them.
 func (c *Conn) shut(abort bool) {
 	c.closeOnce.Do(func() {
-		close(c.closed)
 		if tc, ok := c.c.(*net.TCPConn); ok && abort {
 			_ = tc.SetLinger(0)
 		}

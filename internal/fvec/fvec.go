@@ -1,7 +1,7 @@
-// Package fvec checks float32 vectors for NaN and ±Inf: the engines'
-// gradients, the averaging's inputs and parts, the trainer's averaged
-// gradient. Every value a peer sends passes through it, so it is written to
-// run several values a cycle.
+// Package fvec holds the checks and sums over float32 vectors that the
+// engine, the averaging and the trainer share: NaN and ±Inf (every value a
+// peer sends passes through them, so they run several values a cycle) and
+// the sum of squares behind gradient and part norms.
 package fvec
 
 import (
@@ -70,4 +70,24 @@ func allFinite(v []float32) bool {
 		acc |= uint64(math.Float32bits(x)&exp + one)
 	}
 	return acc&top2 == 0
+}
+
+// SumSquares is Σ x² in float64, in four independent sums (one chain of
+// additions would wait on each add's latency), combined as (s0+s1)+(s2+s3).
+// Each product is converted explicitly so that no architecture fuses it into
+// the addition: every peer gets the same bits, which audits compare.
+func SumSquares(x []float32) float64 {
+	var s0, s1, s2, s3 float64
+	j := 0
+	for ; j+4 <= len(x); j += 4 {
+		a, b, c, d := float64(x[j]), float64(x[j+1]), float64(x[j+2]), float64(x[j+3])
+		s0 += float64(a * a)
+		s1 += float64(b * b)
+		s2 += float64(c * c)
+		s3 += float64(d * d)
+	}
+	for ; j < len(x); j++ {
+		s0 += float64(float64(x[j]) * float64(x[j]))
+	}
+	return (s0 + s1) + (s2 + s3)
 }

@@ -101,3 +101,19 @@ func BenchmarkMaskLoop(b *testing.B) {
 		}
 	}
 }
+
+// SumSquares of small integers is exact in any order: it must equal the
+// plain sum, at every length (the tail after the blocks of four included).
+func TestSumSquares(t *testing.T) {
+	for n := range 19 {
+		v := make([]float32, n)
+		var want float64
+		for i := range v {
+			v[i] = float32(i%7) - 3
+			want += float64(v[i]) * float64(v[i])
+		}
+		if got := SumSquares(v); got != want {
+			t.Fatalf("n %d: %v, want %v", n, got, want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/protocol"
 
 	"github.com/swarm-train/swarm/internal/bf16"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 )
 
@@ -359,16 +360,6 @@ func (d *reader) receipt(what string) ([]byte, error) {
 	return guard.ReadFull(d.r, int(n))
 }
 
-// Finite reports whether every value is finite.
-func Finite(v []float32) bool {
-	for _, x := range v {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
-			return false
-		}
-	}
-	return true
-}
-
 // Shape is what a stage expects of a request for it.
 type Shape struct {
 	ActPerSample     int // activation values per sample (0 on the first shard)
@@ -393,7 +384,7 @@ func (s Shape) Validate(q *Request) error {
 			return fmt.Errorf("target %d outside [0, %d)", t, s.Classes)
 		}
 	}
-	if !Finite(q.Act) {
+	if !fvec.AllFinite(q.Act) {
 		return fmt.Errorf("activations: %w", ErrNonFinite)
 	}
 	return nil

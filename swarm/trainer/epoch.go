@@ -13,6 +13,7 @@ import (
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/epochs"
 	"github.com/swarm-train/swarm/swarm/pipeline"
@@ -329,7 +330,7 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 		t.averagingOffenses(res)
 	}
 	switch {
-	case err == nil && finite(vec):
+	case err == nil && fvec.AllFinite(vec):
 		e.local, vec = vec, e.local // the averaged gradient, without a copy
 		e.info = avgInfo{Round: act.Epoch, GroupSize: len(res.Members), Fraction: res.Fraction, Mode: string(res.Mode)}
 		ev.OK, ev.Group = true, len(res.Members)
@@ -511,7 +512,7 @@ func (t *Trainer) averageState(ctx context.Context, act epochs.Action, e *epochE
 	if err == nil {
 		t.averagingOffenses(res)
 	}
-	if err != nil || !finite(vec) {
+	if err != nil || !fvec.AllFinite(vec) {
 		t.log.Debug("state averaging failed", "epoch", act.Epoch, "err", err)
 		return epochs.Event{Kind: epochs.AverageState}
 	}

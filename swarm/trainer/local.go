@@ -8,6 +8,7 @@ import (
 
 	"github.com/swarm-train/swarm/averaging"
 	"github.com/swarm-train/swarm/engine"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/swarm/epochs"
 )
 
@@ -139,7 +140,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		actx, cancel := context.WithTimeout(ctx, time.Duration(t.m.Averaging.TimeoutMS)*time.Millisecond)
 		res, err := t.avg.Step(actx, t.avgKey(index, key), round, vec, math.Max(float64(samples), 1e-3), opts...)
 		cancel()
-		if err == nil && finite(vec) {
+		if err == nil && fvec.AllFinite(vec) {
 			copy(delta, vec)
 			if full {
 				outer = vec[len(delta):]

@@ -19,6 +19,7 @@ import (
 
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/clock"
+	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/credit"
@@ -444,7 +445,7 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 				err = fmt.Errorf("peer %s: code %d: %s", p, res.Code, res.Msg)
 			case kind == pipeline.KindTrain && len(res.Grad) != len(act):
 				err = fmt.Errorf("peer %s: gradient of %d values, want %d", p, len(res.Grad), len(act))
-			case !pipeline.Finite(res.Grad) || math.IsNaN(float64(res.Loss)) || math.IsInf(float64(res.Loss), 0):
+			case !fvec.AllFinite(res.Grad) || math.IsNaN(float64(res.Loss)) || math.IsInf(float64(res.Loss), 0):
 				s.bal.End(p, 0, 0, true, banPoison, "sent non-finite gradients")
 				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
 				lastErr = fmt.Errorf("peer %s: %w", p, pipeline.ErrNonFinite)
@@ -500,7 +501,7 @@ func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload [
 		st.Reset()
 		return nil, err
 	}
-	good := kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && pipeline.Finite(res.Grad)
+	good := kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && fvec.AllFinite(res.Grad)
 	var outlier error
 	if good {
 		// A gradient far above the other holders' is refused before it is

@@ -104,7 +104,6 @@ import (
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/bulk"
 	"github.com/swarm-train/swarm/internal/clock"
-	"github.com/swarm-train/swarm/internal/fvec"
 	"github.com/swarm-train/swarm/internal/guard"
 	"github.com/swarm-train/swarm/internal/sparseq"
 	"github.com/swarm-train/swarm/spec/run"
@@ -611,9 +610,6 @@ func (t *Trainer) randDur(d time.Duration) time.Duration {
 	defer t.rngMu.Unlock()
 	return time.Duration(t.rng.Int64N(int64(d)))
 }
-
-// finite reports whether every value is finite.
-func finite(v []float32) bool { return fvec.AllFinite(v) }
 
 // gradBuf returns an empty buffer with room for n values for an epoch's
 // gradient (closeFor, averageGrad), reused across epochs: two of a shard's
