@@ -399,7 +399,11 @@ func TestGlobalNormClipMatchesSingleNode(t *testing.T) {
 		if dWant > 1e-6 {
 			t.Errorf("shard %d: parameters differ from the single-node step by up to %g", tr.index, dWant)
 		}
-		if dPerShard < 1e-4 {
+		// The guard is against the 1e-6 tolerance above: per-shard clipping
+		// must land at least ten times farther off. How far it lands depends
+		// on the micro-batch, drawn from a stream seeded by the random peer
+		// ID (7.9e-5 to 8.2e-3 seen), so 1e-4 failed now and then.
+		if dPerShard < 1e-5 {
 			t.Errorf("shard %d: per-shard clipping gives the same step (%g apart): the test would not see the difference", tr.index, dPerShard)
 		}
 	}
