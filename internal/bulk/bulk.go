@@ -74,9 +74,15 @@ type Config struct {
 	// MaxPending bounds tickets waiting for their connection (default 64);
 	// beyond it transfers stay on libp2p. MaxHandshakes bounds accepted
 	// connections that have not presented a ticket yet (default 32); more
-	// are closed at once.
-	MaxPending, MaxHandshakes int
-	Logger                    *slog.Logger
+	// are closed at once. MaxHandshakesPerSource bounds those from one
+	// source (default 4): an IPv4 address, or an IPv6 /64, which one
+	// holder typically has whole. A stranger holding connections open
+	// unread then takes that many of the slots, not all of them; peers
+	// behind one NAT share it, and each has a handshake open only for the
+	// moment between its dial and its ticket.
+	MaxPending, MaxHandshakes, MaxHandshakesPerSource int
+	// Logger gets the service's debug lines (default: none).
+	Logger *slog.Logger
 }
 
 // Service is one peer's bulk listener and dialer.
@@ -88,6 +94,7 @@ type Service struct {
 	hs  chan struct{} // a slot per connection in its ticket wait
 
 	mu      sync.Mutex
+	sources map[string]int // connections in their ticket wait, by source (sourceOf)
 	pending map[[ticketLen]byte]chan *net.TCPConn
 	failed  map[peer.ID]time.Time // peers whose bulk port we could not dial, until
 	closed  bool
@@ -117,6 +124,9 @@ func New(h host.Host, cfg Config) (*Service, error) {
 	if cfg.MaxHandshakes <= 0 {
 		cfg.MaxHandshakes = 32
 	}
+	if cfg.MaxHandshakesPerSource <= 0 {
+		cfg.MaxHandshakesPerSource = 4
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -129,7 +139,7 @@ func New(h host.Host, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("bulk: listen on %q: %w", cfg.Listen, err)
 	}
 	s := &Service{h: h, cfg: cfg, l: l, log: cfg.Logger.With("component", "bulk"),
-		hs: make(chan struct{}, cfg.MaxHandshakes), pending: map[[ticketLen]byte]chan *net.TCPConn{},
+		hs: make(chan struct{}, cfg.MaxHandshakes), sources: map[string]int{}, pending: map[[ticketLen]byte]chan *net.TCPConn{},
 		failed: map[peer.ID]time.Time{}}
 	s.wg.Add(1)
 	go s.acceptLoop()
@@ -166,22 +176,62 @@ func (s *Service) acceptLoop() {
 			time.Sleep(50 * time.Millisecond) // e.g. out of file descriptors: do not spin
 			continue
 		}
+		src := sourceOf(c.RemoteAddr())
+		if !s.takeSource(src) {
+			s.log.Debug("connection turned away: too many without a ticket from its source", "from", c.RemoteAddr())
+			_ = c.Close()
+			continue
+		}
 		select {
 		case s.hs <- struct{}{}:
 			s.wg.Add(1)
-			go s.takeTicket(c)
+			go s.takeTicket(c, src)
 		default:
+			s.releaseSource(src)
 			s.log.Debug("connection turned away: too many without a ticket", "from", c.RemoteAddr())
 			_ = c.Close()
 		}
 	}
 }
 
+// sourceOf is what MaxHandshakesPerSource counts a connection under: its
+// IPv4 address, or the /64 of its IPv6 address.
+func sourceOf(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// takeSource takes one of src's handshake places, if it has one left.
+func (s *Service) takeSource(src string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sources[src] >= s.cfg.MaxHandshakesPerSource {
+		return false
+	}
+	s.sources[src]++
+	return true
+}
+
+func (s *Service) releaseSource(src string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.sources[src]--; s.sources[src] <= 0 {
+		delete(s.sources, src)
+	}
+}
+
 // takeTicket reads an accepted connection's ticket and hands the connection
-// to the transfer waiting for it; anything else closes it.
-func (s *Service) takeTicket(c *net.TCPConn) {
+// to the transfer waiting for it; anything else closes it. It gives back
+// the connection's handshake slot and its source's place.
+func (s *Service) takeTicket(c *net.TCPConn, src string) {
 	defer s.wg.Done()
-	defer func() { <-s.hs }()
+	defer func() { <-s.hs; s.releaseSource(src) }()
 	_ = c.SetReadDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	var t [ticketLen]byte
 	if _, err := io.ReadFull(c, t[:]); err != nil {

@@ -307,6 +307,69 @@ func TestTicketsAndHandshakeSlots(t *testing.T) {
 	}
 }
 
+// One source's silent connections take MaxHandshakesPerSource of the
+// ticket-wait slots, not all of them: its next is closed at once, while
+// another source still gets a slot and an admitted peer's transfer still
+// goes direct.
+func TestHandshakeSlotsPerSource(t *testing.T) {
+	e := newEchoPeer(t, Config{HandshakeTimeout: 3 * time.Second, MaxHandshakes: 8, MaxHandshakesPerSource: 2})
+	addr := e.svc.Addr()
+	from := func(ip string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		c, err := d.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c
+	}
+	for range 2 {
+		from("127.0.0.2")
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the stranger holds its two slots"), func() bool { return len(e.svc.hs) == 2 })
+	third := from("127.0.0.2")
+	_ = third.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := third.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a third silent connection from one source was not closed at once: %v", err)
+	}
+	from("127.0.0.3")
+	testutil.Eventually(t, 5*time.Second, testutil.Says("another source gets a slot"), func() bool { return len(e.svc.hs) == 3 })
+	h, svc := newDialer(t, Config{})
+	testutil.Connect(t, h, e.h)
+	data := random(300 << 10)
+	if back, k := echo(t, h, svc, e, data); k != "bulk" || !bytes.Equal(back, data) {
+		t.Fatalf("with a stranger at its cap: kind %s, %d bytes back", k, len(back))
+	}
+	// The slots and the per-source counts come back once the silent
+	// connections time out.
+	testutil.Eventually(t, 10*time.Second, testutil.Says("slots and sources freed"), func() bool {
+		e.svc.mu.Lock()
+		n := len(e.svc.sources)
+		e.svc.mu.Unlock()
+		return len(e.svc.hs) == 0 && n == 0
+	})
+}
+
+func TestSourceOf(t *testing.T) {
+	for _, c := range []struct {
+		a, b string
+		same bool
+	}{
+		{"192.0.2.1", "192.0.2.1", true},
+		{"192.0.2.1", "192.0.2.2", false},
+		{"2001:db8:1:2::1", "2001:db8:1:2:ffff::9", true}, // one /64
+		{"2001:db8:1:2::1", "2001:db8:1:3::1", false},
+		{"::ffff:192.0.2.1", "192.0.2.1", true}, // IPv4-mapped is the IPv4 address
+	} {
+		a := sourceOf(&net.TCPAddr{IP: net.ParseIP(c.a), Port: 1})
+		b := sourceOf(&net.TCPAddr{IP: net.ParseIP(c.b), Port: 2})
+		if (a == b) != c.same {
+			t.Errorf("sourceOf(%s) = %q, sourceOf(%s) = %q: same %v, want %v", c.a, a, c.b, b, a == b, c.same)
+		}
+	}
+}
+
 // tcpPair is the two ends of a loopback TCP connection.
 func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
 	t.Helper()
