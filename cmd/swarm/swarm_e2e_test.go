@@ -220,13 +220,20 @@ func TestSwarmTrainsMNIST(t *testing.T) {
 		case st.Bulk != nil:
 			bulkTransfers += st.Bulk.Transfers
 		}
+		// Every node ended epochs through all their phases; the medians
+		// add up to the whole.
+		if ph := st.EpochPhases; ph == nil || ph.Epochs == 0 || ph.TotalMS <= 0 || ph.OpenMS <= 0 {
+			t.Errorf("%s: no epoch phases in its status: %+v", name, ph)
+		} else if sum := ph.OpenMS + ph.CloseMS + ph.GatherMS + ph.MatchMS + ph.ReduceMS + ph.StepMS; sum < ph.TotalMS/2 || sum > 2*ph.TotalMS {
+			t.Errorf("%s: epoch phases %+v sum to %.1f ms, far from their total", name, ph, sum)
+		}
 	}
 	if bulkTransfers == 0 {
 		t.Errorf("no averaging transfer went over a bulk connection (holders %v)", shardCount)
 	}
 	t.Logf("bulk transfers: %d", bulkTransfers)
-	if human, _, code := swarmCmd(t, s.bin, "status", "--home", filepath.Join(s.dir, bulkNodes[0])); code != 0 || !strings.Contains(human, "bulk transfers") {
-		t.Errorf("%s: human status lacks its bulk transfers:\n%s", bulkNodes[0], human)
+	if human, _, code := swarmCmd(t, s.bin, "status", "--home", filepath.Join(s.dir, bulkNodes[0])); code != 0 || !strings.Contains(human, "bulk transfers") || !strings.Contains(human, "epoch time") {
+		t.Errorf("%s: human status lacks its bulk transfers or epoch time:\n%s", bulkNodes[0], human)
 	}
 	t.Logf("swarm: accuracy %.4f in %v, holders per shard %v", acc, time.Since(start).Round(time.Second), shardCount)
 	if shardCount[0] != 2 || shardCount[1] != 2 {

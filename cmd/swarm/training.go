@@ -220,6 +220,9 @@ func printTraining(w io.Writer, st *api.Status, raw json.RawMessage) {
 	if a := st.Averaging; a != nil {
 		fmt.Fprintf(tw, "last averaging\tround %d, group of %d, %.0f%% averaged, %.2fs\n", a.Round, a.GroupSize, 100*a.Fraction, a.Seconds)
 	}
+	if extras && ts.EpochPhases != nil {
+		fmt.Fprintf(tw, "epoch time\t%s\n", ts.EpochPhases)
+	}
 	if extras && ts.Bulk != nil {
 		fmt.Fprintf(tw, "bulk transfers\t%d direct, %d on libp2p (listener %s)\n", ts.Bulk.Transfers, ts.Bulk.OnLibp2p, ts.Bulk.Listen)
 	}

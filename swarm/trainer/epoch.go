@@ -76,6 +76,10 @@ type epochEnd struct {
 	stepped        bool
 	began, closed  time.Time
 	clip           time.Duration
+	// For the epoch's phases (phases.go): when it opened, when its
+	// gradient round began and how long the round and its matchmaking took.
+	opened, avgStart time.Time
+	avg, match       time.Duration
 }
 
 // flight is a gradient round detached from its epoch (delayed updates,
@@ -179,6 +183,8 @@ func (t *Trainer) carryOut(ctx context.Context, act epochs.Action, ls *loopState
 		return t.averageState(ctx, act, e)
 	case epochs.Reopen:
 		if e.stepped {
+			t.meters.epochEnded(epochTimes{opened: e.opened, began: e.began, closed: e.closed, avgStart: e.avgStart,
+				reopened: t.clk.Now(), avg: e.avg, match: e.match})
 			t.log.Debug("epoch done", "epoch", e.epoch, "samples", e.samples, "group", e.info.GroupSize, "avg_s", e.info.Seconds,
 				"close_s", e.closed.Sub(e.began).Seconds(), "clip_s", e.clip.Seconds(), "total_s", t.clk.Since(e.began).Seconds())
 		}
@@ -208,7 +214,7 @@ func decodePeers(ids []string) []peer.ID {
 
 // closeEpoch stops admitting micro-batches and waits (bounded) for those
 // in flight; it returns the shard and the epoch being closed.
-func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
+func (t *Trainer) closeEpoch() (engine.Shard, int, uint64, time.Time) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.closing = true
@@ -218,7 +224,7 @@ func (t *Trainer) closeEpoch() (engine.Shard, int, uint64) {
 	for t.inflight > 0 && t.clk.Now().Before(deadline) {
 		t.waitTimeout(deadline)
 	}
-	return t.shard, t.index, t.epoch
+	return t.shard, t.index, t.epoch, t.openedAt
 }
 
 // setHeldEpoch notes the epoch sh's parameters now belong to (stepMu held
@@ -241,6 +247,7 @@ func (t *Trainer) reopen(sh engine.Shard, epoch uint64) {
 func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 	t.mu.Lock()
 	t.pending = false
+	t.openedAt = t.clk.Now()
 	if t.shard == sh {
 		t.epoch = epoch
 		if samples >= 0 {
@@ -266,8 +273,8 @@ func (t *Trainer) advance(sh engine.Shard, epoch uint64, samples, inner int) {
 // flight).
 func (t *Trainer) closeFor(e *epochEnd) epochs.Event {
 	began := t.clk.Now()
-	sh, index, epoch := t.closeEpoch()
-	*e = epochEnd{sh: sh, index: index, epoch: epoch, began: began, closed: t.clk.Now(),
+	sh, index, epoch, opened := t.closeEpoch()
+	*e = epochEnd{sh: sh, index: index, epoch: epoch, began: began, closed: t.clk.Now(), opened: opened,
 		info: avgInfo{Round: epoch, GroupSize: 1, Mode: "local"}}
 	ev := epochs.Event{Kind: epochs.Close, Shard: index, Epoch: epoch, Lost: sh == nil}
 	if sh == nil || !t.sync() {
@@ -342,7 +349,8 @@ func (t *Trainer) averageGrad(ctx context.Context, act epochs.Action, e *epochEn
 	default:
 		t.log.Debug("averaging failed; stepping with the local gradient", "epoch", act.Epoch, "err", err)
 	}
-	e.info.Seconds = t.clk.Since(start).Seconds()
+	e.avgStart, e.avg, e.match = start, t.clk.Since(start), res.MatchTime
+	e.info.Seconds = e.avg.Seconds()
 	return ev
 }
 

@@ -84,7 +84,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		sh, index, round = t.shard, t.index, t.epoch
 		t.mu.Unlock()
 	} else {
-		sh, index, round = t.closeEpoch()
+		sh, index, round, _ = t.closeEpoch()
 	}
 	if sh == nil {
 		t.reopen(nil, round)

@@ -28,6 +28,7 @@ type meters struct {
 	window      []tpPoint     // (time, processed) over the last throughputWindow
 	lossEMA     float64
 	lastAvg     avgInfo
+	phases      phaseLog // the last synchronous epochs' phases
 
 	avgRounds  atomic.Uint64 // averaging rounds finished (with peers or alone)
 	avgGrouped atomic.Uint64 // of them, rounds averaged with at least one peer
@@ -192,6 +193,24 @@ func (m *meters) averaged(info avgInfo) {
 			m.stateBytes.Add(info.BytesSent + info.BytesReceived)
 		}
 	}
+}
+
+// epochEnded logs an epoch's phases (those that passed every phase).
+func (m *meters) epochEnded(e epochTimes) {
+	p, ok := e.phases()
+	if !ok {
+		return
+	}
+	m.mu.Lock()
+	m.phases.add(p)
+	m.mu.Unlock()
+}
+
+// epochPhases are the medians of the last epochs' phases.
+func (m *meters) epochPhases() EpochPhases {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.phases.medians()
 }
 
 // lastRound is the last averaging round.

@@ -44,6 +44,7 @@ func newCollector(t *Trainer) *collector {
 	add("averaging_group_size", g, "Peers in the last averaging round, this node included.")
 	add("averaging_fraction", g, "Share of the vector averaged with the whole group in the last round.")
 	add("averaging_seconds", g, "Duration of the last averaging round.")
+	add("epoch_phase_seconds", g, "Median over this node's last synchronous epochs of each phase of an epoch: open, close, gather, match, reduce, step, and total.", "phase")
 	add("pipeline_hops_total", k, "Micro-batches sent to a peer of the next stage.")
 	add("pipeline_hop_failures_total", k, "Hops that failed (no answer, bad answer, busy peer).")
 	add("pipeline_hop_retries_total", k, "Hops retried with another peer after a failure.")
@@ -110,6 +111,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	emit("averaging_group_size", float64(avg.GroupSize))
 	emit("averaging_fraction", avg.Fraction)
 	emit("averaging_seconds", avg.Seconds)
+	if ph := mt.epochPhases(); ph.Epochs > 0 {
+		for _, p := range ph.list() {
+			emit("epoch_phase_seconds", p.ms/1000, p.name)
+		}
+	}
 	bs := t.stage.bal.Stats()
 	emit("pipeline_hops_total", float64(bs.Hops))
 	emit("pipeline_hop_failures_total", float64(bs.Failures))

@@ -46,6 +46,9 @@ type Status struct {
 	ValPerplexity *float64 `json:"val_perplexity,omitempty"`
 	ParamsHash    string   `json:"params_hash"` // FNV-1a of this node's shard parameters (holders of a shard compare equal after averaging)
 	Averaging     avgInfo  `json:"averaging"`   // this node's last averaging round
+	// EpochPhases (sync mode, once an epoch has passed every phase): where
+	// this node's recent epochs spent their time (phases.go).
+	EpochPhases *EpochPhases `json:"epoch_phases,omitempty"`
 	// OuterTraffic (local mode): the outer rounds this node averaged with
 	// peers and their bytes, by kind.
 	OuterTraffic *OuterTraffic `json:"outer_traffic,omitempty"`
@@ -125,6 +128,9 @@ func (t *Trainer) Status() Status {
 	if !t.sync() {
 		st.OuterTraffic = &OuterTraffic{DeltaRounds: mt.deltaRounds.Load(), DeltaBytes: mt.deltaBytes.Load(),
 			StateRounds: mt.stateRounds.Load(), StateBytes: mt.stateBytes.Load(), Values: int(mt.deltaValues.Load())}
+	}
+	if ph := mt.epochPhases(); ph.Epochs > 0 {
+		st.EpochPhases = &ph
 	}
 	if t.bulk != nil {
 		up, stayed := t.bulk.Stats()

@@ -298,7 +298,8 @@ type Trainer struct {
 	accuracy  float64
 	evalLoss  float64
 	movedAt   time.Time
-	inner     int // local mode: inner steps since the last outer step
+	openedAt  time.Time // when the epoch (round) now running opened
+	inner     int       // local mode: inner steps since the last outer step
 	// pending: an overlapped outer step is averaging; pendingInner is
 	// inner when its deltas were taken.
 	pending      bool
