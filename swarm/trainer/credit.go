@@ -71,17 +71,19 @@ func (s *stageServer) earn(stage peer.ID, raw []byte, n int, sum [32]byte) {
 }
 
 // awaitAck reads the sender's acknowledgement of an answer whose bytes
-// were out, and keeps the receipt it carries.
-func (s *stageServer) awaitAck(st network.Stream, sender peer.ID, n int, out []byte) {
+// were out, and keeps the receipt it carries. It reports whether one came
+// (the stream is then in step for another request).
+func (s *stageServer) awaitAck(st network.Stream, sender peer.ID, n int, out []byte) bool {
 	_ = st.SetReadDeadline(clock.WallDeadline(ackWait))
 	raw, err := pipeline.ReadAck(st)
 	if err != nil {
 		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, context.DeadlineExceeded) {
 			s.refusals.Refuse(sender, string(pipeline.Protocol), whyReceipt, err)
 		}
-		return
+		return false
 	}
 	s.earn(sender, raw, n, sha256.Sum256(out))
+	return true
 }
 
 // creditLoop checks one peer's claim every Config.CreditEvery: a random live

@@ -273,3 +273,54 @@ func TestRecordWithinLimitsAfterAFullEpoch(t *testing.T) {
 		t.Errorf("after serving %d samples in its epoch the node sends a record its peers refuse: %v", samples, err)
 	}
 }
+
+// A sender's micro-batches to one next-stage holder go one after another
+// on one stream; a stream the holder closed while idle is replaced without
+// the request failing.
+func TestPipelineStreamsReused(t *testing.T) {
+	tr, _, _ := victim(t, 32, true)
+	tr.stage.idleTimeout = 300 * time.Millisecond
+	snd, _, _ := victim(t, 32, false)
+	snd.h.Peerstore().AddAddrs(tr.h.ID(), tr.h.Addrs(), time.Hour)
+	shape := tr.stage.shape(1)
+	q := pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, N: 2, Precision: pipeline.FP32,
+		Act: make([]float32, 2*shape.ActPerSample), Targets: []int32{3, 7}}
+	for i := range q.Act {
+		q.Act[i] = float32(i%7) / 7
+	}
+	call := func() {
+		t.Helper()
+		q.ID++
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := snd.stage.call(ctx, tr.h.ID(), pipeline.KindTrain, q.Encode(), len(q.Act), 3, 2)
+		if err != nil || res.Code != pipeline.CodeOK || len(res.Grad) != len(q.Act) {
+			t.Fatalf("call: %v, %+v", err, res)
+		}
+	}
+	pipelineStreams := func() int {
+		n := 0
+		for _, c := range snd.h.Network().ConnsToPeer(tr.h.ID()) {
+			for _, st := range c.GetStreams() {
+				if st.Protocol() == pipeline.Protocol {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for range 3 {
+		call()
+	}
+	if n := pipelineStreams(); n != 1 {
+		t.Fatalf("after three micro-batches in turn the sender has %d pipeline streams open, want the one it reuses", n)
+	}
+	// The holder closes the stream once it has been idle for its timeout;
+	// the next micro-batch finds it closed and goes on a new one.
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the holder waits for a next request"), func() bool { return tr.stage.idle.Held() == 1 })
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the holder closed the idle stream"), func() bool { return tr.stage.idle.Held() == 0 })
+	call()
+	if n := pipelineStreams(); n != 1 {
+		t.Fatalf("after the retry the sender has %d pipeline streams open, want 1", n)
+	}
+}

@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -49,9 +50,14 @@ type stageServer struct {
 
 	bal   *pipeline.Balancer // the next stage's holders: speed, queue, bans
 	slots *guard.Slots       // requests served at once, per peer and in all
+	idle  *guard.Slots       // streams open between two requests, per peer and in all
+	pool  streamPool         // this node's idle streams to next-stage holders
 	// readTimeout bounds reading one request (pipeReadTimeout; tests
 	// shorten it).
 	readTimeout time.Duration
+	// idleTimeout is how long a stream waits for its sender's next request
+	// (pipeIdle; tests shorten it).
+	idleTimeout time.Duration
 	nextID      atomic.Uint64 // the last micro-batch ID sent
 	sent        atomic.Uint64 // bytes of training requests and responses written
 	// credit signs and keeps the receipts of training micro-batches
@@ -131,6 +137,11 @@ const (
 	maxEpochLead = 16
 	// answerTimeout bounds writing an answer.
 	answerTimeout = 10 * time.Second
+	// pipeIdle is how long a stream stays open for the sender's next
+	// request (handle); a sender keeps an idle one for pipeKeep, less, so
+	// that it seldom sends on a stream being closed.
+	pipeIdle = 30 * time.Second
+	pipeKeep = 20 * time.Second
 )
 
 // Reasons for refused pipeline input (guard).
@@ -149,7 +160,7 @@ var errFarEpoch = errors.New("epoch far ahead of this node's")
 func newStageServer(cfg *Config, clk clock.Clock, log *slog.Logger, bal *pipeline.Balancer, gate stageGate) *stageServer {
 	return &stageServer{m: cfg.Manifest, h: cfg.Host, clk: clk, log: log, refusals: cfg.Refusals, hop: cfg.HopTimeout,
 		faultNaN: cfg.FaultNaN, gate: gate, bal: bal, slots: guard.NewSlots(pipePerPeer, pipeTotal),
-		readTimeout: pipeReadTimeout, actWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK),
+		idle: guard.NewSlots(pipePerPeer, pipeTotal), readTimeout: pipeReadTimeout, idleTimeout: pipeIdle, actWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK),
 		gradWatch: pipeline.NewNormWatch(cfg.Manifest.Averaging.NormK)}
 }
 
@@ -226,27 +237,62 @@ func readReason(err error) string {
 	return whyMalformed
 }
 
-// handle serves one pipeline request from the previous stage.
+// handle serves the previous stage's requests on one stream, one after
+// another: a sender keeps its streams to a next-stage holder and sends its
+// next micro-batch on one that is idle (streamPool), which saves opening a
+// stream and, once the stream's flow-control window has grown, the wait
+// for a window update in the middle of a request larger than a new
+// stream's 256 KiB. Between requests the stream holds an idle place
+// (pipePerPeer of one peer, pipeTotal in all; without one it is closed) and
+// is closed after pipeIdle without a request.
 func (s *stageServer) handle(st network.Stream) {
 	defer st.Close()
 	from := st.Conn().RemotePeer()
+	wait := s.readTimeout // the first request comes with the stream
+	for first := true; ; first = false {
+		if !first && !s.idle.Acquire(from) {
+			return
+		}
+		var b0 [1]byte
+		_ = st.SetReadDeadline(clock.WallDeadline(wait))
+		_, err := io.ReadFull(st, b0[:])
+		if !first {
+			s.idle.Release(from)
+		}
+		if err != nil {
+			return // the sender closed the stream, or left it idle
+		}
+		if !s.serveOne(st, from, b0[0]) {
+			return
+		}
+		wait = s.idleTimeout
+	}
+}
+
+// serveOne serves one request, whose first byte b0 was read, from the
+// previous stage; it reports whether st is in step for another (the
+// request read whole, the answer written and, for one with a receipt,
+// acknowledged).
+func (s *stageServer) serveOne(st network.Stream, from peer.ID, b0 byte) bool {
 	if s.refusals.Banned(from) {
 		st.Reset()
-		return
+		return false
 	}
 	if banned, why := s.bal.Banned(from); banned {
 		s.answer(st, &pipeline.Response{Code: pipeline.CodeBadInput, Msg: "excluded: " + why}, false)
-		return
+		return false
 	}
 	if !s.slots.Acquire(from) {
 		s.refusals.Refuse(from, protoPipeline, whyFlood, fmt.Errorf("more than %d requests at once", pipePerPeer))
 		s.answer(st, &pipeline.Response{Code: pipeline.CodeBusy, Msg: "too many requests at once"}, false)
-		return
+		return false
 	}
 	defer s.slots.Release(from)
 	_ = st.SetReadDeadline(clock.WallDeadline(s.readTimeout))
 	hash := sha256.New() // of the request as received: what its receipt credits
-	q, err := pipeline.ReadRequest(io.TeeReader(st, hash), func(q *pipeline.Request) (pipeline.Limits, error) { return s.requestLimits(from, q) })
+	hash.Write([]byte{b0})
+	in := io.MultiReader(bytes.NewReader([]byte{b0}), io.TeeReader(st, hash))
+	q, err := pipeline.ReadRequest(in, func(q *pipeline.Request) (pipeline.Limits, error) { return s.requestLimits(from, q) })
 	if err != nil {
 		st.Reset()
 		switch why := readReason(err); {
@@ -257,16 +303,21 @@ func (s *stageServer) handle(st network.Stream) {
 			s.refusals.Refuse(from, protoPipeline, why, err)
 			s.bal.Ban(from, banFailed, why)
 		}
-		return
+		return false
 	}
 	train := q.Kind == pipeline.KindTrain
 	resp := s.serve(from, q)
 	if train && resp.Code == pipeline.CodeOK {
 		resp.Receipt = s.stamp(from, q.Epoch, int(q.N), [32]byte(hash.Sum(nil)))
 	}
-	if out := s.answer(st, resp, train); out != nil && len(resp.Receipt) > 0 {
-		s.awaitAck(st, from, int(q.N), out)
+	out := s.answer(st, resp, train)
+	if out == nil {
+		return false
 	}
+	if len(resp.Receipt) > 0 {
+		return s.awaitAck(st, from, int(q.N), out)
+	}
+	return true
 }
 
 // answer writes a response to a pipeline request and returns the bytes
@@ -480,26 +531,44 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (*pipeline.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.hop)
 	defer cancel()
+	if st := s.pool.get(p); st != nil {
+		res, fresh, err := s.callOn(ctx, st, p, kind, payload, maxGrad, epoch, n)
+		if !fresh {
+			return res, err
+		}
+		// The other end closed the idle stream before reading this
+		// request (its idle time ran out, or it serves one request a
+		// stream): the request goes on a new one.
+	}
 	st, err := s.h.NewStream(ctx, p, pipeline.Protocol)
 	if err != nil {
 		return nil, err
 	}
-	defer st.Close()
+	res, _, err := s.callOn(ctx, st, p, kind, payload, maxGrad, epoch, n)
+	return res, err
+}
+
+// callOn is call on the stream st; it keeps st for p's next request when
+// the exchange left it in step, and drops it otherwise. retry says that st
+// failed before any byte of an answer came: a stream taken from the pool
+// may have been closed by the other end meanwhile.
+func (s *stageServer) callOn(ctx context.Context, st network.Stream, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (res *pipeline.Response, retry bool, err error) {
 	if d, ok := ctx.Deadline(); ok {
 		_ = st.SetDeadline(d)
 	}
 	if _, err := st.Write(payload); err != nil {
 		st.Reset()
-		return nil, err
+		return nil, true, err
 	}
 	if kind == pipeline.KindTrain {
 		s.sent.Add(uint64(len(payload)))
 	}
 	hash := sha256.New() // of the answer as received: what the acknowledgement credits
-	res, err := pipeline.ReadResponse(io.TeeReader(st, hash), maxGrad)
+	cr := &countReader{r: st}
+	res, err = pipeline.ReadResponse(io.TeeReader(cr, hash), maxGrad)
 	if err != nil {
 		st.Reset()
-		return nil, err
+		return nil, cr.n == 0 && ctx.Err() == nil, err
 	}
 	good := kind == pipeline.KindTrain && res.Code == pipeline.CodeOK && len(res.Grad) == maxGrad && fvec.AllFinite(res.Grad)
 	var outlier error
@@ -508,16 +577,125 @@ func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload [
 		// acknowledged: no receipt credits it.
 		outlier = s.checkScale(s.gradWatch, p, "gradient", res.Grad, n)
 	}
+	inStep := true
 	if len(res.Receipt) > 0 {
 		var ack []byte
 		if good && outlier == nil {
 			s.earn(p, res.Receipt, n, sha256.Sum256(payload))
 			ack = s.stamp(p, epoch, n, [32]byte(hash.Sum(nil)))
 		}
-		_, _ = st.Write(pipeline.AppendAck(nil, ack))
+		_, err := st.Write(pipeline.AppendAck(nil, ack))
+		inStep = err == nil
+	}
+	if inStep {
+		_ = st.SetDeadline(time.Time{})
+		s.pool.put(p, st)
+	} else {
+		st.Reset()
 	}
 	if outlier != nil {
-		return nil, fmt.Errorf("peer %s: %w", p, outlier)
+		return nil, false, fmt.Errorf("peer %s: %w", p, outlier)
 	}
-	return res, nil
+	return res, false, nil
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
+}
+
+// streamPool keeps this node's idle pipeline streams, by next-stage
+// holder, for their next requests (stageServer.handle): pipePerPeer of a
+// peer at most, each for pipeKeep; the newest is reused first.
+type streamPool struct {
+	mu    sync.Mutex
+	idle  map[peer.ID][]idleStream
+	swept time.Time // the last sweep of every peer's streams (put)
+}
+
+type idleStream struct {
+	st network.Stream
+	at time.Time
+}
+
+// get takes an idle stream to p, or nil; streams idle too long are closed.
+func (sp *streamPool) get(p peer.ID) network.Stream {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	l := sp.idle[p]
+	var st network.Stream
+	for len(l) > 0 && st == nil {
+		last := l[len(l)-1]
+		l = l[:len(l)-1]
+		if time.Since(last.at) < pipeKeep {
+			st = last.st
+		} else {
+			_ = last.st.Close()
+		}
+	}
+	if len(l) == 0 {
+		delete(sp.idle, p)
+	} else {
+		sp.idle[p] = l
+	}
+	return st
+}
+
+// put keeps st, idle, for p's next request; beyond pipePerPeer it closes
+// the oldest, and any whose idle time ran out.
+func (sp *streamPool) put(p peer.ID, st network.Stream) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.idle == nil {
+		sp.idle = map[peer.ID][]idleStream{}
+	}
+	now := time.Now()
+	if now.Sub(sp.swept) > pipeKeep { // peers no longer called keep none
+		sp.swept = now
+		for q := range sp.idle {
+			sp.idle[q] = sp.fresh(sp.idle[q], now)
+			if len(sp.idle[q]) == 0 {
+				delete(sp.idle, q)
+			}
+		}
+	}
+	l := append(sp.fresh(sp.idle[p], now), idleStream{st, now})
+	if len(l) > pipePerPeer {
+		_ = l[0].st.Close()
+		l = l[1:]
+	}
+	sp.idle[p] = l
+}
+
+// fresh are the streams of l idle for less than pipeKeep; it closes the
+// others.
+func (sp *streamPool) fresh(l []idleStream, now time.Time) []idleStream {
+	out := l[:0]
+	for _, is := range l {
+		if now.Sub(is.at) < pipeKeep {
+			out = append(out, is)
+		} else {
+			_ = is.st.Close()
+		}
+	}
+	return out
+}
+
+// closeAll closes every idle stream.
+func (sp *streamPool) closeAll() {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	for p, l := range sp.idle {
+		for _, is := range l {
+			_ = is.st.Close()
+		}
+		delete(sp.idle, p)
+	}
 }

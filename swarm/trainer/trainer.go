@@ -471,6 +471,7 @@ func (t *Trainer) Close() error {
 		t.dur.wg.Wait()
 		t.saveCheckpoint("shutdown")
 		t.h.RemoveStreamHandler(pipeline.Protocol)
+		t.stage.pool.closeAll()
 		t.h.RemoveStreamHandler(credit.Protocol)
 		t.gossip.Close()
 		t.states.Close()
