@@ -97,32 +97,29 @@ func (l *phaseLog) medians() EpochPhases {
 	if k == 0 {
 		return out
 	}
-	ms := func(col func(p [numPhases]time.Duration) time.Duration) float64 {
-		v := make([]time.Duration, k)
+	// Column numPhases is each epoch's total.
+	var m [numPhases + 1]float64
+	v := make([]time.Duration, k)
+	for c := range m {
 		for i := range k {
-			v[i] = col(l.ring[i])
+			if c < numPhases {
+				v[i] = l.ring[i][c]
+			} else {
+				v[i] = 0
+				for _, d := range l.ring[i] {
+					v[i] += d
+				}
+			}
 		}
 		slices.Sort(v)
-		var m time.Duration
-		if k%2 == 1 {
-			m = v[k/2]
-		} else {
-			m = (v[k/2-1] + v[k/2]) / 2
+		med := v[k/2]
+		if k%2 == 0 {
+			med = (v[k/2-1] + v[k/2]) / 2
 		}
-		return float64(m.Microseconds()) / 1000
+		m[c] = float64(med.Microseconds()) / 1000
 	}
-	at := func(i int) func(p [numPhases]time.Duration) time.Duration {
-		return func(p [numPhases]time.Duration) time.Duration { return p[i] }
-	}
-	out.OpenMS, out.CloseMS, out.GatherMS = ms(at(phaseOpen)), ms(at(phaseClose)), ms(at(phaseGather))
-	out.MatchMS, out.ReduceMS, out.StepMS = ms(at(phaseMatch)), ms(at(phaseReduce)), ms(at(phaseStep))
-	out.TotalMS = ms(func(p [numPhases]time.Duration) time.Duration {
-		var s time.Duration
-		for _, d := range p {
-			s += d
-		}
-		return s
-	})
+	out.OpenMS, out.CloseMS, out.GatherMS = m[phaseOpen], m[phaseClose], m[phaseGather]
+	out.MatchMS, out.ReduceMS, out.StepMS, out.TotalMS = m[phaseMatch], m[phaseReduce], m[phaseStep], m[numPhases]
 	return out
 }
 
