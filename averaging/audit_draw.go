@@ -213,9 +213,25 @@ func (a *Averager) takeSeed(au *auditRound, j int, t msgType, b []byte) error {
 // drawRound reveals our seed, waits (until by) for the seeds that count, and
 // returns whether the round is audited: by the draw, or because a seed that
 // counts is missing or wrong.
-func (a *Averager) drawRound(au *auditRound, by time.Time) (audited bool, why string) {
-	au.mu.Lock()
+//
+// Before revealing it waits (until hashesBy) for the digest of every member
+// whose contribution we hold (took): each sent its digest before its first
+// part, but on a stream of its own that a loaded host may deliver after the
+// round; revealed without it, our draw would leave its seed out while its
+// own draw counts ours, and the two would differ. Waiting is safe: no seed
+// is out before every member revealing has the digests it waited for, and a
+// member that withholds its digest only delays us until hashesBy.
+func (a *Averager) drawRound(au *auditRound, took []bool, hashesBy, by time.Time) (audited bool, why string) {
 	ds := au.draw
+	au.waitFor(hashesBy, func() bool {
+		for j := range au.g.Members {
+			if j != au.self && took[j] && ds.hashes[j] == nil && a.connected(au.g.Members[j].ID) {
+				return false
+			}
+		}
+		return true
+	})
+	au.mu.Lock()
 	ds.revealed = true
 	au.mu.Unlock()
 	seed := ds.seed

@@ -154,7 +154,13 @@ func (a *Averager) afterAudit(ctx context.Context, r *round, au *auditRound, spa
 		f()
 	}
 	if au.draw != nil {
-		audited, why := a.drawRound(au, time.Now().Add(a.cfg.AuditTimeout/4))
+		// Members whose parts or results we hold: their seeds must count.
+		took := make([]bool, len(r.g.Members))
+		for j := range took {
+			took[j] = r.red.status[j] == sDone || (r.recv != nil && r.recv[j] != nil)
+		}
+		now := time.Now()
+		audited, why := a.drawRound(au, took, now.Add(a.cfg.AuditTimeout/8), now.Add(a.cfg.AuditTimeout/4))
 		a.met.audits.WithLabelValues(map[bool]string{true: "audited", false: "skipped"}[audited]).Inc()
 		if !audited {
 			a.skipAudit(r, au)
