@@ -3,7 +3,9 @@ package trainer
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"math"
+	"os"
 	"runtime"
 	"sync"
 	"testing"
@@ -323,4 +325,63 @@ func TestPipelineStreamsReused(t *testing.T) {
 	if n := pipelineStreams(); n != 1 {
 		t.Fatalf("after the retry the sender has %d pipeline streams open, want 1", n)
 	}
+}
+
+// A sender that leaves stream after stream idle once answered holds at
+// most pipePerPeer of them open on the holder: every stream past that is
+// closed after its answer, none holds a request slot, and another sender's
+// micro-batches and idle stream are unaffected.
+func TestPipelineIdleFlood(t *testing.T) {
+	tr, _, attacker := victim(t, 32, true)
+	shape := tr.stage.shape(1)
+	q := pipeline.Request{Kind: pipeline.KindTrain, Shard: 1, Epoch: 3, N: 1, Precision: pipeline.FP32,
+		Act: make([]float32, shape.ActPerSample), Targets: []int32{5}}
+	const streams = 3 * pipePerPeer
+	var all []network.Stream
+	for i := range streams {
+		q.ID = uint64(i + 1)
+		st := open(t, attacker, tr.h.ID(), q.Encode())
+		res, err := pipeline.ReadResponse(st, len(q.Act))
+		if err != nil || res.Code != pipeline.CodeOK {
+			t.Fatalf("request %d: %v, %+v", i, err, res)
+		}
+		if len(res.Receipt) > 0 { // an empty acknowledgement: in step, no credit given
+			if _, err := st.Write(pipeline.AppendAck(nil, nil)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all = append(all, st)
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the holder keeps the attacker's idle streams to its bound"), func() bool {
+		return tr.stage.idle.Held() == pipePerPeer
+	})
+	// The streams past the bound were closed by the holder: reading one
+	// gives the end of the stream, not a wait.
+	for i, st := range all[pipePerPeer:] {
+		_ = st.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if n, err := st.Read(make([]byte, 1)); n != 0 || err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("stream %d past the bound: read %d bytes, %v; want it closed", pipePerPeer+i, n, err)
+		}
+	}
+	if n := tr.stage.slots.Held(); n != 0 {
+		t.Fatalf("idle streams hold %d request slots", n)
+	}
+	// Another sender is served, and its stream waits for its next request.
+	snd, _, _ := victim(t, 32, false)
+	snd.h.Peerstore().AddAddrs(tr.h.ID(), tr.h.Addrs(), time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q.ID++
+	if res, err := snd.stage.call(ctx, tr.h.ID(), pipeline.KindTrain, q.Encode(), len(q.Act), 3, 1); err != nil || res.Code != pipeline.CodeOK {
+		t.Fatalf("another sender during the flood: %v, %+v", err, res)
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the other sender's stream idles too"), func() bool {
+		return tr.stage.idle.Held() == pipePerPeer+1
+	})
+	for _, st := range all {
+		st.Reset()
+	}
+	testutil.Eventually(t, 5*time.Second, testutil.Says("the attacker's idle places released"), func() bool {
+		return tr.stage.idle.Held() == 1
+	})
 }
