@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -121,6 +122,39 @@ func (m *membership) ensure(ctx context.Context, p peer.ID) error {
 	return nil
 }
 
+// ensureLinked is ensure for the progress topic's router, which opens one
+// stream to a peer when the connection comes up and, if that fails, never
+// tries again while the connection lasts: this node would then send the
+// peer nothing, and if the peer's stream to us fails the same way, hear
+// nothing of it but what other peers forward (an honest node cut off from
+// a shard's holders once it banned the liar that relayed their records).
+// A hello that fails while the peer stays linked (its run not started yet,
+// a hello under way on a connection that closed) is tried again, with
+// backoff, for up to linkRetry; a banned peer, one that left, and one whose
+// protocols are known and lack the run's are not.
+func (m *membership) ensureLinked(ctx context.Context, p peer.ID) error {
+	wait := 250 * time.Millisecond
+	until := time.Now().Add(linkRetry)
+	for {
+		err := m.ensure(ctx, p)
+		if err == nil || m.n.refusals.Banned(p) || !linked(m.n.host.Network().Connectedness(p)) || time.Now().After(until) {
+			return err
+		}
+		if protos, perr := m.n.host.Peerstore().GetProtocols(p); perr == nil && len(protos) > 0 && !slices.ContainsFunc(protos, progress.IsProtocol) {
+			return err // identified: not a peer of any run's progress topic
+		}
+		m.n.log.Debug("run hello for the progress topic failed; trying again", "peer", p, "in", wait, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait = min(2*wait, 8*time.Second)
+	}
+}
+
 // gate wraps a training protocol's handler: a stream from a peer that has
 // not passed the run hello (or whose admission expired, or that is banned)
 // is reset before the handler reads a byte, and the refusal is counted. A
@@ -188,12 +222,15 @@ func (g gatedHost) SetStreamHandlerMatch(pid protocol.ID, match func(protocol.ID
 // direct connection (hole punching), then goes through a training relay of
 // the run, or fails with ErrRelayedOnly when there is none.
 func (g gatedHost) NewStream(ctx context.Context, p peer.ID, pids ...protocol.ID) (network.Stream, error) {
-	if err := g.m.ensure(network.WithAllowLimitedConn(ctx, "run hello"), p); err != nil {
-		return nil, err
-	}
 	if relayable(pids) {
+		if err := g.m.ensureLinked(network.WithAllowLimitedConn(ctx, "run hello"), p); err != nil {
+			return nil, err
+		}
 		s, err := g.Host.NewStream(network.WithAllowLimitedConn(ctx, "progress records"), p, pids...)
 		return g.m.n.limitUpload(s), err
+	}
+	if err := g.m.ensure(network.WithAllowLimitedConn(ctx, "run hello"), p); err != nil {
+		return nil, err
 	}
 	s, err := g.m.n.trainingStream(ctx, p, pids...)
 	return g.m.n.limitUpload(s), err

@@ -289,3 +289,64 @@ func TestOffenderBanned(t *testing.T) {
 		t.Fatalf("offender not banned: %+v", a.Status().Security)
 	}
 }
+
+// The progress topic's router opens one stream to a peer when the
+// connection comes up and never again while it lasts: a run hello that
+// fails then (the peer's run not serving yet) is tried again while the
+// peer stays connected, and the stream opens once the peer answers. A
+// training protocol's stream is not retried (its caller is).
+func TestProgressStreamRetriesHello(t *testing.T) {
+	_, bootAddr := startBootstrap(t)
+	a := startNode(t, testConfig("run", bootAddr))
+	b := startNode(t, testConfig("run", bootAddr))
+	b.RunHost().SetStreamHandler(progress.LegacyProtocol, func(s network.Stream) {
+		_, _ = s.Write([]byte("ok"))
+		_ = s.Close()
+	})
+	// Neither answers a hello (b's run is not serving yet; a's removed so
+	// that b cannot admit itself to a by its own discovery), and neither
+	// holds the other admitted.
+	b.Host().RemoveStreamHandler(HelloProtocol)
+	a.Host().RemoveStreamHandler(HelloProtocol)
+	a.runs.forget(b.Host().ID())
+	b.runs.forget(a.Host().ID())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.Host().Connect(ctx, peer.AddrInfo{ID: b.Host().ID(), Addrs: b.Host().Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.RunHost().NewStream(ctx, b.Host().ID(), pipeline.Protocol); err == nil {
+		t.Fatal("a pipeline stream opened to a peer that never passed the hello")
+	}
+	type opened struct {
+		s   network.Stream
+		err error
+	}
+	done := make(chan opened, 1)
+	start := time.Now()
+	go func() {
+		s, err := a.RunHost().NewStream(ctx, b.Host().ID(), progress.LegacyProtocol)
+		done <- opened{s, err}
+	}()
+	testutil.Eventually(t, 10*time.Second, testutil.Says("a's progress stream to fail a hello"), func() bool {
+		a.runs.mu.Lock()
+		defer a.runs.mu.Unlock()
+		_, inflight := a.runs.inflight[b.Host().ID()]
+		return a.runs.failed[b.Host().ID()].After(start) && !inflight
+	})
+	// Given up, the stream would be back within moments; retrying, it
+	// waits (250 ms before the next hello).
+	select {
+	case o := <-done:
+		t.Fatalf("the progress stream gave up after one failed hello: %v", o.err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	b.Host().SetStreamHandler(HelloProtocol, b.runs.handleHello)
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("progress stream once b's hello answers: %v", o.err)
+	}
+	if got, err := io.ReadAll(o.s); err != nil || string(got) != "ok" {
+		t.Fatalf("progress stream got %q, %v", got, err)
+	}
+}

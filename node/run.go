@@ -42,6 +42,7 @@ const (
 	maxRecheck           = 64 // lost members redialled per discovery round
 	runConnProtectionTag = "swarm-run"
 	workProtectionTag    = "swarm-work"
+	linkRetry            = 2 * time.Minute // a progress stream retries a failing hello this long (ensureLinked)
 )
 
 // A node keeps connections to the run peers it works with and to enough
