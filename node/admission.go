@@ -130,14 +130,15 @@ func (m *membership) ensure(ctx context.Context, p peer.ID) error {
 // a shard's holders once it banned the liar that relayed their records).
 // A hello that fails while the peer stays linked (its run not started yet,
 // a hello under way on a connection that closed) is tried again, with
-// backoff, for up to linkRetry; a banned peer, one that left, and one whose
-// protocols are known and lack the run's are not.
+// backoff, for up to linkRetry; one that answered against admission, a
+// banned peer, one that left, and one whose protocols are known and lack
+// the run's are not.
 func (m *membership) ensureLinked(ctx context.Context, p peer.ID) error {
 	wait := 250 * time.Millisecond
 	until := time.Now().Add(linkRetry)
 	for {
 		err := m.ensure(ctx, p)
-		if err == nil || m.n.refusals.Banned(p) || !linked(m.n.host.Network().Connectedness(p)) || time.Now().After(until) {
+		if err == nil || errors.Is(err, errHelloAnswered) || m.n.refusals.Banned(p) || !linked(m.n.host.Network().Connectedness(p)) || time.Now().After(until) {
 			return err
 		}
 		if protos, perr := m.n.host.Peerstore().GetProtocols(p); perr == nil && len(protos) > 0 && !slices.ContainsFunc(protos, progress.IsProtocol) {

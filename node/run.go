@@ -383,6 +383,11 @@ const maxHelloErrs = 1024
 // hello, reads the peer's answer, and admits the peer when the answer is
 // for this run, carries a valid admission (token runs) and did not refuse
 // us. Concurrent calls for one peer share one handshake.
+// errHelloAnswered marks a hello that completed with a verdict against
+// admission (another run, refused by either side): asking again changes
+// nothing until something else does.
+var errHelloAnswered = errors.New("answered")
+
 func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) (err error) {
 	m.mu.Lock()
 	if wait, ok := m.inflight[ai.ID]; ok {
@@ -452,13 +457,13 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) (err error) {
 		return err
 	}
 	if !theirs.Run.Equals(m.runID) {
-		return fmt.Errorf("peer is in run %s, not %s", theirs.Run, m.runID)
+		return fmt.Errorf("%w: peer is in run %s, not %s", errHelloAnswered, theirs.Run, m.runID)
 	}
 	if theirs.Refused {
 		m.own.set(ai.ID, theirs.Reason)
 		m.n.log.Warn("a run peer refused this node's admission", "peer", ai.ID, "reason", theirs.Reason,
 			"help", admissionHelp(theirs.Reason))
-		return fmt.Errorf("refused by the peer: %s", theirs.Reason)
+		return fmt.Errorf("%w: refused by the peer: %s", errHelloAnswered, theirs.Reason)
 	}
 	// Our verdict on the listener ends the handshake: the listener counts
 	// us only once it has read that we admit it too.
@@ -470,7 +475,7 @@ func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) (err error) {
 			verdict.Refused, verdict.Reason = true, truncate(reason+": "+err.Error(), maxReasonLen)
 			_ = writeHello(s, verdict)
 		}
-		return fmt.Errorf("peer not admitted: %s: %v", reason, err)
+		return fmt.Errorf("%w: peer not admitted: %s: %v", errHelloAnswered, reason, err)
 	}
 	if err := writeHello(s, verdict); err != nil {
 		s.Reset()
