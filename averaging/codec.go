@@ -24,6 +24,18 @@ func rawBytes(v []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
 }
 
+// halves views b as 16-bit wire values in memory order, where that is the
+// wire's (little-endian) and b is 2-aligned; nil otherwise (and for an
+// empty b). The bf16 codec's loops then move whole values with no byte
+// shuffling or bounds check per value: about 4x faster, which decides
+// whether halving the bytes saves time at all where the cipher is fast.
+func halves(b []byte) []uint16 {
+	if !littleEndian || len(b) < 2 || uintptr(unsafe.Pointer(&b[0]))%2 != 0 {
+		return nil
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&b[0])), len(b)/2)
+}
+
 // Codec selects how float32 values are encoded on the wire.
 type Codec uint8
 
@@ -158,6 +170,13 @@ func (c Codec) Encode(dst []byte, src []float32) []byte {
 			binary.LittleEndian.PutUint16(out[2*i:], f32to16(v))
 		}
 	case CodecBF16:
+		if o := halves(out); o != nil {
+			o = o[:len(src)]
+			for i, v := range src {
+				o[i] = bf16.From32(v)
+			}
+			break
+		}
 		for i, v := range src {
 			binary.LittleEndian.PutUint16(out[2*i:], bf16.From32(v))
 		}
@@ -225,6 +244,13 @@ func (c Codec) Decode(dst []float32, src []byte) error {
 			dst[i] = tab[binary.LittleEndian.Uint16(src[2*i:])]
 		}
 	case CodecBF16:
+		if h := halves(src); h != nil {
+			h = h[:len(dst)]
+			for i, v := range h {
+				dst[i] = bf16.To32(v)
+			}
+			break
+		}
 		for i := range dst {
 			dst[i] = bf16.To32(binary.LittleEndian.Uint16(src[2*i:]))
 		}
