@@ -226,7 +226,19 @@ func (t *Trainer) everyShardHeldLocked() bool {
 	if t.unheldLogged != un[0] {
 		t.unheldLogged = un[0]
 		seen, ok := t.lastSeen[un[0]]
-		t.log.Warn("a shard has no holder; not drawing micro-batches until a node takes it", "shard", un[0], "last_seen_epoch", seen, "seen", ok)
+		// With how many peers the progress topic reaches against how many
+		// this node is connected to: a holder connected but not heard
+		// points at the topic, not at the holder. Logged from a goroutine:
+		// asking the topic's router waits on its loop, never under t.mu.
+		g, h, shard := t.gossip, t.h, un[0]
+		go func() {
+			topic := -1
+			if g != nil {
+				topic = len(g.MeshPeers())
+			}
+			t.log.Warn("a shard has no holder; not drawing micro-batches until a node takes it", "shard", shard, "last_seen_epoch", seen, "seen", ok,
+				"topic_peers", topic, "connected_peers", len(h.Network().Peers()))
+		}()
 	}
 	return false
 }
