@@ -24,7 +24,9 @@ import (
 //  1. At the round's start it sends every member a digest of it (seedHash:
 //     group, its index and the seed), which binds it.
 //  2. When its own round is over, which is when it has received every result
-//     it will take, it reveals the seed to every member.
+//     it will take, and it holds the digest of every member whose parts or
+//     results it took (or AuditTimeout/8 passed), it reveals the seed to
+//     every member.
 //  3. Each member draws from the seeds of the members whose digest reached it
 //     before it revealed its own (auditDraw): the round is audited with
 //     probability AuditRate.
