@@ -155,6 +155,9 @@ func (a *Averager) draws() bool { return a.cfg.AuditRate > 0 && a.cfg.AuditRate 
 // sendSeedHash sends our seed's digest to every other member, at the
 // round's start; it does not wait for them.
 func (a *Averager) sendSeedHash(au *auditRound, by time.Time) {
+	if a.faults.withholdDigest {
+		return
+	}
 	h := seedHash(au.g.ID, au.self, au.draw.seed)
 	m := seedMsg{Group: au.g.ID, Value: h}
 	a.sendAll(au, tSeedHash, m.marshal(), by)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // The draw audits a round with probability rate, the same for everyone
@@ -227,5 +228,55 @@ func TestAuditDrawWithheld(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestAuditDrawDigestWithheld: a member that sends its parts but never the
+// digest of its seed holds each other member's reveal up for at most
+// AuditTimeout/8 (its digest is awaited: its parts were taken), and its
+// seed then counts for nobody: every other member draws from the same
+// seeds, so they agree, round after round, and every round ends within its
+// timeouts. Not sending a digest is not a lie: nobody refuses or bans it.
+func TestAuditDrawDigestWithheld(t *testing.T) {
+	const cheat = 1
+	ap := drawPeers(t, 0.5, nil)
+	ap.ps[cheat].a.faults.withholdDigest = true
+	wait := ap.ps[0].a.cfg.AuditTimeout / 8
+	rounds := 4
+	if testing.Short() {
+		rounds = 2
+	}
+	for r := 1; r <= rounds; r++ {
+		out := ap.round(t, "digest", uint64(r))
+		var first *Result
+		for i, o := range out {
+			if i == cheat {
+				continue
+			}
+			if first == nil {
+				first = &out[i].res
+			} else if o.res.Audited != first.Audited {
+				t.Fatalf("round %d: the members other than the cheat drew differently (peer %d: audited=%v)", r, i, o.res.Audited)
+			}
+			// The digest wait, the seeds' wait and, where the cheat drew
+			// otherwise than the rest and ran no audit, an audit waiting
+			// out its commitment and report (AuditTimeout).
+			if lim := wait + ap.ps[i].a.cfg.AuditTimeout*5/4 + slow*time.Second; o.res.ReduceTime > lim {
+				t.Fatalf("round %d: peer %d took %v, over %v", r, i, o.res.ReduceTime, lim)
+			}
+		}
+	}
+	for i := range ap.ps {
+		if i == cheat {
+			continue
+		}
+		for _, rc := range ap.refs[i].Summary().Refusals {
+			if rc.Protocol == ProtoAudit {
+				t.Errorf("peer %d refused audit input: %+v", i, rc)
+			}
+		}
+		if ap.banned(i, ap.id(cheat)) {
+			t.Errorf("peer %d banned the member over its digest", i)
+		}
 	}
 }

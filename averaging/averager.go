@@ -304,8 +304,9 @@ type faults struct {
 	lieClaim    func(c *claim)
 	falseAccuse bool   // as an auditor: report every claim as wrong
 	beforeAudit func() // called when this member's round is over, before its audit
-	// Audit draws: reveal a seed other than the one committed to, or none.
-	wrongSeed, withholdSeed bool
+	// Audit draws: reveal a seed other than the one committed to, or none;
+	// send no digest of it.
+	wrongSeed, withholdSeed, withholdDigest bool
 }
 
 // New creates an Averager and registers its stream handlers on h.
