@@ -27,8 +27,8 @@ func rawBytes(v []float32) []byte {
 // halves views b as 16-bit wire values in memory order, where that is the
 // wire's (little-endian) and b is 2-aligned; nil otherwise (and for an
 // empty b). The bf16 codec's loops then move whole values with no byte
-// shuffling or bounds check per value: about 4x faster, which decides
-// whether halving the bytes saves time at all where the cipher is fast.
+// shuffling or bounds check per value (encode 1.4x, decode 1.7x faster,
+// BenchmarkCodec).
 func halves(b []byte) []uint16 {
 	if !littleEndian || len(b) < 2 || uintptr(unsafe.Pointer(&b[0]))%2 != 0 {
 		return nil

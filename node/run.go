@@ -379,15 +379,15 @@ func (m *membership) discover(ctx context.Context) bool {
 // maxHelloErrs bounds the failed hellos remembered for their waiters.
 const maxHelloErrs = 1024
 
-// verify connects to ai and runs the hello handshake: it sends this node's
-// hello, reads the peer's answer, and admits the peer when the answer is
-// for this run, carries a valid admission (token runs) and did not refuse
-// us. Concurrent calls for one peer share one handshake.
 // errHelloAnswered marks a hello that completed with a verdict against
 // admission (another run, refused by either side): asking again changes
 // nothing until something else does.
 var errHelloAnswered = errors.New("answered")
 
+// verify connects to ai and runs the hello handshake: it sends this node's
+// hello, reads the peer's answer, and admits the peer when the answer is
+// for this run, carries a valid admission (token runs) and did not refuse
+// us. Concurrent calls for one peer share one handshake.
 func (m *membership) verify(ctx context.Context, ai peer.AddrInfo) (err error) {
 	m.mu.Lock()
 	if wait, ok := m.inflight[ai.ID]; ok {
