@@ -17,9 +17,10 @@ import (
 	"github.com/swarm-train/swarm/internal/bf16"
 )
 
-// roomy allows what the tests' requests declare: 64 values a sample.
+// roomy allows what the tests' requests declare: 64 values a sample, a
+// TOPK block marking any of them.
 func roomy(q *Request) (Limits, error) {
-	return Limits{Act: 64 * int(q.N), Targets: 64 * int(q.N)}, nil
+	return Limits{Act: 64 * int(q.N), Targets: 64 * int(q.N), Kept: 64 * int(q.N)}, nil
 }
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -164,6 +165,8 @@ func FuzzReadRequest(f *testing.F) {
 	f.Add(append((&Request{Kind: KindTrain, N: 1}).Encode()[:26], 0xff, 0xff, 0xff, 0xff))
 	f.Add((&Request{Kind: KindTrain, N: 2, Act: []float32{1, -3e-9}, Targets: []int32{1, 2}, Precision: BF16}).Encode())
 	f.Add((&Request{Kind: KindTrain, N: 2, Act: []float32{1, -3e-9, 70, 0.5}, Targets: []int32{1, 2}, Precision: INT8}).Encode())
+	topk := []float32{0, 3, -1, 0, 0.5, 7, 0, 0, 2}
+	f.Add((&Request{Kind: KindTrain, N: 1, Act: topk, Targets: []int32{1}, Precision: TOPK, Mask: TopMask(topk, 9, 3)}).Encode())
 	unknown := (&Request{Kind: KindTrain, N: 1, Act: []float32{1}}).Encode()
 	unknown[25] = 7 // no such precision
 	f.Add(unknown)
@@ -183,13 +186,31 @@ func FuzzReadResponse(f *testing.F) {
 	f.Add((&Response{Code: CodeBusy, Msg: "x"}).Encode())
 	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20}, Precision: BF16}).Encode())
 	f.Add((&Response{Code: CodeOK, Grad: []float32{0.5, -1e-20, 3}, Precision: INT8}).Encode())
+	// The answer to a TOPK request of 9 values marking 0b1_0010_0110:
+	// its gradient MASKED, and one sent with a bitmap of its own.
+	mask := Mask{0x26, 0x01}
+	grad := []float32{1, 2, 3, 4, 5, 6, 7, 8, 9}
+	f.Add((&Response{Code: CodeOK, Grad: grad, Precision: TOPK, Mask: mask}).Encode())
+	f.Add((&Response{Code: CodeOK, Grad: grad, Precision: TOPK}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
-		p, err := ReadResponse(bytes.NewReader(b), 1<<20)
+		if p, err := ReadResponse(bytes.NewReader(b), 1<<20); err == nil {
+			if _, err := ReadResponse(bytes.NewReader(p.Encode()), 1<<20); err != nil {
+				t.Fatalf("re-encoded response fails: %v", err)
+			}
+		}
+		p, err := ReadMaskedResponse(bytes.NewReader(b), 9, mask)
 		if err != nil {
 			return
 		}
-		if _, err := ReadResponse(bytes.NewReader(p.Encode()), 1<<20); err != nil {
-			t.Fatalf("re-encoded response fails: %v", err)
+		if p.Precision == MASKED {
+			for i, g := range p.Grad {
+				if g != 0 && !mask.Has(i) {
+					t.Fatalf("gradient value %d (%g) outside the mask", i, g)
+				}
+			}
+		}
+		if _, err := ReadMaskedResponse(bytes.NewReader(p.Encode()), 9, mask); err != nil {
+			t.Fatalf("re-encoded masked response fails: %v", err)
 		}
 	})
 }

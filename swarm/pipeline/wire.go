@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 
 	"github.com/libp2p/go-libp2p/core/protocol"
 
@@ -39,6 +40,18 @@ const (
 	// nearest: 1.06 bytes a value, an error of at most half a step of the
 	// block's scale.
 	INT8 uint8 = 2
+	// TOPK: a bitmap of the block's values that are sent (value i when bit
+	// i%8 of byte i/8 is set), then those values in bf16; the others are
+	// zero. Senders mark each sample's largest magnitudes (TopMask), so
+	// the receiver's forward pass sees the sample with the rest zeroed,
+	// and the gradient that comes back needs only the marked places
+	// (MASKED). Post-ReLU activations, mostly zero, lose nothing else.
+	TOPK uint8 = 3
+	// MASKED: only in a response, for the gradient of a TOPK request: the
+	// values at the places the request's bitmap marks, in bf16, the rest
+	// zero. It is the exact gradient of the network the sender computed,
+	// whose activations outside its mask were zeroed before they left.
+	MASKED uint8 = 4
 )
 
 // Int8Block is how many values of an INT8 block share one scale.
@@ -68,6 +81,7 @@ const (
 type Limits struct {
 	Act     int // activation values
 	Targets int // targets
+	Kept    int // values a TOPK activation block may mark as sent
 }
 
 // ErrOversize marks a block that declares more values than allowed.
@@ -85,9 +99,12 @@ type Request struct {
 	N       uint32 // samples
 	Act     []float32
 	Targets []int32
-	// Precision of Act on the wire (FP32 or BF16); after decoding, the
-	// precision it was sent in.
+	// Precision of Act on the wire (FP32, BF16, INT8 or TOPK); after
+	// decoding, the precision it was sent in.
 	Precision uint8
+	// Mask is, for TOPK, which values of Act are sent (TopMask; nil: the
+	// non-zero ones); after decoding a TOPK block, the block's bitmap.
+	Mask Mask
 }
 
 // Response answers a Request.
@@ -97,18 +114,31 @@ type Response struct {
 	Loss    float32
 	Correct uint32    // eval: correctly classified samples
 	Grad    []float32 // train: gradient w.r.t. the request's Act
-	// Precision of Grad on the wire, as Request.Precision.
+	// Precision of Grad on the wire, as Request.Precision; TOPK sends
+	// MASKED when Mask covers Grad.
 	Precision uint8
+	// Mask is the answered TOPK request's (Request.Mask): the places the
+	// gradient is sent at.
+	Mask Mask
 	// Receipt is the stage's signed receipt crediting the sender with the
 	// micro-batch (swarm/credit wire form; empty: none).
 	Receipt []byte
 }
 
-// appendFloats writes a float block: precision, count, values.
-func appendFloats(b []byte, v []float32, precision uint8) []byte {
+// appendFloats writes a float block: precision, count, values. For TOPK,
+// mask marks the values sent (nil or not covering v: the non-zero ones).
+func appendFloats(b []byte, v []float32, precision uint8, mask Mask) []byte {
+	if precision == TOPK && len(mask) != maskLen(len(v)) {
+		mask = NonZero(v)
+	}
 	b = append(b, precision)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
 	switch precision {
+	case TOPK:
+		b = append(b, mask...)
+		return appendMasked(b, v, mask)
+	case MASKED:
+		return appendMasked(b, v, mask)
 	case BF16:
 		for _, x := range v {
 			b = binary.LittleEndian.AppendUint16(b, bf16.From32(x))
@@ -154,9 +184,25 @@ func appendInt8(b []byte, v []float32) []byte {
 	return b
 }
 
-// wireSize is the encoded size of n values in precision p.
+// appendMasked writes the values mask marks, in bf16.
+func appendMasked(b []byte, v []float32, mask Mask) []byte {
+	for i, m := range mask {
+		for ; m != 0; m &= m - 1 {
+			x := v[i*8+bits.TrailingZeros8(m)]
+			b = binary.LittleEndian.AppendUint16(b, bf16.From32(x))
+		}
+	}
+	return b
+}
+
+// wireSize is the encoded size of n values in precision p (for TOPK and
+// MASKED, at most: the values sent are those a mask marks).
 func wireSize(n int, p uint8) int {
 	switch p {
+	case TOPK:
+		return maskLen(n) + 2*n
+	case MASKED:
+		return 2 * n
 	case BF16:
 		return 2 * n
 	case INT8:
@@ -173,7 +219,7 @@ func (r *Request) Encode() []byte {
 	b = binary.BigEndian.AppendUint64(b, r.Epoch)
 	b = binary.BigEndian.AppendUint64(b, r.ID)
 	b = binary.BigEndian.AppendUint32(b, r.N)
-	b = appendFloats(b, r.Act, r.Precision)
+	b = appendFloats(b, r.Act, r.Precision, r.Mask)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(r.Targets)))
 	for _, t := range r.Targets {
 		b = binary.BigEndian.AppendUint32(b, uint32(t))
@@ -189,7 +235,14 @@ func (r *Response) Encode() []byte {
 	b = append(b, r.Msg[:min(len(r.Msg), math.MaxUint16)]...)
 	b = binary.BigEndian.AppendUint32(b, math.Float32bits(r.Loss))
 	b = binary.BigEndian.AppendUint32(b, r.Correct)
-	b = appendFloats(b, r.Grad, r.Precision)
+	p, mask := r.Precision, r.Mask
+	switch {
+	case p == MASKED && len(mask) != maskLen(len(r.Grad)):
+		p = TOPK // no mask to follow: the bitmap goes along
+	case p == TOPK && len(mask) == maskLen(len(r.Grad)) && len(r.Grad) > 0:
+		p = MASKED
+	}
+	b = appendFloats(b, r.Grad, p, mask)
 	rc := r.Receipt
 	if len(rc) > MaxReceipt {
 		rc = nil // never sent: the reader would refuse the whole answer
@@ -232,35 +285,72 @@ func (d *reader) u16() uint16 { return binary.BigEndian.Uint16(d.read(2)) }
 func (d *reader) u32() uint32 { return binary.BigEndian.Uint32(d.read(4)) }
 func (d *reader) u64() uint64 { return binary.BigEndian.Uint64(d.read(8)) }
 
-// floats reads a float block of at most limit values. Its buffer grows only
-// as bytes arrive, so a sender that declares the limit and stalls costs
-// little.
-func (d *reader) floats(what string, limit int) ([]float32, uint8) {
+// floats reads a float block of at most limit values; a TOPK block marks
+// at most kept of them, and a MASKED one follows mask (nil: refused). Its
+// buffer grows only as bytes arrive, so a sender that declares the limit
+// and stalls costs little.
+func (d *reader) floats(what string, limit, kept int, mask Mask) ([]float32, uint8, Mask) {
 	p := d.u8()
 	n := d.u32()
 	if d.err != nil {
-		return nil, p
+		return nil, p, nil
 	}
-	if p != FP32 && p != BF16 && p != INT8 {
+	if p > MASKED {
 		d.err = fmt.Errorf("%s: unknown precision %d", what, p)
-		return nil, p
+		return nil, p, nil
 	}
 	if int64(n) > int64(limit) {
 		d.err = fmt.Errorf("%s: %d values, limit %d: %w", what, n, max(limit, 0), ErrOversize)
-		return nil, p
+		return nil, p, nil
 	}
-	raw, err := guard.ReadFull(d.r, wireSize(int(n), p))
+	size := wireSize(int(n), p)
+	switch p {
+	case TOPK:
+		m, err := guard.ReadFull(d.r, maskLen(int(n)))
+		if err != nil {
+			d.err = fmt.Errorf("%s: bitmap: %w", what, err)
+			return nil, p, nil
+		}
+		if err := Mask(m).check(int(n)); err != nil {
+			d.err = fmt.Errorf("%s: %w", what, err)
+			return nil, p, nil
+		}
+		if ones := Mask(m).Ones(); ones > kept {
+			d.err = fmt.Errorf("%s: bitmap marks %d values, limit %d: %w", what, ones, max(kept, 0), ErrOversize)
+			return nil, p, nil
+		}
+		mask, size = m, 2*Mask(m).Ones()
+	case MASKED:
+		if mask == nil {
+			d.err = fmt.Errorf("%s: a masked block with no bitmap to follow (only the answer to a TOPK request sends one)", what)
+			return nil, p, nil
+		}
+		if len(mask) != maskLen(int(n)) {
+			d.err = fmt.Errorf("%s: %d values in a masked block, but the request's bitmap covers %d", what, n, 8*len(mask))
+			return nil, p, nil
+		}
+		size = 2 * mask.Ones()
+	}
+	raw, err := guard.ReadFull(d.r, size)
 	if err != nil {
 		d.err = fmt.Errorf("%s: %w", what, err)
-		return nil, p
+		return nil, p, nil
 	}
 	out := make([]float32, n)
 	switch p {
+	case TOPK, MASKED:
+		for i, m := range mask {
+			for ; m != 0; m &= m - 1 {
+				out[i*8+bits.TrailingZeros8(m)] = bf16.To32(binary.LittleEndian.Uint16(raw))
+				raw = raw[2:]
+			}
+		}
+		return out, p, mask
 	case BF16:
 		for i := range out {
 			out[i] = bf16.To32(binary.LittleEndian.Uint16(raw[2*i:]))
 		}
-		return out, p
+		return out, p, nil
 	case INT8:
 		for start := 0; start < len(out); start += Int8Block {
 			scale := math.Float32frombits(binary.LittleEndian.Uint32(raw))
@@ -268,7 +358,7 @@ func (d *reader) floats(what string, limit int) ([]float32, uint8) {
 			// A scale beyond float32's largest / 127 would decode to Inf.
 			if !(scale >= 0 && scale <= math.MaxFloat32/127) {
 				d.err = fmt.Errorf("%s: block at value %d has scale %g: %w", what, start, scale, ErrNonFinite)
-				return nil, p
+				return nil, p, nil
 			}
 			blk := out[start:min(start+Int8Block, len(out))]
 			for i := range blk {
@@ -276,12 +366,12 @@ func (d *reader) floats(what string, limit int) ([]float32, uint8) {
 			}
 			raw = raw[len(blk):]
 		}
-		return out, p
+		return out, p, nil
 	}
 	for i := range out {
 		out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
-	return out, p
+	return out, p, nil
 }
 
 // ReadRequest decodes one request. After the fixed header (kind, shard,
@@ -301,7 +391,7 @@ func ReadRequest(r io.Reader, limit func(*Request) (Limits, error)) (*Request, e
 	if err != nil {
 		return nil, fmt.Errorf("pipeline request: %w", err)
 	}
-	q.Act, q.Precision = d.floats("activations", lim.Act)
+	q.Act, q.Precision, q.Mask = d.floats("activations", lim.Act, lim.Kept, nil)
 	n := d.u32()
 	if d.err == nil && int64(n) > int64(lim.Targets) {
 		d.err = fmt.Errorf("targets: %d values, limit %d: %w", n, max(lim.Targets, 0), ErrOversize)
@@ -326,6 +416,12 @@ func ReadRequest(r io.Reader, limit func(*Request) (Limits, error)) (*Request, e
 // ReadResponse decodes one response whose gradient holds at most maxGrad
 // values (the caller knows: as many as the activations it sent).
 func ReadResponse(r io.Reader, maxGrad int) (*Response, error) {
+	return ReadMaskedResponse(r, maxGrad, nil)
+}
+
+// ReadMaskedResponse is ReadResponse for the answer to a request whose
+// activations were sent TOPK with mask: a MASKED gradient follows it.
+func ReadMaskedResponse(r io.Reader, maxGrad int, mask Mask) (*Response, error) {
 	d := &reader{r: r}
 	p := &Response{Code: d.u8()}
 	n := d.u16()
@@ -338,7 +434,10 @@ func ReadResponse(r io.Reader, maxGrad int) (*Response, error) {
 	}
 	p.Loss = math.Float32frombits(d.u32())
 	p.Correct = d.u32()
-	p.Grad, p.Precision = d.floats("gradient", maxGrad)
+	p.Grad, p.Precision, p.Mask = d.floats("gradient", maxGrad, maxGrad, mask)
+	if p.Precision != MASKED {
+		p.Mask = nil // a TOPK gradient's own bitmap: not a request's
+	}
 	if p.Receipt, d.err = d.receipt("receipt"); d.err != nil {
 		return nil, fmt.Errorf("pipeline response: %w", d.err)
 	}

@@ -1,0 +1,150 @@
+package pipeline
+
+import (
+	"errors"
+	"math"
+	"math/bits"
+)
+
+// Mask marks the values of a TOPK or MASKED block that are on the wire:
+// value i when bit i%8 of byte i/8 is set; the values it leaves out are
+// zero. Bits past the block's last value are clear.
+type Mask []byte
+
+// maskLen is the bytes of a mask over n values.
+func maskLen(n int) int { return (n + 7) / 8 }
+
+// Has reports whether value i is marked.
+func (m Mask) Has(i int) bool { return m[i>>3]>>(i&7)&1 != 0 }
+
+// Ones is the number of marked values.
+func (m Mask) Ones() int {
+	n := 0
+	for _, b := range m {
+		n += bits.OnesCount8(b)
+	}
+	return n
+}
+
+// check refuses a mask over n values with bits set past the last value.
+func (m Mask) check(n int) error {
+	if n%8 != 0 && m[len(m)-1]>>(n%8) != 0 {
+		return errors.New("bitmap marks values past the block's end")
+	}
+	return nil
+}
+
+// NonZero marks the values of v that are not zero (NaN included).
+func NonZero(v []float32) Mask {
+	m := make(Mask, maskLen(len(v)))
+	for i, x := range v {
+		if x != 0 {
+			m[i>>3] |= 1 << (i & 7)
+		}
+	}
+	return m
+}
+
+// TopMask marks, in each row of width values of v, the keep values of
+// largest magnitude among the non-zero ones (all of them when a row has
+// no more than keep). NaN and Inf count as largest, so a sender's broken
+// activations still reach the receiver, which refuses them. Ties at the
+// threshold go to the earlier values. It costs O(len(v)) on average
+// (quickselect on a scratch row).
+func TopMask(v []float32, width, keep int) Mask {
+	m := make(Mask, maskLen(len(v)))
+	if width <= 0 || keep <= 0 {
+		return m
+	}
+	mag := make([]float32, width)
+	for start := 0; start < len(v); start += width {
+		row := v[start:min(start+width, len(v))]
+		nz := mag[:0]
+		for _, x := range row {
+			if x != 0 {
+				nz = append(nz, magnitude(x))
+			}
+		}
+		if len(nz) <= keep {
+			for i, x := range row {
+				if x != 0 {
+					m[(start+i)>>3] |= 1 << ((start + i) & 7)
+				}
+			}
+			continue
+		}
+		// The keep-th largest magnitude: values above it are marked, then
+		// values equal to it until keep are.
+		thr := selectDesc(nz, keep-1)
+		above := 0
+		for _, x := range row {
+			if magnitude(x) > thr {
+				above++
+			}
+		}
+		ties := keep - above
+		for i, x := range row {
+			a := magnitude(x)
+			if a > thr || (a == thr && ties > 0) {
+				if a == thr {
+					ties--
+				}
+				m[(start+i)>>3] |= 1 << ((start + i) & 7)
+			}
+		}
+	}
+	return m
+}
+
+// magnitude is |x|, with NaN as +Inf.
+func magnitude(x float32) float32 {
+	a := float32(math.Abs(float64(x)))
+	if a != a {
+		return float32(math.Inf(1))
+	}
+	return a
+}
+
+// selectDesc returns the k-th largest of a (k from 0), reordering a.
+func selectDesc(a []float32, k int) float32 {
+	lo, hi := 0, len(a)-1
+	for lo < hi {
+		// Median of three as pivot (a[lo] ≥ a[mid] ≥ a[hi]), then a
+		// Hoare partition into values ≥ pivot on the left and ≤ pivot on
+		// the right.
+		mid := lo + (hi-lo)/2
+		if a[mid] > a[lo] {
+			a[mid], a[lo] = a[lo], a[mid]
+		}
+		if a[hi] > a[lo] {
+			a[hi], a[lo] = a[lo], a[hi]
+		}
+		if a[hi] > a[mid] {
+			a[hi], a[mid] = a[mid], a[hi]
+		}
+		pivot := a[mid]
+		i, j := lo, hi
+		for i <= j {
+			for a[i] > pivot {
+				i++
+			}
+			for a[j] < pivot {
+				j--
+			}
+			if i <= j {
+				a[i], a[j] = a[j], a[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return a[k]
+		}
+	}
+	return a[k]
+}
