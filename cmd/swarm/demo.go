@@ -49,7 +49,8 @@ Logs are in --dir/*.log.`,
 			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
 			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
 			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
-			&cli.StringFlag{Name: "activations", Value: run.ActivationsFP32, Usage: "precision of activations between shards: fp32, bf16 or int8", EnvVars: []string{"DEMO_ACTIVATIONS"}},
+			&cli.StringFlag{Name: "activations", Value: run.ActivationsFP32, Usage: "precision of activations between shards: fp32, bf16, int8 or topk", EnvVars: []string{"DEMO_ACTIVATIONS"}},
+			&cli.Float64Flag{Name: "activation-keep", Usage: "topk activations: the fraction of each sample's values sent (default 1: the non-zero ones); implies --activations topk", EnvVars: []string{"DEMO_ACTIVATION_KEEP"}},
 			&cli.StringFlag{Name: "compression", Value: run.CompressNone, Usage: "averaging compression: none, bf16, fp16 or int8", EnvVars: []string{"DEMO_COMPRESSION"}},
 			&cli.Float64Flag{Name: "delta-keep", Usage: "local mode: compress deltas to this fraction of their values (topk, error feedback; outer lr 1, momentum 0)", EnvVars: []string{"DEMO_DELTA_KEEP"}},
 			&cli.IntFlag{Name: "delta-bits", Value: 4, Usage: "with --delta-keep: bits a kept value (2, 4 or 8)", EnvVars: []string{"DEMO_DELTA_BITS"}},
@@ -106,6 +107,14 @@ func demo(c *cli.Context) error {
 	m.Averaging.Compression = c.String("compression")
 	if c.IsSet("activations") {
 		m.Training.Activations = c.String("activations")
+	}
+	if c.IsSet("activation-keep") {
+		if !c.IsSet("activations") {
+			m.Training.Activations = run.ActivationsTopK
+		}
+		m.Training.ActivationKeep = c.Float64("activation-keep")
+	} else if m.Training.Activations == run.ActivationsTopK {
+		m.Training.ActivationKeep = 1
 	}
 	m.Averaging.DelayedUpdates = c.Bool("delayed-updates")
 	if c.IsSet("delta-keep") {

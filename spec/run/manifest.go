@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 
@@ -222,8 +223,13 @@ type TrainingSpec struct {
 	// Activations is the precision of the activations and their gradients
 	// sent between shards: fp32 (the default, also when empty), bf16,
 	// which halves the pipeline's traffic for slow links, or int8 (blocks
-	// of 64 values with a shared scale), which nearly quarters it.
+	// of 64 values with a shared scale), which nearly quarters it, or topk
+	// (each sample's ActivationKeep largest magnitudes in bf16 with a
+	// bitmap, the rest zero, the gradient back at the same places only).
 	Activations string `json:"activations,omitempty"`
+	// ActivationKeep is, with topk activations, the fraction of each
+	// sample's boundary values sent (0, 1]; 1 sends every non-zero value.
+	ActivationKeep float64 `json:"activation_keep,omitempty"`
 	// SyncLossMargin (nats) is how much worse than a node's own state a
 	// shard state offered by a single donor may do on held-out data for a
 	// node with trained state to install it (0: DefaultSyncLossMargin);
@@ -253,7 +259,20 @@ const (
 	// ActivationsInt8: blocks of 64 values sharing a float32 scale, one
 	// signed byte a value (3.8× fewer bytes than fp32, 1.9× than bf16).
 	ActivationsInt8 = "int8"
+	// ActivationsTopK: each sample's largest magnitudes (activation_keep
+	// of them), bf16, and a bitmap of their places; the rest are zero.
+	ActivationsTopK = "topk"
 )
+
+// ActivationsKept is, for topk activations, how many of a sample's width
+// boundary values are sent: activation_keep of them, rounded up; width for
+// the other precisions.
+func (t TrainingSpec) ActivationsKept(width int) int {
+	if t.Activations != ActivationsTopK {
+		return width
+	}
+	return min(width, max(1, int(math.Ceil(t.ActivationKeep*float64(width)-1e-9))))
+}
 
 // MaxLocalStepsFactor bounds averaging.max_local_steps as a multiple of
 // local_steps.
@@ -437,9 +456,15 @@ func (m *Manifest) Validate() error {
 		return fieldErr("training.steps", "must be positive, got %d", t.Steps)
 	}
 	switch t.Activations {
-	case "", ActivationsFP32, ActivationsBF16, ActivationsInt8:
+	case "", ActivationsFP32, ActivationsBF16, ActivationsInt8, ActivationsTopK:
 	default:
-		return fieldErr("training.activations", "unknown precision %q (want fp32, bf16 or int8)", t.Activations)
+		return fieldErr("training.activations", "unknown precision %q (want fp32, bf16, int8 or topk)", t.Activations)
+	}
+	if t.Activations != ActivationsTopK && t.ActivationKeep != 0 {
+		return fieldErr("training.activation_keep", "only with topk activations (activations is %q)", t.Activations)
+	}
+	if t.Activations == ActivationsTopK && !(t.ActivationKeep > 0 && t.ActivationKeep <= 1) {
+		return fieldErr("training.activation_keep", "must be in (0, 1] with topk activations (the fraction of each sample's values sent), got %g", t.ActivationKeep)
 	}
 	if !(t.SyncLossMargin >= 0 && t.SyncLossMargin <= MaxSyncLossMargin) {
 		return fieldErr("training.sync_loss_margin", "must be in [0, %d] nats (0: %g), got %g", MaxSyncLossMargin, DefaultSyncLossMargin, t.SyncLossMargin)

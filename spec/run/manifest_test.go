@@ -75,6 +75,14 @@ func TestValidateNamesField(t *testing.T) {
 		{"target below batch", func(m *Manifest) { m.Training.TargetBatch = 1 }, "training.target_batch"},
 		{"zero steps", func(m *Manifest) { m.Training.Steps = 0 }, "training.steps"},
 		{"unknown activation precision", func(m *Manifest) { m.Training.Activations = "fp16" }, "training.activations"},
+		{"topk activations keeping nothing", func(m *Manifest) { m.Training.Activations = ActivationsTopK }, "training.activation_keep"},
+		{"topk activations keeping more than all", func(m *Manifest) {
+			m.Training.Activations, m.Training.ActivationKeep = ActivationsTopK, 1.5
+		}, "training.activation_keep"},
+		{"topk activations keeping NaN", func(m *Manifest) {
+			m.Training.Activations, m.Training.ActivationKeep = ActivationsTopK, math.NaN()
+		}, "training.activation_keep"},
+		{"activation keep without topk", func(m *Manifest) { m.Training.ActivationKeep = 0.5 }, "training.activation_keep"},
 		{"negative sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = -0.1 }, "training.sync_loss_margin"},
 		{"NaN sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = math.NaN() }, "training.sync_loss_margin"},
 		{"huge sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = 11 }, "training.sync_loss_margin"},
@@ -659,5 +667,24 @@ func TestEvalBatch(t *testing.T) {
 	}
 	if got := NewMLPMNIST(1).EvalBatch(250); got != 250 {
 		t.Fatalf("mlp: EvalBatch(250) = %d", got)
+	}
+}
+
+// ActivationsKept rounds activation_keep × width up, keeps at least one
+// value and at most width, and is width for the dense precisions.
+func TestActivationsKept(t *testing.T) {
+	tr := TrainingSpec{Activations: ActivationsTopK}
+	for _, c := range []struct {
+		keep  float64
+		width int
+		want  int
+	}{{0.1, 1024, 103}, {0.25, 1024, 256}, {1, 1024, 1024}, {1e-9, 1024, 1}, {0.3, 10, 3}} {
+		tr.ActivationKeep = c.keep
+		if got := tr.ActivationsKept(c.width); got != c.want {
+			t.Errorf("keep %g of %d: %d, want %d", c.keep, c.width, got, c.want)
+		}
+	}
+	if got := (TrainingSpec{Activations: ActivationsBF16}).ActivationsKept(1024); got != 1024 {
+		t.Errorf("bf16: %d kept, want all 1024", got)
 	}
 }

@@ -104,7 +104,7 @@ func (t *Trainer) farEpochLoop(ctx context.Context) {
 			Act: make([]float32, s.ActPerSample), Targets: make([]int32, s.TargetsPerSample), Precision: t.stage.wirePrecision()}
 		payload := q.Encode()
 		for _, p := range t.holders(next, false) {
-			_, _ = t.stage.call(ctx, p, pipeline.KindTrain, payload, len(q.Act), q.Epoch, int(q.N))
+			_, _ = t.stage.call(ctx, p, q, payload)
 		}
 	}
 }

@@ -295,7 +295,7 @@ func TestPipelineStreamsReused(t *testing.T) {
 		q.ID++
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		res, err := snd.stage.call(ctx, tr.h.ID(), pipeline.KindTrain, q.Encode(), len(q.Act), 3, 2)
+		res, err := snd.stage.call(ctx, tr.h.ID(), &q, q.Encode())
 		if err != nil || res.Code != pipeline.CodeOK || len(res.Grad) != len(q.Act) {
 			t.Fatalf("call: %v, %+v", err, res)
 		}
@@ -372,7 +372,7 @@ func TestPipelineIdleFlood(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	q.ID++
-	if res, err := snd.stage.call(ctx, tr.h.ID(), pipeline.KindTrain, q.Encode(), len(q.Act), 3, 1); err != nil || res.Code != pipeline.CodeOK {
+	if res, err := snd.stage.call(ctx, tr.h.ID(), &q, q.Encode()); err != nil || res.Code != pipeline.CodeOK {
 		t.Fatalf("another sender during the flood: %v, %+v", err, res)
 	}
 	testutil.Eventually(t, 5*time.Second, testutil.Says("the other sender's stream idles too"), func() bool {

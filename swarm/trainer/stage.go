@@ -194,6 +194,8 @@ func (s *stageServer) wirePrecision() uint8 {
 		return pipeline.BF16
 	case run.ActivationsInt8:
 		return pipeline.INT8
+	case run.ActivationsTopK:
+		return pipeline.TOPK
 	}
 	return pipeline.FP32
 }
@@ -217,7 +219,8 @@ func (s *stageServer) requestLimits(from peer.ID, q *pipeline.Request) (pipeline
 			return pipeline.Limits{}, s.farEpoch(from, q.Epoch, own)
 		}
 	}
-	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample}, nil
+	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample,
+		Kept: int(q.N) * s.m.Training.ActivationsKept(sh.ActPerSample)}, nil
 }
 
 // readReason names why a request could not be read; "" for a stream the
@@ -307,6 +310,7 @@ func (s *stageServer) serveOne(st network.Stream, from peer.ID, b0 byte) bool {
 	}
 	train := q.Kind == pipeline.KindTrain
 	resp := s.serve(from, q)
+	resp.Mask = q.Mask // a TOPK request's gradient goes back at its places
 	if train && resp.Code == pipeline.CodeOK {
 		resp.Receipt = s.stamp(from, q.Epoch, int(q.N), [32]byte(hash.Sum(nil)))
 	}
@@ -458,12 +462,25 @@ func countCorrect(logits []float32, targets []int32, m *run.Manifest) uint32 {
 	return n
 }
 
-// forwardNext sends activations to a holder of stage index, retrying with
-// other holders, and checks the answer.
-func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, kind uint8, n int, act []float32, targets []int32) (*pipeline.Response, error) {
+// request is the pipeline request carrying act (n samples) to shard index,
+// in the run's precision.
+func (s *stageServer) request(kind uint8, index int, epoch uint64, n int, act []float32, targets []int32) *pipeline.Request {
 	q := &pipeline.Request{Kind: kind, Shard: uint32(index), Epoch: epoch, N: uint32(n), Act: act,
 		Targets:   targets, // the last stage needs them; middle stages pass them on
 		Precision: s.wirePrecision(), ID: s.nextID.Add(1)}
+	if q.Precision == pipeline.TOPK {
+		// Each sample's largest values go; the next stage computes with
+		// the rest zeroed, and the gradient comes back at the same places.
+		w := len(act) / max(n, 1)
+		q.Mask = pipeline.TopMask(act, w, s.m.Training.ActivationsKept(w))
+	}
+	return q
+}
+
+// forwardNext sends activations to a holder of stage index, retrying with
+// other holders, and checks the answer.
+func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, kind uint8, n int, act []float32, targets []int32) (*pipeline.Response, error) {
+	q := s.request(kind, index, epoch, n, act, targets)
 	payload := q.Encode()
 	tried := map[peer.ID]bool{}
 	var lastErr error
@@ -486,7 +503,7 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 		tried[p] = true
 		start := s.clk.Now()
 		s.bal.Begin(p)
-		res, err := s.call(ctx, p, kind, payload, len(act), epoch, n)
+		res, err := s.call(ctx, p, q, payload)
 		if err == nil {
 			switch {
 			case res.Code == pipeline.CodeStale:
@@ -524,15 +541,15 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 	return nil, lastErr
 }
 
-// call sends one encoded request of the given kind (n samples of epoch) to
-// p and reads the answer, whose gradient holds at most maxGrad values. A
-// training answer's receipt is kept and acknowledged with this node's
-// receipt for the answer.
-func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (*pipeline.Response, error) {
+// call sends q, encoded as payload, to p and reads the answer, whose
+// gradient holds at most as many values as q's activations (at the places
+// q's mask marks, for a TOPK request). A training answer's receipt is kept
+// and acknowledged with this node's receipt for the answer.
+func (s *stageServer) call(ctx context.Context, p peer.ID, q *pipeline.Request, payload []byte) (*pipeline.Response, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.hop)
 	defer cancel()
 	if st := s.pool.get(p); st != nil {
-		res, fresh, err := s.callOn(ctx, st, p, kind, payload, maxGrad, epoch, n)
+		res, fresh, err := s.callOn(ctx, st, p, q, payload)
 		if !fresh {
 			return res, err
 		}
@@ -544,7 +561,7 @@ func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload [
 	if err != nil {
 		return nil, err
 	}
-	res, _, err := s.callOn(ctx, st, p, kind, payload, maxGrad, epoch, n)
+	res, _, err := s.callOn(ctx, st, p, q, payload)
 	return res, err
 }
 
@@ -552,7 +569,8 @@ func (s *stageServer) call(ctx context.Context, p peer.ID, kind uint8, payload [
 // the exchange left it in step, and drops it otherwise. retry says that st
 // failed before any byte of an answer came: a stream taken from the pool
 // may have been closed by the other end meanwhile.
-func (s *stageServer) callOn(ctx context.Context, st network.Stream, p peer.ID, kind uint8, payload []byte, maxGrad int, epoch uint64, n int) (res *pipeline.Response, retry bool, err error) {
+func (s *stageServer) callOn(ctx context.Context, st network.Stream, p peer.ID, q *pipeline.Request, payload []byte) (res *pipeline.Response, retry bool, err error) {
+	kind, maxGrad, epoch, n := q.Kind, len(q.Act), q.Epoch, int(q.N)
 	if d, ok := ctx.Deadline(); ok {
 		_ = st.SetDeadline(d)
 	}
@@ -565,7 +583,11 @@ func (s *stageServer) callOn(ctx context.Context, st network.Stream, p peer.ID, 
 	}
 	hash := sha256.New() // of the answer as received: what the acknowledgement credits
 	cr := &countReader{r: st}
-	res, err = pipeline.ReadResponse(io.TeeReader(cr, hash), maxGrad)
+	var mask pipeline.Mask
+	if q.Precision == pipeline.TOPK {
+		mask = q.Mask
+	}
+	res, err = pipeline.ReadMaskedResponse(io.TeeReader(cr, hash), maxGrad, mask)
 	if err != nil {
 		st.Reset()
 		return nil, cr.n == 0 && ctx.Err() == nil, err

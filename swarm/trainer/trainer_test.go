@@ -462,19 +462,23 @@ func TestPausedNodeShown(t *testing.T) {
 
 // TestLowPrecisionActivations: a run whose activations cross shards in
 // bf16 sends half the bytes a sample of fp32, in int8 blocks (a scale per
-// 64 values) about a quarter, and still trains.
+// 64 values) about a quarter, topk keeping a quarter of each sample's
+// values (a bitmap and the kept values in bf16; the gradient at the kept
+// places only) under a sixth, and still trains.
 func TestLowPrecisionActivations(t *testing.T) {
 	for _, c := range []struct {
 		precision string
-		perValue  float64 // wire bytes a value
+		keep      float64
+		perValue  float64 // wire bytes a value, at most
 	}{
-		{run.ActivationsBF16, 2},
-		{run.ActivationsInt8, 1 + 4.0/pipeline.Int8Block},
+		{run.ActivationsBF16, 0, 2},
+		{run.ActivationsInt8, 0, 1 + 4.0/pipeline.Int8Block},
+		{run.ActivationsTopK, 0.25, 1.0/8 + 2*0.25},
 	} {
 		t.Run(c.precision, func(t *testing.T) {
 			const steps, hidden = 100, 64
 			m := smallMNIST(2, hidden, steps)
-			m.Training.Activations = c.precision
+			m.Training.Activations, m.Training.ActivationKeep = c.precision, c.keep
 			s := &swarmT{t: t, m: m}
 			s.add(0, nil)
 			s.add(1, nil)
