@@ -32,7 +32,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+wait][+topk][+delayed][+pace][+gbf16]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+atopk][+wait][+topk][+delayed][+pace][+gbf16]
 #   WAN_LINKS="none 100mbit/100mbit/50ms" WAN_STEPS=3000 WAN_MODES="local+bf16+pace" sudo -E scripts/wan.sh
 #   WAN_SHARDS=1 WAN_LINKS="100mbit/100mbit/50ms none" WAN_STEPS=3000 WAN_MODES="local+pace" sudo -E scripts/wan.sh   # data parallel
 #   WAN_KEEP=1 WAN_LOG_LEVEL=debug sudo -E scripts/wan.sh   # keep the nodes' logs and snapshots (path on stderr)
@@ -48,6 +48,7 @@ shards=${WAN_SHARDS:-2} # 1: data parallel, every node holds the whole model (no
 local_steps=${WAN_LOCAL_STEPS:-50}
 delta_keep=${WAN_DELTA_KEEP:-0.03} # +topk rows: fraction of each delta sent
 delta_bits=${WAN_DELTA_BITS:-2}
+act_keep=${WAN_ACT_KEEP:-0.1} # +atopk rows: fraction of each sample's activations sent
 max_local_steps=${WAN_MAX_LOCAL_STEPS:-$((4 * local_steps))} # +pace rows: averaging.max_local_steps
 target_batch=${WAN_TARGET_BATCH:-128}                         # sync rows' training.target_batch
 steps=${WAN_STEPS:-}                                          # set: rows train this many steps to the end and report the test accuracy
@@ -73,6 +74,8 @@ case $target_batch in '' | *[!0-9]*) echo "wan.sh: WAN_TARGET_BATCH '$target_bat
 case $max_local_steps in '' | *[!0-9]*) echo "wan.sh: WAN_MAX_LOCAL_STEPS '$max_local_steps': want a number of inner steps" >&2; exit 1 ;; esac
 case $steps in *[!0-9]* | 0) echo "wan.sh: WAN_STEPS '$steps': want a positive number of steps" >&2; exit 1 ;; esac
 case $norm_k in *[!0-9.]* | *.*.*) echo "wan.sh: WAN_NORM_K '$norm_k': want 0 (off) or a number ≥ 1" >&2; exit 1 ;; esac
+awk -v k="$act_keep" 'BEGIN { exit !(k ~ /^[0-9]*\.?[0-9]+$/ && k > 0 && k <= 1) }' ||
+  { echo "wan.sh: WAN_ACT_KEEP '$act_keep': want a fraction in (0, 1] of each sample's activations" >&2; exit 1; }
 for l in $links; do
   IFS=/ read -r up down rtt <<<"$l"
   [ "$l" = none ] && { up=""; down=""; rtt=0ms; }
@@ -146,9 +149,10 @@ stop_links() {
   wait "$link_pid" 2>/dev/null || true
 }
 
-# run_mode LINK MODE[:N][+bf16][+wait][+topk][+delayed][+pace][+gbf16]: start the swarm (N
+# run_mode LINK MODE[:N][+bf16][+atopk][+wait][+topk][+delayed][+pace][+gbf16]: start the swarm (N
 # micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
-# adaptive; +bf16: activations between shards in bf16; +wait: local mode
+# adaptive; +bf16: activations between shards in bf16; +atopk: topk
+# activations, $act_keep of each sample's values in bf16; +wait: local mode
 # without overlapping averaging and training; +topk: local mode's deltas
 # compressed to $delta_keep of their values at $delta_bits bits; +delayed:
 # sync mode with delayed updates, averaging.delayed_updates; +pace: local
@@ -159,6 +163,8 @@ stop_links() {
 run_mode() {
   local link=$1 spec=${2%%+*} mode flight=${WAN_IN_FLIGHT:-} bf16="" wait="" dir="$work/${1//\//-}-${2//[:+]/-}"
   [[ $2 == *+bf16* ]] && bf16=1
+  local atopk=""
+  [[ $2 == *+atopk* ]] && atopk=1
   [[ $2 == *+wait* ]] && wait=1
   local topk="" delayed="" pace="" gbf16=""
   [[ $2 == *+topk* ]] && topk=1
@@ -173,6 +179,7 @@ run_mode() {
   [ "$mode" = local ] && args+=(--averaging local --local-steps "$local_steps")
   [ "$mode" = sync ] && args+=(--target-batch "$target_batch")
   [ -n "$bf16" ] && args+=(--activations bf16)
+  [ -n "$atopk" ] && args+=(--activation-keep "$act_keep")
   [ -n "$wait" ] && args+=(--overlap=false)
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   [ -n "$delayed" ] && args+=(--delayed-updates)
@@ -227,6 +234,7 @@ run_mode() {
   [ "$shards" = 2 ] && label+=", in flight ${flight:-adaptive}" # no pipeline with 1 shard
   [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
   [ -n "$bf16" ] && label+=", bf16 activations"
+  [ -n "$atopk" ] && label+=", top-k activations ($act_keep of each sample's)"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
   [ -n "$delayed" ] && label+=", delayed updates"
   [ -n "$gbf16" ] && label+=", gradients averaged in bf16"
