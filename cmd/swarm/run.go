@@ -76,8 +76,8 @@ the run's peers and check every chunk against it.`,
 					&cli.Float64Flag{Name: "norm-k", Usage: "reject a member's part whose norm exceeds k × the group's median (0: off)"},
 					&cli.IntFlag{Name: "audit-parts", Usage: "reducer audits: parts each member re-computes after every averaging round, to catch reducers that lie (0: off)"},
 					&cli.Float64Flag{Name: "audit-rate", Usage: "reducer audits: the share of rounds audited, drawn by each group once its results are out (0: every round)"},
-					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32, bf16 (half the traffic), int8 (blocks of 64 with a scale: about a quarter) or topk (each sample's largest values in bf16 with a bitmap; see --activation-keep)"},
-					&cli.Float64Flag{Name: "activation-keep", Usage: "topk activations: the fraction of each sample's values sent, largest first (default 1: every non-zero value); implies --activations topk"},
+					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32, bf16 (half the traffic), int8 (blocks of 64 with a scale: about a quarter) or topk (each sample's, or a language model's position's, largest values in bf16 with a bitmap; see --activation-keep)"},
+					&cli.Float64Flag{Name: "activation-keep", Usage: "topk activations: the fraction of each sample's (language models: each position's) values sent, largest first (default 1: every non-zero value); implies --activations topk"},
 					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
@@ -451,7 +451,7 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 	case run.ActivationsBF16, run.ActivationsInt8:
 		info.Training += ", " + t.Activations + " activations between shards"
 	case run.ActivationsTopK:
-		info.Training += fmt.Sprintf(", topk activations between shards (%g of each sample's values, bf16)", t.ActivationKeep)
+		info.Training += fmt.Sprintf(", topk activations between shards (%g of each row's values, bf16)", t.ActivationKeep)
 	}
 	a := m.Averaging
 	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)

@@ -150,6 +150,22 @@ func (m *Manifest) ActivationSize(index int) int {
 	return 0
 }
 
+// ActivationRow is the width of one row of the activations leaving shard
+// index: the unit topk activations select within (training.activation_keep
+// of each row). A language model's row is one position's vector (n_embd),
+// so a position's kept values depend on nothing after it; another model's
+// is a sample's values.
+func (m *Manifest) ActivationRow(index int) int {
+	switch m.Model.Arch {
+	case ArchGPTChar, ArchLlama:
+		if index < len(m.Shards)-1 {
+			return m.Model.NEmbd
+		}
+		return 0
+	}
+	return m.ActivationSize(index)
+}
+
 // MaxEvalLogits bounds the logits of one evaluation micro-batch (samples ×
 // block_size × vocab for a language model): 32M float32 values, 128 MiB a
 // buffer. With GPT-2's 50,257 tokens and a context of 1024 that is one sample.

@@ -224,11 +224,12 @@ type TrainingSpec struct {
 	// sent between shards: fp32 (the default, also when empty), bf16,
 	// which halves the pipeline's traffic for slow links, or int8 (blocks
 	// of 64 values with a shared scale), which nearly quarters it, or topk
-	// (each sample's ActivationKeep largest magnitudes in bf16 with a
-	// bitmap, the rest zero, the gradient back at the same places only).
+	// (each row's ActivationKeep largest magnitudes in bf16 with a bitmap,
+	// the rest zero, the gradient back at the same places only; a row is
+	// a sample, or a position of a language model: ActivationRow).
 	Activations string `json:"activations,omitempty"`
-	// ActivationKeep is, with topk activations, the fraction of each
-	// sample's boundary values sent (0, 1]; 1 sends every non-zero value.
+	// ActivationKeep is, with topk activations, the fraction of each row's
+	// boundary values sent (0, 1]; 1 sends every non-zero value.
 	ActivationKeep float64 `json:"activation_keep,omitempty"`
 	// SyncLossMargin (nats) is how much worse than a node's own state a
 	// shard state offered by a single donor may do on held-out data for a
@@ -259,14 +260,14 @@ const (
 	// ActivationsInt8: blocks of 64 values sharing a float32 scale, one
 	// signed byte a value (3.8× fewer bytes than fp32, 1.9× than bf16).
 	ActivationsInt8 = "int8"
-	// ActivationsTopK: each sample's largest magnitudes (activation_keep
-	// of them), bf16, and a bitmap of their places; the rest are zero.
+	// ActivationsTopK: each row's largest magnitudes (activation_keep of
+	// them), bf16, and a bitmap of their places; the rest are zero.
 	ActivationsTopK = "topk"
 )
 
-// ActivationsKept is, for topk activations, how many of a sample's width
-// boundary values are sent: activation_keep of them, rounded up; width for
-// the other precisions.
+// ActivationsKept is, for topk activations, how many of a row's width
+// boundary values are sent (Manifest.ActivationRow): activation_keep of
+// them, rounded up; width for the other precisions.
 func (t TrainingSpec) ActivationsKept(width int) int {
 	if t.Activations != ActivationsTopK {
 		return width
@@ -464,7 +465,7 @@ func (m *Manifest) Validate() error {
 		return fieldErr("training.activation_keep", "only with topk activations (activations is %q)", t.Activations)
 	}
 	if t.Activations == ActivationsTopK && !(t.ActivationKeep > 0 && t.ActivationKeep <= 1) {
-		return fieldErr("training.activation_keep", "must be in (0, 1] with topk activations (the fraction of each sample's values sent), got %g", t.ActivationKeep)
+		return fieldErr("training.activation_keep", "must be in (0, 1] with topk activations (the fraction of each row's values sent), got %g", t.ActivationKeep)
 	}
 	if !(t.SyncLossMargin >= 0 && t.SyncLossMargin <= MaxSyncLossMargin) {
 		return fieldErr("training.sync_loss_margin", "must be in [0, %d] nats (0: %g), got %g", MaxSyncLossMargin, DefaultSyncLossMargin, t.SyncLossMargin)

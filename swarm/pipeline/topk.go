@@ -4,6 +4,8 @@ import (
 	"errors"
 	"math"
 	"math/bits"
+
+	"github.com/swarm-train/swarm/internal/bf16"
 )
 
 // Mask marks the values of a TOPK or MASKED block that are on the wire:
@@ -147,4 +149,20 @@ func selectDesc(a []float32, k int) float32 {
 		}
 	}
 	return a[k]
+}
+
+// Received turns v, in place, into what the next stage receives of a TOPK
+// block marking each row's keep largest values: the marked values rounded
+// to bf16, the rest zero. A model trained with topk activations expects
+// its boundaries so; running its shards in one process (sampling) applies
+// this between them.
+func Received(v []float32, width, keep int) {
+	m := TopMask(v, width, keep)
+	for i, x := range v {
+		if m.Has(i) {
+			v[i] = bf16.To32(bf16.From32(x))
+		} else {
+			v[i] = 0
+		}
+	}
 }

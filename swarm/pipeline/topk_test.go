@@ -208,3 +208,23 @@ func TestTopKHostile(t *testing.T) {
 		t.Fatalf("targets past the limit: %v", err)
 	}
 }
+
+// Received is what a TOPK request's receiver decodes.
+func TestReceived(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	v := make([]float32, 3*40)
+	for i := range v {
+		v[i] = float32(r.NormFloat64())
+	}
+	q := &Request{Kind: KindEval, N: 3, Act: v, Precision: TOPK, Mask: TopMask(v, 40, 7)}
+	lim := func(*Request) (Limits, error) { return Limits{Act: len(v), Kept: 21}, nil }
+	want, err := ReadRequest(bytes.NewReader(q.Encode()), lim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := append([]float32(nil), v...)
+	Received(got, 40, 7)
+	if !slices.Equal(got, want.Act) {
+		t.Fatalf("Received %v, decoded %v", got, want.Act)
+	}
+}

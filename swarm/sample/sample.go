@@ -15,6 +15,7 @@ import (
 	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/spec/run"
 	"github.com/swarm-train/swarm/swarm/data"
+	"github.com/swarm-train/swarm/swarm/pipeline"
 )
 
 // Codec turns text into the run's tokens and back.
@@ -141,6 +142,12 @@ func (md *Model) NextLogits(ctx []int32) ([]float32, error) {
 		out, _, _, err := sh.Forward(b, in, false)
 		if err != nil {
 			return nil, fmt.Errorf("shard %d: %w", i, err)
+		}
+		if i < len(md.shards)-1 && md.m.Training.Activations == run.ActivationsTopK {
+			// The next shard was trained on what a topk boundary sends.
+			w := md.m.ActivationRow(i)
+			out = append([]float32(nil), out...)
+			pipeline.Received(out, w, md.m.Training.ActivationsKept(w))
 		}
 		in = out
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/engine/native"
 	"github.com/swarm-train/swarm/spec/run"
+	"github.com/swarm-train/swarm/swarm/pipeline"
 )
 
 func tinyLlama(t *testing.T, shards int) (*run.Manifest, [][]float32) {
@@ -142,5 +143,66 @@ func TestDraw(t *testing.T) {
 	}
 	if len(counts) != 4 {
 		t.Fatalf("temperature 5 drew %v", counts)
+	}
+}
+
+// A model trained with topk activations sees its boundaries as the
+// pipeline sent them: each position's kept values in bf16, the rest zero.
+// Positions are selected one by one, so the logits still ignore what pads
+// the window.
+func TestNextLogitsTopKBoundary(t *testing.T) {
+	m, params := tinyLlama(t, 2)
+	dense, err := New(m, params, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dense.Close()
+	topk := *m // dense keeps m
+	m = &topk
+	m.Training.Activations, m.Training.ActivationKeep = run.ActivationsTopK, 0.25
+	md, err := New(m, params, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer md.Close()
+	ctx := []int32{3, 1, 4}
+	got, err := md.NextLogits(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plain, err := dense.NextLogits(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Equal(got, plain) {
+		t.Fatal("the topk boundary changed nothing")
+	}
+	// By hand, with other tokens padding the window.
+	eng := native.New(native.WithThreads(1))
+	window := []int32{3, 1, 4, 9, 9, 7, 2, 5}
+	var in []float32
+	for i := range m.Shards {
+		sh, _ := eng.NewShard(m, i)
+		copy(sh.Params(), params[i])
+		b := &engine.Batch{N: 1}
+		if i == 0 {
+			b.Tokens = window
+		}
+		if in, _, _, err = sh.Forward(b, in, false); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if len(in) != m.Model.BlockSize*m.Model.NEmbd {
+				t.Fatalf("boundary of %d values", len(in))
+			}
+			pipeline.Received(in, m.Model.NEmbd, 4) // a quarter of 16
+		}
+	}
+	V := m.Model.Vocab
+	want := in[2*V : 3*V]
+	for i := range want {
+		if math.Abs(float64(got[i]-want[i])) > 1e-5 {
+			t.Fatalf("logit %d: %g, want %g", i, got[i], want[i])
+		}
 	}
 }

@@ -219,8 +219,9 @@ func (s *stageServer) requestLimits(from peer.ID, q *pipeline.Request) (pipeline
 			return pipeline.Limits{}, s.farEpoch(from, q.Epoch, own)
 		}
 	}
+	row := s.m.ActivationRow(index - 1)
 	return pipeline.Limits{Act: int(q.N) * sh.ActPerSample, Targets: int(q.N) * sh.TargetsPerSample,
-		Kept: int(q.N) * s.m.Training.ActivationsKept(sh.ActPerSample)}, nil
+		Kept: int(q.N) * sh.ActPerSample / row * s.m.Training.ActivationsKept(row)}, nil
 }
 
 // readReason names why a request could not be read; "" for a stream the
@@ -469,9 +470,10 @@ func (s *stageServer) request(kind uint8, index int, epoch uint64, n int, act []
 		Targets:   targets, // the last stage needs them; middle stages pass them on
 		Precision: s.wirePrecision(), ID: s.nextID.Add(1)}
 	if q.Precision == pipeline.TOPK {
-		// Each sample's largest values go; the next stage computes with
-		// the rest zeroed, and the gradient comes back at the same places.
-		w := len(act) / max(n, 1)
+		// Each row's largest values go (a sample's, or a token's in a
+		// language model); the next stage computes with the rest zeroed,
+		// and the gradient comes back at the same places.
+		w := s.m.ActivationRow(index - 1)
 		q.Mask = pipeline.TopMask(act, w, s.m.Training.ActivationsKept(w))
 	}
 	return q
