@@ -36,6 +36,9 @@ func (m Mask) check(n int) error {
 	return nil
 }
 
+// fits reports whether m is a mask over exactly n values.
+func (m Mask) fits(n int) bool { return len(m) == maskLen(n) && (n == 0 || m.check(n) == nil) }
+
 // NonZero marks the values of v that are not zero (NaN included).
 func NonZero(v []float32) Mask {
 	m := make(Mask, maskLen(len(v)))

@@ -228,3 +228,31 @@ func TestReceived(t *testing.T) {
 		t.Fatalf("Received %v, decoded %v", got, want.Act)
 	}
 }
+
+// Encoding never trusts a mask that does not fit the values: a short, long
+// or overhanging one sends the non-zero values with their own bitmap, and
+// what is sent reads back.
+func TestTopKEncodeMismatchedMask(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for range 500 {
+		v := make([]float32, r.IntN(20))
+		for i := range v {
+			if r.IntN(2) == 0 {
+				v[i] = float32(r.NormFloat64())
+			}
+		}
+		mask := make(Mask, r.IntN(4))
+		for i := range mask {
+			mask[i] = byte(r.Uint32())
+		}
+		q := &Request{Kind: KindTrain, N: 1, Act: v, Precision: TOPK, Mask: mask}
+		lim := func(*Request) (Limits, error) { return Limits{Act: 20, Kept: 20}, nil }
+		if _, err := ReadRequest(bytes.NewReader(q.Encode()), lim); err != nil {
+			t.Fatalf("%d values, mask %x: %v", len(v), mask, err)
+		}
+		p := &Response{Code: CodeOK, Grad: v, Precision: TOPK, Mask: mask}
+		if _, err := ReadMaskedResponse(bytes.NewReader(p.Encode()), 20, mask); err != nil {
+			t.Fatalf("answer of %d values, mask %x: %v", len(v), mask, err)
+		}
+	}
+}

@@ -126,9 +126,10 @@ type Response struct {
 }
 
 // appendFloats writes a float block: precision, count, values. For TOPK,
-// mask marks the values sent (nil or not covering v: the non-zero ones).
+// mask marks the values sent (nil or not fitting v: the non-zero ones); for
+// MASKED it fits v (Response.Encode sees to it).
 func appendFloats(b []byte, v []float32, precision uint8, mask Mask) []byte {
-	if precision == TOPK && len(mask) != maskLen(len(v)) {
+	if precision == TOPK && !mask.fits(len(v)) {
 		mask = NonZero(v)
 	}
 	b = append(b, precision)
@@ -237,9 +238,9 @@ func (r *Response) Encode() []byte {
 	b = binary.BigEndian.AppendUint32(b, r.Correct)
 	p, mask := r.Precision, r.Mask
 	switch {
-	case p == MASKED && len(mask) != maskLen(len(r.Grad)):
+	case p == MASKED && !mask.fits(len(r.Grad)):
 		p = TOPK // no mask to follow: the bitmap goes along
-	case p == TOPK && len(mask) == maskLen(len(r.Grad)) && len(r.Grad) > 0:
+	case p == TOPK && mask.fits(len(r.Grad)) && len(r.Grad) > 0:
 		p = MASKED
 	}
 	b = appendFloats(b, r.Grad, p, mask)

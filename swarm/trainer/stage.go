@@ -513,8 +513,8 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 				return nil, fmt.Errorf("%w: %s", errStale, res.Msg)
 			case res.Code != pipeline.CodeOK:
 				err = fmt.Errorf("peer %s: code %d: %s", p, res.Code, res.Msg)
-			case kind == pipeline.KindTrain && len(res.Grad) != len(act):
-				err = fmt.Errorf("peer %s: gradient of %d values, want %d", p, len(res.Grad), len(act))
+			case kind == pipeline.KindTrain && misfit(q, res) != nil:
+				err = fmt.Errorf("peer %s: %w", p, misfit(q, res))
 			case !fvec.AllFinite(res.Grad) || math.IsNaN(float64(res.Loss)) || math.IsInf(float64(res.Loss), 0):
 				s.bal.End(p, 0, 0, true, banPoison, "sent non-finite gradients")
 				s.log.Warn("excluding a peer that sent non-finite gradients", "peer", p, "shard", index)
@@ -541,6 +541,19 @@ func (s *stageServer) forwardNext(ctx context.Context, index int, epoch uint64, 
 		lastErr = ctx.Err()
 	}
 	return nil, lastErr
+}
+
+// misfit says what is wrong with the shape of a training answer's gradient
+// for q: its length, or, for a TOPK request, a gradient not sent at the
+// places q sent (only those have one in the network this node computed).
+func misfit(q *pipeline.Request, res *pipeline.Response) error {
+	if len(res.Grad) != len(q.Act) {
+		return fmt.Errorf("gradient of %d values, want %d", len(res.Grad), len(q.Act))
+	}
+	if q.Precision == pipeline.TOPK && len(q.Act) > 0 && res.Precision != pipeline.MASKED {
+		return fmt.Errorf("gradient sent in precision %d, not at the request's places (masked)", res.Precision)
+	}
+	return nil
 }
 
 // call sends q, encoded as payload, to p and reads the answer, whose

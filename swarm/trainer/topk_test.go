@@ -1,9 +1,11 @@
 package trainer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,5 +114,40 @@ func TestPipelineTopKOverfull(t *testing.T) {
 		t.Fatal("the over-full request was answered")
 	} else if errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("the holder left the stream open: %v", err)
+	}
+}
+
+// A topk request's gradient must come back at the places it sent: a dense
+// or differently marked one is refused, as is one of the wrong length.
+func TestMisfitGradient(t *testing.T) {
+	act := []float32{0, 2, 0, -5, 1, 0, 0, 3}
+	q := &pipeline.Request{Kind: pipeline.KindTrain, N: 1, Act: act, Precision: pipeline.TOPK, Mask: pipeline.TopMask(act, 8, 2)}
+	grad := []float32{1, 2, 3, 4, 5, 6, 7, 8}
+	for _, c := range []struct {
+		res  *pipeline.Response
+		want string
+	}{
+		{&pipeline.Response{Grad: grad, Precision: pipeline.TOPK, Mask: q.Mask}, ""},
+		{&pipeline.Response{Grad: grad, Precision: pipeline.BF16}, "not at the request's places"},
+		{&pipeline.Response{Grad: grad, Precision: pipeline.TOPK}, "not at the request's places"},
+		{&pipeline.Response{Grad: grad[:7], Precision: pipeline.TOPK, Mask: q.Mask}, "gradient of 7 values, want 8"},
+	} {
+		// As the answer arrives: encoded, then read with the request's mask.
+		res, err := pipeline.ReadMaskedResponse(bytes.NewReader(c.res.Encode()), len(act), q.Mask)
+		if err != nil {
+			if c.want == "" || !strings.Contains(err.Error(), "bitmap covers") {
+				t.Fatalf("reading %+v: %v", c.res, err)
+			}
+			continue
+		}
+		got := misfit(q, res)
+		if (got == nil) != (c.want == "") || (got != nil && !strings.Contains(got.Error(), c.want)) {
+			t.Errorf("answer %d values in precision %d: %v, want %q", len(res.Grad), res.Precision, got, c.want)
+		}
+	}
+	// Dense requests take any precision.
+	dense := &pipeline.Request{Kind: pipeline.KindTrain, N: 1, Act: act, Precision: pipeline.BF16}
+	if err := misfit(dense, &pipeline.Response{Grad: grad, Precision: pipeline.FP32}); err != nil {
+		t.Fatal(err)
 	}
 }
