@@ -61,57 +61,54 @@ func TopMask(v []float32, width, keep int) Mask {
 	if width <= 0 || keep <= 0 {
 		return m
 	}
-	mag := make([]float32, width)
+	mag := make([]uint32, width)
 	for start := 0; start < len(v); start += width {
 		row := v[start:min(start+width, len(v))]
-		nz := mag[:0]
+		// The loops below are branch-free on the values, which are
+		// zero or not, kept or not, at random: magnitudes are at most
+		// 2³¹−1, so (a | −a) >> 31 is 1 for a non-zero a, and
+		// (t − a) >> 31 is 1 for a > t.
+		nz := 0
 		for _, x := range row {
-			if x != 0 {
-				nz = append(nz, magnitude(x))
-			}
-		}
-		if len(nz) <= keep {
-			for i, x := range row {
-				if x != 0 {
-					m[(start+i)>>3] |= 1 << ((start + i) & 7)
-				}
-			}
-			continue
-		}
-		// The keep-th largest magnitude: values above it are marked, then
-		// values equal to it until keep are.
-		thr := selectDesc(nz, keep-1)
-		above := 0
-		for _, x := range row {
-			if magnitude(x) > thr {
-				above++
-			}
-		}
-		ties := keep - above
-		for i, x := range row {
 			a := magnitude(x)
-			if a > thr || (a == thr && ties > 0) {
-				if a == thr {
+			mag[nz] = a
+			nz += int((a | -a) >> 31)
+		}
+		thr := uint32(0) // mark every non-zero value
+		if nz > keep {
+			thr = selectDesc(mag[:nz], keep-1)
+			// Values above the keep-th largest are marked below; values
+			// equal to it, from the first, until keep are.
+			ties := keep
+			for _, x := range row {
+				ties -= int((thr - magnitude(x)) >> 31)
+			}
+			for i, x := range row {
+				if ties == 0 {
+					break
+				}
+				if magnitude(x) == thr {
+					j := start + i
+					m[j>>3] |= 1 << (j & 7)
 					ties--
 				}
-				m[(start+i)>>3] |= 1 << ((start + i) & 7)
 			}
+		}
+		for i, x := range row {
+			j := start + i
+			m[j>>3] |= byte((thr-magnitude(x))>>31) << (j & 7)
 		}
 	}
 	return m
 }
 
-// magnitude is |x|, with NaN as +Inf.
-func magnitude(x float32) float32 {
-	a := float32(math.Abs(float64(x)))
-	if a != a {
-		return float32(math.Inf(1))
-	}
-	return a
-}
+// magnitude orders values by |x| as their bits without the sign do: for
+// non-negative floats the bit patterns sort as the values, Inf above every
+// finite value and NaN above Inf. Zero (either sign) is 0.
+func magnitude(x float32) uint32 { return math.Float32bits(x) &^ (1 << 31) }
 
 // selectDesc returns the k-th largest of a (k from 0), reordering a.
-func selectDesc(a []float32, k int) float32 {
+func selectDesc(a []uint32, k int) uint32 {
 	lo, hi := 0, len(a)-1
 	for lo < hi {
 		// Median of three as pivot (a[lo] ≥ a[mid] ≥ a[hi]), then a

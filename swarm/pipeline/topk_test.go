@@ -33,6 +33,9 @@ func TestTopMask(t *testing.T) {
 				v[i] = float32(r.NormFloat64())
 			}
 		}
+		if trial%5 == 0 {
+			v[r.IntN(len(v))] = float32(math.Copysign(0, -1)) // −0 is zero too
+		}
 		if trial%7 == 0 {
 			v[r.IntN(len(v))] = float32(math.NaN())
 		}
@@ -47,7 +50,7 @@ func TestTopMask(t *testing.T) {
 				}
 			}
 			slices.SortStableFunc(idx, func(a, b int) int {
-				ma, mb := magnitude(v[row*width+a]), magnitude(v[row*width+b])
+				ma, mb := abs(v[row*width+a]), abs(v[row*width+b])
 				switch {
 				case ma > mb:
 					return -1
@@ -70,6 +73,15 @@ func TestTopMask(t *testing.T) {
 			t.Fatalf("trial %d: %v", trial, err)
 		}
 	}
+}
+
+// abs is |x| with NaN as +Inf: the order TopMask keeps by.
+func abs(x float32) float64 {
+	a := math.Abs(float64(x))
+	if math.IsNaN(a) {
+		return math.Inf(1)
+	}
+	return a
 }
 
 // A TOPK request sends the bitmap and the marked values in bf16; the
@@ -254,5 +266,22 @@ func TestTopKEncodeMismatchedMask(t *testing.T) {
 		if _, err := ReadMaskedResponse(bytes.NewReader(p.Encode()), 20, mask); err != nil {
 			t.Fatalf("answer of %d values, mask %x: %v", len(v), mask, err)
 		}
+	}
+}
+
+// BenchmarkTopMask: a 64-sample micro-batch of 1024 post-ReLU values a
+// sample, a tenth of each kept, then encoded.
+func BenchmarkTopMask(b *testing.B) {
+	r := rand.New(rand.NewPCG(15, 16))
+	act := make([]float32, 64*1024)
+	for i := range act {
+		if r.IntN(4) == 0 {
+			act[i] = float32(r.ExpFloat64())
+		}
+	}
+	b.SetBytes(int64(4 * len(act)))
+	for b.Loop() {
+		q := &Request{Kind: KindTrain, N: 64, Act: act, Precision: TOPK, Mask: TopMask(act, 1024, 103)}
+		_ = q.Encode()
 	}
 }
