@@ -9,7 +9,7 @@ fail=0
 # package (go list pattern) | forbidden dependency prefixes (space separated)
 rules=(
 	"./spec/...|swarm/ node engine gpu averaging cmd/"
-	"./internal/bf16 ./internal/clock ./internal/guard ./internal/atomicfile ./internal/linkem ./internal/sparseq|swarm/ node engine gpu averaging cmd/"
+	"./internal/bf16 ./internal/clock ./internal/guard ./internal/atomicfile ./internal/linkem ./internal/sparseq ./internal/kth|swarm/ node engine gpu averaging cmd/"
 	"./engine/ ./engine/native/... ./engine/torch/...|swarm/ node gpu averaging cmd/ engine/choose"
 	"./gpu|swarm/ node engine averaging cmd/"
 	"./averaging|swarm/ node engine gpu cmd/"

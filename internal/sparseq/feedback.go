@@ -3,6 +3,8 @@ package sparseq
 import (
 	"fmt"
 	"math"
+
+	"github.com/swarm-train/swarm/internal/kth"
 )
 
 // Compressor sparsifies and quantizes successive vectors of one length with
@@ -48,7 +50,7 @@ func (c *Compressor) Compress(v []float32) {
 		v[i] += c.residual[i]
 		c.mag[i] = float32(math.Abs(float64(v[i])))
 	}
-	thr := kth(c.mag, c.Kept(n))
+	thr := kth.Largest(c.mag, c.Kept(n))
 	kept := 0
 	limit := c.Kept(n)
 	for i, x := range v {
@@ -73,37 +75,3 @@ func (c *Compressor) Residual() []float32 { return c.residual }
 
 // Reset forgets the residual (a node that took another's state).
 func (c *Compressor) Reset() { clear(c.residual) }
-
-// kth returns the k-th largest value of a (1 ≤ k ≤ len(a)); it reorders a.
-func kth(a []float32, k int) float32 {
-	target := len(a) - k // index of the k-th largest in ascending order
-	lo, hi := 0, len(a)-1
-	for lo < hi {
-		// Median of three as the pivot keeps sorted input linear.
-		mid := lo + (hi-lo)/2
-		p := max(min(a[lo], a[mid]), min(max(a[lo], a[mid]), a[hi]))
-		i, j := lo, hi
-		for i <= j {
-			for a[i] < p {
-				i++
-			}
-			for a[j] > p {
-				j--
-			}
-			if i <= j {
-				a[i], a[j] = a[j], a[i]
-				i++
-				j--
-			}
-		}
-		switch {
-		case target <= j:
-			hi = j
-		case target >= i:
-			lo = i
-		default:
-			return a[target]
-		}
-	}
-	return a[target]
-}

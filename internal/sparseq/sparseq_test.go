@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"github.com/swarm-train/swarm/internal/kth"
 )
 
 // sparse returns n values of which about one in every is nonzero.
@@ -123,31 +125,6 @@ func TestDecodeAllocatesNothing(t *testing.T) {
 	}
 }
 
-func TestKth(t *testing.T) {
-	r := rand.New(rand.NewPCG(5, 6))
-	for _, n := range []int{1, 2, 3, 10, 1000} {
-		for _, dup := range []bool{false, true} {
-			a := make([]float32, n)
-			for i := range a {
-				a[i] = float32(r.IntN(1000))
-				if dup {
-					a[i] = float32(r.IntN(3))
-				}
-			}
-			sorted := slices.Clone(a)
-			slices.Sort(sorted)
-			for _, k := range []int{1, n / 2, n} {
-				if k < 1 {
-					continue
-				}
-				if got, want := kth(slices.Clone(a), k), sorted[n-k]; got != want {
-					t.Errorf("n %d k %d: %v, want %v", n, k, got, want)
-				}
-			}
-		}
-	}
-}
-
 // Error feedback: a vector keeps the largest values; what it leaves is in
 // the residual, and over many rounds the values sent plus the residual add
 // up to the values given.
@@ -194,7 +171,7 @@ func TestErrorFeedback(t *testing.T) {
 			for i := range in {
 				mag[i] = float32(math.Abs(float64(in[i])))
 			}
-			thr := kth(slices.Clone(mag), c.Kept(n))
+			thr := kth.Largest(slices.Clone(mag), c.Kept(n))
 			for i, x := range v {
 				if x != 0 && mag[i] < thr {
 					t.Fatalf("kept value %d (|%v|) below the threshold %v", i, in[i], thr)

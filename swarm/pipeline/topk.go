@@ -6,6 +6,7 @@ import (
 	"math/bits"
 
 	"github.com/swarm-train/swarm/internal/bf16"
+	"github.com/swarm-train/swarm/internal/kth"
 )
 
 // Mask marks the values of a TOPK or MASKED block that are on the wire:
@@ -76,7 +77,7 @@ func TopMask(v []float32, width, keep int) Mask {
 		}
 		thr := uint32(0) // mark every non-zero value
 		if nz > keep {
-			thr = selectDesc(mag[:nz], keep-1)
+			thr = kth.Largest(mag[:nz], keep)
 			// Values above the keep-th largest are marked below; values
 			// equal to it, from the first, until keep are.
 			ties := keep
@@ -106,50 +107,6 @@ func TopMask(v []float32, width, keep int) Mask {
 // non-negative floats the bit patterns sort as the values, Inf above every
 // finite value and NaN above Inf. Zero (either sign) is 0.
 func magnitude(x float32) uint32 { return math.Float32bits(x) &^ (1 << 31) }
-
-// selectDesc returns the k-th largest of a (k from 0), reordering a.
-func selectDesc(a []uint32, k int) uint32 {
-	lo, hi := 0, len(a)-1
-	for lo < hi {
-		// Median of three as pivot (a[lo] ≥ a[mid] ≥ a[hi]), then a
-		// Hoare partition into values ≥ pivot on the left and ≤ pivot on
-		// the right.
-		mid := lo + (hi-lo)/2
-		if a[mid] > a[lo] {
-			a[mid], a[lo] = a[lo], a[mid]
-		}
-		if a[hi] > a[lo] {
-			a[hi], a[lo] = a[lo], a[hi]
-		}
-		if a[hi] > a[mid] {
-			a[hi], a[mid] = a[mid], a[hi]
-		}
-		pivot := a[mid]
-		i, j := lo, hi
-		for i <= j {
-			for a[i] > pivot {
-				i++
-			}
-			for a[j] < pivot {
-				j--
-			}
-			if i <= j {
-				a[i], a[j] = a[j], a[i]
-				i++
-				j--
-			}
-		}
-		switch {
-		case k <= j:
-			hi = j
-		case k >= i:
-			lo = i
-		default:
-			return a[k]
-		}
-	}
-	return a[k]
-}
 
 // Received turns v, in place, into what the next stage receives of a TOPK
 // block marking each row's keep largest values: the marked values rounded

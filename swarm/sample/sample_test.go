@@ -37,6 +37,33 @@ func tinyLlama(t *testing.T, shards int) (*run.Manifest, [][]float32) {
 	return m, params
 }
 
+// byHand runs window through every shard of m on a fresh engine and
+// returns the last one's logits; boundary, if given, changes each shard's
+// output before the next one takes it.
+func byHand(t *testing.T, m *run.Manifest, params [][]float32, window []int32, boundary func([]float32)) []float32 {
+	t.Helper()
+	eng := native.New(native.WithThreads(1))
+	var in []float32
+	for i := range m.Shards {
+		sh, err := eng.NewShard(m, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(sh.Params(), params[i])
+		b := &engine.Batch{N: 1}
+		if i == 0 {
+			b.Tokens = window
+		}
+		if in, _, _, err = sh.Forward(b, in, false); err != nil {
+			t.Fatal(err)
+		}
+		if i < len(m.Shards)-1 && boundary != nil {
+			boundary(in)
+		}
+	}
+	return in
+}
+
 // The next token's logits depend only on the context: whatever pads the
 // window after it, they equal that position's logits of a full forward.
 func TestNextLogitsIgnoresPadding(t *testing.T) {
@@ -52,20 +79,7 @@ func TestNextLogitsIgnoresPadding(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The same window padded with other tokens, through a fresh engine.
-	eng := native.New(native.WithThreads(1))
-	window := []int32{3, 1, 4, 9, 9, 7, 2, 5}
-	var in []float32
-	for i := range m.Shards {
-		sh, _ := eng.NewShard(m, i)
-		copy(sh.Params(), params[i])
-		b := &engine.Batch{N: 1}
-		if i == 0 {
-			b.Tokens = window
-		}
-		if in, _, _, err = sh.Forward(b, in, false); err != nil {
-			t.Fatal(err)
-		}
-	}
+	in := byHand(t, m, params, []int32{3, 1, 4, 9, 9, 7, 2, 5}, nil)
 	V := m.Model.Vocab
 	want := in[2*V : 3*V]
 	for i := range want {
@@ -178,26 +192,12 @@ func TestNextLogitsTopKBoundary(t *testing.T) {
 		t.Fatal("the topk boundary changed nothing")
 	}
 	// By hand, with other tokens padding the window.
-	eng := native.New(native.WithThreads(1))
-	window := []int32{3, 1, 4, 9, 9, 7, 2, 5}
-	var in []float32
-	for i := range m.Shards {
-		sh, _ := eng.NewShard(m, i)
-		copy(sh.Params(), params[i])
-		b := &engine.Batch{N: 1}
-		if i == 0 {
-			b.Tokens = window
+	in := byHand(t, m, params, []int32{3, 1, 4, 9, 9, 7, 2, 5}, func(out []float32) {
+		if len(out) != m.Model.BlockSize*m.Model.NEmbd {
+			t.Fatalf("boundary of %d values", len(out))
 		}
-		if in, _, _, err = sh.Forward(b, in, false); err != nil {
-			t.Fatal(err)
-		}
-		if i == 0 {
-			if len(in) != m.Model.BlockSize*m.Model.NEmbd {
-				t.Fatalf("boundary of %d values", len(in))
-			}
-			pipeline.Received(in, m.Model.NEmbd, 4) // a quarter of 16
-		}
-	}
+		pipeline.Received(out, m.Model.NEmbd, 4) // a quarter of 16
+	})
 	V := m.Model.Vocab
 	want := in[2*V : 3*V]
 	for i := range want {
