@@ -105,17 +105,7 @@ func demo(c *cli.Context) error {
 		m.Averaging.Overlap = true
 	}
 	m.Averaging.Compression = c.String("compression")
-	if c.IsSet("activations") {
-		m.Training.Activations = c.String("activations")
-	}
-	if c.IsSet("activation-keep") {
-		if !c.IsSet("activations") {
-			m.Training.Activations = run.ActivationsTopK
-		}
-		m.Training.ActivationKeep = c.Float64("activation-keep")
-	} else if m.Training.Activations == run.ActivationsTopK {
-		m.Training.ActivationKeep = 1
-	}
+	setActivations(c, &m.Training)
 	m.Averaging.DelayedUpdates = c.Bool("delayed-updates")
 	if c.IsSet("delta-keep") {
 		m.Averaging.DeltaCodec, m.Averaging.DeltaKeep, m.Averaging.DeltaBits = run.DeltaTopK, c.Float64("delta-keep"), c.Int("delta-bits")

@@ -241,14 +241,7 @@ func manifestFromFlags(c *cli.Context) (*run.Manifest, error) {
 	setFloat(c, "norm-k", &a.NormK)
 	setInt(c, "audit-parts", &a.AuditParts)
 	setFloat(c, "audit-rate", &a.AuditRate)
-	setString(c, "activations", &m.Training.Activations)
-	if c.IsSet("activation-keep") && !c.IsSet("activations") {
-		m.Training.Activations = run.ActivationsTopK
-	}
-	setFloat(c, "activation-keep", &m.Training.ActivationKeep)
-	if m.Training.Activations == run.ActivationsTopK && !c.IsSet("activation-keep") {
-		m.Training.ActivationKeep = 1
-	}
+	setActivations(c, &m.Training)
 	setFloat(c, "sync-loss-margin", &m.Training.SyncLossMargin)
 	if err := admissionFromFlags(c, m); err != nil {
 		return nil, err
@@ -334,6 +327,20 @@ func runsDirs(c *cli.Context) []string {
 		dirs = append(dirs, filepath.Join(h, "runs"))
 	}
 	return dirs
+}
+
+// setActivations applies --activations and --activation-keep to t: a keep
+// alone means topk, and topk without one keeps every non-zero value.
+func setActivations(c *cli.Context, t *run.TrainingSpec) {
+	setString(c, "activations", &t.Activations)
+	if c.IsSet("activation-keep") {
+		if !c.IsSet("activations") {
+			t.Activations = run.ActivationsTopK
+		}
+		t.ActivationKeep = c.Float64("activation-keep")
+	} else if t.Activations == run.ActivationsTopK {
+		t.ActivationKeep = 1
+	}
 }
 
 func setString(c *cli.Context, name string, dst *string) {

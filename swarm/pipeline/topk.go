@@ -40,17 +40,6 @@ func (m Mask) check(n int) error {
 // fits reports whether m is a mask over exactly n values.
 func (m Mask) fits(n int) bool { return len(m) == maskLen(n) && (n == 0 || m.check(n) == nil) }
 
-// NonZero marks the values of v that are not zero (NaN included).
-func NonZero(v []float32) Mask {
-	m := make(Mask, maskLen(len(v)))
-	for i, x := range v {
-		if x != 0 {
-			m[i>>3] |= 1 << (i & 7)
-		}
-	}
-	return m
-}
-
 // TopMask marks, in each row of width values of v, the keep values of
 // largest magnitude among the non-zero ones (all of them when a row has
 // no more than keep). NaN and Inf count as largest, so a sender's broken

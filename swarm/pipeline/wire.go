@@ -130,7 +130,7 @@ type Response struct {
 // MASKED it fits v (Response.Encode sees to it).
 func appendFloats(b []byte, v []float32, precision uint8, mask Mask) []byte {
 	if precision == TOPK && !mask.fits(len(v)) {
-		mask = NonZero(v)
+		mask = TopMask(v, len(v), len(v))
 	}
 	b = append(b, precision)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(v)))
@@ -196,14 +196,20 @@ func appendMasked(b []byte, v []float32, mask Mask) []byte {
 	return b
 }
 
-// wireSize is the encoded size of n values in precision p (for TOPK and
-// MASKED, at most: the values sent are those a mask marks).
-func wireSize(n int, p uint8) int {
+// wireSize is the encoded size of n values in precision p. For TOPK (the
+// bitmap and the values) and MASKED (the values) it counts the values mask
+// marks; with a mask that does not fit n, every value.
+func wireSize(n int, p uint8, mask Mask) int {
 	switch p {
-	case TOPK:
-		return maskLen(n) + 2*n
-	case MASKED:
-		return 2 * n
+	case TOPK, MASKED:
+		vals := 2 * n
+		if mask.fits(n) {
+			vals = 2 * mask.Ones()
+		}
+		if p == TOPK {
+			return maskLen(n) + vals
+		}
+		return vals
 	case BF16:
 		return 2 * n
 	case INT8:
@@ -214,7 +220,7 @@ func wireSize(n int, p uint8) int {
 
 // Encode returns the request's wire form.
 func (r *Request) Encode() []byte {
-	b := make([]byte, 0, 40+wireSize(len(r.Act), r.Precision)+4*len(r.Targets))
+	b := make([]byte, 0, 40+wireSize(len(r.Act), r.Precision, r.Mask)+4*len(r.Targets))
 	b = append(b, r.Kind)
 	b = binary.BigEndian.AppendUint32(b, r.Shard)
 	b = binary.BigEndian.AppendUint64(b, r.Epoch)
@@ -230,7 +236,7 @@ func (r *Request) Encode() []byte {
 
 // Encode returns the response's wire form.
 func (r *Response) Encode() []byte {
-	b := make([]byte, 0, 26+len(r.Msg)+wireSize(len(r.Grad), r.Precision)+len(r.Receipt))
+	b := make([]byte, 0, 26+len(r.Msg)+wireSize(len(r.Grad), r.Precision, r.Mask)+len(r.Receipt))
 	b = append(b, r.Code)
 	b = binary.BigEndian.AppendUint16(b, uint16(min(len(r.Msg), math.MaxUint16)))
 	b = append(b, r.Msg[:min(len(r.Msg), math.MaxUint16)]...)
@@ -304,7 +310,7 @@ func (d *reader) floats(what string, limit, kept int, mask Mask) ([]float32, uin
 		d.err = fmt.Errorf("%s: %d values, limit %d: %w", what, n, max(limit, 0), ErrOversize)
 		return nil, p, nil
 	}
-	size := wireSize(int(n), p)
+	size := wireSize(int(n), p, nil)
 	switch p {
 	case TOPK:
 		m, err := guard.ReadFull(d.r, maskLen(int(n)))
@@ -316,11 +322,12 @@ func (d *reader) floats(what string, limit, kept int, mask Mask) ([]float32, uin
 			d.err = fmt.Errorf("%s: %w", what, err)
 			return nil, p, nil
 		}
-		if ones := Mask(m).Ones(); ones > kept {
+		ones := Mask(m).Ones()
+		if ones > kept {
 			d.err = fmt.Errorf("%s: bitmap marks %d values, limit %d: %w", what, ones, max(kept, 0), ErrOversize)
 			return nil, p, nil
 		}
-		mask, size = m, 2*Mask(m).Ones()
+		mask, size = m, 2*ones
 	case MASKED:
 		if mask == nil {
 			d.err = fmt.Errorf("%s: a masked block with no bitmap to follow (only the answer to a TOPK request sends one)", what)
