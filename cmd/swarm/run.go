@@ -78,6 +78,7 @@ the run's peers and check every chunk against it.`,
 					&cli.Float64Flag{Name: "audit-rate", Usage: "reducer audits: the share of rounds audited, drawn by each group once its results are out (0: every round)"},
 					&cli.StringFlag{Name: "activations", Usage: "precision of activations between shards: fp32, bf16 (half the traffic), int8 (blocks of 64 with a scale: about a quarter) or topk (each sample's, or a language model's position's, largest values in bf16 with a bitmap; see --activation-keep)"},
 					&cli.Float64Flag{Name: "activation-keep", Usage: "topk activations: the fraction of each sample's (language models: each position's) values sent, largest first (default 1: every non-zero value); implies --activations topk"},
+					&cli.IntFlag{Name: "activation-rank", Usage: "a learned projection at every cut between shards: each sample's (language models: each position's) activations cross as this many values, and their gradients come back as many (adds the projections to the model; 0: none)"},
 					&cli.Float64Flag{Name: "sync-loss-margin", Usage: "nats a state offered by a single donor may lose on held-out data against a node's own for it to be installed (0: 0.05)"},
 					&cli.StringFlag{Name: "admission", Usage: "who may take part: open (anyone), token (operator-signed tokens) or private (a swarm key)"},
 					&cli.StringFlag{Name: "operator-key", Usage: "token admission: the operator's public key, or its key file (swarm run keygen)"},
@@ -329,8 +330,9 @@ func runsDirs(c *cli.Context) []string {
 	return dirs
 }
 
-// setActivations applies --activations and --activation-keep to t: a keep
-// alone means topk, and topk without one keeps every non-zero value.
+// setActivations applies --activations, --activation-keep and
+// --activation-rank to t: a keep alone means topk, and topk without one
+// keeps every non-zero value.
 func setActivations(c *cli.Context, t *run.TrainingSpec) {
 	setString(c, "activations", &t.Activations)
 	if c.IsSet("activation-keep") {
@@ -340,6 +342,9 @@ func setActivations(c *cli.Context, t *run.TrainingSpec) {
 		t.ActivationKeep = c.Float64("activation-keep")
 	} else if t.Activations == run.ActivationsTopK {
 		t.ActivationKeep = 1
+	}
+	if c.IsSet("activation-rank") {
+		t.ActivationRank = c.Int("activation-rank")
 	}
 }
 
@@ -460,6 +465,9 @@ func describeRun(m *run.Manifest) (*RunInfo, error) {
 	case run.ActivationsTopK:
 		info.Training += fmt.Sprintf(", topk activations between shards (%g of each row's values, bf16)", t.ActivationKeep)
 	}
+	if t.ActivationRank > 0 {
+		info.Training += fmt.Sprintf(", learned rank-%d projections at the cuts", t.ActivationRank)
+	}
 	a := m.Averaging
 	info.Averaging = fmt.Sprintf("%s, groups of %d (min %d), %s, timeout %dms", a.Mode, a.GroupSize, a.MinGroupSize, a.Compression, a.TimeoutMS)
 	if a.Mode == run.ModeLocal {
@@ -555,8 +563,8 @@ func runExport(c *cli.Context) error {
 		if out == "" {
 			return errors.New("run export: --format hf needs -o DIR (an empty or new folder)")
 		}
-		if m.Model.Arch != run.ArchLlama {
-			return fmt.Errorf("run export: --format hf: model.arch is %s; only %s exports as a Hugging Face LlamaForCausalLM", m.Model.Arch, run.ArchLlama)
+		if err := checkpoint.HFExportable(m); err != nil {
+			return fmt.Errorf("run export: --format hf: %w", err)
 		}
 	default:
 		return fmt.Errorf("run export: --format %q: want safetensors or hf", format)

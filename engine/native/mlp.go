@@ -5,6 +5,7 @@ import (
 
 	"github.com/swarm-train/swarm/engine"
 	"github.com/swarm-train/swarm/internal/fvec"
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 // mlp is the shard's run of Linear units, ReLU after all but the model's last.
@@ -27,6 +28,9 @@ func newMLP(s *Shard) *mlp {
 		m.relu = append(m.relu, i < md.Units()-1)
 	}
 	for _, t := range s.layout {
+		if run.IsCutTensor(t.Name) {
+			continue // the Shard applies the cut's projections
+		}
 		g := s.grads[t.Offset : t.Offset+t.Size()]
 		if len(t.Shape) == 2 {
 			m.dw = append(m.dw, g)

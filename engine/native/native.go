@@ -179,6 +179,26 @@ func (e *Engine) newShard(m *run.Manifest, index int) (*Shard, error) {
 		s.inSize = m.ActivationSize(index - 1)
 	}
 	s.outSize = m.ActivationSize(index)
+	if r := m.Training.ActivationRank; r > 0 {
+		view := func(buf []float32, name string) []float32 {
+			for _, t := range layout {
+				if t.Name == name {
+					return buf[t.Offset : t.Offset+t.Size()]
+				}
+			}
+			panic("native: tensor " + name + " missing from layout")
+		}
+		sp := m.Shards[index]
+		s.cut = cutProj{rank: r, rows: m.RowsPerSample()}
+		if !s.first {
+			s.cut.up, s.cut.dup = view(params, run.CutUpName(sp.Start)), view(s.grads, run.CutUpName(sp.Start))
+			s.cut.upW = m.CutWidth(index - 1)
+		}
+		if !s.last {
+			s.cut.down, s.cut.ddown = view(params, run.CutDownName(sp.End)), view(s.grads, run.CutDownName(sp.End))
+			s.cut.downW = m.CutWidth(index)
+		}
+	}
 	switch m.Model.Arch {
 	case run.ArchMLPMNIST:
 		s.model = newMLP(s)

@@ -41,6 +41,7 @@ type Shard struct {
 	model       model
 	inSize      int // per-sample input width (X on the first MLP shard, activations elsewhere; 0 for GPT embeddings)
 	outSize     int // per-sample output width, 0 on the last shard
+	cut         cutProj
 
 	// mu: Forward holds it for reading (parameters), Backward and Step for
 	// writing (gradients, parameters).
@@ -56,6 +57,30 @@ type Shard struct {
 
 var _ engine.Shard = (*Shard)(nil)
 
+// cutProj is the shard's side of the learned projections at its cuts
+// (training.activation_rank): up widens each incoming row from rank to
+// upW values before the model, down narrows each outgoing row from downW
+// to rank values after it. Either is nil where the shard has no such cut.
+type cutProj struct {
+	rank, rows  int // rows: activation rows a sample (a language model's positions)
+	upW, downW  int
+	up, dup     []float32 // [upW, rank] and its gradient
+	down, ddown []float32 // [rank, downW] and its gradient
+}
+
+// arenaSize is what the projections keep on a tape of n samples: the
+// narrow input and its widened copy, and the wide output's gradient.
+func (c *cutProj) arenaSize(n int) int {
+	size := 0
+	if c.up != nil {
+		size += n * c.rows * (c.rank + c.upW)
+	}
+	if c.down != nil {
+		size += n * c.rows * c.downW
+	}
+	return size
+}
+
 // tape is what a training Forward keeps for its Backward.
 type tape struct {
 	owner   *Shard
@@ -67,6 +92,10 @@ type tape struct {
 	slots   [][]float32
 	tokens  []int32
 	targets []int32
+
+	// cutIn is the narrow input an up-projection widened, cutOut the
+	// model's wide output a down-projection narrowed.
+	cutIn, cutOut []float32
 
 	// gpt-char and llama activations (mlp-mnist uses slots); llama keeps
 	// its final RMSNorm in lnf and lnfr.
@@ -147,7 +176,7 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	t := &tape{owner: s, n: n, arena: s.getArena(s.model.arenaSize(n))}
+	t := &tape{owner: s, n: n, arena: s.getArena(s.cut.arenaSize(n) + s.model.arenaSize(n))}
 	if s.first && b.Tokens != nil {
 		t.tokens = append([]int32(nil), b.Tokens...)
 	}
@@ -157,7 +186,21 @@ func (s *Shard) Forward(b *engine.Batch, in []float32, train bool) ([]float32, f
 	if s.first && in == nil {
 		in = b.X // the MLP's first shard reads X; the GPT's reads tokens
 	}
+	if c := &s.cut; c.up != nil {
+		rows := n * c.rows
+		t.cutIn = t.alloc(rows * c.rank)
+		copy(t.cutIn, in)
+		wide := t.alloc(rows * c.upW)
+		linearForward(s.threads, wide, t.cutIn, c.up, nil, rows, c.rank, c.upW)
+		in = wide
+	}
 	out, loss := s.model.forward(t, in)
+	if c := &s.cut; c.down != nil {
+		rows := n * c.rows
+		t.cutOut = out
+		out = make([]float32, rows*c.rank)
+		linearForward(s.threads, out, t.cutOut, c.down, nil, rows, c.downW, c.rank)
+	}
 	if !train {
 		if s.last {
 			out = append([]float32(nil), s.model.logits(t)...) // the arena goes back below
@@ -195,11 +238,24 @@ func (s *Shard) Backward(tp engine.Tape, gradOut []float32) ([]float32, error) {
 		}
 	}
 	s.mu.Lock()
+	c := &s.cut
+	if c.down != nil {
+		rows := t.n * c.rows
+		wide := t.alloc(rows * c.downW)
+		linearBackward(s.threads, wide, c.ddown, nil, gradOut, t.cutOut, c.down, rows, c.downW, c.rank)
+		gradOut = wide
+	}
 	gradIn := s.model.backward(t, gradOut)
+	if c.up != nil {
+		rows := t.n * c.rows
+		narrow := make([]float32, rows*c.rank)
+		linearBackward(s.threads, narrow, c.dup, nil, gradIn, t.cutIn, c.up, rows, c.rank, c.upW)
+		gradIn = narrow
+	}
 	s.mu.Unlock()
 	t.done = true
 	s.putArena(t.arena)
-	t.arena, t.slots = nil, nil
+	t.arena, t.slots, t.cutIn, t.cutOut = nil, nil, nil, nil
 	return gradIn, nil
 }
 

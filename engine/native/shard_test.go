@@ -42,6 +42,15 @@ func tinyLlama(shards int) *run.Manifest {
 	return m
 }
 
+// ranked gives m a learned projection of rank r at each of its cuts.
+func ranked(m *run.Manifest, r int) *run.Manifest {
+	m.Training.ActivationRank = r
+	if err := m.Validate(); err != nil {
+		panic(err)
+	}
+	return m
+}
+
 func tinyLlamaTied() *run.Manifest {
 	m := tinyLlama(1)
 	m.Model.TieEmbeddings = true
@@ -203,7 +212,8 @@ func clippedStep(t *testing.T, ss []*Shard, maxNorm float64) []float32 {
 // TestModelGrad checks the whole model's parameter gradients (every tensor of
 // every shard) against finite differences of the loss, on a 2-shard split.
 func TestModelGrad(t *testing.T) {
-	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied()} {
+	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied(),
+		ranked(tinyMLP(3), 4), ranked(tinyGPT(2), 6), ranked(tinyLlama(3), 5)} {
 		ss := buildShards(t, New(), m)
 		if m.Model.LanguageModel() {
 			// Larger weights than the 0.02 init, so every path carries
@@ -236,7 +246,7 @@ func TestModelGrad(t *testing.T) {
 }
 
 func TestDeterministicAcrossThreads(t *testing.T) {
-	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied()} {
+	for _, m := range []*run.Manifest{tinyMLP(2), tinyGPT(2), tinyLlama(2), tinyLlamaTied(), ranked(tinyLlama(2), 5)} {
 		b := batchFor(m, 5, 3)
 		a, c := buildShards(t, New(WithThreads(1)), m), buildShards(t, New(WithThreads(4)), m)
 		for step := 0; step < 2; step++ {
@@ -434,4 +444,66 @@ func TestTrainingReducesLoss(t *testing.T) {
 			t.Errorf("step count %d, want 30", ss[0].StepCount())
 		}
 	}
+}
+
+// TestCutProjection: with training.activation_rank a shard sends rank
+// values a row and takes rank values a row back, the pair at a cut starts
+// as P and Pᵀ with orthonormal rows, and a wrong-sized input or gradient is
+// refused as before.
+func TestCutProjection(t *testing.T) {
+	for _, m := range []*run.Manifest{ranked(tinyMLP(2), 3), ranked(tinyLlama(2), 5)} {
+		ss := buildShards(t, New(), m)
+		r, rows := m.Training.ActivationRank, m.RowsPerSample()
+		down := ss[0].cut.down
+		up := ss[1].cut.up
+		w := m.CutWidth(0)
+		if len(down) != r*w || len(up) != w*r || ss[0].cut.up != nil || ss[1].cut.down != nil {
+			t.Fatalf("%s: projections of %d and %d values, want %d each, on one side each", m.Model.Arch, len(down), len(up), r*w)
+		}
+		for i := 0; i < r; i++ {
+			for j := 0; j < r; j++ {
+				var dot float64
+				for k := 0; k < w; k++ {
+					dot += float64(down[i*w+k]) * float64(down[j*w+k])
+				}
+				if want := float64(b2f(i == j)); math.Abs(dot-want) > 1e-5 {
+					t.Fatalf("%s: rows %d and %d of the down-projection have dot product %g, want %g", m.Model.Arch, i, j, dot, want)
+				}
+			}
+			for k := 0; k < w; k++ {
+				if up[k*r+i] != down[i*w+k] {
+					t.Fatalf("%s: up[%d,%d] = %g, down[%d,%d] = %g: the up-projection does not start as the down's transpose", m.Model.Arch, k, i, up[k*r+i], i, k, down[i*w+k])
+				}
+			}
+		}
+		b := batchFor(m, 3, 7)
+		out, _, tp, err := ss[0].Forward(b, nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(out) != 3*rows*r || m.ActivationSize(0) != rows*r {
+			t.Fatalf("%s: shard 0 sent %d values for 3 samples (activation size %d), want 3×%d×%d", m.Model.Arch, len(out), m.ActivationSize(0), rows, r)
+		}
+		if _, err := ss[0].Backward(tp, make([]float32, 3*rows*w)); !errors.Is(err, engine.ErrShape) {
+			t.Fatalf("%s: a gradient of the unprojected width: %v, want ErrShape", m.Model.Arch, err)
+		}
+		if _, _, _, err := ss[1].Forward(b, make([]float32, 3*rows*w), true); !errors.Is(err, engine.ErrShape) {
+			t.Fatalf("%s: an input of the unprojected width: %v, want ErrShape", m.Model.Arch, err)
+		}
+		_, _, tp1, err := ss[1].Forward(b, out, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := ss[1].Backward(tp1, nil)
+		if err != nil || len(g) != 3*rows*r {
+			t.Fatalf("%s: shard 1 returned %d gradient values (%v), want 3×%d×%d", m.Model.Arch, len(g), err, rows, r)
+		}
+	}
+}
+
+func b2f(b bool) float32 {
+	if b {
+		return 1
+	}
+	return 0
 }

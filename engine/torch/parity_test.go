@@ -65,6 +65,13 @@ func smallGPT(shards int, opt string) *run.Manifest {
 	return m
 }
 
+// withRank gives m a learned projection of rank r at each cut
+// (training.activation_rank).
+func withRank(m *run.Manifest, r int) *run.Manifest {
+	m.Training.ActivationRank = r
+	return m
+}
+
 // smallLlama has grouped-query attention (4 query heads sharing 2
 // key/value heads of width 8); tied is one shard whose head is wte.
 func smallLlama(shards int, opt string, tied bool) *run.Manifest {
@@ -214,6 +221,9 @@ func TestParityWithNative(t *testing.T) {
 		{"gpt/2-shards/sgd", smallGPT(2, "sgd"), 2},
 		{"llama/1-shard-tied/sgd", smallLlama(1, "sgd", true), 2},
 		{"llama/2-shards/adamw", smallLlama(2, "adamw", false), 3},
+		{"mlp/3-shards-rank/adamw", withRank(smallMLP(3, "adamw"), 24), 8},
+		{"gpt/2-shards-rank/sgd", withRank(smallGPT(2, "sgd"), 12), 2},
+		{"llama/3-shards-rank/adamw", withRank(smallLlama(3, "adamw", false), 10), 3},
 	}
 	if !testing.Short() {
 		cases = append(cases, struct {

@@ -237,11 +237,11 @@ class Shard:
         self.step = 0
         self.tapes = {}
         self.set_state(meta, tensors)
-        self.model_fn = self.run
+        self.model_fn = self.run_cuts
         self.compiled = False
         if meta.get("compile") and hasattr(torch, "compile"):
             # Graphs are traced on first use of each micro-batch size.
-            self.model_fn = torch.compile(self.run)
+            self.model_fn = torch.compile(self.run_cuts)
             self.compiled = True
 
     # -- flat buffers ---------------------------------------------------
@@ -290,6 +290,19 @@ class Shard:
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
         att = att.masked_fill(mask, float("-inf")).softmax(dim=-1)
         return att @ v
+
+    def run_cuts(self, n, x, tokens, inp):
+        # training.activation_rank: the shard widens each incoming row from
+        # rank values (cut{start}.up.w [width, rank]) and narrows each
+        # outgoing row to rank values (cut{end}.down.w [rank, width]).
+        up = self.p.get("cut%d.up.w" % self.start)
+        if up is not None:
+            inp = F.linear(inp.view(n, -1, up.shape[1]), up).reshape(n, -1)
+        h = self.run(n, x, tokens, inp)
+        down = self.p.get("cut%d.down.w" % self.end)
+        if down is not None:
+            h = F.linear(h.reshape(n, -1, down.shape[1]), down)
+        return h
 
     def run(self, n, x, tokens, inp):
         m = self.model

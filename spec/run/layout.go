@@ -44,6 +44,12 @@ func (t Tensor) Size() int {
 // unless tie_embeddings, head.w [vocab,C]. q, k and v are adjacent (as are
 // gate and up), so an engine may treat them as one [Q+2KV, C] (or [2F, C])
 // matrix.
+//
+// With training.activation_rank r, every shard but the first starts with
+// cut{u}.up.w [w,r] (u its first unit, w the row width leaving the shard
+// before: CutWidth) and every shard but the last ends with
+// cut{u}.down.w [r,w] (u its end unit): the learned projection pair at
+// cut u.
 func (m *Manifest) Layout(index int) ([]Tensor, error) {
 	if index < 0 || index >= len(m.Shards) {
 		return nil, fmt.Errorf("shard %d: run has %d shards", index, len(m.Shards))
@@ -53,6 +59,9 @@ func (m *Manifest) Layout(index int) ([]Tensor, error) {
 	var ts []Tensor
 	add := func(name string, shape ...int) { ts = append(ts, Tensor{Name: name, Shape: shape}) }
 	md := m.Model
+	if r := m.Training.ActivationRank; r > 0 && !first {
+		add(CutUpName(s.Start), m.CutWidth(index-1), r)
+	}
 	switch md.Arch {
 	case ArchMLPMNIST:
 		widths := append(append([]int{md.Input}, md.Hidden...), md.Classes)
@@ -112,6 +121,9 @@ func (m *Manifest) Layout(index int) ([]Tensor, error) {
 	default:
 		return nil, fmt.Errorf("unknown architecture %q", md.Arch)
 	}
+	if r := m.Training.ActivationRank; r > 0 && !last {
+		add(CutDownName(s.End), r, m.CutWidth(index))
+	}
 	off := 0
 	for i := range ts {
 		ts[i].Offset = off
@@ -133,11 +145,18 @@ func (m *Manifest) NumParams(index int) (int, error) {
 	return n, nil
 }
 
-// ActivationSize is the number of float32 values per sample that shard index
-// sends to the next shard (and receives back as gradients). For the last
-// shard it is 0: it ends in the loss.
-func (m *Manifest) ActivationSize(index int) int {
-	if index >= len(m.Shards)-1 {
+// CutUpName and CutDownName name the learned projections at the cut before
+// unit u (training.activation_rank): the up-projection opens the shard
+// starting at u, the down-projection closes the shard ending there.
+func CutUpName(u int) string   { return fmt.Sprintf("cut%d.up.w", u) }
+func CutDownName(u int) string { return fmt.Sprintf("cut%d.down.w", u) }
+
+// CutWidth is the width of one row of shard index's output, before any
+// learned projection (training.activation_rank): a language model's
+// position (n_embd), or an MLP sample's last hidden layer. 0 on the last
+// shard.
+func (m *Manifest) CutWidth(index int) int {
+	if index < 0 || index >= len(m.Shards)-1 {
 		return 0
 	}
 	md := m.Model
@@ -145,25 +164,39 @@ func (m *Manifest) ActivationSize(index int) int {
 	case ArchMLPMNIST:
 		return md.Hidden[m.Shards[index].End-1]
 	case ArchGPTChar, ArchLlama:
-		return md.BlockSize * md.NEmbd
+		return md.NEmbd
 	}
 	return 0
 }
 
 // ActivationRow is the width of one row of the activations leaving shard
-// index: the unit topk activations select within (training.activation_keep
-// of each row). A language model's row is one position's vector (n_embd),
-// so a position's kept values depend on nothing after it; another model's
-// is a sample's values.
+// index, as they cross the cut: training.activation_rank when set, else
+// CutWidth. It is the unit topk activations select within
+// (training.activation_keep of each row). A language model's row is one
+// position, so a position's values depend on nothing after it; another
+// model's is a sample.
 func (m *Manifest) ActivationRow(index int) int {
-	switch m.Model.Arch {
-	case ArchGPTChar, ArchLlama:
-		if index < len(m.Shards)-1 {
-			return m.Model.NEmbd
-		}
-		return 0
+	w := m.CutWidth(index)
+	if w > 0 && m.Training.ActivationRank > 0 {
+		return m.Training.ActivationRank
 	}
-	return m.ActivationSize(index)
+	return w
+}
+
+// RowsPerSample is how many activation rows one sample is: a language
+// model's positions (block_size), else 1.
+func (m *Manifest) RowsPerSample() int {
+	if m.Model.LanguageModel() {
+		return m.Model.BlockSize
+	}
+	return 1
+}
+
+// ActivationSize is the number of float32 values per sample that shard index
+// sends to the next shard (and receives back as gradients). For the last
+// shard it is 0: it ends in the loss.
+func (m *Manifest) ActivationSize(index int) int {
+	return m.RowsPerSample() * m.ActivationRow(index)
 }
 
 // MaxEvalLogits bounds the logits of one evaluation micro-batch (samples ×
@@ -237,10 +270,14 @@ func (m *Manifest) InitParams(index int) ([]float32, error) {
 }
 
 func (m *Manifest) initTensor(t Tensor, dst []float32) {
+	name := t.Name
+	if u, up, ok := cutTensor(name); ok {
+		m.initCut(u, up, t.Shape, dst)
+		return
+	}
 	h := fnv.New64a()
 	h.Write([]byte(t.Name))
 	rng := rand.New(rand.NewPCG(m.Seed, h.Sum64()))
-	name := t.Name
 	isBias := len(name) >= 2 && name[len(name)-2:] == ".b"
 	isLNWeight := len(t.Shape) == 1 && !isBias
 	switch {
@@ -267,6 +304,87 @@ func (m *Manifest) initTensor(t Tensor, dst []float32) {
 	}
 }
 
+// IsCutTensor reports whether name is one of the learned projections at a
+// cut (training.activation_rank).
+func IsCutTensor(name string) bool {
+	_, _, ok := cutTensor(name)
+	return ok
+}
+
+// cutTensor parses a learned projection's name (CutUpName, CutDownName).
+func cutTensor(name string) (u int, up, ok bool) {
+	var kind string
+	if n, err := fmt.Sscanf(name, "cut%d.%s", &u, &kind); n != 2 || err != nil || u < 0 {
+		return 0, false, false
+	}
+	switch name {
+	case CutUpName(u):
+		return u, true, true
+	case CutDownName(u):
+		return u, false, true
+	}
+	return 0, false, false
+}
+
+// initCut starts the projection pair at cut u as one matrix P [r,w] with
+// orthonormal rows (a random r-dimensional subspace, drawn from the run
+// seed and the cut alone) and its transpose: the down-projection is P, the
+// up-projection Pᵀ, so at the start a row crosses the cut as its
+// orthogonal projection onto that subspace, whatever the shards' engines.
+func (m *Manifest) initCut(u int, up bool, shape []int, dst []float32) {
+	r, w := shape[0], shape[1]
+	if up {
+		w, r = r, w
+	}
+	h := fnv.New64a()
+	h.Write([]byte(CutDownName(u)))
+	rng := rand.New(rand.NewPCG(m.Seed, h.Sum64()))
+	p := make([]float64, r*w)
+	for i := range p {
+		p[i] = rng.NormFloat64()
+	}
+	// Modified Gram–Schmidt over the rows (r < w, so they are
+	// independent with probability one; a row that loses its norm to
+	// rounding is drawn again).
+	for i := 0; i < r; i++ {
+		row := p[i*w : (i+1)*w]
+		for {
+			for j := 0; j < i; j++ {
+				prev := p[j*w : (j+1)*w]
+				var dot float64
+				for k := range row {
+					dot += row[k] * prev[k]
+				}
+				for k := range row {
+					row[k] -= dot * prev[k]
+				}
+			}
+			var norm float64
+			for _, v := range row {
+				norm += v * v
+			}
+			if norm = math.Sqrt(norm); norm > 1e-6 {
+				for k := range row {
+					row[k] /= norm
+				}
+				break
+			}
+			for k := range row {
+				row[k] = rng.NormFloat64()
+			}
+		}
+	}
+	for i := 0; i < r; i++ {
+		for k := 0; k < w; k++ {
+			if up {
+				dst[k*r+i] = float32(p[i*w+k])
+			} else {
+				dst[i*w+k] = float32(p[i*w+k])
+			}
+		}
+	}
+}
+
 func hasSuffix(s, suffix string) bool {
 	return len(s) >= len(suffix) && s[len(s)-len(suffix):] == suffix
 }
@@ -286,6 +404,7 @@ func BalancedShards(m *Manifest, n int) ([]ShardSpec, error) {
 	}
 	per := *m
 	per.Shards = EvenShards(units, units)
+	per.Training.ActivationRank = 0  // the cuts' projections are not the units' cost
 	cost := make([]float64, units+1) // prefix sums of per-unit FLOPs
 	for i := 0; i < units; i++ {
 		f, err := per.FLOPsPerSample(i)

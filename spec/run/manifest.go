@@ -231,6 +231,15 @@ type TrainingSpec struct {
 	// ActivationKeep is, with topk activations, the fraction of each row's
 	// boundary values sent (0, 1]; 1 sends every non-zero value.
 	ActivationKeep float64 `json:"activation_keep,omitempty"`
+	// ActivationRank, when positive, puts a learned low-rank projection
+	// at every cut between shards: the shard before the cut ends with a
+	// down-projection cut{u}.down.w [rank, width] and the shard after it
+	// starts with an up-projection cut{u}.up.w [width, rank] (u the cut's
+	// unit, width the row's: Manifest.CutWidth), both trained with the
+	// rest of the model. A row crosses the cut as rank values instead of
+	// width, and its gradient comes back the same size. It changes the
+	// model, not only its traffic: an exported model keeps the bottleneck.
+	ActivationRank int `json:"activation_rank,omitempty"`
 	// SyncLossMargin (nats) is how much worse than a node's own state a
 	// shard state offered by a single donor may do on held-out data for a
 	// node with trained state to install it (0: DefaultSyncLossMargin);
@@ -467,6 +476,9 @@ func (m *Manifest) Validate() error {
 	if t.Activations == ActivationsTopK && !(t.ActivationKeep > 0 && t.ActivationKeep <= 1) {
 		return fieldErr("training.activation_keep", "must be in (0, 1] with topk activations (the fraction of each row's values sent), got %g", t.ActivationKeep)
 	}
+	if err := m.validateRank(); err != nil {
+		return err
+	}
 	if !(t.SyncLossMargin >= 0 && t.SyncLossMargin <= MaxSyncLossMargin) {
 		return fieldErr("training.sync_loss_margin", "must be in [0, %d] nats (0: %g), got %g", MaxSyncLossMargin, DefaultSyncLossMargin, t.SyncLossMargin)
 	}
@@ -488,6 +500,28 @@ func (m *Manifest) Validate() error {
 	// full-size steps in the wrong direction.
 	if a := m.Averaging; a.Mode == ModeSync && m.Optimizer.Name == "adamw" && (a.Compression == CompressFP16 || a.Compression == CompressInt8) {
 		return fieldErr("averaging.compression", "%s breaks gradient averaging under adamw (mlp-mnist: 59%% test accuracy with fp16, 69%% with int8, 97%% with none or bf16); use bf16 or none in sync mode", a.Compression)
+	}
+	return nil
+}
+
+// validateRank checks training.activation_rank against the run's cuts: it
+// needs a cut, and at every cut fewer values than the row it projects
+// (a rank of the row's width or more would send more, not fewer).
+func (m *Manifest) validateRank() error {
+	r := m.Training.ActivationRank
+	if r == 0 {
+		return nil
+	}
+	if r < 0 {
+		return fieldErr("training.activation_rank", "must not be negative, got %d", r)
+	}
+	if len(m.Shards) < 2 {
+		return fieldErr("training.activation_rank", "projects the activations between shards; the run has %d shard", len(m.Shards))
+	}
+	for i := 0; i < len(m.Shards)-1; i++ {
+		if w := m.CutWidth(i); r >= w {
+			return fieldErr("training.activation_rank", "%d is not below the width of the rows leaving shard %d (%d values)", r, i, w)
+		}
 	}
 	return nil
 }

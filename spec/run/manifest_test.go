@@ -2,6 +2,7 @@ package run
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -83,6 +84,15 @@ func TestValidateNamesField(t *testing.T) {
 			m.Training.Activations, m.Training.ActivationKeep = ActivationsTopK, math.NaN()
 		}, "training.activation_keep"},
 		{"activation keep without topk", func(m *Manifest) { m.Training.ActivationKeep = 0.5 }, "training.activation_keep"},
+		{"negative activation rank", func(m *Manifest) { m.Training.ActivationRank = -1 }, "training.activation_rank"},
+		{"activation rank of the full width", func(m *Manifest) { m.Training.ActivationRank = 1024 }, "training.activation_rank"},
+		{"activation rank without a cut", func(m *Manifest) {
+			m.Shards, m.Training.ActivationRank = EvenShards(m.Model.Units(), 1), 8
+		}, "training.activation_rank"},
+		{"activation rank above a narrow cut", func(m *Manifest) {
+			m.Model.Hidden = []int{1024, 64, 1024}
+			m.Shards, m.Training.ActivationRank = EvenShards(4, 3), 100
+		}, "training.activation_rank"},
 		{"negative sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = -0.1 }, "training.sync_loss_margin"},
 		{"NaN sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = math.NaN() }, "training.sync_loss_margin"},
 		{"huge sync loss margin", func(m *Manifest) { m.Training.SyncLossMargin = 11 }, "training.sync_loss_margin"},
@@ -320,6 +330,86 @@ func TestLayoutAndParams(t *testing.T) {
 	if _, err := m.Layout(3); err == nil {
 		t.Fatal("layout of a shard past the end")
 	}
+}
+
+// TestCutLayout: training.activation_rank adds the projection pair at each
+// cut, narrows what crosses it, starts both sides of a cut from one matrix
+// whatever the split, and leaves the shards' balance to the units.
+func TestCutLayout(t *testing.T) {
+	m := NewMLPMNIST(3)
+	m.Training.ActivationRank = 16
+	if err := m.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{{"l0.w", "l0.b", "cut1.down.w"}, {"cut1.up.w", "l1.w", "l1.b", "cut2.down.w"}, {"cut2.up.w", "l2.w", "l2.b"}}
+	for i, names := range want {
+		layout, err := m.Layout(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, ts := range layout {
+			got = append(got, ts.Name)
+			if IsCutTensor(ts.Name) != (ts.Name[:3] == "cut") {
+				t.Errorf("IsCutTensor(%q) = %v", ts.Name, IsCutTensor(ts.Name))
+			}
+		}
+		if fmt.Sprint(got) != fmt.Sprint(names) {
+			t.Fatalf("shard %d layout %v, want %v", i, got, names)
+		}
+	}
+	if m.ActivationSize(0) != 16 || m.ActivationRow(1) != 16 || m.CutWidth(1) != 1024 || m.ActivationSize(2) != 0 {
+		t.Fatalf("activation sizes %d, %d (cut width %d), last %d", m.ActivationSize(0), m.ActivationRow(1), m.CutWidth(1), m.ActivationSize(2))
+	}
+	l0, _ := m.Layout(0)
+	l1, _ := m.Layout(1)
+	p0, _ := m.InitParams(0)
+	p1, _ := m.InitParams(1)
+	down := p0[l0[2].Offset : l0[2].Offset+l0[2].Size()]
+	up := p1[l1[0].Offset : l1[0].Offset+l1[0].Size()]
+	for i := 0; i < 16; i++ {
+		for k := 0; k < 1024; k++ {
+			if up[k*16+i] != down[i*1024+k] {
+				t.Fatalf("cut1.up.w[%d,%d] = %g, cut1.down.w[%d,%d] = %g: want the transpose", k, i, up[k*16+i], i, k, down[i*1024+k])
+			}
+		}
+	}
+	// The same cut in a 2-shard split of the same seed starts alike.
+	m2 := NewMLPMNIST(2)
+	m2.Training.ActivationRank = 16
+	l, _ := m2.Layout(0)
+	p, _ := m2.InitParams(0)
+	if got := p[l[2].Offset : l[2].Offset+l[2].Size()]; l[2].Name != "cut1.down.w" || relDiff(got, down) != 0 {
+		t.Fatalf("cut1.down.w of a 2-shard split differs from the 3-shard split's")
+	}
+	if s, _ := BalancedShards(m2, 2); s[0].End != 1 {
+		t.Errorf("ranked mlp in 2 shards = %v, want the cut after the first layer as without a rank", s)
+	}
+	// A language model's row is a position.
+	g := NewGPTChar(testCharset, 2)
+	g.Training.ActivationRank = 8
+	if err := g.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if g.ActivationSize(0) != g.Model.BlockSize*8 || g.ActivationRow(0) != 8 {
+		t.Fatalf("gpt: activation size %d, row %d", g.ActivationSize(0), g.ActivationRow(0))
+	}
+	for _, name := range []string{"cut", "cut1.up", "cut1.down.w.x", "cutx.up.w", "cut-1.up.w", "l1.w"} {
+		if IsCutTensor(name) {
+			t.Errorf("IsCutTensor(%q) = true", name)
+		}
+	}
+}
+
+func relDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	var d float64
+	for i := range a {
+		d = math.Max(d, math.Abs(float64(a[i]-b[i])))
+	}
+	return d
 }
 
 func TestEvenShards(t *testing.T) {

@@ -69,8 +69,8 @@ var ErrNotExportable = errors.New("export: no Hugging Face format for this model
 // NewHFConfig describes m's llama as a LlamaForCausalLM.
 func NewHFConfig(m *run.Manifest, step int64) (*HFConfig, error) {
 	md := m.Model
-	if md.Arch != run.ArchLlama {
-		return nil, fmt.Errorf("%w: model.arch is %s (only %s exports as LlamaForCausalLM)", ErrNotExportable, md.Arch, run.ArchLlama)
+	if err := HFExportable(m); err != nil {
+		return nil, err
 	}
 	id, err := m.ID()
 	if err != nil {
@@ -94,6 +94,19 @@ func NewHFConfig(m *run.Manifest, step int64) (*HFConfig, error) {
 		c.BOSTokenID, c.EOSTokenID = &eot, &eot
 	}
 	return c, nil
+}
+
+// HFExportable refuses what a LlamaForCausalLM cannot hold: another
+// architecture, or the learned projections of training.activation_rank
+// (a bottleneck in the residual stream at every cut).
+func HFExportable(m *run.Manifest) error {
+	if m.Model.Arch != run.ArchLlama {
+		return fmt.Errorf("%w: model.arch is %s (only %s exports as LlamaForCausalLM)", ErrNotExportable, m.Model.Arch, run.ArchLlama)
+	}
+	if r := m.Training.ActivationRank; r > 0 {
+		return fmt.Errorf("%w: training.activation_rank %d puts a learned rank-%d projection in the residual stream at every cut between shards, which LlamaForCausalLM has no place for (export --format safetensors keeps every tensor under its layout name)", ErrNotExportable, r, r)
+	}
+	return nil
 }
 
 // HFName is the Hugging Face name of a llama layout tensor ("" for a name
@@ -136,8 +149,8 @@ func HFName(name string) string {
 // buffer) as one safetensors file under Hugging Face's names. A tied head is
 // written once, as model.embed_tokens.weight (tie_word_embeddings).
 func ExportHFSafetensors(w io.Writer, m *run.Manifest, params [][]float32, metadata map[string]string) error {
-	if m.Model.Arch != run.ArchLlama {
-		return fmt.Errorf("%w: model.arch is %s", ErrNotExportable, m.Model.Arch)
+	if err := HFExportable(m); err != nil {
+		return err
 	}
 	return exportNamed(w, m, params, metadata, HFName)
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -381,6 +382,23 @@ func TestExportHFRefusals(t *testing.T) {
 	p, _ := g.InitParams(0)
 	if _, err := ExportHF(filepath.Join(t.TempDir(), "g"), g, [][]float32{p}, 1); !errors.Is(err, ErrNotExportable) || !strings.Contains(err.Error(), "gpt-char") {
 		t.Fatalf("gpt-char export: %v", err)
+	}
+	// A llama with learned projections at its cuts has a bottleneck in
+	// the residual stream that LlamaForCausalLM cannot hold.
+	r, err := run.NewLlama(run.PresetLlamaTiny, "abc", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Training.ActivationRank = 16
+	rp := make([][]float32, 2)
+	for i := range rp {
+		rp[i], _ = r.InitParams(i)
+	}
+	if _, err := ExportHF(filepath.Join(t.TempDir(), "r"), r, rp, 1); !errors.Is(err, ErrNotExportable) || !strings.Contains(err.Error(), "training.activation_rank") {
+		t.Fatalf("ranked llama export: %v", err)
+	}
+	if err := ExportSafetensors(io.Discard, r, rp, nil); err != nil {
+		t.Fatalf("ranked llama, safetensors under layout names: %v", err)
 	}
 	if _, err := ExportHF(filepath.Join(t.TempDir(), "short"), c.m, [][]float32{c.params[0][:10]}, 1); err == nil {
 		t.Fatal("export of a short parameter buffer accepted")

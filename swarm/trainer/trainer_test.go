@@ -469,16 +469,23 @@ func TestLowPrecisionActivations(t *testing.T) {
 	for _, c := range []struct {
 		precision string
 		keep      float64
-		perValue  float64 // wire bytes a value, at most
+		rank      int
+		perValue  float64 // wire bytes a hidden value, at most
 	}{
-		{run.ActivationsBF16, 0, 2},
-		{run.ActivationsInt8, 0, 1 + 4.0/pipeline.Int8Block},
-		{run.ActivationsTopK, 0.25, 1.0/8 + 2*0.25},
+		{run.ActivationsBF16, 0, 0, 2},
+		{run.ActivationsInt8, 0, 0, 1 + 4.0/pipeline.Int8Block},
+		{run.ActivationsTopK, 0.25, 0, 1.0/8 + 2*0.25},
+		// A learned projection to 8 of the 64 hidden values, in bf16.
+		{run.ActivationsBF16, 0, 8, 2 * 8.0 / 64},
 	} {
-		t.Run(c.precision, func(t *testing.T) {
+		name := c.precision
+		if c.rank > 0 {
+			name += fmt.Sprintf("-rank%d", c.rank)
+		}
+		t.Run(name, func(t *testing.T) {
 			const steps, hidden = 100, 64
 			m := smallMNIST(2, hidden, steps)
-			m.Training.Activations, m.Training.ActivationKeep = c.precision, c.keep
+			m.Training.Activations, m.Training.ActivationKeep, m.Training.ActivationRank = c.precision, c.keep, c.rank
 			s := &swarmT{t: t, m: m}
 			s.add(0, nil)
 			s.add(1, nil)
