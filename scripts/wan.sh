@@ -32,7 +32,7 @@
 #
 #   sudo scripts/wan.sh
 #   WAN_LINKS="20mbit/100mbit/100ms" WAN_SECONDS=120 sudo -E scripts/wan.sh
-#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+atopk][+wait][+topk][+delayed][+pace][+gbf16]
+#   WAN_MODES="local:2+wait local local+bf16+topk" sudo -E scripts/wan.sh   # rows: MODE[:in-flight][+bf16][+atopk][+arank][+wait][+topk][+delayed][+pace][+gbf16]
 #   WAN_LINKS="none 100mbit/100mbit/50ms" WAN_STEPS=3000 WAN_MODES="local+bf16+pace" sudo -E scripts/wan.sh
 #   WAN_SHARDS=1 WAN_LINKS="100mbit/100mbit/50ms none" WAN_STEPS=3000 WAN_MODES="local+pace" sudo -E scripts/wan.sh   # data parallel
 #   WAN_KEEP=1 WAN_LOG_LEVEL=debug sudo -E scripts/wan.sh   # keep the nodes' logs and snapshots (path on stderr)
@@ -49,6 +49,7 @@ local_steps=${WAN_LOCAL_STEPS:-50}
 delta_keep=${WAN_DELTA_KEEP:-0.03} # +topk rows: fraction of each delta sent
 delta_bits=${WAN_DELTA_BITS:-2}
 act_keep=${WAN_ACT_KEEP:-0.1} # +atopk rows: fraction of each sample's activations sent
+act_rank=${WAN_ACT_RANK:-32}  # +arank rows: values a sample crosses the cut as (a learned projection)
 max_local_steps=${WAN_MAX_LOCAL_STEPS:-$((4 * local_steps))} # +pace rows: averaging.max_local_steps
 target_batch=${WAN_TARGET_BATCH:-128}                         # sync rows' training.target_batch
 steps=${WAN_STEPS:-}                                          # set: rows train this many steps to the end and report the test accuracy
@@ -76,6 +77,8 @@ case $steps in *[!0-9]* | 0) echo "wan.sh: WAN_STEPS '$steps': want a positive n
 case $norm_k in *[!0-9.]* | *.*.*) echo "wan.sh: WAN_NORM_K '$norm_k': want 0 (off) or a number ≥ 1" >&2; exit 1 ;; esac
 awk -v k="$act_keep" 'BEGIN { exit !(k ~ /^[0-9]*\.?[0-9]+$/ && k > 0 && k <= 1) }' ||
   { echo "wan.sh: WAN_ACT_KEEP '$act_keep': want a fraction in (0, 1] of each sample's activations" >&2; exit 1; }
+case $act_rank in '' | *[!0-9]* | 0) echo "wan.sh: WAN_ACT_RANK '$act_rank': want a positive number of values (below the cut's width, WAN_HIDDEN's first)" >&2; exit 1 ;; esac
+[ "$act_rank" -lt "${hidden%%,*}" ] || { echo "wan.sh: WAN_ACT_RANK $act_rank: want fewer values than the cut's width (${hidden%%,*}, WAN_HIDDEN's first)" >&2; exit 1; }
 for l in $links; do
   IFS=/ read -r up down rtt <<<"$l"
   [ "$l" = none ] && { up=""; down=""; rtt=0ms; }
@@ -149,10 +152,11 @@ stop_links() {
   wait "$link_pid" 2>/dev/null || true
 }
 
-# run_mode LINK MODE[:N][+bf16][+atopk][+wait][+topk][+delayed][+pace][+gbf16]: start the swarm (N
+# run_mode LINK MODE[:N][+bf16][+atopk][+arank][+wait][+topk][+delayed][+pace][+gbf16]: start the swarm (N
 # micro-batches in flight a first-shard node, else $WAN_IN_FLIGHT or
 # adaptive; +bf16: activations between shards in bf16; +atopk: topk
-# activations, $act_keep of each sample's values in bf16; +wait: local mode
+# activations, $act_keep of each sample's values in bf16; +arank: a learned
+# projection of rank $act_rank at the cut (training.activation_rank); +wait: local mode
 # without overlapping averaging and training; +topk: local mode's deltas
 # compressed to $delta_keep of their values at $delta_bits bits; +delayed:
 # sync mode with delayed updates, averaging.delayed_updates; +pace: local
@@ -165,6 +169,8 @@ run_mode() {
   [[ $2 == *+bf16* ]] && bf16=1
   local atopk=""
   [[ $2 == *+atopk* ]] && atopk=1
+  local arank=""
+  [[ $2 == *+arank* ]] && arank=1
   [[ $2 == *+wait* ]] && wait=1
   local topk="" delayed="" pace="" gbf16=""
   [[ $2 == *+topk* ]] && topk=1
@@ -180,6 +186,7 @@ run_mode() {
   [ "$mode" = sync ] && args+=(--target-batch "$target_batch")
   [ -n "$bf16" ] && args+=(--activations bf16)
   [ -n "$atopk" ] && args+=(--activation-keep "$act_keep")
+  [ -n "$arank" ] && args+=(--activation-rank "$act_rank")
   [ -n "$wait" ] && args+=(--overlap=false)
   [ -n "$topk" ] && args+=(--delta-keep "$delta_keep" --delta-bits "$delta_bits")
   [ -n "$delayed" ] && args+=(--delayed-updates)
@@ -235,6 +242,7 @@ run_mode() {
   [ "$mode" = local ] && label+=$([ -n "$wait" ] && echo ", averaging waits" || echo ", averaging overlapped")
   [ -n "$bf16" ] && label+=", bf16 activations"
   [ -n "$atopk" ] && label+=", top-k activations ($act_keep of each sample's)"
+  [ -n "$arank" ] && label+=", rank-$act_rank projection at the cut"
   [ -n "$topk" ] && label+=", deltas top-k $delta_keep at $delta_bits bits"
   [ -n "$delayed" ] && label+=", delayed updates"
   [ -n "$gbf16" ] && label+=", gradients averaged in bf16"

@@ -297,7 +297,9 @@ class Shard:
         # outgoing row to rank values (cut{end}.down.w [rank, width]).
         up = self.p.get("cut%d.up.w" % self.start)
         if up is not None:
-            inp = F.linear(inp.view(n, -1, up.shape[1]), up).reshape(n, -1)
+            # float32 like any shard's input, bf16 autocast or not (the
+            # residual stream stays float32).
+            inp = F.linear(inp.view(n, -1, up.shape[1]), up).float().reshape(n, -1)
         h = self.run(n, x, tokens, inp)
         down = self.p.get("cut%d.down.w" % self.end)
         if down is not None:
