@@ -48,6 +48,7 @@ Logs are in --dir/*.log.`,
 			&cli.IntFlag{Name: "shards", Value: 2, Usage: "shards the model is split into", EnvVars: []string{"DEMO_SHARDS"}},
 			&cli.IntFlag{Name: "steps", Usage: "optimizer steps (default: the model's)", EnvVars: []string{"DEMO_STEPS"}},
 			&cli.StringFlag{Name: "hidden", Usage: "hidden widths, comma-separated (default: the model's 1024,1024)", EnvVars: []string{"DEMO_HIDDEN"}},
+			&cli.IntFlag{Name: "batch", Usage: "micro-batch size on one node (default: the model's); the optimizer step's batch stays the model's target batch", EnvVars: []string{"DEMO_BATCH"}},
 			&cli.StringFlag{Name: "averaging", Value: run.ModeSync, Usage: "sync or local", EnvVars: []string{"DEMO_AVERAGING"}},
 			&cli.StringFlag{Name: "activations", Value: run.ActivationsFP32, Usage: "precision of activations between shards: fp32, bf16, int8 or topk", EnvVars: []string{"DEMO_ACTIVATIONS"}},
 			&cli.Float64Flag{Name: "activation-keep", Usage: "topk activations: the fraction of each sample's (text models: each position's) values sent (default 1: the non-zero ones); implies --activations topk", EnvVars: []string{"DEMO_ACTIVATION_KEEP"}},
@@ -94,6 +95,9 @@ func demo(c *cli.Context) error {
 		if err := m.Split(c.Int("shards")); err != nil {
 			return cli.Exit("swarm demo: --shards: "+err.Error(), 2)
 		}
+	}
+	if c.IsSet("batch") {
+		m.Training.BatchSize = c.Int("batch")
 	}
 	if s := c.Int("steps"); s > 0 {
 		m.Training.Steps = s
