@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -143,7 +144,22 @@ type Traffic struct {
 	Undelivered atomic.Uint64 // records dropped because the receiver lagged
 
 	bye atomic.Pointer[goodbye] // the leave record Close waits to see written
+
+	reasonsMu sync.Mutex
+	reasons   map[string]uint64 // Rejected by the router's reason
 }
+
+// Reasons returns how many records the router rejected or ignored, by its
+// reason ("validation ignored", "validation throttled", "blacklisted
+// peer", ...).
+func (t *Traffic) Reasons() map[string]uint64 {
+	t.reasonsMu.Lock()
+	defer t.reasonsMu.Unlock()
+	return maps.Clone(t.reasons)
+}
+
+// maxReasons bounds the distinct reasons kept (the router's are a handful).
+const maxReasons = 32
 
 // goodbye is a leave record being sent; sent closes once it was written to
 // a peer's stream.
@@ -801,9 +817,22 @@ func (counter) Graft(peer.ID, string)                    {}
 func (counter) Prune(peer.ID, string)                    {}
 func (counter) ValidateMessage(*pubsub.Message)          {}
 func (counter) DeliverMessage(*pubsub.Message)           {}
-func (counter) RejectMessage(*pubsub.Message, string)    {}
 func (counter) DuplicateMessage(*pubsub.Message)         {}
-func (counter) ThrottlePeer(peer.ID)                     {}
 
-func (counter) DropRPC(*pubsub.RPC, peer.ID)         {}
-func (counter) UndeliverableMessage(*pubsub.Message) {}
+// RejectMessage counts a record the validator or the router turned away,
+// by the router's reason.
+func (c counter) RejectMessage(_ *pubsub.Message, reason string) {
+	c.t.Rejected.Add(1)
+	c.t.reasonsMu.Lock()
+	defer c.t.reasonsMu.Unlock()
+	if c.t.reasons == nil {
+		c.t.reasons = map[string]uint64{}
+	}
+	if _, ok := c.t.reasons[reason]; ok || len(c.t.reasons) < maxReasons {
+		c.t.reasons[reason]++
+	}
+}
+
+func (c counter) ThrottlePeer(peer.ID)                 { c.t.Throttled.Add(1) }
+func (c counter) DropRPC(*pubsub.RPC, peer.ID)         { c.t.Dropped.Add(1) }
+func (c counter) UndeliverableMessage(*pubsub.Message) { c.t.Undelivered.Add(1) }

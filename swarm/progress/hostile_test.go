@@ -130,6 +130,10 @@ func TestGossipValidatorRefuses(t *testing.T) {
 		if got := refusals(ref); len(got) != 1 {
 			t.Errorf("%s: refusals %v, want only %s", c.why, got, c.why)
 		}
+		// The router's tracer counts it, by its reason.
+		if n, why := g.Traffic().Rejected.Load(), g.Traffic().Reasons(); n == 0 || why[pubsub.RejectValidationFailed] == 0 {
+			t.Errorf("%s: the router counted %d rejected records, by reason %v", c.why, n, why)
+		}
 		testutil.Eventually(t, 10*time.Second, func() string {
 			s, _ := g.Score(atk.h.ID())
 			return fmt.Sprintf("%s: the attacker's score %v, want below the graylist threshold", c.why, s)
@@ -179,6 +183,9 @@ func TestGossipFloodThrottled(t *testing.T) {
 	}
 	if _, ok := tr.Get(atk.h.ID().String(), time.Now()); !ok {
 		t.Fatal("no record of the flooding author kept at all")
+	}
+	if why := g.Traffic().Reasons(); why[pubsub.RejectValidationIgnored] == 0 {
+		t.Errorf("the dropped flood is not counted as ignored by the router: %v", why)
 	}
 }
 

@@ -233,11 +233,25 @@ func (t *Trainer) everyShardHeldLocked() bool {
 		g, h, shard := t.gossip, t.h, un[0]
 		go func() {
 			topic := -1
+			peers := h.Network().Peers()
+			attrs := []any{"shard", shard, "last_seen_epoch", seen, "seen", ok}
 			if g != nil {
 				topic = len(g.MeshPeers())
+				// The router's score of each connected peer (below -80 it
+				// ignores the peer altogether) and why it turned records
+				// away: what tells a quiet holder from a silenced one.
+				scores := make([]string, 0, len(peers))
+				for _, p := range peers {
+					if sc, ok := g.Score(p); ok {
+						id := p.String()
+						scores = append(scores, fmt.Sprintf("%s:%.1f", id[max(0, len(id)-6):], sc))
+					}
+				}
+				tr := g.Traffic()
+				attrs = append(attrs, "scores", scores, "delivered", tr.Delivered.Load(), "rejected", tr.Reasons())
 			}
-			t.log.Warn("a shard has no holder; not drawing micro-batches until a node takes it", "shard", shard, "last_seen_epoch", seen, "seen", ok,
-				"topic_peers", topic, "connected_peers", len(h.Network().Peers()))
+			attrs = append(attrs, "topic_peers", topic, "connected_peers", len(peers))
+			t.log.Warn("a shard has no holder; not drawing micro-batches until a node takes it", attrs...)
 		}()
 	}
 	return false
