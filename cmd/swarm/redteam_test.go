@@ -173,6 +173,18 @@ func TestRedTeam(t *testing.T) {
 			t.Fatalf("the attacker could not pass victim %s's hello (err %v, admitted %v): the attacks would test nothing past the gate", role, err, admitted)
 		}
 	}
+	// Each victim's shard-mate is not attacked: its memory over the same
+	// minutes is what training alone grows a holder of that shard by
+	// (heap, pools, checkpoints), which the victim's bound allows too.
+	mates := map[string]string{}
+	for role, shard := range map[string]int{"A": 1, "B": 0} {
+		for _, n := range names {
+			if st := s.training(n); n != victims[role] && st != nil && st.Shard == shard {
+				mates[role] = n
+				pids[role+"-mate"] = s.nodes[n].cmd.Process.Pid
+			}
+		}
+	}
 	base := watchRSS(pids, 400*time.Millisecond)
 	time.Sleep(3 * time.Second)
 	baseline := base.end()
@@ -241,14 +253,23 @@ func TestRedTeam(t *testing.T) {
 		default:
 		}
 	}
-	// Memory stayed within 1.5× the victim's own baseline.
+	// Memory stayed within 1.5× the victim's own baseline, plus what its
+	// unattacked shard-mate grew by meanwhile (CI at d02f13e and 46fef58:
+	// victims at 1.52× and 1.62× of a baseline taken 11 s into the run,
+	// after two minutes of training at 2,500 epochs).
 	for _, role := range []string{"A", "B"} {
+		natural := 0
+		if mate := role + "-mate"; mates[role] != "" {
+			natural = max(0, max(peak[mate], settled[mate])-baseline[mate])
+			t.Logf("RSS shard-mate of %s (%s, not attacked): baseline %d MiB, then up to %d MiB",
+				role, mates[role], baseline[mate]>>10, max(peak[mate], settled[mate])>>10)
+		}
 		t.Logf("RSS victim %s (%s): baseline %d MiB, peak under attack %d MiB (%.2f×), after %d MiB",
 			role, victims[role], baseline[role]>>10, peak[role]>>10,
 			float64(peak[role])/float64(max(baseline[role], 1)), settled[role]>>10)
-		if worst := max(peak[role], settled[role]); worst > baseline[role]*3/2 {
-			t.Errorf("victim %s (%s): RSS %d MiB during or after the attacks, more than 1.5× its baseline %d MiB",
-				role, victims[role], worst>>10, baseline[role]>>10)
+		if worst := max(peak[role], settled[role]); worst > baseline[role]*3/2+natural {
+			t.Errorf("victim %s (%s): RSS %d MiB during or after the attacks, more than 1.5× its baseline %d MiB plus its shard-mate's growth %d MiB",
+				role, victims[role], worst>>10, baseline[role]>>10, natural>>10)
 		}
 	}
 	// Refusals were counted for every attacked protocol.

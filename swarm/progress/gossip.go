@@ -138,7 +138,8 @@ type Traffic struct {
 	MsgsOut     atomic.Uint64
 	BytesOut    atomic.Uint64
 	OwnSent     atomic.Uint64 // this node's records written to a peer's stream
-	Rejected    atomic.Uint64 // records rejected or ignored by the validator or the router
+	Rejected    atomic.Uint64 // records rejected as invalid by the validator or the router
+	Ignored     atomic.Uint64 // records the validator ignored: stale, replayed, over the flood budget, a banned author's
 	Throttled   atomic.Uint64 // times the router throttled a peer
 	Dropped     atomic.Uint64 // RPCs dropped on a full outbound queue
 	Undelivered atomic.Uint64 // records dropped because the receiver lagged
@@ -819,10 +820,15 @@ func (counter) ValidateMessage(*pubsub.Message)          {}
 func (counter) DeliverMessage(*pubsub.Message)           {}
 func (counter) DuplicateMessage(*pubsub.Message)         {}
 
-// RejectMessage counts a record the validator or the router turned away,
-// by the router's reason.
+// RejectMessage counts a record the validator or the router turned away
+// (Rejected, or Ignored when the validator ignored it), and by the
+// router's reason.
 func (c counter) RejectMessage(_ *pubsub.Message, reason string) {
-	c.t.Rejected.Add(1)
+	if reason == pubsub.RejectValidationIgnored {
+		c.t.Ignored.Add(1)
+	} else {
+		c.t.Rejected.Add(1)
+	}
 	c.t.reasonsMu.Lock()
 	defer c.t.reasonsMu.Unlock()
 	if c.t.reasons == nil {
