@@ -44,14 +44,7 @@ type blockActs struct {
 func newGPT(s *Shard) *gpt {
 	md := s.man.Model
 	g := &gpt{s: s, V: md.Vocab, T: md.BlockSize, C: md.NEmbd, NH: md.NHead}
-	view := func(buf []float32, name string) []float32 {
-		for _, t := range s.layout {
-			if t.Name == name {
-				return buf[t.Offset : t.Offset+t.Size()]
-			}
-		}
-		panic("native: tensor " + name + " missing from layout")
-	}
+	view := func(buf []float32, name string) []float32 { return layoutView(s.layout, buf, name) }
 	sp := s.man.Shards[s.index]
 	for i := sp.Start; i < sp.End; i++ {
 		p := fmt.Sprintf("h%d.", i)

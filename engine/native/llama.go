@@ -45,22 +45,7 @@ func newLlama(s *Shard) *llama {
 	g := &llama{s: s, V: md.Vocab, T: md.BlockSize, C: md.NEmbd, NH: md.NHead, NKV: md.NKVHead, F: md.FFNHidden, hd: md.HeadDim()}
 	g.W = (g.NH + 2*g.NKV) * g.hd
 	g.cos, g.sin = ropeTables(g.T, g.hd, md.RopeTheta)
-	// span views the tensors from first to last (adjacent in the layout) as one.
-	span := func(buf []float32, first, last string) []float32 {
-		lo, hi := -1, -1
-		for _, t := range s.layout {
-			if t.Name == first {
-				lo = t.Offset
-			}
-			if t.Name == last {
-				hi = t.Offset + t.Size()
-			}
-		}
-		if lo < 0 || hi < lo {
-			panic("native: tensors " + first + ".." + last + " missing from layout")
-		}
-		return buf[lo:hi]
-	}
+	span := func(buf []float32, first, last string) []float32 { return layoutSpan(s.layout, buf, first, last) }
 	view := func(buf []float32, name string) []float32 { return span(buf, name, name) }
 	sp := s.man.Shards[s.index]
 	for i := sp.Start; i < sp.End; i++ {

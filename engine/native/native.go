@@ -180,14 +180,7 @@ func (e *Engine) newShard(m *run.Manifest, index int) (*Shard, error) {
 	}
 	s.outSize = m.ActivationSize(index)
 	if r := m.Training.ActivationRank; r > 0 {
-		view := func(buf []float32, name string) []float32 {
-			for _, t := range layout {
-				if t.Name == name {
-					return buf[t.Offset : t.Offset+t.Size()]
-				}
-			}
-			panic("native: tensor " + name + " missing from layout")
-		}
+		view := func(buf []float32, name string) []float32 { return layoutView(layout, buf, name) }
 		sp := m.Shards[index]
 		s.cut = cutProj{rank: r, rows: m.RowsPerSample()}
 		if !s.first {

@@ -57,6 +57,29 @@ type Shard struct {
 
 var _ engine.Shard = (*Shard)(nil)
 
+// layoutSpan views the tensors first to last of layout (adjacent in it) in
+// buf, one of the shard's flat buffers, as one slice.
+func layoutSpan(layout []run.Tensor, buf []float32, first, last string) []float32 {
+	lo, hi := -1, -1
+	for _, t := range layout {
+		if t.Name == first {
+			lo = t.Offset
+		}
+		if t.Name == last {
+			hi = t.Offset + t.Size()
+		}
+	}
+	if lo < 0 || hi < lo {
+		panic("native: tensors " + first + ".." + last + " missing from layout")
+	}
+	return buf[lo:hi]
+}
+
+// layoutView views one tensor of layout in buf.
+func layoutView(layout []run.Tensor, buf []float32, name string) []float32 {
+	return layoutSpan(layout, buf, name, name)
+}
+
 // cutProj is the shard's side of the learned projections at its cuts
 // (training.activation_rank): up widens each incoming row from rank to
 // upW values before the model, down narrows each outgoing row from downW

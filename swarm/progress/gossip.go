@@ -147,7 +147,7 @@ type Traffic struct {
 	bye atomic.Pointer[goodbye] // the leave record Close waits to see written
 
 	reasonsMu sync.Mutex
-	reasons   map[string]uint64 // Rejected by the router's reason
+	reasons   map[string]uint64 // Rejected and Ignored, by the router's reason
 }
 
 // Reasons returns how many records the router rejected or ignored, by its
