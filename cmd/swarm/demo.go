@@ -348,7 +348,9 @@ func demoSample(c *cli.Context, m *run.Manifest, nodes int) error {
 
 // printOuterTraffic prints, per node, the bytes of its local-mode outer
 // rounds against what fp32 deltas would take (a group of two: 4 bytes a
-// value out and back for its half, and the same as a reducer: 8 a value).
+// value out and back for its half, and the same as a reducer: 8 a value):
+// a delta round's, an outer-state round's, and a round's over the whole run
+// (both kinds, averaged with a peer).
 func printOuterTraffic(ctx context.Context, out io.Writer, cls []*client.Client) {
 	for i, cl := range cls {
 		ts, err := nodeTraining(ctx, cl, 10*time.Second, 3) // a loaded machine answers slowly
@@ -361,9 +363,10 @@ func printOuterTraffic(ctx context.Context, out io.Writer, cls []*client.Client)
 		}
 		tr := ts.OuterTraffic
 		per := func(b int64, n uint64) float64 { return float64(b) / float64(max(n, 1)) }
-		fmt.Fprintf(out, "demo: node%d outer traffic: shard %d, %d values; %d delta rounds, %.0f bytes each (%.1f× fewer than fp32's %d); %d outer-state rounds, %.0f bytes each\n",
+		run := per(tr.DeltaBytes+tr.StateBytes, tr.DeltaRounds+tr.StateRounds)
+		fmt.Fprintf(out, "demo: node%d outer traffic: shard %d, %d values; %d delta rounds, %.0f bytes each (%.1f× fewer than fp32's %d); %d outer-state rounds, %.0f bytes each; over the run %.0f bytes a round (%.1f× fewer)\n",
 			i+1, ts.Shard, tr.Values, tr.DeltaRounds, per(tr.DeltaBytes, tr.DeltaRounds), 8*float64(tr.Values)/max(per(tr.DeltaBytes, tr.DeltaRounds), 1),
-			8*tr.Values, tr.StateRounds, per(tr.StateBytes, tr.StateRounds))
+			8*tr.Values, tr.StateRounds, per(tr.StateBytes, tr.StateRounds), run, 8*float64(tr.Values)/max(run, 1))
 	}
 }
 

@@ -72,6 +72,9 @@ type Node struct {
 	// RoundSteps (local mode) is the inner steps this node's round should
 	// have (Pace.Target); 0: Config.LocalSteps.
 	RoundSteps int
+	// Outer (local mode) fingerprints the outer state it began Epoch with
+	// (progress.Record.Outer); 0: none for this round.
+	Outer uint64
 }
 
 // Input is what the core sees at one moment.
@@ -186,9 +189,15 @@ var ErrLoad = errors.New("epochs: averaged state not loaded")
 // round: parameters and both AdamW moments).
 const StateEvery = 50
 
-// OuterStateEvery is local mode's period, in rounds, of averaging the
-// outer state (anchor and momentum) with the deltas: three times a delta
-// round's traffic, and the cure for holders whose anchors parted.
+// OuterStateEvery is local mode's period, in rounds, of the rounds that may
+// average the outer state (anchor and momentum) with the deltas: three
+// times an uncompressed delta round's traffic, a hundred times a compressed
+// one's, and the cure for holders whose anchors parted. Such a round (and
+// the run's last) averages the outer state only where the holders in it do
+// not all show the same fingerprint of it (outerApart): holders that
+// averaged every round together apply the same averaged deltas to the same
+// anchor, and stay equal to the bit, so over a run with compressed deltas
+// the state rounds cost nothing unless a round left someone out.
 const OuterStateEvery = 10
 
 // ClaimStall is how long a first-shard peer may go without finishing
@@ -437,10 +446,35 @@ func (m *Machine) tick(in Input) Action {
 	// Some rounds also average the outer state, which every holder keeps
 	// for itself: after a round that a holder averaged alone or in part,
 	// their anchors differ and the same averaged delta would keep them
-	// apart. Holders agree on these rounds by number; the run's last one
-	// is among them, so holders end on one model.
-	full := n.Epoch%OuterStateEvery == OuterStateEvery-1 || m.cfg.Finished(n.Epoch+1)
+	// apart. Holders agree on these rounds by number, and on whether they
+	// are needed by the fingerprints in their records; the run's last
+	// round is among them, so holders end on one model.
+	full := (n.Epoch%OuterStateEvery == OuterStateEvery-1 || m.cfg.Finished(n.Epoch+1)) && m.outerApart(in)
 	return Action{Kind: OuterStep, Shard: n.Shard, Epoch: n.Epoch, Full: full, Group: m.groupSize(in)}
+}
+
+// outerApart reports whether this node's outer state may differ from that
+// of a shard-mate in its round: a mate in the round that shows no
+// fingerprint, or another than this node's, or this node without one (it
+// loaded a state of another round). Mates in other rounds are not asked:
+// one behind catches up from a holder ahead (catchLocal), and one ahead is
+// no mate. Every holder in the round sees the same records, published when
+// the round opened, a round's inner steps before it is due: they agree on
+// the answer unless a record is that late, and a round they disagree on
+// (averaged under two keys, each part alone or in part) parts their
+// fingerprints, which the next eligible round sees.
+func (m *Machine) outerApart(in Input) bool {
+	own := in.Node.Outer
+	if own == 0 {
+		return true
+	}
+	mates := m.mates(in)
+	for _, r := range in.Records {
+		if r.Epoch == in.Node.Epoch && slices.Contains(mates, r.Peer) && r.Outer != own {
+			return true
+		}
+	}
+	return false
 }
 
 // GatherGrace is how long a holder that closed its epoch first waits for

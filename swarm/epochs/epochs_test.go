@@ -78,7 +78,8 @@ func TestCaughtUpBehindTheDonors(t *testing.T) {
 // Local mode (2f1b549, 4b85ed3): a holder behind another holder of its
 // shard closes and catches up from the latest (reopening its own round if
 // that fails); later shards end their rounds with the first shard's
-// holders; every 10th round and the last average the outer state.
+// holders; every 10th round and the last average the outer state (unless
+// the fingerprints show the holders equal: TestOuterStateOnlyWhenApart).
 func TestLocalMode(t *testing.T) {
 	cfg := Config{Self: "b0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4}
 	now := time.Unix(1_000_000, 0)
@@ -142,6 +143,48 @@ func TestLocalMode(t *testing.T) {
 		expect(t, act, OuterStep, c.round)
 		if act.Full != c.full {
 			t.Errorf("round %d: full %v, want %v", c.round, act.Full, c.full)
+		}
+	}
+}
+
+// TestOuterStateOnlyWhenApart: the rounds that may average the outer state
+// (every OuterStateEvery-th, and the run's last) do so only where a mate
+// in the round shows another fingerprint of it than this node's, or none,
+// or this node has none; mates in other rounds are not asked, and other
+// rounds never average it.
+func TestOuterStateOnlyWhenApart(t *testing.T) {
+	cfg := Config{Self: "a0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4}
+	now := time.Unix(1_000_000, 0)
+	mate := func(peer string, epoch, outer uint64) progress.Record {
+		r := online(peer, 0, epoch)
+		r.Samples, r.Outer = 32, outer
+		return r
+	}
+	for _, c := range []struct {
+		name  string
+		round uint64
+		own   uint64
+		mates []progress.Record
+		full  bool
+	}{
+		{"equal", 9, 7, []progress.Record{mate("a1", 9, 7), mate("a2", 9, 7)}, false},
+		{"one apart", 9, 7, []progress.Record{mate("a1", 9, 7), mate("a2", 9, 5)}, true},
+		{"a mate without one", 9, 7, []progress.Record{mate("a1", 9, 7), mate("a2", 9, 0)}, true},
+		{"this node without one", 9, 0, []progress.Record{mate("a1", 9, 7)}, true},
+		{"a mate a round behind", 9, 7, []progress.Record{mate("a1", 9, 7), mate("a2", 8, 5)}, false},
+		{"the last round, equal", 19, 7, []progress.Record{mate("a1", 19, 7)}, false},
+		{"the last round, apart", 19, 7, []progress.Record{mate("a1", 19, 3)}, true},
+		{"not a state round", 10, 7, []progress.Record{mate("a1", 10, 3)}, false},
+		{"another shard's holder", 9, 7, []progress.Record{mate("a1", 9, 7), {Peer: "b1", Shard: 1, State: progress.StateOnline, Epoch: 9, Outer: 3}}, false},
+	} {
+		m := New(cfg)
+		n := Node{Shard: 0, Held: true, Online: true, Epoch: c.round, Samples: 64, Outer: c.own}
+		act := m.Step(Input{Now: now, Records: c.mates, Node: n}, Event{})
+		if act.Kind != OuterStep || act.Epoch != c.round {
+			t.Errorf("%s: %v of epoch %d, want the outer step of %d", c.name, act.Kind, act.Epoch, c.round)
+		}
+		if act.Full != c.full {
+			t.Errorf("%s: full %v, want %v", c.name, act.Full, c.full)
 		}
 	}
 }

@@ -84,6 +84,12 @@ type Record struct {
 	// (Gossip: it grows with the swarm). Receivers keep the record for at
 	// least three such intervals.
 	EveryMS int64 `json:"every_ms,omitempty"`
+	// Outer (local mode) is a fingerprint of the outer state, the anchor
+	// and momentum, it began Epoch with; 0 where it has none for Epoch.
+	// Holders whose fingerprints agree need not average that state
+	// (epochs.OuterStateEvery). Any value is a valid claim: one that lies
+	// costs its mates at most the periodic state round they ran before.
+	Outer uint64 `json:"outer,omitempty"`
 }
 
 // MaxBanned bounds Record.Banned.

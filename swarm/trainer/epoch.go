@@ -42,9 +42,20 @@ func (t *Trainer) inputLocked() epochs.Input {
 	}}
 	if !t.sync() {
 		in.Node.RoundSteps = t.pace.Target()
+		in.Node.Outer = t.outerSumLocked()
 	}
 	t.noteSeenLocked(in.Records)
 	return in
+}
+
+// outerSumLocked is the fingerprint of the outer state this node began its
+// round with (local mode), 0 where the state is of another round (t.mu
+// held).
+func (t *Trainer) outerSumLocked() uint64 {
+	if t.sync() || t.outerAt != t.epoch {
+		return 0
+	}
+	return t.outerSum
 }
 
 // noteSeenLocked remembers, per shard, the highest epoch a holder of it
@@ -588,6 +599,9 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 		// Local mode serves the last outer state: the new anchor.
 		t.mu.Lock()
 		t.anchor = append(t.anchor[:0], snap.Params...)
+		// The momentum stays this node's own: the fingerprint tells the
+		// mates whether it matches theirs.
+		t.outerSum, t.outerAt = outerFingerprint(t.anchor, t.outerMom), snap.Epoch
 		if t.deltaComp != nil { // the residual was of the replaced trajectory
 			t.deltaComp.Reset()
 		}

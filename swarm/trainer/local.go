@@ -172,8 +172,12 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		anchor, momentum = outer[:len(anchor)], outer[len(anchor):]
 	}
 	t.anchor, t.outerMom = nesterov(anchor, momentum, delta, lr, mu)
+	sum := outerFingerprint(t.anchor, t.outerMom)
 	copy(sh.Params(), outerParams(t.anchor, sh.Params(), taken))
 	err := sh.Sync()
+	t.mu.Lock()
+	t.outerSum, t.outerAt = sum, round+1
+	t.mu.Unlock()
 	t.meters.averaged(info)
 	// The new anchor and the round it starts change together: a snapshot
 	// (taken under stepMu) never pairs one round's anchor with another's

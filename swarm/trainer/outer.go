@@ -1,5 +1,12 @@
 package trainer
 
+import (
+	"encoding/binary"
+	"math"
+
+	"lukechampine.com/blake3"
+)
+
 // The outer optimizer of local mode (averaging.mode local, DiLoCo), as pure
 // functions: no engine, lock or network here; local.go averages the deltas
 // with the shard's holders and applies what these return.
@@ -53,4 +60,29 @@ func outerParams(anchor, params, taken []float32) []float32 {
 		}
 	}
 	return out
+}
+
+// outerFingerprint is a fingerprint of the outer state (anchor, momentum),
+// the same on every machine for the same values to the bit (little-endian
+// float32s, hashed with their lengths), never 0 (a record's "none").
+// Holders that took every outer step together hold equal states;
+// progress.Record.Outer carries it so that they can tell.
+func outerFingerprint(anchor, momentum []float32) uint64 {
+	h := blake3.New(32, nil)
+	var buf [16 << 10]byte
+	for _, v := range [][]float32{anchor, momentum} {
+		binary.LittleEndian.PutUint64(buf[:8], uint64(len(v)))
+		_, _ = h.Write(buf[:8])
+		for len(v) > 0 {
+			n := min(len(v), len(buf)/4)
+			for i, x := range v[:n] {
+				binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(x))
+			}
+			_, _ = h.Write(buf[:4*n])
+			v = v[n:]
+		}
+	}
+	var d [32]byte
+	h.Sum(d[:0])
+	return binary.LittleEndian.Uint64(d[:8]) | 1
 }

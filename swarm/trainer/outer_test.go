@@ -66,3 +66,40 @@ func TestOuterParams(t *testing.T) {
 	near(t, "not carried", outerParams(anchor, params, nil), anchor)
 	near(t, "params unchanged", params, []float32{0.9, 1.6})
 }
+
+// The outer state's fingerprint tells equal states from any that differ in
+// one bit (a -0 from a 0 too), in a value past the hash buffer, or in where
+// the anchor ends and the momentum starts; it is never 0, a record's
+// "none".
+func TestOuterFingerprint(t *testing.T) {
+	anchor := make([]float32, 10_000) // beyond one 16 KiB buffer of values
+	for i := range anchor {
+		anchor[i] = float32(i) * 0.25
+	}
+	mom := []float32{1, 2, 3}
+	base := outerFingerprint(anchor, mom)
+	if base == 0 || outerFingerprint(nil, nil) == 0 {
+		t.Fatal("a fingerprint of 0")
+	}
+	if outerFingerprint(append([]float32(nil), anchor...), []float32{1, 2, 3}) != base {
+		t.Fatal("equal states, different fingerprints")
+	}
+	flip := func(v []float32, i int) []float32 {
+		w := append([]float32(nil), v...)
+		w[i] = math.Float32frombits(math.Float32bits(w[i]) ^ 1)
+		return w
+	}
+	negZero := append([]float32(nil), anchor...)
+	negZero[0] = float32(math.Copysign(0, -1))
+	for name, sum := range map[string]uint64{
+		"last anchor value": outerFingerprint(flip(anchor, len(anchor)-1), mom),
+		"first value":       outerFingerprint(flip(anchor, 0), mom),
+		"momentum":          outerFingerprint(anchor, flip(mom, 1)),
+		"-0":                outerFingerprint(negZero, mom),
+		"boundary":          outerFingerprint(append(append([]float32(nil), anchor...), 1), mom[1:]),
+	} {
+		if sum == base {
+			t.Errorf("%s changed, fingerprint did not", name)
+		}
+	}
+}

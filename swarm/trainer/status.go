@@ -214,7 +214,7 @@ func (t *Trainer) record() progress.Record {
 		Throughput: t.meters.throughput(), Epoch: t.epoch, Samples: t.samples, Loss: t.meters.loss(),
 		Round: last.Round, GroupSize: last.GroupSize, Fraction: last.Fraction, Accuracy: t.accuracy,
 		Closing: t.closing, Paused: paused, InFlight: t.drawn, Norms: append([]progress.EpochNorm(nil), t.norms...),
-		Banned: slices.Clone(t.banned),
+		Banned: slices.Clone(t.banned), Outer: t.outerSumLocked(),
 	}
 	if t.credit != nil {
 		r.Credit = t.credit.Credited().Samples

@@ -311,6 +311,10 @@ type Trainer struct {
 	// written under stepMu by the outer step and catch-up.
 	anchor   []float32
 	outerMom []float32
+	// outerSum fingerprints anchor and outerMom (outerFingerprint) as of
+	// the start of round outerAt; set with them, read under mu.
+	outerSum uint64
+	outerAt  uint64
 	// deltaComp (delta_codec topk) compresses local mode's deltas with
 	// error feedback, sent with deltaCodec; used under stepMu by the outer
 	// step, and reset when the anchor is replaced: by catch-up (under
