@@ -194,7 +194,7 @@ func (t *Trainer) join(ctx context.Context, index int) error {
 	if t.m.Averaging.Mode == "local" {
 		t.anchor = append([]float32(nil), sh.Params()...)
 		t.outerMom = make([]float32, len(t.anchor))
-		t.outerSum, t.outerAt = outerFingerprint(t.anchor, t.outerMom), epoch
+		t.outerSum, t.outerAt = t.outerState(), epoch
 		t.deltaStale = true // a new shard: nothing of the old one is owed
 	}
 	t.cond.Broadcast()

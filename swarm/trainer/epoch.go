@@ -600,8 +600,8 @@ func (t *Trainer) catchUpFrom(ctx context.Context, sh engine.Shard, index int, d
 		t.mu.Lock()
 		t.anchor = append(t.anchor[:0], snap.Params...)
 		// The momentum stays this node's own: the fingerprint tells the
-		// mates whether it matches theirs.
-		t.outerSum, t.outerAt = outerFingerprint(t.anchor, t.outerMom), snap.Epoch
+		// mates whether it matches theirs (where it matters).
+		t.outerSum, t.outerAt = t.outerState(), snap.Epoch
 		if t.deltaComp != nil { // the residual was of the replaced trajectory
 			t.deltaComp.Reset()
 		}

@@ -16,6 +16,19 @@ import (
 // every micro-batch, and every local_steps inner steps an outer step that
 // averages the holders' deltas and applies the outer optimizer (outer.go).
 
+// outerState fingerprints the outer state (stepMu held): the anchor, and
+// the momentum where the run's outer step uses it. Without momentum
+// (outer_momentum 0, what compressed deltas set) the next anchor depends
+// only on this one and the averaged delta, so holders whose anchors agree
+// are equal whatever momentum a joiner or a restart began with, and need no
+// dense round to say so.
+func (t *Trainer) outerState() uint64 {
+	if t.m.Averaging.OuterMomentum == 0 {
+		return outerFingerprint(t.anchor, nil)
+	}
+	return outerFingerprint(t.anchor, t.outerMom)
+}
+
 // innerStep is local mode's optimizer step after each micro-batch.
 func (t *Trainer) innerStep(sh engine.Shard) {
 	stalled := t.waitOverlap()
@@ -172,7 +185,7 @@ func (t *Trainer) outerStep(ctx context.Context, act epochs.Action) error {
 		anchor, momentum = outer[:len(anchor)], outer[len(anchor):]
 	}
 	t.anchor, t.outerMom = nesterov(anchor, momentum, delta, lr, mu)
-	sum := outerFingerprint(t.anchor, t.outerMom)
+	sum := t.outerState()
 	copy(sh.Params(), outerParams(t.anchor, sh.Params(), taken))
 	err := sh.Sync()
 	t.mu.Lock()

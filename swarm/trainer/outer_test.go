@@ -3,6 +3,8 @@ package trainer
 import (
 	"math"
 	"testing"
+
+	"github.com/swarm-train/swarm/spec/run"
 )
 
 func near(t *testing.T, what string, got, want []float32) {
@@ -100,6 +102,30 @@ func TestOuterFingerprint(t *testing.T) {
 	} {
 		if sum == base {
 			t.Errorf("%s changed, fingerprint did not", name)
+		}
+	}
+}
+
+// Without outer momentum a holder's momentum has no part in its next
+// anchor, so the fingerprint leaves it out: a joiner's or a restarted
+// node's own momentum does not set it apart from mates with the same
+// anchor. With momentum it does.
+func TestOuterStateMomentum(t *testing.T) {
+	anchor := []float32{1, 2, 3}
+	for _, c := range []struct {
+		mu    float64
+		apart bool
+	}{{0, false}, {0.9, true}} {
+		var m run.Manifest
+		m.Averaging.OuterMomentum = c.mu
+		a := &Trainer{m: &m, anchor: anchor, outerMom: []float32{0.5, 0, 0}}
+		b := &Trainer{m: &m, anchor: append([]float32(nil), anchor...), outerMom: make([]float32, 3)}
+		if apart := a.outerState() != b.outerState(); apart != c.apart {
+			t.Errorf("outer momentum %g: momenta alone set the fingerprints apart: %v, want %v", c.mu, apart, c.apart)
+		}
+		b.anchor[2] = 3.5
+		if a.outerState() == b.outerState() {
+			t.Errorf("outer momentum %g: anchors differ, fingerprints do not", c.mu)
 		}
 	}
 }
