@@ -402,13 +402,29 @@ func (r *reducer) Stalled(s int) bool { return s >= 0 && s < r.n && r.stalled[s]
 // Dropped returns the reasons senders were dropped, by group index.
 func (r *reducer) Dropped() map[int]string { return r.reasons }
 
+// normWeightFloor: a contributor whose weight is at most this fraction of
+// the part's largest weight does not count towards the median norm that
+// outliers are measured against (it is still measured against it).
+const normWeightFloor = 1e-3
+
 // combine finalises buffered part k: it rejects senders whose norm is out of
 // line, aggregates the rest into acc and frees the part's buffers.
+//
+// The line is NormK × the median norm of the contributors that carry
+// something: a part of zeros, or one of a member that brings (almost) no
+// weight (a holder that had no samples in the epoch, which the trainer
+// sends with weight 1e-3), moves the average by nothing and says nothing of
+// what a gradient's norm is. Counted, it pulled the median down: in a group
+// of three with one such member the median was the smaller of the two
+// others' norms, and an honest holder whose gradient was 12× its mate's
+// (late in a run, when a few misclassified samples dominate a gradient) was
+// rejected in three epochs and banned by its mate (the grad-flip red-team
+// run, whose banned liar kept joining its shard's rounds with no samples).
 func (r *reducer) combine(k int) {
 	sp := r.parts[k]
 	if r.opts.NormK > 0 {
 		r.norms = slices.Grow(r.norms[:0], r.n)[:r.n]
-		var ns []float64
+		var wmax float64
 		for s := range r.n {
 			if r.contrib[k].has(s) {
 				if s == r.self {
@@ -416,6 +432,12 @@ func (r *reducer) combine(k int) {
 				} else {
 					r.norms[s] = math.Sqrt(r.partSq[k][s])
 				}
+				wmax = max(wmax, r.weight[s])
+			}
+		}
+		var ns []float64
+		for s := range r.n {
+			if r.contrib[k].has(s) && r.norms[s] > 0 && r.weight[s] > normWeightFloor*wmax {
 				ns = append(ns, r.norms[s])
 			}
 		}

@@ -253,6 +253,58 @@ func TestReducerRobust(t *testing.T) {
 	}
 }
 
+// TestReducerNormMedianOfCarriers: the median norm that outliers are
+// measured against counts only the contributors that carry something. A
+// member with no weight to speak of (a holder with no samples: weight 1e-3)
+// or a part of zeros does not pull it down, so an honest sender whose norm
+// is 12× the reducer's own is kept; one 100× the others' is still rejected.
+func TestReducerNormMedianOfCarriers(t *testing.T) {
+	t0 := time.Unix(0, 0)
+	parts := []span{{0, 2}}
+	for _, c := range []struct {
+		name      string
+		weight    float64   // member 2's
+		value     float32   // member 2's values
+		big       float32   // member 1's values (the reducer's own: 1)
+		rejected1 bool      // member 1 rejected
+		others    []float32 // values of members 3.. (weight 1)
+	}{
+		{"no samples, zeros", 1e-3, 0, 12, false, nil},
+		{"full weight, zeros", 1, 0, 12, false, nil},
+		{"no samples, small values", 1e-3, 0.01, 12, false, nil},
+		{"a real third member", 1, 1, 12, true, nil},
+		{"100x among carriers", 1e-3, 0, 100, true, []float32{1}},
+	} {
+		n := 3 + len(c.others)
+		r := newReducer(0, n, parts, []float32{1, 1}, 1, t0, time.Second, t0.Add(time.Minute),
+			reduceOpts{Agg: AggregateCenteredClip, NormK: 10})
+		weights := append([]float64{1, c.weight}, make([]float64, len(c.others))...)
+		for i := range c.others {
+			weights[2+i] = 1
+		}
+		values := append([]float32{c.big, c.value}, c.others...)
+		for s := 1; s < n; s++ {
+			if err := r.Header(s, weights[s-1], t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for s := 1; s < n; s++ {
+			if err := r.Part(s, 0, []float32{values[s-1], values[s-1]}, t0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !r.Done() {
+			t.Fatalf("%s: not done", c.name)
+		}
+		if _, rej := r.Outliers()[1]; rej != c.rejected1 {
+			t.Errorf("%s: member 1 (values %g) rejected %v, want %v (outliers %v)", c.name, c.big, rej, c.rejected1, r.Outliers())
+		}
+		if _, rej := r.Outliers()[2]; rej {
+			t.Errorf("%s: member 2 rejected: %v", c.name, r.Outliers())
+		}
+	}
+}
+
 // TestReducerRobustNoBuffering: the plain mean does not keep the parts (the
 // streamed path is untouched by the robust options).
 func TestReducerRobustNoBuffering(t *testing.T) {
