@@ -250,7 +250,11 @@ type Machine struct {
 	// were waited for and did not join, with the epoch (average).
 	wanted []string
 	late   map[string]uint64
-	group  int // members of the gradient round (1: alone)
+	// joinFrom: when this node's round joinEpoch (local mode) began
+	// waiting for a joining mate (matesJoining).
+	joinFrom  time.Time
+	joinEpoch uint64
+	group     int // members of the gradient round (1: alone)
 	// leftOut: the gradient round failed because the mates grouped
 	// without this node (afterStep).
 	leftOut bool
@@ -426,6 +430,26 @@ func (m *Machine) tick(in Input) Action {
 	}
 	if !due {
 		return Action{}
+	}
+	// A holder loading this shard's state to join it (its record joining
+	// the shard) is waited for, JoinWait at most: the state it loads is
+	// this round's anchor, and a round averaged without it parts them, the
+	// outer step taken alone here and the joiner's own round alone there,
+	// which costs a dense outer-state round later (outerApart). In two of
+	// three 30-round demos every shard paid one so at the start (the second
+	// holder came online 0.8 s into the first holder's first round). The
+	// round runs on meanwhile (inner steps go on); a joiner that did not
+	// come within JoinWait is late, and not waited for again.
+	if joining := m.matesJoining(in); len(joining) > 0 {
+		if m.joinFrom.IsZero() || m.joinEpoch != n.Epoch {
+			m.joinEpoch, m.joinFrom = n.Epoch, in.Now
+		}
+		if in.Now.Sub(m.joinFrom) < JoinWait {
+			return Action{}
+		}
+		for _, p := range joining {
+			m.markLate(p)
+		}
 	}
 	// A holder whose mates are all in earlier rounds (one gave up on a
 	// group the other still waited in) waits for them here instead of
@@ -1003,6 +1027,26 @@ func (m *Machine) latestAhead(in Input) []string {
 // AheadWait bounds how long a local-mode holder ahead of all its mates
 // waits for one of them to reach its round (matesBehind).
 const AheadWait = 10 * time.Second
+
+// JoinWait bounds how long a local-mode holder whose round is due waits
+// for a holder joining its shard (matesJoining) to come online.
+const JoinWait = 5 * time.Second
+
+// matesJoining are the peers whose records say they are loading this
+// node's shard to join it, none of them late (one not come within
+// JoinWait once).
+func (m *Machine) matesJoining(in Input) []string {
+	var out []string
+	for _, r := range in.Records {
+		if r.Peer == m.cfg.Self || r.Shard != in.Node.Shard || r.State != progress.StateJoining || m.Overclaims(r) {
+			continue
+		}
+		if _, late := m.late[r.Peer]; !late {
+			out = append(out, r.Peer)
+		}
+	}
+	return out
+}
 
 // matesBehind are the online mates of this node's shard (local mode) that
 // it waits for before its outer step: all of them when every one is in an

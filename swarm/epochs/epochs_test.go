@@ -189,6 +189,47 @@ func TestOuterStateOnlyWhenApart(t *testing.T) {
 	}
 }
 
+// TestLocalRoundWaitsForAJoiner: a local-mode round that is due while a
+// holder loads the shard's state to join it waits for it, JoinWait at most
+// (its outer step alone would part the two); the joiner online, the round
+// is the two's; a joiner that did not come in time is not waited for again.
+func TestLocalRoundWaitsForAJoiner(t *testing.T) {
+	cfg := Config{Self: "a0", Epochs: 20, BatchSize: 8, GroupSize: 4, Local: true, LocalSteps: 4}
+	now := time.Unix(1_000_000, 0)
+	n := Node{Shard: 0, Held: true, Online: true, Epoch: 2, Samples: 64, Outer: 7}
+	joiner := progress.Record{Peer: "a1", Shard: 0, State: progress.StateJoining}
+	other := progress.Record{Peer: "b1", Shard: 1, State: progress.StateJoining} // another shard's: not waited for
+
+	m := New(cfg)
+	in := Input{Now: now, Records: []progress.Record{joiner, other}, Node: n}
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Now = now.Add(JoinWait - time.Millisecond)
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	// Online in this round, with the anchor it loaded: one round of two.
+	online := online("a1", 0, 2)
+	online.Outer = 7
+	in.Records[0] = online
+	act := m.Step(in, Event{})
+	expect(t, act, OuterStep, 2)
+	if act.Group != 2 || act.Full {
+		t.Fatalf("round of group %d (full %v), want 2, not full", act.Group, act.Full)
+	}
+
+	// Not come within JoinWait: the round goes on alone, and the next one
+	// does not wait for it again.
+	m = New(cfg)
+	in = Input{Now: now, Records: []progress.Record{joiner}, Node: n}
+	expect(t, m.Step(in, Event{}), Wait, 0)
+	in.Now = now.Add(JoinWait)
+	expect(t, m.Step(in, Event{}), OuterStep, 2)
+	in.Node.Epoch = 3
+	expect(t, m.Step(in, Event{}), OuterStep, 3)
+
+	// Sync mode does not wait.
+	m = New(Config{Self: "a0", Epochs: 20, TargetBatch: 64, GroupSize: 4})
+	expect(t, m.Step(Input{Now: now, Records: []progress.Record{joiner}, Node: n}, Event{}), Close, 2)
+}
+
 // Over a slow link a mate's closing record arrives later than GatherGrace:
 // the first such gather runs out (the mate is late for that round), and the
 // wait adapts, so that from then on the round waits for it: twice the
