@@ -57,5 +57,6 @@ row() {
 row "fp32" "0.7, 0.9"
 row "fp32" "1, 0" --outer-lr 1 --outer-momentum 0
 row "top-k 3%, 2 bits" "1, 0" --delta-keep 0.03 --delta-bits 2
+row "top-k 2%, 2 bits" "1, 0" --delta-keep 0.02 --delta-bits 2
 row "top-k 3%, 4 bits" "1, 0" --delta-keep 0.03 --delta-bits 4
 row "top-k 1.5%, 4 bits" "1, 0" --delta-keep 0.015 --delta-bits 4
