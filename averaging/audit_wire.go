@@ -4,9 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
-	"math"
+	"io"
 
 	"lukechampine.com/blake3"
+
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 // Wire messages of reducer audits (audit.go), on ProtoAudit. Every count a
@@ -54,20 +56,8 @@ const maxSigLen = 1024
 type digest = [32]byte
 
 // hashValues writes v to h as little-endian float32.
-func hashValues(h interface{ Write([]byte) (int, error) }, v []float32) {
-	if littleEndian {
-		_, _ = h.Write(rawBytes(v))
-		return
-	}
-	var buf [4096]byte
-	for len(v) > 0 {
-		n := min(len(v), len(buf)/4)
-		for i, x := range v[:n] {
-			binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(x))
-		}
-		_, _ = h.Write(buf[:4*n])
-		v = v[n:]
-	}
+func hashValues(h io.Writer, v []float32) {
+	_ = fvec.WriteLE(h, v)
 }
 
 // partDigest is what a reducer commits to for its part k: the group, the

@@ -2,9 +2,10 @@ package trainer
 
 import (
 	"encoding/binary"
-	"math"
 
 	"lukechampine.com/blake3"
+
+	"github.com/swarm-train/swarm/internal/fvec"
 )
 
 // The outer optimizer of local mode (averaging.mode local, DiLoCo), as pure
@@ -69,18 +70,11 @@ func outerParams(anchor, params, taken []float32) []float32 {
 // progress.Record.Outer carries it so that they can tell.
 func outerFingerprint(anchor, momentum []float32) uint64 {
 	h := blake3.New(32, nil)
-	var buf [16 << 10]byte
+	var n [8]byte
 	for _, v := range [][]float32{anchor, momentum} {
-		binary.LittleEndian.PutUint64(buf[:8], uint64(len(v)))
-		_, _ = h.Write(buf[:8])
-		for len(v) > 0 {
-			n := min(len(v), len(buf)/4)
-			for i, x := range v[:n] {
-				binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(x))
-			}
-			_, _ = h.Write(buf[:4*n])
-			v = v[n:]
-		}
+		binary.LittleEndian.PutUint64(n[:], uint64(len(v)))
+		_, _ = h.Write(n[:])
+		_ = fvec.WriteLE(h, v)
 	}
 	var d [32]byte
 	h.Sum(d[:0])
